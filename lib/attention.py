@@ -1,0 +1,131 @@
+"""What a trained network looks at: reload a checkpoint, read CANet's attention maps, get first-layer filters.
+
+Compute only: these functions return tensors; lib.part1_plots draws them.
+
+    model = load_trained(result)                      # result dict written by lib.train.train
+    maps = attention_maps(model, x)                   # x: normalised (B, 3, 32, 32)
+    maps['sa'][0].shape  -> (B, 32, 32)               # SA map of block 0 (values in (0, 1))
+    maps['se'][-1].shape -> (B, 4w)                   # SE channel weights of the last block
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lib.config import TrainConfig
+from lib.models import build
+from lib.paths import output_dirs
+
+RETRAIN_HINT = ("checkpoints are not committed: retrain with `python -m lib run ...` or by running the "
+                "notebook (finished results are reused, only the model is trained again)")
+
+
+def _checkpoint_candidates(result: dict, checkpoint: str | Path | None) -> list[Path]:
+    """Where the checkpoint of `result` may be: the explicit path, the recorded one, this checkout's folders."""
+    paths = [Path(checkpoint)] if checkpoint is not None else []
+    if result.get("checkpoint"):
+        paths.append(Path(result["checkpoint"]))
+    # A result copied from another machine records that machine's absolute path: look in this checkout too.
+    if result.get("profile") and result.get("name"):
+        for publish in (True, False):
+            paths.append(Path(output_dirs(result["profile"], publish=publish).checkpoints) / f"{result['name']}.pt")
+    return paths
+
+
+def _same_config(a: dict | None, b: dict | None) -> bool:
+    """Whether two recorded configs describe the same run (normalised through TrainConfig when possible)."""
+    if not a or not b:
+        return True  # nothing to compare against
+    try:
+        return TrainConfig.from_dict(a) == TrainConfig.from_dict(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+def load_trained(result: dict, device: str | torch.device = "cpu", checkpoint: str | Path | None = None) -> nn.Module:
+    """Build result['model'] and load its best (validation-selected) checkpoint; returned in eval mode."""
+    for key in ("model", "name"):
+        if key not in result:
+            raise ValueError(f"result lacks {key!r}: pass a result dict written by lib.train.train")
+    candidates = _checkpoint_candidates(result, checkpoint)
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        tried = ", ".join(str(p) for p in candidates) or "(the result records no checkpoint path)"
+        raise FileNotFoundError(f"no checkpoint for {result['name']!r} (looked at: {tried}); {RETRAIN_HINT}")
+    state = torch.load(found, map_location=device, weights_only=False)
+    if not _same_config(state.get("config"), result.get("config")):
+        raise ValueError(f"checkpoint {found} was written by a different run than result {result['name']!r} "
+                         f"(configs differ); {RETRAIN_HINT}")
+    model = build(result["model"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def _canet_blocks(model: nn.Module) -> list[nn.Module]:
+    """The AttResBlocks of a CANet (each has .sa and .se), or a clear error for other models."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not all(hasattr(b, "sa") and hasattr(b, "se") for b in blocks):
+        raise ValueError(f"{type(model).__name__} has no CANet attention blocks (model.blocks[i].sa / .se): "
+                         "attention maps exist for the CANet variants only")
+    return list(blocks)
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, x: torch.Tensor) -> dict:
+    """Run a CANet on normalised x (B, 3, 32, 32): {'sa': [(B,H,W)] per block, 'se': [(B,C)] per block, 'logits': (B,10)}.
+
+    The maps are the sigmoid gates each block's SA / SE multiplies its path by (values in (0, 1));
+    block i's maps have the block's output size. The model runs in eval mode (BN running statistics)
+    and its train/eval mode is restored; tensors are returned on the CPU as float32.
+    """
+    blocks = _canet_blocks(model)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"x must be a normalised image batch (B, 3, H, W), got shape {tuple(x.shape)}")
+    param = next(model.parameters())
+    x = x.to(device=param.device, dtype=param.dtype)
+    sa, se = [None] * len(blocks), [None] * len(blocks)
+
+    def hook(store, i):
+        # The hooked module's input is the path output (B, C, H, W); recompute its gate from it.
+        def fn(module, inputs, output):
+            store[i] = module.attention(inputs[0]).float().cpu()
+        return fn
+
+    handles = []
+    was_training = model.training
+    try:
+        for i, block in enumerate(blocks):
+            handles.append(block.sa.register_forward_hook(hook(sa, i)))
+            handles.append(block.se.register_forward_hook(hook(se, i)))
+        model.eval()
+        logits = model(x).float().cpu()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {"sa": [m[:, 0] for m in sa],  # (B, 1, H, W) -> (B, H, W)
+            "se": [w[:, :, 0, 0] for w in se],  # (B, C, 1, 1) -> (B, C)
+            "logits": logits}
+
+
+def first_layer_filter_groups(model: nn.Module) -> dict[str, torch.Tensor]:
+    """First convolution(s) on the RGB input by name: CANet's two paths of block 0, else the first Conv2d."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is not None and hasattr(blocks[0], "path_a") and hasattr(blocks[0], "path_b"):
+        # path_a feeds spatial attention, path_b channel attention; each starts with conv3x3(3 -> w).
+        return {"path_a (-> SA)": blocks[0].path_a[0].weight.detach().float().cpu(),
+                "path_b (-> SE)": blocks[0].path_b[0].weight.detach().float().cpu()}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            if m.in_channels != 3:
+                raise ValueError(f"the first Conv2d of {type(model).__name__} ({name}) takes {m.in_channels} "
+                                 "channels, not the 3 RGB channels: cannot show it as colour filters")
+            return {name: m.weight.detach().float().cpu()}
+    raise ValueError(f"{type(model).__name__} has no nn.Conv2d layer")
+
+
+def first_layer_filters(model: nn.Module) -> torch.Tensor:
+    """The first convolution's weights (out, 3, k, k); for CANet path_a's filters then path_b's (2w in all)."""
+    return torch.cat(list(first_layer_filter_groups(model).values()), dim=0)

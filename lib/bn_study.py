@@ -1,0 +1,666 @@
+"""Part 2, the BatchNorm study on VGG-A (STUDY.md section 6, BN_METHODS.md): compute, write files.
+
+A. The original protocol: `run_protocol` trains both networks at the four Adam learning rates
+   (lib.train, per-step series in <results>/bn-*.steps.json); `loss_band` turns the per-step losses
+   of several runs into a per-step [min, max] band. The band is a proxy across learning rates, not a
+   probe of the landscape around one trajectory.
+B. The probe of Santurkar et al. (NeurIPS 2018, arXiv 1805.11604, section 3.2): `run_probe` trains
+   one network with plain SGD and every `probe_every` steps moves along the current gradient by
+   eta = m * lr for each multiplier m, on the same mini-batch, recording the loss landscape
+   (min/max of L(w - eta g)), gradient predictiveness (min/max of ||g - g_eta||) and the effective
+   beta-smoothness (max of ||g - g_eta|| / ||eta g||). `run_probes` runs both networks with the
+   same seed and data order, with the documented lr fallback (`FALLBACK_LR`).
+C. `loss_slice`: a filter-normalised 1-D loss slice around a trained model (Li et al., NeurIPS 2018).
+
+Files (all in dirs.results; plots in lib/bn_plots.py read only these):
+- bn-<model>-lr<lr>-s<seed>.json / .steps.json   written by lib.train (section A)
+- probe-<model>-s<seed>.json                      section B, see `run_probe` for the keys
+- slice-<model>-s<seed>.json                      section C, see `run_slices`
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.config import NORMS, get_profile
+from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
+from lib.paths import OutputDirs
+from lib.results import atomic_write_json, environment_info, read_json, reusable_result
+
+# The paper's step-size grid: eta = m * lr for m in 0.5, 1.0, ..., 4.0 (0.05 .. 0.4 at lr 0.1).
+ETA_MULTIPLIERS = tuple(0.5 * i for i in range(1, 9))
+PROBE_LR = 0.1
+# If VGG-A (no BN) does not train at PROBE_LR, both networks are rerun at FALLBACK_LR (BN_METHODS.md B).
+FALLBACK_LR = 0.05
+# "Does not train": at step num_steps // 3, the mean training loss of the last tenth of those steps is
+# above STUCK_LOSS, or a loss so far was NaN/inf. ln(10) = 2.303 is the loss of a uniform guess over
+# 10 classes; 2.2 is clearly below the plateau's noise and clearly above a network that has started.
+STUCK_LOSS = 2.2
+SLICE_ALPHAS = 51  # points of the 1-D slice in [-1, 1]
+LABELS = {"VGG_A": "Standard", "VGG_A_BN": "Standard + BatchNorm"}  # the paper's names
+
+
+# =========================================================================================== A. protocol
+
+def run_protocol(profile: str, data_source: str, dirs: OutputDirs, force: bool = False,
+                 models: Sequence[str] = BN_MODELS, lrs: Sequence[float] = BN_LRS,
+                 progress: bool = True) -> list[dict]:
+    """Train both networks at every protocol learning rate (lib.train reseeds each run); return the results."""
+    from lib.train import train  # imported here: the trainer pulls in tensorboard, which is slow to import
+
+    return [train(cfg, dirs=dirs, force=force, progress=progress)
+            for cfg in bn_experiments(profile, data_source, models=tuple(models), lrs=tuple(lrs))]
+
+
+class Band(NamedTuple):
+    """Per-step min/max over runs: steps (T,), lo (T,), hi (T,), num_valid (T,) finite values per step,
+    num_ignored = NaN/inf values dropped (steps missing from shorter runs are not counted)."""
+
+    steps: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    num_valid: np.ndarray
+    num_ignored: int
+
+
+def _as_float_array(series) -> np.ndarray:
+    """A 1-D float array; None (how JSON stores NaN/inf here) becomes NaN."""
+    arr = np.asarray([np.nan if v is None else v for v in series], dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"a per-step series must be a flat list of numbers, got shape {arr.shape}")
+    return arr
+
+
+def loss_band(step_series: Sequence[Sequence[float]]) -> Band:
+    """Per-step min and max over runs of different lengths, ignoring NaN/inf (e.g. a diverged run).
+
+    A step that only some runs reach uses those runs; a step where no run has a finite value gets
+    NaN for lo and hi and num_valid 0.
+    """
+    runs = [_as_float_array(s) for s in step_series]
+    if not runs:
+        raise ValueError("loss_band needs at least one run's per-step series")
+    num_steps = max(len(r) for r in runs)
+    M = np.full((len(runs), num_steps), np.nan)  # (R, T); NaN pads the shorter runs
+    present = np.zeros((len(runs), num_steps), dtype=bool)
+    for i, r in enumerate(runs):
+        M[i, :len(r)] = r
+        present[i, :len(r)] = True
+    valid = np.isfinite(M)
+    num_ignored = int((present & ~valid).sum())
+    num_valid = valid.sum(axis=0)
+    lo = np.where(valid, M, np.inf).min(axis=0)
+    hi = np.where(valid, M, -np.inf).max(axis=0)
+    lo[num_valid == 0] = np.nan
+    hi[num_valid == 0] = np.nan
+    return Band(np.arange(num_steps), lo, hi, num_valid, num_ignored)
+
+
+def _protocol_files(dirs: OutputDirs, model: str, lr: float, seed: int = BN_SEED) -> tuple[Path, Path]:
+    """(result json, steps json) of one protocol run."""
+    name = bn_name(model, lr, seed)
+    return Path(dirs.results) / f"{name}.json", Path(dirs.results) / f"{name}.steps.json"
+
+
+def protocol_steps(dirs: OutputDirs, model: str, lrs: Sequence[float] = BN_LRS,
+                   seed: int = BN_SEED) -> dict[float, dict]:
+    """{lr: steps dict} of the protocol runs of `model` whose steps file exists (missing ones left out)."""
+    out = {}
+    for lr in lrs:
+        path = _protocol_files(dirs, model, lr, seed)[1]
+        if path.exists():
+            out[lr] = read_json(path)
+    return out
+
+
+# =========================================================================================== B. probe
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """One probe run (BN_METHODS.md B): plain SGD training of `model` with a probe every `probe_every` steps."""
+
+    model: str
+    profile: str = "full"
+    data_source: str = "official"
+    num_train: int | None = None  # images of the 45,000-image training split (None = all)
+    lr: float = PROBE_LR
+    batch_size: int = 128
+    num_steps: int = 4000
+    probe_every: int = 20  # k: probe at steps 0, k, 2k, ...
+    eta_multipliers: tuple[float, ...] = ETA_MULTIPLIERS  # eta = m * lr
+    seed: int = BN_SEED
+    device: str = "auto"
+    precision: str = "fp32"  # always fp32 (TF32 off on CUDA): the probe differences gradients
+    init: str = "xavier"  # Xavier-normal weights, zero biases, BN weight 1 / bias 0 ('default' = PyTorch's)
+    stuck_loss: float = STUCK_LOSS  # the "does not train" criterion, see STUCK_LOSS
+    fallback: bool = True  # apply the lr fallback (run_probes); off where runs are too short to judge
+
+    def __post_init__(self):
+        if self.precision != "fp32":
+            raise ValueError(f"the probe runs in fp32 only, got precision={self.precision!r}")
+        if self.init not in ("xavier", "default"):
+            raise ValueError(f"init must be 'xavier' or 'default', got {self.init!r}")
+        if self.lr <= 0 or self.batch_size < 1 or self.num_steps < 1 or self.probe_every < 1:
+            raise ValueError("lr, batch_size, num_steps and probe_every must be positive")
+        if not self.eta_multipliers or any(m <= 0 for m in self.eta_multipliers):
+            raise ValueError(f"eta_multipliers must be a non-empty list of positive numbers, "
+                             f"got {self.eta_multipliers!r}")
+        if self.num_train is not None and self.num_train < self.batch_size:
+            raise ValueError(f"num_train={self.num_train} is below batch_size={self.batch_size}: the probe "
+                             f"uses full batches only; use more images or a smaller batch")
+
+    @property
+    def name(self) -> str:
+        """Result name: probe-<model>-s<seed>."""
+        return f"probe-{self.model}-s{self.seed}"
+
+    @property
+    def etas(self) -> list[float]:
+        """The absolute step sizes eta = m * lr."""
+        return [m * self.lr for m in self.eta_multipliers]
+
+    def to_dict(self) -> dict:
+        """Plain-JSON view (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProbeConfig":
+        """Inverse of to_dict; unknown keys are an error so that stale results are not misread."""
+        d = dict(d)
+        d["eta_multipliers"] = tuple(d.get("eta_multipliers", ETA_MULTIPLIERS))
+        return cls(**d)
+
+    def replace(self, **changes) -> "ProbeConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+# Probe sizes per profile. quick: measured on this 2-core CPU (see the report of issue 4 and
+# PROBE_SIZES_NOTE); full: a GPU estimate, both networks in about three minutes.
+PROBE_SIZES = {
+    "smoke": dict(num_train=256, batch_size=64, num_steps=6, probe_every=2, eta_multipliers=(1.0, 2.0, 4.0),
+                  fallback=False),
+    "quick": dict(num_train=10_000, batch_size=128, num_steps=150, probe_every=15,
+                  eta_multipliers=(1.0, 2.0, 3.0, 4.0)),
+    "full": dict(num_train=None, batch_size=128, num_steps=4000, probe_every=20, eta_multipliers=ETA_MULTIPLIERS),
+}
+
+
+def probe_configs(profile: str, data_source: str, seed: int = BN_SEED, **overrides) -> list[ProbeConfig]:
+    """The two probe configs (VGG_A, VGG_A_BN) of `profile`, identical except for the model."""
+    get_profile(profile)  # clear error for an unknown profile
+    sizes = dict(PROBE_SIZES[profile], **overrides)
+    return [ProbeConfig(model=m, profile=profile, data_source=data_source, seed=seed, **sizes) for m in BN_MODELS]
+
+
+@contextlib.contextmanager
+def _strict_fp32(device: torch.device):
+    """Turn TF32 off on CUDA for the duration (the probe's gradient differences need true fp32)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _global_norm(tensors) -> torch.Tensor:
+    """sqrt(sum of squares) over a list of tensors, as a 0-d tensor (no host sync)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def probe_step(model: nn.Module, params: list[torch.Tensor], grads: Sequence[torch.Tensor],
+               x: torch.Tensor, y: torch.Tensor, etas: Sequence[float],
+               loss_fn: Callable = F.cross_entropy) -> dict[str, torch.Tensor]:
+    """Move along -grads by each eta on the batch (x, y) and measure; leave the model exactly as it was.
+
+    `grads` is the gradient g of loss_fn(model(x), y) at the current weights w (in train mode).
+    For each eta: w_eta = w - eta * g, loss L(w_eta) and g_eta = grad L(w_eta) on the same batch in
+    train mode (torch.autograd.grad, so .grad and any optimiser state are untouched). Afterwards the
+    parameters are copied back from a saved copy and every buffer (BN running statistics and
+    num_batches_tracked) is restored, bitwise. Returns tensors on the model's device (no host sync):
+    'loss' (K,) L(w_eta), 'gdiff' (K,) ||g - g_eta||, 'beta' (K,) ||g - g_eta|| / ||eta g||,
+    'grad_norm' () ||g||.
+    """
+    was_training = model.training
+    saved_params = [p.detach().clone() for p in params]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    grads = [g.detach() for g in grads]
+    grad_norm = _global_norm(grads)
+    losses, gdiffs = [], []
+    model.train()  # the training loss uses batch statistics, so the probe does too
+    try:
+        for eta in etas:
+            with torch.no_grad():
+                for p, w, g in zip(params, saved_params, grads):
+                    p.copy_(w - eta * g)
+            loss_eta = loss_fn(model(x), y)
+            g_eta = torch.autograd.grad(loss_eta, params)
+            losses.append(loss_eta.detach().float())
+            gdiffs.append(_global_norm([g - ge for g, ge in zip(grads, g_eta)]).float())
+    finally:
+        with torch.no_grad():  # restore exactly: copy back, never add eta * g back
+            for p, w in zip(params, saved_params):
+                p.copy_(w)
+            for b, saved in zip(model.buffers(), saved_buffers):
+                b.copy_(saved)
+        model.train(was_training)
+    loss = torch.stack(losses)
+    gdiff = torch.stack(gdiffs)
+    step_norms = torch.tensor(list(etas), dtype=gdiff.dtype, device=gdiff.device) * grad_norm.float()
+    return {"loss": loss, "gdiff": gdiff, "beta": gdiff / step_norms, "grad_norm": grad_norm.float()}
+
+
+def nan_minmax(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Min and max over the last dim ignoring NaN/inf, and the count of non-finite values; NaN where none is finite."""
+    finite = torch.isfinite(values)
+    lo = torch.where(finite, values, torch.full_like(values, math.inf)).amin(-1)
+    hi = torch.where(finite, values, torch.full_like(values, -math.inf)).amax(-1)
+    none = ~finite.any(-1)
+    nan = torch.full_like(lo, math.nan)
+    return torch.where(none, nan, lo), torch.where(none, nan, hi), (~finite).sum(-1)
+
+
+def summarize_probes(records: list[dict[str, torch.Tensor]]) -> dict[str, list]:
+    """Per-probe summary (the paper's three quantities) from probe_step records, as plain lists."""
+    loss = torch.stack([r["loss"] for r in records])  # (P, K)
+    gdiff = torch.stack([r["gdiff"] for r in records])  # (P, K)
+    beta = torch.stack([r["beta"] for r in records])  # (P, K)
+    loss_min, loss_max, bad_loss = nan_minmax(loss)
+    gpred_min, gpred_max, bad_gdiff = nan_minmax(gdiff)
+    _, beta_max, _ = nan_minmax(beta)
+    out = {"loss_min": loss_min, "loss_max": loss_max, "gpred_min": gpred_min, "gpred_max": gpred_max,
+           "beta": beta_max, "nonfinite": bad_loss + bad_gdiff,
+           "grad_norm": torch.stack([r["grad_norm"] for r in records]),
+           "loss_eta": loss, "gdiff_eta": gdiff}
+    return {k: v.cpu().tolist() for k, v in out.items()}  # the one host transfer of the run
+
+
+def stuck_check(train_loss: Sequence[float], num_steps: int, stuck_loss: float = STUCK_LOSS) -> dict:
+    """The "does not train" criterion at step num_steps // 3 (see STUCK_LOSS); needs that many losses."""
+    check = max(1, num_steps // 3)
+    losses = _as_float_array(train_loss)
+    if len(losses) < check:
+        raise ValueError(f"stuck_check needs the first {check} step losses, got {len(losses)}")
+    window = losses[check - max(1, check // 10):check]
+    finite = bool(np.isfinite(losses[:check]).all())
+    mean = float(window.mean()) if finite else math.nan
+    return {"step": check, "window": len(window), "mean_loss": mean, "threshold": stuck_loss,
+            "stuck": (not finite) or mean > stuck_loss}
+
+
+def probe_data(cfg: ProbeConfig, device: torch.device):
+    """(train_loader, data info): the training split (subset) as full shuffled batches, Part 2 normalisation."""
+    from lib.data import load_cifar10, split_train_val, subset, to_device_tensors
+    from lib.loader import BatchLoader
+
+    data = load_cifar10(cfg.data_source)
+    # The same 45,000 / 5,000 split as lib.train, so the probe never sees the validation images.
+    X_tr, y_tr, _, _ = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
+    X_tr, y_tr = subset(X_tr, y_tr, cfg.num_train)
+    if len(y_tr) < cfg.batch_size:
+        raise ValueError(f"the data source has only {len(y_tr)} training images, fewer than one batch of "
+                         f"{cfg.batch_size}: use a larger copy or a smaller batch_size")
+    mean, std = NORMS["half"]
+    # drop_last: every step sees a full batch (BN statistics of a ragged last batch would be noisier).
+    loader = BatchLoader(*to_device_tensors(X_tr, y_tr, device), cfg.batch_size, shuffle=True, augment=False,
+                         mean=mean, std=std, seed=cfg.seed, drop_last=True, channels_last=device.type == "cuda")
+    return loader, dict(data.info, num_train_used=len(y_tr))
+
+
+def build_probe_model(cfg: ProbeConfig, device: torch.device) -> nn.Module:
+    """The network of `cfg`, seeded and initialised on the CPU (same weights on every device), then moved."""
+    from lib.models import build, init_xavier_
+
+    torch.manual_seed(cfg.seed)
+    model = build(cfg.model)
+    if cfg.init == "xavier":
+        init_xavier_(model)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress: bool = True) -> dict:
+    """Train `cfg.model` with plain SGD, probing every cfg.probe_every steps; return the result (not written).
+
+    With abort_if_stuck the run stops at the stuck check when the criterion fires and returns
+    status 'stuck' (the caller then reruns at FALLBACK_LR).
+    """
+    from lib.train import resolve_device
+
+    device = resolve_device(cfg.device)
+    loader, data_info = probe_data(cfg, device)
+    model = build_probe_model(cfg, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.0, weight_decay=0.0)
+    etas = cfg.etas
+    check_step = max(1, cfg.num_steps // 3)
+    train_loss = torch.full((cfg.num_steps,), math.nan, device=device)
+    # Data-order fingerprint per step: a label checksum and the batch's pixel sum (float64), so two
+    # runs can show that they saw identical batches.
+    fingerprint = torch.zeros(cfg.num_steps, 2, dtype=torch.float64, device=device)
+    label_weights = torch.arange(1, cfg.batch_size + 1, device=device, dtype=torch.float64)
+    records, probe_steps, check = [], [], None
+    status = "ok"
+    t0 = time.perf_counter()
+    step, epoch = 0, 0
+    model.train()
+    with _strict_fp32(device):
+        while step < cfg.num_steps:
+            loader.set_epoch(epoch)
+            for batch in loader:
+                x, y = batch.x, batch.y
+                loss = F.cross_entropy(model(x), y)
+                grads = torch.autograd.grad(loss, params)
+                train_loss[step] = loss.detach()
+                fingerprint[step, 0] = (y.double() * label_weights).sum()
+                fingerprint[step, 1] = x.double().sum()
+                if step % cfg.probe_every == 0:
+                    records.append(probe_step(model, params, grads, x, y, etas))
+                    probe_steps.append(step)
+                for p, g in zip(params, grads):
+                    p.grad = g  # the real step uses the same g that the probe used
+                optimizer.step()
+                step += 1
+                if step == check_step:  # the one mid-run host sync
+                    check = stuck_check(train_loss[:check_step].cpu().tolist(), cfg.num_steps, cfg.stuck_loss)
+                    if progress:
+                        print(f"[{cfg.name}] lr {cfg.lr:g}: mean loss {check['mean_loss']:.3f} at step "
+                              f"{check_step} ({'stuck' if check['stuck'] else 'training'})")
+                    if check["stuck"] and abort_if_stuck:
+                        status = "stuck"
+                        break
+                if step >= cfg.num_steps:
+                    break
+            if status == "stuck":
+                break
+            epoch += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    losses = train_loss[:step].cpu()
+    fp = fingerprint[:step].cpu().numpy()
+    result = {
+        "name": cfg.name, "status": status, "config": cfg.to_dict(), "model": cfg.model,
+        "label": LABELS.get(cfg.model, cfg.model), "lr": cfg.lr, "etas": etas, "lr_fallback": None,
+        "num_params": sum(p.numel() for p in model.parameters()), "data": data_info,
+        "environment": environment_info(device), "seconds": seconds, "steps_done": step, "epochs": epoch,
+        "seconds_per_step": seconds / max(step, 1), "stuck_check": check,
+        "train_loss": losses.tolist(), "train_nonfinite": int((~torch.isfinite(losses)).sum()),
+        "data_order_sha256": hashlib.sha256(fp.tobytes()).hexdigest(),
+        "probes": {"step": probe_steps, **summarize_probes(records)},
+    }
+    result["probe_nonfinite"] = int(sum(result["probes"]["nonfinite"]))
+    if progress:
+        print(f"[{cfg.name}] {step} steps, {len(probe_steps)} probes, {seconds:.1f}s "
+              f"({result['environment']['device']}); final loss {float(losses[-1]):.3f}")
+    return result
+
+
+def probe_path(cfg: ProbeConfig, dirs: OutputDirs) -> Path:
+    """Where the result of `cfg` lives."""
+    return Path(dirs.results) / f"{cfg.name}.json"
+
+
+def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress: bool = True,
+              lr_fallback: dict | None = None) -> dict:
+    """Train with probes as `cfg` says and write <results>/probe-<model>-s<seed>.json; reuse a matching file.
+
+    Keys of the result: name, status, config, model, label, lr, etas, lr_fallback (None, or why the
+    lr was lowered), num_params, data, environment, seconds, steps_done, stuck_check, train_loss
+    (per step), train_nonfinite, data_order_sha256, probe_nonfinite and probes = {step, loss_min,
+    loss_max, gpred_min, gpred_max, beta, nonfinite, grad_norm (per probe), loss_eta, gdiff_eta
+    (per probe and eta, for the paper's Fig. 11a)}. NaN/inf are stored as null.
+    """
+    path = probe_path(cfg, dirs)
+    if not force and (found := reusable_result(path, cfg.to_dict(), ProbeConfig)) is not None:
+        return found
+    result = _train_with_probes(cfg, progress=progress)
+    result["lr_fallback"] = lr_fallback
+    atomic_write_json(path, result)
+    return read_json(path)  # what a later reuse returns (NaN as None), so both paths look the same
+
+
+def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, progress: bool = True,
+               configs: Sequence[ProbeConfig] | None = None) -> list[dict]:
+    """Probe both networks (VGG_A first) with the same seed and data; fall back to FALLBACK_LR for both
+    when VGG_A does not train at PROBE_LR (see STUCK_LOSS). Returns [VGG_A result, VGG_A_BN result]."""
+    configs = list(configs) if configs is not None else probe_configs(profile, data_source)
+    plain = next((c for c in configs if c.model == "VGG_A"), configs[0])
+    fallback = [c.replace(lr=FALLBACK_LR) for c in configs]
+    if not force:
+        found = [reusable_result(probe_path(c, dirs), c.to_dict(), ProbeConfig) for c in configs]
+        found_fb = [reusable_result(probe_path(c, dirs), c.to_dict(), ProbeConfig) for c in fallback]
+        if all(r is not None and r.get("lr_fallback") for r in found_fb):
+            return found_fb  # an earlier call already fell back
+        if all(r is not None for r in found):
+            return found
+        if found[configs.index(plain)] is None and found_fb[configs.index(plain)] is not None:
+            # VGG_A fell back earlier but the BN run is missing: finish the fallback pair.
+            return [run_probe(c, dirs, force, progress, found_fb[configs.index(plain)]["lr_fallback"])
+                    for c in fallback]
+    first = reusable_result(probe_path(plain, dirs), plain.to_dict(), ProbeConfig) if not force else None
+    if first is None:
+        first = _train_with_probes(plain, abort_if_stuck=plain.fallback and plain.lr != FALLBACK_LR,
+                                   progress=progress)
+        if first["status"] == "stuck":
+            why = {"from_lr": plain.lr, "to_lr": FALLBACK_LR, "stuck_check": first["stuck_check"],
+                   "train_loss_until_check": first["train_loss"],
+                   "rule": f"VGG_A's mean training loss over the last tenth of the first third of the steps "
+                           f"was above {plain.stuck_loss} (or non-finite): rerun both networks at "
+                           f"{FALLBACK_LR}, step sizes eta = m * lr scaled with it"}
+            if progress:
+                print(f"[probe] VGG_A does not train at lr {plain.lr:g}: both networks rerun at {FALLBACK_LR:g}")
+            return [run_probe(c, dirs, True, progress, why) for c in fallback]
+        atomic_write_json(probe_path(plain, dirs), first)
+        first = read_json(probe_path(plain, dirs))
+    return [first if c is plain else run_probe(c, dirs, force, progress) for c in configs]
+
+
+# =========================================================================================== C. 1-D slice
+
+def filter_normalized_direction(model: nn.Module, generator: torch.Generator) -> list[torch.Tensor]:
+    """A Gaussian direction shaped like the parameters, each filter rescaled to its weights' filter norm.
+
+    Filters are the slices along dim 0 (a conv's output channel, the weights into one Linear neuron);
+    1-D parameters (biases, BN weight and bias) get a zero direction (Li et al., section 4).
+    """
+    direction = []
+    for p in model.parameters():
+        if p.dim() <= 1:
+            direction.append(torch.zeros_like(p))
+            continue
+        d = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        d_norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)  # (C_out,)
+        p_norm = p.detach().flatten(1).norm(dim=1)  # (C_out,)
+        direction.append(d * (p_norm / d_norm).view(-1, *([1] * (p.dim() - 1))))
+    return direction
+
+
+@torch.no_grad()
+def loss_slice(model: nn.Module, X: torch.Tensor, y: torch.Tensor, alphas: Sequence[float] | None = None,
+               seed: int = 0, batch_size: int = 500) -> dict:
+    """Loss (eval mode) at theta + alpha * d for a filter-normalised direction d; weights restored after.
+
+    X: normalised float images (N, 3, 32, 32), y: (N,) labels, on the model's device. Returns
+    {'alpha': [...], 'loss': [...], 'acc': [...]}.
+    """
+    alphas = list(np.linspace(-1.0, 1.0, SLICE_ALPHAS)) if alphas is None else list(alphas)
+    direction = filter_normalized_direction(model, torch.Generator().manual_seed(seed))
+    params = list(model.parameters())
+    saved = [p.detach().clone() for p in params]
+    was_training = model.training
+    model.eval()
+    losses, accs = [], []
+    try:
+        for alpha in alphas:
+            for p, w, d in zip(params, saved, direction):
+                p.copy_(w + alpha * d)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=X.device)
+            correct = torch.zeros((), dtype=torch.float64, device=X.device)
+            for i in range(0, len(y), batch_size):
+                out = model(X[i:i + batch_size]).float()
+                loss_sum += F.cross_entropy(out, y[i:i + batch_size], reduction="sum").double()
+                correct += (out.argmax(1) == y[i:i + batch_size]).sum()
+            losses.append(loss_sum / len(y))
+            accs.append(correct / len(y))
+    finally:
+        for p, w in zip(params, saved):
+            p.copy_(w)
+        model.train(was_training)
+    return {"alpha": [float(a) for a in alphas], "loss": torch.stack(losses).cpu().tolist(),
+            "acc": torch.stack(accs).cpu().tolist()}
+
+
+SLICE_IMAGES = {"smoke": 64, "quick": 500, "full": 2000}  # fixed training subset the slice is evaluated on
+
+
+def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, lr: float = 1e-3,
+               seed: int = BN_SEED, num_images: int | None = None, device: str = "auto") -> list[dict]:
+    """1-D slices around the protocol's best checkpoints at `lr` (both networks); writes slice-<model>-s<seed>.json."""
+    from lib.data import load_cifar10, split_train_val, subset, to_device_tensors
+    from lib.models import build
+    from lib.train import resolve_device
+
+    dev = resolve_device(device)
+    num_images = num_images or SLICE_IMAGES[profile]
+    results = []
+    for model_name in BN_MODELS:
+        name = bn_name(model_name, lr, seed)
+        run = read_json(Path(dirs.results) / f"{name}.json")
+        config = {"model": model_name, "run": name, "checkpoint_epoch": run.get("best_epoch"),
+                  "num_images": num_images, "alphas": SLICE_ALPHAS, "seed": seed, "data_source": data_source}
+        path = Path(dirs.results) / f"slice-{model_name}-s{seed}.json"
+        if not force and (found := reusable_result(path, config)) is not None:
+            results.append(found)
+            continue
+        ckpt = run.get("checkpoint")
+        if not ckpt or not Path(ckpt).exists():
+            raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing: run the protocol "
+                                    f"(run_protocol) first, in this profile")
+        data = load_cifar10(data_source)
+        X_tr, y_tr, _, _ = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
+        X_tr, y_tr = subset(X_tr, y_tr, num_images)
+        X, y = to_device_tensors(X_tr, y_tr, dev)
+        mean, std = NORMS["half"]
+        mean_t = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, device=dev).view(1, 3, 1, 1)
+        X = (X.float() / 255 - mean_t) / std_t
+        model = build(model_name)
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+        model = model.to(dev)
+        t0 = time.perf_counter()
+        out = loss_slice(model, X, y, seed=seed)
+        result = {"name": path.stem, "config": config, "label": LABELS[model_name],
+                  "environment": environment_info(dev), "seconds": time.perf_counter() - t0, **out}
+        atomic_write_json(path, result)
+        results.append(read_json(path))
+    return results
+
+
+# =========================================================================================== study + summary
+
+def run_bn_study(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, progress: bool = True,
+                 lrs: Sequence[float] = BN_LRS, probe_overrides: dict | None = None,
+                 slices: bool = True) -> dict:
+    """All of Part 2's compute: the protocol (A), the probes (B) and the slices (C); returns bn_summary(dirs)."""
+    run_protocol(profile, data_source, dirs, force=force, lrs=lrs, progress=progress)
+    configs = probe_configs(profile, data_source, **(probe_overrides or {}))
+    run_probes(profile, data_source, dirs, force=force, progress=progress, configs=configs)
+    if slices and 1e-3 in lrs:
+        run_slices(profile, data_source, dirs, force=force)
+    return bn_summary(dirs, lrs=lrs)
+
+
+def _finite_stats(values) -> dict | None:
+    """min / max / mean / median of the finite values (None when there are none)."""
+    v = _as_float_array(values)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    return {"min": float(v.min()), "max": float(v.max()), "mean": float(v.mean()), "median": float(np.median(v))}
+
+
+def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_SEED) -> dict:
+    """The numbers the report needs, read from the result files (a missing file leaves its entry None)."""
+    summary: dict = {"protocol": {}, "probe": {}, "slice": {}, "missing": []}
+    results = Path(dirs.results)
+    for model in BN_MODELS:
+        entry: dict = {"label": LABELS[model], "best_val_acc": {}, "test_acc": {}, "status": {}}
+        for lr in lrs:
+            path, _ = _protocol_files(dirs, model, lr, seed)
+            if not path.exists():
+                summary["missing"].append(path.name)
+                continue
+            run = read_json(path)
+            entry["best_val_acc"][f"{lr:g}"] = run.get("best_val_acc")
+            entry["test_acc"][f"{lr:g}"] = run.get("test_acc")
+            entry["status"][f"{lr:g}"] = run.get("status")
+            if lr == 1e-3:
+                entry.update(best_val_acc_lr1e3=run.get("best_val_acc"), best_epoch_lr1e3=run.get("best_epoch"),
+                             num_epochs=len(run.get("history", [])), device=run.get("device"),
+                             data=(run.get("data") or {}).get("label"), train_seconds_lr1e3=run.get("train_seconds"))
+        steps = protocol_steps(dirs, model, lrs, seed)
+        if steps:
+            band = loss_band([s["loss"] for s in steps.values()])
+            both = band.num_valid >= 2  # a band needs two runs
+            width = band.hi - band.lo
+            entry["loss_band"] = {
+                "num_runs": len(steps), "num_steps": int(len(band.steps)), "num_ignored": band.num_ignored,
+                "mean_width": float(width[both].mean()) if both.any() else None,
+                "median_width": float(np.median(width[both])) if both.any() else None,
+                "mean_width_last_tenth": (float(width[both][-max(1, both.sum() // 10):].mean())
+                                          if both.any() else None)}
+            grad = {}
+            for lr, s in steps.items():
+                gmax, gmin = _as_float_array(s["grad_max"]), _as_float_array(s["grad_min"])
+                rng = gmax - gmin
+                grad[f"{lr:g}"] = {"range": _finite_stats(rng), "grad_max": _finite_stats(gmax),
+                                   "grad_min": _finite_stats(gmin)}
+            entry["grad_range"] = grad
+        summary["protocol"][model] = entry
+
+        probe_file = results / f"probe-{model}-s{seed}.json"
+        if probe_file.exists():
+            r = read_json(probe_file)
+            p = r["probes"]
+            band_width = _as_float_array(p["loss_max"]) - _as_float_array(p["loss_min"])
+            summary["probe"][model] = {
+                "label": LABELS[model], "lr": r["lr"], "lr_fallback": r.get("lr_fallback") is not None,
+                "num_steps": r["steps_done"], "num_probes": len(p["step"]), "etas": r["etas"],
+                "beta": _finite_stats(p["beta"]), "gpred_max": _finite_stats(p["gpred_max"]),
+                "gpred_min": _finite_stats(p["gpred_min"]), "loss_band_width": _finite_stats(band_width),
+                "loss_max": _finite_stats(p["loss_max"]), "probe_nonfinite": r["probe_nonfinite"],
+                "final_train_loss": _finite_stats(r["train_loss"][-max(1, len(r["train_loss"]) // 20):]),
+                "seconds": r["seconds"], "device": r["environment"]["device"],
+                "data_order_sha256": r["data_order_sha256"], "data": (r.get("data") or {}).get("label")}
+        else:
+            summary["missing"].append(probe_file.name)
+
+        slice_file = results / f"slice-{model}-s{seed}.json"
+        if slice_file.exists():
+            s = read_json(slice_file)
+            loss = _as_float_array(s["loss"])
+            mid = len(loss) // 2  # alpha = 0
+            summary["slice"][model] = {"loss_at_0": float(loss[mid]), "loss_max": float(np.nanmax(loss)),
+                                       "loss_at_pm1": [float(loss[0]), float(loss[-1])]}
+    probes = summary["probe"]
+    if len(probes) == 2:
+        summary["same_data_order"] = len({p["data_order_sha256"] for p in probes.values()}) == 1
+    return summary

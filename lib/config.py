@@ -1,0 +1,110 @@
+"""Experiment configuration as data: one frozen dataclass per training run, and the profiles."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Normalisation constants (per channel, applied to images scaled to [0, 1]).
+NORMS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # Part 1
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Part 2
+}
+
+OPTIMIZERS = ("adamw_sgd", "adam", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much of the data and how many epochs a run uses (smoke < quick < full)."""
+
+    name: str
+    num_train: int | None  # images from the 45,000-image training split (None = all)
+    num_val: int | None  # images from the 5,000-image validation split (None = all)
+    num_test: int | None  # images from the 10,000-image test set (None = all)
+    num_epochs: int  # Part 1 epochs
+    bn_epochs: int  # Part 2 (BN protocol) epochs
+    note: str
+
+
+PROFILES = {
+    "smoke": Profile("smoke", 512, 256, 256, 2, 2, "CI-sized: seconds per model on a CPU; numbers mean nothing"),
+    "quick": Profile("quick", 10_000, 2_000, 10_000, 10, 6,
+                     "a real but reduced run: 10k training images, full test set; minutes per small model on a CPU"),
+    "full": Profile("full", None, None, None, 70, 50, "the STUDY.md recipe on all data; meant for a GPU"),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the named profile or raise a ValueError listing the valid ones."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines one training run; written into every checkpoint and result.
+
+    The defaults are the STUDY.md Part 1 recipe (section 4).
+    """
+
+    name: str  # experiment name, also the result file name
+    model: str
+    profile: str = "full"
+    data_source: str = "official"  # 'official' or a path to an image-folder copy (folder or .tar.gz)
+    num_train: int | None = None
+    num_val: int | None = None
+    num_test: int | None = None
+    num_epochs: int = 70
+    batch_size: int = 256
+    optimizer: str = "adamw_sgd"  # AdamW, then SGD from epoch int(switch_frac * num_epochs)
+    lr: float = 1e-3
+    switch_frac: float = 0.8
+    momentum: float = 0.9  # SGD phase
+    weight_decay: float = 1e-3
+    lr_gamma: float = 0.96  # ExponentialLR, stepped once per epoch (1.0 = constant lr)
+    label_smoothing: float = 0.1
+    augment: bool = True  # flip, 4-pixel-pad crop, random erasing
+    erase_p: float = 0.5
+    mixup_p: float = 0.3
+    cutmix_p: float = 0.3
+    mix_alpha: float = 0.5
+    norm: str = "imagenet"
+    record_steps: bool = False  # per-step train loss and last-Linear weight-gradient range (Part 2)
+    seed: int = 0
+    device: str = "auto"  # 'auto' = cuda if available, else cpu
+    precision: str = "auto"  # 'auto' = bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # CUDA only: torch.compile the model (pays a one-off compile time)
+    tags: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of {OPTIMIZERS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: choose one of {PRECISIONS}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}: choose one of {tuple(NORMS)}")
+        if self.num_epochs < 1 or self.batch_size < 1:
+            raise ValueError("num_epochs and batch_size must be positive")
+
+    @property
+    def switch_epoch(self) -> int | None:
+        """First SGD epoch of the AdamW -> SGD recipe (None for single-optimiser runs)."""
+        return int(self.switch_frac * self.num_epochs) if self.optimizer == "adamw_sgd" else None
+
+    def to_dict(self) -> dict:
+        """Plain-JSON view (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of to_dict; unknown keys are an error so that stale results are not misread."""
+        d = dict(d)
+        if "tags" in d:
+            d["tags"] = tuple(d["tags"])
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)

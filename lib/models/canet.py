@@ -1,0 +1,165 @@
+"""CANet: the Convolution-and-Attention Network of the course project (STUDY.md section 2).
+
+Six AttResBlocks, each running two parallel conv paths: one is re-weighted by CBAM-style spatial
+attention (Woo et al., "CBAM: Convolutional Block Attention Module", ECCV 2018), the other by a
+multi-kernel ECA-style channel attention (Wang et al., "ECA-Net: Efficient Channel Attention for
+Deep Convolutional Neural Networks", CVPR 2020). The attended maps then pass through one
+`unit_transform` shared by both paths, which gates each path before they are summed with the
+shortcut. The class is generic in the base width `w` and classifier hidden size `h`; the four
+variants are data (`VARIANTS`).
+
+To see the attention maps, hook the named submodules: `block.sa` / `block.se` expose
+`attention(x)`, which returns the (B, 1, H, W) / (B, C, 1, 1) sigmoid map their forward applies, e.g.
+`block.sa.register_forward_hook(lambda m, inp, out: maps.append(m.attention(inp[0])))`.
+
+Parameter counts (checked by tests/test_models.py): CANet_tiny 396,155; CANet_light 1,576,244;
+CANet 6,289,574; CANet_pro 25,128,842. The spec read literally gives these exact counts: every
+conv is bias-free, the shortcut is conv + BN in every block (also the stride-1 ones, where it is a
+3x3 conv, not an identity), each block has one BN per path plus one after the sum, and the head's
+BatchNorm2d(4w) sits before the flatten.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# name -> (w, h): base width and classifier hidden size.
+VARIANTS = {
+    "CANet_tiny": (16, 27),
+    "CANet_light": (32, 54),
+    "CANet": (64, 108),
+    "CANet_pro": (128, 216),
+}
+
+
+class SpatialAttention(nn.Module):
+    """CBAM-style spatial attention: x * sigmoid(conv([mean_c(x), max_c(x)]))."""
+
+    def __init__(self, kernel_size: int, padding: int):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=padding, bias=False)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the (B, 1, H, W) sigmoid attention map for x of shape (B, C, H, W)."""
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B,2,H,W)
+        return torch.sigmoid(self.conv(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return x re-weighted per pixel."""
+        return x * self.attention(x)
+
+
+class ChannelAttention(nn.Module):
+    """Multi-kernel ECA channel attention: 1-D convs (kernels 3, 5, 7) over the pooled channel vector.
+
+    The three conv outputs are mixed by learnable scalars `scales` (initialised to 1) and summed.
+    """
+
+    def __init__(self, kernel_sizes: tuple[int, ...] = (3, 5, 7)):
+        super().__init__()
+        # 'same' padding (k // 2 for odd k) keeps one weight per channel.
+        self.convs = nn.ModuleList(nn.Conv1d(1, 1, k, padding=k // 2, bias=False) for k in kernel_sizes)
+        self.scales = nn.Parameter(torch.ones(len(kernel_sizes)))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the (B, C, 1, 1) sigmoid channel weights for x of shape (B, C, H, W)."""
+        B, C = x.shape[0], x.shape[1]
+        # The channel axis becomes the 1-D sequence axis: (B, C, H, W) -> (B, 1, C).
+        y = x.mean(dim=(2, 3)).reshape(B, 1, C)
+        mixed = sum(s * conv(y) for s, conv in zip(self.scales, self.convs))  # (B, 1, C)
+        return torch.sigmoid(mixed).reshape(B, C, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return x re-weighted per channel."""
+        return x * self.attention(x)
+
+
+def _conv_path(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    """One of the two parallel paths: conv3x3 -> ReLU -> conv3x3(stride) -> BN -> ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class AttResBlock(nn.Module):
+    """Two parallel conv paths gated by SA and SE through one shared unit_transform, plus a shortcut.
+
+    out = ReLU(BN(U(SA(a)) * a + U(SE(b)) * b + shortcut(x))), with a = path_a(x), b = path_b(x).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, sa_kernel: int, sa_padding: int):
+        super().__init__()
+        self.path_a = _conv_path(in_ch, out_ch, stride)
+        self.path_b = _conv_path(in_ch, out_ch, stride)
+        self.sa = SpatialAttention(sa_kernel, sa_padding)
+        self.se = ChannelAttention()
+        # ONE module applied to both attended maps, so both paths are gated by the same transform.
+        self.unit_transform = nn.Sequential(
+            nn.Conv2d(out_ch, out_ch // 2, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch // 2, out_ch, 1, bias=False),
+            nn.Sigmoid(),
+        )
+        # Stride 2 downsamples with a 2x2/2 conv; stride 1 uses a 3x3 conv (a learned shortcut, not identity).
+        if stride == 1:
+            shortcut_conv = nn.Conv2d(in_ch, out_ch, 3, stride=1, padding=1, bias=False)
+        else:
+            shortcut_conv = nn.Conv2d(in_ch, out_ch, 2, stride=stride, bias=False)
+        self.shortcut = nn.Sequential(shortcut_conv, nn.BatchNorm2d(out_ch))
+        self.bn = nn.BatchNorm2d(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map (B, in, H, W) to (B, out, H/stride, W/stride)."""
+        a = self.path_a(x)
+        b = self.path_b(x)
+        u_a = self.unit_transform(self.sa(a))
+        u_b = self.unit_transform(self.se(b))
+        return F.relu(self.bn(u_a * a + u_b * b + self.shortcut(x)))
+
+
+# (in multiple of w or 0 for the 3 RGB channels, out multiple of w, stride, SA kernel, SA padding)
+_BLOCKS = [
+    (0, 1, 1, 7, 3),
+    (1, 1, 1, 7, 3),
+    (1, 2, 2, 5, 2),
+    (2, 2, 1, 5, 2),
+    (2, 4, 2, 3, 1),
+    (4, 4, 2, 3, 1),
+]
+
+
+class CANet(nn.Module):
+    """CANet with base width `width` and classifier hidden size `hidden` for 32x32 inputs."""
+
+    def __init__(self, width: int = 64, hidden: int = 108, num_classes: int = 10):
+        super().__init__()
+        self.blocks = nn.Sequential(*[
+            AttResBlock(3 if cin == 0 else cin * width, cout * width, stride, k, p)
+            for cin, cout, stride, k, p in _BLOCKS
+        ])
+        # Spatial size after the blocks is 32 / 8 = 4; pooled to 2x2 -> 4w * 4 = 16w features.
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(2),
+            nn.BatchNorm2d(4 * width),
+            nn.Flatten(),
+            nn.Linear(16 * width, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map images (B, 3, H, W) to logits (B, num_classes)."""
+        return self.head(self.blocks(x))
+
+
+def canet(name: str, num_classes: int = 10) -> CANet:
+    """Build the CANet variant `name` (a key of VARIANTS)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown CANet variant {name!r}: choose one of {', '.join(VARIANTS)}")
+    width, hidden = VARIANTS[name]
+    return CANet(width, hidden, num_classes)

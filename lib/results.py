@@ -1,0 +1,104 @@
+"""Results as files: atomic JSON writes, reading back, environment description, config-matched reuse."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lib.paths import REPO
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN/inf become None (JSON has no NaN), tuples become lists, tensors become numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _clean(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
+        return _clean(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def atomic_write_json(path: Path | str, obj) -> Path:
+    """Write `obj` as JSON to `path` atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(obj), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_json(path: Path | str):
+    """Read a JSON file written by atomic_write_json."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def git_commit() -> str:
+    """The repository's commit (with '+dirty' when the work tree has changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device | str) -> str:
+    """Human name of a device: the GPU model, or the CPU with its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment_info(device: torch.device | str) -> dict:
+    """What produced a result: device, library versions, git commit."""
+    import torchvision
+
+    return {"device": device_name(device), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "git_commit": git_commit()}
+
+
+def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | None:
+    """The result at `path` if its recorded config equals `config`, else None.
+
+    With `config_cls` (a dataclass with from_dict), both sides are normalised through it first, so a
+    result written before a new field (with a default) was added still matches.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        result = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None  # unreadable: recompute rather than trust it
+    stored = result.get("config")
+    if config_cls is not None:
+        try:
+            return result if config_cls.from_dict(stored) == config_cls.from_dict(config) else None
+        except (TypeError, ValueError):
+            return None
+    return result if _clean(stored) == _clean(config) else None

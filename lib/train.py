@@ -1,0 +1,351 @@
+"""Training: one importable function that trains a model from a frozen TrainConfig and writes its result.
+
+Data stays on the training device as uint8 and is augmented a whole batch at a time (lib.loader); per-step
+metrics are accumulated on the device and read back once per epoch, so the GPU never waits for the host.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lib.config import NORMS, TrainConfig
+from lib.data import load_cifar10, split_train_val, subset, to_device_tensors
+from lib.loader import BatchLoader
+from lib.models import build, last_linear
+from lib.paths import OutputDirs, output_dirs
+from lib.results import atomic_write_json, environment_info, reusable_result
+
+# Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules).
+WEIGHT_GROUPS = {"se": ".se.", "sa": ".sa.", "unit_transform": ".unit_transform."}
+HIST_BINS = 40
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure schedule functions (tested epoch by epoch against the recipe)
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of `epoch`: ExponentialLR(gamma) stepped once per epoch, continuing across the switch."""
+    return cfg.lr * cfg.lr_gamma ** epoch
+
+
+def optimizer_at(cfg: TrainConfig, epoch: int) -> str:
+    """Which optimiser runs `epoch`: 'adamw' then 'sgd' from int(0.8 * num_epochs) in the Part 1 recipe."""
+    if cfg.optimizer == "adamw_sgd":
+        return "adamw" if epoch < cfg.switch_epoch else "sgd"
+    return cfg.optimizer
+
+
+def make_optimizer(kind: str, params, cfg: TrainConfig, lr: float, device: torch.device):
+    """A fresh optimiser of `kind` ('adamw' | 'sgd' | 'adam'); fused kernels on CUDA."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+    raise ValueError(f"unknown optimizer kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as given (clear error for a missing GPU)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available: use device='auto' or 'cpu'")
+    return dev
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast on CUDA (precision auto/bf16), nothing (fp32) otherwise."""
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_summary(name: str, batch_size: int = 1) -> str:
+    """The torchinfo summary of a model for one 32x32 image, as text."""
+    import torchinfo
+
+    stats = torchinfo.summary(build(name), input_size=(batch_size, 3, 32, 32), verbose=0, device="cpu",
+                              col_names=("output_size", "num_params"), depth=3)
+    return str(stats)
+
+
+def prepare_data(cfg: TrainConfig, device: torch.device):
+    """Load, split and subset the data as `cfg` says, move it to `device`; returns (loaders, data info)."""
+    data = load_cifar10(cfg.data_source)
+    # STUDY.md: 10% of the training set held out (45,000 / 5,000 on the full set).
+    X_tr, y_tr, X_val, y_val = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
+    X_tr, y_tr = subset(X_tr, y_tr, cfg.num_train)
+    X_val, y_val = subset(X_val, y_val, cfg.num_val)
+    X_te, y_te = subset(data.X_test, data.y_test, cfg.num_test)
+    mean, std = NORMS[cfg.norm]
+    cl = device.type == "cuda"
+    train_loader = BatchLoader(*to_device_tensors(X_tr, y_tr, device), cfg.batch_size, shuffle=True,
+                               augment=cfg.augment, erase_p=cfg.erase_p, mixup_p=cfg.mixup_p if cfg.augment else 0.0,
+                               cutmix_p=cfg.cutmix_p if cfg.augment else 0.0, mix_alpha=cfg.mix_alpha, mean=mean,
+                               std=std, seed=cfg.seed, channels_last=cl)
+    eval_bs = 1024 if device.type == "cuda" else 500
+    val_loader = BatchLoader(*to_device_tensors(X_val, y_val, device), eval_bs, mean=mean, std=std, channels_last=cl)
+    test_loader = BatchLoader(*to_device_tensors(X_te, y_te, device), eval_bs, mean=mean, std=std, channels_last=cl)
+    info = dict(data.info, num_train_used=len(y_tr), num_val_used=len(y_val), num_test_used=len(y_te))
+    return (train_loader, val_loader, test_loader), info
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, cfg: TrainConfig, device: torch.device,
+             num_classes: int = 10) -> dict:
+    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) on an un-augmented loader."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    for batch in loader:
+        with autocast_for(cfg, device):
+            out = model(batch.x)
+        loss_sum += F.cross_entropy(out.float(), batch.y, reduction="sum", label_smoothing=cfg.label_smoothing)
+        confusion += torch.bincount(batch.y * num_classes + out.argmax(1), minlength=num_classes ** 2)
+    model.train(was_training)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    n = int(confusion.sum())
+    return {"loss": float(loss_sum) / n, "acc": float(confusion.diagonal().sum()) / n, "confusion": confusion}
+
+
+def weight_histograms(model: nn.Module) -> dict:
+    """Per group (SE, SA, unit_transform) a histogram of all its weights: {'edges': [...], 'counts': [...]}."""
+    hists = {}
+    for group, key in WEIGHT_GROUPS.items():
+        values = [p.detach().float().flatten() for n, p in model.named_parameters() if key in f".{n}"]
+        if not values:
+            continue
+        v = torch.cat(values).cpu().numpy()
+        counts, edges = np.histogram(v, bins=HIST_BINS)
+        hists[group] = {"edges": edges.tolist(), "counts": counts.tolist()}
+    return hists
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = False, progress: bool = True,
+          max_epochs_this_call: int | None = None) -> dict:
+    """Train `cfg.model` as `cfg` says; return the result dict (also written to <results>/<cfg.name>.json).
+
+    A finished result with the same config is reused unless `force`. An interrupted run resumes from
+    its last checkpoint (model, optimiser, epoch, history; the data order is a function of (seed, epoch)).
+    `max_epochs_this_call` stops (resumably) after that many epochs and returns {'status': 'incomplete'}:
+    long suites can be split across sessions this way.
+    """
+    dirs = dirs or output_dirs(cfg.profile)
+    result_path = Path(dirs.results) / f"{cfg.name}.json"
+    if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
+        return found
+    device = resolve_device(cfg.device)
+    last_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.last.pt"
+    best_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.pt"
+    if force:
+        for p in (last_ckpt, best_ckpt):
+            p.unlink(missing_ok=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device)
+    torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
+    model = build(cfg.model).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    num_params = sum(p.numel() for p in model.parameters())
+    head = last_linear(model)
+
+    # State that a checkpoint restores.
+    start_epoch, history, weight_hists, steps = 0, [], [], {"loss": [], "grad_max": [], "grad_min": []}
+    best = {"val_acc": -1.0, "epoch": -1}
+    opt_kind = optimizer_at(cfg, 0)
+    optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
+    if last_ckpt.exists():
+        state = torch.load(last_ckpt, map_location=device, weights_only=False)
+        if TrainConfig.from_dict(state["config"]) == cfg:
+            model.load_state_dict(state["model"])
+            opt_kind = state["optimizer_kind"]
+            optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+            weight_hists, steps = state["weight_hists"], state["steps"]
+            torch.set_rng_state(state["rng_cpu"])
+            if progress:
+                print(f"[{cfg.name}] resuming from epoch {start_epoch} ({last_ckpt})")
+
+    from torch.utils.tensorboard import SummaryWriter  # imported here: slow import, not needed for reuse
+
+    steps_per_epoch = len(train_loader)
+    writer = SummaryWriter(str(Path(dirs.runs) / cfg.name), purge_step=start_epoch * steps_per_epoch)
+    if start_epoch == 0:
+        writer.add_text("model/summary", "```\n" + model_summary(cfg.model) + "\n```")
+        writer.add_text("config", "```\n" + "\n".join(f"{k}: {v}" for k, v in cfg.to_dict().items()) + "\n```")
+    step_model = torch.compile(model) if (cfg.compile and device.type == "cuda") else model
+
+    status, message = "ok", ""
+    run_start = time.perf_counter()
+    epochs_done_now = 0
+    for epoch in range(start_epoch, cfg.num_epochs):
+        if max_epochs_this_call is not None and epochs_done_now >= max_epochs_this_call:
+            writer.close()
+            return {"name": cfg.name, "status": "incomplete", "epochs_done": epoch}
+        kind = optimizer_at(cfg, epoch)
+        if kind != opt_kind:  # the recipe's switch: a fresh SGD starting at the lr reached so far
+            opt_kind, optimizer = kind, make_optimizer(kind, model.parameters(), cfg, lr_at(cfg, epoch), device)
+        lr = lr_at(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        train_stats = _train_epoch(step_model, head, optimizer, train_loader, cfg, device, epoch, progress)
+        losses = train_stats["step_loss"].cpu()
+        val = evaluate(model, val_loader, cfg, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        n_seen = train_stats["n"]
+        row = {"epoch": epoch, "lr": lr, "optimizer": opt_kind,
+               "train_loss": float(train_stats["loss_sum"]) / n_seen, "train_acc": float(train_stats["correct"]) / n_seen,
+               "val_loss": val["loss"], "val_acc": val["acc"], "seconds": seconds}
+        if cfg.record_steps:
+            steps["loss"] += losses.tolist()
+            steps["grad_max"] += train_stats["grad_max"].cpu().tolist()
+            steps["grad_min"] += train_stats["grad_min"].cpu().tolist()
+        _log_epoch(writer, model, row, losses, train_stats["step_acc"].cpu(), epoch, steps_per_epoch)
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()) or not math.isfinite(row["val_loss"]):
+            bad_step = epoch * steps_per_epoch + int((~finite).nonzero()[0]) if not bool(finite.all()) else None
+            status = "diverged"
+            message = (f"training loss became non-finite at epoch {epoch}" +
+                       (f", step {bad_step}" if bad_step is not None else "") +
+                       f" (lr {lr:g}); stopped. History up to the previous epoch is kept.")
+            print(f"[{cfg.name}] DIVERGED: {message}")
+            break
+        history.append(row)
+        weight_hists.append({"epoch": epoch, **weight_histograms(model)})
+        if row["val_acc"] > best["val_acc"]:
+            best = {"val_acc": row["val_acc"], "epoch": epoch}
+            _save_checkpoint(best_ckpt, {"config": cfg.to_dict(), "model": model.state_dict(),
+                                         "epoch": epoch, "val_acc": row["val_acc"]})
+        _save_checkpoint(last_ckpt, {"config": cfg.to_dict(), "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "optimizer_kind": opt_kind,
+                                     "epoch": epoch, "history": history, "best": best,
+                                     "weight_hists": weight_hists, "steps": steps,
+                                     "rng_cpu": torch.get_rng_state()})
+        epochs_done_now += 1
+        if progress:
+            print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.num_epochs} {opt_kind} lr {lr:.2e} "
+                  f"train {row['train_loss']:.3f}/{row['train_acc']:.3f} val {row['val_loss']:.3f}/{row['val_acc']:.3f} "
+                  f"({seconds:.1f}s)")
+
+    # Test once, for the checkpoint chosen on validation accuracy.
+    test = None
+    if best_ckpt.exists() and best["epoch"] >= 0:
+        model.load_state_dict(torch.load(best_ckpt, map_location=device, weights_only=False)["model"])
+        test = evaluate(model, test_loader, cfg, device)
+        writer.add_scalar("test/acc", test["acc"], best["epoch"])
+    writer.close()
+    conf = test["confusion"] if test else None
+    result = {
+        "name": cfg.name, "status": status, "message": message, "config": cfg.to_dict(), "model": cfg.model,
+        "profile": cfg.profile, "seed": cfg.seed, "num_params": num_params, "data": data_info,
+        **environment_info(device),
+        "history": history, "best_val_acc": best["val_acc"] if best["epoch"] >= 0 else None,
+        "best_epoch": best["epoch"] if best["epoch"] >= 0 else None,
+        "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
+        "per_class_acc": (conf.diagonal().float() / conf.sum(1).clamp(min=1)).tolist() if conf is not None else None,
+        "confusion": conf.tolist() if conf is not None else None,
+        "train_seconds": sum(r["seconds"] for r in history),
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "wall_seconds_this_call": time.perf_counter() - run_start,
+        "checkpoint": str(best_ckpt) if best_ckpt.exists() else None,
+    }
+    if cfg.record_steps:
+        atomic_write_json(Path(dirs.results) / f"{cfg.name}.steps.json", steps)
+    if weight_hists and any(len(h) > 1 for h in weight_hists):
+        atomic_write_json(Path(dirs.results) / f"{cfg.name}.weights.json", weight_hists)
+    atomic_write_json(result_path, result)
+    last_ckpt.unlink(missing_ok=True)  # finished: the result and the best checkpoint are what remain
+    return result
+
+
+def _train_epoch(model, head, optimizer, loader, cfg, device, epoch, progress) -> dict:
+    """One pass over the training loader; per-step metrics stay on the device until the epoch ends."""
+    model.train()
+    loader.set_epoch(epoch)
+    n_steps = len(loader)
+    step_loss = torch.zeros(n_steps, device=device)
+    step_acc = torch.zeros(n_steps, device=device)
+    grad_max = torch.zeros(n_steps, device=device)
+    grad_min = torch.zeros(n_steps, device=device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    n = 0
+    bar = tqdm(loader, total=n_steps, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
+               disable=not progress, mininterval=2.0)
+    for i, batch in enumerate(bar):
+        with autocast_for(cfg, device):
+            out = model(batch.x)
+        out = out.float()
+        loss = F.cross_entropy(out, batch.y, label_smoothing=cfg.label_smoothing)
+        if batch.lam < 1.0:  # MixUp/CutMix: lam*CE(y_a) + (1-lam)*CE(y_b)
+            loss = batch.lam * loss + (1 - batch.lam) * F.cross_entropy(out, batch.y_b,
+                                                                        label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.record_steps:
+            g = head.weight.grad
+            grad_max[i], grad_min[i] = g.max(), g.min()
+        optimizer.step()
+        with torch.no_grad():
+            pred = out.argmax(1)
+            acc = batch.lam * (pred == batch.y).float().mean() + (1 - batch.lam) * (pred == batch.y_b).float().mean()
+            bs = batch.y.numel()
+            step_loss[i], step_acc[i] = loss.detach(), acc
+            loss_sum += loss.detach() * bs
+            correct += acc * bs
+            n += bs
+    return {"step_loss": step_loss, "step_acc": step_acc, "grad_max": grad_max, "grad_min": grad_min,
+            "loss_sum": loss_sum, "correct": correct, "n": n}
+
+
+def _log_epoch(writer, model, row, step_losses, step_accs, epoch, steps_per_epoch) -> None:
+    """TensorBoard: per-step train loss/acc, per-epoch metrics and lr, parameter histograms."""
+    base = epoch * steps_per_epoch
+    for i, (l, a) in enumerate(zip(step_losses.tolist(), step_accs.tolist())):
+        writer.add_scalar("step/train_loss", l, base + i)
+        writer.add_scalar("step/train_acc", a, base + i)
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"):
+        writer.add_scalar(f"epoch/{key}", row[key], epoch)
+    for name, p in model.named_parameters():
+        if torch.isfinite(p).all():
+            writer.add_histogram(name, p.detach().float().cpu(), epoch)

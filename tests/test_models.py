@@ -1,0 +1,193 @@
+"""Every model builds, runs, and has its exact parameter count; CANet's blocks are wired as specified."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lib import models
+from lib.models import PART1_MODELS, build, last_linear, list_models
+from lib.models.canet import AttResBlock, ChannelAttention, SpatialAttention
+from lib.models.vgg import init_xavier_
+
+# STUDY.md sections 2, 3 and 6, in list_models() order.
+EXPECTED_PARAMS = {
+    "CANet_tiny": 396_155,
+    "CANet_light": 1_576_244,
+    "CANet": 6_289_574,
+    "CANet_pro": 25_128_842,
+    "ShuffleNetV2": 352_042,
+    "MobileNetV2": 2_236_682,
+    "ResNet18": 11_173_962,
+    "ResNet34": 21_282_122,
+    "VGG11": 128_807_306,
+    "VGG_A": 9_750_922,
+    "VGG_A_BN": 9_756_426,
+}
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Batch-2 forwards on tiny images gain nothing from intra-op threads, and on a shared CPU
+    # the thread hand-offs cost seconds per test; restore the setting for other test modules.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def canet_tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return build("CANet_tiny").eval()
+
+
+def test_list_models_order_and_part1():
+    assert list_models() == list(EXPECTED_PARAMS)
+    assert len(PART1_MODELS) == 9 and set(PART1_MODELS) <= set(list_models())
+    assert "VGG_A" not in PART1_MODELS and "VGG_A_BN" not in PART1_MODELS
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_build_forward_and_param_count(name):
+    # One build per model: construction (weight init) dominates the cost for the big ones.
+    torch.manual_seed(0)
+    model = build(name).eval()
+    assert num_params(model) == EXPECTED_PARAMS[name]
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    assert torch.isfinite(out).all()
+    # The last Linear is the classifier: it produces the 10 logits.
+    assert last_linear(model).out_features == 10
+
+
+def test_build_returns_fresh_models():
+    a, b = build("CANet_tiny"), build("CANet_tiny")
+    assert a is not b
+    assert all(pa.data_ptr() != pb.data_ptr() for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_num_classes_reaches_the_classifier():
+    assert last_linear(build("ResNet18", num_classes=100)).out_features == 100
+    assert last_linear(build("VGG_A", num_classes=7)).out_features == 7
+    with pytest.raises(ValueError, match="num_classes"):
+        build("VGG_A", num_classes=0)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        build("ResNet50")
+    msg = str(err.value)
+    assert "ResNet50" in msg
+    for name in list_models():
+        assert name in msg
+
+
+def test_last_linear_is_final_classifier():
+    model = build("VGG_A")
+    assert last_linear(model) is model.classifier[-1]
+    canet = build("CANet_tiny")
+    assert last_linear(canet) is canet.head[-1]
+    resnet = build("ResNet18")
+    assert last_linear(resnet) is resnet.fc
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        last_linear(nn.Conv2d(3, 3, 1))
+
+
+def test_canet_channels_last_matches_contiguous(canet_tiny):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = canet_tiny(x)
+        model_cl = build("CANet_tiny").eval()
+        model_cl.load_state_dict(canet_tiny.state_dict())
+        model_cl = model_cl.to(memory_format=torch.channels_last)
+        out = model_cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_canet_block_structure(canet_tiny):
+    assert isinstance(canet_tiny.blocks, nn.Sequential) and len(canet_tiny.blocks) == 6
+    for block in canet_tiny.blocks:
+        assert isinstance(block, AttResBlock)
+        # Exactly one unit_transform per block, shared by both paths.
+        names = [n for n, _ in block.named_modules() if n.split(".")[-1] == "unit_transform"]
+        assert names == ["unit_transform"]
+        assert type(block.sa) is SpatialAttention
+        assert type(block.se) is ChannelAttention
+        for attr in ("path_a", "path_b", "shortcut", "bn"):
+            assert isinstance(getattr(block, attr), nn.Module)
+    # SA kernel sizes per block, as in the STUDY.md table.
+    assert [b.sa.conv.kernel_size[0] for b in canet_tiny.blocks] == [7, 7, 5, 5, 3, 3]
+
+
+def test_unit_transform_is_called_by_both_paths(canet_tiny):
+    calls = []
+    block = canet_tiny.blocks[0]
+    handle = block.unit_transform.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    with torch.no_grad():
+        block(torch.randn(2, 3, 32, 32))
+    handle.remove()
+    assert calls == [torch.Size([2, 16, 32, 32])] * 2
+
+
+def test_channel_attention_has_three_unit_scalars():
+    se = ChannelAttention()
+    assert isinstance(se.scales, nn.Parameter) and se.scales.requires_grad
+    assert se.scales.shape == (3,)
+    assert torch.equal(se.scales.detach(), torch.ones(3))
+    assert [c.kernel_size[0] for c in se.convs] == [3, 5, 7]
+
+
+def test_attention_maps_shapes_and_use():
+    x = torch.randn(2, 8, 6, 6)
+    sa, se = SpatialAttention(7, 3), ChannelAttention()
+    with torch.no_grad():
+        sa_map, se_map = sa.attention(x), se.attention(x)
+        assert sa_map.shape == (2, 1, 6, 6) and se_map.shape == (2, 8, 1, 1)
+        assert ((sa_map > 0) & (sa_map < 1)).all() and ((se_map > 0) & (se_map < 1)).all()
+        torch.testing.assert_close(sa(x), x * sa_map)
+        torch.testing.assert_close(se(x), x * se_map)
+
+
+def test_channel_attention_scales_change_output():
+    se = ChannelAttention()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        before = se.attention(x)
+        se.scales.mul_(0.0)  # all branches off -> sigmoid(0) = 0.5 everywhere
+        torch.testing.assert_close(se.attention(x), torch.full_like(before, 0.5))
+    assert not torch.allclose(before, torch.full_like(before, 0.5))
+
+
+def test_canet_gradients_reach_attention(canet_tiny):
+    model = build("CANet_tiny").train()
+    out = model(torch.randn(4, 3, 32, 32))
+    out.square().mean().backward()
+    block = model.blocks[2]
+    for module in (block.sa, block.se, block.unit_transform):
+        grads = [p.grad for p in module.parameters()]
+        assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_init_xavier_sets_biases_and_bn():
+    torch.manual_seed(0)
+    model = init_xavier_(build("VGG_A_BN"))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert torch.count_nonzero(m.bias) == 0
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight.detach(), torch.ones_like(m.weight))
+            assert torch.count_nonzero(m.bias) == 0
+    # Xavier normal: std = sqrt(2 / (fan_in + fan_out)); the 512x512 layer has 262k samples.
+    w = model.classifier[0].weight.detach()
+    assert abs(w.std().item() - (2 / 1024) ** 0.5) < 1e-3
+
+
+def test_public_names_exported():
+    for name in ("build", "list_models", "last_linear", "PART1_MODELS", "init_xavier_", "VGG_A", "CANet"):
+        assert hasattr(models, name)

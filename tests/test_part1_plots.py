@@ -1,0 +1,204 @@
+"""Attention extraction and the Part 1 figures, on an untrained CANet_tiny and fabricated result files."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from lib.attention import attention_maps, first_layer_filter_groups, first_layer_filters, load_trained
+from lib.config import NORMS
+from lib.data import CLASSES
+from lib.models import build
+from lib.part1_plots import (_pick_rows, plot_accuracy_vs_cost, plot_attention, plot_confusion, plot_filters,
+                             plot_per_class_heatmap, plot_training_curves, plot_weight_ridges, run_caption)
+from lib.stats import comparison_table
+
+SA_SIZES = [32, 32, 16, 16, 8, 4]  # output size of CANet's six blocks on 32x32 inputs
+SE_WIDTHS = [16, 16, 32, 32, 64, 64]  # CANet_tiny: w = 16
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build("CANet_tiny")
+
+
+def fake_result(model="CANet_tiny", seed=0, num_params=396_155, num_epochs=6, acc=0.6, rng=None):
+    """A result dict in lib.train's format (history with an AdamW -> SGD switch at int(0.8 * epochs))."""
+    rng = rng or np.random.default_rng(seed)
+    switch = int(0.8 * num_epochs)
+    history = [{"epoch": e, "lr": 1e-3 * 0.96 ** e, "optimizer": "adamw" if e < switch else "sgd",
+                "train_loss": 2.0 - 0.1 * e, "train_acc": 0.3 + 0.05 * e, "val_loss": 1.9 - 0.12 * e,
+                "val_acc": 0.35 + 0.04 * e + 0.01 * (e % 2), "seconds": 1.0} for e in range(num_epochs)]
+    best = max(range(num_epochs), key=lambda e: history[e]["val_acc"])
+    conf = rng.integers(0, 20, size=(10, 10)) + np.diag(rng.integers(50, 90, size=10))
+    return {"name": f"{model}_s{seed}", "model": model, "seed": seed, "profile": "smoke", "status": "ok",
+            "num_params": num_params, "data": {"label": "test images", "num_train_used": 512},
+            "device": "CPU (test)", "history": history, "best_epoch": best,
+            "best_val_acc": history[best]["val_acc"], "test_acc": acc,
+            "per_class_acc": (np.diag(conf) / conf.sum(1)).tolist(), "confusion": conf.tolist(),
+            "cost": {"flops": 2.0 * num_params * 40}}
+
+
+def fake_weights_history(num_epochs, rng):
+    """<name>.weights.json format: per epoch {'epoch', 'se'|'sa'|'unit_transform': {'edges', 'counts'}}."""
+    out = []
+    for e in range(num_epochs):
+        entry = {"epoch": e}
+        for group, n in (("se", 108), ("sa", 332), ("unit_transform", 5000)):
+            counts, edges = np.histogram(rng.normal(0, 0.1 + 0.01 * e, size=n), bins=40)
+            entry[group] = {"edges": edges.tolist(), "counts": counts.tolist()}
+        out.append(entry)
+    return out
+
+
+def assert_png(path, tmp_path, name):
+    assert path == tmp_path / f"{name}.png"
+    assert path.stat().st_size > 5_000
+    with Image.open(path) as im:
+        assert im.format == "PNG" and min(im.size) > 200
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lib.attention
+
+def test_attention_maps_shapes_values_and_hooks_removed(tiny):
+    x = torch.randn(3, 3, 32, 32)
+    tiny.train()
+    maps = attention_maps(tiny, x)
+    assert [tuple(m.shape) for m in maps["sa"]] == [(3, s, s) for s in SA_SIZES]
+    assert [tuple(w.shape) for w in maps["se"]] == [(3, c) for c in SE_WIDTHS]
+    assert tuple(maps["logits"].shape) == (3, 10)
+    for t in maps["sa"] + maps["se"]:
+        assert bool(((t > 0) & (t < 1)).all())
+    # The maps differ between images (they depend on the input, not only on the weights).
+    assert not torch.allclose(maps["sa"][0][0], maps["sa"][0][1])
+    assert all(len(m._forward_hooks) == 0 for m in tiny.modules())
+    assert tiny.training  # mode restored
+    tiny.eval()
+    assert torch.allclose(maps["logits"], tiny(x), atol=1e-5)  # logits are the eval-mode forward
+
+
+def test_attention_hooks_removed_even_when_forward_fails(tiny):
+    with pytest.raises(RuntimeError):
+        attention_maps(tiny, torch.randn(2, 3, 8, 8))  # too small: 8/8 = 1 pixel, pool to 2x2 fails later
+    assert all(len(m._forward_hooks) == 0 for m in tiny.modules())
+
+
+def test_attention_maps_rejects_non_canet():
+    with pytest.raises(ValueError, match="CANet"):
+        attention_maps(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 32, 32))
+
+
+def test_first_layer_filters(tiny):
+    w = first_layer_filters(tiny)
+    assert tuple(w.shape) == (32, 3, 3, 3)  # 16 filters of path_a then 16 of path_b
+    assert torch.equal(w[:16], tiny.blocks[0].path_a[0].weight.detach())
+    assert torch.equal(w[16:], tiny.blocks[0].path_b[0].weight.detach())
+    other = nn.Sequential(nn.Conv2d(3, 8, 5), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    assert tuple(first_layer_filters(other).shape) == (8, 3, 5, 5)
+    assert list(first_layer_filter_groups(other)) == ["0"]
+    with pytest.raises(ValueError, match="3 RGB"):
+        first_layer_filters(nn.Sequential(nn.Conv2d(1, 4, 3)))
+
+
+def test_load_trained_missing_checkpoint_says_how_to_retrain(tmp_path):
+    result = fake_result()
+    result.update(name="no_such_run_for_tests", checkpoint=str(tmp_path / "gone.pt"))
+    with pytest.raises(FileNotFoundError, match=r"python -m lib run") as err:
+        load_trained(result)
+    assert "gone.pt" in str(err.value) and "not committed" in str(err.value)
+
+
+def test_load_trained_round_trip(tiny, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"config": None, "model": tiny.state_dict()}, path)
+    result = dict(fake_result(), checkpoint=str(path))
+    model = load_trained(result)
+    assert not model.training
+    for (k, a), b in zip(tiny.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    torch.save({"config": {"name": "other", "model": "CANet_tiny"}, "model": tiny.state_dict()}, path)
+    with pytest.raises(ValueError, match="different run"):
+        load_trained(dict(result, config={"name": "this", "model": "CANet_tiny"}))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lib.part1_plots
+
+def test_plot_training_curves(tmp_path):
+    result = fake_result()
+    assert_png(plot_training_curves(result, tmp_path), tmp_path, "p1_curves_CANet_tiny")
+    assert_png(plot_training_curves(result, tmp_path, name="p1_curves_x"), tmp_path, "p1_curves_x")
+    assert "profile smoke" in run_caption(result) and "seed 0" in run_caption(result)
+    with pytest.raises(ValueError, match="no history"):
+        plot_training_curves(dict(result, history=[]), tmp_path)
+
+
+def comparison_results():
+    rng = np.random.default_rng(1)
+    specs = [("CANet_tiny", 396_155, 0.80), ("ResNet18", 11_173_962, 0.85), ("VGG11", 128_807_306, 0.78)]
+    return [fake_result(m, s, p, acc + 0.01 * s, rng) for m, p, acc in specs for s in range(2)]
+
+
+def test_plot_accuracy_vs_cost(tmp_path):
+    table = comparison_table(comparison_results())
+    paths = plot_accuracy_vs_cost(table, tmp_path, subtitle="fabricated results")
+    assert len(paths) == 2
+    assert_png(paths[0], tmp_path, "p1_acc_vs_params")
+    assert_png(paths[1], tmp_path, "p1_acc_vs_flops")
+    # Without FLOPs only the parameters figure is drawn.
+    no_flops = table.assign(flops=math.nan)
+    (tmp_path / "p1_acc_vs_flops.png").unlink()
+    assert [p.name for p in plot_accuracy_vs_cost(no_flops, tmp_path)] == ["p1_acc_vs_params.png"]
+    assert not (tmp_path / "p1_acc_vs_flops.png").exists()
+
+
+def test_plot_per_class_heatmap_and_confusion(tmp_path):
+    results = comparison_results()
+    assert_png(plot_per_class_heatmap(results, tmp_path), tmp_path, "p1_per_class")
+    assert_png(plot_confusion(results[0], tmp_path), tmp_path, "p1_confusion_CANet_tiny")
+    with pytest.raises(ValueError, match="per_class_acc"):
+        plot_per_class_heatmap([dict(results[0], per_class_acc=None)], tmp_path)
+    with pytest.raises(ValueError, match="confusion"):
+        plot_confusion(dict(results[0], confusion=None), tmp_path)
+
+
+def test_plot_filters(tiny, tmp_path):
+    assert_png(plot_filters(tiny, tmp_path), tmp_path, "p1_filters")
+
+
+def test_plot_weight_ridges(tmp_path):
+    import json
+
+    history = fake_weights_history(40, np.random.default_rng(2))
+    paths = plot_weight_ridges(history, tmp_path)
+    for p, group in zip(paths, ("se", "sa", "unit_transform")):
+        assert_png(p, tmp_path, f"p1_ridge_{group}")
+    # The stored file's path works too.
+    f = tmp_path / "run.weights.json"
+    f.write_text(json.dumps(history[:3]))
+    assert len(plot_weight_ridges(f, tmp_path / "from_file")) == 3
+    with pytest.raises(ValueError, match="CANet"):
+        plot_weight_ridges([{"epoch": 0}], tmp_path)
+
+
+def test_pick_rows_spreads_epochs():
+    rows = _pick_rows(70, 15)
+    assert len(rows) == 15 and rows[0] == 0 and rows[-1] == 69 and rows == sorted(set(rows))
+    assert _pick_rows(4, 15) == [0, 1, 2, 3]
+
+
+def test_plot_attention(tiny, tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    y = np.array([0, 0, 1, 2, 3, 4, 5, 6])
+    paths = plot_attention(tiny, X, y, tmp_path, *NORMS["imagenet"])
+    assert_png(paths[0], tmp_path, "p1_attention_sa")
+    assert_png(paths[1], tmp_path, "p1_attention_se")
+    assert all(len(m._forward_hooks) == 0 for m in tiny.modules())
+    with pytest.raises(ValueError, match="uint8"):
+        plot_attention(tiny, X.astype(np.float32), y, tmp_path, *NORMS["imagenet"])
+    assert len(CLASSES) == 10

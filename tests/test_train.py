@@ -1,0 +1,161 @@
+"""Training: recipe schedule, learning on a fixed batch, result files, reuse, resume, divergence."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lib.train as T
+from lib.config import TrainConfig
+from lib.experiments import bn_config, part1_config
+from lib.models import build
+from lib.paths import output_dirs
+
+
+def tiny_cfg(source, **kw) -> TrainConfig:
+    """A seconds-long CPU run of CANet_tiny on the tests' tiny image folder."""
+    base = dict(name="tiny", model="CANet_tiny", profile="smoke", data_source=source, num_epochs=3,
+                batch_size=32, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def strip_seconds(history):
+    """History rows without wall-clock times (the only thing allowed to differ between two runs)."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_recipe_schedule_epoch_by_epoch():
+    cfg = part1_config("CANet", "full")
+    assert cfg.num_epochs == 70 and cfg.batch_size == 256 and cfg.label_smoothing == 0.1
+    assert cfg.weight_decay == 1e-3 and cfg.switch_epoch == 56  # int(0.8 * 70)
+    kinds = [T.optimizer_at(cfg, e) for e in range(70)]
+    assert kinds == ["adamw"] * 56 + ["sgd"] * 14
+    for e in range(70):  # ExponentialLR(0.96) once per epoch, continuing across the switch
+        assert T.lr_at(cfg, e) == pytest.approx(1e-3 * 0.96 ** e, rel=1e-12)
+    bn = bn_config("VGG_A", 1e-3, "full")
+    assert {T.optimizer_at(bn, e) for e in range(bn.num_epochs)} == {"adam"}
+    assert T.lr_at(bn, 49) == pytest.approx(1e-3)
+
+
+def test_switch_creates_sgd_at_reached_lr():
+    cfg = part1_config("CANet_tiny", "smoke").replace(num_epochs=10)
+    sgd = T.make_optimizer(T.optimizer_at(cfg, 8), build("CANet_tiny").parameters(), cfg, T.lr_at(cfg, 8),
+                           torch.device("cpu"))
+    assert isinstance(sgd, torch.optim.SGD)
+    g = sgd.param_groups[0]
+    assert g["momentum"] == 0.9 and g["weight_decay"] == 1e-3 and g["lr"] == pytest.approx(1e-3 * 0.96 ** 8)
+
+
+def test_a_few_steps_lower_the_loss_and_change_weights():
+    torch.manual_seed(0)
+    model = build("CANet_tiny")
+    X, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    cfg = part1_config("CANet_tiny", "smoke")
+    opt = T.make_optimizer("adamw", model.parameters(), cfg, 1e-3, torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    losses = []
+    for _ in range(8):
+        loss = F.cross_entropy(model(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_result_file_contents_and_reuse(tiny_source, tmp_path, monkeypatch):
+    dirs = output_dirs("smoke", root=tmp_path)
+    cfg = tiny_cfg(tiny_source, num_epochs=2)
+    result = T.train(cfg, dirs=dirs, progress=False)
+    on_disk = json.loads((dirs.results / "tiny.json").read_text())
+    assert on_disk["config"] == cfg.to_dict() and on_disk["status"] == "ok"
+    for key in ("name", "model", "num_params", "data", "device", "torch", "git_commit", "seed", "history",
+                "best_val_acc", "test_acc", "train_seconds", "per_class_acc", "confusion"):
+        assert key in on_disk, key
+    assert on_disk["num_params"] == 396_155 and on_disk["data"]["kind"] == "image-folder"
+    assert on_disk["data"]["num_train_used"] == 72 and on_disk["data"]["num_val_used"] == 8
+    assert [r["epoch"] for r in on_disk["history"]] == [0, 1]
+    assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"} <= set(on_disk["history"][0])
+    assert 0.0 <= on_disk["test_acc"] <= 1.0 and len(on_disk["per_class_acc"]) == 10
+    assert sum(map(sum, on_disk["confusion"])) == 50  # the whole (tiny) test set, once
+    assert on_disk["best_val_acc"] == max(r["val_acc"] for r in on_disk["history"])
+    assert (dirs.checkpoints / "tiny.pt").exists() and not (dirs.checkpoints / "tiny.last.pt").exists()
+    assert any((dirs.runs / "tiny").iterdir())  # TensorBoard event file
+    assert result["test_acc"] == on_disk["test_acc"]
+
+    # Same config: reused without training; another config: trained again.
+    def boom(*a, **k):
+        raise AssertionError("should have reused the result")
+
+    monkeypatch.setattr(T, "_train_epoch", boom)
+    assert T.train(cfg, dirs=dirs, progress=False)["history"] == on_disk["history"]
+    with pytest.raises(AssertionError, match="reused"):
+        T.train(cfg.replace(seed=1), dirs=dirs, progress=False)
+    with pytest.raises(AssertionError, match="reused"):
+        T.train(cfg, dirs=dirs, progress=False, force=True)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_path):
+    # 4 epochs crosses the AdamW -> SGD switch (epoch 3), so the optimiser state is part of the test.
+    cfg = tiny_cfg(tiny_source, num_epochs=4)
+    full = T.train(cfg, dirs=output_dirs("smoke", root=tmp_path / "a"), progress=False)
+    dirs_b = output_dirs("smoke", root=tmp_path / "b")
+    part = T.train(cfg, dirs=dirs_b, progress=False, max_epochs_this_call=2)
+    assert part["status"] == "incomplete" and (dirs_b.checkpoints / "tiny.last.pt").exists()
+    resumed = T.train(cfg, dirs=dirs_b, progress=False)
+    assert [r["optimizer"] for r in full["history"]] == ["adamw"] * 3 + ["sgd"]
+    assert strip_seconds(resumed["history"]) == strip_seconds(full["history"])
+    assert resumed["test_acc"] == full["test_acc"]
+
+
+def test_record_steps_writes_per_step_series(tiny_source, tmp_path):
+    dirs = output_dirs("smoke", root=tmp_path)
+    cfg = tiny_cfg(tiny_source, model="VGG_A", num_epochs=1, optimizer="adam", lr_gamma=1.0, augment=False,
+                   label_smoothing=0.0, norm="half", record_steps=True)
+    T.train(cfg, dirs=dirs, progress=False)
+    steps = json.loads((dirs.results / "tiny.steps.json").read_text())
+    assert len(steps["loss"]) == len(steps["grad_max"]) == len(steps["grad_min"]) == 3  # ceil(72 / 32)
+    assert all(lo <= hi for lo, hi in zip(steps["grad_min"], steps["grad_max"]))
+
+
+class NaNAfter(torch.nn.Module):
+    """Wraps a model; its outputs become NaN from the `after`-th training call on (a divergence on demand)."""
+
+    def __init__(self, model, after):
+        super().__init__()
+        self.model, self.after, self.calls = model, after, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                out = out * float("nan")
+        return out
+
+
+def test_nan_loss_stops_with_a_diverged_result(tiny_source, tmp_path, monkeypatch, capsys):
+    real_build = T.build
+    monkeypatch.setattr(T, "build", lambda name: NaNAfter(real_build(name), after=4))  # 3 steps/epoch
+    dirs = output_dirs("smoke", root=tmp_path)
+    result = T.train(tiny_cfg(tiny_source, num_epochs=3), dirs=dirs, progress=False)
+    assert result["status"] == "diverged" and "non-finite" in result["message"]
+    assert "epoch 1, step 4" in result["message"]
+    assert len(result["history"]) == 1  # the healthy first epoch is kept
+    assert result["test_acc"] is not None  # the best (epoch 0) checkpoint is still evaluated
+    assert json.loads((dirs.results / "tiny.json").read_text())["status"] == "diverged"
+    assert "DIVERGED" in capsys.readouterr().out
+
+
+def test_bad_config_values_are_rejected():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        TrainConfig(name="x", model="CANet", optimizer="rmsprop")
+    with pytest.raises(ValueError, match="profile"):
+        part1_config("CANet", "huge")
+    with pytest.raises(ValueError, match="Part 1"):
+        part1_config("VGG_A")
