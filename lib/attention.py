@@ -74,7 +74,7 @@ def _canet_blocks(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def attention_maps(model: nn.Module, x: torch.Tensor) -> dict:
-    """Run a CANet on normalised x (B, 3, 32, 32): {'sa': [(B,H,W)] per block, 'se': [(B,C)] per block, 'logits': (B,10)}.
+    """Run a CANet on normalised x (B,3,32,32): {'sa': [(B,H,W)] per block, 'se': [(B,C)] per block, 'logits': (B,10)}.
 
     The maps are the sigmoid gates each block's SA / SE multiplies its path by (values in (0, 1));
     block i's maps have the block's output size. The model runs in eval mode (BN running statistics)

@@ -37,6 +37,7 @@ from lib.paths import REPO
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SOURCE_ENV = "CIFAR10_SOURCE"
+ROOT_ENV = "CIFAR10_ROOT"  # where the official download and the cache live (default <repo>/data)
 SPLIT_SEED = 2020  # the train/val split and subsets never change with the training seed
 SHARED_COPY = REPO.parent / "shared" / "data" / "cifar10-jpeg75.tar.gz"
 FULL_COUNTS = {"train": 50_000, "test": 10_000}
@@ -249,18 +250,18 @@ def _decode_all(blobs: list[bytes], names: list[str]) -> np.ndarray:
     workers = min(_num_workers(), 16)
     if len(blobs) < PARALLEL_MIN_IMAGES or workers < 2 or not sys.platform.startswith("linux"):
         return _decode_many(blobs, names)
-    import concurrent.futures
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # 'fork' (as torch's DataLoader workers on Linux): 'spawn' would re-run an unguarded __main__ script
     # in every worker. The workers only run numpy and PIL, never torch.
     bounds = np.linspace(0, len(blobs), 4 * workers + 1).astype(int)
     chunks = [(blobs[a:b], names[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     try:
-        with concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             parts = list(pool.map(_decode_many, *zip(*chunks)))
-    except (OSError, concurrent.futures.process.BrokenProcessPool) as exc:
+    except (OSError, BrokenProcessPool) as exc:
         warnings.warn(f"parallel decoding failed ({exc}); decoding in this process", stacklevel=2)
         return _decode_many(blobs, names)
     return np.concatenate(parts)
@@ -455,10 +456,12 @@ def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLik
                  download: bool = True) -> Cifar10:
     """Load CIFAR-10 from `source` (see resolve_source) as uint8 arrays, decoding once and caching in <root>/cache/.
 
-    `root` (default <repo>/data) holds the official download and the cache.
+    `root` (default: $CIFAR10_ROOT, else <repo>/data) holds the official download and the cache.
     """
     source = resolve_source(source)
-    root = Path(root) if root is not None else REPO / "data"
+    if root is None:
+        root = os.environ.get(ROOT_ENV, "").strip() or REPO / "data"
+    root = Path(root).expanduser()
     identity = _identity(source)
     entry = _cache_dir(root / "cache", identity)
     cached = _read_cache(entry, identity)

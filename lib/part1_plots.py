@@ -113,17 +113,17 @@ def plot_training_curves(result: dict, figs_dir, name: str | None = None, subtit
                        label=f"best epoch {bx}: val {by:.2f}%")
         if result.get("test_acc") is not None:
             ax_acc.plot([], [], " ", label=f"test accuracy of that model: {100 * result['test_acc']:.2f}%")
-    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_acc.legend(fontsize=8, loc="best")
 
     for ax in axes:
         ax.grid(alpha=0.3)
         for x, old, new in switches:
             ax.axvline(x - 0.5, color="0.3", ls="--", lw=1)
             ax.axvspan(x - 0.5, epochs[-1] + 0.5, color="0.5", alpha=0.08, lw=0)
-        if switches:
-            x, old, new = switches[0]
-            ax.text(x - 0.5, 0.98, f" {old} -> {new}", transform=ax.get_xaxis_transform(), fontsize=8,
-                    va="top", ha="left", color="0.25")
+    if switches:  # labelled once, on the lr panel; the shaded span marks it on all three
+        x, old, new = switches[0]
+        ax_lr.text(x - 0.5, 0.98, f" {old} -> {new}", transform=ax_lr.get_xaxis_transform(), fontsize=8,
+                   va="top", ha="left", color="0.25")
     status = "" if result.get("status", "ok") == "ok" else f" [{result['status']}]"
     fig.suptitle(f"Training of {result.get('model', '?')} ({result.get('name', '')}){status}", fontsize=12)
     _caption(fig, subtitle if subtitle is not None else run_caption(result))
@@ -158,11 +158,11 @@ def _acc_vs(ax, table: pd.DataFrame, col: str, xlabel: str) -> None:
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)")
     ax.margins(x=0.15, y=0.12)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
 
 
 def plot_accuracy_vs_cost(table: pd.DataFrame, figs_dir, subtitle: str | None = None) -> list[Path]:
-    """Test accuracy vs parameters and vs forward FLOPs (log x, Pareto front) -> ['p1_acc_vs_params', 'p1_acc_vs_flops'].
+    """Test accuracy vs parameters and vs FLOPs (log x, Pareto front) -> ['p1_acc_vs_params', 'p1_acc_vs_flops'].
 
     `table` is lib.stats.comparison_table's DataFrame; the FLOPs figure is skipped when no row has FLOPs.
     """
@@ -248,7 +248,7 @@ def _filter_mosaic(w: torch.Tensor, ncols: int, pad: int = 1) -> np.ndarray:
     lo, hi = flat.min(1).values, flat.max(1).values
     w = (w - lo[:, None, None, None]) / (hi - lo).clamp(min=1e-12)[:, None, None, None]
     nrows = math.ceil(out / ncols)
-    mosaic = np.ones((nrows * (k + pad) + pad, ncols * (k + pad) + pad, 3))  # white grid lines
+    mosaic = np.full((nrows * (k + pad) + pad, ncols * (k + pad) + pad, 3), 0.75)  # grey grid lines
     for i in range(out):
         r, c = divmod(i, ncols)
         y, x = pad + r * (k + pad), pad + c * (k + pad)
@@ -256,7 +256,8 @@ def _filter_mosaic(w: torch.Tensor, ncols: int, pad: int = 1) -> np.ndarray:
     return mosaic
 
 
-def plot_filters(model: torch.nn.Module, figs_dir, name: str = "p1_filters", subtitle: str | None = None) -> Path:
+def plot_filters(model: torch.nn.Module, figs_dir, name: str = "p1_filters", subtitle: str | None = None,
+                 model_name: str | None = None) -> Path:
     """First-layer conv filters as RGB tiles, each min-max scaled on its own -> 'p1_filters'."""
     groups = first_layer_filter_groups(model)
     fig, axes = new_figure(ncols=len(groups), width=4.6 * len(groups), height=4.4, layout="constrained",
@@ -266,7 +267,7 @@ def plot_filters(model: torch.nn.Module, figs_dir, name: str = "p1_filters", sub
         ax.imshow(_filter_mosaic(w, ncols), interpolation="nearest")
         ax.set_title(f"{label}: {w.shape[0]} filters, {w.shape[2]}x{w.shape[3]}", fontsize=10)
         ax.axis("off")
-    fig.suptitle(f"First-layer convolution filters of {type(model).__name__} "
+    fig.suptitle(f"First-layer convolution filters of {model_name or type(model).__name__} "
                  "(RGB, each filter min-max scaled to [0, 1])", fontsize=11)
     _caption(fig, subtitle)
     return _save(fig, name, figs_dir)
@@ -356,12 +357,13 @@ def _examples(images_uint8, labels, n: int):
 
 
 def plot_attention(model: torch.nn.Module, images_uint8, labels, figs_dir, mean, std, n_images: int = 6,
-                   subtitle: str | None = None) -> list[Path]:
+                   subtitle: str | None = None, model_name: str | None = None) -> list[Path]:
     """What SA and SE do on real test images -> ['p1_attention_sa', 'p1_attention_se'].
 
     SA: each image with the spatial map of the first, middle and last block overlaid (bilinear upsampling
-    to 32x32, colours min-max scaled per map; the map's range is printed). SE: the channel weights of the
-    last two blocks per image, channels sorted by their mean weight over the shown images.
+    to 32x32, over the image in grey; colours min-max scaled per map, the map's range is printed).
+    SE: the channel weights of the last two blocks per image, channels sorted by their mean weight over
+    the shown images.
     `images_uint8`: NHWC (or NCHW) uint8 images; mean/std: the normalisation the model was trained with.
     """
     X, y = _examples(images_uint8, labels, n_images)
@@ -369,7 +371,7 @@ def plot_attention(model: torch.nn.Module, images_uint8, labels, figs_dir, mean,
     maps = attention_maps(model, x)
     pred = maps["logits"].argmax(1).numpy()
     names = [(CLASSES[t], CLASSES[p], t == p) for t, p in zip(y.tolist(), pred.tolist())]
-    model_name = type(model).__name__
+    model_name = model_name or type(model).__name__
     return [_attention_sa(X, maps["sa"], names, model_name, figs_dir, subtitle),
             _attention_se(maps["se"], names, model_name, figs_dir, subtitle)]
 
@@ -384,16 +386,17 @@ def _attention_sa(X, sa_maps, names, model_name, figs_dir, subtitle) -> Path:
     for r in range(n):
         true, pred, ok = names[r]
         axes[r, 0].imshow(X[r], interpolation="nearest")
+        gray = X[r].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (32, 32) luminance
         axes[r, 0].set_title(f"true {true}\npred {pred}", fontsize=9, color=CORRECT if ok else WRONG)
         for c, b in enumerate(picked, start=1):
             m = sa_maps[b][r]  # (H, W) sigmoid gate of block b
             up = F.interpolate(m[None, None], size=X.shape[1:3], mode="bilinear", align_corners=False)[0, 0]
             lo, hi = float(m.min()), float(m.max())
             ax = axes[r, c]
-            ax.imshow(X[r], interpolation="nearest")
+            ax.imshow(gray, cmap="gray", vmin=0, vmax=255, interpolation="nearest")  # grey keeps the map legible
             ax.imshow(((up - lo) / max(hi - lo, 1e-8)).numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1,
                       interpolation="nearest")
-            ax.text(1, 31, f"{lo:.2f}-{hi:.2f}", color="white", fontsize=7, va="bottom",
+            ax.text(1, 31, f"{lo:.3f}-{hi:.3f}", color="white", fontsize=7, va="bottom",
                     bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
             if r == 0:
                 ax.set_title(f"SA, block {b}\n({m.shape[0]}x{m.shape[1]} map)", fontsize=9)

@@ -99,7 +99,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device):
     X_val, y_val = subset(X_val, y_val, cfg.num_val)
     X_te, y_te = subset(data.X_test, data.y_test, cfg.num_test)
     mean, std = NORMS[cfg.norm]
-    cl = device.type == "cuda"
+    cl = True  # channels_last: faster on CUDA (tensor cores) and ~2x faster for mkldnn convs on CPU
     train_loader = BatchLoader(*to_device_tensors(X_tr, y_tr, device), cfg.batch_size, shuffle=True,
                                augment=cfg.augment, erase_p=cfg.erase_p, mixup_p=cfg.mixup_p if cfg.augment else 0.0,
                                cutmix_p=cfg.cutmix_p if cfg.augment else 0.0, mix_alpha=cfg.mix_alpha, mean=mean,
@@ -179,9 +179,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
 
     (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device)
     torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
-    model = build(cfg.model).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = build(cfg.model).to(device).to(memory_format=torch.channels_last)
     num_params = sum(p.numel() for p in model.parameters())
     head = last_linear(model)
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from lib import data as D
 from lib.data import CLASSES, DataError
+from lib.paths import REPO
 
 NUM_TRAIN, NUM_TEST = 3, 2  # images per class in the tiny copies
 
@@ -129,10 +130,15 @@ def test_files_sorted_by_name(tmp_path):
     make_folder(tmp_path / "c", num_train=1, num_test=1)
     pixels = np.full((32, 32, 3), 9, np.uint8)
     Image.fromarray(pixels).save(tmp_path / "c" / "train" / "bird" / "0000a.png")  # sorts after 0000.png
-    data = D.load_cifar10(tmp_path / "c", root=tmp_path / "root")
-    assert data.info["train_per_class"][2] == 2
-    np.testing.assert_array_equal(data.X_train[3], pixels)
-    np.testing.assert_array_equal(data.y_train, [0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9])
+    # An archive whose members are in reverse order reads the same as the folder.
+    with tarfile.open(tmp_path / "reversed.tar", "w") as tar:
+        for f in sorted((tmp_path / "c").rglob("*.png"), reverse=True):
+            tar.add(f, arcname=f.relative_to(tmp_path / "c").as_posix())
+    for source in (tmp_path / "c", tmp_path / "reversed.tar"):
+        data = D.load_cifar10(source, root=tmp_path / "root")
+        assert data.info["train_per_class"][2] == 2
+        np.testing.assert_array_equal(data.X_train[3], pixels)
+        np.testing.assert_array_equal(data.y_train, [0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9])
 
 
 def test_parallel_decoding_matches_serial(folder, monkeypatch):
@@ -193,7 +199,7 @@ def test_cache_separates_sources_and_notices_changes(tmp_path):
     D.load_cifar10(archive, root=root)
     identities = cached_sources(root)
     assert len(list((root / "cache").iterdir())) == 3
-    assert identities[str(archive)]["mtime_ns"] == 10**18 and identities[str(tmp_path / "a")]["num_files"] == 81
+    assert identities[str(archive)]["mtime_ns"] == 10**18 and identities[str(tmp_path / "a")]["num_files"] == 10 * (NUM_TRAIN + NUM_TEST) + 1
     # A copy that no longer exists loses its entry at the next decode.
     for f in sorted((tmp_path / "b").rglob("*"), reverse=True):
         f.unlink() if f.is_file() else f.rmdir()
@@ -291,6 +297,12 @@ def test_shared_alias(tmp_path, monkeypatch):
         D.resolve_source("shared")
     (tmp_path / "missing.tar.gz").write_bytes(b"")
     assert D.resolve_source("shared") == str(tmp_path / "missing.tar.gz")
+
+
+def test_root_from_env(folder, tmp_path, monkeypatch):
+    path, expected = folder
+    monkeypatch.setenv(D.ROOT_ENV, str(tmp_path / "elsewhere"))
+    assert D.load_cifar10(path).info["cache"].startswith(str(tmp_path / "elsewhere" / "cache"))
 
 
 def test_source_from_env_and_relative_paths(folder, tmp_path, monkeypatch):
@@ -401,7 +413,7 @@ def test_to_device_tensors():
 @pytest.mark.skipif(not D.SHARED_COPY.is_file(), reason="no ../shared/data/cifar10-jpeg75.tar.gz here")
 def test_shared_jpeg_copy():
     """The full JPEG-q75 copy: cached under the repository's data/cache/ after the first (~20 s) decode."""
-    data = D.load_cifar10("shared")
+    data = D.load_cifar10("shared", root=REPO / "data")  # not conftest's private root: keep the cache
     assert data.X_train.shape == (50_000, 32, 32, 3) and data.X_test.shape == (10_000, 32, 32, 3)
     np.testing.assert_array_equal(np.bincount(data.y_train), [5_000] * 10)
     np.testing.assert_array_equal(np.bincount(data.y_test), [1_000] * 10)
