@@ -24,14 +24,16 @@ class Profile:
     num_test: int | None  # images from the 10,000-image test set (None = all)
     num_epochs: int  # Part 1 epochs
     bn_epochs: int  # Part 2 (BN protocol) epochs
+    bn_num_train: int | None  # Part 2 training images (eight runs: kept smaller on a CPU)
     note: str
 
 
 PROFILES = {
-    "smoke": Profile("smoke", 512, 256, 256, 2, 2, "CI-sized: seconds per model on a CPU; numbers mean nothing"),
-    "quick": Profile("quick", 10_000, 2_000, 10_000, 10, 6,
-                     "a real but reduced run: 10k training images, full test set; minutes per small model on a CPU"),
-    "full": Profile("full", None, None, None, 70, 50, "the STUDY.md recipe on all data; meant for a GPU"),
+    "smoke": Profile("smoke", 256, 128, 256, 2, 2, 256,
+                     "CI-sized: seconds to a few minutes per model on a CPU; the numbers mean nothing"),
+    "quick": Profile("quick", 5_000, 1_000, 5_000, 8, 4, 2_500,
+                     "a real but reduced run on a CPU: 5k training images, 8 epochs (Part 2: 2.5k images, 4 epochs)"),
+    "full": Profile("full", None, None, None, 70, 50, None, "the STUDY.md recipe on all data; meant for a GPU"),
 }
 
 

@@ -38,7 +38,7 @@ def bn_config(model: str, lr: float, profile: str = "full", data_source: str = "
         raise ValueError(f"{model!r} is not a BN-study model: choose one of {', '.join(BN_MODELS)}")
     p = get_profile(profile)
     cfg = TrainConfig(name=bn_name(model, lr, seed), model=model, profile=profile, data_source=data_source,
-                      num_train=p.num_train, num_val=p.num_val, num_test=p.num_test,
+                      num_train=p.bn_num_train, num_val=p.num_val, num_test=p.num_test,
                       num_epochs=p.bn_epochs, batch_size=128, optimizer="adam", lr=lr, weight_decay=0.0,
                       lr_gamma=1.0, label_smoothing=0.0, augment=False, mixup_p=0.0, cutmix_p=0.0,
                       norm="half", record_steps=True, seed=seed, tags=("part2", "bn-protocol"))

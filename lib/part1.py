@@ -1,0 +1,197 @@
+"""Part 1 orchestration for the notebooks: train the comparison, read its results back, measure costs.
+
+Thin glue between lib.experiments / lib.train (compute), lib.cost (FLOPs, throughput) and
+lib.stats (the table). Everything it produces is a file under dirs.results:
+
+- p1-<model>-s<seed>.json      written by lib.train (plus .weights.json for CANets)
+- cost-<model>.json            `compute_costs`: FLOPs, parameters, inference images/s, device
+- part1-main.json              `mark_main`: which run notebook 01 trained (notebook 03 visualises it)
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from lib.experiments import part1_config, part1_name
+from lib.models import PART1_MODELS
+from lib.paths import OutputDirs
+from lib.results import atomic_write_json, environment_info, read_json
+
+MAIN_FILE = "part1-main.json"
+DEFAULT_MAIN_MODEL = "CANet"
+# Inference throughput batch: 1024 on a GPU as issue 6 asks; a CPU run of that size takes minutes for
+# the big models, so CPU uses a smaller batch (recorded in the cost file, with a note).
+GPU_COST_BATCH, CPU_COST_BATCH = 1024, 64
+GPU_COST_ITERS, CPU_COST_ITERS = 20, 3
+
+
+def run_part1(profile: str, data_source: str, dirs: OutputDirs, models: Sequence[str] | None = None,
+              seeds: Sequence[int] = (0,), force: bool = False, num_epochs: int | None = None,
+              progress: bool = True) -> list[dict]:
+    """Train (or reuse) every (model, seed) of the Part 1 comparison; return the result dicts in order.
+
+    `num_epochs` overrides the profile's epoch count (used by the notebook test to stay cheap).
+    """
+    from lib.train import train  # imported here: the trainer pulls in tensorboard, which is slow to import
+
+    models = list(models) if models else list(PART1_MODELS)
+    overrides = {"num_epochs": int(num_epochs)} if num_epochs else {}
+    results = []
+    for model in models:
+        for seed in seeds:
+            cfg = part1_config(model, profile, data_source, int(seed), **overrides)
+            results.append(train(cfg, dirs=dirs, force=force, progress=progress))
+    return results
+
+
+def _is_result_file(path: Path) -> bool:
+    """A run's main result file (not its .steps.json / .weights.json companions)."""
+    return path.suffix == ".json" and not path.name.endswith((".steps.json", ".weights.json"))
+
+
+def load_results(dirs: OutputDirs, prefix: str = "p1-") -> list[dict]:
+    """Every finished result (status 'ok' or 'diverged') named <prefix>*.json in dirs.results, sorted by name."""
+    results = []
+    for path in sorted(Path(dirs.results).glob(f"{prefix}*.json")):
+        if not _is_result_file(path):
+            continue
+        try:
+            r = read_json(path)
+        except (OSError, ValueError) as err:
+            print(f"lib.part1: skipping unreadable result {path}: {err}", file=sys.stderr)
+            continue
+        if isinstance(r, dict) and r.get("status") in ("ok", "diverged"):
+            results.append(r)
+    return results
+
+
+# --------------------------------------------------------------------------------------------- the main run
+
+def mark_main(dirs: OutputDirs, result: dict) -> Path:
+    """Record which run notebook 01 trained (<results>/part1-main.json), so notebook 03 and the report use it."""
+    return atomic_write_json(Path(dirs.results) / MAIN_FILE,
+                             {"model": result["model"], "seed": result["seed"], "name": result["name"]})
+
+
+def main_run(dirs: OutputDirs, model: str | None = None, seed: int | None = None) -> dict:
+    """The result to visualise: `model`/`seed` if given, else the run recorded by notebook 01, else CANet seed 0."""
+    marker = Path(dirs.results) / MAIN_FILE
+    recorded = read_json(marker) if marker.exists() else {}
+    if model is None:
+        model = recorded.get("model", DEFAULT_MAIN_MODEL)
+        seed = recorded.get("seed", 0) if seed is None else seed
+    seed = 0 if seed is None else seed
+    path = Path(dirs.results) / f"{part1_name(model, int(seed))}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no result {path.name} in {dirs.results}: run notebook 01 (model={model!r}, "
+                                f"seeds=[{seed}]) with the same profile and output folder first")
+    return read_json(path)
+
+
+def weight_history(dirs: OutputDirs, result: dict) -> list[dict]:
+    """The per-epoch SE / SA / unit_transform weight histograms of `result` (<results>/<name>.weights.json)."""
+    path = Path(dirs.results) / f"{result['name']}.weights.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: weight histograms are written for CANet runs "
+                                f"of at least one epoch; {result['name']} has none")
+    return read_json(path)
+
+
+def sample_test_images(result: dict, n: int = 8):
+    """The first `n` test images of the run's data source: (uint8 NHWC numpy (n, 32, 32, 3), int64 labels)."""
+    from lib.data import load_cifar10
+
+    data = load_cifar10(result["config"]["data_source"])
+    return data.X_test[:n], data.y_test[:n]
+
+
+def headline(result: dict) -> str:
+    """One sentence with the selected model's numbers and their context (profile, data, device, seed)."""
+    if result.get("test_acc") is None:
+        return f"{result['name']}: status {result.get('status')}, no test accuracy ({result.get('message', '')})"
+    data = (result.get("data") or {}).get("label", "?")
+    return (f"{result['model']} (seed {result['seed']}, profile {result.get('profile')}, {data}, "
+            f"{result.get('device')}): best validation accuracy {100 * result['best_val_acc']:.2f}% at epoch "
+            f"{result['best_epoch'] + 1} of {len(result['history'])}; test accuracy of that model "
+            f"{100 * result['test_acc']:.2f}%.")
+
+
+# --------------------------------------------------------------------------------------------- costs
+
+def cost_path(dirs: OutputDirs, model: str) -> Path:
+    """Where the cost measurement of `model` is stored."""
+    return Path(dirs.results) / f"cost-{model}.json"
+
+
+def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device: str = "auto",
+                  batch_size: int | None = None, iters: int | None = None, force: bool = False) -> list[dict]:
+    """FLOPs, parameters and inference images/s per model -> <results>/cost-<model>.json (reused unless force).
+
+    Batch 1024 on a GPU; on a CPU a smaller default batch (CPU_COST_BATCH), which the file states. A
+    stored measurement is reused when it was taken on the same device with the same batch size.
+    """
+    import torch
+
+    from lib.cost import cost_summary
+
+    models = list(models) if models else list(PART1_MODELS)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    gpu = dev.type == "cuda"
+    batch_size = batch_size or (GPU_COST_BATCH if gpu else CPU_COST_BATCH)
+    iters = iters or (GPU_COST_ITERS if gpu else CPU_COST_ITERS)
+    env = environment_info(dev)
+    out = []
+    for model in models:
+        path = cost_path(dirs, model)
+        if not force and path.exists():
+            old = read_json(path)
+            if old.get("device_name") == env["device"] and old.get("infer_batch") == batch_size:
+                out.append(old)
+                continue
+        summary = cost_summary(model, dev, batch_size=batch_size, iters=iters, warmup=1 if not gpu else 5)
+        summary.update(device_name=env["device"], iters=iters, torch=env["torch"], git_commit=env["git_commit"])
+        if batch_size != GPU_COST_BATCH:
+            summary["note"] = (f"inference measured at batch {batch_size} on {env['device']} "
+                               f"(not the GPU batch {GPU_COST_BATCH}): numbers are not comparable to GPU ones")
+        atomic_write_json(path, summary)
+        out.append(summary)
+    return out
+
+
+def load_costs(dirs: OutputDirs) -> dict[str, dict]:
+    """model -> its cost file's contents, for every cost-*.json in dirs.results."""
+    return {p.stem[len("cost-"):]: read_json(p) for p in sorted(Path(dirs.results).glob("cost-*.json"))}
+
+
+def with_costs(results: Sequence[dict], costs: dict[str, dict]) -> list[dict]:
+    """Copies of `results` with the 'cost' dict lib.stats.comparison_table reads.
+
+    flops / infer_ips come from the model's cost file; train_ips is training images per second of the run
+    (num_train_used / median epoch seconds, the epoch time including its validation pass); peak_mem_mb is the
+    run's peak GPU memory (None on CPU).
+    """
+    out = []
+    for r in results:
+        c = costs.get(r["model"], {})
+        secs = [h["seconds"] for h in r.get("history", []) if h.get("seconds")]
+        n_train = (r.get("data") or {}).get("num_train_used")
+        train_ips = n_train / statistics.median(secs) if secs and n_train else None
+        out.append(dict(r, cost={"flops": c.get("flops"), "infer_ips": c.get("infer_ips"), "train_ips": train_ips,
+                                 "peak_mem_mb": r.get("peak_mem_mb")}))
+    return out
+
+
+def part1_table(dirs: OutputDirs, models: Sequence[str] | None = None):
+    """lib.stats.comparison_table of the Part 1 results in dirs.results (restricted to `models`), with costs."""
+    from lib.stats import comparison_table
+
+    results = load_results(dirs)
+    if models:
+        results = [r for r in results if r["model"] in set(models)]
+    if not results:
+        raise FileNotFoundError(f"no Part 1 results (p1-*.json) in {dirs.results}: train the models first")
+    return comparison_table(with_costs(results, load_costs(dirs)))
+
