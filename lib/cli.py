@@ -2,6 +2,9 @@
 
     python -m lib run --profile quick --data shared --models CANet_tiny --seeds 0 1 2
     python -m lib run --profile full --data shared --part2
+    python -m lib study --profile smoke --data shared          # the notebooks headless, then report.md
+    python -m lib report --profile quick --publish
+    python -m lib bench --models CANet CANet_tiny ResNet18 VGG_A_BN --data shared   # naive vs fast epoch
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def cmd_run(args) -> int:
 
     source = resolve_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
-    want_p1 = args.part1 or args.models or not (args.part2 or args.probe)
+    want_p1 = args.part1 or args.models or not (args.part2 or args.probe or args.slices)
     configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
     if args.part2:
         configs += bn_experiments(args.profile, source)
@@ -44,12 +47,79 @@ def cmd_run(args) -> int:
                   max_epochs_this_call=args.max_epochs_this_call)
         acc = r.get("test_acc")
         print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
-    if args.probe:
-        for pcfg in bn_study.probe_configs(args.profile, source):
-            bn_study.run_probe(pcfg, dirs, force=args.force)
-            print(f"probe {pcfg.model}: done")
+    if args.probe:  # both networks, with the documented lr fallback when VGG_A does not train
+        for r in bn_study.run_probes(args.profile, source, dirs, force=args.force, progress=not args.quiet):
+            print(f"probe {r['config']['model']}: done (lr {r['config']['lr']:g})")
+    if args.slices:
+        bn_study.run_slices(args.profile, source, dirs, force=args.force)
+        print("loss slices: done")
     print(f"{len(configs)} experiment(s) in {time.perf_counter() - t0:.0f} s; results in {dirs.results}")
     return 0
+
+
+def cmd_study(args) -> int:
+    """Execute the notebooks headless in order (papermill), then render the report."""
+    import logging
+
+    from lib.pipeline import StudyError, run_study, study_command
+
+    extra = {k: v for k, v in (("models", args.models), ("model", args.model), ("num_epochs", args.num_epochs))
+             if v is not None}
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    t0 = time.perf_counter()
+    try:
+        report = run_study(args.profile, data_source=args.data, publish=args.publish or None,
+                           notebooks=args.notebooks, seeds=args.seeds, force=args.force, extra_params=extra,
+                           log_output=args.verbose, progress_bar=not args.verbose,
+                           command=study_command(args.profile, args.data, args.publish, args.notebooks, args.seeds,
+                                                 extra, args.force))
+    except StudyError as err:
+        print(f"study stopped: {err}", file=sys.stderr)
+        return 1
+    print(f"study done in {time.perf_counter() - t0:.0f} s; report: {report}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Render report.md from the result files of a profile (no training)."""
+    from lib.report import render_report
+
+    dirs = output_dirs(args.profile, publish=args.publish or None)
+    print(f"report: {render_report(args.profile, dirs)}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Time naive vs fast epochs; print the table, the study estimate, a graph check or a plan for a time budget."""
+    from pathlib import Path
+
+    from lib import bench
+    from lib.results import read_json
+    from lib.train import resolve_device
+
+    dev = resolve_device(args.device)
+    path = Path(args.out) if args.out else bench.bench_path(dev)
+    status = 0
+    if args.check_graphs:
+        check = bench.check_cuda_graphs(args.check_graphs, args.data, args.device, num_train=args.num_train)
+        print(f"CUDA-graph check: {check}")
+        if check["ok"] is not None:
+            bench.save_graph_check(check, path, dev)
+        status = 3 if check["ok"] is False else 0
+    if args.models or args.fast_only or args.probe:
+        bench.run_benchmark(args.models or (), args.data, args.device, path, fast_only=args.fast_only or (),
+                            probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
+                            num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
+                            compile=args.compile)
+    if args.table:
+        print(bench.bench_table(path))
+    if args.estimate:
+        print(bench.format_estimate(read_json(path)))
+    if args.plan:
+        plan = bench.plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
+                                seeds=args.seeds, profile=args.profile, margin=args.margin)
+        print(bench.format_plan(plan))
+    return status
 
 
 def main(argv=None) -> int:
@@ -62,6 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--part1", action="store_true", help="the Part 1 comparison (default when nothing is chosen)")
     p.add_argument("--part2", action="store_true", help="the BN protocol runs (VGG-A +-BN at four lrs)")
     p.add_argument("--probe", action="store_true", help="the Santurkar et al. probe runs")
+    p.add_argument("--slices", action="store_true", help="the filter-normalised 1-D loss slices (needs --part2 runs)")
     p.add_argument("--models", nargs="+", help="Part 1 models to run (default: all nine)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--only", nargs="+", help="restrict to these experiment names (e.g. p1-CANet-s0)")
@@ -70,6 +141,51 @@ def main(argv=None) -> int:
                    help="stop (resumably) after this many epochs per experiment")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("study", help="execute the four notebooks headless in order, then render the report")
+    _add_common(p)
+    p.add_argument("--notebooks", nargs="+", help="a subset, by number or name (default: 01 02 03 04)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
+    p.add_argument("--models", nargs="+", help="Part 1 models of notebook 02 (default: all nine)")
+    p.add_argument("--model", help="the CANet variant notebook 01 trains and 03 shows (default: CANet)")
+    p.add_argument("--num-epochs", type=int, help="override the profile's Part 1 epochs (default: the profile's)")
+    p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
+    p.add_argument("--verbose", action="store_true", help="stream the notebooks' output while they run")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="render report.md from the existing result files of a profile")
+    p.add_argument("--profile", default="smoke", choices=list(PROFILES), help="whose results to render")
+    p.add_argument("--publish", action="store_true",
+                   help="render the published smoke/quick results (results/<profile>/) into the committed report.md")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="time the original's naive pipeline against lib.train's epoch on this device; "
+                                     "estimate and plan the full study from the measurements")
+    p.add_argument("--models", nargs="+", help="time naive and fast epochs of these models (e.g. CANet CANet_tiny)")
+    p.add_argument("--fast-only", nargs="+", help="time only the fast epoch of these models (for the estimate)")
+    p.add_argument("--probe", action="store_true", help="time the probe runs' steps (VGG_A, VGG_A_BN)")
+    p.add_argument("--missing-only", action="store_true", help="skip what the bench file already has")
+    p.add_argument("--compile", action="store_true",
+                   help="time the torch.compile variant of the fast epoch (key <model>+compile) instead")
+    p.add_argument("--data", default=None, help=f"data source as for `run` (default: ${SOURCE_ENV} or 'official')")
+    p.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cuda' or 'cpu'")
+    p.add_argument("--num-train", type=int, default=None, help="training images per epoch (default: all 45,000)")
+    p.add_argument("--num-val", type=int, default=None, help="validation images (default: all 5,000)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the naive pipeline (default 4)")
+    p.add_argument("--out", default=None, help="bench file (default: results/bench/<device-slug>.json)")
+    p.add_argument("--check-graphs", metavar="MODEL", help="compare CUDA-graphed and eager training steps "
+                                                           "(exit status 3 if they differ)")
+    p.add_argument("--table", action="store_true", help="print the bench file as a markdown table")
+    p.add_argument("--estimate", action="store_true", help="print the full study's estimated GPU time")
+    p.add_argument("--plan", nargs="+", metavar="SUBSET",
+                   help="print the unfinished experiments of SUBSET (all, part1, part2, probe or names) that fit "
+                        "--budget seconds (scripts/gpu_full_study.sh runs the plan)")
+    p.add_argument("--budget", type=float, default=480.0, help="seconds for --plan (default 480)")
+    p.add_argument("--margin", type=float, default=1.2, help="--plan multiplies estimates by this (default 1.2)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds for --plan (default: 0)")
+    p.add_argument("--profile", default="full", choices=list(PROFILES),
+                   help="whose published results --plan checks (default: full; others for dry runs)")
+    p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

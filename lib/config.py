@@ -31,8 +31,8 @@ class Profile:
 PROFILES = {
     "smoke": Profile("smoke", 256, 128, 256, 2, 2, 256,
                      "CI-sized: seconds to a few minutes per model on a CPU; the numbers mean nothing"),
-    "quick": Profile("quick", 5_000, 1_000, 5_000, 8, 4, 2_500,
-                     "a real but reduced run on a CPU: 5k training images, 8 epochs (Part 2: 2.5k images, 4 epochs)"),
+    "quick": Profile("quick", 5_000, 1_000, 5_000, 8, 3, 2_000,
+                     "a real but reduced run on a CPU: 5k training images, 8 epochs (Part 2: 2k images, 3 epochs)"),
     "full": Profile("full", None, None, None, 70, 50, None, "the STUDY.md recipe on all data; meant for a GPU"),
 }
 

@@ -20,7 +20,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 import torch.nn.functional as F
-from matplotlib.ticker import EngFormatter, NullFormatter
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
 from lib.attention import attention_maps, first_layer_filter_groups
 from lib.augment import to_float_normalized
@@ -74,6 +74,7 @@ def _save(fig, name: str, figs_dir) -> Path:
 
 
 def _history(result: dict) -> list[dict]:
+    """The per-epoch history of a result, or a clear error when there is none."""
     history = result.get("history") or []
     if not history:
         raise ValueError(f"result {result.get('name', '?')!r} has no history (no finished epoch): nothing to plot")
@@ -154,7 +155,10 @@ def _acc_vs(ax, table: pd.DataFrame, col: str, xlabel: str) -> None:
                     fontsize=8)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    # Within about a decade there may be no major tick at all: then label the 2x and 5x minor ticks too.
+    narrow = len(x) > 0 and np.log10(x.max() / x.min()) < 1.5
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(EngFormatter(sep="") if narrow else NullFormatter())
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)")
     ax.margins(x=0.15, y=0.12)
     ax.grid(alpha=0.3, which="both")

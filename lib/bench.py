@@ -1,0 +1,794 @@
+"""Timing: the original's naive pipeline against the repository's own, one epoch each, and what follows.
+
+    run_benchmark(["CANet", "CANet_tiny"], "shared")   # -> results/bench/<device-slug>.json (merged)
+    bench_table("results/bench/nvidia-h100-80gb-hbm3.json")   # markdown for the README
+    estimate_study_minutes(read_json(path))            # the whole `full` study on that device, one seed
+    plan_study(["all"], source, budget_s=480)          # the unfinished experiments that fit a time budget
+
+Both pipelines train one epoch of the recipe a model has in the study (Part 1 models: the Part 1 recipe,
+batch 256; VGG_A / VGG_A_BN: the BN protocol, Adam 1e-3, batch 128) on the 45,000-image training split,
+with validation on the 5,000-image split:
+
+- naive_epoch mirrors the ORIGINAL: a torchvision-style Dataset over the uint8 arrays, per-image PIL
+  transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning,
+  PyTorch's default optimiser kernels, a host sync per step (loss.item()), and a validation pass every
+  50 iterations plus the end-of-epoch one. It is the reference; it is meant to be naive.
+- fast_epoch is what lib.train does per epoch (same functions: prepare_data, step_model_for,
+  _train_epoch, evaluate), timed after a warm-up epoch. One-off costs (CUDA-graph capture or compile,
+  data to the device) and the per-epoch bookkeeping of lib.train (TensorBoard, checkpoints) are
+  measured and reported separately, so the study estimate can add them.
+
+Bench file (one per device, results/bench/<device-slug>.json): {"device", "device_slug", "updated",
+"graph_check", "entries": {key: entry}}. An entry per model (key = model name) has: model, recipe,
+batch_size, num_train, num_val, data, device, torch, date, naive_seconds, naive_images_per_s,
+naive_val_passes, naive_workers (absent for fast-only entries), fast_seconds, fast_images_per_s,
+fast_overhead_seconds (bookkeeping per epoch), compile_seconds (one-off capture/compile), setup_seconds
+(one-off per run, compile included), warmup_seconds (the first, untimed epoch), cuda_graphs, compiled,
+ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile
+(`--compile`) have the key <model>+compile. Probe entries (key probe-<model>): model,
+kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import gc
+import math
+import os
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.config import NORMS, PROFILES, TrainConfig
+from lib.data import load_cifar10, resolve_source, split_train_val, subset
+from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config, part1_experiments
+from lib.models import PART1_MODELS, build, last_linear
+from lib.paths import REPO, OutputDirs, output_dirs
+from lib.results import atomic_write_json, device_name, read_json, reusable_result
+
+# Speed-up targets of the issue (naive / fast epoch time on one H100).
+RATIO_TARGETS = {"CANet": 15.0, "CANet_tiny": 25.0}
+STUDY_TARGET_MINUTES = 20.0
+NAIVE_VAL_EVERY = 50  # the original validated every 50 iterations (and at the end of the epoch)
+PROBE_BENCH_STEPS = 200  # timed probe-run steps: ten probes at the full profile's probe_every=20
+# Planning a time budget: estimates are multiplied by PLAN_MARGIN, and every process started for a plan
+# line (python start, imports, TensorBoard, data from the cache) is allowed STEP_STARTUP_S.
+PLAN_MARGIN = 1.2
+STEP_STARTUP_S = 20.0
+# The two 1-D loss slices (51 evaluations of 2,000 images each): an allowance, not a measurement.
+SLICES_ALLOWANCE_S = 30.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared helpers
+
+def recipe_config(model_name: str, data_source: str | None = None, device: str = "auto",
+                  num_train: int | None = None, num_val: int | None = None, seed: int = 0) -> TrainConfig:
+    """The `full`-profile config of the study run `model_name` appears in (Part 1, or the BN protocol at lr 1e-3)."""
+    source = resolve_source(data_source)
+    if model_name in PART1_MODELS:
+        cfg = part1_config(model_name, "full", source, seed)
+    elif model_name in BN_MODELS:
+        cfg = bn_config(model_name, 1e-3, "full", source)
+    else:
+        raise ValueError(f"{model_name!r} is in neither part of the study: choose one of "
+                         f"{', '.join(PART1_MODELS + BN_MODELS)}")
+    return cfg.replace(device=device, num_train=num_train, num_val=num_val)
+
+
+def recipe_name(cfg: TrainConfig) -> str:
+    """'part1' or 'bn-protocol': which recipe a benchmark config follows."""
+    return "bn-protocol" if "bn-protocol" in cfg.tags else "part1"
+
+
+def device_slug(device: torch.device | str) -> str:
+    """File-name form of the device: 'nvidia-h100-80gb-hbm3', 'cpu-x86-64'."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def bench_path(device: torch.device | str, root: Path | str | None = None) -> Path:
+    """results/bench/<device-slug>.json under `root` (default: the repository)."""
+    return Path(root if root is not None else REPO) / "results" / "bench" / f"{device_slug(device)}.json"
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device, so that a host clock read after it covers the queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _backend_flags(deterministic: bool, benchmark: bool, cudnn_tf32: bool, matmul_tf32: bool):
+    """Set the cuDNN / TF32 switches for the block and restore them after (both pipelines run in one process)."""
+    old = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+           torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = old
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    """Set an environment variable for the block."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _split(cfg: TrainConfig):
+    """The training and validation arrays of `cfg`, exactly as lib.train.prepare_data selects them."""
+    data = load_cifar10(cfg.data_source)
+    X_tr, y_tr, X_val, y_val = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
+    X_tr, y_tr = subset(X_tr, y_tr, cfg.num_train)
+    X_val, y_val = subset(X_val, y_val, cfg.num_val)
+    return X_tr, y_tr, X_val, y_val, data.info
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (a) The naive reference: the original's pipeline
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """torchvision-style dataset over uint8 arrays (N, 32, 32, 3): a PIL image per item, then `transform`."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, transform):
+        self.X, self.y, self.transform = X, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.X[i])), int(self.y[i])
+
+
+def naive_transforms(cfg: TrainConfig):
+    """(train, eval) torchvision transforms of the recipe, applied one image at a time."""
+    from torchvision import transforms as T
+
+    mean, std = NORMS[cfg.norm]
+    plain = [T.ToTensor(), T.Normalize(mean, std)]
+    if not cfg.augment:
+        return T.Compose(plain), T.Compose(plain)
+    train = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *plain,
+                       T.RandomErasing(p=cfg.erase_p, scale=(0.04, 0.2), ratio=(0.5, 2.0), value=0)])
+    return train, T.Compose(plain)
+
+
+def _naive_mix(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator):
+    """Per batch, as the original: MixUp (p=mixup_p) or CutMix (p=cutmix_p) or nothing -> (x, y_a, y_b, lam)."""
+    r = rng.random()
+    if not cfg.augment or r >= cfg.mixup_p + cfg.cutmix_p:
+        return x, y, y, 1.0
+    lam = float(rng.beta(cfg.mix_alpha, cfg.mix_alpha))
+    index = torch.randperm(x.shape[0], device=x.device)
+    if r < cfg.mixup_p:
+        return lam * x + (1 - lam) * x[index], y, y[index], lam
+    h, w = x.shape[2], x.shape[3]
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[index, :, y0:y1, x0:x1]
+    return x, y, y[index], 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def _naive_validate(model: nn.Module, loader, criterion, device: torch.device) -> tuple[float, float]:
+    """One pass over the validation loader, with a host sync per batch as the original; (loss, acc)."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = model(x)
+            loss_sum += criterion(out, y).item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            n += len(y)
+    model.train()
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def naive_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
+                num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
+                val_every: int = NAIVE_VAL_EVERY, warmup_steps: int = 2, seed: int = 0) -> dict:
+    """Time one epoch of the original's pipeline for `model_name` (see the module doc); returns seconds, images/s."""
+    from lib.train import optimizer_at, resolve_device
+
+    dev = resolve_device(device)
+    cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed)
+    X_tr, y_tr, X_val, y_val, info = _split(cfg)
+    train_tf, eval_tf = naive_transforms(cfg)
+    pin = dev.type == "cuda"
+    train_loader = torch.utils.data.DataLoader(ArrayDataset(X_tr, y_tr, train_tf), batch_size=cfg.batch_size,
+                                               shuffle=True, num_workers=num_workers, pin_memory=pin)
+    val_loader = torch.utils.data.DataLoader(ArrayDataset(X_val, y_val, eval_tf), batch_size=cfg.batch_size,
+                                             shuffle=False, num_workers=num_workers, pin_memory=pin)
+    # PyTorch's defaults otherwise: fp32, cuDNN's TF32 on, matmul TF32 off; deterministic, no autotuning.
+    with _backend_flags(deterministic=True, benchmark=False, cudnn_tf32=True, matmul_tf32=False):
+        torch.manual_seed(seed)
+        model = build(model_name).to(dev)
+        kind = optimizer_at(cfg, 0)
+        opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(kind)
+        if opt_cls is not None:
+            optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        rng = np.random.default_rng(seed)
+        model.train()
+        # Warm-up (untimed): CUDA context, cuBLAS/cuDNN handles. No optimiser step, so the weights stay.
+        for _ in range(warmup_steps):
+            x = torch.randn(min(cfg.batch_size, len(y_tr)), 3, 32, 32, device=dev)
+            criterion(model(x), torch.zeros(x.shape[0], dtype=torch.long, device=dev)).backward()
+            optimizer.zero_grad(set_to_none=True)
+        _sync(dev)
+
+        t0 = time.perf_counter()
+        running_loss, running_correct, steps, val_passes = 0.0, 0.0, 0, 0
+        for i, (x, y) in enumerate(train_loader):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            x, y_a, y_b, lam = _naive_mix(x, y, cfg, rng)
+            out = model(x)
+            loss = lam * criterion(out, y_a) + (1 - lam) * criterion(out, y_b)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            pred = out.argmax(1)
+            running_loss += loss.item()  # the original's per-step host syncs
+            running_correct += (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum()).item()
+            steps += 1
+            if (i + 1) % val_every == 0:
+                _naive_validate(model, val_loader, criterion, dev)
+                val_passes += 1
+        val_loss, val_acc = _naive_validate(model, val_loader, criterion, dev)
+        val_passes += 1
+        scheduler.step()
+        _sync(dev)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "images_per_s": len(y_tr) / seconds, "num_train": len(y_tr), "num_val": len(y_val),
+            "batch_size": cfg.batch_size, "steps": steps, "val_passes": val_passes, "num_workers": num_workers,
+            "train_loss": running_loss / max(steps, 1), "val_acc": val_acc, "data": info.get("label")}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (b) The repository's own epoch
+
+def fast_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
+               num_train: int | None = None, num_val: int | None = None, warmup_epochs: int = 1,
+               seed: int = 0, compile: bool = False) -> dict:
+    """Time one epoch of lib.train's `full`-profile training + validation for `model_name`, after warm-up.
+
+    Returns seconds (what lib.train records as an epoch's `seconds`), images_per_s, overhead_seconds (the
+    rest of lib.train's per-epoch work: TensorBoard logging, weight histograms, checkpoints), compile_seconds
+    (CUDA-graph capture; torch.compile is paid in the warm-up epoch and counted there), setup_seconds (data
+    to the device, model, capture) and warmup_seconds (the first epoch, with cuDNN's autotuning).
+    compile=True times the cfg.compile variant (torch.compile on CUDA) instead of the CUDA-graph step.
+    """
+    import lib.train as T
+
+    dev = T.resolve_device(device)
+    cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed).replace(compile=compile)
+    load_cifar10(cfg.data_source)  # decoded once into the cache here, so setup_seconds is a cache read
+    cuda = dev.type == "cuda"
+    with _backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda):
+        _sync(dev)
+        t0 = time.perf_counter()
+        (train_loader, val_loader, _), info = T.prepare_data(cfg, dev)
+        torch.manual_seed(cfg.seed)
+        model = build(cfg.model).to(dev).to(memory_format=torch.channels_last)
+        head = last_linear(model)
+        optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
+        step_model, fast_info = T.step_model_for(model, cfg, dev, train_loader)
+        _sync(dev)
+        setup_seconds = time.perf_counter() - t0
+
+        warmup_seconds = None  # the first epoch: cuDNN autotuning, first calls, a lazy compile
+        for epoch in range(warmup_epochs):
+            t0 = time.perf_counter()
+            T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, epoch, False)
+            T.evaluate(model, val_loader, cfg, dev)
+            _sync(dev)
+            if epoch == 0:
+                warmup_seconds = time.perf_counter() - t0
+
+        # The timed epoch: exactly the span lib.train records as an epoch's `seconds`.
+        epoch = warmup_epochs
+        t0 = time.perf_counter()
+        stats = T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, epoch, False)
+        losses = stats["step_loss"].cpu()
+        val = T.evaluate(model, val_loader, cfg, dev)
+        _sync(dev)
+        seconds = time.perf_counter() - t0
+
+        overhead = _bookkeeping_seconds(T, model, optimizer, cfg, dev, stats, losses, val, epoch, len(train_loader),
+                                        seconds)
+    n = info["num_train_used"]
+    return {"seconds": seconds, "images_per_s": n / seconds, "num_train": n, "num_val": info["num_val_used"],
+            "batch_size": cfg.batch_size, "overhead_seconds": overhead,
+            # torch.compile compiles lazily, in the warm-up epoch: its cost is that epoch's extra time.
+            "compile_seconds": (max(0.0, (warmup_seconds or seconds) - seconds) if fast_info["compile"]
+                                else fast_info["compile_seconds"]),
+            "setup_seconds": setup_seconds, "compiled": fast_info["compile"],
+            "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
+            "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
+            "train_loss": float(stats["loss_sum"]) / stats["n"], "val_acc": val["acc"], "data": info.get("label")}
+
+
+def _copy_state(model: nn.Module) -> dict:
+    """A device-side copy of the model's state, as lib.train keeps the best weights on the GPU fast path."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _bookkeeping_seconds(T, model, optimizer, cfg, dev, stats, losses, val, epoch, steps_per_epoch,
+                         epoch_seconds) -> float:
+    """Seconds of lib.train's per-epoch work besides training and validation, as it does it on `dev`.
+
+    TensorBoard (per-step scalars, every parameter's histogram), the weight histograms and the best
+    checkpoint every epoch (an upper bound: it is written only when validation improves); the resumable
+    checkpoint every epoch, or on the GPU fast path its cost spread over LAST_CKPT_EVERY_S.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    fast = T._gpu_fast_path(dev)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = SummaryWriter(tmp)
+        row = {"epoch": epoch, "lr": T.lr_at(cfg, epoch), "train_loss": float(stats["loss_sum"]) / stats["n"],
+               "train_acc": float(stats["correct"]) / stats["n"], "val_loss": val["loss"], "val_acc": val["acc"],
+               "seconds": epoch_seconds}
+        t0 = time.perf_counter()
+        T._log_epoch(writer, model, row, losses, stats["step_acc"].cpu(), epoch, steps_per_epoch)
+        writer.flush()
+        T.weight_histograms(model)
+        if fast:  # the best weights are copied on the device, written once at the end
+            _copy_state(model)
+        else:
+            T._save_checkpoint(Path(tmp) / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+        _sync(dev)
+        seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        T._save_checkpoint(Path(tmp) / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                   "epoch": epoch})
+        last = time.perf_counter() - t0
+        writer.close()
+    return seconds + (last * min(1.0, epoch_seconds / T.LAST_CKPT_EVERY_S) if fast else last)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probe runs (Part 2, Santurkar et al.) and the CUDA-graph check
+
+def probe_step_seconds(model_name: str, data_source: str | None = None, device: str = "auto", *,
+                       num_steps: int = PROBE_BENCH_STEPS, **overrides) -> dict:
+    """Seconds per step of the `full` probe run of `model_name` (probes included), timed over `num_steps` after
+    an untimed warm-up of one probe interval. `overrides` change the probe config (tests shrink it)."""
+    from lib.bn_study import _train_with_probes, probe_configs
+    from lib.train import resolve_device
+
+    dev = resolve_device(device)
+    cfg = next(c for c in probe_configs("full", resolve_source(data_source)) if c.model == model_name)
+    cfg = cfg.replace(device=str(dev), fallback=False, **overrides)
+    _train_with_probes(cfg.replace(num_steps=cfg.probe_every), progress=False)
+    result = _train_with_probes(cfg.replace(num_steps=num_steps), progress=False)
+    return {"seconds_per_step": result["seconds_per_step"], "num_steps": result["steps_done"],
+            "probe_every": cfg.probe_every, "batch_size": cfg.batch_size, "num_etas": len(cfg.eta_multipliers)}
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check_cuda_graphs(model_name: str = "CANet_tiny", data_source: str | None = None, device: str = "auto", *,
+                      steps: int = 3, num_train: int | None = None) -> dict:
+    """Train `steps` identical steps with the eager and the CUDA-graphed model from the same weights and
+    compare outputs, gradients and the weights after (CUDA only; elsewhere ok=None). A graph that replays
+    stale inputs or misses a buffer update shows up as a large difference."""
+    import lib.train as T
+
+    dev = T.resolve_device(device)
+    result = {"model": model_name, "ok": None, "steps": 0, "device": device_name(dev), "torch": torch.__version__,
+              "date": _now()}
+    if dev.type != "cuda":
+        return dict(result, note=f"CUDA graphs run on CUDA only; nothing to check on {dev.type}")
+    cfg = recipe_config(model_name, data_source, str(dev), num_train)
+    tolerance = {"out": 2e-2, "grad": 5e-2, "param": 1e-2}
+    with _backend_flags(deterministic=False, benchmark=True, cudnn_tf32=True, matmul_tf32=True):
+        (train_loader, _, _), _ = T.prepare_data(cfg, dev)
+        torch.manual_seed(cfg.seed)
+        eager = build(model_name).to(dev).to(memory_format=torch.channels_last)
+        graphed_model = copy.deepcopy(eager)
+        with _env(T.CUDA_GRAPHS_ENV, "1"):
+            step_g, info = T.step_model_for(graphed_model, cfg, dev, train_loader)
+        if not info["cuda_graphs"]:
+            return dict(result, ok=False, note=info["note"])
+        kind = T.optimizer_at(cfg, 0)
+        runs = [(eager, eager, T.make_optimizer(kind, eager.parameters(), cfg, cfg.lr, dev)),
+                (step_g, graphed_model, T.make_optimizer(kind, graphed_model.parameters(), cfg, cfg.lr, dev))]
+        worst = {"out": 0.0, "grad": 0.0, "param": 0.0}
+        train_loader.set_epoch(0)
+        for batch in train_loader:
+            if result["steps"] == steps or batch.x.shape[0] != cfg.batch_size:
+                break
+            outs, grads = [], []
+            for runner, model, optimizer in runs:
+                runner.train()
+                with T.autocast_for(cfg, dev):
+                    out = runner(batch.x)
+                out = out.float()
+                loss = F.cross_entropy(out, batch.y, label_smoothing=cfg.label_smoothing)
+                if batch.lam < 1.0:
+                    loss = batch.lam * loss + (1 - batch.lam) * F.cross_entropy(out, batch.y_b,
+                                                                                label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                outs.append(out.detach().clone())
+                grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))
+                optimizer.step()
+            worst["out"] = max(worst["out"], _rel_diff(outs[1], outs[0]))
+            worst["grad"] = max(worst["grad"], _rel_diff(grads[1], grads[0]))
+            result["steps"] += 1
+        params = [torch.cat([p.detach().flatten().float() for p in m.parameters()]) for m in (eager, graphed_model)]
+        worst["param"] = _rel_diff(params[1], params[0])
+    ok = result["steps"] == steps and all(worst[k] <= tolerance[k] for k in tolerance)
+    return dict(result, ok=ok, max_rel_diff=worst, tolerance=tolerance, capture_seconds=info["compile_seconds"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The benchmark file
+
+def _now() -> str:
+    """UTC time, ISO format to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _release(dev: torch.device) -> None:
+    """Free the last model's memory (graphs, optimiser state) before the next one is measured."""
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _merge_write(path: Path, dev: torch.device, entries: dict | None = None, **top) -> dict:
+    """Merge `entries` (and top-level keys) into the bench file at `path`; atomic write; returns the content."""
+    name = device_name(dev)
+    data = read_json(path) if path.exists() else {"device": name, "device_slug": device_slug(dev), "entries": {}}
+    if data.get("device") != name:
+        raise ValueError(f"{path} holds measurements of {data.get('device')!r}, not of this device ({name!r}): "
+                         f"write to another file (out_path) or delete it")
+    data["entries"].update(entries or {})
+    data.update(top, updated=_now())
+    atomic_write_json(path, data)
+    return data
+
+
+def save_graph_check(check: dict, path: Path | str, device: torch.device | str) -> dict:
+    """Record a check_cuda_graphs result as the bench file's 'graph_check' (merged, atomic)."""
+    return _merge_write(Path(path), torch.device(device), graph_check=check)
+
+
+def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, device: str = "auto",
+                  out_path: Path | str | None = None, *, fast_only: Sequence[str] = (), probes: Sequence[str] = (),
+                  num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
+                  missing_only: bool = False, probe_steps: int = PROBE_BENCH_STEPS,
+                  probe_overrides: dict | None = None, compile: bool = False, progress: bool = True) -> dict:
+    """Time naive and fast epochs of `models` (only fast for `fast_only`, probe steps for `probes`) in this
+    process; merge each entry into the bench file as soon as it is measured. Returns the file's content.
+
+    missing_only skips what the file already has (a later call on the same device adds the rest).
+    compile=True times the torch.compile variant of the fast epoch, under the key '<model>+compile'
+    (the study estimate reads the plain keys, i.e. what `python -m lib run` does).
+    """
+    from lib.train import resolve_device
+
+    dev = resolve_device(device)
+    path = Path(out_path) if out_path is not None else bench_path(dev)
+    have = read_json(path).get("entries", {}) if (missing_only and path.exists()) else {}
+    source = resolve_source(data_source)
+    base = {"device": device_name(dev), "torch": torch.__version__}
+    data = _merge_write(path, dev)
+    jobs = [(m, True) for m in models] + [(m, False) for m in fast_only if m not in models]
+    for model_name, with_naive in jobs:
+        key = f"{model_name}+compile" if compile else model_name
+        if key in have and (not with_naive or have[key].get("naive_seconds") is not None):
+            continue
+        cfg = recipe_config(model_name, source, str(dev), num_train, num_val)
+        entry = dict(base, model=model_name, recipe=recipe_name(cfg), batch_size=cfg.batch_size)
+        if with_naive:
+            naive = naive_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val,
+                                num_workers=num_workers)
+            entry.update(naive_seconds=naive["seconds"], naive_images_per_s=naive["images_per_s"],
+                         naive_val_passes=naive["val_passes"], naive_workers=num_workers)
+        fast = fast_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val, compile=compile)
+        entry.update(num_train=fast["num_train"], num_val=fast["num_val"], data=fast["data"],
+                     fast_seconds=fast["seconds"], fast_images_per_s=fast["images_per_s"],
+                     fast_overhead_seconds=fast["overhead_seconds"], compile_seconds=fast["compile_seconds"],
+                     setup_seconds=fast["setup_seconds"], warmup_seconds=fast["warmup_seconds"],
+                     cuda_graphs=fast["cuda_graphs"], compiled=fast["compiled"], date=_now())
+        entry["ratio"] = entry["naive_seconds"] / fast["seconds"] if with_naive else None
+        data = _merge_write(path, dev, {key: entry})
+        _release(dev)
+        if progress:
+            naive_txt = f"naive {entry['naive_seconds']:.2f} s, " if with_naive else ""
+            ratio_txt = f", {entry['ratio']:.1f}x" if with_naive else ""
+            print(f"[bench] {key}: {naive_txt}fast {fast['seconds']:.2f} s/epoch "
+                  f"(+{fast['overhead_seconds']:.2f} s bookkeeping, {fast['compile_seconds']:.1f} s capture)"
+                  f"{ratio_txt}", flush=True)
+    for model_name in probes:
+        key = f"probe-{model_name}"
+        if key in have:
+            continue
+        overrides = dict(probe_overrides or {})
+        if num_train is not None:  # a reduced run (tests): at least one full batch
+            overrides.setdefault("num_train", num_train)
+            overrides.setdefault("batch_size", min(num_train, 128))
+        probe = probe_step_seconds(model_name, source, str(dev), num_steps=probe_steps, **overrides)
+        data = _merge_write(path, dev, {key: dict(base, model=model_name, kind="probe", date=_now(), **probe)})
+        if progress:
+            print(f"[bench] {key}: {probe['seconds_per_step'] * 1e3:.1f} ms/step", flush=True)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading it: the README table and the study estimate
+
+def load_bench(bench) -> dict:
+    """A bench dict from a dict or a path."""
+    return bench if isinstance(bench, dict) else read_json(bench)
+
+
+def run_seconds(entry: dict, num_epochs: int) -> float:
+    """Estimated seconds of one training run: setup + the warm-up epoch's extra + num_epochs x (epoch + bookkeeping)."""
+    extra_first = max(0.0, entry["warmup_seconds"] - entry["fast_seconds"])
+    return entry["setup_seconds"] + extra_first + num_epochs * (entry["fast_seconds"] + entry["fast_overhead_seconds"])
+
+
+def study_estimate(bench, seeds: int = 1) -> dict:
+    """Seconds of the `full` study on the bench's device: {part1: {model: s}, bn: {model: s}, probe: {model: s},
+    total_seconds, total_minutes, target_minutes, missing: [keys without a measurement]}.
+
+    Part 1: the nine models x `seeds` runs of PROFILES['full'].num_epochs epochs; the BN protocol: VGG_A and
+    VGG_A_BN at each of the BN_LRS for bn_epochs; the probe runs: both networks for the probe's num_steps.
+    One-off costs (setup, compile/capture, the first epoch's autotuning) are counted per run.
+    """
+    from lib.bn_study import PROBE_SIZES
+
+    entries = load_bench(bench).get("entries", {})
+    full = PROFILES["full"]
+    out = {"part1": {}, "bn": {}, "probe": {}, "missing": []}
+    for m in PART1_MODELS:
+        if m in entries and entries[m].get("fast_seconds") is not None:
+            out["part1"][m] = seeds * run_seconds(entries[m], full.num_epochs)
+        else:
+            out["missing"].append(m)
+    for m in BN_MODELS:
+        if m in entries and entries[m].get("fast_seconds") is not None:
+            out["bn"][m] = len(BN_LRS) * run_seconds(entries[m], full.bn_epochs)
+        else:
+            out["missing"].append(m)
+        key = f"probe-{m}"
+        if key in entries:
+            out["probe"][m] = PROBE_SIZES["full"]["num_steps"] * entries[key]["seconds_per_step"]
+        else:
+            out["missing"].append(key)
+    total = sum(sum(out[k].values()) for k in ("part1", "bn", "probe"))
+    return dict(out, total_seconds=total, total_minutes=total / 60, target_minutes=STUDY_TARGET_MINUTES)
+
+
+def estimate_study_minutes(bench, seeds: int = 1) -> float:
+    """Minutes of the whole `full` study (one seed by default) from measured epoch times; error if any is missing."""
+    est = study_estimate(bench, seeds)
+    if est["missing"]:
+        models = [k for k in est["missing"] if not k.startswith("probe-")]
+        raise ValueError(f"the bench file lacks measurements for {', '.join(est['missing'])}: run "
+                         f"`python -m lib bench --fast-only {' '.join(models) or '...'} --probe --missing-only` "
+                         f"on the same device first")
+    return est["total_minutes"]
+
+
+def format_estimate(bench, seeds: int = 1) -> str:
+    """Human-readable study estimate with its parts."""
+    est = study_estimate(bench, seeds)
+    parts = ", ".join(f"{name} {sum(est[key].values()) / 60:.1f} min" for key, name in
+                      (("part1", "Part 1"), ("bn", "BN protocol"), ("probe", "probes")))
+    line = (f"full study on {load_bench(bench).get('device')}, {seeds} seed(s): {est['total_minutes']:.1f} min "
+            f"({parts}; target <= {STUDY_TARGET_MINUTES:g} min)")
+    if est["missing"]:
+        line += f"; INCOMPLETE, not measured: {', '.join(est['missing'])}"
+    return line
+
+
+def _fmt(value, spec: str) -> str:
+    """Format a number, or a dash for a missing one."""
+    return "-" if value is None else format(value, spec)
+
+
+def bench_table(bench) -> str:
+    """Markdown table of a bench file (path or dict): per model naive and fast s/epoch, speed-up and target."""
+    data = load_bench(bench)
+    entries = [e for e in data.get("entries", {}).values() if e.get("kind") != "probe"]
+    order = {m: i for i, m in enumerate(PART1_MODELS + BN_MODELS)}
+    entries.sort(key=lambda e: (e.get("naive_seconds") is None, order.get(e["model"], 99), bool(e.get("compiled"))))
+    lines = ["| Model | Recipe (batch) | Naive s/epoch | Fast s/epoch | Speed-up | Target | Fast images/s "
+             "| Bookkeeping s/epoch | One-off s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in entries:
+        target = RATIO_TARGETS.get(e["model"])
+        ratio = e.get("ratio")
+        verdict = "" if ratio is None or target is None else (" (met)" if ratio >= target else " (missed)")
+        lines.append(f"| {e['model']}{' (torch.compile)' if e.get('compiled') else ''} "
+                     f"| {e.get('recipe', '?')} ({e.get('batch_size', '?')}) "
+                     f"| {_fmt(e.get('naive_seconds'), '.2f')} | {_fmt(e.get('fast_seconds'), '.2f')} "
+                     f"| {_fmt(ratio, '.1f')}{'x' if ratio is not None else ''}{verdict} "
+                     f"| {_fmt(target, '.0f')}{'x' if target else ''} | {_fmt(e.get('fast_images_per_s'), ',.0f')} "
+                     f"| {_fmt(e.get('fast_overhead_seconds'), '.2f')} | {_fmt(e.get('setup_seconds'), '.1f')} |")
+    probes = [e for e in data.get("entries", {}).values() if e.get("kind") == "probe"]
+    if probes:
+        lines.append("")
+        lines.append("Probe runs (Santurkar et al.): " + "; ".join(
+            f"{e['model']} {1e3 * e['seconds_per_step']:.1f} ms/step" for e in probes) + ".")
+    sample = entries[0] if entries else {}
+    dates = sorted(e.get("date", "")[:10] for e in data.get("entries", {}).values() if e.get("date"))
+    torches = sorted({e.get("torch") for e in data.get("entries", {}).values() if e.get("torch")})
+    lines += ["", f"Device: {data.get('device')}; torch {', '.join(torches) or '?'}; measured "
+              f"{dates[0] if dates else '?'}{' to ' + dates[-1] if dates and dates[-1] != dates[0] else ''}; "
+              f"data: {sample.get('data', '?')}, {sample.get('num_train', '?')} training + "
+              f"{sample.get('num_val', '?')} validation images per epoch. Naive: the original's pipeline "
+              f"(per-image PIL transforms, {sample.get('naive_workers', 4)} DataLoader workers, fp32, deterministic "
+              f"cuDNN, validation every {NAIVE_VAL_EVERY} iterations and at the end of the epoch). Fast: lib.train's "
+              f"epoch (training + validation), warm. Bookkeeping: lib.train's per-epoch logging and checkpoints; "
+              f"one-off: data to the device, model and CUDA-graph capture, per run.",
+              "", "Estimated " + format_estimate(data) + "."]
+    check = data.get("graph_check")
+    if check and check.get("ok") is not None:
+        lines.append(f"CUDA-graph step vs eager step ({check['model']}, {check['steps']} steps): "
+                     f"{'same within tolerance' if check['ok'] else 'DIFFERENT'} "
+                     f"(max relative differences {check.get('max_rel_diff')}).")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning a GPU call: the unfinished experiments that fit a time budget (scripts/gpu_full_study.sh)
+
+class Job(NamedTuple):
+    """A unit of the study that must finish within one call (checkpoints do not survive between machines)."""
+
+    kind: str  # 'train' | 'bn-slices' (the lr-1e-3 BN pair and the slices, which need their checkpoints) | 'probe'
+    names: tuple[str, ...]  # experiment names
+    seconds: float | None  # estimated seconds (None: nothing measured to estimate from)
+    done: bool
+    force: bool = False  # retrain although results exist (their checkpoints are needed and gone)
+
+
+def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
+               seeds: Sequence[int] = (0,), profile: str = "full") -> list[Job]:
+    """The study of `profile` as jobs in running order, each with its estimate (from the bench's `full`
+    epoch times) and whether it is done in `dirs` (default: the profile's published folders)."""
+    from lib import bn_study
+
+    source = resolve_source(data_source)
+    dirs = dirs or output_dirs(profile, publish=True)
+    entries = load_bench(bench).get("entries", {}) if bench is not None else {}
+    full = PROFILES[profile]
+
+    def est(model: str, num_epochs: int) -> float | None:
+        e = entries.get(model)
+        return run_seconds(e, num_epochs) if e and e.get("fast_seconds") is not None else None
+
+    def finished(cfg: TrainConfig) -> bool:
+        return reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig) is not None
+
+    jobs = [Job("train", (c.name,), est(c.model, full.num_epochs), finished(c))
+            for c in part1_experiments(profile, source, seeds=tuple(seeds))]
+    bn = bn_experiments(profile, source)
+    jobs += [Job("train", (c.name,), est(c.model, full.bn_epochs), finished(c)) for c in bn if c.lr != 1e-3]
+    pair = [c for c in bn if c.lr == 1e-3]
+    pair_est = [est(c.model, full.bn_epochs) for c in pair]
+    slices_done = all((Path(dirs.results) / f"slice-{m}-s{pair[0].seed}.json").exists() for m in BN_MODELS)
+    pair_done = all(finished(c) for c in pair)
+    jobs.append(Job("bn-slices", tuple(c.name for c in pair),
+                    None if None in pair_est else sum(pair_est) + SLICES_ALLOWANCE_S,
+                    pair_done and slices_done, force=pair_done and not slices_done))
+    configs = bn_study.probe_configs(profile, source)
+    probe_done = all(
+        any(reusable_result(bn_study.probe_path(c, dirs), c2.to_dict(), bn_study.ProbeConfig) is not None
+            for c2 in (c, c.replace(lr=bn_study.FALLBACK_LR)))
+        for c in configs)
+    probe_est = [entries.get(f"probe-{c.model}", {}).get("seconds_per_step") for c in configs]
+    jobs.append(Job("probe", tuple(c.name for c in configs),
+                    None if None in probe_est else sum(s * c.num_steps for s, c in zip(probe_est, configs)),
+                    probe_done))
+    return jobs
+
+
+def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
+    """Jobs named by tokens: 'all', 'part1', 'part2' (the BN protocol and the slices), 'probe', or experiment names."""
+    chosen = []
+    for job in jobs:
+        for token in tokens:
+            if (token == "all" or (token == "part1" and job.names[0].startswith("p1-"))
+                    or (token == "part2" and job.kind in ("train", "bn-slices") and job.names[0].startswith("bn-"))
+                    or (token == "probe" and job.kind == "probe") or token in job.names):
+                chosen.append(job)
+                break
+    known = {"all", "part1", "part2", "probe", "bench"} | {n for j in jobs for n in j.names}
+    unknown = [t for t in tokens if t not in known]
+    if unknown:
+        raise ValueError(f"unknown study subset(s) {unknown}: use all, part1, part2, probe or experiment names "
+                         f"such as {jobs[0].names[0]}")
+    return chosen
+
+
+def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: float = 480.0, bench=None,
+               dirs: OutputDirs | None = None, seeds: Sequence[int] = (0,), profile: str = "full",
+               margin: float = PLAN_MARGIN) -> dict:
+    """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
+    `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds'}.
+
+    Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
+    'train-force NAME...' (the same with --force), 'slices', 'probe'.
+    """
+    jobs = select_jobs(study_jobs(bench, data_source, dirs, seeds, profile), tokens)
+    left, taken, skipped, done = float(budget_s), [], [], []
+    processes = set()
+    for job in jobs:
+        if job.done:
+            done.append(job)
+            continue
+        if job.seconds is None:
+            skipped.append((job, "no bench measurement to estimate it from"))
+            continue
+        # A job that needs a process kind not yet started also pays that process's start-up.
+        kinds = {"train": {"train"}, "probe": {"probe"},
+                 "bn-slices": {"train-force" if job.force else "train", "slices"}}[job.kind]
+        cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
+        if cost > left:
+            why = f"estimated {cost:.0f} s > {left:.0f} s left"
+            if job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s:
+                why += " (longer than the whole budget: give it a call of its own, see docs/GPU.md)"
+            skipped.append((job, why))
+            continue
+        left -= cost
+        processes |= kinds
+        taken.append(job)
+    train = [n for j in taken if not j.force and j.kind in ("train", "bn-slices") for n in j.names]
+    forced = [n for j in taken if j.force for n in j.names]
+    lines = ([f"train {' '.join(train)}"] if train else []) + ([f"train-force {' '.join(forced)}"] if forced else [])
+    lines += ["slices"] if any(j.kind == "bn-slices" for j in taken) else []
+    lines += ["probe"] if any(j.kind == "probe" for j in taken) else []
+    return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": budget_s - left,
+            "budget_s": budget_s}
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as the lines the GPU script executes, with '#' comments on what was left out and why."""
+    out = [f"# plan: {len(plan['taken'])} job(s), estimated {plan['seconds']:.0f} s of {plan['budget_s']:.0f} s"]
+    out += plan["lines"]
+    out += [f"# skipped {' '.join(j.names)}: {why}" for j, why in plan["skipped"]]
+    if plan["done"]:
+        out.append(f"# already done: {' '.join(n for j in plan['done'] for n in j.names)}")
+    return "\n".join(out)

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The full study on a lent GPU, one device call at a time (docs/GPU.md has the exact call).
+#
+#   bash scripts/gpu_full_study.sh [bench] [all | part1 | part2 | probe | EXPERIMENT ...]   (default: all)
+#   bash scripts/gpu_full_study.sh --merge DIR      (on this machine, after the call: unpack what came back)
+#
+# On the GPU machine, from the repository root, after the prepare-carry prefix. Inside BUDGET_S seconds:
+#  1. copies the data to a fixed path (result configs record it, and a later call reuses a result only when
+#     its config matches) and decodes it once;
+#  2. checks the CUDA-graph training step against the eager one (a mismatch turns graphs off for the call);
+#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE; always: the fast epoch of every study model and the
+#     probe steps that results/bench/<gpu>.json still lacks (the plan below needs them);
+#  4. plans the unfinished experiments of the subset that fit the time left (python -m lib bench --plan) and
+#     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time;
+#  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tar (never
+#     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
+#     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
+# Checkpoints do not survive the machine: an experiment cut off by the budget is lost and rerun by a later
+# call; only finished results come back, and a later call skips them.
+set -uo pipefail  # no -e: a failed step is logged and the next one still runs; packing always happens
+
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--merge" ]]; then
+  dir=${2:?"usage: $0 --merge DIR (the folder the device call's files were copied to)"}
+  [[ -f "$dir/results.tar" ]] || { echo "no results.tar in $dir" >&2; exit 1; }
+  tar -xf "$dir/results.tar"  # same-named files are replaced: they are supersets (the call started from them)
+  if compgen -G "$dir/checkpoints.tgz.part*" > /dev/null; then
+    cat "$dir"/checkpoints.tgz.part* | tar -xzf -  # into checkpoints/ (ignored by git)
+  fi
+  tar -tf "$dir/results.tar" | sed 's/^/merged: /'
+  exit 0
+fi
+
+BUDGET_S=${BUDGET_S:-540}            # wall clock for this script; the device call's limit is 600 s
+PACK_RESERVE_S=${PACK_RESERVE_S:-30}  # kept free for the final packing
+KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-p1-CANet-s0}  # best checkpoints to bring back (if trained in this call)
+PY=${PY:-python3}
+PROFILE=${PROFILE:-full}             # only dry runs use another profile
+DATA_SRC=${DATA_SRC:-.carry/cifar10-jpeg75.tar.gz}
+DATA=${DATA:-/tmp/cifar10-jpeg75.tar.gz}
+BENCH_NAIVE=${BENCH_NAIVE:-"CANet CANet_tiny ResNet18 VGG_A_BN"}
+STUDY_MODELS=${STUDY_MODELS:-"CANet_tiny CANet_light CANet ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11 \
+CANet_pro VGG_A VGG_A_BN"}
+BENCH_ARGS=${BENCH_ARGS:-}           # extra `python -m lib bench` options (dry runs: --num-train 64 --workers 0)
+GRAPH_CHECK_MODEL=${GRAPH_CHECK_MODEL:-CANet_tiny}
+PROBE_BENCH=${PROBE_BENCH-"--probe"}  # empty: do not time the probe runs (dry runs on a CPU)
+GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2 (a call of its own for one long run saves ~20 s)
+PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
+ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
+OUT=${OUT:-$PWD/build/gpu-out}
+mkdir -p "$OUT"
+start=$SECONDS
+
+log() { echo "[gpu_full_study +$((SECONDS - start))s] $*"; }
+left() { echo $((BUDGET_S - PACK_RESERVE_S - (SECONDS - start))); }
+
+# Run one step under the time left; a step cut off loses only its unfinished experiment.
+guard() {
+  local t rc
+  t=$(left)
+  if ((t < 15)); then log "budget spent, skipped: $*"; return 124; fi
+  log "run (<= ${t}s): $*"
+  timeout --kill-after=10 "$t" "$@"
+  rc=$?
+  ((rc == 0)) || log "exit $rc: $*"
+  return $rc
+}
+
+pack() {
+  local items=() ck=() name size
+  for d in "results/$PROFILE" results/bench figs; do [[ -e "$d" ]] && items+=("$d"); done
+  if ((${#items[@]})); then
+    tar -cf "$OUT/results.tar.tmp" --exclude='*.pt' --exclude='*.pth' "${items[@]}" \
+      && mv -f "$OUT/results.tar.tmp" "$OUT/results.tar"
+  fi
+  for name in $KEEP_CHECKPOINTS; do
+    [[ -f "checkpoints/$PROFILE/$name.pt" ]] && ck+=("checkpoints/$PROFILE/$name.pt")
+  done
+  if ((${#ck[@]})); then
+    tar -czf /tmp/keep-checkpoints.tgz "${ck[@]}"
+    size=$(stat -c %s /tmp/keep-checkpoints.tgz)
+    rm -f "$OUT"/checkpoints.tgz.part*
+    if ((size <= 45 * 1024 * 1024)); then  # $OUT returns at most 8 files of 16 MiB, 64 MiB in all
+      split -b 15m -d -a 1 /tmp/keep-checkpoints.tgz "$OUT/checkpoints.tgz.part"
+    else
+      log "checkpoints ${ck[*]} are $size bytes compressed: too large to come back, not packed"
+    fi
+  fi
+}
+
+main() {
+  local subset=("$@") tokens=() want_bench=0 t kind names line lines
+  ((${#subset[@]})) || subset=(all)
+  for t in "${subset[@]}"; do
+    if [[ "$t" == bench ]]; then want_bench=1; else tokens+=("$t"); fi
+  done
+  log "subset: ${subset[*]}; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown}"
+
+  if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    if [[ "$ALLOW_CPU" != 1 ]]; then log "no CUDA device: this script is for the GPU machine"; return 1; fi
+    log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
+  fi
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+
+  # 1. Data at a fixed path, decoded once into the cache.
+  if [[ "$DATA_SRC" != "$DATA" ]]; then cp -fp "$DATA_SRC" "$DATA" || return 1; fi
+  export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1
+  guard $PY -c "from lib.data import load_cifar10; print(load_cifar10())" || return 1
+
+  # 2. The CUDA-graph step must compute what the eager step computes.
+  if [[ "$GRAPH_CHECK" == 1 ]] \
+    && ! guard $PY -m lib bench --check-graphs "$GRAPH_CHECK_MODEL" --data "$DATA" $BENCH_ARGS; then
+    export CIFAR10_CUDA_GRAPHS=0
+    log "CUDA graphs OFF for this call (the check failed or did not finish)"
+  fi
+
+  # 3. Measurements: the headline table on request; what the plan needs, always (only the missing ones).
+  if ((want_bench)); then
+    guard $PY -m lib bench --models $BENCH_NAIVE --data "$DATA" $BENCH_ARGS
+  fi
+  guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
+  pack
+  ((${#tokens[@]})) || { log "bench only"; return 0; }
+
+  # 4. Plan the unfinished experiments that fit, then 5. run them.
+  $PY -m lib bench --plan "${tokens[@]}" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
+    --data "$DATA" > "$OUT/plan.txt" \
+    || { log "planning failed"; return 1; }
+  cat "$OUT/plan.txt"
+  mapfile -t lines < <(grep -v '^#' "$OUT/plan.txt")
+  for line in "${lines[@]}"; do
+    read -r kind names <<< "$line"
+    case "$kind" in
+      train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part1 --part2 --only $names ;;
+      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names ;;
+      slices) guard $PY -c "import sys; from lib.bn_study import run_slices; from lib.data import resolve_source; \
+from lib.paths import output_dirs; run_slices(sys.argv[1], resolve_source(sys.argv[2]), \
+output_dirs(sys.argv[1], publish=True))" "$PROFILE" "$DATA" ;;
+      probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --probe ;;
+      *) log "unknown plan line: $line" ;;
+    esac
+    pack
+  done
+  $PY -m lib bench --table
+}
+
+(main "$@"; pack; log "done; \$OUT holds: $(cd "$OUT" && ls -m)") 2>&1 | tee "$OUT/log.txt"

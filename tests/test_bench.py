@@ -1,0 +1,338 @@
+"""Benchmark harness: both pipelines time a tiny epoch on a CPU; the bench file merges; estimate, table, plan;
+the GPU fast path's CPU-testable parts (graph routing, device histograms, deferred checkpoints)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lib.bench as B
+import lib.train as T
+from lib.config import TrainConfig
+from lib.data import resolve_source
+from lib.experiments import bn_config, part1_config
+from lib.loader import BatchLoader
+from lib.models import PART1_MODELS, build
+from lib.paths import REPO, output_dirs
+from lib.results import atomic_write_json, device_name, read_json
+
+ENTRY_KEYS = {"model", "recipe", "batch_size", "num_train", "num_val", "data", "device", "torch", "date",
+              "naive_seconds", "naive_images_per_s", "naive_val_passes", "naive_workers", "fast_seconds",
+              "fast_images_per_s", "fast_overhead_seconds", "compile_seconds", "setup_seconds", "warmup_seconds",
+              "cuda_graphs", "compiled", "ratio"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared, loaded CPU, thread oversubscription made these steps 20-70x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def strip_seconds(history):
+    """History rows without wall-clock times."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def fake_entry(fast=1.0, overhead=0.1, setup=2.0, warmup=1.5, naive=None, model="CANet"):
+    """A bench entry with chosen numbers (fabricated: these tests check arithmetic, not speed)."""
+    return {"model": model, "recipe": "part1", "batch_size": 256, "fast_seconds": fast,
+            "fast_overhead_seconds": overhead, "setup_seconds": setup, "warmup_seconds": warmup,
+            "naive_seconds": naive, "ratio": None if naive is None else naive / fast, "fast_images_per_s": 45000 / fast,
+            "compile_seconds": 0.5, "num_train": 45000, "num_val": 5000, "date": "2026-11-26T12:00:00+00:00",
+            "torch": "2.11.0", "data": "JPEG-q75 copy"}
+
+
+def fake_bench(part1=None, bn=None, probe=0.01) -> dict:
+    """A complete fabricated bench dict: every Part 1 model, both BN models and both probes."""
+    entries = {m: fake_entry(model=m, **(part1 or {})) for m in PART1_MODELS}
+    for m in ("VGG_A", "VGG_A_BN"):
+        entries[m] = dict(fake_entry(model=m, **(bn or dict(fast=0.5, overhead=0.05, setup=1.0, warmup=0.4))),
+                          recipe="bn-protocol", batch_size=128)
+        entries[f"probe-{m}"] = {"model": m, "kind": "probe", "seconds_per_step": probe}
+    return {"device": "NVIDIA H100 80GB HBM3", "device_slug": "nvidia-h100-80gb-hbm3", "entries": entries}
+
+
+# ----------------------------------------------------------------------------------------- the two pipelines
+
+def test_recipe_config_picks_the_models_study_recipe(tiny_source):
+    p1 = B.recipe_config("CANet", tiny_source)
+    assert (p1.batch_size, p1.augment, p1.norm, p1.optimizer, B.recipe_name(p1)) == (256, True, "imagenet",
+                                                                                      "adamw_sgd", "part1")
+    bn = B.recipe_config("VGG_A_BN", tiny_source, num_train=100)
+    assert (bn.batch_size, bn.augment, bn.norm, bn.optimizer, bn.lr, bn.num_train) == (128, False, "half", "adam",
+                                                                                        1e-3, 100)
+    assert B.recipe_name(bn) == "bn-protocol"
+    with pytest.raises(ValueError, match="neither part of the study"):
+        B.recipe_config("VGG11_BN", tiny_source)
+
+
+def test_naive_transforms_are_the_originals_per_image_pipeline(tiny_source):
+    train_tf, eval_tf = B.naive_transforms(B.recipe_config("CANet", tiny_source))
+    names = [type(t).__name__ for t in train_tf.transforms]
+    assert names == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize", "RandomErasing"]
+    assert train_tf.transforms[0].padding == 4 and train_tf.transforms[4].scale == (0.04, 0.2)
+    assert [type(t).__name__ for t in eval_tf.transforms] == ["ToTensor", "Normalize"]
+    bn_train, _ = B.naive_transforms(B.recipe_config("VGG_A", tiny_source))
+    assert [type(t).__name__ for t in bn_train.transforms] == ["ToTensor", "Normalize"]  # Part 2: no augmentation
+
+
+def test_naive_cutmix_label_weight_is_the_kept_area(tiny_source):
+    cfg = B.recipe_config("CANet", tiny_source).replace(mixup_p=0.0, cutmix_p=1.0)
+    torch.manual_seed(0)  # the partner permutation comes from torch's global generator, as in the original
+    x, y = torch.rand(8, 3, 32, 32), torch.arange(8)
+    mixed, y_a, y_b, lam = B._naive_mix(x, y, cfg, np.random.default_rng(3))
+    changed = (mixed != x).any(dim=(0, 1))  # (H, W): pixels pasted from the partners
+    assert torch.equal(y_a, y) and sorted(y_b.tolist()) == list(range(8))
+    assert lam == pytest.approx(1 - changed.float().mean().item(), abs=1e-9)
+    cfg = cfg.replace(mixup_p=0.0, cutmix_p=0.0)
+    assert B._naive_mix(x, y, cfg, np.random.default_rng(3))[3] == 1.0
+
+
+def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source):
+    # ShuffleNetV2: a Part 1 model that costs little at 32x32 (its ImageNet stem downsamples 4x at once).
+    naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, val_every=1,
+                          warmup_steps=1)
+    assert (naive["num_train"], naive["num_val"], naive["batch_size"], naive["steps"]) == (16, 8, 256, 1)
+    assert naive["val_passes"] == 2  # one after every step (val_every=1) and the end-of-epoch pass
+    assert naive["seconds"] > 0 and naive["images_per_s"] == pytest.approx(16 / naive["seconds"])
+    fast = B.fast_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8)
+    assert fast["seconds"] > 0 and fast["images_per_s"] == pytest.approx(16 / fast["seconds"])
+    assert fast["overhead_seconds"] > 0 and fast["setup_seconds"] > 0 and fast["warmup_seconds"] > 0
+    assert fast["cuda_graphs"] is False and fast["compiled"] is False and fast["compile_seconds"] == 0.0
+    assert fast["num_train"] == 16 and np.isfinite(fast["train_loss"])
+
+
+# ----------------------------------------------------------------------------------------- the bench file
+
+def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_naive(model_name, source, device, **kw):
+        calls.append(("naive", model_name))
+        return {"seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4}
+
+    def fake_fast(model_name, source, device, **kw):
+        calls.append(("fast", model_name))
+        return {"seconds": 0.5, "images_per_s": 90000.0, "overhead_seconds": 0.1, "compile_seconds": 1.0,
+                "setup_seconds": 2.0, "warmup_seconds": 0.8, "cuda_graphs": False, "compiled": kw["compile"],
+                "num_train": 16, "num_val": 8, "data": "tiny"}
+
+    monkeypatch.setattr(B, "naive_epoch", fake_naive)
+    monkeypatch.setattr(B, "fast_epoch", fake_fast)
+    path = tmp_path / "bench" / "cpu.json"
+    B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, num_workers=0, progress=False)
+    data = read_json(path)
+    assert data["device"] == device_name("cpu") and set(data["entries"]) == {"CANet_tiny"}
+    entry = data["entries"]["CANet_tiny"]
+    assert set(entry) == ENTRY_KEYS
+    assert entry["ratio"] == pytest.approx(20.0) and entry["torch"] == torch.__version__
+    assert (entry["recipe"], entry["batch_size"], entry["naive_workers"]) == ("part1", 256, 0)
+
+    B.run_benchmark([], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], progress=False)
+    entries = read_json(path)["entries"]
+    assert set(entries) == {"CANet_tiny", "VGG_A_BN"} and entries["CANet_tiny"] == entry  # merged, kept
+    assert entries["VGG_A_BN"]["ratio"] is None and "naive_seconds" not in entries["VGG_A_BN"]
+    assert (entries["VGG_A_BN"]["recipe"], entries["VGG_A_BN"]["batch_size"]) == ("bn-protocol", 128)
+    assert [p.name for p in path.parent.iterdir()] == ["cpu.json"]  # atomic writes leave no temp files
+
+    calls.clear()
+    B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], missing_only=True,
+                    progress=False)
+    assert calls == []  # everything asked for is in the file already
+    B.run_benchmark([], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], compile=True, progress=False)
+    entries = read_json(path)["entries"]
+    assert entries["VGG_A_BN+compile"]["compiled"] is True and entries["VGG_A_BN"]["compiled"] is False
+
+    other = dict(read_json(path), device="NVIDIA H100 80GB HBM3")
+    path.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="not of this device"):
+        B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, progress=False)
+
+
+def test_bench_path_is_per_device():
+    assert B.device_slug("cpu").startswith("cpu-") and "/" not in B.device_slug("cpu")
+    assert B.bench_path("cpu", root="/r") == Path("/r/results/bench") / f"{B.device_slug('cpu')}.json"
+
+
+# ----------------------------------------------------------------------------------------- estimate and table
+
+def test_estimate_study_minutes_by_hand():
+    bench = fake_bench()
+    # Part 1, per run: setup 2 + (warm-up 1.5 - epoch 1.0) + 70 x (1.0 + 0.1) = 79.5 s; nine models: 715.5 s.
+    # BN protocol, per run: 1 + max(0, 0.4 - 0.5) + 50 x (0.5 + 0.05) = 28.5 s; 2 models x 4 lrs: 228 s.
+    # Probes: 4,000 steps x 0.01 s x 2 networks = 80 s.  Total 1,023.5 s.
+    assert B.estimate_study_minutes(bench) == pytest.approx(1023.5 / 60)
+    assert B.estimate_study_minutes(bench, seeds=2) == pytest.approx((2 * 715.5 + 228 + 80) / 60)
+    est = B.study_estimate(bench)
+    assert est["part1"]["CANet"] == pytest.approx(79.5) and est["bn"]["VGG_A_BN"] == pytest.approx(114.0)
+    del bench["entries"]["ResNet34"], bench["entries"]["probe-VGG_A"]
+    with pytest.raises(ValueError, match="ResNet34, probe-VGG_A"):
+        B.estimate_study_minutes(bench)
+
+
+def test_bench_table_shows_ratios_against_targets():
+    bench = fake_bench()
+    bench["entries"]["CANet"] = fake_entry(model="CANet", fast=1.0, naive=20.6)
+    bench["entries"]["CANet_tiny"] = fake_entry(model="CANet_tiny", fast=1.0, naive=15.0)
+    table = B.bench_table(bench)
+    canet = next(line for line in table.splitlines() if line.startswith("| CANet |"))
+    tiny = next(line for line in table.splitlines() if line.startswith("| CANet_tiny |"))
+    assert "| 20.60 | 1.00 | 20.6x (met) | 15x |" in canet
+    assert "| 15.00 | 1.00 | 15.0x (missed) | 25x |" in tiny
+    assert table.splitlines()[2].startswith("| CANet_tiny |")  # measured side by side first, in study order
+    assert "NVIDIA H100 80GB HBM3" in table and "17.1 min" in table
+
+
+def test_cli_bench_prints_table_and_estimate(tmp_path, capsys):
+    from lib.cli import main
+
+    path = tmp_path / "h100.json"
+    atomic_write_json(path, fake_bench())
+    assert main(["bench", "--device", "cpu", "--out", str(path), "--table", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "| ResNet18 | part1 (256)" in out and "1 seed(s): 17.1 min" in out
+
+
+# ----------------------------------------------------------------------------------------- planning a GPU call
+
+def write_finished(dirs, cfg: TrainConfig) -> None:
+    """A result file whose config matches `cfg`: the planner must treat the run as done."""
+    atomic_write_json(Path(dirs.results) / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict()})
+
+
+def test_plan_takes_unfinished_jobs_that_fit_first_fit_in_study_order(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    write_finished(dirs, part1_config("CANet_tiny", "full", source))
+    # Per Part 1 run 79.5 s x 1.2 = 95.4 s (+20 s for the first `train` process); per BN run 28.5 x 1.2 = 34.2 s.
+    plan = B.plan_study(["all"], source, budget_s=250, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == ["train p1-CANet_light-s0 p1-CANet-s0 bn-VGG_A-lr0.002-s2020"]
+    assert plan["seconds"] == pytest.approx(115.4 + 95.4 + 34.2)
+    assert [j.names for j in plan["done"]] == [("p1-CANet_tiny-s0",)]
+    skipped = dict((j.names[0], why) for j, why in plan["skipped"])
+    assert skipped["p1-CANet_pro-s0"] == "estimated 95 s > 39 s left"
+    assert "probe-VGG_A-s2020" in skipped
+    text = B.format_plan(plan)
+    assert text.splitlines()[1] == plan["lines"][0] and "# already done: p1-CANet_tiny-s0" in text
+
+
+def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    for model in ("VGG_A", "VGG_A_BN"):
+        write_finished(dirs, bn_config(model, 1e-3, "full", source))
+    plan = B.plan_study(["bn-VGG_A-lr0.001-s2020", "probe"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == ["train-force bn-VGG_A-lr0.001-s2020 bn-VGG_A_BN-lr0.001-s2020", "slices", "probe"]
+    for model in ("VGG_A", "VGG_A_BN"):
+        atomic_write_json(Path(dirs.results) / f"slice-{model}-s2020.json", {})
+    plan = B.plan_study(["part2"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert len(plan["lines"]) == 1 and len(plan["lines"][0].split()) == 1 + 6  # the six other BN runs
+    assert plan["done"][0].names == ("bn-VGG_A-lr0.001-s2020", "bn-VGG_A_BN-lr0.001-s2020")
+    with pytest.raises(ValueError, match="unknown study subset"):
+        B.plan_study(["p1-Nope-s0"], source, bench=fake_bench(), dirs=dirs)
+    assert B.plan_study(["all"], source, bench=None, dirs=dirs)["lines"] == []  # nothing to estimate from
+
+
+def test_gpu_script_is_valid_bash():
+    script = REPO / "scripts" / "gpu_full_study.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+# ----------------------------------------------------------------------------------------- GPU fast path, on a CPU
+
+def test_step_model_is_the_model_itself_on_cpu():
+    model = build("CANet_tiny")
+    loader = BatchLoader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2,
+                         mean=(0.5,) * 3, std=(0.5,) * 3)
+    cfg = TrainConfig(name="x", model="CANet_tiny", device="cpu", compile=True)
+    step, info = T.step_model_for(model, cfg, torch.device("cpu"), loader)
+    assert step is model and info == {"compile": False, "cuda_graphs": False, "compile_seconds": 0.0, "note": ""}
+
+
+def test_graphed_forward_replays_only_full_training_batches(monkeypatch):
+    calls = []
+
+    def fake_make_graphed(module, sample_args, **kwargs):  # stands in for the CUDA capture
+        def replay(x):
+            calls.append(tuple(x.shape))
+            return module(x)
+        return replay
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_make_graphed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 30 * 30, 10))
+    graphed = T.GraphedForward(model, torch.randn(4, 3, 32, 32), TrainConfig(name="x", model="CANet_tiny"))
+    assert all(k.startswith("model.") for k in graphed.state_dict())  # the graph holds no parameters of its own
+    graphed.train()
+    assert graphed(torch.randn(4, 3, 32, 32)).shape == (4, 10) and calls == [(4, 3, 32, 32)]
+    graphed(torch.randn(3, 3, 32, 32))  # an epoch's last, partial batch: eager
+    with torch.no_grad():
+        graphed(torch.randn(4, 3, 32, 32))
+    graphed.eval()
+    graphed(torch.randn(4, 3, 32, 32))
+    assert len(calls) == 1 and not model.training
+
+
+def test_device_histograms_equal_tensorboards(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import make_histogram
+
+    writer = SummaryWriter(str(tmp_path))
+    edges = np.asarray(writer.default_bins, dtype=np.float64)
+    values = torch.randn(2000, generator=torch.Generator().manual_seed(0)) * 0.05
+    values[:4] = torch.tensor([0.0, 1e-13, -2.5, 3.0])
+    counts, stats = T._device_histogram(values, torch.from_numpy(edges))
+    got_counts, got_limits = T._trim_histogram(counts.numpy().astype(np.int64), edges)
+    ref = make_histogram(values.numpy(), edges)
+    assert got_counts.tolist() == list(ref.bucket) and got_limits.tolist() == list(ref.bucket_limit)
+    assert (stats[0].item(), stats[1].item(), stats[4].item()) == (ref.min, ref.max, 1.0)
+    assert stats[2].item() == pytest.approx(ref.sum, abs=1e-4)
+    assert stats[3].item() == pytest.approx(ref.sum_squares, rel=1e-5)
+
+    class Recorder:
+        default_bins = writer.default_bins
+        rows = []
+
+        def add_histogram_raw(self, tag, vmin, vmax, num, vsum, vsq, limits, bucket_counts, global_step):
+            self.rows.append((tag, num, sum(bucket_counts), global_step))
+
+    model = build("CANet_tiny")
+    with torch.no_grad():
+        model.head[-1].bias[0] = float("nan")  # non-finite parameters are left out, as lib.train does on CPU
+    T._add_param_histograms_on_device(Recorder(), model, epoch=3)
+    params = dict(model.named_parameters())
+    assert [r[0] for r in Recorder.rows] == [n for n in params if n != "head.5.bias"]
+    assert all(num == params[tag].numel() == total and step == 3 for tag, num, total, step in Recorder.rows)
+    writer.close()
+
+
+def test_gpu_bookkeeping_trains_the_same_and_checkpoints_less(tiny_source, tmp_path, monkeypatch):
+    cfg = TrainConfig(name="tiny", model="ShuffleNetV2", profile="smoke", data_source=tiny_source, num_epochs=2,
+                      batch_size=16, num_train=16, num_val=8, num_test=20, device="cpu")
+    ref = T.train(cfg, dirs=output_dirs("smoke", root=tmp_path / "ref"), progress=False)
+    monkeypatch.setattr(T, "_gpu_fast_path", lambda device: True)  # the CUDA bookkeeping, run on the CPU
+    saves = []
+    real_save = T._save_checkpoint
+    monkeypatch.setattr(T, "_save_checkpoint", lambda path, state: (saves.append(Path(path).name),
+                                                                      real_save(path, state)))
+    dirs = output_dirs("smoke", root=tmp_path / "fast")
+    fast = T.train(cfg, dirs=dirs, progress=False)
+    assert strip_seconds(fast["history"]) == strip_seconds(ref["history"]) and fast["test_acc"] == ref["test_acc"]
+    assert saves == ["tiny.pt"]  # best weights written once at the end; no resumable checkpoint in a short run
+    assert (dirs.checkpoints / "tiny.pt").exists() and not (dirs.checkpoints / "tiny.last.pt").exists()
+    assert any((dirs.runs / "tiny").iterdir()) and "fast_path" not in fast  # a CPU result keeps its keys
+
+    saves.clear()  # stopped early: both checkpoints are written where the call stops, and resuming is exact
+    dirs = output_dirs("smoke", root=tmp_path / "resumed")
+    assert T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)["status"] == "incomplete"
+    assert saves == ["tiny.pt", "tiny.last.pt"]
+    resumed = T.train(cfg, dirs=dirs, progress=False)
+    assert strip_seconds(resumed["history"]) == strip_seconds(ref["history"])
+    assert resumed["test_acc"] == ref["test_acc"]
