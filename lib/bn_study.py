@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lib.config import NORMS, get_profile
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
@@ -168,7 +169,7 @@ class ProbeConfig:
     @property
     def etas(self) -> list[float]:
         """The absolute step sizes eta = m * lr."""
-        return [m * self.lr for m in self.eta_multipliers]
+        return [round(m * self.lr, 12) for m in self.eta_multipliers]  # 0.3, not 0.30000000000000004
 
     def to_dict(self) -> dict:
         """Plain-JSON view (tuples become lists)."""
@@ -186,13 +187,21 @@ class ProbeConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Probe sizes per profile. quick: measured on this 2-core CPU (see the report of issue 4 and
-# PROBE_SIZES_NOTE); full: a GPU estimate, both networks in about three minutes.
+# Probe sizes per profile (BN_METHODS.md B).
+# smoke: CI-sized (256 images, batch 64, 6 steps, 3 probes, K=3); numbers mean nothing.
+# quick: 100 steps at batch 128, K=4 probes every 10 steps = 140 VGG-A forward+backward passes per
+#   network. One pass costs about 1.8 s on an idle 2-core CPU (4-6 s on a busy one), so about 4-5 min
+#   per network idle; measured 1,186 s (VGG_A) and 1,006 s (VGG_A_BN) on this 2-core machine at load
+#   7-11. VGG_A without BN at lr 0.1 leaves the ln(10) plateau only after ~80 steps (loss 2.20 at step
+#   100), so 100 steps cannot tell "does not train" from "has not started": the lr fallback is off.
+# full: the paper's k=20, K=8 on all 45,000 training images for 4,000 steps (about 11 epochs; the
+#   paper trains 15,000). Estimate for one H100 in strict fp32: ~117 GFLOP per pass, ~5 ms, 5,600
+#   passes per network, i.e. well under a minute each, under 3 minutes for both even with the fallback.
 PROBE_SIZES = {
     "smoke": dict(num_train=256, batch_size=64, num_steps=6, probe_every=2, eta_multipliers=(1.0, 2.0, 4.0),
                   fallback=False),
-    "quick": dict(num_train=10_000, batch_size=128, num_steps=150, probe_every=15,
-                  eta_multipliers=(1.0, 2.0, 3.0, 4.0)),
+    "quick": dict(num_train=10_000, batch_size=128, num_steps=100, probe_every=10,
+                  eta_multipliers=(1.0, 2.0, 3.0, 4.0), fallback=False),
     "full": dict(num_train=None, batch_size=128, num_steps=4000, probe_every=20, eta_multipliers=ETA_MULTIPLIERS),
 }
 
@@ -361,6 +370,8 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     t0 = time.perf_counter()
     step, epoch = 0, 0
     model.train()
+    bar = tqdm(total=cfg.num_steps, desc=f"{cfg.name} lr {cfg.lr:g}", leave=False, disable=not progress,
+               mininterval=2.0)
     with _strict_fp32(device):
         while step < cfg.num_steps:
             loader.set_epoch(epoch)
@@ -378,6 +389,7 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
                     p.grad = g  # the real step uses the same g that the probe used
                 optimizer.step()
                 step += 1
+                bar.update(1)
                 if step == check_step:  # the one mid-run host sync
                     check = stuck_check(train_loss[:check_step].cpu().tolist(), cfg.num_steps, cfg.stuck_loss)
                     if progress:
@@ -391,6 +403,7 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
             if status == "stuck":
                 break
             epoch += 1
+    bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -528,7 +541,7 @@ def loss_slice(model: nn.Module, X: torch.Tensor, y: torch.Tensor, alphas: Seque
             "acc": torch.stack(accs).cpu().tolist()}
 
 
-SLICE_IMAGES = {"smoke": 64, "quick": 500, "full": 2000}  # fixed training subset the slice is evaluated on
+SLICE_IMAGES = {"smoke": 64, "quick": 256, "full": 2000}  # fixed training subset the slice is evaluated on
 
 
 def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, lr: float = 1e-3,

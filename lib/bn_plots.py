@@ -1,0 +1,238 @@
+"""Part 2 figures, drawn only from the files lib/bn_study.py and lib/train.py wrote (no training here).
+
+Names (stable, saved through lib.plotting.savefig): p2_accuracy_lr1e-3, p2_loss_band, p2_grad_range,
+p2_santurkar, p2_grad_diff_eta, p2_loss_slice. A figure whose input files are missing is skipped.
+
+Smoothing: per-step curves (section A, one value per training step) get a centred moving average of
+STEP_WINDOW steps, probe curves (one value per probe) of PROBE_WINDOW probes; the raw band or curve
+is always drawn underneath, lighter, so the smoothing hides nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lib.bn_study import LABELS, _as_float_array, loss_band, protocol_steps
+from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_name
+from lib.paths import OutputDirs
+from lib.plotting import new_figure, savefig
+from lib.results import read_json
+
+STEP_WINDOW = 25  # steps (Adam protocol: 352 steps per epoch on the full data)
+PROBE_WINDOW = 5  # probes
+COLORS = {"VGG_A": "tab:blue", "VGG_A_BN": "tab:red"}  # Standard / Standard + BatchNorm, in every figure
+
+
+def smooth(values, window: int) -> np.ndarray:
+    """Centred moving average that ignores NaN/inf (NaN where a window has no finite value)."""
+    v = _as_float_array(values)
+    window = max(1, min(int(window), len(v)))
+    if window == 1 or len(v) == 0:
+        return v
+    finite = np.isfinite(v)
+    kernel = np.ones(window)
+    total = np.convolve(np.where(finite, v, 0.0), kernel, mode="same")
+    count = np.convolve(finite.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def lr_tag(lr: float) -> str:
+    """Short learning-rate text for file names: 1e-3, 5e-4, 0.1 -> 1e-1."""
+    mantissa, exponent = f"{lr:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _positive(v: np.ndarray) -> np.ndarray:
+    """Non-positive values masked (NaN) so a log axis never sees them."""
+    return np.where(v > 0, v, np.nan)
+
+
+def log_y_if_wide(ax, *arrays, ratio: float = 10.0) -> bool:
+    """Log y-axis when the positive finite values span more than `ratio` (else a log axis only hides detail)."""
+    v = np.concatenate([_as_float_array(np.ravel(a)) for a in arrays]) if arrays else np.array([])
+    v = v[np.isfinite(v) & (v > 0)]
+    wide = v.size > 0 and v.max() / v.min() > ratio
+    if wide:
+        ax.set_yscale("log")
+    return wide
+
+
+def plot_accuracy(dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> Path | None:
+    """Validation accuracy and loss per epoch at `lr`, BN vs no-BN (two panels)."""
+    runs = {}
+    for model in BN_MODELS:
+        path = Path(dirs.results) / f"{bn_name(model, lr, seed)}.json"
+        if path.exists():
+            runs[model] = read_json(path)
+    if not runs:
+        return None
+    fig, (ax_acc, ax_loss) = new_figure(ncols=2)
+    for model, run in runs.items():
+        hist = run.get("history", [])
+        epochs = [h["epoch"] + 1 for h in hist]
+        best = run.get("best_val_acc")
+        label = LABELS[model] + (f" (best {100 * best:.2f}%)" if best is not None else "")
+        ax_acc.plot(epochs, [100 * h["val_acc"] for h in hist], "o-", ms=3, color=COLORS[model], label=label)
+        ax_loss.plot(epochs, [h["val_loss"] for h in hist], "o-", ms=3, color=COLORS[model], label=LABELS[model])
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"VGG-A, Adam lr {lr:g}")
+    ax_loss.set(xlabel="epoch", ylabel="validation loss", title=f"VGG-A, Adam lr {lr:g}")
+    ax_acc.legend(fontsize=8)
+    ax_loss.legend(fontsize=8)
+    fig.tight_layout()
+    return savefig(fig, f"p2_accuracy_lr{lr_tag(lr)}", dirs.figs)
+
+
+def plot_loss_band(dirs: OutputDirs, lrs=BN_LRS, seed: int = BN_SEED) -> Path | None:
+    """Per-step min/max of the training loss over the protocol's learning rates, BN and no-BN in one plot."""
+    bands = {m: protocol_steps(dirs, m, lrs, seed) for m in BN_MODELS}
+    bands = {m: s for m, s in bands.items() if s}
+    if not bands:
+        return None
+    fig, ax = new_figure()
+    found_lrs, edges = set(), []
+    for model, steps in bands.items():
+        band = loss_band([s["loss"] for s in steps.values()])
+        found_lrs |= set(steps)
+        edges += [band.lo, band.hi]
+        c = COLORS[model]
+        ignored = f", {band.num_ignored} non-finite ignored" if band.num_ignored else ""
+        ax.fill_between(band.steps, _positive(band.lo), _positive(band.hi), color=c, alpha=0.25, lw=0,
+                        label=f"{LABELS[model]} ({len(steps)} lrs{ignored})")
+        ax.plot(band.steps, _positive(smooth(band.lo, STEP_WINDOW)), color=c, lw=1)
+        ax.plot(band.steps, _positive(smooth(band.hi, STEP_WINDOW)), color=c, lw=1)
+    log_y_if_wide(ax, *edges)
+    ax.set(xlabel="training step", ylabel="training loss",
+           title="Loss band over Adam learning rates " + ", ".join(f"{lr:g}" for lr in sorted(found_lrs)))
+    ax.legend(fontsize=8)
+    ax.text(0.01, 0.01, f"shaded: raw per-step min/max; lines: {STEP_WINDOW}-step moving average",
+            transform=ax.transAxes, fontsize=7, color="0.4")
+    fig.tight_layout()
+    return savefig(fig, "p2_loss_band", dirs.figs)
+
+
+def plot_grad_range(dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> Path | None:
+    """Max and min of the last Linear layer's weight gradient per step at `lr`, BN vs no-BN."""
+    series = {m: protocol_steps(dirs, m, [lr], seed).get(lr) for m in BN_MODELS}
+    series = {m: s for m, s in series.items() if s}
+    if not series:
+        return None
+    fig, ax = new_figure()
+    for model, s in series.items():
+        gmax, gmin = _as_float_array(s["grad_max"]), _as_float_array(s["grad_min"])
+        steps = np.arange(len(gmax))
+        c = COLORS[model]
+        ax.fill_between(steps, gmin, gmax, color=c, alpha=0.2, lw=0)
+        ax.plot(steps, smooth(gmax, STEP_WINDOW), color=c, lw=1, label=f"{LABELS[model]}: max")
+        ax.plot(steps, smooth(gmin, STEP_WINDOW), color=c, lw=1, ls="--", label=f"{LABELS[model]}: min")
+    ax.axhline(0, color="0.5", lw=0.5)
+    ax.set(xlabel="training step", ylabel="last-layer weight gradient",
+           title=f"Gradient range of the last Linear layer (Adam lr {lr:g})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return savefig(fig, "p2_grad_range", dirs.figs)
+
+
+def _probe_results(dirs: OutputDirs, seed: int) -> dict[str, dict]:
+    """{model: probe result} for the probe files that exist."""
+    out = {}
+    for model in BN_MODELS:
+        path = Path(dirs.results) / f"probe-{model}-s{seed}.json"
+        if path.exists():
+            out[model] = read_json(path)
+    return out
+
+
+def plot_santurkar(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
+    """The paper's Fig. 4: loss landscape band (log y), gradient predictiveness band, effective beta-smoothness."""
+    probes = _probe_results(dirs, seed)
+    if not probes:
+        return None
+    fig, axes = new_figure(ncols=3, width=14, height=4)
+    ax_loss, ax_pred, ax_beta = axes
+    lr_note, loss_edges = set(), []
+    for model, r in probes.items():
+        p, c, label = r["probes"], COLORS[model], LABELS[model]
+        steps = np.asarray(p["step"])
+        lr_note.add(f"lr {r['lr']:g}" + (" (fallback)" if r.get("lr_fallback") else ""))
+        lo, hi = _as_float_array(p["loss_min"]), _as_float_array(p["loss_max"])
+        ax_loss.fill_between(steps, _positive(lo), _positive(hi), color=c, alpha=0.3, lw=0, label=label)
+        loss_edges += [lo, hi]
+        glo, ghi = _as_float_array(p["gpred_min"]), _as_float_array(p["gpred_max"])
+        ax_pred.fill_between(steps, glo, ghi, color=c, alpha=0.3, lw=0, label=label)
+        for ax, edges in ((ax_loss, (_positive(lo), _positive(hi))), (ax_pred, (glo, ghi))):
+            for edge in edges:  # thin edge lines keep a narrow band visible
+                ax.plot(steps, edge, color=c, lw=0.7)
+        beta = _as_float_array(p["beta"])
+        ax_beta.plot(steps, beta, color=c, lw=0.6, alpha=0.4)
+        ax_beta.plot(steps, smooth(beta, PROBE_WINDOW), color=c, lw=1.5, label=label)
+        bad = int(r.get("probe_nonfinite", 0))
+        if bad:
+            ax_loss.plot([], [], " ", label=f"{label}: {bad} non-finite probe values ignored")
+    log_y_if_wide(ax_loss, *loss_edges)  # the paper's log axis, where the losses span a wide range
+    ax_loss.set(xlabel="training step", ylabel="loss along the gradient", title="(a) loss landscape")
+    ax_pred.set(xlabel="training step", ylabel=r"$\|g - g_\eta\|_2$", title="(b) gradient predictiveness")
+    ax_beta.set(xlabel="training step", ylabel=r"max$_\eta$ $\|g - g_\eta\| / \|\eta g\|$",
+                title=r"(c) effective $\beta$-smoothness")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    r0 = next(iter(probes.values()))
+    etas = r0["etas"]
+    fig.suptitle(f"VGG-A, SGD {', '.join(sorted(lr_note))}, batch {r0['config']['batch_size']}; "
+                 f"eta in {etas[0]:g}..{etas[-1]:g} ({len(etas)} values), probe every "
+                 f"{r0['config']['probe_every']} steps; beta line: {PROBE_WINDOW}-probe moving average",
+                 fontsize=9)
+    fig.tight_layout()
+    return savefig(fig, "p2_santurkar", dirs.figs)
+
+
+def plot_grad_diff_eta(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
+    """The paper's Fig. 11a: ||g - g_eta|| against eta at the first and the last probe."""
+    probes = _probe_results(dirs, seed)
+    if not probes:
+        return None
+    fig, ax = new_figure()
+    for model, r in probes.items():
+        p, c = r["probes"], COLORS[model]
+        gd = [_as_float_array(row) for row in p["gdiff_eta"]]
+        for idx, ls in ((0, "--"), (len(gd) - 1, "-")):
+            ax.plot(r["etas"], gd[idx], ls, marker="o", ms=3, color=c,
+                    label=f"{LABELS[model]}, step {p['step'][idx]}")
+    ax.set(xlabel=r"step size $\eta$", ylabel=r"$\|g - g_\eta\|_2$",
+           title="Gradient change along the gradient, first and last probe")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return savefig(fig, "p2_grad_diff_eta", dirs.figs)
+
+
+def plot_loss_slice(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
+    """Filter-normalised 1-D loss slices around the trained networks, BN vs no-BN."""
+    slices = {m: Path(dirs.results) / f"slice-{m}-s{seed}.json" for m in BN_MODELS}
+    slices = {m: read_json(p) for m, p in slices.items() if p.exists()}
+    if not slices:
+        return None
+    fig, ax = new_figure()
+    for model, s in slices.items():
+        ax.plot(s["alpha"], _positive(_as_float_array(s["loss"])), color=COLORS[model], label=LABELS[model])
+    log_y_if_wide(ax, *[s["loss"] for s in slices.values()])
+    any_slice = next(iter(slices.values()))
+    ax.set(xlabel=r"$\alpha$ (filter-normalised direction)", ylabel="training loss (eval mode)",
+           title=f"1-D loss slice around the lr {1e-3:g} checkpoints ({any_slice['config']['num_images']} images)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return savefig(fig, "p2_loss_slice", dirs.figs)
+
+
+def plot_all(dirs: OutputDirs) -> list[Path]:
+    """Every Part 2 figure whose input files exist; returns the paths written."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for plot in (plot_accuracy, plot_loss_band, plot_grad_range, plot_santurkar, plot_grad_diff_eta,
+                 plot_loss_slice):
+        path = plot(dirs)
+        plt.close("all")
+        if path is not None:
+            paths.append(path)
+    return paths

@@ -1,0 +1,277 @@
+"""Part 2 BatchNorm study: the probe's exactness and restoration, the loss band, data order, result files."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lib.bn_study as S
+from lib.paths import output_dirs
+
+
+def small_cnn(batch_norm: bool) -> nn.Module:
+    """A tiny conv net, with or without BatchNorm; pools 32x32 inputs to 8x8 first, to stay cheap."""
+    layers = [nn.AvgPool2d(4, ceil_mode=True), nn.Conv2d(3, 4, 3, padding=1)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(4))
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10)]
+    return nn.Sequential(*layers)
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+    """Stand-ins for VGG_A / VGG_A_BN (the same small CNN without / with BN): VGG-A costs seconds per step
+    on a busy 2-core CPU, and these tests are about the bookkeeping, not the network."""
+    import lib.models
+    import lib.train
+
+    real_build = lib.models.build
+    stand_ins = {"VGG_A": lambda: small_cnn(False), "VGG_A_BN": lambda: small_cnn(True)}
+    fake_build = lambda name, num_classes=10: stand_ins.get(name, lambda: real_build(name))()  # noqa: E731
+    monkeypatch.setattr(lib.models, "build", fake_build)
+    monkeypatch.setattr(lib.train, "build", fake_build)  # the trainer imported it by name
+
+
+def tiny_probe_cfg(source, model="VGG_A", **kw) -> S.ProbeConfig:
+    """A sub-second CPU probe run on the tests' tiny image folder (72 training images)."""
+    base = dict(model=model, profile="smoke", data_source=source, num_train=None, batch_size=16, num_steps=4,
+                probe_every=2, eta_multipliers=(1.0, 3.0), device="cpu", fallback=False)
+    base.update(kw)
+    return S.ProbeConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------ probe_step
+
+def test_probe_restores_params_grads_optimizer_state_and_bn_buffers_bitwise():
+    torch.manual_seed(0)
+    model = small_cnn(batch_norm=True)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(2):  # non-trivial .grad, Adam moments and BN running statistics
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    loss = F.cross_entropy(model(x), y)  # this forward also moves the running stats, as in training
+    grads = torch.autograd.grad(loss, params)
+    before_params = [p.detach().clone() for p in params]
+    before_grads = [p.grad.clone() for p in params]
+    before_buffers = {k: b.clone() for k, b in model.named_buffers()}
+    before_opt = opt.state_dict()
+    before_state = {i: {k: v.clone() for k, v in s.items()} for i, s in before_opt["state"].items()}
+
+    rec = S.probe_step(model, params, grads, x, y, etas=[0.05, 0.2, 0.4])
+
+    assert all(torch.equal(a, p) for a, p in zip(before_params, params))
+    assert all(torch.equal(a, p.grad) for a, p in zip(before_grads, params))
+    buffers = dict(model.named_buffers())
+    assert set(buffers) == {"2.running_mean", "2.running_var", "2.num_batches_tracked"}
+    assert all(torch.equal(before_buffers[k], buffers[k]) for k in buffers)
+    after_state = opt.state_dict()["state"]
+    for i, s in before_state.items():
+        assert all(torch.equal(v, after_state[i][k]) for k, v in s.items())
+    assert model.training
+    # The probe did move the model: the losses along the gradient differ and the gradients changed.
+    assert rec["loss"].shape == (3,) and len(set(rec["loss"].tolist())) == 3
+    assert bool((rec["gdiff"] > 0).all())
+    # ...and the running stats would have moved without the restore (the test can fail).
+    model(x)
+    assert not torch.equal(before_buffers["2.running_mean"], model[2].running_mean)
+
+
+def test_probe_keeps_eval_mode_of_caller():
+    model = small_cnn(batch_norm=True).eval()
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    params = list(model.parameters())
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    S.probe_step(model, params, grads, x, y, etas=[0.1])
+    assert not model.training
+
+
+def test_linear_least_squares_gives_exact_predictiveness_and_beta():
+    """loss = 0.5 * ||X w - b||^2 / n has Hessian H = X^T X / n, so g_eta = g - eta H g exactly."""
+    torch.manual_seed(1)
+    n, d = 20, 5
+    X = torch.randn(n, d, dtype=torch.float64)
+    b = torch.randn(n, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    loss_fn = lambda out, target: 0.5 * ((out.squeeze(1) - target) ** 2).mean()  # noqa: E731
+    params = list(model.parameters())
+    w = params[0].detach().clone().squeeze(0)  # (d,)
+    g = torch.autograd.grad(loss_fn(model(X), b), params)
+    g_vec = g[0].squeeze(0)
+    H = X.T @ X / n
+    assert torch.allclose(g_vec, X.T @ (X @ w - b) / n)
+    etas = [0.05, 0.1, 0.4, 1.5]
+    rec = S.probe_step(model, params, g, X, b, etas, loss_fn=loss_fn)
+    Hg = torch.linalg.vector_norm(H @ g_vec)
+    expected_gdiff = torch.tensor(etas, dtype=torch.float64) * Hg
+    expected_loss = torch.stack([0.5 * ((X @ (w - e * g_vec) - b) ** 2).mean() for e in etas])
+    assert torch.allclose(rec["gdiff"].double(), expected_gdiff, rtol=1e-6)
+    assert torch.allclose(rec["beta"].double(), (Hg / torch.linalg.vector_norm(g_vec)).expand(4), rtol=1e-6)
+    assert torch.allclose(rec["loss"].double(), expected_loss, rtol=1e-6)
+    assert float(rec["grad_norm"]) == pytest.approx(float(torch.linalg.vector_norm(g_vec)), rel=1e-6)
+    # The summary of this probe: beta is the (constant) ratio, the predictiveness band spans eta_min..eta_max.
+    summary = S.summarize_probes([rec])
+    assert summary["gpred_min"][0] == pytest.approx(0.05 * float(Hg), rel=1e-6)
+    assert summary["gpred_max"][0] == pytest.approx(1.5 * float(Hg), rel=1e-6)
+    assert summary["beta"][0] == pytest.approx(float(Hg / torch.linalg.vector_norm(g_vec)), rel=1e-6)
+    assert summary["nonfinite"] == [0]
+
+
+def test_nan_minmax_ignores_and_counts_nonfinite():
+    v = torch.tensor([[1.0, float("nan"), 3.0, float("inf")], [float("nan")] * 4, [2.0, -1.0, 0.5, 4.0]])
+    lo, hi, bad = S.nan_minmax(v)
+    assert lo[0] == 1.0 and hi[0] == 3.0 and bad.tolist() == [2, 4, 0]
+    assert math.isnan(lo[1]) and math.isnan(hi[1])
+    assert lo[2] == -1.0 and hi[2] == 4.0
+
+
+# ------------------------------------------------------------------------------------------ loss_band
+
+def test_loss_band_handles_different_lengths_and_nonfinite():
+    runs = [[3.0, 2.0, 1.0, 0.5, 0.4],
+            [2.5, float("nan"), 1.5],  # a short run with a NaN
+            [4.0, 2.2, float("inf"), None]]  # diverged: inf, then null as stored in JSON
+    band = S.loss_band(runs)
+    assert band.steps.tolist() == [0, 1, 2, 3, 4]
+    assert band.lo[:3].tolist() == [2.5, 2.0, 1.0] and band.hi[:3].tolist() == [4.0, 2.2, 1.5]
+    assert band.lo[3] == band.hi[3] == 0.5 and band.lo[4] == band.hi[4] == 0.4  # only the long run is left
+    assert band.num_valid.tolist() == [3, 2, 2, 1, 1]
+    assert band.num_ignored == 3  # nan, inf, None; the missing steps of the short runs are not counted
+    all_bad = S.loss_band([[1.0, float("nan")], [2.0]])
+    assert math.isnan(all_bad.lo[1]) and math.isnan(all_bad.hi[1]) and all_bad.num_valid[1] == 0
+    with pytest.raises(ValueError, match="at least one run"):
+        S.loss_band([])
+
+
+def test_stuck_check_criterion():
+    flat = [2.30] * 30
+    assert S.stuck_check(flat, 90)["stuck"]
+    learning = [2.3] * 20 + [2.0] * 10
+    check = S.stuck_check(learning, 90)
+    assert not check["stuck"] and check["step"] == 30 and check["window"] == 3
+    assert check["mean_loss"] == pytest.approx(2.0)
+    assert S.stuck_check([2.3, float("nan")] + [1.0] * 28, 90)["stuck"]  # a NaN means diverged
+    with pytest.raises(ValueError, match="first 30"):
+        S.stuck_check([1.0] * 5, 90)
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+def test_probe_configs_per_profile():
+    for profile in ("smoke", "quick", "full"):
+        plain, bn = S.probe_configs(profile, "shared")
+        assert (plain.model, bn.model) == ("VGG_A", "VGG_A_BN")
+        assert plain.replace(model="VGG_A_BN") == bn  # identical apart from the model
+        assert plain.lr == 0.1 and plain.precision == "fp32" and plain.init == "xavier"
+    full = S.probe_configs("full", "shared")[0]
+    assert full.probe_every == 20 and full.eta_multipliers == (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
+    assert full.etas == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4])
+    assert S.ProbeConfig.from_dict(json.loads(json.dumps(full.to_dict()))) == full
+    with pytest.raises(ValueError, match="fp32"):
+        S.ProbeConfig(model="VGG_A", precision="bf16")
+    with pytest.raises(ValueError, match="below batch_size"):
+        S.ProbeConfig(model="VGG_A", num_train=64, batch_size=128)
+    with pytest.raises(ValueError, match="profile"):
+        S.probe_configs("huge", "shared")
+
+
+def test_same_seed_gives_same_initial_weights_for_bn_and_plain():
+    plain = S.build_probe_model(S.ProbeConfig(model="VGG_A", device="cpu"), torch.device("cpu"))
+    bn = S.build_probe_model(S.ProbeConfig(model="VGG_A_BN", device="cpu"), torch.device("cpu"))
+    convs = lambda m: [l for l in m.modules() if isinstance(l, (nn.Conv2d, nn.Linear))]  # noqa: E731
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(convs(plain), convs(bn)))
+    assert all(not l.bias.detach().any() for l in convs(plain))  # Xavier init: zero biases
+
+
+# ------------------------------------------------------------------------------------------ runs (tiny data)
+
+def test_run_probe_writes_complete_file_same_data_order_and_reuses(tiny_source, tmp_path, monkeypatch, tiny_models):
+    dirs = output_dirs("smoke", root=tmp_path)
+    plain_cfg = tiny_probe_cfg(tiny_source)
+    plain = S.run_probe(plain_cfg, dirs, progress=False)
+    bn = S.run_probe(tiny_probe_cfg(tiny_source, model="VGG_A_BN"), dirs, progress=False)
+    path = dirs.results / "probe-VGG_A-s2020.json"
+    on_disk = json.loads(path.read_text())
+    assert on_disk == plain and on_disk["status"] == "ok" and on_disk["steps_done"] == 4
+    p = on_disk["probes"]
+    assert p["step"] == [0, 2]
+    for key in ("loss_min", "loss_max", "gpred_min", "gpred_max", "beta", "nonfinite", "grad_norm"):
+        assert len(p[key]) == 2, key
+    assert np.array(p["loss_eta"]).shape == np.array(p["gdiff_eta"]).shape == (2, 2)
+    assert all(lo <= hi for lo, hi in zip(p["loss_min"], p["loss_max"]))
+    assert all(lo < hi for lo, hi in zip(p["gpred_min"], p["gpred_max"]))  # eta 0.3 moves g more than 0.1
+    assert on_disk["etas"] == pytest.approx([0.1, 0.3]) and len(on_disk["train_loss"]) == 4
+    assert {"device", "torch", "git_commit"} <= set(on_disk["environment"])
+    # Same seed: both networks saw exactly the same batches; another seed sees others.
+    assert plain["data_order_sha256"] == bn["data_order_sha256"]
+    other = S._train_with_probes(plain_cfg.replace(seed=1, num_steps=2), progress=False)
+    assert other["data_order_sha256"] != S._train_with_probes(plain_cfg.replace(num_steps=2),
+                                                              progress=False)["data_order_sha256"]
+    # A second call reuses the file (no training); a changed config recomputes.
+    monkeypatch.setattr(S, "_train_with_probes", lambda *a, **k: pytest.fail("should have reused"))
+    assert S.run_probe(plain_cfg, dirs, progress=False) == plain
+    with pytest.raises(pytest.fail.Exception):
+        S.run_probe(plain_cfg.replace(num_steps=3), dirs, progress=False)
+
+
+def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_path, monkeypatch, tiny_models):
+    dirs = output_dirs("smoke", root=tmp_path)
+    # stuck_loss 0: any loss counts as "does not train", so the fallback must fire.
+    configs = [tiny_probe_cfg(tiny_source, model=m, num_steps=3, probe_every=3, fallback=True, stuck_loss=0.0)
+               for m in ("VGG_A", "VGG_A_BN")]
+    plain, bn = S.run_probes("smoke", tiny_source, dirs, progress=False, configs=configs)
+    for r in (plain, bn):
+        assert r["lr"] == S.FALLBACK_LR and r["config"]["lr"] == S.FALLBACK_LR
+        assert r["etas"] == pytest.approx([0.05, 0.15])  # the step sizes scale with the lr
+        assert r["lr_fallback"]["from_lr"] == 0.1 and r["lr_fallback"]["stuck_check"]["stuck"]
+        assert r["steps_done"] == 3  # the fallback runs are complete
+    assert plain["data_order_sha256"] == bn["data_order_sha256"]
+    monkeypatch.setattr(S, "_train_with_probes", lambda *a, **k: pytest.fail("should have reused"))
+    assert S.run_probes("smoke", tiny_source, dirs, progress=False, configs=configs) == [plain, bn]
+
+
+def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):
+    """Protocol (2 lrs), probes, slices, summary and every figure on the tiny data, end to end."""
+    from lib.bn_plots import plot_all
+
+    dirs = output_dirs("smoke", root=tmp_path)
+    lrs = (1e-3, 1e-4)
+    summary = S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs,
+                             probe_overrides=dict(num_train=None, batch_size=16, num_steps=4, probe_every=2))
+    assert summary["missing"] == []
+    for model in ("VGG_A", "VGG_A_BN"):
+        steps = json.loads((dirs.results / f"bn-{model}-lr0.001-s2020.steps.json").read_text())
+        assert len(steps["loss"]) == 2  # smoke: 2 epochs of one batch (72 images < 128)
+        proto = summary["protocol"][model]
+        assert 0.0 <= proto["best_val_acc_lr1e3"] <= 1.0
+        assert proto["loss_band"]["num_runs"] == 2 and proto["loss_band"]["mean_width"] >= 0
+        assert set(proto["grad_range"]) == {"0.001", "0.0001"}
+        probe = summary["probe"][model]
+        assert probe["num_probes"] == 2 and probe["beta"]["min"] > 0 and not probe["lr_fallback"]
+        assert set(summary["slice"][model]) == {"loss_at_0", "loss_max", "loss_at_pm1"}
+    assert summary["same_data_order"]
+    paths = plot_all(dirs)
+    names = sorted(p.stem for p in paths)
+    assert names == sorted(["p2_accuracy_lr1e-3", "p2_loss_band", "p2_grad_range", "p2_santurkar",
+                            "p2_grad_diff_eta", "p2_loss_slice"])
+    assert all(p.stat().st_size > 5000 for p in paths)
+    # A second call reuses every file.
+    mtimes = {p: p.stat().st_mtime_ns for p in dirs.results.glob("*.json")}
+    S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs,
+                   probe_overrides=dict(num_train=None, batch_size=16, num_steps=4, probe_every=2))
+    assert {p: p.stat().st_mtime_ns for p in dirs.results.glob("*.json")} == mtimes
+
+
+def test_smooth_is_nan_aware():
+    from lib.bn_plots import smooth
+
+    out = smooth([1.0, float("nan"), 3.0, 5.0, None], 3)
+    assert out.tolist() == pytest.approx([1.0, 2.0, 4.0, 4.0, 5.0])
+    assert smooth([2.0], 25).tolist() == [2.0]
