@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.config import NORMS, PROFILES, TrainConfig
-from lib.data import load_cifar10, resolve_source, split_train_val, subset
+from lib.data import load_cifar10, canonical_source, split_train_val, subset
 from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config, part1_experiments
 from lib.models import PART1_MODELS, build, last_linear
 from lib.paths import REPO, OutputDirs, output_dirs
@@ -74,7 +74,7 @@ SLICES_ALLOWANCE_S = 30.0
 def recipe_config(model_name: str, data_source: str | None = None, device: str = "auto",
                   num_train: int | None = None, num_val: int | None = None, seed: int = 0) -> TrainConfig:
     """The `full`-profile config of the study run `model_name` appears in (Part 1, or the BN protocol at lr 1e-3)."""
-    source = resolve_source(data_source)
+    source = canonical_source(data_source)
     if model_name in PART1_MODELS:
         cfg = part1_config(model_name, "full", source, seed)
     elif model_name in BN_MODELS:
@@ -389,7 +389,7 @@ def probe_step_seconds(model_name: str, data_source: str | None = None, device: 
     from lib.train import resolve_device
 
     dev = resolve_device(device)
-    cfg = next(c for c in probe_configs("full", resolve_source(data_source)) if c.model == model_name)
+    cfg = next(c for c in probe_configs("full", canonical_source(data_source)) if c.model == model_name)
     cfg = cfg.replace(device=str(dev), fallback=False, **overrides)
     _train_with_probes(cfg.replace(num_steps=cfg.probe_every), progress=False)
     result = _train_with_probes(cfg.replace(num_steps=num_steps), progress=False)
@@ -508,7 +508,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     dev = resolve_device(device)
     path = Path(out_path) if out_path is not None else bench_path(dev)
     have = read_json(path).get("entries", {}) if (missing_only and path.exists()) else {}
-    source = resolve_source(data_source)
+    source = canonical_source(data_source)
     base = {"device": device_name(dev), "torch": torch.__version__}
     data = _merge_write(path, dev)
     jobs = [(m, True) for m in models] + [(m, False) for m in fast_only if m not in models]
@@ -690,7 +690,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     epoch times) and whether it is done in `dirs` (default: the profile's published folders)."""
     from lib import bn_study
 
-    source = resolve_source(data_source)
+    source = canonical_source(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
     entries = load_bench(bench).get("entries", {}) if bench is not None else {}
     full = PROFILES[profile]

@@ -148,6 +148,9 @@ class ProbeConfig:
     fallback: bool = True  # apply the lr fallback (run_probes); off where runs are too short to judge
 
     def __post_init__(self):
+        from lib.config import _canonical_source_name
+
+        object.__setattr__(self, "data_source", _canonical_source_name(self.data_source))  # as TrainConfig
         if self.precision != "fp32":
             raise ValueError(f"the probe runs in fp32 only, got precision={self.precision!r}")
         if self.init not in ("xavier", "default"):

@@ -13,7 +13,7 @@ import sys
 import time
 
 from lib.config import PROFILES
-from lib.data import SOURCE_ENV, resolve_source
+from lib.data import SOURCE_ENV, canonical_source
 from lib.paths import output_dirs
 
 
@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
     from lib.experiments import bn_experiments, part1_experiments
     from lib.train import train
 
-    source = resolve_source(args.data)
+    source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
     want_p1 = args.part1 or args.models or not (args.part2 or args.probe or args.slices)
     configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []

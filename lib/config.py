@@ -44,6 +44,15 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
+def _canonical_source_name(source: str) -> str:
+    """'shared' for any path of the workplace's JPEG-q75 copy (see lib.data.canonical_source), else unchanged."""
+    from lib.data import SHARED_CANDIDATES
+
+    if source not in ("official", "shared") and any(str(c) == source for c in SHARED_CANDIDATES):
+        return "shared"
+    return source
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines one training run; written into every checkpoint and result.
@@ -81,6 +90,7 @@ class TrainConfig:
     tags: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
+        object.__setattr__(self, "data_source", _canonical_source_name(self.data_source))
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of {OPTIMIZERS}")
         if self.precision not in PRECISIONS:

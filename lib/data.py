@@ -40,6 +40,8 @@ SOURCE_ENV = "CIFAR10_SOURCE"
 ROOT_ENV = "CIFAR10_ROOT"  # where the official download and the cache live (default <repo>/data)
 SPLIT_SEED = 2020  # the train/val split and subsets never change with the training seed
 SHARED_COPY = REPO.parent / "shared" / "data" / "cifar10-jpeg75.tar.gz"
+# Where the JPEG-q75 copy can sit: beside the checkout (this workplace), inside it, or carried to a GPU machine.
+SHARED_CANDIDATES = (SHARED_COPY, REPO / "shared" / "data" / SHARED_COPY.name, REPO / ".carry" / SHARED_COPY.name)
 FULL_COUNTS = {"train": 50_000, "test": 10_000}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -77,6 +79,15 @@ class Cifar10:
 
 # --------------------------------------------------------------------------- sources
 
+def canonical_source(source: str | os.PathLike | None = None) -> str:
+    """The name a config records for a source: 'official', 'shared' (the JPEG-q75 copy wherever it sits on
+    this machine) or the absolute path of another copy. Results then do not depend on where a checkout lives."""
+    resolved = resolve_source(source)
+    if resolved != "official" and any(Path(resolved) == c.resolve() for c in SHARED_CANDIDATES if c.exists()):
+        return "shared"
+    return resolved
+
+
 def resolve_source(source: str | os.PathLike | None = None) -> str:
     """Return 'official' or the absolute path of an image-folder copy; raise DataError if it is missing.
 
@@ -90,12 +101,13 @@ def resolve_source(source: str | os.PathLike | None = None) -> str:
     if source == "official":
         return "official"
     if source == "shared":
-        if not SHARED_COPY.is_file():
+        found = next((c for c in SHARED_CANDIDATES if c.is_file()), None)
+        if found is None:
             raise DataError(
-                f"data source 'shared' means the workplace copy {SHARED_COPY}, which does not exist "
-                f"on this machine. Use 'official' (needs internet once) or the path of another "
-                f"image-folder copy.")
-        return str(SHARED_COPY)
+                f"data source 'shared' means the workplace copy {SHARED_COPY.name}, which is in none of "
+                f"{', '.join(map(str, SHARED_CANDIDATES))}. Use 'official' (needs internet once) or the "
+                f"path of another image-folder copy.")
+        return str(found)
     path = Path(source).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, REPO / path]
     for candidate in candidates:

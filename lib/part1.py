@@ -9,11 +9,14 @@ lib.stats (the table). Everything it produces is a file under dirs.results:
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from lib.config import TrainConfig
 from lib.experiments import part1_config, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
@@ -36,14 +39,16 @@ def run_part1(profile: str, data_source: str, dirs: OutputDirs, models: Sequence
     """
     from lib.train import train  # imported here: the trainer pulls in tensorboard, which is slow to import
 
-    models = list(models) if models else list(PART1_MODELS)
+    return [train(cfg, dirs=dirs, force=force, progress=progress)
+            for cfg in configs(profile, data_source, models, seeds, num_epochs)]
+
+
+def configs(profile: str, data_source: str, models: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+            num_epochs: int | None = None) -> list[TrainConfig]:
+    """The Part 1 recipe's TrainConfig per (model, seed), models outermost; `num_epochs` overrides the profile's."""
     overrides = {"num_epochs": int(num_epochs)} if num_epochs else {}
-    results = []
-    for model in models:
-        for seed in seeds:
-            cfg = part1_config(model, profile, data_source, int(seed), **overrides)
-            results.append(train(cfg, dirs=dirs, force=force, progress=progress))
-    return results
+    models = list(models) if models else list(PART1_MODELS)
+    return [part1_config(m, profile, data_source, int(s), **overrides) for m in models for s in seeds]
 
 
 def _is_result_file(path: Path) -> bool:
@@ -51,8 +56,11 @@ def _is_result_file(path: Path) -> bool:
     return path.suffix == ".json" and not path.name.endswith((".steps.json", ".weights.json"))
 
 
-def load_results(dirs: OutputDirs, prefix: str = "p1-") -> list[dict]:
-    """Every finished result (status 'ok' or 'diverged') named <prefix>*.json in dirs.results, sorted by name."""
+def load_results(dirs: OutputDirs, prefix: str = "p1-", models: Sequence[str] | None = None) -> list[dict]:
+    """Every finished result (status 'ok' or 'diverged') named <prefix>*.json in dirs.results, sorted by name.
+
+    `models` keeps only the results of those models.
+    """
     results = []
     for path in sorted(Path(dirs.results).glob(f"{prefix}*.json")):
         if not _is_result_file(path):
@@ -62,9 +70,33 @@ def load_results(dirs: OutputDirs, prefix: str = "p1-") -> list[dict]:
         except (OSError, ValueError) as err:
             print(f"lib.part1: skipping unreadable result {path}: {err}", file=sys.stderr)
             continue
-        if isinstance(r, dict) and r.get("status") in ("ok", "diverged"):
+        if isinstance(r, dict) and r.get("status") in ("ok", "diverged") and (not models or r.get("model") in models):
             results.append(r)
-    return results
+    return _same_recipe(results)
+
+
+def _recipe_key(result: dict) -> str:
+    """What must be equal for two runs to sit in one table: the config without name/model/seed, and the data."""
+    cfg = result.get("config", {})
+    try:
+        cfg = TrainConfig.from_dict(cfg).to_dict()  # canonical form (e.g. the data source name)
+    except (TypeError, ValueError):
+        pass
+    cfg = {k: v for k, v in cfg.items() if k not in ("name", "model", "seed")}
+    return json.dumps([cfg, (result.get("data") or {}).get("sha256")], sort_keys=True)
+
+
+def _same_recipe(results: list[dict]) -> list[dict]:
+    """Keep the runs that share the most common recipe and data; warn about the others (never mix them)."""
+    if not results:
+        return results
+    keys = [_recipe_key(r) for r in results]
+    common = Counter(keys).most_common(1)[0][0]
+    dropped = [r["name"] for r, k in zip(results, keys) if k != common]
+    if dropped:
+        print(f"lib.part1: leaving out {', '.join(dropped)}: trained with another recipe or data than the "
+              f"other results in this folder (rerun them, or move them away)", file=sys.stderr)
+    return [r for r, k in zip(results, keys) if k == common]
 
 
 # --------------------------------------------------------------------------------------------- the main run
@@ -100,11 +132,13 @@ def weight_history(dirs: OutputDirs, result: dict) -> list[dict]:
 
 
 def sample_test_images(result: dict, n: int = 8):
-    """The first `n` test images of the run's data source: (uint8 NHWC numpy (n, 32, 32, 3), int64 labels)."""
-    from lib.data import load_cifar10
+    """`n` test images of the run's data source, a fixed seeded sample across classes:
+    (uint8 NHWC numpy (n, 32, 32, 3), int64 labels). Image-folder copies are stored class by class, so the
+    first n images would all be airplanes."""
+    from lib.data import load_cifar10, subset
 
     data = load_cifar10(result["config"]["data_source"])
-    return data.X_test[:n], data.y_test[:n]
+    return subset(data.X_test, data.y_test, n)
 
 
 def headline(result: dict) -> str:
@@ -184,13 +218,11 @@ def with_costs(results: Sequence[dict], costs: dict[str, dict]) -> list[dict]:
     return out
 
 
-def part1_table(dirs: OutputDirs, models: Sequence[str] | None = None):
-    """lib.stats.comparison_table of the Part 1 results in dirs.results (restricted to `models`), with costs."""
+def part1_table(dirs: OutputDirs, models: Sequence[str] | None = None, results: Sequence[dict] | None = None):
+    """lib.stats.comparison_table of `results` (default: the Part 1 results of `models` in dirs.results), with costs."""
     from lib.stats import comparison_table
 
-    results = load_results(dirs)
-    if models:
-        results = [r for r in results if r["model"] in set(models)]
+    results = list(results) if results is not None else load_results(dirs, models=models)
     if not results:
         raise FileNotFoundError(f"no Part 1 results (p1-*.json) in {dirs.results}: train the models first")
     return comparison_table(with_costs(results, load_costs(dirs)))

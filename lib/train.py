@@ -32,10 +32,6 @@ CUDA_GRAPHS_ENV = "CIFAR10_CUDA_GRAPHS"  # "0" runs CUDA training steps eagerly 
 LAST_CKPT_EVERY_S = 120.0  # CUDA: the resumable checkpoint is written at most this often (see _gpu_fast_path)
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Pure schedule functions (tested epoch by epoch against the recipe)
 
@@ -306,7 +302,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        # TF32 only where the config does not ask for true fp32 (the result records cfg.precision).
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.precision != "fp32"
 
     (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device)
     torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
@@ -321,7 +318,11 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
     if last_ckpt.exists():
         state = torch.load(last_ckpt, map_location=device, weights_only=False)
-        if TrainConfig.from_dict(state["config"]) == cfg:
+        try:
+            same = TrainConfig.from_dict(state["config"]) == cfg
+        except (TypeError, ValueError):  # written by an older version of TrainConfig: start afresh
+            same = False
+        if same:
             model.load_state_dict(state["model"])
             opt_kind = state["optimizer_kind"]
             optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
@@ -414,7 +415,11 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     # Test once, for the checkpoint chosen on validation accuracy.
     test = None
     if best_ckpt.exists() and best["epoch"] >= 0:
-        model.load_state_dict(torch.load(best_ckpt, map_location=device, weights_only=False)["model"])
+        state = torch.load(best_ckpt, map_location=device, weights_only=False)
+        if state["epoch"] != best["epoch"] or TrainConfig.from_dict(state["config"]) != cfg:
+            raise RuntimeError(f"{best_ckpt} holds epoch {state['epoch']} but validation selected epoch "
+                               f"{best['epoch']}: delete it and rerun with force=True")
+        model.load_state_dict(state["model"])
         test = evaluate(model, test_loader, cfg, device)
         writer.add_scalar("test/acc", test["acc"], best["epoch"])
     writer.close()

@@ -38,7 +38,9 @@ KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-p1-CANet-s0}  # best checkpoints to bring b
 PY=${PY:-python3}
 PROFILE=${PROFILE:-full}             # only dry runs use another profile
 DATA_SRC=${DATA_SRC:-.carry/cifar10-jpeg75.tar.gz}
-DATA=${DATA:-/tmp/cifar10-jpeg75.tar.gz}
+# "shared" finds the JPEG-q75 copy in .carry/ there and in ../shared/data/ here, so the configs (and the
+# committed results they are matched against) record the same data source on both machines.
+DATA=${DATA:-shared}
 BENCH_NAIVE=${BENCH_NAIVE:-"CANet CANet_tiny ResNet18 VGG_A_BN"}
 STUDY_MODELS=${STUDY_MODELS:-"CANet_tiny CANet_light CANet ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11 \
 CANet_pro VGG_A VGG_A_BN"}
@@ -105,7 +107,7 @@ main() {
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
   # 1. Data at a fixed path, decoded once into the cache.
-  if [[ "$DATA_SRC" != "$DATA" ]]; then cp -fp "$DATA_SRC" "$DATA" || return 1; fi
+  if [[ "$DATA" != shared && "$DATA_SRC" != "$DATA" ]]; then cp -fp "$DATA_SRC" "$DATA" || return 1; fi
   export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1
   guard $PY -c "from lib.data import load_cifar10; print(load_cifar10())" || return 1
 

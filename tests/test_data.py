@@ -292,11 +292,16 @@ def test_nonexistent_path_and_wrong_file_type(tmp_path):
 
 
 def test_shared_alias(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "SHARED_COPY", tmp_path / "missing.tar.gz")
-    with pytest.raises(DataError, match=r"'shared' means the workplace copy .*missing.tar.gz.* does not exist"):
+    candidates = (tmp_path / "a" / "missing.tar.gz", tmp_path / "b" / "missing.tar.gz")
+    monkeypatch.setattr(D, "SHARED_CANDIDATES", candidates)
+    with pytest.raises(DataError, match=r"'shared' means the workplace copy .*which is in none of .*a/missing.tar.gz"):
         D.resolve_source("shared")
-    (tmp_path / "missing.tar.gz").write_bytes(b"")
-    assert D.resolve_source("shared") == str(tmp_path / "missing.tar.gz")
+    candidates[1].parent.mkdir()
+    candidates[1].write_bytes(b"")
+    assert D.resolve_source("shared") == str(candidates[1])  # the first candidate that exists
+    assert D.canonical_source("shared") == "shared"
+    assert D.canonical_source(candidates[1]) == "shared"  # any path of the copy is recorded as 'shared'
+    assert D.canonical_source(tmp_path) == str(tmp_path)
 
 
 def test_root_from_env(folder, tmp_path, monkeypatch):

@@ -1,0 +1,177 @@
+"""The study's main job: execute the numbered notebooks headless (papermill), in order, then render the report.
+
+    run_study("smoke", data_source="shared")         # all four notebooks, then report.md
+    run_study("quick", notebooks=["01", "04"])      # a subset (the report is rendered from all results present)
+
+Executed copies (with outputs) go to <root>/build/<profile>/executed/ (never committed), whatever the
+output folders are. A failing cell stops the study with a StudyError naming the notebook and the cell.
+Each finished notebook is recorded (parameters, wall time) in <results>/study.json, which the report's
+reproducibility section reads.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from lib.paths import REPO, OutputDirs, output_dirs
+from lib.results import atomic_write_json, read_json
+
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = ("01_train_canet", "02_baselines", "03_visualize", "04_batchnorm")
+KERNEL_NAME = "python3"
+STUDY_FILE = "study.json"
+CLI_PARAMETERS = ("models", "model", "num_epochs")  # extra notebook parameters `python -m lib study` has options for
+
+
+class StudyError(RuntimeError):
+    """A notebook of the study failed; the message names the notebook, the cell and the error."""
+
+
+def select_notebooks(notebooks: Sequence[str] | None = None) -> list[str]:
+    """Resolve '01', '01_train_canet' or '01_train_canet.ipynb' to notebook names, in study order."""
+    if not notebooks:
+        return list(NOTEBOOKS)
+    chosen = set()
+    for item in notebooks:
+        key = Path(str(item)).name.removesuffix(".ipynb")
+        matches = [n for n in NOTEBOOKS if n == key or n.split("_", 1)[0] == key.zfill(2)]
+        if not matches:
+            raise ValueError(f"unknown notebook {item!r}: choose from {', '.join(NOTEBOOKS)} (or their numbers 01-04)")
+        chosen.update(matches)
+    return [n for n in NOTEBOOKS if n in chosen]
+
+
+def executed_dir(profile: str, root: Path | str | None = None) -> Path:
+    """Where executed copies of the notebooks go: <root>/build/<profile>/executed (ignored by git)."""
+    return (Path(root) if root is not None else REPO) / "build" / profile / "executed"
+
+
+@contextlib.contextmanager
+def kernel_for_this_python(where: Path) -> Iterator[None]:
+    """Make the kernel named 'python3' run this interpreter (sys.executable) while the block runs.
+
+    A 'python3' kernelspec elsewhere (user folder, another environment) could start a Python without this
+    project's packages; a spec written under `where` and put first on JUPYTER_PATH wins over all others.
+    """
+    spec_dir = Path(where) / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python 3 ({sys.executable})", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(where)] + ([old] if old else []))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = old
+
+
+def notebook_parameters(path: Path) -> set[str]:
+    """Names declared in the notebook's `parameters` cell."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def _failure_message(name: str, out_path: Path, err) -> str:
+    """A clear message from papermill's PapermillExecutionError: notebook, cell, error, first source lines."""
+    source = "\n".join("    " + line for line in str(getattr(err, "source", "")).splitlines()[:6])
+    return (f"notebook {name}.ipynb failed in cell {err.cell_index} (execution count {err.exec_count}; "
+            f"the cell numbering counts papermill's injected-parameters cell): {err.ename}: {err.evalue}\n"
+            f"  cell source:\n{source}\n"
+            f"  the executed copy with the full traceback is {out_path}")
+
+
+def _record(dirs: OutputDirs, name: str, params: dict, seconds: float, command: str, other: dict) -> None:
+    """Add a finished notebook (parameters, wall time) and the command that ran it to <results>/study.json."""
+    path = Path(dirs.results) / STUDY_FILE
+    record = read_json(path) if path.exists() else {}
+    record.setdefault("notebooks", {})[name] = {
+        "parameters": params, "seconds": round(seconds, 1),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    record["command"] = command
+    record["other_parameters"] = other  # notebook parameters the command line cannot express (tests)
+    atomic_write_json(path, record)
+
+
+def study_command(profile: str, data_source: str | None, publish: bool, notebooks, seeds,
+                  extra_params: dict | None = None, force: bool = False) -> str:
+    """The `python -m lib study ...` command line equivalent to these arguments (for the report)."""
+    parts = ["python", "-m", "lib", "study", "--profile", profile]
+    if data_source:
+        parts += ["--data", str(data_source)]
+    if publish:
+        parts.append("--publish")
+    if notebooks:
+        parts += ["--notebooks", *[n.split("_", 1)[0] for n in select_notebooks(notebooks)]]
+    parts += ["--seeds", *[str(s) for s in seeds]]
+    extra = extra_params or {}
+    if force:
+        parts.append("--force")
+    if extra.get("model"):
+        parts += ["--model", str(extra["model"])]
+    if extra.get("models"):
+        parts += ["--models", *extra["models"]]
+    if extra.get("num_epochs"):
+        parts += ["--num-epochs", str(extra["num_epochs"])]
+    return shlex.join(parts)
+
+
+def run_study(profile: str, data_source: str | None = None, publish: bool | None = None,
+              notebooks: Sequence[str] | None = None, seeds: Sequence[int] = (0,), force: bool = False,
+              extra_params: dict | None = None, root: Path | str | None = None, log_output: bool = False,
+              progress_bar: bool = False, command: str | None = None) -> Path:
+    """Execute the notebooks headless in order with these parameters, then render the report; return its path.
+
+    `data_source`: None = $CIFAR10_SOURCE or 'official'. `extra_params` (e.g. models, model, num_epochs) go
+    to the notebooks that declare them. `root` relocates every output (tests). Raises StudyError when a cell
+    fails (nothing after it runs).
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from lib.config import get_profile
+    from lib.data import canonical_source
+    from lib.report import render_report
+
+    get_profile(profile)  # a clear error for an unknown profile before any kernel starts
+    source = canonical_source(data_source)
+    dirs = output_dirs(profile, publish=publish or None, root=root)
+    names = select_notebooks(notebooks)
+    params = {"profile": profile, "data_source": source, "publish": bool(publish), "force": bool(force),
+              "seeds": [int(s) for s in seeds], "root": str(root) if root is not None else None,
+              **(extra_params or {})}
+    out_dir = executed_dir(profile, root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = command or study_command(profile, data_source, bool(publish), notebooks, seeds, extra_params, force)
+    other = {k: v for k, v in (extra_params or {}).items() if k not in CLI_PARAMETERS}
+    with kernel_for_this_python(out_dir.parent / "jupyter"):
+        for name in names:
+            src = NOTEBOOK_DIR / f"{name}.ipynb"
+            if not src.exists():
+                raise StudyError(f"notebook {src} does not exist")
+            declared = notebook_parameters(src)
+            nb_params = {k: v for k, v in params.items() if k in declared}
+            out_path = out_dir / f"{name}.ipynb"
+            t0 = time.perf_counter()
+            try:
+                papermill.execute_notebook(str(src), str(out_path), parameters=nb_params, kernel_name=KERNEL_NAME,
+                                           cwd=str(NOTEBOOK_DIR), progress_bar=progress_bar,
+                                           log_output=log_output)
+            except PapermillExecutionError as err:
+                raise StudyError(_failure_message(name, out_path, err)) from None
+            seconds = time.perf_counter() - t0
+            _record(dirs, name, nb_params, seconds, command, other)
+            if log_output or progress_bar:
+                print(f"[study] {name}: done in {seconds:.0f} s ({out_path})", flush=True)
+    return render_report(profile, dirs)

@@ -1,0 +1,534 @@
+"""The rendered report: report.md from lib/report_template.md and the result files of one output folder.
+
+`render_report(profile, dirs)` reads only files under dirs.results (Part 1 p1-*.json, cost-*.json,
+part1-main.json, the Part 2 files through lib.bn_study.bn_summary, study.json) and checks dirs.figs for
+which figures exist. Every number in the report comes from those files, except ORIGINAL_REPORT: the
+original report's numbers as STUDY.md states them, shown beside ours and labelled as such. Wording that
+ranks models comes from lib.stats (a Welch test over seeds); other comparisons state the numbers and
+their direction only. The helpers below (tables, context lines) are also what notebooks 02 and 04 show.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lib.bn_study import LABELS
+from lib.config import NORMS
+from lib.data import CLASSES
+from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
+from lib.models import CANET_VARIANTS, PART1_MODELS
+from lib.paths import REPO, OutputDirs
+from lib.results import read_json
+
+TEMPLATE = Path(__file__).with_name("report_template.md")
+
+# The original report's numbers (STUDY.md sections 2, 3 and 6): test accuracy (%) of one run per model on
+# the official CIFAR-10 with the 70-epoch recipe; exact parameter counts of the specified architectures;
+# Part 2's best validation accuracy (%) at lr 1e-3. Spec facts, not results of this repository.
+ORIGINAL_REPORT = {
+    "test_acc": {"CANet_tiny": 88.66, "CANet_light": 91.56, "CANet": 93.50, "CANet_pro": 93.56,
+                 "ShuffleNetV2": 62.66, "MobileNetV2": 84.14, "ResNet18": 93.00, "ResNet34": 93.56,
+                 "VGG11": 85.75},
+    "params": {"CANet_tiny": 396_155, "CANet_light": 1_576_244, "CANet": 6_289_574, "CANet_pro": 25_128_842,
+               "ShuffleNetV2": 352_042, "MobileNetV2": 2_236_682, "ResNet18": 11_173_962,
+               "ResNet34": 21_282_122, "VGG11": 128_807_306, "VGG_A": 9_750_922, "VGG_A_BN": 9_756_426},
+    "bn_best_val_acc_lr1e-3": {"VGG_A": 75.81, "VGG_A_BN": 84.29},
+    "setting": "one run per model, one seed, official CIFAR-10, 70 epochs (Part 2: 50 epochs)",
+}
+NOT_RUN = "not run"
+# Which notebook draws which figure (for the 'not produced yet' lines).
+FIGURE_SOURCES = {"p1_curves": "01", "p1_acc": "02", "p1_per_class": "02", "p1_filters": "03", "p1_ridge": "03",
+                  "p1_attention": "03", "p1_confusion": "03", "p2_": "04"}
+
+
+# --------------------------------------------------------------------------------------------- formatting
+
+def fmt_int(n) -> str:
+    """1234567 -> '1,234,567' ('-' for a missing value)."""
+    return "-" if _missing(n) else f"{int(n):,}"
+
+
+def fmt_count(n) -> str:
+    """12345678 -> '12.35M' ('-' for a missing value)."""
+    if _missing(n):
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_pct(frac, digits: int = 2) -> str:
+    """0.9350 -> '93.50%' ('-' for a missing value)."""
+    return "-" if _missing(frac) else f"{100 * frac:.{digits}f}%"
+
+
+def fmt_num(x, digits: int = 3) -> str:
+    """A float with `digits` significant digits ('-' for a missing value)."""
+    return "-" if _missing(x) else f"{x:.{digits}g}"
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and not math.isfinite(x))
+
+
+def fmt_seconds(s) -> str:
+    """Seconds as '42 s', '12.3 min' or '2.05 h'."""
+    if _missing(s):
+        return "-"
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A GitHub markdown table (cells converted with str, '|' escaped)."""
+    def cell(v):
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _unique(values) -> list:
+    """Distinct non-missing values in first-seen order."""
+    out = []
+    for v in values:
+        if v is not None and v not in out:
+            out.append(v)
+    return out
+
+
+def _join(values, empty: str = "unknown") -> str:
+    values = [str(v) for v in _unique(values)]
+    return "; ".join(values) if values else empty
+
+
+def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) -> str:
+    """Data source, profile, device(s) and seeds of a set of results, as one line."""
+    if not results:
+        return "no results yet"
+    data = _join((r.get("data") or {}).get("label") for r in results)
+    n_train = _join(fmt_int((r.get("data") or {}).get("num_train_used")) for r in results)
+    seeds = sorted(_unique(int(r["seed"]) for r in results if r.get("seed") is not None)) if seeds is None else seeds
+    return (f"data: {data} ({n_train} training images) | profile: {_join(r.get('profile') for r in results)} | "
+            f"device: {_join(r.get('device') for r in results)} | seeds: {', '.join(map(str, seeds)) or '-'}")
+
+
+# --------------------------------------------------------------------------------------------- Part 1
+
+def _acc_cell(row) -> str:
+    """Mean +- std (n) of a comparison_table row, or why there is no number."""
+    if row["n_seeds"] == 0:
+        return f"diverged ({row['n_diverged']} run{'s' if row['n_diverged'] != 1 else ''})"
+    if row["n_seeds"] >= 2:
+        return f"{row['test_acc_mean']:.2f} ± {row['test_acc_std']:.2f}"
+    return f"{row['test_acc_mean']:.2f}"
+
+
+def comparison_rows(table, costs: dict | None = None) -> list[list]:
+    """One row per Part 1 model (run or not), sorted by parameters: ours beside the original report's numbers."""
+    rows_by_model = {row["model"]: row for _, row in table.iterrows()} if table is not None else {}
+    order = sorted(set(PART1_MODELS) | set(rows_by_model),
+                   key=lambda m: (rows_by_model[m]["params"] if m in rows_by_model
+                                  else ORIGINAL_REPORT["params"].get(m, 0), m))
+    out = []
+    for m in order:
+        orig_acc = ORIGINAL_REPORT["test_acc"].get(m)
+        orig = "-" if orig_acc is None else f"{orig_acc:.2f}"
+        spec = ORIGINAL_REPORT["params"].get(m)
+        if m not in rows_by_model:
+            out.append([m, fmt_int(spec), NOT_RUN, "-", orig, "-", "-", "-", "-", "-"])
+            continue
+        row = rows_by_model[m]
+        params = fmt_int(row["params"]) + ("" if spec in (None, row["params"]) else f" (spec: {fmt_int(spec)})")
+        seeds = ", ".join(str(s) for s in row["seeds"]) if row["n_seeds"] else "-"
+        infer = "-" if _missing(row["infer_ips"]) else f"{row['infer_ips']:,.0f}"
+        batch = ((costs or {}).get(m) or {}).get("infer_batch")
+        if batch and infer != "-":
+            infer += f" (batch {batch})"
+        out.append([m, params, _acc_cell(row), f"{seeds} (n={row['n_seeds']})", orig, fmt_count(row["flops"]),
+                    "-" if _missing(row["epoch_seconds"]) else f"{row['epoch_seconds']:.2f}",
+                    "-" if _missing(row["train_ips"]) else f"{row['train_ips']:,.0f}", infer,
+                    "-" if _missing(row["peak_mem_mb"]) else f"{row['peak_mem_mb']:,.0f}"])
+    return out
+
+
+COMPARISON_HEADERS = ("model", "parameters", "test accuracy (%), this repo: mean ± std over seeds",
+                      "seeds", "test accuracy (%), original report", "forward FLOPs / image",
+                      "epoch time (s, median)", "training images/s", "inference images/s",
+                      "peak GPU memory (MiB)")
+
+
+def cost_devices(costs: dict | None) -> str:
+    """Where the inference throughput was measured (device and batch), from the cost files."""
+    if not costs:
+        return "no cost measurements yet"
+    return _join(f"{c.get('device_name', c.get('device'))} at batch {c.get('infer_batch')}, {c.get('precision')}"
+                 for c in costs.values())
+
+
+def comparison_markdown(table, results: Sequence[dict], costs: dict | None = None) -> str:
+    """The comparison table (markdown) with its context line: data source, profile, device, seeds."""
+    return (markdown_table(COMPARISON_HEADERS, comparison_rows(table, costs)) +
+            f"\n\n*{context_line(results)}. Inference throughput: {cost_devices(costs)}. Original report: "
+            f"{ORIGINAL_REPORT['setting']}.*")
+
+
+def reference_model(table) -> str | None:
+    """The model the ranking compares against: CANet if present, else the first model with a result."""
+    models = list(table["model"]) if table is not None else []
+    if "CANet" in models:
+        return "CANet"
+    return models[0] if models else None
+
+
+def ranking(table) -> list[str]:
+    """lib.stats.ranking_sentences against the reference model ([] when fewer than two models ran)."""
+    from lib.stats import ranking_sentences
+
+    ref = reference_model(table)
+    if ref is None or len(table) < 2:
+        return []
+    return ranking_sentences(table, reference=ref)
+
+
+def verdict_counts(table) -> dict:
+    """How many comparisons with the reference model are better / worse / tied / undetermined (lib.stats.compare)."""
+    from lib.stats import compare
+
+    ref = reference_model(table)
+    counts = {"better": 0, "worse": 0, "tied": 0, "undetermined": 0, "incomparable": 0}
+    if ref is None:
+        return counts
+    r = table[table["model"] == ref].iloc[0]
+    for _, row in table.iterrows():
+        if row["model"] == ref:
+            continue
+        if r["n_seeds"] == 0 or row["n_seeds"] == 0:
+            counts["incomparable"] += 1
+        else:
+            counts[compare(r["test_accs"], row["test_accs"]).verdict] += 1
+    return counts
+
+
+def _hist_std(h: dict) -> float:
+    """Standard deviation of the values a histogram {'edges', 'counts'} describes (bin centres)."""
+    edges, counts = np.asarray(h["edges"], float), np.asarray(h["counts"], float)
+    centres = (edges[:-1] + edges[1:]) / 2
+    mean = (centres * counts).sum() / max(counts.sum(), 1)
+    return float(np.sqrt(((centres - mean) ** 2 * counts).sum() / max(counts.sum(), 1)))
+
+
+def weight_spread(history: list[dict]) -> list[dict]:
+    """Per weight group: the spread (std) of its weights at the first and the last recorded epoch."""
+    out = []
+    for group in ("se", "sa", "unit_transform"):
+        entries = [h for h in history if group in h]
+        if entries:
+            out.append({"group": group, "first_epoch": entries[0]["epoch"] + 1, "last_epoch": entries[-1]["epoch"] + 1,
+                        "std_first": _hist_std(entries[0][group]), "std_last": _hist_std(entries[-1][group])})
+    return out
+
+
+def confusions(result: dict, top: int = 3) -> list[dict]:
+    """The `top` most frequent mistakes (true -> predicted) of a run's test confusion matrix."""
+    conf = np.asarray(result.get("confusion") or [], dtype=float)
+    if conf.shape != (len(CLASSES), len(CLASSES)):
+        return []
+    off = conf.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None)[:top]
+    out = []
+    for idx in order:
+        t, p = divmod(int(idx), len(CLASSES))
+        if off[t, p] > 0:
+            out.append({"true": CLASSES[t], "pred": CLASSES[p], "count": int(off[t, p]),
+                        "pct_of_true": 100 * off[t, p] / max(conf[t].sum(), 1)})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- Part 2
+
+def _lr_key(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def _median_max(stats: dict | None) -> str:
+    """'median / max' of a lib.bn_study._finite_stats dict ('-' when missing)."""
+    return "-" if not stats else f"{fmt_num(stats['median'])} / {fmt_num(stats['max'])}"
+
+
+def part2_tables(summary: dict) -> dict:
+    """Part 2's tables (headers + rows) from lib.bn_study.bn_summary's dict; missing runs show as 'not run'."""
+    proto = summary.get("protocol", {})
+    a, b = (proto.get(m, {}) for m in BN_MODELS)
+    acc_rows = []
+    for lr in BN_LRS:
+        k = _lr_key(lr)
+        orig = ORIGINAL_REPORT["bn_best_val_acc_lr1e-3"] if lr == 1e-3 else {}
+        cells = [k]
+        for e in (a, b):
+            if k not in e.get("best_val_acc", {}):
+                cells += [NOT_RUN, "-"]
+                continue
+            status = e.get("status", {}).get(k)
+            note = "" if status in (None, "ok") else f" ({status})"
+            cells += [fmt_pct(e["best_val_acc"][k]) + note, fmt_pct(e.get("test_acc", {}).get(k))]
+        cells.append(" / ".join(f"{orig[m]:.2f}%" for m in BN_MODELS) if orig else "-")
+        acc_rows.append(cells)
+    band_rows, grad_rows = [], []
+    for m in BN_MODELS:
+        e = proto.get(m, {})
+        band = e.get("loss_band")
+        band_rows.append([LABELS.get(m, m), m] + ([NOT_RUN] * 5 if not band else [
+            band["num_runs"], fmt_int(band["num_steps"]), fmt_num(band["mean_width"]), fmt_num(band["median_width"]),
+            fmt_num(band["mean_width_last_tenth"])]))
+        for k, g in (e.get("grad_range") or {}).items():
+            rng = g.get("range") or {}
+            grad_rows.append([LABELS.get(m, m), k, fmt_num(rng.get("median")), fmt_num(rng.get("max")),
+                              fmt_num((g.get("grad_max") or {}).get("max")),
+                              fmt_num((g.get("grad_min") or {}).get("min"))])
+    probe_rows = []
+    for m in BN_MODELS:
+        p = summary.get("probe", {}).get(m)
+        if not p:
+            probe_rows.append([LABELS.get(m, m), NOT_RUN] + ["-"] * 6)
+            continue
+        lr = f"{p['lr']:g}" + (" (fallback)" if p.get("lr_fallback") else "")
+        probe_rows.append([p["label"], lr, f"{p['num_probes']} probes over {p['num_steps']} steps",
+                           _median_max(p.get("loss_band_width")), _median_max(p.get("gpred_max")),
+                           _median_max(p.get("beta")),
+                           fmt_num((p.get("final_train_loss") or {}).get("mean")), p.get("probe_nonfinite", 0)])
+    slice_rows = [[LABELS.get(m, m), fmt_num(summary["slice"][m]["loss_at_0"]),
+                   " / ".join(fmt_num(v) for v in summary["slice"][m]["loss_at_pm1"]),
+                   fmt_num(summary["slice"][m]["loss_max"])] for m in BN_MODELS if m in summary.get("slice", {})]
+    return {
+        "accuracy": (["learning rate", "VGG-A: best val acc", "VGG-A: test acc", "VGG-A + BN: best val acc",
+                      "VGG-A + BN: test acc", "original report: best val acc (VGG-A / VGG-A + BN)"], acc_rows),
+        "band": (["network", "model", "runs (learning rates)", "steps", "mean band width", "median band width",
+                  "mean width, last tenth of the steps"], band_rows),
+        "grad": (["network", "learning rate", "median range (max - min)", "largest range", "largest max",
+                  "smallest min"], grad_rows),
+        "probe": (["network", "SGD lr", "probes", "loss-landscape band width (median / max)",
+                   "gradient predictiveness max ||g - g'|| (median / max)", "effective beta-smoothness (median / max)",
+                   "final training loss", "non-finite probe values"], probe_rows),
+        "slice": (["network", "loss at the trained weights", "loss at alpha = -1 / +1", "largest loss on the slice"],
+                  slice_rows),
+    }
+
+
+def part2_context(summary: dict, profile: str | None = None) -> str:
+    """Data source, profile, device and seed of the Part 2 runs, as one line."""
+    entries = list(summary.get("protocol", {}).values()) + list(summary.get("probe", {}).values())
+    return (f"data: {_join(e.get('data') for e in entries)} | profile: {profile or 'see the result files'} | "
+            f"device: {_join(e.get('device') for e in entries)} | seed: {BN_SEED} (the original protocol's seed, "
+            f"every run)")
+
+
+def part2_markdown(summary: dict, context: str | None = None) -> str:
+    """Part 2's tables as markdown, each followed by its context line."""
+    ctx = f"\n\n*{context or part2_context(summary)}*\n\n"
+    titles = {"accuracy": "Validation and test accuracy per learning rate",
+              "band": "Loss band over the learning rates (per step: max - min of the training loss)",
+              "grad": "Gradient range of the last linear layer per step",
+              "probe": "Santurkar et al. measurements along the gradient",
+              "slice": "Filter-normalised 1-D loss slice"}
+    parts = []
+    for key, (headers, rows) in part2_tables(summary).items():
+        if rows:
+            parts.append(f"**{titles[key]}**\n\n" + markdown_table(headers, rows) + ctx)
+    return "\n".join(parts)
+
+
+def part2_findings(summary: dict) -> list[str]:
+    """Plain sentences comparing BN with no BN, stating the numbers and their direction only."""
+    proto, probe = summary.get("protocol", {}), summary.get("probe", {})
+    a, b = proto.get("VGG_A", {}), proto.get("VGG_A_BN", {})
+    out = []
+
+    def direction(x, y, more: str, less: str) -> str:
+        return "equal" if x == y else (more if x > y else less)
+
+    va, vb = a.get("best_val_acc_lr1e3"), b.get("best_val_acc_lr1e3")
+    if va is not None and vb is not None:
+        out.append(f"At lr 1e-3 the best validation accuracy is {fmt_pct(vb)} with BN and {fmt_pct(va)} without "
+                   f"({100 * (vb - va):+.2f} points with BN: {direction(vb, va, 'higher', 'lower')}; one run per "
+                   f"setting, so this is not a test of significance). The original report: "
+                   f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A_BN']:.2f}% with BN, "
+                   f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A']:.2f}% without.")
+    shared = [k for k in a.get("best_val_acc", {}) if k in b.get("best_val_acc", {})
+              and a["best_val_acc"][k] is not None and b["best_val_acc"][k] is not None]
+    if len(shared) > 1:
+        wins = [k for k in shared if b["best_val_acc"][k] > a["best_val_acc"][k]]
+        out.append(f"BN has the higher best validation accuracy at {len(wins)} of the {len(shared)} learning rates "
+                   f"run{(' (' + ', '.join(wins) + ')') if wins else ''}.")
+    wa, wb = ((e.get("loss_band") or {}).get("mean_width") for e in (a, b))
+    if wa is not None and wb is not None:
+        out.append(f"The loss band over learning rates is {direction(wb, wa, 'wider', 'narrower')} with BN: mean "
+                   f"width {fmt_num(wb)} vs {fmt_num(wa)} without. It is a proxy (runs at different learning rates "
+                   f"differ in where they are, not only in how the landscape around them looks).")
+    ga = ((a.get("grad_range") or {}).get(_lr_key(1e-3)) or {}).get("range") or {}
+    gb = ((b.get("grad_range") or {}).get(_lr_key(1e-3)) or {}).get("range") or {}
+    if ga.get("median") is not None and gb.get("median") is not None:
+        more = direction(gb["median"], ga["median"], "larger", "smaller")
+        out.append(f"At lr 1e-3 the last layer's per-step gradient range has median {fmt_num(gb['median'])} with "
+                   f"BN and {fmt_num(ga['median'])} without ({more} with BN).")
+    pa, pb = probe.get("VGG_A"), probe.get("VGG_A_BN")
+    if pa and pb:
+        for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
+                          ("loss_band_width", "loss-landscape band width")):
+            if pa.get(key) and pb.get(key):
+                out.append(f"Probe ({what}): median {fmt_num(pb[key]['median'])} with BN vs "
+                           f"{fmt_num(pa[key]['median'])} without "
+                           f"({direction(pb[key]['median'], pa[key]['median'], 'larger', 'smaller')} with BN); "
+                           f"max {fmt_num(pb[key]['max'])} vs {fmt_num(pa[key]['max'])}.")
+        if summary.get("same_data_order") is not None:
+            out.append("Both probe runs saw the same mini-batches in the same order: "
+                       f"{'yes' if summary['same_data_order'] else 'NO (the comparison is confounded)'}.")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- assembling
+
+def _rel(path: Path, start: Path) -> str:
+    """`path` relative to the folder `start`, with forward slashes (links that render on GitHub)."""
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def figure_markdown(dirs: OutputDirs, name: str, alt: str) -> str:
+    """An image link to figs/<name>.png relative to the report, or a line saying it is not produced yet."""
+    path = Path(dirs.figs) / f"{name}.png"
+    if path.is_file():
+        return f"![{alt}]({_rel(path, Path(dirs.report).parent)})"
+    nb = next((v for k, v in FIGURE_SOURCES.items() if name.startswith(k)), None)
+    where = f" (notebook {nb} draws it)" if nb else ""
+    return f"*Figure `{name}` has not been produced yet{where}.*"
+
+
+def _main_result(dirs: OutputDirs, results: list[dict]) -> dict | None:
+    """The run notebook 01 recorded (part1-main.json), else CANet seed 0, else the first CANet result."""
+    from lib.part1 import MAIN_FILE
+
+    marker = Path(dirs.results) / MAIN_FILE
+    if marker.exists():
+        name = read_json(marker).get("name")
+        found = [r for r in results if r.get("name") == name]
+        if found:
+            return found[0]
+    canets = [r for r in results if r["model"] in CANET_VARIANTS]
+    preferred = [r for r in canets if r["model"] == "CANet"] or canets
+    return sorted(preferred, key=lambda r: r["seed"])[0] if preferred else None
+
+
+def _recipe(result: dict | None) -> dict | None:
+    """The training configuration of a run, with the derived numbers the report states."""
+    if result is None:
+        return None
+    from lib.config import TrainConfig
+
+    cfg = TrainConfig.from_dict(result["config"])
+    mean, std = NORMS[cfg.norm]
+    return {"cfg": cfg, "mean": mean, "std": std, "switch_epoch": cfg.switch_epoch, "data": result.get("data") or {},
+            "final_lr": (result["history"][-1]["lr"] if result.get("history") else None)}
+
+
+def _times(p1: list[dict], bn: list[dict], summary: dict, dirs: OutputDirs) -> dict:
+    """Compute time of the study from the result files, split into GPU and CPU."""
+    rows = [(r.get("device") or "", r.get("train_seconds") or 0.0, "training") for r in p1 + bn]
+    rows += [(p.get("device") or "", p.get("seconds") or 0.0, "probe") for p in summary.get("probe", {}).values()]
+    for path in sorted(Path(dirs.results).glob("slice-*.json")):
+        s = read_json(path)
+        rows.append(((s.get("environment") or {}).get("device") or "", s.get("seconds") or 0.0, "slice"))
+    gpu = sum(s for d, s, _ in rows if d and not d.startswith("CPU"))
+    cpu = sum(s for d, s, _ in rows if not d or d.startswith("CPU"))
+    return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows)}
+
+
+def collect(profile: str, dirs: OutputDirs) -> dict:
+    """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs)."""
+    from lib.bn_study import bn_summary
+    from lib.part1 import load_costs, load_results, part1_table
+    from lib.stats import ranking_sentences
+
+    results_dir = Path(dirs.results)
+    p1 = load_results(dirs)
+    bn = load_results(dirs, prefix="bn-")
+    costs = load_costs(dirs)
+    table = part1_table(dirs, results=p1) if p1 else None
+    main = _main_result(dirs, p1)
+    summary = bn_summary(dirs) if results_dir.exists() else {"protocol": {}, "probe": {}, "slice": {}, "missing": []}
+    study = read_json(results_dir / "study.json") if (results_dir / "study.json").exists() else {}
+    weights_path = results_dir / f"{main['name']}.weights.json" if main else None
+    alpha = inspect.signature(ranking_sentences).parameters["alpha"].default
+    everything = p1 + bn
+    # Published output lives in <root>/results/<profile>/ (lib.paths), a build in <root>/build/<profile>/results.
+    publish = " --publish" if results_dir.parent.name == "results" and profile != "full" else ""
+    report_dir = Path(dirs.report).parent
+    return {
+        "profile": profile,
+        "is_full": profile == "full",
+        "results_dir": _rel(results_dir, report_dir),
+        "fig": lambda name, alt: figure_markdown(dirs, name, alt),
+        "original": ORIGINAL_REPORT,
+        "canet_variants": CANET_VARIANTS,
+        "p1": p1, "bn": bn, "costs": costs, "table": table, "main": main,
+        "recipe": _recipe(main or (p1[0] if p1 else None)),
+        "comparison": comparison_markdown(table, p1, costs) if p1 else None,
+        "comparison_empty": comparison_markdown(None, [], costs),
+        "params_by_model": {row["model"]: row["params"] for _, row in table.iterrows()} if table is not None else {},
+        "p1_context": context_line(p1) if p1 else None,
+        "ranking": ranking(table) if table is not None else [],
+        "verdicts": verdict_counts(table) if table is not None else None,
+        "reference": reference_model(table) if table is not None else None,
+        "alpha": alpha,
+        "main_context": context_line([main]) if main else None,
+        "per_class": (sorted(zip(CLASSES, main["per_class_acc"]), key=lambda t: -t[1])
+                      if main and main.get("per_class_acc") else None),
+        "confusions": confusions(main) if main else [],
+        "weight_spread": (weight_spread(read_json(weights_path)) if weights_path and weights_path.exists() else []),
+        "bn_summary": summary,
+        "part2": part2_markdown(summary, part2_context(summary, _join(r.get("profile") for r in bn)))
+        if (summary.get("protocol") or summary.get("probe")) else None,
+        "part2_findings": part2_findings(summary),
+        "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
+                      for m in BN_MODELS},
+        "study": study,
+        "command": study.get("command") or f"python -m lib study --profile {profile}{publish}",
+        "report_command": f"python -m lib report --profile {profile}{publish}",
+        "notebook_seconds": {k: v.get("seconds") for k, v in (study.get("notebooks") or {}).items()},
+        "versions": _join(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, Python {r.get('python')}"
+                          for r in everything),
+        "commits": _join(r.get("git_commit") for r in everything),
+        "devices": _join(r.get("device") for r in everything),
+        "data_sources": _unique(((r.get("data") or {}).get("label"), (r.get("data") or {}).get("sha256"),
+                                 (r.get("data") or {}).get("archive_sha256")) for r in everything),
+        "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},
+        "times": _times(p1, bn, summary, dirs),
+        "missing_bn": summary.get("missing", []),
+        "fmt_pct": fmt_pct, "fmt_num": fmt_num, "fmt_int": fmt_int, "fmt_count": fmt_count,
+        "fmt_seconds": fmt_seconds, "repo_rel": lambda p: _rel(Path(p), REPO) if str(p).startswith(str(REPO)) else p,
+    }
+
+
+def render_report(profile: str, dirs: OutputDirs) -> Path:
+    """Render dirs.report (report.md) from the template and the result files of `dirs`; return its path."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    text = env.get_template(TEMPLATE.name).render(**collect(profile, dirs))
+    text = "\n".join(line.rstrip() for line in text.splitlines()).strip() + "\n"
+    while "\n\n\n" in text:  # template conditionals leave blank runs; one blank line is enough in markdown
+        text = text.replace("\n\n\n", "\n\n")
+    path = Path(dirs.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,121 @@
+"""The four notebooks execute headless (lib.pipeline.run_study, papermill) in the smoke profile on tiny data,
+write their results and figures, and the rendered report links only figures that exist.
+
+The study run is the expensive part (all nine Part 1 models for one epoch, both BN networks at four learning
+rates, the probes and slices on tiny data): it runs once per module and the tests below inspect it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import make_image_folder
+
+from lib.experiments import BN_LRS, BN_MODELS, bn_name
+from lib.models import PART1_MODELS
+from lib.paths import output_dirs
+from lib.pipeline import NOTEBOOK_DIR, NOTEBOOKS, StudyError, executed_dir, run_study, select_notebooks, study_command
+
+P1_FIGURES = ["p1_curves_CANet", "p1_acc_vs_params", "p1_acc_vs_flops", "p1_per_class", "p1_filters",
+              "p1_ridge_se", "p1_ridge_sa", "p1_ridge_unit_transform", "p1_attention_sa", "p1_attention_se",
+              "p1_confusion_CANet"]
+P2_FIGURES = ["p2_accuracy_lr1e-3", "p2_loss_band", "p2_grad_range", "p2_santurkar"]
+# Keep CI cheap: 3 training images and 1 test image per class (27 train / 3 validation after the split),
+# one epoch per Part 1 model, a two-image inference timing, probes on batches of 8 (the smoke probe's
+# batch of 64 needs more images than this folder has).
+SMOKE_PARAMS = {"num_epochs": 1, "cost_batch": 2, "cost_iters": 1,
+                "probe_overrides": {"num_train": None, "batch_size": 8}}
+LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Run all four notebooks once on a tiny image folder into a temporary root; return (root, report path)."""
+    source = make_image_folder(tmp_path_factory.mktemp("micro_cifar"), n_train=3, n_test=1)
+    root = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:  # module scope: set the private data cache here too
+        mp.setenv("CIFAR10_ROOT", str(tmp_path_factory.getbasetemp() / "data_root"))
+        # One intra-op thread in the kernels: on a loaded 2-core runner two OpenMP threads per process
+        # thrash (measured here: a CANet_tiny step 8x slower), and these tensors are too small to gain.
+        mp.setenv("OMP_NUM_THREADS", "1")
+        report = run_study("smoke", data_source=str(source), root=root, extra_params=SMOKE_PARAMS)
+    return root, report
+
+
+def test_notebooks_are_committed_thin_and_without_outputs():
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in nb.cells[0].metadata.get("tags", []), f"{name}: the first cell must be `parameters`"
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
+        for c in code:  # no long function in a notebook: anything reusable lives in lib
+            for fn in re.split(r"\n(?=def )", c.source)[1:]:
+                assert len(fn.splitlines()) <= 10, f"{name}: a function longer than 10 lines"
+
+
+def test_select_notebooks_and_command():
+    assert select_notebooks(None) == list(NOTEBOOKS)
+    assert select_notebooks(["04", "01_train_canet.ipynb"]) == ["01_train_canet", "04_batchnorm"]
+    with pytest.raises(ValueError, match="unknown notebook '07'"):
+        select_notebooks(["07"])
+    cmd = study_command("quick", "shared", True, ["1", "4"], [0, 1], {"num_epochs": 3})
+    assert cmd == ("python -m lib study --profile quick --data shared --publish --notebooks 01 04 --seeds 0 1 "
+                   "--num-epochs 3")
+
+
+def test_every_notebook_finishes_and_writes_its_results(study):
+    root, _ = study
+    dirs = output_dirs("smoke", root=root)
+    results = Path(dirs.results)
+    for name in NOTEBOOKS:  # papermill raised on any failing cell; the executed copies exist
+        assert (executed_dir("smoke", root) / f"{name}.ipynb").is_file()
+    for model in PART1_MODELS:
+        r = json.loads((results / f"p1-{model}-s0.json").read_text())
+        assert r["status"] == "ok" and len(r["history"]) == 1 and 0.0 <= r["test_acc"] <= 1.0
+        cost = json.loads((results / f"cost-{model}.json").read_text())
+        assert cost["flops"] > 0 and cost["params"] == r["num_params"] and cost["infer_batch"] == 2
+    assert json.loads((results / "part1-main.json").read_text())["model"] == "CANet"
+    assert (results / "p1-CANet-s0.weights.json").is_file()
+    for model in BN_MODELS:
+        for lr in BN_LRS:
+            assert (results / f"{bn_name(model, lr)}.json").is_file()
+            assert (results / f"{bn_name(model, lr)}.steps.json").is_file()
+        assert (results / f"probe-{model}-s2020.json").is_file()
+    recorded = json.loads((results / "study.json").read_text())
+    assert sorted(recorded["notebooks"]) == list(NOTEBOOKS)
+
+
+def test_every_figure_is_written(study):
+    root, _ = study
+    figs = Path(output_dirs("smoke", root=root).figs)
+    missing = [f for f in P1_FIGURES + P2_FIGURES if not (figs / f"{f}.png").is_file()]
+    assert not missing, f"figures not written: {missing}"
+
+
+def test_report_links_only_existing_figures(study):
+    root, report = study
+    assert report == Path(output_dirs("smoke", root=root).report)
+    text = report.read_text()
+    links = LINK.findall(text)
+    assert links, "the report embeds no figure"
+    for link in links:
+        assert not Path(link).is_absolute() and (report.parent / link).is_file(), link
+    linked = {Path(link).stem for link in links}
+    assert set(P1_FIGURES + P2_FIGURES) <= linked
+    assert "has not been produced yet" not in " ".join(line for line in text.splitlines()
+                                                       if any(f in line for f in P1_FIGURES + P2_FIGURES))
+    assert "Until full-profile results exist" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.count(" | ") == 9]
+    assert len(rows) == 1 + len(PART1_MODELS) and not any("not run" in r for r in rows)
+
+
+def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path, tiny_source):
+    # Notebook 03 on an empty output folder: there is no trained CANet to visualise.
+    with pytest.raises(StudyError) as err:
+        run_study("smoke", data_source=tiny_source, notebooks=["03"], root=tmp_path)
+    msg = str(err.value)
+    assert "03_visualize.ipynb failed in cell" in msg and "FileNotFoundError" in msg and "main_run" in msg
+    assert not (tmp_path / "build" / "smoke" / "report.md").exists()

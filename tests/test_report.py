@@ -1,0 +1,145 @@
+"""The rendered report: numbers come from the result files, figures are linked only when they exist,
+win/tie wording follows lib.stats. Result files are fabricated here in lib.train's documented format."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lib.experiments import bn_config, part1_config
+from lib.paths import output_dirs
+from lib.report import NOT_RUN, ORIGINAL_REPORT, render_report
+from lib.results import atomic_write_json
+from lib.stats import compare
+
+DATA = {"kind": "image-folder", "label": "JPEG-q75 copy (fake.tar.gz)", "sha256": "ab" * 32,
+        "archive_sha256": "cd" * 32, "num_train_used": 1000, "num_val_used": 200, "num_test_used": 500}
+ENV = {"device": "CPU (x86_64, 2 threads)", "torch": "2.4.0", "torchvision": "0.19.0", "python": "3.12.1",
+       "git_commit": "abc123"}
+# test accuracy per seed; CANet vs ResNet18 is a clear win, CANet vs CANet_tiny a tie, VGG11 has one seed
+ACCS = {"CANet": [0.900, 0.910, 0.920], "ResNet18": [0.800, 0.810, 0.790], "CANet_tiny": [0.905, 0.915, 0.900],
+        "VGG11": [0.850]}
+PARAMS = {"CANet": 6_289_574, "ResNet18": 11_173_962, "CANet_tiny": 396_155, "VGG11": 128_807_306}
+
+
+def p1_result(model: str, seed: int, acc: float) -> dict:
+    """A Part 1 result as lib.train.train writes it (3 epochs)."""
+    cfg = part1_config(model, "quick", "/data/fake.tar.gz", seed, num_epochs=3)
+    history = [{"epoch": e, "lr": 1e-3 * 0.96 ** e, "optimizer": "adamw" if e < 2 else "sgd",
+                "train_loss": 2.0 - e / 3, "train_acc": 0.3 + e / 10, "val_loss": 1.9 - e / 4,
+                "val_acc": acc - 0.02 + e / 100, "seconds": 10.0 + e} for e in range(3)]
+    conf = np.full((10, 10), 2)
+    np.fill_diagonal(conf, 30)
+    conf[3, 5] = 9  # cat -> dog: the most frequent mistake
+    return {"name": cfg.name, "status": "ok", "message": "", "config": cfg.to_dict(), "model": model,
+            "profile": "quick", "seed": seed, "num_params": PARAMS[model], "data": DATA, **ENV, "history": history,
+            "best_val_acc": acc, "best_epoch": 2, "test_acc": acc, "test_loss": 0.5,
+            "per_class_acc": [0.5 + c / 20 for c in range(10)], "confusion": conf.tolist(), "train_seconds": 33.0,
+            "peak_mem_mb": None, "checkpoint": None}
+
+
+def bn_result(model: str, lr: float, best: float) -> tuple[dict, dict]:
+    """A BN-protocol result and its per-step series."""
+    cfg = bn_config(model, lr, "quick", "/data/fake.tar.gz")
+    history = [{"epoch": e, "lr": lr, "optimizer": "adam", "train_loss": 1.5, "train_acc": 0.5, "val_loss": 1.4,
+                "val_acc": best, "seconds": 5.0} for e in range(2)]
+    result = {"name": cfg.name, "status": "ok", "config": cfg.to_dict(), "model": model, "profile": "quick",
+              "seed": cfg.seed, "num_params": ORIGINAL_REPORT["params"][model], "data": DATA, **ENV, "history": history,
+              "best_val_acc": best, "best_epoch": 1, "test_acc": best - 0.01, "train_seconds": 10.0}
+    width = 0.2 if model == "VGG_A_BN" else 0.5
+    steps = {"loss": [2.0 - 0.1 * i + width * (lr > 5e-4) for i in range(10)],
+             "grad_max": [0.1] * 10, "grad_min": [-0.1] * 10}
+    return result, steps
+
+
+@pytest.fixture
+def study_dirs(tmp_path):
+    """A quick-profile output folder with fabricated Part 1, cost and Part 2 result files and two figures."""
+    dirs = output_dirs("quick", root=tmp_path)
+    for model, accs in ACCS.items():
+        for seed, acc in enumerate(accs):
+            r = p1_result(model, seed, acc)
+            atomic_write_json(Path(dirs.results) / f"{r['name']}.json", r)
+    for model in ("CANet", "ResNet18"):
+        atomic_write_json(Path(dirs.results) / f"cost-{model}.json",
+                          {"model": model, "flops": 2_142_028_976 if model == "CANet" else 1_110_845_440,
+                           "params": PARAMS[model], "infer_ips": 1234.5, "infer_batch": 64, "precision": "fp32",
+                           "device": "cpu", "device_name": ENV["device"]})
+    atomic_write_json(Path(dirs.results) / "part1-main.json", {"model": "CANet", "seed": 0, "name": "p1-CANet-s0"})
+    for model, best in (("VGG_A", 0.7012), ("VGG_A_BN", 0.8123)):
+        for lr in (1e-3, 1e-4):
+            r, steps = bn_result(model, lr, best if lr == 1e-3 else best - 0.05)
+            atomic_write_json(Path(dirs.results) / f"{r['name']}.json", r)
+            atomic_write_json(Path(dirs.results) / f"{r['name']}.steps.json", steps)
+    figs = Path(dirs.figs)
+    figs.mkdir(parents=True)
+    for name in ("p1_acc_vs_params", "p1_curves_CANet"):
+        (figs / f"{name}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return dirs
+
+
+def _table_row(text: str, model: str) -> str:
+    """The model's row of the comparison table (10 columns; the CANet variants table has 5)."""
+    rows = [line for line in text.splitlines() if line.startswith(f"| {model} |") and line.count(" | ") == 9]
+    assert rows, f"no table row for {model}"
+    return rows[0]
+
+
+def test_every_table_number_comes_from_the_results(study_dirs):
+    text = render_report("quick", study_dirs).read_text()
+    for model, accs in ACCS.items():
+        row = _table_row(text, model)
+        pct = 100 * np.array(accs)
+        cell = f"{pct.mean():.2f} ± {pct.std(ddof=1):.2f}" if len(accs) > 1 else f"{pct.mean():.2f}"
+        assert cell in row
+        assert f"{PARAMS[model]:,}" in row
+        assert f"{ORIGINAL_REPORT['test_acc'][model]:.2f}" in row  # the original's number beside ours
+        assert f"(n={len(accs)})" in row
+    assert "2.14G" in _table_row(text, "CANet") and "1,234 (batch 64)" in _table_row(text, "CANet")
+    for model in ("MobileNetV2", "ShuffleNetV2", "ResNet34", "CANet_light", "CANet_pro"):
+        assert NOT_RUN in _table_row(text, model)
+    # Every table states its context; the recipe is read from the results' config.
+    assert text.count("profile: quick") >= 2 and "JPEG-q75 copy (fake.tar.gz)" in text and "seeds: 0, 1, 2" in text
+    assert "3 epochs, batch 256" in text and "ab" * 32 in text
+    # Part 2: ours, the original's, and the runs that are missing.
+    assert "81.23%" in text and "70.12%" in text and "84.29%" in text and "75.81%" in text
+    lr_rows = [line for line in text.splitlines() if line.startswith("| 0.002 |")]
+    assert lr_rows and NOT_RUN in lr_rows[0]
+    assert "cat -> dog (9," in text  # the most frequent confusion, from the confusion matrix
+    assert "Until full-profile results exist" in text
+
+
+def test_only_existing_figures_are_linked(study_dirs):
+    path = render_report("quick", study_dirs)
+    text = path.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sorted(links) == ["figs/p1_acc_vs_params.png", "figs/p1_curves_CANet.png"]
+    for link in links:
+        assert (path.parent / link).is_file()
+    assert "Figure `p1_filters` has not been produced yet" in text
+    assert "Figure `p2_santurkar` has not been produced yet" in text
+
+
+def test_win_and_tie_wording_follows_the_statistics(study_dirs):
+    pct = {m: [100 * a for a in accs] for m, accs in ACCS.items()}
+    # Preconditions: the fabricated numbers give one win, one tie, one undetermined comparison.
+    assert compare(pct["CANet"], pct["ResNet18"]).verdict == "better"
+    assert compare(pct["CANet"], pct["CANet_tiny"]).verdict == "tied"
+    assert compare(pct["CANet"], pct["VGG11"]).verdict == "undetermined"
+    text = render_report("quick", study_dirs).read_text()
+    assert "CANet is better than ResNet18" in text
+    assert "CANet and CANet_tiny are tied" in text
+    assert "CANet vs VGG11 cannot be decided from one seed" in text
+    assert "better than CANet_tiny" not in text and "CANet_tiny is better" not in text
+    assert "1 model(s) are worse than it, 0 better, 1 tied" in text
+
+
+def test_empty_folder_renders_not_run_rows(tmp_path):
+    dirs = output_dirs("full", root=tmp_path)
+    text = render_report("full", dirs).read_text()
+    assert "Until full-profile results exist" not in text  # the full profile needs no warning
+    for model in ORIGINAL_REPORT["test_acc"]:
+        assert NOT_RUN in _table_row(text, model)
+    assert not re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
