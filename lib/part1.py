@@ -72,7 +72,8 @@ def load_results(dirs: OutputDirs, prefix: str = "p1-", models: Sequence[str] | 
             continue
         if isinstance(r, dict) and r.get("status") in ("ok", "diverged") and (not models or r.get("model") in models):
             results.append(r)
-    return _same_recipe(results)
+    # Part 1 runs go into one comparison table: only runs of one recipe and data may sit together.
+    return _same_recipe(results) if prefix == "p1-" else results
 
 
 def _recipe_key(result: dict) -> str:

@@ -1,0 +1,209 @@
+"""Generate notebooks/0*.ipynb (without outputs) from the cell lists below: edit here, then run
+`python scripts/make_notebooks.py` from the repository root (the notebooks stay thin and reviewable)."""
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+REPO = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
+
+COMMON_PARAMS = '''profile = "smoke"  # smoke: CI-sized, seconds | quick: reduced, CPU-friendly | full: the STUDY.md recipe (GPU)
+data_source = None  # None: $CIFAR10_SOURCE or 'official'; 'shared': the JPEG-q75 copy; or a folder / .tar.gz path
+publish = False  # True: write to the committed results/<profile>/, figs/ and report.md
+root = None  # None: this repository; a folder relocates every output (the tests use this)'''
+
+SETUP_HEAD = '''import sys
+from pathlib import Path
+
+if (Path.cwd().parent / "lib").is_dir():  # opened from notebooks/: make the repository's `lib` importable
+    sys.path.insert(0, str(Path.cwd().parent))
+
+import pandas as pd
+from IPython.display import Image, Markdown, display
+'''
+
+SETUP_TAIL = '''
+source = resolve_source(data_source)
+dirs = output_dirs(profile, publish=publish or None, root=root)
+print(f"profile {profile!r}, data {source}\\nresults -> {dirs.results}\\nfigures -> {dirs.figs}")'''
+
+
+def params_cell(extra: str):
+    """The papermill parameters cell (tagged `parameters`)."""
+    cell = new_code_cell(COMMON_PARAMS + "\n" + extra.strip())
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def setup_cell(imports: str):
+    """Imports and the output folders of this run."""
+    return new_code_cell(SETUP_HEAD + imports.strip() + "\n" + SETUP_TAIL)
+
+
+def md(text):
+    return new_markdown_cell(text.strip())
+
+
+def code(text):
+    return new_code_cell(text.strip())
+
+
+NB01 = [
+    md('''# 01 - Train CANet with the Part 1 recipe
+
+Trains one CANet variant (`model`, default `CANet`) with the recipe of STUDY.md section 4: AdamW (lr 1e-3,
+weight decay 1e-3) for the first 80% of the epochs, then SGD (momentum 0.9) from the learning rate reached,
+ExponentialLR (gamma 0.96) per epoch, label smoothing 0.1, batch 256, flip / crop / random erasing and
+MixUp / CutMix. The checkpoint is chosen on validation accuracy; the test set is evaluated for it only.
+Finished results with the same configuration are reused (set `force = True` to retrain). The run chosen
+here is the one notebook 03 visualises.'''),
+    params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
+seeds = [0]  # one run per seed; the first seed's run is the one shown and visualised
+model = "CANet"  # CANet_tiny | CANet_light | CANet | CANet_pro
+num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)'''),
+    setup_cell('''from lib import part1
+from lib.data import resolve_source
+from lib.part1_plots import plot_training_curves
+from lib.paths import output_dirs
+from lib.train import model_summary'''),
+    md("## The configuration (the recipe, sized by the profile)"),
+    code('''cfg = part1.configs(profile, source, [model], seeds, num_epochs)[0]
+pd.Series(cfg.to_dict(), dtype=object).to_frame("value")'''),
+    md("## Architecture: the torchinfo summary"),
+    code("print(model_summary(model))"),
+    md("## Train (or reuse the finished result)"),
+    code('''results = part1.run_part1(profile, source, dirs, models=[model], seeds=seeds, force=force, num_epochs=num_epochs)
+result = results[0]
+part1.mark_main(dirs, result)  # notebook 03 and the report visualise this run'''),
+    md("## Training curves: learning rate, train / validation loss, validation accuracy"),
+    code("display(Image(filename=plot_training_curves(result, dirs.figs)))"),
+    code('pd.DataFrame(result["history"]).set_index("epoch")'),
+    md("## Test accuracy of the model selected on validation accuracy"),
+    code('''for r in results:
+    print(part1.headline(r))'''),
+]
+
+NB02 = [
+    md('''# 02 - The comparison: nine models, one recipe
+
+Trains (or reuses) the four CANets and the five torchvision baselines with the Part 1 recipe, for every
+seed in `seeds`, measures their cost (FLOPs, inference throughput), and builds the comparison table:
+mean +- std of the test accuracy over the seeds present, beside the original report's numbers. A model
+is called better than another only where a Welch t-test over seeds says so (lib.stats).'''),
+    params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
+seeds = [0]  # e.g. [0, 1, 2]: the table shows mean +- std over the seeds present
+models = None  # None: all nine Part 1 models; or a list of names
+num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
+cost_batch = None  # inference batch for the throughput column (None: 1024 on a GPU, 64 on a CPU)
+cost_iters = None  # timed inference batches (None: 20 on a GPU, 3 on a CPU)'''),
+    setup_cell('''from lib import part1, report
+from lib.data import resolve_source
+from lib.models import PART1_MODELS
+from lib.part1_plots import plot_accuracy_vs_cost, plot_per_class_heatmap
+from lib.paths import output_dirs
+
+models = list(models or PART1_MODELS)'''),
+    md("## Train (or reuse) every model and seed"),
+    code('''results = part1.run_part1(profile, source, dirs, models=models, seeds=seeds, force=force, num_epochs=num_epochs)
+pd.DataFrame([{k: r[k] for k in ("name", "status", "best_val_acc", "test_acc", "train_seconds")} for r in results])'''),
+    md("## Cost: FLOPs per image, parameters, inference images/s"),
+    code('''costs = part1.compute_costs(dirs, models, batch_size=cost_batch, iters=cost_iters)
+pd.DataFrame(costs).set_index("model")'''),
+    md('''## The comparison table
+
+All Part 1 results of these models in the results folder (every seed present), sorted by parameters.'''),
+    code('''all_results = part1.load_results(dirs, models=models)
+table = part1.part1_table(dirs, results=all_results)
+table'''),
+    code("display(Markdown(report.comparison_markdown(table, all_results, part1.load_costs(dirs))))"),
+    md("## Who wins? Only what the seeds support"),
+    code('''for sentence in report.ranking(table):
+    print(sentence)'''),
+    md("## Accuracy against parameters and FLOPs (Pareto front marked)"),
+    code('''for path in plot_accuracy_vs_cost(table, dirs.figs, subtitle=report.context_line(all_results)):
+    display(Image(filename=path))'''),
+    md("## Per-class test accuracy"),
+    code("display(Image(filename=plot_per_class_heatmap(all_results, dirs.figs, subtitle=report.context_line(all_results))))"),
+]
+
+NB03 = [
+    md('''# 03 - What the trained CANet learned
+
+Visualises the run trained by notebook 01 (the CANet variant and seed recorded there; set `model` /
+`seed` to pick another finished run): first-layer filters, the per-epoch distributions of the SE, SA and
+unit_transform weights, attention maps on real test images, per-class accuracy and the confusion matrix.'''),
+    params_cell('''model = None  # None: the run notebook 01 trained; or a CANet variant with a finished result
+seed = None  # None: notebook 01's seed (or 0)
+num_images = 6  # test images in the attention figures (distinct classes where possible)'''),
+    setup_cell('''import torch
+
+from lib import part1
+from lib.attention import load_trained
+from lib.config import NORMS
+from lib.data import CLASSES, resolve_source
+from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
+from lib.paths import output_dirs'''),
+    code('''result = part1.main_run(dirs, model, seed)
+net = load_trained(result, "cuda" if torch.cuda.is_available() else "cpu")
+caption = run_caption(result)
+print(part1.headline(result))'''),
+    md("## First-layer convolution filters (both paths of block 0)"),
+    code('display(Image(filename=plot_filters(net, dirs.figs, subtitle=caption, model_name=result["model"])))'),
+    md("## How the attention weights moved during training (ridge plots, one density per epoch)"),
+    code('''for path in plot_weight_ridges(part1.weight_history(dirs, result), dirs.figs, subtitle=caption):
+    display(Image(filename=path))'''),
+    md("## Attention on real test images: where SA looks, which channels SE passes on"),
+    code('''X, y = part1.sample_test_images(result, n=64)  # a pool; the figure picks distinct classes from it
+mean, std = NORMS[result["config"]["norm"]]
+for path in plot_attention(net, X, y, dirs.figs, mean, std, n_images=num_images, subtitle=caption,
+                           model_name=result["model"]):
+    display(Image(filename=path))'''),
+    md("## Per-class accuracy and the confusion matrix (test set)"),
+    code('pd.Series(result["per_class_acc"], index=CLASSES).mul(100).round(2).to_frame("test accuracy (%)")'),
+    code("display(Image(filename=plot_confusion(result, dirs.figs, subtitle=caption)))"),
+]
+
+NB04 = [
+    md('''# 04 - Batch Normalization on VGG-A (Part 2)
+
+VGG-A with and without BN under the original protocol (Adam at four learning rates, batch 128, no
+augmentation, per-step loss and last-layer gradient range), the probe of Santurkar et al. (loss
+landscape, gradient predictiveness, effective beta-smoothness along the gradient) and a 1-D loss slice.
+All compute is in `lib.bn_study` (results are files, reused unless `force`); `lib.bn_plots` draws the
+figures from those files only.'''),
+    params_cell('''force = False  # True: rerun every Part 2 experiment even when its result exists
+probe_overrides = None  # None: the profile's probe sizes (lib.bn_study.PROBE_SIZES); a dict changes some (tests)'''),
+    setup_cell('''from lib import bn_plots, bn_study, report
+from lib.data import resolve_source
+from lib.paths import output_dirs'''),
+    md("## Compute: the protocol runs, the probes, the loss slices"),
+    code("summary = bn_study.run_bn_study(profile, source, dirs, force=force, probe_overrides=probe_overrides)"),
+    md("## Figures"),
+    code('''for path in bn_plots.plot_all(dirs):
+    display(Image(filename=path))'''),
+    md("## The numbers (as the report shows them)"),
+    code("display(Markdown(report.part2_markdown(summary)))"),
+]
+
+
+def write(name, cells):
+    # The issue: each notebook *starts* with the parameters cell; the title follows it.
+    params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    cells = params + [c for c in cells if c not in params]
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, c in enumerate(nb.cells):  # stable ids: regenerating gives the same file
+        c["id"] = f"{name[:2]}-{i:02d}"
+    nbformat.validate(nb)
+    path = REPO / "notebooks" / f"{name}.ipynb"
+    path.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, str(path))
+    print("wrote", path)
+
+
+write("01_train_canet", NB01)
+write("02_baselines", NB02)
+write("03_visualize", NB03)
+write("04_batchnorm", NB04)
