@@ -24,10 +24,17 @@ PROBE_WINDOW = 5  # probes
 COLORS = {"VGG_A": "tab:blue", "VGG_A_BN": "tab:red"}  # Standard / Standard + BatchNorm, in every figure
 
 
+def window_for(n: int, window: int) -> int:
+    """The smoothing window actually used for a series of n values: at most a tenth of the series, so that
+    short (smoke/quick) series are not flattened and their edges not pulled towards the middle."""
+    return max(1, min(int(window), n // 10))
+
+
 def smooth(values, window: int) -> np.ndarray:
-    """Centred moving average that ignores NaN/inf (NaN where a window has no finite value)."""
+    """Centred moving average (window_for(len, window) wide) that ignores NaN/inf (NaN where a window has
+    no finite value)."""
     v = _as_float_array(values)
-    window = max(1, min(int(window), len(v)))
+    window = window_for(len(v), window)
     if window == 1 or len(v) == 0:
         return v
     finite = np.isfinite(v)
@@ -106,7 +113,7 @@ def plot_loss_band(dirs: OutputDirs, lrs=BN_LRS, seed: int = BN_SEED) -> Path | 
     ax.set(xlabel="training step", ylabel="training loss",
            title="Loss band over Adam learning rates " + ", ".join(f"{lr:g}" for lr in sorted(found_lrs)))
     ax.legend(fontsize=8)
-    ax.text(0.01, 0.01, f"shaded: raw per-step min/max; lines: {STEP_WINDOW}-step moving average",
+    ax.text(0.01, 0.01, f"shaded: raw per-step min/max; lines: {window_for(len(band.steps), STEP_WINDOW)}-step moving average",
             transform=ax.transAxes, fontsize=7, color="0.4")
     fig.tight_layout()
     return savefig(fig, "p2_loss_band", dirs.figs)
@@ -181,7 +188,8 @@ def plot_santurkar(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
     etas = r0["etas"]
     fig.suptitle(f"VGG-A, SGD {', '.join(sorted(lr_note))}, batch {r0['config']['batch_size']}; "
                  f"eta in {etas[0]:g}..{etas[-1]:g} ({len(etas)} values), probe every "
-                 f"{r0['config']['probe_every']} steps; beta line: {PROBE_WINDOW}-probe moving average",
+                 f"{r0['config']['probe_every']} steps; beta line: {window_for(len(r0['probes']['step']), PROBE_WINDOW)}-probe "
+                 f"moving average",
                  fontsize=9)
     fig.tight_layout()
     return savefig(fig, "p2_santurkar", dirs.figs)
