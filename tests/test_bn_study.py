@@ -272,6 +272,11 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):
 def test_smooth_is_nan_aware():
     from lib.bn_plots import smooth
 
-    out = smooth([1.0, float("nan"), 3.0, 5.0, None], 3)
-    assert out.tolist() == pytest.approx([1.0, 2.0, 4.0, 4.0, 5.0])
+    from lib.bn_plots import window_for
+
+    values = [1.0, float("nan"), 3.0, 5.0, None] + [7.0] * 25  # 30 values: window 3 is allowed
+    out = smooth(values, 3)
+    assert out[:6].tolist() == pytest.approx([1.0, 2.0, 4.0, 4.0, 6.0, 7.0])
     assert smooth([2.0], 25).tolist() == [2.0]
+    # At most a tenth of the series: 48 quick-profile steps get a 4-step window, 17,600 full ones 25.
+    assert window_for(48, 25) == 4 and window_for(17_600, 25) == 25 and window_for(5, 25) == 1
