@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -371,8 +372,14 @@ def _load_official(root: Path, download: bool) -> tuple[dict[str, np.ndarray], d
             ds = CIFAR10(str(root), train=(split == "train"), download=download)
             arrays[f"X_{split}"] = np.ascontiguousarray(ds.data, dtype=np.uint8)  # (N, 32, 32, 3)
             arrays[f"y_{split}"] = np.asarray(ds.targets, dtype=np.int64)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:  # URLError is an OSError
-        what = "could not be downloaded" if download else "is not in " + str(root) + " (download=False)"
+    except (OSError, RuntimeError, EOFError, ValueError, http.client.HTTPException) as exc:  # URLError: OSError
+        network = isinstance(exc, (OSError, http.client.HTTPException)) and not isinstance(exc, FileNotFoundError)
+        if not download:
+            what = f"is not in {root} (download=False)"
+        elif network:
+            what = "could not be downloaded (no network?)"
+        else:  # torchvision found files but they are incomplete or corrupt (e.g. an interrupted download)
+            what = f"in {root} is incomplete or corrupt (delete {root / 'cifar-10-batches-py'} and retry)"
         raise DataError(
             f"the official CIFAR-10 data {what} ({type(exc).__name__}: {exc}). {HOW_TO_GET_DATA}") from exc
     finally:

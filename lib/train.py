@@ -98,6 +98,10 @@ def prepare_data(cfg: TrainConfig, device: torch.device):
     X_tr, y_tr = subset(X_tr, y_tr, cfg.num_train)
     X_val, y_val = subset(X_val, y_val, cfg.num_val)
     X_te, y_te = subset(data.X_test, data.y_test, cfg.num_test)
+    for what, n in (("training", len(y_tr)), ("validation", len(y_val)), ("test", len(y_te))):
+        if n == 0:
+            raise ValueError(f"the {what} set of {cfg.name} is empty ({data.info.get('label')}): use a larger data "
+                             f"copy or larger num_train/num_val/num_test")
     mean, std = NORMS[cfg.norm]
     cl = True  # channels_last: faster on CUDA (tensor cores) and ~2x faster for mkldnn convs on CPU
     train_loader = BatchLoader(*to_device_tensors(X_tr, y_tr, device), cfg.batch_size, shuffle=True,
