@@ -24,7 +24,7 @@ from IPython.display import Image, Markdown, display
 '''
 
 SETUP_TAIL = '''
-source = resolve_source(data_source)
+source = canonical_source(data_source)
 dirs = output_dirs(profile, publish=publish or None, root=root)
 print(f"profile {profile!r}, data {source}\\nresults -> {dirs.results}\\nfigures -> {dirs.figs}")'''
 
@@ -63,7 +63,7 @@ seeds = [0]  # one run per seed; the first seed's run is the one shown and visua
 model = "CANet"  # CANet_tiny | CANet_light | CANet | CANet_pro
 num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)'''),
     setup_cell('''from lib import part1
-from lib.data import resolve_source
+from lib.data import canonical_source
 from lib.part1_plots import plot_training_curves
 from lib.paths import output_dirs
 from lib.train import model_summary'''),
@@ -98,7 +98,7 @@ num_epochs = None  # None: the profile's epochs; an int overrides them (the note
 cost_batch = None  # inference batch for the throughput column (None: 1024 on a GPU, 64 on a CPU)
 cost_iters = None  # timed inference batches (None: 20 on a GPU, 3 on a CPU)'''),
     setup_cell('''from lib import part1, report
-from lib.data import resolve_source
+from lib.data import canonical_source
 from lib.models import PART1_MODELS
 from lib.part1_plots import plot_accuracy_vs_cost, plot_per_class_heatmap
 from lib.paths import output_dirs
@@ -141,7 +141,7 @@ num_images = 6  # test images in the attention figures (distinct classes where p
 from lib import part1
 from lib.attention import load_trained
 from lib.config import NORMS
-from lib.data import CLASSES, resolve_source
+from lib.data import CLASSES, canonical_source
 from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
 from lib.paths import output_dirs'''),
     code('''result = part1.main_run(dirs, model, seed)
@@ -175,7 +175,7 @@ figures from those files only.'''),
     params_cell('''force = False  # True: rerun every Part 2 experiment even when its result exists
 probe_overrides = None  # None: the profile's probe sizes (lib.bn_study.PROBE_SIZES); a dict changes some (tests)'''),
     setup_cell('''from lib import bn_plots, bn_study, report
-from lib.data import resolve_source
+from lib.data import canonical_source
 from lib.paths import output_dirs'''),
     md("## Compute: the protocol runs, the probes, the loss slices"),
     code("summary = bn_study.run_bn_study(profile, source, dirs, force=force, probe_overrides=probe_overrides)"),
