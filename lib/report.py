@@ -181,10 +181,12 @@ def comparison_markdown(table, results: Sequence[dict], costs: dict | None = Non
 
 
 def reference_model(table) -> str | None:
-    """The model the ranking compares against: CANet if present, else the first model with a result."""
+    """The model the ranking compares against: CANet if present, else another CANet variant (the study's
+    subject), else the first model with a result."""
     models = list(table["model"]) if table is not None else []
-    if "CANet" in models:
-        return "CANet"
+    for name in ("CANet", "CANet_light", "CANet_pro", "CANet_tiny"):
+        if name in models:
+            return name
     return models[0] if models else None
 
 
