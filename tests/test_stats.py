@@ -1,7 +1,6 @@
 """Seed statistics: summaries, Welch test, verdicts, the comparison table, ranking sentences, Pareto front."""
 import math
 
-import numpy as np
 import pytest
 from scipy import stats as sps
 
