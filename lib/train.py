@@ -264,7 +264,7 @@ def _trim_histogram(counts: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, 
     return counts, edges[start:end + 1]
 
 
-def _add_param_histograms_on_device(writer, model: nn.Module, epoch: int) -> None:
+def _add_param_histograms_on_device(writer, model: nn.Module, step: int) -> None:
     """writer.add_histogram of every finite parameter, with the counting done on the parameters' device
     and one host copy for all of them."""
     named = list(model.named_parameters())
@@ -279,7 +279,7 @@ def _add_param_histograms_on_device(writer, model: nn.Module, epoch: int) -> Non
             continue
         counts, limits = _trim_histogram(row[:num_bins].astype(np.int64), edges_np)
         writer.add_histogram_raw(name, vmin, vmax, p.numel(), vsum, vsq, limits.tolist(), counts.tolist(),
-                                 global_step=epoch)
+                                 global_step=step)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,7 +425,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                                f"{best['epoch']}: delete it and rerun with force=True")
         model.load_state_dict(state["model"])
         test = evaluate(model, test_loader, cfg, device)
-        writer.add_scalar("test/acc", test["acc"], best["epoch"])
+        writer.add_scalar("test/acc", test["acc"], epoch_end_step(best["epoch"], steps_per_epoch))
     writer.close()
     conf = test["confusion"] if test else None
     result = {
@@ -493,16 +493,27 @@ def _train_epoch(model, head, optimizer, loader, cfg, device, epoch, progress) -
 
 
 def _log_epoch(writer, model, row, step_losses, step_accs, epoch, steps_per_epoch) -> None:
-    """TensorBoard: per-step train loss/acc, per-epoch metrics and lr, parameter histograms."""
+    """TensorBoard: per-step train loss/acc, per-epoch metrics and lr, parameter histograms.
+
+    Everything is logged against the global training step (epoch-level values at the epoch's last step), so
+    the writer's purge_step on resume drops every event of the epochs that are replayed, per-step and
+    per-epoch alike (epoch-level values logged at step=epoch would survive the purge and show twice)."""
     base = epoch * steps_per_epoch
     for i, (l, a) in enumerate(zip(step_losses.tolist(), step_accs.tolist())):
         writer.add_scalar("step/train_loss", l, base + i)
         writer.add_scalar("step/train_acc", a, base + i)
+    end = epoch_end_step(epoch, steps_per_epoch)
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"):
-        writer.add_scalar(f"epoch/{key}", row[key], epoch)
+        writer.add_scalar(f"epoch/{key}", row[key], end)
+    writer.add_scalar("epoch/epoch", epoch, end)
     if _gpu_fast_path(next(model.parameters()).device):
-        _add_param_histograms_on_device(writer, model, epoch)
+        _add_param_histograms_on_device(writer, model, end)
         return
     for name, p in model.named_parameters():
         if torch.isfinite(p).all():
-            writer.add_histogram(name, p.detach().float().cpu(), epoch)
+            writer.add_histogram(name, p.detach().float().cpu(), end)
+
+
+def epoch_end_step(epoch: int, steps_per_epoch: int) -> int:
+    """The global step at which TensorBoard gets epoch `epoch`'s values: its last training step."""
+    return (epoch + 1) * steps_per_epoch - 1

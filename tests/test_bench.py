@@ -306,7 +306,7 @@ def test_device_histograms_equal_tensorboards(tmp_path):
     model = build("CANet_tiny")
     with torch.no_grad():
         model.head[-1].bias[0] = float("nan")  # non-finite parameters are left out, as lib.train does on CPU
-    T._add_param_histograms_on_device(Recorder(), model, epoch=3)
+    T._add_param_histograms_on_device(Recorder(), model, step=3)
     params = dict(model.named_parameters())
     assert [r[0] for r in Recorder.rows] == [n for n in params if n != "head.5.bias"]
     assert all(num == params[tag].numel() == total and step == 3 for tag, num, total, step in Recorder.rows)

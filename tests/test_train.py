@@ -113,6 +113,32 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert resumed["test_acc"] == full["test_acc"]
 
 
+def _scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_shows_each_epoch_once_after_a_resume(tiny_source, tmp_path):
+    cfg = tiny_cfg(tiny_source, num_epochs=3)
+    dirs = output_dirs("smoke", root=tmp_path)
+    T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)
+    # A call that logged epoch 1 to TensorBoard but died before its checkpoint: epoch 1 is replayed on resume.
+    from torch.utils.tensorboard import SummaryWriter
+    crashed = SummaryWriter(str(dirs.runs / "tiny"))
+    fake = {"train_loss": 9.0, "train_acc": 0.0, "val_loss": 9.0, "val_acc": -1.0, "lr": 0.0, "seconds": 0.0}
+    T._log_epoch(crashed, build("CANet_tiny"), fake, torch.full((3,), 9.0), torch.zeros(3), 1, 3)
+    crashed.close()
+    result = T.train(cfg, dirs=dirs, progress=False)
+    val = _scalars(dirs.runs / "tiny", "epoch/val_acc")
+    assert [step for step, _ in val] == [2, 5, 8]  # 3 steps per epoch, each epoch at its last step
+    assert [v for _, v in val] == pytest.approx([r["val_acc"] for r in result["history"]])
+    assert [v for _, v in _scalars(dirs.runs / "tiny", "epoch/epoch")] == [0, 1, 2]
+    assert len(_scalars(dirs.runs / "tiny", "step/train_loss")) == 9
+    assert 9.0 not in [v for _, v in _scalars(dirs.runs / "tiny", "step/train_loss")]
+
+
 def test_record_steps_writes_per_step_series(tiny_source, tmp_path):
     dirs = output_dirs("smoke", root=tmp_path)
     cfg = tiny_cfg(tiny_source, model="VGG_A", num_epochs=1, optimizer="adam", lr_gamma=1.0, augment=False,
