@@ -131,6 +131,16 @@ def _acc_cell(row) -> str:
     return f"{row['test_acc_mean']:.2f}"
 
 
+def _over_seeds(table, model: str) -> str | None:
+    """'47.07 ± 0.38% over 3 seeds (0, 1, 2)' for a model with at least two successful seeds, else None."""
+    rows = [row for _, row in table.iterrows() if row["model"] == model]
+    if not rows or rows[0]["n_seeds"] < 2:
+        return None
+    row = rows[0]
+    return (f"{_acc_cell(row)}% over {row['n_seeds']} seeds ({', '.join(str(s) for s in row['seeds'])}; "
+            f"mean ± sample standard deviation)")
+
+
 def comparison_rows(table, costs: dict | None = None) -> list[list]:
     """One row per Part 1 model (run or not), sorted by parameters: ours beside the original report's numbers."""
     rows_by_model = {row["model"]: row for _, row in table.iterrows()} if table is not None else {}
@@ -271,7 +281,7 @@ def part2_tables(summary: dict) -> dict:
     proto = summary.get("protocol", {})
     a, b = (proto.get(m, {}) for m in BN_MODELS)
     acc_rows = []
-    for lr in BN_LRS:
+    for lr in sorted(BN_LRS):  # ascending for the reader (BN_LRS keeps the original protocol's run order)
         k = _lr_key(lr)
         orig = ORIGINAL_REPORT["bn_best_val_acc_lr1e-3"] if lr == 1e-3 else {}
         cells = [k]
@@ -291,7 +301,7 @@ def part2_tables(summary: dict) -> dict:
         band_rows.append([LABELS.get(m, m), m] + ([NOT_RUN] * 5 if not band else [
             band["num_runs"], fmt_int(band["num_steps"]), fmt_num(band["mean_width"]), fmt_num(band["median_width"]),
             fmt_num(band["mean_width_last_tenth"])]))
-        for k, g in (e.get("grad_range") or {}).items():
+        for k, g in sorted((e.get("grad_range") or {}).items(), key=lambda kv: float(kv[0])):
             rng = g.get("range") or {}
             grad_rows.append([LABELS.get(m, m), k, fmt_num(rng.get("median")), fmt_num(rng.get("max")),
                               fmt_num((g.get("grad_max") or {}).get("max")),
@@ -364,8 +374,8 @@ def part2_findings(summary: dict) -> list[str]:
                    f"setting, so this is not a test of significance). The original report: "
                    f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A_BN']:.2f}% with BN, "
                    f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A']:.2f}% without.")
-    shared = [k for k in a.get("best_val_acc", {}) if k in b.get("best_val_acc", {})
-              and a["best_val_acc"][k] is not None and b["best_val_acc"][k] is not None]
+    shared = sorted((k for k in a.get("best_val_acc", {}) if k in b.get("best_val_acc", {})
+                     and a["best_val_acc"][k] is not None and b["best_val_acc"][k] is not None), key=float)
     if len(shared) > 1:
         wins = [k for k in shared if b["best_val_acc"][k] > a["best_val_acc"][k]]
         out.append(f"BN has the higher best validation accuracy at {len(wins)} of the {len(shared)} learning rates "
@@ -490,6 +500,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "reference": reference_model(table) if table is not None else None,
         "alpha": alpha,
         "main_context": context_line([main]) if main else None,
+        "main_over_seeds": _over_seeds(table, main["model"]) if main and table is not None else None,
         "per_class": (sorted(zip(CLASSES, main["per_class_acc"]), key=lambda t: -t[1])
                       if main and main.get("per_class_acc") else None),
         "confusions": confusions(main) if main else [],

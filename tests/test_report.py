@@ -109,6 +109,17 @@ def test_every_table_number_comes_from_the_results(study_dirs):
     assert lr_rows and NOT_RUN in lr_rows[0]
     assert "cat -> dog (9," in text  # the most frequent confusion, from the confusion matrix
     assert "Until full-profile results exist" in text
+    # The conclusion quotes the main model over its seeds, not only the run shown in the curves.
+    assert "reaches 91.00 ± 1.00% over 3 seeds (0, 1, 2;" in text
+
+
+def test_learning_rates_are_listed_in_ascending_order(study_dirs):
+    text = render_report("quick", study_dirs).read_text()
+    lrs = [float(line.split(" | ")[0][2:]) for line in text.splitlines() if re.match(r"\| 0\.\d+ \|", line)]
+    assert lrs == sorted(lrs) and len(lrs) == 4  # the accuracy table: every protocol lr, run or not
+    grad = [line.split(" | ")[1] for line in text.splitlines() if line.startswith("| Standard | 0.")]
+    assert grad == ["0.0001", "0.001"]
+    assert "learning rates run (0.0001, 0.001)" in text
 
 
 def test_only_existing_figures_are_linked(study_dirs):
