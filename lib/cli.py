@@ -40,6 +40,12 @@ def cmd_run(args) -> int:
     if args.part2:
         configs += bn_experiments(args.profile, source)
     if args.only:
+        unknown = sorted(set(args.only) - {c.name for c in configs})
+        if unknown:
+            print(f"error: --only names no experiment of these options: {', '.join(unknown)}. Known here: "
+                  f"{', '.join(c.name for c in configs) or 'none'}. Part 1 names need their seed in --seeds "
+                  f"(e.g. --seeds 0 1 2) and BN protocol names need --part2.", file=sys.stderr)
+            return 2
         configs = [c for c in configs if c.name in set(args.only)]
     t0 = time.perf_counter()
     for cfg in configs:

@@ -37,6 +37,7 @@ PACK_RESERVE_S=${PACK_RESERVE_S:-30}  # kept free for the final packing
 KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-p1-CANet-s0}  # best checkpoints to bring back (if trained in this call)
 PY=${PY:-python3}
 PROFILE=${PROFILE:-full}             # only dry runs use another profile
+SEEDS=${SEEDS:-0}                    # Part 1 seeds of the plan, e.g. SEEDS="0 1 2" (issue: 3 seeds per model)
 DATA_SRC=${DATA_SRC:-.carry/cifar10-jpeg75.tar.gz}
 # "shared" finds the JPEG-q75 copy in .carry/ there and in ../shared/data/ here, so the configs (and the
 # committed results they are matched against) record the same data source on both machines.
@@ -97,7 +98,7 @@ main() {
   for t in "${subset[@]}"; do
     if [[ "$t" == bench ]]; then want_bench=1; else tokens+=("$t"); fi
   done
-  log "subset: ${subset[*]}; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown}"
+  log "subset: ${subset[*]}; seeds $SEEDS; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown}"
 
   if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     if [[ "$ALLOW_CPU" != 1 ]]; then log "no CUDA device: this script is for the GPU machine"; return 1; fi
@@ -128,14 +129,15 @@ main() {
 
   # 4. Plan the unfinished experiments that fit, then 5. run them.
   $PY -m lib bench --plan "${tokens[@]}" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
-    --data "$DATA" > "$OUT/plan.txt" \
+    --data "$DATA" --seeds $SEEDS > "$OUT/plan.txt" \
     || { log "planning failed"; return 1; }
   cat "$OUT/plan.txt"
   mapfile -t lines < <(grep -v '^#' "$OUT/plan.txt")
   for line in "${lines[@]}"; do
     read -r kind names <<< "$line"
     case "$kind" in
-      train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part1 --part2 --only $names ;;
+      train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part1 --part2 --seeds $SEEDS \
+        --only $names ;;
       train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names ;;
       slices) guard $PY -c "import sys; from lib.bn_study import run_slices; from lib.data import resolve_source; \
 from lib.paths import output_dirs; run_slices(sys.argv[1], resolve_source(sys.argv[2]), \

@@ -223,6 +223,26 @@ def test_plan_takes_unfinished_jobs_that_fit_first_fit_in_study_order(tiny_sourc
     assert text.splitlines()[1] == plan["lines"][0] and "# already done: p1-CANet_tiny-s0" in text
 
 
+def test_jobs_run_the_first_seed_of_the_whole_study_before_the_extra_seeds(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    jobs = B.study_jobs(fake_bench(), source, output_dirs("full", root=tmp_path), seeds=(0, 1, 2))
+    names = [j.names[0] for j in jobs]
+    assert len(jobs) == 3 * 9 + 6 + 1 + 1  # Part 1 x 3 seeds, six BN runs, the lr-1e-3 pair + slices, probes
+    assert [n.rsplit("-s", 1)[1] for n in names[:9]] == ["0"] * 9
+    assert names[9].startswith("bn-") and jobs[16].kind == "probe"
+    assert [n.rsplit("-s", 1)[1] for n in names[17:]] == ["1"] * 9 + ["2"] * 9
+    plan = B.plan_study(["p1-CANet-s2"], source, budget_s=1000, bench=fake_bench(), seeds=(0, 1, 2),
+                        dirs=output_dirs("full", root=tmp_path))
+    assert plan["lines"] == ["train p1-CANet-s2"]
+
+
+def test_run_refuses_only_names_that_its_options_do_not_produce(tiny_source, capsys):
+    from lib.cli import main
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet-s1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "p1-CANet-s1" in err and "--seeds" in err and "p1-CANet-s0" in err
+
+
 def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, tmp_path):
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)
