@@ -705,7 +705,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     # Seed-major: the first seed of every Part 1 model, the BN protocol and the probes come before the extra
     # seeds, so that a partly run study is complete for one seed before it gains error bars.
     p1 = [[Job("train", (c.name,), est(c.model, full.num_epochs), finished(c))
-           for c in part1_experiments(profile, source, seeds=(s,))] for s in seeds]
+           for c in part1_experiments(profile, source, seeds=(s,))] for s in dict.fromkeys(seeds)]
     jobs = list(p1[0]) if p1 else []
     bn = bn_experiments(profile, source)
     jobs += [Job("train", (c.name,), est(c.model, full.bn_epochs), finished(c)) for c in bn if c.lr != 1e-3]

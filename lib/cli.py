@@ -36,17 +36,20 @@ def cmd_run(args) -> int:
     source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
     want_p1 = args.part1 or args.models or not (args.part2 or args.probe or args.slices)
-    configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
+    seeds = list(dict.fromkeys(args.seeds))  # a repeated seed would train (and count) one run twice
+    configs = part1_experiments(args.profile, source, seeds=seeds, models=args.models) if want_p1 else []
     if args.part2:
         configs += bn_experiments(args.profile, source)
-    if args.only:
-        unknown = sorted(set(args.only) - {c.name for c in configs})
+    if args.only:  # run in the order given (the GPU runner's plan is seed-major)
+        by_name = {c.name: c for c in configs}
+        unknown = [n for n in dict.fromkeys(args.only) if n not in by_name]
         if unknown:
             print(f"error: --only names no experiment of these options: {', '.join(unknown)}. Known here: "
-                  f"{', '.join(c.name for c in configs) or 'none'}. Part 1 names need their seed in --seeds "
-                  f"(e.g. --seeds 0 1 2) and BN protocol names need --part2.", file=sys.stderr)
+                  f"{', '.join(by_name) or 'none'}. Part 1 names need their model in --models (default: all "
+                  f"nine) and their seed in --seeds (e.g. --seeds 0 1 2); BN protocol names need --part2.",
+                  file=sys.stderr)
             return 2
-        configs = [c for c in configs if c.name in set(args.only)]
+        configs = [by_name[n] for n in dict.fromkeys(args.only)]
     t0 = time.perf_counter()
     for cfg in configs:
         r = train(cfg, dirs=dirs, force=args.force, progress=not args.quiet,
@@ -120,7 +123,7 @@ def cmd_bench(args) -> int:
     if args.table:
         print(bench.bench_table(path))
     if args.estimate:
-        print(bench.format_estimate(read_json(path)))
+        print(bench.format_estimate(read_json(path), seeds=len(args.seeds)))
     if args.plan:
         plan = bench.plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
                                 seeds=args.seeds, profile=args.profile, margin=args.margin)
@@ -188,7 +191,8 @@ def main(argv=None) -> int:
                         "--budget seconds (scripts/gpu_full_study.sh runs the plan)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for --plan (default 480)")
     p.add_argument("--margin", type=float, default=1.2, help="--plan multiplies estimates by this (default 1.2)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds for --plan (default: 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="Part 1 seeds for --plan and --estimate (default: 0)")
     p.add_argument("--profile", default="full", choices=list(PROFILES),
                    help="whose published results --plan checks (default: full; others for dry runs)")
     p.set_defaults(func=cmd_bench)

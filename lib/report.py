@@ -132,7 +132,8 @@ def _acc_cell(row) -> str:
 
 
 def _over_seeds(table, model: str) -> str | None:
-    """'47.07 ± 0.38% over 3 seeds (0, 1, 2)' for a model with at least two successful seeds, else None."""
+    """'47.07 ± 0.38% over 3 seeds (0, 1, 2; mean ± sample standard deviation)' for a model with at least two
+    successful seeds, else None."""
     rows = [row for _, row in table.iterrows() if row["model"] == model]
     if not rows or rows[0]["n_seeds"] < 2:
         return None

@@ -425,7 +425,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                                f"{best['epoch']}: delete it and rerun with force=True")
         model.load_state_dict(state["model"])
         test = evaluate(model, test_loader, cfg, device)
-        writer.add_scalar("test/acc", test["acc"], epoch_end_step(best["epoch"], steps_per_epoch))
+        # After every epoch's step, so that any resume's purge_step drops a value from a call that died here.
+        writer.add_scalar("test/acc", test["acc"], cfg.num_epochs * steps_per_epoch)
     writer.close()
     conf = test["confusion"] if test else None
     result = {

@@ -5,8 +5,8 @@
 #   bash scripts/gpu_full_study.sh --merge DIR      (on this machine, after the call: unpack what came back)
 #
 # On the GPU machine, from the repository root, after the prepare-carry prefix. Inside BUDGET_S seconds:
-#  1. copies the data to a fixed path (result configs record it, and a later call reuses a result only when
-#     its config matches) and decodes it once;
+#  1. decodes the data once (DATA=shared: the JPEG copy in .carry/, recorded as 'shared' in result configs, so
+#     results written here match the configs built on the other machine; another DATA is copied there first);
 #  2. checks the CUDA-graph training step against the eager one (a mismatch turns graphs off for the call);
 #  3. 'bench': times naive vs fast epochs of BENCH_NAIVE; always: the fast epoch of every study model and the
 #     probe steps that results/bench/<gpu>.json still lacks (the plan below needs them);
@@ -107,7 +107,7 @@ main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
-  # 1. Data at a fixed path, decoded once into the cache.
+  # 1. The data, decoded once into the cache (copied to DATA first when DATA is a path, not 'shared').
   if [[ "$DATA" != shared && "$DATA_SRC" != "$DATA" ]]; then cp -fp "$DATA_SRC" "$DATA" || return 1; fi
   export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1
   guard $PY -c "from lib.data import load_cifar10; print(load_cifar10())" || return 1

@@ -243,6 +243,16 @@ def test_run_refuses_only_names_that_its_options_do_not_produce(tiny_source, cap
     assert "p1-CANet-s1" in err and "--seeds" in err and "p1-CANet-s0" in err
 
 
+def test_run_trains_only_names_in_the_order_given(tiny_source, monkeypatch):
+    from lib.cli import main
+    trained = []
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: trained.append(cfg.name) or {"status": "ok", "test_acc": 0.5})
+    order = ["p1-CANet-s1", "bn-VGG_A-lr0.001-s2020", "p1-CANet_tiny-s0", "p1-CANet-s1"]
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--part1", "--part2", "--seeds", "0", "1",
+                 "1", "--only", *order, "--quiet"]) == 0
+    assert trained == order[:3]  # the plan's (seed-major) order, each experiment once
+
+
 def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, tmp_path):
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)

@@ -110,7 +110,16 @@ def test_every_table_number_comes_from_the_results(study_dirs):
     assert "cat -> dog (9," in text  # the most frequent confusion, from the confusion matrix
     assert "Until full-profile results exist" in text
     # The conclusion quotes the main model over its seeds, not only the run shown in the curves.
-    assert "reaches 91.00 ± 1.00% over 3 seeds (0, 1, 2;" in text
+    assert "reaches a test accuracy of 91.00 ± 1.00% over 3 seeds (0, 1, 2;" in text
+
+
+def test_conclusion_of_a_one_seed_main_model(study_dirs):
+    atomic_write_json(Path(study_dirs.results) / "part1-main.json", {"model": "VGG11", "seed": 0, "name": "p1-VGG11-s0"})
+    text = render_report("quick", study_dirs).read_text()
+    conclusion = text.split("## Conclusion", 1)[1]
+    assert "- VGG11 (seed 0, profile quick) reaches 85.00% test\n  accuracy here;\n  the original report gives 85.75%" \
+        in conclusion
+    assert "over 1 seeds" not in text and "± nan" not in text
 
 
 def test_learning_rates_are_listed_in_ascending_order(study_dirs):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -125,11 +126,15 @@ def test_tensorboard_shows_each_epoch_once_after_a_resume(tiny_source, tmp_path)
     dirs = output_dirs("smoke", root=tmp_path)
     T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)
     # A call that logged epoch 1 to TensorBoard but died before its checkpoint: epoch 1 is replayed on resume.
+    # (Event files are read in name order, whose first key is the second of creation: one writer per second.)
     from torch.utils.tensorboard import SummaryWriter
+    time.sleep(1.05)
     crashed = SummaryWriter(str(dirs.runs / "tiny"))
     fake = {"train_loss": 9.0, "train_acc": 0.0, "val_loss": 9.0, "val_acc": -1.0, "lr": 0.0, "seconds": 0.0}
     T._log_epoch(crashed, build("CANet_tiny"), fake, torch.full((3,), 9.0), torch.zeros(3), 1, 3)
+    crashed.add_scalar("test/acc", -1.0, 9)  # as if it had died after the test evaluation
     crashed.close()
+    time.sleep(1.05)
     result = T.train(cfg, dirs=dirs, progress=False)
     val = _scalars(dirs.runs / "tiny", "epoch/val_acc")
     assert [step for step, _ in val] == [2, 5, 8]  # 3 steps per epoch, each epoch at its last step
@@ -137,6 +142,7 @@ def test_tensorboard_shows_each_epoch_once_after_a_resume(tiny_source, tmp_path)
     assert [v for _, v in _scalars(dirs.runs / "tiny", "epoch/epoch")] == [0, 1, 2]
     assert len(_scalars(dirs.runs / "tiny", "step/train_loss")) == 9
     assert 9.0 not in [v for _, v in _scalars(dirs.runs / "tiny", "step/train_loss")]
+    assert _scalars(dirs.runs / "tiny", "test/acc") == [(9, pytest.approx(result["test_acc"]))]
 
 
 def test_record_steps_writes_per_step_series(tiny_source, tmp_path):
