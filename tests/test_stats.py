@@ -146,6 +146,10 @@ def test_ranking_sentences_follow_the_test(results):
     assert small.startswith("Big is better than Small") and "Welch p" in small
     assert mid.startswith("Big and Mid are tied") and "within seed spread" in mid
     assert "cannot be decided from one seed" in single and "better" not in single
-    assert ranking_sentences(t, reference="Small")[0].startswith("Mid is better than Small")
+    mid_wins = ranking_sentences(t, reference="Small")[0]
+    assert mid_wins.startswith("Mid is better than Small")
+    row = {m: t[t["model"] == m].iloc[0] for m in ("Mid", "Small")}
+    assert f"({row['Mid']['test_acc_mean']:.2f} +- " in mid_wins  # the winner's numbers come first, as its name
+    assert mid_wins.index(f"{row['Mid']['test_acc_mean']:.2f}") < mid_wins.index(f"{row['Small']['test_acc_mean']:.2f}")
     with pytest.raises(ValueError, match="not in the table"):
         ranking_sentences(t, reference="CANet")
