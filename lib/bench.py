@@ -704,9 +704,9 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
 
     # Seed-major: the first seed of every Part 1 model, the BN protocol and the probes come before the extra
     # seeds, so that a partly run study is complete for one seed before it gains error bars.
-    p1 = [[Job("train", (c.name,), est(c.model, full.num_epochs), finished(c))
-           for c in part1_experiments(profile, source, seeds=(s,))] for s in dict.fromkeys(seeds)]
-    jobs = list(p1[0]) if p1 else []
+    p1 = [Job("train", (c.name,), est(c.model, full.num_epochs), finished(c))
+          for c in part1_experiments(profile, source, seeds=tuple(seeds))]
+    jobs = p1[:len(PART1_MODELS)]  # the first seed (part1_experiments is seed-major)
     bn = bn_experiments(profile, source)
     jobs += [Job("train", (c.name,), est(c.model, full.bn_epochs), finished(c)) for c in bn if c.lr != 1e-3]
     pair = [c for c in bn if c.lr == 1e-3]
@@ -725,7 +725,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     jobs.append(Job("probe", tuple(c.name for c in configs),
                     None if None in probe_est else sum(s * c.num_steps for s, c in zip(probe_est, configs)),
                     probe_done))
-    return jobs + [job for later_seed in p1[1:] for job in later_seed]
+    return jobs + p1[len(PART1_MODELS):]
 
 
 def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:

@@ -36,8 +36,7 @@ def cmd_run(args) -> int:
     source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
     want_p1 = args.part1 or args.models or not (args.part2 or args.probe or args.slices)
-    seeds = list(dict.fromkeys(args.seeds))  # a repeated seed would train (and count) one run twice
-    configs = part1_experiments(args.profile, source, seeds=seeds, models=args.models) if want_p1 else []
+    configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
     if args.part2:
         configs += bn_experiments(args.profile, source)
     if args.only:  # run in the order given (the GPU runner's plan is seed-major)

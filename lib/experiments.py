@@ -46,9 +46,10 @@ def bn_config(model: str, lr: float, profile: str = "full", data_source: str = "
 
 
 def part1_experiments(profile: str, data_source: str, seeds=(0,), models=None) -> list[TrainConfig]:
-    """Configs of the Part 1 comparison (all nine models unless `models` names a subset)."""
+    """Configs of the Part 1 comparison (all nine models unless `models` names a subset), seed-major: every
+    model's first seed before any second seed. A repeated seed counts once."""
     models = list(models) if models else list(PART1_MODELS)
-    return [part1_config(m, profile, data_source, s) for m in models for s in seeds]
+    return [part1_config(m, profile, data_source, s) for s in dict.fromkeys(seeds) for m in models]
 
 
 def bn_experiments(profile: str, data_source: str, models=BN_MODELS, lrs=BN_LRS) -> list[TrainConfig]:
