@@ -392,10 +392,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             best = {"val_acc": row["val_acc"], "epoch": epoch}
             pending_best = {"config": cfg.to_dict(), "epoch": epoch, "val_acc": row["val_acc"],
                             "model": ({k: v.detach().clone() for k, v in model.state_dict().items()} if fast
-                                      else model.state_dict())}
-            if not fast:
-                _save_checkpoint(best_ckpt, pending_best)
-                pending_best = None
+                                      else model.state_dict())}  # CPU: written just below, every epoch
         stopping = max_epochs_this_call is not None and epochs_done_now + 1 >= max_epochs_this_call
         if not fast or stopping or (epoch + 1 < cfg.num_epochs
                                     and time.perf_counter() - last_saved >= LAST_CKPT_EVERY_S):
@@ -503,7 +500,7 @@ def _log_epoch(writer, model, row, step_losses, step_accs, epoch, steps_per_epoc
     for i, (l, a) in enumerate(zip(step_losses.tolist(), step_accs.tolist())):
         writer.add_scalar("step/train_loss", l, base + i)
         writer.add_scalar("step/train_acc", a, base + i)
-    end = epoch_end_step(epoch, steps_per_epoch)
+    end = base + steps_per_epoch - 1  # the epoch's last step
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"):
         writer.add_scalar(f"epoch/{key}", row[key], end)
     writer.add_scalar("epoch/epoch", epoch, end)
@@ -513,8 +510,3 @@ def _log_epoch(writer, model, row, step_losses, step_accs, epoch, steps_per_epoc
     for name, p in model.named_parameters():
         if torch.isfinite(p).all():
             writer.add_histogram(name, p.detach().float().cpu(), end)
-
-
-def epoch_end_step(epoch: int, steps_per_epoch: int) -> int:
-    """The global step at which TensorBoard gets epoch `epoch`'s values: its last training step."""
-    return (epoch + 1) * steps_per_epoch - 1

@@ -136,16 +136,15 @@ unit_transform weights, attention maps on real test images, per-class accuracy a
     params_cell('''model = None  # None: the run notebook 01 trained; or a CANet variant with a finished result
 seed = None  # None: notebook 01's seed (or 0)
 num_images = 6  # test images in the attention figures (distinct classes where possible)'''),
-    setup_cell('''import torch
-
-from lib import part1
+    setup_cell('''from lib import part1
 from lib.attention import load_trained
 from lib.config import NORMS
 from lib.data import CLASSES, canonical_source
 from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
-from lib.paths import output_dirs'''),
+from lib.paths import output_dirs
+from lib.train import resolve_device'''),
     code('''result = part1.main_run(dirs, model, seed)
-net = load_trained(result, "cuda" if torch.cuda.is_available() else "cpu")
+net = load_trained(result, resolve_device("auto"))
 caption = run_caption(result)
 print(part1.headline(result))'''),
     md("## First-layer convolution filters (both paths of block 0)"),
