@@ -122,7 +122,7 @@ def cmd_bench(args) -> int:
     if args.table:
         print(bench.bench_table(path))
     if args.estimate:
-        print(bench.format_estimate(read_json(path), seeds=len(args.seeds)))
+        print(bench.format_estimate(path, seeds=len(args.seeds)))
     if args.plan:
         plan = bench.plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
                                 seeds=args.seeds, profile=args.profile, margin=args.margin)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lib.config import TrainConfig
-from lib.experiments import part1_config, part1_name
+from lib.experiments import part1_experiments, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
 from lib.results import atomic_write_json, environment_info, read_json
@@ -45,10 +45,9 @@ def run_part1(profile: str, data_source: str, dirs: OutputDirs, models: Sequence
 
 def configs(profile: str, data_source: str, models: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
             num_epochs: int | None = None) -> list[TrainConfig]:
-    """The Part 1 recipe's TrainConfig per (model, seed), models outermost; `num_epochs` overrides the profile's."""
-    overrides = {"num_epochs": int(num_epochs)} if num_epochs else {}
-    models = list(models) if models else list(PART1_MODELS)
-    return [part1_config(m, profile, data_source, int(s), **overrides) for m in models for s in seeds]
+    """lib.experiments.part1_experiments (seed-major), with `num_epochs` overriding the profile's."""
+    cfgs = part1_experiments(profile, data_source, seeds=[int(s) for s in seeds], models=models)
+    return [c.replace(num_epochs=int(num_epochs)) for c in cfgs] if num_epochs else cfgs
 
 
 def _is_result_file(path: Path) -> bool:

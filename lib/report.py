@@ -22,7 +22,7 @@ from lib.config import NORMS
 from lib.data import CLASSES
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
 from lib.models import CANET_VARIANTS, PART1_MODELS
-from lib.paths import REPO, OutputDirs
+from lib.paths import OutputDirs
 from lib.results import read_json
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
@@ -490,12 +490,11 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "fig": lambda name, alt: figure_markdown(dirs, name, alt),
         "original": ORIGINAL_REPORT,
         "canet_variants": CANET_VARIANTS,
-        "p1": p1, "bn": bn, "costs": costs, "table": table, "main": main,
+        "table": table, "main": main,
         "recipe": _recipe(main or (p1[0] if p1 else None)),
         "comparison": comparison_markdown(table, p1, costs) if p1 else None,
         "comparison_empty": comparison_markdown(None, [], costs),
         "params_by_model": {row["model"]: row["params"] for _, row in table.iterrows()} if table is not None else {},
-        "p1_context": context_line(p1) if p1 else None,
         "ranking": ranking(table) if table is not None else [],
         "verdicts": verdict_counts(table) if table is not None else None,
         "reference": reference_model(table) if table is not None else None,
@@ -506,7 +505,6 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
                       if main and main.get("per_class_acc") else None),
         "confusions": confusions(main) if main else [],
         "weight_spread": (weight_spread(read_json(weights_path)) if weights_path and weights_path.exists() else []),
-        "bn_summary": summary,
         "part2": part2_markdown(summary, part2_context(summary, _join(r.get("profile") for r in bn)))
         if (summary.get("protocol") or summary.get("probe")) else None,
         "part2_findings": part2_findings(summary),
@@ -525,8 +523,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},
         "times": _times(p1, bn, summary, dirs),
         "missing_bn": summary.get("missing", []),
-        "fmt_pct": fmt_pct, "fmt_num": fmt_num, "fmt_int": fmt_int, "fmt_count": fmt_count,
-        "fmt_seconds": fmt_seconds, "repo_rel": lambda p: _rel(Path(p), REPO) if str(p).startswith(str(REPO)) else p,
+        "fmt_pct": fmt_pct, "fmt_num": fmt_num, "fmt_int": fmt_int, "fmt_seconds": fmt_seconds,
     }
 
 

@@ -219,12 +219,12 @@ def ranking_sentences(table: pd.DataFrame, reference: str = "CANet", alpha: floa
             out.append(f"{reference} and {name} cannot be compared: {empty} has no successful run.")
             continue
         v = compare(ref["test_accs"], row["test_accs"], alpha=alpha)
-        ctx = f"{_fmt_acc(ref)} vs {_fmt_acc(row)}, {ref['n_seeds']} vs {row['n_seeds']} seeds"
+        first, second = (row, ref) if v.verdict == "worse" else (ref, row)  # a winner's numbers come first
+        ctx = f"{_fmt_acc(first)} vs {_fmt_acc(second)}, {first['n_seeds']} vs {second['n_seeds']} seeds"
         if v.verdict == "better":
             out.append(f"{reference} is better than {name} ({ctx}; Welch {_fmt_p(v.p)}).")
-        elif v.verdict == "worse":  # the winner is named first, and so are its numbers
-            flipped = f"{_fmt_acc(row)} vs {_fmt_acc(ref)}, {row['n_seeds']} vs {ref['n_seeds']} seeds"
-            out.append(f"{name} is better than {reference} ({flipped}; Welch {_fmt_p(v.p)}).")
+        elif v.verdict == "worse":
+            out.append(f"{name} is better than {reference} ({ctx}; Welch {_fmt_p(v.p)}).")
         elif v.verdict == "tied":
             out.append(f"{reference} and {name} are tied (difference {v.diff:+.2f} points, within seed spread; "
                        f"{ctx}; Welch {_fmt_p(v.p)}).")

@@ -139,9 +139,7 @@ main() {
       train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part1 --part2 --seeds $SEEDS \
         --only $names ;;
       train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names ;;
-      slices) guard $PY -c "import sys; from lib.bn_study import run_slices; from lib.data import resolve_source; \
-from lib.paths import output_dirs; run_slices(sys.argv[1], resolve_source(sys.argv[2]), \
-output_dirs(sys.argv[1], publish=True))" "$PROFILE" "$DATA" ;;
+      slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --slices ;;  # source by name
       probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --probe ;;
       *) log "unknown plan line: $line" ;;
     esac
