@@ -12,7 +12,9 @@ with validation on the 5,000-image split:
 - naive_epoch mirrors the ORIGINAL: a torchvision-style Dataset over the uint8 arrays, per-image PIL
   transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning,
   PyTorch's default optimiser kernels, a host sync per step (loss.item()), and a validation pass every
-  50 iterations plus the end-of-epoch one. It is the reference; it is meant to be naive.
+  50 iterations plus the end-of-epoch one. It is the reference; it is meant to be naive. Its data split
+  (lib.train.split_data) and MixUp/CutMix (lib.augment.mix_batch, per batch as the original) are the
+  repository's own, so both pipelines train on the same images with the same mixing.
 - fast_epoch is what lib.train does per epoch (same functions: prepare_data, step_model_for,
   _train_epoch, evaluate), timed after a warm-up epoch. One-off costs (CUDA-graph capture or compile,
   data to the device) and the per-epoch bookkeeping of lib.train (TensorBoard, checkpoints) are
@@ -34,7 +36,6 @@ import contextlib
 import copy
 import datetime as _dt
 import gc
-import math
 import os
 import platform
 import re
@@ -49,7 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.config import NORMS, PROFILES, TrainConfig
-from lib.data import load_cifar10, canonical_source, split_train_val, subset
+from lib.augment import mix_batch
+from lib.data import load_cifar10, canonical_source
 from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config, part1_experiments
 from lib.models import PART1_MODELS, build, last_linear
 from lib.paths import REPO, OutputDirs, output_dirs
@@ -136,15 +138,6 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
-def _split(cfg: TrainConfig):
-    """The training and validation arrays of `cfg`, exactly as lib.train.prepare_data selects them."""
-    data = load_cifar10(cfg.data_source)
-    X_tr, y_tr, X_val, y_val = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
-    X_tr, y_tr = subset(X_tr, y_tr, cfg.num_train)
-    X_val, y_val = subset(X_val, y_val, cfg.num_val)
-    return X_tr, y_tr, X_val, y_val, data.info
-
-
 # ---------------------------------------------------------------------------------------------------------
 # (a) The naive reference: the original's pipeline
 
@@ -176,26 +169,6 @@ def naive_transforms(cfg: TrainConfig):
     return train, T.Compose(plain)
 
 
-def _naive_mix(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator):
-    """Per batch, as the original: MixUp (p=mixup_p) or CutMix (p=cutmix_p) or nothing -> (x, y_a, y_b, lam)."""
-    r = rng.random()
-    if not cfg.augment or r >= cfg.mixup_p + cfg.cutmix_p:
-        return x, y, y, 1.0
-    lam = float(rng.beta(cfg.mix_alpha, cfg.mix_alpha))
-    index = torch.randperm(x.shape[0], device=x.device)
-    if r < cfg.mixup_p:
-        return lam * x + (1 - lam) * x[index], y, y[index], lam
-    h, w = x.shape[2], x.shape[3]
-    cut = math.sqrt(1.0 - lam)
-    ch, cw = int(h * cut), int(w * cut)
-    cy, cx = int(rng.integers(h)), int(rng.integers(w))
-    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    x = x.clone()
-    x[:, :, y0:y1, x0:x1] = x[index, :, y0:y1, x0:x1]
-    return x, y, y[index], 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
-
-
 def _naive_validate(model: nn.Module, loader, criterion, device: torch.device) -> tuple[float, float]:
     """One pass over the validation loader, with a host sync per batch as the original; (loss, acc)."""
     model.eval()
@@ -215,11 +188,11 @@ def naive_epoch(model_name: str, data_source: str | None = None, device: str = "
                 num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
                 val_every: int = NAIVE_VAL_EVERY, warmup_steps: int = 2, seed: int = 0) -> dict:
     """Time one epoch of the original's pipeline for `model_name` (see the module doc); returns seconds, images/s."""
-    from lib.train import optimizer_at, resolve_device
+    from lib.train import optimizer_at, resolve_device, split_data
 
     dev = resolve_device(device)
     cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed)
-    X_tr, y_tr, X_val, y_val, info = _split(cfg)
+    X_tr, y_tr, X_val, y_val, _, _, info = split_data(cfg)
     train_tf, eval_tf = naive_transforms(cfg)
     pin = dev.type == "cuda"
     train_loader = torch.utils.data.DataLoader(ArrayDataset(X_tr, y_tr, train_tf), batch_size=cfg.batch_size,
@@ -239,7 +212,7 @@ def naive_epoch(model_name: str, data_source: str | None = None, device: str = "
                                         weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        rng = np.random.default_rng(seed)
+        mix_generator = torch.Generator().manual_seed(seed)
         model.train()
         # Warm-up (untimed): CUDA context, cuBLAS/cuDNN handles. No optimiser step, so the weights stay.
         for _ in range(warmup_steps):
@@ -252,7 +225,10 @@ def naive_epoch(model_name: str, data_source: str | None = None, device: str = "
         running_loss, running_correct, steps, val_passes = 0.0, 0.0, 0, 0
         for i, (x, y) in enumerate(train_loader):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            x, y_a, y_b, lam = _naive_mix(x, y, cfg, rng)
+            if cfg.augment:  # per batch, on the device batch (the same MixUp/CutMix as lib.augment's)
+                x, y_a, y_b, lam = mix_batch(x, y, cfg.mixup_p, cfg.cutmix_p, cfg.mix_alpha, generator=mix_generator)
+            else:
+                y_a, y_b, lam = y, y, 1.0
             out = model(x)
             loss = lam * criterion(out, y_a) + (1 - lam) * criterion(out, y_b)
             optimizer.zero_grad()
@@ -299,8 +275,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
         _sync(dev)
         t0 = time.perf_counter()
         (train_loader, val_loader, _), info = T.prepare_data(cfg, dev)
-        torch.manual_seed(cfg.seed)
-        model = build(cfg.model).to(dev).to(memory_format=torch.channels_last)
+        model = T.new_model(cfg, dev)
         head = last_linear(model)
         optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
         step_model, fast_info = T.step_model_for(model, cfg, dev, train_loader)
@@ -339,11 +314,6 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "train_loss": float(stats["loss_sum"]) / stats["n"], "val_acc": val["acc"], "data": info.get("label")}
 
 
-def _copy_state(model: nn.Module) -> dict:
-    """A device-side copy of the model's state, as lib.train keeps the best weights on the GPU fast path."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def _bookkeeping_seconds(T, model, optimizer, cfg, dev, stats, losses, val, epoch, steps_per_epoch,
                          epoch_seconds) -> float:
     """Seconds of lib.train's per-epoch work besides training and validation, as it does it on `dev`.
@@ -357,15 +327,13 @@ def _bookkeeping_seconds(T, model, optimizer, cfg, dev, stats, losses, val, epoc
     fast = T._gpu_fast_path(dev)
     with tempfile.TemporaryDirectory() as tmp:
         writer = SummaryWriter(tmp)
-        row = {"epoch": epoch, "lr": T.lr_at(cfg, epoch), "train_loss": float(stats["loss_sum"]) / stats["n"],
-               "train_acc": float(stats["correct"]) / stats["n"], "val_loss": val["loss"], "val_acc": val["acc"],
-               "seconds": epoch_seconds}
+        row = T.epoch_row(epoch, T.lr_at(cfg, epoch), T.optimizer_at(cfg, epoch), stats, val, epoch_seconds)
         t0 = time.perf_counter()
         T._log_epoch(writer, model, row, losses, stats["step_acc"].cpu(), epoch, steps_per_epoch)
         writer.flush()
         T.weight_histograms(model)
         if fast:  # the best weights are copied on the device, written once at the end
-            _copy_state(model)
+            T.copy_state(model)
         else:
             T._save_checkpoint(Path(tmp) / "best.pt", {"model": model.state_dict(), "epoch": epoch})
         _sync(dev)
@@ -419,8 +387,7 @@ def check_cuda_graphs(model_name: str = "CANet_tiny", data_source: str | None = 
     tolerance = {"out": 2e-2, "grad": 5e-2, "param": 1e-2}
     with _backend_flags(deterministic=False, benchmark=True, cudnn_tf32=True, matmul_tf32=True):
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
-        torch.manual_seed(cfg.seed)
-        eager = build(model_name).to(dev).to(memory_format=torch.channels_last)
+        eager = T.new_model(cfg, dev)
         graphed_model = copy.deepcopy(eager)
         with _env(T.CUDA_GRAPHS_ENV, "1"):
             step_g, info = T.step_model_for(graphed_model, cfg, dev, train_loader)

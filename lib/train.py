@@ -10,6 +10,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -90,8 +91,20 @@ def model_summary(name: str, batch_size: int = 1) -> str:
     return str(stats)
 
 
-def prepare_data(cfg: TrainConfig, device: torch.device):
-    """Load, split and subset the data as `cfg` says, move it to `device`; returns (loaders, data info)."""
+class Split(NamedTuple):
+    """The uint8 arrays a run trains, validates and tests on, and the data's info."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    info: dict
+
+
+def split_data(cfg: TrainConfig) -> Split:
+    """Load, split and subset the data as `cfg` says (arrays on the host); error for an empty part."""
     data = load_cifar10(cfg.data_source)
     # STUDY.md: 10% of the training set held out (45,000 / 5,000 on the full set).
     X_tr, y_tr, X_val, y_val = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
@@ -102,6 +115,12 @@ def prepare_data(cfg: TrainConfig, device: torch.device):
         if n == 0:
             raise ValueError(f"the {what} set of {cfg.name} is empty ({data.info.get('label')}): use a larger data "
                              f"copy or larger num_train/num_val/num_test")
+    return Split(X_tr, y_tr, X_val, y_val, X_te, y_te, data.info)
+
+
+def prepare_data(cfg: TrainConfig, device: torch.device):
+    """Load, split and subset the data as `cfg` says, move it to `device`; returns (loaders, data info)."""
+    X_tr, y_tr, X_val, y_val, X_te, y_te, info = split_data(cfg)
     mean, std = NORMS[cfg.norm]
     cl = True  # channels_last: faster on CUDA (tensor cores) and ~2x faster for mkldnn convs on CPU
     train_loader = BatchLoader(*to_device_tensors(X_tr, y_tr, device), cfg.batch_size, shuffle=True,
@@ -112,8 +131,27 @@ def prepare_data(cfg: TrainConfig, device: torch.device):
     eval_bs = 1024 if device.type == "cuda" else 500
     val_loader = BatchLoader(*to_device_tensors(X_val, y_val, device), eval_bs, mean=mean, std=std, channels_last=cl)
     test_loader = BatchLoader(*to_device_tensors(X_te, y_te, device), eval_bs, mean=mean, std=std, channels_last=cl)
-    info = dict(data.info, num_train_used=len(y_tr), num_val_used=len(y_val), num_test_used=len(y_te))
+    info = dict(info, num_train_used=len(y_tr), num_val_used=len(y_val), num_test_used=len(y_te))
     return (train_loader, val_loader, test_loader), info
+
+
+def new_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """cfg.model with its seed's initial weights (they depend on the seed only), on `device`, channels_last."""
+    torch.manual_seed(cfg.seed)
+    return build(cfg.model).to(device).to(memory_format=torch.channels_last)
+
+
+def copy_state(model: nn.Module) -> dict:
+    """A copy of the model's state that stays where the model is (a state_dict shares the live tensors)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def epoch_row(epoch: int, lr: float, opt_kind: str, train_stats: dict, val: dict, seconds: float) -> dict:
+    """An epoch's entry of the result's history, from _train_epoch's device sums and evaluate's numbers."""
+    n = train_stats["n"]
+    return {"epoch": epoch, "lr": lr, "optimizer": opt_kind, "train_loss": float(train_stats["loss_sum"]) / n,
+            "train_acc": float(train_stats["correct"]) / n, "val_loss": val["loss"], "val_acc": val["acc"],
+            "seconds": seconds}
 
 
 @torch.no_grad()
@@ -224,7 +262,7 @@ def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, tra
     t0 = time.perf_counter()
     model.train()  # the graph records the mode it is captured in (BatchNorm: batch statistics)
     # The capture's warm-up runs real forward passes, which would move the BatchNorm running statistics.
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved = copy_state(model)
     try:
         sample = torch.randn((cfg.batch_size, *train_loader.X.shape[1:]), device=device)
         if train_loader.channels_last:
@@ -310,8 +348,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.precision != "fp32"
 
     (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device)
-    torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
-    model = build(cfg.model).to(device).to(memory_format=torch.channels_last)
+    model = new_model(cfg, device)
     num_params = sum(p.numel() for p in model.parameters())
     head = last_linear(model)
 
@@ -368,10 +405,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        n_seen = train_stats["n"]
-        row = {"epoch": epoch, "lr": lr, "optimizer": opt_kind,
-               "train_loss": float(train_stats["loss_sum"]) / n_seen, "train_acc": float(train_stats["correct"]) / n_seen,
-               "val_loss": val["loss"], "val_acc": val["acc"], "seconds": seconds}
+        row = epoch_row(epoch, lr, opt_kind, train_stats, val, seconds)
         if cfg.record_steps:
             steps["loss"] += losses.tolist()
             steps["grad_max"] += train_stats["grad_max"].cpu().tolist()
@@ -391,8 +425,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         if row["val_acc"] > best["val_acc"]:
             best = {"val_acc": row["val_acc"], "epoch": epoch}
             pending_best = {"config": cfg.to_dict(), "epoch": epoch, "val_acc": row["val_acc"],
-                            "model": ({k: v.detach().clone() for k, v in model.state_dict().items()} if fast
-                                      else model.state_dict())}  # CPU: written just below, every epoch
+                            "model": copy_state(model) if fast else model.state_dict()}  # CPU: written below
         stopping = max_epochs_this_call is not None and epochs_done_now + 1 >= max_epochs_this_call
         if not fast or stopping or (epoch + 1 < cfg.num_epochs
                                     and time.perf_counter() - last_saved >= LAST_CKPT_EVERY_S):

@@ -83,18 +83,6 @@ def test_naive_transforms_are_the_originals_per_image_pipeline(tiny_source):
     assert [type(t).__name__ for t in bn_train.transforms] == ["ToTensor", "Normalize"]  # Part 2: no augmentation
 
 
-def test_naive_cutmix_label_weight_is_the_kept_area(tiny_source):
-    cfg = B.recipe_config("CANet", tiny_source).replace(mixup_p=0.0, cutmix_p=1.0)
-    torch.manual_seed(0)  # the partner permutation comes from torch's global generator, as in the original
-    x, y = torch.rand(8, 3, 32, 32), torch.arange(8)
-    mixed, y_a, y_b, lam = B._naive_mix(x, y, cfg, np.random.default_rng(3))
-    changed = (mixed != x).any(dim=(0, 1))  # (H, W): pixels pasted from the partners
-    assert torch.equal(y_a, y) and sorted(y_b.tolist()) == list(range(8))
-    assert lam == pytest.approx(1 - changed.float().mean().item(), abs=1e-9)
-    cfg = cfg.replace(mixup_p=0.0, cutmix_p=0.0)
-    assert B._naive_mix(x, y, cfg, np.random.default_rng(3))[3] == 1.0
-
-
 def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source):
     # ShuffleNetV2: a Part 1 model that costs little at 32x32 (its ImageNet stem downsamples 4x at once).
     naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, val_every=1,

@@ -50,6 +50,39 @@ def test_switch_creates_sgd_at_reached_lr():
     assert g["momentum"] == 0.9 and g["weight_decay"] == 1e-3 and g["lr"] == pytest.approx(1e-3 * 0.96 ** 8)
 
 
+def test_split_data_holds_out_a_tenth_and_subsets_each_part(tiny_source):
+    full = T.split_data(tiny_cfg(tiny_source))
+    assert (len(full.y_train), len(full.y_val), len(full.y_test)) == (72, 8, 50)  # 80 training images: 10% held out
+    assert full.X_train.shape == (72, 32, 32, 3) and full.X_train.dtype == "uint8"
+    train_rows = {x.tobytes() for x in full.X_train}
+    assert not any(x.tobytes() in train_rows for x in full.X_val)  # validation images are not trained on
+    small = T.split_data(tiny_cfg(tiny_source, num_train=20, num_val=4, num_test=6))
+    assert (len(small.y_train), len(small.y_val), len(small.y_test)) == (20, 4, 6)
+    with pytest.raises(ValueError, match="validation set of tiny is empty"):
+        T.split_data(tiny_cfg(tiny_source, num_val=0))
+
+
+def test_new_model_weights_depend_on_the_seed_only_and_copy_state_is_a_snapshot(tiny_source):
+    cpu = torch.device("cpu")
+    a, b = T.new_model(tiny_cfg(tiny_source, seed=3), cpu), T.new_model(tiny_cfg(tiny_source, seed=3), cpu)
+    c = T.new_model(tiny_cfg(tiny_source, seed=4), cpu)
+    first = next(iter(a.state_dict()))
+    assert torch.equal(a.state_dict()[first], b.state_dict()[first])
+    assert not torch.equal(a.state_dict()[first], c.state_dict()[first])
+    snapshot = T.copy_state(a)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(1.0)
+    assert torch.equal(snapshot[first] + 1.0, a.state_dict()[first])  # the copy kept the old values
+
+
+def test_epoch_row_divides_the_device_sums_by_the_images_seen():
+    stats = {"loss_sum": torch.tensor(30.0), "correct": torch.tensor(12.0), "n": 20}
+    row = T.epoch_row(4, 1e-3, "adamw", stats, {"loss": 0.5, "acc": 0.75}, 2.5)
+    assert row == {"epoch": 4, "lr": 1e-3, "optimizer": "adamw", "train_loss": 1.5, "train_acc": 0.6,
+                   "val_loss": 0.5, "val_acc": 0.75, "seconds": 2.5}
+
+
 def test_a_few_steps_lower_the_loss_and_change_weights():
     torch.manual_seed(0)
     model = build("CANet_tiny")
