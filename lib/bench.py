@@ -678,14 +678,14 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     jobs += [Job("train", (c.name,), est(c.model, full.bn_epochs), finished(c)) for c in bn if c.lr != 1e-3]
     pair = [c for c in bn if c.lr == 1e-3]
     pair_est = [est(c.model, full.bn_epochs) for c in pair]
-    slices_done = all((Path(dirs.results) / f"slice-{m}-s{pair[0].seed}.json").exists() for m in BN_MODELS)
+    slices_done = all(bn_study.slice_path(dirs, m, pair[0].seed).exists() for m in BN_MODELS)
     pair_done = all(finished(c) for c in pair)
     jobs.append(Job("bn-slices", tuple(c.name for c in pair),
                     None if None in pair_est else sum(pair_est) + SLICES_ALLOWANCE_S,
                     pair_done and slices_done, force=pair_done and not slices_done))
     configs = bn_study.probe_configs(profile, source)
     probe_done = all(
-        any(reusable_result(bn_study.probe_path(c, dirs), c2.to_dict(), bn_study.ProbeConfig) is not None
+        any(reusable_result(bn_study.probe_path(dirs, c.model, c.seed), c2.to_dict(), bn_study.ProbeConfig) is not None
             for c2 in (c, c.replace(lr=bn_study.FALLBACK_LR)))
         for c in configs)
     probe_est = [entries.get(f"probe-{c.model}", {}).get("seconds_per_step") for c in configs]

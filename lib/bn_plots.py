@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.bn_study import LABELS, _as_float_array, loss_band, protocol_steps
+from lib.bn_study import LABELS, _as_float_array, loss_band, probe_path, protocol_steps, slice_path
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_name
 from lib.paths import OutputDirs
 from lib.plotting import new_figure, savefig
@@ -145,7 +145,7 @@ def _probe_results(dirs: OutputDirs, seed: int) -> dict[str, dict]:
     """{model: probe result} for the probe files that exist."""
     out = {}
     for model in BN_MODELS:
-        path = Path(dirs.results) / f"probe-{model}-s{seed}.json"
+        path = probe_path(dirs, model, seed)
         if path.exists():
             out[model] = read_json(path)
     return out
@@ -216,7 +216,7 @@ def plot_grad_diff_eta(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
 
 def plot_loss_slice(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
     """Filter-normalised 1-D loss slices around the trained networks, BN vs no-BN."""
-    slices = {m: Path(dirs.results) / f"slice-{m}-s{seed}.json" for m in BN_MODELS}
+    slices = {m: slice_path(dirs, m, seed) for m in BN_MODELS}
     slices = {m: read_json(p) for m, p in slices.items() if p.exists()}
     if not slices:
         return None

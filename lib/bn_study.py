@@ -167,7 +167,7 @@ class ProbeConfig:
     @property
     def name(self) -> str:
         """Result name: probe-<model>-s<seed>."""
-        return f"probe-{self.model}-s{self.seed}"
+        return probe_name(self.model, self.seed)
 
     @property
     def etas(self) -> list[float]:
@@ -429,9 +429,19 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     return result
 
 
-def probe_path(cfg: ProbeConfig, dirs: OutputDirs) -> Path:
-    """Where the result of `cfg` lives."""
-    return Path(dirs.results) / f"{cfg.name}.json"
+def probe_name(model: str, seed: int) -> str:
+    """Name of the probe run of `model` with `seed` (its result file's stem): probe-<model>-s<seed>."""
+    return f"probe-{model}-s{seed}"
+
+
+def probe_path(dirs: OutputDirs, model: str, seed: int) -> Path:
+    """Where the probe run of `model` with `seed` keeps its result: <results>/probe-<model>-s<seed>.json."""
+    return Path(dirs.results) / f"{probe_name(model, seed)}.json"
+
+
+def slice_path(dirs: OutputDirs, model: str, seed: int) -> Path:
+    """Where the loss slice around the BN protocol's `model` run (lr 1e-3, `seed`) lives: slice-<model>-s<seed>.json."""
+    return Path(dirs.results) / f"slice-{model}-s{seed}.json"
 
 
 def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress: bool = True,
@@ -444,7 +454,7 @@ def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress:
     loss_max, gpred_min, gpred_max, beta, nonfinite, grad_norm (per probe), loss_eta, gdiff_eta
     (per probe and eta, for the paper's Fig. 11a)}. NaN/inf are stored as null.
     """
-    path = probe_path(cfg, dirs)
+    path = probe_path(dirs, cfg.model, cfg.seed)
     if not force and (found := reusable_result(path, cfg.to_dict(), ProbeConfig)) is not None:
         return found
     result = _train_with_probes(cfg, progress=progress)
@@ -461,8 +471,8 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     plain = next((c for c in configs if c.model == "VGG_A"), configs[0])
     fallback = [c.replace(lr=FALLBACK_LR) for c in configs]
     if not force:
-        found = [reusable_result(probe_path(c, dirs), c.to_dict(), ProbeConfig) for c in configs]
-        found_fb = [reusable_result(probe_path(c, dirs), c.to_dict(), ProbeConfig) for c in fallback]
+        found = [reusable_result(probe_path(dirs, c.model, c.seed), c.to_dict(), ProbeConfig) for c in configs]
+        found_fb = [reusable_result(probe_path(dirs, c.model, c.seed), c.to_dict(), ProbeConfig) for c in fallback]
         if all(r is not None and r.get("lr_fallback") for r in found_fb):
             return found_fb  # an earlier call already fell back
         if all(r is not None for r in found):
@@ -471,7 +481,7 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
             # VGG_A fell back earlier but the BN run is missing: finish the fallback pair.
             return [run_probe(c, dirs, force, progress, found_fb[configs.index(plain)]["lr_fallback"])
                     for c in fallback]
-    first = reusable_result(probe_path(plain, dirs), plain.to_dict(), ProbeConfig) if not force else None
+    first = reusable_result(probe_path(dirs, plain.model, plain.seed), plain.to_dict(), ProbeConfig) if not force else None
     if first is None:
         first = _train_with_probes(plain, abort_if_stuck=plain.fallback and plain.lr != FALLBACK_LR,
                                    progress=progress)
@@ -484,8 +494,8 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
             if progress:
                 print(f"[probe] VGG_A does not train at lr {plain.lr:g}: both networks rerun at {FALLBACK_LR:g}")
             return [run_probe(c, dirs, True, progress, why) for c in fallback]
-        atomic_write_json(probe_path(plain, dirs), first)
-        first = read_json(probe_path(plain, dirs))
+        atomic_write_json(probe_path(dirs, plain.model, plain.seed), first)
+        first = read_json(probe_path(dirs, plain.model, plain.seed))
     return [first if c is plain else run_probe(c, dirs, force, progress) for c in configs]
 
 
@@ -562,7 +572,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         run = read_json(Path(dirs.results) / f"{name}.json")
         config = {"model": model_name, "run": name, "checkpoint_epoch": run.get("best_epoch"),
                   "num_images": num_images, "alphas": SLICE_ALPHAS, "seed": seed, "data_source": data_source}
-        path = Path(dirs.results) / f"slice-{model_name}-s{seed}.json"
+        path = slice_path(dirs, model_name, seed)
         if not force and (found := reusable_result(path, config)) is not None:
             results.append(found)
             continue
@@ -616,7 +626,6 @@ def _finite_stats(values) -> dict | None:
 def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_SEED) -> dict:
     """The numbers the report needs, read from the result files (a missing file leaves its entry None)."""
     summary: dict = {"protocol": {}, "probe": {}, "slice": {}, "missing": []}
-    results = Path(dirs.results)
     for model in BN_MODELS:
         entry: dict = {"label": LABELS[model], "best_val_acc": {}, "test_acc": {}, "status": {}}
         for lr in lrs:
@@ -652,7 +661,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             entry["grad_range"] = grad
         summary["protocol"][model] = entry
 
-        probe_file = results / f"probe-{model}-s{seed}.json"
+        probe_file = probe_path(dirs, model, seed)
         if probe_file.exists():
             r = read_json(probe_file)
             p = r["probes"]
@@ -669,13 +678,14 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
         else:
             summary["missing"].append(probe_file.name)
 
-        slice_file = results / f"slice-{model}-s{seed}.json"
+        slice_file = slice_path(dirs, model, seed)
         if slice_file.exists():
             s = read_json(slice_file)
             loss = _as_float_array(s["loss"])
             mid = len(loss) // 2  # alpha = 0
             summary["slice"][model] = {"loss_at_0": float(loss[mid]), "loss_max": float(np.nanmax(loss)),
-                                       "loss_at_pm1": [float(loss[0]), float(loss[-1])]}
+                                       "loss_at_pm1": [float(loss[0]), float(loss[-1])],
+                                       "seconds": s.get("seconds"), "device": (s.get("environment") or {}).get("device")}
     probes = summary["probe"]
     if len(probes) == 2:
         summary["same_data_order"] = len({p["data_order_sha256"] for p in probes.values()}) == 1

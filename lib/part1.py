@@ -218,12 +218,14 @@ def with_costs(results: Sequence[dict], costs: dict[str, dict]) -> list[dict]:
     return out
 
 
-def part1_table(dirs: OutputDirs, models: Sequence[str] | None = None, results: Sequence[dict] | None = None):
-    """lib.stats.comparison_table of `results` (default: the Part 1 results of `models` in dirs.results), with costs."""
+def part1_table(dirs: OutputDirs, models: Sequence[str] | None = None, results: Sequence[dict] | None = None,
+                costs: dict[str, dict] | None = None):
+    """lib.stats.comparison_table of `results` (default: the Part 1 results of `models` in dirs.results), with
+    `costs` (default: the cost files in dirs.results)."""
     from lib.stats import comparison_table
 
     results = list(results) if results is not None else load_results(dirs, models=models)
     if not results:
         raise FileNotFoundError(f"no Part 1 results (p1-*.json) in {dirs.results}: train the models first")
-    return comparison_table(with_costs(results, load_costs(dirs)))
+    return comparison_table(with_costs(results, costs if costs is not None else load_costs(dirs)))
 

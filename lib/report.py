@@ -451,13 +451,11 @@ def _recipe(result: dict | None) -> dict | None:
             "final_lr": (result["history"][-1]["lr"] if result.get("history") else None)}
 
 
-def _times(p1: list[dict], bn: list[dict], summary: dict, dirs: OutputDirs) -> dict:
+def _times(p1: list[dict], bn: list[dict], summary: dict) -> dict:
     """Compute time of the study from the result files, split into GPU and CPU."""
     rows = [(r.get("device") or "", r.get("train_seconds") or 0.0, "training") for r in p1 + bn]
-    rows += [(p.get("device") or "", p.get("seconds") or 0.0, "probe") for p in summary.get("probe", {}).values()]
-    for path in sorted(Path(dirs.results).glob("slice-*.json")):
-        s = read_json(path)
-        rows.append(((s.get("environment") or {}).get("device") or "", s.get("seconds") or 0.0, "slice"))
+    rows += [(p.get("device") or "", p.get("seconds") or 0.0, kind) for kind in ("probe", "slice")
+             for p in summary.get(kind, {}).values()]
     gpu = sum(s for d, s, _ in rows if d and not d.startswith("CPU"))
     cpu = sum(s for d, s, _ in rows if not d or d.startswith("CPU"))
     return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows)}
@@ -473,7 +471,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
     p1 = load_results(dirs)
     bn = load_results(dirs, prefix="bn-")
     costs = load_costs(dirs)
-    table = part1_table(dirs, results=p1) if p1 else None
+    table = part1_table(dirs, results=p1, costs=costs) if p1 else None
     main = _main_result(dirs, p1)
     summary = bn_summary(dirs) if results_dir.exists() else {"protocol": {}, "probe": {}, "slice": {}, "missing": []}
     study = read_json(results_dir / "study.json") if (results_dir / "study.json").exists() else {}
@@ -521,7 +519,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "data_sources": _unique(((r.get("data") or {}).get("label"), (r.get("data") or {}).get("sha256"),
                                  (r.get("data") or {}).get("archive_sha256")) for r in everything),
         "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},
-        "times": _times(p1, bn, summary, dirs),
+        "times": _times(p1, bn, summary),
         "missing_bn": summary.get("missing", []),
         "fmt_pct": fmt_pct, "fmt_num": fmt_num, "fmt_int": fmt_int, "fmt_seconds": fmt_seconds,
     }

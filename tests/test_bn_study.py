@@ -255,7 +255,8 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):
         assert set(proto["grad_range"]) == {"0.001", "0.0001"}
         probe = summary["probe"][model]
         assert probe["num_probes"] == 2 and probe["beta"]["min"] > 0 and not probe["lr_fallback"]
-        assert set(summary["slice"][model]) == {"loss_at_0", "loss_max", "loss_at_pm1"}
+        assert set(summary["slice"][model]) == {"loss_at_0", "loss_max", "loss_at_pm1", "seconds", "device"}
+        assert summary["slice"][model]["seconds"] > 0 and summary["slice"][model]["device"].startswith("CPU")
     assert summary["same_data_order"]
     paths = plot_all(dirs)
     names = sorted(p.stem for p in paths)
