@@ -152,6 +152,45 @@ def headline(result: dict) -> str:
             f"{100 * result['test_acc']:.2f}%.")
 
 
+# --------------------------------------------------------------------------------------------- tables for the notebooks
+
+RUN_COLUMNS = ("name", "status", "best_val_acc", "test_acc", "train_seconds")
+
+
+def runs_frame(results: Sequence[dict]):
+    """One row per run: name, status, best validation and test accuracy, training seconds."""
+    import pandas as pd
+
+    return pd.DataFrame([{k: r.get(k) for k in RUN_COLUMNS} for r in results], columns=list(RUN_COLUMNS))
+
+
+def history_frame(result: dict):
+    """The run's per-epoch history (lr, optimiser, train / validation loss and accuracy, seconds), by epoch."""
+    import pandas as pd
+
+    return pd.DataFrame(result["history"]).set_index("epoch")
+
+
+def per_class_frame(result: dict):
+    """Test accuracy (%) per CIFAR-10 class of the selected checkpoint."""
+    import pandas as pd
+
+    from lib.data import CLASSES
+
+    if not result.get("per_class_acc"):
+        raise ValueError(f"{result['name']} has no per-class test accuracy (status {result.get('status')!r}): "
+                         f"it was not tested; retrain it")
+    acc = pd.Series(result["per_class_acc"], index=pd.Index(CLASSES, name="class"), name="test accuracy (%)")
+    return acc.mul(100).round(2).to_frame()
+
+
+def normalization(result: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the run normalised its images with (its config's `norm`)."""
+    from lib.config import NORMS
+
+    return NORMS[result["config"]["norm"]]
+
+
 # --------------------------------------------------------------------------------------------- costs
 
 def cost_path(dirs: OutputDirs, model: str) -> Path:

@@ -78,7 +78,7 @@ result = results[0]
 part1.mark_main(dirs, result)  # notebook 03 and the report visualise this run'''),
     md("## Training curves: learning rate, train / validation loss, validation accuracy"),
     code("display(Image(filename=plot_training_curves(result, dirs.figs)))"),
-    code('pd.DataFrame(result["history"]).set_index("epoch")'),
+    code("part1.history_frame(result)"),
     md("## Test accuracy of the model selected on validation accuracy"),
     code('''for r in results:
     print(part1.headline(r))'''),
@@ -106,7 +106,7 @@ from lib.paths import output_dirs
 models = list(models or PART1_MODELS)'''),
     md("## Train (or reuse) every model and seed"),
     code('''results = part1.run_part1(profile, source, dirs, models=models, seeds=seeds, force=force, num_epochs=num_epochs)
-pd.DataFrame([{k: r[k] for k in ("name", "status", "best_val_acc", "test_acc", "train_seconds")} for r in results])'''),
+part1.runs_frame(results)'''),
     md("## Cost: FLOPs per image, parameters, inference images/s"),
     code('''costs = part1.compute_costs(dirs, models, batch_size=cost_batch, iters=cost_iters)
 pd.DataFrame(costs).set_index("model")'''),
@@ -138,8 +138,7 @@ seed = None  # None: notebook 01's seed (or 0)
 num_images = 6  # test images in the attention figures (distinct classes where possible)'''),
     setup_cell('''from lib import part1
 from lib.attention import load_trained
-from lib.config import NORMS
-from lib.data import CLASSES, canonical_source
+from lib.data import canonical_source
 from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
 from lib.paths import output_dirs
 from lib.train import resolve_device'''),
@@ -154,12 +153,11 @@ print(part1.headline(result))'''),
     display(Image(filename=path))'''),
     md("## Attention on real test images: where SA looks, which channels SE passes on"),
     code('''X, y = part1.sample_test_images(result, n=64)  # a pool; the figure picks distinct classes from it
-mean, std = NORMS[result["config"]["norm"]]
-for path in plot_attention(net, X, y, dirs.figs, mean, std, n_images=num_images, subtitle=caption,
-                           model_name=result["model"]):
+for path in plot_attention(net, X, y, dirs.figs, *part1.normalization(result), n_images=num_images,
+                           subtitle=caption, model_name=result["model"]):
     display(Image(filename=path))'''),
     md("## Per-class accuracy and the confusion matrix (test set)"),
-    code('pd.Series(result["per_class_acc"], index=CLASSES).mul(100).round(2).to_frame("test accuracy (%)")'),
+    code("part1.per_class_frame(result)"),
     code("display(Image(filename=plot_confusion(result, dirs.figs, subtitle=caption)))"),
 ]
 

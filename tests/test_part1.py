@@ -1,0 +1,85 @@
+"""Part 1 glue: reading results back (filters, recipe check), the main run, costs joined, notebook tables."""
+from __future__ import annotations
+
+import pytest
+
+from lib import part1
+from lib.config import NORMS
+from lib.data import CLASSES
+from lib.experiments import part1_config
+from lib.paths import output_dirs
+from lib.results import atomic_write_json
+
+
+def fake_result(model: str, seed: int = 0, test_acc: float = 0.5, status: str = "ok", **config_overrides) -> dict:
+    """A result dict shaped like lib.train's, for a smoke-profile run that was never trained."""
+    cfg = part1_config(model, "smoke", "shared", seed, **config_overrides)
+    history = [{"epoch": e, "lr": 1e-3, "optimizer": "adamw", "train_loss": 2.0 - e, "train_acc": 0.2 + e / 10,
+                "val_loss": 1.9 - e, "val_acc": 0.3 + e / 10, "seconds": s} for e, s in enumerate((4.0, 2.0, 3.0))]
+    return {"name": cfg.name, "status": status, "model": model, "seed": seed, "config": cfg.to_dict(),
+            "data": {"label": "test data", "sha256": "abc", "num_train_used": 600}, "history": history,
+            "best_val_acc": 0.5, "best_epoch": 2, "test_acc": test_acc, "train_seconds": 9.0,
+            "per_class_acc": [i / 10 for i in range(10)], "device": "CPU (test)", "profile": "smoke"}
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    d = output_dirs("smoke", root=tmp_path)
+    d.results.mkdir(parents=True)
+    return d
+
+
+def write(dirs, result: dict, suffix: str = ".json") -> None:
+    atomic_write_json(dirs.results / f"{result['name']}{suffix}", result)
+
+
+def test_load_results_keeps_finished_runs_of_one_recipe(dirs, capsys):
+    write(dirs, fake_result("CANet_tiny", 0))
+    write(dirs, fake_result("CANet_tiny", 1, status="diverged"))
+    write(dirs, fake_result("ResNet18", 0))
+    write(dirs, dict(fake_result("ResNet18", 1), status="incomplete"))  # not finished: left out
+    write(dirs, fake_result("MobileNetV2", 0), suffix=".weights.json")  # a companion file, not a result
+    (dirs.results / "p1-VGG11-s0.json").write_text("{ truncated")  # unreadable: skipped with a message
+    names = [r["name"] for r in part1.load_results(dirs)]
+    assert names == ["p1-CANet_tiny-s0", "p1-CANet_tiny-s1", "p1-ResNet18-s0"]
+    assert "skipping unreadable result" in capsys.readouterr().err
+    assert [r["name"] for r in part1.load_results(dirs, models=["ResNet18"])] == ["p1-ResNet18-s0"]
+    # A run of another recipe (here: another learning rate) never enters the same table.
+    write(dirs, fake_result("ShuffleNetV2", 0, lr=0.5))
+    assert "p1-ShuffleNetV2-s0" not in [r["name"] for r in part1.load_results(dirs)]
+    assert "leaving out p1-ShuffleNetV2-s0" in capsys.readouterr().err
+
+
+def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):
+    write(dirs, fake_result("CANet_tiny", 2))
+    with pytest.raises(FileNotFoundError, match="run notebook 01"):
+        part1.main_run(dirs)  # no marker: CANet seed 0, which does not exist
+    part1.mark_main(dirs, fake_result("CANet_tiny", 2))
+    assert part1.main_run(dirs)["name"] == "p1-CANet_tiny-s2"
+    with pytest.raises(FileNotFoundError, match="p1-CANet_light-s0.json"):
+        part1.main_run(dirs, "CANet_light")
+
+
+def test_with_costs_joins_the_cost_file_and_the_median_epoch_throughput(dirs):
+    atomic_write_json(part1.cost_path(dirs, "CANet_tiny"), {"model": "CANet_tiny", "flops": 123, "infer_ips": 45.0})
+    costs = part1.load_costs(dirs)
+    assert set(costs) == {"CANet_tiny"}
+    tiny, resnet = part1.with_costs([fake_result("CANet_tiny"), fake_result("ResNet18")], costs)
+    assert tiny["cost"]["flops"] == 123 and tiny["cost"]["infer_ips"] == 45.0
+    assert tiny["cost"]["train_ips"] == pytest.approx(600 / 3.0)  # median of 4, 2, 3 seconds
+    assert resnet["cost"]["flops"] is None and resnet["cost"]["train_ips"] == pytest.approx(200.0)
+
+
+def test_notebook_tables_hold_the_result_values():
+    r = fake_result("CANet_tiny", test_acc=0.625)
+    runs = part1.runs_frame([r, dict(fake_result("ResNet18"), test_acc=None)])
+    assert list(runs.columns) == list(part1.RUN_COLUMNS) and runs["test_acc"].tolist()[0] == 0.625
+    assert runs["test_acc"].isna().tolist() == [False, True]
+    history = part1.history_frame(r)
+    assert history.index.tolist() == [0, 1, 2] and history.loc[2, "val_acc"] == pytest.approx(0.5)
+    per_class = part1.per_class_frame(r)
+    assert per_class.index.tolist() == list(CLASSES)
+    assert per_class["test accuracy (%)"].tolist() == pytest.approx([10.0 * i for i in range(10)])
+    with pytest.raises(ValueError, match="no per-class test accuracy"):
+        part1.per_class_frame(dict(r, per_class_acc=None, status="diverged"))
+    assert part1.normalization(r) == NORMS["imagenet"]
