@@ -13,8 +13,9 @@ with validation on the 5,000-image split:
   transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning,
   PyTorch's default optimiser kernels, a host sync per step (loss.item()), and a validation pass every
   50 iterations plus the end-of-epoch one. It is the reference; it is meant to be naive. Its data split
-  (lib.train.split_data) and MixUp/CutMix (lib.augment.mix_batch, per batch as the original) are the
-  repository's own, so both pipelines train on the same images with the same mixing.
+  (lib.train.split_data) and its MixUp/CutMix rule (lib.augment.mix_batch, one decision per batch as the
+  original; the CutMix box is lib.augment's, side int(32 * sqrt(1 - lam)) before clipping) are the
+  repository's own, so both pipelines train on the same images under the same rule; the random draws differ.
 - fast_epoch is what lib.train does per epoch (same functions: prepare_data, step_model_for,
   _train_epoch, evaluate), timed after a warm-up epoch. One-off costs (CUDA-graph capture or compile,
   data to the device) and the per-epoch bookkeeping of lib.train (TensorBoard, checkpoints) are
@@ -685,7 +686,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
                     pair_done and slices_done, force=pair_done and not slices_done))
     configs = bn_study.probe_configs(profile, source)
     probe_done = all(
-        any(reusable_result(bn_study.probe_path(dirs, c.model, c.seed), c2.to_dict(), bn_study.ProbeConfig) is not None
+        any(reusable_result(c.result_path(dirs), c2.to_dict(), bn_study.ProbeConfig) is not None
             for c2 in (c, c.replace(lr=bn_study.FALLBACK_LR)))
         for c in configs)
     probe_est = [entries.get(f"probe-{c.model}", {}).get("seconds_per_step") for c in configs]

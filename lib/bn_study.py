@@ -169,6 +169,10 @@ class ProbeConfig:
         """Result name: probe-<model>-s<seed>."""
         return probe_name(self.model, self.seed)
 
+    def result_path(self, dirs: OutputDirs) -> Path:
+        """Where this probe run's result lives (probe_path)."""
+        return self.result_path(dirs)
+
     @property
     def etas(self) -> list[float]:
         """The absolute step sizes eta = m * lr."""
@@ -440,7 +444,7 @@ def probe_path(dirs: OutputDirs, model: str, seed: int) -> Path:
 
 
 def slice_path(dirs: OutputDirs, model: str, seed: int) -> Path:
-    """Where the loss slice around the BN protocol's `model` run (lr 1e-3, `seed`) lives: slice-<model>-s<seed>.json."""
+    """Where the loss slice around the BN protocol's `model` run with `seed` lives: slice-<model>-s<seed>.json."""
     return Path(dirs.results) / f"slice-{model}-s{seed}.json"
 
 
@@ -454,7 +458,7 @@ def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress:
     loss_max, gpred_min, gpred_max, beta, nonfinite, grad_norm (per probe), loss_eta, gdiff_eta
     (per probe and eta, for the paper's Fig. 11a)}. NaN/inf are stored as null.
     """
-    path = probe_path(dirs, cfg.model, cfg.seed)
+    path = cfg.result_path(dirs)
     if not force and (found := reusable_result(path, cfg.to_dict(), ProbeConfig)) is not None:
         return found
     result = _train_with_probes(cfg, progress=progress)
@@ -471,8 +475,8 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     plain = next((c for c in configs if c.model == "VGG_A"), configs[0])
     fallback = [c.replace(lr=FALLBACK_LR) for c in configs]
     if not force:
-        found = [reusable_result(probe_path(dirs, c.model, c.seed), c.to_dict(), ProbeConfig) for c in configs]
-        found_fb = [reusable_result(probe_path(dirs, c.model, c.seed), c.to_dict(), ProbeConfig) for c in fallback]
+        found = [reusable_result(c.result_path(dirs), c.to_dict(), ProbeConfig) for c in configs]
+        found_fb = [reusable_result(c.result_path(dirs), c.to_dict(), ProbeConfig) for c in fallback]
         if all(r is not None and r.get("lr_fallback") for r in found_fb):
             return found_fb  # an earlier call already fell back
         if all(r is not None for r in found):
@@ -481,7 +485,7 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
             # VGG_A fell back earlier but the BN run is missing: finish the fallback pair.
             return [run_probe(c, dirs, force, progress, found_fb[configs.index(plain)]["lr_fallback"])
                     for c in fallback]
-    first = reusable_result(probe_path(dirs, plain.model, plain.seed), plain.to_dict(), ProbeConfig) if not force else None
+    first = reusable_result(plain.result_path(dirs), plain.to_dict(), ProbeConfig) if not force else None
     if first is None:
         first = _train_with_probes(plain, abort_if_stuck=plain.fallback and plain.lr != FALLBACK_LR,
                                    progress=progress)
@@ -494,8 +498,8 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
             if progress:
                 print(f"[probe] VGG_A does not train at lr {plain.lr:g}: both networks rerun at {FALLBACK_LR:g}")
             return [run_probe(c, dirs, True, progress, why) for c in fallback]
-        atomic_write_json(probe_path(dirs, plain.model, plain.seed), first)
-        first = read_json(probe_path(dirs, plain.model, plain.seed))
+        atomic_write_json(plain.result_path(dirs), first)
+        first = read_json(plain.result_path(dirs))
     return [first if c is plain else run_probe(c, dirs, force, progress) for c in configs]
 
 
@@ -685,7 +689,8 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             mid = len(loss) // 2  # alpha = 0
             summary["slice"][model] = {"loss_at_0": float(loss[mid]), "loss_max": float(np.nanmax(loss)),
                                        "loss_at_pm1": [float(loss[0]), float(loss[-1])],
-                                       "seconds": s.get("seconds"), "device": (s.get("environment") or {}).get("device")}
+                                       "seconds": s.get("seconds"),
+                                       "device": (s.get("environment") or {}).get("device")}
     probes = summary["probe"]
     if len(probes) == 2:
         summary["same_data_order"] = len({p["data_order_sha256"] for p in probes.values()}) == 1

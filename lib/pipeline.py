@@ -98,9 +98,10 @@ def _record(dirs: OutputDirs, name: str, params: dict, seconds: float, command: 
     record = read_json(path) if path.exists() else {}
     record.setdefault("notebooks", {})[name] = {
         "parameters": params, "seconds": round(seconds, 1),
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    record["command"] = command
-    record["other_parameters"] = other  # notebook parameters the command line cannot express (tests)
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "other_parameters": other}  # other: what the command line cannot express (tests)
+    record["command"] = command  # the latest command (notebook_commands gives each notebook's)
+    record["other_parameters"] = other
     atomic_write_json(path, record)
 
 
@@ -125,6 +126,34 @@ def study_command(profile: str, data_source: str | None, publish: bool, notebook
     if extra.get("num_epochs"):
         parts += ["--num-epochs", str(extra["num_epochs"])]
     return shlex.join(parts)
+
+
+# Notebook parameters that `python -m lib study` sets from its own options (besides CLI_PARAMETERS).
+_STUDY_OPTIONS = ("profile", "data_source", "publish", "force", "seeds", "root")
+
+
+def notebook_commands(study: dict) -> list[dict]:
+    """The commands that produced the notebooks recorded in a study.json, in running order:
+    [{'command', 'notebooks': [names], 'other': {notebook parameters no option expresses}}]; consecutive
+    notebooks run by one command share an entry. A notebook recorded without its command (older files)
+    gets one rebuilt from its recorded parameters, for it alone."""
+    out = []
+    for name, entry in sorted((study.get("notebooks") or {}).items()):
+        params = entry.get("parameters") or {}
+        command, other = entry.get("command"), entry.get("other_parameters")
+        if command is None:
+            command = study_command(params.get("profile", "smoke"), params.get("data_source"),
+                                    bool(params.get("publish")), [name], params.get("seeds") or [0],
+                                    {k: params[k] for k in CLI_PARAMETERS if params.get(k)},
+                                    bool(params.get("force")))
+            other = {k: v for k, v in params.items() if k not in _STUDY_OPTIONS + CLI_PARAMETERS}
+            if params.get("root") is not None:
+                other["root"] = params["root"]
+        if out and out[-1]["command"] == command and out[-1]["other"] == (other or {}):
+            out[-1]["notebooks"].append(name)
+        else:
+            out.append({"command": command, "notebooks": [name], "other": other or {}})
+    return out
 
 
 def run_study(profile: str, data_source: str | None = None, publish: bool | None = None,
@@ -155,6 +184,8 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     out_dir.mkdir(parents=True, exist_ok=True)
     command = command or study_command(profile, data_source, bool(publish), notebooks, seeds, extra_params, force)
     other = {k: v for k, v in (extra_params or {}).items() if k not in CLI_PARAMETERS}
+    if root is not None:  # the command line has no option for it
+        other["root"] = str(root)
     with kernel_for_this_python(out_dir.parent / "jupyter"):
         for name in names:
             src = NOTEBOOK_DIR / f"{name}.ipynb"

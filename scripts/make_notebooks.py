@@ -114,9 +114,10 @@ pd.DataFrame(costs).set_index("model")'''),
 
 All Part 1 results of these models in the results folder (every seed present), sorted by parameters.'''),
     code('''all_results = part1.load_results(dirs, models=models)
-table = part1.part1_table(dirs, results=all_results)
+cost_files = part1.load_costs(dirs)
+table = part1.part1_table(dirs, results=all_results, costs=cost_files)
 table'''),
-    code("display(Markdown(report.comparison_markdown(table, all_results, part1.load_costs(dirs))))"),
+    code("display(Markdown(report.comparison_markdown(table, all_results, cost_files)))"),
     md("## Who wins? Only what the seeds support"),
     code('''for sentence in report.ranking(table):
     print(sentence)'''),

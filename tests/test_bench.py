@@ -83,6 +83,22 @@ def test_naive_transforms_are_the_originals_per_image_pipeline(tiny_source):
     assert [type(t).__name__ for t in bn_train.transforms] == ["ToTensor", "Normalize"]  # Part 2: no augmentation
 
 
+def test_naive_epoch_mixes_every_batch_of_the_part1_recipe_only(tiny_source, monkeypatch):
+    calls, original = [], B.mix_batch
+
+    def counting(x, y, mixup_p, cutmix_p, alpha, *, generator):
+        calls.append((mixup_p, cutmix_p, alpha))
+        return original(x, y, mixup_p, cutmix_p, alpha, generator=generator)
+
+    monkeypatch.setattr(B, "mix_batch", counting)
+    naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
+    cfg = B.recipe_config("ShuffleNetV2", tiny_source)
+    assert calls == [(cfg.mixup_p, cfg.cutmix_p, cfg.mix_alpha)] * naive["steps"]
+    calls.clear()
+    B.naive_epoch("VGG_A", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
+    assert calls == []  # the BN protocol trains without augmentation
+
+
 def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source):
     # ShuffleNetV2: a Part 1 model that costs little at 32x32 (its ImageNet stem downsamples 4x at once).
     naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, val_every=1,

@@ -17,7 +17,8 @@ from conftest import make_image_folder
 from lib.experiments import BN_LRS, BN_MODELS, bn_name
 from lib.models import PART1_MODELS
 from lib.paths import output_dirs
-from lib.pipeline import NOTEBOOK_DIR, NOTEBOOKS, StudyError, executed_dir, run_study, select_notebooks, study_command
+from lib.pipeline import (NOTEBOOK_DIR, NOTEBOOKS, StudyError, executed_dir, notebook_commands, run_study,
+                          select_notebooks, study_command)
 
 P1_FIGURES = ["p1_curves_CANet", "p1_acc_vs_params", "p1_acc_vs_flops", "p1_per_class", "p1_filters",
               "p1_ridge_se", "p1_ridge_sa", "p1_ridge_unit_transform", "p1_attention_sa", "p1_attention_se",
@@ -66,6 +67,25 @@ def test_select_notebooks_and_command():
                    "--num-epochs 3")
 
 
+def test_notebook_commands_group_one_call_and_rebuild_old_records():
+    one_call = "python -m lib study --profile quick --notebooks 02 03 --seeds 0 1"
+    study = {"notebooks": {
+        # An older record without its command: rebuilt from its parameters, for that notebook alone.
+        "01_train_canet": {"parameters": {"profile": "quick", "data_source": "shared", "publish": True, "force": False,
+                                          "seeds": [0], "root": None, "model": "CANet_tiny", "num_images": 4}},
+        "02_baselines": {"parameters": {}, "command": one_call, "other_parameters": {}},
+        "03_visualize": {"parameters": {}, "command": one_call, "other_parameters": {}},
+        "04_batchnorm": {"parameters": {}, "command": one_call, "other_parameters": {"probe_overrides": {"x": 1}}},
+    }}
+    assert notebook_commands(study) == [
+        {"command": "python -m lib study --profile quick --data shared --publish --notebooks 01 --seeds 0 "
+                    "--model CANet_tiny", "notebooks": ["01_train_canet"], "other": {"num_images": 4}},
+        {"command": one_call, "notebooks": ["02_baselines", "03_visualize"], "other": {}},
+        {"command": one_call, "notebooks": ["04_batchnorm"], "other": {"probe_overrides": {"x": 1}}},
+    ]
+    assert notebook_commands({}) == []
+
+
 def test_every_notebook_finishes_and_writes_its_results(study):
     root, _ = study
     dirs = output_dirs("smoke", root=root)
@@ -86,6 +106,9 @@ def test_every_notebook_finishes_and_writes_its_results(study):
         assert (results / f"probe-{model}-s2020.json").is_file()
     recorded = json.loads((results / "study.json").read_text())
     assert sorted(recorded["notebooks"]) == list(NOTEBOOKS)
+    (one,) = notebook_commands(recorded)  # one call ran all four: one command, with what it could not express
+    assert one["notebooks"] == list(NOTEBOOKS) and one["command"].startswith("python -m lib study --profile smoke")
+    assert one["other"] == dict({k: v for k, v in SMOKE_PARAMS.items() if k != "num_epochs"}, root=str(root))
 
 
 def test_every_figure_is_written(study):

@@ -83,3 +83,5 @@ def test_notebook_tables_hold_the_result_values():
     with pytest.raises(ValueError, match="no per-class test accuracy"):
         part1.per_class_frame(dict(r, per_class_acc=None, status="diverged"))
     assert part1.normalization(r) == NORMS["imagenet"]
+    assert part1.normalization(fake_result("CANet_tiny", norm="half")) == NORMS["half"]
+    assert list(history.columns) == ["lr", "optimizer", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]

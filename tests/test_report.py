@@ -163,3 +163,17 @@ def test_empty_folder_renders_not_run_rows(tmp_path):
     for model in ORIGINAL_REPORT["test_acc"]:
         assert NOT_RUN in _table_row(text, model)
     assert not re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+
+
+def test_recorded_compute_adds_training_probe_and_slice_seconds(study_dirs):
+    from lib.report import collect
+
+    before = collect("quick", study_dirs)["times"]
+    n_p1 = sum(len(a) for a in ACCS.values())
+    assert before["n"] == n_p1 + 4 and before["gpu"] == 0.0  # 10 Part 1 runs, 4 BN runs, all on the CPU
+    assert before["cpu"] == pytest.approx(33.0 * n_p1 + 10.0 * 4)
+    atomic_write_json(Path(study_dirs.results) / "slice-VGG_A-s2020.json",
+                      {"alpha": [-1.0, 0.0, 1.0], "loss": [3.0, 1.0, 2.5], "seconds": 7.5,
+                       "environment": {"device": "NVIDIA H100 80GB HBM3"}})
+    after = collect("quick", study_dirs)["times"]
+    assert after["n"] == before["n"] + 1 and after["gpu"] == pytest.approx(7.5) and after["cpu"] == before["cpu"]

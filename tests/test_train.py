@@ -66,14 +66,22 @@ def test_new_model_weights_depend_on_the_seed_only_and_copy_state_is_a_snapshot(
     cpu = torch.device("cpu")
     a, b = T.new_model(tiny_cfg(tiny_source, seed=3), cpu), T.new_model(tiny_cfg(tiny_source, seed=3), cpu)
     c = T.new_model(tiny_cfg(tiny_source, seed=4), cpu)
-    first = next(iter(a.state_dict()))
-    assert torch.equal(a.state_dict()[first], b.state_dict()[first])
-    assert not torch.equal(a.state_dict()[first], c.state_dict()[first])
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    first = next(iter(sa))
+    assert not torch.equal(sa[first], sc[first])
+    conv = next(m.weight for m in a.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.is_contiguous(memory_format=torch.channels_last)
     snapshot = T.copy_state(a)
+    assert set(snapshot) == set(sa)  # buffers too (BatchNorm running statistics)
     with torch.no_grad():
         for p in a.parameters():
             p.add_(1.0)
-    assert torch.equal(snapshot[first] + 1.0, a.state_dict()[first])  # the copy kept the old values
+        for name, buf in a.named_buffers():
+            if buf.dtype.is_floating_point:
+                buf.add_(1.0)
+    after = a.state_dict()
+    assert all(torch.equal(snapshot[k] + 1.0, after[k]) for k in snapshot if snapshot[k].dtype.is_floating_point)
 
 
 def test_epoch_row_divides_the_device_sums_by_the_images_seen():
