@@ -156,6 +156,33 @@ def notebook_commands(study: dict) -> list[dict]:
     return out
 
 
+def runs_beyond_notebooks(study: dict, p1: Sequence[dict], publish: bool) -> list[str]:
+    """`python -m lib run` commands for the Part 1 runs in `p1` that no recorded notebook call trained
+    (notebook 01: its model x seeds; notebook 02: its models x seeds), e.g. extra seeds of some models.
+    Models with the same extra seeds share a command; [] when the notebooks cover every run."""
+    from lib.models import PART1_MODELS
+
+    notebooks = study.get("notebooks") or {}
+    covered = set()
+    for name, key, default in (("01_train_canet", "model", ["CANet"]), ("02_baselines", "models", PART1_MODELS)):
+        params = (notebooks.get(name) or {}).get("parameters")
+        if params is not None:
+            models = params.get(key) or default
+            models = [models] if isinstance(models, str) else models
+            covered |= {(m, int(seed)) for m in models for seed in params.get("seeds") or [0]}
+    extra = {(r["model"], int(r["seed"])) for r in p1} - covered
+    groups: dict[tuple, list[str]] = {}
+    for model in sorted({m for m, _ in extra}, key=lambda m: (list(PART1_MODELS) + [m]).index(m)):
+        groups.setdefault(tuple(sorted(seed for m, seed in extra if m == model)), []).append(model)
+    out = []
+    for seeds, models in groups.items():
+        r = next(r for r in p1 if r["model"] == models[0])
+        parts = ["python", "-m", "lib", "run", "--profile", str(r["profile"]),
+                 "--data", str(r["config"]["data_source"])] + (["--publish"] if publish else [])
+        out.append(shlex.join(parts + ["--models", *models, "--seeds", *map(str, seeds)]))
+    return out
+
+
 def run_study(profile: str, data_source: str | None = None, publish: bool | None = None,
               notebooks: Sequence[str] | None = None, seeds: Sequence[int] = (0,), force: bool = False,
               extra_params: dict | None = None, root: Path | str | None = None, log_output: bool = False,

@@ -465,7 +465,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
     """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs)."""
     from lib.bn_study import bn_summary
     from lib.part1 import load_costs, load_results, part1_table
-    from lib.pipeline import notebook_commands
+    from lib.pipeline import notebook_commands, runs_beyond_notebooks
     from lib.stats import ranking_sentences
 
     results_dir = Path(dirs.results)
@@ -512,6 +512,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "study": study,
         "command": study.get("command") or f"python -m lib study --profile {profile}{publish}",
         "commands": notebook_commands(study),
+        "extra_runs": runs_beyond_notebooks(study, p1, bool(publish)) if study else [],
         "report_command": f"python -m lib report --profile {profile}{publish}",
         "notebook_seconds": {k: v.get("seconds") for k, v in (study.get("notebooks") or {}).items()},
         "versions": _join(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, Python {r.get('python')}"

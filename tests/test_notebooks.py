@@ -18,7 +18,7 @@ from lib.experiments import BN_LRS, BN_MODELS, bn_name
 from lib.models import PART1_MODELS
 from lib.paths import output_dirs
 from lib.pipeline import (NOTEBOOK_DIR, NOTEBOOKS, StudyError, executed_dir, notebook_commands, run_study,
-                          select_notebooks, study_command)
+                          runs_beyond_notebooks, select_notebooks, study_command)
 
 P1_FIGURES = ["p1_curves_CANet", "p1_acc_vs_params", "p1_acc_vs_flops", "p1_per_class", "p1_filters",
               "p1_ridge_se", "p1_ridge_sa", "p1_ridge_unit_transform", "p1_attention_sa", "p1_attention_se",
@@ -84,6 +84,21 @@ def test_notebook_commands_group_one_call_and_rebuild_old_records():
         {"command": one_call, "notebooks": ["04_batchnorm"], "other": {"probe_overrides": {"x": 1}}},
     ]
     assert notebook_commands({}) == []
+
+
+def test_runs_beyond_notebooks_lists_the_runs_no_notebook_call_trained():
+    def run(model, seed):
+        return {"model": model, "seed": seed, "profile": "quick", "config": {"data_source": "shared"}}
+
+    p1 = [run(m, s) for m in ("CANet", "ResNet18", "CANet_tiny") for s in (0, 1, 2)] + [run("VGG11", 0)]
+    study = {"notebooks": {"01_train_canet": {"parameters": {"seeds": [0], "model": "CANet_tiny"}},
+                           "02_baselines": {"parameters": {"seeds": [0], "models": ["CANet", "ResNet18", "VGG11"]}}}}
+    assert runs_beyond_notebooks(study, p1, publish=True) == [
+        "python -m lib run --profile quick --data shared --publish --models CANet_tiny CANet ResNet18 --seeds 1 2"]
+    study["notebooks"]["02_baselines"]["parameters"] = {"seeds": [0, 1, 2]}  # all nine models by default
+    assert runs_beyond_notebooks(study, p1, publish=False) == []
+    del study["notebooks"]["02_baselines"]  # notebook 01 alone: CANet_tiny seed 0 only
+    assert runs_beyond_notebooks(study, p1, publish=False)[-1].endswith("--models VGG11 --seeds 0")
 
 
 def test_every_notebook_finishes_and_writes_its_results(study):
