@@ -171,7 +171,7 @@ class ProbeConfig:
 
     def result_path(self, dirs: OutputDirs) -> Path:
         """Where this probe run's result lives (probe_path)."""
-        return self.result_path(dirs)
+        return probe_path(dirs, self.model, self.seed)
 
     @property
     def etas(self) -> list[float]:
@@ -321,12 +321,11 @@ def stuck_check(train_loss: Sequence[float], num_steps: int, stuck_loss: float =
 
 def probe_data(cfg: ProbeConfig, device: torch.device):
     """(train_loader, data info): the training split (subset) as full shuffled batches, Part 2 normalisation."""
-    from lib.data import load_cifar10, split_train_val, subset, to_device_tensors
+    from lib.data import load_cifar10, study_split, subset, to_device_tensors
     from lib.loader import BatchLoader
 
     data = load_cifar10(cfg.data_source)
-    # The same 45,000 / 5,000 split as lib.train, so the probe never sees the validation images.
-    X_tr, y_tr, _, _ = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
+    X_tr, y_tr, _, _ = study_split(data)  # never the validation images
     X_tr, y_tr = subset(X_tr, y_tr, cfg.num_train)
     if len(y_tr) < cfg.batch_size:
         raise ValueError(f"the data source has only {len(y_tr)} training images, fewer than one batch of "
@@ -564,7 +563,7 @@ SLICE_IMAGES = {"smoke": 64, "quick": 256, "full": 2000}  # fixed training subse
 def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, lr: float = 1e-3,
                seed: int = BN_SEED, num_images: int | None = None, device: str = "auto") -> list[dict]:
     """1-D slices around the protocol's best checkpoints at `lr` (both networks); writes slice-<model>-s<seed>.json."""
-    from lib.data import load_cifar10, split_train_val, subset, to_device_tensors
+    from lib.data import load_cifar10, study_split, subset, to_device_tensors
     from lib.models import build
     from lib.train import resolve_device
 
@@ -584,8 +583,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         if not ckpt or not Path(ckpt).exists():
             raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing: run the protocol "
                                     f"(run_protocol) first, in this profile")
-        data = load_cifar10(data_source)
-        X_tr, y_tr, _, _ = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
+        X_tr, y_tr, _, _ = study_split(load_cifar10(data_source))
         X_tr, y_tr = subset(X_tr, y_tr, num_images)
         X, y = to_device_tensors(X_tr, y_tr, dev)
         mean, std = NORMS["half"]

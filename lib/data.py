@@ -517,6 +517,12 @@ def split_train_val(X: np.ndarray, y: np.ndarray, num_val: int = 5000, seed: int
     return X[tr_idx], y[tr_idx], X[val_idx], y[val_idx]
 
 
+def study_split(data) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The study's training / validation split of a loaded data set: STUDY.md holds out 10% of the training
+    set (45,000 / 5,000 on the full set), the same images for every run, probe and slice."""
+    return split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
+
+
 def subset(X: np.ndarray, y: np.ndarray, n: int | None, seed: int = SPLIT_SEED):
     """The first n images of a fixed seeded permutation (all of them, in order, when n is None or >= len(X))."""
     if len(X) != len(y):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lib.config import NORMS, TrainConfig
-from lib.data import load_cifar10, split_train_val, subset, to_device_tensors
+from lib.data import load_cifar10, study_split, subset, to_device_tensors
 from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
@@ -106,8 +106,7 @@ class Split(NamedTuple):
 def split_data(cfg: TrainConfig) -> Split:
     """Load, split and subset the data as `cfg` says (arrays on the host); error for an empty part."""
     data = load_cifar10(cfg.data_source)
-    # STUDY.md: 10% of the training set held out (45,000 / 5,000 on the full set).
-    X_tr, y_tr, X_val, y_val = split_train_val(data.X_train, data.y_train, num_val=len(data.y_train) // 10)
+    X_tr, y_tr, X_val, y_val = study_split(data)
     X_tr, y_tr = subset(X_tr, y_tr, cfg.num_train)
     X_val, y_val = subset(X_val, y_val, cfg.num_val)
     X_te, y_te = subset(data.X_test, data.y_test, cfg.num_test)
