@@ -191,14 +191,20 @@ def comparison_markdown(table, results: Sequence[dict], costs: dict | None = Non
             f"{ORIGINAL_REPORT['setting']}.*")
 
 
+REFERENCE_ORDER = ("CANet", "CANet_light", "CANet_pro", "CANet_tiny")  # the study's subject first
+
+
 def reference_model(table) -> str | None:
-    """The model the ranking compares against: CANet if present, else another CANet variant (the study's
-    subject), else the first model with a result."""
-    models = list(table["model"]) if table is not None else []
-    for name in ("CANet", "CANet_light", "CANet_pro", "CANet_tiny"):
-        if name in models:
-            return name
-    return models[0] if models else None
+    """The model the ranking compares against: the CANet variant with the most seeds (a one-seed model
+    decides no comparison), CANet first among equals, then CANet_light, CANet_pro, CANet_tiny; without a
+    CANet variant, the first model with a result."""
+    if table is None or not len(table):
+        return None
+    seeds = dict(zip(table["model"], table["n_seeds"]))
+    variants = [m for m in REFERENCE_ORDER if m in seeds]
+    if not variants:
+        return str(table["model"].iloc[0])
+    return max(variants, key=lambda m: (seeds[m], -REFERENCE_ORDER.index(m)))
 
 
 def ranking(table) -> list[str]:

@@ -177,3 +177,14 @@ def test_recorded_compute_adds_training_probe_and_slice_seconds(study_dirs):
                        "environment": {"device": "NVIDIA H100 80GB HBM3"}})
     after = collect("quick", study_dirs)["times"]
     assert after["n"] == before["n"] + 1 and after["gpu"] == pytest.approx(7.5) and after["cpu"] == before["cpu"]
+
+
+def test_reference_is_the_canet_variant_with_the_most_seeds(study_dirs):
+    from lib.report import reference_model
+
+    assert "Against CANet:" in render_report("quick", study_dirs).read_text()  # 3 seeds each: CANet first
+    for seed in (1, 2):  # CANet keeps one seed: comparisons against it would decide nothing
+        (Path(study_dirs.results) / f"p1-CANet-s{seed}.json").unlink()
+    text = render_report("quick", study_dirs).read_text()
+    assert "Against CANet_tiny:" in text and "CANet_tiny vs CANet cannot be decided from one seed" in text
+    assert reference_model(None) is None
