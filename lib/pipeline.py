@@ -134,8 +134,8 @@ _STUDY_OPTIONS = ("profile", "data_source", "publish", "force", "seeds", "root")
 
 def notebook_commands(study: dict) -> list[dict]:
     """The commands that produced the notebooks recorded in a study.json, in running order:
-    [{'command', 'notebooks': [names], 'other': {notebook parameters no option expresses}}]; consecutive
-    notebooks run by one command share an entry. A notebook recorded without its command (older files)
+    [{'command', 'notebooks': [names], 'other': {notebook parameters no option expresses}}]; notebooks run
+    by one command share an entry. A notebook recorded without its command (older files)
     gets one rebuilt from its recorded parameters, for it alone."""
     out = []
     for name, entry in sorted((study.get("notebooks") or {}).items()):
@@ -149,8 +149,9 @@ def notebook_commands(study: dict) -> list[dict]:
             other = {k: v for k, v in params.items() if k not in _STUDY_OPTIONS + CLI_PARAMETERS}
             if params.get("root") is not None:
                 other["root"] = params["root"]
-        if out and out[-1]["command"] == command and out[-1]["other"] == (other or {}):
-            out[-1]["notebooks"].append(name)
+        same = [c for c in out if c["command"] == command and c["other"] == (other or {})]
+        if same:
+            same[0]["notebooks"].append(name)
         else:
             out.append({"command": command, "notebooks": [name], "other": other or {}})
     return out
@@ -175,10 +176,13 @@ def runs_beyond_notebooks(study: dict, p1: Sequence[dict], publish: bool) -> lis
     for model in sorted({m for m, _ in extra}, key=lambda m: (list(PART1_MODELS) + [m]).index(m)):
         groups.setdefault(tuple(sorted(seed for m, seed in extra if m == model)), []).append(model)
     out = []
+    # The data source as the notebooks were given it ('shared'), else as the run's config recorded it.
+    given = [(e.get("parameters") or {}).get("data_source") for e in notebooks.values()]
     for seeds, models in groups.items():
         r = next(r for r in p1 if r["model"] == models[0])
+        source = next((g for g in given if g), None) or r["config"]["data_source"]
         parts = ["python", "-m", "lib", "run", "--profile", str(r["profile"]),
-                 "--data", str(r["config"]["data_source"])] + (["--publish"] if publish else [])
+                 "--data", str(source)] + (["--publish"] if publish else [])
         out.append(shlex.join(parts + ["--models", *models, "--seeds", *map(str, seeds)]))
     return out
 

@@ -76,11 +76,12 @@ def test_notebook_commands_group_one_call_and_rebuild_old_records():
         "02_baselines": {"parameters": {}, "command": one_call, "other_parameters": {}},
         "03_visualize": {"parameters": {}, "command": one_call, "other_parameters": {}},
         "04_batchnorm": {"parameters": {}, "command": one_call, "other_parameters": {"probe_overrides": {"x": 1}}},
+        "05_later": {"parameters": {}, "command": one_call, "other_parameters": {}},  # not adjacent: joins 02-03
     }}
     assert notebook_commands(study) == [
         {"command": "python -m lib study --profile quick --data shared --publish --notebooks 01 --seeds 0 "
                     "--model CANet_tiny", "notebooks": ["01_train_canet"], "other": {"num_images": 4}},
-        {"command": one_call, "notebooks": ["02_baselines", "03_visualize"], "other": {}},
+        {"command": one_call, "notebooks": ["02_baselines", "03_visualize", "05_later"], "other": {}},
         {"command": one_call, "notebooks": ["04_batchnorm"], "other": {"probe_overrides": {"x": 1}}},
     ]
     assert notebook_commands({}) == []
@@ -88,10 +89,11 @@ def test_notebook_commands_group_one_call_and_rebuild_old_records():
 
 def test_runs_beyond_notebooks_lists_the_runs_no_notebook_call_trained():
     def run(model, seed):
-        return {"model": model, "seed": seed, "profile": "quick", "config": {"data_source": "shared"}}
+        return {"model": model, "seed": seed, "profile": "quick", "config": {"data_source": "/abs/copy.tar.gz"}}
 
     p1 = [run(m, s) for m in ("CANet", "ResNet18", "CANet_tiny") for s in (0, 1, 2)] + [run("VGG11", 0)]
-    study = {"notebooks": {"01_train_canet": {"parameters": {"seeds": [0], "model": "CANet_tiny"}},
+    study = {"notebooks": {"01_train_canet": {"parameters": {"seeds": [0], "model": "CANet_tiny",
+                                                              "data_source": "shared"}},
                            "02_baselines": {"parameters": {"seeds": [0], "models": ["CANet", "ResNet18", "VGG11"]}}}}
     assert runs_beyond_notebooks(study, p1, publish=True) == [
         "python -m lib run --profile quick --data shared --publish --models CANet_tiny CANet ResNet18 --seeds 1 2"]
@@ -99,6 +101,8 @@ def test_runs_beyond_notebooks_lists_the_runs_no_notebook_call_trained():
     assert runs_beyond_notebooks(study, p1, publish=False) == []
     del study["notebooks"]["02_baselines"]  # notebook 01 alone: CANet_tiny seed 0 only
     assert runs_beyond_notebooks(study, p1, publish=False)[-1].endswith("--models VGG11 --seeds 0")
+    del study["notebooks"]["01_train_canet"]["parameters"]["data_source"]  # else: as the run's config recorded it
+    assert "--data /abs/copy.tar.gz" in runs_beyond_notebooks(study, p1, publish=False)[0]
 
 
 def test_every_notebook_finishes_and_writes_its_results(study):
