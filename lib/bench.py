@@ -301,8 +301,8 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
         _sync(dev)
         seconds = time.perf_counter() - t0
 
-        overhead = _bookkeeping_seconds(T, model, optimizer, cfg, dev, stats, losses, val, epoch, len(train_loader),
-                                        seconds)
+        row = T.epoch_row(epoch, T.lr_at(cfg, epoch), T.optimizer_at(cfg, epoch), stats, val, seconds)
+        overhead = _bookkeeping_seconds(T, model, optimizer, dev, row, losses, stats["step_acc"], len(train_loader))
     n = info["num_train_used"]
     return {"seconds": seconds, "images_per_s": n / seconds, "num_train": n, "num_val": info["num_val_used"],
             "batch_size": cfg.batch_size, "overhead_seconds": overhead,
@@ -312,12 +312,12 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "setup_seconds": setup_seconds, "compiled": fast_info["compile"],
             "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
             "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
-            "train_loss": float(stats["loss_sum"]) / stats["n"], "val_acc": val["acc"], "data": info.get("label")}
+            "train_loss": row["train_loss"], "val_acc": row["val_acc"], "data": info.get("label")}
 
 
-def _bookkeeping_seconds(T, model, optimizer, cfg, dev, stats, losses, val, epoch, steps_per_epoch,
-                         epoch_seconds) -> float:
-    """Seconds of lib.train's per-epoch work besides training and validation, as it does it on `dev`.
+def _bookkeeping_seconds(T, model, optimizer, dev, row, losses, step_acc, steps_per_epoch) -> float:
+    """Seconds of lib.train's per-epoch work besides training and validation, as it does it on `dev`, for
+    the epoch whose history row (lib.train.epoch_row) is `row`.
 
     TensorBoard (per-step scalars, every parameter's histogram), the weight histograms and the best
     checkpoint every epoch (an upper bound: it is written only when validation improves); the resumable
@@ -328,9 +328,9 @@ def _bookkeeping_seconds(T, model, optimizer, cfg, dev, stats, losses, val, epoc
     fast = T._gpu_fast_path(dev)
     with tempfile.TemporaryDirectory() as tmp:
         writer = SummaryWriter(tmp)
-        row = T.epoch_row(epoch, T.lr_at(cfg, epoch), T.optimizer_at(cfg, epoch), stats, val, epoch_seconds)
+        epoch, epoch_seconds = row["epoch"], row["seconds"]
         t0 = time.perf_counter()
-        T._log_epoch(writer, model, row, losses, stats["step_acc"].cpu(), epoch, steps_per_epoch)
+        T._log_epoch(writer, model, row, losses, step_acc.cpu(), epoch, steps_per_epoch)
         writer.flush()
         T.weight_histograms(model)
         if fast:  # the best weights are copied on the device, written once at the end

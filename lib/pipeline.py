@@ -162,10 +162,12 @@ def runs_beyond_notebooks(study: dict, p1: Sequence[dict], publish: bool) -> lis
     (notebook 01: its model x seeds; notebook 02: its models x seeds), e.g. extra seeds of some models.
     Models with the same extra seeds share a command; [] when the notebooks cover every run."""
     from lib.models import PART1_MODELS
+    from lib.part1 import DEFAULT_MAIN_MODEL
 
     notebooks = study.get("notebooks") or {}
-    covered = set()
-    for name, key, default in (("01_train_canet", "model", ["CANet"]), ("02_baselines", "models", PART1_MODELS)):
+    covered = set()  # (model, seed) pairs the notebooks trained; their defaults where no model was given
+    for name, key, default in (("01_train_canet", "model", [DEFAULT_MAIN_MODEL]),
+                               ("02_baselines", "models", PART1_MODELS)):
         params = (notebooks.get(name) or {}).get("parameters")
         if params is not None:
             models = params.get(key) or default
