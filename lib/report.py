@@ -109,6 +109,12 @@ def _join(values, empty: str = "unknown") -> str:
     return "; ".join(values) if values else empty
 
 
+def commit_span(result: dict) -> str | None:
+    """The commit a result was written with; 'A -> B' where its training started at another commit A."""
+    start, end = result.get("git_commit_start"), result.get("git_commit")
+    return f"{start} -> {end}" if start and end and start != end else end
+
+
 def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) -> str:
     """Data source, profile, device(s) and seeds of a set of results, as one line."""
     if not results:
@@ -523,7 +529,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "notebook_seconds": {k: v.get("seconds") for k, v in (study.get("notebooks") or {}).items()},
         "versions": _join(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, Python {r.get('python')}"
                           for r in everything),
-        "commits": _join(r.get("git_commit") for r in everything),
+        "commits": _join(commit_span(r) for r in everything),
         "devices": _join(r.get("device") for r in everything),
         "data_sources": _unique(((r.get("data") or {}).get("label"), (r.get("data") or {}).get("sha256"),
                                  (r.get("data") or {}).get("archive_sha256")) for r in everything),

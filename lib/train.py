@@ -23,7 +23,7 @@ from lib.data import load_cifar10, study_split, subset, to_device_tensors
 from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
-from lib.results import atomic_write_json, environment_info, reusable_result
+from lib.results import atomic_write_json, environment_info, git_commit, reusable_result
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules).
 WEIGHT_GROUPS = {"se": ".se.", "sa": ".sa.", "unit_transform": ".unit_transform."}
@@ -356,6 +356,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     best = {"val_acc": -1.0, "epoch": -1}
     opt_kind = optimizer_at(cfg, 0)
     optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
+    commit_at_start = git_commit()  # a resumed run keeps the commit its first epoch ran with
     if last_ckpt.exists():
         state = torch.load(last_ckpt, map_location=device, weights_only=False)
         try:
@@ -369,6 +370,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
             weight_hists, steps = state["weight_hists"], state["steps"]
+            commit_at_start = state.get("git_commit_start", "unknown")  # older checkpoints did not record it
             torch.set_rng_state(state["rng_cpu"])
             if progress:
                 print(f"[{cfg.name}] resuming from epoch {start_epoch} ({last_ckpt})")
@@ -435,7 +437,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                                          "optimizer": optimizer.state_dict(), "optimizer_kind": opt_kind,
                                          "epoch": epoch, "history": history, "best": best,
                                          "weight_hists": weight_hists, "steps": steps,
-                                         "rng_cpu": torch.get_rng_state()})
+                                         "rng_cpu": torch.get_rng_state(), "git_commit_start": commit_at_start})
             last_saved = time.perf_counter()
         epochs_done_now += 1
         if progress:
@@ -461,7 +463,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     result = {
         "name": cfg.name, "status": status, "message": message, "config": cfg.to_dict(), "model": cfg.model,
         "profile": cfg.profile, "seed": cfg.seed, "num_params": num_params, "data": data_info,
-        **environment_info(device),
+        **environment_info(device),  # its git_commit is the commit when the result is written
+        "git_commit_start": commit_at_start,
         "history": history, "best_val_acc": best["val_acc"] if best["epoch"] >= 0 else None,
         "best_epoch": best["epoch"] if best["epoch"] >= 0 else None,
         "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,

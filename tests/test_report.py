@@ -188,3 +188,12 @@ def test_reference_is_the_canet_variant_with_the_most_seeds(study_dirs):
     text = render_report("quick", study_dirs).read_text()
     assert "Against CANet_tiny:" in text and "CANet_tiny vs CANet cannot be decided from one seed" in text
     assert reference_model(None) is None
+
+
+def test_commit_line_names_where_a_resumed_run_started(study_dirs):
+    path = Path(study_dirs.results) / "p1-VGG11-s0.json"
+    r = p1_result("VGG11", 0, ACCS["VGG11"][0])
+    atomic_write_json(path, dict(r, git_commit_start="0ld000", git_commit="n3w111"))
+    line = next(l for l in render_report("quick", study_dirs).read_text().splitlines() if "git commit(s)" in l)
+    assert "0ld000 -> n3w111" in line and "abc123" in line  # the other results started and ended at abc123
+    assert "abc123 ->" not in line

@@ -155,6 +155,19 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert resumed["test_acc"] == full["test_acc"]
 
 
+def test_resumed_result_records_the_commit_it_started_with(tiny_source, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_source, num_epochs=2)
+    dirs = output_dirs("smoke", root=tmp_path)
+    monkeypatch.setattr(T, "git_commit", lambda: "aaaa1111")
+    T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)
+    monkeypatch.setattr(T, "git_commit", lambda: "bbbb2222")
+    monkeypatch.setattr(T, "environment_info", lambda device: {"device": "cpu", "git_commit": "bbbb2222"})
+    done = T.train(cfg, dirs=dirs, progress=False)
+    assert (done["git_commit_start"], done["git_commit"]) == ("aaaa1111", "bbbb2222")
+    fresh = T.train(cfg.replace(seed=1), dirs=dirs, progress=False)
+    assert fresh["git_commit_start"] == "bbbb2222"
+
+
 def _scalars(run_dir, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
