@@ -225,20 +225,12 @@ def ranking(table) -> list[str]:
 
 def verdict_counts(table) -> dict:
     """How many comparisons with the reference model are better / worse / tied / undetermined (lib.stats.compare)."""
-    from lib.stats import compare
+    from lib.stats import comparisons
 
     ref = reference_model(table)
     counts = {"better": 0, "worse": 0, "tied": 0, "undetermined": 0, "incomparable": 0}
-    if ref is None:
-        return counts
-    r = table[table["model"] == ref].iloc[0]
-    for _, row in table.iterrows():
-        if row["model"] == ref:
-            continue
-        if r["n_seeds"] == 0 or row["n_seeds"] == 0:
-            counts["incomparable"] += 1
-        else:
-            counts[compare(r["test_accs"], row["test_accs"]).verdict] += 1
+    for _, _, v in comparisons(table, ref) if ref is not None else []:
+        counts[v.verdict if v is not None else "incomparable"] += 1
     return counts
 
 

@@ -199,26 +199,32 @@ def _fmt_acc(row) -> str:
     return f"{row['test_acc_mean']:.2f}%"
 
 
+def comparisons(table: pd.DataFrame, reference: str = "CANet",
+                alpha: float = 0.05) -> list[tuple[pd.Series, pd.Series, Verdict | None]]:
+    """(reference row, other row, compare(reference, other)) for every other model in `table`, in table order;
+    the verdict is None where either side has no successful run."""
+    models = list(table["model"])
+    if reference not in models:
+        raise ValueError(f"reference model {reference!r} is not in the table; models present: {models}")
+    ref = table[table["model"] == reference].iloc[0]
+    return [(ref, row, compare(ref["test_accs"], row["test_accs"], alpha=alpha)
+             if ref["n_seeds"] and row["n_seeds"] else None)
+            for _, row in table.iterrows() if row["model"] != reference]
+
+
 def ranking_sentences(table: pd.DataFrame, reference: str = "CANet", alpha: float = 0.05) -> list[str]:
     """One plain sentence per other model in `table`, comparing it with `reference` via compare().
 
     Wording follows the verdict: "X is better than Y (...)", "X and Y are tied (...)", or
     "... cannot be decided from one seed" (fewer than 2 seeds on a side); never more than the test supports.
     """
-    models = list(table["model"])
-    if reference not in models:
-        raise ValueError(f"reference model {reference!r} is not in the table; models present: {models}")
-    ref = table[table["model"] == reference].iloc[0]
     out = []
-    for _, row in table.iterrows():
+    for ref, row, v in comparisons(table, reference, alpha):
         name = row["model"]
-        if name == reference:
-            continue
-        if ref["n_seeds"] == 0 or row["n_seeds"] == 0:
+        if v is None:
             empty = reference if ref["n_seeds"] == 0 else name
             out.append(f"{reference} and {name} cannot be compared: {empty} has no successful run.")
             continue
-        v = compare(ref["test_accs"], row["test_accs"], alpha=alpha)
         first, second = (row, ref) if v.verdict == "worse" else (ref, row)  # a winner's numbers come first
         ctx = f"{_fmt_acc(first)} vs {_fmt_acc(second)}, {first['n_seeds']} vs {second['n_seeds']} seeds"
         if v.verdict == "better":

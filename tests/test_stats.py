@@ -4,7 +4,8 @@ import math
 import pytest
 from scipy import stats as sps
 
-from lib.stats import compare, comparison_table, pareto_front, ranking_sentences, summarize, welch_test
+from lib.stats import (compare, comparison_table, comparisons, pareto_front, ranking_sentences, summarize,
+                       welch_test)
 
 
 def test_summarize_known_values():
@@ -153,3 +154,13 @@ def test_ranking_sentences_follow_the_test(results):
     assert mid_wins.index(f"{row['Mid']['test_acc_mean']:.2f}") < mid_wins.index(f"{row['Small']['test_acc_mean']:.2f}")
     with pytest.raises(ValueError, match="not in the table"):
         ranking_sentences(t, reference="CANet")
+
+
+def test_comparisons_pair_each_model_with_its_verdict(results):
+    t = comparison_table(results + [_result("Broken", 0, None, 50, status="diverged")])
+    pairs = comparisons(t, reference="Big")
+    assert [row["model"] for _, row, _ in pairs] == ["Broken", "Small", "Mid", "Single"]
+    assert all(ref["model"] == "Big" for ref, _, _ in pairs)
+    verdicts = {row["model"]: (v.verdict if v else None) for _, row, v in pairs}
+    assert verdicts == {"Broken": None, "Small": "better", "Mid": "tied", "Single": "undetermined"}
+    assert "Broken has no successful run" in ranking_sentences(t, reference="Big")[0]
