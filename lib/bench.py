@@ -272,7 +272,9 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
     cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed).replace(compile=compile)
     load_cifar10(cfg.data_source)  # decoded once into the cache here, so setup_seconds is a cache read
     cuda = dev.type == "cuda"
-    with _backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda):
+    # Only the `compile` argument chooses the variant timed, whatever CIFAR10_COMPILE says.
+    with _backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
+            _env(T.COMPILE_ENV, ""):
         _sync(dev)
         t0 = time.perf_counter()
         (train_loader, val_loader, _), info = T.prepare_data(cfg, dev)
@@ -310,6 +312,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "compile_seconds": (max(0.0, (warmup_seconds or seconds) - seconds) if fast_info["compile"]
                                 else fast_info["compile_seconds"]),
             "setup_seconds": setup_seconds, "compiled": fast_info["compile"],
+            "compile_mode": fast_info.get("compile_mode"),
             "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
             "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
             "train_loss": row["train_loss"], "val_acc": row["val_acc"], "data": info.get("label")}
@@ -390,7 +393,7 @@ def check_cuda_graphs(model_name: str = "CANet_tiny", data_source: str | None = 
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
         eager = T.new_model(cfg, dev)
         graphed_model = copy.deepcopy(eager)
-        with _env(T.CUDA_GRAPHS_ENV, "1"):
+        with _env(T.CUDA_GRAPHS_ENV, "1"), _env(T.COMPILE_ENV, ""):
             step_g, info = T.step_model_for(graphed_model, cfg, dev, train_loader)
         if not info["cuda_graphs"]:
             return dict(result, ok=False, note=info["note"])
@@ -469,7 +472,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
 
     missing_only skips what the file already has (a later call on the same device adds the rest).
     compile=True times the torch.compile variant of the fast epoch, under the key '<model>+compile'
-    (the study estimate reads the plain keys, i.e. what `python -m lib run` does).
+    (the study estimate and the plan read it for the models that CIFAR10_COMPILE names, see compile_choice).
     """
     from lib.train import resolve_device
 
@@ -496,7 +499,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
                      fast_seconds=fast["seconds"], fast_images_per_s=fast["images_per_s"],
                      fast_overhead_seconds=fast["overhead_seconds"], compile_seconds=fast["compile_seconds"],
                      setup_seconds=fast["setup_seconds"], warmup_seconds=fast["warmup_seconds"],
-                     cuda_graphs=fast["cuda_graphs"], compiled=fast["compiled"], date=_now())
+                     cuda_graphs=fast["cuda_graphs"], compiled=fast["compiled"], date=_now(),
+                     **({"compile_mode": fast["compile_mode"]} if fast["compiled"] else {}))
         entry["ratio"] = entry["naive_seconds"] / fast["seconds"] if with_naive else None
         data = _merge_write(path, dev, {key: entry})
         _release(dev)
@@ -535,29 +539,59 @@ def run_seconds(entry: dict, num_epochs: int) -> float:
     return entry["setup_seconds"] + extra_first + num_epochs * (entry["fast_seconds"] + entry["fast_overhead_seconds"])
 
 
+def _epochs_of(model: str) -> int:
+    """Epochs of `model`'s runs in the full study (the BN protocol's for VGG_A / VGG_A_BN)."""
+    full = PROFILES["full"]
+    return full.bn_epochs if model in BN_MODELS else full.num_epochs
+
+
+def entry_in_use(entries: dict, model: str) -> dict | None:
+    """The bench entry that times `model` as `python -m lib run` will train it in this environment: the
+    '<model>+compile' one where CIFAR10_COMPILE names the model (and it was measured), else the plain one;
+    None without a fast measurement."""
+    from lib.train import compile_env_models
+
+    names = compile_env_models()
+    keys = ([f"{model}+compile"] if "all" in names or model in names else []) + [model]
+    return next((entries[k] for k in keys if entries.get(k, {}).get("fast_seconds") is not None), None)
+
+
+def compile_choice(bench) -> list[str]:
+    """Models whose torch.compile'd run is estimated faster than their CUDA-graphed one on the bench's device,
+    one-off compile time included (a whole `full` run: run_seconds over its epochs). Both variants must be
+    measured; the GPU runner exports the answer as CIFAR10_COMPILE."""
+    entries = load_bench(bench).get("entries", {})
+    chosen = []
+    for model in PART1_MODELS + BN_MODELS:
+        plain, compiled = entries.get(model, {}), entries.get(f"{model}+compile", {})
+        if plain.get("fast_seconds") is None or compiled.get("fast_seconds") is None or not compiled.get("compiled"):
+            continue  # not both measured, or a CPU measurement (where nothing is compiled)
+        if run_seconds(compiled, _epochs_of(model)) < run_seconds(plain, _epochs_of(model)):
+            chosen.append(model)
+    return chosen
+
+
 def study_estimate(bench, seeds: int = 1) -> dict:
     """Seconds of the `full` study on the bench's device: {part1: {model: s}, bn: {model: s}, probe: {model: s},
     total_seconds, total_minutes, target_minutes, missing: [keys without a measurement]}.
 
     Part 1: the nine models x `seeds` runs of PROFILES['full'].num_epochs epochs; the BN protocol: VGG_A and
     VGG_A_BN at each of the BN_LRS for bn_epochs; the probe runs: both networks for the probe's num_steps.
-    One-off costs (setup, compile/capture, the first epoch's autotuning) are counted per run.
+    One-off costs (setup, compile/capture, the first epoch's autotuning) are counted per run. Each model's
+    time is that of the variant `python -m lib run` trains here (entry_in_use: compiled where CIFAR10_COMPILE
+    names it).
     """
     from lib.bn_study import PROBE_SIZES
 
     entries = load_bench(bench).get("entries", {})
-    full = PROFILES["full"]
     out = {"part1": {}, "bn": {}, "probe": {}, "missing": []}
-    for m in PART1_MODELS:
-        if m in entries and entries[m].get("fast_seconds") is not None:
-            out["part1"][m] = seeds * run_seconds(entries[m], full.num_epochs)
+    for m in PART1_MODELS + BN_MODELS:
+        group, runs = ("bn", len(BN_LRS)) if m in BN_MODELS else ("part1", seeds)
+        if (e := entry_in_use(entries, m)) is not None:
+            out[group][m] = runs * run_seconds(e, _epochs_of(m))
         else:
             out["missing"].append(m)
     for m in BN_MODELS:
-        if m in entries and entries[m].get("fast_seconds") is not None:
-            out["bn"][m] = len(BN_LRS) * run_seconds(entries[m], full.bn_epochs)
-        else:
-            out["missing"].append(m)
         key = f"probe-{m}"
         if key in entries:
             out["probe"][m] = PROBE_SIZES["full"]["num_steps"] * entries[key]["seconds_per_step"]
@@ -664,8 +698,8 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     full = PROFILES[profile]
 
     def est(model: str, num_epochs: int) -> float | None:
-        e = entries.get(model)
-        return run_seconds(e, num_epochs) if e and e.get("fast_seconds") is not None else None
+        e = entry_in_use(entries, model)
+        return run_seconds(e, num_epochs) if e is not None else None
 
     def finished(cfg: TrainConfig) -> bool:
         return reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig) is not None

@@ -119,6 +119,8 @@ def cmd_bench(args) -> int:
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
                             compile=args.compile)
+    if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
+        print(" ".join(bench.compile_choice(read_json(path))) if path.exists() else "")
     if args.table:
         print(bench.bench_table(path))
     if args.estimate:
@@ -183,6 +185,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="bench file (default: results/bench/<device-slug>.json)")
     p.add_argument("--check-graphs", metavar="MODEL", help="compare CUDA-graphed and eager training steps "
                                                            "(exit status 3 if they differ)")
+    p.add_argument("--compile-choice", action="store_true",
+                   help="print the models whose measured torch.compile variant makes a full run faster "
+                        "(the GPU runner exports them as CIFAR10_COMPILE)")
     p.add_argument("--table", action="store_true", help="print the bench file as a markdown table")
     p.add_argument("--estimate", action="store_true", help="print the full study's estimated GPU time")
     p.add_argument("--plan", nargs="+", metavar="SUBSET",

@@ -30,6 +30,11 @@ WEIGHT_GROUPS = {"se": ".se.", "sa": ".sa.", "unit_transform": ".unit_transform.
 HIST_BINS = 40
 # GPU fast path (CUDA only; CPU runs take none of its branches), see docs/GPU.md.
 CUDA_GRAPHS_ENV = "CIFAR10_CUDA_GRAPHS"  # "0" runs CUDA training steps eagerly (no CUDA graphs)
+# Models whose CUDA training steps run torch.compile'd instead of CUDA-graphed: names separated by spaces or
+# commas, or "all" (the GPU runner sets it from the benchmark, see docs/GPU.md). Like the CUDA graphs, an
+# execution choice, not part of the experiment: the result records it in `fast_path`, its config does not.
+COMPILE_ENV = "CIFAR10_COMPILE"
+COMPILE_MODE_ENV = "CIFAR10_COMPILE_MODE"  # torch.compile's mode (default "default"; e.g. "reduce-overhead")
 LAST_CKPT_EVERY_S = 120.0  # CUDA: the resumable checkpoint is written at most this often (see _gpu_fast_path)
 
 
@@ -219,51 +224,85 @@ class _Forward(nn.Module):
         return self.model(x)
 
 
-class GraphedForward(nn.Module):
+class _FullBatchForward(nn.Module):
+    """`model`, whose training forward for full batches of one shape goes through a faster callable (set by
+    the subclass as self._fast); other shapes (an epoch's last, partial batch), eval mode and no-grad calls
+    run `model` eagerly. Both paths share the same parameters and buffers."""
+
+    def __init__(self, model: nn.Module, batch_shape: tuple[int, ...]):
+        super().__init__()
+        self.model = model
+        self.batch_shape = tuple(batch_shape)
+        self._fast = [model]  # in a list: not a registered submodule (its parameters are model's)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast callable for a full training batch; the eager model otherwise."""
+        if self.model.training and torch.is_grad_enabled() and tuple(x.shape) == self.batch_shape:
+            return self._fast[0](x)
+        return self.model(x)
+
+
+class GraphedForward(_FullBatchForward):
     """`model` whose training forward and backward replay captured CUDA graphs for full batches.
 
     torch.cuda.make_graphed_callables captures one forward and one backward graph for the batch shape
     (B, C, H, W): a step then launches two graphs instead of hundreds of kernels (small models are
-    launch-bound). Other shapes (an epoch's last, partial batch), eval mode and no-grad calls run `model`
-    eagerly; both paths share the same parameters and buffers.
+    launch-bound).
     """
 
     def __init__(self, model: nn.Module, sample_x: torch.Tensor, cfg: TrainConfig):
-        super().__init__()
-        self.model = model
-        self.batch_shape = tuple(sample_x.shape)
+        super().__init__(model, sample_x.shape)
         with autocast_for(cfg, sample_x.device, cache_enabled=False):
-            graphed = torch.cuda.make_graphed_callables(_Forward(model), (sample_x,), allow_unused_input=True)
-        self._graphed = [graphed]  # in a list: not a registered submodule (its parameters are model's)
+            self._fast = [torch.cuda.make_graphed_callables(_Forward(model), (sample_x,), allow_unused_input=True)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Graph replay for a full training batch; the eager model otherwise."""
-        if self.model.training and torch.is_grad_enabled() and tuple(x.shape) == self.batch_shape:
-            return self._graphed[0](x)
-        return self.model(x)
+
+class CompiledForward(_FullBatchForward):
+    """`model` whose training steps on full batches run torch.compile'd (kernels fused by Inductor; compiled
+    lazily, at the first full batch). Only one shape and one mode are ever compiled, so the partial last
+    batch and the evaluation passes cause no recompilation."""
+
+    def __init__(self, model: nn.Module, batch_shape: tuple[int, ...], mode: str = "default"):
+        super().__init__(model, batch_shape)
+        self.mode = mode
+        self._fast = [torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)]
+
+
+def compile_env_models() -> set[str]:
+    """The names in the CIFAR10_COMPILE environment variable (separated by spaces or commas; 'all' for every model)."""
+    return set(os.environ.get(COMPILE_ENV, "").replace(",", " ").split())
+
+
+def compile_requested(cfg: TrainConfig) -> bool:
+    """Whether cfg's CUDA training steps are to be torch.compile'd: cfg.compile, or CIFAR10_COMPILE names the model."""
+    names = compile_env_models()
+    return cfg.compile or "all" in names or cfg.model in names
 
 
 def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, train_loader: BatchLoader):
-    """(module that runs the training steps, info): torch.compile'd with cfg.compile, CUDA-graphed by default
-    on CUDA (CIFAR10_CUDA_GRAPHS=0 turns that off), else `model`; info says which and what it cost."""
+    """(module that runs the training steps, info): on CUDA, torch.compile'd where compile_requested(cfg),
+    else CUDA-graphed (CIFAR10_CUDA_GRAPHS=0 turns that off); `model` itself on a CPU. Either way only full
+    training batches take the fast route. info says which and what it cost (a compile is paid lazily, in
+    the first epoch)."""
     info = {"compile": False, "cuda_graphs": False, "compile_seconds": 0.0, "note": ""}
     if device.type != "cuda":
         return model, info
-    if cfg.compile:  # compiled lazily: the first epoch pays the compile time
-        info["compile"] = True
-        return torch.compile(model), info
-    if os.environ.get(CUDA_GRAPHS_ENV, "1") == "0":
-        info["note"] = f"{CUDA_GRAPHS_ENV}=0: eager steps"
-        return model, info
     if train_loader.num_samples < cfg.batch_size:
         info["note"] = "fewer images than one batch: eager steps"
+        return model, info
+    batch_shape = (cfg.batch_size, *train_loader.X.shape[1:])
+    if compile_requested(cfg):
+        mode = os.environ.get(COMPILE_MODE_ENV, "default")
+        info.update(compile=True, compile_mode=mode)
+        return CompiledForward(model, batch_shape, mode), info
+    if os.environ.get(CUDA_GRAPHS_ENV, "1") == "0":
+        info["note"] = f"{CUDA_GRAPHS_ENV}=0: eager steps"
         return model, info
     t0 = time.perf_counter()
     model.train()  # the graph records the mode it is captured in (BatchNorm: batch statistics)
     # The capture's warm-up runs real forward passes, which would move the BatchNorm running statistics.
     saved = copy_state(model)
     try:
-        sample = torch.randn((cfg.batch_size, *train_loader.X.shape[1:]), device=device)
+        sample = torch.randn(batch_shape, device=device)
         if train_loader.channels_last:
             sample = sample.contiguous(memory_format=torch.channels_last)
         step_model = GraphedForward(model, sample, cfg)

@@ -8,8 +8,10 @@
 #  1. decodes the data once (DATA=shared: the JPEG copy in .carry/, recorded as 'shared' in result configs, so
 #     results written here match the configs built on the other machine; another DATA is copied there first);
 #  2. checks the CUDA-graph training step against the eager one (a mismatch turns graphs off for the call);
-#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE; always: the fast epoch of every study model and the
-#     probe steps that results/bench/<gpu>.json still lacks (the plan below needs them);
+#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and of BENCH_COMPILE with torch.compile); always: the
+#     fast epoch of every study model and the probe steps that results/bench/<gpu>.json still lacks (the plan
+#     below needs them); then picks the models to train torch.compile'd (COMPILE_MODELS, default: where the
+#     bench file says a full run is faster that way);
 #  4. plans the unfinished experiments of the subset that fit the time left (python -m lib bench --plan) and
 #     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time;
 #  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tar (never
@@ -43,6 +45,9 @@ DATA_SRC=${DATA_SRC:-.carry/cifar10-jpeg75.tar.gz}
 # committed results they are matched against) record the same data source on both machines.
 DATA=${DATA:-shared}
 BENCH_NAIVE=${BENCH_NAIVE:-"CANet CANet_tiny ResNet18 VGG_A_BN"}
+BENCH_COMPILE=${BENCH_COMPILE-"CANet"}  # 'bench': also naive vs torch.compile'd fast epochs of these (empty: none)
+COMPILE_MODELS=${COMPILE_MODELS:-auto}  # trained torch.compile'd: auto (where the bench file says it is faster),
+                                        # none, or model names
 STUDY_MODELS=${STUDY_MODELS:-"CANet_tiny CANet_light CANet ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11 \
 CANet_pro VGG_A VGG_A_BN"}
 BENCH_ARGS=${BENCH_ARGS:-}           # extra `python -m lib bench` options (dry runs: --num-train 64 --workers 0)
@@ -122,9 +127,18 @@ main() {
   # 3. Measurements: the headline table on request; what the plan needs, always (only the missing ones).
   if ((want_bench)); then
     guard $PY -m lib bench --models $BENCH_NAIVE --data "$DATA" $BENCH_ARGS
+    [[ -n "$BENCH_COMPILE" ]] \
+      && guard $PY -m lib bench --models $BENCH_COMPILE --compile --missing-only --data "$DATA" $BENCH_ARGS
   fi
   guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
   pack
+  # Which models train torch.compile'd instead of CUDA-graphed (the plan's estimates follow the choice).
+  case "$COMPILE_MODELS" in
+    auto) COMPILE_MODELS=$($PY -m lib bench --compile-choice $BENCH_ARGS) || COMPILE_MODELS="" ;;
+    none) COMPILE_MODELS="" ;;
+  esac
+  export CIFAR10_COMPILE="$COMPILE_MODELS"
+  log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"
   ((${#tokens[@]})) || { log "bench only"; return 0; }
 
   # 4. Plan the unfinished experiments that fit, then 5. run them.

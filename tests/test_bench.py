@@ -181,6 +181,48 @@ def test_estimate_study_minutes_by_hand():
         B.estimate_study_minutes(bench)
 
 
+def bench_with_compiled_variants() -> dict:
+    """fake_bench plus torch.compile'd entries: CANet's pays off over 70 epochs, ResNet18's does not."""
+    bench = fake_bench()
+    # CANet compiled, per run: 2 + (30 - 0.5) + 70 x (0.5 + 0.1) = 73.5 s < 79.5 s plain.
+    bench["entries"]["CANet+compile"] = dict(fake_entry(model="CANet", fast=0.5, warmup=30.0), compiled=True)
+    # ResNet18 compiled: 2 + 39.1 + 70 x 1.0 = 111.1 s > 79.5 s.
+    bench["entries"]["ResNet18+compile"] = dict(fake_entry(model="ResNet18", fast=0.9, warmup=40.0), compiled=True)
+    # Timed with --compile on a CPU, where nothing is compiled: never a reason to compile.
+    bench["entries"]["VGG_A+compile"] = dict(fake_entry(model="VGG_A", fast=0.01, warmup=0.01), compiled=False)
+    return bench
+
+
+def test_compile_choice_and_the_estimates_follow_the_measured_variant(tiny_source, tmp_path, monkeypatch):
+    bench = bench_with_compiled_variants()
+    assert B.compile_choice(bench) == ["CANet"]
+    monkeypatch.delenv(T.COMPILE_ENV, raising=False)
+    assert B.study_estimate(bench)["part1"]["CANet"] == pytest.approx(79.5)
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    canet_job = lambda: next(j for j in B.study_jobs(bench, source, dirs) if j.names == ("p1-CANet-s0",))
+    assert canet_job().seconds == pytest.approx(79.5)
+    monkeypatch.setenv(T.COMPILE_ENV, "CANet")
+    assert B.study_estimate(bench)["part1"]["CANet"] == pytest.approx(73.5)
+    assert B.study_estimate(bench)["part1"]["ResNet18"] == pytest.approx(79.5)
+    assert canet_job().seconds == pytest.approx(73.5)
+    monkeypatch.setenv(T.COMPILE_ENV, "all")  # a model without a compiled measurement keeps its plain one
+    est = B.study_estimate(bench)
+    assert est["part1"]["ResNet18"] == pytest.approx(111.1) and est["part1"]["MobileNetV2"] == pytest.approx(79.5)
+    assert B.entry_in_use({}, "CANet") is None
+
+
+def test_cli_bench_prints_the_compile_choice(tmp_path, capsys):
+    from lib.cli import main
+
+    path = tmp_path / "h100.json"
+    atomic_write_json(path, bench_with_compiled_variants())
+    assert main(["bench", "--device", "cpu", "--out", str(path), "--compile-choice"]) == 0
+    assert capsys.readouterr().out == "CANet\n"
+    assert main(["bench", "--device", "cpu", "--out", str(tmp_path / "none.json"), "--compile-choice"]) == 0
+    assert capsys.readouterr().out == "\n"
+
+
 def test_bench_table_shows_ratios_against_targets():
     bench = fake_bench()
     bench["entries"]["CANet"] = fake_entry(model="CANet", fast=1.0, naive=20.6)
@@ -288,6 +330,46 @@ def test_step_model_is_the_model_itself_on_cpu():
     cfg = TrainConfig(name="x", model="CANet_tiny", device="cpu", compile=True)
     step, info = T.step_model_for(model, cfg, torch.device("cpu"), loader)
     assert step is model and info == {"compile": False, "cuda_graphs": False, "compile_seconds": 0.0, "note": ""}
+
+
+def test_compile_is_requested_by_the_config_or_the_environment(monkeypatch):
+    cfg = TrainConfig(name="x", model="CANet", device="cpu")
+    monkeypatch.delenv(T.COMPILE_ENV, raising=False)
+    assert not T.compile_requested(cfg) and T.compile_requested(cfg.replace(compile=True))
+    for value, wanted in (("CANet", True), ("CANet_tiny, CANet", True), ("CANet_tiny", False), ("all", True),
+                          ("", False)):
+        monkeypatch.setenv(T.COMPILE_ENV, value)
+        assert T.compile_requested(cfg) is wanted, value
+    monkeypatch.setenv(T.COMPILE_ENV, "all")  # a CPU never compiles
+    loader = BatchLoader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2,
+                         mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = build("CANet_tiny")
+    assert T.step_model_for(model, cfg.replace(model="CANet_tiny"), torch.device("cpu"), loader)[0] is model
+
+
+def test_compiled_forward_compiles_once_and_runs_only_full_training_batches(monkeypatch):
+    compiled, calls = [], []
+
+    def fake_compile(module, mode=None, dynamic=None):  # stands in for Inductor
+        compiled.append((mode, dynamic))
+        return lambda x: calls.append(tuple(x.shape)) or module(x)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 30 * 30, 10))
+    fwd = T.CompiledForward(model, (4, 3, 32, 32), mode="reduce-overhead")
+    assert compiled == [("reduce-overhead", False)]
+    assert list(fwd.state_dict()) == [f"model.{k}" for k in model.state_dict()]  # no parameters of its own
+    fwd.train()
+    assert fwd(torch.randn(4, 3, 32, 32)).shape == (4, 10) and calls == [(4, 3, 32, 32)]
+    fwd(torch.randn(3, 3, 32, 32))  # the partial last batch: eager, no second compilation
+    with torch.no_grad():
+        fwd(torch.randn(4, 3, 32, 32))
+    fwd.eval()
+    fwd(torch.randn(4, 3, 32, 32))
+    assert len(calls) == 1 and len(compiled) == 1
+    T.CompiledForward(model, (4, 3, 32, 32))
+    assert compiled[-1] == (None, False)  # mode "default" is torch.compile's default
 
 
 def test_graphed_forward_replays_only_full_training_batches(monkeypatch):
