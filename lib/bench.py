@@ -26,9 +26,11 @@ Bench file (one per device, results/bench/<device-slug>.json): {"device", "devic
 batch_size, num_train, num_val, data, device, torch, date, naive_seconds, naive_images_per_s,
 naive_val_passes, naive_workers (absent for fast-only entries), fast_seconds, fast_images_per_s,
 fast_overhead_seconds (bookkeeping per epoch), compile_seconds (one-off capture/compile), setup_seconds
-(one-off per run, compile included), warmup_seconds (the first, untimed epoch), cuda_graphs, compiled,
-ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile
-(`--compile`) have the key <model>+compile. Probe entries (key probe-<model>): model,
+(one-off per run: data to the device, model, CUDA-graph capture), warmup_seconds (the first, untimed
+epoch; a torch.compile is paid there), cuda_graphs, compiled, ratio (naive_seconds / fast_seconds, None
+without a naive time). Entries timed with torch.compile (`--compile`, or `--also-compiled` beside the naive
+epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode,
+<model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries (key probe-<model>): model,
 kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
 """
 from __future__ import annotations
@@ -462,19 +464,27 @@ def save_graph_check(check: dict, path: Path | str, device: torch.device | str) 
     return _merge_write(Path(path), torch.device(device), graph_check=check)
 
 
+def compile_key(model: str, mode: str = "default") -> str:
+    """Bench key of `model`'s torch.compile'd entry in compile mode `mode`."""
+    return f"{model}+compile" if mode == "default" else f"{model}+compile-{mode}"
+
+
 def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, device: str = "auto",
                   out_path: Path | str | None = None, *, fast_only: Sequence[str] = (), probes: Sequence[str] = (),
                   num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
                   missing_only: bool = False, probe_steps: int = PROBE_BENCH_STEPS,
-                  probe_overrides: dict | None = None, compile: bool = False, progress: bool = True) -> dict:
+                  probe_overrides: dict | None = None, compile: bool = False, also_compiled: Sequence[str] = (),
+                  progress: bool = True) -> dict:
     """Time naive and fast epochs of `models` (only fast for `fast_only`, probe steps for `probes`) in this
     process; merge each entry into the bench file as soon as it is measured. Returns the file's content.
 
     missing_only skips what the file already has (a later call on the same device adds the rest).
-    compile=True times the torch.compile variant of the fast epoch, under the key '<model>+compile'
+    compile=True times the torch.compile variant of the fast epoch instead, under compile_key(model, mode)
     (the study estimate and the plan read it for the models that CIFAR10_COMPILE names, see compile_choice).
+    also_compiled: models of `models` whose compiled fast epoch is timed too, after all the others, against
+    the naive epoch this process measured (one naive epoch serves both rows of the table).
     """
-    from lib.train import resolve_device
+    from lib.train import compile_mode, resolve_device
 
     dev = resolve_device(device)
     path = Path(out_path) if out_path is not None else bench_path(dev)
@@ -482,25 +492,33 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     source = canonical_source(data_source)
     base = {"device": device_name(dev), "torch": torch.__version__}
     data = _merge_write(path, dev)
-    jobs = [(m, True) for m in models] + [(m, False) for m in fast_only if m not in models]
-    for model_name, with_naive in jobs:
-        key = f"{model_name}+compile" if compile else model_name
+    mode = compile_mode()
+    unknown = [m for m in also_compiled if m not in models]
+    if unknown:
+        raise ValueError(f"also_compiled names {unknown}, which are not among the naive-timed models {list(models)}")
+    jobs = ([(m, True, compile) for m in models] + [(m, False, compile) for m in fast_only if m not in models]
+            + [(m, True, True) for m in also_compiled if not compile])
+    naive_of = {}  # model -> the naive measurement of this process
+    for model_name, with_naive, compiled in jobs:
+        key = compile_key(model_name, mode) if compiled else model_name
         if key in have and (not with_naive or have[key].get("naive_seconds") is not None):
             continue
         cfg = recipe_config(model_name, source, str(dev), num_train, num_val)
         entry = dict(base, model=model_name, recipe=recipe_name(cfg), batch_size=cfg.batch_size)
         if with_naive:
-            naive = naive_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val,
-                                num_workers=num_workers)
+            if model_name not in naive_of:
+                naive_of[model_name] = naive_epoch(model_name, source, str(dev), num_train=num_train,
+                                                   num_val=num_val, num_workers=num_workers)
+            naive = naive_of[model_name]
             entry.update(naive_seconds=naive["seconds"], naive_images_per_s=naive["images_per_s"],
                          naive_val_passes=naive["val_passes"], naive_workers=num_workers)
-        fast = fast_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val, compile=compile)
+        fast = fast_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val, compile=compiled)
         entry.update(num_train=fast["num_train"], num_val=fast["num_val"], data=fast["data"],
                      fast_seconds=fast["seconds"], fast_images_per_s=fast["images_per_s"],
                      fast_overhead_seconds=fast["overhead_seconds"], compile_seconds=fast["compile_seconds"],
                      setup_seconds=fast["setup_seconds"], warmup_seconds=fast["warmup_seconds"],
                      cuda_graphs=fast["cuda_graphs"], compiled=fast["compiled"], date=_now(),
-                     **({"compile_mode": fast["compile_mode"]} if fast["compiled"] else {}))
+                     **({"compile_mode": fast.get("compile_mode") or mode} if compiled else {}))
         entry["ratio"] = entry["naive_seconds"] / fast["seconds"] if with_naive else None
         data = _merge_write(path, dev, {key: entry})
         _release(dev)
@@ -508,7 +526,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
             naive_txt = f"naive {entry['naive_seconds']:.2f} s, " if with_naive else ""
             ratio_txt = f", {entry['ratio']:.1f}x" if with_naive else ""
             print(f"[bench] {key}: {naive_txt}fast {fast['seconds']:.2f} s/epoch "
-                  f"(+{fast['overhead_seconds']:.2f} s bookkeeping, {fast['compile_seconds']:.1f} s capture)"
+                  f"(+{fast['overhead_seconds']:.2f} s bookkeeping, {fast['compile_seconds']:.1f} s capture/compile)"
                   f"{ratio_txt}", flush=True)
     for model_name in probes:
         key = f"probe-{model_name}"
@@ -545,25 +563,32 @@ def _epochs_of(model: str) -> int:
     return full.bn_epochs if model in BN_MODELS else full.num_epochs
 
 
-def entry_in_use(entries: dict, model: str) -> dict | None:
-    """The bench entry that times `model` as `python -m lib run` will train it in this environment: the
-    '<model>+compile' one where CIFAR10_COMPILE names the model (and it was measured), else the plain one;
-    None without a fast measurement."""
-    from lib.train import compile_env_models
+def key_in_use(model: str) -> str:
+    """The bench key that times `model` as `python -m lib run` trains it in this environment: its compiled
+    key (in lib.train.compile_mode()) where CIFAR10_COMPILE names the model, else the model's name."""
+    from lib.train import compile_env_models, compile_mode
 
     names = compile_env_models()
-    keys = ([f"{model}+compile"] if "all" in names or model in names else []) + [model]
-    return next((entries[k] for k in keys if entries.get(k, {}).get("fast_seconds") is not None), None)
+    return compile_key(model, compile_mode()) if "all" in names or model in names else model
+
+
+def entry_in_use(entries: dict, model: str) -> dict | None:
+    """entries[key_in_use(model)] if it holds a fast measurement, else None (a model to be compiled whose
+    compiled run was not measured has no estimate: its compile time is unknown)."""
+    entry = entries.get(key_in_use(model), {})
+    return entry if entry.get("fast_seconds") is not None else None
 
 
 def compile_choice(bench) -> list[str]:
-    """Models whose torch.compile'd run is estimated faster than their CUDA-graphed one on the bench's device,
-    one-off compile time included (a whole `full` run: run_seconds over its epochs). Both variants must be
-    measured; the GPU runner exports the answer as CIFAR10_COMPILE."""
+    """Models whose torch.compile'd run (in lib.train.compile_mode()) is estimated faster than their
+    CUDA-graphed one on the bench's device, one-off compile time included (a whole `full` run: run_seconds
+    over its epochs). Both variants must be measured; the GPU runner exports the answer as CIFAR10_COMPILE."""
+    from lib.train import compile_mode
+
     entries = load_bench(bench).get("entries", {})
     chosen = []
     for model in PART1_MODELS + BN_MODELS:
-        plain, compiled = entries.get(model, {}), entries.get(f"{model}+compile", {})
+        plain, compiled = entries.get(model, {}), entries.get(compile_key(model, compile_mode()), {})
         if plain.get("fast_seconds") is None or compiled.get("fast_seconds") is None or not compiled.get("compiled"):
             continue  # not both measured, or a CPU measurement (where nothing is compiled)
         if run_seconds(compiled, _epochs_of(model)) < run_seconds(plain, _epochs_of(model)):
@@ -590,7 +615,7 @@ def study_estimate(bench, seeds: int = 1) -> dict:
         if (e := entry_in_use(entries, m)) is not None:
             out[group][m] = runs * run_seconds(e, _epochs_of(m))
         else:
-            out["missing"].append(m)
+            out["missing"].append(key_in_use(m))
     for m in BN_MODELS:
         key = f"probe-{m}"
         if key in entries:
@@ -605,10 +630,12 @@ def estimate_study_minutes(bench, seeds: int = 1) -> float:
     """Minutes of the whole `full` study (one seed by default) from measured epoch times; error if any is missing."""
     est = study_estimate(bench, seeds)
     if est["missing"]:
-        models = [k for k in est["missing"] if not k.startswith("probe-")]
+        models = [k for k in est["missing"] if not k.startswith("probe-") and "+compile" not in k]
+        compiled = [k.split("+compile")[0] for k in est["missing"] if "+compile" in k]
         raise ValueError(f"the bench file lacks measurements for {', '.join(est['missing'])}: run "
-                         f"`python -m lib bench --fast-only {' '.join(models) or '...'} --probe --missing-only` "
-                         f"on the same device first")
+                         f"`python -m lib bench --fast-only {' '.join(models) or '...'} --probe --missing-only`"
+                         + (f" and `python -m lib bench --fast-only {' '.join(compiled)} --compile --missing-only`"
+                            if compiled else "") + " on the same device first")
     return est["total_minutes"]
 
 
@@ -642,12 +669,16 @@ def bench_table(bench) -> str:
         target = RATIO_TARGETS.get(e["model"])
         ratio = e.get("ratio")
         verdict = "" if ratio is None or target is None else (" (met)" if ratio >= target else " (missed)")
-        lines.append(f"| {e['model']}{' (torch.compile)' if e.get('compiled') else ''} "
+        one_off = None if e.get("setup_seconds") is None else (
+            e["setup_seconds"] + max(0.0, (e.get("warmup_seconds") or 0.0) - (e.get("fast_seconds") or 0.0)))
+        mode = e.get("compile_mode") or "default"
+        label = (f" (torch.compile{'' if mode == 'default' else ', ' + mode})" if e.get("compiled") else "")
+        lines.append(f"| {e['model']}{label} "
                      f"| {e.get('recipe', '?')} ({e.get('batch_size', '?')}) "
                      f"| {_fmt(e.get('naive_seconds'), '.2f')} | {_fmt(e.get('fast_seconds'), '.2f')} "
                      f"| {_fmt(ratio, '.1f')}{'x' if ratio is not None else ''}{verdict} "
                      f"| {_fmt(target, '.0f')}{'x' if target else ''} | {_fmt(e.get('fast_images_per_s'), ',.0f')} "
-                     f"| {_fmt(e.get('fast_overhead_seconds'), '.2f')} | {_fmt(e.get('setup_seconds'), '.1f')} |")
+                     f"| {_fmt(e.get('fast_overhead_seconds'), '.2f')} | {_fmt(one_off, '.1f')} |")
     probes = [e for e in data.get("entries", {}).values() if e.get("kind") == "probe"]
     if probes:
         lines.append("")
@@ -663,7 +694,8 @@ def bench_table(bench) -> str:
               f"(per-image PIL transforms, {sample.get('naive_workers', 4)} DataLoader workers, fp32, deterministic "
               f"cuDNN, validation every {NAIVE_VAL_EVERY} iterations and at the end of the epoch). Fast: lib.train's "
               f"epoch (training + validation), warm. Bookkeeping: lib.train's per-epoch logging and checkpoints; "
-              f"one-off: data to the device, model and CUDA-graph capture, per run.",
+              f"one-off: data to the device, model, CUDA-graph capture or compile and the first epoch's extra "
+              f"time (cuDNN autotuning), per run.",
               "", "Estimated " + format_estimate(data) + "."]
     check = data.get("graph_check")
     if check and check.get("ok") is not None:

@@ -118,7 +118,7 @@ def cmd_bench(args) -> int:
         bench.run_benchmark(args.models or (), args.data, args.device, path, fast_only=args.fast_only or (),
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
-                            compile=args.compile)
+                            compile=args.compile, also_compiled=args.also_compiled or ())
     if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
         print(" ".join(bench.compile_choice(read_json(path))) if path.exists() else "")
     if args.table:
@@ -185,6 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="bench file (default: results/bench/<device-slug>.json)")
     p.add_argument("--check-graphs", metavar="MODEL", help="compare CUDA-graphed and eager training steps "
                                                            "(exit status 3 if they differ)")
+    p.add_argument("--also-compiled", nargs="+", metavar="MODEL",
+                   help="of the --models, also time these torch.compile'd, against the same naive epoch")
     p.add_argument("--compile-choice", action="store_true",
                    help="print the models whose measured torch.compile variant makes a full run faster "
                         "(the GPU runner exports them as CIFAR10_COMPILE)")

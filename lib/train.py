@@ -235,11 +235,13 @@ class _FullBatchForward(nn.Module):
         self.batch_shape = tuple(batch_shape)
         self._fast = [model]  # in a list: not a registered submodule (its parameters are model's)
 
+    def takes_fast_route(self, x: torch.Tensor) -> bool:
+        """Whether `x` is a full training batch (training mode, gradients on, the captured shape)."""
+        return self.model.training and torch.is_grad_enabled() and tuple(x.shape) == self.batch_shape
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The fast callable for a full training batch; the eager model otherwise."""
-        if self.model.training and torch.is_grad_enabled() and tuple(x.shape) == self.batch_shape:
-            return self._fast[0](x)
-        return self.model(x)
+        return self._fast[0](x) if self.takes_fast_route(x) else self.model(x)
 
 
 class GraphedForward(_FullBatchForward):
@@ -259,17 +261,45 @@ class GraphedForward(_FullBatchForward):
 class CompiledForward(_FullBatchForward):
     """`model` whose training steps on full batches run torch.compile'd (kernels fused by Inductor; compiled
     lazily, at the first full batch). Only one shape and one mode are ever compiled, so the partial last
-    batch and the evaluation passes cause no recompilation."""
+    batch and the evaluation passes cause no recompilation. If the first compiled call fails, the steps run
+    eagerly from then on (they compute the same thing, only slower) and `info` says so."""
 
-    def __init__(self, model: nn.Module, batch_shape: tuple[int, ...], mode: str = "default"):
+    def __init__(self, model: nn.Module, batch_shape: tuple[int, ...], mode: str = "default",
+                 info: dict | None = None):
         super().__init__(model, batch_shape)
         self.mode = mode
+        self.info = info if info is not None else {}
         self._fast = [torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)]
+        self._proven = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """As _FullBatchForward; the first compiled call falls back to eager steps on any error."""
+        if self._proven or not self.takes_fast_route(x):
+            return super().forward(x)
+        try:
+            out = self._fast[0](x)
+        except Exception as err:  # Inductor/Dynamo failures have many types; eager is always correct
+            self._fast = [self.model]
+            self.info.update(compile=False, note=f"torch.compile failed, eager steps: {type(err).__name__}: {err}")
+            print(f"[CompiledForward] {self.info['note']}")
+            out = self.model(x)
+        self._proven = True
+        return out
 
 
 def compile_env_models() -> set[str]:
     """The names in the CIFAR10_COMPILE environment variable (separated by spaces or commas; 'all' for every model)."""
     return set(os.environ.get(COMPILE_ENV, "").replace(",", " ").split())
+
+
+def compile_mode() -> str:
+    """torch.compile's mode for the training steps: CIFAR10_COMPILE_MODE (default 'default'), except that
+    'reduce-overhead' (Inductor's own CUDA graphs) becomes 'default' where CIFAR10_CUDA_GRAPHS=0 turned
+    CUDA graphs off."""
+    mode = os.environ.get(COMPILE_MODE_ENV, "default") or "default"
+    if mode == "reduce-overhead" and os.environ.get(CUDA_GRAPHS_ENV, "1") == "0":
+        return "default"
+    return mode
 
 
 def compile_requested(cfg: TrainConfig) -> bool:
@@ -291,9 +321,8 @@ def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, tra
         return model, info
     batch_shape = (cfg.batch_size, *train_loader.X.shape[1:])
     if compile_requested(cfg):
-        mode = os.environ.get(COMPILE_MODE_ENV, "default")
-        info.update(compile=True, compile_mode=mode)
-        return CompiledForward(model, batch_shape, mode), info
+        info.update(compile=True, compile_mode=compile_mode())
+        return CompiledForward(model, batch_shape, info["compile_mode"], info), info
     if os.environ.get(CUDA_GRAPHS_ENV, "1") == "0":
         info["note"] = f"{CUDA_GRAPHS_ENV}=0: eager steps"
         return model, info

@@ -8,7 +8,7 @@
 #  1. decodes the data once (DATA=shared: the JPEG copy in .carry/, recorded as 'shared' in result configs, so
 #     results written here match the configs built on the other machine; another DATA is copied there first);
 #  2. checks the CUDA-graph training step against the eager one (a mismatch turns graphs off for the call);
-#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and of BENCH_COMPILE with torch.compile); always: the
+#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too); always: the
 #     fast epoch of every study model and the probe steps that results/bench/<gpu>.json still lacks (the plan
 #     below needs them); then picks the models to train torch.compile'd (COMPILE_MODELS, default: where the
 #     bench file says a full run is faster that way);
@@ -45,7 +45,7 @@ DATA_SRC=${DATA_SRC:-.carry/cifar10-jpeg75.tar.gz}
 # committed results they are matched against) record the same data source on both machines.
 DATA=${DATA:-shared}
 BENCH_NAIVE=${BENCH_NAIVE:-"CANet CANet_tiny ResNet18 VGG_A_BN"}
-BENCH_COMPILE=${BENCH_COMPILE-"CANet"}  # 'bench': also naive vs torch.compile'd fast epochs of these (empty: none)
+BENCH_COMPILE=${BENCH_COMPILE-"CANet"}  # 'bench': of BENCH_NAIVE, also time these torch.compile'd (empty: none)
 COMPILE_MODELS=${COMPILE_MODELS:-auto}  # trained torch.compile'd: auto (where the bench file says it is faster),
                                         # none, or model names
 STUDY_MODELS=${STUDY_MODELS:-"CANet_tiny CANet_light CANet ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11 \
@@ -126,9 +126,9 @@ main() {
 
   # 3. Measurements: the headline table on request; what the plan needs, always (only the missing ones).
   if ((want_bench)); then
-    guard $PY -m lib bench --models $BENCH_NAIVE --data "$DATA" $BENCH_ARGS
-    [[ -n "$BENCH_COMPILE" ]] \
-      && guard $PY -m lib bench --models $BENCH_COMPILE --compile --missing-only --data "$DATA" $BENCH_ARGS
+    # The compiled epochs come last in this process and are compared with its own naive epochs.
+    guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} --data "$DATA" \
+      $BENCH_ARGS
   fi
   guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
   pack

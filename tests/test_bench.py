@@ -3,6 +3,7 @@ the GPU fast path's CPU-testable parts (graph routing, device histograms, deferr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -99,14 +100,20 @@ def test_naive_epoch_mixes_every_batch_of_the_part1_recipe_only(tiny_source, mon
     assert calls == []  # the BN protocol trains without augmentation
 
 
-def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source):
+def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source, monkeypatch):
     # ShuffleNetV2: a Part 1 model that costs little at 32x32 (its ImageNet stem downsamples 4x at once).
     naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, val_every=1,
                           warmup_steps=1)
     assert (naive["num_train"], naive["num_val"], naive["batch_size"], naive["steps"]) == (16, 8, 256, 1)
     assert naive["val_passes"] == 2  # one after every step (val_every=1) and the end-of-epoch pass
     assert naive["seconds"] > 0 and naive["images_per_s"] == pytest.approx(16 / naive["seconds"])
+    seen = []
+    step_model_for = T.step_model_for
+    monkeypatch.setattr(T, "step_model_for", lambda m, cfg, *a: seen.append(T.compile_requested(cfg))
+                        or step_model_for(m, cfg, *a))
+    monkeypatch.setenv(T.COMPILE_ENV, "all")  # the plain variant is timed plain whatever the environment says
     fast = B.fast_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8)
+    assert seen == [False] and os.environ[T.COMPILE_ENV] == "all"
     assert fast["seconds"] > 0 and fast["images_per_s"] == pytest.approx(16 / fast["seconds"])
     assert fast["overhead_seconds"] > 0 and fast["setup_seconds"] > 0 and fast["warmup_seconds"] > 0
     assert fast["cuda_graphs"] is False and fast["compiled"] is False and fast["compile_seconds"] == 0.0
@@ -126,7 +133,7 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
         calls.append(("fast", model_name))
         return {"seconds": 0.5, "images_per_s": 90000.0, "overhead_seconds": 0.1, "compile_seconds": 1.0,
                 "setup_seconds": 2.0, "warmup_seconds": 0.8, "cuda_graphs": False, "compiled": kw["compile"],
-                "num_train": 16, "num_val": 8, "data": "tiny"}
+                "compile_mode": "default" if kw["compile"] else None, "num_train": 16, "num_val": 8, "data": "tiny"}
 
     monkeypatch.setattr(B, "naive_epoch", fake_naive)
     monkeypatch.setattr(B, "fast_epoch", fake_fast)
@@ -153,6 +160,19 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
     B.run_benchmark([], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], compile=True, progress=False)
     entries = read_json(path)["entries"]
     assert entries["VGG_A_BN+compile"]["compiled"] is True and entries["VGG_A_BN"]["compiled"] is False
+    assert entries["VGG_A_BN+compile"]["compile_mode"] == "default" and "compile_mode" not in entries["VGG_A_BN"]
+
+    # also_compiled: the compiled epoch comes last and shares the process's one naive epoch.
+    calls.clear()
+    B.run_benchmark(["CANet_tiny", "VGG_A_BN"], tiny_source, "cpu", path, also_compiled=["CANet_tiny"],
+                    progress=False)
+    assert calls == [("naive", "CANet_tiny"), ("fast", "CANet_tiny"), ("naive", "VGG_A_BN"), ("fast", "VGG_A_BN"),
+                     ("fast", "CANet_tiny")]
+    both = read_json(path)["entries"]
+    assert both["CANet_tiny+compile"]["naive_seconds"] == both["CANet_tiny"]["naive_seconds"] == 10.0
+    assert both["CANet_tiny+compile"]["ratio"] == pytest.approx(20.0) and both["CANet_tiny+compile"]["compiled"]
+    with pytest.raises(ValueError, match="not among the naive-timed models"):
+        B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, also_compiled=["CANet"], progress=False)
 
     other = dict(read_json(path), device="NVIDIA H100 80GB HBM3")
     path.write_text(json.dumps(other))
@@ -206,10 +226,18 @@ def test_compile_choice_and_the_estimates_follow_the_measured_variant(tiny_sourc
     assert B.study_estimate(bench)["part1"]["CANet"] == pytest.approx(73.5)
     assert B.study_estimate(bench)["part1"]["ResNet18"] == pytest.approx(79.5)
     assert canet_job().seconds == pytest.approx(73.5)
-    monkeypatch.setenv(T.COMPILE_ENV, "all")  # a model without a compiled measurement keeps its plain one
+    monkeypatch.setenv(T.COMPILE_ENV, "all")  # a model to be compiled without a compiled measurement: unknown
     est = B.study_estimate(bench)
-    assert est["part1"]["ResNet18"] == pytest.approx(111.1) and est["part1"]["MobileNetV2"] == pytest.approx(79.5)
+    assert est["part1"]["ResNet18"] == pytest.approx(111.1) and "MobileNetV2" not in est["part1"]
+    assert "MobileNetV2+compile" in est["missing"] and "CANet+compile" not in est["missing"]
+    with pytest.raises(ValueError, match="--compile --missing-only"):
+        B.estimate_study_minutes(bench)
     assert B.entry_in_use({}, "CANet") is None
+    # Another compile mode is another measurement; with CUDA graphs off, reduce-overhead falls back to default.
+    monkeypatch.setenv(T.COMPILE_MODE_ENV, "reduce-overhead")
+    assert B.key_in_use("CANet") == "CANet+compile-reduce-overhead" and B.compile_choice(bench) == []
+    monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")
+    assert T.compile_mode() == "default" and B.key_in_use("CANet") == "CANet+compile"
 
 
 def test_cli_bench_prints_the_compile_choice(tmp_path, capsys):
@@ -370,6 +398,38 @@ def test_compiled_forward_compiles_once_and_runs_only_full_training_batches(monk
     assert len(calls) == 1 and len(compiled) == 1
     T.CompiledForward(model, (4, 3, 32, 32))
     assert compiled[-1] == (None, False)  # mode "default" is torch.compile's default
+
+
+def test_step_model_on_cuda_is_compiled_where_requested(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None, dynamic=None: module)  # no CUDA needed
+    loader = BatchLoader(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), 4,
+                         mean=(0.5,) * 3, std=(0.5,) * 3)
+    cfg = TrainConfig(name="x", model="CANet_tiny", device="cuda", batch_size=4)
+    model = build("CANet_tiny")
+    monkeypatch.setenv(T.COMPILE_ENV, "CANet_tiny")
+    monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")  # compile does not depend on the CUDA-graph switch
+    step, info = T.step_model_for(model, cfg, torch.device("cuda"), loader)
+    assert isinstance(step, T.CompiledForward) and step.batch_shape == (4, 3, 32, 32)
+    assert info["compile"] is True and info["compile_mode"] == "default" and info["cuda_graphs"] is False
+    step, info = T.step_model_for(model, cfg.replace(batch_size=16), torch.device("cuda"), loader)
+    assert step is model and "fewer images than one batch" in info["note"]
+    monkeypatch.setenv(T.COMPILE_ENV, "")
+    step, info = T.step_model_for(model, cfg, torch.device("cuda"), loader)
+    assert step is model and info["compile"] is False and "=0: eager steps" in info["note"]
+
+
+def test_compiled_forward_falls_back_to_eager_steps_when_the_compile_fails(monkeypatch):
+    def broken(x):
+        raise RuntimeError("Inductor exploded")
+
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None, dynamic=None: broken)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10)).train()
+    info = {"compile": True}
+    fwd = T.CompiledForward(model, (2, 3, 4, 4), info=info)
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(fwd(x), model(x))  # the eager result, not an error
+    assert info["compile"] is False and "Inductor exploded" in info["note"]
+    assert torch.equal(fwd(x), model(x))
 
 
 def test_graphed_forward_replays_only_full_training_batches(monkeypatch):
