@@ -481,8 +481,9 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     missing_only skips what the file already has (a later call on the same device adds the rest).
     compile=True times the torch.compile variant of the fast epoch instead, under compile_key(model, mode)
     (the study estimate and the plan read it for the models that CIFAR10_COMPILE names, see compile_choice).
-    also_compiled: models of `models` whose compiled fast epoch is timed too, after all the others, against
-    the naive epoch this process measured (one naive epoch serves both rows of the table).
+    also_compiled: models whose compiled fast epoch is timed too, after all the others, against the naive
+    epoch this process measured (one naive epoch serves both rows of the table; models not in `models`
+    join them).
     """
     from lib.train import compile_mode, resolve_device
 
@@ -493,9 +494,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     base = {"device": device_name(dev), "torch": torch.__version__}
     data = _merge_write(path, dev)
     mode = compile_mode()
-    unknown = [m for m in also_compiled if m not in models]
-    if unknown:
-        raise ValueError(f"also_compiled names {unknown}, which are not among the naive-timed models {list(models)}")
+    models = list(models) + [m for m in also_compiled if m not in models]  # each compiled one needs its naive
     jobs = ([(m, True, compile) for m in models] + [(m, False, compile) for m in fast_only if m not in models]
             + [(m, True, True) for m in also_compiled if not compile])
     naive_of = {}  # model -> the naive measurement of this process

@@ -114,7 +114,7 @@ def cmd_bench(args) -> int:
         if check["ok"] is not None:
             bench.save_graph_check(check, path, dev)
         status = 3 if check["ok"] is False else 0
-    if args.models or args.fast_only or args.probe:
+    if args.models or args.fast_only or args.probe or args.also_compiled:
         bench.run_benchmark(args.models or (), args.data, args.device, path, fast_only=args.fast_only or (),
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--check-graphs", metavar="MODEL", help="compare CUDA-graphed and eager training steps "
                                                            "(exit status 3 if they differ)")
     p.add_argument("--also-compiled", nargs="+", metavar="MODEL",
-                   help="of the --models, also time these torch.compile'd, against the same naive epoch")
+                   help="also time these torch.compile'd, against the naive epoch of the same process")
     p.add_argument("--compile-choice", action="store_true",
                    help="print the models whose measured torch.compile variant makes a full run faster "
                         "(the GPU runner exports them as CIFAR10_COMPILE)")

@@ -45,7 +45,7 @@ DATA_SRC=${DATA_SRC:-.carry/cifar10-jpeg75.tar.gz}
 # committed results they are matched against) record the same data source on both machines.
 DATA=${DATA:-shared}
 BENCH_NAIVE=${BENCH_NAIVE:-"CANet CANet_tiny ResNet18 VGG_A_BN"}
-BENCH_COMPILE=${BENCH_COMPILE-"CANet"}  # 'bench': of BENCH_NAIVE, also time these torch.compile'd (empty: none)
+BENCH_COMPILE=${BENCH_COMPILE-"CANet"}  # 'bench': also time these torch.compile'd, same naive epoch (empty: none)
 COMPILE_MODELS=${COMPILE_MODELS:-auto}  # trained torch.compile'd: auto (where the bench file says it is faster),
                                         # none, or model names
 STUDY_MODELS=${STUDY_MODELS:-"CANet_tiny CANet_light CANet ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11 \
