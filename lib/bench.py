@@ -671,7 +671,8 @@ def bench_table(bench) -> str:
         one_off = None if e.get("setup_seconds") is None else (
             e["setup_seconds"] + max(0.0, (e.get("warmup_seconds") or 0.0) - (e.get("fast_seconds") or 0.0)))
         mode = e.get("compile_mode") or "default"
-        label = (f" (torch.compile{'' if mode == 'default' else ', ' + mode})" if e.get("compiled") else "")
+        label = (f" (torch.compile{'' if mode == 'default' else ', ' + mode})" if e.get("compiled")
+                 else " (torch.compile asked for, ran uncompiled)" if "compile_mode" in e else "")
         lines.append(f"| {e['model']}{label} "
                      f"| {e.get('recipe', '?')} ({e.get('batch_size', '?')}) "
                      f"| {_fmt(e.get('naive_seconds'), '.2f')} | {_fmt(e.get('fast_seconds'), '.2f')} "

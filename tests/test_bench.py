@@ -171,6 +171,11 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
     both = read_json(path)["entries"]
     assert both["CANet_tiny+compile"]["naive_seconds"] == both["CANet_tiny"]["naive_seconds"] == 10.0
     assert both["CANet_tiny+compile"]["ratio"] == pytest.approx(20.0) and both["CANet_tiny+compile"]["compiled"]
+    rows = [line for line in B.bench_table(path).splitlines() if line.startswith("| CANet_tiny")]
+    assert rows[0].startswith("| CANet_tiny | ") and rows[1].startswith("| CANet_tiny (torch.compile) | ")
+    uncompiled = dict(both["CANet_tiny+compile"], compiled=False)  # as on a CPU, where nothing compiles
+    assert "| CANet_tiny (torch.compile asked for, ran uncompiled) |" in B.bench_table(
+        {"device": "cpu", "entries": {"CANet_tiny+compile": uncompiled}})
     calls.clear()
     B.run_benchmark([], tiny_source, "cpu", path, also_compiled=["VGG_A"], progress=False)
     assert calls == [("naive", "VGG_A"), ("fast", "VGG_A"), ("fast", "VGG_A")]  # its naive epoch joins the run
