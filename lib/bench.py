@@ -30,8 +30,8 @@ fast_overhead_seconds (bookkeeping per epoch), compile_seconds (one-off capture/
 epoch; a torch.compile is paid there), cuda_graphs, compiled, ratio (naive_seconds / fast_seconds, None
 without a naive time). Entries timed with torch.compile (`--compile`, or `--also-compiled` beside the naive
 epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode,
-<model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries (key probe-<model>): model,
-kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
+<model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries
+(key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
 """
 from __future__ import annotations
 
