@@ -565,10 +565,9 @@ def _epochs_of(model: str) -> int:
 def key_in_use(model: str) -> str:
     """The bench key that times `model` as `python -m lib run` trains it in this environment: its compiled
     key (in lib.train.compile_mode()) where CIFAR10_COMPILE names the model, else the model's name."""
-    from lib.train import compile_env_models, compile_mode
+    from lib.train import compile_mode, compiled_by_env
 
-    names = compile_env_models()
-    return compile_key(model, compile_mode()) if "all" in names or model in names else model
+    return compile_key(model, compile_mode()) if compiled_by_env(model) else model
 
 
 def entry_in_use(entries: dict, model: str) -> dict | None:

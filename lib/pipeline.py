@@ -100,8 +100,8 @@ def _record(dirs: OutputDirs, name: str, params: dict, seconds: float, command: 
         "parameters": params, "seconds": round(seconds, 1),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "other_parameters": other}  # other: what the command line cannot express (tests)
-    record["command"] = command  # the latest command (notebook_commands gives each notebook's)
-    record["other_parameters"] = other
+    for key in ("command", "other_parameters"):  # older files kept the latest call's here: derivable, stale
+        record.pop(key, None)
     atomic_write_json(path, record)
 
 

@@ -514,7 +514,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
                       for m in BN_MODELS},
         "study": study,
-        "command": study.get("command") or f"python -m lib study --profile {profile}{publish}",
+        "command": f"python -m lib study --profile {profile}{publish}",  # shown when no notebook is recorded
         "commands": notebook_commands(study),
         "extra_runs": runs_beyond_notebooks(study, p1, bool(publish)) if study else [],
         "report_command": f"python -m lib report --profile {profile}{publish}",

@@ -267,7 +267,6 @@ class CompiledForward(_FullBatchForward):
     def __init__(self, model: nn.Module, batch_shape: tuple[int, ...], mode: str = "default",
                  info: dict | None = None):
         super().__init__(model, batch_shape)
-        self.mode = mode
         self.info = info if info is not None else {}
         self._fast = [torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)]
         self._proven = False
@@ -287,9 +286,11 @@ class CompiledForward(_FullBatchForward):
         return out
 
 
-def compile_env_models() -> set[str]:
-    """The names in the CIFAR10_COMPILE environment variable (separated by spaces or commas; 'all' for every model)."""
-    return set(os.environ.get(COMPILE_ENV, "").replace(",", " ").split())
+def compiled_by_env(model: str) -> bool:
+    """Whether the CIFAR10_COMPILE environment variable (names separated by spaces or commas, or 'all')
+    names `model`."""
+    names = set(os.environ.get(COMPILE_ENV, "").replace(",", " ").split())
+    return "all" in names or model in names
 
 
 def compile_mode() -> str:
@@ -304,8 +305,7 @@ def compile_mode() -> str:
 
 def compile_requested(cfg: TrainConfig) -> bool:
     """Whether cfg's CUDA training steps are to be torch.compile'd: cfg.compile, or CIFAR10_COMPILE names the model."""
-    names = compile_env_models()
-    return cfg.compile or "all" in names or cfg.model in names
+    return cfg.compile or compiled_by_env(cfg.model)
 
 
 def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, train_loader: BatchLoader):
