@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "to_device_async",
     "to_float_normalized",
     "flip_crop",
     "flip_crop_with",
@@ -52,8 +53,16 @@ def _check_batch(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must be an image batch of shape (N, C, H, W), got {shape}")
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a small CPU tensor to `device` without making the host wait for the GPU."""
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a small CPU tensor to `device` without making the host wait for the GPU.
+
+    To CUDA the tensor is first copied into pinned (page-locked) memory: a copy from pageable memory may
+    wait for the stream's queued work, which would keep the host from launching the next step while the
+    GPU finishes this one.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
     return t.to(device, non_blocking=True)
 
 
@@ -104,9 +113,9 @@ def flip_crop_with(x: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, dx: to
         if t.device.type == "cpu" and n and (int(t.min()) < 0 or int(t.max()) > 2 * padding):
             raise ValueError(f"{name} offsets must lie in [0, {2 * padding}] (2 * padding), "
                              f"got values in [{int(t.min())}, {int(t.max())}]")
-    flip = _to_device(flip.to(torch.bool), x.device)
-    dy = _to_device(dy.to(torch.int64), x.device)
-    dx = _to_device(dx.to(torch.int64), x.device)
+    flip = to_device_async(flip.to(torch.bool), x.device)
+    dy = to_device_async(dy.to(torch.int64), x.device)
+    dx = to_device_async(dx.to(torch.int64), x.device)
 
     hp, wp = h + 2 * padding, w + 2 * padding
     xp = F.pad(x, (padding, padding, padding, padding))  # (N, C, Hp, Wp), zeros outside
@@ -180,8 +189,8 @@ def erase_with(x: torch.Tensor, apply: torch.Tensor, boxes: torch.Tensor, value:
     if apply.shape != (n,) or boxes.shape != (n, 4):
         raise ValueError(f"apply must have shape ({n},) and boxes ({n}, 4), got {tuple(apply.shape)} "
                          f"and {tuple(boxes.shape)}")
-    apply = _to_device(apply.to(torch.bool), x.device)
-    boxes = _to_device(boxes.to(torch.int64), x.device)
+    apply = to_device_async(apply.to(torch.bool), x.device)
+    boxes = to_device_async(boxes.to(torch.int64), x.device)
     top, left, bh, bw = (boxes[:, k].reshape(n, 1, 1) for k in range(4))  # each (N, 1, 1)
     rows = torch.arange(h, device=x.device).reshape(1, h, 1)
     cols = torch.arange(w, device=x.device).reshape(1, 1, w)
@@ -254,7 +263,7 @@ def apply_mix(x: torch.Tensor, y: torch.Tensor, plan: MixPlan) -> tuple[torch.Te
         raise ValueError(f"y must have one label per image, shape ({x.shape[0]},), got {tuple(y.shape)}")
     if plan.kind == "none":
         return x, y, y, 1.0
-    perm = _to_device(plan.perm, x.device)
+    perm = to_device_async(plan.perm, x.device)
     y_b = y[perm]
     if plan.kind == "mixup":
         if not x.dtype.is_floating_point:

@@ -119,6 +119,13 @@ def cmd_bench(args) -> int:
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
                             compile=args.compile, also_compiled=args.also_compiled or ())
+    if args.trace:  # where a step's time goes, eager and CUDA-graphed (on a CPU: eager only)
+        for graphs in ((False, True) if dev.type == "cuda" else (False,)):
+            t = bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs)
+            print(f"[trace] {t['model']} on {t['device']}, batch {t['batch_size']}, {t['steps']} steps, "
+                  f"CUDA graphs {'on' if t['cuda_graphs'] else 'off'}: {t['wall_ms_per_step']:.2f} ms/step wall, "
+                  f"{t['device_ms_per_step'] if t['device_ms_per_step'] is None else round(t['device_ms_per_step'], 2)}"
+                  f" ms/step of kernels, {t['ops_per_step']:.0f} host ops/step\n{t['table']}")
     if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
         print(" ".join(bench.compile_choice(read_json(path))) if path.exists() else "")
     if args.table:
@@ -185,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="bench file (default: results/bench/<device-slug>.json)")
     p.add_argument("--check-graphs", metavar="MODEL", help="compare CUDA-graphed and eager training steps "
                                                            "(exit status 3 if they differ)")
+    p.add_argument("--trace", metavar="MODEL", help="profile a short epoch of MODEL's fast training steps, eager "
+                                                    "and CUDA-graphed: ms per step, kernel time, top operators")
     p.add_argument("--also-compiled", nargs="+", metavar="MODEL",
                    help="also time these torch.compile'd, against the naive epoch of the same process")
     p.add_argument("--compile-choice", action="store_true",

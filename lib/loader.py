@@ -16,7 +16,7 @@ from typing import Iterator, NamedTuple
 
 import torch
 
-from lib.augment import apply_mix, draw_mix, erase_with, flip_crop, random_erasing_boxes, to_float_normalized
+from lib.augment import to_device_async, apply_mix, draw_mix, erase_with, flip_crop, random_erasing_boxes, to_float_normalized
 
 __all__ = ["Batch", "BatchLoader", "epoch_generator"]
 
@@ -102,7 +102,7 @@ class BatchLoader:
         """Yield the epoch's batches; the random stream is restarted from (seed, epoch) every time."""
         generator = epoch_generator(self.seed, self.epoch)
         n, device = self.num_samples, self.X.device
-        order = torch.randperm(n, generator=generator).to(device, non_blocking=True) if self.shuffle else None
+        order = to_device_async(torch.randperm(n, generator=generator), device) if self.shuffle else None
         for b in range(len(self)):
             start, stop = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:

@@ -170,7 +170,9 @@ def evaluate(model: nn.Module, loader: BatchLoader, cfg: TrainConfig, device: to
         with autocast_for(cfg, device):
             out = model(batch.x)
         loss_sum += F.cross_entropy(out.float(), batch.y, reduction="sum", label_smoothing=cfg.label_smoothing)
-        confusion += torch.bincount(batch.y * num_classes + out.argmax(1), minlength=num_classes ** 2)
+        # index_add_, not bincount: CUDA's bincount reads the largest value back to the host (a sync per batch).
+        cell = batch.y * num_classes + out.argmax(1)
+        confusion.index_add_(0, cell, torch.ones_like(cell))
     model.train(was_training)
     confusion = confusion.view(num_classes, num_classes).cpu()
     n = int(confusion.sum())
