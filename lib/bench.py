@@ -321,19 +321,21 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
 
 
 def trace_steps(model_name: str, data_source: str | None = None, device: str = "auto", *, steps: int = 30,
-                cuda_graphs: bool = True, row_limit: int = 15) -> dict:
+                cuda_graphs: bool = True, row_limit: int = 15, batch_size: int | None = None) -> dict:
     """Where a fast training step's time goes: one epoch of `steps` full batches of lib.train's own loop
     (loader, augmentation, step, metrics) under torch.profiler, after a warm-up epoch of the same length.
 
     Returns wall_ms_per_step, device_ms_per_step (the kernels' own time; far below the wall time means the
     host launching the work is the bottleneck), ops_per_step (operator calls on the host) and `table`, the
     profiler's top operators by device time (by host time on a CPU). cuda_graphs=False times eager steps.
+    batch_size: the recipe's unless given (tests on a tiny image folder).
     """
     import lib.train as T
     from torch.profiler import ProfilerActivity, profile
 
     dev = T.resolve_device(device)
     cfg = recipe_config(model_name, data_source, str(dev))
+    cfg = cfg.replace(batch_size=batch_size or cfg.batch_size)
     cfg = cfg.replace(num_train=steps * cfg.batch_size)  # `steps` full batches per epoch
     cuda = dev.type == "cuda"
     with _backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
@@ -520,6 +522,17 @@ def compile_key(model: str, mode: str = "default") -> str:
     return f"{model}+compile" if mode == "default" else f"{model}+compile-{mode}"
 
 
+def timed_as_now(entry: dict, dev: torch.device) -> bool:
+    """Whether a bench entry timed the training step the way this process would: an uncompiled CUDA entry
+    timed without CUDA graphs is out of date once they are on (the first H200 call ran eagerly because its
+    graph check failed), and the other way round. missing_only re-times such entries."""
+    from lib.train import CUDA_GRAPHS_ENV
+
+    if entry.get("compiled") or "compile_mode" in entry or dev.type != "cuda":
+        return True
+    return bool(entry.get("cuda_graphs")) == (os.environ.get(CUDA_GRAPHS_ENV, "1") != "0")
+
+
 def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, device: str = "auto",
                   out_path: Path | str | None = None, *, fast_only: Sequence[str] = (), probes: Sequence[str] = (),
                   num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
@@ -529,7 +542,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     """Time naive and fast epochs of `models` (only fast for `fast_only`, probe steps for `probes`) in this
     process; merge each entry into the bench file as soon as it is measured. Returns the file's content.
 
-    missing_only skips what the file already has (a later call on the same device adds the rest).
+    missing_only skips what the file already has (a later call on the same device adds the rest), except
+    entries whose step was timed otherwise than it would be now (timed_as_now).
     compile=True times the torch.compile variant of the fast epoch instead, under compile_key(model, mode)
     (the study estimate and the plan read it for the models that CIFAR10_COMPILE names, see compile_choice).
     also_compiled: models whose compiled fast epoch is timed too, after all the others, against the naive
@@ -551,7 +565,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     naive_of = {}  # model -> the naive measurement of this process
     for model_name, with_naive, compiled in jobs:
         key = compile_key(model_name, mode) if compiled else model_name
-        if key in have and (not with_naive or have[key].get("naive_seconds") is not None):
+        if (key in have and timed_as_now(have[key], dev)
+                and (not with_naive or have[key].get("naive_seconds") is not None)):
             continue
         cfg = recipe_config(model_name, source, str(dev), num_train, num_val)
         entry = dict(base, model=model_name, recipe=recipe_name(cfg), batch_size=cfg.batch_size)
@@ -705,15 +720,22 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _step_label(entry: dict) -> str:
+    """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'."""
+    if entry.get("compiled"):
+        return "compiled"
+    return "CUDA graph" if entry.get("cuda_graphs") else "eager"
+
+
 def bench_table(bench) -> str:
     """Markdown table of a bench file (path or dict): per model naive and fast s/epoch, speed-up and target."""
     data = load_bench(bench)
     entries = [e for e in data.get("entries", {}).values() if e.get("kind") != "probe"]
     order = {m: i for i, m in enumerate(PART1_MODELS + BN_MODELS)}
     entries.sort(key=lambda e: (e.get("naive_seconds") is None, order.get(e["model"], 99), bool(e.get("compiled"))))
-    lines = ["| Model | Recipe (batch) | Naive s/epoch | Fast s/epoch | Speed-up | Target | Fast images/s "
-             "| Bookkeeping s/epoch | One-off s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| Model | Recipe (batch) | Fast step | Naive s/epoch | Fast s/epoch | Speed-up | Target "
+             "| Fast images/s | Bookkeeping s/epoch | One-off s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for e in entries:
         target = RATIO_TARGETS.get(e["model"])
         ratio = e.get("ratio")
@@ -724,7 +746,7 @@ def bench_table(bench) -> str:
         label = (f" (torch.compile{'' if mode == 'default' else ', ' + mode})" if e.get("compiled")
                  else " (torch.compile asked for, ran uncompiled)" if "compile_mode" in e else "")
         lines.append(f"| {e['model']}{label} "
-                     f"| {e.get('recipe', '?')} ({e.get('batch_size', '?')}) "
+                     f"| {e.get('recipe', '?')} ({e.get('batch_size', '?')}) | {_step_label(e)} "
                      f"| {_fmt(e.get('naive_seconds'), '.2f')} | {_fmt(e.get('fast_seconds'), '.2f')} "
                      f"| {_fmt(ratio, '.1f')}{'x' if ratio is not None else ''}{verdict} "
                      f"| {_fmt(target, '.0f')}{'x' if target else ''} | {_fmt(e.get('fast_images_per_s'), ',.0f')} "

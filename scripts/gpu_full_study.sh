@@ -45,7 +45,8 @@ DATA_SRC=${DATA_SRC:-.carry/cifar10-jpeg75.tar.gz}
 # committed results they are matched against) record the same data source on both machines.
 DATA=${DATA:-shared}
 BENCH_NAIVE=${BENCH_NAIVE:-"CANet CANet_tiny ResNet18 VGG_A_BN"}
-BENCH_COMPILE=${BENCH_COMPILE-"CANet"}  # 'bench': also time these torch.compile'd, same naive epoch (empty: none)
+BENCH_COMPILE=${BENCH_COMPILE-"CANet CANet_tiny"}  # 'bench': also time these torch.compile'd (mode: lib.train.
+                                                   # compile_mode), against the same naive epoch (empty: none)
 COMPILE_MODELS=${COMPILE_MODELS:-auto}  # trained torch.compile'd: auto (where the bench file says it is faster),
                                         # none, or model names
 STUDY_MODELS=${STUDY_MODELS:-"CANet_tiny CANet_light CANet ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11 \
@@ -124,11 +125,12 @@ main() {
     log "CUDA graphs OFF for this call (the check failed or did not finish)"
   fi
 
-  # 3. Measurements: the headline table on request; what the plan needs, always (only the missing ones).
+  # 3. Measurements: the headline table on request; what the plan needs, always. Only what the bench file
+  #    lacks, or timed otherwise than now (eager while CUDA graphs are on: lib.bench.timed_as_now).
   if ((want_bench)); then
     # The compiled epochs come last in this process and are compared with its own naive epochs.
-    guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} --data "$DATA" \
-      $BENCH_ARGS
+    guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} --missing-only \
+      --data "$DATA" $BENCH_ARGS
   fi
   guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
   pack

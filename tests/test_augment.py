@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from lib.augment import (apply_mix, draw_mix, erase_with, flip_crop, flip_crop_with, mix_batch, random_erasing,
+from lib.augment import (apply_mix, to_device_async, draw_mix, erase_with, flip_crop, flip_crop_with, mix_batch, random_erasing,
                          random_erasing_boxes, to_float_normalized)
 from lib.loader import Batch, BatchLoader
 
@@ -301,3 +301,9 @@ def test_loader_same_batches_on_cpu_and_cuda_without_syncs():
     for bc, bg in zip(cpu, gpu, strict=True):
         torch.testing.assert_close(bg.x.cpu(), bc.x, rtol=1e-6, atol=1e-6)
         assert torch.equal(bg.y.cpu(), bc.y) and torch.equal(bg.y_b.cpu(), bc.y_b) and bg.lam == bc.lam
+
+
+def test_to_device_async_copies_to_the_cpu_without_pinning():
+    t = torch.arange(6).reshape(2, 3)
+    out = to_device_async(t, torch.device("cpu"))  # pinning needs CUDA: only copies to CUDA are pinned
+    assert torch.equal(out, t) and out.device.type == "cpu" and not out.is_pinned()

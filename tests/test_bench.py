@@ -123,6 +123,7 @@ def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source, monkeypatch)
 # ----------------------------------------------------------------------------------------- the bench file
 
 def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, monkeypatch):
+    monkeypatch.setenv(T.COMPILE_MODE_ENV, "default")  # key <model>+compile
     calls = []
 
     def fake_naive(model_name, source, device, **kw):
@@ -157,6 +158,14 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
     B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], missing_only=True,
                     progress=False)
     assert calls == []  # everything asked for is in the file already
+    monkeypatch.setattr(B, "timed_as_now", lambda entry, dev: entry["model"] != "VGG_A_BN")
+    B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], missing_only=True,
+                    progress=False)
+    assert calls == [("fast", "VGG_A_BN")]  # an entry timed otherwise than now is timed again
+    monkeypatch.undo()
+    monkeypatch.setenv(T.COMPILE_MODE_ENV, "default")
+    monkeypatch.setattr(B, "naive_epoch", fake_naive)
+    monkeypatch.setattr(B, "fast_epoch", fake_fast)
     B.run_benchmark([], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], compile=True, progress=False)
     entries = read_json(path)["entries"]
     assert entries["VGG_A_BN+compile"]["compiled"] is True and entries["VGG_A_BN"]["compiled"] is False
@@ -220,6 +229,7 @@ def bench_with_compiled_variants() -> dict:
 
 
 def test_compile_choice_and_the_estimates_follow_the_measured_variant(tiny_source, tmp_path, monkeypatch):
+    monkeypatch.setenv(T.COMPILE_MODE_ENV, "default")  # the fabricated compiled entries are mode 'default'
     bench = bench_with_compiled_variants()
     assert B.compile_choice(bench) == ["CANet"]
     monkeypatch.delenv(T.COMPILE_ENV, raising=False)
@@ -244,10 +254,34 @@ def test_compile_choice_and_the_estimates_follow_the_measured_variant(tiny_sourc
     assert B.key_in_use("CANet") == "CANet+compile-reduce-overhead" and B.compile_choice(bench) == []
     monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")
     assert T.compile_mode() == "default" and B.key_in_use("CANet") == "CANet+compile"
+    monkeypatch.delenv(T.COMPILE_MODE_ENV)  # unset: reduce-overhead (fusion and CUDA graphs), default without graphs
+    assert T.compile_mode() == "default"
+    monkeypatch.delenv(T.CUDA_GRAPHS_ENV)
+    assert T.compile_mode() == "reduce-overhead"
 
 
-def test_cli_bench_prints_the_compile_choice(tmp_path, capsys):
+def test_an_entry_is_timed_as_now_when_its_step_matches_the_cuda_graph_switch(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    eager, graphed = fake_entry(), dict(fake_entry(), cuda_graphs=True)
+    monkeypatch.delenv(T.CUDA_GRAPHS_ENV, raising=False)
+    assert B.timed_as_now(graphed, cuda) and not B.timed_as_now(eager, cuda)
+    monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")
+    assert B.timed_as_now(eager, cuda) and not B.timed_as_now(graphed, cuda)
+    compiled = dict(eager, compiled=True, compile_mode="default")
+    assert B.timed_as_now(compiled, cuda) and B.timed_as_now(eager, cpu) and B.timed_as_now(graphed, cpu)
+
+
+def test_trace_steps_profiles_a_short_epoch_on_cpu(tiny_source):
+    t = B.trace_steps("ShuffleNetV2", tiny_source, "cpu", steps=2, batch_size=8, row_limit=5)
+    assert (t["steps"], t["batch_size"], t["cuda_graphs"], t["device_ms_per_step"]) == (2, 8, False, None)
+    assert t["wall_ms_per_step"] > 0 and t["ops_per_step"] > 50  # a network's forward and backward
+    assert "aten::" in t["table"] and t["table"].count("\n") < 20  # row_limit rows, not every operator
+
+
+def test_cli_bench_prints_the_compile_choice(tmp_path, capsys, monkeypatch):
     from lib.cli import main
+
+    monkeypatch.setenv(T.COMPILE_MODE_ENV, "default")  # the fabricated compiled entries are mode 'default'
 
     path = tmp_path / "h100.json"
     atomic_write_json(path, bench_with_compiled_variants())
@@ -264,7 +298,7 @@ def test_bench_table_shows_ratios_against_targets():
     table = B.bench_table(bench)
     canet = next(line for line in table.splitlines() if line.startswith("| CANet |"))
     tiny = next(line for line in table.splitlines() if line.startswith("| CANet_tiny |"))
-    assert "| 20.60 | 1.00 | 20.6x (met) | 15x |" in canet
+    assert "| part1 (256) | eager | 20.60 | 1.00 | 20.6x (met) | 15x |" in canet
     assert "| 15.00 | 1.00 | 15.0x (missed) | 25x |" in tiny
     assert table.splitlines()[2].startswith("| CANet_tiny |")  # measured side by side first, in study order
     assert "NVIDIA H100 80GB HBM3" in table and "17.1 min" in table

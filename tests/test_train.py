@@ -245,3 +245,20 @@ def test_bad_config_values_are_rejected():
         part1_config("CANet", "huge")
     with pytest.raises(ValueError, match="Part 1"):
         part1_config("VGG_A")
+
+
+def test_evaluate_counts_the_confusion_matrix_as_bincount_does():
+    from lib.loader import BatchLoader
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 256, (37, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (37,), generator=g)
+    loader = BatchLoader(X, y, 8, mean=(0.5,) * 3, std=(0.25,) * 3)  # five batches, the last one partial
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    cfg = TrainConfig(name="x", model="CANet_tiny", device="cpu", label_smoothing=0.0)
+    res = T.evaluate(model, loader, cfg, torch.device("cpu"))
+    with torch.no_grad():
+        pred = torch.cat([model(b.x).argmax(1) for b in loader])
+    expected = torch.bincount(y * 10 + pred, minlength=100).view(10, 10)
+    assert torch.equal(res["confusion"], expected) and res["acc"] == pytest.approx(float((pred == y).float().mean()))
