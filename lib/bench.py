@@ -355,7 +355,10 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     n_steps = len(train_loader)
     events = prof.key_averages()
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
-    device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events)
+    # The kernels' own time, counted as the profiler's table counts it: device events only, without the
+    # annotated ranges (a graph replay's range would count its kernels twice).
+    device_us = sum(e.self_device_time_total for e in events
+                    if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))
     host_ops = sum(e.count for e in events if e.key.startswith("aten::"))
     return {"model": model_name, "device": device_name(dev), "steps": n_steps, "batch_size": cfg.batch_size,
             "cuda_graphs": info["cuda_graphs"], "wall_ms_per_step": 1e3 * wall / n_steps,
@@ -712,6 +715,14 @@ def format_estimate(bench, seeds: int = 1) -> str:
             f"({parts}; target <= {STUDY_TARGET_MINUTES:g} min)")
     if est["missing"]:
         line += f"; INCOMPLETE, not measured: {', '.join(est['missing'])}"
+    data = load_bench(bench)
+    if str(data.get("device_slug", "")).startswith("cpu"):
+        return line
+    entries = data.get("entries", {})
+    eager = [m for m in PART1_MODELS + BN_MODELS if (e := entry_in_use(entries, m)) is not None
+             and not e.get("compiled") and not e.get("cuda_graphs")]
+    if eager:  # timed without CUDA graphs on a GPU (the graph check had failed): slower than the study runs
+        line += f"; timed without CUDA graphs, so an upper bound: {', '.join(eager)}"
     return line
 
 

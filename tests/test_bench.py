@@ -552,3 +552,14 @@ def test_gpu_bookkeeping_trains_the_same_and_checkpoints_less(tiny_source, tmp_p
     resumed = T.train(cfg, dirs=dirs, progress=False)
     assert strip_seconds(resumed["history"]) == strip_seconds(ref["history"])
     assert resumed["test_acc"] == ref["test_acc"]
+
+
+def test_estimate_names_the_models_timed_without_cuda_graphs_on_a_gpu():
+    bench = fake_bench()
+    for key, entry in bench["entries"].items():
+        entry["cuda_graphs"] = key != "ResNet34"
+    assert B.format_estimate(bench).endswith("timed without CUDA graphs, so an upper bound: ResNet34")
+    bench["entries"]["ResNet34"]["cuda_graphs"] = True
+    assert "upper bound" not in B.format_estimate(bench)
+    assert "upper bound" not in B.format_estimate(dict(bench, device_slug="cpu-x86-64", entries={
+        k: dict(e, cuda_graphs=False) for k, e in bench["entries"].items()}))
