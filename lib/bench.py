@@ -32,6 +32,8 @@ without a naive time). Entries timed with torch.compile (`--compile`, or `--also
 epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode,
 <model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries
 (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
+The top-level "agreement" maps a model to its side-by-side accuracy run (agreement(): naive vs lib.train
+over a few epochs of the recipe, per seed).
 """
 from __future__ import annotations
 
@@ -187,14 +189,29 @@ def _naive_validate(model: nn.Module, loader, criterion, device: torch.device) -
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
-def naive_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
-                num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
-                val_every: int = NAIVE_VAL_EVERY, warmup_steps: int = 2, seed: int = 0) -> dict:
-    """Time one epoch of the original's pipeline for `model_name` (see the module doc); returns seconds, images/s."""
-    from lib.train import optimizer_at, resolve_device, split_data
+def _naive_optimizer(kind: str, params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """The recipe's optimiser with PyTorch's default kernels (the original's; lib.train uses fused ones)."""
+    if kind in ("adamw", "adam"):
+        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
-    dev = resolve_device(device)
-    cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed)
+
+class _Naive(NamedTuple):
+    """The original's pipeline for one config: per-image PIL transforms in DataLoaders, an fp32 model."""
+
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    model: nn.Module
+    criterion: nn.Module
+    mix_generator: torch.Generator
+    info: dict
+
+
+def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed: int) -> _Naive:
+    """Loaders over cfg's split and the freshly seeded model (call inside _backend_flags)."""
+    from lib.train import split_data
+
     X_tr, y_tr, X_val, y_val, _, _, info = split_data(cfg)
     train_tf, eval_tf = naive_transforms(cfg)
     pin = dev.type == "cuda"
@@ -202,56 +219,144 @@ def naive_epoch(model_name: str, data_source: str | None = None, device: str = "
                                                shuffle=True, num_workers=num_workers, pin_memory=pin)
     val_loader = torch.utils.data.DataLoader(ArrayDataset(X_val, y_val, eval_tf), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=num_workers, pin_memory=pin)
+    torch.manual_seed(seed)
+    model = build(cfg.model).to(dev)
+    return _Naive(train_loader, val_loader, model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                  torch.Generator().manual_seed(seed), dict(info, num_train=len(y_tr), num_val=len(y_val)))
+
+
+def _naive_train_epoch(p: _Naive, optimizer, cfg: TrainConfig, dev: torch.device, val_every: int | None) -> dict:
+    """One epoch of the original's loop: per-step host syncs, a validation pass every `val_every` steps (None:
+    none) and one at the end. Returns steps, val_passes, train_loss, val_loss, val_acc."""
+    p.model.train()
+    running_loss, steps, val_passes = 0.0, 0, 0
+    for i, (x, y) in enumerate(p.train_loader):
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        if cfg.augment:  # per batch, on the device batch (the same MixUp/CutMix as lib.augment's)
+            x, y_a, y_b, lam = mix_batch(x, y, cfg.mixup_p, cfg.cutmix_p, cfg.mix_alpha, generator=p.mix_generator)
+        else:
+            y_a, y_b, lam = y, y, 1.0
+        out = p.model(x)
+        loss = lam * p.criterion(out, y_a) + (1 - lam) * p.criterion(out, y_b)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pred = out.argmax(1)
+        running_loss += loss.item()  # the original's per-step host syncs
+        (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum()).item()
+        steps += 1
+        if val_every and (i + 1) % val_every == 0:
+            _naive_validate(p.model, p.val_loader, p.criterion, dev)
+            val_passes += 1
+    val_loss, val_acc = _naive_validate(p.model, p.val_loader, p.criterion, dev)
+    return {"steps": steps, "val_passes": val_passes + 1, "train_loss": running_loss / max(steps, 1),
+            "val_loss": val_loss, "val_acc": val_acc}
+
+
+def naive_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
+                num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
+                val_every: int = NAIVE_VAL_EVERY, warmup_steps: int = 2, seed: int = 0) -> dict:
+    """Time one epoch of the original's pipeline for `model_name` (see the module doc); returns seconds, images/s."""
+    from lib.train import optimizer_at, resolve_device
+
+    dev = resolve_device(device)
+    cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed)
     # PyTorch's defaults otherwise: fp32, cuDNN's TF32 on, matmul TF32 off; deterministic, no autotuning.
     with _backend_flags(deterministic=True, benchmark=False, cudnn_tf32=True, matmul_tf32=False):
-        torch.manual_seed(seed)
-        model = build(model_name).to(dev)
-        kind = optimizer_at(cfg, 0)
-        opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(kind)
-        if opt_cls is not None:
-            optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay)
+        p = _naive_pipeline(cfg, dev, num_workers, seed)
+        optimizer = _naive_optimizer(optimizer_at(cfg, 0), p.model.parameters(), cfg, cfg.lr)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        mix_generator = torch.Generator().manual_seed(seed)
-        model.train()
+        p.model.train()
         # Warm-up (untimed): CUDA context, cuBLAS/cuDNN handles. No optimiser step, so the weights stay.
         for _ in range(warmup_steps):
-            x = torch.randn(min(cfg.batch_size, len(y_tr)), 3, 32, 32, device=dev)
-            criterion(model(x), torch.zeros(x.shape[0], dtype=torch.long, device=dev)).backward()
+            x = torch.randn(min(cfg.batch_size, p.info["num_train"]), 3, 32, 32, device=dev)
+            p.criterion(p.model(x), torch.zeros(x.shape[0], dtype=torch.long, device=dev)).backward()
             optimizer.zero_grad(set_to_none=True)
         _sync(dev)
 
         t0 = time.perf_counter()
-        running_loss, running_correct, steps, val_passes = 0.0, 0.0, 0, 0
-        for i, (x, y) in enumerate(train_loader):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if cfg.augment:  # per batch, on the device batch (the same MixUp/CutMix as lib.augment's)
-                x, y_a, y_b, lam = mix_batch(x, y, cfg.mixup_p, cfg.cutmix_p, cfg.mix_alpha, generator=mix_generator)
-            else:
-                y_a, y_b, lam = y, y, 1.0
-            out = model(x)
-            loss = lam * criterion(out, y_a) + (1 - lam) * criterion(out, y_b)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            pred = out.argmax(1)
-            running_loss += loss.item()  # the original's per-step host syncs
-            running_correct += (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum()).item()
-            steps += 1
-            if (i + 1) % val_every == 0:
-                _naive_validate(model, val_loader, criterion, dev)
-                val_passes += 1
-        val_loss, val_acc = _naive_validate(model, val_loader, criterion, dev)
-        val_passes += 1
+        epoch = _naive_train_epoch(p, optimizer, cfg, dev, val_every)
         scheduler.step()
         _sync(dev)
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "images_per_s": len(y_tr) / seconds, "num_train": len(y_tr), "num_val": len(y_val),
-            "batch_size": cfg.batch_size, "steps": steps, "val_passes": val_passes, "num_workers": num_workers,
-            "train_loss": running_loss / max(steps, 1), "val_acc": val_acc, "data": info.get("label")}
+    n = p.info["num_train"]
+    return {"seconds": seconds, "images_per_s": n / seconds, "num_train": n, "num_val": p.info["num_val"],
+            "batch_size": cfg.batch_size, "steps": epoch["steps"], "val_passes": epoch["val_passes"],
+            "num_workers": num_workers, "train_loss": epoch["train_loss"], "val_acc": epoch["val_acc"],
+            "data": p.info.get("label")}
+
+
+def naive_run(model_name: str, data_source: str | None = None, device: str = "auto", *, epochs: int = 3,
+              seed: int = 0, num_train: int | None = None, num_val: int | None = None,
+              num_workers: int = 4) -> dict:
+    """Train `epochs` epochs of the model's recipe (compressed to that many epochs: the lr schedule and the
+    optimiser switch of lib.train.lr_at / optimizer_at) with the original's pipeline, without the
+    intermediate validation passes (they cost time, not accuracy). Returns per-epoch val_acc and seconds."""
+    from lib.train import lr_at, optimizer_at, resolve_device
+
+    dev = resolve_device(device)
+    cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed).replace(num_epochs=epochs)
+    accs = []
+    t0 = time.perf_counter()
+    with _backend_flags(deterministic=True, benchmark=False, cudnn_tf32=True, matmul_tf32=False):
+        p = _naive_pipeline(cfg, dev, num_workers, seed)
+        kind, optimizer = None, None
+        for epoch in range(epochs):
+            if optimizer_at(cfg, epoch) != kind:  # the recipe's switch: a fresh optimiser at the lr reached
+                kind = optimizer_at(cfg, epoch)
+                optimizer = _naive_optimizer(kind, p.model.parameters(), cfg, lr_at(cfg, epoch))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch)
+            accs.append(_naive_train_epoch(p, optimizer, cfg, dev, None)["val_acc"])
+        _sync(dev)
+    return {"val_acc": accs, "seconds": time.perf_counter() - t0, "num_train": p.info["num_train"],
+            "num_val": p.info["num_val"], "data": p.info.get("label")}
+
+
+def fast_run(model_name: str, data_source: str | None = None, device: str = "auto", *, epochs: int = 3,
+             seed: int = 0, num_train: int | None = None, num_val: int | None = None) -> dict:
+    """The same short run with lib.train.train itself (into a temporary folder; nothing is published).
+    Returns per-epoch val_acc, seconds and the result's fast_path."""
+    import lib.train as T
+
+    dev = T.resolve_device(device)
+    cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed)
+    cfg = cfg.replace(num_epochs=epochs, name=f"agreement-{model_name}-s{seed}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = T.train(cfg, dirs=output_dirs("smoke", root=Path(tmp)), force=True, progress=False)
+    return {"val_acc": [row["val_acc"] for row in result["history"]], "seconds": time.perf_counter() - t0,
+            "fast_path": result.get("fast_path")}
+
+
+def agreement(model_name: str, data_source: str | None = None, device: str = "auto", *, epochs: int = 3,
+              seeds: Sequence[int] = (0, 1), num_train: int | None = None, num_val: int | None = None,
+              num_workers: int = 4) -> dict:
+    """Side by side: `epochs` epochs of the recipe with the naive pipeline and with lib.train, for each seed;
+    the final validation accuracies of the two, their means, spreads and difference (fast - naive).
+    Both train the same recipe on the same split; their random draws (order, augmentation, initial weights)
+    differ, so the seeds' spread is the noise the difference is judged against."""
+    import math
+
+    from lib.stats import summarize, welch_test
+    from lib.train import resolve_device
+
+    dev = resolve_device(device)
+    naive = [naive_run(model_name, data_source, device, epochs=epochs, seed=s, num_train=num_train,
+                       num_val=num_val, num_workers=num_workers) for s in seeds]
+    fast = [fast_run(model_name, data_source, device, epochs=epochs, seed=s, num_train=num_train,
+                     num_val=num_val) for s in seeds]
+    sn, sf = summarize(r["val_acc"][-1] for r in naive), summarize(r["val_acc"][-1] for r in fast)
+    p = welch_test([r["val_acc"][-1] for r in fast], [r["val_acc"][-1] for r in naive])["p"]
+    nan_to_none = lambda v: None if math.isnan(v) else v  # JSON has no NaN
+    return {"model": model_name, "kind": "agreement", "epochs": epochs, "seeds": list(seeds),
+            "device": device_name(dev), "torch": torch.__version__, "date": _now(), "data": naive[0]["data"],
+            "num_train": naive[0]["num_train"], "num_val": naive[0]["num_val"],
+            "naive_val_acc": [r["val_acc"] for r in naive], "fast_val_acc": [r["val_acc"] for r in fast],
+            "naive_seconds": [r["seconds"] for r in naive], "fast_seconds": [r["seconds"] for r in fast],
+            "fast_path": fast[0]["fast_path"], "naive_mean": sn["mean"], "fast_mean": sf["mean"],
+            "naive_std": nan_to_none(sn["std"]), "fast_std": nan_to_none(sf["std"]),
+            "difference": sf["mean"] - sn["mean"], "p_value": nan_to_none(p)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -520,6 +625,27 @@ def save_graph_check(check: dict, path: Path | str, device: torch.device | str) 
     return _merge_write(Path(path), torch.device(device), graph_check=check)
 
 
+def save_agreement(result: dict, path: Path | str, device: torch.device | str) -> dict:
+    """Record an agreement() result under the bench file's 'agreement' -> model (merged, atomic)."""
+    path = Path(path)
+    known = read_json(path).get("agreement", {}) if path.exists() else {}
+    return _merge_write(path, torch.device(device), agreement=dict(known, **{result["model"]: result}))
+
+
+def agreement_lines(bench) -> list[str]:
+    """One sentence per side-by-side accuracy run in a bench file (path or dict)."""
+    lines = []
+    for r in load_bench(bench).get("agreement", {}).values():
+        spread = lambda std: "" if std is None else f" ± {100 * std:.2f}"
+        p = "" if r.get("p_value") is None else f", Welch p = {r['p_value']:.2f}"
+        lines.append(f"Naive vs fast, {r['model']}, {r['epochs']} epochs of the recipe, seeds "
+                     f"{', '.join(map(str, r['seeds']))}: final validation accuracy naive "
+                     f"{100 * r['naive_mean']:.2f}{spread(r.get('naive_std'))}%, fast {100 * r['fast_mean']:.2f}"
+                     f"{spread(r.get('fast_std'))}% (fast - naive {100 * r['difference']:+.2f} points{p}; "
+                     f"{r['num_train']} training images, {r['device']}, {r['date'][:10]}).")
+    return lines
+
+
 def compile_key(model: str, mode: str = "default") -> str:
     """Bench key of `model`'s torch.compile'd entry in compile mode `mode`."""
     return f"{model}+compile" if mode == "default" else f"{model}+compile-{mode}"
@@ -780,6 +906,7 @@ def bench_table(bench) -> str:
               f"one-off: data to the device, model, CUDA-graph capture or compile and the first epoch's extra "
               f"time (cuDNN autotuning), per run.",
               "", "Estimated " + format_estimate(data) + "."]
+    lines += agreement_lines(data)
     check = data.get("graph_check")
     if check and check.get("ok") is not None:
         lines.append(f"CUDA-graph step vs eager step ({check['model']}, {check['steps']} steps): "

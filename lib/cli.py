@@ -119,6 +119,15 @@ def cmd_bench(args) -> int:
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
                             compile=args.compile, also_compiled=args.also_compiled or ())
+    known = read_json(path).get("agreement", {}) if path.exists() else {}
+    if args.agreement and args.missing_only and args.agreement in known:
+        print(f"agreement of {args.agreement}: in {path} already (--missing-only)")
+    elif args.agreement:  # naive vs fast accuracy over a few epochs of the recipe, per seed
+        result = bench.agreement(args.agreement, args.data, args.device, epochs=args.epochs,
+                                 seeds=args.seeds or [0, 1], num_train=args.num_train, num_val=args.num_val,
+                                 num_workers=args.workers)
+        bench.save_agreement(result, path, dev)
+        print("\n".join(bench.agreement_lines({"agreement": {result["model"]: result}})))
     if args.trace:  # where a step's time goes, eager and CUDA-graphed (on a CPU: eager only)
         for graphs in ((False, True) if dev.type == "cuda" else (False,)):
             t = bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs)
@@ -131,10 +140,10 @@ def cmd_bench(args) -> int:
     if args.table:
         print(bench.bench_table(path))
     if args.estimate:
-        print(bench.format_estimate(path, seeds=len(args.seeds)))
+        print(bench.format_estimate(path, seeds=len(args.seeds or [0])))
     if args.plan:
         plan = bench.plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
-                                seeds=args.seeds, profile=args.profile, margin=args.margin)
+                                seeds=args.seeds or [0], profile=args.profile, margin=args.margin)
         print(bench.format_plan(plan))
     return status
 
@@ -194,6 +203,10 @@ def main(argv=None) -> int:
                                                            "(exit status 3 if they differ)")
     p.add_argument("--trace", metavar="MODEL", help="profile a short epoch of MODEL's fast training steps, eager "
                                                     "and CUDA-graphed: ms per step, kernel time, top operators")
+    p.add_argument("--agreement", metavar="MODEL",
+                   help="train MODEL's recipe for --epochs epochs with the naive pipeline and with lib.train, "
+                        "once per --seeds seed, and compare their validation accuracy (saved in the bench file)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of --agreement (default 3)")
     p.add_argument("--also-compiled", nargs="+", metavar="MODEL",
                    help="also time these torch.compile'd, against the naive epoch of the same process")
     p.add_argument("--compile-choice", action="store_true",
@@ -206,8 +219,8 @@ def main(argv=None) -> int:
                         "--budget seconds (scripts/gpu_full_study.sh runs the plan)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for --plan (default 480)")
     p.add_argument("--margin", type=float, default=1.2, help="--plan multiplies estimates by this (default 1.2)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0],
-                   help="Part 1 seeds for --plan and --estimate (default: 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="Part 1 seeds for --plan and --estimate (default: 0); seeds of --agreement (default: 0 1)")
     p.add_argument("--profile", default="full", choices=list(PROFILES),
                    help="whose published results --plan checks (default: full; others for dry runs)")
     p.set_defaults(func=cmd_bench)

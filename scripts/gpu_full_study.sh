@@ -53,6 +53,7 @@ STUDY_MODELS=${STUDY_MODELS:-"CANet_tiny CANet_light CANet ShuffleNetV2 MobileNe
 CANet_pro VGG_A VGG_A_BN"}
 BENCH_ARGS=${BENCH_ARGS:-}           # extra `python -m lib bench` options (dry runs: --num-train 64 --workers 0)
 GRAPH_CHECK_MODEL=${GRAPH_CHECK_MODEL:-CANet_tiny}
+AGREEMENT=${AGREEMENT-CANet_tiny}    # 'bench': naive vs fast validation accuracy, 3 epochs x seeds 0 1 (empty: none)
 PROBE_BENCH=${PROBE_BENCH-"--probe"}  # empty: do not time the probe runs (dry runs on a CPU)
 GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2 (a call of its own for one long run saves ~20 s)
 PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
@@ -133,6 +134,9 @@ main() {
       --data "$DATA" $BENCH_ARGS
   fi
   guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
+  if ((want_bench)) && [[ -n "$AGREEMENT" ]]; then  # once per device: --missing-only
+    guard $PY -m lib bench --agreement "$AGREEMENT" --epochs 3 --missing-only --data "$DATA" $BENCH_ARGS
+  fi
   pack
   # Which models train torch.compile'd instead of CUDA-graphed (the plan's estimates follow the choice).
   case "$COMPILE_MODELS" in

@@ -563,3 +563,56 @@ def test_estimate_names_the_models_timed_without_cuda_graphs_on_a_gpu():
     assert "upper bound" not in B.format_estimate(bench)
     assert "upper bound" not in B.format_estimate(dict(bench, device_slug="cpu-x86-64", entries={
         k: dict(e, cuda_graphs=False) for k, e in bench["entries"].items()}))
+
+
+def test_naive_run_follows_the_recipe_schedule_and_switch(tiny_source, monkeypatch):
+    made = []
+    naive_optimizer = B._naive_optimizer
+    monkeypatch.setattr(B, "_naive_optimizer", lambda kind, params, cfg, lr: made.append((kind, lr))
+                        or naive_optimizer(kind, params, cfg, lr))
+    run = B.naive_run("ShuffleNetV2", tiny_source, "cpu", epochs=3, num_train=16, num_val=8, num_workers=0)
+    cfg = B.recipe_config("ShuffleNetV2", tiny_source, "cpu").replace(num_epochs=3)
+    assert made == [("adamw", cfg.lr), ("sgd", cfg.lr * cfg.lr_gamma ** 2)]  # switch at int(0.8 * 3) = 2
+    assert len(run["val_acc"]) == 3 and all(0.0 <= a <= 1.0 for a in run["val_acc"])
+    assert (run["num_train"], run["num_val"]) == (16, 8) and run["seconds"] > 0
+
+
+def test_agreement_compares_final_accuracies_and_is_saved_in_the_bench_file(tiny_source, tmp_path, monkeypatch):
+    accs = {("naive", 0): [0.1, 0.30], ("naive", 1): [0.2, 0.34], ("fast", 0): [0.1, 0.31], ("fast", 1): [0.3, 0.35]}
+    monkeypatch.setattr(B, "naive_run", lambda m, src, dev, *, epochs, seed, **kw: {
+        "val_acc": accs["naive", seed], "seconds": 5.0, "num_train": 16, "num_val": 8, "data": "tiny"})
+    monkeypatch.setattr(B, "fast_run", lambda m, src, dev, *, epochs, seed, **kw: {
+        "val_acc": accs["fast", seed], "seconds": 1.0, "fast_path": None})
+    r = B.agreement("CANet_tiny", tiny_source, "cpu", epochs=2, seeds=(0, 1))
+    assert r["naive_mean"] == pytest.approx(0.32) and r["fast_mean"] == pytest.approx(0.33)
+    assert r["difference"] == pytest.approx(0.01) and r["naive_std"] == pytest.approx(0.02 ** 0.5 * 0.2)
+    assert 0.5 < r["p_value"] <= 1.0  # a difference well inside the seeds' spread
+    path = tmp_path / "cpu.json"
+    B.save_agreement(r, path, "cpu")
+    B.save_agreement(dict(r, model="VGG_A_BN"), path, "cpu")  # merged per model
+    assert set(read_json(path)["agreement"]) == {"CANet_tiny", "VGG_A_BN"}
+    line = next(x for x in B.bench_table(path).splitlines() if x.startswith("Naive vs fast, CANet_tiny"))
+    assert "naive 32.00 ± 2.83%, fast 33.00 ± 2.83% (fast - naive +1.00 points, Welch p = " in line
+    assert B.agreement("CANet_tiny", tiny_source, "cpu", epochs=2, seeds=(0,))["p_value"] is None
+
+
+def test_fast_run_trains_with_lib_train_and_publishes_nothing(tiny_source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = B.fast_run("ShuffleNetV2", tiny_source, "cpu", epochs=2, num_train=16, num_val=8)
+    assert len(run["val_acc"]) == 2 and run["seconds"] > 0
+    assert not (Path(B.REPO) / "results" / "smoke" / "agreement-ShuffleNetV2-s0.json").exists()
+
+
+def test_cli_agreement_runs_once_per_model_with_missing_only(tiny_source, tmp_path, monkeypatch, capsys):
+    from lib.cli import main
+
+    calls = []
+    monkeypatch.setattr(B, "agreement", lambda model, *a, **kw: calls.append((model, kw["seeds"])) or {
+        "model": model, "kind": "agreement", "epochs": kw["epochs"], "seeds": kw["seeds"], "device": "cpu",
+        "date": "2026-11-27", "num_train": 16, "naive_mean": 0.3, "fast_mean": 0.3, "difference": 0.0})
+    args = ["bench", "--device", "cpu", "--out", str(tmp_path / "cpu.json"), "--data", tiny_source,
+            "--agreement", "CANet_tiny", "--epochs", "2"]
+    assert main(args + ["--missing-only"]) == 0 and calls == [("CANet_tiny", [0, 1])]  # default seeds 0 1
+    assert main(args + ["--missing-only"]) == 0 and len(calls) == 1
+    assert "already (--missing-only)" in capsys.readouterr().out.splitlines()[-1]
+    assert main(args + ["--seeds", "3"]) == 0 and calls[-1] == ("CANet_tiny", [3])
