@@ -477,17 +477,16 @@ def _bookkeeping_seconds(T, model, optimizer, dev, row, losses, step_acc, steps_
 
     TensorBoard (per-step scalars, every parameter's histogram), the weight histograms and the best
     checkpoint every epoch (an upper bound: it is written only when validation improves); the resumable
-    checkpoint every epoch, or on the GPU fast path its cost spread over LAST_CKPT_EVERY_S.
+    checkpoint every epoch, or on the GPU fast path its cost spread over LAST_CKPT_EVERY_S. The TensorBoard
+    events are queued as lib.train queues them (tensorboard_writer); their writing to disk happens in the
+    writer's thread while the next epoch trains, so it is not timed here (lib.train does not wait for it).
     """
-    from torch.utils.tensorboard import SummaryWriter
-
     fast = T._gpu_fast_path(dev)
     with tempfile.TemporaryDirectory() as tmp:
-        writer = SummaryWriter(tmp)
+        writer = T.tensorboard_writer(tmp)
         epoch, epoch_seconds = row["epoch"], row["seconds"]
         t0 = time.perf_counter()
         T._log_epoch(writer, model, row, losses, step_acc.cpu(), epoch, steps_per_epoch)
-        writer.flush()
         T.weight_histograms(model)
         if fast:  # the best weights are copied on the device, written once at the end
             T.copy_state(model)

@@ -262,3 +262,15 @@ def test_evaluate_counts_the_confusion_matrix_as_bincount_does():
         pred = torch.cat([model(b.x).argmax(1) for b in loader])
     expected = torch.bincount(y * 10 + pred, minlength=100).view(10, 10)
     assert torch.equal(res["confusion"], expected) and res["acc"] == pytest.approx(float((pred == y).float().mean()))
+
+
+def test_tensorboard_writer_queues_an_epochs_events_and_writes_them_all(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    writer = T.tensorboard_writer(tmp_path / "run")
+    for i in range(500):  # more than SummaryWriter's default queue of 10
+        writer.add_scalar("step/train_loss", 1.0 / (i + 1), i)
+    writer.close()
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0}).Reload()
+    values = [e.value for e in acc.Scalars("step/train_loss")]
+    assert len(values) == 500 and values[0] == 1.0 and values[-1] == pytest.approx(1 / 500)
