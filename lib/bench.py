@@ -606,22 +606,38 @@ def _release(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _merge_write(path: Path, dev: torch.device, entries: dict | None = None, **top) -> dict:
-    """Merge `entries` (and top-level keys) into the bench file at `path`; atomic write; returns the content."""
+def _merge_write(path: Path, dev: torch.device, entries: dict | None = None, drop: Sequence[str] = (),
+                 **top) -> dict:
+    """Merge `entries` (and top-level keys; `drop` removes top-level keys) into the bench file at `path`;
+    atomic write; returns the content."""
     name = device_name(dev)
     data = read_json(path) if path.exists() else {"device": name, "device_slug": device_slug(dev), "entries": {}}
     if data.get("device") != name:
         raise ValueError(f"{path} holds measurements of {data.get('device')!r}, not of this device ({name!r}): "
                          f"write to another file (out_path) or delete it")
     data["entries"].update(entries or {})
+    for key in drop:
+        data.pop(key, None)
     data.update(top, updated=_now())
     atomic_write_json(path, data)
     return data
 
 
+def graph_checks(bench) -> dict:
+    """{model: check_cuda_graphs result} of a bench file (path or dict). Files written before the checks were
+    per model hold one under 'graph_check'; it is read as its model's."""
+    data = load_bench(bench)
+    old = data.get("graph_check")
+    checks = {old["model"]: old} if old and old.get("model") else {}
+    return dict(checks, **data.get("graph_checks", {}))
+
+
 def save_graph_check(check: dict, path: Path | str, device: torch.device | str) -> dict:
-    """Record a check_cuda_graphs result as the bench file's 'graph_check' (merged, atomic)."""
-    return _merge_write(Path(path), torch.device(device), graph_check=check)
+    """Record a check_cuda_graphs result under the bench file's 'graph_checks' -> model (merged, atomic)."""
+    path = Path(path)
+    known = graph_checks(path) if path.exists() else {}
+    return _merge_write(path, torch.device(device), graph_checks=dict(known, **{check["model"]: check}),
+                        drop=("graph_check",))
 
 
 def save_agreement(result: dict, path: Path | str, device: torch.device | str) -> dict:
@@ -906,12 +922,24 @@ def bench_table(bench) -> str:
               f"time (cuDNN autotuning), per run.",
               "", "Estimated " + format_estimate(data) + "."]
     lines += agreement_lines(data)
-    check = data.get("graph_check")
-    if check and check.get("ok") is not None:
-        lines.append(f"CUDA-graph step vs eager step ({check['model']}, {check['steps']} steps): "
-                     f"{'same within tolerance' if check['ok'] else 'DIFFERENT'} "
-                     f"(max relative differences {check.get('max_rel_diff')}).")
+    lines += graph_check_lines(data)
     return "\n".join(lines) + "\n"
+
+
+def graph_check_lines(bench) -> list[str]:
+    """The CUDA-graph checks of a bench file in words: which models' graphed steps matched the eager ones."""
+    checks = [c for c in graph_checks(bench).values() if c.get("ok") is not None]
+    if not checks:
+        return []
+    same = [c["model"] + (" (bit-identical)" if not any((c.get("max_rel_diff") or {"?": 1}).values()) else "")
+            for c in checks if c["ok"]]
+    line = (f"CUDA-graph step vs eager step ({checks[0].get('precision', 'bf16, autotuned')}, "
+            f"{checks[0].get('steps')} steps from the same weights): "
+            + (f"the same within tolerance for {', '.join(same)}" if same else "none the same"))
+    for c in checks:
+        if not c["ok"]:
+            line += f"; DIFFERENT for {c['model']} (max relative differences {c.get('max_rel_diff')})"
+    return [line + "."]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -101,6 +101,8 @@ def cmd_bench(args) -> int:
     """Time naive vs fast epochs; print the table, the study estimate, a graph check or a plan for a time budget."""
     from pathlib import Path
 
+    import torch
+
     from lib import bench
     from lib.results import read_json
     from lib.train import resolve_device
@@ -108,12 +110,17 @@ def cmd_bench(args) -> int:
     dev = resolve_device(args.device)
     path = Path(args.out) if args.out else bench.bench_path(dev)
     status = 0
-    if args.check_graphs:
-        check = bench.check_cuda_graphs(args.check_graphs, args.data, args.device, num_train=args.num_train)
-        print(f"CUDA-graph check: {check}")
-        if check["ok"] is not None:
-            bench.save_graph_check(check, path, dev)
-        status = 3 if check["ok"] is False else 0
+    for model in args.check_graphs or ():  # exit status 3 if any model's check (new or recorded) failed
+        known = bench.graph_checks(path).get(model) if path.exists() else None
+        if args.missing_only and known is not None and known.get("torch") == torch.__version__:
+            check = known
+            print(f"CUDA-graph check of {model}: recorded in {path} (--missing-only): ok={check['ok']}")
+        else:
+            check = bench.check_cuda_graphs(model, args.data, args.device, num_train=args.num_train)
+            print(f"CUDA-graph check: {check}")
+            if check["ok"] is not None:
+                bench.save_graph_check(check, path, dev)
+        status = 3 if check["ok"] is False else status
     if args.models or args.fast_only or args.probe or args.also_compiled:
         bench.run_benchmark(args.models or (), args.data, args.device, path, fast_only=args.fast_only or (),
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
@@ -199,8 +206,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-val", type=int, default=None, help="validation images (default: all 5,000)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the naive pipeline (default 4)")
     p.add_argument("--out", default=None, help="bench file (default: results/bench/<device-slug>.json)")
-    p.add_argument("--check-graphs", metavar="MODEL", help="compare CUDA-graphed and eager training steps "
-                                                           "(exit status 3 if they differ)")
+    p.add_argument("--check-graphs", nargs="+", metavar="MODEL",
+                   help="compare CUDA-graphed and eager training steps of each MODEL (exit status 3 if they differ "
+                        "for any; --missing-only reuses the checks recorded with this torch version)")
     p.add_argument("--trace", metavar="MODEL", help="profile a short epoch of MODEL's fast training steps, eager "
                                                     "and CUDA-graphed: ms per step, kernel time, top operators")
     p.add_argument("--agreement", metavar="MODEL",

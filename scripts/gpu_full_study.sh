@@ -129,6 +129,13 @@ main() {
   # 3. Measurements: the headline table on request; what the plan needs, always. Only what the bench file
   #    lacks, or timed otherwise than now (eager while CUDA graphs are on: lib.bench.timed_as_now).
   if ((want_bench)); then
+    # Every study model's graphed step against its eager one, once per device and torch version; a model
+    # that differs turns CUDA graphs off for the rest of the call (and the plan's timings with them).
+    if [[ "$GRAPH_CHECK" == 1 && "${CIFAR10_CUDA_GRAPHS:-1}" != 0 ]] \
+      && ! guard $PY -m lib bench --check-graphs $STUDY_MODELS --missing-only --data "$DATA" $BENCH_ARGS; then
+      export CIFAR10_CUDA_GRAPHS=0
+      log "CUDA graphs OFF for this call (a model's check failed or did not finish)"
+    fi
     # The compiled epochs come last in this process and are compared with its own naive epochs.
     guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} --missing-only \
       --data "$DATA" $BENCH_ARGS

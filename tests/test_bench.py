@@ -616,3 +616,30 @@ def test_cli_agreement_runs_once_per_model_with_missing_only(tiny_source, tmp_pa
     assert main(args + ["--missing-only"]) == 0 and len(calls) == 1
     assert "already (--missing-only)" in capsys.readouterr().out.splitlines()[-1]
     assert main(args + ["--seeds", "3"]) == 0 and calls[-1] == ("CANet_tiny", [3])
+
+
+def test_graph_checks_are_kept_per_model_and_read_from_older_files(tmp_path):
+    path = tmp_path / "cpu.json"
+    old = {"model": "CANet_tiny", "ok": True, "steps": 3, "torch": torch.__version__, "precision": "fp32"}
+    atomic_write_json(path, {"device": device_name("cpu"), "device_slug": "cpu", "entries": {}, "graph_check": old})
+    assert B.graph_checks(path) == {"CANet_tiny": old}
+    B.save_graph_check(dict(old, model="VGG11", ok=False, max_rel_diff={"grad": 0.5}), path, "cpu")
+    data = read_json(path)
+    assert "graph_check" not in data and set(data["graph_checks"]) == {"CANet_tiny", "VGG11"}
+    (line,) = B.graph_check_lines(path)
+    assert "the same within tolerance for CANet_tiny" in line and "DIFFERENT for VGG11" in line
+
+
+def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path, monkeypatch, capsys):
+    from lib.cli import main
+
+    calls = []
+    monkeypatch.setattr(B, "check_cuda_graphs", lambda model, *a, **kw: calls.append(model) or {
+        "model": model, "ok": model != "VGG11", "steps": 3, "torch": torch.__version__})
+    out = str(tmp_path / "cpu.json")
+    assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny"]) == 0
+    assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny", "VGG11",
+                 "--missing-only"]) == 3  # VGG11's graph differs: exit status 3
+    assert calls == ["CANet_tiny", "VGG11"]  # CANet_tiny's recorded check was reused
+    assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "VGG11", "--missing-only"]) == 3
+    assert calls == ["CANet_tiny", "VGG11"] and "recorded in" in capsys.readouterr().out
