@@ -111,16 +111,25 @@ def cmd_bench(args) -> int:
     path = Path(args.out) if args.out else bench.bench_path(dev)
     status = 0
     for model in args.check_graphs or ():  # exit status 3 if any model's check (new or recorded) failed
-        known = bench.graph_checks(path).get(model) if path.exists() else None
-        if args.missing_only and known is not None and known.get("torch") == torch.__version__:
-            check = known
-            print(f"CUDA-graph check of {model}: recorded in {path} (--missing-only): ok={check['ok']}")
-        else:
-            check = bench.check_cuda_graphs(model, args.data, args.device, num_train=args.num_train)
-            print(f"CUDA-graph check: {check}")
-            if check["ok"] is not None:
-                bench.save_graph_check(check, path, dev)
-        status = 3 if check["ok"] is False else status
+        for precision in args.check_precisions:
+            key = bench.graph_check_key(model, precision)
+            known = bench.graph_checks(path).get(key) if path.exists() else None
+            if args.missing_only and known is not None and known.get("torch") == torch.__version__:
+                check = known
+                print(f"CUDA-graph check of {key}: recorded in {path} (--missing-only): ok={check['ok']}")
+            else:
+                try:
+                    check = bench.check_cuda_graphs(model, args.data, args.device, num_train=args.num_train,
+                                                    precision=precision)
+                except Exception as err:  # a check that crashes counts as failed, recorded with the reason
+                    check = {"model": model, "ok": False, "check_precision": precision, "torch": torch.__version__,
+                             "note": f"the check crashed: {type(err).__name__}: {err}"}
+                print(f"CUDA-graph check: {check}")
+                if check["ok"] is not None:
+                    bench.save_graph_check(check, path, dev)
+            status = 3 if check["ok"] is False else status
+    if args.graph_failures:  # one line for the GPU runner: the models to train without CUDA graphs (maybe none)
+        print(" ".join(bench.graph_failures(path)) if path.exists() else "")
     if args.models or args.fast_only or args.probe or args.also_compiled:
         bench.run_benchmark(args.models or (), args.data, args.device, path, fast_only=args.fast_only or (),
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
@@ -211,6 +220,10 @@ def main(argv=None) -> int:
                         "for any; --missing-only reuses the checks recorded with this torch version)")
     p.add_argument("--trace", metavar="MODEL", help="profile a short epoch of MODEL's fast training steps, eager "
                                                     "and CUDA-graphed: ms per step, kernel time, top operators")
+    p.add_argument("--check-precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                   help="precisions of --check-graphs (default: fp32, the strict one)")
+    p.add_argument("--graph-failures", action="store_true",
+                   help="print the models whose recorded graph check failed (the GPU runner trains them eagerly)")
     p.add_argument("--agreement", metavar="MODEL",
                    help="train MODEL's recipe for --epochs epochs with the naive pipeline and with lib.train, "
                         "once per --seeds seed, and compare their validation accuracy (saved in the bench file)")

@@ -30,11 +30,13 @@ WEIGHT_GROUPS = {"se": ".se.", "sa": ".sa.", "unit_transform": ".unit_transform.
 HIST_BINS = 40
 # GPU fast path (CUDA only; CPU runs take none of its branches), see docs/GPU.md.
 CUDA_GRAPHS_ENV = "CIFAR10_CUDA_GRAPHS"  # "0" runs CUDA training steps eagerly (no CUDA graphs)
+EAGER_MODELS_ENV = "CIFAR10_EAGER_MODELS"  # models whose CUDA training steps run eagerly (their graph check failed)
 # Models whose CUDA training steps run torch.compile'd instead of CUDA-graphed: names separated by spaces or
 # commas, or "all" (the GPU runner sets it from the benchmark, see docs/GPU.md). Like the CUDA graphs, an
 # execution choice, not part of the experiment: the result records it in `fast_path`, its config does not.
 COMPILE_ENV = "CIFAR10_COMPILE"
 COMPILE_MODE_ENV = "CIFAR10_COMPILE_MODE"  # torch.compile's mode (default "reduce-overhead"; or "default", ...)
+GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
 LAST_CKPT_EVERY_S = 120.0  # CUDA: the resumable checkpoint is written at most this often (see _gpu_fast_path)
 
 
@@ -275,9 +277,10 @@ class CompiledForward(_FullBatchForward):
         self._proven = False
 
     def _call_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """The compiled model; in 'reduce-overhead' mode each call starts a new step of Inductor's CUDA-graph
-        trees (the previous step's outputs are done with: the training loop reads them within its step)."""
-        if self.mode == "reduce-overhead" and self._fast[0] is not self.model:
+        """The compiled model; in the modes that replay CUDA graphs each call starts a new step of Inductor's
+        CUDA-graph trees (the previous step's outputs are done with: the training loop reads them within its
+        step)."""
+        if self.mode in GRAPHED_COMPILE_MODES and self._fast[0] is not self.model:
             torch.compiler.cudagraph_mark_step_begin()
         return self._fast[0](x)
 
@@ -298,23 +301,35 @@ class CompiledForward(_FullBatchForward):
         return out
 
 
+def _names_in_env(name: str) -> set[str]:
+    """Model names in an environment variable (separated by spaces or commas)."""
+    return set(os.environ.get(name, "").replace(",", " ").split())
+
+
+def graphs_enabled_for(model: str) -> bool:
+    """Whether an uncompiled CUDA training step of `model` is CUDA-graphed: CIFAR10_CUDA_GRAPHS is not '0' and
+    CIFAR10_EAGER_MODELS does not name it (the GPU runner names the models whose graph check failed)."""
+    return os.environ.get(CUDA_GRAPHS_ENV, "1") != "0" and model not in _names_in_env(EAGER_MODELS_ENV)
+
+
 def compiled_by_env(model: str) -> bool:
     """Whether the CIFAR10_COMPILE environment variable (names separated by spaces or commas, or 'all')
     names `model`."""
-    names = set(os.environ.get(COMPILE_ENV, "").replace(",", " ").split())
+    names = _names_in_env(COMPILE_ENV)
     return "all" in names or model in names
 
 
 def compile_mode() -> str:
     """torch.compile's mode for the training steps: CIFAR10_COMPILE_MODE (default 'reduce-overhead': fused
-    kernels replayed as CUDA graphs), except that 'reduce-overhead' becomes 'default' where
-    CIFAR10_CUDA_GRAPHS=0 turned CUDA graphs off.
+    kernels replayed as CUDA graphs), except that where CIFAR10_CUDA_GRAPHS=0 turned CUDA graphs off the
+    modes that replay them become their graph-free versions ('reduce-overhead' -> 'default',
+    'max-autotune' -> 'max-autotune-no-cudagraphs').
 
     Why not 'default': on an H200 (2026-11-27) CANet's compiled epoch without CUDA graphs took 7.1 s, its
     CUDA-graphed eager epoch 2.8 s: the launches, not the kernels, were the cost (results/bench/logs/)."""
     mode = os.environ.get(COMPILE_MODE_ENV, "reduce-overhead") or "reduce-overhead"
-    if mode == "reduce-overhead" and os.environ.get(CUDA_GRAPHS_ENV, "1") == "0":
-        return "default"
+    if mode in GRAPHED_COMPILE_MODES and os.environ.get(CUDA_GRAPHS_ENV, "1") == "0":
+        return {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}[mode]
     return mode
 
 
@@ -325,7 +340,8 @@ def compile_requested(cfg: TrainConfig) -> bool:
 
 def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, train_loader: BatchLoader):
     """(module that runs the training steps, info): on CUDA, torch.compile'd where compile_requested(cfg),
-    else CUDA-graphed (CIFAR10_CUDA_GRAPHS=0 turns that off); `model` itself on a CPU. Either way only full
+    else CUDA-graphed (graphs_enabled_for: CIFAR10_CUDA_GRAPHS=0 turns that off, CIFAR10_EAGER_MODELS for
+    single models); `model` itself on a CPU. Either way only full
     training batches take the fast route. info says which and what it cost (a compile is paid lazily, in
     the first epoch)."""
     info = {"compile": False, "cuda_graphs": False, "compile_seconds": 0.0, "note": ""}
@@ -338,8 +354,10 @@ def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, tra
     if compile_requested(cfg):
         info.update(compile=True, compile_mode=compile_mode())
         return CompiledForward(model, batch_shape, info["compile_mode"], info), info
-    if os.environ.get(CUDA_GRAPHS_ENV, "1") == "0":
-        info["note"] = f"{CUDA_GRAPHS_ENV}=0: eager steps"
+    if not graphs_enabled_for(cfg.model):
+        why = (f"{CUDA_GRAPHS_ENV}=0" if os.environ.get(CUDA_GRAPHS_ENV, "1") == "0"
+               else f"{EAGER_MODELS_ENV} names {cfg.model}")
+        info["note"] = f"{why}: eager steps"
         return model, info
     t0 = time.perf_counter()
     model.train()  # the graph records the mode it is captured in (BatchNorm: batch statistics)

@@ -7,7 +7,8 @@
 # On the GPU machine, from the repository root, after the prepare-carry prefix. Inside BUDGET_S seconds:
 #  1. decodes the data once (DATA=shared: the JPEG copy in .carry/, recorded as 'shared' in result configs, so
 #     results written here match the configs built on the other machine; another DATA is copied there first);
-#  2. checks the CUDA-graph training step against the eager one (a mismatch turns graphs off for the call);
+#  2. checks the CUDA-graph training step against the eager one: GRAPH_CHECK_MODEL every call (a mismatch
+#     stops the call), every study model once per device (a model that differs trains eagerly);
 #  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too); always: the
 #     fast epoch of every study model and the probe steps that results/bench/<gpu>.json still lacks (the plan
 #     below needs them); then picks the models to train torch.compile'd (COMPILE_MODELS, default: where the
@@ -119,23 +120,26 @@ main() {
   export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1
   guard $PY -c "from lib.data import load_cifar10; print(load_cifar10())" || return 1
 
-  # 2. The CUDA-graph step must compute what the eager step computes.
-  if [[ "$GRAPH_CHECK" == 1 ]] \
-    && ! guard $PY -m lib bench --check-graphs "$GRAPH_CHECK_MODEL" --data "$DATA" $BENCH_ARGS; then
-    export CIFAR10_CUDA_GRAPHS=0
-    log "CUDA graphs OFF for this call (the check failed or did not finish)"
+  # 2. The CUDA-graph step must compute what the eager step computes: GRAPH_CHECK_MODEL every call (fp32 and
+  #    bf16); every study model once per device and torch version (recorded in the bench file). If the first
+  #    fails, the call stops (the bench file's timings and the plan assume graphs: look at the check first);
+  #    a model that fails trains eagerly (CIFAR10_EAGER_MODELS), and its entry is re-timed so (step 3).
+  if [[ "$GRAPH_CHECK" == 1 ]]; then
+    if ! guard $PY -m lib bench --check-graphs "$GRAPH_CHECK_MODEL" --check-precisions fp32 bf16 --data "$DATA" \
+      $BENCH_ARGS; then
+      log "the CUDA-graph check of $GRAPH_CHECK_MODEL failed or did not finish: no measurements, no training"
+      return 1
+    else
+      guard $PY -m lib bench --check-graphs $STUDY_MODELS --missing-only --data "$DATA" $BENCH_ARGS
+      CIFAR10_EAGER_MODELS=$($PY -m lib bench --graph-failures $BENCH_ARGS) || CIFAR10_EAGER_MODELS=""
+      export CIFAR10_EAGER_MODELS
+      [[ -z "$CIFAR10_EAGER_MODELS" ]] || log "trained without CUDA graphs (their check failed): $CIFAR10_EAGER_MODELS"
+    fi
   fi
 
   # 3. Measurements: the headline table on request; what the plan needs, always. Only what the bench file
   #    lacks, or timed otherwise than now (eager while CUDA graphs are on: lib.bench.timed_as_now).
   if ((want_bench)); then
-    # Every study model's graphed step against its eager one, once per device and torch version; a model
-    # that differs turns CUDA graphs off for the rest of the call (and the plan's timings with them).
-    if [[ "$GRAPH_CHECK" == 1 && "${CIFAR10_CUDA_GRAPHS:-1}" != 0 ]] \
-      && ! guard $PY -m lib bench --check-graphs $STUDY_MODELS --missing-only --data "$DATA" $BENCH_ARGS; then
-      export CIFAR10_CUDA_GRAPHS=0
-      log "CUDA graphs OFF for this call (a model's check failed or did not finish)"
-    fi
     # The compiled epochs come last in this process and are compared with its own naive epochs.
     guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} --missing-only \
       --data "$DATA" $BENCH_ARGS

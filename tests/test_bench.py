@@ -258,6 +258,10 @@ def test_compile_choice_and_the_estimates_follow_the_measured_variant(tiny_sourc
     assert T.compile_mode() == "default"
     monkeypatch.delenv(T.CUDA_GRAPHS_ENV)
     assert T.compile_mode() == "reduce-overhead"
+    monkeypatch.setenv(T.COMPILE_MODE_ENV, "max-autotune")
+    assert T.compile_mode() == "max-autotune"
+    monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")
+    assert T.compile_mode() == "max-autotune-no-cudagraphs"
 
 
 def test_an_entry_is_timed_as_now_when_its_step_matches_the_cuda_graph_switch(monkeypatch):
@@ -269,6 +273,28 @@ def test_an_entry_is_timed_as_now_when_its_step_matches_the_cuda_graph_switch(mo
     assert B.timed_as_now(eager, cuda) and not B.timed_as_now(graphed, cuda)
     compiled = dict(eager, compiled=True, compile_mode="default")
     assert B.timed_as_now(compiled, cuda) and B.timed_as_now(eager, cpu) and B.timed_as_now(graphed, cpu)
+    monkeypatch.delenv(T.CUDA_GRAPHS_ENV)
+    monkeypatch.setenv(T.EAGER_MODELS_ENV, "MobileNetV2, CANet")  # their graph check failed: eager for them only
+    assert B.timed_as_now(eager, cuda) and not B.timed_as_now(graphed, cuda)  # fake_entry's model is CANet
+    assert B.timed_as_now(dict(graphed, model="ResNet18"), cuda)
+    assert not T.graphs_enabled_for("CANet") and T.graphs_enabled_for("ResNet18")
+
+
+def test_fast_only_never_drops_a_naive_measurement(tiny_source, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(B, "naive_epoch", lambda m, *a, **kw: calls.append(("naive", m)) or {
+        "seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4})
+    monkeypatch.setattr(B, "fast_epoch", lambda m, *a, **kw: calls.append(("fast", m)) or {
+        "seconds": 0.5, "images_per_s": 9e4, "overhead_seconds": 0.1, "compile_seconds": 1.0, "setup_seconds": 2.0,
+        "warmup_seconds": 0.8, "cuda_graphs": False, "compiled": False, "num_train": 16, "num_val": 8, "data": "t"})
+    path = tmp_path / "cpu.json"
+    B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, num_workers=0, progress=False)
+    monkeypatch.setattr(B, "timed_as_now", lambda entry, dev: False)  # as if CUDA graphs were switched since
+    calls.clear()
+    B.run_benchmark([], tiny_source, "cpu", path, fast_only=["CANet_tiny"], missing_only=True, progress=False)
+    assert calls == [] and read_json(path)["entries"]["CANet_tiny"]["naive_seconds"] == 10.0
+    B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, missing_only=True, num_workers=0, progress=False)
+    assert calls == [("naive", "CANet_tiny"), ("fast", "CANet_tiny")]  # --models re-times both, side by side
 
 
 def test_trace_steps_profiles_a_short_epoch_on_cpu(tiny_source):
@@ -456,6 +482,10 @@ def test_step_model_on_cuda_is_compiled_where_requested(monkeypatch):
     monkeypatch.setenv(T.COMPILE_ENV, "")
     step, info = T.step_model_for(model, cfg, torch.device("cuda"), loader)
     assert step is model and info["compile"] is False and "=0: eager steps" in info["note"]
+    monkeypatch.delenv(T.CUDA_GRAPHS_ENV)
+    monkeypatch.setenv(T.EAGER_MODELS_ENV, "CANet_tiny")  # its graph check failed: no capture is tried
+    step, info = T.step_model_for(model, cfg, torch.device("cuda"), loader)
+    assert step is model and info["cuda_graphs"] is False and "names CANet_tiny: eager steps" in info["note"]
 
 
 def test_compiled_forward_falls_back_to_eager_steps_when_the_compile_fails(monkeypatch):
@@ -643,3 +673,27 @@ def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path
     assert calls == ["CANet_tiny", "VGG11"]  # CANet_tiny's recorded check was reused
     assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "VGG11", "--missing-only"]) == 3
     assert calls == ["CANet_tiny", "VGG11"] and "recorded in" in capsys.readouterr().out
+    assert main(["bench", "--device", "cpu", "--out", out, "--graph-failures"]) == 0
+    assert capsys.readouterr().out == "VGG11\n"
+
+    def crash(model, *a, precision, **kw):
+        calls.append((model, precision))
+        if precision == "bf16":
+            raise RuntimeError("capture failed")
+        return {"model": model, "ok": True, "steps": 3, "torch": torch.__version__, "check_precision": precision}
+
+    monkeypatch.setattr(B, "check_cuda_graphs", crash)
+    assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "ResNet18",
+                 "--check-precisions", "fp32", "bf16"]) == 3  # a crashed check counts as failed
+    assert calls[-2:] == [("ResNet18", "fp32"), ("ResNet18", "bf16")]
+    checks = B.graph_checks(out)
+    assert checks["ResNet18"]["ok"] and checks["ResNet18/bf16"]["ok"] is False
+    assert "capture failed" in checks["ResNet18/bf16"]["note"] and B.graph_failures(out) == ["ResNet18", "VGG11"]
+
+
+def test_agreement_runs_of_a_bn_model_use_the_seed_asked_for(tiny_source, monkeypatch):
+    seen = []
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: seen.append(cfg.seed) or {"history": [{"val_acc": 0.5}]})
+    for seed in (0, 1):
+        B.fast_run("VGG_A_BN", tiny_source, "cpu", epochs=1, seed=seed, num_train=16, num_val=8)
+    assert seen == [0, 1]  # not the BN protocol's one fixed seed twice
