@@ -465,6 +465,16 @@ def _times(p1: list[dict], bn: list[dict], summary: dict) -> dict:
     return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows)}
 
 
+def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
+    """(device, markdown table) of every GPU bench file in <root>/results/bench (CPU ones are dry runs)."""
+    from lib.bench import bench_table
+    from lib.paths import REPO
+
+    folder = Path(root if root is not None else REPO) / "results" / "bench"
+    files = [p for p in sorted(folder.glob("*.json")) if not p.stem.startswith("cpu")]
+    return [(read_json(p).get("device", p.stem), bench_table(p)) for p in files]
+
+
 def collect(profile: str, dirs: OutputDirs) -> dict:
     """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs)."""
     from lib.bn_study import bn_summary
@@ -527,6 +537,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
                                  (r.get("data") or {}).get("archive_sha256")) for r in everything),
         "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},
         "times": _times(p1, bn, summary),
+        "bench": gpu_bench_tables(),
         "missing_bn": summary.get("missing", []),
         "fmt_pct": fmt_pct, "fmt_num": fmt_num, "fmt_int": fmt_int, "fmt_seconds": fmt_seconds,
     }

@@ -197,3 +197,22 @@ def test_commit_line_names_where_a_resumed_run_started(study_dirs):
     line = next(l for l in render_report("quick", study_dirs).read_text().splitlines() if "git commit(s)" in l)
     assert "0ld000 -> n3w111" in line and "abc123" in line  # the other results started and ended at abc123
     assert "abc123 ->" not in line
+
+
+def test_speed_section_shows_the_gpu_bench_files_only(tmp_path, monkeypatch):
+    import lib.report as R
+
+    bench = tmp_path / "results" / "bench"
+    entry = {"model": "CANet", "recipe": "part1", "batch_size": 256, "naive_seconds": 14.0, "fast_seconds": 2.8,
+             "ratio": 5.0, "fast_images_per_s": 16000.0, "cuda_graphs": True, "date": "2026-11-27T02:00:00+00:00",
+             "fast_overhead_seconds": 0.3, "setup_seconds": 5.0, "warmup_seconds": 9.0, "compile_seconds": 4.0}
+    atomic_write_json(bench / "nvidia-h200.json", {"device": "NVIDIA H200", "device_slug": "nvidia-h200",
+                                                   "entries": {"CANet": entry}})
+    atomic_write_json(bench / "cpu-x86-64.json", {"device": "CPU (dry run)", "entries": {"CANet": entry}})
+    ((device, table),) = R.gpu_bench_tables(tmp_path)
+    assert device == "NVIDIA H200" and "| CANet | part1 (256) | CUDA graph | 14.00 | 2.80 | 5.0x (missed) |" in table
+    monkeypatch.setattr(R, "gpu_bench_tables", lambda root=None: [(device, table)])
+    text = render_report("quick", output_dirs("quick", root=tmp_path)).read_text()
+    assert "## Speed on a GPU" in text and "Device: NVIDIA H200" in text and "CPU (dry run)" not in text
+    monkeypatch.setattr(R, "gpu_bench_tables", lambda root=None: [])
+    assert "## Speed on a GPU" not in render_report("quick", output_dirs("quick", root=tmp_path)).read_text()
