@@ -341,9 +341,8 @@ def compile_requested(cfg: TrainConfig) -> bool:
 def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, train_loader: BatchLoader):
     """(module that runs the training steps, info): on CUDA, torch.compile'd where compile_requested(cfg),
     else CUDA-graphed (graphs_enabled_for: CIFAR10_CUDA_GRAPHS=0 turns that off, CIFAR10_EAGER_MODELS for
-    single models); `model` itself on a CPU. Either way only full
-    training batches take the fast route. info says which and what it cost (a compile is paid lazily, in
-    the first epoch)."""
+    single models); `model` itself on a CPU. Either way only full training batches take the fast route.
+    info says which and what it cost (a compile is paid lazily, in the first epoch)."""
     info = {"compile": False, "cuda_graphs": False, "compile_seconds": 0.0, "note": ""}
     if device.type != "cuda":
         return model, info
