@@ -227,9 +227,9 @@ def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed:
 
 def _naive_train_epoch(p: _Naive, optimizer, cfg: TrainConfig, dev: torch.device, val_every: int | None) -> dict:
     """One epoch of the original's loop: per-step host syncs, a validation pass every `val_every` steps (None:
-    none) and one at the end. Returns steps, val_passes, train_loss, val_loss, val_acc."""
+    none) and one at the end. Returns steps, val_passes, train_loss, train_acc, val_loss, val_acc."""
     p.model.train()
-    running_loss, steps, val_passes = 0.0, 0, 0
+    running_loss, running_correct, steps, val_passes = 0.0, 0.0, 0, 0
     for i, (x, y) in enumerate(p.train_loader):
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if cfg.augment:  # per batch, on the device batch (the same MixUp/CutMix as lib.augment's)
@@ -243,14 +243,15 @@ def _naive_train_epoch(p: _Naive, optimizer, cfg: TrainConfig, dev: torch.device
         optimizer.step()
         pred = out.argmax(1)
         running_loss += loss.item()  # the original's per-step host syncs
-        (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum()).item()
+        running_correct += (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum()).item()
         steps += 1
         if val_every and (i + 1) % val_every == 0:
             _naive_validate(p.model, p.val_loader, p.criterion, dev)
             val_passes += 1
     val_loss, val_acc = _naive_validate(p.model, p.val_loader, p.criterion, dev)
+    n = len(p.train_loader.dataset)
     return {"steps": steps, "val_passes": val_passes + 1, "train_loss": running_loss / max(steps, 1),
-            "val_loss": val_loss, "val_acc": val_acc}
+            "train_acc": running_correct / max(n, 1), "val_loss": val_loss, "val_acc": val_acc}
 
 
 def naive_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
@@ -451,12 +452,13 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
         model = T.new_model(cfg, dev)
         optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
         step_model, info = T.step_model_for(model, cfg, dev, train_loader)
-        T._train_epoch(step_model, last_linear(model), optimizer, train_loader, cfg, dev, 0, False)
+        head = last_linear(model)
+        T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, 0, False)
         _sync(dev)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=activities) as prof:
             t0 = time.perf_counter()
-            T._train_epoch(step_model, last_linear(model), optimizer, train_loader, cfg, dev, 1, False)
+            T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, 1, False)
             _sync(dev)
             wall = time.perf_counter() - t0
     n_steps = len(train_loader)
@@ -471,6 +473,14 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
             "cuda_graphs": info["cuda_graphs"], "wall_ms_per_step": 1e3 * wall / n_steps,
             "device_ms_per_step": device_us / 1e3 / n_steps if cuda else None,
             "ops_per_step": host_ops / n_steps, "table": events.table(sort_by=sort, row_limit=row_limit)}
+
+
+def trace_line(t: dict) -> str:
+    """A trace_steps result in words, followed by its operator table."""
+    return (f"[trace] {t['model']} on {t['device']}, batch {t['batch_size']}, {t['steps']} steps, CUDA graphs "
+            f"{'on' if t['cuda_graphs'] else 'off'}: {t['wall_ms_per_step']:.2f} ms/step wall, "
+            f"{_fmt(t['device_ms_per_step'], '.2f')} ms/step of kernels, {t['ops_per_step']:.0f} host ops/step\n"
+            f"{t['table']}")
 
 
 def _bookkeeping_seconds(T, model, optimizer, dev, row, losses, step_acc, steps_per_epoch) -> float:
@@ -535,6 +545,20 @@ GRAPH_CHECK_TOLERANCE = {"fp32": {"out": 1e-3, "grad": 1e-3, "param": 1e-4},
 
 def check_cuda_graphs(model_name: str = "CANet_tiny", data_source: str | None = None, device: str = "auto", *,
                       steps: int = 3, num_train: int | None = None, precision: str = "fp32") -> dict:
+    """_compare_graphed_steps, with a check that crashes (a capture or replay error) recorded as failed, with
+    the reason in `note`."""
+    if precision not in GRAPH_CHECK_TOLERANCE:
+        raise ValueError(f"graph-check precision must be one of {', '.join(GRAPH_CHECK_TOLERANCE)}, got {precision!r}")
+    try:
+        return _compare_graphed_steps(model_name, data_source, device, steps=steps, num_train=num_train,
+                                      precision=precision)
+    except Exception as err:  # any failure of the graphed path counts against it
+        return {"model": model_name, "ok": False, "steps": 0, "torch": torch.__version__, "date": _now(),
+                "check_precision": precision, "note": f"the check crashed: {type(err).__name__}: {err}"}
+
+
+def _compare_graphed_steps(model_name: str, data_source: str | None, device: str, *, steps: int,
+                           num_train: int | None, precision: str) -> dict:
     """Train `steps` identical steps with the eager and the CUDA-graphed model from the same weights and
     compare outputs, gradients and the weights after (CUDA only; elsewhere ok=None). A graph that replays
     stale inputs or misses a buffer update shows up as a large difference.
@@ -548,8 +572,6 @@ def check_cuda_graphs(model_name: str = "CANet_tiny", data_source: str | None = 
     import lib.train as T
 
     dev = T.resolve_device(device)
-    if precision not in GRAPH_CHECK_TOLERANCE:
-        raise ValueError(f"graph-check precision must be one of {', '.join(GRAPH_CHECK_TOLERANCE)}, got {precision!r}")
     result = {"model": model_name, "ok": None, "steps": 0, "device": device_name(dev), "torch": torch.__version__,
               "date": _now(), "check_precision": precision}
     if dev.type != "cuda":

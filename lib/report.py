@@ -471,8 +471,8 @@ def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
     from lib.paths import REPO
 
     folder = Path(root if root is not None else REPO) / "results" / "bench"
-    files = [p for p in sorted(folder.glob("*.json")) if not p.stem.startswith("cpu")]
-    return [(read_json(p).get("device", p.stem), bench_table(p)) for p in files]
+    benches = [read_json(p) for p in sorted(folder.glob("*.json")) if not p.stem.startswith("cpu")]
+    return [(data.get("device", "?"), bench_table(data)) for data in benches]
 
 
 def collect(profile: str, dirs: OutputDirs) -> dict:

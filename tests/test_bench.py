@@ -682,7 +682,8 @@ def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path
             raise RuntimeError("capture failed")
         return {"model": model, "ok": True, "steps": 3, "torch": torch.__version__, "check_precision": precision}
 
-    monkeypatch.setattr(B, "check_cuda_graphs", crash)
+    monkeypatch.undo()  # the real check_cuda_graphs, around a comparison that crashes in bf16
+    monkeypatch.setattr(B, "_compare_graphed_steps", crash)
     assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "ResNet18",
                  "--check-precisions", "fp32", "bf16"]) == 3  # a crashed check counts as failed
     assert calls[-2:] == [("ResNet18", "fp32"), ("ResNet18", "bf16")]
@@ -697,3 +698,12 @@ def test_agreement_runs_of_a_bn_model_use_the_seed_asked_for(tiny_source, monkey
     for seed in (0, 1):
         B.fast_run("VGG_A_BN", tiny_source, "cpu", epochs=1, seed=seed, num_train=16, num_val=8)
     assert seen == [0, 1]  # not the BN protocol's one fixed seed twice
+
+
+def test_trace_line_names_the_step_kind_and_the_kernel_time():
+    t = {"model": "CANet_tiny", "device": "GPU", "batch_size": 256, "steps": 30, "cuda_graphs": True,
+         "wall_ms_per_step": 16.05, "device_ms_per_step": 7.654, "ops_per_step": 732.4, "table": "TABLE"}
+    assert B.trace_line(t) == ("[trace] CANet_tiny on GPU, batch 256, 30 steps, CUDA graphs on: 16.05 ms/step wall, "
+                               "7.65 ms/step of kernels, 732 host ops/step\nTABLE")
+    assert "off: 16.05 ms/step wall, - ms/step of kernels" in B.trace_line(dict(t, cuda_graphs=False,
+                                                                                device_ms_per_step=None))
