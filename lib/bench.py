@@ -58,7 +58,7 @@ from lib.config import NORMS, PROFILES, TrainConfig
 from lib.augment import mix_batch
 from lib.data import load_cifar10, canonical_source
 from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config, part1_experiments
-from lib.models import PART1_MODELS, build, last_linear
+from lib.models import PART1_MODELS, build, last_linear, revision, set_merged
 from lib.paths import REPO, OutputDirs, output_dirs
 from lib.results import atomic_write_json, device_name, read_json, reusable_result
 
@@ -220,7 +220,7 @@ def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed:
     val_loader = torch.utils.data.DataLoader(ArrayDataset(X_val, y_val, eval_tf), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=num_workers, pin_memory=pin)
     torch.manual_seed(seed)
-    model = build(cfg.model).to(dev)
+    model = set_merged(build(cfg.model), False).to(dev)  # CANet: the original's per-path structure
     return _Naive(train_loader, val_loader, model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                   torch.Generator().manual_seed(seed), dict(info, num_train=len(y_tr), num_val=len(y_val)))
 
@@ -429,13 +429,15 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
 
 
 def trace_steps(model_name: str, data_source: str | None = None, device: str = "auto", *, steps: int = 30,
-                cuda_graphs: bool = True, row_limit: int = 15, batch_size: int | None = None) -> dict:
+                cuda_graphs: bool = True, row_limit: int = 15, batch_size: int | None = None,
+                merged: bool | None = None) -> dict:
     """Where a fast training step's time goes: one epoch of `steps` full batches of lib.train's own loop
     (loader, augmentation, step, metrics) under torch.profiler, after a warm-up epoch of the same length.
 
     Returns wall_ms_per_step, device_ms_per_step (the kernels' own time; far below the wall time means the
     host launching the work is the bottleneck), ops_per_step (operator calls on the host) and `table`, the
-    profiler's top operators by device time (by host time on a CPU). cuda_graphs=False times eager steps.
+    profiler's top operators by device time (by host time on a CPU). cuda_graphs=False times eager steps;
+    merged: CANet's blocks merged (True), per path (False) or by device (None: lib.models.canet.set_merged).
     batch_size: the recipe's unless given (tests on a tiny image folder).
     """
     import lib.train as T
@@ -449,7 +451,7 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     with _backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
             _env(T.COMPILE_ENV, ""), _env(T.CUDA_GRAPHS_ENV, "1" if cuda_graphs else "0"):
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
-        model = T.new_model(cfg, dev)
+        model = set_merged(T.new_model(cfg, dev), merged)
         optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
         step_model, info = T.step_model_for(model, cfg, dev, train_loader)
         head = last_linear(model)
@@ -469,8 +471,9 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     device_us = sum(e.self_device_time_total for e in events
                     if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))
     host_ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    merged_used = any(b.merged_for(train_loader.X[:1]) for b in model.modules() if hasattr(b, "merged_for"))
     return {"model": model_name, "device": device_name(dev), "steps": n_steps, "batch_size": cfg.batch_size,
-            "cuda_graphs": info["cuda_graphs"], "wall_ms_per_step": 1e3 * wall / n_steps,
+            "cuda_graphs": info["cuda_graphs"], "merged": merged_used, "wall_ms_per_step": 1e3 * wall / n_steps,
             "device_ms_per_step": device_us / 1e3 / n_steps if cuda else None,
             "ops_per_step": host_ops / n_steps, "table": events.table(sort_by=sort, row_limit=row_limit)}
 
@@ -478,7 +481,8 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
 def trace_line(t: dict) -> str:
     """A trace_steps result in words, followed by its operator table."""
     return (f"[trace] {t['model']} on {t['device']}, batch {t['batch_size']}, {t['steps']} steps, CUDA graphs "
-            f"{'on' if t['cuda_graphs'] else 'off'}: {t['wall_ms_per_step']:.2f} ms/step wall, "
+            f"{'on' if t['cuda_graphs'] else 'off'}{', CANet blocks merged' if t.get('merged') else ''}: "
+            f"{t['wall_ms_per_step']:.2f} ms/step wall, "
             f"{_fmt(t['device_ms_per_step'], '.2f')} ms/step of kernels, {t['ops_per_step']:.0f} host ops/step\n"
             f"{t['table']}")
 
@@ -708,12 +712,14 @@ def compile_key(model: str, mode: str = "default") -> str:
 
 
 def timed_as_now(entry: dict, dev: torch.device) -> bool:
-    """Whether a bench entry timed the training step the way this process would: an uncompiled CUDA entry
-    timed without CUDA graphs is out of date once they are on for its model (the first H200 call ran
-    eagerly because its graph check failed), and the other way round (lib.train.graphs_enabled_for).
-    missing_only re-times such entries."""
+    """Whether a bench entry timed the training step the way this process would: not if the model's
+    implementation changed since (lib.models.revision), and an uncompiled CUDA entry timed without CUDA graphs
+    is out of date once they are on for its model (the first H200 call ran eagerly because its graph check
+    failed), and the other way round (lib.train.graphs_enabled_for). missing_only re-times such entries."""
     from lib.train import graphs_enabled_for
 
+    if entry.get("model_revision", 1) != revision(entry["model"]):
+        return False  # timed with an older implementation of the model (lib.models.REVISIONS)
     if entry.get("compiled") or "compile_mode" in entry or dev.type != "cuda":
         return True
     return bool(entry.get("cuda_graphs")) == graphs_enabled_for(entry["model"])
@@ -759,7 +765,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
             print(f"[bench] {key}: timed otherwise than now, but with its naive epoch; re-time it with --models")
             continue
         cfg = recipe_config(model_name, source, str(dev), num_train, num_val)
-        entry = dict(base, model=model_name, recipe=recipe_name(cfg), batch_size=cfg.batch_size)
+        entry = dict(base, model=model_name, recipe=recipe_name(cfg), batch_size=cfg.batch_size,
+                     model_revision=revision(model_name))
         if with_naive:
             if model_name not in naive_of:
                 naive_of[model_name] = naive_epoch(model_name, source, str(dev), num_train=num_train,

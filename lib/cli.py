@@ -104,6 +104,7 @@ def cmd_bench(args) -> int:
     import torch
 
     from lib import bench
+    from lib.models import CANET_VARIANTS
     from lib.results import read_json
     from lib.train import resolve_device
 
@@ -140,9 +141,13 @@ def cmd_bench(args) -> int:
                                  num_workers=args.workers)
         bench.save_agreement(result, path, dev)
         print("\n".join(bench.agreement_lines({"agreement": {result["model"]: result}})))
-    if args.trace:  # where a step's time goes, eager and CUDA-graphed (on a CPU: eager only)
-        for graphs in ((False, True) if dev.type == "cuda" else (False,)):
-            print(bench.trace_line(bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs)))
+    if args.trace:  # where a step's time goes, eager and CUDA-graphed (on a CPU: eager only); a CANet also
+        # CUDA-graphed with its blocks per path, the original's structure (AttResBlock._forward_merged)
+        variants = [(False, None)] if dev.type != "cuda" else [(False, None), (True, None)] + (
+            [(True, False)] if args.trace in CANET_VARIANTS else [])
+        for graphs, merged in variants:
+            print(bench.trace_line(bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs,
+                                                     merged=merged)))
     if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
         print(" ".join(bench.compile_choice(read_json(path))) if path.exists() else "")
     if args.table:
@@ -211,7 +216,8 @@ def main(argv=None) -> int:
                    help="compare CUDA-graphed and eager training steps of each MODEL (exit status 3 if they differ "
                         "for any; --missing-only reuses the checks recorded with this torch version)")
     p.add_argument("--trace", metavar="MODEL", help="profile a short epoch of MODEL's fast training steps, eager "
-                                                    "and CUDA-graphed: ms per step, kernel time, top operators")
+                                                    "and CUDA-graphed (a CANet also graphed with its blocks per "
+                                                    "path): ms per step, kernel time, top operators")
     p.add_argument("--check-precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                    help="precisions of --check-graphs (default: fp32, the strict one)")
     p.add_argument("--graph-failures", action="store_true",

@@ -9,7 +9,8 @@
 #     results written here match the configs built on the other machine; another DATA is copied there first);
 #  2. checks the CUDA-graph training step against the eager one: GRAPH_CHECK_MODEL every call (a mismatch
 #     stops the call), every study model once per device (a model that differs trains eagerly);
-#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too); always: the
+#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too), the naive vs
+#     fast accuracy of AGREEMENT and a profile of TRACE's step; always: the
 #     fast epoch of every study model and the probe steps that results/bench/<gpu>.json still lacks (the plan
 #     below needs them); then picks the models to train torch.compile'd (COMPILE_MODELS, default: where the
 #     bench file says a full run is faster that way);
@@ -55,6 +56,7 @@ CANet_pro VGG_A VGG_A_BN"}
 BENCH_ARGS=${BENCH_ARGS:-}           # extra `python -m lib bench` options (dry runs: --num-train 64 --workers 0)
 GRAPH_CHECK_MODEL=${GRAPH_CHECK_MODEL:-CANet_tiny}
 AGREEMENT=${AGREEMENT-CANet_tiny}    # 'bench': naive vs fast validation accuracy, 3 epochs x seeds 0 1 (empty: none)
+TRACE=${TRACE-CANet_tiny}            # 'bench': profile its step eager, graphed, graphed per path (log only; empty: none)
 PROBE_BENCH=${PROBE_BENCH-"--probe"}  # empty: do not time the probe runs (dry runs on a CPU)
 GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2 (a call of its own for one long run saves ~20 s)
 PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
@@ -147,6 +149,9 @@ main() {
   guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
   if ((want_bench)) && [[ -n "$AGREEMENT" ]]; then  # once per device: --missing-only
     guard $PY -m lib bench --agreement "$AGREEMENT" --epochs 3 --missing-only --data "$DATA" $BENCH_ARGS
+  fi
+  if ((want_bench)) && [[ -n "$TRACE" ]]; then  # where the step's time goes (CANet: merged vs per-path blocks)
+    guard $PY -m lib bench --trace "$TRACE" --data "$DATA" $BENCH_ARGS
   fi
   pack
   # Which models train torch.compile'd instead of CUDA-graphed (the plan's estimates follow the choice).

@@ -17,14 +17,14 @@ from lib.config import TrainConfig
 from lib.data import resolve_source
 from lib.experiments import bn_config, part1_config
 from lib.loader import BatchLoader
-from lib.models import PART1_MODELS, build
+from lib.models import PART1_MODELS, build, revision
 from lib.paths import REPO, output_dirs
 from lib.results import atomic_write_json, device_name, read_json
 
 ENTRY_KEYS = {"model", "recipe", "batch_size", "num_train", "num_val", "data", "device", "torch", "date",
               "naive_seconds", "naive_images_per_s", "naive_val_passes", "naive_workers", "fast_seconds",
               "fast_images_per_s", "fast_overhead_seconds", "compile_seconds", "setup_seconds", "warmup_seconds",
-              "cuda_graphs", "compiled", "ratio"}
+              "cuda_graphs", "compiled", "ratio", "model_revision"}
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def fake_entry(fast=1.0, overhead=0.1, setup=2.0, warmup=1.5, naive=None, model=
             "fast_overhead_seconds": overhead, "setup_seconds": setup, "warmup_seconds": warmup,
             "naive_seconds": naive, "ratio": None if naive is None else naive / fast, "fast_images_per_s": 45000 / fast,
             "compile_seconds": 0.5, "num_train": 45000, "num_val": 5000, "date": "2026-11-26T12:00:00+00:00",
-            "torch": "2.11.0", "data": "JPEG-q75 copy"}
+            "torch": "2.11.0", "data": "JPEG-q75 copy", "model_revision": revision(model)}
 
 
 def fake_bench(part1=None, bn=None, probe=0.01) -> dict:
@@ -276,8 +276,14 @@ def test_an_entry_is_timed_as_now_when_its_step_matches_the_cuda_graph_switch(mo
     monkeypatch.delenv(T.CUDA_GRAPHS_ENV)
     monkeypatch.setenv(T.EAGER_MODELS_ENV, "MobileNetV2, CANet")  # their graph check failed: eager for them only
     assert B.timed_as_now(eager, cuda) and not B.timed_as_now(graphed, cuda)  # fake_entry's model is CANet
-    assert B.timed_as_now(dict(graphed, model="ResNet18"), cuda)
+    assert B.timed_as_now(dict(graphed, model="ResNet18", model_revision=1), cuda)
     assert not T.graphs_enabled_for("CANet") and T.graphs_enabled_for("ResNet18")
+    # Timed with an older implementation of the model (before CANet's merged blocks): re-timed, on any device.
+    assert revision("CANet") == 2 and revision("ResNet18") == 1
+    for entry in (eager, graphed, compiled):
+        old = {k: v for k, v in entry.items() if k != "model_revision"}  # entries of revision 1 record none
+        assert not B.timed_as_now(old, cuda) and not B.timed_as_now(old, cpu)
+    assert B.timed_as_now({k: v for k, v in fake_entry(model="ResNet18").items() if k != "model_revision"}, cpu)
 
 
 def test_fast_only_never_drops_a_naive_measurement(tiny_source, tmp_path, monkeypatch):
@@ -302,6 +308,14 @@ def test_trace_steps_profiles_a_short_epoch_on_cpu(tiny_source):
     assert (t["steps"], t["batch_size"], t["cuda_graphs"], t["device_ms_per_step"]) == (2, 8, False, None)
     assert t["wall_ms_per_step"] > 0 and t["ops_per_step"] > 50  # a network's forward and backward
     assert "aten::" in t["table"] and t["table"].count("\n") < 20  # row_limit rows, not every operator
+    assert t["merged"] is False  # no CANet blocks
+
+
+def test_trace_steps_compares_merged_and_per_path_canet_blocks(tiny_source):
+    per_path, merged = (B.trace_steps("CANet_tiny", tiny_source, "cpu", steps=1, batch_size=4, merged=m)
+                        for m in (None, True))  # None: by device, per path on a CPU
+    assert per_path["merged"] is False and merged["merged"] is True
+    assert merged["ops_per_step"] < per_path["ops_per_step"] - 40  # 21 convolutions fewer, and their backward
 
 
 def test_cli_bench_prints_the_compile_choice(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,7 @@ from torch import nn
 
 from lib import models
 from lib.models import PART1_MODELS, build, last_linear, list_models
-from lib.models.canet import AttResBlock, ChannelAttention, SpatialAttention
+from lib.models.canet import AttResBlock, ChannelAttention, SpatialAttention, set_merged
 from lib.models.vgg import init_xavier_
 
 # STUDY.md sections 2, 3 and 6, in list_models() order.
@@ -162,6 +162,68 @@ def test_channel_attention_scales_change_output():
         se.scales.mul_(0.0)  # all branches off -> sigmoid(0) = 0.5 everywhere
         torch.testing.assert_close(se.attention(x), torch.full_like(before, 0.5))
     assert not torch.allclose(before, torch.full_like(before, 0.5))
+
+
+def test_channel_attention_one_conv_is_the_three_branches():
+    torch.manual_seed(0)
+    se = ChannelAttention().double()
+    with torch.no_grad():
+        se.scales.copy_(torch.tensor([0.7, -1.3, 0.4]))
+    x = torch.randn(3, 12, 5, 5, dtype=torch.float64)
+    y = x.mean(dim=(2, 3)).reshape(3, 1, 12)
+    # The specification's form: three 'same' 1-D convolutions, weighted by the scalars and summed.
+    ref = torch.sigmoid(sum(s * conv(y) for s, conv in zip(se.scales, se.convs))).reshape(3, 12, 1, 1)
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(se.parameters()))
+    out = se.attention(x)
+    grads = torch.autograd.grad(out.square().sum(), list(se.parameters()))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    assert se.mixed_kernel().shape == (1, 1, 7)
+
+
+def _conv_calls(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(forward, backward) convolution calls of one training step of `model` on x, counted by torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x).square().mean().backward()
+    counts = {e.key: e.count for e in prof.key_averages()}
+    return counts.get("aten::convolution", 0), counts.get("aten::convolution_backward", 0)
+
+
+def test_merged_blocks_compute_the_same_with_fewer_convolutions():
+    torch.manual_seed(0)
+    per_path = build("CANet_tiny").double().train()
+    merged = build("CANet_tiny").double().train()
+    merged.load_state_dict(per_path.state_dict())
+    assert set_merged(merged, True) is merged and all(b.merged is True for b in merged.blocks)
+    set_merged(per_path, False)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    # Outputs, every parameter's gradient and the BatchNorm running statistics agree (float64: only the
+    # summation order differs).
+    torch.testing.assert_close(merged(x), per_path(x), rtol=1e-10, atol=1e-10)
+    assert _conv_calls(merged, x) == (45, 45) and _conv_calls(per_path, x) == (66, 66)
+    for (name, p), q in zip(per_path.named_parameters(), merged.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-10, msg=name)
+    for (name, buf), other in zip(per_path.named_buffers(), merged.buffers()):
+        torch.testing.assert_close(other, buf, rtol=1e-10, atol=1e-10, msg=name)
+    # The shared unit_transform runs once per block in the merged form, on SA(a) and SE(b) stacked.
+    calls = []
+    merged.blocks[0].unit_transform.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    with torch.no_grad():
+        merged.blocks[0](x)
+    assert calls == [torch.Size([8, 16, 32, 32])]
+
+
+def test_merged_form_is_chosen_by_device():
+    model = build("CANet_tiny")
+    block = model.blocks[0]
+    assert block.merged is None and not block.merged_for(torch.zeros(1, 3, 8, 8))  # a CPU tensor: per path
+    set_merged(model, True)
+    assert block.merged_for(torch.zeros(1, 3, 8, 8))
+    resnet = build("ResNet18")
+    assert set_merged(resnet, True) is resnet  # no AttResBlocks: nothing to set
 
 
 def test_canet_gradients_reach_attention(canet_tiny):

@@ -4,6 +4,7 @@
     list_models()                        # all names, in the study's order
     PART1_MODELS                         # the nine Part 1 comparison models
     last_linear(model)                   # the classifier layer whose gradient range Part 2 records
+    revision("CANet")                    # 2: which GPU kernels its forward runs (lib.bench re-times older timings)
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from . import baselines
 from .canet import VARIANTS as CANET_VARIANTS
-from .canet import CANet, canet
+from .canet import CANet, canet, set_merged
 from .vgg import VGG_A, init_xavier_
 
 # name -> builder(num_classes) -> nn.Module. Insertion order is the order list_models() reports.
@@ -35,7 +36,12 @@ _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
 PART1_MODELS = ("CANet_tiny", "CANet_light", "CANet", "CANet_pro",
                 "ShuffleNetV2", "MobileNetV2", "ResNet18", "ResNet34", "VGG11")
 
-__all__ = ["build", "list_models", "last_linear", "PART1_MODELS", "CANET_VARIANTS",
+# Bumped when a model's forward runs other kernels on a GPU (the same function, computed differently): bench
+# entries record it, and lib.bench re-times an entry timed with an older one. 2: CANet's merged convolutions
+# and one-convolution ChannelAttention (lib.models.canet.AttResBlock._forward_merged).
+REVISIONS = {name: 2 for name in CANET_VARIANTS}
+
+__all__ = ["build", "list_models", "last_linear", "revision", "set_merged", "PART1_MODELS", "CANET_VARIANTS",
            "CANet", "VGG_A", "init_xavier_"]
 
 
@@ -51,6 +57,11 @@ def build(name: str, num_classes: int = 10) -> nn.Module:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     return _REGISTRY[name](num_classes)
+
+
+def revision(name: str) -> int:
+    """The implementation revision of model `name` (REVISIONS; 1 for a model never changed)."""
+    return REVISIONS.get(name, 1)
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
