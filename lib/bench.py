@@ -718,7 +718,7 @@ def timed_as_now(entry: dict, dev: torch.device) -> bool:
     failed), and the other way round (lib.train.graphs_enabled_for). missing_only re-times such entries."""
     from lib.train import graphs_enabled_for
 
-    if entry.get("model_revision", 1) != revision(entry["model"]):
+    if _stale_revision(entry):
         return False  # timed with an older implementation of the model (lib.models.REVISIONS)
     if entry.get("compiled") or "compile_mode" in entry or dev.type != "cuda":
         return True
@@ -925,11 +925,16 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _stale_revision(entry: dict) -> bool:
+    """Whether the entry was timed with an older implementation of its model (lib.models.revision)."""
+    return entry.get("model_revision", 1) != revision(entry["model"])
+
+
 def _step_label(entry: dict) -> str:
-    """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'."""
-    if entry.get("compiled"):
-        return "compiled"
-    return "CUDA graph" if entry.get("cuda_graphs") else "eager"
+    """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'; ', model rev N' where
+    the model's implementation changed since (_stale_revision)."""
+    kind = "compiled" if entry.get("compiled") else "CUDA graph" if entry.get("cuda_graphs") else "eager"
+    return kind + (f", model rev {entry.get('model_revision', 1)}" if _stale_revision(entry) else "")
 
 
 def bench_table(bench) -> str:
@@ -961,6 +966,13 @@ def bench_table(bench) -> str:
         lines.append("")
         lines.append("Probe runs (Santurkar et al.): " + "; ".join(
             f"{e['model']} {1e3 * e['seconds_per_step']:.1f} ms/step" for e in probes) + ".")
+    stale = sorted({e["model"] for e in entries if _stale_revision(e)}, key=lambda m: order.get(m, 99))
+    if stale:
+        now = "; ".join(f"{', '.join(m for m in stale if revision(m) == r)} at rev {r}"
+                        for r in sorted({revision(m) for m in stale}))
+        lines += ["", f"Rows marked 'model rev N' were timed with an older implementation of their model than this "
+                      f"checkout's (lib.models.REVISIONS: {now} now); the next `--missing-only` call on this device "
+                      "re-times them."]
     sample = entries[0] if entries else {}
     dates = sorted(e.get("date", "")[:10] for e in data.get("entries", {}).values() if e.get("date"))
     torches = sorted({e.get("torch") for e in data.get("entries", {}).values() if e.get("torch")})

@@ -342,6 +342,11 @@ def test_bench_table_shows_ratios_against_targets():
     assert "| 15.00 | 1.00 | 15.0x (missed) | 25x |" in tiny
     assert table.splitlines()[2].startswith("| CANet_tiny |")  # measured side by side first, in study order
     assert "NVIDIA H100 80GB HBM3" in table and "17.1 min" in table
+    assert "model rev" not in table  # every entry of this checkout's revisions
+    del bench["entries"]["CANet"]["model_revision"]  # timed before CANet's blocks were merged
+    table = B.bench_table(bench)
+    assert "| part1 (256) | eager, model rev 1 | 20.60 |" in table
+    assert "(lib.models.REVISIONS: CANet at rev 2 now)" in table and "| CANet_tiny | part1 (256) | eager |" in table
 
 
 def test_cli_bench_prints_table_and_estimate(tmp_path, capsys):

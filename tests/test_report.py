@@ -205,7 +205,7 @@ def test_speed_section_shows_the_gpu_bench_files_only(tmp_path, monkeypatch):
     bench = tmp_path / "results" / "bench"
     entry = {"model": "CANet", "recipe": "part1", "batch_size": 256, "naive_seconds": 14.0, "fast_seconds": 2.8,
              "ratio": 5.0, "fast_images_per_s": 16000.0, "cuda_graphs": True, "date": "2026-11-27T02:00:00+00:00",
-             "fast_overhead_seconds": 0.3, "setup_seconds": 5.0, "warmup_seconds": 9.0, "compile_seconds": 4.0}
+             "fast_overhead_seconds": 0.3, "setup_seconds": 5.0, "warmup_seconds": 9.0, "compile_seconds": 4.0, "model_revision": 2}
     atomic_write_json(bench / "nvidia-h200.json", {"device": "NVIDIA H200", "device_slug": "nvidia-h200",
                                                    "entries": {"CANet": entry}})
     atomic_write_json(bench / "cpu-x86-64.json", {"device": "CPU (dry run)", "entries": {"CANet": entry}})
