@@ -1013,13 +1013,15 @@ def graph_check_lines(bench) -> list[str]:
 # Planning a GPU call: the unfinished experiments that fit a time budget (scripts/gpu_full_study.sh)
 
 class Job(NamedTuple):
-    """A unit of the study that must finish within one call (checkpoints do not survive between machines)."""
+    """A unit of the study, planned to finish within one call (checkpoints do not survive between machines;
+    a single run longer than a call is the exception, see plan_study)."""
 
     kind: str  # 'train' | 'bn-slices' (the lr-1e-3 BN pair and the slices, which need their checkpoints) | 'probe'
     names: tuple[str, ...]  # experiment names
-    seconds: float | None  # estimated seconds (None: nothing measured to estimate from)
+    seconds: float | None  # estimated seconds of what is left (None: nothing measured to estimate from)
     done: bool
     force: bool = False  # retrain although results exist (their checkpoints are needed and gone)
+    epochs_done: int = 0  # a 'train' job's epochs in its resumable checkpoint here (lib.train.resume_epoch)
 
 
 def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
@@ -1027,6 +1029,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     """The study of `profile` as jobs in running order, each with its estimate (from the bench's `full`
     epoch times) and whether it is done in `dirs` (default: the profile's published folders)."""
     from lib import bn_study
+    from lib.train import resume_epoch
 
     source = canonical_source(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
@@ -1040,13 +1043,18 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     def finished(cfg: TrainConfig) -> bool:
         return reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig) is not None
 
+    def train_job(cfg: TrainConfig, num_epochs: int) -> Job:
+        if finished(cfg):
+            return Job("train", (cfg.name,), est(cfg.model, num_epochs), True)
+        done = resume_epoch(cfg, dirs)  # a run stopped by a call's time limit, on this machine
+        return Job("train", (cfg.name,), est(cfg.model, num_epochs - done), False, epochs_done=done)
+
     # Seed-major: the first seed of every Part 1 model, the BN protocol and the probes come before the extra
     # seeds, so that a partly run study is complete for one seed before it gains error bars.
-    p1 = [Job("train", (c.name,), est(c.model, full.num_epochs), finished(c))
-          for c in part1_experiments(profile, source, seeds=tuple(seeds))]
+    p1 = [train_job(c, full.num_epochs) for c in part1_experiments(profile, source, seeds=tuple(seeds))]
     jobs = p1[:len(PART1_MODELS)]  # the first seed (part1_experiments is seed-major)
     bn = bn_experiments(profile, source)
-    jobs += [Job("train", (c.name,), est(c.model, full.bn_epochs), finished(c)) for c in bn if c.lr != 1e-3]
+    jobs += [train_job(c, full.bn_epochs) for c in bn if c.lr != 1e-3]
     pair = [c for c in bn if c.lr == 1e-3]
     pair_est = [est(c.model, full.bn_epochs) for c in pair]
     slices_done = all(bn_study.slice_path(dirs, m, pair[0].seed).exists() for m in BN_MODELS)
@@ -1088,10 +1096,17 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
                dirs: OutputDirs | None = None, seeds: Sequence[int] = (0,), profile: str = "full",
                margin: float = PLAN_MARGIN) -> dict:
     """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
-    `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds'}.
+    `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds',
+    'partial'}.
 
     Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
     'train-force NAME...' (the same with --force), 'slices', 'probe'.
+
+    A single run longer than the whole budget (CANet_pro's may be) cannot finish in one call. When it is the
+    first unfinished job of the subset it is planned alone, as `partial`: the runner's time limit stops it
+    resumably (lib.train.train's stop_by), and a next call on the same, still warm machine resumes it (its
+    estimate then counts only the epochs left). Elsewhere in the order it is skipped, so that it does not
+    take the leftovers of a call that has other work.
     """
     jobs = select_jobs(study_jobs(bench, data_source, dirs, seeds, profile), tokens)
     left, taken, skipped, done = float(budget_s), [], [], []
@@ -1108,9 +1123,14 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
                  "bn-slices": {"train-force" if job.force else "train", "slices"}}[job.kind]
         cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
         if cost > left:
+            too_long = job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s
+            if too_long and job.kind == "train" and not taken and not skipped:  # first in line: the call is its
+                return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
+                        "seconds": float(budget_s), "budget_s": budget_s, "partial": job}
             why = f"estimated {cost:.0f} s > {left:.0f} s left"
-            if job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s:
-                why += " (longer than the whole budget: give it a call of its own, see docs/GPU.md)"
+            if too_long:
+                why += (" (longer than the whole budget: it runs over two calls once it is the first "
+                        "unfinished job, see docs/GPU.md)")
             skipped.append((job, why))
             continue
         left -= cost
@@ -1122,12 +1142,17 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     lines += ["slices"] if any(j.kind == "bn-slices" for j in taken) else []
     lines += ["probe"] if any(j.kind == "probe" for j in taken) else []
     return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": budget_s - left,
-            "budget_s": budget_s}
+            "budget_s": budget_s, "partial": None}
 
 
 def format_plan(plan: dict) -> str:
     """The plan as the lines the GPU script executes, with '#' comments on what was left out and why."""
     out = [f"# plan: {len(plan['taken'])} job(s), estimated {plan['seconds']:.0f} s of {plan['budget_s']:.0f} s"]
+    if (job := plan.get("partial")) is not None:
+        out.append(f"# partial {job.names[0]}: about {job.seconds:.0f} s left to train, more than this call; it stops "
+                   f"resumably at the time limit, and a call within 30 s on this warm machine resumes it (a fresh "
+                   f"machine starts it over)")
+    out += [f"# {n} resumes after epoch {j.epochs_done}" for j in plan["taken"] for n in j.names if j.epochs_done]
     out += plan["lines"]
     out += [f"# skipped {' '.join(j.names)}: {why}" for j, why in plan["skipped"]]
     if plan["done"]:

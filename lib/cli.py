@@ -29,6 +29,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args) -> int:
     """Train the selected experiments; finished results with the same config are reused (merge)."""
+    stop_by = None if args.time_limit is None else time.perf_counter() + args.time_limit
     from lib import bn_study
     from lib.experiments import bn_experiments, part1_experiments
     from lib.train import train
@@ -52,9 +53,14 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     for cfg in configs:
         r = train(cfg, dirs=dirs, force=args.force, progress=not args.quiet,
-                  max_epochs_this_call=args.max_epochs_this_call)
+                  max_epochs_this_call=args.max_epochs_this_call, stop_by=stop_by)
         acc = r.get("test_acc")
         print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
+        if r["status"] == "incomplete" and stop_by is not None:  # out of time: start nothing more
+            left = [c.name for c in configs[configs.index(cfg) + 1:]]
+            print(f"time limit reached after {r['epochs_done']} epoch(s) of {cfg.name}"
+                  + (f"; not started: {' '.join(left)}" if left else ""))
+            return 0
     if args.probe:  # both networks, with the documented lr fallback when VGG_A does not train
         for r in bn_study.run_probes(args.profile, source, dirs, force=args.force, progress=not args.quiet):
             print(f"probe {r['config']['model']}: done (lr {r['config']['lr']:g})")
@@ -178,6 +184,9 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
     p.add_argument("--max-epochs-this-call", type=int, default=None,
                    help="stop (resumably) after this many epochs per experiment")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop (resumably) before an epoch that would end later than SECONDS after the start; "
+                        "the next run of the same experiment resumes from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=cmd_run)
 

@@ -38,6 +38,10 @@ COMPILE_ENV = "CIFAR10_COMPILE"
 COMPILE_MODE_ENV = "CIFAR10_COMPILE_MODE"  # torch.compile's mode (default "reduce-overhead"; or "default", ...)
 GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
 LAST_CKPT_EVERY_S = 120.0  # CUDA: the resumable checkpoint is written at most this often (see _gpu_fast_path)
+# train(stop_by=...): the next epoch is started only if STOP_MARGIN x the last epoch's time (bookkeeping
+# included) + STOP_RESERVE_S (the checkpoint written on stopping, the test pass after the last epoch) end in time.
+STOP_MARGIN = 1.25
+STOP_RESERVE_S = 10.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -435,14 +439,34 @@ def _add_param_histograms_on_device(writer, model: nn.Module, step: int) -> None
 
 # ---------------------------------------------------------------------------------------------------------
 
+def _written_for(state: dict, cfg: TrainConfig) -> bool:
+    """Whether a resumable checkpoint's state was written by a run of `cfg` (else it starts afresh)."""
+    try:
+        return TrainConfig.from_dict(state["config"]) == cfg
+    except (TypeError, ValueError, KeyError):  # written by an older version of TrainConfig
+        return False
+
+
+def resume_epoch(cfg: TrainConfig, dirs: OutputDirs | None = None) -> int:
+    """Epochs of cfg's run that train() would not repeat: those its resumable checkpoint in `dirs` holds
+    (0 without one, or for one written by another config). The checkpoint is memory-mapped, not read."""
+    path = Path((dirs or output_dirs(cfg.profile)).checkpoints) / f"{cfg.name}.last.pt"
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return state["epoch"] + 1 if _written_for(state, cfg) else 0
+
+
 def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = False, progress: bool = True,
-          max_epochs_this_call: int | None = None) -> dict:
+          max_epochs_this_call: int | None = None, stop_by: float | None = None) -> dict:
     """Train `cfg.model` as `cfg` says; return the result dict (also written to <results>/<cfg.name>.json).
 
     A finished result with the same config is reused unless `force`. An interrupted run resumes from
     its last checkpoint (model, optimiser, epoch, history; the data order is a function of (seed, epoch)).
     `max_epochs_this_call` stops (resumably) after that many epochs and returns {'status': 'incomplete'}:
-    long suites can be split across sessions this way.
+    long suites can be split across sessions this way. `stop_by` (a time.perf_counter() value) stops the same
+    way before an epoch that would not end by then (judged by the last epoch's time, with a margin): the GPU
+    runner's calls end at a fixed time, and a run longer than one call goes on in the next one (resume_epoch).
     """
     dirs = dirs or output_dirs(cfg.profile)
     result_path = Path(dirs.results) / f"{cfg.name}.json"
@@ -473,11 +497,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     commit_at_start = git_commit()  # a resumed run keeps the commit its first epoch ran with
     if last_ckpt.exists():
         state = torch.load(last_ckpt, map_location=device, weights_only=False)
-        try:
-            same = TrainConfig.from_dict(state["config"]) == cfg
-        except (TypeError, ValueError):  # written by an older version of TrainConfig: start afresh
-            same = False
-        if same:
+        if _written_for(state, cfg):
             model.load_state_dict(state["model"])
             opt_kind = state["optimizer_kind"]
             optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
@@ -501,10 +521,15 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     status, message = "ok", ""
     run_start = time.perf_counter()
     epochs_done_now = 0
+    out_of_time = stop_by is not None and time.perf_counter() >= stop_by  # not even one epoch
     for epoch in range(start_epoch, cfg.num_epochs):
-        if max_epochs_this_call is not None and epochs_done_now >= max_epochs_this_call:
+        if out_of_time or (max_epochs_this_call is not None and epochs_done_now >= max_epochs_this_call):
             writer.close()
+            if progress and out_of_time:
+                print(f"[{cfg.name}] stopped after epoch {epoch}/{cfg.num_epochs}: the next would end after the "
+                      f"time limit; the next run resumes from there")
             return {"name": cfg.name, "status": "incomplete", "epochs_done": epoch}
+        epoch_start = time.perf_counter()
         kind = optimizer_at(cfg, epoch)
         if kind != opt_kind:  # the recipe's switch: a fresh SGD starting at the lr reached so far
             opt_kind, optimizer = kind, make_optimizer(kind, model.parameters(), cfg, lr_at(cfg, epoch), device)
@@ -539,7 +564,9 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             best = {"val_acc": row["val_acc"], "epoch": epoch}
             pending_best = {"config": cfg.to_dict(), "epoch": epoch, "val_acc": row["val_acc"],
                             "model": copy_state(model) if fast else model.state_dict()}  # CPU: written below
-        stopping = max_epochs_this_call is not None and epochs_done_now + 1 >= max_epochs_this_call
+        out_of_time = (stop_by is not None and epoch + 1 < cfg.num_epochs and time.perf_counter()
+                       + STOP_MARGIN * (time.perf_counter() - epoch_start) + STOP_RESERVE_S > stop_by)
+        stopping = out_of_time or (max_epochs_this_call is not None and epochs_done_now + 1 >= max_epochs_this_call)
         if not fast or stopping or (epoch + 1 < cfg.num_epochs
                                     and time.perf_counter() - last_saved >= LAST_CKPT_EVERY_S):
             if pending_best is not None:  # the best checkpoint never lags behind the resumable one

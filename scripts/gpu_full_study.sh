@@ -19,8 +19,9 @@
 #  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tar (never
 #     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
 #     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
-# Checkpoints do not survive the machine: an experiment cut off by the budget is lost and rerun by a later
-# call; only finished results come back, and a later call skips them.
+# Checkpoints do not survive the machine: only finished results come back, and a later call skips them. A
+# run stopped by its time limit (lib run --time-limit) resumes from its checkpoint in a next call on the same,
+# still warm machine (the device tool keeps ignored files between calls); a fresh machine starts it over.
 set -uo pipefail  # no -e: a failed step is logged and the next one still runs; packing always happens
 
 cd "$(dirname "$0")/.."
@@ -60,6 +61,8 @@ TRACE=${TRACE-CANet_tiny}            # 'bench': profile its step eager, graphed,
 PROBE_BENCH=${PROBE_BENCH-"--probe"}  # empty: do not time the probe runs (dry runs on a CPU)
 GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2 (a call of its own for one long run saves ~20 s)
 PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
+STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this long before its timeout (the
+                                      # Python start before the limit's clock starts, the last checkpoint)
 ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
@@ -168,13 +171,18 @@ main() {
     --data "$DATA" --seeds $SEEDS > "$OUT/plan.txt" \
     || { log "planning failed"; return 1; }
   cat "$OUT/plan.txt"
+  if grep -q '^# partial' "$OUT/plan.txt"; then
+    log "a run longer than this call: call again within 30 s (same subset), on this warm machine, to resume it"
+  fi
   mapfile -t lines < <(grep -v '^#' "$OUT/plan.txt")
   for line in "${lines[@]}"; do
     read -r kind names <<< "$line"
     case "$kind" in
+      # --time-limit: a run that cannot finish stops resumably before the step's timeout would kill it.
       train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part1 --part2 --seeds $SEEDS \
-        --only $names ;;
-      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names ;;
+        --only $names --time-limit $(($(left) - STOP_RESERVE_S)) ;;
+      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names \
+        --time-limit $(($(left) - STOP_RESERVE_S)) ;;
       slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --slices ;;  # source by name
       probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --probe ;;
       *) log "unknown plan line: $line" ;;

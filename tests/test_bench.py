@@ -382,6 +382,34 @@ def test_plan_takes_unfinished_jobs_that_fit_first_fit_in_study_order(tiny_sourc
     assert text.splitlines()[1] == plan["lines"][0] and "# already done: p1-CANet_tiny-s0" in text
 
 
+def test_a_run_longer_than_a_call_gets_a_call_of_its_own_and_resumes_in_the_next(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    bench = fake_bench()
+    bench["entries"]["CANet_pro"] = fake_entry(model="CANet_pro", fast=10.0)  # 2 + 70 x 10.1 = 709 s > the budget
+    write_finished(dirs, part1_config("CANet_tiny", "full", source))
+    # Not first in line: skipped, so that it does not take the leftovers of a call with other work.
+    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    assert plan["partial"] is None and "p1-CANet_pro-s0" not in " ".join(plan["lines"])
+    assert "runs over two calls once it is the first unfinished job" in dict(
+        (j.names[0], why) for j, why in plan["skipped"])["p1-CANet_pro-s0"]
+    # First in line: the whole call is its own, and the runner's time limit stops it resumably.
+    for model in ("CANet_light", "CANet"):
+        write_finished(dirs, part1_config(model, "full", source))
+    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    assert plan["lines"] == ["train p1-CANet_pro-s0"] and plan["partial"].names == ("p1-CANet_pro-s0",)
+    assert "# partial p1-CANet_pro-s0: about 709 s left to train" in B.format_plan(plan)
+    # The stopped run's checkpoint on this (warm) machine: only its 20 remaining epochs are estimated.
+    cfg = part1_config("CANet_pro", "full", source)
+    Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg.to_dict(), "epoch": 49}, Path(dirs.checkpoints) / f"{cfg.name}.last.pt")
+    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    assert plan["partial"] is None and plan["taken"][0].epochs_done == 50
+    assert plan["taken"][0].seconds == pytest.approx(2.0 + 20 * 10.1)
+    assert plan["lines"][0].startswith("train p1-CANet_pro-s0 ")  # and whatever fits after it
+    assert "# p1-CANet_pro-s0 resumes after epoch 50" in B.format_plan(plan)
+
+
 def test_jobs_run_the_first_seed_of_the_whole_study_before_the_extra_seeds(tiny_source, tmp_path):
     source = resolve_source(tiny_source)
     jobs = B.study_jobs(fake_bench(), source, output_dirs("full", root=tmp_path), seeds=(0, 1, 2))
@@ -410,6 +438,21 @@ def test_run_trains_only_names_in_the_order_given(tiny_source, monkeypatch):
     assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--part1", "--part2", "--seeds", "0", "1",
                  "1", "--only", *order, "--quiet"]) == 0
     assert trained == order[:3]  # the plan's (seed-major) order, each experiment once
+
+
+def test_run_starts_nothing_more_once_its_time_limit_stopped_a_run(tiny_source, monkeypatch, capsys):
+    from lib.cli import main
+    calls = []
+
+    def fake_train(cfg, **kw):
+        calls.append((cfg.name, kw["stop_by"] is not None))
+        return {"name": cfg.name, "status": "incomplete", "epochs_done": 3}
+
+    monkeypatch.setattr(T, "train", fake_train)
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet-s0",
+                 "p1-CANet_tiny-s0", "--time-limit", "100", "--quiet"]) == 0
+    assert calls == [("p1-CANet-s0", True)]  # the second is not started: it would overrun the call
+    assert "time limit reached after 3 epoch(s) of p1-CANet-s0; not started: p1-CANet_tiny-s0" in capsys.readouterr().out
 
 
 def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, tmp_path):

@@ -155,6 +155,26 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert resumed["test_acc"] == full["test_acc"]
 
 
+def test_a_time_limit_stops_resumably_and_the_next_call_goes_on(tiny_source, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_source, num_epochs=2)
+    dirs = output_dirs("smoke", root=tmp_path)
+    assert T.resume_epoch(cfg, dirs) == 0
+    assert T.train(cfg, dirs=dirs, progress=False, stop_by=time.perf_counter() - 1) == {
+        "name": "tiny", "status": "incomplete", "epochs_done": 0}  # out of time before it began: nothing run
+    # An hour left, but an epoch is judged to need more (its time x STOP_MARGIN + the reserve): stop after one.
+    monkeypatch.setattr(T, "STOP_RESERVE_S", 3600.0)
+    part = T.train(cfg, dirs=dirs, progress=False, stop_by=time.perf_counter() + 3600)
+    assert part == {"name": "tiny", "status": "incomplete", "epochs_done": 1}
+    assert T.resume_epoch(cfg, dirs) == 1 and T.resume_epoch(cfg.replace(seed=1), dirs) == 0
+    assert not (dirs.results / "tiny.json").exists()
+    done = T.train(cfg, dirs=dirs, progress=False, stop_by=time.perf_counter() + 3600)  # the last epoch: no stop
+    assert done["status"] == "ok" and len(done["history"]) == 2 and done["test_acc"] is not None
+    assert T.resume_epoch(cfg, dirs) == 0  # finished: the resumable checkpoint is gone
+    monkeypatch.setattr(T, "STOP_RESERVE_S", 10.0)
+    later = T.train(cfg.replace(seed=1), dirs=dirs, progress=False, stop_by=time.perf_counter() + 3600)
+    assert later["status"] == "ok" and len(later["history"]) == 2  # a limit far away changes nothing
+
+
 def test_resumed_result_records_the_commit_it_started_with(tiny_source, tmp_path, monkeypatch):
     cfg = tiny_cfg(tiny_source, num_epochs=2)
     dirs = output_dirs("smoke", root=tmp_path)
