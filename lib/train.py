@@ -526,8 +526,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         if out_of_time or (max_epochs_this_call is not None and epochs_done_now >= max_epochs_this_call):
             writer.close()
             if progress and out_of_time:
-                print(f"[{cfg.name}] stopped after epoch {epoch}/{cfg.num_epochs}: the next would end after the "
-                      f"time limit; the next run resumes from there")
+                print(f"[{cfg.name}] stopped before epoch {epoch + 1}/{cfg.num_epochs}: it would end after the "
+                      f"time limit; the next run resumes here")
             return {"name": cfg.name, "status": "incomplete", "epochs_done": epoch}
         epoch_start = time.perf_counter()
         kind = optimizer_at(cfg, epoch)
