@@ -352,8 +352,8 @@ def agreement(model_name: str, data_source: str | None = None, device: str = "au
     sn, sf = summarize(r["val_acc"][-1] for r in naive), summarize(r["val_acc"][-1] for r in fast)
     p = welch_test([r["val_acc"][-1] for r in fast], [r["val_acc"][-1] for r in naive])["p"]
     nan_to_none = lambda v: None if math.isnan(v) else v  # JSON has no NaN
-    return {"model": model_name, "kind": "agreement", "epochs": epochs, "seeds": list(seeds),
-            "device": device_name(dev), "torch": torch.__version__, "date": _now(), "data": naive[0]["data"],
+    return {"model": model_name, "model_revision": revision(model_name), "kind": "agreement", "epochs": epochs,
+            "seeds": list(seeds), "device": device_name(dev), "torch": torch.__version__, "date": _now(), "data": naive[0]["data"],
             "num_train": naive[0]["num_train"], "num_val": naive[0]["num_val"],
             "naive_val_acc": [r["val_acc"] for r in naive], "fast_val_acc": [r["val_acc"] for r in fast],
             "naive_seconds": [r["seconds"] for r in naive], "fast_seconds": [r["seconds"] for r in fast],
@@ -558,7 +558,8 @@ def check_cuda_graphs(model_name: str = "CANet_tiny", data_source: str | None = 
                                       precision=precision)
     except Exception as err:  # any failure of the graphed path counts against it
         return {"model": model_name, "ok": False, "steps": 0, "torch": torch.__version__, "date": _now(),
-                "check_precision": precision, "note": f"the check crashed: {type(err).__name__}: {err}"}
+                "check_precision": precision, "model_revision": revision(model_name),
+                "note": f"the check crashed: {type(err).__name__}: {err}"}
 
 
 def _compare_graphed_steps(model_name: str, data_source: str | None, device: str, *, steps: int,
@@ -577,7 +578,7 @@ def _compare_graphed_steps(model_name: str, data_source: str | None, device: str
 
     dev = T.resolve_device(device)
     result = {"model": model_name, "ok": None, "steps": 0, "device": device_name(dev), "torch": torch.__version__,
-              "date": _now(), "check_precision": precision}
+              "date": _now(), "check_precision": precision, "model_revision": revision(model_name)}
     if dev.type != "cuda":
         return dict(result, note=f"CUDA graphs run on CUDA only; nothing to check on {dev.type}")
     cfg = recipe_config(model_name, data_source, str(dev), num_train).replace(precision=precision)
@@ -718,7 +719,7 @@ def timed_as_now(entry: dict, dev: torch.device) -> bool:
     failed), and the other way round (lib.train.graphs_enabled_for). missing_only re-times such entries."""
     from lib.train import graphs_enabled_for
 
-    if _stale_revision(entry):
+    if stale_revision(entry):
         return False  # timed with an older implementation of the model (lib.models.REVISIONS)
     if entry.get("compiled") or "compile_mode" in entry or dev.type != "cuda":
         return True
@@ -925,8 +926,9 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _stale_revision(entry: dict) -> bool:
-    """Whether the entry was timed with an older implementation of its model (lib.models.revision)."""
+def stale_revision(entry: dict) -> bool:
+    """Whether a bench record (a timing, a graph check, an agreement run) was made with an older
+    implementation of its model than this checkout's (lib.models.revision; records without one: 1)."""
     return entry.get("model_revision", 1) != revision(entry["model"])
 
 
@@ -934,7 +936,7 @@ def _step_label(entry: dict) -> str:
     """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'; ', model rev N' where
     the model's implementation changed since (_stale_revision)."""
     kind = "compiled" if entry.get("compiled") else "CUDA graph" if entry.get("cuda_graphs") else "eager"
-    return kind + (f", model rev {entry.get('model_revision', 1)}" if _stale_revision(entry) else "")
+    return kind + (f", model rev {entry.get('model_revision', 1)}" if stale_revision(entry) else "")
 
 
 def bench_table(bench) -> str:
@@ -966,13 +968,13 @@ def bench_table(bench) -> str:
         lines.append("")
         lines.append("Probe runs (Santurkar et al.): " + "; ".join(
             f"{e['model']} {1e3 * e['seconds_per_step']:.1f} ms/step" for e in probes) + ".")
-    stale = sorted({e["model"] for e in entries if _stale_revision(e)}, key=lambda m: order.get(m, 99))
+    stale = sorted({e["model"] for e in entries if stale_revision(e)}, key=lambda m: order.get(m, 99))
     if stale:
         now = "; ".join(f"{', '.join(m for m in stale if revision(m) == r)} at rev {r}"
                         for r in sorted({revision(m) for m in stale}))
         lines += ["", f"Rows marked 'model rev N' were timed with an older implementation of their model than this "
-                      f"checkout's (lib.models.REVISIONS: {now} now); the next `--missing-only` call on this device "
-                      "re-times them."]
+                      f"checkout's (lib.models.REVISIONS: {now} now); the next `bench` call on this device "
+                      "(`--missing-only`) re-times them."]
     sample = entries[0] if entries else {}
     dates = sorted(e.get("date", "")[:10] for e in data.get("entries", {}).values() if e.get("date"))
     torches = sorted({e.get("torch") for e in data.get("entries", {}).values() if e.get("torch")})
@@ -1124,7 +1126,8 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
         cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
         if cost > left:
             too_long = job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s
-            if too_long and job.kind == "train" and not taken and not skipped:  # first in line: the call is its
+            first_in_line = not taken and all(j.seconds is None for j, _ in skipped)  # before it: done or unmeasured
+            if too_long and job.kind == "train" and first_in_line:  # the call is its own
                 return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
                         "seconds": float(budget_s), "budget_s": budget_s, "partial": job}
             why = f"estimated {cost:.0f} s > {left:.0f} s left"

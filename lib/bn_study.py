@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lib.config import NORMS, get_profile
+from lib.config import NORMS, TrainConfig, get_profile
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
 from lib.paths import OutputDirs
 from lib.results import atomic_write_json, environment_info, read_json, reusable_result
@@ -565,7 +565,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     """1-D slices around the protocol's best checkpoints at `lr` (both networks); writes slice-<model>-s<seed>.json."""
     from lib.data import load_cifar10, study_split, subset, to_device_tensors
     from lib.models import build
-    from lib.train import resolve_device
+    from lib.train import checkpoint_written_for, resolve_device
 
     dev = resolve_device(device)
     num_images = num_images or SLICE_IMAGES[profile]
@@ -590,8 +590,16 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         mean_t = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
         std_t = torch.tensor(std, device=dev).view(1, 3, 1, 1)
         X = (X.float() / 255 - mean_t) / std_t
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        same_run = checkpoint_written_for(state, TrainConfig.from_dict(run["config"]))
+        if not same_run or state.get("epoch") != run.get("best_epoch"):
+            # e.g. the weights of a retraining that was stopped part-way, next to the older finished result
+            raise ValueError(f"the checkpoint {ckpt} holds epoch {state.get('epoch')} of "
+                             f"{'this' if same_run else 'another'} run, but {name}'s result selected epoch "
+                             f"{run.get('best_epoch')}: retrain the pair (python -m lib run --part2 --force "
+                             f"--only {name}) before the slices")
         model = build(model_name)
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+        model.load_state_dict(state["model"])
         model = model.to(dev)
         t0 = time.perf_counter()
         out = loss_slice(model, X, y, seed=seed)

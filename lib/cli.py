@@ -121,7 +121,8 @@ def cmd_bench(args) -> int:
         for precision in args.check_precisions:
             key = bench.graph_check_key(model, precision)
             known = bench.graph_checks(path).get(key) if path.exists() else None
-            if args.missing_only and known is not None and known.get("torch") == torch.__version__:
+            if (args.missing_only and known is not None and known.get("torch") == torch.__version__
+                    and not bench.stale_revision(known)):
                 check = known
                 print(f"CUDA-graph check of {key}: recorded in {path} (--missing-only): ok={check['ok']}")
             else:
@@ -138,8 +139,8 @@ def cmd_bench(args) -> int:
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
                             compile=args.compile, also_compiled=args.also_compiled or ())
-    if args.agreement and args.missing_only and args.agreement in (
-            read_json(path).get("agreement", {}) if path.exists() else {}):
+    recorded = (read_json(path).get("agreement", {}) if path.exists() else {}).get(args.agreement)
+    if args.agreement and args.missing_only and recorded is not None and not bench.stale_revision(recorded):
         print(f"agreement of {args.agreement}: in {path} already (--missing-only)")
     elif args.agreement:  # naive vs fast accuracy over a few epochs of the recipe, per seed
         result = bench.agreement(args.agreement, args.data, args.device, epochs=args.epochs,
@@ -185,8 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-epochs-this-call", type=int, default=None,
                    help="stop (resumably) after this many epochs per experiment")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                   help="stop (resumably) before an epoch that would end later than SECONDS after the start; "
-                        "the next run of the same experiment resumes from its checkpoint")
+                   help="stop (resumably) before an epoch that would end later than SECONDS after the start "
+                        "(judged by the epoch before it); the next run of the experiment resumes from there")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=cmd_run)
 

@@ -98,11 +98,13 @@ def peak_memory_mb(device: str | torch.device) -> float | None:
 def cost_summary(model_name: str, device: str | torch.device = "auto", *, batch_size: int = 1024,
                  iters: int = 20, warmup: int = 5, precision: str = "auto") -> dict:
     """FLOPs per image, parameter count and inference images/s of a freshly built `model_name`."""
-    from lib.models import build  # imported here so that the FLOP helpers work without the model zoo
+    from lib.models import build, set_merged  # imported here: the FLOP helpers work without the model zoo
 
     device = _device(device)
+    # On CPU at batch 1: cheap, and independent of the device. Counted for the structure as specified
+    # (CANet: per path, three ChannelAttention branches), not for the faster equivalent form it may run in.
+    flops = forward_flops(set_merged(build(model_name), False))
     model = build(model_name)
-    flops = forward_flops(model)  # on CPU at batch 1: cheap, and independent of the device
     params = sum(p.numel() for p in model.parameters())
     ips = inference_throughput(model, device, batch_size=batch_size, iters=iters, warmup=warmup,
                                precision=precision)

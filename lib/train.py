@@ -439,7 +439,7 @@ def _add_param_histograms_on_device(writer, model: nn.Module, step: int) -> None
 
 # ---------------------------------------------------------------------------------------------------------
 
-def _written_for(state: dict, cfg: TrainConfig) -> bool:
+def checkpoint_written_for(state: dict, cfg: TrainConfig) -> bool:
     """Whether a resumable checkpoint's state was written by a run of `cfg` (else it starts afresh)."""
     try:
         return TrainConfig.from_dict(state["config"]) == cfg
@@ -454,7 +454,7 @@ def resume_epoch(cfg: TrainConfig, dirs: OutputDirs | None = None) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return state["epoch"] + 1 if _written_for(state, cfg) else 0
+    return state["epoch"] + 1 if checkpoint_written_for(state, cfg) else 0
 
 
 def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = False, progress: bool = True,
@@ -465,8 +465,9 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     its last checkpoint (model, optimiser, epoch, history; the data order is a function of (seed, epoch)).
     `max_epochs_this_call` stops (resumably) after that many epochs and returns {'status': 'incomplete'}:
     long suites can be split across sessions this way. `stop_by` (a time.perf_counter() value) stops the same
-    way before an epoch that would not end by then (judged by the last epoch's time, with a margin): the GPU
-    runner's calls end at a fixed time, and a run longer than one call goes on in the next one (resume_epoch).
+    way before an epoch that would not end by then, judged by the last epoch's time with a margin (so from
+    the second epoch of a call on; none is started once stop_by has passed): the GPU runner's calls end at a
+    fixed time, and a run longer than one call goes on in the next one (resume_epoch).
     """
     dirs = dirs or output_dirs(cfg.profile)
     result_path = Path(dirs.results) / f"{cfg.name}.json"
@@ -497,7 +498,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     commit_at_start = git_commit()  # a resumed run keeps the commit its first epoch ran with
     if last_ckpt.exists():
         state = torch.load(last_ckpt, map_location=device, weights_only=False)
-        if _written_for(state, cfg):
+        if checkpoint_written_for(state, cfg):
             model.load_state_dict(state["model"])
             opt_kind = state["optimizer_kind"]
             optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)

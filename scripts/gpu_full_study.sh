@@ -181,8 +181,8 @@ main() {
       # --time-limit: a run that cannot finish stops resumably before the step's timeout would kill it.
       train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part1 --part2 --seeds $SEEDS \
         --only $names --time-limit $(($(left) - STOP_RESERVE_S)) ;;
-      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names \
-        --time-limit $(($(left) - STOP_RESERVE_S)) ;;
+      # No time limit for a forced retraining: --force deletes its checkpoints, so a stopped one could not resume.
+      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names ;;
       slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --slices ;;  # source by name
       probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --probe ;;
       *) log "unknown plan line: $line" ;;

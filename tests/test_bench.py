@@ -346,7 +346,7 @@ def test_bench_table_shows_ratios_against_targets():
     del bench["entries"]["CANet"]["model_revision"]  # timed before CANet's blocks were merged
     table = B.bench_table(bench)
     assert "| part1 (256) | eager, model rev 1 | 20.60 |" in table
-    assert "(lib.models.REVISIONS: CANet at rev 2 now)" in table and "| CANet_tiny | part1 (256) | eager |" in table
+    assert "(lib.models.REVISIONS: CANet at rev 2 now); the next `bench` call" in table and "| CANet_tiny | part1 (256) | eager |" in table
 
 
 def test_cli_bench_prints_table_and_estimate(tmp_path, capsys):
@@ -701,13 +701,18 @@ def test_cli_agreement_runs_once_per_model_with_missing_only(tiny_source, tmp_pa
     calls = []
     monkeypatch.setattr(B, "agreement", lambda model, *a, **kw: calls.append((model, kw["seeds"])) or {
         "model": model, "kind": "agreement", "epochs": kw["epochs"], "seeds": kw["seeds"], "device": "cpu",
-        "date": "2026-11-27", "num_train": 16, "naive_mean": 0.3, "fast_mean": 0.3, "difference": 0.0})
+        "date": "2026-11-27", "num_train": 16, "naive_mean": 0.3, "fast_mean": 0.3, "difference": 0.0,
+        "model_revision": revision(model)})
     args = ["bench", "--device", "cpu", "--out", str(tmp_path / "cpu.json"), "--data", tiny_source,
             "--agreement", "CANet_tiny", "--epochs", "2"]
     assert main(args + ["--missing-only"]) == 0 and calls == [("CANet_tiny", [0, 1])]  # default seeds 0 1
     assert main(args + ["--missing-only"]) == 0 and len(calls) == 1
     assert "already (--missing-only)" in capsys.readouterr().out.splitlines()[-1]
     assert main(args + ["--seeds", "3"]) == 0 and calls[-1] == ("CANet_tiny", [3])
+    data = read_json(tmp_path / "cpu.json")
+    del data["agreement"]["CANet_tiny"]["model_revision"]  # run before CANet's blocks were merged
+    atomic_write_json(tmp_path / "cpu.json", data)
+    assert main(args + ["--missing-only"]) == 0 and len(calls) == 3  # not reused: run again
 
 
 def test_graph_checks_are_kept_per_model_and_read_from_older_files(tmp_path):
@@ -727,7 +732,8 @@ def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path
 
     calls = []
     monkeypatch.setattr(B, "check_cuda_graphs", lambda model, *a, **kw: calls.append(model) or {
-        "model": model, "ok": model != "VGG11", "steps": 3, "torch": torch.__version__})
+        "model": model, "ok": model != "VGG11", "steps": 3, "torch": torch.__version__,
+        "model_revision": revision(model)})
     out = str(tmp_path / "cpu.json")
     assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny"]) == 0
     assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny", "VGG11",
@@ -737,6 +743,10 @@ def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path
     assert calls == ["CANet_tiny", "VGG11"] and "recorded in" in capsys.readouterr().out
     assert main(["bench", "--device", "cpu", "--out", out, "--graph-failures"]) == 0
     assert capsys.readouterr().out == "VGG11\n"
+    checks = B.graph_checks(out)
+    B.save_graph_check({k: v for k, v in checks["CANet_tiny"].items() if k != "model_revision"}, out, "cpu")
+    assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny", "--missing-only"]) == 0
+    assert calls[-1] == "CANet_tiny"  # checked with an older CANet: checked again
 
     def crash(model, *a, precision, **kw):
         calls.append((model, precision))

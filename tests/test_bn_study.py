@@ -268,6 +268,12 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):
     S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs,
                    probe_overrides=dict(num_train=None, batch_size=16, num_steps=4, probe_every=2))
     assert {p: p.stat().st_mtime_ns for p in dirs.results.glob("*.json")} == mtimes
+    # Weights that are not the result's selected epoch (a retraining stopped part-way): no slice from them.
+    run = json.loads((dirs.results / "bn-VGG_A-lr0.001-s2020.json").read_text())
+    state = torch.load(run["checkpoint"], weights_only=False)
+    torch.save(dict(state, epoch=run["best_epoch"] + 5), run["checkpoint"])
+    with pytest.raises(ValueError, match="holds epoch .* of this run, but bn-VGG_A-lr0.001-s2020's result selected"):
+        S.run_slices("smoke", tiny_source, dirs, force=True)
 
 
 def test_smooth_is_nan_aware():

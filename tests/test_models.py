@@ -7,7 +7,7 @@ from torch import nn
 
 from lib import models
 from lib.models import PART1_MODELS, build, last_linear, list_models
-from lib.models.canet import AttResBlock, ChannelAttention, SpatialAttention, set_merged
+from lib.models.canet import MERGED_ENV, AttResBlock, ChannelAttention, SpatialAttention, set_merged
 from lib.models.vgg import init_xavier_
 
 # STUDY.md sections 2, 3 and 6, in list_models() order.
@@ -180,6 +180,8 @@ def test_channel_attention_one_conv_is_the_three_branches():
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
     assert se.mixed_kernel().shape == (1, 1, 7)
+    se.merged = False  # the branches one by one, as specified (the naive benchmark, the FLOP count)
+    torch.testing.assert_close(se.attention(x), ref, rtol=1e-12, atol=1e-12)
 
 
 def _conv_calls(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
@@ -203,7 +205,9 @@ def test_merged_blocks_compute_the_same_with_fewer_convolutions():
     # Outputs, every parameter's gradient and the BatchNorm running statistics agree (float64: only the
     # summation order differs).
     torch.testing.assert_close(merged(x), per_path(x), rtol=1e-10, atol=1e-10)
-    assert _conv_calls(merged, x) == (45, 45) and _conv_calls(per_path, x) == (66, 66)
+    # Specified structure: 13 per block (4 path convs, shortcut, SA, 3 SE branches, 2 x 2 unit_transform).
+    assert _conv_calls(merged, x) == (45, 45) and _conv_calls(per_path, x) == (78, 78)
+    assert _conv_calls(set_merged(build("CANet_tiny"), None), x.float()) == (66, 66)  # on a CPU: SE merged
     for (name, p), q in zip(per_path.named_parameters(), merged.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-10, msg=name)
     for (name, buf), other in zip(per_path.named_buffers(), merged.buffers()):
@@ -216,14 +220,22 @@ def test_merged_blocks_compute_the_same_with_fewer_convolutions():
     assert calls == [torch.Size([8, 16, 32, 32])]
 
 
-def test_merged_form_is_chosen_by_device():
+def test_merged_form_is_chosen_by_device_or_by_the_environment(monkeypatch):
+    monkeypatch.delenv(MERGED_ENV, raising=False)
     model = build("CANet_tiny")
     block = model.blocks[0]
     assert block.merged is None and not block.merged_for(torch.zeros(1, 3, 8, 8))  # a CPU tensor: per path
     set_merged(model, True)
-    assert block.merged_for(torch.zeros(1, 3, 8, 8))
+    assert block.merged_for(torch.zeros(1, 3, 8, 8)) and block.se.merged is True
     resnet = build("ResNet18")
     assert set_merged(resnet, True) is resnet  # no AttResBlocks: nothing to set
+    monkeypatch.setenv(MERGED_ENV, "0")  # e.g. if a GPU measured the merged form slower
+    assert all(m.merged is False for m in build("CANet").modules() if hasattr(m, "merged"))
+    monkeypatch.setenv(MERGED_ENV, "1")
+    assert build("CANet_tiny").blocks[3].merged_for(torch.zeros(1, 16, 8, 8))
+    monkeypatch.setenv(MERGED_ENV, "yes")
+    with pytest.raises(ValueError, match="CIFAR10_CANET_MERGED='yes'.*use 1"):
+        build("CANet_tiny")
 
 
 def test_canet_gradients_reach_attention(canet_tiny):

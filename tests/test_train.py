@@ -155,7 +155,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert resumed["test_acc"] == full["test_acc"]
 
 
-def test_a_time_limit_stops_resumably_and_the_next_call_goes_on(tiny_source, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gpu_bookkeeping", [False, True])
+def test_a_time_limit_stops_resumably_and_the_next_call_goes_on(tiny_source, tmp_path, monkeypatch, gpu_bookkeeping):
+    # gpu_bookkeeping: the CUDA fast path's, which writes the resumable checkpoint only every 120 s or on a stop.
+    monkeypatch.setattr(T, "_gpu_fast_path", lambda device: gpu_bookkeeping)
     cfg = tiny_cfg(tiny_source, num_epochs=2)
     dirs = output_dirs("smoke", root=tmp_path)
     assert T.resume_epoch(cfg, dirs) == 0

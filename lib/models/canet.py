@@ -20,6 +20,7 @@ BatchNorm2d(4w) sits before the flatten.
 """
 from __future__ import annotations
 
+import os
 from itertools import islice
 
 import torch
@@ -63,6 +64,7 @@ class ChannelAttention(nn.Module):
         # 'same' padding (k // 2 for odd k) keeps one weight per channel.
         self.convs = nn.ModuleList(nn.Conv1d(1, 1, k, padding=k // 2, bias=False) for k in kernel_sizes)
         self.scales = nn.Parameter(torch.ones(len(kernel_sizes)))
+        self.merged: bool | None = None  # False: the branches one by one (set_merged); else one convolution
 
     def mixed_kernel(self) -> torch.Tensor:
         """The one (1, 1, k_max) kernel equal to the scaled sum of the branches: each branch's kernel is
@@ -76,10 +78,14 @@ class ChannelAttention(nn.Module):
         """Return the (B, C, 1, 1) sigmoid channel weights for x of shape (B, C, H, W).
 
         The three branches run as one convolution with mixed_kernel(): one small kernel launch instead of
-        three convolutions, three products and their sum (backward likewise); the same function."""
+        three convolutions, three products and their sum (backward likewise); the same function. With
+        self.merged False they run one by one, as the specification writes them (the naive benchmark)."""
         B, C = x.shape[0], x.shape[1]
         # The channel axis becomes the 1-D sequence axis: (B, C, H, W) -> (B, 1, C).
         y = x.mean(dim=(2, 3)).reshape(B, 1, C)
+        if self.merged is False:
+            branches = [s * conv(y) for s, conv in zip(self.scales, self.convs)]  # each (B, 1, C)
+            return torch.sigmoid(torch.stack(branches).sum(0)).reshape(B, C, 1, 1)
         kernel = self.mixed_kernel()
         mixed = F.conv1d(y, kernel, padding=kernel.shape[-1] // 2)  # (B, 1, C)
         return torch.sigmoid(mixed).reshape(B, C, 1, 1)
@@ -151,9 +157,12 @@ class AttResBlock(nn.Module):
         A CANet forward pass then runs 45 convolutions instead of 66 (78 before ChannelAttention ran its branches
         as one), and backward as many fewer: on a GPU the small CANets are bound by the number of kernels, not
         by arithmetic. On a CPU the slicing and stacking cost more than they save (measured on the project's
-        2-core CPU: 5-9% slower per step), so merged_for chooses by device.
-        Forward hooks on path_a[0] / path_b[0] / the shortcut conv do not fire here (their modules are not
-        called); those on sa, se and unit_transform do."""
+        2-core CPU: a training step of CANet_tiny / CANet_light 9-17% slower), so merged_for chooses by device.
+        Forward hooks on path_a, path_b, their first conv and ReLU, and (stride 1) the shortcut and its conv
+        do not fire here, as those modules are not called; those on sa, se, unit_transform, the BatchNorms and
+        the paths' later layers do. It relies on what _conv_path and __init__ build: bias-free convs, ReLU
+        after each path's first conv (applied out of place: in place on a view of the merged output would
+        break autograd)."""
         first_a, first_b, sc_conv = self.path_a[0], self.path_b[0], self.shortcut[0]
         with_shortcut = sc_conv.kernel_size == first_a.kernel_size and sc_conv.stride == first_a.stride \
             and sc_conv.padding == first_a.padding
@@ -204,14 +213,29 @@ class CANet(nn.Module):
         return self.head(self.blocks(x))
 
 
+MERGED_ENV = "CIFAR10_CANET_MERGED"  # how canet() builds: '1' merged, '0' as specified, unset or 'auto' by device
+_MERGED_CHOICES = {"1": True, "0": False, "auto": None, "": None}
+
+
 def set_merged(model: nn.Module, merged: bool | None) -> nn.Module:
-    """Choose how every AttResBlock of `model` runs (AttResBlock._forward_merged): True merged, False per path
-    (the original's structure; the naive benchmark pipeline uses it), None by device (merged on CUDA).
-    Both compute the same function of the same parameters. Returns `model`; a no-op for other networks."""
+    """Choose how the blocks of `model` run: True merged (AttResBlock._forward_merged, ChannelAttention in one
+    convolution), False as the specification writes them (per path, three ChannelAttention branches: the
+    original's structure, which the naive benchmark pipeline and the FLOP count use), None by device (blocks
+    merged on CUDA; ChannelAttention in one convolution everywhere). All compute the same function of the
+    same parameters. Returns `model`; a no-op for networks without these blocks."""
     for module in model.modules():
-        if isinstance(module, AttResBlock):
+        if isinstance(module, (AttResBlock, ChannelAttention)):
             module.merged = merged
     return model
+
+
+def merged_from_env() -> bool | None:
+    """The choice CIFAR10_CANET_MERGED makes for canet() (see set_merged), with a clear error for others."""
+    value = os.environ.get(MERGED_ENV, "").strip().lower()
+    if value not in _MERGED_CHOICES:
+        raise ValueError(f"{MERGED_ENV}={value!r}: use 1 (merged blocks), 0 (as specified, per path) or auto "
+                         f"(merged on CUDA; the default)")
+    return _MERGED_CHOICES[value]
 
 
 def canet(name: str, num_classes: int = 10) -> CANet:
@@ -219,4 +243,4 @@ def canet(name: str, num_classes: int = 10) -> CANet:
     if name not in VARIANTS:
         raise ValueError(f"unknown CANet variant {name!r}: choose one of {', '.join(VARIANTS)}")
     width, hidden = VARIANTS[name]
-    return CANet(width, hidden, num_classes)
+    return set_merged(CANet(width, hidden, num_classes), merged_from_env())
