@@ -973,8 +973,9 @@ def bench_table(bench) -> str:
         now = "; ".join(f"{', '.join(m for m in stale if revision(m) == r)} at rev {r}"
                         for r in sorted({revision(m) for m in stale}))
         lines += ["", f"Rows marked 'model rev N' were timed with an older implementation of their model than this "
-                      f"checkout's (lib.models.REVISIONS: {now} now); the next `bench` call on this device "
-                      "(`--missing-only`) re-times them."]
+                      f"checkout's (lib.models.REVISIONS: {now} now); the GPU runner's next `bench` call on this "
+                      "device re-times them (`--missing-only`), except torch.compile rows of a mode it no longer "
+                      "uses."]
     sample = entries[0] if entries else {}
     dates = sorted(e.get("date", "")[:10] for e in data.get("entries", {}).values() if e.get("date"))
     torches = sorted({e.get("torch") for e in data.get("entries", {}).values() if e.get("torch")})

@@ -346,7 +346,7 @@ def test_bench_table_shows_ratios_against_targets():
     del bench["entries"]["CANet"]["model_revision"]  # timed before CANet's blocks were merged
     table = B.bench_table(bench)
     assert "| part1 (256) | eager, model rev 1 | 20.60 |" in table
-    assert "(lib.models.REVISIONS: CANet at rev 2 now); the next `bench` call" in table and "| CANet_tiny | part1 (256) | eager |" in table
+    assert "(lib.models.REVISIONS: CANet at rev 2 now); the GPU runner's next `bench` call" in table and "| CANet_tiny | part1 (256) | eager |" in table
 
 
 def test_cli_bench_prints_table_and_estimate(tmp_path, capsys):
