@@ -437,7 +437,7 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     Returns wall_ms_per_step, device_ms_per_step (the kernels' own time; far below the wall time means the
     host launching the work is the bottleneck), ops_per_step (operator calls on the host) and `table`, the
     profiler's top operators by device time (by host time on a CPU). cuda_graphs=False times eager steps;
-    merged: CANet's blocks merged (True), per path (False) or by device (None: lib.models.canet.set_merged).
+    merged: CANet's blocks merged (True), as specified (False), or as built (None: by device, CIFAR10_CANET_MERGED).
     batch_size: the recipe's unless given (tests on a tiny image folder).
     """
     import lib.train as T
@@ -451,7 +451,7 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     with _backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
             _env(T.COMPILE_ENV, ""), _env(T.CUDA_GRAPHS_ENV, "1" if cuda_graphs else "0"):
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
-        model = set_merged(T.new_model(cfg, dev), merged)
+        model = T.new_model(cfg, dev) if merged is None else set_merged(T.new_model(cfg, dev), merged)
         optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
         step_model, info = T.step_model_for(model, cfg, dev, train_loader)
         head = last_linear(model)
@@ -476,6 +476,52 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
             "cuda_graphs": info["cuda_graphs"], "merged": merged_used, "wall_ms_per_step": 1e3 * wall / n_steps,
             "device_ms_per_step": device_us / 1e3 / n_steps if cuda else None,
             "ops_per_step": host_ops / n_steps, "table": events.table(sort_by=sort, row_limit=row_limit)}
+
+
+TRACE_VARIANTS = {"eager": (False, None), "graphed": (True, None), "graphed-per-path": (True, False)}
+
+
+def trace_variants(model_name: str, dev: torch.device) -> list[str]:
+    """The trace variants (TRACE_VARIANTS keys) that tell something on `dev`: eager on a CPU; eager and
+    CUDA-graphed on CUDA, and for a CANet also graphed with its blocks as specified (per path), the A/B of
+    AttResBlock._forward_merged."""
+    from lib.models import CANET_VARIANTS
+
+    if dev.type != "cuda":
+        return ["eager"]
+    return ["eager", "graphed"] + (["graphed-per-path"] if model_name in CANET_VARIANTS else [])
+
+
+def trace_key(model_name: str, variant: str) -> str:
+    """Key of a trace in the bench file's 'traces': <model>:<variant>."""
+    return f"{model_name}:{variant}"
+
+
+def save_trace(t: dict, variant: str, path: Path | str, device: torch.device | str) -> dict:
+    """Record a trace_steps result (without its operator table, which the log keeps) under the bench file's
+    'traces' (merged, atomic)."""
+    path = Path(path)
+    known = read_json(path).get("traces", {}) if path.exists() else {}
+    record = {k: v for k, v in t.items() if k != "table"}
+    record.update(variant=variant, model_revision=revision(t["model"]), torch=torch.__version__, date=_now())
+    return _merge_write(path, torch.device(device), traces=dict(known, **{trace_key(t["model"], variant): record}))
+
+
+def trace_lines(bench) -> list[str]:
+    """One sentence per traced model of a bench file (path or dict): ms per step, wall and kernels, per variant."""
+    by_model: dict[str, list[dict]] = {}
+    for t in load_bench(bench).get("traces", {}).values():
+        by_model.setdefault(t["model"], []).append(t)
+    lines = []
+    for model, traces in by_model.items():
+        order = list(TRACE_VARIANTS)
+        traces.sort(key=lambda t: order.index(t["variant"]) if t["variant"] in order else 99)
+        parts = [f"{t['variant']} {t['wall_ms_per_step']:.2f} ms wall, {_fmt(t.get('device_ms_per_step'), '.2f')} ms "
+                 f"of kernels, {t['ops_per_step']:.0f} host ops" for t in traces]
+        stale = " (model rev " + str(traces[0].get("model_revision", 1)) + ")" if stale_revision(traces[0]) else ""
+        lines.append(f"Profiled training step of {model}{stale} ({traces[0]['steps']} steps of batch "
+                     f"{traces[0]['batch_size']}, {traces[0]['date'][:10]}, per step): {'; '.join(parts)}.")
+    return lines
 
 
 def trace_line(t: dict) -> str:
@@ -990,6 +1036,7 @@ def bench_table(bench) -> str:
               f"time (cuDNN autotuning), per run.",
               "", "Estimated " + format_estimate(data) + "."]
     lines += agreement_lines(data)
+    lines += trace_lines(data)
     lines += graph_check_lines(data)
     return "\n".join(lines) + "\n"
 

@@ -110,7 +110,6 @@ def cmd_bench(args) -> int:
     import torch
 
     from lib import bench
-    from lib.models import CANET_VARIANTS
     from lib.results import read_json
     from lib.train import resolve_device
 
@@ -148,13 +147,19 @@ def cmd_bench(args) -> int:
                                  num_workers=args.workers)
         bench.save_agreement(result, path, dev)
         print("\n".join(bench.agreement_lines({"agreement": {result["model"]: result}})))
-    if args.trace:  # where a step's time goes, eager and CUDA-graphed (on a CPU: eager only); a CANet also
-        # CUDA-graphed with its blocks per path, the original's structure (AttResBlock._forward_merged)
-        variants = [(False, None)] if dev.type != "cuda" else [(False, None), (True, None)] + (
-            [(True, False)] if args.trace in CANET_VARIANTS else [])
-        for graphs, merged in variants:
-            print(bench.trace_line(bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs,
-                                                     merged=merged)))
+    if args.trace:  # where a step's time goes: eager, CUDA-graphed, a CANet also graphed per path (on a CPU:
+        # eager only); recorded in the bench file, --missing-only skips variants recorded with this torch and model
+        traces = read_json(path).get("traces", {}) if path.exists() else {}
+        for variant in bench.trace_variants(args.trace, dev):
+            known = traces.get(bench.trace_key(args.trace, variant))
+            if (args.missing_only and known is not None and known.get("torch") == torch.__version__
+                    and not bench.stale_revision(known)):
+                print(f"trace of {args.trace} ({variant}): in {path} already (--missing-only)")
+                continue
+            graphs, merged = bench.TRACE_VARIANTS[variant]
+            t = bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs, merged=merged)
+            print(bench.trace_line(t))
+            bench.save_trace(t, variant, path, dev)
     if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
         print(" ".join(bench.compile_choice(read_json(path))) if path.exists() else "")
     if args.table:

@@ -57,7 +57,7 @@ CANet_pro VGG_A VGG_A_BN"}
 BENCH_ARGS=${BENCH_ARGS:-}           # extra `python -m lib bench` options (dry runs: --num-train 64 --workers 0)
 GRAPH_CHECK_MODEL=${GRAPH_CHECK_MODEL:-CANet_tiny}
 AGREEMENT=${AGREEMENT-CANet_tiny}    # 'bench': naive vs fast validation accuracy, 3 epochs x seeds 0 1 (empty: none)
-TRACE=${TRACE-CANet_tiny}            # 'bench': profile its step eager, graphed, graphed per path (log only; empty: none)
+TRACE=${TRACE-CANet_tiny}            # 'bench': profile its step eager, graphed, graphed per path (empty: none)
 PROBE_BENCH=${PROBE_BENCH-"--probe"}  # empty: do not time the probe runs (dry runs on a CPU)
 GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2 (a call of its own for one long run saves ~20 s)
 PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
@@ -153,8 +153,8 @@ main() {
   if ((want_bench)) && [[ -n "$AGREEMENT" ]]; then  # once per device: --missing-only
     guard $PY -m lib bench --agreement "$AGREEMENT" --epochs 3 --missing-only --data "$DATA" $BENCH_ARGS
   fi
-  if ((want_bench)) && [[ -n "$TRACE" ]]; then  # where the step's time goes (CANet: merged vs per-path blocks)
-    guard $PY -m lib bench --trace "$TRACE" --data "$DATA" $BENCH_ARGS
+  if ((want_bench)) && [[ -n "$TRACE" ]]; then  # where the step's time goes (CANet: merged vs per path); once
+    guard $PY -m lib bench --trace "$TRACE" --missing-only --data "$DATA" $BENCH_ARGS
   fi
   pack
   # Which models train torch.compile'd instead of CUDA-graphed (the plan's estimates follow the choice).

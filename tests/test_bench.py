@@ -772,6 +772,40 @@ def test_agreement_runs_of_a_bn_model_use_the_seed_asked_for(tiny_source, monkey
     assert seen == [0, 1]  # not the BN protocol's one fixed seed twice
 
 
+def test_traces_are_recorded_per_variant_and_shown_under_the_table(tmp_path, monkeypatch, capsys):
+    from lib.cli import main
+
+    cuda = torch.device("cuda")
+    assert B.trace_variants("CANet_tiny", cuda) == ["eager", "graphed", "graphed-per-path"]
+    assert B.trace_variants("ResNet18", cuda) == ["eager", "graphed"]
+    assert B.trace_variants("CANet_tiny", torch.device("cpu")) == ["eager"]
+    calls = []
+
+    def fake_trace(model, *a, cuda_graphs, merged, **kw):
+        calls.append((model, cuda_graphs, merged))
+        return {"model": model, "device": "CPU", "steps": 30, "batch_size": 256, "cuda_graphs": cuda_graphs,
+                "merged": False, "wall_ms_per_step": 72.25, "device_ms_per_step": None, "ops_per_step": 3696.4,
+                "table": "TABLE"}
+
+    monkeypatch.setattr(B, "trace_steps", fake_trace)
+    out = tmp_path / "cpu.json"
+    args = ["bench", "--device", "cpu", "--out", str(out), "--trace", "CANet_tiny", "--missing-only"]
+    assert main(args) == 0 and calls == [("CANet_tiny", False, None)]
+    record = read_json(out)["traces"]["CANet_tiny:eager"]
+    assert "table" not in record and record["model_revision"] == revision("CANet_tiny")
+    assert main(args) == 0 and len(calls) == 1  # recorded with this torch and model revision: skipped
+    assert "already (--missing-only)" in capsys.readouterr().out
+    (line,) = B.trace_lines(out)
+    assert line.startswith("Profiled training step of CANet_tiny (30 steps of batch 256, ")
+    assert line.endswith(": eager 72.25 ms wall, - ms of kernels, 3696 host ops.")
+    data = read_json(out)
+    data["traces"]["CANet_tiny:graphed-per-path"] = dict(record, variant="graphed-per-path", wall_ms_per_step=9.5,
+                                                         device_ms_per_step=7.25)
+    assert "; graphed-per-path 9.50 ms wall, 7.25 ms of kernels, 3696 host ops." in B.trace_lines(data)[0]
+    data["entries"] = {"CANet": fake_entry()}
+    assert B.trace_lines(data)[0] in B.bench_table(data)
+
+
 def test_trace_line_names_the_step_kind_and_the_kernel_time():
     t = {"model": "CANet_tiny", "device": "GPU", "batch_size": 256, "steps": 30, "cuda_graphs": True,
          "wall_ms_per_step": 16.05, "device_ms_per_step": 7.654, "ops_per_step": 732.4, "table": "TABLE"}
