@@ -220,7 +220,7 @@ def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed:
     val_loader = torch.utils.data.DataLoader(ArrayDataset(X_val, y_val, eval_tf), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=num_workers, pin_memory=pin)
     torch.manual_seed(seed)
-    model = set_merged(build(cfg.model), False).to(dev)  # CANet: the original's per-path structure
+    model = set_merged(build(cfg.model), False).to(dev)  # CANet as specified: per path, three SE branches
     return _Naive(train_loader, val_loader, model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                   torch.Generator().manual_seed(seed), dict(info, num_train=len(y_tr), num_val=len(y_val)))
 
@@ -353,7 +353,8 @@ def agreement(model_name: str, data_source: str | None = None, device: str = "au
     p = welch_test([r["val_acc"][-1] for r in fast], [r["val_acc"][-1] for r in naive])["p"]
     nan_to_none = lambda v: None if math.isnan(v) else v  # JSON has no NaN
     return {"model": model_name, "model_revision": revision(model_name), "kind": "agreement", "epochs": epochs,
-            "seeds": list(seeds), "device": device_name(dev), "torch": torch.__version__, "date": _now(), "data": naive[0]["data"],
+            "seeds": list(seeds), "device": device_name(dev), "torch": torch.__version__, "date": _now(),
+            "data": naive[0]["data"],
             "num_train": naive[0]["num_train"], "num_val": naive[0]["num_val"],
             "naive_val_acc": [r["val_acc"] for r in naive], "fast_val_acc": [r["val_acc"] for r in fast],
             "naive_seconds": [r["seconds"] for r in naive], "fast_seconds": [r["seconds"] for r in fast],
@@ -980,7 +981,7 @@ def stale_revision(entry: dict) -> bool:
 
 def _step_label(entry: dict) -> str:
     """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'; ', model rev N' where
-    the model's implementation changed since (_stale_revision)."""
+    the model's implementation changed since (stale_revision)."""
     kind = "compiled" if entry.get("compiled") else "CUDA graph" if entry.get("cuda_graphs") else "eager"
     return kind + (f", model rev {entry.get('model_revision', 1)}" if stale_revision(entry) else "")
 
