@@ -979,6 +979,12 @@ def stale_revision(entry: dict) -> bool:
     return entry.get("model_revision", 1) != revision(entry["model"])
 
 
+def recorded_as_now(record: dict | None) -> bool:
+    """Whether a recorded graph check or trace can stand for one made now: made with this torch version and
+    this revision of its model (what --missing-only reuses)."""
+    return record is not None and record.get("torch") == torch.__version__ and not stale_revision(record)
+
+
 def _step_label(entry: dict) -> str:
     """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'; ', model rev N' where
     the model's implementation changed since (stale_revision)."""

@@ -51,13 +51,13 @@ def cmd_run(args) -> int:
             return 2
         configs = [by_name[n] for n in dict.fromkeys(args.only)]
     t0 = time.perf_counter()
-    for cfg in configs:
+    for i, cfg in enumerate(configs):
         r = train(cfg, dirs=dirs, force=args.force, progress=not args.quiet,
                   max_epochs_this_call=args.max_epochs_this_call, stop_by=stop_by)
         acc = r.get("test_acc")
         print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
         if r["status"] == "incomplete" and stop_by is not None:  # out of time: start nothing more
-            left = [c.name for c in configs[configs.index(cfg) + 1:]]
+            left = [c.name for c in configs[i + 1:]]
             print(f"time limit reached after {r['epochs_done']} epoch(s) of {cfg.name}"
                   + (f"; not started: {' '.join(left)}" if left else ""))
             return 0
@@ -107,8 +107,6 @@ def cmd_bench(args) -> int:
     """Time naive vs fast epochs; print the table, the study estimate, a graph check or a plan for a time budget."""
     from pathlib import Path
 
-    import torch
-
     from lib import bench
     from lib.results import read_json
     from lib.train import resolve_device
@@ -120,8 +118,7 @@ def cmd_bench(args) -> int:
         for precision in args.check_precisions:
             key = bench.graph_check_key(model, precision)
             known = bench.graph_checks(path).get(key) if path.exists() else None
-            if (args.missing_only and known is not None and known.get("torch") == torch.__version__
-                    and not bench.stale_revision(known)):
+            if args.missing_only and bench.recorded_as_now(known):
                 check = known
                 print(f"CUDA-graph check of {key}: recorded in {path} (--missing-only): ok={check['ok']}")
             else:
@@ -152,8 +149,7 @@ def cmd_bench(args) -> int:
         traces = read_json(path).get("traces", {}) if path.exists() else {}
         for variant in bench.trace_variants(args.trace, dev):
             known = traces.get(bench.trace_key(args.trace, variant))
-            if (args.missing_only and known is not None and known.get("torch") == torch.__version__
-                    and not bench.stale_revision(known)):
+            if args.missing_only and bench.recorded_as_now(known):
                 print(f"trace of {args.trace} ({variant}): in {path} already (--missing-only)")
                 continue
             graphs, merged = bench.TRACE_VARIANTS[variant]

@@ -591,7 +591,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     test = None
     if best_ckpt.exists() and best["epoch"] >= 0:
         state = torch.load(best_ckpt, map_location=device, weights_only=False)
-        if state["epoch"] != best["epoch"] or TrainConfig.from_dict(state["config"]) != cfg:
+        if state["epoch"] != best["epoch"] or not checkpoint_written_for(state, cfg):
             raise RuntimeError(f"{best_ckpt} holds epoch {state['epoch']} but validation selected epoch "
                                f"{best['epoch']}: delete it and rerun with force=True")
         model.load_state_dict(state["model"])
