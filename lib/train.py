@@ -397,17 +397,45 @@ def tensorboard_writer(logdir: Path | str, purge_step: int | None = None):
     return SummaryWriter(str(logdir), purge_step=purge_step, max_queue=TB_MAX_QUEUE)
 
 
-def _device_histogram(values: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """np.histogram(values, edges) counts (B,) and [min, max, sum, sum of squares, all finite] (5,), float64,
-    computed where `values` lives, without a host sync."""
-    v = values.detach().reshape(-1).double()
-    num_bins = edges.numel() - 1
+HIST_PASS_VALUES = 1 << 25  # values histogrammed per batched pass (32M): bounds its temporaries to about 1 GB
+
+
+def _histogram_pass(tensors: list[torch.Tensor], edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_device_histograms of `tensors` in one pass over their concatenated values: a dozen kernels whatever
+    their number. The counts are added at (tensor, bin); the statistics are segment reductions (on CUDA a
+    segmented reduction per statistic, no atomics on a few hot addresses)."""
+    num_bins, rows = edges.numel() - 1, len(tensors)
+    v = torch.cat([t.detach().reshape(-1) for t in tensors]).double()
+    sizes = torch.tensor([t.numel() for t in tensors], device=v.device)
+    row = torch.repeat_interleave(torch.arange(rows, device=v.device), sizes, output_size=v.numel())
     # np.histogram's bins are [e_i, e_i+1), the last one closed; values outside [e_0, e_B] are not counted.
     idx = (torch.bucketize(v, edges, right=True) - 1).clamp_(0, num_bins - 1)
     inside = ((v >= edges[0]) & (v <= edges[-1])).double()
-    counts = torch.zeros(num_bins, dtype=torch.float64, device=v.device).index_add_(0, idx, inside)
-    stats = torch.stack([v.min(), v.max(), v.sum(), v.dot(v), torch.isfinite(v).all().double()])
-    return counts, stats
+    counts = torch.zeros(rows * num_bins, dtype=torch.float64, device=v.device)
+    counts.index_add_(0, row * num_bins + idx, inside)
+
+    def per_tensor(values: torch.Tensor, reduce: str) -> torch.Tensor:
+        return torch.segment_reduce(values, reduce, lengths=sizes, unsafe=True)  # unsafe: no check, no sync
+
+    non_finite = per_tensor((~torch.isfinite(v)).double(), "sum")
+    stats = torch.stack([per_tensor(v, "min"), per_tensor(v, "max"), per_tensor(v, "sum"), per_tensor(v * v, "sum"),
+                         (non_finite == 0).double()], dim=1)
+    return counts.view(rows, num_bins), stats
+
+
+def _device_histograms(tensors: list[torch.Tensor], edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each tensor, np.histogram(values, edges) counts (a row of the first result, (N, B)) and [min, max,
+    sum, sum of squares, all finite] (a row of the second, (N, 5)), float64, computed where the tensors live,
+    without a host sync: in batched passes of at most HIST_PASS_VALUES values (a larger tensor alone)."""
+    passes, start, size = [], 0, 0
+    for i, t in enumerate(tensors):
+        if size and size + t.numel() > HIST_PASS_VALUES:
+            passes.append(tensors[start:i])
+            start, size = i, 0
+        size += t.numel()
+    passes.append(tensors[start:])
+    counts, stats = zip(*(_histogram_pass(p, edges) for p in passes))
+    return torch.cat(counts), torch.cat(stats)
 
 
 def _trim_histogram(counts: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -420,20 +448,18 @@ def _trim_histogram(counts: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _add_param_histograms_on_device(writer, model: nn.Module, step: int) -> None:
-    """writer.add_histogram of every finite parameter, with the counting done on the parameters' device
-    and one host copy for all of them."""
+    """writer.add_histogram of every finite parameter, with the counting done on the parameters' device, in
+    batched passes, and one host copy for all of them."""
     named = list(model.named_parameters())
     edges_np = np.asarray(writer.default_bins, dtype=np.float64)
     edges = torch.from_numpy(edges_np).to(named[0][1].device)
-    rows = [torch.cat(_device_histogram(p, edges)) for _, p in named]
-    table = torch.stack(rows).cpu().numpy()  # (num_params, B + 5)
-    num_bins = len(edges_np) - 1
-    for (name, p), row in zip(named, table):
-        vmin, vmax, vsum, vsq, finite = row[num_bins:]
+    counts, stats = _device_histograms([p for _, p in named], edges)
+    counts, stats = counts.cpu().numpy().astype(np.int64), stats.cpu().numpy()
+    for (name, p), row, (vmin, vmax, vsum, vsq, finite) in zip(named, counts, stats):
         if not finite:
             continue
-        counts, limits = _trim_histogram(row[:num_bins].astype(np.int64), edges_np)
-        writer.add_histogram_raw(name, vmin, vmax, p.numel(), vsum, vsq, limits.tolist(), counts.tolist(),
+        row, limits = _trim_histogram(row, edges_np)
+        writer.add_histogram_raw(name, vmin, vmax, p.numel(), vsum, vsq, limits.tolist(), row.tolist(),
                                  global_step=step)
 
 

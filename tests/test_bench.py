@@ -590,21 +590,28 @@ def test_graphed_forward_replays_only_full_training_batches(monkeypatch):
     assert len(calls) == 1 and not model.training
 
 
-def test_device_histograms_equal_tensorboards(tmp_path):
+@pytest.mark.parametrize("pass_values", [1 << 25, 2500])
+def test_device_histograms_equal_tensorboards(tmp_path, monkeypatch, pass_values):
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import make_histogram
 
+    monkeypatch.setattr(T, "HIST_PASS_VALUES", pass_values)  # 2500: several passes, one tensor larger than a pass
     writer = SummaryWriter(str(tmp_path))
     edges = np.asarray(writer.default_bins, dtype=np.float64)
-    values = torch.randn(2000, generator=torch.Generator().manual_seed(0)) * 0.05
-    values[:4] = torch.tensor([0.0, 1e-13, -2.5, 3.0])
-    counts, stats = T._device_histogram(values, torch.from_numpy(edges))
-    got_counts, got_limits = T._trim_histogram(counts.numpy().astype(np.int64), edges)
-    ref = make_histogram(values.numpy(), edges)
-    assert got_counts.tolist() == list(ref.bucket) and got_limits.tolist() == list(ref.bucket_limit)
-    assert (stats[0].item(), stats[1].item(), stats[4].item()) == (ref.min, ref.max, 1.0)
-    assert stats[2].item() == pytest.approx(ref.sum, abs=1e-4)
-    assert stats[3].item() == pytest.approx(ref.sum_squares, rel=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(2000, generator=gen) * 0.05, torch.randn(3, 7, 5, generator=gen) * 30,
+               torch.full((4,), 0.25), torch.randn(4000, generator=gen), torch.tensor([1.0, float("inf"), 2.0])]
+    tensors[0][:4] = torch.tensor([0.0, 1e-13, -2.5, 3.0])
+    counts, stats = T._device_histograms(tensors, torch.from_numpy(edges))
+    assert counts.shape == (5, len(edges) - 1) and stats.shape == (5, 5)
+    for values, row, (vmin, vmax, vsum, vsq, finite) in zip(tensors[:4], counts, stats):
+        got_counts, got_limits = T._trim_histogram(row.numpy().astype(np.int64), edges)
+        ref = make_histogram(values.numpy().reshape(-1), edges)
+        assert got_counts.tolist() == list(ref.bucket) and got_limits.tolist() == list(ref.bucket_limit)
+        assert (vmin.item(), vmax.item(), finite.item()) == (ref.min, ref.max, 1.0)
+        assert vsum.item() == pytest.approx(ref.sum, rel=1e-6, abs=1e-4)
+        assert vsq.item() == pytest.approx(ref.sum_squares, rel=1e-5)
+    assert stats[4, 4].item() == 0.0  # not all finite
 
     class Recorder:
         default_bins = writer.default_bins
@@ -621,6 +628,28 @@ def test_device_histograms_equal_tensorboards(tmp_path):
     assert [r[0] for r in Recorder.rows] == [n for n in params if n != "head.5.bias"]
     assert all(num == params[tag].numel() == total and step == 3 for tag, num, total, step in Recorder.rows)
     writer.close()
+
+
+def test_device_histograms_run_the_same_operators_for_any_number_of_tensors():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    edges = torch.linspace(-1, 1, 11, dtype=torch.float64)
+    counted = []
+    for n in (3, 40):
+        tensors = [torch.randn(5 + i) for i in range(n)]
+        with Ops() as ops:
+            T._device_histograms(tensors, edges)
+        counted.append([name for name in ops.names if name not in ("view.default", "detach.default")])
+    assert counted[0] == counted[1] and len(counted[0]) < 40  # one batched pass, not ~26 operators per tensor
 
 
 def test_gpu_bookkeeping_trains_the_same_and_checkpoints_less(tiny_source, tmp_path, monkeypatch):
