@@ -12,7 +12,8 @@ with validation on the 5,000-image split:
 - naive_epoch mirrors the ORIGINAL: a torchvision-style Dataset over the uint8 arrays, per-image PIL
   transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning,
   PyTorch's default optimiser kernels, a host sync per step (loss.item()), and a validation pass every
-  50 iterations plus the end-of-epoch one. It is the reference; it is meant to be naive. Its data split
+  50 iterations plus the end-of-epoch one, on images through the training transforms as the original's
+  validation split was (NAIVE_VAL_TRANSFORMS). It is the reference; it is meant to be naive. Its data split
   (lib.train.split_data) and its MixUp/CutMix rule (lib.augment.mix_batch, one decision per batch as the
   original; the CutMix box is lib.augment's, side int(32 * sqrt(1 - lam)) before clipping) are the
   repository's own, so both pipelines train on the same images under the same rule; the random draws differ.
@@ -24,7 +25,8 @@ with validation on the 5,000-image split:
 Bench file (one per device, results/bench/<device-slug>.json): {"device", "device_slug", "updated",
 "graph_check", "entries": {key: entry}}. An entry per model (key = model name) has: model, recipe,
 batch_size, num_train, num_val, data, device, torch, date, naive_seconds, naive_images_per_s,
-naive_val_passes, naive_workers (absent for fast-only entries), fast_seconds, fast_images_per_s,
+naive_val_passes, naive_workers, naive_val_transforms ('train' | 'eval'; absent: 'eval') (absent for
+fast-only entries), fast_seconds, fast_images_per_s,
 fast_overhead_seconds (bookkeeping per epoch), compile_seconds (one-off capture/compile), setup_seconds
 (one-off per run: data to the device, model, CUDA-graph capture), warmup_seconds (the first, untimed
 epoch; a torch.compile is paid there), cuda_graphs, compiled, ratio (naive_seconds / fast_seconds, None
@@ -66,6 +68,10 @@ from lib.results import atomic_write_json, device_name, read_json, reusable_resu
 RATIO_TARGETS = {"CANet": 15.0, "CANet_tiny": 25.0}
 STUDY_TARGET_MINUTES = 20.0
 NAIVE_VAL_EVERY = 50  # the original validated every 50 iterations (and at the end of the epoch)
+# The original's validation images went through its training transforms (its validation split was cut from the
+# augmented training set: STUDY.md section 1, a bug the study does not copy). The naive epoch mirrors that cost
+# ("train"); the agreement run's naive side validates on plain images ("eval"), as lib.train does.
+NAIVE_VAL_TRANSFORMS = "train"
 PROBE_BENCH_STEPS = 200  # timed probe-run steps: ten probes at the full profile's probe_every=20
 # Planning a time budget: estimates are multiplied by PLAN_MARGIN, and every process started for a plan
 # line (python start, imports, TensorBoard, data from the cache) is allowed STEP_STARTUP_S.
@@ -208,12 +214,17 @@ class _Naive(NamedTuple):
     info: dict
 
 
-def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed: int) -> _Naive:
-    """Loaders over cfg's split and the freshly seeded model (call inside _backend_flags)."""
+def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed: int,
+                    val_transforms: str = "eval") -> _Naive:
+    """Loaders over cfg's split and the freshly seeded model (call inside _backend_flags). val_transforms:
+    'eval' (plain images) or 'train' (the training transforms, as the original validated)."""
     from lib.train import split_data
 
+    if val_transforms not in ("train", "eval"):
+        raise ValueError(f"val_transforms must be 'train' or 'eval', not {val_transforms!r}")
     X_tr, y_tr, X_val, y_val, _, _, info = split_data(cfg)
     train_tf, eval_tf = naive_transforms(cfg)
+    eval_tf = train_tf if val_transforms == "train" else eval_tf
     pin = dev.type == "cuda"
     train_loader = torch.utils.data.DataLoader(ArrayDataset(X_tr, y_tr, train_tf), batch_size=cfg.batch_size,
                                                shuffle=True, num_workers=num_workers, pin_memory=pin)
@@ -256,15 +267,17 @@ def _naive_train_epoch(p: _Naive, optimizer, cfg: TrainConfig, dev: torch.device
 
 def naive_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
                 num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
-                val_every: int = NAIVE_VAL_EVERY, warmup_steps: int = 2, seed: int = 0) -> dict:
-    """Time one epoch of the original's pipeline for `model_name` (see the module doc); returns seconds, images/s."""
+                val_every: int = NAIVE_VAL_EVERY, warmup_steps: int = 2, seed: int = 0,
+                val_transforms: str = NAIVE_VAL_TRANSFORMS) -> dict:
+    """Time one epoch of the original's pipeline for `model_name` (see the module doc); returns seconds, images/s.
+    Its validation passes use `val_transforms` ('train': augmented, as the original's)."""
     from lib.train import optimizer_at, resolve_device
 
     dev = resolve_device(device)
     cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed)
     # PyTorch's defaults otherwise: fp32, cuDNN's TF32 on, matmul TF32 off; deterministic, no autotuning.
     with _backend_flags(deterministic=True, benchmark=False, cudnn_tf32=True, matmul_tf32=False):
-        p = _naive_pipeline(cfg, dev, num_workers, seed)
+        p = _naive_pipeline(cfg, dev, num_workers, seed, val_transforms)
         optimizer = _naive_optimizer(optimizer_at(cfg, 0), p.model.parameters(), cfg, cfg.lr)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
         p.model.train()
@@ -284,7 +297,7 @@ def naive_epoch(model_name: str, data_source: str | None = None, device: str = "
     return {"seconds": seconds, "images_per_s": n / seconds, "num_train": n, "num_val": p.info["num_val"],
             "batch_size": cfg.batch_size, "steps": epoch["steps"], "val_passes": epoch["val_passes"],
             "num_workers": num_workers, "train_loss": epoch["train_loss"], "val_acc": epoch["val_acc"],
-            "data": p.info.get("label")}
+            "val_transforms": val_transforms, "data": p.info.get("label")}
 
 
 def naive_run(model_name: str, data_source: str | None = None, device: str = "auto", *, epochs: int = 3,
@@ -773,6 +786,12 @@ def timed_as_now(entry: dict, dev: torch.device) -> bool:
     return bool(entry.get("cuda_graphs")) == graphs_enabled_for(entry["model"])
 
 
+def naive_as_now(entry: dict) -> bool:
+    """Whether an entry's naive epoch validated as naive_epoch does now (NAIVE_VAL_TRANSFORMS; entries from
+    before the field validated on plain images)."""
+    return entry.get("naive_val_transforms", "eval") == NAIVE_VAL_TRANSFORMS
+
+
 def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, device: str = "auto",
                   out_path: Path | str | None = None, *, fast_only: Sequence[str] = (), probes: Sequence[str] = (),
                   num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
@@ -783,7 +802,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     process; merge each entry into the bench file as soon as it is measured. Returns the file's content.
 
     missing_only skips what the file already has (a later call on the same device adds the rest), except
-    entries whose step was timed otherwise than it would be now (timed_as_now).
+    entries whose step was timed otherwise than it would be now (timed_as_now) and naive epochs that validated
+    otherwise (naive_as_now).
     compile=True times the torch.compile variant of the fast epoch instead, under compile_key(model, mode)
     (the study estimate and the plan read it for the models that CIFAR10_COMPILE names, see compile_choice).
     also_compiled: models whose compiled fast epoch is timed too, after all the others, against the naive
@@ -806,7 +826,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     for model_name, with_naive, compiled in jobs:
         key = compile_key(model_name, mode) if compiled else model_name
         if (key in have and timed_as_now(have[key], dev)
-                and (not with_naive or have[key].get("naive_seconds") is not None)):
+                and (not with_naive or (have[key].get("naive_seconds") is not None and naive_as_now(have[key])))):
             continue
         if key in have and not with_naive and have[key].get("naive_seconds") is not None:
             # A fast-only measurement would drop the naive one that was taken beside it: re-time both instead.
@@ -821,7 +841,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
                                                    num_val=num_val, num_workers=num_workers)
             naive = naive_of[model_name]
             entry.update(naive_seconds=naive["seconds"], naive_images_per_s=naive["images_per_s"],
-                         naive_val_passes=naive["val_passes"], naive_workers=num_workers)
+                         naive_val_passes=naive["val_passes"], naive_workers=num_workers,
+                         naive_val_transforms=naive["val_transforms"])
         fast = fast_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val, compile=compiled)
         entry.update(num_train=fast["num_train"], num_val=fast["num_val"], data=fast["data"],
                      fast_seconds=fast["seconds"], fast_images_per_s=fast["images_per_s"],
@@ -1030,6 +1051,13 @@ def bench_table(bench) -> str:
                       "device re-times them (`--missing-only`), except torch.compile rows of a mode it no longer "
                       "uses."]
     sample = entries[0] if entries else {}
+    naive = [e for e in entries if e.get("naive_seconds") is not None]
+    plain = list(dict.fromkeys(e["model"] for e in naive if not naive_as_now(e)))
+    val_txt = ("validation images through the training transforms, as the original's validation split; "
+               if NAIVE_VAL_TRANSFORMS == "train" else "")
+    if plain:
+        val_txt += (f"the naive epochs of {', '.join(plain)} were timed before that, with plain validation images "
+                    f"(so they are a lower bound); ")
     dates = sorted(e.get("date", "")[:10] for e in data.get("entries", {}).values() if e.get("date"))
     torches = sorted({e.get("torch") for e in data.get("entries", {}).values() if e.get("torch")})
     lines += ["", f"Device: {data.get('device')}; torch {', '.join(torches) or '?'}; measured "
@@ -1037,7 +1065,8 @@ def bench_table(bench) -> str:
               f"data: {sample.get('data', '?')}, {sample.get('num_train', '?')} training + "
               f"{sample.get('num_val', '?')} validation images per epoch. Naive: the original's pipeline "
               f"(per-image PIL transforms, {sample.get('naive_workers', 4)} DataLoader workers, fp32, deterministic "
-              f"cuDNN, validation every {NAIVE_VAL_EVERY} iterations and at the end of the epoch). Fast: lib.train's "
+              f"cuDNN, validation every {NAIVE_VAL_EVERY} iterations and at the end of the epoch; {val_txt}"
+              f"PyTorch's default optimiser kernels, a host sync per step). Fast: lib.train's "
               f"epoch (training + validation), warm. Bookkeeping: lib.train's per-epoch logging and checkpoints; "
               f"one-off: data to the device, model, CUDA-graph capture or compile and the first epoch's extra "
               f"time (cuDNN autotuning), per run.",

@@ -22,7 +22,8 @@ from lib.paths import REPO, output_dirs
 from lib.results import atomic_write_json, device_name, read_json
 
 ENTRY_KEYS = {"model", "recipe", "batch_size", "num_train", "num_val", "data", "device", "torch", "date",
-              "naive_seconds", "naive_images_per_s", "naive_val_passes", "naive_workers", "fast_seconds",
+              "naive_seconds", "naive_images_per_s", "naive_val_passes", "naive_workers", "naive_val_transforms",
+              "fast_seconds",
               "fast_images_per_s", "fast_overhead_seconds", "compile_seconds", "setup_seconds", "warmup_seconds",
               "cuda_graphs", "compiled", "ratio", "model_revision"}
 
@@ -84,6 +85,20 @@ def test_naive_transforms_are_the_originals_per_image_pipeline(tiny_source):
     assert [type(t).__name__ for t in bn_train.transforms] == ["ToTensor", "Normalize"]  # Part 2: no augmentation
 
 
+def test_naive_validation_goes_through_the_training_transforms_as_the_originals(tiny_source):
+    cfg = B.recipe_config("CANet_tiny", tiny_source, "cpu", num_train=16, num_val=8)
+    names = lambda loader: [type(t).__name__ for t in loader.dataset.transform.transforms]  # noqa: E731
+    timed = B._naive_pipeline(cfg, torch.device("cpu"), 0, 0, B.NAIVE_VAL_TRANSFORMS)
+    assert B.NAIVE_VAL_TRANSFORMS == "train" and names(timed.val_loader) == names(timed.train_loader)
+    assert "RandomErasing" in names(timed.val_loader)
+    plain = B._naive_pipeline(cfg, torch.device("cpu"), 0, 0)  # the agreement run's: plain images
+    assert names(plain.val_loader) == ["ToTensor", "Normalize"]
+    with pytest.raises(ValueError, match="'train' or 'eval'"):
+        B._naive_pipeline(cfg, torch.device("cpu"), 0, 0, "augmented")
+    naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
+    assert naive["val_transforms"] == "train"
+
+
 def test_naive_epoch_mixes_every_batch_of_the_part1_recipe_only(tiny_source, monkeypatch):
     calls, original = [], B.mix_batch
 
@@ -128,7 +143,7 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
 
     def fake_naive(model_name, source, device, **kw):
         calls.append(("naive", model_name))
-        return {"seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4}
+        return {"seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4, "val_transforms": "train"}
 
     def fake_fast(model_name, source, device, **kw):
         calls.append(("fast", model_name))
@@ -158,6 +173,13 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
     B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], missing_only=True,
                     progress=False)
     assert calls == []  # everything asked for is in the file already
+    old = read_json(path)
+    del old["entries"]["CANet_tiny"]["naive_val_transforms"]  # timed before the naive validation was augmented
+    atomic_write_json(path, old)
+    B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, missing_only=True, num_workers=0, progress=False)
+    assert calls == [("naive", "CANet_tiny"), ("fast", "CANet_tiny")]
+    assert read_json(path)["entries"]["CANet_tiny"]["naive_val_transforms"] == "train"
+    calls.clear()
     monkeypatch.setattr(B, "timed_as_now", lambda entry, dev: entry["model"] != "VGG_A_BN")
     B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], missing_only=True,
                     progress=False)
@@ -289,7 +311,7 @@ def test_an_entry_is_timed_as_now_when_its_step_matches_the_cuda_graph_switch(mo
 def test_fast_only_never_drops_a_naive_measurement(tiny_source, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(B, "naive_epoch", lambda m, *a, **kw: calls.append(("naive", m)) or {
-        "seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4})
+        "seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4, "val_transforms": "train"})
     monkeypatch.setattr(B, "fast_epoch", lambda m, *a, **kw: calls.append(("fast", m)) or {
         "seconds": 0.5, "images_per_s": 9e4, "overhead_seconds": 0.1, "compile_seconds": 1.0, "setup_seconds": 2.0,
         "warmup_seconds": 0.8, "cuda_graphs": False, "compiled": False, "num_train": 16, "num_val": 8, "data": "t"})
