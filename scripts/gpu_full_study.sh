@@ -10,7 +10,7 @@
 #  2. checks the CUDA-graph training step against the eager one: GRAPH_CHECK_MODEL every call (a mismatch
 #     stops the call), every study model once per device (a model that differs trains eagerly);
 #  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too), the naive vs
-#     fast accuracy of AGREEMENT and a profile of TRACE's step; always: the
+#     fast accuracy of AGREEMENT, a profile of TRACE's step and COMPILE_FAST's compiled fast epochs; always: the
 #     fast epoch of every study model and the probe steps that results/bench/<gpu>.json still lacks (the plan
 #     below needs them); then picks the models to train torch.compile'd (COMPILE_MODELS, default: where the
 #     bench file says a full run is faster that way);
@@ -50,6 +50,8 @@ DATA=${DATA:-shared}
 BENCH_NAIVE=${BENCH_NAIVE:-"CANet CANet_tiny ResNet18 VGG_A_BN"}
 BENCH_COMPILE=${BENCH_COMPILE-"CANet CANet_tiny"}  # 'bench': also time these torch.compile'd (mode: lib.train.
                                                    # compile_mode), against the same naive epoch (empty: none)
+COMPILE_FAST=${COMPILE_FAST-"CANet_pro CANet_light"}  # 'bench', last: also time these torch.compile'd, fast
+                                                    # epoch only (the biggest runs; empty: none)
 COMPILE_MODELS=${COMPILE_MODELS:-auto}  # trained torch.compile'd: auto (where the bench file says it is faster),
                                         # none, or model names
 STUDY_MODELS=${STUDY_MODELS:-"CANet_tiny CANet_light CANet ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11 \
@@ -155,6 +157,9 @@ main() {
   fi
   if ((want_bench)) && [[ -n "$TRACE" ]]; then  # where the step's time goes (CANet: merged vs per path); once
     guard $PY -m lib bench --trace "$TRACE" --missing-only --data "$DATA" $BENCH_ARGS
+  fi
+  if ((want_bench)) && [[ -n "$COMPILE_FAST" ]]; then  # so that --compile-choice can pick them
+    guard $PY -m lib bench --fast-only $COMPILE_FAST --compile --missing-only --data "$DATA" $BENCH_ARGS
   fi
   pack
   # Which models train torch.compile'd instead of CUDA-graphed (the plan's estimates follow the choice).
