@@ -68,9 +68,10 @@ from lib.results import atomic_write_json, device_name, read_json, reusable_resu
 RATIO_TARGETS = {"CANet": 15.0, "CANet_tiny": 25.0}
 STUDY_TARGET_MINUTES = 20.0
 NAIVE_VAL_EVERY = 50  # the original validated every 50 iterations (and at the end of the epoch)
-# The original's validation images went through its training transforms (its validation split was cut from the
-# augmented training set: STUDY.md section 1, a bug the study does not copy). The naive epoch mirrors that cost
-# ("train"); the agreement run's naive side validates on plain images ("eval"), as lib.train does.
+# The original validated on augmented images (STUDY.md section 1, a bug the study does not copy); we read that as
+# its training augmentation (the usual cause: a validation split cut from the augmented training set). The naive
+# epoch mirrors that cost ("train"); the agreement run's naive side validates on plain images ("eval"), as
+# lib.train does.
 NAIVE_VAL_TRANSFORMS = "train"
 PROBE_BENCH_STEPS = 200  # timed probe-run steps: ten probes at the full profile's probe_every=20
 # Planning a time budget: estimates are multiplied by PLAN_MARGIN, and every process started for a plan
@@ -1013,6 +1014,13 @@ def _step_label(entry: dict) -> str:
     return kind + (f", model rev {entry.get('model_revision', 1)}" if stale_revision(entry) else "")
 
 
+def _row_label(entry: dict) -> str:
+    """A bench table row's name: the model, and how its fast epoch was compiled if it was."""
+    mode = entry.get("compile_mode") or "default"
+    return entry["model"] + (f" (torch.compile{'' if mode == 'default' else ', ' + mode})" if entry.get("compiled")
+                             else " (torch.compile asked for, ran uncompiled)" if "compile_mode" in entry else "")
+
+
 def bench_table(bench) -> str:
     """Markdown table of a bench file (path or dict): per model naive and fast s/epoch, speed-up and target."""
     data = load_bench(bench)
@@ -1028,10 +1036,7 @@ def bench_table(bench) -> str:
         verdict = "" if ratio is None or target is None else (" (met)" if ratio >= target else " (missed)")
         one_off = None if e.get("setup_seconds") is None else (
             e["setup_seconds"] + max(0.0, (e.get("warmup_seconds") or 0.0) - (e.get("fast_seconds") or 0.0)))
-        mode = e.get("compile_mode") or "default"
-        label = (f" (torch.compile{'' if mode == 'default' else ', ' + mode})" if e.get("compiled")
-                 else " (torch.compile asked for, ran uncompiled)" if "compile_mode" in e else "")
-        lines.append(f"| {e['model']}{label} "
+        lines.append(f"| {_row_label(e)} "
                      f"| {e.get('recipe', '?')} ({e.get('batch_size', '?')}) | {_step_label(e)} "
                      f"| {_fmt(e.get('naive_seconds'), '.2f')} | {_fmt(e.get('fast_seconds'), '.2f')} "
                      f"| {_fmt(ratio, '.1f')}{'x' if ratio is not None else ''}{verdict} "
@@ -1052,12 +1057,12 @@ def bench_table(bench) -> str:
                       "uses."]
     sample = entries[0] if entries else {}
     naive = [e for e in entries if e.get("naive_seconds") is not None]
-    plain = list(dict.fromkeys(e["model"] for e in naive if not naive_as_now(e)))
-    val_txt = ("validation images through the training transforms, as the original's validation split; "
+    plain = [_row_label(e) for e in naive if not naive_as_now(e)]
+    val_txt = ("validation images through the training transforms, as the original validated on augmented images; "
                if NAIVE_VAL_TRANSFORMS == "train" else "")
     if plain:
-        val_txt += (f"the naive epochs of {', '.join(plain)} were timed before that, with plain validation images "
-                    f"(so they are a lower bound); ")
+        val_txt += (f"the naive epochs of the rows {', '.join(plain)} were timed before that, with plain validation "
+                    f"images (so they are a lower bound); ")
     dates = sorted(e.get("date", "")[:10] for e in data.get("entries", {}).values() if e.get("date"))
     torches = sorted({e.get("torch") for e in data.get("entries", {}).values() if e.get("torch")})
     lines += ["", f"Device: {data.get('device')}; torch {', '.join(torches) or '?'}; measured "

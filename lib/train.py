@@ -397,45 +397,71 @@ def tensorboard_writer(logdir: Path | str, purge_step: int | None = None):
     return SummaryWriter(str(logdir), purge_step=purge_step, max_queue=TB_MAX_QUEUE)
 
 
-HIST_PASS_VALUES = 1 << 25  # values histogrammed per batched pass (32M): bounds its temporaries to about 1 GB
+HIST_PASS_VALUES = 1 << 24  # values histogrammed per batched pass (16M; its temporaries take about 50 bytes a value)
+HIST_PIECE_VALUES = 1 << 16  # the statistics are reduced over pieces of at most this many values, then per tensor
 
 
-def _histogram_pass(tensors: list[torch.Tensor], edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """_device_histograms of `tensors` in one pass over their concatenated values: a dozen kernels whatever
-    their number. The counts are added at (tensor, bin); the statistics are segment reductions (on CUDA a
-    segmented reduction per statistic, no atomics on a few hot addresses)."""
-    num_bins, rows = edges.numel() - 1, len(tensors)
-    v = torch.cat([t.detach().reshape(-1) for t in tensors]).double()
-    sizes = torch.tensor([t.numel() for t in tensors], device=v.device)
-    row = torch.repeat_interleave(torch.arange(rows, device=v.device), sizes, output_size=v.numel())
+def _piece_lengths(sizes: list[int]) -> list[int]:
+    """Each size cut into pieces of at most HIST_PIECE_VALUES (a size 0 as one empty piece)."""
+    return [min(HIST_PIECE_VALUES, n - s) for n in sizes for s in range(0, max(n, 1), HIST_PIECE_VALUES)]
+
+
+def _histogram_pass(parts: list[torch.Tensor], edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts (len(parts), B) of flat `parts` and statistics per piece (pieces, 5: min, max, sum, sum of squares,
+    number of non-finite values), in one pass over their concatenated values: about twenty kernels whatever
+    their number. The counts are added at (part, bin). The statistics are segment reductions over pieces
+    (_piece_lengths): on CUDA each segment is reduced by one thread block, so pieces spread a large tensor over
+    the GPU."""
+    num_bins, rows = edges.numel() - 1, len(parts)
+    v = torch.cat(parts).double()
+    sizes = [p.numel() for p in parts]
+    row = torch.repeat_interleave(torch.arange(rows, device=v.device), torch.tensor(sizes, device=v.device),
+                                  output_size=v.numel())
     # np.histogram's bins are [e_i, e_i+1), the last one closed; values outside [e_0, e_B] are not counted.
     idx = (torch.bucketize(v, edges, right=True) - 1).clamp_(0, num_bins - 1)
     inside = ((v >= edges[0]) & (v <= edges[-1])).double()
     counts = torch.zeros(rows * num_bins, dtype=torch.float64, device=v.device)
     counts.index_add_(0, row * num_bins + idx, inside)
+    pieces = torch.tensor(_piece_lengths(sizes), device=v.device)
 
-    def per_tensor(values: torch.Tensor, reduce: str) -> torch.Tensor:
-        return torch.segment_reduce(values, reduce, lengths=sizes, unsafe=True)  # unsafe: no check, no sync
+    def per_piece(values: torch.Tensor, reduce: str) -> torch.Tensor:
+        return torch.segment_reduce(values, reduce, lengths=pieces, unsafe=True)  # unsafe: no check, no sync
 
-    non_finite = per_tensor((~torch.isfinite(v)).double(), "sum")
-    stats = torch.stack([per_tensor(v, "min"), per_tensor(v, "max"), per_tensor(v, "sum"), per_tensor(v * v, "sum"),
-                         (non_finite == 0).double()], dim=1)
+    stats = torch.stack([per_piece(v, "min"), per_piece(v, "max"), per_piece(v, "sum"), per_piece(v * v, "sum"),
+                         per_piece((~torch.isfinite(v)).double(), "sum")], dim=1)
     return counts.view(rows, num_bins), stats
 
 
-def _device_histograms(tensors: list[torch.Tensor], edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each tensor, np.histogram(values, edges) counts (a row of the first result, (N, B)) and [min, max,
-    sum, sum of squares, all finite] (a row of the second, (N, 5)), float64, computed where the tensors live,
-    without a host sync: in batched passes of at most HIST_PASS_VALUES values (a larger tensor alone)."""
-    passes, start, size = [], 0, 0
+def param_histograms(tensors: list[torch.Tensor], edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each tensor, np.histogram(values, edges) counts (a row of the first result, int64 (N, B)) and [min,
+    max, sum, sum of squares, all finite] (a row of the second, float64 (N, 5)).
+
+    Counted where the tensors live, in batched passes of at most HIST_PASS_VALUES values (a larger tensor is
+    split over passes), each copied to the host once; the passes' parts and pieces are combined per tensor there.
+    On CUDA the device is waited for only at those copies (and the copies of a few sizes to it)."""
+    edges_on_device = torch.from_numpy(np.asarray(edges, dtype=np.float64)).to(tensors[0].device)
+    parts, owner = [], []  # flat parts of at most HIST_PASS_VALUES values; a tensor's parts are consecutive
     for i, t in enumerate(tensors):
-        if size and size + t.numel() > HIST_PASS_VALUES:
-            passes.append(tensors[start:i])
-            start, size = i, 0
-        size += t.numel()
-    passes.append(tensors[start:])
-    counts, stats = zip(*(_histogram_pass(p, edges) for p in passes))
-    return torch.cat(counts), torch.cat(stats)
+        flat = t.detach().reshape(-1)
+        for start in range(0, max(flat.numel(), 1), HIST_PASS_VALUES):
+            parts.append(flat[start:start + HIST_PASS_VALUES])
+            owner.append(i)
+    passes, size = [[]], 0
+    for part in parts:
+        if passes[-1] and size + part.numel() > HIST_PASS_VALUES:
+            passes.append([])
+            size = 0
+        passes[-1].append(part)
+        size += part.numel()
+    counted = [tuple(x.cpu().numpy() for x in _histogram_pass(p, edges_on_device)) for p in passes]
+    part_counts, piece_stats = (np.concatenate(c) for c in zip(*counted))
+    piece_owner = np.repeat(owner, [len(_piece_lengths([p.numel()])) for p in parts])
+    first_part, first_piece = (np.flatnonzero(np.diff(o, prepend=-1)) for o in (np.asarray(owner), piece_owner))
+    counts = np.add.reduceat(part_counts, first_part, axis=0).astype(np.int64)
+    vmin = np.minimum.reduceat(piece_stats[:, 0], first_piece)
+    vmax = np.maximum.reduceat(piece_stats[:, 1], first_piece)
+    vsum, vsq, non_finite = np.add.reduceat(piece_stats[:, 2:], first_piece, axis=0).T
+    return counts, np.stack([vmin, vmax, vsum, vsq, (non_finite == 0).astype(np.float64)], axis=1)
 
 
 def _trim_histogram(counts: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -448,17 +474,15 @@ def _trim_histogram(counts: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _add_param_histograms_on_device(writer, model: nn.Module, step: int) -> None:
-    """writer.add_histogram of every finite parameter, with the counting done on the parameters' device, in
-    batched passes, and one host copy for all of them."""
+    """writer.add_histogram of every finite parameter, with the counting done on the parameters' device in
+    batched passes (param_histograms)."""
     named = list(model.named_parameters())
-    edges_np = np.asarray(writer.default_bins, dtype=np.float64)
-    edges = torch.from_numpy(edges_np).to(named[0][1].device)
-    counts, stats = _device_histograms([p for _, p in named], edges)
-    counts, stats = counts.cpu().numpy().astype(np.int64), stats.cpu().numpy()
+    edges = np.asarray(writer.default_bins, dtype=np.float64)
+    counts, stats = param_histograms([p for _, p in named], edges)
     for (name, p), row, (vmin, vmax, vsum, vsq, finite) in zip(named, counts, stats):
         if not finite:
             continue
-        row, limits = _trim_histogram(row, edges_np)
+        row, limits = _trim_histogram(row, edges)
         writer.add_histogram_raw(name, vmin, vmax, p.numel(), vsum, vsq, limits.tolist(), row.tolist(),
                                  global_step=step)
 

@@ -370,6 +370,13 @@ def test_bench_table_shows_ratios_against_targets():
     assert "| part1 (256) | eager, model rev 1 | 20.60 |" in table
     assert "(lib.models.REVISIONS: CANet at rev 2 now); the GPU runner's next `bench` call" in table
     assert "| CANet_tiny | part1 (256) | eager |" in table
+    # Naive epochs from before the naive validation went through the training transforms are named as such.
+    assert "the naive epochs of the rows CANet_tiny, CANet were timed before that" in table
+    bench["entries"]["CANet_tiny"]["naive_val_transforms"] = "train"
+    assert "the naive epochs of the rows CANet were timed before that" in B.bench_table(bench)
+    bench["entries"]["CANet"]["naive_val_transforms"] = "train"
+    table = B.bench_table(bench)
+    assert "timed before that" not in table and "validation images through the training transforms" in table
 
 
 def test_cli_bench_prints_table_and_estimate(tmp_path, capsys):
@@ -612,28 +619,33 @@ def test_graphed_forward_replays_only_full_training_batches(monkeypatch):
     assert len(calls) == 1 and not model.training
 
 
-@pytest.mark.parametrize("pass_values", [1 << 25, 2500])
-def test_device_histograms_equal_tensorboards(tmp_path, monkeypatch, pass_values):
+@pytest.mark.parametrize("pass_values, piece_values", [(1 << 24, 1 << 16), (2500, 300)])
+def test_device_histograms_equal_tensorboards(tmp_path, monkeypatch, pass_values, piece_values):
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import make_histogram
 
-    monkeypatch.setattr(T, "HIST_PASS_VALUES", pass_values)  # 2500: several passes, one tensor larger than a pass
+    # 2500 / 300: several passes, a tensor split over two of them, statistics over several pieces per part
+    monkeypatch.setattr(T, "HIST_PASS_VALUES", pass_values)
+    monkeypatch.setattr(T, "HIST_PIECE_VALUES", piece_values)
     writer = SummaryWriter(str(tmp_path))
     edges = np.asarray(writer.default_bins, dtype=np.float64)
     gen = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(2000, generator=gen) * 0.05, torch.randn(3, 7, 5, generator=gen) * 30,
-               torch.full((4,), 0.25), torch.randn(4000, generator=gen), torch.tensor([1.0, float("inf"), 2.0])]
-    tensors[0][:4] = torch.tensor([0.0, 1e-13, -2.5, 3.0])
-    counts, stats = T._device_histograms(tensors, torch.from_numpy(edges))
-    assert counts.shape == (5, len(edges) - 1) and stats.shape == (5, 5)
+    tensors = [torch.randn(2000, generator=gen, dtype=torch.float64) * 0.05,
+               torch.randn(3, 7, 5, generator=gen) * 30, torch.full((4,), 0.25),
+               torch.randn(4000, generator=gen), torch.tensor([1.0, float("inf"), 2.0])]
+    # zero, a tiny value, the last edge (closed), values beyond the edges (not counted, but in min/max/sums)
+    tensors[0][:6] = torch.tensor([0.0, 1e-13, -2.5, 3.0, edges[-1], -1e21], dtype=torch.float64)
+    counts, stats = T.param_histograms(tensors, edges)
+    assert counts.shape == (5, len(edges) - 1) and counts.dtype == np.int64 and stats.shape == (5, 5)
     for values, row, (vmin, vmax, vsum, vsq, finite) in zip(tensors[:4], counts, stats):
-        got_counts, got_limits = T._trim_histogram(row.numpy().astype(np.int64), edges)
-        ref = make_histogram(values.numpy().reshape(-1), edges)
+        got_counts, got_limits = T._trim_histogram(row, edges)
+        ref = make_histogram(values.numpy().reshape(-1).astype(np.float64), edges)
         assert got_counts.tolist() == list(ref.bucket) and got_limits.tolist() == list(ref.bucket_limit)
-        assert (vmin.item(), vmax.item(), finite.item()) == (ref.min, ref.max, 1.0)
-        assert vsum.item() == pytest.approx(ref.sum, rel=1e-6, abs=1e-4)
-        assert vsq.item() == pytest.approx(ref.sum_squares, rel=1e-5)
-    assert stats[4, 4].item() == 0.0  # not all finite
+        assert (vmin, vmax, finite) == (ref.min, ref.max, 1.0)
+        assert vsum == pytest.approx(ref.sum, rel=1e-9, abs=1e-4)
+        assert vsq == pytest.approx(ref.sum_squares, rel=1e-9)
+    assert counts[0].sum() == 1999  # -1e21 is outside the edges
+    assert stats[4, 4] == 0.0  # not all finite
 
     class Recorder:
         default_bins = writer.default_bins
@@ -664,13 +676,13 @@ def test_device_histograms_run_the_same_operators_for_any_number_of_tensors():
             self.names.append(func.__name__)
             return func(*args, **(kwargs or {}))
 
-    edges = torch.linspace(-1, 1, 11, dtype=torch.float64)
+    edges = np.linspace(-1, 1, 11)
     counted = []
     for n in (3, 40):
         tensors = [torch.randn(5 + i) for i in range(n)]
         with Ops() as ops:
-            T._device_histograms(tensors, edges)
-        counted.append([name for name in ops.names if name not in ("view.default", "detach.default")])
+            T.param_histograms(tensors, edges)
+        counted.append([name for name in ops.names if name not in ("view.default", "detach.default", "slice.Tensor")])
     assert counted[0] == counted[1] and len(counted[0]) < 40  # one batched pass, not ~26 operators per tensor
 
 
