@@ -80,6 +80,8 @@ PLAN_MARGIN = 1.2
 STEP_STARTUP_S = 20.0
 # The two 1-D loss slices (51 evaluations of 2,000 images each): an allowance, not a measurement.
 SLICES_ALLOWANCE_S = 30.0
+# The nine models' cost files on the GPU (FLOP count, inference at batch 1024): an allowance, not a measurement.
+COSTS_ALLOWANCE_S = 60.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1108,7 +1110,8 @@ class Job(NamedTuple):
     a single run longer than a call is the exception, see plan_study)."""
 
     kind: str  # 'train' | 'bn-slices' (the lr-1e-3 BN pair and the slices, which need their checkpoints) | 'probe'
-    names: tuple[str, ...]  # experiment names
+    #          | 'costs' (the Part 1 models' cost files, lib.part1.compute_costs)
+    names: tuple[str, ...]  # experiment names (for 'costs': cost-<model>)
     seconds: float | None  # estimated seconds of what is left (None: nothing measured to estimate from)
     done: bool
     force: bool = False  # retrain although results exist (their checkpoints are needed and gone)
@@ -1162,7 +1165,17 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     jobs.append(Job("probe", tuple(c.name for c in configs),
                     None if None in probe_est else sum(s * c.num_steps for s, c in zip(probe_est, configs)),
                     probe_done))
+    jobs.append(Job("costs", tuple(f"cost-{m}" for m in PART1_MODELS), COSTS_ALLOWANCE_S,
+                    all(gpu_cost_file(dirs, m) for m in PART1_MODELS)))
     return jobs + p1[len(PART1_MODELS):]
+
+
+def gpu_cost_file(dirs: OutputDirs, model: str) -> bool:
+    """Whether `model`'s cost file in dirs is a GPU measurement (lib.part1.compute_costs at the GPU batch)."""
+    from lib.part1 import GPU_COST_BATCH, cost_path
+
+    path = cost_path(dirs, model)
+    return path.exists() and read_json(path).get("infer_batch") == GPU_COST_BATCH
 
 
 def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
@@ -1172,13 +1185,14 @@ def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
         for token in tokens:
             if (token == "all" or (token == "part1" and job.names[0].startswith("p1-"))
                     or (token == "part2" and job.kind in ("train", "bn-slices") and job.names[0].startswith("bn-"))
-                    or (token == "probe" and job.kind == "probe") or token in job.names):
+                    or (token == "probe" and job.kind == "probe") or (token in ("part1", "costs") and job.kind == "costs")
+                    or token in job.names):
                 chosen.append(job)
                 break
-    known = {"all", "part1", "part2", "probe", "bench"} | {n for j in jobs for n in j.names}
+    known = {"all", "part1", "part2", "probe", "costs", "bench"} | {n for j in jobs for n in j.names}
     unknown = [t for t in tokens if t not in known]
     if unknown:
-        raise ValueError(f"unknown study subset(s) {unknown}: use all, part1, part2, probe or experiment names "
+        raise ValueError(f"unknown study subset(s) {unknown}: use all, part1, part2, probe, costs or experiment names "
                          f"such as {jobs[0].names[0]}")
     return chosen
 
@@ -1191,7 +1205,7 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     'partial'}.
 
     Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
-    'train-force NAME...' (the same with --force), 'slices', 'probe'.
+    'train-force NAME...' (the same with --force), 'slices', 'probe', 'costs'.
 
     A single run longer than the whole budget (CANet_pro's may be) cannot finish in one call. When it is the
     first unfinished job of the subset it is planned alone, as `partial`: the runner's time limit stops it
@@ -1210,7 +1224,7 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
             skipped.append((job, "no bench measurement to estimate it from"))
             continue
         # A job that needs a process kind not yet started also pays that process's start-up.
-        kinds = {"train": {"train"}, "probe": {"probe"},
+        kinds = {"train": {"train"}, "probe": {"probe"}, "costs": {"costs"},
                  "bn-slices": {"train-force" if job.force else "train", "slices"}}[job.kind]
         cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
         if cost > left:
@@ -1233,6 +1247,7 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     lines = ([f"train {' '.join(train)}"] if train else []) + ([f"train-force {' '.join(forced)}"] if forced else [])
     lines += ["slices"] if any(j.kind == "bn-slices" for j in taken) else []
     lines += ["probe"] if any(j.kind == "probe" for j in taken) else []
+    lines += ["costs"] if any(j.kind == "costs" for j in taken) else []
     return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": budget_s - left,
             "budget_s": budget_s, "partial": None}
 

@@ -36,7 +36,9 @@ def cmd_run(args) -> int:
 
     source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
-    want_p1 = args.part1 or args.models or not (args.part2 or args.probe or args.slices)
+    # Part 1 when asked for, or when nothing else is (--models with --costs names the costs' models)
+    want_p1 = args.part1 or (args.models and not args.costs) or not (args.part2 or args.probe or args.slices
+                                                                      or args.costs)
     configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
     if args.part2:
         configs += bn_experiments(args.profile, source)
@@ -67,6 +69,12 @@ def cmd_run(args) -> int:
     if args.slices:
         bn_study.run_slices(args.profile, source, dirs, force=args.force)
         print("loss slices: done")
+    if args.costs:  # FLOPs, parameters, inference images/s: per architecture, no training needed
+        from lib.part1 import compute_costs
+
+        for c in compute_costs(dirs, args.models, force=args.force):
+            print(f"cost {c['model']}: {c['flops'] / 1e6:,.1f} MFLOP/image, {c['infer_ips']:,.0f} images/s at batch "
+                  f"{c['infer_batch']} on {c['device_name']}")
     print(f"{len(configs)} experiment(s) in {time.perf_counter() - t0:.0f} s; results in {dirs.results}")
     return 0
 
@@ -180,7 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--part2", action="store_true", help="the BN protocol runs (VGG-A +-BN at four lrs)")
     p.add_argument("--probe", action="store_true", help="the Santurkar et al. probe runs")
     p.add_argument("--slices", action="store_true", help="the filter-normalised 1-D loss slices (needs --part2 runs)")
-    p.add_argument("--models", nargs="+", help="Part 1 models to run (default: all nine)")
+    p.add_argument("--costs", action="store_true",
+                   help="the Part 1 models' cost files (FLOPs, inference images/s; batch 1024 on a GPU), no training")
+    p.add_argument("--models", nargs="+", help="Part 1 models to run, or with --costs to measure (default: all nine)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--only", nargs="+", help="restrict to these experiment names (e.g. p1-CANet-s0)")
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")

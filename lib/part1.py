@@ -203,7 +203,9 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
     """FLOPs, parameters and inference images/s per model -> <results>/cost-<model>.json (reused unless force).
 
     Batch 1024 on a GPU; on a CPU a smaller default batch (CPU_COST_BATCH), which the file states. A
-    stored measurement is reused when it was taken on the same device with the same batch size.
+    stored measurement is reused when it was taken on the same device with the same batch size, and a GPU
+    measurement (the GPU runner's, at GPU_COST_BATCH) is kept on a CPU: the report of a profile trained on a
+    GPU is rendered on a CPU machine, whose numbers would not describe that run.
     """
     import torch
 
@@ -221,7 +223,8 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
         path = cost_path(dirs, model)
         if not force and path.exists():
             old = read_json(path)
-            if old.get("device_name") == env["device"] and old.get("infer_batch") == batch_size:
+            same = old.get("device_name") == env["device"] and old.get("infer_batch") == batch_size
+            if same or (not gpu and batch_size == CPU_COST_BATCH and old.get("infer_batch") == GPU_COST_BATCH):
                 out.append(old)
                 continue
         summary = cost_summary(model, dev, batch_size=batch_size, iters=iters, warmup=1 if not gpu else 5)

@@ -190,6 +190,7 @@ main() {
       train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names ;;
       slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --slices ;;  # source by name
       probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --probe ;;
+      costs) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --costs ;;  # per model, on the GPU
       *) log "unknown plan line: $line" ;;
     esac
     pack

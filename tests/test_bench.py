@@ -444,13 +444,44 @@ def test_jobs_run_the_first_seed_of_the_whole_study_before_the_extra_seeds(tiny_
     source = resolve_source(tiny_source)
     jobs = B.study_jobs(fake_bench(), source, output_dirs("full", root=tmp_path), seeds=(0, 1, 2))
     names = [j.names[0] for j in jobs]
-    assert len(jobs) == 3 * 9 + 6 + 1 + 1  # Part 1 x 3 seeds, six BN runs, the lr-1e-3 pair + slices, probes
+    assert len(jobs) == 3 * 9 + 6 + 1 + 1 + 1  # Part 1 x 3 seeds, six BN runs, the pair + slices, probes, costs
     assert [n.rsplit("-s", 1)[1] for n in names[:9]] == ["0"] * 9
-    assert names[9].startswith("bn-") and jobs[16].kind == "probe"
-    assert [n.rsplit("-s", 1)[1] for n in names[17:]] == ["1"] * 9 + ["2"] * 9
+    assert names[9].startswith("bn-") and jobs[16].kind == "probe" and jobs[17].kind == "costs"
+    assert [n.rsplit("-s", 1)[1] for n in names[18:]] == ["1"] * 9 + ["2"] * 9
     plan = B.plan_study(["p1-CANet-s2"], source, budget_s=1000, bench=fake_bench(), seeds=(0, 1, 2),
                         dirs=output_dirs("full", root=tmp_path))
     assert plan["lines"] == ["train p1-CANet-s2"]
+
+
+def test_plan_measures_the_costs_on_the_gpu_until_every_model_has_a_gpu_cost_file(tiny_source, tmp_path):
+    from lib.part1 import CPU_COST_BATCH, GPU_COST_BATCH, cost_path
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    plan = B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == ["costs"] and plan["seconds"] == pytest.approx(B.COSTS_ALLOWANCE_S * 1.2 + 20)
+    assert B.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs)["lines"][-1] == "costs"
+    for i, model in enumerate(PART1_MODELS):  # the last one measured on a CPU: not the GPU measurement yet
+        batch = GPU_COST_BATCH if i < len(PART1_MODELS) - 1 else CPU_COST_BATCH
+        atomic_write_json(cost_path(dirs, model), {"model": model, "infer_batch": batch})
+    assert B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)["lines"] == ["costs"]
+    atomic_write_json(cost_path(dirs, PART1_MODELS[-1]), {"model": PART1_MODELS[-1], "infer_batch": GPU_COST_BATCH})
+    plan = B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == [] and plan["done"][0].kind == "costs"
+
+
+def test_run_costs_measures_costs_and_trains_nothing(tiny_source, monkeypatch, capsys):
+    import lib.part1 as part1
+    from lib.cli import main
+
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: pytest.fail(f"trained {cfg.name}"))
+    asked = []
+    monkeypatch.setattr(part1, "compute_costs", lambda dirs, models, force=False: asked.append((models, force)) or [
+        {"model": "CANet_tiny", "flops": 136.3e6, "infer_ips": 51234.0, "infer_batch": 1024, "device_name": "GPU X"}])
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--costs", "--models", "CANet_tiny",
+                 "--quiet"]) == 0
+    assert asked == [(["CANet_tiny"], False)]
+    assert "cost CANet_tiny: 136.3 MFLOP/image, 51,234 images/s at batch 1024 on GPU X" in capsys.readouterr().out
 
 
 def test_run_refuses_only_names_that_its_options_do_not_produce(tiny_source, capsys):
@@ -500,7 +531,7 @@ def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, 
     assert plan["done"][0].names == ("bn-VGG_A-lr0.001-s2020", "bn-VGG_A_BN-lr0.001-s2020")
     with pytest.raises(ValueError, match="unknown study subset"):
         B.plan_study(["p1-Nope-s0"], source, bench=fake_bench(), dirs=dirs)
-    assert B.plan_study(["all"], source, bench=None, dirs=dirs)["lines"] == []  # nothing to estimate from
+    assert B.plan_study(["all"], source, bench=None, dirs=dirs)["lines"] == ["costs"]  # no training to estimate
 
 
 def test_gpu_script_is_valid_bash():

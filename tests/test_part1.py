@@ -8,7 +8,7 @@ from lib.config import NORMS
 from lib.data import CLASSES
 from lib.experiments import part1_config
 from lib.paths import output_dirs
-from lib.results import atomic_write_json
+from lib.results import atomic_write_json, read_json
 
 
 def fake_result(model: str, seed: int = 0, test_acc: float = 0.5, status: str = "ok", **config_overrides) -> dict:
@@ -58,6 +58,17 @@ def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):
     assert part1.main_run(dirs)["name"] == "p1-CANet_tiny-s2"
     with pytest.raises(FileNotFoundError, match="p1-CANet_light-s0.json"):
         part1.main_run(dirs, "CANet_light")
+
+
+def test_a_gpu_cost_measurement_is_kept_on_a_cpu(dirs):
+    gpu = {"model": "CANet_tiny", "flops": 1, "infer_ips": 9e4, "infer_batch": part1.GPU_COST_BATCH,
+           "device_name": "NVIDIA H200"}
+    atomic_write_json(part1.cost_path(dirs, "CANet_tiny"), gpu)
+    assert part1.compute_costs(dirs, ["CANet_tiny"], device="cpu") == [gpu]  # the report of a GPU study, on a CPU
+    assert read_json(part1.cost_path(dirs, "CANet_tiny")) == gpu
+    redone = part1.compute_costs(dirs, ["CANet_tiny"], device="cpu", batch_size=2, iters=1)  # asked for: measured
+    assert redone[0]["infer_batch"] == 2 and redone[0]["device_name"] != "NVIDIA H200"
+    assert read_json(part1.cost_path(dirs, "CANet_tiny"))["infer_batch"] == 2
 
 
 def test_with_costs_joins_the_cost_file_and_the_median_epoch_throughput(dirs):
