@@ -94,7 +94,8 @@ def cmd_study(args) -> int:
                            notebooks=args.notebooks, seeds=args.seeds, force=args.force, extra_params=extra,
                            log_output=args.verbose, progress_bar=not args.verbose,
                            command=study_command(args.profile, args.data, args.publish, args.notebooks, args.seeds,
-                                                 extra, args.force))
+                                                 extra, args.force),
+                           allow_cpu_training=args.allow_cpu_training)
     except StudyError as err:
         print(f"study stopped: {err}", file=sys.stderr)
         return 1
@@ -211,6 +212,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-epochs", type=int, help="override the profile's Part 1 epochs (default: the profile's)")
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
     p.add_argument("--verbose", action="store_true", help="stream the notebooks' output while they run")
+    p.add_argument("--allow-cpu-training", action="store_true",
+                   help="let the full profile train on a machine without CUDA (by default it only renders the "
+                        "results a GPU trained, and names what is missing)")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="render report.md from the existing result files of a profile")

@@ -28,6 +28,7 @@ NOTEBOOKS = ("01_train_canet", "02_baselines", "03_visualize", "04_batchnorm")
 KERNEL_NAME = "python3"
 STUDY_FILE = "study.json"
 CLI_PARAMETERS = ("models", "model", "num_epochs")  # extra notebook parameters `python -m lib study` has options for
+GPU_PROFILE = "full"  # its training is meant for a GPU: without one, the study only renders what exists (below)
 
 
 class StudyError(RuntimeError):
@@ -46,6 +47,28 @@ def select_notebooks(notebooks: Sequence[str] | None = None) -> list[str]:
             raise ValueError(f"unknown notebook {item!r}: choose from {', '.join(NOTEBOOKS)} (or their numbers 01-04)")
         chosen.update(matches)
     return [n for n in NOTEBOOKS if n in chosen]
+
+
+def full_runs_to_train(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Sequence[int] = (0,),
+                       extra_params: dict | None = None, force: bool = False) -> list[str]:
+    """The `full` experiments that these notebooks would train in `dirs` (unfinished ones; all with `force`):
+    01 and 03 the CANet variant `model` (default CANet), 02 the Part 1 `models` (default all nine), for `seeds`;
+    04 the BN protocol, its loss slices and the probe runs."""
+    from lib.bench import study_jobs
+    from lib.models import PART1_MODELS
+
+    extra = extra_params or {}
+    wanted = set()
+    for name in names:
+        if name.startswith(("01", "03")):
+            wanted |= {f"p1-{extra.get('model') or 'CANet'}-s{s}" for s in seeds}
+        elif name.startswith("02"):
+            wanted |= {f"p1-{m}-s{s}" for m in (extra.get("models") or PART1_MODELS) for s in seeds}
+    part2 = any(name.startswith("04") for name in names)
+    jobs = study_jobs(None, source, dirs, seeds, GPU_PROFILE)
+    return [n for j in jobs if (force or not j.done) and j.kind != "costs"
+            for n in j.names if n in wanted or (part2 and j.kind in ("bn-slices", "probe", "train")
+                                                and not n.startswith("p1-"))]
 
 
 def executed_dir(profile: str, root: Path | str | None = None) -> Path:
@@ -192,12 +215,16 @@ def runs_beyond_notebooks(study: dict, p1: Sequence[dict], publish: bool) -> lis
 def run_study(profile: str, data_source: str | None = None, publish: bool | None = None,
               notebooks: Sequence[str] | None = None, seeds: Sequence[int] = (0,), force: bool = False,
               extra_params: dict | None = None, root: Path | str | None = None, log_output: bool = False,
-              progress_bar: bool = False, command: str | None = None) -> Path:
+              progress_bar: bool = False, command: str | None = None, allow_cpu_training: bool = False) -> Path:
     """Execute the notebooks headless in order with these parameters, then render the report; return its path.
 
     `data_source`: None = $CIFAR10_SOURCE or 'official'. `extra_params` (e.g. models, model, num_epochs) go
     to the notebooks that declare them. `root` relocates every output (tests). Raises StudyError when a cell
     fails (nothing after it runs).
+
+    The `full` profile without a CUDA device renders what the GPU trained (docs/GPU.md) and trains nothing:
+    if its notebooks would train an experiment, StudyError names them before any notebook runs, unless
+    `allow_cpu_training` (hours to days on a CPU).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -210,6 +237,17 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     source = canonical_source(data_source)
     dirs = output_dirs(profile, publish=publish or None, root=root)
     names = select_notebooks(notebooks)
+    if profile == GPU_PROFILE and not allow_cpu_training:
+        import torch
+
+        missing = [] if torch.cuda.is_available() else full_runs_to_train(source, dirs, names, seeds, extra_params,
+                                                                          force)
+        if missing:
+            raise StudyError(
+                f"the {profile} profile would train {len(missing)} experiment(s) on this machine's CPU (no CUDA "
+                f"device): {', '.join(missing)}. It is meant for a GPU: train them there (docs/GPU.md, "
+                f"scripts/gpu_full_study.sh), merge the results, and run this again to render the notebooks and "
+                f"report from them; or pass --allow-cpu-training to train here (hours to days).")
     params = {"profile": profile, "data_source": source, "publish": bool(publish), "force": bool(force),
               "seeds": [int(s) for s in seeds], "root": str(root) if root is not None else None,
               **(extra_params or {})}

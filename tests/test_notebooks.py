@@ -162,3 +162,30 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path, tiny_source):
     msg = str(err.value)
     assert "03_visualize.ipynb failed in cell" in msg and "FileNotFoundError" in msg and "main_run" in msg
     assert not (tmp_path / "build" / "smoke" / "report.md").exists()
+
+
+def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothing(tmp_path, tiny_source,
+                                                                                   monkeypatch):
+    import torch
+
+    from lib.experiments import part1_config
+    from lib.pipeline import full_runs_to_train
+    from lib.results import atomic_write_json
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(StudyError) as err:
+        run_study("full", data_source=tiny_source, notebooks=["01"], root=tmp_path)
+    assert "would train 1 experiment(s) on this machine's CPU (no CUDA device): p1-CANet-s0." in str(err.value)
+    assert "--allow-cpu-training" in str(err.value) and not executed_dir("full", tmp_path).exists()
+
+    dirs = output_dirs("full", root=tmp_path)
+    cfg = part1_config("CANet", "full", tiny_source)
+    atomic_write_json(dirs.results / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict()})
+    assert full_runs_to_train(tiny_source, dirs, ["01_train_canet", "03_visualize"]) == []  # trained: render only
+    assert full_runs_to_train(tiny_source, dirs, ["01_train_canet"], force=True) == ["p1-CANet-s0"]
+    assert full_runs_to_train(tiny_source, dirs, ["01_train_canet"], seeds=(0, 1)) == ["p1-CANet-s1"]
+    assert full_runs_to_train(tiny_source, dirs, ["02_baselines"], extra_params={"models": ["CANet", "VGG11"]}) == [
+        "p1-VGG11-s0"]
+    part2 = full_runs_to_train(tiny_source, dirs, ["04_batchnorm"])
+    assert len(part2) == len(BN_MODELS) * len(BN_LRS) + len(BN_MODELS)  # the BN protocol and both probe runs
+    assert all(not n.startswith("p1-") for n in part2)
