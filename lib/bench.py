@@ -29,8 +29,8 @@ naive_val_passes, naive_workers, naive_val_transforms ('train' | 'eval'; absent:
 fast-only entries), fast_seconds, fast_images_per_s,
 fast_overhead_seconds (bookkeeping per epoch), compile_seconds (one-off capture/compile), setup_seconds
 (one-off per run: data to the device, model, CUDA-graph capture), warmup_seconds (the first, untimed
-epoch; a torch.compile is paid there), cuda_graphs, compiled, ratio (naive_seconds / fast_seconds, None
-without a naive time). Entries timed with torch.compile (`--compile`, or `--also-compiled` beside the naive
+epoch; a torch.compile is paid there), cuda_graphs, compiled, canet_merged (CANets only: their blocks ran
+merged), ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile (`--compile`, or `--also-compiled` beside the naive
 epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode,
 <model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries
 (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
@@ -60,7 +60,8 @@ from lib.config import NORMS, PROFILES, TrainConfig
 from lib.augment import mix_batch
 from lib.data import load_cifar10, canonical_source
 from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config, part1_experiments
-from lib.models import PART1_MODELS, build, last_linear, revision, set_merged
+from lib.models import CANET_VARIANTS, PART1_MODELS, build, last_linear, revision, set_merged
+from lib.models.canet import blocks_merged, merged_on_cuda
 from lib.paths import REPO, OutputDirs, output_dirs
 from lib.results import atomic_write_json, device_name, read_json, reusable_result
 
@@ -442,7 +443,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "compile_mode": fast_info.get("compile_mode"),
             "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
             "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
-            "train_loss": row["train_loss"], "val_acc": row["val_acc"], "data": info.get("label")}
+            "canet_merged": blocks_merged(model, train_loader.X[:1]), "train_loss": row["train_loss"], "val_acc": row["val_acc"], "data": info.get("label")}
 
 
 def trace_steps(model_name: str, data_source: str | None = None, device: str = "auto", *, steps: int = 30,
@@ -488,7 +489,7 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     device_us = sum(e.self_device_time_total for e in events
                     if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))
     host_ops = sum(e.count for e in events if e.key.startswith("aten::"))
-    merged_used = any(b.merged_for(train_loader.X[:1]) for b in model.modules() if hasattr(b, "merged_for"))
+    merged_used = bool(blocks_merged(model, train_loader.X[:1]))
     return {"model": model_name, "device": device_name(dev), "steps": n_steps, "batch_size": cfg.batch_size,
             "cuda_graphs": info["cuda_graphs"], "merged": merged_used, "wall_ms_per_step": 1e3 * wall / n_steps,
             "device_ms_per_step": device_us / 1e3 / n_steps if cuda else None,
@@ -779,11 +780,16 @@ def timed_as_now(entry: dict, dev: torch.device) -> bool:
     """Whether a bench entry timed the training step the way this process would: not if the model's
     implementation changed since (lib.models.revision), and an uncompiled CUDA entry timed without CUDA graphs
     is out of date once they are on for its model (the first H200 call ran eagerly because its graph check
-    failed), and the other way round (lib.train.graphs_enabled_for). missing_only re-times such entries."""
+    failed), and the other way round (lib.train.graphs_enabled_for); a CANet entry whose blocks ran merged or per
+    path otherwise than CIFAR10_CANET_MERGED builds them now (canet_merged; entries without it ran merged).
+    missing_only re-times such entries."""
     from lib.train import graphs_enabled_for
 
     if stale_revision(entry):
         return False  # timed with an older implementation of the model (lib.models.REVISIONS)
+    canet_on_cuda = dev.type == "cuda" and entry.get("model") in CANET_VARIANTS
+    if canet_on_cuda and entry.get("canet_merged", True) != merged_on_cuda():
+        return False  # its blocks ran merged and CIFAR10_CANET_MERGED now says per path, or the other way round
     if entry.get("compiled") or "compile_mode" in entry or dev.type != "cuda":
         return True
     return bool(entry.get("cuda_graphs")) == graphs_enabled_for(entry["model"])
@@ -852,6 +858,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
                      fast_overhead_seconds=fast["overhead_seconds"], compile_seconds=fast["compile_seconds"],
                      setup_seconds=fast["setup_seconds"], warmup_seconds=fast["warmup_seconds"],
                      cuda_graphs=fast["cuda_graphs"], compiled=fast["compiled"], date=_now(),
+                     **({"canet_merged": fast["canet_merged"]} if fast.get("canet_merged") is not None else {}),
                      **({"compile_mode": fast.get("compile_mode") or mode} if compiled else {}))
         entry["ratio"] = entry["naive_seconds"] / fast["seconds"] if with_naive else None
         data = _merge_write(path, dev, {key: entry})

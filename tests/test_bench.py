@@ -132,7 +132,7 @@ def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source, monkeypatch)
     assert fast["seconds"] > 0 and fast["images_per_s"] == pytest.approx(16 / fast["seconds"])
     assert fast["overhead_seconds"] > 0 and fast["setup_seconds"] > 0 and fast["warmup_seconds"] > 0
     assert fast["cuda_graphs"] is False and fast["compiled"] is False and fast["compile_seconds"] == 0.0
-    assert fast["num_train"] == 16 and np.isfinite(fast["train_loss"])
+    assert fast["num_train"] == 16 and np.isfinite(fast["train_loss"]) and fast["canet_merged"] is None
 
 
 # ----------------------------------------------------------------------------------------- the bench file
@@ -306,6 +306,27 @@ def test_an_entry_is_timed_as_now_when_its_step_matches_the_cuda_graph_switch(mo
         old = {k: v for k, v in entry.items() if k != "model_revision"}  # entries of revision 1 record none
         assert not B.timed_as_now(old, cuda) and not B.timed_as_now(old, cpu)
     assert B.timed_as_now({k: v for k, v in fake_entry(model="ResNet18").items() if k != "model_revision"}, cpu)
+
+
+def test_a_canet_entry_is_timed_again_when_its_blocks_would_run_otherwise(monkeypatch):
+    from lib.models.canet import MERGED_ENV, blocks_merged
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv(T.CUDA_GRAPHS_ENV, raising=False)
+    merged = dict(fake_entry(), cuda_graphs=True, canet_merged=True)
+    per_path = dict(merged, canet_merged=False)
+    compiled = dict(merged, compiled=True, compile_mode="reduce-overhead")
+    monkeypatch.delenv(MERGED_ENV, raising=False)  # auto: merged on CUDA
+    assert B.timed_as_now(merged, cuda) and not B.timed_as_now(per_path, cuda) and B.timed_as_now(compiled, cuda)
+    assert B.timed_as_now({k: v for k, v in merged.items() if k != "canet_merged"}, cuda)  # recorded before: merged
+    monkeypatch.setenv(MERGED_ENV, "0")  # a GPU measured the merged form slower
+    assert not B.timed_as_now(merged, cuda) and B.timed_as_now(per_path, cuda) and not B.timed_as_now(compiled, cuda)
+    assert B.timed_as_now(merged, cpu) and B.timed_as_now(dict(merged, model="ResNet18", model_revision=1), cuda)
+    # What fast_epoch records: None for networks without the blocks, and by device and setting for a CANet.
+    x = torch.zeros(1, 3, 32, 32)
+    assert blocks_merged(build("ResNet18"), x) is None and blocks_merged(build("CANet_tiny"), x) is False
+    monkeypatch.setenv(MERGED_ENV, "1")
+    assert blocks_merged(build("CANet_tiny"), x) is True
 
 
 def test_fast_only_never_drops_a_naive_measurement(tiny_source, tmp_path, monkeypatch):

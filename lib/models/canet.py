@@ -238,6 +238,18 @@ def merged_from_env() -> bool | None:
     return _MERGED_CHOICES[value]
 
 
+def blocks_merged(model: nn.Module, x: torch.Tensor) -> bool | None:
+    """Whether `model`'s AttResBlocks run merged for inputs like `x` (None: a network without them)."""
+    blocks = [m for m in model.modules() if isinstance(m, AttResBlock)]
+    return any(b.merged_for(x) for b in blocks) if blocks else None
+
+
+def merged_on_cuda() -> bool:
+    """Whether canet() builds blocks that run merged on CUDA inputs, as CIFAR10_CANET_MERGED says now."""
+    choice = merged_from_env()
+    return True if choice is None else choice
+
+
 def canet(name: str, num_classes: int = 10) -> CANet:
     """Build the CANet variant `name` (a key of VARIANTS)."""
     if name not in VARIANTS:
