@@ -645,6 +645,8 @@ def _compare_graphed_steps(model_name: str, data_source: str | None, device: str
               "date": _now(), "check_precision": precision, "model_revision": revision(model_name)}
     if dev.type != "cuda":
         return dict(result, note=f"CUDA graphs run on CUDA only; nothing to check on {dev.type}")
+    if model_name in CANET_VARIANTS:
+        result["canet_merged"] = merged_on_cuda()  # the graph checked is of the blocks as they are built now
     cfg = recipe_config(model_name, data_source, str(dev), num_train).replace(precision=precision)
     tolerance = GRAPH_CHECK_TOLERANCE[precision]
     result["precision"] = ("fp32, TF32 off" if precision == "fp32" else "bf16 autocast") + ", deterministic cuDNN"
@@ -1016,6 +1018,13 @@ def recorded_as_now(record: dict | None) -> bool:
     return record is not None and record.get("torch") == torch.__version__ and not stale_revision(record)
 
 
+def graph_check_as_now(record: dict | None) -> bool:
+    """recorded_as_now, and for a CANet made with its blocks in the form CIFAR10_CANET_MERGED builds now (a check
+    of the merged graph does not vouch for the per-path one)."""
+    return recorded_as_now(record) and (record.get("model") not in CANET_VARIANTS
+                                        or record.get("canet_merged", True) == merged_on_cuda())
+
+
 def _step_label(entry: dict) -> str:
     """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'; ', model rev N' where
     the model's implementation changed since (stale_revision)."""
@@ -1179,10 +1188,17 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
 
 def gpu_cost_file(dirs: OutputDirs, model: str) -> bool:
     """Whether `model`'s cost file in dirs is a GPU measurement (lib.part1.compute_costs at the GPU batch)."""
-    from lib.part1 import GPU_COST_BATCH, cost_path
+    from lib.part1 import cost_path
 
     path = cost_path(dirs, model)
-    return path.exists() and read_json(path).get("infer_batch") == GPU_COST_BATCH
+    return path.exists() and is_gpu_cost(read_json(path))
+
+
+def is_gpu_cost(cost: dict) -> bool:
+    """Whether a cost file's content was measured on a GPU at the GPU batch (not on a CPU at that batch)."""
+    from lib.part1 import GPU_COST_BATCH
+
+    return cost.get("infer_batch") == GPU_COST_BATCH and not str(cost.get("device_name", "CPU")).startswith("CPU")
 
 
 def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
@@ -1236,7 +1252,9 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
         cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
         if cost > left:
             too_long = job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s
-            first_in_line = not taken and all(j.seconds is None for j, _ in skipped)  # before it: done or unmeasured
+            # Before it: done, unmeasured, or the costs (which then wait for another call).
+            first_in_line = (all(j.kind == "costs" for j in taken)
+                             and all(j.seconds is None or j.kind == "costs" for j, _ in skipped))
             if too_long and job.kind == "train" and first_in_line:  # the call is its own
                 return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
                         "seconds": float(budget_s), "budget_s": budget_s, "partial": job}

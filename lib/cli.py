@@ -127,7 +127,7 @@ def cmd_bench(args) -> int:
         for precision in args.check_precisions:
             key = bench.graph_check_key(model, precision)
             known = bench.graph_checks(path).get(key) if path.exists() else None
-            if args.missing_only and bench.recorded_as_now(known):
+            if args.missing_only and bench.graph_check_as_now(known):
                 check = known
                 print(f"CUDA-graph check of {key}: recorded in {path} (--missing-only): ok={check['ok']}")
             else:

@@ -209,6 +209,7 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
     """
     import torch
 
+    from lib.bench import is_gpu_cost
     from lib.cost import cost_summary
 
     models = list(models) if models else list(PART1_MODELS)
@@ -224,7 +225,7 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
         if not force and path.exists():
             old = read_json(path)
             same = old.get("device_name") == env["device"] and old.get("infer_batch") == batch_size
-            if same or (not gpu and batch_size == CPU_COST_BATCH and old.get("infer_batch") == GPU_COST_BATCH):
+            if same or (not gpu and batch_size == CPU_COST_BATCH and is_gpu_cost(old)):
                 out.append(old)
                 continue
         summary = cost_summary(model, dev, batch_size=batch_size, iters=iters, warmup=1 if not gpu else 5)

@@ -51,24 +51,31 @@ def select_notebooks(notebooks: Sequence[str] | None = None) -> list[str]:
 
 def full_runs_to_train(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Sequence[int] = (0,),
                        extra_params: dict | None = None, force: bool = False) -> list[str]:
-    """The `full` experiments that these notebooks would train in `dirs` (unfinished ones; all with `force`):
-    01 and 03 the CANet variant `model` (default CANet), 02 the Part 1 `models` (default all nine), for `seeds`;
-    04 the BN protocol, its loss slices and the probe runs."""
-    from lib.bench import study_jobs
+    """What these notebooks would compute themselves with the `full` profile in `dirs`: the Part 1 runs of 01
+    (the CANet variant `model`, default CANet) and 02 (the Part 1 `models`, default all nine) for `seeds`, with
+    their `num_epochs` override, that have no matching result (all of them with `force`); 02's cost files that
+    are not a GPU measurement (cost-<model>); 04's BN protocol runs, loss slices and probe runs. Notebook 03
+    computes nothing of the kind: it shows a run that exists, or fails saying which is missing."""
+    from lib import part1
+    from lib.bench import gpu_cost_file, study_jobs
+    from lib.config import TrainConfig
     from lib.models import PART1_MODELS
+    from lib.results import reusable_result
 
     extra = extra_params or {}
-    wanted = set()
-    for name in names:
-        if name.startswith(("01", "03")):
-            wanted |= {f"p1-{extra.get('model') or 'CANet'}-s{s}" for s in seeds}
-        elif name.startswith("02"):
-            wanted |= {f"p1-{m}-s{s}" for m in (extra.get("models") or PART1_MODELS) for s in seeds}
-    part2 = any(name.startswith("04") for name in names)
-    jobs = study_jobs(None, source, dirs, seeds, GPU_PROFILE)
-    return [n for j in jobs if (force or not j.done) and j.kind != "costs"
-            for n in j.names if n in wanted or (part2 and j.kind in ("bn-slices", "probe", "train")
-                                                and not n.startswith("p1-"))]
+    models = {"01": [extra.get("model") or "CANet"], "02": list(extra.get("models") or PART1_MODELS)}
+    wanted = {}  # name -> config, in notebook order
+    for name in (n for n in names if n[:2] in models):
+        for cfg in part1.configs(GPU_PROFILE, source, models[name[:2]], seeds, extra.get("num_epochs")):
+            wanted.setdefault(cfg.name, cfg)
+    missing = [n for n, cfg in wanted.items()
+               if force or reusable_result(Path(dirs.results) / f"{n}.json", cfg.to_dict(), TrainConfig) is None]
+    if any(name.startswith("02") for name in names):
+        missing += [f"cost-{m}" for m in models["02"] if force or not gpu_cost_file(dirs, m)]
+    if any(name.startswith("04") for name in names):
+        missing += [n for j in study_jobs(None, source, dirs, seeds, GPU_PROFILE) if (force or not j.done)
+                    and j.kind in ("bn-slices", "probe", "train") and not j.names[0].startswith("p1-") for n in j.names]
+    return missing
 
 
 def executed_dir(profile: str, root: Path | str | None = None) -> Path:
@@ -223,8 +230,8 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     fails (nothing after it runs).
 
     The `full` profile without a CUDA device renders what the GPU trained (docs/GPU.md) and trains nothing:
-    if its notebooks would train an experiment, StudyError names them before any notebook runs, unless
-    `allow_cpu_training` (hours to days on a CPU).
+    if its notebooks would train an experiment or measure a cost file (full_runs_to_train), StudyError names
+    them before any notebook runs, unless `allow_cpu_training` (hours to days on a CPU).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -244,10 +251,11 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                                                                           force)
         if missing:
             raise StudyError(
-                f"the {profile} profile would train {len(missing)} experiment(s) on this machine's CPU (no CUDA "
-                f"device): {', '.join(missing)}. It is meant for a GPU: train them there (docs/GPU.md, "
-                f"scripts/gpu_full_study.sh), merge the results, and run this again to render the notebooks and "
-                f"report from them; or pass --allow-cpu-training to train here (hours to days).")
+                f"the {profile} profile would train or measure {len(missing)} experiment(s) or cost file(s) on this "
+                f"machine's CPU (no CUDA device): {', '.join(missing)}. It is meant for a GPU: run them there "
+                f"(docs/GPU.md, scripts/gpu_full_study.sh; cost files: its `costs` job), merge the results, and run "
+                f"this again to render the notebooks and report from them; or pass --allow-cpu-training to compute "
+                f"them here (hours to days for training).")
     params = {"profile": profile, "data_source": source, "publish": bool(publish), "force": bool(force),
               "seeds": [int(s) for s in seeds], "root": str(root) if root is not None else None,
               **(extra_params or {})}

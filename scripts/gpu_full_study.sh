@@ -113,7 +113,8 @@ main() {
   for t in "${subset[@]}"; do
     if [[ "$t" == bench ]]; then want_bench=1; else tokens+=("$t"); fi
   done
-  log "subset: ${subset[*]}; seeds $SEEDS; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown}"
+  log "subset: ${subset[*]}; seeds $SEEDS; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown};" \
+    "CANet blocks: CIFAR10_CANET_MERGED=${CIFAR10_CANET_MERGED:-auto}"
 
   if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     if [[ "$ALLOW_CPU" != 1 ]]; then log "no CUDA device: this script is for the GPU machine"; return 1; fi

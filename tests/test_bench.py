@@ -327,6 +327,26 @@ def test_a_canet_entry_is_timed_again_when_its_blocks_would_run_otherwise(monkey
     assert blocks_merged(build("ResNet18"), x) is None and blocks_merged(build("CANet_tiny"), x) is False
     monkeypatch.setenv(MERGED_ENV, "1")
     assert blocks_merged(build("CANet_tiny"), x) is True
+    monkeypatch.delenv(MERGED_ENV)
+    assert blocks_merged(build("CANet_tiny"), x) is False  # auto: per path on a CPU
+    # Graph checks of a CANet are reused only for the form they checked.
+    check = {"model": "CANet_tiny", "ok": True, "torch": torch.__version__, "model_revision": revision("CANet_tiny"),
+             "canet_merged": True}
+    assert B.graph_check_as_now(check) and B.graph_check_as_now({k: v for k, v in check.items() if k != "canet_merged"})
+    monkeypatch.setenv(MERGED_ENV, "0")
+    assert not B.graph_check_as_now(check) and B.graph_check_as_now(dict(check, canet_merged=False))
+    assert B.graph_check_as_now(dict(check, model="ResNet18", model_revision=1))
+
+
+def test_run_benchmark_records_the_canet_block_form(tiny_source, tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "fast_epoch", lambda m, *a, **kw: {
+        "seconds": 0.5, "images_per_s": 9e4, "overhead_seconds": 0.1, "compile_seconds": 1.0, "setup_seconds": 2.0,
+        "warmup_seconds": 0.8, "cuda_graphs": False, "compiled": False, "num_train": 16, "num_val": 8, "data": "t",
+        "canet_merged": True if m.startswith("CANet") else None})
+    path = tmp_path / "cpu.json"
+    B.run_benchmark([], tiny_source, "cpu", path, fast_only=["CANet_tiny", "ResNet18"], progress=False)
+    entries = read_json(path)["entries"]
+    assert entries["CANet_tiny"]["canet_merged"] is True and "canet_merged" not in entries["ResNet18"]
 
 
 def test_fast_only_never_drops_a_naive_measurement(tiny_source, tmp_path, monkeypatch):
@@ -482,13 +502,25 @@ def test_plan_measures_the_costs_on_the_gpu_until_every_model_has_a_gpu_cost_fil
     plan = B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
     assert plan["lines"] == ["costs"] and plan["seconds"] == pytest.approx(B.COSTS_ALLOWANCE_S * 1.2 + 20)
     assert B.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs)["lines"][-1] == "costs"
-    for i, model in enumerate(PART1_MODELS):  # the last one measured on a CPU: not the GPU measurement yet
-        batch = GPU_COST_BATCH if i < len(PART1_MODELS) - 1 else CPU_COST_BATCH
-        atomic_write_json(cost_path(dirs, model), {"model": model, "infer_batch": batch})
+    gpu = {"infer_batch": GPU_COST_BATCH, "device_name": "NVIDIA H200"}
+    for i, model in enumerate(PART1_MODELS):  # the last two measured on a CPU: not the GPU measurement yet
+        cost = dict(gpu, infer_batch=CPU_COST_BATCH) if i == len(PART1_MODELS) - 1 else gpu
+        cost = dict(cost, device_name="CPU (x86_64, 2 threads)") if i == len(PART1_MODELS) - 2 else cost
+        atomic_write_json(cost_path(dirs, model), dict(cost, model=model))
     assert B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)["lines"] == ["costs"]
-    atomic_write_json(cost_path(dirs, PART1_MODELS[-1]), {"model": PART1_MODELS[-1], "infer_batch": GPU_COST_BATCH})
+    for model in PART1_MODELS[-2:]:
+        atomic_write_json(cost_path(dirs, model), dict(gpu, model=model))
     plan = B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
     assert plan["lines"] == [] and plan["done"][0].kind == "costs"
+
+
+def test_the_costs_job_does_not_keep_a_run_longer_than_a_call_from_its_call(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    bench = fake_bench()
+    bench["entries"]["CANet_pro"] = fake_entry(model="CANet_pro", fast=10.0)  # 709 s: longer than the call
+    plan = B.plan_study(["costs", "p1-CANet_pro-s1"], source, budget_s=570, bench=bench, seeds=(0, 1),
+                        dirs=output_dirs("full", root=tmp_path))
+    assert plan["lines"] == ["train p1-CANet_pro-s1"] and plan["partial"].names == ("p1-CANet_pro-s1",)
 
 
 def test_run_costs_measures_costs_and_trains_nothing(tiny_source, monkeypatch, capsys):
