@@ -49,7 +49,7 @@ def select_notebooks(notebooks: Sequence[str] | None = None) -> list[str]:
     return [n for n in NOTEBOOKS if n in chosen]
 
 
-def full_runs_to_train(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Sequence[int] = (0,),
+def full_work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Sequence[int] = (0,),
                        extra_params: dict | None = None, force: bool = False) -> list[str]:
     """What these notebooks would compute themselves with the `full` profile in `dirs`: the Part 1 runs of 01
     (the CANet variant `model`, default CANet) and 02 (the Part 1 `models`, default all nine) for `seeds`, with
@@ -230,7 +230,7 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     fails (nothing after it runs).
 
     The `full` profile without a CUDA device renders what the GPU trained (docs/GPU.md) and trains nothing:
-    if its notebooks would train an experiment or measure a cost file (full_runs_to_train), StudyError names
+    if its notebooks would train an experiment or measure a cost file (full_work_missing), StudyError names
     them before any notebook runs, unless `allow_cpu_training` (hours to days on a CPU).
     """
     import papermill
@@ -247,7 +247,7 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     if profile == GPU_PROFILE and not allow_cpu_training:
         import torch
 
-        missing = [] if torch.cuda.is_available() else full_runs_to_train(source, dirs, names, seeds, extra_params,
+        missing = [] if torch.cuda.is_available() else full_work_missing(source, dirs, names, seeds, extra_params,
                                                                           force)
         if missing:
             raise StudyError(

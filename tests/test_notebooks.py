@@ -170,7 +170,7 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
 
     from lib.experiments import part1_config
     from lib.part1 import GPU_COST_BATCH, cost_path
-    from lib.pipeline import full_runs_to_train
+    from lib.pipeline import full_work_missing
     from lib.results import atomic_write_json
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -182,19 +182,19 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
     dirs = output_dirs("full", root=tmp_path)
     cfg = part1_config("CANet", "full", tiny_source)
     atomic_write_json(dirs.results / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict()})
-    assert full_runs_to_train(tiny_source, dirs, ["01_train_canet", "03_visualize"]) == []  # trained: render only
-    assert full_runs_to_train(tiny_source, dirs, ["03_visualize"], seeds=(0, 1)) == []  # 03 shows, never trains
-    assert full_runs_to_train(tiny_source, dirs, ["01_train_canet"], force=True) == ["p1-CANet-s0"]
-    assert full_runs_to_train(tiny_source, dirs, ["01_train_canet"], seeds=(0, 1)) == ["p1-CANet-s1"]
+    assert full_work_missing(tiny_source, dirs, ["01_train_canet", "03_visualize"]) == []  # trained: render only
+    assert full_work_missing(tiny_source, dirs, ["03_visualize"], seeds=(0, 1)) == []  # 03 shows, never trains
+    assert full_work_missing(tiny_source, dirs, ["01_train_canet"], force=True) == ["p1-CANet-s0"]
+    assert full_work_missing(tiny_source, dirs, ["01_train_canet"], seeds=(0, 1)) == ["p1-CANet-s1"]
     # Another number of epochs is another config, which would replace the GPU's result of the same name.
-    assert full_runs_to_train(tiny_source, dirs, ["01_train_canet"], extra_params={"num_epochs": 1}) == [
+    assert full_work_missing(tiny_source, dirs, ["01_train_canet"], extra_params={"num_epochs": 1}) == [
         "p1-CANet-s0"]
     two = {"models": ["CANet", "VGG11"]}
-    assert full_runs_to_train(tiny_source, dirs, ["02_baselines"], extra_params=two) == [
+    assert full_work_missing(tiny_source, dirs, ["02_baselines"], extra_params=two) == [
         "p1-VGG11-s0", "cost-CANet", "cost-VGG11"]  # cost files not measured on a GPU would be measured here
     for model, device in (("CANet", "NVIDIA H200"), ("VGG11", "CPU (x86_64, 2 threads)")):
         atomic_write_json(cost_path(dirs, model), {"model": model, "infer_batch": GPU_COST_BATCH, "device_name": device})
-    assert full_runs_to_train(tiny_source, dirs, ["02_baselines"], extra_params=two) == ["p1-VGG11-s0", "cost-VGG11"]
-    part2 = full_runs_to_train(tiny_source, dirs, ["04_batchnorm"])
+    assert full_work_missing(tiny_source, dirs, ["02_baselines"], extra_params=two) == ["p1-VGG11-s0", "cost-VGG11"]
+    part2 = full_work_missing(tiny_source, dirs, ["04_batchnorm"])
     assert len(part2) == len(BN_MODELS) * len(BN_LRS) + len(BN_MODELS)  # the BN protocol and both probe runs
     assert all(not n.startswith(("p1-", "cost-")) for n in part2)
