@@ -12,8 +12,8 @@ with validation on the 5,000-image split:
 - naive_epoch mirrors the ORIGINAL: a torchvision-style Dataset over the uint8 arrays, per-image PIL
   transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning,
   PyTorch's default optimiser kernels, a host sync per step (loss.item()), and a validation pass every
-  50 iterations plus the end-of-epoch one, on images through the training transforms as the original's
-  validation split was (NAIVE_VAL_TRANSFORMS). It is the reference; it is meant to be naive. Its data split
+  50 iterations plus the end-of-epoch one, on images through the training transforms, as the original
+  validated on augmented images (NAIVE_VAL_TRANSFORMS). It is the reference; it is meant to be naive. Its data split
   (lib.train.split_data) and its MixUp/CutMix rule (lib.augment.mix_batch, one decision per batch as the
   original; the CutMix box is lib.augment's, side int(32 * sqrt(1 - lam)) before clipping) are the
   repository's own, so both pipelines train on the same images under the same rule; the random draws differ.
@@ -30,8 +30,8 @@ fast-only entries), fast_seconds, fast_images_per_s,
 fast_overhead_seconds (bookkeeping per epoch), compile_seconds (one-off capture/compile), setup_seconds
 (one-off per run: data to the device, model, CUDA-graph capture), warmup_seconds (the first, untimed
 epoch; a torch.compile is paid there), cuda_graphs, compiled, canet_merged (CANets only: their blocks ran
-merged), ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile (`--compile`, or `--also-compiled` beside the naive
-epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode,
+merged), ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile
+(`--compile`, or `--also-compiled` beside the naive epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode,
 <model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries
 (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
 The top-level "agreement" maps a model to its side-by-side accuracy run (agreement(): naive vs lib.train
@@ -443,7 +443,8 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "compile_mode": fast_info.get("compile_mode"),
             "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
             "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
-            "canet_merged": blocks_merged(model, train_loader.X[:1]), "train_loss": row["train_loss"], "val_acc": row["val_acc"], "data": info.get("label")}
+            "canet_merged": blocks_merged(model, train_loader.X[:1]), "train_loss": row["train_loss"],
+            "val_acc": row["val_acc"], "data": info.get("label")}
 
 
 def trace_steps(model_name: str, data_source: str | None = None, device: str = "auto", *, steps: int = 30,
@@ -1188,21 +1189,15 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
 
 def gpu_cost_file(dirs: OutputDirs, model: str) -> bool:
     """Whether `model`'s cost file in dirs is a GPU measurement (lib.part1.compute_costs at the GPU batch)."""
-    from lib.part1 import cost_path
+    from lib.part1 import cost_path, is_gpu_cost
 
     path = cost_path(dirs, model)
     return path.exists() and is_gpu_cost(read_json(path))
 
 
-def is_gpu_cost(cost: dict) -> bool:
-    """Whether a cost file's content was measured on a GPU at the GPU batch (not on a CPU at that batch)."""
-    from lib.part1 import GPU_COST_BATCH
-
-    return cost.get("infer_batch") == GPU_COST_BATCH and not str(cost.get("device_name", "CPU")).startswith("CPU")
-
-
 def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
-    """Jobs named by tokens: 'all', 'part1', 'part2' (the BN protocol and the slices), 'probe', or experiment names."""
+    """Jobs named by tokens: 'all', 'part1' (with the cost files), 'part2' (the BN protocol and the slices), 'probe',
+    'costs', or experiment names."""
     chosen = []
     for job in jobs:
         for token in tokens:

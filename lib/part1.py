@@ -209,7 +209,6 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
     """
     import torch
 
-    from lib.bench import is_gpu_cost
     from lib.cost import cost_summary
 
     models = list(models) if models else list(PART1_MODELS)
@@ -236,6 +235,11 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
         atomic_write_json(path, summary)
         out.append(summary)
     return out
+
+
+def is_gpu_cost(cost: dict) -> bool:
+    """Whether a cost file's content was measured on a GPU at the GPU batch (not on a CPU at that batch)."""
+    return cost.get("infer_batch") == GPU_COST_BATCH and not str(cost.get("device_name", "CPU")).startswith("CPU")
 
 
 def load_costs(dirs: OutputDirs) -> dict[str, dict]:
