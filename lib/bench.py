@@ -1027,10 +1027,12 @@ def graph_check_as_now(record: dict | None) -> bool:
 
 
 def _step_label(entry: dict) -> str:
-    """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'; ', model rev N' where
-    the model's implementation changed since (stale_revision)."""
+    """How the fast epoch ran its training steps: 'compiled', 'CUDA graph' or 'eager'; ', CANet blocks per path'
+    where a CANet's blocks ran as specified instead of merged (canet_merged); ', model rev N' where the model's
+    implementation changed since (stale_revision)."""
     kind = "compiled" if entry.get("compiled") else "CUDA graph" if entry.get("cuda_graphs") else "eager"
-    return kind + (f", model rev {entry.get('model_revision', 1)}" if stale_revision(entry) else "")
+    return (kind + (", CANet blocks per path" if entry.get("canet_merged") is False else "")
+            + (f", model rev {entry.get('model_revision', 1)}" if stale_revision(entry) else ""))
 
 
 def _row_label(entry: dict) -> str:

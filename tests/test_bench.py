@@ -411,6 +411,8 @@ def test_bench_table_shows_ratios_against_targets():
     assert "| part1 (256) | eager, model rev 1 | 20.60 |" in table
     assert "(lib.models.REVISIONS: CANet at rev 2 now); the GPU runner's next `bench` call" in table
     assert "| CANet_tiny | part1 (256) | eager |" in table
+    bench["entries"]["CANet_tiny"]["canet_merged"] = False  # timed with CIFAR10_CANET_MERGED=0
+    assert "| CANet_tiny | part1 (256) | eager, CANet blocks per path |" in B.bench_table(bench)
     # Naive epochs from before the naive validation went through the training transforms are named as such.
     assert "the naive epochs of the rows CANet_tiny, CANet were timed before that" in table
     bench["entries"]["CANet_tiny"]["naive_val_transforms"] = "train"
