@@ -790,12 +790,17 @@ def timed_as_now(entry: dict, dev: torch.device) -> bool:
 
     if stale_revision(entry):
         return False  # timed with an older implementation of the model (lib.models.REVISIONS)
-    canet_on_cuda = dev.type == "cuda" and entry.get("model") in CANET_VARIANTS
-    if canet_on_cuda and entry.get("canet_merged", True) != merged_on_cuda():
+    if dev.type == "cuda" and not same_block_form(entry):
         return False  # its blocks ran merged and CIFAR10_CANET_MERGED now says per path, or the other way round
     if entry.get("compiled") or "compile_mode" in entry or dev.type != "cuda":
         return True
     return bool(entry.get("cuda_graphs")) == graphs_enabled_for(entry["model"])
+
+
+def same_block_form(record: dict) -> bool:
+    """Whether a CANet bench entry or graph check ran its blocks in the form CIFAR10_CANET_MERGED builds on CUDA
+    now (canet_merged; records without it ran merged); True for other models."""
+    return record.get("model") not in CANET_VARIANTS or record.get("canet_merged", True) == merged_on_cuda()
 
 
 def naive_as_now(entry: dict) -> bool:
@@ -1022,8 +1027,7 @@ def recorded_as_now(record: dict | None) -> bool:
 def graph_check_as_now(record: dict | None) -> bool:
     """recorded_as_now, and for a CANet made with its blocks in the form CIFAR10_CANET_MERGED builds now (a check
     of the merged graph does not vouch for the per-path one)."""
-    return recorded_as_now(record) and (record.get("model") not in CANET_VARIANTS
-                                        or record.get("canet_merged", True) == merged_on_cuda())
+    return recorded_as_now(record) and same_block_form(record)
 
 
 def _step_label(entry: dict) -> str:

@@ -57,7 +57,7 @@ def full_work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds
     are not a GPU measurement (cost-<model>); 04's BN protocol runs, loss slices and probe runs. Notebook 03
     computes nothing of the kind: it shows a run that exists, or fails saying which is missing."""
     from lib import part1
-    from lib.bench import gpu_cost_file, study_jobs
+    from lib.bench import gpu_cost_file, select_jobs, study_jobs
     from lib.config import TrainConfig
     from lib.models import PART1_MODELS
     from lib.results import reusable_result
@@ -73,8 +73,8 @@ def full_work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds
     if any(name.startswith("02") for name in names):
         missing += [f"cost-{m}" for m in models["02"] if force or not gpu_cost_file(dirs, m)]
     if any(name.startswith("04") for name in names):
-        missing += [n for j in study_jobs(None, source, dirs, seeds, GPU_PROFILE) if (force or not j.done)
-                    and j.kind in ("bn-slices", "probe", "train") and not j.names[0].startswith("p1-") for n in j.names]
+        jobs = select_jobs(study_jobs(None, source, dirs, seeds, GPU_PROFILE), ["part2", "probe"])
+        missing += [n for j in jobs if force or not j.done for n in j.names]
     return missing
 
 
