@@ -220,6 +220,23 @@ def test_merged_blocks_compute_the_same_with_fewer_convolutions():
     assert calls == [torch.Size([8, 16, 32, 32])]
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_merged_blocks_give_batchnorm_dense_inputs(channels_last):
+    # A channel slice of the merged convolution's output is strided; BatchNorm on it falls back to CUDA's
+    # generic (slow) kernels. Every BatchNorm (4 per block: both paths, shortcut, output; and the head's) must
+    # see a dense tensor in x's memory format.
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = set_merged(build("CANet_tiny"), True).to(memory_format=fmt)
+    seen = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_pre_hook(
+                lambda m, i, name=name: seen.append((name, i[0].is_contiguous(memory_format=fmt))))
+    model(torch.randn(2, 3, 32, 32).contiguous(memory_format=fmt))
+    assert len(seen) == 6 * 4 + 1 and "blocks.0.shortcut.1" in dict(seen)
+    assert [name for name, dense in seen if not dense] == []
+
+
 def test_merged_form_is_chosen_by_device_or_by_the_environment(monkeypatch):
     monkeypatch.delenv(MERGED_ENV, raising=False)
     model = build("CANet_tiny")
