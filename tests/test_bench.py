@@ -338,6 +338,33 @@ def test_a_canet_entry_is_timed_again_when_its_blocks_would_run_otherwise(monkey
     assert B.graph_check_as_now(dict(check, model="ResNet18", model_revision=1))
 
 
+def test_graph_check_handles_dropout_apart():
+    # torchvision's VGG11 and MobileNetV2 have dropout; the graph check turns it off for the eager-vs-graphed
+    # comparison (the two would draw different masks) and checks instead that a replay draws fresh masks.
+    assert [type(m).__name__ for m in B._dropouts(build("MobileNetV2"))] == ["Dropout"]
+    assert B._dropouts(build("CANet_tiny")) == [] and B._dropouts(build("ResNet18")) == []
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5)).train()
+    cfg = TrainConfig(name="t", model="CANet_tiny", precision="fp32")
+    x = torch.randn(4, 8)
+    fresh = B._dropout_check(net, x, cfg, torch.device("cpu"))
+    assert fresh["fresh_masks_per_replay"] is True and fresh["replay_rel_diff"] > 0.1
+    net[1].p = 0.0  # a step that replays the capture's masks would look like this: the same output twice
+    assert B._dropout_check(net, x, cfg, torch.device("cpu")) == {"fresh_masks_per_replay": False,
+                                                                  "replay_rel_diff": 0.0}
+    # Failed checks of version 1 (dropout on in the comparison) are made again; passed ones and new ones stand.
+    old = {"model": "VGG11", "ok": False, "torch": torch.__version__, "model_revision": revision("VGG11")}
+    assert not B.graph_check_as_now(old) and B.graph_check_as_now(dict(old, ok=True))
+    assert B.graph_check_as_now(dict(old, check_version=B.GRAPH_CHECK_VERSION))
+    new = dict(old, ok=True, model="MobileNetV2", precision="fp32", steps=3, check_version=B.GRAPH_CHECK_VERSION,
+               max_rel_diff={"out": 0.0}, dropout={"fresh_masks_per_replay": True, "replay_rel_diff": 0.31})
+    line, = B.graph_check_lines({"graph_checks": {"VGG11": dict(old, precision="fp32", steps=3,
+                                                                  max_rel_diff={"out": 1.3}), "MobileNetV2": new}})
+    assert "the same within tolerance for MobileNetV2 (bit-identical)" in line
+    assert "DIFFERENT for VGG11 (max relative differences {'out': 1.3}; made with dropout on" in line
+    assert "MobileNetV2's dropout off while compared" in line and "two replays 0.31" in line
+
+
 def test_run_benchmark_records_the_canet_block_form(tiny_source, tmp_path, monkeypatch):
     monkeypatch.setattr(B, "fast_epoch", lambda m, *a, **kw: {
         "seconds": 0.5, "images_per_s": 9e4, "overhead_seconds": 0.1, "compile_seconds": 1.0, "setup_seconds": 2.0,
