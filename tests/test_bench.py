@@ -928,7 +928,7 @@ def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path
     calls = []
     monkeypatch.setattr(B, "check_cuda_graphs", lambda model, *a, **kw: calls.append(model) or {
         "model": model, "ok": model != "VGG11", "steps": 3, "torch": torch.__version__,
-        "model_revision": revision(model)})
+        "model_revision": revision(model), "check_version": B.GRAPH_CHECK_VERSION})
     out = str(tmp_path / "cpu.json")
     assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny"]) == 0
     assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny", "VGG11",
