@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -118,7 +119,7 @@ def cmd_bench(args) -> int:
 
     from lib import bench
     from lib.results import read_json
-    from lib.train import resolve_device
+    from lib.train import COMPILE_ENV, resolve_device
 
     dev = resolve_device(args.device)
     path = Path(args.out) if args.out else bench.bench_path(dev)
@@ -137,8 +138,12 @@ def cmd_bench(args) -> int:
                 if check["ok"] is not None:
                     bench.save_graph_check(check, path, dev)
             status = 3 if check["ok"] is False else status
+    failures = " ".join(bench.graph_failures(path)) if path.exists() and (
+        args.graph_failures or args.graph_failures_file) else ""
     if args.graph_failures:  # one line for the GPU runner: the models to train without CUDA graphs (maybe none)
-        print(" ".join(bench.graph_failures(path)) if path.exists() else "")
+        print(failures)
+    if args.graph_failures_file:
+        Path(args.graph_failures_file).write_text(failures + "\n")
     if args.models or args.fast_only or args.probe or args.also_compiled:
         bench.run_benchmark(args.models or (), args.data, args.device, path, fast_only=args.fast_only or (),
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
@@ -165,8 +170,13 @@ def cmd_bench(args) -> int:
             t = bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs, merged=merged)
             print(bench.trace_line(t))
             bench.save_trace(t, variant, path, dev)
+    choice = " ".join(bench.compile_choice(read_json(path))) if path.exists() and (
+        args.compile_choice or args.compile_choice_file) else ""
     if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
-        print(" ".join(bench.compile_choice(read_json(path))) if path.exists() else "")
+        print(choice)
+    if args.compile_choice_file:
+        Path(args.compile_choice_file).write_text(choice + "\n")
+        os.environ[COMPILE_ENV] = choice  # for --plan below: the runs are planned as the runner trains them
     if args.table:
         print(bench.bench_table(path))
     if args.estimate:
@@ -247,6 +257,9 @@ def main(argv=None) -> int:
                    help="precisions of --check-graphs (default: fp32, the strict one)")
     p.add_argument("--graph-failures", action="store_true",
                    help="print the models whose recorded graph check failed (the GPU runner trains them eagerly)")
+    p.add_argument("--graph-failures-file", metavar="PATH",
+                   help="write what --graph-failures prints to PATH, after this call's checks (the GPU runner "
+                        "saves a process with it)")
     p.add_argument("--agreement", metavar="MODEL",
                    help="train MODEL's recipe for --epochs epochs with the naive pipeline and with lib.train, "
                         "once per --seeds seed, and compare their validation accuracy (saved in the bench file)")
@@ -256,6 +269,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile-choice", action="store_true",
                    help="print the models whose measured torch.compile variant makes a full run faster "
                         "(the GPU runner exports them as CIFAR10_COMPILE)")
+    p.add_argument("--compile-choice-file", metavar="PATH",
+                   help="write what --compile-choice prints to PATH; with --plan, the plan then assumes them "
+                        "torch.compile'd (CIFAR10_COMPILE, as the GPU runner trains them)")
     p.add_argument("--table", action="store_true", help="print the bench file as a markdown table")
     p.add_argument("--estimate", action="store_true", help="print the full study's estimated GPU time")
     p.add_argument("--plan", nargs="+", metavar="SUBSET",

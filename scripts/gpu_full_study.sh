@@ -68,6 +68,7 @@ STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this
 ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
+TMP_DIR=$(mktemp -d)  # files between this script's Python steps (not brought back)
 start=$SECONDS
 
 log() { echo "[gpu_full_study +$((SECONDS - start))s] $*"; }
@@ -116,12 +117,13 @@ main() {
   log "subset: ${subset[*]}; seeds $SEEDS; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown};" \
     "CANet blocks: CIFAR10_CANET_MERGED=${CIFAR10_CANET_MERGED:-auto}"
 
-  if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  # One Python start for the versions and the CUDA test (each start imports torch: seconds on the GPU machine).
+  if ! $PY -c "import sys, torch, torchvision; print('torch', torch.__version__, 'torchvision', \
+torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
     if [[ "$ALLOW_CPU" != 1 ]]; then log "no CUDA device: this script is for the GPU machine"; return 1; fi
     log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-  $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
   # 1. The data, decoded once into the cache (copied to DATA first when DATA is a path, not 'shared').
   if [[ "$DATA" != shared && "$DATA_SRC" != "$DATA" ]]; then cp -fp "$DATA_SRC" "$DATA" || return 1; fi
@@ -138,8 +140,14 @@ main() {
       log "the CUDA-graph check of $GRAPH_CHECK_MODEL failed or did not finish: no measurements, no training"
       return 1
     else
-      guard $PY -m lib bench --check-graphs $STUDY_MODELS --missing-only --data "$DATA" $BENCH_ARGS
-      CIFAR10_EAGER_MODELS=$($PY -m lib bench --graph-failures $BENCH_ARGS) || CIFAR10_EAGER_MODELS=""
+      rm -f "$TMP_DIR/eager.txt"
+      guard $PY -m lib bench --check-graphs $STUDY_MODELS --missing-only --graph-failures-file "$TMP_DIR/eager.txt" \
+        --data "$DATA" $BENCH_ARGS
+      if [[ -f "$TMP_DIR/eager.txt" ]]; then  # written after the checks: the step finished
+        CIFAR10_EAGER_MODELS=$(<"$TMP_DIR/eager.txt")
+      else  # the checks did not finish: what the bench file says
+        CIFAR10_EAGER_MODELS=$($PY -m lib bench --graph-failures $BENCH_ARGS) || CIFAR10_EAGER_MODELS=""
+      fi
       export CIFAR10_EAGER_MODELS
       [[ -z "$CIFAR10_EAGER_MODELS" ]] || log "trained without CUDA graphs (their check failed): $CIFAR10_EAGER_MODELS"
     fi
@@ -164,18 +172,27 @@ main() {
   fi
   pack
   # Which models train torch.compile'd instead of CUDA-graphed (the plan's estimates follow the choice).
+  local choose=()  # auto: the plan's Python process also picks them (one start less), bench-only calls ask alone
   case "$COMPILE_MODELS" in
-    auto) COMPILE_MODELS=$($PY -m lib bench --compile-choice $BENCH_ARGS) || COMPILE_MODELS="" ;;
+    auto) if ((${#tokens[@]})); then
+            rm -f "$TMP_DIR/compile.txt"; choose=(--compile-choice-file "$TMP_DIR/compile.txt"); COMPILE_MODELS=""
+          else
+            COMPILE_MODELS=$($PY -m lib bench --compile-choice $BENCH_ARGS) || COMPILE_MODELS=""
+          fi ;;
     none) COMPILE_MODELS="" ;;
   esac
   export CIFAR10_COMPILE="$COMPILE_MODELS"
-  log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"
-  ((${#tokens[@]})) || { log "bench only"; return 0; }
+  if ! ((${#tokens[@]})); then
+    log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"; log "bench only"
+    return 0
+  fi
 
   # 4. Plan the unfinished experiments that fit, then 5. run them.
   $PY -m lib bench --plan "${tokens[@]}" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
-    --data "$DATA" --seeds $SEEDS > "$OUT/plan.txt" \
+    --data "$DATA" --seeds $SEEDS "${choose[@]}" > "$OUT/plan.txt" \
     || { log "planning failed"; return 1; }
+  if ((${#choose[@]})); then CIFAR10_COMPILE=$(<"$TMP_DIR/compile.txt"); export CIFAR10_COMPILE; fi
+  log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"
   cat "$OUT/plan.txt"
   if grep -q '^# partial' "$OUT/plan.txt"; then
     log "a run longer than this call: call again within 30 s (same subset), on this warm machine, to resume it"

@@ -436,6 +436,12 @@ def test_cli_bench_prints_the_compile_choice(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out == "CANet\n"
     assert main(["bench", "--device", "cpu", "--out", str(tmp_path / "none.json"), "--compile-choice"]) == 0
     assert capsys.readouterr().out == "\n"
+    # The GPU runner's form: the choice into a file, and into CIFAR10_COMPILE for a --plan of the same process.
+    monkeypatch.setenv(T.COMPILE_ENV, "")
+    choice = tmp_path / "compile.txt"
+    assert main(["bench", "--device", "cpu", "--out", str(path), "--compile-choice-file", str(choice)]) == 0
+    assert choice.read_text() == "CANet\n" and os.environ[T.COMPILE_ENV] == "CANet"
+    assert capsys.readouterr().out == ""
 
 
 def test_bench_table_shows_ratios_against_targets():
@@ -938,6 +944,10 @@ def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path
     assert calls == ["CANet_tiny", "VGG11"] and "recorded in" in capsys.readouterr().out
     assert main(["bench", "--device", "cpu", "--out", out, "--graph-failures"]) == 0
     assert capsys.readouterr().out == "VGG11\n"
+    failures = tmp_path / "eager.txt"  # the GPU runner's form: written after this call's checks
+    assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "ResNet18", "--missing-only",
+                 "--graph-failures-file", str(failures)]) == 0
+    assert failures.read_text() == "VGG11\n" and calls[-1] == "ResNet18"
     checks = B.graph_checks(out)
     B.save_graph_check({k: v for k, v in checks["CANet_tiny"].items() if k != "model_revision"}, out, "cpu")
     assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny", "--missing-only"]) == 0
