@@ -68,7 +68,8 @@ STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this
 ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
-TMP_DIR=$(mktemp -d)  # files between this script's Python steps (not brought back)
+TMP_DIR=$(mktemp -d) || exit 1  # files between this script's Python steps (not brought back)
+trap 'rm -rf "$TMP_DIR"' EXIT
 start=$SECONDS
 
 log() { echo "[gpu_full_study +$((SECONDS - start))s] $*"; }
@@ -120,7 +121,10 @@ main() {
   # One Python start for the versions and the CUDA test (each start imports torch: seconds on the GPU machine).
   if ! $PY -c "import sys, torch, torchvision; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    if [[ "$ALLOW_CPU" != 1 ]]; then log "no CUDA device: this script is for the GPU machine"; return 1; fi
+    if [[ "$ALLOW_CPU" != 1 ]]; then
+      log "no CUDA device (or torch/torchvision do not import: above): this script is for the GPU machine"
+      return 1
+    fi
     log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
@@ -189,7 +193,7 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
 
   # 4. Plan the unfinished experiments that fit, then 5. run them.
   $PY -m lib bench --plan "${tokens[@]}" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
-    --data "$DATA" --seeds $SEEDS "${choose[@]}" > "$OUT/plan.txt" \
+    --data "$DATA" --seeds $SEEDS ${choose[@]+"${choose[@]}"} > "$OUT/plan.txt" \
     || { log "planning failed"; return 1; }
   if ((${#choose[@]})); then CIFAR10_COMPILE=$(<"$TMP_DIR/compile.txt"); export CIFAR10_COMPILE; fi
   log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ from lib.results import atomic_write_json, device_name, read_json
 ENTRY_KEYS = {"model", "recipe", "batch_size", "num_train", "num_val", "data", "device", "torch", "date",
               "naive_seconds", "naive_images_per_s", "naive_val_passes", "naive_workers", "naive_val_transforms",
               "fast_seconds",
-              "fast_images_per_s", "fast_overhead_seconds", "compile_seconds", "setup_seconds", "warmup_seconds",
+              "fast_images_per_s", "fast_overhead_seconds", "fast_overhead_warm", "compile_seconds", "setup_seconds",
+              "warmup_seconds",
               "cuda_graphs", "compiled", "ratio", "model_revision"}
 
 
@@ -365,10 +367,13 @@ def test_graph_check_handles_dropout_apart():
     cfg = TrainConfig(name="t", model="CANet_tiny", precision="fp32")
     x = torch.randn(4, 8)
     fresh = B._dropout_check(net, x, cfg, torch.device("cpu"))
-    assert fresh["fresh_masks_per_replay"] is True and fresh["replay_rel_diff"] > 0.1
+    assert fresh["fresh_masks_per_replay"] is True and fresh["replay_rel_diff"] > 0.1 and fresh["replayed"]
     net[1].p = 0.0  # a step that replays the capture's masks would look like this: the same output twice
     assert B._dropout_check(net, x, cfg, torch.device("cpu")) == {"fresh_masks_per_replay": False,
-                                                                  "replay_rel_diff": 0.0}
+                                                                  "replay_rel_diff": 0.0, "replayed": True}
+    net[1].p = 0.5  # fresh masks, but not through the graph (e.g. a batch of another shape): proves nothing
+    net.takes_fast_route = lambda x: False
+    assert B._dropout_check(net, x, cfg, torch.device("cpu"))["fresh_masks_per_replay"] is False
     # Failed checks of version 1 (dropout on in the comparison) are made again; passed ones and new ones stand.
     old = {"model": "VGG11", "ok": False, "torch": torch.__version__, "model_revision": revision("VGG11")}
     assert not B.graph_check_as_now(old) and B.graph_check_as_now(dict(old, ok=True))
@@ -378,8 +383,15 @@ def test_graph_check_handles_dropout_apart():
     line, = B.graph_check_lines({"graph_checks": {"VGG11": dict(old, precision="fp32", steps=3,
                                                                   max_rel_diff={"out": 1.3}), "MobileNetV2": new}})
     assert "the same within tolerance for MobileNetV2 (bit-identical)" in line
-    assert "DIFFERENT for VGG11 (max relative differences {'out': 1.3}; made with dropout on" in line
+    assert "DIFFERENT for VGG11 (max relative differences {'out': 1.3}; checked by version 1, which compared " \
+           "with dropout on" in line
     assert "MobileNetV2's dropout off while compared" in line and "two replays 0.31" in line
+    # A crashed check says so, without the version-1 explanation (and it is not made again: it carries the version).
+    crashed = dict(old, model="ResNet18", check_version=B.GRAPH_CHECK_VERSION, precision="fp32", steps=0,
+                   note="the check crashed: RuntimeError: x")
+    line, = B.graph_check_lines({"graph_checks": {"ResNet18": crashed}})
+    assert line.endswith("DIFFERENT for ResNet18 (the check crashed: RuntimeError: x).")
+    assert B.graph_check_as_now(crashed)
 
 
 def test_run_benchmark_records_the_canet_block_form(tiny_source, tmp_path, monkeypatch):
@@ -425,7 +437,7 @@ def test_trace_steps_compares_merged_and_per_path_canet_blocks(tiny_source):
     assert merged["ops_per_step"] < per_path["ops_per_step"] - 40  # 21 convolutions fewer, and their backward
 
 
-def test_cli_bench_prints_the_compile_choice(tmp_path, capsys, monkeypatch):
+def test_cli_bench_prints_the_compile_choice(tiny_source, tmp_path, capsys, monkeypatch):
     from lib.cli import main
 
     monkeypatch.setenv(T.COMPILE_MODE_ENV, "default")  # the fabricated compiled entries are mode 'default'
@@ -442,6 +454,15 @@ def test_cli_bench_prints_the_compile_choice(tmp_path, capsys, monkeypatch):
     assert main(["bench", "--device", "cpu", "--out", str(path), "--compile-choice-file", str(choice)]) == 0
     assert choice.read_text() == "CANet\n" and os.environ[T.COMPILE_ENV] == "CANet"
     assert capsys.readouterr().out == ""
+    planned = []  # a --plan in the same process estimates CANet's run compiled (73.5 s, not 79.5 s; margin 1.2)
+    for extra in ([], ["--compile-choice-file", str(choice)]):
+        monkeypatch.setenv(T.COMPILE_ENV, "")
+        assert main(["bench", "--device", "cpu", "--out", str(path), "--plan", "p1-CANet-s0", "--budget", "1000",
+                     "--data", tiny_source, "--margin", "1.0"] + extra) == 0
+        planned.append(capsys.readouterr().out)
+    assert "train p1-CANet-s0" in planned[0] and "train p1-CANet-s0" in planned[1]
+    seconds = [float(re.search(r"estimated ([\d.]+) s", out).group(1)) for out in planned]
+    assert seconds[0] - seconds[1] == pytest.approx(79.5 - 73.5, abs=1.0)
 
 
 def test_bench_table_shows_ratios_against_targets():
@@ -945,9 +966,9 @@ def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path
     assert main(["bench", "--device", "cpu", "--out", out, "--graph-failures"]) == 0
     assert capsys.readouterr().out == "VGG11\n"
     failures = tmp_path / "eager.txt"  # the GPU runner's form: written after this call's checks
-    assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "ResNet18", "--missing-only",
-                 "--graph-failures-file", str(failures)]) == 0
-    assert failures.read_text() == "VGG11\n" and calls[-1] == "ResNet18"
+    assert main(["bench", "--device", "cpu", "--out", str(tmp_path / "fresh.json"), "--check-graphs", "VGG11",
+                 "--graph-failures-file", str(failures)]) == 3
+    assert failures.read_text() == "VGG11\n" and calls[-1] == "VGG11"
     checks = B.graph_checks(out)
     B.save_graph_check({k: v for k, v in checks["CANet_tiny"].items() if k != "model_revision"}, out, "cpu")
     assert main(["bench", "--device", "cpu", "--out", out, "--check-graphs", "CANet_tiny", "--missing-only"]) == 0
@@ -967,6 +988,7 @@ def test_cli_checks_graphs_of_several_models_and_reuses_recorded_checks(tmp_path
     checks = B.graph_checks(out)
     assert checks["ResNet18"]["ok"] and checks["ResNet18/bf16"]["ok"] is False
     assert "capture failed" in checks["ResNet18/bf16"]["note"] and B.graph_failures(out) == ["ResNet18", "VGG11"]
+    assert B.graph_check_as_now(checks["ResNet18/bf16"])  # a crash of this version is not made again each call
 
 
 def test_agreement_runs_of_a_bn_model_use_the_seed_asked_for(tiny_source, monkeypatch):

@@ -38,7 +38,11 @@ PART1_MODELS = ("CANet_tiny", "CANet_light", "CANet", "CANet_pro",
 
 # Bumped when a model's forward runs other kernels on a GPU (the same function, computed differently): bench
 # entries record it, and lib.bench re-times an entry timed with an older one. 2: CANet's merged convolutions
-# and one-convolution ChannelAttention (lib.models.canet.AttResBlock._forward_merged).
+# and one-convolution ChannelAttention (lib.models.canet.AttResBlock._forward_merged). Not bumped for the dense
+# copy before the merged shortcut's BatchNorm (canet._dense_like, 2026-11-27): the H200 call that measured it
+# re-timed the graphed CANet/CANet_tiny entries by hand; the compiled entries, the CANet graph check and the
+# traces kept from before it (Inductor makes its own BatchNorm kernels; the copy does not change what a graph
+# captures), where a bump would have re-timed every CANet in the next call.
 REVISIONS = {name: 2 for name in CANET_VARIANTS}
 
 __all__ = ["build", "list_models", "last_linear", "revision", "set_merged", "PART1_MODELS", "CANET_VARIANTS",
