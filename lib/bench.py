@@ -1037,20 +1037,28 @@ def estimate_study_minutes(bench, seeds: int = 1) -> float:
 
 
 def format_estimate(bench, seeds: int = 1) -> str:
-    """Human-readable study estimate with its parts."""
-    est = study_estimate(bench, seeds)
+    """Human-readable study estimate with its parts. Without CIFAR10_COMPILE in the environment, the models are
+    compiled as the GPU runner chooses by default (compile_choice: where the bench file shows a compiled run
+    faster), and the line names them."""
+    from lib.train import COMPILE_ENV
+
+    data = load_bench(bench)
+    chosen = compile_choice(data) if COMPILE_ENV not in os.environ else None
+    with _env(COMPILE_ENV, " ".join(chosen)) if chosen is not None else contextlib.nullcontext():
+        est = study_estimate(data, seeds)
+        entries = data.get("entries", {})
+        eager = [m for m in PART1_MODELS + BN_MODELS if (e := entry_in_use(entries, m)) is not None
+                 and not e.get("compiled") and not e.get("cuda_graphs")]
     parts = ", ".join(f"{name} {sum(est[key].values()) / 60:.1f} min" for key, name in
                       (("part1", "Part 1"), ("bn", "BN protocol"), ("probe", "probes")))
-    line = (f"full study on {load_bench(bench).get('device')}, {seeds} seed(s): {est['total_minutes']:.1f} min "
+    line = (f"full study on {data.get('device')}, {seeds} seed(s): {est['total_minutes']:.1f} min "
             f"({parts}; target <= {STUDY_TARGET_MINUTES:g} min)")
+    if chosen:
+        line += f"; torch.compile'd as the GPU runner chooses: {', '.join(chosen)}"
     if est["missing"]:
         line += f"; INCOMPLETE, not measured: {', '.join(est['missing'])}"
-    data = load_bench(bench)
     if str(data.get("device_slug", "")).startswith("cpu"):
         return line
-    entries = data.get("entries", {})
-    eager = [m for m in PART1_MODELS + BN_MODELS if (e := entry_in_use(entries, m)) is not None
-             and not e.get("compiled") and not e.get("cuda_graphs")]
     if eager:  # timed without CUDA graphs on a GPU (the graph check had failed): slower than the study runs
         line += f"; timed without CUDA graphs, so an upper bound: {', '.join(eager)}"
     return line

@@ -267,6 +267,15 @@ def test_compile_choice_and_the_estimates_follow_the_measured_variant(tiny_sourc
     assert B.study_estimate(bench)["part1"]["CANet"] == pytest.approx(73.5)
     assert B.study_estimate(bench)["part1"]["ResNet18"] == pytest.approx(79.5)
     assert canet_job().seconds == pytest.approx(73.5)
+    # The estimate line: as the runner trains by default (its compile choice) unless CIFAR10_COMPILE says.
+    monkeypatch.delenv(T.COMPILE_ENV)
+    chosen = B.format_estimate(bench)
+    assert "torch.compile'd as the GPU runner chooses: CANet" in chosen and T.COMPILE_ENV not in os.environ
+    monkeypatch.setenv(T.COMPILE_ENV, "")
+    plain = B.format_estimate(bench)
+    assert "torch.compile'd" not in plain
+    minutes = [float(re.search(r"seed\(s\): ([\d.]+) min", line).group(1)) for line in (plain, chosen)]
+    assert minutes[0] - minutes[1] == pytest.approx((79.5 - 73.5) / 60, abs=0.051)
     monkeypatch.setenv(T.COMPILE_ENV, "all")  # a model to be compiled without a compiled measurement: unknown
     est = B.study_estimate(bench)
     assert est["part1"]["ResNet18"] == pytest.approx(111.1) and "MobileNetV2" not in est["part1"]
