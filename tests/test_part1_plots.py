@@ -1,6 +1,7 @@
 """Attention extraction and the Part 1 figures, on an untrained CANet_tiny and fabricated result files."""
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -147,6 +148,29 @@ def comparison_results():
     rng = np.random.default_rng(1)
     specs = [("CANet_tiny", 396_155, 0.80), ("ResNet18", 11_173_962, 0.85), ("VGG11", 128_807_306, 0.78)]
     return [fake_result(m, s, p, acc=acc + 0.01 * s, rng=rng) for m, p, acc in specs for s in range(2)]
+
+
+def test_point_labels_do_not_overlap():
+    # Four models within a factor of five in FLOPs and two points of accuracy (CANet_light, ResNet18, ResNet34
+    # and CANet in the quick profile): their labels must not cover each other.
+    from lib.part1_plots import place_labels
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    x, y = np.array([5.3e8, 1.1e9, 2.3e9, 2.1e9, 1.6e6]), np.array([51.9, 55.1, 52.1, 51.3, 20.8])
+    ax.errorbar(x, y, fmt="o")
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.12)
+    labels = ["CANet_light (n=3)", "ResNet18 (n=3)", "ResNet34 (n=3)", "CANet (n=3)", "ShuffleNetV2 (n=3)"]
+    anns = place_labels(ax, x, y, labels)
+    renderer = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(renderer) for a in anns]
+    assert sorted(a.get_text() for a in anns) == sorted(labels) and len(ax.texts) == len(labels)
+    frame = ax.get_window_extent(renderer)
+    for i in range(len(boxes)):
+        assert frame.x0 <= boxes[i].x0 and boxes[i].x1 <= frame.x1, anns[i].get_text()  # inside the axes
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (anns[i].get_text(), anns[j].get_text())
+    plt.close(fig)
 
 
 def test_plot_accuracy_vs_cost(tmp_path):
