@@ -25,7 +25,7 @@ from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 from lib.attention import attention_maps, first_layer_filter_groups
 from lib.augment import to_float_normalized
 from lib.data import CLASSES
-from lib.plotting import new_figure, savefig
+from lib.plotting import new_figure, place_labels, savefig
 from lib.results import read_json
 from lib.stats import pareto_front
 
@@ -161,55 +161,6 @@ def _acc_vs(ax, table: pd.DataFrame, col: str, xlabel: str) -> None:
     labels = [f"{model}{f' (n={ni})' if ni != 1 else ''}" for model, ni in zip(t["model"], n)]
     place_labels(ax, x, y, labels)
     ax.legend(fontsize=8, loc="best")
-
-
-# Where a point's label may go, in points from the point, tried in this order (then the least crowded one).
-_LABEL_OFFSETS = [(6, 6, "left"), (6, -12, "left"), (-6, 6, "right"), (-6, -12, "right"), (6, 17, "left"),
-                  (6, -23, "left"), (-6, 17, "right"), (-6, -23, "right"), (6, 28, "left"), (6, -34, "left")]
-
-
-def place_labels(ax, x, y, labels: Sequence[str], fontsize: int = 8) -> list:
-    """Annotate each point (x[i], y[i]) with labels[i] where the text overlaps no label placed before it, no point
-    and not the axes' edge (greedy, points from left to right; _LABEL_OFFSETS); else where it overlaps least.
-    Call after the axes' scales and limits are set. Returns the annotations."""
-    fig = ax.figure
-    if not hasattr(fig.canvas, "get_renderer"):  # backends without one: lay the figure out first
-        fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    ax.autoscale_view()
-    pts = ax.transData.transform(np.column_stack([x, y])) if len(x) else np.zeros((0, 2))
-    pad = 5.0 * fig.dpi / 72  # a marker's half size in pixels
-    taken = [(px - pad, py - pad, px + pad, py + pad) for px, py in pts]
-    frame = ax.get_window_extent(renderer)
-    frame = (frame.x0, frame.y0, frame.x1, frame.y1)
-
-    def overlap(a, b):
-        w = min(a[2], b[2]) - max(a[0], b[0])
-        h = min(a[3], b[3]) - max(a[1], b[1])
-        return max(w, 0.0) * max(h, 0.0)
-
-    annotations = []
-    for i in np.argsort(np.asarray(x), kind="stable"):
-        best = None  # (clash, candidate index, box)
-        for k, (dx, dy, ha) in enumerate(_LABEL_OFFSETS):
-            ann = ax.annotate(labels[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", ha=ha,
-                              fontsize=fontsize)
-            box = ann.get_window_extent(renderer)
-            ann.remove()
-            box = (box.x0, box.y0, box.x1, box.y1)
-            area = (box[2] - box[0]) * (box[3] - box[1])
-            clash = sum(overlap(box, other) for other in taken) + area - overlap(box, frame)  # + outside the axes
-            if best is None or clash < best[0]:
-                best = (clash, k, box)
-            if clash == 0:
-                break
-        dx, dy, ha = _LABEL_OFFSETS[best[1]]
-        # A label moved from its usual place (right, above) gets a thin leader line to its point.
-        leader = dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=1, shrinkB=4) if best[1] else None
-        annotations.append(ax.annotate(labels[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points",
-                                       ha=ha, fontsize=fontsize, arrowprops=leader))
-        taken.append(best[2])
-    return annotations
 
 
 def plot_accuracy_vs_cost(table: pd.DataFrame, figs_dir, subtitle: str | None = None) -> list[Path]:

@@ -153,7 +153,7 @@ def comparison_results():
 def test_point_labels_do_not_overlap():
     # Four models within a factor of five in FLOPs and two points of accuracy (CANet_light, ResNet18, ResNet34
     # and CANet in the quick profile): their labels must not cover each other.
-    from lib.part1_plots import place_labels
+    from lib.plotting import place_labels
 
     fig, ax = plt.subplots(figsize=(9, 6))
     x, y = np.array([5.3e8, 1.1e9, 2.3e9, 2.1e9, 1.6e6]), np.array([51.9, 55.1, 52.1, 51.3, 20.8])
