@@ -644,6 +644,15 @@ def _dropout_check(step_model, x: torch.Tensor, cfg: TrainConfig, dev: torch.dev
             "replayed": takes_graph}
 
 
+def _graphed_step(model: nn.Module, cfg: TrainConfig, dev: torch.device, loader):
+    """lib.train's CUDA-graphed training step for `model` (graphs on, nothing compiled, whatever the environment
+    says), and step_model_for's info."""
+    import lib.train as T
+
+    with _env(T.CUDA_GRAPHS_ENV, "1"), _env(T.COMPILE_ENV, ""):
+        return T.step_model_for(model, cfg, dev, loader)
+
+
 def check_cuda_graphs(model_name: str = "CANet_tiny", data_source: str | None = None, device: str = "auto", *,
                       steps: int = 3, num_train: int | None = None, precision: str = "fp32") -> dict:
     """_compare_graphed_steps, with a check that crashes (a capture or replay error) recorded as failed, with
@@ -692,8 +701,7 @@ def _compare_graphed_steps(model_name: str, data_source: str | None, device: str
         eager = T.new_model(cfg, dev)
         dropouts = _dropouts(eager)
         if dropouts:  # the two would draw different masks: checked apart, then off for the comparison
-            with _env(T.CUDA_GRAPHS_ENV, "1"), _env(T.COMPILE_ENV, ""):
-                step_d, info = T.step_model_for(copy.deepcopy(eager).train(), cfg, dev, train_loader)
+            step_d, info = _graphed_step(copy.deepcopy(eager).train(), cfg, dev, train_loader)
             if not info["cuda_graphs"]:
                 return dict(result, ok=False, note=info["note"])
             train_loader.set_epoch(0)
@@ -703,8 +711,7 @@ def _compare_graphed_steps(model_name: str, data_source: str | None, device: str
             for m in dropouts:
                 m.p = 0.0
         graphed_model = copy.deepcopy(eager)
-        with _env(T.CUDA_GRAPHS_ENV, "1"), _env(T.COMPILE_ENV, ""):
-            step_g, info = T.step_model_for(graphed_model, cfg, dev, train_loader)
+        step_g, info = _graphed_step(graphed_model, cfg, dev, train_loader)
         if not info["cuda_graphs"]:
             return dict(result, ok=False, note=info["note"])
         kind = T.optimizer_at(cfg, 0)
