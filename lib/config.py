@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import PurePath
+
+# The nine models of the Part 1 comparison, in the study's order (lib.models builds them; defined here, where
+# nothing imports torch, so that the command line's help can name them without importing it).
+PART1_MODELS = ("CANet_tiny", "CANet_light", "CANet", "CANet_pro",
+                "ShuffleNetV2", "MobileNetV2", "ResNet18", "ResNet34", "VGG11")
 
 # Normalisation constants (per channel, applied to images scaled to [0, 1]).
 NORMS = {
@@ -45,10 +51,19 @@ def get_profile(name: str) -> Profile:
 
 
 def _canonical_source_name(source: str) -> str:
-    """'shared' for any path of the workplace's JPEG-q75 copy (see lib.data.canonical_source), else unchanged."""
-    from lib.data import SHARED_CANDIDATES
+    """'shared' for any path of the workplace's JPEG-q75 copy (see lib.data.canonical_source), else unchanged.
 
-    if source not in ("official", "shared") and any(str(c) == source for c in SHARED_CANDIDATES):
+    Besides this checkout's own candidate paths, a path laid out like one of them (.../shared/data/<copy> or
+    .../.carry/<copy>) counts: results written before configs recorded the name kept the absolute path of the
+    checkout that trained them, and a clone elsewhere must still reuse them instead of retraining.
+    """
+    from lib.data import SHARED_CANDIDATES, SHARED_COPY
+
+    if source in ("official", "shared"):
+        return source
+    parts = PurePath(source).parts
+    if (any(str(c) == source for c in SHARED_CANDIDATES) or parts[-3:] == ("shared", "data", SHARED_COPY.name)
+            or parts[-2:] == (".carry", SHARED_COPY.name)):
         return "shared"
     return source
 

@@ -101,4 +101,14 @@ def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | N
             return result if config_cls.from_dict(stored) == config_cls.from_dict(config) else None
         except (TypeError, ValueError):
             return None
-    return result if _clean(stored) == _clean(config) else None
+    return result if _same_source(_clean(stored)) == _same_source(_clean(config)) else None
+
+
+def _same_source(config):
+    """A plain config dict with its data_source recorded as TrainConfig records it ('shared' for the workplace's
+    JPEG copy wherever a checkout kept it), so plain configs compare as the dataclass ones do."""
+    from lib.config import _canonical_source_name
+
+    if isinstance(config, dict) and isinstance(config.get("data_source"), str):
+        return dict(config, data_source=_canonical_source_name(config["data_source"]))
+    return config

@@ -270,6 +270,36 @@ def test_bad_config_values_are_rejected():
         part1_config("VGG_A")
 
 
+def test_the_workplace_copy_is_recorded_as_shared_wherever_a_checkout_kept_it(tmp_path):
+    from lib.bn_study import ProbeConfig
+    from lib.results import atomic_write_json, reusable_result
+
+    elsewhere = "/some/other/checkout/../shared/data/cifar10-jpeg75.tar.gz"
+    for source in (elsewhere, "/gpu/machine/repo/.carry/cifar10-jpeg75.tar.gz"):
+        assert TrainConfig(name="x", model="CANet", data_source=source).data_source == "shared"
+        assert ProbeConfig(model="VGG_A", profile="smoke", data_source=source).data_source == "shared"
+    for source in ("/my/copy/cifar10-jpeg75.tar.gz", "/x/shared/data/other.tar.gz", "official"):
+        assert TrainConfig(name="x", model="CANet", data_source=source).data_source == source
+    # Plain (non-dataclass) configs, e.g. the loss slices', compare the same way.
+    atomic_write_json(tmp_path / "slice.json", {"config": {"run": "r", "data_source": elsewhere}})
+    assert reusable_result(tmp_path / "slice.json", {"run": "r", "data_source": "shared"}) is not None
+    assert reusable_result(tmp_path / "slice.json", {"run": "r", "data_source": "/my/copy.tar.gz"}) is None
+
+
+def test_committed_results_are_reused_in_a_checkout_anywhere():
+    """Every committed result records the JPEG copy so that a clone in another folder matches it (a config
+    holding this machine's absolute path would be retrained, and its file overwritten, by a clone elsewhere)."""
+    from lib.config import _canonical_source_name
+    from lib.paths import REPO
+
+    files = sorted((REPO / "results").glob("*/*.json"))
+    sources = {f.name: json.loads(f.read_text()).get("config", {}).get("data_source")
+               for f in files if isinstance(json.loads(f.read_text()), dict)}
+    recorded = {name: s for name, s in sources.items() if s is not None}
+    assert len(recorded) >= 30  # the quick profile's runs, probes and slices
+    assert {name: _canonical_source_name(s) for name, s in recorded.items()} == {n: "shared" for n in recorded}
+
+
 def test_evaluate_counts_the_confusion_matrix_as_bincount_does():
     from lib.loader import BatchLoader
 
