@@ -5,6 +5,11 @@
     python -m lib study --profile smoke --data shared          # the notebooks headless, then report.md
     python -m lib report --profile quick --publish
     python -m lib bench --models CANet CANet_tiny ResNet18 VGG_A_BN --data shared   # naive vs fast epoch
+
+Exit status: 0 done; 1 a notebook of `study` failed; 2 bad input (an unknown option, model or notebook,
+missing or corrupt data, a missing file), reported as one `error: ...` line on stderr without a traceback
+(set CIFAR10_TRACEBACK=1 to see where it was raised); 3 `bench --check-graphs` found a model whose
+CUDA-graphed steps differ. Any other exception is a bug and ends in its traceback.
 """
 from __future__ import annotations
 
@@ -13,9 +18,31 @@ import os
 import sys
 import time
 
-from lib.config import PROFILES
+from lib.config import PART1_MODELS, PROFILES
 from lib.data import SOURCE_ENV, canonical_source
 from lib.paths import output_dirs
+
+TRACEBACK_ENV = "CIFAR10_TRACEBACK"  # 1: let bad-input errors end in their traceback too
+# What the library raises for bad input (lib.data.DataError is a ValueError; an unknown model, notebook or
+# experiment raises ValueError; a missing file FileNotFoundError). Other exceptions are bugs.
+INPUT_ERRORS = (ValueError, FileNotFoundError)
+
+
+def check_models(option: str, names, known, kind: str) -> None:
+    """Raise ValueError naming each of `names` not in `known`, with its closest known name (any case) and the list."""
+    from difflib import get_close_matches
+
+    from lib.models import list_models
+
+    by_lower = {k.lower(): k for k in known}
+    bad = []
+    for name in dict.fromkeys(names or ()):
+        if name not in known:  # a model of the study, but not of these, is no typo
+            close = [] if name in list_models() else get_close_matches(name.lower(), list(by_lower), n=1)
+            bad.append(repr(name) + (f" (did you mean {by_lower[close[0]]}?)" if close else ""))
+    if bad:
+        what = f"is not a {kind}" if len(bad) == 1 else f"are not {kind}s"
+        raise ValueError(f"{option}: {', '.join(bad)} {what}; choose from {', '.join(known)}")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -33,13 +60,18 @@ def cmd_run(args) -> int:
     stop_by = None if args.time_limit is None else time.perf_counter() + args.time_limit
     from lib import bn_study
     from lib.experiments import bn_experiments, part1_experiments
+    from lib.models import list_models
     from lib.train import train
 
-    source = canonical_source(args.data)
-    dirs = output_dirs(args.profile, publish=args.publish or None)
     # Part 1 when asked for, or when nothing else is (--models with --costs names the costs' models)
     want_p1 = args.part1 or (args.models and not args.costs) or not (args.part2 or args.probe or args.slices
                                                                       or args.costs)
+    if want_p1:  # before the data: a mistyped name should not be reported as missing data
+        check_models("--models", args.models, PART1_MODELS, "Part 1 model")
+    else:
+        check_models("--models", args.models, list_models(), "model")
+    source = canonical_source(args.data)
+    dirs = output_dirs(args.profile, publish=args.publish or None)
     configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
     if args.part2:
         configs += bn_experiments(args.profile, source)
@@ -86,6 +118,11 @@ def cmd_study(args) -> int:
 
     from lib.pipeline import StudyError, run_study, study_command
 
+    if args.models or args.model:  # lib.models imports torch
+        from lib.models import CANET_VARIANTS
+
+        check_models("--models", args.models, PART1_MODELS, "Part 1 model")
+        check_models("--model", [args.model] if args.model else [], list(CANET_VARIANTS), "CANet variant")
     extra = {k: v for k, v in (("models", args.models), ("model", args.model), ("num_epochs", args.num_epochs))
              if v is not None}
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -118,9 +155,14 @@ def cmd_bench(args) -> int:
     from pathlib import Path
 
     from lib import bench
+    from lib.models import list_models
     from lib.results import read_json
     from lib.train import COMPILE_ENV, resolve_device
 
+    for option in ("models", "fast_only", "also_compiled", "check_graphs", "trace", "agreement"):  # before the data
+        names = getattr(args, option)
+        names = [names] if isinstance(names, str) else names
+        check_models(f"--{option.replace('_', '-')}", names, list_models(), "model")
     dev = resolve_device(args.device)
     path = Path(args.out) if args.out else bench.bench_path(dev)
     status = 0
@@ -177,6 +219,9 @@ def cmd_bench(args) -> int:
     if args.compile_choice_file:
         Path(args.compile_choice_file).write_text(choice + "\n")
         os.environ[COMPILE_ENV] = choice  # for --plan below: the runs are planned as the runner trains them
+    if (args.table or args.estimate) and not path.exists():
+        raise FileNotFoundError(f"bench file {path} does not exist: measure into it first (--models, --fast-only), "
+                                f"or name another with --out")
     if args.table:
         print(bench.bench_table(path))
     if args.estimate:
@@ -201,7 +246,9 @@ def main(argv=None) -> int:
     p.add_argument("--slices", action="store_true", help="the filter-normalised 1-D loss slices (needs --part2 runs)")
     p.add_argument("--costs", action="store_true",
                    help="the Part 1 models' cost files (FLOPs, inference images/s; batch 1024 on a GPU), no training")
-    p.add_argument("--models", nargs="+", help="Part 1 models to run, or with --costs to measure (default: all nine)")
+    p.add_argument("--models", nargs="+",
+                   help=f"Part 1 models to run, or with --costs to measure (default: all nine: "
+                        f"{' '.join(PART1_MODELS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--only", nargs="+", help="restrict to these experiment names (e.g. p1-CANet-s0)")
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
@@ -217,7 +264,8 @@ def main(argv=None) -> int:
     _add_common(p)
     p.add_argument("--notebooks", nargs="+", help="a subset, by number or name (default: 01 02 03 04)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
-    p.add_argument("--models", nargs="+", help="Part 1 models of notebook 02 (default: all nine)")
+    p.add_argument("--models", nargs="+",
+                   help=f"Part 1 models of notebook 02 (default: all nine: {' '.join(PART1_MODELS)})")
     p.add_argument("--model", help="the CANet variant notebook 01 trains and 03 shows (default: CANet)")
     p.add_argument("--num-epochs", type=int, help="override the profile's Part 1 epochs (default: the profile's)")
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
@@ -285,7 +333,15 @@ def main(argv=None) -> int:
                    help="whose published results --plan checks (default: full; others for dry runs)")
     p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except INPUT_ERRORS as err:
+        if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+            raise
+        # an OSError's str() starts with "[Errno 2]"; say what and which file instead
+        message = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

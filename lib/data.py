@@ -52,11 +52,18 @@ CACHE_VERSION = 1  # bump when the cache layout or decoding changes
 _SPLITS = ("train", "test")
 _ARRAYS = ("X_train", "y_train", "X_test", "y_test")
 
-HOW_TO_GET_DATA = (
-    "To get the data: run once on a machine with internet (the official archive is downloaded into "
-    "the data/ folder, which you can then copy here), or point {env} (or the --data option) at an "
-    "image-folder copy, for example ../shared/data/cifar10-jpeg75.tar.gz (`{env}=shared`)."
-).format(env=SOURCE_ENV)
+
+def _default_root() -> Path:
+    """The folder of the official download when load_cifar10 is given no root: $CIFAR10_ROOT, else <repo>/data."""
+    return Path(os.environ.get(ROOT_ENV, "").strip() or REPO / "data").expanduser()
+
+
+def _how_to_get_data(root: Path | None = None) -> str:
+    """The end of every missing-data message, naming the folder the official download goes to (`root`)."""
+    return (f"To get the data: run once with internet access (torchvision downloads the official archive into "
+            f"{root or _default_root()}), or copy such a download there (or set {ROOT_ENV} to the folder that "
+            f"holds one), or point {SOURCE_ENV} (or the --data option) at an image-folder copy, for example "
+            f"../shared/data/cifar10-jpeg75.tar.gz (`{SOURCE_ENV}=shared`).")
 
 
 class DataError(ValueError):
@@ -84,7 +91,8 @@ def canonical_source(source: str | os.PathLike | None = None) -> str:
     """The name a config records for a source: 'official', 'shared' (the JPEG-q75 copy wherever it sits on
     this machine) or the absolute path of another copy. Results then do not depend on where a checkout lives."""
     resolved = resolve_source(source)
-    if resolved != "official" and any(Path(resolved) == c.resolve() for c in SHARED_CANDIDATES if c.exists()):
+    if resolved != "official" and any(Path(resolved).resolve() == c.resolve() for c in SHARED_CANDIDATES
+                                      if c.exists()):
         return "shared"
     return resolved
 
@@ -119,11 +127,11 @@ def resolve_source(source: str | os.PathLike | None = None) -> str:
                     f"data source {candidate} is a file but not a .tar.gz/.tgz/.tar archive: give "
                     f"'official', 'shared', an image folder or an archive of one.")
             return str(candidate)
-    tried = " or ".join(str(c) for c in candidates)
+    tried = " or ".join(dict.fromkeys(str(c) for c in candidates))  # one path when the cwd is the repository
     raise DataError(
         f"data source {source!r} does not exist (looked for {tried}). Give 'official', 'shared', "
         f"or the path of an image folder {{train,test}}/<class>/*.png|jpg (or a .tar.gz of one), "
-        f"e.g. via {SOURCE_ENV}. {HOW_TO_GET_DATA}")
+        f"e.g. via {SOURCE_ENV}. {_how_to_get_data()}")
 
 
 def _source_label(path: Path) -> str:
@@ -208,8 +216,8 @@ def _index_images(paths: list[str], where: str) -> dict[str, list[list[str]]]:
     for split in _SPLITS:
         if not any(index[split]):
             looks_official = any(p.rsplit("/", 1)[-1] in ("data_batch_1", "test_batch") for p in paths)
-            hint = (" This looks like the official python archive: put it into the data/ folder and use "
-                    "source 'official' instead." if looks_official else "")
+            hint = (f" This looks like the official python archive: put it into {_default_root()} and use "
+                    f"source 'official' instead." if looks_official else "")
             raise DataError(
                 f"missing split folder {prefix}{split}/ (with images) in {where}: an image-folder copy "
                 f"holds train/<class>/*.png|jpg and test/<class>/*.png|jpg.{hint}")
@@ -381,7 +389,7 @@ def _load_official(root: Path, download: bool) -> tuple[dict[str, np.ndarray], d
         else:  # torchvision found files but they are incomplete or corrupt (e.g. an interrupted download)
             what = f"in {root} is incomplete or corrupt (delete {root / 'cifar-10-batches-py'} and retry)"
         raise DataError(
-            f"the official CIFAR-10 data {what} ({type(exc).__name__}: {exc}). {HOW_TO_GET_DATA}") from exc
+            f"the official CIFAR-10 data {what} ({type(exc).__name__}: {exc}). {_how_to_get_data(root)}") from exc
     finally:
         socket.setdefaulttimeout(old_timeout)
     info = {"kind": "official", "label": "official CIFAR-10", "path": str(root / "cifar-10-batches-py")}
@@ -478,9 +486,7 @@ def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLik
     `root` (default: $CIFAR10_ROOT, else <repo>/data) holds the official download and the cache.
     """
     source = resolve_source(source)
-    if root is None:
-        root = os.environ.get(ROOT_ENV, "").strip() or REPO / "data"
-    root = Path(root).expanduser()
+    root = _default_root() if root is None else Path(root).expanduser()
     identity = _identity(source)
     entry = _cache_dir(root / "cache", identity)
     cached = _read_cache(entry, identity)

@@ -132,7 +132,8 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
 
   # 1. The data, decoded once into the cache (copied to DATA first when DATA is a path, not 'shared').
   if [[ "$DATA" != shared && "$DATA_SRC" != "$DATA" ]]; then cp -fp "$DATA_SRC" "$DATA" || return 1; fi
-  export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1
+  # CIFAR10_TRACEBACK: python -m lib reports bad input as one line; the log of a device call keeps every traceback.
+  export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1 CIFAR10_TRACEBACK=1
   guard $PY -c "from lib.data import load_cifar10; print(load_cifar10())" || return 1
 
   # 2. The CUDA-graph step must compute what the eager step computes: GRAPH_CHECK_MODEL every call (fp32 and

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from lib.config import PART1_MODELS  # defined there, where nothing imports torch (the CLI's help)
+
 from . import baselines
 from .canet import VARIANTS as CANET_VARIANTS
 from .canet import CANet, canet, set_merged
@@ -33,8 +35,6 @@ _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
 }
 
 # The Part 1 comparison: the four CANets and the five torchvision baselines.
-PART1_MODELS = ("CANet_tiny", "CANet_light", "CANet", "CANet_pro",
-                "ShuffleNetV2", "MobileNetV2", "ResNet18", "ResNet34", "VGG11")
 
 # Bumped when a model's forward runs other kernels on a GPU (the same function, computed differently): bench
 # entries record it, and lib.bench re-times an entry timed with an older one. 2: CANet's merged convolutions

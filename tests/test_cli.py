@@ -1,0 +1,113 @@
+"""`python -m lib`: bad input ends in one `error:` line and exit status 2 (no traceback), model names are checked
+before the data, the help names the Part 1 models. In-process through lib.cli.main; nothing trains or downloads."""
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+
+from lib import cli
+from lib.data import DataError
+from lib.paths import REPO, output_dirs
+
+
+@pytest.fixture(autouse=True)
+def private_outputs(tmp_path, monkeypatch):
+    """Outputs under tmp_path, data source 'official' unless an option says otherwise, tracebacks hidden."""
+    monkeypatch.setattr(cli, "output_dirs", lambda profile, publish=None: output_dirs(profile, publish, root=tmp_path))
+    monkeypatch.delenv("CIFAR10_SOURCE", raising=False)
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+
+
+def input_error(capsys, argv) -> str:
+    """Run the CLI on bad input; return its stderr after checking the status and the absent traceback."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["run", "--models", "resnet18"], "(did you mean ResNet18?)"),
+    (["study", "--models", "CANet", "mobilenetv2"], "(did you mean MobileNetV2?)"),
+    (["study", "--model", "canet"], "(did you mean CANet?)"),
+    (["bench", "--models", "vgg_a_bn"], "(did you mean VGG_A_BN?)"),
+    (["bench", "--trace", "CANet_tine"], "(did you mean CANet_tiny?)"),
+])
+def test_unknown_model_is_named_before_the_data(capsys, tmp_path, argv, suggestion):
+    err = input_error(capsys, argv + ["--data", str(tmp_path / "no-data-here")])
+    assert suggestion in err and "no-data-here" not in err
+    assert "choose from CANet_tiny, CANet_light, CANet" in err
+
+
+def test_models_of_another_part_and_known_names(capsys, tmp_path, tiny_source):
+    err = input_error(capsys, ["run", "--models", "VGG_A", "--data", str(tmp_path / "none")])
+    assert "'VGG_A' is not a Part 1 model" in err and "VGG11" in err
+    # known names pass the check; --only then finds no experiment of these options (the data is resolved, not read)
+    err = input_error(capsys, ["run", "--models", "CANet_tiny", "ResNet18", "--only", "p1-VGG11-s0",
+                               "--data", tiny_source])
+    assert "--only names no experiment" in err and "p1-ResNet18-s0" in err
+
+
+def test_bad_input_ends_in_one_error_line(capsys, tmp_path, monkeypatch):
+    err = input_error(capsys, ["run", "--models", "CANet_huge"])
+    assert "'CANet_huge' (did you mean CANet_light?) is not a Part 1 model" in err
+    err = input_error(capsys, ["run", "--data", str(tmp_path / "x" / "nope"), "--models", "CANet_tiny"])
+    assert "does not exist" in err
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not an archive")
+    err = input_error(capsys, ["run", "--data", str(junk), "--models", "CANet_tiny", "--quiet"])
+    assert "cannot read archive" in err
+    err = input_error(capsys, ["study", "--notebooks", "05"])
+    assert "unknown notebook '05'" in err
+    err = input_error(capsys, ["bench", "--table", "--out", str(tmp_path / "missing.json"), "--device", "cpu"])
+    assert f"bench file {tmp_path / 'missing.json'} does not exist" in err
+
+
+def test_offline_official_names_the_data_root(capsys, tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    root = tmp_path / "elsewhere"
+    monkeypatch.setenv("CIFAR10_ROOT", str(root))
+    err = input_error(capsys, ["run", "--data", "official", "--models", "CANet_tiny", "--quiet"])
+    assert "could not be downloaded" in err and f"downloads the official archive into {root})" in err
+    assert "data/ folder" not in err
+
+
+def test_missing_relative_source_names_each_path_once(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the current directory and the repository root are the same candidate
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "root"))
+    err = input_error(capsys, ["run", "--data", "shraed", "--models", "CANet_tiny"])
+    assert f"(looked for {REPO / 'shraed'})" in err
+    assert f"downloads the official archive into {tmp_path / 'root'})" in err
+
+
+def test_traceback_for_bugs_and_on_request(capsys, tmp_path, monkeypatch):
+    argv = ["run", "--data", str(tmp_path / "nope"), "--models", "CANet_tiny"]
+    input_error(capsys, argv)
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(DataError, match="does not exist"):
+        cli.main(argv)
+
+    def bug(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "0")
+    monkeypatch.setattr(cli, "cmd_report", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # not an input error: its traceback stays
+        cli.main(["report"])
+
+
+def test_help_names_the_part1_models(capsys):
+    from lib.models import PART1_MODELS
+
+    for command in ("run", "study"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+        assert f"default: all nine: {' '.join(PART1_MODELS)})" in out
