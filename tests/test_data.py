@@ -302,6 +302,10 @@ def test_shared_alias(tmp_path, monkeypatch):
     assert D.canonical_source("shared") == "shared"
     assert D.canonical_source(candidates[1]) == "shared"  # any path of the copy is recorded as 'shared'
     assert D.canonical_source(tmp_path) == str(tmp_path)
+    # A candidate reached through a symlink (CI's ../shared is one) is still the workplace copy.
+    (tmp_path / "link").symlink_to(candidates[1].parent)
+    monkeypatch.setattr(D, "SHARED_CANDIDATES", (tmp_path / "link" / "missing.tar.gz",))
+    assert D.canonical_source("shared") == "shared"
 
 
 def test_root_from_env(folder, tmp_path, monkeypatch):
