@@ -16,7 +16,7 @@ import numpy as np
 from lib.bn_study import LABELS, _as_float_array, loss_band, probe_path, protocol_steps, slice_path
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_name
 from lib.paths import OutputDirs
-from lib.plotting import new_figure, savefig
+from lib.plotting import caption, new_figure, savefig
 from lib.results import read_json
 
 STEP_WINDOW = 25  # steps (Adam protocol: 352 steps per epoch on the full data)
@@ -66,6 +66,46 @@ def log_y_if_wide(ax, *arrays, ratio: float = 10.0) -> bool:
     return wide
 
 
+def _join(values) -> str:
+    """Distinct values in first-seen order, joined with '/'."""
+    return "/".join(dict.fromkeys(str(v) for v in values if v is not None))
+
+
+def protocol_caption(runs) -> str:
+    """Where the protocol runs behind a figure come from: data, training images, profile, seed, epochs, device."""
+    runs = list(runs)
+    data = [r.get("data") or {} for r in runs]
+    images = _join(f"{d['num_train_used']:,}" for d in data if d.get("num_train_used"))
+    return " | ".join([_join(d.get("label") for d in data) or "data source unknown", f"{images} training images",
+                       f"profile {_join(r.get('profile') for r in runs)}", f"seed {_join(r.get('seed') for r in runs)}",
+                       f"{_join(len(r.get('history') or []) for r in runs)} epochs per run",
+                       _join(r.get("device") for r in runs)])
+
+
+def _protocol_runs(dirs: OutputDirs, pairs, seed: int) -> list[dict]:
+    """The result files of the protocol runs (model, lr) that exist."""
+    paths = [Path(dirs.results) / f"{bn_name(m, lr, seed)}.json" for m, lr in pairs]
+    return [read_json(p) for p in paths if p.exists()]
+
+
+def probe_caption(probes) -> str:
+    """Where probe runs (or loss slices) come from: data, images, profile, seed, steps, device."""
+    probes = list(probes)
+    data = [r.get("data") or {} for r in probes]
+    images = _join(f"{d['num_train_used']:,}" for d in data if d.get("num_train_used"))
+    cfg = [r.get("config") or {} for r in probes]
+    parts = [_join(d.get("label") for d in data) or "data " + _join(Path(str(c.get("data_source"))).name for c in cfg)]
+    parts += [f"{images} training images"] if images else []
+    per_point = _join(c.get("num_images") for c in cfg)  # loss slices: the images each point's loss averages
+    parts += [f"{per_point} training images per point"] if per_point else []
+    parts += [f"profile {_join(c.get('profile') for c in cfg)}"] if any(c.get("profile") for c in cfg) else []
+    parts += [f"seed {_join(c.get('seed') for c in cfg)}"]
+    steps = _join(r.get("steps_done") for r in probes)
+    parts += [f"{steps} steps"] if steps else []
+    parts += [_join((r.get("environment") or {}).get("device") for r in probes)]
+    return " | ".join(parts)
+
+
 def plot_accuracy(dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> Path | None:
     """Validation accuracy and loss per epoch at `lr`, BN vs no-BN (two panels)."""
     runs = {}
@@ -87,6 +127,7 @@ def plot_accuracy(dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> Pa
     ax_loss.set(xlabel="epoch", ylabel="validation loss", title=f"VGG-A, Adam lr {lr:g}")
     ax_acc.legend(fontsize=8)
     ax_loss.legend(fontsize=8)
+    caption(fig, protocol_caption(runs.values()))
     fig.tight_layout()
     return savefig(fig, f"p2_accuracy_lr{lr_tag(lr)}", dirs.figs)
 
@@ -115,6 +156,7 @@ def plot_loss_band(dirs: OutputDirs, lrs=BN_LRS, seed: int = BN_SEED) -> Path | 
     ax.legend(fontsize=8)
     ax.text(0.01, 0.01, f"shaded: raw per-step min/max; lines: {window_for(len(band.steps), STEP_WINDOW)}-step moving average",
             transform=ax.transAxes, fontsize=7, color="0.4")
+    caption(fig, protocol_caption(_protocol_runs(dirs, [(m, lr) for m, steps in bands.items() for lr in steps], seed)))
     fig.tight_layout()
     return savefig(fig, "p2_loss_band", dirs.figs)
 
@@ -137,6 +179,7 @@ def plot_grad_range(dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> 
     ax.set(xlabel="training step", ylabel="last-layer weight gradient",
            title=f"Gradient range of the last Linear layer (Adam lr {lr:g})")
     ax.legend(fontsize=8)
+    caption(fig, protocol_caption(_protocol_runs(dirs, [(m, lr) for m in series], seed)))
     fig.tight_layout()
     return savefig(fig, "p2_grad_range", dirs.figs)
 
@@ -191,6 +234,7 @@ def plot_santurkar(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
                  f"{r0['config']['probe_every']} steps; beta line: {window_for(len(r0['probes']['step']), PROBE_WINDOW)}-probe "
                  f"moving average",
                  fontsize=9)
+    caption(fig, probe_caption(probes.values()))
     fig.tight_layout()
     return savefig(fig, "p2_santurkar", dirs.figs)
 
@@ -210,6 +254,7 @@ def plot_grad_diff_eta(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
     ax.set(xlabel=r"step size $\eta$", ylabel=r"$\|g - g_\eta\|_2$",
            title="Gradient change along the gradient, first and last probe")
     ax.legend(fontsize=8)
+    caption(fig, probe_caption(probes.values()))
     fig.tight_layout()
     return savefig(fig, "p2_grad_diff_eta", dirs.figs)
 
@@ -228,6 +273,7 @@ def plot_loss_slice(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
     ax.set(xlabel=r"$\alpha$ (filter-normalised direction)", ylabel="training loss (eval mode)",
            title=f"1-D loss slice around the lr {1e-3:g} checkpoints ({any_slice['config']['num_images']} images)")
     ax.legend(fontsize=8)
+    caption(fig, probe_caption(slices.values()))
     fig.tight_layout()
     return savefig(fig, "p2_loss_slice", dirs.figs)
 

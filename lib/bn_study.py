@@ -41,6 +41,7 @@ from lib.results import atomic_write_json, environment_info, read_json, reusable
 
 # The paper's step-size grid: eta = m * lr for m in 0.5, 1.0, ..., 4.0 (0.05 .. 0.4 at lr 0.1).
 ETA_MULTIPLIERS = tuple(0.5 * i for i in range(1, 9))
+PAPER_PROBE_STEPS = 15_000  # the paper's training length for the probe runs (BN_METHODS.md B; full uses fewer)
 PROBE_LR = 0.1
 # If VGG-A (no BN) does not train at PROBE_LR, both networks are rerun at FALLBACK_LR (BN_METHODS.md B).
 FALLBACK_LR = 0.05
@@ -647,6 +648,10 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             entry["best_val_acc"][f"{lr:g}"] = run.get("best_val_acc")
             entry["test_acc"][f"{lr:g}"] = run.get("test_acc")
             entry["status"][f"{lr:g}"] = run.get("status")
+            entry["train_seconds"] = entry.get("train_seconds", 0.0) + (run.get("train_seconds") or 0.0)
+            cfg = run.get("config") or {}
+            entry.update(profile=run.get("profile"), batch_size=cfg.get("batch_size"),
+                         num_train_used=(run.get("data") or {}).get("num_train_used"))
             if lr == 1e-3:
                 entry.update(best_val_acc_lr1e3=run.get("best_val_acc"), best_epoch_lr1e3=run.get("best_epoch"),
                              num_epochs=len(run.get("history", [])), device=run.get("device"),
@@ -684,7 +689,11 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                 "loss_max": _finite_stats(p["loss_max"]), "probe_nonfinite": r["probe_nonfinite"],
                 "final_train_loss": _finite_stats(r["train_loss"][-max(1, len(r["train_loss"]) // 20):]),
                 "seconds": r["seconds"], "device": r["environment"]["device"],
-                "data_order_sha256": r["data_order_sha256"], "data": (r.get("data") or {}).get("label")}
+                "data_order_sha256": r["data_order_sha256"], "data": (r.get("data") or {}).get("label"),
+                "profile": r["config"].get("profile"), "batch_size": r["config"].get("batch_size"),
+                "probe_every": r["config"].get("probe_every"), "fallback_enabled": r["config"].get("fallback", True),
+                "num_train_used": (r.get("data") or {}).get("num_train_used", r["config"].get("num_train")),
+                "stuck_check": r.get("stuck_check"), "git_commit": r["environment"].get("git_commit")}
         else:
             summary["missing"].append(probe_file.name)
 
@@ -695,8 +704,9 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             mid = len(loss) // 2  # alpha = 0
             summary["slice"][model] = {"loss_at_0": float(loss[mid]), "loss_max": float(np.nanmax(loss)),
                                        "loss_at_pm1": [float(loss[0]), float(loss[-1])],
-                                       "seconds": s.get("seconds"),
-                                       "device": (s.get("environment") or {}).get("device")}
+                                       "seconds": s.get("seconds"), "num_images": (s.get("config") or {}).get("num_images"),
+                                       "device": (s.get("environment") or {}).get("device"),
+                                       "git_commit": (s.get("environment") or {}).get("git_commit")}
     probes = summary["probe"]
     if len(probes) == 2:
         summary["same_data_order"] = len({p["data_order_sha256"] for p in probes.values()}) == 1

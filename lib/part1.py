@@ -165,10 +165,13 @@ def runs_frame(results: Sequence[dict]):
 
 
 def history_frame(result: dict):
-    """The run's per-epoch history (lr, optimiser, train / validation loss and accuracy, seconds), by epoch."""
+    """The run's per-epoch history (lr, optimiser, train / validation loss and accuracy, seconds), by epoch
+    counted from 1 as the report and the figures count them (result files store them from 0)."""
     import pandas as pd
 
-    return pd.DataFrame(result["history"]).set_index("epoch")
+    df = pd.DataFrame(result["history"])
+    df["epoch"] += 1
+    return df.set_index("epoch")
 
 
 def per_class_frame(result: dict):
@@ -261,7 +264,7 @@ def with_costs(results: Sequence[dict], costs: dict[str, dict]) -> list[dict]:
         n_train = (r.get("data") or {}).get("num_train_used")
         train_ips = n_train / statistics.median(secs) if secs and n_train else None
         out.append(dict(r, cost={"flops": c.get("flops"), "infer_ips": c.get("infer_ips"), "train_ips": train_ips,
-                                 "peak_mem_mb": r.get("peak_mem_mb")}))
+                                 "train_images": n_train, "peak_mem_mb": r.get("peak_mem_mb")}))
     return out
 
 

@@ -25,7 +25,7 @@ from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 from lib.attention import attention_maps, first_layer_filter_groups
 from lib.augment import to_float_normalized
 from lib.data import CLASSES
-from lib.plotting import new_figure, place_labels, savefig
+from lib.plotting import caption, new_figure, place_labels, savefig
 from lib.results import read_json
 from lib.stats import pareto_front
 
@@ -57,12 +57,6 @@ def run_caption(result: dict) -> str:
     if result.get("device"):
         parts.append(str(result["device"]))
     return " | ".join(parts)
-
-
-def _caption(fig, subtitle: str | None) -> None:
-    """Draw `subtitle` as a small grey caption under the figure (savefig's tight bbox keeps it)."""
-    if subtitle:
-        fig.text(0.5, -0.01, subtitle, ha="center", va="top", fontsize=8, color="0.35", wrap=True)
 
 
 def _save(fig, name: str, figs_dir) -> Path:
@@ -127,7 +121,7 @@ def plot_training_curves(result: dict, figs_dir, name: str | None = None, subtit
                    va="top", ha="left", color="0.25")
     status = "" if result.get("status", "ok") == "ok" else f" [{result['status']}]"
     fig.suptitle(f"Training of {result.get('model', '?')} ({result.get('name', '')}){status}", fontsize=12)
-    _caption(fig, subtitle if subtitle is not None else run_caption(result))
+    caption(fig, subtitle if subtitle is not None else run_caption(result))
     return _save(fig, name or f"p1_curves_{result.get('model', 'model')}", figs_dir)
 
 
@@ -174,7 +168,7 @@ def plot_accuracy_vs_cost(table: pd.DataFrame, figs_dir, subtitle: str | None = 
     if not np.isfinite(table["test_acc_mean"].astype(float)).any():
         raise ValueError("no model in the table has a test accuracy (all runs diverged or none finished)")
     bars = "error bars: +-1 std over seeds (n = seeds, where more than one)"
-    caption = f"{bars}\n{subtitle}" if subtitle else bars
+    text = f"{bars}\n{subtitle}" if subtitle else bars
     paths = []
     specs = [("params", "p1_acc_vs_params", "parameters (log scale)", "Test accuracy vs number of parameters")]
     if "flops" in table.columns and np.isfinite(table["flops"].astype(float)).any():
@@ -184,7 +178,7 @@ def plot_accuracy_vs_cost(table: pd.DataFrame, figs_dir, subtitle: str | None = 
         fig, ax = new_figure(width=7.5, height=4.8, layout="constrained")
         _acc_vs(ax, table, col, xlabel)
         ax.set_title(title)
-        _caption(fig, caption)
+        caption(fig, text)
         paths.append(_save(fig, name, figs_dir))
     return paths
 
@@ -213,7 +207,7 @@ def plot_per_class_heatmap(results: Sequence[dict], figs_dir, subtitle: str | No
     ax.set(xlabel="true class", ylabel="")
     ax.set_title("Per-class test accuracy (%), mean over seeds; models sorted by parameters")
     ax.tick_params(axis="x", rotation=30)
-    _caption(fig, subtitle)
+    caption(fig, subtitle)
     return _save(fig, "p1_per_class", figs_dir)
 
 
@@ -236,7 +230,7 @@ def plot_confusion(result: dict, figs_dir, subtitle: str | None = None, name: st
     acc = f", test accuracy {100 * result['test_acc']:.2f}%" if result.get("test_acc") is not None else ""
     ax.set_title(f"Confusion matrix of {result.get('model', '?')} on {int(conf.sum()):,} test images{acc}\n"
                  "(each row sums to 100%)", fontsize=11)
-    _caption(fig, subtitle if subtitle is not None else run_caption(result))
+    caption(fig, subtitle if subtitle is not None else run_caption(result))
     return _save(fig, name or f"p1_confusion_{result.get('model', 'model')}", figs_dir)
 
 
@@ -271,7 +265,7 @@ def plot_filters(model: torch.nn.Module, figs_dir, name: str = "p1_filters", sub
         ax.axis("off")
     fig.suptitle(f"First-layer convolution filters of {model_name or type(model).__name__} "
                  "(RGB, each filter min-max scaled to [0, 1])", fontsize=11)
-    _caption(fig, subtitle)
+    caption(fig, subtitle)
     return _save(fig, name, figs_dir)
 
 
@@ -332,7 +326,7 @@ def _ridge(entries: list[dict], group: str, title: str, figs_dir, subtitle: str 
     ax.set_title(f"{title}\ndistribution per epoch ({curves[-1][3]:,} weights; density, offset per epoch)",
                  fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    _caption(fig, subtitle)
+    caption(fig, subtitle)
     return _save(fig, f"p1_ridge_{group}", figs_dir)
 
 
@@ -407,7 +401,7 @@ def _attention_sa(X, sa_maps, names, model_name, figs_dir, subtitle) -> Path:
             ax.set_yticks([])
     fig.suptitle(f"Spatial attention of {model_name}: bright = kept, dark = damped\n"
                  "(colours scaled per map; numbers: the map's min-max gate value)", fontsize=10)
-    _caption(fig, subtitle)
+    caption(fig, subtitle)
     return _save(fig, "p1_attention_sa", figs_dir)
 
 
@@ -440,5 +434,5 @@ def _attention_se(se_weights, names, model_name, figs_dir, subtitle) -> Path:
         if r == 0:
             ax2.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"Channel attention (SE) of {model_name}: which channels are passed on most", fontsize=11)
-    _caption(fig, subtitle)
+    caption(fig, subtitle)
     return _save(fig, "p1_attention_se", figs_dir)

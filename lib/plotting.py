@@ -1,5 +1,5 @@
-"""The one figure helper: every figure of the study is saved through `savefig`; point labels that do not overlap
-(`place_labels`)."""
+"""The one figure helper: every figure of the study is saved through `savefig`; its provenance line (`caption`);
+point labels that do not overlap (`place_labels`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,6 +30,13 @@ def savefig(fig, name: str, figs_dir: Path | str) -> Path:
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     tmp.replace(path)  # atomic: a reader never sees half a PNG
     return path
+
+
+def caption(fig, text: str | None) -> None:
+    """Draw `text` (where the numbers come from: data, profile, seeds, device) as a small grey caption under the
+    figure; savefig's tight bounding box keeps it."""
+    if text:
+        fig.text(0.5, -0.01, text, ha="center", va="top", fontsize=8, color="0.35", wrap=True)
 
 
 # Where a point's label may go, in points from the point, tried in this order (then the least crowded one).

@@ -160,7 +160,7 @@ def comparison_rows(table, costs: dict | None = None) -> list[list]:
         orig = "-" if orig_acc is None else f"{orig_acc:.2f}"
         spec = ORIGINAL_REPORT["params"].get(m)
         if m not in rows_by_model:
-            out.append([m, fmt_int(spec), NOT_RUN, "-", orig, "-", "-", "-", "-", "-"])
+            out.append([m, f"{fmt_int(spec)} (spec)", NOT_RUN, "-", orig, "-", "-", "-", "-", "-"])
             continue
         row = rows_by_model[m]
         params = fmt_int(row["params"]) + ("" if spec in (None, row["params"]) else f" (spec: {fmt_int(spec)})")
@@ -195,6 +195,22 @@ def comparison_markdown(table, results: Sequence[dict], costs: dict | None = Non
     return (markdown_table(COMPARISON_HEADERS, comparison_rows(table, costs)) +
             f"\n\n*{context_line(results)}. Inference throughput: {cost_devices(costs)}. Original report: "
             f"{ORIGINAL_REPORT['setting']}.*")
+
+
+NEAR_CHANCE = 0.25  # accuracies below this (chance: 0.10) are flagged as runs that have barely started learning
+
+
+def below_near_chance(acc) -> bool:
+    """Whether an accuracy (a fraction) is below NEAR_CHANCE."""
+    return not _missing(acc) and acc < NEAR_CHANCE
+
+
+def near_chance_models(table) -> list[str]:
+    """Part 1 models whose mean test accuracy over seeds stays below NEAR_CHANCE."""
+    if table is None:
+        return []
+    return [row["model"] for _, row in table.iterrows()
+            if row["n_seeds"] and below_near_chance(row["test_acc_mean"] / 100)]
 
 
 REFERENCE_ORDER = ("CANet", "CANet_light", "CANet_pro", "CANet_tiny")  # the study's subject first
@@ -340,17 +356,45 @@ def part2_tables(summary: dict) -> dict:
     }
 
 
-def part2_context(summary: dict, profile: str | None = None) -> str:
-    """Data source, profile, device and seed of the Part 2 runs, as one line."""
-    entries = list(summary.get("protocol", {}).values()) + list(summary.get("probe", {}).values())
-    return (f"data: {_join(e.get('data') for e in entries)} | profile: {profile or 'see the result files'} | "
-            f"device: {_join(e.get('device') for e in entries)} | seed: {BN_SEED} (the original protocol's seed, "
-            f"every run)")
+def part2_context(summary: dict, profile: str | None = None, kind: str = "protocol") -> str:
+    """Data source, run sizes, profile, device, seed and runtime of the Part 2 runs behind one table, as one line.
+    kind: 'protocol' (the accuracy, band and gradient tables), 'probe' or 'slice'."""
+    proto = list(summary.get("protocol", {}).values())
+    probe = list(summary.get("probe", {}).values())
+    slices = list(summary.get("slice", {}).values())
+    entries = {"protocol": proto, "probe": probe, "slice": slices}[kind] or proto + probe
+    profile = profile or _join((e.get("profile") for e in proto + probe), "see the result files")
+    seconds = [e.get("train_seconds" if kind == "protocol" else "seconds") for e in entries]
+    runtime = "-" if not any(seconds) else fmt_seconds(sum(s or 0.0 for s in seconds))
+    data = _join(e.get("data") for e in proto + probe)
+    if kind == "protocol":
+        runs = sum(len(e.get("best_val_acc", {})) for e in proto)
+        size = (f"{_join(fmt_int(e.get('num_train_used')) for e in proto)} training images; per run "
+                f"{_join(e.get('num_epochs') for e in proto)} epochs at batch {_join(e.get('batch_size') for e in proto)}")
+        what = f"{runs} runs, {runtime} of training in all"
+    elif kind == "probe":
+        from lib.bn_study import ETA_MULTIPLIERS, PAPER_PROBE_STEPS
+
+        size = (f"{_join(fmt_int(e.get('num_train_used')) for e in probe)} training images; "
+                f"{_join(fmt_int(e.get('num_steps')) for e in probe)} steps at batch "
+                f"{_join(e.get('batch_size') for e in probe)}, a probe every {_join(e.get('probe_every') for e in probe)} "
+                f"steps at {_join(len(e.get('etas') or []) for e in probe)} step sizes (the paper: "
+                f"{PAPER_PROBE_STEPS:,} steps, {len(ETA_MULTIPLIERS)} step sizes)")
+        what = f"{len(probe)} runs, {runtime} in all"
+    else:
+        size = f"{_join(fmt_int(e.get('num_images')) for e in slices)} training images per point"
+        what = f"{len(slices)} slices, {runtime} in all"
+    return (f"data: {data} ({size}) | profile: {profile} | device: {_join(e.get('device') for e in entries)} | "
+            f"seed: {BN_SEED} (the original protocol's seed, every run) | runtime: {what}")
 
 
-def part2_markdown(summary: dict, context: str | None = None) -> str:
-    """Part 2's tables as markdown, each followed by its context line."""
-    ctx = f"\n\n*{context or part2_context(summary)}*\n\n"
+PART2_CONTEXT_KIND = {"accuracy": "protocol", "band": "protocol", "grad": "protocol", "probe": "probe",
+                      "slice": "slice"}
+
+
+def part2_markdown(summary: dict, profile: str | None = None) -> str:
+    """Part 2's tables as markdown, each followed by its context line (part2_context) and, under the probe
+    table, the caveat of part2_caveats when there is one."""
     titles = {"accuracy": "Validation and test accuracy per learning rate",
               "band": "Loss band over the learning rates (per step: max - min of the training loss)",
               "grad": "Gradient range of the last linear layer per step",
@@ -359,8 +403,30 @@ def part2_markdown(summary: dict, context: str | None = None) -> str:
     parts = []
     for key, (headers, rows) in part2_tables(summary).items():
         if rows:
-            parts.append(f"**{titles[key]}**\n\n" + markdown_table(headers, rows) + ctx)
+            ctx = part2_context(summary, profile, PART2_CONTEXT_KIND[key])
+            caveat = "".join(f"\n\n**Caveat:** {c}" for c in part2_caveats(summary)) if key == "probe" else ""
+            parts.append(f"**{titles[key]}**\n\n" + markdown_table(headers, rows) + f"\n\n*{ctx}*{caveat}\n\n")
     return "\n".join(parts)
+
+
+def part2_caveats(summary: dict) -> list[str]:
+    """Why a probe comparison cannot be read as the paper's: a network without BN that had not left the
+    chance-level plateau (its recorded stuck check) and did not fall back to the lower learning rate."""
+    out = []
+    for m in BN_MODELS:
+        p = summary.get("probe", {}).get(m) or {}
+        stuck = p.get("stuck_check") or {}
+        if stuck.get("stuck") and not p.get("lr_fallback"):
+            why = ("this profile does not fall back to a lower learning rate (too few steps to tell a network that "
+                   "does not train from one that has not started)" if not p.get("fallback_enabled", True)
+                   else "the fallback run did not replace it")
+            out.append(f"{p.get('label', m)} ({m}) had not left the chance-level plateau (ln 10 = 2.303): its mean "
+                       f"training loss was {fmt_num(stuck.get('mean_loss'), 4)} at step {stuck.get('step')} (the "
+                       f"stuck check's threshold: {fmt_num(stuck.get('threshold'))}) and "
+                       f"{fmt_num((p.get('final_train_loss') or {}).get('mean'))} at the end, and {why}. Its probe numbers "
+                       f"describe a network that is not training yet, so this table's comparison does not test "
+                       f"the paper's claim that BN makes the landscape smoother.")
+    return out
 
 
 def part2_findings(summary: dict) -> list[str]:
@@ -396,7 +462,19 @@ def part2_findings(summary: dict) -> list[str]:
         more = direction(gb["median"], ga["median"], "larger", "smaller")
         out.append(f"At lr 1e-3 the last layer's per-step gradient range has median {fmt_num(gb['median'])} with "
                    f"BN and {fmt_num(ga['median'])} without ({more} with BN).")
+    low = []
+    for m in BN_MODELS:
+        lrs = [k for k, acc in sorted(proto.get(m, {}).get("best_val_acc", {}).items(), key=lambda kv: float(kv[0]))
+               if below_near_chance(acc)]
+        if lrs:
+            low.append(f"{LABELS.get(m, m)} at lr {' and '.join([', '.join(lrs[:-1]), lrs[-1]] if len(lrs) > 1 else lrs)}")
+    if low:
+        out.append(f"Runs whose best validation accuracy stays below {fmt_pct(NEAR_CHANCE, 0)} (chance: 10%): "
+                   f"{'; '.join(low)}. They have barely started learning in this profile, so their differences "
+                   f"say more about how fast a network starts than about what it reaches.")
     pa, pb = probe.get("VGG_A"), probe.get("VGG_A_BN")
+    stuck = (" (but see the caveat under the probe table: the network without BN was still at chance level)"
+             if part2_caveats(summary) else "")
     if pa and pb:
         for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
                           ("loss_band_width", "loss-landscape band width")):
@@ -404,7 +482,7 @@ def part2_findings(summary: dict) -> list[str]:
                 out.append(f"Probe ({what}): median {fmt_num(pb[key]['median'])} with BN vs "
                            f"{fmt_num(pa[key]['median'])} without "
                            f"({direction(pb[key]['median'], pa[key]['median'], 'larger', 'smaller')} with BN); "
-                           f"max {fmt_num(pb[key]['max'])} vs {fmt_num(pa[key]['max'])}.")
+                           f"max {fmt_num(pb[key]['max'])} vs {fmt_num(pa[key]['max'])}{stuck}.")
         if summary.get("same_data_order") is not None:
             out.append("Both probe runs saw the same mini-batches in the same order: "
                        f"{'yes' if summary['same_data_order'] else 'NO (the comparison is confounded)'}.")
@@ -509,6 +587,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "comparison_empty": comparison_markdown(None, [], costs),
         "params_by_model": {row["model"]: row["params"] for _, row in table.iterrows()} if table is not None else {},
         "ranking": ranking(table) if table is not None else [],
+        "near_chance": near_chance_models(table), "near_chance_pct": fmt_pct(NEAR_CHANCE, 0),
         "verdicts": verdict_counts(table) if table is not None else None,
         "reference": reference_model(table) if table is not None else None,
         "alpha": alpha,
@@ -518,7 +597,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
                       if main and main.get("per_class_acc") else None),
         "confusions": confusions(main) if main else [],
         "weight_spread": (weight_spread(read_json(weights_path)) if weights_path and weights_path.exists() else []),
-        "part2": part2_markdown(summary, part2_context(summary, _join(r.get("profile") for r in bn)))
+        "part2": part2_markdown(summary, _join(r.get("profile") for r in bn))
         if (summary.get("protocol") or summary.get("probe")) else None,
         "part2_findings": part2_findings(summary),
         "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
@@ -531,7 +610,8 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "notebook_seconds": {k: v.get("seconds") for k, v in (study.get("notebooks") or {}).items()},
         "versions": _join(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, Python {r.get('python')}"
                           for r in everything),
-        "commits": _join(commit_span(r) for r in everything),
+        "commits": _join([commit_span(r) for r in everything]
+                         + [e.get("git_commit") for kind in ("probe", "slice") for e in summary.get(kind, {}).values()]),
         "devices": _join(r.get("device") for r in everything),
         "data_sources": _unique(((r.get("data") or {}).get("label"), (r.get("data") or {}).get("sha256"),
                                  (r.get("data") or {}).get("archive_sha256")) for r in everything),
@@ -547,13 +627,21 @@ def render_report(profile: str, dirs: OutputDirs) -> Path:
     """Render dirs.report (report.md) from the template and the result files of `dirs`; return its path."""
     import jinja2
 
+    path = Path(dirs.report)
+    results = Path(dirs.results)
+    empty = not any(next(results.glob(f"{p}*.json"), None) for p in ("p1-", "bn-", "probe-", "slice-"))
+    # The header names the results folder a report was rendered from (report_template.md).
+    if empty and path.exists() and f"`{_rel(results, path.parent)}/`" not in path.read_text():
+        raise FileNotFoundError(
+            f"no {profile}-profile results in {results}: rendering would replace {path} (rendered from the "
+            f"results of another folder) with an empty report. Run the study of that profile first (README; docs/GPU.md for full), "
+            f"or delete {path.name} to render the empty skeleton.")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     text = env.get_template(TEMPLATE.name).render(**collect(profile, dirs))
     text = "\n".join(line.rstrip() for line in text.splitlines()).strip() + "\n"
     while "\n\n\n" in text:  # template conditionals leave blank runs; one blank line is enough in markdown
         text = text.replace("\n\n\n", "\n\n")
-    path = Path(dirs.report)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)

@@ -125,6 +125,16 @@ def _cost_values(runs: list[dict], key: str) -> list[float]:
     return out
 
 
+def _train_ips(runs: list[dict], epoch_secs: list[float]) -> float:
+    """Training images per second of a model's row: the runs' training images per epoch (cost['train_images'],
+    when they agree) over the row's epoch time (the median over all their epochs), so that the two columns tell
+    the same story; else the median of the runs' own cost['train_ips']."""
+    images = set(_cost_values(runs, "train_images"))
+    if len(images) == 1 and epoch_secs:
+        return images.pop() / float(np.median(epoch_secs))
+    return _median_or_nan(_cost_values(runs, "train_ips"))
+
+
 def _median_or_nan(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
@@ -136,7 +146,7 @@ def comparison_table(results: Sequence[dict]) -> pd.DataFrame:
     (a model whose runs all diverged keeps a row with n_seeds=0 and NaN accuracy). `test_accs`
     lists the per-seed accuracies (%) in the order of `seeds`, for compare(). Cost columns come from
     the optional per-run 'cost' dict: flops (the first value; it is a property of the model),
-    train_ips and infer_ips (median over runs), peak_mem_mb (max over runs); `epoch_seconds` is the
+    train_ips (training images per epoch over epoch_seconds; see _train_ips), infer_ips (median over runs), peak_mem_mb (max over runs); `epoch_seconds` is the
     median of history[*]['seconds'] over all epochs of all kept runs (the median ignores a slow first
     epoch). Missing values are NaN. Rows are sorted by parameter count.
     """
@@ -181,7 +191,7 @@ def comparison_table(results: Sequence[dict]) -> pd.DataFrame:
             "n_diverged": len(runs) - len(ok),
             "flops": flops[0] if flops else math.nan,
             "epoch_seconds": _median_or_nan(epoch_secs),
-            "train_ips": _median_or_nan(_cost_values(ok, "train_ips")),
+            "train_ips": _train_ips(ok, epoch_secs),
             "infer_ips": _median_or_nan(_cost_values(ok, "infer_ips")),
             "peak_mem_mb": max(peak) if peak else math.nan,
         })

@@ -255,7 +255,8 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):
         assert set(proto["grad_range"]) == {"0.001", "0.0001"}
         probe = summary["probe"][model]
         assert probe["num_probes"] == 2 and probe["beta"]["min"] > 0 and not probe["lr_fallback"]
-        assert set(summary["slice"][model]) == {"loss_at_0", "loss_max", "loss_at_pm1", "seconds", "device"}
+        assert set(summary["slice"][model]) == {"loss_at_0", "loss_max", "loss_at_pm1", "seconds", "device",
+                                                "num_images", "git_commit"}
         assert summary["slice"][model]["seconds"] > 0 and summary["slice"][model]["device"].startswith("CPU")
     assert summary["same_data_order"]
     paths = plot_all(dirs)
@@ -263,6 +264,17 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):
     assert names == sorted(["p2_accuracy_lr1e-3", "p2_loss_band", "p2_grad_range", "p2_santurkar",
                             "p2_grad_diff_eta", "p2_loss_slice"])
     assert all(p.stat().st_size > 5000 for p in paths)
+    # Each figure's caption says where its numbers come from.
+    from lib.bn_plots import probe_caption, protocol_caption
+
+    run = json.loads((dirs.results / "bn-VGG_A-lr0.001-s2020.json").read_text())
+    n = f"{run['data']['num_train_used']:,}"
+    assert protocol_caption([run, run]) == (f"{run['data']['label']} | {n} training images | profile smoke | seed 2020 | "
+                                            f"2 epochs per run | {run['device']}")
+    probe = json.loads(S.probe_path(dirs, "VGG_A", S.BN_SEED).read_text())
+    assert f"profile smoke | seed 2020 | {probe['steps_done']} steps | CPU" in probe_caption([probe])
+    sliced = json.loads(S.slice_path(dirs, "VGG_A", S.BN_SEED).read_text())
+    assert f"{sliced['config']['num_images']} training images per point | seed 2020 | CPU" in probe_caption([sliced])
     # A second call reuses every file.
     mtimes = {p: p.stat().st_mtime_ns for p in dirs.results.glob("*.json")}
     S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs,

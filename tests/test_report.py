@@ -216,3 +216,84 @@ def test_speed_section_shows_the_gpu_bench_files_only(tmp_path, monkeypatch):
     assert "## Speed on a GPU" in text and "Device: NVIDIA H200" in text and "CPU (dry run)" not in text
     monkeypatch.setattr(R, "gpu_bench_tables", lambda root=None: [])
     assert "## Speed on a GPU" not in render_report("quick", output_dirs("quick", root=tmp_path)).read_text()
+
+
+def _probe_summary(stuck: bool, fallback_enabled: bool = False) -> dict:
+    """A bn_summary-shaped dict with the two probe runs (VGG_A stuck at the plateau or not)."""
+    def probe(model, loss):
+        stats = {"min": 0.1, "max": 2.0, "mean": 1.0, "median": 1.0}
+        return {"label": "Standard" if model == "VGG_A" else "Standard + BatchNorm", "lr": 0.1, "lr_fallback": False,
+                "num_steps": 100, "num_probes": 10, "etas": [0.1, 0.2, 0.3, 0.4], "beta": stats, "gpred_max": stats,
+                "loss_band_width": stats, "final_train_loss": {"mean": loss}, "probe_nonfinite": 0, "seconds": 90.0,
+                "device": "CPU (x86_64, 2 threads)", "data_order_sha256": "x", "data": "JPEG-q75 copy (fake.tar.gz)",
+                "profile": "quick", "batch_size": 128, "probe_every": 10, "fallback_enabled": fallback_enabled,
+                "num_train_used": 10_000, "git_commit": "p" + model,
+                "stuck_check": {"step": 33, "mean_loss": 2.3022 if stuck and model == "VGG_A" else 1.9,
+                                "threshold": 2.2, "stuck": stuck and model == "VGG_A"}}
+    return {"protocol": {}, "slice": {}, "missing": [], "same_data_order": True,
+            "probe": {m: probe(m, 2.23 if m == "VGG_A" else 1.39) for m in ("VGG_A", "VGG_A_BN")}}
+
+
+def test_a_probe_run_stuck_at_chance_level_is_said_beside_its_numbers():
+    from lib.report import part2_caveats, part2_findings, part2_markdown
+
+    stuck = _probe_summary(stuck=True)
+    (caveat,) = part2_caveats(stuck)
+    assert "VGG_A" in caveat and "2.302 at step 33" in caveat and "2.23 at the end" in caveat
+    assert "does not fall back" in caveat and "does not test the paper's claim" in caveat
+    assert "**Caveat:** " + caveat in part2_markdown(stuck)
+    probe_lines = [s for s in part2_findings(stuck) if s.startswith("Probe")]
+    assert len(probe_lines) == 3 and all("still at chance level" in s for s in probe_lines)
+    healthy = _probe_summary(stuck=False)
+    assert part2_caveats(healthy) == [] and "Caveat" not in part2_markdown(healthy)
+    assert not any("chance" in s for s in part2_findings(healthy))
+
+
+def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
+    from lib.bn_study import bn_summary
+    from lib.report import part2_context
+
+    summary = bn_summary(study_dirs)
+    line = part2_context(summary, kind="protocol")
+    # 2 networks x 2 learning rates of the fixture, 2 epochs each on 1,000 images, 10 s of training per run
+    assert "(1,000 training images; per run 2 epochs at batch 128)" in line and "profile: quick" in line
+    assert "runtime: 4 runs, 40 s of training in all" in line and "seed: 2020" in line
+    summary.update(_probe_summary(stuck=False))
+    line = part2_context(summary, kind="probe")
+    assert "10,000 training images; 100 steps at batch 128, a probe every 10 steps at 4 step sizes" in line
+    assert "(the paper: 15,000 steps, 8 step sizes)" in line and "runtime: 2 runs, 3.0 min in all" in line
+
+
+def test_near_chance_models_are_flagged(study_dirs):
+    for seed in range(3):
+        r = p1_result("ResNet18", seed, 0.20 + seed / 100)
+        atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    text = render_report("quick", study_dirs).read_text()
+    assert "ResNet18 stays below\n25% test accuracy (chance: 10%)" in text
+    assert "CANet stays below" not in text and "VGG11 stays below" not in text
+
+
+def test_report_is_not_replaced_by_an_empty_one(tmp_path):
+    dirs = output_dirs("full", root=tmp_path)
+    Path(dirs.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(dirs.report).write_text("# rendered from the quick profile\n")
+    with pytest.raises(FileNotFoundError, match="no full-profile results in .*would replace"):
+        render_report("full", dirs)
+    assert Path(dirs.report).read_text() == "# rendered from the quick profile\n"
+    Path(dirs.report).unlink()  # an empty report may replace an empty report of the same folder
+    assert "No Part 1 result yet" in render_report("full", dirs).read_text()
+    assert "No Part 1 result yet" in render_report("full", dirs).read_text()
+
+
+def test_commits_of_probes_and_slices_are_listed_and_dirty_ones_explained(study_dirs):
+    from lib.report import collect
+
+    r = p1_result("VGG11", 0, 0.85)
+    atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", dict(r, git_commit="def456+dirty"))
+    atomic_write_json(Path(study_dirs.results) / "slice-VGG_A-s2020.json",
+                      {"config": {}, "loss": [2.0, 1.0, 2.0], "seconds": 5.0,
+                       "environment": dict(ENV, git_commit="slice789")})
+    assert collect("quick", study_dirs)["commits"] == "abc123; def456+dirty; slice789"
+    text = render_report("quick", study_dirs).read_text()
+    assert "A commit marked\n  `+dirty` ran with uncommitted changes" in text
+    assert '"A -> B"' not in text  # no resumed run here

@@ -104,6 +104,19 @@ def results():
     ]
 
 
+def test_training_images_per_second_agree_with_the_epoch_time_column():
+    # Seed 0's epochs are slow (a loaded machine), seed 1's fast: the runs' own numbers (50 and 500 images/s)
+    # have the median 275, which the row's epoch time (the median over all six epochs, 140 s) does not explain.
+    runs = [_result("M", 0, 0.5, 1000, seconds=(200.0, 200.0, 200.0), cost={"train_images": 10_000, "train_ips": 50.0}),
+            _result("M", 1, 0.5, 1000, seconds=(20.0, 20.0, 80.0), cost={"train_images": 10_000, "train_ips": 500.0})]
+    row = comparison_table(runs).iloc[0]
+    assert row["epoch_seconds"] == pytest.approx(140.0)  # median of 20, 20, 80, 200, 200, 200
+    assert row["train_ips"] == pytest.approx(10_000 / 140.0)
+    # Without the image count (older cost dicts), the runs' own numbers: their median.
+    runs = [dict(r, cost={"train_ips": r["cost"]["train_ips"]}) for r in runs]
+    assert comparison_table(runs).iloc[0]["train_ips"] == pytest.approx(275.0)
+
+
 def test_comparison_table_groups_and_sorts(results):
     t = comparison_table(results)
     assert list(t["model"]) == ["Small", "Mid", "Single", "Big"]  # sorted by params
