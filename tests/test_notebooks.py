@@ -23,7 +23,8 @@ from lib.pipeline import (NOTEBOOK_DIR, NOTEBOOKS, StudyError, executed_dir, not
 P1_FIGURES = ["p1_curves_CANet", "p1_acc_vs_params", "p1_acc_vs_flops", "p1_per_class", "p1_filters",
               "p1_ridge_se", "p1_ridge_sa", "p1_ridge_unit_transform", "p1_attention_sa", "p1_attention_se",
               "p1_confusion_CANet"]
-P2_FIGURES = ["p2_accuracy_lr1e-3", "p2_loss_band", "p2_grad_range", "p2_santurkar"]
+P2_FIGURES = ["p2_accuracy_lr1e-3", "p2_loss_band", "p2_grad_range", "p2_santurkar", "p2_grad_diff_eta",
+              "p2_loss_slice"]
 # Keep CI cheap: 3 training images and 1 test image per class (27 train / 3 validation after the split),
 # one epoch per Part 1 model, a two-image inference timing, probes on batches of 8 (the smoke probe's
 # batch of 64 needs more images than this folder has).
