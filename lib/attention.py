@@ -111,12 +111,15 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict:
 
 
 def first_layer_filter_groups(model: nn.Module) -> dict[str, torch.Tensor]:
-    """First convolution(s) on the RGB input by name: CANet's two paths of block 0, else the first Conv2d."""
+    """First convolution(s) on the RGB input by name: CANet's three in block 0 (both paths and the shortcut),
+    else the first Conv2d."""
     blocks = getattr(model, "blocks", None)
     if blocks is not None and hasattr(blocks[0], "path_a") and hasattr(blocks[0], "path_b"):
-        # path_a feeds spatial attention, path_b channel attention; each starts with conv3x3(3 -> w).
+        # path_a feeds spatial attention, path_b channel attention; each starts with conv3x3(3 -> w). Block 0's
+        # shortcut (stride 1) is a 3x3 conv on the RGB input too.
         return {"path_a (-> SA)": blocks[0].path_a[0].weight.detach().float().cpu(),
-                "path_b (-> SE)": blocks[0].path_b[0].weight.detach().float().cpu()}
+                "path_b (-> SE)": blocks[0].path_b[0].weight.detach().float().cpu(),
+                "shortcut": blocks[0].shortcut[0].weight.detach().float().cpu()}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             if m.in_channels != 3:
@@ -127,5 +130,5 @@ def first_layer_filter_groups(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def first_layer_filters(model: nn.Module) -> torch.Tensor:
-    """The first convolution's weights (out, 3, k, k); for CANet path_a's filters then path_b's (2w in all)."""
+    """The first convolution's weights (out, 3, k, k); for CANet path_a's, path_b's, then the shortcut's (3w in all)."""
     return torch.cat(list(first_layer_filter_groups(model).values()), dim=0)

@@ -101,9 +101,10 @@ def test_attention_maps_rejects_non_canet():
 
 def test_first_layer_filters(tiny):
     w = first_layer_filters(tiny)
-    assert tuple(w.shape) == (32, 3, 3, 3)  # 16 filters of path_a then 16 of path_b
+    assert tuple(w.shape) == (48, 3, 3, 3)  # 16 filters of path_a, 16 of path_b, 16 of the shortcut
     assert torch.equal(w[:16], tiny.blocks[0].path_a[0].weight.detach())
-    assert torch.equal(w[16:], tiny.blocks[0].path_b[0].weight.detach())
+    assert torch.equal(w[16:32], tiny.blocks[0].path_b[0].weight.detach())
+    assert torch.equal(w[32:], tiny.blocks[0].shortcut[0].weight.detach())
     other = nn.Sequential(nn.Conv2d(3, 8, 5), nn.ReLU(), nn.Conv2d(8, 4, 3))
     assert tuple(first_layer_filters(other).shape) == (8, 3, 5, 5)
     assert list(first_layer_filter_groups(other)) == ["0"]
