@@ -197,18 +197,20 @@ class ProbeConfig:
 
 # Probe sizes per profile (BN_METHODS.md B).
 # smoke: CI-sized (256 images, batch 64, 6 steps, 3 probes, K=3); numbers mean nothing.
-# quick: 100 steps at batch 128, K=4 probes every 10 steps = 140 VGG-A forward+backward passes per
-#   network. One pass costs about 1.8 s on an idle 2-core CPU (4-6 s on a busy one), so about 4-5 min
-#   per network idle; measured 1,186 s (VGG_A) and 1,006 s (VGG_A_BN) on this 2-core machine at load
-#   7-11. VGG_A without BN at lr 0.1 leaves the ln(10) plateau only after ~80 steps (loss 2.20 at step
-#   100), so 100 steps cannot tell "does not train" from "has not started": the lr fallback is off.
+# quick: 300 steps at batch 128, K=4 probes every 15 steps = 380 VGG-A forward+backward passes per
+#   network. One pass costs about 1.8 s on an idle 2-core CPU (4-6 s on a busy one), so about 12 min per
+#   network idle. VGG_A without BN at lr 0.1 leaves the ln(10) plateau only after ~80-100 steps (the first
+#   quick runs, 100 steps, ended at loss 2.22 with every probe on the plateau, which measured a network that
+#   had not started, not the paper's claim; the report now says where a network leaves the plateau and
+#   compares the probes after it). The stuck check at step 100 cannot tell "does not train" from "has not
+#   started" this early, so the lr fallback stays off.
 # full: the paper's k=20, K=8 on all 45,000 training images for 4,000 steps (about 11 epochs; the
 #   paper trains 15,000). Estimate for one H100 in strict fp32: ~117 GFLOP per pass, ~5 ms, 5,600
 #   passes per network, i.e. well under a minute each, under 3 minutes for both even with the fallback.
 PROBE_SIZES = {
     "smoke": dict(num_train=256, batch_size=64, num_steps=6, probe_every=2, eta_multipliers=(1.0, 2.0, 4.0),
                   fallback=False),
-    "quick": dict(num_train=10_000, batch_size=128, num_steps=100, probe_every=10,
+    "quick": dict(num_train=10_000, batch_size=128, num_steps=300, probe_every=15,
                   eta_multipliers=(1.0, 2.0, 3.0, 4.0), fallback=False),
     "full": dict(num_train=None, batch_size=128, num_steps=4000, probe_every=20, eta_multipliers=ETA_MULTIPLIERS),
 }
@@ -318,6 +320,17 @@ def stuck_check(train_loss: Sequence[float], num_steps: int, stuck_loss: float =
     mean = float(window.mean()) if finite else math.nan
     return {"step": check, "window": len(window), "mean_loss": mean, "threshold": stuck_loss,
             "stuck": (not finite) or mean > stuck_loss}
+
+
+def plateau_exit_step(train_loss: Sequence[float], threshold: float = STUCK_LOSS, window: int = 10) -> int | None:
+    """The first step at which the mean training loss of the last `window` steps is below `threshold` (the
+    network has left the ln(10) plateau of a uniform guess); None if it never is."""
+    losses = _as_float_array(train_loss)
+    for end in range(window, len(losses) + 1):
+        chunk = losses[end - window:end]
+        if np.isfinite(chunk).all() and chunk.mean() < threshold:
+            return end - 1
+    return None
 
 
 def probe_data(cfg: ProbeConfig, device: torch.device):
@@ -693,7 +706,10 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                 "profile": r["config"].get("profile"), "batch_size": r["config"].get("batch_size"),
                 "probe_every": r["config"].get("probe_every"), "fallback_enabled": r["config"].get("fallback", True),
                 "num_train_used": (r.get("data") or {}).get("num_train_used", r["config"].get("num_train")),
-                "stuck_check": r.get("stuck_check"), "git_commit": r["environment"].get("git_commit")}
+                "stuck_check": r.get("stuck_check"), "git_commit": r["environment"].get("git_commit"),
+                "plateau_exit_step": plateau_exit_step(r["train_loss"], r["config"].get("stuck_loss", STUCK_LOSS)),
+                "series": {"step": list(p["step"]), "beta": list(p["beta"]), "gpred_max": list(p["gpred_max"]),
+                           "loss_band_width": band_width.tolist()}}
         else:
             summary["missing"].append(probe_file.name)
 

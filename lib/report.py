@@ -409,23 +409,54 @@ def part2_markdown(summary: dict, profile: str | None = None) -> str:
     return "\n".join(parts)
 
 
-def part2_caveats(summary: dict) -> list[str]:
-    """Why a probe comparison cannot be read as the paper's: a network without BN that had not left the
-    chance-level plateau (its recorded stuck check) and did not fall back to the lower learning rate."""
-    out = []
+def _stuck_probe(summary: dict) -> tuple[str, dict] | None:
+    """(model, probe entry) of a probe run whose recorded stuck check found it on the chance-level plateau and
+    that did not fall back to the lower learning rate; None when there is none."""
     for m in BN_MODELS:
         p = summary.get("probe", {}).get(m) or {}
-        stuck = p.get("stuck_check") or {}
-        if stuck.get("stuck") and not p.get("lr_fallback"):
-            why = ("this profile does not fall back to a lower learning rate (too few steps to tell a network that "
-                   "does not train from one that has not started)" if not p.get("fallback_enabled", True)
-                   else "the fallback run did not replace it")
-            out.append(f"{p.get('label', m)} ({m}) had not left the chance-level plateau (ln 10 = 2.303): its mean "
-                       f"training loss was {fmt_num(stuck.get('mean_loss'), 4)} at step {stuck.get('step')} (the "
-                       f"stuck check's threshold: {fmt_num(stuck.get('threshold'))}) and "
-                       f"{fmt_num((p.get('final_train_loss') or {}).get('mean'))} at the end, and {why}. Its probe numbers "
-                       f"describe a network that is not training yet, so this table's comparison does not test "
-                       f"the paper's claim that BN makes the landscape smoother.")
+        if (p.get("stuck_check") or {}).get("stuck") and not p.get("lr_fallback"):
+            return m, p
+    return None
+
+
+def part2_caveats(summary: dict) -> list[str]:
+    """Why a probe comparison cannot be read as the paper's, or only in part: a network that was still on the
+    chance-level plateau at its stuck check (and did not fall back to the lower learning rate), with the step
+    where it left it (lib.bn_study.plateau_exit_step), if it did."""
+    found = _stuck_probe(summary)
+    if found is None:
+        return []
+    m, p = found
+    stuck = p["stuck_check"]
+    why = ("this profile does not fall back to a lower learning rate (too few steps to tell a network that does not "
+           "train from one that has not started)" if not p.get("fallback_enabled", True)
+           else "the fallback run did not replace it")
+    head = (f"{p.get('label', m)} ({m}) was still on the chance-level plateau (ln 10 = 2.303) at the stuck check: "
+            f"mean training loss {fmt_num(stuck.get('mean_loss'), 4)} at step {stuck.get('step')} (threshold "
+            f"{fmt_num(stuck.get('threshold'))}), and {why}.")
+    exit_step = p.get("plateau_exit_step")
+    if exit_step is None:
+        return [f"{head} Its loss was {fmt_num((p.get('final_train_loss') or {}).get('mean'))} at the end: its probe "
+                f"numbers describe a network that is not training yet, so this table's comparison does not test the "
+                f"paper's claim that BN makes the landscape smoother."]
+    return [f"{head} It left the plateau at step {exit_step} of {p.get('num_steps')} (10-step mean loss below the "
+            f"threshold): the probes before that describe a network that had not started training, so the medians "
+            f"over all probes mix the two phases; the findings below also compare the probes from step {exit_step} "
+            f"on, where both networks train."]
+
+
+def _late_probe_medians(summary: dict, start: int) -> dict:
+    """{model: {key: median}} of each probe series over the probes at steps >= start."""
+    out = {}
+    for m in BN_MODELS:
+        series = (summary.get("probe", {}).get(m) or {}).get("series") or {}
+        keep = [i for i, step in enumerate(series.get("step", [])) if step >= start]
+        out[m] = {}
+        for key in ("beta", "gpred_max", "loss_band_width"):
+            v = np.asarray([series[key][i] for i in keep], dtype=float) if key in series else np.array([])
+            v = v[np.isfinite(v)]
+            out[m][key] = float(np.median(v)) if v.size else None
+        out[m]["num_probes"] = len(keep)
     return out
 
 
@@ -473,8 +504,11 @@ def part2_findings(summary: dict) -> list[str]:
                    f"{'; '.join(low)}. They have barely started learning in this profile, so their differences "
                    f"say more about how fast a network starts than about what it reaches.")
     pa, pb = probe.get("VGG_A"), probe.get("VGG_A_BN")
-    stuck = (" (but see the caveat under the probe table: the network without BN was still at chance level)"
-             if part2_caveats(summary) else "")
+    found = _stuck_probe(summary)
+    exit_step = found[1].get("plateau_exit_step") if found else None
+    stuck = ("" if found is None else " (over all probes, see the caveat under the probe table: "
+             + ("the network without BN was still at chance level)" if exit_step is None
+                else f"before step {exit_step} one network had not started training)"))
     if pa and pb:
         for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
                           ("loss_band_width", "loss-landscape band width")):
@@ -483,6 +517,15 @@ def part2_findings(summary: dict) -> list[str]:
                            f"{fmt_num(pa[key]['median'])} without "
                            f"({direction(pb[key]['median'], pa[key]['median'], 'larger', 'smaller')} with BN); "
                            f"max {fmt_num(pb[key]['max'])} vs {fmt_num(pa[key]['max'])}{stuck}.")
+        if exit_step is not None:
+            late = _late_probe_medians(summary, exit_step)
+            a_late, b_late = late["VGG_A"], late["VGG_A_BN"]
+            for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
+                              ("loss_band_width", "loss-landscape band width")):
+                if a_late[key] is not None and b_late[key] is not None:
+                    out.append(f"Probe ({what}), from step {exit_step} on ({b_late['num_probes']} probes, both "
+                               f"networks training): median {fmt_num(b_late[key])} with BN vs {fmt_num(a_late[key])} "
+                               f"without ({direction(b_late[key], a_late[key], 'larger', 'smaller')} with BN).")
         if summary.get("same_data_order") is not None:
             out.append("Both probe runs saw the same mini-batches in the same order: "
                        f"{'yes' if summary['same_data_order'] else 'NO (the comparison is confounded)'}.")

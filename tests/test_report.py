@@ -297,3 +297,37 @@ def test_commits_of_probes_and_slices_are_listed_and_dirty_ones_explained(study_
     text = render_report("quick", study_dirs).read_text()
     assert "A commit marked\n  `+dirty` ran with uncommitted changes" in text
     assert '"A -> B"' not in text  # no resumed run here
+
+
+def test_a_probe_run_that_left_the_plateau_late_is_compared_from_then_on():
+    from lib.report import part2_caveats, part2_findings
+
+    summary = _probe_summary(stuck=True)
+    steps = [0, 10, 20, 30]
+    summary["probe"]["VGG_A"].update(plateau_exit_step=15, series={
+        "step": steps, "beta": [1.0, 1.0, 30.0, 50.0], "gpred_max": [0.1, 0.1, 5.0, 7.0],
+        "loss_band_width": [0.01, 0.01, 2.0, 2.0]})
+    summary["probe"]["VGG_A_BN"].update(series={
+        "step": steps, "beta": [20.0, 20.0, 10.0, 12.0], "gpred_max": [9.0, 9.0, 3.0, float("nan")],
+        "loss_band_width": [3.0, 3.0, 1.0, 1.0]})
+    (caveat,) = part2_caveats(summary)
+    assert "left the plateau at step 15 of 100" in caveat and "does not test" not in caveat
+    late = [s for s in part2_findings(summary) if "from step 15 on" in s]
+    assert late == [
+        "Probe (effective beta-smoothness), from step 15 on (2 probes, both networks training): median 11 with BN vs "
+        "40 without (smaller with BN).",
+        "Probe (gradient change ||g - g'||), from step 15 on (2 probes, both networks training): median 3 with BN vs "
+        "6 without (smaller with BN).",
+        "Probe (loss-landscape band width), from step 15 on (2 probes, both networks training): median 1 with BN vs "
+        "2 without (smaller with BN)."]
+    assert all("before step 15 one network had not started" in s for s in part2_findings(summary)
+               if s.startswith("Probe (") and "from step" not in s)
+
+
+def test_plateau_exit_step():
+    from lib.bn_study import plateau_exit_step
+
+    losses = [2.30] * 20 + [2.0] * 20
+    assert plateau_exit_step(losses, 2.2, window=10) == 23  # steps 14..23: six at 2.30, four at 2.0 -> mean 2.18
+    assert plateau_exit_step([2.30] * 40, 2.2) is None
+    assert plateau_exit_step([float("nan")] * 10 + [1.0] * 10, 2.2, window=10) == 19
