@@ -50,6 +50,10 @@ def code(text):
 
 
 NB01 = [
+    params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
+seeds = [0]  # one run per seed; the first seed's run is the one shown and visualised
+model = "CANet"  # CANet_tiny | CANet_light | CANet | CANet_pro
+num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)'''),
     md('''# 01 - Train CANet with the Part 1 recipe
 
 Trains one CANet variant (`model`, default `CANet`) with the recipe of STUDY.md section 4: AdamW (lr 1e-3,
@@ -58,45 +62,63 @@ ExponentialLR (gamma 0.96) per epoch, label smoothing 0.1, batch 256, flip / cro
 MixUp / CutMix. The checkpoint is chosen on validation accuracy; the test set is evaluated for it only.
 Finished results with the same configuration are reused (set `force = True` to retrain). The run chosen
 here is the one notebook 03 visualises.'''),
-    params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
-seeds = [0]  # one run per seed; the first seed's run is the one shown and visualised
-model = "CANet"  # CANet_tiny | CANet_light | CANet | CANet_pro
-num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)'''),
+    md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy.
+To see that run here, set in the first cell `profile = "quick"`, `data_source = "shared"`, `publish = True`
+and `seeds = [0]` (`[0, 1, 2]` works too), keeping `model = "CANet"`, `force = False` and `num_epochs = None`.
+A finished result in `results/quick/` whose configuration matches is read back, not retrained; another model,
+seed or number of epochs is a new configuration and trains. `publish = True` also writes to the committed
+folders: the run marker `results/quick/part1-main.json` and the training-curves figure in `figs/`, redrawn
+from the same files.'''),
     setup_cell('''from lib import part1
 from lib.data import canonical_source
 from lib.part1_plots import plot_training_curves
 from lib.paths import output_dirs
 from lib.train import model_summary'''),
-    md("## The configuration (the recipe, sized by the profile)"),
+    md('''## The configuration (the recipe, sized by the profile)'''),
     code('''cfg = part1.configs(profile, source, [model], seeds, num_epochs)[0]
 pd.Series(cfg.to_dict(), dtype=object).to_frame("value")'''),
-    md("## Architecture: the torchinfo summary"),
-    code("print(model_summary(model))"),
-    md("## Train (or reuse the finished result)"),
+    md('''## Architecture: the torchinfo summary'''),
+    code('''print(model_summary(model))'''),
+    md('''## Train (or reuse the finished result)'''),
     code('''results = part1.run_part1(profile, source, dirs, models=[model], seeds=seeds, force=force, num_epochs=num_epochs)
 result = results[0]
-part1.mark_main(dirs, result)  # notebook 03 and the report visualise this run'''),
-    md("## Training curves: learning rate, train / validation loss, validation accuracy"),
-    code("display(Image(filename=plot_training_curves(result, dirs.figs)))"),
-    code("part1.history_frame(result)"),
-    md("## Test accuracy of the model selected on validation accuracy"),
+part1.mark_main(dirs, result);  # notebook 03 and the report visualise this run; `;` hides the returned path'''),
+    md('''## Training curves: learning rate, train / validation loss, validation accuracy'''),
+    md('''Three panels over the epochs (epoch 1 is the first): the learning rate (log scale), the training and
+validation loss, and the validation accuracy; the dashed line and the grey shading mark the switch from
+AdamW to SGD. The training loss is measured on augmented, MixUp / CutMix-mixed batches, so compare its trend
+rather than its level with the validation loss. The gold star is the epoch whose checkpoint is kept (best
+validation accuracy), the only one that is tested; a validation accuracy still rising at the last epoch
+means the run stopped before it levelled off.'''),
+    code('''display(Image(filename=plot_training_curves(result, dirs.figs)))'''),
+    code('''part1.history_frame(result)'''),
+    md('''## Test accuracy of the model selected on validation accuracy'''),
     code('''for r in results:
     print(part1.headline(r))'''),
 ]
 
 NB02 = [
-    md('''# 02 - The comparison: nine models, one recipe
-
-Trains (or reuses) the four CANets and the five torchvision baselines with the Part 1 recipe, for every
-seed in `seeds`, measures their cost (FLOPs, inference throughput), and builds the comparison table:
-mean +- std of the test accuracy over the seeds present, beside the original report's numbers. A model
-is called better than another only where a Welch t-test over seeds says so (lib.stats).'''),
     params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
 seeds = [0]  # e.g. [0, 1, 2]: the table shows mean +- std over the seeds present
 models = None  # None: all nine Part 1 models; or a list of names
 num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
 cost_batch = None  # inference batch for the throughput column (None: 1024 on a GPU, 64 on a CPU)
 cost_iters = None  # timed inference batches (None: 20 on a GPU, 3 on a CPU)'''),
+    md('''# 02 - The comparison: nine models, one recipe
+
+Trains (or reuses) the four CANets and the five torchvision baselines with the Part 1 recipe, for every
+seed in `seeds`, measures their cost (FLOPs, inference throughput), and builds the comparison table:
+mean +- std of the test accuracy over the seeds present, beside the original report's numbers. A model
+is called better than another only where a Welch t-test over seeds says so (lib.stats).'''),
+    md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy,
+eight models with three seeds each (CANet_pro was not run). To see that comparison here, set in the first
+cell `profile = "quick"`, `data_source = "shared"`, `publish = True`, `seeds = [0, 1, 2]` and
+`models = ["CANet_tiny", "CANet_light", "CANet", "ShuffleNetV2", "MobileNetV2", "ResNet18", "ResNet34", "VGG11"]`,
+keeping `force = False` and `num_epochs = None`. A finished result in `results/quick/` whose configuration
+matches is read back, not retrained; with `models = None` the list includes CANet_pro, which has no result
+and would start training (hours on a CPU). `publish = True` also writes to the committed folders: the
+figures in `figs/` are redrawn from the same files, and on a machine other than the one recorded in
+`results/quick/cost-*.json` the cost cell re-measures inference speed (no training) into those files.'''),
     setup_cell('''from lib import part1, report
 from lib.data import canonical_source
 from lib.models import PART1_MODELS
@@ -104,10 +126,10 @@ from lib.part1_plots import plot_accuracy_vs_cost, plot_per_class_heatmap
 from lib.paths import output_dirs
 
 models = list(models or PART1_MODELS)'''),
-    md("## Train (or reuse) every model and seed"),
+    md('''## Train (or reuse) every model and seed'''),
     code('''results = part1.run_part1(profile, source, dirs, models=models, seeds=seeds, force=force, num_epochs=num_epochs)
 part1.runs_frame(results)'''),
-    md("## Cost: FLOPs per image, parameters, inference images/s"),
+    md('''## Cost: FLOPs per image, parameters, inference images/s'''),
     code('''costs = part1.compute_costs(dirs, models, batch_size=cost_batch, iters=cost_iters)
 pd.DataFrame(costs).set_index("model")'''),
     md('''## The comparison table
@@ -117,26 +139,41 @@ All Part 1 results of these models in the results folder (every seed present), s
 cost_files = part1.load_costs(dirs)
 table = part1.part1_table(dirs, results=all_results, costs=cost_files)
 table'''),
-    code("display(Markdown(report.comparison_markdown(table, all_results, cost_files)))"),
-    md("## Who wins? Only what the seeds support"),
+    code('''display(Markdown(report.comparison_markdown(table, all_results, cost_files)))'''),
+    md('''## Who wins? Only what the seeds support'''),
     code('''for sentence in report.ranking(table):
     print(sentence)'''),
-    md("## Accuracy against parameters and FLOPs (Pareto front marked)"),
+    md('''## Accuracy against parameters and FLOPs (Pareto front marked)'''),
+    md('''Each point is one model: its mean test accuracy over the seeds present (error bars: +-1 standard deviation,
+where there is more than one seed) against its parameter count (first figure) and its forward FLOPs per image
+(second), both on a log scale. Red points are the Pareto front, joined by the dashed step line: no other model
+is at least as accurate at no more cost and better in one of the two; a grey point is beaten that way by some
+model. Models worth their cost lie up and to the left; read gaps between points against the error bars, and
+take from the Welch tests above which differences the seeds support.'''),
     code('''for path in plot_accuracy_vs_cost(table, dirs.figs, subtitle=report.context_line(all_results)):
     display(Image(filename=path))'''),
-    md("## Per-class test accuracy"),
-    code("display(Image(filename=plot_per_class_heatmap(all_results, dirs.figs, subtitle=report.context_line(all_results))))"),
+    md('''## Per-class test accuracy'''),
+    md('''Rows are the models (sorted by parameters, with their number of seeds), columns the ten CIFAR-10 classes;
+each cell is the test accuracy on that class in %, the mean over seeds. Read along a row for a model's weak
+classes and down a column for the classes that are hard for every model.'''),
+    code('''display(Image(filename=plot_per_class_heatmap(all_results, dirs.figs, subtitle=report.context_line(all_results))))'''),
 ]
 
 NB03 = [
+    params_cell('''model = None  # None: the run notebook 01 trained; or a CANet variant with a finished result
+seed = None  # None: notebook 01's seed (or 0)
+num_images = 6  # test images in the attention figures (distinct classes where possible)'''),
     md('''# 03 - What the trained CANet learned
 
 Visualises the run trained by notebook 01 (the CANet variant and seed recorded there; set `model` /
 `seed` to pick another finished run): first-layer filters, the per-epoch distributions of the SE, SA and
 unit_transform weights, attention maps on real test images, per-class accuracy and the confusion matrix.'''),
-    params_cell('''model = None  # None: the run notebook 01 trained; or a CANet variant with a finished result
-seed = None  # None: notebook 01's seed (or 0)
-num_images = 6  # test images in the attention figures (distinct classes where possible)'''),
+    md('''**Viewing the committed study.** This notebook trains nothing: it shows a finished run. For the run behind
+`report.md` (the `quick` profile on the JPEG-q75 copy), set in the first cell `profile = "quick"`,
+`data_source = "shared"` and `publish = True`, keeping `model = None` and `seed = None` (the run notebook 01
+recorded in `results/quick/part1-main.json`: CANet, seed 0). The filters and attention maps need that run's
+checkpoint (`checkpoints/quick/p1-CANet-s0.pt`), which git does not track: it exists only where the study was
+trained. `publish = True` redraws the figures in the committed `figs/` from the same files.'''),
     setup_cell('''from lib import part1
 from lib.attention import load_trained
 from lib.data import canonical_source
@@ -144,25 +181,46 @@ from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_w
 from lib.paths import output_dirs
 from lib.train import resolve_device'''),
     code('''result = part1.main_run(dirs, model, seed)
-net = load_trained(result, resolve_device("auto"))
 caption = run_caption(result)
 print(part1.headline(result))'''),
-    md("## First-layer convolution filters (both paths of block 0)"),
-    code('display(Image(filename=plot_filters(net, dirs.figs, subtitle=caption, model_name=result["model"])))'),
-    md("## How the attention weights moved during training (ridge plots, one density per epoch)"),
+    md('''## First-layer convolution filters (block 0: both paths and the shortcut)'''),
+    md('''The 3x3 RGB filters of block 0 (both paths and the shortcut) of the validation-selected checkpoint, each scaled to its own
+range. Colour and edge detectors appear where training has gone on long enough; near-random filters mean it
+has not.'''),
+    code('''net = load_trained(result, resolve_device("auto"))  # the validation-selected checkpoint
+display(Image(filename=plot_filters(net, dirs.figs, subtitle=caption, model_name=result["model"])))'''),
+    md('''## How the attention weights moved during training (ridge plots, one density per epoch)'''),
+    md('''One figure per weight group: SE (the channel attention's 1-D kernels 3/5/7 and their mixing scales), SA (the
+spatial attention's conv on the [mean, max] maps) and the shared `unit_transform` 1x1 gate. Each ridge is the
+distribution of all of that group's weights at the end of one epoch, the first epoch at the top and the last
+at the bottom (long runs show an even selection of epochs); the dotted line is zero. Look at how the ridges
+change from top to bottom: a shift, widening or narrowing is training moving those weights, while ridges that
+hardly change mean the weights stayed close to where the first epoch left them.'''),
     code('''for path in plot_weight_ridges(part1.weight_history(dirs, result), dirs.figs, subtitle=caption):
     display(Image(filename=path))'''),
-    md("## Attention on real test images: where SA looks, which channels SE passes on"),
+    md('''## Attention on real test images: where SA looks, which channels SE passes on'''),
+    md('''The first figure shows each test image (title: true and predicted class, green when right, red when wrong)
+with the SA gate of the first, middle and last block laid over a grey copy of it: bright is kept, dark is
+damped. Colours are scaled per map, so read the printed min-max gate value too: a narrow range means SA weighs
+the whole image almost alike. The second figure shows the SE channel weights of the last two blocks, one row
+per image with the channels sorted by their mean weight (left), and each image's weights sorted (right): a
+steep curve means SE passes a few channels and damps the rest, and rows that look alike mean its choice
+hardly depends on the image.'''),
     code('''X, y = part1.sample_test_images(result, n=64)  # a pool; the figure picks distinct classes from it
 for path in plot_attention(net, X, y, dirs.figs, *part1.normalization(result), n_images=num_images,
                            subtitle=caption, model_name=result["model"]):
     display(Image(filename=path))'''),
-    md("## Per-class accuracy and the confusion matrix (test set)"),
-    code("part1.per_class_frame(result)"),
-    code("display(Image(filename=plot_confusion(result, dirs.figs, subtitle=caption)))"),
+    md('''## Per-class accuracy and the confusion matrix (test set)'''),
+    code('''part1.per_class_frame(result)'''),
+    md('''The confusion matrix: rows are the true classes, columns the predicted ones, each row normalised to 100% of
+that class's test images. The diagonal is the per-class accuracy of the table above; the largest cells off the
+diagonal are the most frequent mistakes.'''),
+    code('''display(Image(filename=plot_confusion(result, dirs.figs, subtitle=caption)))'''),
 ]
 
 NB04 = [
+    params_cell('''force = False  # True: rerun every Part 2 experiment even when its result exists
+probe_overrides = None  # None: the profile's probe sizes (lib.bn_study.PROBE_SIZES); a dict changes some (tests)'''),
     md('''# 04 - Batch Normalization on VGG-A (Part 2)
 
 VGG-A with and without BN under the original protocol (Adam at four learning rates, batch 128, no
@@ -170,18 +228,74 @@ augmentation, per-step loss and last-layer gradient range), the probe of Santurk
 landscape, gradient predictiveness, effective beta-smoothness along the gradient) and a 1-D loss slice.
 All compute is in `lib.bn_study` (results are files, reused unless `force`); `lib.bn_plots` draws the
 figures from those files only.'''),
-    params_cell('''force = False  # True: rerun every Part 2 experiment even when its result exists
-probe_overrides = None  # None: the profile's probe sizes (lib.bn_study.PROBE_SIZES); a dict changes some (tests)'''),
+    md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy.
+To see those Part 2 results here, set in the first cell `profile = "quick"`, `data_source = "shared"` and
+`publish = True`, keeping `force = False` and `probe_overrides = None`. The protocol runs, probe runs and loss
+slices in `results/quick/` whose configuration matches are read back, not recomputed; `publish = True` also
+redraws the figures in the committed `figs/` from those files.'''),
     setup_cell('''from lib import bn_plots, bn_study, report
 from lib.data import canonical_source
 from lib.paths import output_dirs'''),
-    md("## Compute: the protocol runs, the probes, the loss slices"),
-    code("summary = bn_study.run_bn_study(profile, source, dirs, force=force, probe_overrides=probe_overrides)"),
-    md("## Figures"),
-    code('''for path in bn_plots.plot_all(dirs):
-    display(Image(filename=path))'''),
-    md("## The numbers (as the report shows them)"),
-    code("display(Markdown(report.part2_markdown(summary)))"),
+    md('''## Compute: the protocol runs, the probes, the loss slices'''),
+    code('''summary = bn_study.run_bn_study(profile, source, dirs, force=force, probe_overrides=probe_overrides)'''),
+    md('''## Figures
+
+Drawn only from the result files above (nothing is trained here). In every figure blue is VGG-A without BN
+("Standard") and red VGG-A with BN ("Standard + BatchNorm").'''),
+    code('''figures = {path.stem: path for path in bn_plots.plot_all(dirs)}  # name -> PNG; absent if its files are missing
+
+
+def show(name):
+    """Display one of the figures drawn above, or say that its result files are missing."""
+    if name in figures:
+        display(Image(filename=figures[name]))
+    else:
+        print(f"{name}: not drawn (its result files are missing)")'''),
+    md('''### BN vs no BN: accuracy
+
+Validation accuracy (left) and validation loss (right) per epoch of the Adam run at lr 1e-3, the learning rate
+the original report compares; the legend gives each network's best validation accuracy. Look at which curve
+is higher and how early it gets there; there is one run per network, so a gap is not a test of significance.'''),
+    code('''show("p2_accuracy_lr1e-3")'''),
+    md('''### Loss band over the learning rates
+
+At every training step, the range (min to max) of the training loss over the four Adam learning-rate runs:
+shaded is the raw per-step band, the lines a moving average. A narrow band means the runs' losses were close
+at that step. It is a proxy across learning rates, not a measurement of the landscape around one trajectory;
+the Santurkar et al. measurements below are that measurement.'''),
+    code('''show("p2_loss_band")'''),
+    md('''### Gradient range of the last layer
+
+At every step of the Adam run at lr 1e-3, the largest (solid) and smallest (dashed) entry of the last linear
+layer's weight gradient; shaded are the raw values, the lines a moving average. Compare the width of the range
+and how much it jumps from step to step between the two networks.'''),
+    code('''show("p2_grad_range")'''),
+    md('''### The Santurkar et al. measurements
+
+Both networks train with plain SGD on the same mini-batches; every few steps the probe looks along the current
+gradient at several step sizes eta on the same mini-batch, leaving training untouched. Panels: (a) the range
+of the loss along that line, (b) gradient predictiveness, the range of ||g - g_eta||, how much the gradient
+changes along it, (c) the effective beta-smoothness, the largest ||g - g_eta|| / ||eta g||. Lower and
+narrower means a smoother landscape around the trajectory, where the gradient at one point better predicts
+the gradient a step further; the paper asks whether BN makes it so, and the table below gives the medians and
+maxima of this run.'''),
+    code('''show("p2_santurkar")'''),
+    md('''### Gradient change against the step size
+
+||g - g_eta|| against the step size eta at the first (dashed) and the last (solid) probe of each network (the
+paper's Fig. 11a). A curve that stays low means the gradient still predicts the gradient a step further
+along; a steep rise means it does not.'''),
+    code('''show("p2_grad_diff_eta")'''),
+    md('''### Filter-normalised 1-D loss slice
+
+The training loss (eval mode, on a fixed subset of training images) along one seeded random filter-normalised
+direction through the validation-selected lr 1e-3 checkpoint of each network (Li et al., NeurIPS 2018);
+alpha = 0 is the trained weights. A flat, wide curve means the loss changes little when the weights move that
+way, a steep one that it is sensitive. It is one direction, so it illustrates the landscape rather than
+measuring it.'''),
+    code('''show("p2_loss_slice")'''),
+    md('''## The numbers (as the report shows them)'''),
+    code('''display(Markdown(report.part2_markdown(summary)))'''),
 ]
 
 

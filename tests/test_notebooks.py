@@ -58,6 +58,20 @@ def test_notebooks_are_committed_thin_and_without_outputs():
                 assert len(fn.splitlines()) <= 10, f"{name}: a function longer than 10 lines"
 
 
+def test_the_generator_writes_the_committed_notebooks(tmp_path):
+    """scripts/make_notebooks.py is where notebooks are edited: regenerating must give the committed files."""
+    import subprocess
+    import sys
+
+    from lib.paths import REPO
+
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_notebooks.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    for name in NOTEBOOKS:
+        made = (tmp_path / "notebooks" / f"{name}.ipynb").read_text()
+        assert made == (NOTEBOOK_DIR / f"{name}.ipynb").read_text(), f"{name}: edit scripts/make_notebooks.py"
+
+
 def test_select_notebooks_and_command():
     assert select_notebooks(None) == list(NOTEBOOKS)
     assert select_notebooks(["04", "01_train_canet.ipynb"]) == ["01_train_canet", "04_batchnorm"]
