@@ -17,6 +17,7 @@ from lib.bn_study import LABELS, _as_float_array, loss_band, probe_path, protoco
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_name
 from lib.paths import OutputDirs
 from lib.plotting import caption, new_figure, savefig
+from lib.report import join_distinct
 from lib.results import read_json
 
 STEP_WINDOW = 25  # steps (Adam protocol: 352 steps per epoch on the full data)
@@ -66,20 +67,24 @@ def log_y_if_wide(ax, *arrays, ratio: float = 10.0) -> bool:
     return wide
 
 
-def _join(values) -> str:
-    """Distinct values in first-seen order, joined with '/'."""
-    return "/".join(dict.fromkeys(str(v) for v in values if v is not None))
+def _distinct(values) -> str:
+    """Distinct values joined with '/' ('' when there are none)."""
+    return join_distinct(values, empty="", sep="/")
 
 
 def protocol_caption(runs) -> str:
-    """Where the protocol runs behind a figure come from: data, training images, profile, seed, epochs, device."""
+    """Where the protocol runs behind a figure come from: data, training images, profile, seed, epochs, device
+    (parts without a recorded value are left out)."""
     runs = list(runs)
     data = [r.get("data") or {} for r in runs]
-    images = _join(f"{d['num_train_used']:,}" for d in data if d.get("num_train_used"))
-    return " | ".join([_join(d.get("label") for d in data) or "data source unknown", f"{images} training images",
-                       f"profile {_join(r.get('profile') for r in runs)}", f"seed {_join(r.get('seed') for r in runs)}",
-                       f"{_join(len(r.get('history') or []) for r in runs)} epochs per run",
-                       _join(r.get("device") for r in runs)])
+    images = _distinct(f"{d['num_train_used']:,}" for d in data if d.get("num_train_used"))
+    epochs = _distinct(len(r["history"]) for r in runs if r.get("history"))
+    parts = [_distinct(d.get("label") for d in data) or "data source not recorded",
+             f"{images} training images" if images else "",
+             f"profile {_distinct(r.get('profile') for r in runs)}" if any(r.get("profile") for r in runs) else "",
+             f"seed {_distinct(r.get('seed') for r in runs)}" if any(r.get("seed") is not None for r in runs) else "",
+             f"{epochs} epochs per run" if epochs else "", _distinct(r.get("device") for r in runs)]
+    return " | ".join(part for part in parts if part)
 
 
 def _protocol_runs(dirs: OutputDirs, pairs, seed: int) -> list[dict]:
@@ -92,17 +97,18 @@ def probe_caption(probes) -> str:
     """Where probe runs (or loss slices) come from: data, images, profile, seed, steps, device."""
     probes = list(probes)
     data = [r.get("data") or {} for r in probes]
-    images = _join(f"{d['num_train_used']:,}" for d in data if d.get("num_train_used"))
+    images = _distinct(f"{d['num_train_used']:,}" for d in data if d.get("num_train_used"))
     cfg = [r.get("config") or {} for r in probes]
-    parts = [_join(d.get("label") for d in data) or "data " + _join(Path(str(c.get("data_source"))).name for c in cfg)]
+    parts = [_distinct(d.get("label") for d in data)
+             or "data " + _distinct(Path(str(c.get("data_source"))).name for c in cfg)]
     parts += [f"{images} training images"] if images else []
-    per_point = _join(c.get("num_images") for c in cfg)  # loss slices: the images each point's loss averages
+    per_point = _distinct(c.get("num_images") for c in cfg)  # loss slices: the images each point's loss averages
     parts += [f"{per_point} training images per point"] if per_point else []
-    parts += [f"profile {_join(c.get('profile') for c in cfg)}"] if any(c.get("profile") for c in cfg) else []
-    parts += [f"seed {_join(c.get('seed') for c in cfg)}"]
-    steps = _join(r.get("steps_done") for r in probes)
+    parts += [f"profile {_distinct(c.get('profile') for c in cfg)}"] if any(c.get("profile") for c in cfg) else []
+    parts += [f"seed {_distinct(c.get('seed') for c in cfg)}"]
+    steps = _distinct(r.get("steps_done") for r in probes)
     parts += [f"{steps} steps"] if steps else []
-    parts += [_join((r.get("environment") or {}).get("device") for r in probes)]
+    parts += [_distinct((r.get("environment") or {}).get("device") for r in probes)]
     return " | ".join(parts)
 
 

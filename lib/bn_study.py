@@ -665,6 +665,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             cfg = run.get("config") or {}
             entry.update(profile=run.get("profile"), batch_size=cfg.get("batch_size"),
                          num_train_used=(run.get("data") or {}).get("num_train_used"))
+            entry.setdefault("epochs", []).append(len(run.get("history") or []))
             if lr == 1e-3:
                 entry.update(best_val_acc_lr1e3=run.get("best_val_acc"), best_epoch_lr1e3=run.get("best_epoch"),
                              num_epochs=len(run.get("history", [])), device=run.get("device"),
@@ -708,6 +709,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                 "num_train_used": (r.get("data") or {}).get("num_train_used", r["config"].get("num_train")),
                 "stuck_check": r.get("stuck_check"), "git_commit": r["environment"].get("git_commit"),
                 "plateau_exit_step": plateau_exit_step(r["train_loss"], r["config"].get("stuck_loss", STUCK_LOSS)),
+                "train_nonfinite": r.get("train_nonfinite", 0),
                 "series": {"step": list(p["step"]), "beta": list(p["beta"]), "gpred_max": list(p["gpred_max"]),
                            "loss_band_width": band_width.tolist()}}
         else:

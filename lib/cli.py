@@ -17,6 +17,8 @@ import argparse
 import os
 import sys
 import time
+import traceback
+from pathlib import Path
 
 from lib.config import PART1_MODELS, PROFILES
 from lib.data import SOURCE_ENV, canonical_source
@@ -24,8 +26,17 @@ from lib.paths import output_dirs
 
 TRACEBACK_ENV = "CIFAR10_TRACEBACK"  # 1: let bad-input errors end in their traceback too
 # What the library raises for bad input (lib.data.DataError is a ValueError; an unknown model, notebook or
-# experiment raises ValueError; a missing file FileNotFoundError). Other exceptions are bugs.
+# experiment raises ValueError; a missing file FileNotFoundError), from its own code (input_error). Other
+# exceptions, and these raised inside torch, numpy or json, are bugs.
 INPUT_ERRORS = (ValueError, FileNotFoundError)
+LIB_DIR = Path(__file__).resolve().parent
+
+
+def input_error(err: BaseException) -> bool:
+    """Whether `err` is bad input as this package reports it: one of INPUT_ERRORS raised by code in lib/ (not by
+    a library it calls, e.g. torch's ValueError about a batch of one, which is a bug to see in full)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return isinstance(err, INPUT_ERRORS) and bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(LIB_DIR)
 
 
 def check_models(option: str, names, known, kind: str) -> None:
@@ -152,7 +163,6 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     """Time naive vs fast epochs; print the table, the study estimate, a graph check or a plan for a time budget."""
-    from pathlib import Path
 
     from lib import bench
     from lib.models import list_models
@@ -336,7 +346,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except INPUT_ERRORS as err:
-        if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+        if not input_error(err) or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
             raise
         # an OSError's str() starts with "[Errno 2]"; say what and which file instead
         message = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else err

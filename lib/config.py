@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 # The nine models of the Part 1 comparison, in the study's order (lib.models builds them; defined here, where
 # nothing imports torch, so that the command line's help can name them without importing it).
@@ -54,16 +54,21 @@ def _canonical_source_name(source: str) -> str:
     """'shared' for any path of the workplace's JPEG-q75 copy (see lib.data.canonical_source), else unchanged.
 
     Besides this checkout's own candidate paths, a path laid out like one of them (.../shared/data/<copy> or
-    .../.carry/<copy>) counts: results written before configs recorded the name kept the absolute path of the
-    checkout that trained them, and a clone elsewhere must still reuse them instead of retraining.
+    .../.carry/<copy>) counts when it does not exist on this machine or is the same file as this checkout's copy:
+    results written before configs recorded the name kept the absolute path of the checkout that trained them,
+    and a clone elsewhere must still reuse them instead of retraining. Another file at such a path is a copy
+    someone named on purpose and stays as it is.
     """
     from lib.data import SHARED_CANDIDATES, SHARED_COPY
 
     if source in ("official", "shared"):
         return source
+    if any(str(c) == source for c in SHARED_CANDIDATES):
+        return "shared"
     parts = PurePath(source).parts
-    if (any(str(c) == source for c in SHARED_CANDIDATES) or parts[-3:] == ("shared", "data", SHARED_COPY.name)
-            or parts[-2:] == (".carry", SHARED_COPY.name)):
+    laid_out = parts[-3:] == ("shared", "data", SHARED_COPY.name) or parts[-2:] == (".carry", SHARED_COPY.name)
+    if laid_out and (not Path(source).exists()
+                     or any(c.exists() and Path(source).samefile(c) for c in SHARED_CANDIDATES)):
         return "shared"
     return source
 

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lib.bn_study import LABELS
+from lib.bn_study import LABELS, STUCK_LOSS
 from lib.config import NORMS
 from lib.data import CLASSES
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
@@ -104,9 +104,10 @@ def _unique(values) -> list:
     return out
 
 
-def _join(values, empty: str = "unknown") -> str:
+def join_distinct(values, empty: str = "unknown", sep: str = "; ") -> str:
+    """The distinct non-missing values in first-seen order, joined with `sep` (`empty` when there are none)."""
     values = [str(v) for v in _unique(values)]
-    return "; ".join(values) if values else empty
+    return sep.join(values) if values else empty
 
 
 def commit_span(result: dict) -> str | None:
@@ -119,11 +120,11 @@ def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) ->
     """Data source, profile, device(s) and seeds of a set of results, as one line."""
     if not results:
         return "no results yet"
-    data = _join((r.get("data") or {}).get("label") for r in results)
-    n_train = _join(fmt_int((r.get("data") or {}).get("num_train_used")) for r in results)
+    data = join_distinct((r.get("data") or {}).get("label") for r in results)
+    n_train = join_distinct(fmt_int((r.get("data") or {}).get("num_train_used")) for r in results)
     seeds = sorted(_unique(int(r["seed"]) for r in results if r.get("seed") is not None)) if seeds is None else seeds
-    return (f"data: {data} ({n_train} training images) | profile: {_join(r.get('profile') for r in results)} | "
-            f"device: {_join(r.get('device') for r in results)} | seeds: {', '.join(map(str, seeds)) or '-'}")
+    return (f"data: {data} ({n_train} training images) | profile: {join_distinct(r.get('profile') for r in results)} | "
+            f"device: {join_distinct(r.get('device') for r in results)} | seeds: {', '.join(map(str, seeds)) or '-'}")
 
 
 # --------------------------------------------------------------------------------------------- Part 1
@@ -186,7 +187,7 @@ def cost_devices(costs: dict | None) -> str:
     """Where the inference throughput was measured (device and batch), from the cost files."""
     if not costs:
         return "no cost measurements yet"
-    return _join(f"{c.get('device_name', c.get('device'))} at batch {c.get('infer_batch')}, {c.get('precision')}"
+    return join_distinct(f"{c.get('device_name', c.get('device'))} at batch {c.get('infer_batch')}, {c.get('precision')}"
                  for c in costs.values())
 
 
@@ -363,29 +364,34 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
     probe = list(summary.get("probe", {}).values())
     slices = list(summary.get("slice", {}).values())
     entries = {"protocol": proto, "probe": probe, "slice": slices}[kind] or proto + probe
-    profile = profile or _join((e.get("profile") for e in proto + probe), "see the result files")
+
+    def distinct(values, unit: str = "") -> str:  # '-' where nothing was recorded
+        return join_distinct((f"{v:,}" if isinstance(v, int) else v for v in values if v is not None), "-") + unit
+
+    profile = profile or join_distinct((e.get("profile") for e in proto + probe), "see the result files")
     seconds = [e.get("train_seconds" if kind == "protocol" else "seconds") for e in entries]
-    runtime = "-" if not any(seconds) else fmt_seconds(sum(s or 0.0 for s in seconds))
-    data = _join(e.get("data") for e in proto + probe)
+    runtime = fmt_seconds(sum(s for s in seconds if s)) if any(seconds) else None
     if kind == "protocol":
         runs = sum(len(e.get("best_val_acc", {})) for e in proto)
-        size = (f"{_join(fmt_int(e.get('num_train_used')) for e in proto)} training images; per run "
-                f"{_join(e.get('num_epochs') for e in proto)} epochs at batch {_join(e.get('batch_size') for e in proto)}")
-        what = f"{runs} runs, {runtime} of training in all"
+        size = (f"{distinct(e.get('num_train_used') for e in proto)} training images; per run "
+                f"{distinct(n for e in proto for n in e.get('epochs', []))} epochs at batch "
+                f"{distinct(e.get('batch_size') for e in proto)}")
+        what = f"{runs} runs, " + (f"{runtime} of training in all" if runtime else "not recorded")
     elif kind == "probe":
         from lib.bn_study import ETA_MULTIPLIERS, PAPER_PROBE_STEPS
 
-        size = (f"{_join(fmt_int(e.get('num_train_used')) for e in probe)} training images; "
-                f"{_join(fmt_int(e.get('num_steps')) for e in probe)} steps at batch "
-                f"{_join(e.get('batch_size') for e in probe)}, a probe every {_join(e.get('probe_every') for e in probe)} "
-                f"steps at {_join(len(e.get('etas') or []) for e in probe)} step sizes (the paper: "
+        size = (f"{distinct(e.get('num_train_used') for e in probe)} training images; "
+                f"{distinct(e.get('num_steps') for e in probe)} steps at batch {distinct(e.get('batch_size') for e in probe)}, "
+                f"a probe every {distinct(e.get('probe_every') for e in probe)} steps at "
+                f"{distinct(len(e['etas']) for e in probe if e.get('etas'))} step sizes (the paper: "
                 f"{PAPER_PROBE_STEPS:,} steps, {len(ETA_MULTIPLIERS)} step sizes)")
-        what = f"{len(probe)} runs, {runtime} in all"
+        what = f"{len(probe)} runs, " + (f"{runtime} in all" if runtime else "not recorded")
     else:
-        size = f"{_join(fmt_int(e.get('num_images')) for e in slices)} training images per point"
-        what = f"{len(slices)} slices, {runtime} in all"
-    return (f"data: {data} ({size}) | profile: {profile} | device: {_join(e.get('device') for e in entries)} | "
-            f"seed: {BN_SEED} (the original protocol's seed, every run) | runtime: {what}")
+        size = f"{distinct(e.get('num_images') for e in slices)} training images per point"
+        what = f"{len(slices)} slices, " + (f"{runtime} in all" if runtime else "not recorded")
+    return (f"data: {join_distinct(e.get('data') for e in proto + probe)} | {size} | profile: {profile} | "
+            f"device: {join_distinct(e.get('device') for e in entries)} | seed: {BN_SEED} (the original protocol's "
+            f"seed, every run) | runtime: {what}")
 
 
 PART2_CONTEXT_KIND = {"accuracy": "protocol", "band": "protocol", "grad": "protocol", "probe": "probe",
@@ -409,54 +415,82 @@ def part2_markdown(summary: dict, profile: str | None = None) -> str:
     return "\n".join(parts)
 
 
-def _stuck_probe(summary: dict) -> tuple[str, dict] | None:
-    """(model, probe entry) of a probe run whose recorded stuck check found it on the chance-level plateau and
-    that did not fall back to the lower learning rate; None when there is none."""
-    for m in BN_MODELS:
-        p = summary.get("probe", {}).get(m) or {}
-        if (p.get("stuck_check") or {}).get("stuck") and not p.get("lr_fallback"):
-            return m, p
-    return None
+EARLY_PROBE_SHARE = 0.1  # probes before the later plateau exit: a caveat from this share of the probes on
+
+
+def plateau_phase(summary: dict) -> dict | None:
+    """Whether the probe comparison mixes networks that had not started training (lib.bn_study.plateau_exit_step
+    of each probe run; entries written without it are not judged). Returns None when both left the chance-level
+    plateau before EARLY_PROBE_SHARE of the probes (or before the second probe), else {'never': models that never
+    left it, 'start': the later exit step, 'late_model': the model that left it then, 'early': probes before it,
+    'total': probes}."""
+    probes = {m: summary.get("probe", {}).get(m) for m in BN_MODELS}
+    if not all(probes.values()) or not all("plateau_exit_step" in p for p in probes.values()):
+        return None
+    never = [m for m, p in probes.items() if p["plateau_exit_step"] is None]
+    if never:
+        return {"never": never, "start": None, "late_model": None, "early": None, "total": None}
+    late_model = max(probes, key=lambda m: probes[m]["plateau_exit_step"])
+    start = probes[late_model]["plateau_exit_step"]
+    steps = (probes[late_model].get("series") or {}).get("step") or []
+    early = sum(1 for step in steps if step < start)
+    if early < 2 or early < EARLY_PROBE_SHARE * len(steps):
+        return None
+    return {"never": [], "start": start, "late_model": late_model, "early": early, "total": len(steps)}
 
 
 def part2_caveats(summary: dict) -> list[str]:
-    """Why a probe comparison cannot be read as the paper's, or only in part: a network that was still on the
-    chance-level plateau at its stuck check (and did not fall back to the lower learning rate), with the step
-    where it left it (lib.bn_study.plateau_exit_step), if it did."""
-    found = _stuck_probe(summary)
-    if found is None:
+    """Why the probe comparison cannot be read as the paper's, or only in part (plateau_phase): a network that
+    never left the chance-level plateau, or one that left it only after a share of the probes; with what its
+    stuck check recorded and why no lower learning rate replaced it."""
+    phase = plateau_phase(summary)
+    if phase is None:
         return []
-    m, p = found
-    stuck = p["stuck_check"]
-    why = ("this profile does not fall back to a lower learning rate (too few steps to tell a network that does not "
-           "train from one that has not started)" if not p.get("fallback_enabled", True)
-           else "the fallback run did not replace it")
-    head = (f"{p.get('label', m)} ({m}) was still on the chance-level plateau (ln 10 = 2.303) at the stuck check: "
-            f"mean training loss {fmt_num(stuck.get('mean_loss'), 4)} at step {stuck.get('step')} (threshold "
-            f"{fmt_num(stuck.get('threshold'))}), and {why}.")
-    exit_step = p.get("plateau_exit_step")
-    if exit_step is None:
-        return [f"{head} Its loss was {fmt_num((p.get('final_train_loss') or {}).get('mean'))} at the end: its probe "
-                f"numbers describe a network that is not training yet, so this table's comparison does not test the "
-                f"paper's claim that BN makes the landscape smoother."]
-    return [f"{head} It left the plateau at step {exit_step} of {p.get('num_steps')} (10-step mean loss below the "
-            f"threshold): the probes before that describe a network that had not started training, so the medians "
-            f"over all probes mix the two phases; the findings below also compare the probes from step {exit_step} "
-            f"on, where both networks train."]
+    out = []
+    for m in phase["never"] or [phase["late_model"]]:
+        p = summary["probe"][m]
+        label = f"{p.get('label', m)} ({m})"
+        stuck = p.get("stuck_check") or {}
+        check = ""
+        if stuck.get("stuck") and not p.get("lr_fallback"):
+            why = ("this profile does not fall back to a lower learning rate (too few steps to tell a network that "
+                   "does not train from one that has not started)" if not p.get("fallback_enabled", True)
+                   else "the fallback run did not replace it")
+            check = (f" Its stuck check found it on the plateau (mean training loss "
+                     f"{fmt_num(stuck.get('mean_loss'), 4)} at step {stuck.get('step')}, threshold "
+                     f"{fmt_num(stuck.get('threshold'))}), and {why}.")
+        if m in phase["never"]:
+            if p.get("train_nonfinite"):
+                what = f"its training loss became non-finite ({p['train_nonfinite']} steps)"
+            else:
+                what = (f"it never left the chance-level plateau (ln 10 = 2.303; final training loss "
+                        f"{fmt_num((p.get('final_train_loss') or {}).get('mean'))})")
+            out.append(f"In {label}'s probe run {what}.{check} Its probe numbers describe a network that is not "
+                       f"training, so this table's comparison does not test the paper's claim that BN makes the "
+                       f"landscape smoother.")
+        else:
+            out.append(f"{label} left the chance-level plateau (ln 10 = 2.303) only at step {phase['start']} of "
+                       f"{p.get('num_steps')} (10-step mean training loss below {fmt_num(STUCK_LOSS)}).{check} The "
+                       f"first {phase['early']} of the {phase['total']} probes describe a network that had not started "
+                       f"training, so the medians over all probes mix two phases; the findings compare the probes "
+                       f"from step {phase['start']} on apart, where both networks train.")
+    return out
 
 
-def _late_probe_medians(summary: dict, start: int) -> dict:
-    """{model: {key: median}} of each probe series over the probes at steps >= start."""
+def _late_probe_medians(summary: dict, start: int, min_probes: int = 2) -> dict | None:
+    """{model: {key: median, 'num_probes': n}} over each network's probes at steps >= start; None unless both
+    have at least `min_probes` finite values of every key there."""
     out = {}
     for m in BN_MODELS:
         series = (summary.get("probe", {}).get(m) or {}).get("series") or {}
         keep = [i for i, step in enumerate(series.get("step", [])) if step >= start]
-        out[m] = {}
+        out[m] = {"num_probes": len(keep)}
         for key in ("beta", "gpred_max", "loss_band_width"):
-            v = np.asarray([series[key][i] for i in keep], dtype=float) if key in series else np.array([])
+            v = np.asarray([series[key][i] for i in keep] if key in series else [], dtype=float)
             v = v[np.isfinite(v)]
-            out[m][key] = float(np.median(v)) if v.size else None
-        out[m]["num_probes"] = len(keep)
+            if v.size < min_probes:
+                return None
+            out[m][key] = float(np.median(v))
     return out
 
 
@@ -504,11 +538,15 @@ def part2_findings(summary: dict) -> list[str]:
                    f"{'; '.join(low)}. They have barely started learning in this profile, so their differences "
                    f"say more about how fast a network starts than about what it reaches.")
     pa, pb = probe.get("VGG_A"), probe.get("VGG_A_BN")
-    found = _stuck_probe(summary)
-    exit_step = found[1].get("plateau_exit_step") if found else None
-    stuck = ("" if found is None else " (over all probes, see the caveat under the probe table: "
-             + ("the network without BN was still at chance level)" if exit_step is None
-                else f"before step {exit_step} one network had not started training)"))
+    phase = plateau_phase(summary)
+    if phase is None:
+        stuck = ""
+    elif phase["never"]:
+        stuck = (" (see the caveat under the probe table: "
+                 + " and ".join(LABELS.get(m, m) for m in phase["never"]) + " did not train)")
+    else:
+        stuck = (f" (over all probes; see the caveat under the probe table: before step {phase['start']} "
+                 f"{LABELS.get(phase['late_model'], phase['late_model'])} had not started training)")
     if pa and pb:
         for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
                           ("loss_band_width", "loss-landscape band width")):
@@ -517,15 +555,19 @@ def part2_findings(summary: dict) -> list[str]:
                            f"{fmt_num(pa[key]['median'])} without "
                            f"({direction(pb[key]['median'], pa[key]['median'], 'larger', 'smaller')} with BN); "
                            f"max {fmt_num(pb[key]['max'])} vs {fmt_num(pa[key]['max'])}{stuck}.")
-        if exit_step is not None:
-            late = _late_probe_medians(summary, exit_step)
-            a_late, b_late = late["VGG_A"], late["VGG_A_BN"]
-            for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
-                              ("loss_band_width", "loss-landscape band width")):
-                if a_late[key] is not None and b_late[key] is not None:
-                    out.append(f"Probe ({what}), from step {exit_step} on ({b_late['num_probes']} probes, both "
-                               f"networks training): median {fmt_num(b_late[key])} with BN vs {fmt_num(a_late[key])} "
-                               f"without ({direction(b_late[key], a_late[key], 'larger', 'smaller')} with BN).")
+        if phase is not None and phase["start"] is not None:
+            late = _late_probe_medians(summary, phase["start"])
+            if late is None:
+                out.append(f"Too few probes from step {phase['start']} on (fewer than two per network) to compare "
+                           f"the networks where both train.")
+            else:
+                a_late, b_late = late["VGG_A"], late["VGG_A_BN"]
+                for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
+                                  ("loss_band_width", "loss-landscape band width")):
+                    out.append(f"Probe ({what}), from step {phase['start']} on ({b_late['num_probes']} probes of each "
+                               f"network, both training): median {fmt_num(b_late[key])} with BN vs "
+                               f"{fmt_num(a_late[key])} without "
+                               f"({direction(b_late[key], a_late[key], 'larger', 'smaller')} with BN).")
         if summary.get("same_data_order") is not None:
             out.append("Both probe runs saw the same mini-batches in the same order: "
                        f"{'yes' if summary['same_data_order'] else 'NO (the comparison is confounded)'}.")
@@ -640,7 +682,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
                       if main and main.get("per_class_acc") else None),
         "confusions": confusions(main) if main else [],
         "weight_spread": (weight_spread(read_json(weights_path)) if weights_path and weights_path.exists() else []),
-        "part2": part2_markdown(summary, _join(r.get("profile") for r in bn))
+        "part2": part2_markdown(summary, join_distinct((r.get("profile") for r in bn), empty="") or None)
         if (summary.get("protocol") or summary.get("probe")) else None,
         "part2_findings": part2_findings(summary),
         "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
@@ -651,11 +693,11 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "extra_runs": runs_beyond_notebooks(study, p1, bool(publish)) if study else [],
         "report_command": f"python -m lib report --profile {profile}{publish}",
         "notebook_seconds": {k: v.get("seconds") for k, v in (study.get("notebooks") or {}).items()},
-        "versions": _join(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, Python {r.get('python')}"
+        "versions": join_distinct(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, Python {r.get('python')}"
                           for r in everything),
-        "commits": _join([commit_span(r) for r in everything]
+        "commits": join_distinct([commit_span(r) for r in everything]
                          + [e.get("git_commit") for kind in ("probe", "slice") for e in summary.get(kind, {}).values()]),
-        "devices": _join(r.get("device") for r in everything),
+        "devices": join_distinct(r.get("device") for r in everything),
         "data_sources": _unique(((r.get("data") or {}).get("label"), (r.get("data") or {}).get("sha256"),
                                  (r.get("data") or {}).get("archive_sha256")) for r in everything),
         "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},

@@ -130,7 +130,7 @@ def _train_ips(runs: list[dict], epoch_secs: list[float]) -> float:
     when they agree) over the row's epoch time (the median over all their epochs), so that the two columns tell
     the same story; else the median of the runs' own cost['train_ips']."""
     images = set(_cost_values(runs, "train_images"))
-    if len(images) == 1 and epoch_secs:
+    if len(images) == 1 and epoch_secs and np.median(epoch_secs) > 0:
         return images.pop() / float(np.median(epoch_secs))
     return _median_or_nan(_cost_values(runs, "train_ips"))
 

@@ -101,6 +101,15 @@ def test_traceback_for_bugs_and_on_request(capsys, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):  # not an input error: its traceback stays
         cli.main(["report"])
 
+    def outside(args):
+        import numpy as np
+
+        np.zeros(2).reshape(3)  # numpy's ValueError: raised outside lib/, so a bug, not bad input
+
+    monkeypatch.setattr(cli, "cmd_report", outside)
+    with pytest.raises(ValueError, match="reshape"):
+        cli.main(["report"])
+
 
 def test_help_names_the_part1_models(capsys):
     from lib.models import PART1_MODELS

@@ -218,8 +218,11 @@ def test_speed_section_shows_the_gpu_bench_files_only(tmp_path, monkeypatch):
     assert "## Speed on a GPU" not in render_report("quick", output_dirs("quick", root=tmp_path)).read_text()
 
 
-def _probe_summary(stuck: bool, fallback_enabled: bool = False) -> dict:
-    """A bn_summary-shaped dict with the two probe runs (VGG_A stuck at the plateau or not)."""
+def _probe_summary(stuck: bool, fallback_enabled: bool = False, exit_step: int | None = 3) -> dict:
+    """A bn_summary-shaped dict with the two probe runs, ten probes each (steps 0, 10, ..., 90): VGG_A's stuck check
+    fired or not, and it left the chance-level plateau at `exit_step` (None: never); VGG_A_BN at step 2."""
+    steps = list(range(0, 100, 10))
+
     def probe(model, loss):
         stats = {"min": 0.1, "max": 2.0, "mean": 1.0, "median": 1.0}
         return {"label": "Standard" if model == "VGG_A" else "Standard + BatchNorm", "lr": 0.1, "lr_fallback": False,
@@ -227,26 +230,33 @@ def _probe_summary(stuck: bool, fallback_enabled: bool = False) -> dict:
                 "loss_band_width": stats, "final_train_loss": {"mean": loss}, "probe_nonfinite": 0, "seconds": 90.0,
                 "device": "CPU (x86_64, 2 threads)", "data_order_sha256": "x", "data": "JPEG-q75 copy (fake.tar.gz)",
                 "profile": "quick", "batch_size": 128, "probe_every": 10, "fallback_enabled": fallback_enabled,
-                "num_train_used": 10_000, "git_commit": "p" + model,
+                "num_train_used": 10_000, "git_commit": "p" + model, "train_nonfinite": 0,
+                "plateau_exit_step": exit_step if model == "VGG_A" else 2,
+                "series": {"step": steps, "beta": [1.0] * 10, "gpred_max": [1.0] * 10, "loss_band_width": [1.0] * 10},
                 "stuck_check": {"step": 33, "mean_loss": 2.3022 if stuck and model == "VGG_A" else 1.9,
                                 "threshold": 2.2, "stuck": stuck and model == "VGG_A"}}
     return {"protocol": {}, "slice": {}, "missing": [], "same_data_order": True,
             "probe": {m: probe(m, 2.23 if m == "VGG_A" else 1.39) for m in ("VGG_A", "VGG_A_BN")}}
 
 
-def test_a_probe_run_stuck_at_chance_level_is_said_beside_its_numbers():
+def test_a_probe_run_that_never_left_the_plateau_is_said_beside_its_numbers():
     from lib.report import part2_caveats, part2_findings, part2_markdown
 
-    stuck = _probe_summary(stuck=True)
+    stuck = _probe_summary(stuck=True, exit_step=None)
     (caveat,) = part2_caveats(stuck)
-    assert "VGG_A" in caveat and "2.302 at step 33" in caveat and "2.23 at the end" in caveat
-    assert "does not fall back" in caveat and "does not test the paper's claim" in caveat
+    assert "Standard (VGG_A)'s probe run it never left the chance-level plateau" in caveat
+    assert "final training loss 2.23" in caveat and "2.302 at step 33" in caveat and "does not fall back" in caveat
+    assert "does not test the paper's claim" in caveat
     assert "**Caveat:** " + caveat in part2_markdown(stuck)
     probe_lines = [s for s in part2_findings(stuck) if s.startswith("Probe")]
-    assert len(probe_lines) == 3 and all("still at chance level" in s for s in probe_lines)
-    healthy = _probe_summary(stuck=False)
-    assert part2_caveats(healthy) == [] and "Caveat" not in part2_markdown(healthy)
-    assert not any("chance" in s for s in part2_findings(healthy))
+    assert len(probe_lines) == 3 and all("Standard did not train" in s for s in probe_lines)
+    diverged = _probe_summary(stuck=True, exit_step=None)
+    diverged["probe"]["VGG_A"]["train_nonfinite"] = 7
+    assert "its training loss became non-finite (7 steps)" in part2_caveats(diverged)[0]
+    # Both left the plateau before the second probe: nothing to say, stuck check or not.
+    for healthy in (_probe_summary(stuck=False), _probe_summary(stuck=True, exit_step=9)):
+        assert part2_caveats(healthy) == [] and "Caveat" not in part2_markdown(healthy)
+        assert not any("chance" in s or "see the caveat" in s for s in part2_findings(healthy))
 
 
 def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
@@ -256,12 +266,16 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     summary = bn_summary(study_dirs)
     line = part2_context(summary, kind="protocol")
     # 2 networks x 2 learning rates of the fixture, 2 epochs each on 1,000 images, 10 s of training per run
-    assert "(1,000 training images; per run 2 epochs at batch 128)" in line and "profile: quick" in line
+    assert "(fake.tar.gz) | 1,000 training images; per run 2 epochs at batch 128 | profile: quick" in line
     assert "runtime: 4 runs, 40 s of training in all" in line and "seed: 2020" in line
     summary.update(_probe_summary(stuck=False))
     line = part2_context(summary, kind="probe")
-    assert "10,000 training images; 100 steps at batch 128, a probe every 10 steps at 4 step sizes" in line
-    assert "(the paper: 15,000 steps, 8 step sizes)" in line and "runtime: 2 runs, 3.0 min in all" in line
+    assert "| 10,000 training images; 100 steps at batch 128, a probe every 10 steps at 4 step sizes" in line
+    assert "(the paper: 15,000 steps, 8 step sizes) |" in line and "runtime: 2 runs, 3.0 min in all" in line
+    # Nothing recorded: said so, not formatted as numbers.
+    empty = {"protocol": {"VGG_A": {"best_val_acc": {}}}, "probe": {}, "slice": {}}
+    assert "| - training images; per run - epochs at batch - |" in part2_context(empty)
+    assert part2_context(empty).endswith("| runtime: 0 runs, not recorded")
 
 
 def test_near_chance_models_are_flagged(study_dirs):
@@ -302,26 +316,34 @@ def test_commits_of_probes_and_slices_are_listed_and_dirty_ones_explained(study_
 def test_a_probe_run_that_left_the_plateau_late_is_compared_from_then_on():
     from lib.report import part2_caveats, part2_findings
 
-    summary = _probe_summary(stuck=True)
-    steps = [0, 10, 20, 30]
-    summary["probe"]["VGG_A"].update(plateau_exit_step=15, series={
-        "step": steps, "beta": [1.0, 1.0, 30.0, 50.0], "gpred_max": [0.1, 0.1, 5.0, 7.0],
-        "loss_band_width": [0.01, 0.01, 2.0, 2.0]})
-    summary["probe"]["VGG_A_BN"].update(series={
-        "step": steps, "beta": [20.0, 20.0, 10.0, 12.0], "gpred_max": [9.0, 9.0, 3.0, float("nan")],
-        "loss_band_width": [3.0, 3.0, 1.0, 1.0]})
+    summary = _probe_summary(stuck=False, exit_step=75)  # probes at 0..70 (8 of 10) before it
+    summary["probe"]["VGG_A"]["series"].update(beta=[1.0] * 8 + [30.0, 50.0], gpred_max=[0.1] * 8 + [5.0, 7.0],
+                                               loss_band_width=[0.01] * 8 + [2.0, 2.0])
+    summary["probe"]["VGG_A_BN"]["series"].update(beta=[20.0] * 8 + [10.0, 12.0],
+                                                  gpred_max=[9.0] * 8 + [3.0, float("nan")],
+                                                  loss_band_width=[3.0] * 8 + [1.0, 1.0])
     (caveat,) = part2_caveats(summary)
-    assert "left the plateau at step 15 of 100" in caveat and "does not test" not in caveat
-    late = [s for s in part2_findings(summary) if "from step 15 on" in s]
+    assert "Standard (VGG_A) left the chance-level plateau (ln 10 = 2.303) only at step 75 of 100" in caveat
+    assert "The first 8 of the 10 probes describe a network that had not started" in caveat
+    assert "stuck check" not in caveat and "does not test" not in caveat
+    findings = part2_findings(summary)
+    late = [s for s in findings if "from step 75 on" in s]
+    # VGG_A_BN's gradient change has one finite late value: too few to compare.
+    assert late == ["Too few probes from step 75 on (fewer than two per network) to compare the networks where "
+                    "both train."]
+    summary["probe"]["VGG_A_BN"]["series"]["gpred_max"][-1] = 4.0
+    late = [s for s in part2_findings(summary) if "from step 75 on" in s]
     assert late == [
-        "Probe (effective beta-smoothness), from step 15 on (2 probes, both networks training): median 11 with BN vs "
-        "40 without (smaller with BN).",
-        "Probe (gradient change ||g - g'||), from step 15 on (2 probes, both networks training): median 3 with BN vs "
-        "6 without (smaller with BN).",
-        "Probe (loss-landscape band width), from step 15 on (2 probes, both networks training): median 1 with BN vs "
-        "2 without (smaller with BN)."]
-    assert all("before step 15 one network had not started" in s for s in part2_findings(summary)
+        "Probe (effective beta-smoothness), from step 75 on (2 probes of each network, both training): median 11 with "
+        "BN vs 40 without (smaller with BN).",
+        "Probe (gradient change ||g - g'||), from step 75 on (2 probes of each network, both training): median 3.5 "
+        "with BN vs 6 without (smaller with BN).",
+        "Probe (loss-landscape band width), from step 75 on (2 probes of each network, both training): median 1 with "
+        "BN vs 2 without (smaller with BN)."]
+    assert all("before step 75 Standard had not started training" in s for s in findings
                if s.startswith("Probe (") and "from step" not in s)
+    summary["probe"]["VGG_A"]["stuck_check"].update(stuck=True, mean_loss=2.25)
+    assert "Its stuck check found it on the plateau (mean training loss 2.25 at step 33" in part2_caveats(summary)[0]
 
 
 def test_plateau_exit_step():

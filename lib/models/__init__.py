@@ -34,8 +34,6 @@ _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
     "VGG_A_BN": lambda num_classes: VGG_A(batch_norm=True, num_classes=num_classes),
 }
 
-# The Part 1 comparison: the four CANets and the five torchvision baselines.
-
 # Bumped when a model's forward runs other kernels on a GPU (the same function, computed differently): bench
 # entries record it, and lib.bench re-times an entry timed with an older one. 2: CANet's merged convolutions
 # and one-convolution ChannelAttention (lib.models.canet.AttResBlock._forward_merged). Not bumped for the dense
