@@ -280,24 +280,47 @@ def test_the_workplace_copy_is_recorded_as_shared_wherever_a_checkout_kept_it(tm
         assert ProbeConfig(model="VGG_A", profile="smoke", data_source=source).data_source == "shared"
     for source in ("/my/copy/cifar10-jpeg75.tar.gz", "/x/shared/data/other.tar.gz", "official"):
         assert TrainConfig(name="x", model="CANet", data_source=source).data_source == source
+    # A copy that exists here under such a path was named on purpose: it is trained on, not swapped.
+    mine = tmp_path / "shared" / "data" / "cifar10-jpeg75.tar.gz"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"")
+    assert TrainConfig(name="x", model="CANet", data_source=str(mine)).data_source == str(mine)
     # Plain (non-dataclass) configs, e.g. the loss slices', compare the same way.
     atomic_write_json(tmp_path / "slice.json", {"config": {"run": "r", "data_source": elsewhere}})
     assert reusable_result(tmp_path / "slice.json", {"run": "r", "data_source": "shared"}) is not None
     assert reusable_result(tmp_path / "slice.json", {"run": "r", "data_source": "/my/copy.tar.gz"}) is None
 
 
-def test_committed_results_are_reused_in_a_checkout_anywhere():
-    """Every committed result records the JPEG copy so that a clone in another folder matches it (a config
-    holding this machine's absolute path would be retrained, and its file overwritten, by a clone elsewhere)."""
-    from lib.config import _canonical_source_name
+def test_every_committed_result_matches_a_config_of_this_code():
+    """Each committed run, BN-protocol run and probe run is what this checkout would reuse: its recorded config
+    equals the one the code builds now (so notebooks and `lib run` read it back instead of retraining and
+    overwriting it), wherever the checkout lives (CI clones elsewhere: the JPEG copy is recorded by name)."""
+    from lib import bn_study
+    from lib.experiments import bn_experiments, part1_experiments
+    from lib.models import PART1_MODELS
     from lib.paths import REPO
+    from lib.results import reusable_result
 
-    files = sorted((REPO / "results").glob("*/*.json"))
-    sources = {f.name: json.loads(f.read_text()).get("config", {}).get("data_source")
-               for f in files if isinstance(json.loads(f.read_text()), dict)}
-    recorded = {name: s for name, s in sources.items() if s is not None}
-    assert len(recorded) >= 30  # the quick profile's runs, probes and slices
-    assert {name: _canonical_source_name(s) for name, s in recorded.items()} == {n: "shared" for n in recorded}
+    checked = 0
+    for folder in sorted(p for p in (REPO / "results").iterdir() if p.name in ("smoke", "quick", "full")):
+        profile = folder.name
+        configs = {c.name: c for c in part1_experiments(profile, "shared", seeds=(0, 1, 2), models=PART1_MODELS)
+                   + bn_experiments(profile, "shared")}
+        for path in sorted(folder.glob("p1-*.json")) + sorted(folder.glob("bn-*.json")):
+            if path.name.endswith((".steps.json", ".weights.json")):
+                continue
+            cfg = configs[path.stem]
+            assert reusable_result(path, cfg.to_dict(), TrainConfig) is not None, f"{path} is stale"
+            checked += 1
+        for cfg in bn_study.probe_configs(profile, "shared"):
+            path = cfg.result_path(output_dirs(profile, publish=True))
+            if path.exists():
+                recorded = json.loads(path.read_text())["config"]
+                fallback = cfg.replace(lr=bn_study.FALLBACK_LR)
+                assert any(reusable_result(path, c.to_dict(), bn_study.ProbeConfig) for c in (cfg, fallback)), \
+                    f"{path} is stale: recorded {recorded}"
+                checked += 1
+    assert checked >= 30  # the quick profile's 24 Part 1 runs, 8 BN runs and 2 probes
 
 
 def test_evaluate_counts_the_confusion_matrix_as_bincount_does():
