@@ -144,7 +144,7 @@ def cmd_study(args) -> int:
                            log_output=args.verbose, progress_bar=not args.verbose,
                            command=study_command(args.profile, args.data, args.publish, args.notebooks, args.seeds,
                                                  extra, args.force),
-                           allow_cpu_training=args.allow_cpu_training)
+                           allow_cpu_training=args.allow_cpu_training, reuse_only=args.reuse_only)
     except StudyError as err:
         print(f"study stopped: {err}", file=sys.stderr)
         return 1
@@ -283,6 +283,9 @@ def main(argv=None) -> int:
     p.add_argument("--allow-cpu-training", action="store_true",
                    help="let the full profile train on a machine without CUDA (by default it only renders the "
                         "results a GPU trained, and names what is missing)")
+    p.add_argument("--reuse-only", action="store_true",
+                   help="train nothing: stop before the first notebook, naming every experiment without a matching "
+                        "result (to view committed results safely)")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="render report.md from the existing result files of a profile")

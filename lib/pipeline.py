@@ -49,13 +49,14 @@ def select_notebooks(notebooks: Sequence[str] | None = None) -> list[str]:
     return [n for n in NOTEBOOKS if n in chosen]
 
 
-def full_work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Sequence[int] = (0,),
-                       extra_params: dict | None = None, force: bool = False) -> list[str]:
-    """What these notebooks would compute themselves with the `full` profile in `dirs`: the Part 1 runs of 01
-    (the CANet variant `model`, default CANet) and 02 (the Part 1 `models`, default all nine) for `seeds`, with
-    their `num_epochs` override, that have no matching result (all of them with `force`); 02's cost files that
-    are not a GPU measurement (cost-<model>); 04's BN protocol runs, loss slices and probe runs. Notebook 03
-    computes nothing of the kind: it shows a run that exists, or fails saying which is missing."""
+def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Sequence[int] = (0,),
+                 extra_params: dict | None = None, force: bool = False, profile: str = GPU_PROFILE) -> list[str]:
+    """What these notebooks would compute themselves with `profile` in `dirs`: the Part 1 runs of 01 (the CANet
+    variant `model`, default CANet) and 02 (the Part 1 `models`, default all nine) for `seeds`, with their
+    `num_epochs` override, that have no matching result (all of them with `force`); with the `full` profile,
+    02's cost files that are not a GPU measurement (cost-<model>; other profiles measure them in seconds, no
+    training); 04's BN protocol runs, loss slices and probe runs. Notebook 03 computes nothing of the kind: it
+    shows a run that exists, or fails saying which is missing."""
     from lib import part1
     from lib.bench import gpu_cost_file, select_jobs, study_jobs
     from lib.config import TrainConfig
@@ -66,14 +67,14 @@ def full_work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds
     models = {"01": [extra.get("model") or "CANet"], "02": list(extra.get("models") or PART1_MODELS)}
     wanted = {}  # name -> config, in notebook order
     for name in (n for n in names if n[:2] in models):
-        for cfg in part1.configs(GPU_PROFILE, source, models[name[:2]], seeds, extra.get("num_epochs")):
+        for cfg in part1.configs(profile, source, models[name[:2]], seeds, extra.get("num_epochs")):
             wanted.setdefault(cfg.name, cfg)
     missing = [n for n, cfg in wanted.items()
                if force or reusable_result(Path(dirs.results) / f"{n}.json", cfg.to_dict(), TrainConfig) is None]
-    if any(name.startswith("02") for name in names):
+    if profile == GPU_PROFILE and any(name.startswith("02") for name in names):
         missing += [f"cost-{m}" for m in models["02"] if force or not gpu_cost_file(dirs, m)]
     if any(name.startswith("04") for name in names):
-        jobs = select_jobs(study_jobs(None, source, dirs, seeds, GPU_PROFILE), ["part2", "probe"])
+        jobs = select_jobs(study_jobs(None, source, dirs, seeds, profile), ["part2", "probe"])
         missing += [n for j in jobs if force or not j.done for n in j.names]
     return missing
 
@@ -222,7 +223,8 @@ def runs_beyond_notebooks(study: dict, p1: Sequence[dict], publish: bool) -> lis
 def run_study(profile: str, data_source: str | None = None, publish: bool | None = None,
               notebooks: Sequence[str] | None = None, seeds: Sequence[int] = (0,), force: bool = False,
               extra_params: dict | None = None, root: Path | str | None = None, log_output: bool = False,
-              progress_bar: bool = False, command: str | None = None, allow_cpu_training: bool = False) -> Path:
+              progress_bar: bool = False, command: str | None = None, allow_cpu_training: bool = False,
+              reuse_only: bool = False) -> Path:
     """Execute the notebooks headless in order with these parameters, then render the report; return its path.
 
     `data_source`: None = $CIFAR10_SOURCE or 'official'. `extra_params` (e.g. models, model, num_epochs) go
@@ -230,8 +232,10 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     fails (nothing after it runs).
 
     The `full` profile without a CUDA device renders what the GPU trained (docs/GPU.md) and trains nothing:
-    if its notebooks would train an experiment or measure a cost file (full_work_missing), StudyError names
-    them before any notebook runs, unless `allow_cpu_training` (hours to days on a CPU).
+    if its notebooks would train an experiment or measure a cost file (work_missing), StudyError names
+    them before any notebook runs, unless `allow_cpu_training` (hours to days on a CPU). `reuse_only` does the
+    same for any profile and device: the notebooks then only read finished results and draw from them (to view a
+    committed study without starting hours of training by a wrong parameter).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -244,11 +248,18 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     source = canonical_source(data_source)
     dirs = output_dirs(profile, publish=publish or None, root=root)
     names = select_notebooks(notebooks)
-    if profile == GPU_PROFILE and not allow_cpu_training:
+    if reuse_only:
+        missing = work_missing(source, dirs, names, seeds, extra_params, force, profile=profile)
+        if missing:
+            raise StudyError(
+                f"--reuse-only: these notebooks would train or measure {len(missing)} experiment(s) or cost file(s) "
+                f"that have no matching result in {dirs.results}: {', '.join(missing)}. Check the options (profile, data, seeds, "
+                f"models, --publish) against the results you meant to show, or leave out --reuse-only to compute "
+                f"them.")
+    elif profile == GPU_PROFILE and not allow_cpu_training:
         import torch
 
-        missing = [] if torch.cuda.is_available() else full_work_missing(source, dirs, names, seeds, extra_params,
-                                                                          force)
+        missing = [] if torch.cuda.is_available() else work_missing(source, dirs, names, seeds, extra_params, force)
         if missing:
             raise StudyError(
                 f"the {profile} profile would train or measure {len(missing)} experiment(s) or cost file(s) on this "

@@ -185,7 +185,7 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
 
     from lib.experiments import part1_config
     from lib.part1 import GPU_COST_BATCH, cost_path
-    from lib.pipeline import full_work_missing
+    from lib.pipeline import work_missing
     from lib.results import atomic_write_json
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -197,19 +197,27 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
     dirs = output_dirs("full", root=tmp_path)
     cfg = part1_config("CANet", "full", tiny_source)
     atomic_write_json(dirs.results / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict()})
-    assert full_work_missing(tiny_source, dirs, ["01_train_canet", "03_visualize"]) == []  # trained: render only
-    assert full_work_missing(tiny_source, dirs, ["03_visualize"], seeds=(0, 1)) == []  # 03 shows, never trains
-    assert full_work_missing(tiny_source, dirs, ["01_train_canet"], force=True) == ["p1-CANet-s0"]
-    assert full_work_missing(tiny_source, dirs, ["01_train_canet"], seeds=(0, 1)) == ["p1-CANet-s1"]
+    assert work_missing(tiny_source, dirs, ["01_train_canet", "03_visualize"]) == []  # trained: render only
+    assert work_missing(tiny_source, dirs, ["03_visualize"], seeds=(0, 1)) == []  # 03 shows, never trains
+    assert work_missing(tiny_source, dirs, ["01_train_canet"], force=True) == ["p1-CANet-s0"]
+    assert work_missing(tiny_source, dirs, ["01_train_canet"], seeds=(0, 1)) == ["p1-CANet-s1"]
     # Another number of epochs is another config, which would replace the GPU's result of the same name.
-    assert full_work_missing(tiny_source, dirs, ["01_train_canet"], extra_params={"num_epochs": 1}) == [
+    assert work_missing(tiny_source, dirs, ["01_train_canet"], extra_params={"num_epochs": 1}) == [
         "p1-CANet-s0"]
     two = {"models": ["CANet", "VGG11"]}
-    assert full_work_missing(tiny_source, dirs, ["02_baselines"], extra_params=two) == [
+    assert work_missing(tiny_source, dirs, ["02_baselines"], extra_params=two) == [
         "p1-VGG11-s0", "cost-CANet", "cost-VGG11"]  # cost files not measured on a GPU would be measured here
     for model, device in (("CANet", "NVIDIA H200"), ("VGG11", "CPU (x86_64, 2 threads)")):
         atomic_write_json(cost_path(dirs, model), {"model": model, "infer_batch": GPU_COST_BATCH, "device_name": device})
-    assert full_work_missing(tiny_source, dirs, ["02_baselines"], extra_params=two) == ["p1-VGG11-s0", "cost-VGG11"]
-    part2 = full_work_missing(tiny_source, dirs, ["04_batchnorm"])
+    assert work_missing(tiny_source, dirs, ["02_baselines"], extra_params=two) == ["p1-VGG11-s0", "cost-VGG11"]
+    # --reuse-only: any profile, any device; a profile other than full measures its cost files itself (no training).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(StudyError, match=r"--reuse-only: .* 2 experiment.*: p1-VGG11-s0, cost-VGG11\. Check the opt"):
+        run_study("full", data_source=tiny_source, notebooks=["01", "02"], root=tmp_path, extra_params=two,
+                  reuse_only=True)
+    assert not executed_dir("full", tmp_path).exists()
+    assert work_missing(tiny_source, output_dirs("smoke", root=tmp_path), ["02_baselines"], extra_params=two,
+                        profile="smoke") == ["p1-CANet-s0", "p1-VGG11-s0"]
+    part2 = work_missing(tiny_source, dirs, ["04_batchnorm"])
     assert len(part2) == len(BN_MODELS) * len(BN_LRS) + len(BN_MODELS)  # the BN protocol and both probe runs
     assert all(not n.startswith(("p1-", "cost-")) for n in part2)
