@@ -470,7 +470,8 @@ def part2_caveats(summary: dict) -> list[str]:
                        f"landscape smoother.")
         else:
             out.append(f"{label} left the chance-level plateau (ln 10 = 2.303) only at step {phase['start']} of "
-                       f"{p.get('num_steps')} (10-step mean training loss below {fmt_num(STUCK_LOSS)}).{check} The "
+                       f"{p.get('num_steps')} (10-step mean training loss below "
+                       f"{fmt_num(stuck.get('threshold', STUCK_LOSS))}).{check} The "
                        f"first {phase['early']} of the {phase['total']} probes describe a network that had not started "
                        f"training, so the medians over all probes mix two phases; the findings compare the probes "
                        f"from step {phase['start']} on apart, where both networks train.")
