@@ -278,7 +278,9 @@ of the loss along that line, (b) gradient predictiveness, the range of ||g - g_e
 changes along it, (c) the effective beta-smoothness, the largest ||g - g_eta|| / ||eta g||. Lower and
 narrower means a smoother landscape around the trajectory, where the gradient at one point better predicts
 the gradient a step further; the paper asks whether BN makes it so, and the table below gives the medians and
-maxima of this run.'''),
+maxima of this run. Probes taken while a network is still on the chance-level plateau (training loss near
+ln 10 = 2.303) describe a network that has not started training: the caveat under the table says from which
+step both networks train, and the findings compare the probes after it apart.'''),
     code('''show("p2_santurkar")'''),
     md('''### Gradient change against the step size
 
