@@ -72,44 +72,47 @@ def _distinct(values) -> str:
     return join_distinct(values, empty="", sep="/")
 
 
-def protocol_caption(runs) -> str:
-    """Where the protocol runs behind a figure come from: data, training images, profile, seed, epochs, device
-    (parts without a recorded value are left out)."""
-    runs = list(runs)
-    data = [r.get("data") or {} for r in runs]
+def _recorded(record: dict, key: str):
+    """A field of a result file: top level, else its environment (the device it ran on, where its config may say
+    'auto'), else its config (protocol runs keep profile, seed and device at the top; probe runs and slices in
+    their config and environment)."""
+    for where in (record, record.get("environment") or {}, record.get("config") or {}):
+        if where.get(key) is not None:
+            return where[key]
+    return None
+
+
+def runs_caption(records, length) -> str:
+    """Where the result files behind a figure come from: data, training images (per point, for loss slices),
+    profile, seed, `length(record)` (e.g. '3 epochs per run'; None: left out) and device; parts without a
+    recorded value are left out."""
+    records = list(records)
+    data = [r.get("data") or {} for r in records]
     images = _distinct(f"{d['num_train_used']:,}" for d in data if d.get("num_train_used"))
-    epochs = _distinct(len(r["history"]) for r in runs if r.get("history"))
-    parts = [_distinct(d.get("label") for d in data) or "data source not recorded",
-             f"{images} training images" if images else "",
-             f"profile {_distinct(r.get('profile') for r in runs)}" if any(r.get("profile") for r in runs) else "",
-             f"seed {_distinct(r.get('seed') for r in runs)}" if any(r.get("seed") is not None for r in runs) else "",
-             f"{epochs} epochs per run" if epochs else "", _distinct(r.get("device") for r in runs)]
+    per_point = _distinct(_recorded(r, "num_images") for r in records)  # loss slices: images per loss value
+    profile, seed = (_distinct(_recorded(r, key) for r in records) for key in ("profile", "seed"))
+    parts = [_distinct(d.get("label") for d in data)
+             or "data " + _distinct(Path(str(_recorded(r, "data_source"))).name for r in records),
+             f"{images} training images" if images else "", f"{per_point} training images per point" if per_point else "",
+             f"profile {profile}" if profile else "", f"seed {seed}" if seed else "",
+             _distinct(length(r) for r in records), _distinct(_recorded(r, "device") for r in records)]
     return " | ".join(part for part in parts if part)
+
+
+def protocol_caption(runs) -> str:
+    """runs_caption of BN-protocol results: their epochs per run."""
+    return runs_caption(runs, lambda r: f"{len(r['history'])} epochs per run" if r.get("history") else None)
+
+
+def probe_caption(probes) -> str:
+    """runs_caption of probe runs (their steps) or loss slices."""
+    return runs_caption(probes, lambda r: f"{r['steps_done']} steps" if r.get("steps_done") else None)
 
 
 def _protocol_runs(dirs: OutputDirs, pairs, seed: int) -> list[dict]:
     """The result files of the protocol runs (model, lr) that exist."""
     paths = [Path(dirs.results) / f"{bn_name(m, lr, seed)}.json" for m, lr in pairs]
     return [read_json(p) for p in paths if p.exists()]
-
-
-def probe_caption(probes) -> str:
-    """Where probe runs (or loss slices) come from: data, images, profile, seed, steps, device."""
-    probes = list(probes)
-    data = [r.get("data") or {} for r in probes]
-    images = _distinct(f"{d['num_train_used']:,}" for d in data if d.get("num_train_used"))
-    cfg = [r.get("config") or {} for r in probes]
-    parts = [_distinct(d.get("label") for d in data)
-             or "data " + _distinct(Path(str(c.get("data_source"))).name for c in cfg)]
-    parts += [f"{images} training images"] if images else []
-    per_point = _distinct(c.get("num_images") for c in cfg)  # loss slices: the images each point's loss averages
-    parts += [f"{per_point} training images per point"] if per_point else []
-    parts += [f"profile {_distinct(c.get('profile') for c in cfg)}"] if any(c.get("profile") for c in cfg) else []
-    parts += [f"seed {_distinct(c.get('seed') for c in cfg)}"]
-    steps = _distinct(r.get("steps_done") for r in probes)
-    parts += [f"{steps} steps"] if steps else []
-    parts += [_distinct((r.get("environment") or {}).get("device") for r in probes)]
-    return " | ".join(parts)
 
 
 def plot_accuracy(dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> Path | None:

@@ -1,5 +1,5 @@
 """The one figure helper: every figure of the study is saved through `savefig`; its provenance line (`caption`);
-point labels that do not overlap (`place_labels`)."""
+point labels that do not overlap (`place_labels`); a notebook shows one it drew with `show_figure`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,6 +30,18 @@ def savefig(fig, name: str, figs_dir: Path | str) -> Path:
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     tmp.replace(path)  # atomic: a reader never sees half a PNG
     return path
+
+
+def show_figure(paths: Sequence[Path | str], name: str) -> None:
+    """In a notebook, display the figure `name` among `paths` (what a plot function just returned), or say that
+    it was not drawn (its result files are missing); an older PNG of that name in the folder is not shown."""
+    from IPython.display import Image, display
+
+    found = [Path(p) for p in paths if Path(p).stem == name]
+    if found:
+        display(Image(filename=str(found[0])))
+    else:
+        print(f"{name}: not drawn (its result files are missing)")
 
 
 def caption(fig, text: str | None) -> None:

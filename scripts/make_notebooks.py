@@ -235,41 +235,34 @@ slices in `results/quick/` whose configuration matches are read back, not recomp
 redraws the figures in the committed `figs/` from those files.'''),
     setup_cell('''from lib import bn_plots, bn_study, report
 from lib.data import canonical_source
-from lib.paths import output_dirs'''),
+from lib.paths import output_dirs
+from lib.plotting import show_figure'''),
     md('''## Compute: the protocol runs, the probes, the loss slices'''),
     code('''summary = bn_study.run_bn_study(profile, source, dirs, force=force, probe_overrides=probe_overrides)'''),
     md('''## Figures
 
 Drawn only from the result files above (nothing is trained here). In every figure blue is VGG-A without BN
 ("Standard") and red VGG-A with BN ("Standard + BatchNorm").'''),
-    code('''figures = {path.stem: path for path in bn_plots.plot_all(dirs)}  # name -> PNG; absent if its files are missing
-
-
-def show(name):
-    """Display one of the figures drawn above, or say that its result files are missing."""
-    if name in figures:
-        display(Image(filename=figures[name]))
-    else:
-        print(f"{name}: not drawn (its result files are missing)")'''),
+    code('''figures = bn_plots.plot_all(dirs)  # the PNGs drawn; a figure whose result files are missing is not'''),
     md('''### BN vs no BN: accuracy
 
 Validation accuracy (left) and validation loss (right) per epoch of the Adam run at lr 1e-3, the learning rate
 the original report compares; the legend gives each network's best validation accuracy. Look at which curve
 is higher and how early it gets there; there is one run per network, so a gap is not a test of significance.'''),
-    code('''show("p2_accuracy_lr1e-3")'''),
+    code('''show_figure(figures, "p2_accuracy_lr1e-3")'''),
     md('''### Loss band over the learning rates
 
 At every training step, the range (min to max) of the training loss over the four Adam learning-rate runs:
 shaded is the raw per-step band, the lines a moving average. A narrow band means the runs' losses were close
 at that step. It is a proxy across learning rates, not a measurement of the landscape around one trajectory;
 the Santurkar et al. measurements below are that measurement.'''),
-    code('''show("p2_loss_band")'''),
+    code('''show_figure(figures, "p2_loss_band")'''),
     md('''### Gradient range of the last layer
 
 At every step of the Adam run at lr 1e-3, the largest (solid) and smallest (dashed) entry of the last linear
 layer's weight gradient; shaded are the raw values, the lines a moving average. Compare the width of the range
 and how much it jumps from step to step between the two networks.'''),
-    code('''show("p2_grad_range")'''),
+    code('''show_figure(figures, "p2_grad_range")'''),
     md('''### The Santurkar et al. measurements
 
 Both networks train with plain SGD on the same mini-batches; every few steps the probe looks along the current
@@ -281,13 +274,13 @@ the gradient a step further; the paper asks whether BN makes it so, and the tabl
 maxima of this run. Probes taken while a network is still on the chance-level plateau (training loss near
 ln 10 = 2.303) describe a network that has not started training: the caveat under the table says from which
 step both networks train, and the findings compare the probes after it apart.'''),
-    code('''show("p2_santurkar")'''),
+    code('''show_figure(figures, "p2_santurkar")'''),
     md('''### Gradient change against the step size
 
 ||g - g_eta|| against the step size eta at the first (dashed) and the last (solid) probe of each network (the
 paper's Fig. 11a). A curve that stays low means the gradient still predicts the gradient a step further
 along; a steep rise means it does not.'''),
-    code('''show("p2_grad_diff_eta")'''),
+    code('''show_figure(figures, "p2_grad_diff_eta")'''),
     md('''### Filter-normalised 1-D loss slice
 
 The training loss (eval mode, on a fixed subset of training images) along one seeded random filter-normalised
@@ -295,7 +288,7 @@ direction through the validation-selected lr 1e-3 checkpoint of each network (Li
 alpha = 0 is the trained weights. A flat, wide curve means the loss changes little when the weights move that
 way, a steep one that it is sensitive. It is one direction, so it illustrates the landscape rather than
 measuring it.'''),
-    code('''show("p2_loss_slice")'''),
+    code('''show_figure(figures, "p2_loss_slice")'''),
     md('''## The numbers (as the report shows them)'''),
     code('''display(Markdown(report.part2_markdown(summary)))'''),
 ]

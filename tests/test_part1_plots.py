@@ -232,3 +232,19 @@ def test_plot_attention(tiny, tmp_path):
     assert all(len(m._forward_hooks) == 0 for m in tiny.modules())
     with pytest.raises(ValueError, match="uint8"):
         plot_attention(tiny, X.astype(np.float32), y, tmp_path, *NORMS["imagenet"])
+
+
+def test_show_figure_displays_what_was_drawn_and_says_what_was_not(tmp_path, monkeypatch, capsys):
+    import IPython.display
+
+    from lib.plotting import show_figure
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    drawn = tmp_path / "p2_loss_band.png"
+    drawn.write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "p2_santurkar.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # an older file, not drawn by this call
+    show_figure([drawn], "p2_loss_band")
+    assert len(shown) == 1 and shown[0].filename == str(drawn)
+    show_figure([drawn], "p2_santurkar")
+    assert len(shown) == 1 and "p2_santurkar: not drawn (its result files are missing)" in capsys.readouterr().out
