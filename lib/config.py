@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -67,10 +68,17 @@ def _canonical_source_name(source: str) -> str:
         return "shared"
     parts = PurePath(source).parts
     laid_out = parts[-3:] == ("shared", "data", SHARED_COPY.name) or parts[-2:] == (".carry", SHARED_COPY.name)
-    if laid_out and (not Path(source).exists()
-                     or any(c.exists() and Path(source).samefile(c) for c in SHARED_CANDIDATES)):
+    if laid_out and (not Path(source).exists() or any(_same_bytes(source, c) for c in SHARED_CANDIDATES)):
         return "shared"
     return source
+
+
+def _same_bytes(path: str, candidate: Path) -> bool:
+    """Whether `path` holds the same file as `candidate`: the same inode, or a copy with identical bytes (a CI
+    machine may hold the workplace copy at another place too). filecmp caches its answer per pair of stats."""
+    if not (candidate.is_file() and Path(path).is_file()):
+        return False
+    return Path(path).samefile(candidate) or filecmp.cmp(path, candidate, shallow=False)
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,7 @@ def test_bad_config_values_are_rejected():
         part1_config("VGG_A")
 
 
-def test_the_workplace_copy_is_recorded_as_shared_wherever_a_checkout_kept_it(tmp_path):
+def test_the_workplace_copy_is_recorded_as_shared_wherever_a_checkout_kept_it(tmp_path, monkeypatch):
     from lib.bn_study import ProbeConfig
     from lib.results import atomic_write_json, reusable_result
 
@@ -284,6 +284,18 @@ def test_the_workplace_copy_is_recorded_as_shared_wherever_a_checkout_kept_it(tm
     mine = tmp_path / "shared" / "data" / "cifar10-jpeg75.tar.gz"
     mine.parent.mkdir(parents=True)
     mine.write_bytes(b"")
+    assert TrainConfig(name="x", model="CANet", data_source=str(mine)).data_source == str(mine)
+    # A byte-identical copy there is the workplace copy held twice (CI machines may hold /work/shared besides the
+    # clone's ../shared): recorded as 'shared', so results trained on it are reused.
+    import lib.data as D
+
+    theirs = tmp_path / "b" / ".carry" / "cifar10-jpeg75.tar.gz"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"the same bytes")
+    mine.write_bytes(b"the same bytes")
+    monkeypatch.setattr(D, "SHARED_CANDIDATES", (tmp_path / "absent.tar.gz", theirs))
+    assert TrainConfig(name="x", model="CANet", data_source=str(mine)).data_source == "shared"
+    mine.write_bytes(b"other bytes, len")
     assert TrainConfig(name="x", model="CANet", data_source=str(mine)).data_source == str(mine)
     # Plain (non-dataclass) configs, e.g. the loss slices', compare the same way.
     atomic_write_json(tmp_path / "slice.json", {"config": {"run": "r", "data_source": elsewhere}})
