@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from lib.config import NORMS, TrainConfig, get_profile
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
 from lib.paths import OutputDirs
-from lib.results import atomic_write_json, environment_info, read_json, reusable_result
+from lib.results import atomic_write_json, environment_info, read_json, refuse_if_reuse_only, reusable_result
 
 # The paper's step-size grid: eta = m * lr for m in 0.5, 1.0, ..., 4.0 (0.05 .. 0.4 at lr 0.1).
 ETA_MULTIPLIERS = tuple(0.5 * i for i in range(1, 9))
@@ -474,6 +474,7 @@ def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress:
     path = cfg.result_path(dirs)
     if not force and (found := reusable_result(path, cfg.to_dict(), ProbeConfig)) is not None:
         return found
+    refuse_if_reuse_only(f"the probe run {path.stem}", path.parent)
     result = _train_with_probes(cfg, progress=progress)
     result["lr_fallback"] = lr_fallback
     atomic_write_json(path, result)
@@ -500,6 +501,7 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
                     for c in fallback]
     first = reusable_result(plain.result_path(dirs), plain.to_dict(), ProbeConfig) if not force else None
     if first is None:
+        refuse_if_reuse_only(f"the probe run {plain.result_path(dirs).stem}", dirs.results)
         first = _train_with_probes(plain, abort_if_stuck=plain.fallback and plain.lr != FALLBACK_LR,
                                    progress=progress)
         if first["status"] == "stuck":
@@ -593,6 +595,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         if not force and (found := reusable_result(path, config)) is not None:
             results.append(found)
             continue
+        refuse_if_reuse_only(f"the loss slice {path.stem}", path.parent)
         ckpt = run.get("checkpoint")
         if not ckpt or not Path(ckpt).exists():
             raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing: run the protocol "

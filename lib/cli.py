@@ -143,7 +143,7 @@ def cmd_study(args) -> int:
                            notebooks=args.notebooks, seeds=args.seeds, force=args.force, extra_params=extra,
                            log_output=args.verbose, progress_bar=not args.verbose,
                            command=study_command(args.profile, args.data, args.publish, args.notebooks, args.seeds,
-                                                 extra, args.force),
+                                                 extra, args.force, args.reuse_only),
                            allow_cpu_training=args.allow_cpu_training, reuse_only=args.reuse_only)
     except StudyError as err:
         print(f"study stopped: {err}", file=sys.stderr)

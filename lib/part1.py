@@ -20,7 +20,7 @@ from lib.config import TrainConfig
 from lib.experiments import part1_experiments, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
-from lib.results import atomic_write_json, environment_info, read_json
+from lib.results import atomic_write_json, environment_info, read_json, refuse_if_reuse_only, reuse_only
 
 MAIN_FILE = "part1-main.json"
 DEFAULT_MAIN_MODEL = "CANet"
@@ -227,9 +227,10 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
         if not force and path.exists():
             old = read_json(path)
             same = old.get("device_name") == env["device"] and old.get("infer_batch") == batch_size
-            if same or (not gpu and batch_size == CPU_COST_BATCH and is_gpu_cost(old)):
-                out.append(old)
+            if same or reuse_only() or (not gpu and batch_size == CPU_COST_BATCH and is_gpu_cost(old)):
+                out.append(old)  # reuse_only: shown as measured, on whichever device that was (the file says)
                 continue
+        refuse_if_reuse_only(f"measuring the cost of {model}", path.parent)
         summary = cost_summary(model, dev, batch_size=batch_size, iters=iters, warmup=1 if not gpu else 5)
         summary.update(device_name=env["device"], iters=iters, torch=env["torch"], git_commit=env["git_commit"])
         if batch_size != GPU_COST_BATCH:

@@ -137,7 +137,7 @@ def _record(dirs: OutputDirs, name: str, params: dict, seconds: float, command: 
 
 
 def study_command(profile: str, data_source: str | None, publish: bool, notebooks, seeds,
-                  extra_params: dict | None = None, force: bool = False) -> str:
+                  extra_params: dict | None = None, force: bool = False, reuse_only: bool = False) -> str:
     """The `python -m lib study ...` command line equivalent to these arguments (for the report)."""
     parts = ["python", "-m", "lib", "study", "--profile", profile]
     if data_source:
@@ -150,6 +150,8 @@ def study_command(profile: str, data_source: str | None, publish: bool, notebook
     extra = extra_params or {}
     if force:
         parts.append("--force")
+    if reuse_only:
+        parts.append("--reuse-only")
     if extra.get("model"):
         parts += ["--model", str(extra["model"])]
     if extra.get("models"):
@@ -160,7 +162,7 @@ def study_command(profile: str, data_source: str | None, publish: bool, notebook
 
 
 # Notebook parameters that `python -m lib study` sets from its own options (besides CLI_PARAMETERS).
-_STUDY_OPTIONS = ("profile", "data_source", "publish", "force", "seeds", "root")
+_STUDY_OPTIONS = ("profile", "data_source", "publish", "force", "seeds", "root", "reuse_only")
 
 
 def notebook_commands(study: dict) -> list[dict]:
@@ -176,7 +178,7 @@ def notebook_commands(study: dict) -> list[dict]:
             command = study_command(params.get("profile", "smoke"), params.get("data_source"),
                                     bool(params.get("publish")), [name], params.get("seeds") or [0],
                                     {k: params[k] for k in CLI_PARAMETERS if params.get(k)},
-                                    bool(params.get("force")))
+                                    bool(params.get("force")), bool(params.get("reuse_only")))
             other = {k: v for k, v in params.items() if k not in _STUDY_OPTIONS + CLI_PARAMETERS}
             if params.get("root") is not None:
                 other["root"] = params["root"]
@@ -234,8 +236,9 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     The `full` profile without a CUDA device renders what the GPU trained (docs/GPU.md) and trains nothing:
     if its notebooks would train an experiment or measure a cost file (work_missing), StudyError names
     them before any notebook runs, unless `allow_cpu_training` (hours to days on a CPU). `reuse_only` does the
-    same for any profile and device: the notebooks then only read finished results and draw from them (to view a
-    committed study without starting hours of training by a wrong parameter).
+    same for any profile and device, and passes `reuse_only` to the notebooks, whose compute then refuses to start
+    (lib.results.refuse_if_reuse_only): they only read finished results and draw from them (to view a committed
+    study without starting hours of training by a wrong parameter).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -269,10 +272,11 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"them here (hours to days for training).")
     params = {"profile": profile, "data_source": source, "publish": bool(publish), "force": bool(force),
               "seeds": [int(s) for s in seeds], "root": str(root) if root is not None else None,
-              **(extra_params or {})}
+              "reuse_only": bool(reuse_only), **(extra_params or {})}
     out_dir = executed_dir(profile, root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = command or study_command(profile, data_source, bool(publish), notebooks, seeds, extra_params, force)
+    command = command or study_command(profile, data_source, bool(publish), notebooks, seeds, extra_params, force,
+                                       reuse_only)
     other = {k: v for k, v in (extra_params or {}).items() if k not in CLI_PARAMETERS}
     if root is not None:  # the command line has no option for it
         other["root"] = str(root)

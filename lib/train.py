@@ -23,7 +23,8 @@ from lib.data import load_cifar10, study_split, subset, to_device_tensors
 from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
-from lib.results import atomic_write_json, environment_info, git_commit, reusable_result
+from lib.results import (atomic_write_json, environment_info, git_commit, refuse_if_reuse_only,
+                         reusable_result)
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules).
 WEIGHT_GROUPS = {"se": ".se.", "sa": ".sa.", "unit_transform": ".unit_transform."}
@@ -523,6 +524,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     result_path = Path(dirs.results) / f"{cfg.name}.json"
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
         return found
+    refuse_if_reuse_only(f"training {cfg.name}", result_path.parent)
     device = resolve_device(cfg.device)
     last_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.last.pt"
     best_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.pt"

@@ -11,7 +11,8 @@ REPO = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().pare
 COMMON_PARAMS = '''profile = "smoke"  # smoke: CI-sized, seconds | quick: reduced, CPU-friendly | full: the STUDY.md recipe (GPU)
 data_source = None  # None: $CIFAR10_SOURCE or 'official'; 'shared': the JPEG-q75 copy; or a folder / .tar.gz path
 publish = False  # True: write to the committed results/<profile>/, figs/ and report.md
-root = None  # None: this repository; a folder relocates every output (the tests use this)'''
+root = None  # None: this repository; a folder relocates every output (the tests use this)
+reuse_only = False  # True: compute nothing; a result that has no finished, matching file stops with its name'''
 
 SETUP_HEAD = '''import sys
 from pathlib import Path
@@ -21,9 +22,12 @@ if (Path.cwd().parent / "lib").is_dir():  # opened from notebooks/: make the rep
 
 import pandas as pd
 from IPython.display import Image, Markdown, display
+
+from lib.results import set_reuse_only
 '''
 
 SETUP_TAIL = '''
+set_reuse_only(reuse_only)  # for this kernel: training, probes, slices and cost measurements refuse to start
 source = canonical_source(data_source)
 dirs = output_dirs(profile, publish=publish or None, root=root)
 print(f"profile {profile!r}, data {source}\\nresults -> {dirs.results}\\nfigures -> {dirs.figs}")'''
@@ -64,9 +68,10 @@ Finished results with the same configuration are reused (set `force = True` to r
 here is the one notebook 03 visualises.'''),
     md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy.
 To see that run here, set in the first cell `profile = "quick"`, `data_source = "shared"`, `publish = True`
-and `seeds = [0]` (`[0, 1, 2]` works too), keeping `model = "CANet"`, `force = False` and `num_epochs = None`.
-A finished result in `results/quick/` whose configuration matches is read back, not retrained; another model,
-seed or number of epochs is a new configuration and trains. `publish = True` also writes to the committed
+and `seeds = [0]` (`[0, 1, 2]` works too), keeping `model = "CANet"`, `force = False` and `num_epochs = None`,
+and `reuse_only = True`. A finished result in `results/quick/` whose configuration matches is read back, not
+retrained; another model, seed or number of epochs is a new configuration, which trains, or with
+`reuse_only = True` stops with its name. `publish = True` also writes to the committed
 folders: the run marker `results/quick/part1-main.json` and the training-curves figure in `figs/`, redrawn
 from the same files.'''),
     setup_cell('''from lib import part1
@@ -114,11 +119,12 @@ is called better than another only where a Welch t-test over seeds says so (lib.
 eight models with three seeds each (CANet_pro was not run). To see that comparison here, set in the first
 cell `profile = "quick"`, `data_source = "shared"`, `publish = True`, `seeds = [0, 1, 2]` and
 `models = ["CANet_tiny", "CANet_light", "CANet", "ShuffleNetV2", "MobileNetV2", "ResNet18", "ResNet34", "VGG11"]`,
-keeping `force = False` and `num_epochs = None`. A finished result in `results/quick/` whose configuration
-matches is read back, not retrained; with `models = None` the list includes CANet_pro, which has no result
-and would start training (hours on a CPU). `publish = True` also writes to the committed folders: the
-figures in `figs/` are redrawn from the same files, and on a machine other than the one recorded in
-`results/quick/cost-*.json` the cost cell re-measures inference speed (no training) into those files.'''),
+keeping `force = False` and `num_epochs = None`, and `reuse_only = True`. A finished result in `results/quick/`
+whose configuration matches is read back, not retrained; with `models = None` the list includes CANet_pro, which
+has no result and would start training (hours on a CPU), or with `reuse_only = True` stops with its name.
+`publish = True` also writes to the committed folders: the figures in `figs/` are redrawn from the same files,
+and on a machine other than the one recorded in `results/quick/cost-*.json` the cost cell re-measures
+inference speed (no training) into those files, unless `reuse_only = True` (the recorded ones are shown).'''),
     setup_cell('''from lib import part1, report
 from lib.data import canonical_source
 from lib.models import PART1_MODELS
@@ -230,8 +236,9 @@ All compute is in `lib.bn_study` (results are files, reused unless `force`); `li
 figures from those files only.'''),
     md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy.
 To see those Part 2 results here, set in the first cell `profile = "quick"`, `data_source = "shared"` and
-`publish = True`, keeping `force = False` and `probe_overrides = None`. The protocol runs, probe runs and loss
-slices in `results/quick/` whose configuration matches are read back, not recomputed; `publish = True` also
+`publish = True`, keeping `force = False` and `probe_overrides = None`, and `reuse_only = True`. The protocol runs,
+probe runs and loss slices in `results/quick/` whose configuration matches are read back, not recomputed (with
+`reuse_only = True`, one that does not match stops with its name instead of training); `publish = True` also
 redraws the figures in the committed `figs/` from those files.'''),
     setup_cell('''from lib import bn_plots, bn_study, report
 from lib.data import canonical_source

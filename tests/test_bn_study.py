@@ -219,6 +219,10 @@ def test_run_probe_writes_complete_file_same_data_order_and_reuses(tiny_source, 
     assert S.run_probe(plain_cfg, dirs, progress=False) == plain
     with pytest.raises(pytest.fail.Exception):
         S.run_probe(plain_cfg.replace(num_steps=3), dirs, progress=False)
+    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "1")  # viewing only: reuse, or refuse with the run's name
+    assert S.run_probe(plain_cfg, dirs, progress=False) == plain
+    with pytest.raises(ValueError, match="reuse_only is on .*the probe run probe-VGG_A-s2020 would have to run"):
+        S.run_probe(plain_cfg.replace(num_steps=3), dirs, progress=False)
 
 
 def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_path, monkeypatch, tiny_models):
@@ -235,6 +239,10 @@ def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_pat
     assert plain["data_order_sha256"] == bn["data_order_sha256"]
     monkeypatch.setattr(S, "_train_with_probes", lambda *a, **k: pytest.fail("should have reused"))
     assert S.run_probes("smoke", tiny_source, dirs, progress=False, configs=configs) == [plain, bn]
+    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "1")
+    assert S.run_probes("smoke", tiny_source, dirs, progress=False, configs=configs) == [plain, bn]
+    with pytest.raises(ValueError, match="reuse_only is on .*the probe run probe-VGG_A-s2020"):
+        S.run_probes("smoke", tiny_source, dirs, progress=False, configs=[c.replace(num_steps=4) for c in configs])
 
 
 def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):

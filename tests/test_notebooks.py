@@ -80,6 +80,7 @@ def test_select_notebooks_and_command():
     cmd = study_command("quick", "shared", True, ["1", "4"], [0, 1], {"num_epochs": 3})
     assert cmd == ("python -m lib study --profile quick --data shared --publish --notebooks 01 04 --seeds 0 1 "
                    "--num-epochs 3")
+    assert study_command("quick", "shared", True, None, [0], reuse_only=True).endswith("--seeds 0 --reuse-only")
 
 
 def test_notebook_commands_group_one_call_and_rebuild_old_records():
@@ -168,6 +169,29 @@ def test_report_links_only_existing_figures(study):
     comparison = text.split("### Results: the comparison")[1].split("\n#")[0]  # the section, up to the next heading
     rows = [line for line in comparison.splitlines() if line.startswith("| ") and line.count(" | ") == 9]
     assert len(rows) == 1 + len(PART1_MODELS) and not any("not run" in r for r in rows)
+
+
+def test_a_notebook_with_reuse_only_refuses_to_train_a_configuration_without_result(study, tmp_path):
+    """The notebooks' `reuse_only` parameter reaches the compute: notebook 01 asked for a configuration nobody ran
+    (two epochs; the study ran one) stops in its training cell with the run's name, training nothing."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from lib.pipeline import KERNEL_NAME, kernel_for_this_python
+
+    root, _ = study
+    dirs = output_dirs("smoke", root=root)
+    source = json.loads((dirs.results / "p1-CANet-s0.json").read_text())["config"]["data_source"]
+    before = sorted(p.name for p in dirs.results.iterdir())
+    params = {"profile": "smoke", "data_source": source, "root": str(root), "num_epochs": 2, "reuse_only": True}
+    with kernel_for_this_python(tmp_path / "jupyter"), pytest.raises(PapermillExecutionError) as err:
+        papermill.execute_notebook(str(NOTEBOOK_DIR / "01_train_canet.ipynb"), str(tmp_path / "01.ipynb"),
+                                   parameters=params, kernel_name=KERNEL_NAME, cwd=str(NOTEBOOK_DIR),
+                                   progress_bar=False)
+    assert err.value.ename == "ValueError" and "reuse_only is on" in err.value.evalue
+    assert "training p1-CANet-s0 would have to run" in err.value.evalue
+    assert sorted(p.name for p in dirs.results.iterdir()) == before
+    assert json.loads((dirs.results / "p1-CANet-s0.json").read_text())["config"]["num_epochs"] == 1
 
 
 def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path, tiny_source):

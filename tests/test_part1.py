@@ -71,6 +71,18 @@ def test_a_gpu_cost_measurement_is_kept_on_a_cpu(dirs):
     assert read_json(part1.cost_path(dirs, "CANet_tiny"))["infer_batch"] == 2
 
 
+def test_reuse_only_shows_any_recorded_cost_and_measures_none(dirs, monkeypatch):
+    gpu = {"model": "CANet_tiny", "flops": 1, "infer_ips": 9e4, "infer_batch": part1.GPU_COST_BATCH,
+           "device_name": "NVIDIA H200"}
+    atomic_write_json(part1.cost_path(dirs, "CANet_tiny"), gpu)
+    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "1")
+    # A batch of 2 would otherwise re-measure it (the test above); viewing shows what was recorded.
+    assert part1.compute_costs(dirs, ["CANet_tiny"], device="cpu", batch_size=2, iters=1) == [gpu]
+    with pytest.raises(ValueError, match="reuse_only is on .*measuring the cost of CANet_light would have to run"):
+        part1.compute_costs(dirs, ["CANet_tiny", "CANet_light"], device="cpu", batch_size=2, iters=1)
+    assert not part1.cost_path(dirs, "CANet_light").exists()
+
+
 def test_with_costs_joins_the_cost_file_and_the_median_epoch_throughput(dirs):
     atomic_write_json(part1.cost_path(dirs, "CANet_tiny"), {"model": "CANet_tiny", "flops": 123, "infer_ips": 45.0})
     costs = part1.load_costs(dirs)

@@ -140,6 +140,18 @@ def test_result_file_contents_and_reuse(tiny_source, tmp_path, monkeypatch):
         T.train(cfg.replace(seed=1), dirs=dirs, progress=False)
     with pytest.raises(AssertionError, match="reused"):
         T.train(cfg, dirs=dirs, progress=False, force=True)
+    # reuse_only (the notebooks' viewing switch): the finished result is read back, anything else refuses to train.
+    from lib.results import set_reuse_only
+
+    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "0")  # restored after the test, whatever set_reuse_only writes
+    set_reuse_only(True)
+    assert T.train(cfg, dirs=dirs, progress=False)["history"] == on_disk["history"]
+    for other, force in ((cfg.replace(seed=1), False), (cfg, True)):
+        with pytest.raises(ValueError, match=r"reuse_only is on .*training tiny would have to run.*reuse_only = False"):
+            T.train(other, dirs=dirs, progress=False, force=force)
+    set_reuse_only(False)
+    with pytest.raises(AssertionError, match="reused"):
+        T.train(cfg.replace(seed=1), dirs=dirs, progress=False)
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_path):
