@@ -245,7 +245,7 @@ def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_pat
         S.run_probes("smoke", tiny_source, dirs, progress=False, configs=[c.replace(num_steps=4) for c in configs])
 
 
-def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):
+def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, monkeypatch):
     """Protocol (2 lrs), probes, slices, summary and every figure on the tiny data, end to end."""
     from lib.bn_plots import plot_all
 
@@ -288,6 +288,13 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models):
     S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs,
                    probe_overrides=dict(num_train=None, batch_size=16, num_steps=4, probe_every=2))
     assert {p: p.stat().st_mtime_ns for p in dirs.results.glob("*.json")} == mtimes
+    # reuse_only (the notebooks' viewing switch): reused as above; a slice of another size refuses to compute.
+    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "1")
+    assert S.run_slices("smoke", tiny_source, dirs) == [json.loads(S.slice_path(dirs, m, S.BN_SEED).read_text())
+                                                      for m in ("VGG_A", "VGG_A_BN")]
+    with pytest.raises(ValueError, match="reuse_only is on .*the loss slice .*VGG_A.* would have to run"):
+        S.run_slices("smoke", tiny_source, dirs, num_images=3)
+    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "0")
     # Weights that are not the result's selected epoch (a retraining stopped part-way): no slice from them.
     run = json.loads((dirs.results / "bn-VGG_A-lr0.001-s2020.json").read_text())
     state = torch.load(run["checkpoint"], weights_only=False)
