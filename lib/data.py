@@ -181,8 +181,9 @@ def _walk_folder(root: Path, max_depth: int = 4):
             yield rel, os.path.join(dirpath, name)
 
 
-def _index_images(paths: list[str], where: str) -> dict[str, list[list[str]]]:
-    """Group relative file paths into {split: [sorted image paths of class 0, ..., class 9]}; validate the layout."""
+def _index_images(paths: list[str], where: str, official_root: Path | None = None) -> dict[str, list[list[str]]]:
+    """Group relative file paths into {split: [sorted image paths of class 0, ..., class 9]}; validate the layout.
+    `official_root`: where load_cifar10 looks for the official download (named in a hint; default: its default)."""
     paths = [p for p in paths if not _is_hidden(p)]
     tops = {p.split("/", 1)[0] for p in paths if "/" in p}
     prefix = ""
@@ -216,7 +217,7 @@ def _index_images(paths: list[str], where: str) -> dict[str, list[list[str]]]:
     for split in _SPLITS:
         if not any(index[split]):
             looks_official = any(p.rsplit("/", 1)[-1] in ("data_batch_1", "test_batch") for p in paths)
-            hint = (f" This looks like the official python archive: put it into {_default_root()} and use "
+            hint = (f" This looks like the official python archive: put it into {official_root or _default_root()} and use "
                     f"source 'official' instead." if looks_official else "")
             raise DataError(
                 f"missing split folder {prefix}{split}/ (with images) in {where}: an image-folder copy "
@@ -341,16 +342,16 @@ def _read_archive(path: Path) -> tuple[dict[str, bytes], str]:
     return blobs, hashlib.sha256(packed).hexdigest()
 
 
-def _load_image_folder(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """Decode an image folder or archive of one into arrays; return (arrays, info)."""
+def _load_image_folder(path: Path, root: Path | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Decode an image folder or archive of one into arrays; return (arrays, info). `root`: load_cifar10's."""
     info: dict = {"kind": "image-folder", "label": _source_label(path), "path": str(path)}
     if path.is_file():
         blobs, info["archive_sha256"] = _read_archive(path)
-        index = _index_images(list(blobs), str(path))
+        index = _index_images(list(blobs), str(path), root)
         read, name_of = blobs.__getitem__, (lambda rel: f"{rel} (in {path})")
     else:
         files = dict(_walk_folder(path))
-        index = _index_images(list(files), str(path))
+        index = _index_images(list(files), str(path), root)
         read, name_of = (lambda rel: Path(files[rel]).read_bytes()), (lambda rel: files[rel])
     num_images = sum(len(f) for split in _SPLITS for f in index[split])
     print(f"lib.data: decoding {num_images} images from {path} (once; later loads use the cache)",
@@ -495,7 +496,7 @@ def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLik
     if source == "official":
         arrays, info = _load_official(root, download)
     else:
-        arrays, info = _load_image_folder(Path(source))
+        arrays, info = _load_image_folder(Path(source), root)
     num_train, num_test = len(arrays["y_train"]), len(arrays["y_test"])
     info.update({
         "source": source,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import tarfile
 import urllib.error
@@ -279,8 +280,8 @@ def test_corrupt_archive(tmp_path):
 def test_official_archive_given_as_copy(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"x")
-    with pytest.raises(DataError, match="official python archive"):
-        D.load_cifar10(tmp_path, root=tmp_path / "root")
+    with pytest.raises(DataError, match="official python archive: put it into " + re.escape(str(tmp_path / "root")) + " and use"):
+        D.load_cifar10(tmp_path, root=tmp_path / "root")  # the root this call looks in, not the default one
 
 
 def test_nonexistent_path_and_wrong_file_type(tmp_path):
