@@ -474,7 +474,7 @@ def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress:
     path = cfg.result_path(dirs)
     if not force and (found := reusable_result(path, cfg.to_dict(), ProbeConfig)) is not None:
         return found
-    refuse_if_reuse_only(f"the probe run {path.stem}", path.parent)
+    refuse_if_reuse_only(f"the probe run {path.stem}", path.parent, forced=force)
     result = _train_with_probes(cfg, progress=progress)
     result["lr_fallback"] = lr_fallback
     atomic_write_json(path, result)
@@ -501,7 +501,7 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
                     for c in fallback]
     first = reusable_result(plain.result_path(dirs), plain.to_dict(), ProbeConfig) if not force else None
     if first is None:
-        refuse_if_reuse_only(f"the probe run {plain.result_path(dirs).stem}", dirs.results)
+        refuse_if_reuse_only(f"the probe run {plain.result_path(dirs).stem}", dirs.results, forced=force)
         first = _train_with_probes(plain, abort_if_stuck=plain.fallback and plain.lr != FALLBACK_LR,
                                    progress=progress)
         if first["status"] == "stuck":
@@ -595,7 +595,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         if not force and (found := reusable_result(path, config)) is not None:
             results.append(found)
             continue
-        refuse_if_reuse_only(f"the loss slice {path.stem}", path.parent)
+        refuse_if_reuse_only(f"the loss slice {path.stem}", path.parent, forced=force)
         ckpt = run.get("checkpoint")
         if not ckpt or not Path(ckpt).exists():
             raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing: run the protocol "

@@ -55,7 +55,8 @@ def _canonical_source_name(source: str) -> str:
     """'shared' for any path of the workplace's JPEG-q75 copy (see lib.data.canonical_source), else unchanged.
 
     Besides this checkout's own candidate paths, a path laid out like one of them (.../shared/data/<copy> or
-    .../.carry/<copy>) counts when it does not exist on this machine or is the same file as this checkout's copy:
+    .../.carry/<copy>) counts when it does not exist on this machine or holds the same bytes as this checkout's
+    copy (the same file, or a copy of it: a CI machine may hold the workplace's folder twice):
     results written before configs recorded the name kept the absolute path of the checkout that trained them,
     and a clone elsewhere must still reuse them instead of retraining. Another file at such a path is a copy
     someone named on purpose and stays as it is.
@@ -76,9 +77,12 @@ def _canonical_source_name(source: str) -> str:
 def _same_bytes(path: str, candidate: Path) -> bool:
     """Whether `path` holds the same file as `candidate`: the same inode, or a copy with identical bytes (a CI
     machine may hold the workplace copy at another place too). filecmp caches its answer per pair of stats."""
-    if not (candidate.is_file() and Path(path).is_file()):
+    try:
+        if not (candidate.is_file() and Path(path).is_file()):
+            return False
+        return Path(path).samefile(candidate) or filecmp.cmp(path, candidate, shallow=False)
+    except OSError:  # unreadable: not known to be the copy, so recorded as named
         return False
-    return Path(path).samefile(candidate) or filecmp.cmp(path, candidate, shallow=False)
 
 
 @dataclass(frozen=True)

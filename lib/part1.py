@@ -230,7 +230,7 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
             if same or reuse_only() or (not gpu and batch_size == CPU_COST_BATCH and is_gpu_cost(old)):
                 out.append(old)  # reuse_only: shown as measured, on whichever device that was (the file says)
                 continue
-        refuse_if_reuse_only(f"measuring the cost of {model}", path.parent)
+        refuse_if_reuse_only(f"measuring the cost of {model}", path.parent, forced=force and path.exists())
         summary = cost_summary(model, dev, batch_size=batch_size, iters=iters, warmup=1 if not gpu else 5)
         summary.update(device_name=env["device"], iters=iters, torch=env["torch"], git_commit=env["git_commit"])
         if batch_size != GPU_COST_BATCH:

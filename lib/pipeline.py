@@ -50,13 +50,15 @@ def select_notebooks(notebooks: Sequence[str] | None = None) -> list[str]:
 
 
 def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Sequence[int] = (0,),
-                 extra_params: dict | None = None, force: bool = False, profile: str = GPU_PROFILE) -> list[str]:
+                 extra_params: dict | None = None, force: bool = False, profile: str = GPU_PROFILE,
+                 reuse_only: bool = False) -> list[str]:
     """What these notebooks would compute themselves with `profile` in `dirs`: the Part 1 runs of 01 (the CANet
     variant `model`, default CANet) and 02 (the Part 1 `models`, default all nine) for `seeds`, with their
     `num_epochs` override, that have no matching result (all of them with `force`); with the `full` profile,
     02's cost files that are not a GPU measurement (cost-<model>; other profiles measure them in seconds, no
-    training); 04's BN protocol runs, loss slices and probe runs. Notebook 03 computes nothing of the kind: it
-    shows a run that exists, or fails saying which is missing."""
+    training), or with `reuse_only` (which shows any recorded one) those that do not exist; 04's BN protocol runs,
+    loss slices and probe runs. Notebook 03 computes nothing of the kind: it shows a run that exists, or fails
+    saying which is missing."""
     from lib import part1
     from lib.bench import gpu_cost_file, select_jobs, study_jobs
     from lib.config import TrainConfig
@@ -71,8 +73,11 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
             wanted.setdefault(cfg.name, cfg)
     missing = [n for n, cfg in wanted.items()
                if force or reusable_result(Path(dirs.results) / f"{n}.json", cfg.to_dict(), TrainConfig) is None]
-    if profile == GPU_PROFILE and any(name.startswith("02") for name in names):
-        missing += [f"cost-{m}" for m in models["02"] if force or not gpu_cost_file(dirs, m)]
+    if any(name.startswith("02") for name in names):
+        if reuse_only:
+            missing += [f"cost-{m}" for m in models["02"] if force or not part1.cost_path(dirs, m).exists()]
+        elif profile == GPU_PROFILE:
+            missing += [f"cost-{m}" for m in models["02"] if force or not gpu_cost_file(dirs, m)]
     if any(name.startswith("04") for name in names):
         jobs = select_jobs(study_jobs(None, source, dirs, seeds, profile), ["part2", "probe"])
         missing += [n for j in jobs if force or not j.done for n in j.names]
@@ -246,13 +251,15 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     from lib.config import get_profile
     from lib.data import canonical_source
     from lib.report import render_report
+    from lib.results import reuse_only as env_reuse_only
 
     get_profile(profile)  # a clear error for an unknown profile before any kernel starts
     source = canonical_source(data_source)
     dirs = output_dirs(profile, publish=publish or None, root=root)
     names = select_notebooks(notebooks)
+    reuse_only = reuse_only or env_reuse_only()  # CIFAR10_REUSE_ONLY=1 exported: the same as --reuse-only
     if reuse_only:
-        missing = work_missing(source, dirs, names, seeds, extra_params, force, profile=profile)
+        missing = work_missing(source, dirs, names, seeds, extra_params, force, profile=profile, reuse_only=True)
         if missing:
             raise StudyError(
                 f"--reuse-only: these notebooks would train or measure {len(missing)} experiment(s) or cost file(s) "
@@ -272,7 +279,7 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"them here (hours to days for training).")
     params = {"profile": profile, "data_source": source, "publish": bool(publish), "force": bool(force),
               "seeds": [int(s) for s in seeds], "root": str(root) if root is not None else None,
-              "reuse_only": bool(reuse_only), **(extra_params or {})}
+              "reuse_only": True if reuse_only else None, **(extra_params or {})}
     out_dir = executed_dir(profile, root)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = command or study_command(profile, data_source, bool(publish), notebooks, seeds, extra_params, force,

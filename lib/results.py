@@ -82,31 +82,37 @@ def environment_info(device: torch.device | str) -> dict:
             "python": platform.python_version(), "git_commit": git_commit()}
 
 
-REUSE_ONLY_ENV = "CIFAR10_REUSE_ONLY"  # "1": compute nothing, only read finished results (notebook `reuse_only`)
+REUSE_ONLY_ENV = "CIFAR10_REUSE_ONLY"  # 1/true/yes/on: compute nothing, only read finished results
+_ON = ("1", "true", "yes", "on")
 
 
-def set_reuse_only(on: bool) -> None:
-    """Switch this process (and the processes it starts) to reading finished results only, or back.
+def set_reuse_only(on: bool | None) -> None:
+    """Switch this process (and the processes it starts) to reading finished results only (True), or back
+    (False); None leaves the setting as it is ($CIFAR10_REUSE_ONLY, off when unset).
 
     The notebooks' `reuse_only` parameter calls it, so a parameter that names a configuration nobody ran stops
-    with its name instead of starting hours of training; `python -m lib study --reuse-only` sets it as well."""
-    os.environ[REUSE_ONLY_ENV] = "1" if on else "0"
+    with its name instead of starting hours of training; `python -m lib study --reuse-only` passes it on.
+    `python -m lib bench` times its own epochs and does not look at it."""
+    if on is not None:
+        os.environ[REUSE_ONLY_ENV] = "1" if on else "0"
 
 
 def reuse_only() -> bool:
     """Whether this process may only read finished results (set_reuse_only, or CIFAR10_REUSE_ONLY=1)."""
-    return os.environ.get(REUSE_ONLY_ENV, "0").strip() not in ("", "0")
+    return os.environ.get(REUSE_ONLY_ENV, "").strip().lower() in _ON
 
 
-def refuse_if_reuse_only(what: str, where: Path | str) -> None:
+def refuse_if_reuse_only(what: str, where: Path | str, forced: bool = False) -> None:
     """Raise ValueError when reuse_only() is on: `what` (e.g. 'training p1-CANet-s0') would have to run
-    because no finished result in `where` matches its configuration."""
+    because no finished result in `where` matches its configuration, or because `forced` (force = True)."""
     if reuse_only():
+        why = ("force = True asks to compute it again" if forced else
+               f"no finished result in {where} matches its configuration")
         raise ValueError(
-            f"reuse_only is on ({REUSE_ONLY_ENV}=1), and {what} would have to run: no finished result in {where} "
-            f"matches its configuration. Check the parameters (profile, data_source, seeds, models, num_epochs, "
-            f"publish) against the results you meant to show, or set reuse_only = False (unset {REUSE_ONLY_ENV}) "
-            f"to compute it.")
+            f"reuse_only is on ({REUSE_ONLY_ENV}={os.environ.get(REUSE_ONLY_ENV)}), and {what} would have to run: "
+            f"{why}. Check the parameters (profile, data_source, seeds, models, num_epochs, publish, force) "
+            f"against the results you meant to show, or set reuse_only = False and run the setup cell again "
+            f"(elsewhere: unset {REUSE_ONLY_ENV}) to compute it.")
 
 
 def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | None:

@@ -524,7 +524,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     result_path = Path(dirs.results) / f"{cfg.name}.json"
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
         return found
-    refuse_if_reuse_only(f"training {cfg.name}", result_path.parent)
+    refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
     device = resolve_device(cfg.device)
     last_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.last.pt"
     best_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.pt"

@@ -12,7 +12,7 @@ COMMON_PARAMS = '''profile = "smoke"  # smoke: CI-sized, seconds | quick: reduce
 data_source = None  # None: $CIFAR10_SOURCE or 'official'; 'shared': the JPEG-q75 copy; or a folder / .tar.gz path
 publish = False  # True: write to the committed results/<profile>/, figs/ and report.md
 root = None  # None: this repository; a folder relocates every output (the tests use this)
-reuse_only = False  # True: compute nothing; a result that has no finished, matching file stops with its name'''
+reuse_only = None  # True: compute nothing, stop naming what has no matching result; None: $CIFAR10_REUSE_ONLY'''
 
 SETUP_HEAD = '''import sys
 from pathlib import Path
@@ -27,7 +27,7 @@ from lib.results import set_reuse_only
 '''
 
 SETUP_TAIL = '''
-set_reuse_only(reuse_only)  # for this kernel: training, probes, slices and cost measurements refuse to start
+set_reuse_only(reuse_only)  # True: in this kernel, training, probes, slices and cost measurements refuse to start
 source = canonical_source(data_source)
 dirs = output_dirs(profile, publish=publish or None, root=root)
 print(f"profile {profile!r}, data {source}\\nresults -> {dirs.results}\\nfigures -> {dirs.figs}")'''

@@ -1,11 +1,16 @@
 """Shared fixtures: a tiny CIFAR-like image folder that the tests create, and a private data cache."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from lib.data import CLASSES
+
+# A developer's exported CIFAR10_REUSE_ONLY=1 would make every test that trains refuse: tests set it themselves.
+os.environ.pop("CIFAR10_REUSE_ONLY", None)
 
 
 def make_image_folder(root, n_train: int = 8, n_test: int = 5, seed: int = 0, fmt: str = "png"):

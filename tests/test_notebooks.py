@@ -234,14 +234,21 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
     for model, device in (("CANet", "NVIDIA H200"), ("VGG11", "CPU (x86_64, 2 threads)")):
         atomic_write_json(cost_path(dirs, model), {"model": model, "infer_batch": GPU_COST_BATCH, "device_name": device})
     assert work_missing(tiny_source, dirs, ["02_baselines"], extra_params=two) == ["p1-VGG11-s0", "cost-VGG11"]
-    # --reuse-only: any profile, any device; a profile other than full measures its cost files itself (no training).
+    # --reuse-only: any profile, any device; any recorded cost file is shown (a CPU's too), a missing one is named.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(StudyError, match=r"--reuse-only: .* 2 experiment.*: p1-VGG11-s0, cost-VGG11\. Check the opt"):
+    with pytest.raises(StudyError, match=r"--reuse-only: .* 1 experiment.*: p1-VGG11-s0\. Check the opt"):
         run_study("full", data_source=tiny_source, notebooks=["01", "02"], root=tmp_path, extra_params=two,
                   reuse_only=True)
+    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "1")  # exported: the same as --reuse-only
+    with pytest.raises(StudyError, match=r"--reuse-only: .* 1 experiment.*: p1-VGG11-s0\. Check the opt"):
+        run_study("full", data_source=tiny_source, notebooks=["01", "02"], root=tmp_path, extra_params=two)
+    monkeypatch.delenv("CIFAR10_REUSE_ONLY")
     assert not executed_dir("full", tmp_path).exists()
-    assert work_missing(tiny_source, output_dirs("smoke", root=tmp_path), ["02_baselines"], extra_params=two,
-                        profile="smoke") == ["p1-CANet-s0", "p1-VGG11-s0"]
+    smoke = output_dirs("smoke", root=tmp_path)  # other profiles measure their cost files themselves (seconds)
+    assert work_missing(tiny_source, smoke, ["02_baselines"], extra_params=two, profile="smoke") == [
+        "p1-CANet-s0", "p1-VGG11-s0"]
+    assert work_missing(tiny_source, smoke, ["02_baselines"], extra_params=two, profile="smoke", reuse_only=True) == [
+        "p1-CANet-s0", "p1-VGG11-s0", "cost-CANet", "cost-VGG11"]
     part2 = work_missing(tiny_source, dirs, ["04_batchnorm"])
     assert len(part2) == len(BN_MODELS) * len(BN_LRS) + len(BN_MODELS)  # the BN protocol and both probe runs
     assert all(not n.startswith(("p1-", "cost-")) for n in part2)

@@ -141,14 +141,22 @@ def test_result_file_contents_and_reuse(tiny_source, tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="reused"):
         T.train(cfg, dirs=dirs, progress=False, force=True)
     # reuse_only (the notebooks' viewing switch): the finished result is read back, anything else refuses to train.
-    from lib.results import set_reuse_only
+    from lib.results import reuse_only, set_reuse_only
 
     monkeypatch.setenv("CIFAR10_REUSE_ONLY", "0")  # restored after the test, whatever set_reuse_only writes
     set_reuse_only(True)
     assert T.train(cfg, dirs=dirs, progress=False)["history"] == on_disk["history"]
-    for other, force in ((cfg.replace(seed=1), False), (cfg, True)):
-        with pytest.raises(ValueError, match=r"reuse_only is on .*training tiny would have to run.*reuse_only = False"):
+    for other, force, why in ((cfg.replace(seed=1), False, "no finished result in .* matches"),
+                              (cfg, True, "force = True asks to compute it again")):
+        with pytest.raises(ValueError, match=rf"reuse_only is on .*training tiny would have to run: {why}.*"
+                                             r"reuse_only = False"):
             T.train(other, dirs=dirs, progress=False, force=force)
+    set_reuse_only(None)  # None (the notebooks' default) leaves the setting as it is
+    with pytest.raises(ValueError, match="reuse_only is on"):
+        T.train(cfg.replace(seed=1), dirs=dirs, progress=False)
+    for value, on in (("yes", True), ("On", True), ("false", False), ("0", False), ("", False)):
+        monkeypatch.setenv("CIFAR10_REUSE_ONLY", value)
+        assert reuse_only() is on, value
     set_reuse_only(False)
     with pytest.raises(AssertionError, match="reused"):
         T.train(cfg.replace(seed=1), dirs=dirs, progress=False)
