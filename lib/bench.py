@@ -1246,7 +1246,9 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     jobs += [train_job(c, full.bn_epochs) for c in bn if c.lr != 1e-3]
     pair = [c for c in bn if c.lr == 1e-3]
     pair_est = [est(c.model, full.bn_epochs) for c in pair]
-    slices_done = all(bn_study.slice_path(dirs, m, pair[0].seed).exists() for m in BN_MODELS)
+    slices_done = all(  # a slice matching the protocol run it starts from (its selected epoch) and the profile
+        (cfg := bn_study.slice_config(profile, source, dirs, m, pair[0].lr, pair[0].seed)) is not None
+        and reusable_result(bn_study.slice_path(dirs, m, pair[0].seed), cfg) is not None for m in BN_MODELS)
     pair_done = all(finished(c) for c in pair)
     jobs.append(Job("bn-slices", tuple(c.name for c in pair),
                     None if None in pair_est else sum(pair_est) + SLICES_ALLOWANCE_S,

@@ -576,6 +576,19 @@ def loss_slice(model: nn.Module, X: torch.Tensor, y: torch.Tensor, alphas: Seque
 SLICE_IMAGES = {"smoke": 64, "quick": 256, "full": 2000}  # fixed training subset the slice is evaluated on
 
 
+def slice_config(profile: str, data_source: str, dirs: OutputDirs, model_name: str, lr: float = 1e-3,
+                 seed: int = BN_SEED, num_images: int | None = None) -> dict | None:
+    """The config a loss slice of `model_name` records (its file is reused when they are equal): the protocol run
+    at `lr` it starts from, that run's selected epoch, the images and step sizes; None while the run has no result."""
+    name = bn_name(model_name, lr, seed)
+    run_path = Path(dirs.results) / f"{name}.json"
+    if not run_path.exists():
+        return None
+    return {"model": model_name, "run": name, "checkpoint_epoch": read_json(run_path).get("best_epoch"),
+            "num_images": num_images or SLICE_IMAGES[profile], "alphas": SLICE_ALPHAS, "seed": seed,
+            "data_source": data_source}
+
+
 def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, lr: float = 1e-3,
                seed: int = BN_SEED, num_images: int | None = None, device: str = "auto") -> list[dict]:
     """1-D slices around the protocol's best checkpoints at `lr` (both networks); writes slice-<model>-s<seed>.json."""
@@ -588,9 +601,8 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     results = []
     for model_name in BN_MODELS:
         name = bn_name(model_name, lr, seed)
-        run = read_json(Path(dirs.results) / f"{name}.json")
-        config = {"model": model_name, "run": name, "checkpoint_epoch": run.get("best_epoch"),
-                  "num_images": num_images, "alphas": SLICE_ALPHAS, "seed": seed, "data_source": data_source}
+        run = read_json(Path(dirs.results) / f"{name}.json")  # a clear error when the protocol has not run
+        config = slice_config(profile, data_source, dirs, model_name, lr, seed, num_images)
         path = slice_path(dirs, model_name, seed)
         if not force and (found := reusable_result(path, config)) is not None:
             results.append(found)

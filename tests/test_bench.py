@@ -17,7 +17,7 @@ import lib.bench as B
 import lib.train as T
 from lib.config import TrainConfig
 from lib.data import resolve_source
-from lib.experiments import bn_config, part1_config
+from lib.experiments import BN_MODELS, bn_config, part1_config
 from lib.loader import BatchLoader
 from lib.models import PART1_MODELS, build, revision
 from lib.paths import REPO, output_dirs
@@ -576,6 +576,28 @@ def test_jobs_run_the_first_seed_of_the_whole_study_before_the_extra_seeds(tiny_
     assert plan["lines"] == ["train p1-CANet-s2"]
 
 
+def test_the_slices_job_is_done_only_with_slices_of_the_selected_epochs(tiny_source, tmp_path):
+    from lib import bn_study
+    from lib.experiments import bn_experiments
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    pair = [c for c in bn_experiments("full", source) if c.lr == 1e-3]
+    for c in pair:
+        atomic_write_json(dirs.results / f"{c.name}.json", {"name": c.name, "config": c.to_dict(), "best_epoch": 7})
+    job = lambda: next(j for j in B.study_jobs(fake_bench(), source, dirs) if j.kind == "bn-slices")
+    assert not job().done and job().force  # trained elsewhere, not sliced: retrain the pair (its weights) and slice
+    for model in BN_MODELS:
+        cfg = bn_study.slice_config("full", source, dirs, model)
+        assert cfg["checkpoint_epoch"] == 7 and cfg["num_images"] == bn_study.SLICE_IMAGES["full"]
+        atomic_write_json(bn_study.slice_path(dirs, model, bn_study.BN_SEED), {"config": cfg})
+    assert job().done
+    # The run retrained, another epoch selected: the slice file exists but is of other weights.
+    atomic_write_json(dirs.results / f"{pair[0].name}.json", {"name": pair[0].name, "config": pair[0].to_dict(),
+                                                                "best_epoch": 9})
+    assert not job().done and job().force
+
+
 def test_plan_measures_the_costs_on_the_gpu_until_every_model_has_a_gpu_cost_file(tiny_source, tmp_path):
     from lib.part1 import CPU_COST_BATCH, GPU_COST_BATCH, cost_path
 
@@ -659,8 +681,11 @@ def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, 
         write_finished(dirs, bn_config(model, 1e-3, "full", source))
     plan = B.plan_study(["bn-VGG_A-lr0.001-s2020", "probe"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
     assert plan["lines"] == ["train-force bn-VGG_A-lr0.001-s2020 bn-VGG_A_BN-lr0.001-s2020", "slices", "probe"]
-    for model in ("VGG_A", "VGG_A_BN"):
-        atomic_write_json(Path(dirs.results) / f"slice-{model}-s2020.json", {})
+    from lib.bn_study import slice_config
+
+    for model in ("VGG_A", "VGG_A_BN"):  # slices of the pair's selected weights
+        atomic_write_json(Path(dirs.results) / f"slice-{model}-s2020.json",
+                          {"config": slice_config("full", source, dirs, model)})
     plan = B.plan_study(["part2"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
     assert len(plan["lines"]) == 1 and len(plan["lines"][0].split()) == 1 + 6  # the six other BN runs
     assert plan["done"][0].names == ("bn-VGG_A-lr0.001-s2020", "bn-VGG_A_BN-lr0.001-s2020")
