@@ -217,8 +217,8 @@ def _index_images(paths: list[str], where: str, official_root: Path | None = Non
     for split in _SPLITS:
         if not any(index[split]):
             looks_official = any(p.rsplit("/", 1)[-1] in ("data_batch_1", "test_batch") for p in paths)
-            hint = (f" This looks like the official python archive: put it into {official_root or _default_root()} and use "
-                    f"source 'official' instead." if looks_official else "")
+            hint = (f" This looks like the official python archive: put it into {official_root or _default_root()} "
+                    f"and use source 'official' instead." if looks_official else "")
             raise DataError(
                 f"missing split folder {prefix}{split}/ (with images) in {where}: an image-folder copy "
                 f"holds train/<class>/*.png|jpg and test/<class>/*.png|jpg.{hint}")
