@@ -149,12 +149,28 @@ def _over_seeds(table, model: str) -> str | None:
             f"mean ± sample standard deviation)")
 
 
+TIME_SPREAD = 2.0  # runs of one model whose median epoch times differ more than this factor are marked TIME_MARK
+TIME_MARK = "‡"
+
+
+def uneven_times(table) -> dict[str, list[float]]:
+    """model -> its runs' median epoch times (s), for the models whose runs differ more than TIME_SPREAD-fold:
+    on a shared machine the load of the moment, not the model, set those times."""
+    if table is None:
+        return {}
+    return {row["model"]: list(row["run_epoch_seconds"]) for _, row in table.iterrows()
+            if len(row["run_epoch_seconds"]) >= 2 and min(row["run_epoch_seconds"]) > 0
+            and max(row["run_epoch_seconds"]) / min(row["run_epoch_seconds"]) > TIME_SPREAD}
+
+
 def comparison_rows(table, costs: dict | None = None) -> list[list]:
-    """One row per Part 1 model (run or not), sorted by parameters: ours beside the original report's numbers."""
+    """One row per Part 1 model (run or not), sorted by parameters: ours beside the original report's numbers.
+    Time columns of a model in uneven_times carry TIME_MARK."""
     rows_by_model = {row["model"]: row for _, row in table.iterrows()} if table is not None else {}
     order = sorted(set(PART1_MODELS) | set(rows_by_model),
                    key=lambda m: (rows_by_model[m]["params"] if m in rows_by_model
                                   else ORIGINAL_REPORT["params"].get(m, 0), m))
+    uneven = uneven_times(table)
     out = []
     for m in order:
         orig_acc = ORIGINAL_REPORT["test_acc"].get(m)
@@ -170,9 +186,10 @@ def comparison_rows(table, costs: dict | None = None) -> list[list]:
         batch = ((costs or {}).get(m) or {}).get("infer_batch")
         if batch and infer != "-":
             infer += f" (batch {batch})"
+        mark = f" {TIME_MARK}" if m in uneven else ""
         out.append([m, params, _acc_cell(row), f"{seeds} (n={row['n_seeds']})", orig, fmt_count(row["flops"]),
-                    "-" if _missing(row["epoch_seconds"]) else f"{row['epoch_seconds']:.2f}",
-                    "-" if _missing(row["train_ips"]) else f"{row['train_ips']:,.0f}", infer,
+                    "-" if _missing(row["epoch_seconds"]) else f"{row['epoch_seconds']:.2f}{mark}",
+                    "-" if _missing(row["train_ips"]) else f"{row['train_ips']:,.0f}{mark}", infer,
                     "-" if _missing(row["peak_mem_mb"]) else f"{row['peak_mem_mb']:,.0f}"])
     return out
 
@@ -193,9 +210,14 @@ def cost_devices(costs: dict | None) -> str:
 
 def comparison_markdown(table, results: Sequence[dict], costs: dict | None = None) -> str:
     """The comparison table (markdown) with its context line: data source, profile, device, seeds."""
+    uneven = uneven_times(table)
+    spread = "; ".join(f"{m} {', '.join(f'{s:.1f}' for s in secs)}" for m, secs in uneven.items())
+    note = (f" {TIME_MARK}: the runs' own median epoch times (s, by seed) differ more than {TIME_SPREAD:g}-fold "
+            f"({spread}): the machine's load set them, so the marked time columns do not compare models."
+            if uneven else "")
     return (markdown_table(COMPARISON_HEADERS, comparison_rows(table, costs)) +
             f"\n\n*{context_line(results)}. Inference throughput: {cost_devices(costs)}. Original report: "
-            f"{ORIGINAL_REPORT['setting']}.*")
+            f"{ORIGINAL_REPORT['setting']}.{note}*")
 
 
 NEAR_CHANCE = 0.25  # accuracies below this (chance: 0.10) are flagged as runs that have barely started learning
@@ -697,8 +719,10 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "versions": join_distinct(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, Python {r.get('python')}"
                           for r in everything),
         "commits": join_distinct([commit_span(r) for r in everything]
-                         + [e.get("git_commit") for kind in ("probe", "slice") for e in summary.get(kind, {}).values()]),
-        "devices": join_distinct(r.get("device") for r in everything),
+                         + [e.get("git_commit") for kind in ("probe", "slice") for e in summary.get(kind, {}).values()]
+                         + [c.get("git_commit") for c in costs.values()]),
+        "devices": join_distinct([r.get("device") for r in everything]
+                         + [e.get("device") for kind in ("probe", "slice") for e in summary.get(kind, {}).values()]),
         "data_sources": _unique(((r.get("data") or {}).get("label"), (r.get("data") or {}).get("sha256"),
                                  (r.get("data") or {}).get("archive_sha256")) for r in everything),
         "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},

@@ -110,7 +110,8 @@ def compare(a: Iterable[float], b: Iterable[float], alpha: float = 0.05) -> Verd
 
 # Columns of comparison_table, in order (accuracies in percent).
 TABLE_COLUMNS = ("model", "params", "n_seeds", "seeds", "test_acc_mean", "test_acc_std", "test_acc_ci95",
-                 "test_accs", "n_diverged", "flops", "epoch_seconds", "train_ips", "infer_ips", "peak_mem_mb")
+                 "test_accs", "n_diverged", "flops", "epoch_seconds", "run_epoch_seconds", "train_ips", "infer_ips",
+                 "peak_mem_mb")
 
 _REQUIRED_KEYS = ("model", "seed", "test_acc", "num_params", "status")
 
@@ -148,7 +149,9 @@ def comparison_table(results: Sequence[dict]) -> pd.DataFrame:
     the optional per-run 'cost' dict: flops (the first value; it is a property of the model),
     train_ips (training images per epoch over epoch_seconds; see _train_ips), infer_ips (median over runs), peak_mem_mb (max over runs); `epoch_seconds` is the
     median of history[*]['seconds'] over all epochs of all kept runs (the median ignores a slow first
-    epoch). Missing values are NaN. Rows are sorted by parameter count.
+    epoch), `run_epoch_seconds` each kept run's own median (in the order of `seeds`; [] without times), which
+    shows when the machine's load, not the model, set the times. Missing values are NaN. Rows are sorted by
+    parameter count.
     """
     by_model: dict[str, list[dict]] = {}
     for r in results:
@@ -191,6 +194,9 @@ def comparison_table(results: Sequence[dict]) -> pd.DataFrame:
             "n_diverged": len(runs) - len(ok),
             "flops": flops[0] if flops else math.nan,
             "epoch_seconds": _median_or_nan(epoch_secs),
+            "run_epoch_seconds": [float(np.median(t)) for r in ok
+                                  if (t := [float(h["seconds"]) for h in r.get("history", [])
+                                            if h.get("seconds") is not None])],
             "train_ips": _train_ips(ok, epoch_secs),
             "infer_ips": _median_or_nan(_cost_values(ok, "infer_ips")),
             "peak_mem_mb": max(peak) if peak else math.nan,

@@ -11,7 +11,7 @@ import pytest
 from lib.experiments import bn_config, part1_config
 from lib.paths import output_dirs
 from lib.report import NOT_RUN, ORIGINAL_REPORT, render_report
-from lib.results import atomic_write_json
+from lib.results import atomic_write_json, read_json
 from lib.stats import compare
 
 DATA = {"kind": "image-folder", "label": "JPEG-q75 copy (fake.tar.gz)", "sha256": "ab" * 32,
@@ -111,6 +111,20 @@ def test_every_table_number_comes_from_the_results(study_dirs):
     assert "Until full-profile results exist" in text
     # The conclusion quotes the main model over its seeds, not only the run shown in the curves.
     assert "reaches a test accuracy of 91.00 ± 1.00% over 3 seeds (0, 1, 2;" in text
+
+
+def test_time_columns_of_runs_whose_epoch_times_differ_by_the_machines_load_are_marked(study_dirs):
+    # CANet_tiny's seed 0 ran on a loaded machine: 10x slower epochs than seeds 1 and 2.
+    for seed, acc in enumerate(ACCS["CANet_tiny"]):
+        r = p1_result("CANet_tiny", seed, acc)
+        slow = 10.0 if seed == 0 else 1.0
+        r["history"] = [dict(h, seconds=h["seconds"] * slow) for h in r["history"]]
+        atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    text = render_report("quick", study_dirs).read_text()
+    cells = _table_row(text, "CANet_tiny").split(" | ")
+    assert cells[6] == "12.00 ‡" and cells[7].endswith(" ‡")  # median of 10, 10, 11, 11, 12, 12, 100, 110, 120
+    assert "‡" not in _table_row(text, "CANet")  # its three runs: the same times
+    assert "‡: the runs' own median epoch times (s, by seed) differ more than 2-fold (CANet_tiny 110.0, 11.0, 11.0)" in text
 
 
 def test_conclusion_of_a_one_seed_main_model(study_dirs):
@@ -306,8 +320,12 @@ def test_commits_of_probes_and_slices_are_listed_and_dirty_ones_explained(study_
     atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", dict(r, git_commit="def456+dirty"))
     atomic_write_json(Path(study_dirs.results) / "slice-VGG_A-s2020.json",
                       {"config": {}, "loss": [2.0, 1.0, 2.0], "seconds": 5.0,
-                       "environment": dict(ENV, git_commit="slice789")})
-    assert collect("quick", study_dirs)["commits"] == "abc123; def456+dirty; slice789"
+                       "environment": dict(ENV, git_commit="slice789", device="CPU (x86_64, 1 threads)")})
+    cost = Path(study_dirs.results) / "cost-CANet.json"
+    atomic_write_json(cost, dict(read_json(cost), git_commit="cost321"))  # the FLOPs and inference columns' code
+    found = collect("quick", study_dirs)
+    assert found["commits"] == "abc123; def456+dirty; slice789; cost321"
+    assert found["devices"] == "CPU (x86_64, 2 threads); CPU (x86_64, 1 threads)"
     text = render_report("quick", study_dirs).read_text()
     assert "A commit marked\n  `+dirty` ran with uncommitted changes" in text
     assert '"A -> B"' not in text  # no resumed run here
