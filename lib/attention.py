@@ -18,8 +18,18 @@ from lib.config import TrainConfig
 from lib.models import build
 from lib.paths import output_dirs
 
-RETRAIN_HINT = ("checkpoints are not committed: retrain with `python -m lib run ...` or by running the "
-                "notebook (finished results are reused, only the model is trained again)")
+
+
+def retrain_hint(result: dict) -> str:
+    """How to get the weights of `result` on this machine: git holds no checkpoints (they are large), and a
+    notebook reuses a finished result without training, so the run has to be trained again, unpublished."""
+    cfg = result.get("config") or {}
+    command = (f"python -m lib run --profile {result.get('profile', '<profile>')} "
+               f"--data {cfg.get('data_source', '<data>')} --models {result.get('model', '<model>')} "
+               f"--seeds {result.get('seed', 0)}")
+    return (f"checkpoints are not committed (git holds the results, not the weights): train the run again on this "
+            f"machine with `{command}` (without --publish: it writes build/<profile>/ and leaves the committed "
+            f"result alone; its weights are those of the committed run as far as training is deterministic here)")
 
 
 def _checkpoint_candidates(result: dict, checkpoint: str | Path | None) -> list[Path]:
@@ -53,14 +63,25 @@ def load_trained(result: dict, device: str | torch.device = "cpu", checkpoint: s
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         tried = ", ".join(str(p) for p in candidates) or "(the result records no checkpoint path)"
-        raise FileNotFoundError(f"no checkpoint for {result['name']!r} (looked at: {tried}); {RETRAIN_HINT}")
+        raise FileNotFoundError(f"no checkpoint for {result['name']!r} (looked at: {tried}); {retrain_hint(result)}")
     state = torch.load(found, map_location=device, weights_only=False)
     if not _same_config(state.get("config"), result.get("config")):
         raise ValueError(f"checkpoint {found} was written by a different run than result {result['name']!r} "
-                         f"(configs differ); {RETRAIN_HINT}")
+                         f"(configs differ); {retrain_hint(result)}")
     model = build(result["model"])
     model.load_state_dict(state["model"])
     return model.to(device).eval()
+
+
+def trained_or_none(result: dict, device: str | torch.device = "cpu") -> nn.Module | None:
+    """load_trained, or None, saying why, when this machine has no checkpoint of the run (a fresh clone: git holds
+    none), so that a notebook still draws the figures its result files hold and skips only those of the weights.
+    A checkpoint of another run is still an error."""
+    try:
+        return load_trained(result, device)
+    except FileNotFoundError as err:
+        print(f"The figures that need the trained weights are skipped: {err}.")
+        return None
 
 
 def _canet_blocks(model: nn.Module) -> list[nn.Module]:

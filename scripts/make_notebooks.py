@@ -179,9 +179,12 @@ unit_transform weights, attention maps on real test images, per-class accuracy a
 `data_source = "shared"` and `publish = True`, keeping `model = None` and `seed = None` (the run notebook 01
 recorded in `results/quick/part1-main.json`: CANet, seed 0). The filters and attention maps need that run's
 checkpoint (`checkpoints/quick/p1-CANet-s0.pt`), which git does not track: it exists only where the study was
-trained. `publish = True` redraws the figures in the committed `figs/` from the same files.'''),
+trained. Without it (a fresh clone) those two cells say so and draw nothing, and the others draw from the
+result files; `python -m lib run --profile quick --data shared --models CANet --seeds 0` trains the run again
+into `build/quick/` (about an hour on a 2-core CPU; the committed result is left alone), where this notebook
+then finds its weights. `publish = True` redraws the figures in the committed `figs/` from the same files.'''),
     setup_cell('''from lib import part1
-from lib.attention import load_trained
+from lib.attention import trained_or_none
 from lib.data import canonical_source
 from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
 from lib.paths import output_dirs
@@ -193,8 +196,9 @@ print(part1.headline(result))'''),
     md('''The 3x3 RGB filters of block 0 (both paths and the shortcut) of the validation-selected checkpoint, each scaled to its own
 range. Colour and edge detectors appear where training has gone on long enough; near-random filters mean it
 has not.'''),
-    code('''net = load_trained(result, resolve_device("auto"))  # the validation-selected checkpoint
-display(Image(filename=plot_filters(net, dirs.figs, subtitle=caption, model_name=result["model"])))'''),
+    code('''net = trained_or_none(result, resolve_device("auto"))  # the validation-selected checkpoint; None if not here
+if net is not None:
+    display(Image(filename=plot_filters(net, dirs.figs, subtitle=caption, model_name=result["model"])))'''),
     md('''## How the attention weights moved during training (ridge plots, one density per epoch)'''),
     md('''One figure per weight group: SE (the channel attention's 1-D kernels 3/5/7 and their mixing scales), SA (the
 spatial attention's conv on the [mean, max] maps) and the shared `unit_transform` 1x1 gate. Each ridge is the
@@ -212,10 +216,11 @@ the whole image almost alike. The second figure shows the SE channel weights of 
 per image with the channels sorted by their mean weight (left), and each image's weights sorted (right): a
 steep curve means SE passes a few channels and damps the rest, and rows that look alike mean its choice
 hardly depends on the image.'''),
-    code('''X, y = part1.sample_test_images(result, n=64)  # a pool; the figure picks distinct classes from it
-for path in plot_attention(net, X, y, dirs.figs, *part1.normalization(result), n_images=num_images,
-                           subtitle=caption, model_name=result["model"]):
-    display(Image(filename=path))'''),
+    code('''if net is not None:
+    X, y = part1.sample_test_images(result, n=64)  # a pool; the figure picks distinct classes from it
+    for path in plot_attention(net, X, y, dirs.figs, *part1.normalization(result), n_images=num_images,
+                               subtitle=caption, model_name=result["model"]):
+        display(Image(filename=path))'''),
     md('''## Per-class accuracy and the confusion matrix (test set)'''),
     code('''part1.per_class_frame(result)'''),
     md('''The confusion matrix: rows are the true classes, columns the predicted ones, each row normalised to 100% of

@@ -112,12 +112,22 @@ def test_first_layer_filters(tiny):
         first_layer_filters(nn.Sequential(nn.Conv2d(1, 4, 3)))
 
 
-def test_load_trained_missing_checkpoint_says_how_to_retrain(tmp_path):
+def test_load_trained_missing_checkpoint_says_how_to_retrain(tmp_path, capsys):
+    from lib.attention import trained_or_none
+
     result = fake_result()
     result.update(name="no_such_run_for_tests", checkpoint=str(tmp_path / "gone.pt"))
     with pytest.raises(FileNotFoundError, match=r"python -m lib run") as err:
         load_trained(result)
     assert "gone.pt" in str(err.value) and "not committed" in str(err.value)
+    assert "`python -m lib run --profile smoke --data <data> --models CANet_tiny --seeds 0` (without --publish" in str(
+        err.value)  # this fake result records no config: the data source is left for the user to fill in
+    result["config"] = {"data_source": "shared"}
+    with pytest.raises(FileNotFoundError, match="--profile smoke --data shared --models CANet_tiny --seeds 0`"):
+        load_trained(result)
+    # The notebook's form: None and the reason, so the figures of the result files are still drawn.
+    assert trained_or_none(result) is None
+    assert capsys.readouterr().out.startswith("The figures that need the trained weights are skipped: no checkpoint")
 
 
 def test_load_trained_round_trip(tiny, tmp_path):
@@ -131,6 +141,10 @@ def test_load_trained_round_trip(tiny, tmp_path):
     torch.save({"config": {"name": "other", "model": "CANet_tiny"}, "model": tiny.state_dict()}, path)
     with pytest.raises(ValueError, match="different run"):
         load_trained(dict(result, config={"name": "this", "model": "CANet_tiny"}))
+    from lib.attention import trained_or_none
+
+    with pytest.raises(ValueError, match="different run"):  # another run's weights are an error, not a skip
+        trained_or_none(dict(result, config={"name": "this", "model": "CANet_tiny"}))
 
 
 # ---------------------------------------------------------------------------------------------------------
