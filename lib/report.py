@@ -220,6 +220,7 @@ def comparison_markdown(table, results: Sequence[dict], costs: dict | None = Non
             f"{ORIGINAL_REPORT['setting']}.{note}*")
 
 
+SIMILAR_RATIO = 1.1  # Part 2 magnitudes (one run per network) within 10% of each other are not called larger/smaller
 NEAR_CHANCE = 0.25  # accuracies below this (chance: 0.10) are flagged as runs that have barely started learning
 
 
@@ -526,6 +527,13 @@ def part2_findings(summary: dict) -> list[str]:
     def direction(x, y, more: str, less: str) -> str:
         return "equal" if x == y else (more if x > y else less)
 
+    def with_bn(x, y, more: str, less: str) -> str:
+        """'<more|less> with BN' for positive magnitudes of one run each (x with BN, y without); within
+        SIMILAR_RATIO of each other they are called about the same."""
+        if x and y and x > 0 and y > 0 and max(x, y) / min(x, y) <= SIMILAR_RATIO:
+            return f"about the same with and without BN, within {100 * (SIMILAR_RATIO - 1):.0f}%"
+        return f"{direction(x, y, more, less)} with BN"
+
     va, vb = a.get("best_val_acc_lr1e3"), b.get("best_val_acc_lr1e3")
     if va is not None and vb is not None:
         out.append(f"At lr 1e-3 the best validation accuracy is {fmt_pct(vb)} with BN and {fmt_pct(va)} without "
@@ -541,15 +549,15 @@ def part2_findings(summary: dict) -> list[str]:
                    f"run{(' (' + ', '.join(wins) + ')') if wins else ''}.")
     wa, wb = ((e.get("loss_band") or {}).get("mean_width") for e in (a, b))
     if wa is not None and wb is not None:
-        out.append(f"The loss band over learning rates is {direction(wb, wa, 'wider', 'narrower')} with BN: mean "
+        out.append(f"The loss band over learning rates is {with_bn(wb, wa, 'wider', 'narrower')}: mean "
                    f"width {fmt_num(wb)} vs {fmt_num(wa)} without. It is a proxy (runs at different learning rates "
                    f"differ in where they are, not only in how the landscape around them looks).")
     ga = ((a.get("grad_range") or {}).get(_lr_key(1e-3)) or {}).get("range") or {}
     gb = ((b.get("grad_range") or {}).get(_lr_key(1e-3)) or {}).get("range") or {}
     if ga.get("median") is not None and gb.get("median") is not None:
-        more = direction(gb["median"], ga["median"], "larger", "smaller")
+        more = with_bn(gb["median"], ga["median"], "larger", "smaller")
         out.append(f"At lr 1e-3 the last layer's per-step gradient range has median {fmt_num(gb['median'])} with "
-                   f"BN and {fmt_num(ga['median'])} without ({more} with BN).")
+                   f"BN and {fmt_num(ga['median'])} without ({more}).")
     low = []
     for m in BN_MODELS:
         lrs = [k for k, acc in sorted(proto.get(m, {}).get("best_val_acc", {}).items(), key=lambda kv: float(kv[0]))
@@ -576,7 +584,7 @@ def part2_findings(summary: dict) -> list[str]:
             if pa.get(key) and pb.get(key):
                 out.append(f"Probe ({what}): median {fmt_num(pb[key]['median'])} with BN vs "
                            f"{fmt_num(pa[key]['median'])} without "
-                           f"({direction(pb[key]['median'], pa[key]['median'], 'larger', 'smaller')} with BN); "
+                           f"({with_bn(pb[key]['median'], pa[key]['median'], 'larger', 'smaller')}); "
                            f"max {fmt_num(pb[key]['max'])} vs {fmt_num(pa[key]['max'])}{stuck}.")
         if phase is not None and phase["start"] is not None:
             late = _late_probe_medians(summary, phase["start"])
@@ -590,7 +598,7 @@ def part2_findings(summary: dict) -> list[str]:
                     out.append(f"Probe ({what}), from step {phase['start']} on ({b_late['num_probes']} probes of each "
                                f"network, both training): median {fmt_num(b_late[key])} with BN vs "
                                f"{fmt_num(a_late[key])} without "
-                               f"({direction(b_late[key], a_late[key], 'larger', 'smaller')} with BN).")
+                               f"({with_bn(b_late[key], a_late[key], 'larger', 'smaller')}).")
         if summary.get("same_data_order") is not None:
             out.append("Both probe runs saw the same mini-batches in the same order: "
                        f"{'yes' if summary['same_data_order'] else 'NO (the comparison is confounded)'}.")

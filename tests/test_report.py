@@ -360,6 +360,12 @@ def test_a_probe_run_that_left_the_plateau_late_is_compared_from_then_on():
         "BN vs 2 without (smaller with BN)."]
     assert all("before step 75 Standard had not started training" in s for s in findings
                if s.startswith("Probe (") and "from step" not in s)
+    # One run per network: medians within 10% of each other get no direction (40 vs 38 and 40 vs 44.5).
+    for bn_beta, said in (([38.0, 38.0], "median 38 with BN vs 40 without (about the same with and without BN, "
+                                         "within 10%)."),
+                          ([44.5, 44.5], "median 44.5 with BN vs 40 without (larger with BN).")):
+        summary["probe"]["VGG_A_BN"]["series"]["beta"][-2:] = bn_beta
+        assert [s for s in part2_findings(summary) if "from step 75 on" in s][0].endswith(said)
     summary["probe"]["VGG_A"]["stuck_check"].update(stuck=True, mean_loss=2.25)
     assert "Its stuck check found it on the plateau (mean training loss 2.25 at step 33" in part2_caveats(summary)[0]
 
