@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -163,9 +164,26 @@ def uneven_times(table) -> dict[str, list[float]]:
             and max(row["run_epoch_seconds"]) / min(row["run_epoch_seconds"]) > TIME_SPREAD}
 
 
-def comparison_rows(table, costs: dict | None = None) -> list[list]:
+DEVICE_MARK = "§"
+
+
+def other_devices(results: Sequence[dict]) -> dict[str, str]:
+    """model -> its runs' device(s), for the models with a run off the device most of `results` ran on: in a table
+    that mixes devices, their time columns do not compare with the others' ({} when all share one device)."""
+    counts = Counter(r.get("device") for r in results)
+    if len(counts) < 2:
+        return {}
+    main = counts.most_common(1)[0][0]
+    by_model: dict[str, list] = {}
+    for r in results:
+        by_model.setdefault(r["model"], []).append(r.get("device"))
+    return {m: join_distinct(d) for m, d in by_model.items() if set(d) != {main}}
+
+
+def comparison_rows(table, costs: dict | None = None, devices: dict[str, str] | None = None) -> list[list]:
     """One row per Part 1 model (run or not), sorted by parameters: ours beside the original report's numbers.
-    Time columns of a model in uneven_times carry TIME_MARK."""
+    Time columns of a model in uneven_times carry TIME_MARK, those of a model in `devices` (other_devices)
+    DEVICE_MARK."""
     rows_by_model = {row["model"]: row for _, row in table.iterrows()} if table is not None else {}
     order = sorted(set(PART1_MODELS) | set(rows_by_model),
                    key=lambda m: (rows_by_model[m]["params"] if m in rows_by_model
@@ -186,7 +204,7 @@ def comparison_rows(table, costs: dict | None = None) -> list[list]:
         batch = ((costs or {}).get(m) or {}).get("infer_batch")
         if batch and infer != "-":
             infer += f" (batch {batch})"
-        mark = f" {TIME_MARK}" if m in uneven else ""
+        mark = (f" {TIME_MARK}" if m in uneven else "") + (f" {DEVICE_MARK}" if m in (devices or {}) else "")
         out.append([m, params, _acc_cell(row), f"{seeds} (n={row['n_seeds']})", orig, fmt_count(row["flops"]),
                     "-" if _missing(row["epoch_seconds"]) else f"{row['epoch_seconds']:.2f}{mark}",
                     "-" if _missing(row["train_ips"]) else f"{row['train_ips']:,.0f}{mark}", infer,
@@ -215,7 +233,12 @@ def comparison_markdown(table, results: Sequence[dict], costs: dict | None = Non
     note = (f" {TIME_MARK}: the runs' own median epoch times (s, by seed) differ more than {TIME_SPREAD:g}-fold "
             f"({spread}): the machine's load set them, so the marked time columns do not compare models."
             if uneven else "")
-    return (markdown_table(COMPARISON_HEADERS, comparison_rows(table, costs)) +
+    devices = other_devices(results)
+    if devices:
+        note += (f" {DEVICE_MARK}: trained on another device than most of the table "
+                 f"({'; '.join(f'{m}: {d}' for m, d in devices.items())}), so the marked time columns do not compare "
+                 f"with the others'.")
+    return (markdown_table(COMPARISON_HEADERS, comparison_rows(table, costs, devices)) +
             f"\n\n*{context_line(results)}. Inference throughput: {cost_devices(costs)}. Original report: "
             f"{ORIGINAL_REPORT['setting']}.{note}*")
 

@@ -127,6 +127,18 @@ def test_time_columns_of_runs_whose_epoch_times_differ_by_the_machines_load_are_
     assert "‡: the runs' own median epoch times (s, by seed) differ more than 2-fold (CANet_tiny 110.0, 11.0, 11.0)" in text
 
 
+def test_time_columns_of_a_model_trained_on_another_device_are_marked(study_dirs):
+    r = dict(p1_result("VGG11", 0, ACCS["VGG11"][0]), device="NVIDIA H200")
+    atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    text = render_report("quick", study_dirs).read_text()
+    cells = _table_row(text, "VGG11").split(" | ")
+    assert cells[6].endswith(" §") and cells[7].endswith(" §")
+    assert "§" not in _table_row(text, "CANet") and "§" not in _table_row(text, "ResNet18")
+    assert ("§: trained on another device than most of the table (VGG11: NVIDIA H200), so the marked time columns "
+            "do not compare with the others'.") in text
+    assert "device: CPU (x86_64, 2 threads); NVIDIA H200 |" in text  # the context line names both
+
+
 def test_conclusion_of_a_one_seed_main_model(study_dirs):
     atomic_write_json(Path(study_dirs.results) / "part1-main.json", {"model": "VGG11", "seed": 0, "name": "p1-VGG11-s0"})
     text = render_report("quick", study_dirs).read_text()
