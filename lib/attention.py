@@ -22,14 +22,21 @@ from lib.paths import output_dirs
 
 def retrain_hint(result: dict) -> str:
     """How to get the weights of `result` on this machine: git holds no checkpoints (they are large), and a
-    notebook reuses a finished result without training, so the run has to be trained again, unpublished."""
+    notebook reuses a finished result without training, so the run has to be trained again, unpublished (the
+    full profile's weights come back from the GPU call instead)."""
+    profile = result.get("profile", "<profile>")
+    if profile == "full":
+        return ("checkpoints are not committed (git holds the results, not the weights): the GPU runner brings back "
+                "the best checkpoints named in KEEP_CHECKPOINTS (p1-CANet-s0 by default) and `bash "
+                "scripts/gpu_full_study.sh --merge DIR` puts them into checkpoints/full/ (docs/GPU.md)")
     cfg = result.get("config") or {}
-    command = (f"python -m lib run --profile {result.get('profile', '<profile>')} "
-               f"--data {cfg.get('data_source', '<data>')} --models {result.get('model', '<model>')} "
-               f"--seeds {result.get('seed', 0)}")
+    command = (f"python -m lib run --profile {profile} --data {cfg.get('data_source', '<data>')} "
+               f"--models {result.get('model', '<model>')} --seeds {result.get('seed', 0)}")
     return (f"checkpoints are not committed (git holds the results, not the weights): train the run again on this "
-            f"machine with `{command}` (without --publish: it writes build/<profile>/ and leaves the committed "
-            f"result alone; its weights are those of the committed run as far as training is deterministic here)")
+            f"machine with `{command}` (without --publish: it writes build/{profile}/ and leaves the committed "
+            f"result alone), then view it with publish = False (the figures describe that run); with publish = True "
+            f"its weights are used only where they reproduce the committed run (the same selected epoch and "
+            f"validation accuracy)")
 
 
 def _checkpoint_candidates(result: dict, checkpoint: str | Path | None) -> list[Path]:
@@ -41,7 +48,7 @@ def _checkpoint_candidates(result: dict, checkpoint: str | Path | None) -> list[
     if result.get("profile") and result.get("name"):
         for publish in (True, False):
             paths.append(Path(output_dirs(result["profile"], publish=publish).checkpoints) / f"{result['name']}.pt")
-    return paths
+    return list(dict.fromkeys(paths))
 
 
 def _same_config(a: dict | None, b: dict | None) -> bool:
@@ -60,17 +67,37 @@ def load_trained(result: dict, device: str | torch.device = "cpu", checkpoint: s
         if key not in result:
             raise ValueError(f"result lacks {key!r}: pass a result dict written by lib.train.train")
     candidates = _checkpoint_candidates(result, checkpoint)
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
+    found = [p for p in candidates if p.is_file()]
+    if not found:
         tried = ", ".join(str(p) for p in candidates) or "(the result records no checkpoint path)"
         raise FileNotFoundError(f"no checkpoint for {result['name']!r} (looked at: {tried}); {retrain_hint(result)}")
-    state = torch.load(found, map_location=device, weights_only=False)
+    refused = []
+    for path in found:  # the first that holds the weights this result selected
+        state = torch.load(path, map_location=device, weights_only=False)
+        why = _not_the_selected_weights(state, result)
+        if why is None:
+            model = build(result["model"])
+            model.load_state_dict(state["model"])
+            return model.to(device).eval()
+        refused.append(f"{path} {why}")
+    raise ValueError(f"no checkpoint holds the weights result {result['name']!r} selected: {'; '.join(refused)}; "
+                     f"{retrain_hint(result)}")
+
+
+def _not_the_selected_weights(state: dict, result: dict) -> str | None:
+    """Why a checkpoint's state is not the one `result` selected (None when it is, as far as recorded): another
+    run's config, another epoch (a retraining stopped part-way) or another validation accuracy (a retraining that
+    did not reproduce the run)."""
     if not _same_config(state.get("config"), result.get("config")):
-        raise ValueError(f"checkpoint {found} was written by a different run than result {result['name']!r} "
-                         f"(configs differ); {retrain_hint(result)}")
-    model = build(result["model"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+        return "was written by a different run (configs differ)"
+    epoch, best = state.get("epoch"), result.get("best_epoch")
+    if epoch is not None and best is not None and epoch != best:
+        return f"holds epoch {epoch}, but the result selected epoch {best} (a retraining stopped part-way?)"
+    acc, best_acc = state.get("val_acc"), result.get("best_val_acc")
+    if acc is not None and best_acc is not None and abs(float(acc) - float(best_acc)) > 1e-9:
+        return (f"has validation accuracy {float(acc):.4f}, not the result's {float(best_acc):.4f} (a retraining "
+                f"that did not reproduce the run)")
+    return None
 
 
 def trained_or_none(result: dict, device: str | torch.device = "cpu") -> nn.Module | None:

@@ -154,14 +154,17 @@ TIME_SPREAD = 2.0  # runs of one model whose median epoch times differ more than
 TIME_MARK = "‡"
 
 
-def uneven_times(table) -> dict[str, list[float]]:
-    """model -> its runs' median epoch times (s), for the models whose runs differ more than TIME_SPREAD-fold:
-    on a shared machine the load of the moment, not the model, set those times."""
+def uneven_times(table) -> dict[str, list[tuple[int, float]]]:
+    """model -> [(seed, its run's median epoch time in s)], for the models whose runs differ more than
+    TIME_SPREAD-fold: on a shared machine probably the load of the moment, not the model, set those times."""
     if table is None:
         return {}
-    return {row["model"]: list(row["run_epoch_seconds"]) for _, row in table.iterrows()
-            if len(row["run_epoch_seconds"]) >= 2 and min(row["run_epoch_seconds"]) > 0
-            and max(row["run_epoch_seconds"]) / min(row["run_epoch_seconds"]) > TIME_SPREAD}
+    out = {}
+    for _, row in table.iterrows():
+        secs = [s for _, s in row["run_epoch_seconds"] if math.isfinite(s) and s > 0]
+        if len(secs) >= 2 and max(secs) / min(secs) > TIME_SPREAD:
+            out[row["model"]] = list(row["run_epoch_seconds"])
+    return out
 
 
 DEVICE_MARK = "§"
@@ -170,14 +173,16 @@ DEVICE_MARK = "§"
 def other_devices(results: Sequence[dict]) -> dict[str, str]:
     """model -> its runs' device(s), for the models with a run off the device most of `results` ran on: in a table
     that mixes devices, their time columns do not compare with the others' ({} when all share one device)."""
-    counts = Counter(r.get("device") for r in results)
+    counts = Counter(r.get("device") for r in results if r.get("device"))
     if len(counts) < 2:
         return {}
-    main = counts.most_common(1)[0][0]
-    by_model: dict[str, list] = {}
+    main = counts.most_common(1)[0][0]  # first seen among equals
+    off: dict[str, dict] = {}
     for r in results:
-        by_model.setdefault(r["model"], []).append(r.get("device"))
-    return {m: join_distinct(d) for m, d in by_model.items() if set(d) != {main}}
+        if r.get("device") and r["device"] != main:
+            off.setdefault(r["model"], {}).setdefault(r["device"], []).append(int(r.get("seed", -1)))
+    return {m: "; ".join(f"{d} (seed {', '.join(map(str, sorted(s)))})" for d, s in devs.items())
+            for m, devs in off.items()}
 
 
 def comparison_rows(table, costs: dict | None = None, devices: dict[str, str] | None = None) -> list[list]:
@@ -229,9 +234,9 @@ def cost_devices(costs: dict | None) -> str:
 def comparison_markdown(table, results: Sequence[dict], costs: dict | None = None) -> str:
     """The comparison table (markdown) with its context line: data source, profile, device, seeds."""
     uneven = uneven_times(table)
-    spread = "; ".join(f"{m} {', '.join(f'{s:.1f}' for s in secs)}" for m, secs in uneven.items())
+    spread = "; ".join(f"{m} {', '.join(f's{seed} {s:.1f}' for seed, s in runs)}" for m, runs in uneven.items())
     note = (f" {TIME_MARK}: the runs' own median epoch times (s, by seed) differ more than {TIME_SPREAD:g}-fold "
-            f"({spread}): the machine's load set them, so the marked time columns do not compare models."
+            f"({spread}): probably the machine's load, so the marked time columns do not compare models."
             if uneven else "")
     devices = other_devices(results)
     if devices:
@@ -553,7 +558,9 @@ def part2_findings(summary: dict) -> list[str]:
     def with_bn(x, y, more: str, less: str) -> str:
         """'<more|less> with BN' for positive magnitudes of one run each (x with BN, y without); within
         SIMILAR_RATIO of each other they are called about the same."""
-        if x and y and x > 0 and y > 0 and max(x, y) / min(x, y) <= SIMILAR_RATIO:
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            return "not comparable (a value is not finite)"
+        if x > 0 and y > 0 and max(x, y) / min(x, y) <= SIMILAR_RATIO:
             return f"about the same with and without BN, within {100 * (SIMILAR_RATIO - 1):.0f}%"
         return f"{direction(x, y, more, less)} with BN"
 

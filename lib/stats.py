@@ -149,8 +149,8 @@ def comparison_table(results: Sequence[dict]) -> pd.DataFrame:
     the optional per-run 'cost' dict: flops (the first value; it is a property of the model),
     train_ips (training images per epoch over epoch_seconds; see _train_ips), infer_ips (median over runs), peak_mem_mb (max over runs); `epoch_seconds` is the
     median of history[*]['seconds'] over all epochs of all kept runs (the median ignores a slow first
-    epoch), `run_epoch_seconds` each kept run's own median (in the order of `seeds`; [] without times), which
-    shows when the machine's load, not the model, set the times. Missing values are NaN. Rows are sorted by
+    epoch), `run_epoch_seconds` [(seed, that run's own median)] for the kept runs with timed epochs, which shows
+    when the machine's load, not the model, set the times. Missing values are NaN. Rows are sorted by
     parameter count.
     """
     by_model: dict[str, list[dict]] = {}
@@ -194,7 +194,7 @@ def comparison_table(results: Sequence[dict]) -> pd.DataFrame:
             "n_diverged": len(runs) - len(ok),
             "flops": flops[0] if flops else math.nan,
             "epoch_seconds": _median_or_nan(epoch_secs),
-            "run_epoch_seconds": [float(np.median(t)) for r in ok
+            "run_epoch_seconds": [(int(r["seed"]), float(np.median(t))) for r in ok
                                   if (t := [float(h["seconds"]) for h in r.get("history", [])
                                             if h.get("seconds") is not None])],
             "train_ips": _train_ips(ok, epoch_secs),

@@ -147,6 +147,27 @@ def test_load_trained_round_trip(tiny, tmp_path):
         trained_or_none(dict(result, config={"name": "this", "model": "CANet_tiny"}))
 
 
+def test_load_trained_takes_the_checkpoint_of_the_selected_weights_only(tiny, tmp_path):
+    """Of the candidate files the first whose run, epoch and validation accuracy are the result's; a retraining
+    stopped part-way, or one that did not reproduce the run, is refused with the reason."""
+    result = dict(fake_result(), config={"name": "this", "model": "CANet_tiny"})
+    result.update(best_epoch=4, best_val_acc=0.5)
+    stale, good = tmp_path / "stale.pt", tmp_path / "good.pt"
+    state = {"config": result["config"], "model": tiny.state_dict(), "epoch": 4, "val_acc": 0.5}
+    torch.save(dict(state, epoch=2), stale)  # stopped part-way: its best epoch so far was 2
+    torch.save(state, good)
+    with pytest.raises(ValueError, match=r"stale.pt holds epoch 2, but the result selected epoch 4 \(a retraining "
+                                         r"stopped part-way\?\).*train the run again"):
+        load_trained(dict(result, checkpoint=str(stale)))
+    assert not load_trained(dict(result, checkpoint=str(good)), checkpoint=stale).training  # skips the stale one
+    torch.save(dict(state, val_acc=0.48), stale)  # the same epoch selected, other weights
+    with pytest.raises(ValueError, match="validation accuracy 0.4800, not the result's 0.5000"):
+        load_trained(dict(result, checkpoint=str(stale)))
+    # The full profile's weights come from the GPU call, not from a retraining here.
+    with pytest.raises(FileNotFoundError, match="KEEP_CHECKPOINTS .*--merge DIR"):
+        load_trained(dict(result, profile="full", checkpoint=str(tmp_path / "gone.pt"), name="no_such_run_for_tests"))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # lib.part1_plots
 

@@ -124,18 +124,21 @@ def test_time_columns_of_runs_whose_epoch_times_differ_by_the_machines_load_are_
     cells = _table_row(text, "CANet_tiny").split(" | ")
     assert cells[6] == "12.00 ‡" and cells[7].endswith(" ‡")  # median of 10, 10, 11, 11, 12, 12, 100, 110, 120
     assert "‡" not in _table_row(text, "CANet")  # its three runs: the same times
-    assert "‡: the runs' own median epoch times (s, by seed) differ more than 2-fold (CANet_tiny 110.0, 11.0, 11.0)" in text
+    assert ("‡: the runs' own median epoch times (s, by seed) differ more than 2-fold (CANet_tiny s0 110.0, s1 11.0, "
+            "s2 11.0): probably the machine's load") in text
 
 
 def test_time_columns_of_a_model_trained_on_another_device_are_marked(study_dirs):
-    r = dict(p1_result("VGG11", 0, ACCS["VGG11"][0]), device="NVIDIA H200")
-    atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    for model, seed in (("VGG11", 0), ("CANet", 2)):  # all of VGG11's runs; one of CANet's three
+        r = dict(p1_result(model, seed, ACCS[model][seed]), device="NVIDIA H200")
+        atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
     text = render_report("quick", study_dirs).read_text()
-    cells = _table_row(text, "VGG11").split(" | ")
-    assert cells[6].endswith(" §") and cells[7].endswith(" §")
-    assert "§" not in _table_row(text, "CANet") and "§" not in _table_row(text, "ResNet18")
-    assert ("§: trained on another device than most of the table (VGG11: NVIDIA H200), so the marked time columns "
-            "do not compare with the others'.") in text
+    for model in ("VGG11", "CANet"):
+        cells = _table_row(text, model).split(" | ")
+        assert cells[6].endswith(" §") and cells[7].endswith(" §")
+    assert "§" not in _table_row(text, "CANet_tiny") and "§" not in _table_row(text, "ResNet18")
+    assert ("§: trained on another device than most of the table (CANet: NVIDIA H200 (seed 2); VGG11: NVIDIA H200 "
+            "(seed 0)), so the marked time columns do not compare with the others'.") in text
     assert "device: CPU (x86_64, 2 threads); NVIDIA H200 |" in text  # the context line names both
 
 
