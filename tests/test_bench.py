@@ -1074,3 +1074,10 @@ def test_trace_line_names_the_step_kind_and_the_kernel_time():
                                "7.65 ms/step of kernels, 732 host ops/step\nTABLE")
     assert "off: 16.05 ms/step wall, - ms/step of kernels" in B.trace_line(dict(t, cuda_graphs=False,
                                                                                 device_ms_per_step=None))
+
+
+def test_device_name_gives_the_cpu_threads(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert device_name("cpu").startswith("CPU (") and device_name("cpu").endswith(", 1 thread)")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert device_name("cpu").endswith(", 4 threads)")
