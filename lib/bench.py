@@ -1352,6 +1352,45 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
             "budget_s": budget_s, "partial": None}
 
 
+def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
+                 seeds: Sequence[int] = (0,)) -> list[tuple[str, str, str]]:
+    """What of the study of `profile` is in `dirs`, in running order: (state, name, detail) per experiment, state
+    'done' (a result matching this code's config), 'partial' (a resumable checkpoint here: `lib run` goes on from
+    it) or 'missing'. For `python -m lib status`, to see what a split run still needs."""
+    from lib.part1 import cost_path
+
+    dirs = dirs or output_dirs(profile, publish=True)
+    prof = PROFILES[profile]
+    out = []
+    for job in study_jobs(None, data_source, dirs, seeds, profile):
+        if job.kind == "train":
+            (name,) = job.names
+            epochs = prof.bn_epochs if name.startswith("bn-") else prof.num_epochs
+            if job.done:
+                out.append(("done", name, ""))
+            elif job.epochs_done:
+                out.append(("partial", name, f"{job.epochs_done} of {epochs} epochs in its checkpoint here"))
+            else:
+                out.append(("missing", name, ""))
+        elif job.kind == "bn-slices":  # done: pair and slices; force: the pair done, its slices not
+            pair = "done" if job.done or job.force else "missing"
+            out += [(pair, name, "") for name in job.names]
+            out.append(("done" if job.done else "missing", "loss slices",
+                        "they need the pair's best checkpoints (retrained when gone)" if job.force else ""))
+        elif job.kind == "probe":
+            out += [("done" if job.done else "missing", name, "") for name in job.names]
+        else:  # costs: the full profile wants a GPU measurement; other profiles measure them in seconds
+            for name in job.names:
+                model = name[len("cost-"):]
+                if (gpu_cost_file(dirs, model) if profile == "full" else cost_path(dirs, model).exists()):
+                    out.append(("done", name, ""))
+                elif cost_path(dirs, model).exists():
+                    out.append(("missing", name, "measured on a CPU; the full profile's is the GPU's"))
+                else:
+                    out.append(("missing", name, ""))
+    return out
+
+
 def format_plan(plan: dict) -> str:
     """The plan as the lines the GPU script executes, with '#' comments on what was left out and why."""
     out = [f"# plan: {len(plan['taken'])} job(s), estimated {plan['seconds']:.0f} s of {plan['budget_s']:.0f} s"]

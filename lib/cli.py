@@ -4,6 +4,7 @@
     python -m lib run --profile full --data shared --part2
     python -m lib study --profile smoke --data shared          # the notebooks headless, then report.md
     python -m lib report --profile quick --publish
+    python -m lib status --profile quick --data shared --publish --seeds 0 1 2   # done / resumable / missing
     python -m lib bench --models CANet CANet_tiny ResNet18 VGG_A_BN --data shared   # naive vs fast epoch
 
 Exit status: 0 done; 1 a notebook of `study` failed; 2 bad input (an unknown option, model or notebook,
@@ -161,6 +162,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    """Print what of a profile's study is done, resumable or missing (nothing is computed)."""
+    from lib.bench import study_status
+
+    dirs = output_dirs(args.profile, publish=args.publish or None)
+    rows = study_status(args.profile, canonical_source(args.data), dirs, args.seeds)
+    counts = {state: sum(r[0] == state for r in rows) for state in ("done", "partial", "missing")}
+    print(f"profile {args.profile}, data {canonical_source(args.data)}, seeds {' '.join(map(str, args.seeds))}, "
+          f"in {dirs.results}: {counts['done']} of {len(rows)} done, {counts['partial']} partial, "
+          f"{counts['missing']} missing")
+    for state, name, detail in rows:
+        if args.all or state != "done":
+            print(f"  {state:8} {name}{'  (' + detail + ')' if detail else ''}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     """Time naive vs fast epochs; print the table, the study estimate, a graph check or a plan for a time budget."""
 
@@ -293,6 +310,13 @@ def main(argv=None) -> int:
     p.add_argument("--publish", action="store_true",
                    help="render the published smoke/quick results (results/<profile>/) into the committed report.md")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("status", help="list what of a profile's study is done, resumable or missing "
+                                      "(Part 1 runs, BN protocol, slices, probes, cost files); computes nothing")
+    _add_common(p)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
+    p.add_argument("--all", action="store_true", help="list the finished experiments too")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("bench", help="time the original's naive pipeline against lib.train's epoch on this device; "
                                      "estimate and plan the full study from the measurements")

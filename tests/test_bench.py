@@ -15,9 +15,9 @@ import torch
 
 import lib.bench as B
 import lib.train as T
-from lib.config import TrainConfig
+from lib.config import PROFILES, TrainConfig
 from lib.data import resolve_source
-from lib.experiments import BN_MODELS, bn_config, part1_config
+from lib.experiments import BN_MODELS, bn_config, bn_experiments, part1_config
 from lib.loader import BatchLoader
 from lib.models import PART1_MODELS, build, revision
 from lib.paths import REPO, output_dirs
@@ -578,7 +578,6 @@ def test_jobs_run_the_first_seed_of_the_whole_study_before_the_extra_seeds(tiny_
 
 def test_the_slices_job_is_done_only_with_slices_of_the_selected_epochs(tiny_source, tmp_path):
     from lib import bn_study
-    from lib.experiments import bn_experiments
 
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)
@@ -1081,3 +1080,35 @@ def test_device_name_gives_the_cpu_threads(monkeypatch):
     assert device_name("cpu").startswith("CPU (") and device_name("cpu").endswith(", 1 thread)")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert device_name("cpu").endswith(", 4 threads)")
+
+
+def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_path, monkeypatch, capsys):
+    from lib import bn_study
+    from lib.cli import main
+    from lib.part1 import cost_path
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("smoke", root=tmp_path)
+    write_finished(dirs, part1_config("CANet_tiny", "smoke", source))
+    cfg = part1_config("CANet", "smoke", source)
+    Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg.to_dict(), "epoch": 0}, Path(dirs.checkpoints) / f"{cfg.name}.last.pt")
+    for c in [c for c in bn_experiments("smoke", source) if c.lr == 1e-3]:
+        write_finished(dirs, c)  # the pair trained, its slices not taken
+    atomic_write_json(cost_path(dirs, "VGG11"), {"model": "VGG11"})
+    rows = {name: (state, detail) for state, name, detail in B.study_status("smoke", source, dirs)}
+    assert len(rows) == 9 + 8 + 1 + 2 + 9  # Part 1 (one seed), BN protocol, slices, probes, cost files
+    assert rows["p1-CANet_tiny-s0"] == ("done", "") and rows["p1-ResNet18-s0"] == ("missing", "")
+    assert rows["p1-CANet-s0"] == ("partial", f"1 of {PROFILES['smoke'].num_epochs} epochs in its checkpoint here")
+    assert rows["bn-VGG_A-lr0.001-s2020"][0] == "done" and rows["bn-VGG_A-lr0.002-s2020"][0] == "missing"
+    assert rows["loss slices"] == ("missing", "they need the pair's best checkpoints (retrained when gone)")
+    assert rows[bn_study.probe_configs("smoke", source)[0].name][0] == "missing"
+    assert rows["cost-VGG11"] == ("done", "") and rows["cost-CANet"] == ("missing", "")
+    # The command line: a count, then what is not done (everything with --all); nothing is computed.
+    monkeypatch.setattr(B, "study_jobs", lambda *a, **k: [B.Job("train", ("p1-X-s0",), None, True),
+                                                          B.Job("train", ("p1-Y-s0",), None, False, epochs_done=3)])
+    assert main(["status", "--profile", "smoke", "--data", str(tiny_source)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 done, 1 partial, 0 missing" in out and "partial  p1-Y-s0  (3 of" in out and "p1-X-s0" not in out
+    main(["status", "--profile", "smoke", "--data", str(tiny_source), "--all"])
+    assert "done     p1-X-s0" in capsys.readouterr().out
