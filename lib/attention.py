@@ -19,7 +19,6 @@ from lib.models import build
 from lib.paths import output_dirs
 
 
-
 def retrain_hint(result: dict) -> str:
     """How to get the weights of `result` on this machine: git holds no checkpoints (they are large), and a
     notebook reuses a finished result without training, so the run has to be trained again, unpublished (the
