@@ -19,6 +19,11 @@ from lib.models import build
 from lib.paths import output_dirs
 
 
+class NotTheSelectedWeights(ValueError):
+    """The run's checkpoints here are of the run, but not the weights its result selected (a retraining stopped
+    part-way, or one that did not reproduce the run)."""
+
+
 def retrain_hint(result: dict) -> str:
     """How to get the weights of `result` on this machine: git holds no checkpoints (they are large), and a
     notebook reuses a finished result without training, so the run has to be trained again, unpublished (the
@@ -70,7 +75,7 @@ def load_trained(result: dict, device: str | torch.device = "cpu", checkpoint: s
     if not found:
         tried = ", ".join(str(p) for p in candidates) or "(the result records no checkpoint path)"
         raise FileNotFoundError(f"no checkpoint for {result['name']!r} (looked at: {tried}); {retrain_hint(result)}")
-    refused = []
+    refused, other_run = [], False
     for path in found:  # the first that holds the weights this result selected
         state = torch.load(path, map_location=device, weights_only=False)
         why = _not_the_selected_weights(state, result)
@@ -79,8 +84,13 @@ def load_trained(result: dict, device: str | torch.device = "cpu", checkpoint: s
             model.load_state_dict(state["model"])
             return model.to(device).eval()
         refused.append(f"{path} {why}")
-    raise ValueError(f"no checkpoint holds the weights result {result['name']!r} selected: {'; '.join(refused)}; "
-                     f"{retrain_hint(result)}")
+        other_run = other_run or why.startswith(_OTHER_RUN)
+    error = ValueError if other_run else NotTheSelectedWeights
+    raise error(f"no checkpoint holds the weights result {result['name']!r} selected: {'; '.join(refused)}; "
+                f"{retrain_hint(result)}")
+
+
+_OTHER_RUN = "was written by a different run"
 
 
 def _not_the_selected_weights(state: dict, result: dict) -> str | None:
@@ -88,7 +98,7 @@ def _not_the_selected_weights(state: dict, result: dict) -> str | None:
     run's config, another epoch (a retraining stopped part-way) or another validation accuracy (a retraining that
     did not reproduce the run)."""
     if not _same_config(state.get("config"), result.get("config")):
-        return "was written by a different run (configs differ)"
+        return f"{_OTHER_RUN} (configs differ)"
     epoch, best = state.get("epoch"), result.get("best_epoch")
     if epoch is not None and best is not None and epoch != best:
         return f"holds epoch {epoch}, but the result selected epoch {best} (a retraining stopped part-way?)"
@@ -101,11 +111,12 @@ def _not_the_selected_weights(state: dict, result: dict) -> str | None:
 
 def trained_or_none(result: dict, device: str | torch.device = "cpu") -> nn.Module | None:
     """load_trained, or None, saying why, when this machine has no checkpoint of the run (a fresh clone: git holds
-    none), so that a notebook still draws the figures its result files hold and skips only those of the weights.
-    A checkpoint of another run is still an error."""
+    none) or only one that is not the selected weights (a retraining that did not reproduce the run), so that a
+    notebook still draws the figures its result files hold and skips only those of the weights. A checkpoint
+    written by another run is an error."""
     try:
         return load_trained(result, device)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, NotTheSelectedWeights) as err:
         print(f"The figures that need the trained weights are skipped: {err}.")
         return None
 

@@ -1357,28 +1357,35 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     """What of the study of `profile` is in `dirs`, in running order: (state, name, detail) per experiment, state
     'done' (a result matching this code's config), 'partial' (a resumable checkpoint here: `lib run` goes on from
     it) or 'missing'. For `python -m lib status`, to see what a split run still needs."""
+    from lib import bn_study
     from lib.part1 import cost_path
+    from lib.train import resume_epoch
 
+    source = canonical_source(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
-    prof = PROFILES[profile]
+
+    def run_state(cfg: TrainConfig) -> tuple[str, str, str]:
+        if reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig) is not None:
+            return "done", cfg.name, ""
+        done = resume_epoch(cfg, dirs)
+        return (("partial", cfg.name, f"{done} of {cfg.num_epochs} epochs in its checkpoint here") if done
+                else ("missing", cfg.name, ""))
+
+    configs = {c.name: c for c in part1_experiments(profile, source, seeds=tuple(seeds)) + bn_experiments(profile,
+                                                                                                         source)}
     out = []
-    for job in study_jobs(None, data_source, dirs, seeds, profile):
+    for job in study_jobs(None, source, dirs, seeds, profile):
         if job.kind == "train":
-            (name,) = job.names
-            epochs = prof.bn_epochs if name.startswith("bn-") else prof.num_epochs
-            if job.done:
-                out.append(("done", name, ""))
-            elif job.epochs_done:
-                out.append(("partial", name, f"{job.epochs_done} of {epochs} epochs in its checkpoint here"))
-            else:
-                out.append(("missing", name, ""))
-        elif job.kind == "bn-slices":  # done: pair and slices; force: the pair done, its slices not
-            pair = "done" if job.done or job.force else "missing"
-            out += [(pair, name, "") for name in job.names]
+            out.append(run_state(configs[job.names[0]]))
+        elif job.kind == "bn-slices":  # the lr-1e-3 pair, then the slices taken from its best checkpoints
+            out += [run_state(configs[name]) for name in job.names]
             out.append(("done" if job.done else "missing", "loss slices",
                         "they need the pair's best checkpoints (retrained when gone)" if job.force else ""))
-        elif job.kind == "probe":
-            out += [("done" if job.done else "missing", name, "") for name in job.names]
+        elif job.kind == "probe":  # done at its lr, or at the fallback lr both networks moved to
+            for c in bn_study.probe_configs(profile, source):
+                done = any(reusable_result(c.result_path(dirs), c2.to_dict(), bn_study.ProbeConfig) is not None
+                           for c2 in (c, c.replace(lr=bn_study.FALLBACK_LR)))
+                out.append(("done" if done else "missing", c.name, ""))
         else:  # costs: the full profile wants a GPU measurement; other profiles measure them in seconds
             for name in job.names:
                 model = name[len("cost-"):]

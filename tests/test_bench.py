@@ -1093,20 +1093,28 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     cfg = part1_config("CANet", "smoke", source)
     Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
     torch.save({"config": cfg.to_dict(), "epoch": 0}, Path(dirs.checkpoints) / f"{cfg.name}.last.pt")
-    for c in [c for c in bn_experiments("smoke", source) if c.lr == 1e-3]:
-        write_finished(dirs, c)  # the pair trained, its slices not taken
+    plain_pair, bn_pair = [c for c in bn_experiments("smoke", source) if c.lr == 1e-3]
+    write_finished(dirs, plain_pair)  # of the lr-1e-3 pair one is trained, the other resumable
+    torch.save({"config": bn_pair.to_dict(), "epoch": 0}, Path(dirs.checkpoints) / f"{bn_pair.name}.last.pt")
+    plain_probe = bn_study.probe_configs("smoke", source)[0]
+    atomic_write_json(plain_probe.result_path(dirs), {"config": plain_probe.to_dict()})  # one of the two probes
     atomic_write_json(cost_path(dirs, "VGG11"), {"model": "VGG11"})
     rows = {name: (state, detail) for state, name, detail in B.study_status("smoke", source, dirs)}
     assert len(rows) == 9 + 8 + 1 + 2 + 9  # Part 1 (one seed), BN protocol, slices, probes, cost files
     assert rows["p1-CANet_tiny-s0"] == ("done", "") and rows["p1-ResNet18-s0"] == ("missing", "")
     assert rows["p1-CANet-s0"] == ("partial", f"1 of {PROFILES['smoke'].num_epochs} epochs in its checkpoint here")
     assert rows["bn-VGG_A-lr0.001-s2020"][0] == "done" and rows["bn-VGG_A-lr0.002-s2020"][0] == "missing"
+    assert rows["bn-VGG_A_BN-lr0.001-s2020"] == ("partial", f"1 of {PROFILES['smoke'].bn_epochs} epochs in its "
+                                                             f"checkpoint here")
+    assert rows["loss slices"] == ("missing", "")
+    write_finished(dirs, bn_pair)  # the pair trained, its slices not taken: the pair is retrained for them
+    rows = {name: (state, detail) for state, name, detail in B.study_status("smoke", source, dirs)}
     assert rows["loss slices"] == ("missing", "they need the pair's best checkpoints (retrained when gone)")
-    assert rows[bn_study.probe_configs("smoke", source)[0].name][0] == "missing"
+    assert [rows[c.name][0] for c in bn_study.probe_configs("smoke", source)] == ["done", "missing"]
     assert rows["cost-VGG11"] == ("done", "") and rows["cost-CANet"] == ("missing", "")
     # The command line: a count, then what is not done (everything with --all); nothing is computed.
-    monkeypatch.setattr(B, "study_jobs", lambda *a, **k: [B.Job("train", ("p1-X-s0",), None, True),
-                                                          B.Job("train", ("p1-Y-s0",), None, False, epochs_done=3)])
+    monkeypatch.setattr(B, "study_status", lambda *a, **k: [("done", "p1-X-s0", ""),
+                                                            ("partial", "p1-Y-s0", "3 of 8 epochs in its checkpoint")])
     assert main(["status", "--profile", "smoke", "--data", str(tiny_source)]) == 0
     out = capsys.readouterr().out
     assert "1 of 2 done, 1 partial, 0 missing" in out and "partial  p1-Y-s0  (3 of" in out and "p1-X-s0" not in out

@@ -147,9 +147,11 @@ def test_load_trained_round_trip(tiny, tmp_path):
         trained_or_none(dict(result, config={"name": "this", "model": "CANet_tiny"}))
 
 
-def test_load_trained_takes_the_checkpoint_of_the_selected_weights_only(tiny, tmp_path):
+def test_load_trained_takes_the_checkpoint_of_the_selected_weights_only(tiny, tmp_path, capsys):
     """Of the candidate files the first whose run, epoch and validation accuracy are the result's; a retraining
     stopped part-way, or one that did not reproduce the run, is refused with the reason."""
+    from lib.attention import NotTheSelectedWeights, trained_or_none
+
     result = dict(fake_result(), config={"name": "this", "model": "CANet_tiny"})
     result.update(best_epoch=4, best_val_acc=0.5)
     stale, good = tmp_path / "stale.pt", tmp_path / "good.pt"
@@ -161,8 +163,11 @@ def test_load_trained_takes_the_checkpoint_of_the_selected_weights_only(tiny, tm
         load_trained(dict(result, checkpoint=str(stale)))
     assert not load_trained(dict(result, checkpoint=str(good)), checkpoint=stale).training  # skips the stale one
     torch.save(dict(state, val_acc=0.48), stale)  # the same epoch selected, other weights
-    with pytest.raises(ValueError, match="validation accuracy 0.4800, not the result's 0.5000"):
+    with pytest.raises(NotTheSelectedWeights, match="validation accuracy 0.4800, not the result's 0.5000"):
         load_trained(dict(result, checkpoint=str(stale)))
+    # The notebook's form skips the figures of the weights, saying why (the run's own checkpoint, not reproduced).
+    assert trained_or_none(dict(result, checkpoint=str(stale))) is None
+    assert "not the result's 0.5000" in capsys.readouterr().out
     # The full profile's weights come from the GPU call, not from a retraining here.
     with pytest.raises(FileNotFoundError, match="KEEP_CHECKPOINTS .*--merge DIR"):
         load_trained(dict(result, profile="full", checkpoint=str(tmp_path / "gone.pt"), name="no_such_run_for_tests"))
