@@ -17,6 +17,7 @@ from torch import nn
 from lib.config import TrainConfig
 from lib.models import build
 from lib.paths import output_dirs
+from lib.train import read_checkpoint
 
 
 class NotTheSelectedWeights(ValueError):
@@ -77,7 +78,7 @@ def load_trained(result: dict, device: str | torch.device = "cpu", checkpoint: s
         raise FileNotFoundError(f"no checkpoint for {result['name']!r} (looked at: {tried}); {retrain_hint(result)}")
     refused, other_run = [], False
     for path in found:  # the first that holds the weights this result selected
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = read_checkpoint(path, device)
         why = _not_the_selected_weights(state, result)
         if why is None:
             model = build(result["model"])

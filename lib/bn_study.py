@@ -594,7 +594,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     """1-D slices around the protocol's best checkpoints at `lr` (both networks); writes slice-<model>-s<seed>.json."""
     from lib.data import load_cifar10, study_split, subset, to_device_tensors
     from lib.models import build
-    from lib.train import checkpoint_written_for, resolve_device
+    from lib.train import checkpoint_written_for, read_checkpoint, resolve_device
 
     dev = resolve_device(device)
     num_images = num_images or SLICE_IMAGES[profile]
@@ -619,7 +619,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         mean_t = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
         std_t = torch.tensor(std, device=dev).view(1, 3, 1, 1)
         X = (X.float() / 255 - mean_t) / std_t
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = read_checkpoint(ckpt)
         same_run = checkpoint_written_for(state, TrainConfig.from_dict(run["config"]))
         if not same_run or state.get("epoch") != run.get("best_epoch"):
             # e.g. the weights of a retraining that was stopped part-way, next to the older finished result

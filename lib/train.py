@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -197,6 +198,16 @@ def weight_histograms(model: nn.Module) -> dict:
         counts, edges = np.histogram(v, bins=HIST_BINS)
         hists[group] = {"edges": edges.tolist(), "counts": counts.tolist()}
     return hists
+
+
+def read_checkpoint(path: Path | str, device: torch.device | str = "cpu", mmap: bool = False) -> dict:
+    """torch.load of one of lib.train's checkpoints; a file that cannot be read is a ValueError that says so and
+    what to do (writes are atomic, so this is a damaged disk or a file copied in part)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False, mmap=mmap)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}): it is damaged or "
+                         f"incomplete; delete it (the run then starts over, or with --force retrains)") from err
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -504,7 +515,7 @@ def resume_epoch(cfg: TrainConfig, dirs: OutputDirs | None = None) -> int:
     path = Path((dirs or output_dirs(cfg.profile)).checkpoints) / f"{cfg.name}.last.pt"
     if not path.exists():
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    state = read_checkpoint(path, mmap=True)
     return state["epoch"] + 1 if checkpoint_written_for(state, cfg) else 0
 
 
@@ -549,7 +560,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
     commit_at_start = git_commit()  # a resumed run keeps the commit its first epoch ran with
     if last_ckpt.exists():
-        state = torch.load(last_ckpt, map_location=device, weights_only=False)
+        state = read_checkpoint(last_ckpt, device)
         if checkpoint_written_for(state, cfg):
             model.load_state_dict(state["model"])
             opt_kind = state["optimizer_kind"]
@@ -642,7 +653,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     # Test once, for the checkpoint chosen on validation accuracy.
     test = None
     if best_ckpt.exists() and best["epoch"] >= 0:
-        state = torch.load(best_ckpt, map_location=device, weights_only=False)
+        state = read_checkpoint(best_ckpt, device)
         if state["epoch"] != best["epoch"] or not checkpoint_written_for(state, cfg):
             raise RuntimeError(f"{best_ckpt} holds epoch {state['epoch']} but validation selected epoch "
                                f"{best['epoch']}: delete it and rerun with force=True")

@@ -382,3 +382,14 @@ def test_tensorboard_writer_queues_an_epochs_events_and_writes_them_all(tmp_path
     acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0}).Reload()
     values = [e.value for e in acc.Scalars("step/train_loss")]
     assert len(values) == 500 and values[0] == 1.0 and values[-1] == pytest.approx(1 / 500)
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tiny_source, tmp_path):
+    dirs = output_dirs("smoke", root=tmp_path)
+    cfg = tiny_cfg(tiny_source, num_epochs=2)
+    path = dirs.checkpoints / f"{cfg.name}.last.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 half a zip file")  # e.g. copied in part
+    for call in (lambda: T.resume_epoch(cfg, dirs), lambda: T.train(cfg, dirs=dirs, progress=False)):
+        with pytest.raises(ValueError, match=r"checkpoint .*tiny.last.pt cannot be read \(RuntimeError: .*delete it"):
+            call()
