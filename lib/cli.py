@@ -85,6 +85,10 @@ def cmd_run(args) -> int:
     source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
     configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
+    if args.num_epochs is not None:  # the Part 1 runs only, as `study --num-epochs` (another config: its own result)
+        if args.num_epochs < 1:
+            raise ValueError(f"--num-epochs must be positive, not {args.num_epochs}")
+        configs = [c.replace(num_epochs=args.num_epochs) for c in configs]
     if args.part2:
         configs += bn_experiments(args.profile, source)
     if args.only:  # run in the order given (the GPU runner's plan is seed-major)
@@ -278,6 +282,8 @@ def main(argv=None) -> int:
                         f"{' '.join(PART1_MODELS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--only", nargs="+", help="restrict to these experiment names (e.g. p1-CANet-s0)")
+    p.add_argument("--num-epochs", type=int, default=None,
+                   help="override the profile's Part 1 epochs (another configuration, as `study --num-epochs`)")
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
     p.add_argument("--max-epochs-this-call", type=int, default=None,
                    help="stop (resumably) after this many epochs per experiment")

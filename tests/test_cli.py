@@ -120,3 +120,19 @@ def test_help_names_the_part1_models(capsys):
         assert exit_info.value.code == 0
         out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
         assert f"default: all nine: {' '.join(PART1_MODELS)})" in out
+
+
+def test_run_num_epochs_overrides_the_part1_epochs_only(capsys, tiny_source, monkeypatch):
+    import lib.train
+    from lib.config import PROFILES
+
+    trained = []
+    monkeypatch.setattr(lib.train, "train", lambda cfg, **kw: trained.append(cfg) or {"status": "ok", "test_acc": 0.5})
+    assert cli.main(["run", "--profile", "smoke", "--data", tiny_source, "--models", "CANet_tiny", "--part2",
+                     "--num-epochs", "1", "--quiet"]) == 0
+    p1 = [c for c in trained if c.name.startswith("p1-")]
+    bn = [c for c in trained if c.name.startswith("bn-")]
+    assert [c.num_epochs for c in p1] == [1]
+    assert len(bn) == 8 and {c.num_epochs for c in bn} == {PROFILES["smoke"].bn_epochs}  # the BN protocol's own
+    assert "--num-epochs must be positive" in input_error(capsys, ["run", "--profile", "smoke", "--data", tiny_source,
+                                                                   "--models", "CANet_tiny", "--num-epochs", "0"])
