@@ -205,6 +205,8 @@ def read_checkpoint(path: Path | str, device: torch.device | str = "cpu", mmap: 
     what to do (writes are atomic, so this is a damaged disk or a file copied in part)."""
     try:
         return torch.load(path, map_location=device, weights_only=False, mmap=mmap)
+    except torch.cuda.OutOfMemoryError:
+        raise  # a full GPU, not a damaged file
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
         raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}): it is damaged or "
                          f"incomplete; delete it (the run then starts over, or with --force retrains)") from err
