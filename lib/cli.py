@@ -67,6 +67,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="write smoke/quick output to the committed places (results/<profile>/, figs/, report.md)")
 
 
+def check_epochs(num_epochs: int | None) -> None:
+    """--num-epochs, when given, must be a positive number of epochs."""
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"--num-epochs must be positive, not {num_epochs} (leave it out for the profile's epochs)")
+
+
 def cmd_run(args) -> int:
     """Train the selected experiments; finished results with the same config are reused (merge)."""
     stop_by = None if args.time_limit is None else time.perf_counter() + args.time_limit
@@ -86,8 +92,7 @@ def cmd_run(args) -> int:
     dirs = output_dirs(args.profile, publish=args.publish or None)
     configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
     if args.num_epochs is not None:  # the Part 1 runs only, as `study --num-epochs` (another config: its own result)
-        if args.num_epochs < 1:
-            raise ValueError(f"--num-epochs must be positive, not {args.num_epochs}")
+        check_epochs(args.num_epochs)
         configs = [c.replace(num_epochs=args.num_epochs) for c in configs]
     if args.part2:
         configs += bn_experiments(args.profile, source)
@@ -134,6 +139,7 @@ def cmd_study(args) -> int:
 
     from lib.pipeline import StudyError, run_study, study_command
 
+    check_epochs(args.num_epochs)
     if args.models or args.model:  # lib.models imports torch
         from lib.models import CANET_VARIANTS
 

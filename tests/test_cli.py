@@ -134,5 +134,6 @@ def test_run_num_epochs_overrides_the_part1_epochs_only(capsys, tiny_source, mon
     bn = [c for c in trained if c.name.startswith("bn-")]
     assert [c.num_epochs for c in p1] == [1]
     assert len(bn) == 8 and {c.num_epochs for c in bn} == {PROFILES["smoke"].bn_epochs}  # the BN protocol's own
-    assert "--num-epochs must be positive" in input_error(capsys, ["run", "--profile", "smoke", "--data", tiny_source,
-                                                                   "--models", "CANet_tiny", "--num-epochs", "0"])
+    for command in ("run", "study"):
+        assert "--num-epochs must be positive, not 0" in input_error(
+            capsys, [command, "--profile", "smoke", "--data", tiny_source, "--models", "CANet_tiny", "--num-epochs", "0"])
