@@ -23,7 +23,6 @@ if (Path.cwd().parent / "lib").is_dir():  # opened from notebooks/: make the rep
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from lib.results import set_reuse_only
 '''
 
 SETUP_TAIL = '''
@@ -41,8 +40,9 @@ def params_cell(extra: str):
 
 
 def setup_cell(imports: str):
-    """Imports and the output folders of this run."""
-    return new_code_cell(SETUP_HEAD + imports.strip() + "\n" + SETUP_TAIL)
+    """Imports (one per line, sorted with the reuse_only switch's) and the output folders of this run."""
+    lines = sorted(imports.strip().splitlines() + ["from lib.results import set_reuse_only"])
+    return new_code_cell(SETUP_HEAD + "\n".join(lines) + "\n" + SETUP_TAIL)
 
 
 def md(text):
