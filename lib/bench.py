@@ -1364,7 +1364,7 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     source = canonical_source(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
 
-    def run_state(cfg: TrainConfig) -> tuple[str, str, str]:
+    def run_state(cfg: TrainConfig) -> tuple[str, str, str]:  # each of the lr-1e-3 pair (one job for both)
         if reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig) is not None:
             return "done", cfg.name, ""
         done = resume_epoch(cfg, dirs)
@@ -1375,8 +1375,13 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
                                                                                                          source)}
     out = []
     for job in study_jobs(None, source, dirs, seeds, profile):
-        if job.kind == "train":
-            out.append(run_state(configs[job.names[0]]))
+        if job.kind == "train":  # the job already says (results and checkpoints are not read again)
+            (name,) = job.names
+            if job.done or not job.epochs_done:
+                out.append(("done" if job.done else "missing", name, ""))
+            else:
+                out.append(("partial", name, f"{job.epochs_done} of {configs[name].num_epochs} epochs in its "
+                                             f"checkpoint here"))
         elif job.kind == "bn-slices":  # the lr-1e-3 pair, then the slices taken from its best checkpoints
             out += [run_state(configs[name]) for name in job.names]
             out.append(("done" if job.done else "missing", "loss slices",
