@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lib.config import PROFILES, TrainConfig
+from lib.config import TrainConfig
 from lib.models import build
+from lib.part1 import recipe_options
 from lib.paths import output_dirs
 from lib.train import read_checkpoint
 
@@ -37,8 +38,7 @@ def retrain_hint(result: dict) -> str:
     cfg = result.get("config") or {}
     command = (f"python -m lib run --profile {profile} --data {cfg.get('data_source', '<data>')} "
                f"--models {result.get('model', '<model>')} --seeds {result.get('seed', 0)}")
-    if cfg.get("num_epochs") and profile in PROFILES and cfg["num_epochs"] != PROFILES[profile].num_epochs:
-        command += f" --num-epochs {cfg['num_epochs']}"
+    command = " ".join([command, *recipe_options(dict(cfg, profile=profile))])
     return (f"checkpoints are not committed (git holds the results, not the weights): train the run again on this "
             f"machine with `{command}` (without --publish: it writes build/{profile}/ and leaves the committed "
             f"result alone), then view it with publish = False (the figures describe that run); with publish = True "

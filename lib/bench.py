@@ -60,9 +60,10 @@ from torch import nn
 from lib.config import NORMS, PROFILES, TrainConfig
 from lib.augment import mix_batch
 from lib.data import load_cifar10, canonical_source
-from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config, part1_experiments
+from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config
 from lib.models import CANET_VARIANTS, PART1_MODELS, build, last_linear, revision, set_merged
 from lib.models.canet import blocks_merged, merged_on_cuda
+from lib.part1 import configs as part1_configs
 from lib.paths import REPO, OutputDirs, output_dirs
 from lib.results import atomic_write_json, device_name, read_json, reusable_result
 
@@ -1214,9 +1215,10 @@ class Job(NamedTuple):
 
 
 def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
-               seeds: Sequence[int] = (0,), profile: str = "full") -> list[Job]:
+               seeds: Sequence[int] = (0,), profile: str = "full", precision: str | None = None) -> list[Job]:
     """The study of `profile` as jobs in running order, each with its estimate (from the bench's `full`
-    epoch times) and whether it is done in `dirs` (default: the profile's published folders)."""
+    epoch times) and whether it is done in `dirs` (default: the profile's published folders). `precision`
+    overrides the Part 1 runs' (lib.part1.configs)."""
     from lib import bn_study
     from lib.train import resume_epoch
 
@@ -1240,7 +1242,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
 
     # Seed-major: the first seed of every Part 1 model, the BN protocol and the probes come before the extra
     # seeds, so that a partly run study is complete for one seed before it gains error bars.
-    p1 = [train_job(c, full.num_epochs) for c in part1_experiments(profile, source, seeds=tuple(seeds))]
+    p1 = [train_job(c, full.num_epochs) for c in part1_configs(profile, source, seeds=seeds, precision=precision)]
     jobs = p1[:len(PART1_MODELS)]  # the first seed (part1_experiments is seed-major)
     bn = bn_experiments(profile, source)
     jobs += [train_job(c, full.bn_epochs) for c in bn if c.lr != 1e-3]
@@ -1353,10 +1355,11 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
 
 
 def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
-                 seeds: Sequence[int] = (0,)) -> list[tuple[str, str, str]]:
+                 seeds: Sequence[int] = (0,), precision: str | None = None) -> list[tuple[str, str, str]]:
     """What of the study of `profile` is in `dirs`, in running order: (state, name, detail) per experiment, state
     'done' (a result matching this code's config), 'partial' (a resumable checkpoint here: `lib run` goes on from
-    it) or 'missing'. For `python -m lib status`, to see what a split run still needs."""
+    it) or 'missing'. For `python -m lib status`, to see what a split run still needs. `precision` overrides the
+    Part 1 runs' (lib.part1.configs)."""
     from lib import bn_study
     from lib.part1 import cost_path
     from lib.train import resume_epoch
@@ -1371,10 +1374,10 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
         return (("partial", cfg.name, f"{done} of {cfg.num_epochs} epochs in its checkpoint here") if done
                 else ("missing", cfg.name, ""))
 
-    configs = {c.name: c for c in part1_experiments(profile, source, seeds=tuple(seeds)) + bn_experiments(profile,
-                                                                                                         source)}
+    configs = {c.name: c for c in part1_configs(profile, source, seeds=seeds, precision=precision)
+               + bn_experiments(profile, source)}
     out = []
-    for job in study_jobs(None, source, dirs, seeds, profile):
+    for job in study_jobs(None, source, dirs, seeds, profile, precision):
         if job.kind == "train":  # the job already says (results and checkpoints are not read again)
             (name,) = job.names
             if job.done or not job.epochs_done:

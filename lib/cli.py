@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from lib.config import PART1_MODELS, PROFILES
+from lib.config import PART1_MODELS, PRECISIONS, PROFILES
 from lib.data import SOURCE_ENV, canonical_source
 from lib.paths import output_dirs
 
@@ -31,6 +31,10 @@ TRACEBACK_ENV = "CIFAR10_TRACEBACK"  # 1: let bad-input errors end in their trac
 # exceptions, and these raised inside torch, numpy or json, are bugs.
 INPUT_ERRORS = (ValueError, FileNotFoundError)
 LIB_DIR = Path(__file__).resolve().parent
+PRECISION_HELP = ("the Part 1 runs' arithmetic (another configuration): auto, the recipe's (bf16 autocast on a GPU, "
+                  "fp32 on a CPU; the default); bf16: bf16 autocast on every device (on a CPU with AMX, such as "
+                  "Intel Xeon 4th generation and later, Part 1 epochs train 2-5x faster than fp32); fp32: true fp32 "
+                  "everywhere (TF32 off on a GPU)")
 
 
 def input_error(err: BaseException) -> bool:
@@ -94,6 +98,8 @@ def cmd_run(args) -> int:
     if args.num_epochs is not None:  # the Part 1 runs only, as `study --num-epochs` (another config: its own result)
         check_epochs(args.num_epochs)
         configs = [c.replace(num_epochs=args.num_epochs) for c in configs]
+    if args.precision is not None:  # likewise
+        configs = [c.replace(precision=args.precision) for c in configs]
     if args.part2:
         configs += bn_experiments(args.profile, source)
     if args.only:  # run in the order given (the GPU runner's plan is seed-major)
@@ -145,8 +151,8 @@ def cmd_study(args) -> int:
 
         check_models("--models", args.models, PART1_MODELS, "Part 1 model")
         check_models("--model", [args.model] if args.model else [], list(CANET_VARIANTS), "CANet variant")
-    extra = {k: v for k, v in (("models", args.models), ("model", args.model), ("num_epochs", args.num_epochs))
-             if v is not None}
+    extra = {k: v for k, v in (("models", args.models), ("model", args.model), ("num_epochs", args.num_epochs),
+                               ("precision", args.precision)) if v is not None}
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     t0 = time.perf_counter()
     try:
@@ -177,9 +183,10 @@ def cmd_status(args) -> int:
     from lib.bench import study_status
 
     dirs = output_dirs(args.profile, publish=args.publish or None)
-    rows = study_status(args.profile, canonical_source(args.data), dirs, args.seeds)
+    rows = study_status(args.profile, canonical_source(args.data), dirs, args.seeds, args.precision)
     counts = {state: sum(r[0] == state for r in rows) for state in ("done", "partial", "missing")}
-    print(f"profile {args.profile}, data {canonical_source(args.data)}, seeds {' '.join(map(str, args.seeds))}, "
+    precision = f", Part 1 precision {args.precision}" if args.precision else ""
+    print(f"profile {args.profile}{precision}, data {canonical_source(args.data)}, seeds {' '.join(map(str, args.seeds))}, "
           f"in {dirs.results}: {counts['done']} of {len(rows)} done, {counts['partial']} partial, "
           f"{counts['missing']} missing")
     for state, name, detail in rows:
@@ -290,6 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="restrict to these experiment names (e.g. p1-CANet-s0)")
     p.add_argument("--num-epochs", type=int, default=None,
                    help="override the profile's Part 1 epochs (another configuration, as `study --num-epochs`)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
     p.add_argument("--max-epochs-this-call", type=int, default=None,
                    help="stop (resumably) after this many epochs per experiment")
@@ -307,6 +315,7 @@ def main(argv=None) -> int:
                    help=f"Part 1 models of notebook 02 (default: all nine: {' '.join(PART1_MODELS)})")
     p.add_argument("--model", help="the CANet variant notebook 01 trains and 03 shows (default: CANet)")
     p.add_argument("--num-epochs", type=int, help="override the profile's Part 1 epochs (default: the profile's)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
     p.add_argument("--verbose", action="store_true", help="stream the notebooks' output while they run")
     p.add_argument("--allow-cpu-training", action="store_true",
@@ -327,6 +336,8 @@ def main(argv=None) -> int:
                                       "(Part 1 runs, BN protocol, slices, probes, cost files); computes nothing")
     _add_common(p)
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="the Part 1 runs' precision, where the study was run with --precision (default: the recipe's)")
     p.add_argument("--all", action="store_true", help="list the finished experiments too")
     p.set_defaults(func=cmd_status)
 

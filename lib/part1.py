@@ -32,22 +32,42 @@ GPU_COST_ITERS, CPU_COST_ITERS = 20, 3
 
 def run_part1(profile: str, data_source: str, dirs: OutputDirs, models: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), force: bool = False, num_epochs: int | None = None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, precision: str | None = None) -> list[dict]:
     """Train (or reuse) every (model, seed) of the Part 1 comparison; return the result dicts in order.
 
-    `num_epochs` overrides the profile's epoch count (used by the notebook test to stay cheap).
+    `num_epochs` overrides the profile's epoch count (used by the notebook test to stay cheap), `precision`
+    the recipe's 'auto' (see `configs`).
     """
     from lib.train import train  # imported here: the trainer pulls in tensorboard, which is slow to import
 
     return [train(cfg, dirs=dirs, force=force, progress=progress)
-            for cfg in configs(profile, data_source, models, seeds, num_epochs)]
+            for cfg in configs(profile, data_source, models, seeds, num_epochs, precision)]
 
 
 def configs(profile: str, data_source: str, models: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
-            num_epochs: int | None = None) -> list[TrainConfig]:
-    """lib.experiments.part1_experiments (seed-major), with `num_epochs` overriding the profile's."""
+            num_epochs: int | None = None, precision: str | None = None) -> list[TrainConfig]:
+    """lib.experiments.part1_experiments (seed-major), with `num_epochs` overriding the profile's epochs and
+    `precision` the recipe's 'auto' (bf16 autocast on a GPU, fp32 on a CPU): 'bf16' is bf16 autocast on every
+    device (on a CPU with AMX several times faster than fp32, see README), 'fp32' true fp32 everywhere. Either
+    override is another configuration, so its runs have results of their own."""
     cfgs = part1_experiments(profile, data_source, seeds=[int(s) for s in seeds], models=models)
-    return [c.replace(num_epochs=int(num_epochs)) for c in cfgs] if num_epochs else cfgs
+    if num_epochs:
+        cfgs = [c.replace(num_epochs=int(num_epochs)) for c in cfgs]
+    return [c.replace(precision=precision) for c in cfgs] if precision else cfgs
+
+
+def recipe_options(config: dict) -> list[str]:
+    """The `python -m lib run`/`study` options that reproduce a Part 1 run's departures from its profile's
+    recipe: --num-epochs where its epochs differ, --precision where it is not the recipe's 'auto'."""
+    from lib.config import PROFILES
+
+    out = []
+    profile, epochs = config.get("profile"), config.get("num_epochs")
+    if epochs and profile in PROFILES and epochs != PROFILES[profile].num_epochs:
+        out += ["--num-epochs", str(epochs)]
+    if config.get("precision", "auto") != "auto":
+        out += ["--precision", str(config["precision"])]
+    return out
 
 
 def _is_result_file(path: Path) -> bool:

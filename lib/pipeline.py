@@ -27,7 +27,7 @@ NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_train_canet", "02_baselines", "03_visualize", "04_batchnorm")
 KERNEL_NAME = "python3"
 STUDY_FILE = "study.json"
-CLI_PARAMETERS = ("models", "model", "num_epochs")  # extra notebook parameters `python -m lib study` has options for
+CLI_PARAMETERS = ("models", "model", "num_epochs", "precision")  # extra notebook parameters `python -m lib study` has options for
 GPU_PROFILE = "full"  # its training is meant for a GPU: without one, the study only renders what exists (below)
 
 
@@ -54,7 +54,7 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
                  reuse_only: bool = False) -> list[str]:
     """What these notebooks would compute themselves with `profile` in `dirs`: the Part 1 runs of 01 (the CANet
     variant `model`, default CANet) and 02 (the Part 1 `models`, default all nine) for `seeds`, with their
-    `num_epochs` override, that have no matching result (all of them with `force`); with the `full` profile,
+    `num_epochs` and `precision` overrides, that have no matching result (all of them with `force`); with the `full` profile,
     02's cost files that are not a GPU measurement (cost-<model>; other profiles measure them in seconds, no
     training), or with `reuse_only` (which shows any recorded one) those that do not exist; 04's BN protocol runs,
     loss slices and probe runs. Notebook 03 computes nothing of the kind: it shows a run that exists, or fails
@@ -69,7 +69,8 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
     models = {"01": [extra.get("model") or "CANet"], "02": list(extra.get("models") or PART1_MODELS)}
     wanted = {}  # name -> config, in notebook order
     for name in (n for n in names if n[:2] in models):
-        for cfg in part1.configs(profile, source, models[name[:2]], seeds, extra.get("num_epochs")):
+        for cfg in part1.configs(profile, source, models[name[:2]], seeds, extra.get("num_epochs"),
+                                 extra.get("precision")):
             wanted.setdefault(cfg.name, cfg)
     missing = [n for n, cfg in wanted.items()
                if force or reusable_result(Path(dirs.results) / f"{n}.json", cfg.to_dict(), TrainConfig) is None]
@@ -163,6 +164,8 @@ def study_command(profile: str, data_source: str | None, publish: bool, notebook
         parts += ["--models", *extra["models"]]
     if extra.get("num_epochs"):
         parts += ["--num-epochs", str(extra["num_epochs"])]
+    if extra.get("precision"):
+        parts += ["--precision", str(extra["precision"])]
     return shlex.join(parts)
 
 
@@ -199,12 +202,12 @@ def runs_beyond_notebooks(study: dict, p1: Sequence[dict], publish: bool) -> lis
     """`python -m lib run` commands for the Part 1 runs in `p1` that no recorded notebook call trained
     (notebook 01: its model x seeds; notebook 02: its models x seeds), e.g. extra seeds of some models.
     Models with the same extra seeds share a command; [] when the notebooks cover every run."""
+    from lib import part1
     from lib.models import PART1_MODELS
-    from lib.part1 import DEFAULT_MAIN_MODEL
 
     notebooks = study.get("notebooks") or {}
     covered = set()  # (model, seed) pairs the notebooks trained; their defaults where no model was given
-    for name, key, default in (("01_train_canet", "model", [DEFAULT_MAIN_MODEL]),
+    for name, key, default in (("01_train_canet", "model", [part1.DEFAULT_MAIN_MODEL]),
                                ("02_baselines", "models", PART1_MODELS)):
         params = (notebooks.get(name) or {}).get("parameters")
         if params is not None:
@@ -223,7 +226,8 @@ def runs_beyond_notebooks(study: dict, p1: Sequence[dict], publish: bool) -> lis
         source = next((g for g in given if g), None) or r["config"]["data_source"]
         parts = ["python", "-m", "lib", "run", "--profile", str(r["profile"]),
                  "--data", str(source)] + (["--publish"] if publish else [])
-        out.append(shlex.join(parts + ["--models", *models, "--seeds", *map(str, seeds)]))
+        options = part1.recipe_options(r["config"])  # the table's runs share one recipe (part1._same_recipe)
+        out.append(shlex.join(parts + ["--models", *models, "--seeds", *map(str, seeds), *options]))
     return out
 
 

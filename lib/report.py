@@ -42,6 +42,9 @@ ORIGINAL_REPORT = {
     "setting": "one run per model, one seed, official CIFAR-10, 70 epochs (Part 2: 50 epochs)",
 }
 NOT_RUN = "not run"
+# What a run's precision setting (lib.config.PRECISIONS) computes, in the report's words.
+PRECISION_WORDS = {"auto": "bf16 autocast on a GPU, fp32 on a CPU", "bf16": "bf16 autocast on every device",
+                   "fp32": "fp32 on every device, TF32 off on a GPU"}
 # Which notebook draws which figure (for the 'not produced yet' lines).
 FIGURE_SOURCES = {"p1_curves": "01", "p1_acc": "02", "p1_per_class": "02", "p1_filters": "03", "p1_ridge": "03",
                   "p1_attention": "03", "p1_confusion": "03", "p2_": "04"}
@@ -749,6 +752,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
                       for m in BN_MODELS},
         "study": study,
+        "precision_words": PRECISION_WORDS,
         "command": f"python -m lib study --profile {profile}{publish}",  # shown when no notebook is recorded
         "commands": notebook_commands(study),
         "extra_runs": runs_beyond_notebooks(study, p1, bool(publish)) if study else [],

@@ -57,7 +57,8 @@ NB01 = [
     params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
 seeds = [0]  # one run per seed; the first seed's run is the one shown and visualised
 model = "CANet"  # CANet_tiny | CANet_light | CANet | CANet_pro
-num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)'''),
+num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
+precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "bf16": 2-5x faster on a CPU with AMX'''),
     md('''# 01 - Train CANet with the Part 1 recipe
 
 Trains one CANet variant (`model`, default `CANet`) with the recipe of STUDY.md section 4: AdamW (lr 1e-3,
@@ -68,9 +69,9 @@ Finished results with the same configuration are reused (set `force = True` to r
 here is the one notebook 03 visualises.'''),
     md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy.
 To see that run here, set in the first cell `profile = "quick"`, `data_source = "shared"`, `publish = True`
-and `seeds = [0]` (`[0, 1, 2]` works too), keeping `model = "CANet"`, `force = False` and `num_epochs = None`,
+and `seeds = [0]` (`[0, 1, 2]` works too), keeping `model = "CANet"`, `force = False`, `num_epochs = None` and `precision = None`,
 and `reuse_only = True`. A finished result in `results/quick/` whose configuration matches is read back, not
-retrained; another model, seed or number of epochs is a new configuration, which trains, or with
+retrained; another model, seed, number of epochs or precision is a new configuration, which trains, or with
 `reuse_only = True` stops with its name. `publish = True` also writes to the committed
 folders: the run marker `results/quick/part1-main.json` and the training-curves figure in `figs/`, redrawn
 from the same files.'''),
@@ -80,12 +81,13 @@ from lib.part1_plots import plot_training_curves
 from lib.paths import output_dirs
 from lib.train import model_summary'''),
     md('''## The configuration (the recipe, sized by the profile)'''),
-    code('''cfg = part1.configs(profile, source, [model], seeds, num_epochs)[0]
+    code('''cfg = part1.configs(profile, source, [model], seeds, num_epochs, precision)[0]
 pd.Series(cfg.to_dict(), dtype=object).to_frame("value")'''),
     md('''## Architecture: the torchinfo summary'''),
     code('''print(model_summary(model))'''),
     md('''## Train (or reuse the finished result)'''),
-    code('''results = part1.run_part1(profile, source, dirs, models=[model], seeds=seeds, force=force, num_epochs=num_epochs)
+    code('''results = part1.run_part1(profile, source, dirs, models=[model], seeds=seeds, force=force, num_epochs=num_epochs,
+                          precision=precision)
 result = results[0]
 part1.mark_main(dirs, result);  # notebook 03 and the report visualise this run; `;` hides the returned path'''),
     md('''## Training curves: learning rate, train / validation loss, validation accuracy'''),
@@ -107,6 +109,7 @@ NB02 = [
 seeds = [0]  # e.g. [0, 1, 2]: the table shows mean +- std over the seeds present
 models = None  # None: all nine Part 1 models; or a list of names
 num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
+precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "bf16": 2-5x faster on a CPU with AMX
 cost_batch = None  # inference batch for the throughput column (None: 1024 on a GPU, 64 on a CPU)
 cost_iters = None  # timed inference batches (None: 20 on a GPU, 3 on a CPU)'''),
     md('''# 02 - The comparison: nine models, one recipe
@@ -119,7 +122,7 @@ is called better than another only where a Welch t-test over seeds says so (lib.
 eight models with three seeds each (CANet_pro was not run). To see that comparison here, set in the first
 cell `profile = "quick"`, `data_source = "shared"`, `publish = True`, `seeds = [0, 1, 2]` and
 `models = ["CANet_tiny", "CANet_light", "CANet", "ShuffleNetV2", "MobileNetV2", "ResNet18", "ResNet34", "VGG11"]`,
-keeping `force = False` and `num_epochs = None`, and `reuse_only = True`. A finished result in `results/quick/`
+keeping `force = False`, `num_epochs = None` and `precision = None`, and `reuse_only = True`. A finished result in `results/quick/`
 whose configuration matches is read back, not retrained; with `models = None` the list includes CANet_pro, which
 has no result and would start training (hours on a CPU), or with `reuse_only = True` stops with its name.
 `publish = True` also writes to the committed folders: the figures in `figs/` are redrawn from the same files,
@@ -133,7 +136,8 @@ from lib.paths import output_dirs
 
 models = list(models or PART1_MODELS)'''),
     md('''## Train (or reuse) every model and seed'''),
-    code('''results = part1.run_part1(profile, source, dirs, models=models, seeds=seeds, force=force, num_epochs=num_epochs)
+    code('''results = part1.run_part1(profile, source, dirs, models=models, seeds=seeds, force=force, num_epochs=num_epochs,
+                          precision=precision)
 part1.runs_frame(results)'''),
     md('''## Cost: FLOPs per image, parameters, inference images/s'''),
     code('''costs = part1.compute_costs(dirs, models, batch_size=cost_batch, iters=cost_iters)

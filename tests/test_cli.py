@@ -137,3 +137,20 @@ def test_run_num_epochs_overrides_the_part1_epochs_only(capsys, tiny_source, mon
     for command in ("run", "study"):
         assert "--num-epochs must be positive, not 0" in input_error(
             capsys, [command, "--profile", "smoke", "--data", tiny_source, "--models", "CANet_tiny", "--num-epochs", "0"])
+
+
+def test_run_precision_overrides_the_part1_runs_only(capsys, tiny_source, monkeypatch):
+    import lib.train
+
+    trained = []
+    monkeypatch.setattr(lib.train, "train", lambda cfg, **kw: trained.append(cfg) or {"status": "ok", "test_acc": 0.5})
+    assert cli.main(["run", "--profile", "smoke", "--data", tiny_source, "--models", "CANet_tiny", "--part2",
+                     "--precision", "bf16", "--quiet"]) == 0
+    assert [c.precision for c in trained if c.name.startswith("p1-")] == ["bf16"]
+    assert {c.precision for c in trained if c.name.startswith("bn-")} == {"auto"}  # the BN protocol's own
+    for command in ("run", "study", "status"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--profile", "smoke", "--precision", "fp16"])
+        assert exit_info.value.code == 2
+        assert "invalid choice: 'fp16'" in capsys.readouterr().err
+

@@ -81,6 +81,7 @@ def test_select_notebooks_and_command():
     assert cmd == ("python -m lib study --profile quick --data shared --publish --notebooks 01 04 --seeds 0 1 "
                    "--num-epochs 3")
     assert study_command("quick", "shared", True, None, [0], reuse_only=True).endswith("--seeds 0 --reuse-only")
+    assert study_command("quick", "shared", False, None, [0], {"precision": "bf16"}).endswith("--seeds 0 --precision bf16")
 
 
 def test_notebook_commands_group_one_call_and_rebuild_old_records():
@@ -119,6 +120,10 @@ def test_runs_beyond_notebooks_lists_the_runs_no_notebook_call_trained():
     assert runs_beyond_notebooks(study, p1, publish=False)[-1].endswith("--models VGG11 --seeds 0")
     del study["notebooks"]["01_train_canet"]["parameters"]["data_source"]  # else: as the run's config recorded it
     assert "--data /abs/copy.tar.gz" in runs_beyond_notebooks(study, p1, publish=False)[0]
+    for r in p1:  # runs of another precision and number of epochs than the profile's: the command says so
+        r["config"].update(precision="bf16", num_epochs=2, profile="quick")
+    assert runs_beyond_notebooks(study, p1, publish=False)[-1].endswith(
+        "--models VGG11 --seeds 0 --num-epochs 2 --precision bf16")
 
 
 def test_every_notebook_finishes_and_writes_its_results(study):
@@ -228,6 +233,7 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
     # Another number of epochs is another config, which would replace the GPU's result of the same name.
     assert work_missing(tiny_source, dirs, ["01_train_canet"], extra_params={"num_epochs": 1}) == [
         "p1-CANet-s0"]
+    assert work_missing(tiny_source, dirs, ["01_train_canet"], extra_params={"precision": "bf16"}) == ["p1-CANet-s0"]
     two = {"models": ["CANet", "VGG11"]}
     assert work_missing(tiny_source, dirs, ["02_baselines"], extra_params=two) == [
         "p1-VGG11-s0", "cost-CANet", "cost-VGG11"]  # cost files not measured on a GPU would be measured here

@@ -128,6 +128,10 @@ def test_load_trained_missing_checkpoint_says_how_to_retrain(tmp_path, capsys):
     result["config"]["num_epochs"] = 1  # trained with an override (the profile's is another): the command says so
     with pytest.raises(FileNotFoundError, match="--models CANet_tiny --seeds 0 --num-epochs 1`"):
         load_trained(result)
+    result["config"]["precision"] = "bf16"  # and another precision than the recipe's
+    with pytest.raises(FileNotFoundError, match="--models CANet_tiny --seeds 0 --num-epochs 1 --precision bf16`"):
+        load_trained(result)
+    del result["config"]["precision"]
     # The notebook's form: None and the reason, so the figures of the result files are still drawn.
     assert trained_or_none(result) is None
     assert capsys.readouterr().out.startswith("The figures that need the trained weights are skipped: no checkpoint")

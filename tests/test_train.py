@@ -393,3 +393,39 @@ def test_a_damaged_checkpoint_is_a_clear_error(tiny_source, tmp_path):
     for call in (lambda: T.resume_epoch(cfg, dirs), lambda: T.train(cfg, dirs=dirs, progress=False)):
         with pytest.raises(ValueError, match=r"checkpoint .*tiny.last.pt cannot be read \(RuntimeError: .*delete it"):
             call()
+
+
+def test_bf16_precision_trains_under_bf16_autocast_on_a_cpu(tiny_source, tmp_path, monkeypatch):
+    dtypes = {}
+    real_new_model = T.new_model
+
+    def new_model(cfg, device):  # record the dtype the first convolution computes in, per training mode
+        model = real_new_model(cfg, device)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, out: dtypes.setdefault(m.training, out.dtype) and None)
+        return model
+
+    monkeypatch.setattr(T, "new_model", new_model)
+    dirs = output_dirs("smoke", root=tmp_path)
+    result = T.train(tiny_cfg(tiny_source, num_epochs=1, precision="bf16"), dirs=dirs, progress=False)
+    assert result["status"] == "ok" and result["config"]["precision"] == "bf16"
+    assert dtypes == {True: torch.bfloat16, False: torch.bfloat16}  # training steps and evaluation
+    weights = T.read_checkpoint(result["checkpoint"])["model"]  # autocast computes in bf16, the weights stay fp32
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+    assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
+    dtypes.clear()
+    T.train(tiny_cfg(tiny_source, num_epochs=1, name="tiny-auto"), dirs=dirs, progress=False)
+    assert dtypes == {True: torch.float32, False: torch.float32}  # the recipe's 'auto' is fp32 on a CPU
+
+
+def test_the_precision_hint_names_bf16_on_a_cpu_with_amx_only(tmp_path):
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert T.cpu_has_amx_bf16(amx) and not T.cpu_has_amx_bf16(plain) and not T.cpu_has_amx_bf16(tmp_path / "none")
+    cpu, cfg = torch.device("cpu"), part1_config("CANet_tiny", "quick")
+    assert "--precision bf16" in T.precision_hint(cfg, cpu, amx)
+    assert T.precision_hint(cfg, cpu, plain) is None
+    assert T.precision_hint(cfg.replace(precision="fp32"), cpu, amx) is None  # an explicit choice: no hint
+    assert T.precision_hint(bn_config("VGG_A", 1e-3, "quick"), cpu, amx) is None  # Part 2 has no such option
+    assert T.precision_hint(cfg, torch.device("meta"), amx) is None  # not a CPU
