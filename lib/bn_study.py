@@ -601,7 +601,12 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     results = []
     for model_name in BN_MODELS:
         name = bn_name(model_name, lr, seed)
-        run = read_json(Path(dirs.results) / f"{name}.json")  # a clear error when the protocol has not run
+        run_path = Path(dirs.results) / f"{name}.json"
+        if not run_path.exists():
+            raise FileNotFoundError(f"the loss slices start from the BN protocol's best checkpoints at lr {lr:g}, and "
+                                    f"{run_path} does not exist: train the protocol first (python -m lib run "
+                                    f"--profile {profile} --part2, with the same --data and --publish)")
+        run = read_json(run_path)
         config = slice_config(profile, data_source, dirs, model_name, lr, seed, num_images)
         path = slice_path(dirs, model_name, seed)
         if not force and (found := reusable_result(path, config)) is not None:
@@ -610,8 +615,10 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         refuse_if_reuse_only(f"the loss slice {path.stem}", path.parent, forced=force)
         ckpt = run.get("checkpoint")
         if not ckpt or not Path(ckpt).exists():
-            raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing: run the protocol "
-                                    f"(run_protocol) first, in this profile")
+            raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing (git keeps results, not "
+                                    f"weights): retrain the pair (python -m lib run --profile {profile} --part2 "
+                                    f"--force --only {bn_name(BN_MODELS[0], lr, seed)} {bn_name(BN_MODELS[1], lr, seed)}, "
+                                    f"with the same --data and --publish) before the slices")
         X_tr, y_tr, _, _ = study_split(load_cifar10(data_source))
         X_tr, y_tr = subset(X_tr, y_tr, num_images)
         X, y = to_device_tensors(X_tr, y_tr, dev)

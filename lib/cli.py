@@ -71,10 +71,60 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="write smoke/quick output to the committed places (results/<profile>/, figs/, report.md)")
 
 
+def seed_number(text: str) -> int:
+    """argparse type of a seed: a whole number >= 0 (it names the result files, p1-<model>-s<seed>)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
+
+
 def check_epochs(num_epochs: int | None) -> None:
     """--num-epochs, when given, must be a positive number of epochs."""
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"--num-epochs must be positive, not {num_epochs} (leave it out for the profile's epochs)")
+
+
+def refuse_cpu_work(args, configs, source: str, dirs) -> None:
+    """Raise ValueError naming what `lib run` would compute for the full profile on a machine without CUDA (its
+    runs take hours to days on a CPU, as `study` says; --allow-cpu-training lets them); nothing if it has CUDA or
+    all of it is done."""
+    import torch
+
+    from lib.pipeline import GPU_PROFILE
+
+    if args.profile != GPU_PROFILE or torch.cuda.is_available():
+        return
+    from lib.bench import study_status
+    from lib.config import TrainConfig
+    from lib.results import reusable_result
+
+    pending = [c.name for c in configs if args.force or reusable_result(
+        Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None]
+    if args.probe or args.slices or args.costs:
+        rows = study_status(args.profile, source, dirs)
+        pending += [name for state, name, _ in rows if (args.force or state != "done") and (
+            (args.probe and name.startswith("probe-")) or (args.slices and name == "loss slices")
+            or (args.costs and name.startswith("cost-") and (not args.models or name[5:] in args.models)))]
+    if pending:
+        raise ValueError(f"the {args.profile} profile would compute {len(pending)} experiment(s) or file(s) on this "
+                         f"machine's CPU (no CUDA device): {', '.join(pending)}. It is meant for a GPU "
+                         f"(docs/GPU.md); pass --allow-cpu-training to compute them here anyway (a training run of this "
+                         f"profile takes hours to days on a CPU)")
 
 
 def cmd_run(args) -> int:
@@ -112,6 +162,8 @@ def cmd_run(args) -> int:
                   file=sys.stderr)
             return 2
         configs = [by_name[n] for n in dict.fromkeys(args.only)]
+    if not args.allow_cpu_training:
+        refuse_cpu_work(args, configs, source, dirs)
     t0 = time.perf_counter()
     for i, cfg in enumerate(configs):
         r = train(cfg, dirs=dirs, force=args.force, progress=not args.quiet,
@@ -293,24 +345,27 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+",
                    help=f"Part 1 models to run, or with --costs to measure (default: all nine: "
                         f"{' '.join(PART1_MODELS)})")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
+    p.add_argument("--seeds", nargs="+", type=seed_number, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--only", nargs="+", help="restrict to these experiment names (e.g. p1-CANet-s0)")
     p.add_argument("--num-epochs", type=int, default=None,
                    help="override the profile's Part 1 epochs (another configuration, as `study --num-epochs`)")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
-    p.add_argument("--max-epochs-this-call", type=int, default=None,
+    p.add_argument("--max-epochs-this-call", type=positive_int, default=None,
                    help="stop (resumably) after this many epochs per experiment")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="stop (resumably) before an epoch that would end later than SECONDS after the start "
                         "(judged by the epoch before it); the next run of the experiment resumes from there")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--allow-cpu-training", action="store_true",
+                   help="let the full profile compute on a machine without CUDA (by default it names what it "
+                        "would compute there and stops)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("study", help="execute the four notebooks headless in order, then render the report")
     _add_common(p)
     p.add_argument("--notebooks", nargs="+", help="a subset, by number or name (default: 01 02 03 04)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
+    p.add_argument("--seeds", nargs="+", type=seed_number, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--models", nargs="+",
                    help=f"Part 1 models of notebook 02 (default: all nine: {' '.join(PART1_MODELS)})")
     p.add_argument("--model", help="the CANet variant notebook 01 trains and 03 shows (default: CANet)")
@@ -335,7 +390,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("status", help="list what of a profile's study is done, resumable or missing "
                                       "(Part 1 runs, BN protocol, slices, probes, cost files); computes nothing")
     _add_common(p)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="Part 1 seeds (default: 0)")
+    p.add_argument("--seeds", nargs="+", type=seed_number, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the Part 1 runs' precision, where the study was run with --precision (default: the recipe's)")
     p.add_argument("--all", action="store_true", help="list the finished experiments too")
@@ -387,7 +442,7 @@ def main(argv=None) -> int:
                         "--budget seconds (scripts/gpu_full_study.sh runs the plan)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for --plan (default 480)")
     p.add_argument("--margin", type=float, default=1.2, help="--plan multiplies estimates by this (default 1.2)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None,
+    p.add_argument("--seeds", nargs="+", type=seed_number, default=None,
                    help="Part 1 seeds for --plan and --estimate (default: 0); seeds of --agreement (default: 0 1)")
     p.add_argument("--profile", default="full", choices=list(PROFILES),
                    help="whose published results --plan checks (default: full; others for dry runs)")

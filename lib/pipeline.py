@@ -247,7 +247,8 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     them before any notebook runs, unless `allow_cpu_training` (hours to days on a CPU). `reuse_only` does the
     same for any profile and device, and passes `reuse_only` to the notebooks, whose compute then refuses to start
     (lib.results.refuse_if_reuse_only): they only read finished results and draw from them (to view a committed
-    study without starting hours of training by a wrong parameter).
+    study without starting hours of training by a wrong parameter). Such a run is not recorded in study.json: its
+    record keeps the commands and times of the calls that computed the results.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -307,7 +308,8 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
             except PapermillExecutionError as err:
                 raise StudyError(_failure_message(name, out_path, err)) from None
             seconds = time.perf_counter() - t0
-            _record(dirs, name, nb_params, seconds, command, other)
+            if not reuse_only:  # a viewing run computed nothing: the record keeps the call that did
+                _record(dirs, name, nb_params, seconds, command, other)
             if log_output or progress_bar:
                 print(f"[study] {name}: done in {seconds:.0f} s ({out_path})", flush=True)
     return render_report(profile, dirs)

@@ -67,6 +67,7 @@ PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
 STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this long before its timeout (the
                                       # Python start before the limit's clock starts, the last checkpoint)
 ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
+CPU_OK=""                            # set to --allow-cpu-training for a dry run (below)
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
 TMP_DIR=$(mktemp -d) || exit 1  # files between this script's Python steps (not brought back)
@@ -127,6 +128,7 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
       return 1
     fi
     log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
+    CPU_OK=--allow-cpu-training  # lib run refuses the full profile's work on a CPU without it
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 
@@ -210,13 +212,13 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
     read -r kind names <<< "$line"
     case "$kind" in
       # --time-limit: a run that cannot finish stops resumably before the step's timeout would kill it.
-      train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part1 --part2 --seeds $SEEDS \
+      train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part1 --part2 --seeds $SEEDS \
         --only $names --time-limit $(($(left) - STOP_RESERVE_S)) ;;
       # No time limit for a forced retraining: --force deletes its checkpoints, so a stopped one could not resume.
-      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --part2 --force --only $names ;;
-      slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --slices ;;  # source by name
-      probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --probe ;;
-      costs) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" --costs ;;  # per model, on the GPU
+      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part2 --force --only $names ;;
+      slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --slices ;;  # source by name
+      probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --probe ;;
+      costs) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --costs ;;  # per model, on the GPU
       *) log "unknown plan line: $line" ;;
     esac
     pack

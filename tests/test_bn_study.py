@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,6 +302,15 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, mo
     torch.save(dict(state, epoch=run["best_epoch"] + 5), run["checkpoint"])
     with pytest.raises(ValueError, match="holds epoch .* of this run, but bn-VGG_A-lr0.001-s2020's result selected"):
         S.run_slices("smoke", tiny_source, dirs, force=True)
+    # A fresh clone has the results but not the weights; before the protocol there is neither: each says what to run.
+    Path(run["checkpoint"]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"is missing \(git keeps results, not weights\): retrain the pair "
+                                                r"\(python -m lib run --profile smoke --part2 --force --only "
+                                                r"bn-VGG_A-lr0.001-s2020 bn-VGG_A_BN-lr0.001-s2020,"):
+        S.run_slices("smoke", tiny_source, dirs, force=True)
+    with pytest.raises(FileNotFoundError, match=r"does not exist: train the protocol first \(python -m lib run "
+                                                r"--profile smoke --part2,"):
+        S.run_slices("smoke", tiny_source, output_dirs("smoke", root=tmp_path / "empty"))
 
 
 def test_smooth_is_nan_aware():

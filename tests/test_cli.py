@@ -154,3 +154,35 @@ def test_run_precision_overrides_the_part1_runs_only(capsys, tiny_source, monkey
         assert exit_info.value.code == 2
         assert "invalid choice: 'fp16'" in capsys.readouterr().err
 
+
+
+def test_bad_seeds_and_counts_are_refused_before_anything_runs(capsys):
+    for argv, message in ((["run", "--seeds", "-1"], "a seed is a whole number >= 0, not '-1'"),
+                          (["status", "--seeds", "x"], "a seed is a whole number >= 0, not 'x'"),
+                          (["run", "--max-epochs-this-call", "0"], "must be a whole number >= 1, not '0'")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_run_refuses_the_full_profiles_work_on_a_cpu_unless_allowed(capsys, tiny_source, monkeypatch, tmp_path):
+    import torch
+
+    import lib.train
+    from lib.paths import output_dirs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cli, "output_dirs", lambda profile, publish=None: output_dirs(profile, root=tmp_path))
+    trained = []
+    monkeypatch.setattr(lib.train, "train", lambda cfg, **kw: trained.append(cfg) or {"status": "ok", "test_acc": 0.5})
+    err = input_error(capsys, ["run", "--profile", "full", "--data", tiny_source, "--models", "CANet_tiny", "--probe"])
+    assert "would compute 3 experiment(s) or file(s) on this machine's CPU (no CUDA device): p1-CANet_tiny-s0, " \
+           "probe-VGG_A-s2020, probe-VGG_A_BN-s2020" in err and "--allow-cpu-training" in err
+    assert "cost-CANet_tiny" in input_error(capsys, ["run", "--profile", "full", "--data", tiny_source, "--costs",
+                                                     "--models", "CANet_tiny"])
+    assert trained == []
+    assert cli.main(["run", "--profile", "full", "--data", tiny_source, "--models", "CANet_tiny", "--quiet",
+                     "--allow-cpu-training"]) == 0
+    assert [c.name for c in trained] == ["p1-CANet_tiny-s0"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # with a GPU: no question asked
+    assert cli.main(["run", "--profile", "full", "--data", tiny_source, "--models", "CANet_tiny", "--quiet"]) == 0

@@ -197,6 +197,14 @@ def test_a_notebook_with_reuse_only_refuses_to_train_a_configuration_without_res
     assert "training p1-CANet-s0 would have to run" in err.value.evalue
     assert sorted(p.name for p in dirs.results.iterdir()) == before
     assert json.loads((dirs.results / "p1-CANet-s0.json").read_text())["config"]["num_epochs"] == 1
+    # A whole reuse-only study call re-renders from the results and leaves the record of the calls that made them.
+    record = (dirs.results / "study.json").read_text()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        run_study("smoke", data_source=source, root=root, notebooks=["01"], reuse_only=True,
+                  extra_params={"num_epochs": 1})
+    assert (dirs.results / "study.json").read_text() == record
+    assert sorted(p.name for p in dirs.results.iterdir()) == before
 
 
 def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path, tiny_source):
