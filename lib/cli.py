@@ -221,11 +221,23 @@ def cmd_study(args) -> int:
     return 0
 
 
+def note_published(args, dirs) -> None:
+    """Say so on stderr when a smoke/quick command without --publish reads a results folder that holds no result
+    while the committed one (results/<profile>/) does: the committed study is what a user usually means."""
+    if args.publish or args.profile == "full" or any(Path(dirs.results).glob("*.json")):
+        return
+    published = output_dirs(args.profile, publish=True).results
+    if any(Path(published).glob("*.json")):
+        print(f"note: {dirs.results} holds no results of the {args.profile} profile; the committed ones are in "
+              f"{published}: add --publish to use them", file=sys.stderr)
+
+
 def cmd_report(args) -> int:
     """Render report.md from the result files of a profile (no training)."""
     from lib.report import render_report
 
     dirs = output_dirs(args.profile, publish=args.publish or None)
+    note_published(args, dirs)
     print(f"report: {render_report(args.profile, dirs)}")
     return 0
 
@@ -235,6 +247,7 @@ def cmd_status(args) -> int:
     from lib.bench import study_status
 
     dirs = output_dirs(args.profile, publish=args.publish or None)
+    note_published(args, dirs)
     rows = study_status(args.profile, canonical_source(args.data), dirs, args.seeds, args.precision)
     counts = {state: sum(r[0] == state for r in rows) for state in ("done", "partial", "missing")}
     precision = f", Part 1 precision {args.precision}" if args.precision else ""

@@ -246,8 +246,11 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"image {name} cannot be read ({type(exc).__name__}: {exc}): the file is "
-                        f"corrupt or not a PNG/JPEG; replace or delete it.") from exc
+        # PIL names the in-memory buffer ("cannot identify image file <_io.BytesIO object at 0x...>"): say what.
+        why = ("UnidentifiedImageError: not an image format PIL recognises" if isinstance(exc, UnidentifiedImageError)
+               else f"{type(exc).__name__}: {exc}")
+        raise DataError(f"image {name} cannot be read ({why}): the file is corrupt or not a PNG/JPEG; replace or "
+                        f"delete it.") from exc
     return pixels
 
 

@@ -282,6 +282,10 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"(docs/GPU.md, scripts/gpu_full_study.sh; cost files: its `costs` job), merge the results, and run "
                 f"this again to render the notebooks and report from them; or pass --allow-cpu-training to compute "
                 f"them here (hours to days for training).")
+    if not reuse_only and work_missing(source, dirs, names, seeds, extra_params, force, profile=profile):
+        from lib.data import load_cifar10
+
+        load_cifar10(source)  # missing or corrupt data: one clear error (DataError) before any kernel starts
     params = {"profile": profile, "data_source": source, "publish": bool(publish), "force": bool(force),
               "seeds": [int(s) for s in seeds], "root": str(root) if root is not None else None,
               "reuse_only": True if reuse_only else None, **(extra_params or {})}

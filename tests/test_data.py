@@ -269,6 +269,11 @@ def test_corrupt_image(folder, tmp_path):
     archive = make_archive(path, tmp_path / "bad.tar.gz")
     with pytest.raises(DataError, match=r"test/ship/0001.png \(in .*bad.tar.gz\) cannot be read"):
         D.load_cifar10(archive, root=tmp_path / "root")
+    (path / "test" / "ship" / "0001.png").write_bytes(b"not an image at all")  # no format PIL knows
+    with pytest.raises(DataError, match=r"0001.png cannot be read \(UnidentifiedImageError: not an image format PIL "
+                                        r"recognises\): the file is corrupt") as err:
+        D.load_cifar10(path, root=tmp_path / "root")
+    assert "BytesIO" not in str(err.value)
 
 
 def test_corrupt_archive(tmp_path):

@@ -216,6 +216,18 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path, tiny_source):
     assert not (tmp_path / "build" / "smoke" / "report.md").exists()
 
 
+def test_bad_data_stops_the_study_before_any_notebook_starts(tmp_path, monkeypatch):
+    from lib.data import DataError
+
+    source = make_image_folder(tmp_path / "copy", n_train=3, n_test=1)
+    image = next((source / "train").rglob("*.png"))
+    image.write_bytes(image.read_bytes()[:60])  # truncated
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "data_root"))
+    with pytest.raises(DataError, match=rf"{image.name} cannot be read"):
+        run_study("smoke", data_source=str(source), notebooks=["01"], root=tmp_path / "out")
+    assert not executed_dir("smoke", tmp_path / "out").exists()
+
+
 def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothing(tmp_path, tiny_source,
                                                                                    monkeypatch):
     import torch

@@ -353,6 +353,13 @@ def test_every_committed_result_matches_a_config_of_this_code():
                     f"{path} is stale: recorded {recorded}"
                 checked += 1
     assert checked >= 30  # the quick profile's 24 Part 1 runs, 8 BN runs and 2 probes
+    # As written, not only as read: a recorded path of the copy is recognised only where the checkout sits beside
+    # it or the path is gone, so a clone elsewhere on a machine that has it would take such a run for another recipe.
+    recorded = {path: json.loads(path.read_text()) for path in (REPO / "results").glob("*/*.json")}
+    configs = {p: r.get("config") for p, r in recorded.items() if isinstance(r, dict)}
+    paths = [str(p) for p, c in configs.items() if isinstance(c, dict) and c.get("data_source") not in (None, "shared",
+                                                                                                     "official")]
+    assert paths == [], f"results recording the data as a path, not by name: {paths}"
 
 
 def test_evaluate_counts_the_confusion_matrix_as_bincount_does():
