@@ -16,7 +16,7 @@ import numpy as np
 from lib.bn_study import LABELS, _as_float_array, loss_band, probe_path, protocol_steps, slice_path
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_name
 from lib.paths import OutputDirs
-from lib.plotting import caption, new_figure, savefig
+from lib.plotting import caption, epoch_axis, new_figure, savefig
 from lib.report import join_distinct
 from lib.results import read_json
 
@@ -132,8 +132,9 @@ def plot_accuracy(dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> Pa
         label = LABELS[model] + (f" (best {100 * best:.2f}%)" if best is not None else "")
         ax_acc.plot(epochs, [100 * h["val_acc"] for h in hist], "o-", ms=3, color=COLORS[model], label=label)
         ax_loss.plot(epochs, [h["val_loss"] for h in hist], "o-", ms=3, color=COLORS[model], label=LABELS[model])
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"VGG-A, Adam lr {lr:g}")
-    ax_loss.set(xlabel="epoch", ylabel="validation loss", title=f"VGG-A, Adam lr {lr:g}")
+    ax_acc.set(ylabel="validation accuracy (%)", title=f"VGG-A, Adam lr {lr:g}")
+    ax_loss.set(ylabel="validation loss", title=f"VGG-A, Adam lr {lr:g}")
+    epoch_axis(ax_acc, ax_loss)
     ax_acc.legend(fontsize=8)
     ax_loss.legend(fontsize=8)
     caption(fig, protocol_caption(runs.values()))

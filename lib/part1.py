@@ -128,10 +128,11 @@ def mark_main(dirs: OutputDirs, result: dict) -> Path:
 
 
 def main_run(dirs: OutputDirs, model: str | None = None, seed: int | None = None) -> dict:
-    """The result to visualise: `model`/`seed` if given, else the run recorded by notebook 01, else CANet seed 0."""
+    """The result to visualise: `model`/`seed` if given, else the run recorded by notebook 01, else CANet seed 0.
+    Without a seed, the recorded run's seed where `model` is None or the recorded model, else seed 0."""
     marker = Path(dirs.results) / MAIN_FILE
     recorded = read_json(marker) if marker.exists() else {}
-    if model is None:
+    if model is None or model == recorded.get("model"):
         model = recorded.get("model", DEFAULT_MAIN_MODEL)
         seed = recorded.get("seed", 0) if seed is None else seed
     seed = 0 if seed is None else seed

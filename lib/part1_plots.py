@@ -25,7 +25,7 @@ from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 from lib.attention import attention_maps, first_layer_filter_groups
 from lib.augment import to_float_normalized
 from lib.data import CLASSES
-from lib.plotting import caption, new_figure, place_labels, savefig
+from lib.plotting import caption, epoch_axis, new_figure, place_labels, savefig
 from lib.results import read_json
 from lib.stats import pareto_front
 
@@ -91,16 +91,17 @@ def plot_training_curves(result: dict, figs_dir, name: str | None = None, subtit
     ax_lr, ax_loss, ax_acc = axes
     ax_lr.plot(epochs, [h["lr"] for h in history], marker=marker, ms=3, color="tab:purple")
     ax_lr.set_yscale("log")
-    ax_lr.set(title="learning rate", xlabel="epoch", ylabel="lr (log scale)")
+    ax_lr.set(title="learning rate", ylabel="lr (log scale)")
 
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker=marker, ms=3, label="train (augmented, mixed)")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], marker=marker, ms=3, label="validation")
-    ax_loss.set(title="loss (label-smoothed cross-entropy)", xlabel="epoch", ylabel="loss")
+    ax_loss.set(title="loss (label-smoothed cross-entropy)", ylabel="loss")
     ax_loss.legend(fontsize=8)
 
     val_acc = 100 * np.array([h["val_acc"] for h in history])
     ax_acc.plot(epochs, val_acc, marker=marker, ms=3, color="tab:green", label="validation")
-    ax_acc.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    ax_acc.set(title="validation accuracy", ylabel="accuracy (%)")
+    epoch_axis(ax_lr, ax_loss, ax_acc)
     best = result.get("best_epoch")
     if best is not None and result.get("best_val_acc") is not None:
         bx, by = best + 1, 100 * result["best_val_acc"]

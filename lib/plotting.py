@@ -1,5 +1,6 @@
 """The one figure helper: every figure of the study is saved through `savefig`; its provenance line (`caption`);
-point labels that do not overlap (`place_labels`); a notebook shows one it drew with `show_figure`."""
+point labels that do not overlap (`place_labels`); whole-epoch x axes (`epoch_axis`); a notebook shows one it drew
+with `show_figure`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +18,16 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float | None = None, heigh
     w = width or FIGSIZE[0] * (1 if ncols == 1 else 0.75 * ncols)
     h = height or FIGSIZE[1] * (1 if nrows == 1 else 0.8 * nrows)
     return plt.subplots(nrows, ncols, figsize=(w, h), **kw)
+
+
+def epoch_axis(*axes) -> None:
+    """Label the x axis of each of `axes` 'epoch' and tick it at whole epochs only (a 3-epoch run would
+    otherwise get ticks at 1.25, 1.5, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def savefig(fig, name: str, figs_dir: Path | str) -> Path:

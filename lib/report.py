@@ -202,8 +202,13 @@ def comparison_rows(table, costs: dict | None = None, devices: dict[str, str] | 
         orig_acc = ORIGINAL_REPORT["test_acc"].get(m)
         orig = "-" if orig_acc is None else f"{orig_acc:.2f}"
         spec = ORIGINAL_REPORT["params"].get(m)
-        if m not in rows_by_model:
-            out.append([m, f"{fmt_int(spec)} (spec)", NOT_RUN, "-", orig, "-", "-", "-", "-", "-"])
+        if m not in rows_by_model:  # not trained: its cost file (no training needed) or the specification counts it
+            cost = (costs or {}).get(m) or {}
+            params = (fmt_int(cost["params"]) + ("" if spec in (None, cost["params"]) else f" (spec: {fmt_int(spec)})")
+                      if cost.get("params") else f"{fmt_int(spec)} (spec)")
+            infer = f"{cost['infer_ips']:,.0f} (batch {cost['infer_batch']})" if cost.get("infer_ips") else "-"
+            flops = fmt_count(cost["flops"]) if cost.get("flops") else "-"
+            out.append([m, params, NOT_RUN, "-", orig, flops, "-", "-", infer, "-"])
             continue
         row = rows_by_model[m]
         params = fmt_int(row["params"]) + ("" if spec in (None, row["params"]) else f" (spec: {fmt_int(spec)})")
@@ -734,7 +739,10 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "recipe": _recipe(main or (p1[0] if p1 else None)),
         "comparison": comparison_markdown(table, p1, costs) if p1 else None,
         "comparison_empty": comparison_markdown(None, [], costs),
-        "params_by_model": {row["model"]: row["params"] for _, row in table.iterrows()} if table is not None else {},
+        # Counted by the runs' results, else by the cost files (an architecture's count needs no training).
+        "params_by_model": dict({m: c["params"] for m, c in (costs or {}).items() if c.get("params")},
+                                **({row["model"]: row["params"] for _, row in table.iterrows()} if table is not None
+                                   else {})),
         "ranking": ranking(table) if table is not None else [],
         "near_chance": near_chance_models(table), "near_chance_pct": fmt_pct(NEAR_CHANCE, 0),
         "verdicts": verdict_counts(table) if table is not None else None,

@@ -62,9 +62,9 @@ precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "b
     md('''# 01 - Train CANet with the Part 1 recipe
 
 Trains one CANet variant (`model`, default `CANet`) with the recipe of STUDY.md section 4: AdamW (lr 1e-3,
-weight decay 1e-3) for the first 80% of the epochs, then SGD (momentum 0.9) from the learning rate reached,
-ExponentialLR (gamma 0.96) per epoch, label smoothing 0.1, batch 256, flip / crop / random erasing and
-MixUp / CutMix. The checkpoint is chosen on validation accuracy; the test set is evaluated for it only.
+weight decay 1e-3) for the first int(0.8 x epochs) epochs (56 of 70 in the full recipe, 6 of 8 in `quick`),
+then SGD (momentum 0.9) from the learning rate reached, ExponentialLR (gamma 0.96) per epoch, label smoothing
+0.1, batch 256, flip / crop / random erasing and MixUp / CutMix. The checkpoint is chosen on validation accuracy; the test set is evaluated for it only.
 Finished results with the same configuration are reused (set `force = True` to retrain). The run chosen
 here is the one notebook 03 visualises.'''),
     md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy.
@@ -171,7 +171,7 @@ classes and down a column for the classes that are hard for every model.'''),
 
 NB03 = [
     params_cell('''model = None  # None: the run notebook 01 trained; or a CANet variant with a finished result
-seed = None  # None: notebook 01's seed (or 0)
+seed = None  # None: notebook 01's seed (for its model; for another model, or without notebook 01's run: 0)
 num_images = 6  # test images in the attention figures (distinct classes where possible)'''),
     md('''# 03 - What the trained CANet learned
 

@@ -58,6 +58,9 @@ def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):
     assert part1.main_run(dirs)["name"] == "p1-CANet_tiny-s2"
     with pytest.raises(FileNotFoundError, match="p1-CANet_light-s0.json"):
         part1.main_run(dirs, "CANet_light")
+    assert part1.main_run(dirs, "CANet_tiny")["name"] == "p1-CANet_tiny-s2"  # notebook 01's model: its seed
+    write(dirs, fake_result("CANet_tiny", 0))
+    assert part1.main_run(dirs, "CANet_tiny", 0)["name"] == "p1-CANet_tiny-s0"  # a seed given wins
 
 
 def test_a_gpu_cost_measurement_is_kept_on_a_cpu(dirs):

@@ -295,3 +295,15 @@ def test_show_figure_displays_what_was_drawn_and_says_what_was_not(tmp_path, mon
     assert len(shown) == 1 and shown[0].filename == str(drawn)
     show_figure([drawn], "p2_santurkar")
     assert len(shown) == 1 and "p2_santurkar: not drawn (its result files are missing)" in capsys.readouterr().out
+
+
+def test_epoch_axes_tick_whole_epochs_only():
+    from lib.plotting import epoch_axis, new_figure
+
+    fig, ax = new_figure()
+    ax.plot([1, 2, 3], [0.2, 0.5, 0.4])  # a 3-epoch run: matplotlib alone ticks 1.25, 1.5, ...
+    epoch_axis(ax)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ax.get_xlabel() == "epoch" and ticks == [1.0, 2.0, 3.0]

@@ -191,7 +191,16 @@ def test_empty_folder_renders_not_run_rows(tmp_path):
     assert "Until full-profile results exist" not in text  # the full profile needs no warning
     for model in ORIGINAL_REPORT["test_acc"]:
         assert NOT_RUN in _table_row(text, model)
+        assert f"| {ORIGINAL_REPORT['params'][model]:,} (spec) |" in _table_row(text, model)  # the spec's count
     assert not re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    # A model not run but measured (its cost file: no training) shows the measured count, FLOPs and throughput.
+    atomic_write_json(dirs.results / "cost-CANet_pro.json", {
+        "model": "CANet_pro", "flops": 8_545_500_000, "params": 25_128_842, "infer_ips": 23.4, "infer_batch": 64,
+        "precision": "fp32", "device": "cpu", "device_name": "CPU (x86_64, 2 threads)"})
+    text = render_report("full", dirs).read_text()
+    assert _table_row(text, "CANet_pro") == ("| CANet_pro | 25,128,842 | not run | - | 93.56 | 8.55G | - | - | "
+                                             "23 (batch 64) | - |")
+    assert "| CANet_pro | 128 | 216 | 25,128,842 | 25,128,842 |" in text  # the architecture table too
 
 
 def test_recorded_compute_adds_training_probe_and_slice_seconds(study_dirs):
