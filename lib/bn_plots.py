@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.bn_study import LABELS, _as_float_array, loss_band, probe_path, protocol_steps, slice_path
+from lib.data import source_label
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_name
 from lib.paths import OutputDirs
 from lib.plotting import caption, epoch_axis, new_figure, savefig
@@ -92,7 +93,7 @@ def runs_caption(records, length) -> str:
     per_point = _distinct(_recorded(r, "num_images") for r in records)  # loss slices: images per loss value
     profile, seed = (_distinct(_recorded(r, key) for r in records) for key in ("profile", "seed"))
     parts = [_distinct(d.get("label") for d in data)
-             or "data " + _distinct(Path(str(_recorded(r, "data_source"))).name for r in records),
+             or _distinct(source_label(_recorded(r, "data_source")) for r in records if _recorded(r, "data_source")),
              f"{images} training images" if images else "", f"{per_point} training images per point" if per_point else "",
              f"profile {profile}" if profile else "", f"seed {seed}" if seed else "",
              _distinct(length(r) for r in records), _distinct(_recorded(r, "device") for r in records)]

@@ -142,6 +142,14 @@ def _source_label(path: Path) -> str:
     return f"image-folder copy {path.name}"
 
 
+def source_label(name: str) -> str:
+    """The label load_cifar10 gives a source (info['label']), from the name a config records, without loading it:
+    'official', 'shared' or the path of a copy."""
+    if name == "official":
+        return "official CIFAR-10"
+    return _source_label(SHARED_COPY if name == "shared" else Path(str(name)))
+
+
 def _identity(source: str) -> dict:
     """What the cache key is made of: a change to any of it means decoding again."""
     if source == "official":

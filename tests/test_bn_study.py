@@ -284,6 +284,10 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, mo
     assert f"profile smoke | seed 2020 | {probe['steps_done']} steps | CPU" in probe_caption([probe])
     sliced = json.loads(S.slice_path(dirs, "VGG_A", S.BN_SEED).read_text())
     assert f"{sliced['config']['num_images']} training images per point | seed 2020 | CPU" in probe_caption([sliced])
+    # A slice records no data label: its caption names the copy as the runs' label does.
+    assert probe_caption([sliced]).startswith(f"image-folder copy {Path(tiny_source).name} | ")
+    shared = dict(sliced, config=dict(sliced["config"], data_source="shared"))
+    assert probe_caption([shared]).startswith("JPEG-q75 copy (cifar10-jpeg75.tar.gz) | ")
     # A second call reuses every file.
     mtimes = {p: p.stat().st_mtime_ns for p in dirs.results.glob("*.json")}
     S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs,
