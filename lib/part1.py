@@ -48,8 +48,8 @@ def configs(profile: str, data_source: str, models: Sequence[str] | None = None,
             num_epochs: int | None = None, precision: str | None = None) -> list[TrainConfig]:
     """lib.experiments.part1_experiments (seed-major), with `num_epochs` overriding the profile's epochs and
     `precision` the recipe's 'auto' (bf16 autocast on a GPU, fp32 on a CPU): 'bf16' is bf16 autocast on every
-    device (on a CPU with AMX several times faster than fp32, see README), 'fp32' true fp32 everywhere. Either
-    override is another configuration, so its runs have results of their own."""
+    device (on a CPU with AMX-bf16, CANet and ResNet epochs 1.6-3.2x faster than fp32: README), 'fp32' true fp32
+    everywhere. Either override is another configuration, so its runs have results of their own."""
     cfgs = part1_experiments(profile, data_source, seeds=[int(s) for s in seeds], models=models)
     if num_epochs:
         cfgs = [c.replace(num_epochs=int(num_epochs)) for c in cfgs]

@@ -58,7 +58,7 @@ NB01 = [
 seeds = [0]  # one run per seed; the first seed's run is the one shown and visualised
 model = "CANet"  # CANet_tiny | CANet_light | CANet | CANet_pro
 num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
-precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "bf16": 2-5x faster on a CPU with AMX'''),
+precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "bf16": CANet 3x faster on an AMX CPU'''),
     md('''# 01 - Train CANet with the Part 1 recipe
 
 Trains one CANet variant (`model`, default `CANet`) with the recipe of STUDY.md section 4: AdamW (lr 1e-3,
@@ -109,7 +109,7 @@ NB02 = [
 seeds = [0]  # e.g. [0, 1, 2]: the table shows mean +- std over the seeds present
 models = None  # None: all nine Part 1 models; or a list of names
 num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
-precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "bf16": 2-5x faster on a CPU with AMX
+precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "bf16": CANet 3x faster on an AMX CPU
 cost_batch = None  # inference batch for the throughput column (None: 1024 on a GPU, 64 on a CPU)
 cost_iters = None  # timed inference batches (None: 20 on a GPU, 3 on a CPU)'''),
     md('''# 02 - The comparison: nine models, one recipe
