@@ -31,7 +31,8 @@ TRACEBACK_ENV = "CIFAR10_TRACEBACK"  # 1: let bad-input errors end in their trac
 # exceptions, and these raised inside torch, numpy or json, are bugs.
 INPUT_ERRORS = (ValueError, FileNotFoundError)
 LIB_DIR = Path(__file__).resolve().parent
-PRECISION_HELP = ("the Part 1 runs' arithmetic (another configuration): auto, the recipe's (bf16 autocast on a GPU, "
+PRECISION_HELP = ("the Part 1 runs' arithmetic (another configuration: a finished result of the same run in "
+                  "another precision is replaced only with --force): auto, the recipe's (bf16 autocast on a GPU, "
                   "fp32 on a CPU; the default); bf16: bf16 autocast on every device (on a CPU with AMX-bf16, such as "
                   "Intel Xeon 4th generation and later, CANet and ResNet epochs train 1.6-3.2x faster than in fp32, "
                   "ShuffleNetV2 and MobileNetV2 not faster: README); fp32: true fp32 everywhere (TF32 off on a GPU)")
@@ -111,20 +112,25 @@ def refuse_cpu_work(args, configs, source: str, dirs) -> None:
         return
     from lib.bench import study_status
     from lib.config import TrainConfig
-    from lib.results import reusable_result
+    from lib.part1 import CPU_COST_BATCH, cost_is_reused, cost_path
+    from lib.results import environment_info, read_json, reusable_result
 
     pending = [c.name for c in configs if args.force or reusable_result(
         Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None]
-    if args.probe or args.slices or args.costs:
-        rows = study_status(args.profile, source, dirs)
-        pending += [name for state, name, _ in rows if (args.force or state != "done") and (
-            (args.probe and name.startswith("probe-")) or (args.slices and name == "loss slices")
-            or (args.costs and name.startswith("cost-") and (not args.models or name[5:] in args.models)))]
+    if args.probe or args.slices:
+        pending += [name for state, name, _ in study_status(args.profile, source, dirs)
+                    if (args.force or state != "done") and ((args.probe and name.startswith("probe-"))
+                                                            or (args.slices and name == "loss slices"))]
+    if args.costs:  # the ones compute_costs would measure here, not reuse
+        cpu = environment_info(torch.device("cpu"))["device"]
+        pending += [f"cost-{m}" for m in args.models or PART1_MODELS
+                    if args.force or not cost_path(dirs, m).exists()
+                    or not cost_is_reused(read_json(cost_path(dirs, m)), cpu, CPU_COST_BATCH, False)]
     if pending:
         raise ValueError(f"the {args.profile} profile would compute {len(pending)} experiment(s) or file(s) on this "
                          f"machine's CPU (no CUDA device): {', '.join(pending)}. It is meant for a GPU "
-                         f"(docs/GPU.md); pass --allow-cpu-training to compute them here anyway (a training run of this "
-                         f"profile takes hours to days on a CPU)")
+                         f"(docs/GPU.md); pass --allow-cpu-training to compute them here anyway (its training runs "
+                         f"take hours to days on a CPU, and cost files measured here are the CPU's, not the GPU's)")
 
 
 def cmd_run(args) -> int:
@@ -145,7 +151,7 @@ def cmd_run(args) -> int:
     source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
     configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
-    if args.num_epochs is not None:  # the Part 1 runs only, as `study --num-epochs` (another config: its own result)
+    if args.num_epochs is not None:  # the Part 1 runs only, as `study --num-epochs` (another config)
         check_epochs(args.num_epochs)
         configs = [c.replace(num_epochs=args.num_epochs) for c in configs]
     if args.precision is not None:  # likewise

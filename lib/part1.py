@@ -49,7 +49,8 @@ def configs(profile: str, data_source: str, models: Sequence[str] | None = None,
     """lib.experiments.part1_experiments (seed-major), with `num_epochs` overriding the profile's epochs and
     `precision` the recipe's 'auto' (bf16 autocast on a GPU, fp32 on a CPU): 'bf16' is bf16 autocast on every
     device (on a CPU with AMX-bf16, CANet and ResNet epochs 1.6-3.2x faster than fp32: README), 'fp32' true fp32
-    everywhere. Either override is another configuration, so its runs have results of their own."""
+    everywhere. Either override is another configuration under the same run names: lib.train.train replaces a
+    finished result of the same run with another number of epochs or precision only when forced."""
     cfgs = part1_experiments(profile, data_source, seeds=[int(s) for s in seeds], models=models)
     if num_epochs:
         cfgs = [c.replace(num_epochs=int(num_epochs)) for c in cfgs]
@@ -122,9 +123,12 @@ def _same_recipe(results: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------------------------- the main run
 
 def mark_main(dirs: OutputDirs, result: dict) -> Path:
-    """Record which run notebook 01 trained (<results>/part1-main.json), so notebook 03 and the report use it."""
-    return atomic_write_json(Path(dirs.results) / MAIN_FILE,
-                             {"model": result["model"], "seed": result["seed"], "name": result["name"]})
+    """Record which run notebook 01 trained (<results>/part1-main.json), so notebook 03 and the report use it.
+    Under reuse_only (a viewing call) the record is left as it is, as study.json keeps the call that trained."""
+    path = Path(dirs.results) / MAIN_FILE
+    if reuse_only():
+        return path
+    return atomic_write_json(path, {"model": result["model"], "seed": result["seed"], "name": result["name"]})
 
 
 def main_run(dirs: OutputDirs, model: str | None = None, seed: int | None = None) -> dict:
@@ -222,6 +226,14 @@ def cost_path(dirs: OutputDirs, model: str) -> Path:
     return Path(dirs.results) / f"cost-{model}.json"
 
 
+def cost_is_reused(old: dict, device_name: str, batch_size: int, gpu: bool) -> bool:
+    """Whether compute_costs keeps the recorded cost file `old` instead of measuring on this device: measured on the
+    same device at the same batch, a GPU measurement seen from a CPU at the CPU batch, or anything under
+    reuse_only (shown as measured, on whichever device that was)."""
+    same = old.get("device_name") == device_name and old.get("infer_batch") == batch_size
+    return same or reuse_only() or (not gpu and batch_size == CPU_COST_BATCH and is_gpu_cost(old))
+
+
 def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device: str = "auto",
                   batch_size: int | None = None, iters: int | None = None, force: bool = False) -> list[dict]:
     """FLOPs, parameters and inference images/s per model -> <results>/cost-<model>.json (reused unless force).
@@ -247,8 +259,7 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
         path = cost_path(dirs, model)
         if not force and path.exists():
             old = read_json(path)
-            same = old.get("device_name") == env["device"] and old.get("infer_batch") == batch_size
-            if same or reuse_only() or (not gpu and batch_size == CPU_COST_BATCH and is_gpu_cost(old)):
+            if cost_is_reused(old, env["device"], batch_size, gpu):
                 out.append(old)  # reuse_only: shown as measured, on whichever device that was (the file says)
                 continue
         refuse_if_reuse_only(f"measuring the cost of {model}", path.parent, forced=force and path.exists())

@@ -282,7 +282,8 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"(docs/GPU.md, scripts/gpu_full_study.sh; cost files: its `costs` job), merge the results, and run "
                 f"this again to render the notebooks and report from them; or pass --allow-cpu-training to compute "
                 f"them here (hours to days for training).")
-    if not reuse_only and work_missing(source, dirs, names, seeds, extra_params, force, profile=profile):
+    if not reuse_only and any(not name.startswith("cost-") for name in work_missing(
+            source, dirs, names, seeds, extra_params, force, profile=profile)):  # cost files need no data
         from lib.data import load_cifar10
 
         load_cifar10(source)  # missing or corrupt data: one clear error (DataError) before any kernel starts

@@ -111,7 +111,7 @@ def refuse_if_reuse_only(what: str, where: Path | str, forced: bool = False) -> 
                f"no finished result in {where} matches its configuration")
         raise ValueError(
             f"reuse_only is on ({REUSE_ONLY_ENV}={os.environ.get(REUSE_ONLY_ENV)}), and {what} would have to run: "
-            f"{why}. Check the parameters (profile, data_source, seeds, models, num_epochs, publish, force) "
+            f"{why}. Check the parameters (profile, data_source, seeds, models, num_epochs, precision, publish, force) "
             f"against the results you meant to show, or set reuse_only = False and run the setup cell again "
             f"(elsewhere: unset {REUSE_ONLY_ENV}) to compute it.")
 

@@ -24,7 +24,7 @@ from lib.data import load_cifar10, study_split, subset, to_device_tensors
 from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
-from lib.results import (atomic_write_json, environment_info, git_commit, refuse_if_reuse_only,
+from lib.results import (atomic_write_json, environment_info, git_commit, read_json, refuse_if_reuse_only,
                          reusable_result)
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules).
@@ -116,7 +116,7 @@ def precision_hint(cfg: TrainConfig, device: torch.device, cpuinfo: Path | str =
         return None
     return ("hint: this CPU has AMX-bf16 units: CANet and ResNet runs train 1.6-3.2x faster per epoch in bf16 "
             "(python -m lib run/study --precision bf16, or the notebooks' precision = \"bf16\"; README); that is "
-            "another configuration, with results of its own")
+            "another configuration of the same runs (kept apart from fp32 results: another folder)")
 
 
 def model_summary(name: str, batch_size: int = 1) -> str:
@@ -545,6 +545,28 @@ def resume_epoch(cfg: TrainConfig, dirs: OutputDirs | None = None) -> int:
     return state["epoch"] + 1 if checkpoint_written_for(state, cfg) else 0
 
 
+OVERRIDES = ("num_epochs", "precision")  # what `--num-epochs` and `--precision` change in a Part 1 run's recipe
+
+
+def overridden_result(path: Path, cfg: TrainConfig) -> list[str]:
+    """The fields, with their values there and here, in which the finished result at `path` differs from `cfg`
+    when they are all override fields (OVERRIDES): then training `cfg` would replace a result the same run gave
+    with another number of epochs or precision. [] when there is no such result, or it differs in anything else
+    (a stale result, retrained as before)."""
+    try:
+        old = read_json(path)
+        recorded = TrainConfig.from_dict(old["config"]).to_dict()
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    if old.get("status") not in ("ok", "diverged"):
+        return []
+    wanted = cfg.to_dict()
+    changed = [k for k in wanted if recorded.get(k) != wanted[k]]
+    if not changed or not set(changed) <= set(OVERRIDES):
+        return []
+    return [f"{k} ({recorded[k]} there, {wanted[k]} here)" for k in changed]
+
+
 def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = False, progress: bool = True,
           max_epochs_this_call: int | None = None, stop_by: float | None = None) -> dict:
     """Train `cfg.model` as `cfg` says; return the result dict (also written to <results>/<cfg.name>.json).
@@ -562,6 +584,11 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
         return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
+    if not force and (changed := overridden_result(result_path, cfg)):
+        raise ValueError(f"{result_path} holds a finished run of {cfg.name} that differs from this one only in "
+                         f"{', '.join(changed)}: training it would replace that result. Train into another "
+                         f"folder (smoke/quick without --publish: build/{cfg.profile}/), or pass --force (notebooks: "
+                         f"force = True) to replace it")
     device = resolve_device(cfg.device)
     hint = precision_hint(cfg, device)
     if hint and progress and hint not in _hinted:

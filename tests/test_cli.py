@@ -181,6 +181,15 @@ def test_run_refuses_the_full_profiles_work_on_a_cpu_unless_allowed(capsys, tiny
     assert "cost-CANet_tiny" in input_error(capsys, ["run", "--profile", "full", "--data", tiny_source, "--costs",
                                                      "--models", "CANet_tiny"])
     assert trained == []
+    # A cost file compute_costs would keep (this CPU's, at its batch) is not work: nothing to refuse.
+    from lib.part1 import CPU_COST_BATCH, cost_path
+    from lib.results import atomic_write_json, environment_info
+
+    atomic_write_json(cost_path(output_dirs("full", root=tmp_path), "CANet_tiny"), {
+        "model": "CANet_tiny", "flops": 1e8, "params": 396_155, "infer_ips": 99.0, "infer_batch": CPU_COST_BATCH,
+        "device_name": environment_info(torch.device("cpu"))["device"]})
+    assert cli.main(["run", "--profile", "full", "--data", tiny_source, "--costs", "--models", "CANet_tiny"]) == 0
+    assert "cost CANet_tiny: 100.0 MFLOP/image, 99 images/s at batch 64" in capsys.readouterr().out
     assert cli.main(["run", "--profile", "full", "--data", tiny_source, "--models", "CANet_tiny", "--quiet",
                      "--allow-cpu-training"]) == 0
     assert [c.name for c in trained] == ["p1-CANet_tiny-s0"]

@@ -149,8 +149,12 @@ def test_parallel_decoding_matches_serial(folder, monkeypatch):
     monkeypatch.setattr(D, "PARALLEL_MIN_IMAGES", 2)
     monkeypatch.setattr(D, "_num_workers", lambda: 2)
     np.testing.assert_array_equal(D._decode_all(blobs, names), D._decode_many(blobs, names))
-    with pytest.raises(DataError, match="img7 cannot be read"):  # errors cross the process boundary
+    with pytest.raises(DataError, match="img7 cannot be read") as err:  # errors cross the process boundary
         D._decode_all(blobs[:7] + [b"junk"] + blobs[8:], names)
+    # ... and are raised again by lib's own code, so the command line reports them as bad input (one line, exit 2)
+    from lib.cli import input_error
+
+    assert input_error(err.value)
 
 
 # --------------------------------------------------------------------------- cache

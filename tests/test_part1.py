@@ -59,6 +59,13 @@ def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):
     with pytest.raises(FileNotFoundError, match="p1-CANet_light-s0.json"):
         part1.main_run(dirs, "CANet_light")
     assert part1.main_run(dirs, "CANet_tiny")["name"] == "p1-CANet_tiny-s2"  # notebook 01's model: its seed
+    from lib.results import set_reuse_only
+
+    with pytest.MonkeyPatch.context() as mp:  # a viewing call of notebook 01 leaves the record of the trained run
+        mp.setenv("CIFAR10_REUSE_ONLY", "0")
+        set_reuse_only(True)
+        part1.mark_main(dirs, fake_result("CANet_light", 0))
+        assert part1.main_run(dirs)["name"] == "p1-CANet_tiny-s2"
     write(dirs, fake_result("CANet_tiny", 0))
     assert part1.main_run(dirs, "CANet_tiny", 0)["name"] == "p1-CANet_tiny-s0"  # a seed given wins
 
