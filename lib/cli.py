@@ -348,10 +348,17 @@ def cmd_bench(args) -> int:
     return status
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose own errors (an unknown option or choice, a bad number) end like the library's: one
+    `error: ...` line naming the command's --help, exit status 2 (argparse prints its usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def main(argv=None) -> int:
     """Entry point of `python -m lib`."""
-    parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m lib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train experiments (Part 1 comparison and/or the BN protocol)")
     _add_common(p)

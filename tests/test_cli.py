@@ -195,3 +195,12 @@ def test_run_refuses_the_full_profiles_work_on_a_cpu_unless_allowed(capsys, tiny
     assert [c.name for c in trained] == ["p1-CANet_tiny-s0"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # with a GPU: no question asked
     assert cli.main(["run", "--profile", "full", "--data", tiny_source, "--models", "CANet_tiny", "--quiet"]) == 0
+
+
+def test_argparse_errors_are_one_line_naming_the_help(capsys):
+    for argv, where in ((["run", "--profile", "bogus"], "python -m lib run --help"), (["bogus"], "python -m lib --help")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
+        assert err.startswith("error: ") and "invalid choice: 'bogus'" in err and f"`{where}` lists the options" in err
