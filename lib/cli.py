@@ -113,7 +113,7 @@ def refuse_cpu_work(args, configs, source: str, dirs) -> None:
     from lib.bench import study_status
     from lib.config import TrainConfig
     from lib.part1 import CPU_COST_BATCH, cost_is_reused, cost_path
-    from lib.results import environment_info, read_json, reusable_result
+    from lib.results import device_name, read_json, reusable_result
 
     pending = [c.name for c in configs if args.force or reusable_result(
         Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None]
@@ -122,7 +122,7 @@ def refuse_cpu_work(args, configs, source: str, dirs) -> None:
                     if (args.force or state != "done") and ((args.probe and name.startswith("probe-"))
                                                             or (args.slices and name == "loss slices"))]
     if args.costs:  # the ones compute_costs would measure here, not reuse
-        cpu = environment_info(torch.device("cpu"))["device"]
+        cpu = device_name(torch.device("cpu"))
         pending += [f"cost-{m}" for m in args.models or PART1_MODELS
                     if args.force or not cost_path(dirs, m).exists()
                     or not cost_is_reused(read_json(cost_path(dirs, m)), cpu, CPU_COST_BATCH, False)]
@@ -473,7 +473,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="full", choices=list(PROFILES),
                    help="whose published results --plan checks (default: full; others for dry runs)")
     p.set_defaults(func=cmd_bench)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's own parser, so the message names its --help
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except INPUT_ERRORS as err:

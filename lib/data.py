@@ -295,7 +295,7 @@ def _decode_all(blobs: list[bytes], names: list[str]) -> np.ndarray:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             parts = list(pool.map(_decode_many, *zip(*chunks)))
     except DataError as exc:  # a bad image, found in a worker: raised again here, so it reads as bad input
-        raise DataError(str(exc)) from None
+        raise DataError(str(exc)) from exc
     except (OSError, BrokenProcessPool) as exc:
         warnings.warn(f"parallel decoding failed ({exc}); decoding in this process", stacklevel=2)
         return _decode_many(blobs, names)

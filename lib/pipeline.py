@@ -49,6 +49,27 @@ def select_notebooks(notebooks: Sequence[str] | None = None) -> list[str]:
     return [n for n in NOTEBOOKS if n in chosen]
 
 
+def notebook_models(extra: dict) -> dict[str, list[str]]:
+    """The Part 1 models notebooks 01 (the CANet variant `model`, default CANet) and 02 (`models`, default all
+    nine) train, by notebook number."""
+    from lib.models import PART1_MODELS
+
+    return {"01": [extra.get("model") or "CANet"], "02": list(extra.get("models") or PART1_MODELS)}
+
+
+def part1_configs_of(source: str, names: Sequence[str], seeds: Sequence[int], extra: dict, profile: str) -> dict:
+    """{run name: TrainConfig} of the Part 1 runs these notebooks train, with their num_epochs and precision
+    overrides, in notebook order."""
+    from lib import part1
+
+    models, wanted = notebook_models(extra), {}
+    for name in (n for n in names if n[:2] in models):
+        for cfg in part1.configs(profile, source, models[name[:2]], seeds, extra.get("num_epochs"),
+                                 extra.get("precision")):
+            wanted.setdefault(cfg.name, cfg)
+    return wanted
+
+
 def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Sequence[int] = (0,),
                  extra_params: dict | None = None, force: bool = False, profile: str = GPU_PROFILE,
                  reuse_only: bool = False) -> list[str]:
@@ -62,16 +83,11 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
     from lib import part1
     from lib.bench import gpu_cost_file, select_jobs, study_jobs
     from lib.config import TrainConfig
-    from lib.models import PART1_MODELS
     from lib.results import reusable_result
 
     extra = extra_params or {}
-    models = {"01": [extra.get("model") or "CANet"], "02": list(extra.get("models") or PART1_MODELS)}
-    wanted = {}  # name -> config, in notebook order
-    for name in (n for n in names if n[:2] in models):
-        for cfg in part1.configs(profile, source, models[name[:2]], seeds, extra.get("num_epochs"),
-                                 extra.get("precision")):
-            wanted.setdefault(cfg.name, cfg)
+    models = notebook_models(extra)
+    wanted = part1_configs_of(source, names, seeds, extra, profile)
     missing = [n for n, cfg in wanted.items()
                if force or reusable_result(Path(dirs.results) / f"{n}.json", cfg.to_dict(), TrainConfig) is None]
     if any(name.startswith("02") for name in names):
@@ -170,7 +186,7 @@ def study_command(profile: str, data_source: str | None, publish: bool, notebook
 
 
 # Notebook parameters that `python -m lib study` sets from its own options (besides CLI_PARAMETERS).
-_STUDY_OPTIONS = ("profile", "data_source", "publish", "force", "seeds", "root", "reuse_only")
+_STUDY_OPTIONS = ("profile", "data_source", "publish", "force", "seeds", "seed", "root", "reuse_only")
 
 
 def notebook_commands(study: dict) -> list[dict]:
@@ -282,6 +298,16 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"(docs/GPU.md, scripts/gpu_full_study.sh; cost files: its `costs` job), merge the results, and run "
                 f"this again to render the notebooks and report from them; or pass --allow-cpu-training to compute "
                 f"them here (hours to days for training).")
+    if not reuse_only and not force:  # an override would stop in a notebook: say so before the first one starts
+        from lib.train import overridden_result, resume_epoch
+
+        clash = {n: changed for n, cfg in part1_configs_of(source, names, seeds, extra_params or {}, profile).items()
+                 if (changed := overridden_result(Path(dirs.results) / f"{n}.json", cfg)) and not resume_epoch(cfg, dirs)}
+        if clash:
+            raise StudyError(
+                f"these notebooks would replace finished results of the same runs in {dirs.results}, which differ "
+                f"only in " + "; ".join(f"{n}: {', '.join(c)}" for n, c in clash.items()) + ". Write into another "
+                f"folder (smoke/quick without --publish), or pass --force to replace them")
     if not reuse_only and any(not name.startswith("cost-") for name in work_missing(
             source, dirs, names, seeds, extra_params, force, profile=profile)):  # cost files need no data
         from lib.data import load_cifar10
@@ -304,6 +330,8 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 raise StudyError(f"notebook {src} does not exist")
             declared = notebook_parameters(src)
             nb_params = {k: v for k, v in params.items() if k in declared}
+            if "seed" in declared and params.get("model") and "seed" not in params:
+                nb_params["seed"] = params["seeds"][0]  # notebook 03 shows the run 01 trained first for that model
             out_path = out_dir / f"{name}.ipynb"
             t0 = time.perf_counter()
             try:

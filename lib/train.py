@@ -549,10 +549,16 @@ OVERRIDES = ("num_epochs", "precision")  # what `--num-epochs` and `--precision`
 
 
 def overridden_result(path: Path, cfg: TrainConfig) -> list[str]:
-    """The fields, with their values there and here, in which the finished result at `path` differs from `cfg`
-    when they are all override fields (OVERRIDES): then training `cfg` would replace a result the same run gave
-    with another number of epochs or precision. [] when there is no such result, or it differs in anything else
-    (a stale result, retrained as before)."""
+    """For a Part 1 run that departs from its profile's recipe (`--num-epochs`, `--precision`): the fields, with
+    their values there and here, in which the finished result at `path` differs from `cfg` when they are all
+    override fields (OVERRIDES), so that training `cfg` would replace the result of the same run with another
+    number of epochs or precision. [] otherwise: no such result, one that differs in anything else (stale,
+    retrained as before), or a run of the recipe itself (which replaces an override's result, as the GPU runner
+    needs)."""
+    from lib.part1 import recipe_options
+
+    if "part1" not in cfg.tags or not recipe_options(cfg.to_dict()):
+        return []
     try:
         old = read_json(path)
         recorded = TrainConfig.from_dict(old["config"]).to_dict()
@@ -584,11 +590,11 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
         return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
-    if not force and (changed := overridden_result(result_path, cfg)):
+    if not force and (changed := overridden_result(result_path, cfg)) and not resume_epoch(cfg, dirs):
         raise ValueError(f"{result_path} holds a finished run of {cfg.name} that differs from this one only in "
                          f"{', '.join(changed)}: training it would replace that result. Train into another "
-                         f"folder (smoke/quick without --publish: build/{cfg.profile}/), or pass --force (notebooks: "
-                         f"force = True) to replace it")
+                         f"folder (smoke/quick without --publish: build/{cfg.profile}/), or replace it with --force "
+                         f"(with `--only {cfg.name}` to force this run alone; notebooks: force = True)")
     device = resolve_device(cfg.device)
     hint = precision_hint(cfg, device)
     if hint and progress and hint not in _hinted:

@@ -64,17 +64,18 @@ precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "b
 Trains one CANet variant (`model`, default `CANet`) with the recipe of STUDY.md section 4: AdamW (lr 1e-3,
 weight decay 1e-3) for the first int(0.8 x epochs) epochs (56 of 70 in the full recipe, 6 of 8 in `quick`),
 then SGD (momentum 0.9) from the learning rate reached, ExponentialLR (gamma 0.96) per epoch, label smoothing
-0.1, batch 256, flip / crop / random erasing and MixUp / CutMix. The checkpoint is chosen on validation accuracy; the test set is evaluated for it only.
-Finished results with the same configuration are reused (set `force = True` to retrain). The run chosen
-here is the one notebook 03 visualises.'''),
+0.1, batch 256, flip / crop / random erasing and MixUp / CutMix. The checkpoint is chosen on validation
+accuracy; the test set is evaluated for it only. Finished results with the same configuration are reused (set
+`force = True` to retrain). The run chosen here (its first seed) is recorded as the one notebook 03 visualises,
+except with `reuse_only = True`, which records nothing.'''),
     md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy.
 To see that run here, set in the first cell `profile = "quick"`, `data_source = "shared"`, `publish = True`
 and `seeds = [0]` (`[0, 1, 2]` works too), keeping `model = "CANet"`, `force = False`, `num_epochs = None` and `precision = None`,
 and `reuse_only = True`. A finished result in `results/quick/` whose configuration matches is read back, not
 retrained; another model, seed, number of epochs or precision is a new configuration, which trains, or with
-`reuse_only = True` stops with its name. `publish = True` also writes to the committed
-folders: the run marker `results/quick/part1-main.json` and the training-curves figure in `figs/`, redrawn
-from the same files.'''),
+`reuse_only = True` stops with its name. `publish = True` also redraws the training-curves figure in the
+committed `figs/` from the same files; with `reuse_only = True` the run marker `results/quick/part1-main.json`
+(which run notebook 03 and the report show) is left as it is.'''),
     setup_cell('''from lib import part1
 from lib.data import canonical_source
 from lib.part1_plots import plot_training_curves
@@ -89,7 +90,7 @@ pd.Series(cfg.to_dict(), dtype=object).to_frame("value")'''),
     code('''results = part1.run_part1(profile, source, dirs, models=[model], seeds=seeds, force=force, num_epochs=num_epochs,
                           precision=precision)
 result = results[0]
-part1.mark_main(dirs, result);  # notebook 03 and the report visualise this run; `;` hides the returned path'''),
+part1.mark_main(dirs, result);  # notebook 03 and the report visualise this run (not under reuse_only); `;` hides the path'''),
     md('''## Training curves: learning rate, train / validation loss, validation accuracy'''),
     md('''Three panels over the epochs (epoch 1 is the first): the learning rate (log scale), the training and
 validation loss, and the validation accuracy; the dashed line and the grey shading mark the switch from

@@ -198,9 +198,12 @@ def test_run_refuses_the_full_profiles_work_on_a_cpu_unless_allowed(capsys, tiny
 
 
 def test_argparse_errors_are_one_line_naming_the_help(capsys):
-    for argv, where in ((["run", "--profile", "bogus"], "python -m lib run --help"), (["bogus"], "python -m lib --help")):
+    for argv, where, what in ((["run", "--profile", "bogus"], "python -m lib run --help", "invalid choice: 'bogus'"),
+                              (["bogus"], "python -m lib --help", "invalid choice: 'bogus'"),
+                              (["status", "--bogus", "x"], "python -m lib status --help",
+                               "unrecognized arguments: --bogus x")):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
-        assert err.startswith("error: ") and "invalid choice: 'bogus'" in err and f"`{where}` lists the options" in err
+        assert err.startswith("error: ") and what in err and f"`{where}` lists the options" in err

@@ -278,3 +278,40 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
     part2 = work_missing(tiny_source, dirs, ["04_batchnorm"])
     assert len(part2) == len(BN_MODELS) * len(BN_LRS) + len(BN_MODELS)  # the BN protocol and both probe runs
     assert all(not n.startswith(("p1-", "cost-")) for n in part2)
+
+
+def test_a_study_of_a_named_model_shows_its_first_seed_in_notebook_03(tmp_path, tiny_source, monkeypatch):
+    import papermill
+
+    import lib.report
+
+    calls = {}
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda src, out, parameters, **kw: calls.__setitem__(Path(src).stem, parameters))
+    monkeypatch.setattr(lib.report, "render_report", lambda profile, dirs: None)
+    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "data_root"))
+    run_study("smoke", data_source=tiny_source, notebooks=["01", "03"], seeds=[2, 1], root=tmp_path,
+              extra_params={"model": "CANet_tiny"})
+    assert calls["01_train_canet"]["seeds"] == [2, 1] and calls["01_train_canet"]["model"] == "CANet_tiny"
+    assert calls["03_visualize"]["seed"] == 2 and calls["03_visualize"]["model"] == "CANet_tiny"
+    assert "seed" not in calls["01_train_canet"]
+    calls.clear()
+    run_study("smoke", data_source=tiny_source, notebooks=["03"], seeds=[2], root=tmp_path)  # no model: the marker's
+    assert "seed" not in calls["03_visualize"]
+    record = json.loads((output_dirs("smoke", root=tmp_path).results / "study.json").read_text())
+    assert all(c["other"] == {"root": str(tmp_path)} for c in notebook_commands(record))  # seed is the study's own
+
+
+def test_a_study_with_an_override_stops_before_replacing_a_finished_run(tmp_path, tiny_source):
+    from lib.experiments import part1_config
+    from lib.results import atomic_write_json
+
+    dirs = output_dirs("smoke", root=tmp_path)
+    cfg = part1_config("CANet", "smoke", tiny_source)  # the smoke recipe's run, finished
+    atomic_write_json(dirs.results / f"{cfg.name}.json", {"name": cfg.name, "status": "ok", "config": cfg.to_dict()})
+    for extra, what in (({"num_epochs": 1}, "num_epochs (2 there, 1 here)"),
+                        ({"precision": "bf16"}, "precision (auto there, bf16 here)")):
+        with pytest.raises(StudyError, match=rf"would replace finished results .* p1-CANet-s0: {re.escape(what)}\. "
+                                             r"Write into another folder .* --force"):
+            run_study("smoke", data_source=tiny_source, notebooks=["01"], root=tmp_path, extra_params=extra)
+    assert not executed_dir("smoke", tmp_path).exists()

@@ -421,21 +421,31 @@ def test_bf16_precision_trains_under_bf16_autocast_on_a_cpu(tiny_source, tmp_pat
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
     assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
     dtypes.clear()
-    auto = T.train(tiny_cfg(tiny_source, num_epochs=1, name="tiny-auto"), dirs=dirs, progress=False)
+    # A Part 1 run of the smoke recipe (2 epochs), then the same run overridden (the CLI's --num-epochs/--precision).
+    cfg = tiny_cfg(tiny_source, num_epochs=2, name="tiny-auto", tags=("part1",))
+    auto = T.train(cfg, dirs=dirs, progress=False)
     assert dtypes == {True: torch.float32, False: torch.float32}  # the recipe's 'auto' is fp32 on a CPU
     # Another precision or number of epochs of the same run does not silently replace its finished result.
-    path, cfg = dirs.results / "tiny-auto.json", tiny_cfg(tiny_source, num_epochs=1, name="tiny-auto")
+    path = dirs.results / "tiny-auto.json"
     with pytest.raises(ValueError, match=r"differs from this one only in precision \(auto there, bf16 here\): "
-                                         r"training it would replace that result.*--force"):
+                                         r"training it would replace that result.*--force \(with `--only tiny-auto`"):
         T.train(cfg.replace(precision="bf16"), dirs=dirs, progress=False)
-    assert T.overridden_result(path, cfg.replace(num_epochs=2, precision="fp32")) == [
-        "num_epochs (1 there, 2 here)", "precision (auto there, fp32 here)"]
-    assert T.overridden_result(path, cfg.replace(seed=5)) == []  # another run: stale, retrained as before
-    assert T.overridden_result(path, cfg.replace(num_epochs=2, seed=5)) == []
+    assert T.overridden_result(path, cfg.replace(num_epochs=1, precision="fp32")) == [
+        "num_epochs (2 there, 1 here)", "precision (auto there, fp32 here)"]
+    assert T.overridden_result(path, cfg.replace(num_epochs=1, seed=5)) == []  # another run: stale, retrained
+    assert T.overridden_result(path, cfg.replace(num_epochs=1, tags=())) == []  # not a Part 1 run (BN protocol)
     assert T.overridden_result(path, cfg) == [] and T.overridden_result(tmp_path / "none.json", cfg) == []
     assert json.loads(path.read_text())["history"] == auto["history"]  # untouched
-    forced = T.train(cfg.replace(precision="bf16"), dirs=dirs, progress=False, force=True)
+    forced = T.train(cfg.replace(precision="bf16", num_epochs=1), dirs=dirs, progress=False, force=True)
     assert json.loads(path.read_text())["config"]["precision"] == "bf16" == forced["config"]["precision"]
+    # The recipe's own run replaces an override's result (the GPU runner trains the recipe over a test run).
+    assert T.overridden_result(path, cfg) == []
+    # A forced override run stopped part-way resumes from its checkpoint (the old result is still beside it).
+    T.train(cfg, dirs=dirs, progress=False)  # the recipe's result again
+    part = T.train(cfg.replace(num_epochs=3), dirs=dirs, progress=False, force=True, max_epochs_this_call=1)
+    assert part["status"] == "incomplete" and T.resume_epoch(cfg.replace(num_epochs=3), dirs) == 1
+    done = T.train(cfg.replace(num_epochs=3), dirs=dirs, progress=False)
+    assert done["status"] == "ok" and len(done["history"]) == 3
 
 
 def test_the_precision_hint_names_bf16_on_a_cpu_with_amx_only(tmp_path):
