@@ -615,10 +615,10 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         refuse_if_reuse_only(f"the loss slice {path.stem}", path.parent, forced=force)
         ckpt = run.get("checkpoint")
         if not ckpt or not Path(ckpt).exists():
+            pair = " ".join(bn_name(m, lr, seed) for m in BN_MODELS)
             raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing (git keeps results, not "
                                     f"weights): retrain the pair (python -m lib run --profile {profile} --part2 "
-                                    f"--force --only {bn_name(BN_MODELS[0], lr, seed)} {bn_name(BN_MODELS[1], lr, seed)}, "
-                                    f"with the same --data and --publish) before the slices")
+                                    f"--force --only {pair}, with the same --data and --publish) before the slices")
         X_tr, y_tr, _, _ = study_split(load_cifar10(data_source))
         X_tr, y_tr = subset(X_tr, y_tr, num_images)
         X, y = to_device_tensors(X_tr, y_tr, dev)

@@ -257,7 +257,8 @@ def cmd_status(args) -> int:
     rows = study_status(args.profile, canonical_source(args.data), dirs, args.seeds, args.precision)
     counts = {state: sum(r[0] == state for r in rows) for state in ("done", "partial", "missing")}
     precision = f", Part 1 precision {args.precision}" if args.precision else ""
-    print(f"profile {args.profile}{precision}, data {canonical_source(args.data)}, seeds {' '.join(map(str, args.seeds))}, "
+    seeds = " ".join(map(str, args.seeds))
+    print(f"profile {args.profile}{precision}, data {canonical_source(args.data)}, seeds {seeds}, "
           f"in {dirs.results}: {counts['done']} of {len(rows)} done, {counts['partial']} partial, "
           f"{counts['missing']} missing")
     for state, name, detail in rows:
@@ -350,7 +351,7 @@ def cmd_bench(args) -> int:
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser, whose own errors (an unknown option or choice, a bad number) end like the library's: one
-    `error: ...` line naming the command's --help, exit status 2 (argparse prints its usage block first)."""
+    `error: ...` line naming the command's --help, exit status 2, instead of argparse's usage block and message."""
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")

@@ -27,7 +27,7 @@ NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_train_canet", "02_baselines", "03_visualize", "04_batchnorm")
 KERNEL_NAME = "python3"
 STUDY_FILE = "study.json"
-CLI_PARAMETERS = ("models", "model", "num_epochs", "precision")  # extra notebook parameters `python -m lib study` has options for
+CLI_PARAMETERS = ("models", "model", "num_epochs", "precision")  # notebook parameters `lib study` has options for
 GPU_PROFILE = "full"  # its training is meant for a GPU: without one, the study only renders what exists (below)
 
 
@@ -75,8 +75,8 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
                  reuse_only: bool = False) -> list[str]:
     """What these notebooks would compute themselves with `profile` in `dirs`: the Part 1 runs of 01 (the CANet
     variant `model`, default CANet) and 02 (the Part 1 `models`, default all nine) for `seeds`, with their
-    `num_epochs` and `precision` overrides, that have no matching result (all of them with `force`); with the `full` profile,
-    02's cost files that are not a GPU measurement (cost-<model>; other profiles measure them in seconds, no
+    `num_epochs` and `precision` overrides, that have no matching result (all of them with `force`); with the
+    `full` profile, 02's cost files that are not a GPU measurement (cost-<model>; other profiles measure them in seconds, no
     training), or with `reuse_only` (which shows any recorded one) those that do not exist; 04's BN protocol runs,
     loss slices and probe runs. Notebook 03 computes nothing of the kind: it shows a run that exists, or fails
     saying which is missing."""
@@ -301,8 +301,10 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     if not reuse_only and not force:  # an override would stop in a notebook: say so before the first one starts
         from lib.train import overridden_result, resume_epoch
 
-        clash = {n: changed for n, cfg in part1_configs_of(source, names, seeds, extra_params or {}, profile).items()
-                 if (changed := overridden_result(Path(dirs.results) / f"{n}.json", cfg)) and not resume_epoch(cfg, dirs)}
+        wanted = part1_configs_of(source, names, seeds, extra_params or {}, profile)
+        clash = {n: changed for n, cfg in wanted.items()
+                 if (changed := overridden_result(Path(dirs.results) / f"{n}.json", cfg))
+                 and not resume_epoch(cfg, dirs)}
         if clash:
             raise StudyError(
                 f"these notebooks would replace finished results of the same runs in {dirs.results}, which differ "

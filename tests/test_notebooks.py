@@ -81,7 +81,8 @@ def test_select_notebooks_and_command():
     assert cmd == ("python -m lib study --profile quick --data shared --publish --notebooks 01 04 --seeds 0 1 "
                    "--num-epochs 3")
     assert study_command("quick", "shared", True, None, [0], reuse_only=True).endswith("--seeds 0 --reuse-only")
-    assert study_command("quick", "shared", False, None, [0], {"precision": "bf16"}).endswith("--seeds 0 --precision bf16")
+    assert study_command("quick", "shared", False, None, [0], {"precision": "bf16"}).endswith(
+        "--seeds 0 --precision bf16")
 
 
 def test_notebook_commands_group_one_call_and_rebuild_old_records():
