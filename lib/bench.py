@@ -1215,10 +1215,11 @@ class Job(NamedTuple):
 
 
 def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
-               seeds: Sequence[int] = (0,), profile: str = "full", precision: str | None = None) -> list[Job]:
+               seeds: Sequence[int] = (0,), profile: str = "full", precision: str | None = None,
+               num_epochs: int | None = None) -> list[Job]:
     """The study of `profile` as jobs in running order, each with its estimate (from the bench's `full`
-    epoch times) and whether it is done in `dirs` (default: the profile's published folders). `precision`
-    overrides the Part 1 runs' (lib.part1.configs)."""
+    epoch times) and whether it is done in `dirs` (default: the profile's published folders). `precision` and
+    `num_epochs` override the Part 1 runs' (lib.part1.configs)."""
     from lib import bn_study
     from lib.train import resume_epoch
 
@@ -1242,7 +1243,8 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
 
     # Seed-major: the first seed of every Part 1 model, the BN protocol and the probes come before the extra
     # seeds, so that a partly run study is complete for one seed before it gains error bars.
-    p1 = [train_job(c, full.num_epochs) for c in part1_configs(profile, source, seeds=seeds, precision=precision)]
+    p1 = [train_job(c, c.num_epochs)
+          for c in part1_configs(profile, source, seeds=seeds, num_epochs=num_epochs, precision=precision)]
     jobs = p1[:len(PART1_MODELS)]  # the first seed (part1_experiments is seed-major)
     bn = bn_experiments(profile, source)
     jobs += [train_job(c, full.bn_epochs) for c in bn if c.lr != 1e-3]
@@ -1355,11 +1357,12 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
 
 
 def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
-                 seeds: Sequence[int] = (0,), precision: str | None = None) -> list[tuple[str, str, str]]:
+                 seeds: Sequence[int] = (0,), precision: str | None = None,
+                 num_epochs: int | None = None) -> list[tuple[str, str, str]]:
     """What of the study of `profile` is in `dirs`, in running order: (state, name, detail) per experiment, state
     'done' (a result matching this code's config), 'partial' (a resumable checkpoint here: `lib run` goes on from
-    it) or 'missing'. For `python -m lib status`, to see what a split run still needs. `precision` overrides the
-    Part 1 runs' (lib.part1.configs)."""
+    it) or 'missing'. For `python -m lib status`, to see what a split run still needs. `precision` and
+    `num_epochs` override the Part 1 runs' (lib.part1.configs)."""
     from lib import bn_study
     from lib.part1 import cost_path
     from lib.train import resume_epoch
@@ -1374,10 +1377,10 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
         return (("partial", cfg.name, f"{done} of {cfg.num_epochs} epochs in its checkpoint here") if done
                 else ("missing", cfg.name, ""))
 
-    configs = {c.name: c for c in part1_configs(profile, source, seeds=seeds, precision=precision)
-               + bn_experiments(profile, source)}
+    configs = {c.name: c for c in part1_configs(profile, source, seeds=seeds, num_epochs=num_epochs,
+                                                 precision=precision) + bn_experiments(profile, source)}
     out = []
-    for job in study_jobs(None, source, dirs, seeds, profile, precision):
+    for job in study_jobs(None, source, dirs, seeds, profile, precision, num_epochs):
         if job.kind == "train":  # the job already says (results and checkpoints are not read again)
             (name,) = job.names
             if job.done or not job.epochs_done:

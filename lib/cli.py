@@ -254,9 +254,11 @@ def cmd_status(args) -> int:
 
     dirs = output_dirs(args.profile, publish=args.publish or None)
     note_published(args, dirs)
-    rows = study_status(args.profile, canonical_source(args.data), dirs, args.seeds, args.precision)
+    check_epochs(args.num_epochs)
+    rows = study_status(args.profile, canonical_source(args.data), dirs, args.seeds, args.precision, args.num_epochs)
     counts = {state: sum(r[0] == state for r in rows) for state in ("done", "partial", "missing")}
-    precision = f", Part 1 precision {args.precision}" if args.precision else ""
+    precision = (f", Part 1 precision {args.precision}" if args.precision else "") + (
+        f", Part 1 epochs {args.num_epochs}" if args.num_epochs else "")
     seeds = " ".join(map(str, args.seeds))
     print(f"profile {args.profile}{precision}, data {canonical_source(args.data)}, seeds {seeds}, "
           f"in {dirs.results}: {counts['done']} of {len(rows)} done, {counts['partial']} partial, "
@@ -420,6 +422,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=seed_number, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the Part 1 runs' precision, where the study was run with --precision (default: the recipe's)")
+    p.add_argument("--num-epochs", type=int, default=None,
+                   help="the Part 1 runs' epochs, where the study was run with --num-epochs (default: the profile's)")
     p.add_argument("--all", action="store_true", help="list the finished experiments too")
     p.set_defaults(func=cmd_status)
 

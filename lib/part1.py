@@ -113,11 +113,18 @@ def _same_recipe(results: list[dict]) -> list[dict]:
         return results
     keys = [_recipe_key(r) for r in results]
     common = Counter(keys).most_common(1)[0][0]
-    dropped = [r["name"] for r, k in zip(results, keys) if k != common]
+    dropped = [f"{r['name']} ({_recipe_difference(k, common)})" for r, k in zip(results, keys) if k != common]
     if dropped:
         print(f"lib.part1: leaving out {', '.join(dropped)}: trained with another recipe or data than the "
               f"other results in this folder (rerun them, or move them away)", file=sys.stderr)
     return [r for r, k in zip(results, keys) if k == common]
+
+
+def _recipe_difference(key: str, common: str) -> str:
+    """How the recipe key of a run differs from the common one, in words: 'precision bf16, not auto'."""
+    (cfg, data), (ref, ref_data) = json.loads(key), json.loads(common)
+    parts = [f"{k} {cfg.get(k)}, not {ref.get(k)}" for k in sorted(set(cfg) | set(ref)) if cfg.get(k) != ref.get(k)]
+    return "; ".join(parts + (["other data"] if data != ref_data else []))
 
 
 # --------------------------------------------------------------------------------------------- the main run

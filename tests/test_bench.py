@@ -1112,6 +1112,11 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     assert rows["loss slices"] == ("missing", "they need the pair's best checkpoints (retrained when gone)")
     assert [rows[c.name][0] for c in bn_study.probe_configs("smoke", source)] == ["done", "missing"]
     assert rows["cost-VGG11"] == ("done", "") and rows["cost-CANet"] == ("missing", "")
+    # A study run with --num-epochs / --precision: its own Part 1 configurations (the finished run is another one).
+    rows = {name: state for state, name, _ in B.study_status("smoke", source, dirs, num_epochs=1)}
+    assert rows["p1-CANet_tiny-s0"] == "missing" and rows["bn-VGG_A-lr0.001-s2020"] == "done"
+    write_finished(dirs, part1_config("CANet_tiny", "smoke", source, precision="bf16", num_epochs=1))
+    assert ("done", "p1-CANet_tiny-s0", "") in B.study_status("smoke", source, dirs, precision="bf16", num_epochs=1)
     # The command line: a count, then what is not done (everything with --all); nothing is computed.
     monkeypatch.setattr(B, "study_status", lambda *a, **k: [("done", "p1-X-s0", ""),
                                                             ("partial", "p1-Y-s0", "3 of 8 epochs in its checkpoint")])

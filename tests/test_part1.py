@@ -47,7 +47,10 @@ def test_load_results_keeps_finished_runs_of_one_recipe(dirs, capsys):
     # A run of another recipe (here: another learning rate) never enters the same table.
     write(dirs, fake_result("ShuffleNetV2", 0, lr=0.5))
     assert "p1-ShuffleNetV2-s0" not in [r["name"] for r in part1.load_results(dirs)]
-    assert "leaving out p1-ShuffleNetV2-s0" in capsys.readouterr().err
+    assert "leaving out p1-ShuffleNetV2-s0 (lr 0.5, not 0.001)" in capsys.readouterr().err
+    write(dirs, fake_result("ShuffleNetV2", 0, precision="bf16"))
+    part1.load_results(dirs)
+    assert "leaving out p1-ShuffleNetV2-s0 (precision bf16, not auto)" in capsys.readouterr().err
 
 
 def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):
