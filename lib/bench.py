@@ -1250,18 +1250,13 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     jobs += [train_job(c, full.bn_epochs) for c in bn if c.lr != 1e-3]
     pair = [c for c in bn if c.lr == 1e-3]
     pair_est = [est(c.model, full.bn_epochs) for c in pair]
-    slices_done = all(  # a slice matching the protocol run it starts from (its selected epoch) and the profile
-        (cfg := bn_study.slice_config(profile, source, dirs, m, pair[0].lr, pair[0].seed)) is not None
-        and reusable_result(bn_study.slice_path(dirs, m, pair[0].seed), cfg) is not None for m in BN_MODELS)
+    slices_done = bn_study.slices_done(profile, source, dirs, pair[0].lr, pair[0].seed)
     pair_done = all(finished(c) for c in pair)
     jobs.append(Job("bn-slices", tuple(c.name for c in pair),
                     None if None in pair_est else sum(pair_est) + SLICES_ALLOWANCE_S,
                     pair_done and slices_done, force=pair_done and not slices_done))
     configs = bn_study.probe_configs(profile, source)
-    probe_done = all(
-        any(reusable_result(c.result_path(dirs), c2.to_dict(), bn_study.ProbeConfig) is not None
-            for c2 in (c, c.replace(lr=bn_study.FALLBACK_LR)))
-        for c in configs)
+    probe_done = all(bn_study.probe_done(c, dirs) for c in configs)
     probe_est = [entries.get(f"probe-{c.model}", {}).get("seconds_per_step") for c in configs]
     jobs.append(Job("probe", tuple(c.name for c in configs),
                     None if None in probe_est else sum(s * c.num_steps for s, c in zip(probe_est, configs)),
@@ -1370,33 +1365,30 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     source = canonical_source(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
 
-    def run_state(cfg: TrainConfig) -> tuple[str, str, str]:  # each of the lr-1e-3 pair (one job for both)
-        if reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig) is not None:
-            return "done", cfg.name, ""
-        done = resume_epoch(cfg, dirs)
-        return (("partial", cfg.name, f"{done} of {cfg.num_epochs} epochs in its checkpoint here") if done
-                else ("missing", cfg.name, ""))
-
     configs = {c.name: c for c in part1_configs(profile, source, seeds=seeds, num_epochs=num_epochs,
                                                  precision=precision) + bn_experiments(profile, source)}
+
+    def run_state(name: str, done: bool, epochs_done: int) -> tuple[str, str, str]:
+        if done:
+            return "done", name, ""
+        if epochs_done:
+            return "partial", name, f"{epochs_done} of {configs[name].num_epochs} epochs in its checkpoint here"
+        return "missing", name, ""
+
     out = []
     for job in study_jobs(None, source, dirs, seeds, profile, precision, num_epochs):
         if job.kind == "train":  # the job already says (results and checkpoints are not read again)
-            (name,) = job.names
-            if job.done or not job.epochs_done:
-                out.append(("done" if job.done else "missing", name, ""))
-            else:
-                out.append(("partial", name, f"{job.epochs_done} of {configs[name].num_epochs} epochs in its "
-                                             f"checkpoint here"))
-        elif job.kind == "bn-slices":  # the lr-1e-3 pair, then the slices taken from its best checkpoints
-            out += [run_state(configs[name]) for name in job.names]
+            out.append(run_state(job.names[0], job.done, job.epochs_done))
+        elif job.kind == "bn-slices":  # the lr-1e-3 pair (one job for both, judged per run), then the slices
+            for name in job.names:
+                cfg = configs[name]
+                done = reusable_result(Path(dirs.results) / f"{name}.json", cfg.to_dict(), TrainConfig) is not None
+                out.append(run_state(name, done, 0 if done else resume_epoch(cfg, dirs)))
             out.append(("done" if job.done else "missing", "loss slices",
                         "they need the pair's best checkpoints (retrained when gone)" if job.force else ""))
         elif job.kind == "probe":  # done at its lr, or at the fallback lr both networks moved to
-            for c in bn_study.probe_configs(profile, source):
-                done = any(reusable_result(c.result_path(dirs), c2.to_dict(), bn_study.ProbeConfig) is not None
-                           for c2 in (c, c.replace(lr=bn_study.FALLBACK_LR)))
-                out.append(("done" if done else "missing", c.name, ""))
+            out += [("done" if bn_study.probe_done(c, dirs) else "missing", c.name, "")
+                    for c in bn_study.probe_configs(profile, source)]
         else:  # costs: the full profile wants a GPU measurement; other profiles measure them in seconds
             for name in job.names:
                 model = name[len("cost-"):]

@@ -481,6 +481,13 @@ def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress:
     return read_json(path)  # what a later reuse returns (NaN as None), so both paths look the same
 
 
+def probe_done(cfg: ProbeConfig, dirs: OutputDirs) -> bool:
+    """Whether the probe run `cfg` has a finished result in `dirs`, at its lr or at the fallback lr both networks
+    move to when the plain one does not train (run_probes would reuse it)."""
+    return any(reusable_result(cfg.result_path(dirs), c.to_dict(), ProbeConfig) is not None
+               for c in (cfg, cfg.replace(lr=FALLBACK_LR)))
+
+
 def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, progress: bool = True,
                configs: Sequence[ProbeConfig] | None = None) -> list[dict]:
     """Probe both networks (VGG_A first) with the same seed and data; fall back to FALLBACK_LR for both
@@ -587,6 +594,13 @@ def slice_config(profile: str, data_source: str, dirs: OutputDirs, model_name: s
     return {"model": model_name, "run": name, "checkpoint_epoch": read_json(run_path).get("best_epoch"),
             "num_images": num_images or SLICE_IMAGES[profile], "alphas": SLICE_ALPHAS, "seed": seed,
             "data_source": data_source}
+
+
+def slices_done(profile: str, data_source: str, dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> bool:
+    """Whether both networks' loss slices in `dirs` match the protocol runs they start from (their selected epoch)
+    and the profile (run_slices would reuse them)."""
+    return all((cfg := slice_config(profile, data_source, dirs, m, lr, seed)) is not None
+               and reusable_result(slice_path(dirs, m, seed), cfg) is not None for m in BN_MODELS)
 
 
 def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, lr: float = 1e-3,

@@ -72,26 +72,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="write smoke/quick output to the committed places (results/<profile>/, figs/, report.md)")
 
 
-def seed_number(text: str) -> int:
-    """argparse type of a seed: a whole number >= 0 (it names the result files, p1-<model>-s<seed>)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, not {text!r}")
-    return value
+def whole_number(minimum: int, what: str = "must be"):
+    """An argparse type: a whole number >= minimum, else an error '<what> a whole number >= <minimum>, not ...'."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} a whole number >= {minimum}, not {text!r}")
+        return value
+    return parse
 
 
-def positive_int(text: str) -> int:
-    """argparse type of a count that must be at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
-    return value
+seed_number = whole_number(0, "a seed is")  # a seed names the result files (p1-<model>-s<seed>)
+positive_int = whole_number(1)
 
 
 def check_epochs(num_epochs: int | None) -> None:
@@ -110,17 +105,18 @@ def refuse_cpu_work(args, configs, source: str, dirs) -> None:
 
     if args.profile != GPU_PROFILE or torch.cuda.is_available():
         return
-    from lib.bench import study_status
+    from lib import bn_study
     from lib.config import TrainConfig
     from lib.part1 import CPU_COST_BATCH, cost_is_reused, cost_path
     from lib.results import device_name, read_json, reusable_result
 
     pending = [c.name for c in configs if args.force or reusable_result(
         Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None]
-    if args.probe or args.slices:
-        pending += [name for state, name, _ in study_status(args.profile, source, dirs)
-                    if (args.force or state != "done") and ((args.probe and name.startswith("probe-"))
-                                                            or (args.slices and name == "loss slices"))]
+    if args.probe:
+        pending += [c.name for c in bn_study.probe_configs(args.profile, source)
+                    if args.force or not bn_study.probe_done(c, dirs)]
+    if args.slices and (args.force or not bn_study.slices_done(args.profile, source, dirs)):
+        pending.append("loss slices")
     if args.costs:  # the ones compute_costs would measure here, not reuse
         cpu = device_name(torch.device("cpu"))
         pending += [f"cost-{m}" for m in args.models or PART1_MODELS
@@ -137,8 +133,9 @@ def cmd_run(args) -> int:
     """Train the selected experiments; finished results with the same config are reused (merge)."""
     stop_by = None if args.time_limit is None else time.perf_counter() + args.time_limit
     from lib import bn_study
-    from lib.experiments import bn_experiments, part1_experiments
+    from lib.experiments import bn_experiments
     from lib.models import list_models
+    from lib.part1 import configs as part1_configs
     from lib.train import train
 
     # Part 1 when asked for, or when nothing else is (--models with --costs names the costs' models)
@@ -150,12 +147,9 @@ def cmd_run(args) -> int:
         check_models("--models", args.models, list_models(), "model")
     source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
-    configs = part1_experiments(args.profile, source, seeds=args.seeds, models=args.models) if want_p1 else []
-    if args.num_epochs is not None:  # the Part 1 runs only, as `study --num-epochs` (another config)
-        check_epochs(args.num_epochs)
-        configs = [c.replace(num_epochs=args.num_epochs) for c in configs]
-    if args.precision is not None:  # likewise
-        configs = [c.replace(precision=args.precision) for c in configs]
+    check_epochs(args.num_epochs)  # --num-epochs and --precision change the Part 1 runs only, as in `study`
+    configs = (part1_configs(args.profile, source, args.models, args.seeds, args.num_epochs, args.precision)
+               if want_p1 else [])
     if args.part2:
         configs += bn_experiments(args.profile, source)
     if args.only:  # run in the order given (the GPU runner's plan is seed-major)

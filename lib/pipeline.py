@@ -53,8 +53,11 @@ def notebook_models(extra: dict) -> dict[str, list[str]]:
     """The Part 1 models notebooks 01 (the CANet variant `model`, default CANet) and 02 (`models`, default all
     nine) train, by notebook number."""
     from lib.models import PART1_MODELS
+    from lib.part1 import DEFAULT_MAIN_MODEL
 
-    return {"01": [extra.get("model") or "CANet"], "02": list(extra.get("models") or PART1_MODELS)}
+    models = extra.get("models") or PART1_MODELS
+    return {"01": [extra.get("model") or DEFAULT_MAIN_MODEL],
+            "02": [models] if isinstance(models, str) else list(models)}
 
 
 def part1_configs_of(source: str, names: Sequence[str], seeds: Sequence[int], extra: dict, profile: str) -> dict:
@@ -223,12 +226,10 @@ def runs_beyond_notebooks(study: dict, p1: Sequence[dict], publish: bool) -> lis
 
     notebooks = study.get("notebooks") or {}
     covered = set()  # (model, seed) pairs the notebooks trained; their defaults where no model was given
-    for name, key, default in (("01_train_canet", "model", [part1.DEFAULT_MAIN_MODEL]),
-                               ("02_baselines", "models", PART1_MODELS)):
+    for name in ("01_train_canet", "02_baselines"):
         params = (notebooks.get(name) or {}).get("parameters")
         if params is not None:
-            models = params.get(key) or default
-            models = [models] if isinstance(models, str) else models
+            models = notebook_models(params)[name[:2]]
             covered |= {(m, int(seed)) for m in models for seed in params.get("seeds") or [0]}
     extra = {(r["model"], int(r["seed"])) for r in p1} - covered
     groups: dict[tuple, list[str]] = {}
@@ -287,11 +288,12 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"that have no matching result in {dirs.results}: {', '.join(missing)}. Check the options (profile, data, seeds, "
                 f"models, --publish) against the results you meant to show, or leave out --reuse-only to compute "
                 f"them.")
-    elif profile == GPU_PROFILE and not allow_cpu_training:
+    else:  # what the notebooks would compute, for the checks below
+        missing = work_missing(source, dirs, names, seeds, extra_params, force, profile=profile)
+    if not reuse_only and profile == GPU_PROFILE and not allow_cpu_training and missing:
         import torch
 
-        missing = [] if torch.cuda.is_available() else work_missing(source, dirs, names, seeds, extra_params, force)
-        if missing:
+        if not torch.cuda.is_available():
             raise StudyError(
                 f"the {profile} profile would train or measure {len(missing)} experiment(s) or cost file(s) on this "
                 f"machine's CPU (no CUDA device): {', '.join(missing)}. It is meant for a GPU: run them there "
@@ -310,8 +312,7 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"these notebooks would replace finished results of the same runs in {dirs.results}, which differ "
                 f"only in " + "; ".join(f"{n}: {', '.join(c)}" for n, c in clash.items()) + ". Write into another "
                 f"folder (smoke/quick without --publish), or pass --force to replace them")
-    if not reuse_only and any(not name.startswith("cost-") for name in work_missing(
-            source, dirs, names, seeds, extra_params, force, profile=profile)):  # cost files need no data
+    if not reuse_only and any(not name.startswith("cost-") for name in missing):  # cost files need no data
         from lib.data import load_cifar10
 
         load_cifar10(source)  # missing or corrupt data: one clear error (DataError) before any kernel starts

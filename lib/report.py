@@ -188,6 +188,16 @@ def other_devices(results: Sequence[dict]) -> dict[str, str]:
             for m, devs in off.items()}
 
 
+def _params_cell(count: int, spec: int | None) -> str:
+    """A built model's parameter count, with the specification's where they differ."""
+    return fmt_int(count) + ("" if spec in (None, count) else f" (spec: {fmt_int(spec)})")
+
+
+def _infer_cell(ips, batch: int | None) -> str:
+    """Inference images/s, with the batch it was measured at; '-' when not measured."""
+    return "-" if _missing(ips) else f"{ips:,.0f}" + (f" (batch {batch})" if batch else "")
+
+
 def comparison_rows(table, costs: dict | None = None, devices: dict[str, str] | None = None) -> list[list]:
     """One row per Part 1 model (run or not), sorted by parameters: ours beside the original report's numbers.
     Time columns of a model in uneven_times carry TIME_MARK, those of a model in `devices` (other_devices)
@@ -202,21 +212,17 @@ def comparison_rows(table, costs: dict | None = None, devices: dict[str, str] | 
         orig_acc = ORIGINAL_REPORT["test_acc"].get(m)
         orig = "-" if orig_acc is None else f"{orig_acc:.2f}"
         spec = ORIGINAL_REPORT["params"].get(m)
+        cost = (costs or {}).get(m) or {}
         if m not in rows_by_model:  # not trained: its cost file (no training needed) or the specification counts it
-            cost = (costs or {}).get(m) or {}
-            params = (fmt_int(cost["params"]) + ("" if spec in (None, cost["params"]) else f" (spec: {fmt_int(spec)})")
-                      if cost.get("params") else f"{fmt_int(spec)} (spec)")
-            infer = f"{cost['infer_ips']:,.0f} (batch {cost['infer_batch']})" if cost.get("infer_ips") else "-"
+            params = _params_cell(cost["params"], spec) if cost.get("params") else f"{fmt_int(spec)} (spec)"
             flops = fmt_count(cost["flops"]) if cost.get("flops") else "-"
-            out.append([m, params, NOT_RUN, "-", orig, flops, "-", "-", infer, "-"])
+            out.append([m, params, NOT_RUN, "-", orig, flops, "-", "-",
+                        _infer_cell(cost.get("infer_ips"), cost.get("infer_batch")), "-"])
             continue
         row = rows_by_model[m]
-        params = fmt_int(row["params"]) + ("" if spec in (None, row["params"]) else f" (spec: {fmt_int(spec)})")
+        params = _params_cell(row["params"], spec)
         seeds = ", ".join(str(s) for s in row["seeds"]) if row["n_seeds"] else "-"
-        infer = "-" if _missing(row["infer_ips"]) else f"{row['infer_ips']:,.0f}"
-        batch = ((costs or {}).get(m) or {}).get("infer_batch")
-        if batch and infer != "-":
-            infer += f" (batch {batch})"
+        infer = _infer_cell(row["infer_ips"], cost.get("infer_batch"))
         mark = (f" {TIME_MARK}" if m in uneven else "") + (f" {DEVICE_MARK}" if m in (devices or {}) else "")
         out.append([m, params, _acc_cell(row), f"{seeds} (n={row['n_seeds']})", orig, fmt_count(row["flops"]),
                     "-" if _missing(row["epoch_seconds"]) else f"{row['epoch_seconds']:.2f}{mark}",

@@ -6,6 +6,7 @@ metrics are accumulated on the device and read back once per epoch, so the GPU n
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import pickle
@@ -99,6 +100,7 @@ CPUINFO = Path("/proc/cpuinfo")
 _hinted = set()  # hints already printed by this process
 
 
+@functools.lru_cache(maxsize=None)  # a property of the machine: read once per file
 def cpu_has_amx_bf16(cpuinfo: Path | str = CPUINFO) -> bool:
     """Whether this CPU has AMX with bf16 tiles (Linux's cpuinfo flag amx_bf16): its bf16 matrix units make bf16
     autocast training several times faster than fp32. False where cpuinfo cannot be read (other systems)."""
@@ -596,8 +598,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                          f"folder (smoke/quick without --publish: build/{cfg.profile}/), or replace it with --force "
                          f"(with `--only {cfg.name}` to force this run alone; notebooks: force = True)")
     device = resolve_device(cfg.device)
-    hint = precision_hint(cfg, device)
-    if hint and progress and hint not in _hinted:
+    if progress and not _hinted and (hint := precision_hint(cfg, device)):  # once per process
         _hinted.add(hint)
         print(hint)
     last_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.last.pt"
