@@ -36,7 +36,8 @@ merged), ratio (naive_seconds / fast_seconds, None without a naive time). Entrie
 <model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries
 (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
 The top-level "agreement" maps a model to its side-by-side accuracy run (agreement(): naive vs lib.train
-over a few epochs of the recipe, per seed).
+over a few epochs of the recipe, per seed); "concurrency" holds each model's epoch alone and with several runs
+at once on the GPU (lib.lanes.measure_concurrency; plan_study's lanes read it).
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ from torch import nn
 from lib.config import NORMS, PROFILES, TrainConfig
 from lib.augment import mix_batch
 from lib.data import load_cifar10, canonical_source
+from lib.lanes import concurrency_lines
 from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config
 from lib.models import CANET_VARIANTS, PART1_MODELS, build, last_linear, revision, set_merged
 from lib.models.canet import blocks_merged, merged_on_cuda
@@ -387,7 +389,7 @@ def agreement(model_name: str, data_source: str | None = None, device: str = "au
 
 def fast_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
                num_train: int | None = None, num_val: int | None = None, warmup_epochs: int = 1,
-               seed: int = 0, compile: bool = False) -> dict:
+               seed: int = 0, compile: bool = False, before_timed=None) -> dict:
     """Time one epoch of lib.train's `full`-profile training + validation for `model_name`, after warm-up.
 
     Returns seconds (what lib.train records as an epoch's `seconds`), images_per_s, overhead_seconds (the
@@ -395,6 +397,9 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
     (CUDA-graph capture; torch.compile is paid in the warm-up epoch and counted there), setup_seconds (data
     to the device, model, capture) and warmup_seconds (the first epoch, with cuDNN's autotuning).
     compile=True times the cfg.compile variant (torch.compile on CUDA) instead of the CUDA-graph step.
+    before_timed(time_epoch), if given, is called after the warm-up, just before the timed epoch, with a
+    function that trains and times one more epoch (returning its seconds); what it returns is the result's
+    `before_timed` (lib.lanes: runs in several processes wait for each other there, one times a solo epoch).
     """
     import lib.train as T
 
@@ -424,14 +429,18 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             if epoch == 0:
                 warmup_seconds = time.perf_counter() - t0
 
-        # The timed epoch: exactly the span lib.train records as an epoch's `seconds`.
+        def timed_epoch(epoch: int):
+            """One epoch, timed over exactly the span lib.train records as an epoch's `seconds`."""
+            t0 = time.perf_counter()
+            stats = T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, epoch, False)
+            losses = stats["step_loss"].cpu()
+            val = T.evaluate(model, val_loader, cfg, dev)
+            _sync(dev)
+            return time.perf_counter() - t0, stats, losses, val
+
         epoch = warmup_epochs
-        t0 = time.perf_counter()
-        stats = T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, epoch, False)
-        losses = stats["step_loss"].cpu()
-        val = T.evaluate(model, val_loader, cfg, dev)
-        _sync(dev)
-        seconds = time.perf_counter() - t0
+        hooked = before_timed(lambda: timed_epoch(epoch + 1)[0]) if before_timed is not None else None
+        seconds, stats, losses, val = timed_epoch(epoch)
 
         row = T.epoch_row(epoch, T.lr_at(cfg, epoch), T.optimizer_at(cfg, epoch), stats, val, seconds)
         overhead = _bookkeeping_seconds(T, model, optimizer, dev, row, losses, stats["step_acc"], len(train_loader))
@@ -446,7 +455,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
             "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
             "canet_merged": blocks_merged(model, train_loader.X[:1]), "train_loss": row["train_loss"],
-            "val_acc": row["val_acc"], "data": info.get("label")}
+            "val_acc": row["val_acc"], "data": info.get("label"), "before_timed": hooked}
 
 
 def trace_steps(model_name: str, data_source: str | None = None, device: str = "auto", *, steps: int = 30,
@@ -1170,6 +1179,7 @@ def bench_table(bench) -> str:
               "", "Estimated " + format_estimate(data) + "."]
     lines += agreement_lines(data)
     lines += trace_lines(data)
+    lines += concurrency_lines(data)
     lines += graph_check_lines(data)
     return "\n".join(lines) + "\n"
 
@@ -1212,6 +1222,7 @@ class Job(NamedTuple):
     done: bool
     force: bool = False  # retrain although results exist (their checkpoints are needed and gone)
     epochs_done: int = 0  # a 'train' job's epochs in its resumable checkpoint here (lib.train.resume_epoch)
+    model: str | None = None  # a 'train' job's model (its slowdown in a lane: lib.lanes)
 
 
 def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
@@ -1237,9 +1248,9 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
 
     def train_job(cfg: TrainConfig, num_epochs: int) -> Job:
         if finished(cfg):
-            return Job("train", (cfg.name,), est(cfg.model, num_epochs), True)
+            return Job("train", (cfg.name,), est(cfg.model, num_epochs), True, model=cfg.model)
         done = resume_epoch(cfg, dirs)  # a run stopped by a call's time limit, on this machine
-        return Job("train", (cfg.name,), est(cfg.model, num_epochs - done), False, epochs_done=done)
+        return Job("train", (cfg.name,), est(cfg.model, num_epochs - done), False, epochs_done=done, model=cfg.model)
 
     # Seed-major: the first seed of every Part 1 model, the BN protocol and the probes come before the extra
     # seeds, so that a partly run study is complete for one seed before it gains error bars.
@@ -1296,13 +1307,21 @@ def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
 
 def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: float = 480.0, bench=None,
                dirs: OutputDirs | None = None, seeds: Sequence[int] = (0,), profile: str = "full",
-               margin: float = PLAN_MARGIN) -> dict:
+               margin: float = PLAN_MARGIN, lanes: int = 1) -> dict:
     """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
     `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds',
-    'partial'}.
+    'partial', 'lanes', 'slowdowns'}.
 
     Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
     'train-force NAME...' (the same with --force), 'slices', 'probe', 'costs'.
+
+    lanes > 1: the training runs (not the lr-1e-3 pair, which the slices follow) of models that train faster
+    together than one after another (measured slowdown at `lanes` runs at once < lanes: lib.lanes.slowdown) are
+    spread over `lanes` processes that train at once on the GPU, each run's estimate times that slowdown, each
+    into the least loaded lane. The plan then starts with one 'lane NAME...' line per lane used (the runner
+    starts them together and waits for all); the other jobs, runs of models without a measured gain among them,
+    follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
+    is the one of lanes=1.
 
     A single run longer than the whole budget (CANet_pro's may be) cannot finish in one call. When it is the
     first unfinished job of the subset it is planned alone, as `partial`: the runner's time limit stops it
@@ -1310,9 +1329,15 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     estimate then counts only the epochs left). Elsewhere in the order it is skipped, so that it does not
     take the leftovers of a call that has other work.
     """
+    from lib.lanes import slowdown
+
+    if lanes < 1:
+        raise ValueError(f"lanes must be at least 1, got {lanes}")
     jobs = select_jobs(study_jobs(bench, data_source, dirs, seeds, profile), tokens)
-    left, taken, skipped, done = float(budget_s), [], [], []
-    processes = set()
+    taken, skipped, done = [], [], []
+    loads, lane_jobs = [0.0] * lanes, [[] for _ in range(lanes)]  # lanes > 1: seconds and jobs per lane
+    rest = 0.0  # seconds of the jobs that run one after another
+    processes, slowdowns = set(), {}
     for job in jobs:
         if job.done:
             done.append(job)
@@ -1323,7 +1348,16 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
         # A job that needs a process kind not yet started also pays that process's start-up.
         kinds = {"train": {"train"}, "probe": {"probe"}, "costs": {"costs"},
                  "bn-slices": {"train-force" if job.force else "train", "slices"}}[job.kind]
-        cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
+        factor = slowdown(bench, job.model, lanes) if lanes > 1 and job.kind == "train" else float(lanes)
+        laned = factor < lanes  # a measured gain: together faster than one after another
+        if laned:
+            lane = min(range(lanes), key=loads.__getitem__)
+            slowdowns[job.model] = factor
+            cost = job.seconds * factor * margin + (0.0 if lane_jobs[lane] else STEP_STARTUP_S)
+            left = budget_s - rest - loads[lane]
+        else:
+            cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
+            left = budget_s - rest - max(loads)
         if cost > left:
             too_long = job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s
             # Before it: done, unmeasured, or the costs (which then wait for another call).
@@ -1331,24 +1365,32 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
                              and all(j.seconds is None or j.kind == "costs" for j, _ in skipped))
             if too_long and job.kind == "train" and first_in_line:  # the call is its own
                 return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
-                        "seconds": float(budget_s), "budget_s": budget_s, "partial": job}
-            why = f"estimated {cost:.0f} s > {left:.0f} s left"
+                        "seconds": float(budget_s), "budget_s": budget_s, "partial": job, "lanes": 1,
+                        "slowdowns": {}}
+            why = f"estimated {cost:.0f} s > {left:.0f} s left" + (" in the least loaded lane" if laned else "")
             if too_long:
                 why += (" (longer than the whole budget: it runs over two calls once it is the first "
                         "unfinished job, see docs/GPU.md)")
             skipped.append((job, why))
             continue
-        left -= cost
-        processes |= kinds
+        if laned:
+            loads[lane] += cost
+            lane_jobs[lane].append(job)
+        else:
+            rest += cost
+            processes |= kinds
         taken.append(job)
-    train = [n for j in taken if not j.force and j.kind in ("train", "bn-slices") for n in j.names]
+    in_lanes = {id(j) for js in lane_jobs for j in js}
+    train = [n for j in taken if not j.force and j.kind in ("train", "bn-slices") and id(j) not in in_lanes
+             for n in j.names]
     forced = [n for j in taken if j.force for n in j.names]
-    lines = ([f"train {' '.join(train)}"] if train else []) + ([f"train-force {' '.join(forced)}"] if forced else [])
+    lines = [f"lane {' '.join(n for j in js for n in j.names)}" for js in lane_jobs if js]
+    lines += ([f"train {' '.join(train)}"] if train else []) + ([f"train-force {' '.join(forced)}"] if forced else [])
     lines += ["slices"] if any(j.kind == "bn-slices" for j in taken) else []
     lines += ["probe"] if any(j.kind == "probe" for j in taken) else []
     lines += ["costs"] if any(j.kind == "costs" for j in taken) else []
-    return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": budget_s - left,
-            "budget_s": budget_s, "partial": None}
+    return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": max(loads) + rest,
+            "budget_s": budget_s, "partial": None, "lanes": lanes, "slowdowns": slowdowns}
 
 
 def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
@@ -1404,6 +1446,14 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
 def format_plan(plan: dict) -> str:
     """The plan as the lines the GPU script executes, with '#' comments on what was left out and why."""
     out = [f"# plan: {len(plan['taken'])} job(s), estimated {plan['seconds']:.0f} s of {plan['budget_s']:.0f} s"]
+    if plan.get("lanes", 1) > 1:
+        from lib.lanes import mps_on
+
+        factors = ", ".join(f"{m} x{f:.2f}" for m, f in plan["slowdowns"].items())
+        out.append(f"# lanes: up to {plan['lanes']} training processes at once, "
+                   f"{'under MPS' if mps_on() else 'time-sliced (no MPS)'}; each run's estimate times its "
+                   f"model's measured slowdown: {factors or 'none planned'}; runs of models without a measured "
+                   f"gain at {plan['lanes']} at once train alone, after the lanes")
     if (job := plan.get("partial")) is not None:
         out.append(f"# partial {job.names[0]}: about {job.seconds:.0f} s left to train, more than this call; it stops "
                    f"resumably at the time limit, and a call within 30 s on this warm machine resumes it (a fresh "

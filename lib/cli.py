@@ -271,7 +271,8 @@ def cmd_bench(args) -> int:
     from lib.results import read_json
     from lib.train import COMPILE_ENV, resolve_device
 
-    for option in ("models", "fast_only", "also_compiled", "check_graphs", "trace", "agreement"):  # before the data
+    for option in ("models", "fast_only", "also_compiled", "check_graphs", "trace", "agreement",
+                   "concurrent"):  # before the data
         names = getattr(args, option)
         names = [names] if isinstance(names, str) else names
         check_models(f"--{option.replace('_', '-')}", names, list_models(), "model")
@@ -303,6 +304,11 @@ def cmd_bench(args) -> int:
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
                             compile=args.compile, also_compiled=args.also_compiled or ())
+    if args.concurrent:  # each model alone and --lanes at once, in --lanes processes (lib.lanes)
+        from lib.lanes import measure_concurrency
+
+        measure_concurrency(args.concurrent, args.lanes, args.data, args.device, path, num_train=args.num_train,
+                            num_val=args.num_val, missing_only=args.missing_only)
     recorded = (read_json(path).get("agreement", {}) if path.exists() else {}).get(args.agreement)
     if args.agreement and args.missing_only and recorded is not None and not bench.stale_revision(recorded):
         print(f"agreement of {args.agreement}: in {path} already (--missing-only)")
@@ -338,9 +344,13 @@ def cmd_bench(args) -> int:
         print(bench.bench_table(path))
     if args.estimate:
         print(bench.format_estimate(path, seeds=len(args.seeds or [0])))
+        if args.lanes > 1:
+            from lib.lanes import format_lanes_estimate
+
+            print(format_lanes_estimate(path, seeds=len(args.seeds or [0]), runs=args.lanes))
     if args.plan:
         plan = bench.plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
-                                seeds=args.seeds or [0], profile=args.profile, margin=args.margin)
+                                seeds=args.seeds or [0], profile=args.profile, margin=args.margin, lanes=args.lanes)
         print(bench.format_plan(plan))
     return status
 
@@ -460,6 +470,13 @@ def main(argv=None) -> int:
     p.add_argument("--compile-choice-file", metavar="PATH",
                    help="write what --compile-choice prints to PATH; with --plan, the plan then assumes them "
                         "torch.compile'd (CIFAR10_COMPILE, as the GPU runner trains them)")
+    p.add_argument("--concurrent", nargs="+", metavar="MODEL",
+                   help="time each MODEL's fast epoch alone and with --lanes runs at once, in --lanes processes "
+                        "(under MPS where CIFAR10_MPS=1 says the GPU runner started it; lib.lanes)")
+    p.add_argument("--lanes", type=whole_number(1), default=1,
+                   help="training processes at once on the GPU: runs at once for --concurrent; --plan spreads "
+                        "the training runs over this many lanes, --estimate adds the study's time so "
+                        "(default 1: one run at a time)")
     p.add_argument("--table", action="store_true", help="print the bench file as a markdown table")
     p.add_argument("--estimate", action="store_true", help="print the full study's estimated GPU time")
     p.add_argument("--plan", nargs="+", metavar="SUBSET",

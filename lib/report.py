@@ -700,7 +700,9 @@ def _times(p1: list[dict], bn: list[dict], summary: dict) -> dict:
              for p in summary.get(kind, {}).values()]
     gpu = sum(s for d, s, _ in rows if d and not d.startswith("CPU"))
     cpu = sum(s for d, s, _ in rows if not d or d.startswith("CPU"))
-    return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows)}
+    shared = [r["shared_gpu"] for r in p1 + bn if r.get("shared_gpu")]  # trained beside others (lib.lanes)
+    return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows), "shared": len(shared),
+            "lanes": sorted({s["lanes"] for s in shared}), "mps": any(s.get("mps") for s in shared)}
 
 
 def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:

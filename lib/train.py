@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from lib.config import NORMS, TrainConfig
 from lib.data import load_cifar10, study_split, subset, to_device_tensors
+from lib.lanes import shared_gpu
 from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
@@ -598,6 +599,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                          f"folder (smoke/quick without --publish: build/{cfg.profile}/), or replace it with --force "
                          f"(with `--only {cfg.name}` to force this run alone; notebooks: force = True)")
     device = resolve_device(cfg.device)
+    sharing = shared_gpu()  # other runs training beside this one (the GPU runner's lanes), read before training
     if progress and not _hinted and (hint := precision_hint(cfg, device)):  # once per process
         _hinted.add(hint)
         print(hint)
@@ -742,6 +744,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         "wall_seconds_this_call": time.perf_counter() - run_start,
         "checkpoint": str(best_ckpt) if best_ckpt.exists() else None,
         **({"fast_path": fast_info} if device.type == "cuda" else {}),
+        **({"shared_gpu": sharing} if sharing else {}),  # its epoch times are those of a shared GPU
     }
     if cfg.record_steps:
         atomic_write_json(Path(dirs.results) / f"{cfg.name}.steps.json", steps)

@@ -19,6 +19,11 @@
 #  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tar (never
 #     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
 #     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
+# LANES=N (N > 1) trains N runs at once, one `python -m lib run` each (lib.lanes): the plan spreads the training
+# runs of the models that gain over N lanes by their measured slowdowns at N at once ('bench' measures them:
+# CONCURRENCY; the other models' runs train alone, after the lanes), under
+# NVIDIA MPS where the machine lets this script start its daemon (MPS=0: never), time-sliced otherwise; the
+# daemon runs only for the concurrency measurement and the lanes, and is stopped before anything else.
 # Checkpoints do not survive the machine: only finished results come back, and a later call skips them. A
 # run stopped by its time limit (lib run --time-limit) resumes from its checkpoint in a next call on the same,
 # still warm machine (the device tool keeps ignored files between calls); a fresh machine starts it over.
@@ -66,15 +71,54 @@ GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2's checks (the second call 
 PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
 STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this long before its timeout (the
                                       # Python start before the limit's clock starts, the last checkpoint)
+LANES=${LANES:-1}                    # training processes at once on the GPU (lib.lanes; 1: one run at a time)
+MPS=${MPS:-auto}                     # auto: with LANES > 1, try to start an MPS daemon (kernels of the lanes
+                                     # overlap); 0: never (the lanes time-slice the GPU)
+CONCURRENCY=${CONCURRENCY-$STUDY_MODELS}  # 'bench' with LANES > 1: time these alone and LANES at once (a
+                                          # model not measured trains alone); empty: none
 ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
 CPU_OK=""                            # set to --allow-cpu-training for a dry run (below)
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
 TMP_DIR=$(mktemp -d) || exit 1  # files between this script's Python steps (not brought back)
-trap 'rm -rf "$TMP_DIR"' EXIT
+MPS_PIPE=$TMP_DIR/mps-pipe      # where the MPS daemon of this script listens (only while it runs)
 start=$SECONDS
 
 log() { echo "[gpu_full_study +$((SECONDS - start))s] $*"; }
+
+# NVIDIA's Multi-Process Service for the lanes: kernels of several processes then run side by side instead of
+# time-slicing the GPU. A user-level daemon with its pipe and log under $TMP_DIR; it changes no GPU setting, and
+# stop_mps ends it. Without the tool, or when a test client cannot reach it, the lanes simply time-slice.
+start_mps() {
+  [[ "$MPS" != 0 && -z "$CPU_OK" ]] || return 1
+  [[ -z "${CIFAR10_MPS:-}" ]] || return 0  # already serving
+  if ! command -v nvidia-cuda-mps-control > /dev/null; then
+    log "MPS: nvidia-cuda-mps-control not found: the lanes time-slice the GPU"; return 1
+  fi
+  mkdir -p "$MPS_PIPE" "$TMP_DIR/mps-log"
+  export CUDA_MPS_PIPE_DIRECTORY=$MPS_PIPE CUDA_MPS_LOG_DIRECTORY=$TMP_DIR/mps-log
+  # Its output away from the log's pipe: a daemon holding it open would keep `tee` (and the call) waiting.
+  if nvidia-cuda-mps-control -d > /dev/null 2>&1 < /dev/null \
+    && timeout 60 $PY -c "import torch; print('MPS client ok:', torch.ones(8, device='cuda').sum().item())"; then
+    export CIFAR10_MPS=1
+    log "MPS: daemon started; server(s): $(echo get_server_list | nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')"
+    return 0
+  fi
+  log "MPS: could not start or serve a client (its log below); the lanes time-slice the GPU"
+  tail -n 20 "$TMP_DIR"/mps-log/*.log 2> /dev/null
+  stop_mps
+  return 1
+}
+
+stop_mps() {
+  if [[ -d "$MPS_PIPE" ]]; then
+    echo quit | CUDA_MPS_PIPE_DIRECTORY=$MPS_PIPE nvidia-cuda-mps-control > /dev/null 2>&1
+    sleep 1
+    rm -rf "$MPS_PIPE"
+  fi
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY CIFAR10_MPS
+}
+trap 'stop_mps; rm -rf "$TMP_DIR"' EXIT
 left() { echo $((BUDGET_S - PACK_RESERVE_S - (SECONDS - start))); }
 
 # Run one step under the time left; a step cut off loses only its unfinished experiment.
@@ -109,6 +153,21 @@ pack() {
       log "checkpoints ${ck[*]} are $size bytes compressed: too large to come back, not packed"
     fi
   fi
+}
+
+# The plan's 'lane' lines: one `python -m lib run` per lane, all at once (their log lines prefixed), each stopping
+# resumably at the call's time limit; CIFAR10_LANES makes their results record that they shared the GPU.
+run_lanes() {
+  local i=0 names pids=() limit=$(($(left) - STOP_RESERVE_S))
+  log "$# lanes at once$([[ -n "${CIFAR10_MPS:-}" ]] && echo ' under MPS' || echo ', time-sliced')"
+  for names in "$@"; do
+    i=$((i + 1))
+    { export CIFAR10_LANES=$#
+      guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part1 --part2 --seeds $SEEDS \
+        --only $names --time-limit $limit 2>&1 | sed -u "s/^/[lane $i] /"; } &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
 }
 
 main() {
@@ -183,8 +242,10 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
   pack
   # Which models train torch.compile'd instead of CUDA-graphed (the plan's estimates follow the choice).
   local choose=()  # auto: the plan's Python process also picks them (one start less), bench-only calls ask alone
+  local measure_lanes=0  # 'bench' with lanes: the concurrency measurement, which times the variants chosen here
+  ((want_bench && LANES > 1)) && [[ -n "$CONCURRENCY" ]] && measure_lanes=1
   case "$COMPILE_MODELS" in
-    auto) if ((${#tokens[@]})); then
+    auto) if ((${#tokens[@]})) && ((!measure_lanes)); then
             rm -f "$TMP_DIR/compile.txt"; choose=(--compile-choice-file "$TMP_DIR/compile.txt"); COMPILE_MODELS=""
           else
             COMPILE_MODELS=$($PY -m lib bench --compile-choice $BENCH_ARGS) || COMPILE_MODELS=""
@@ -192,14 +253,22 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
     none) COMPILE_MODELS="" ;;
   esac
   export CIFAR10_COMPILE="$COMPILE_MODELS"
+  if ((measure_lanes)); then  # each model alone and LANES at once, under MPS where it starts
+    start_mps
+    guard $PY -m lib bench --concurrent $CONCURRENCY --lanes "$LANES" --missing-only --data "$DATA" $BENCH_ARGS
+    pack
+  fi
   if ! ((${#tokens[@]})); then
+    stop_mps
     log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"; log "bench only"
     return 0
   fi
 
-  # 4. Plan the unfinished experiments that fit, then 5. run them.
+  # 4. Plan the unfinished experiments that fit, then 5. run them. With lanes, MPS first: the plan reads the
+  #    slowdowns measured as the lanes will run (under MPS or time-sliced).
+  ((LANES > 1)) && start_mps
   $PY -m lib bench --plan "${tokens[@]}" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
-    --data "$DATA" --seeds $SEEDS ${choose[@]+"${choose[@]}"} > "$OUT/plan.txt" \
+    --data "$DATA" --seeds $SEEDS --lanes "$LANES" ${choose[@]+"${choose[@]}"} > "$OUT/plan.txt" \
     || { log "planning failed"; return 1; }
   if ((${#choose[@]})); then CIFAR10_COMPILE=$(<"$TMP_DIR/compile.txt"); export CIFAR10_COMPILE; fi
   log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"
@@ -208,7 +277,16 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
     log "a run longer than this call: call again within 30 s (same subset), on this warm machine, to resume it"
   fi
   mapfile -t lines < <(grep -v '^#' "$OUT/plan.txt")
+  local lanes=() rest=()
   for line in "${lines[@]}"; do
+    if [[ "$line" == "lane "* ]]; then lanes+=("${line#lane }"); else rest+=("$line"); fi
+  done
+  if ((${#lanes[@]})); then
+    run_lanes "${lanes[@]}"
+    pack
+  fi
+  stop_mps  # what follows runs alone
+  for line in ${rest[@]+"${rest[@]}"}; do
     read -r kind names <<< "$line"
     case "$kind" in
       # --time-limit: a run that cannot finish stops resumably before the step's timeout would kill it.
@@ -226,4 +304,4 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
   $PY -m lib bench --table
 }
 
-(main "$@"; pack; log "done; \$OUT holds: $(cd "$OUT" && ls -m)") 2>&1 | tee "$OUT/log.txt"
+(main "$@"; stop_mps; pack; log "done; \$OUT holds: $(cd "$OUT" && ls -m)") 2>&1 | tee "$OUT/log.txt"

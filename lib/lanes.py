@@ -1,0 +1,252 @@
+"""Several training runs at once on one GPU ("lanes"): what it gains, measured; what the results then record.
+
+A CUDA-graphed step of the study's small models leaves most of a large GPU idle: on the H200, CANet_tiny's
+step is 7.8 ms of ~730 small kernels at batch 256 (results/bench/nvidia-h200.json, traces). Runs in separate
+processes can share the GPU. Without NVIDIA's Multi-Process Service (MPS) the GPU time-slices between the
+processes (only each one's host-side gaps are filled); under MPS their kernels run side by side. Which of the
+two happens, and what it gains for each model, is measured here, not assumed:
+
+    measure_concurrency(["CANet_tiny"], runs=3, source)  # -> the bench file's "concurrency" section
+    slowdown(bench, "CANet_tiny", 3)      # an epoch's seconds with 3 runs at once / alone (unmeasured: 3)
+    lanes_estimate(bench, seeds=3, runs=3)  # the full study's minutes with 3 runs at once
+
+Each measurement starts `runs` processes that set up and warm up the model, then wait for each other; one of
+them times an epoch alone while the others wait, then all time an epoch at once (lib.bench.fast_epoch's
+before_timed). So both times come from the same processes, minutes apart.
+
+The GPU runner (scripts/gpu_full_study.sh, LANES=3) starts MPS where the machine allows it (CIFAR10_MPS=1 then),
+measures, lets lib.bench.plan_study spread the training runs of the models with a measured gain over the lanes
+at these slowdowns (the others train alone, after the lanes), and starts one `python -m lib run` per lane
+(CIFAR10_LANES set).
+A result trained so records `shared_gpu` (lib.train), because its epoch times are those of a shared GPU.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import multiprocessing as mp
+import os
+import queue as _queue
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+LANES_ENV = "CIFAR10_LANES"  # set by the GPU runner while its lanes train: how many runs it started at once
+MPS_ENV = "CIFAR10_MPS"      # "1": the runner's MPS daemon serves the GPU (kernels of the processes overlap)
+BARRIER_TIMEOUT_S = 900.0    # a process that waits longer for the others gives up (one died without a word)
+
+
+def mps_on() -> bool:
+    """Whether the GPU runner said that an MPS daemon serves this machine's GPU (CIFAR10_MPS=1)."""
+    return os.environ.get(MPS_ENV, "").strip() == "1"
+
+
+def shared_gpu() -> dict | None:
+    """What a result records when its run shared the GPU with other lanes: {'lanes', 'mps'}; None alone."""
+    try:
+        lanes = int(os.environ.get(LANES_ENV, "1") or 1)
+    except ValueError:
+        raise ValueError(f"{LANES_ENV} must be a whole number of runs at once, not {os.environ[LANES_ENV]!r}")
+    return {"lanes": lanes, "mps": mps_on()} if lanes > 1 else None
+
+
+def concurrency_key(variant: str, runs: int, mps: bool) -> str:
+    """Key of a measurement in the bench file's 'concurrency': <bench key>/x<runs>/<mps|time-sliced>."""
+    return f"{variant}/x{runs}/{'mps' if mps else 'time-sliced'}"
+
+
+def concurrency_records(bench) -> dict:
+    """The bench file's (path or dict) 'concurrency' section."""
+    from lib.bench import load_bench
+
+    return load_bench(bench).get("concurrency", {}) if bench is not None else {}
+
+
+def _usable(record: dict | None, bench) -> bool:
+    """Whether a measurement timed the model's step as lib.run would train it now (lib.bench.timed_as_now)."""
+    from lib.bench import load_bench, timed_as_now
+
+    if not record or record.get("slowdown") is None:
+        return False
+    cpu = str(load_bench(bench).get("device_slug", "cpu")).startswith("cpu")
+    return timed_as_now(record, torch.device("cpu" if cpu else "cuda"))
+
+
+def measurement(bench, model: str, runs: int, mps: bool | None = None) -> dict | None:
+    """The usable measurement of `model` (the variant lib.run trains now: lib.bench.key_in_use) at `runs` at
+    once, under MPS or time-sliced as `mps` says (default: as now, mps_on()); None if there is none."""
+    from lib.bench import key_in_use
+
+    mps = mps_on() if mps is None else mps
+    record = concurrency_records(bench).get(concurrency_key(key_in_use(model), runs, mps))
+    return record if _usable(record, bench) else None
+
+
+def slowdown(bench, model: str, runs: int, mps: bool | None = None) -> float:
+    """An epoch's seconds with `runs` runs at once over its seconds alone, as measured; `runs` (no gain:
+    the runs might as well run one after another) where nothing usable was measured."""
+    if runs <= 1:
+        return 1.0
+    record = measurement(bench, model, runs, mps)
+    return float(record["slowdown"]) if record is not None else float(runs)
+
+
+def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None) -> dict:
+    """The full study's time with `runs` lanes, as lib.bench.plan_study plans them: the training runs (Part 1 x
+    seeds, the BN protocol) of models with a measured gain at their slowdown, spread evenly over the lanes; the
+    runs of the other models and the probes alone. {'total_minutes', 'per_seed_minutes', 'runs', 'mps',
+    'laned': models that train in lanes, 'alone': models without a measured gain, 'missing': not timed alone}."""
+    from lib.bench import study_estimate
+
+    est = study_estimate(bench, seeds)
+    train = {**est["part1"], **est["bn"]}
+    factor = {m: slowdown(bench, m, runs, mps) for m in train}
+    laned = [m for m in train if factor[m] < runs]
+    total = (sum(train[m] * factor[m] for m in laned) / max(runs, 1) + sum(train[m] for m in train if m not in laned)
+             + sum(est["probe"].values()))
+    return {"total_minutes": total / 60, "per_seed_minutes": total / 60 / max(seeds, 1), "runs": runs,
+            "mps": mps_on() if mps is None else mps, "laned": laned,
+            "alone": [m for m in train if m not in laned], "missing": est["missing"]}
+
+
+def format_lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None) -> str:
+    """lanes_estimate as one line (for `python -m lib bench --estimate --lanes N`)."""
+    e = lanes_estimate(bench, seeds, runs, mps)
+    how = "under MPS" if e["mps"] else "time-sliced (no MPS)"
+    line = (f"with {runs} runs at once, {how}: {e['total_minutes']:.1f} min for {seeds} seed(s), "
+            f"{e['per_seed_minutes']:.1f} min per seed")
+    if e["alone"]:
+        line += f"; trained alone (no measured gain at {runs} at once): {', '.join(e['alone'])}"
+    if e["missing"]:
+        line += f"; INCOMPLETE, not measured alone: {', '.join(e['missing'])}"
+    return line
+
+
+def concurrency_lines(bench) -> list[str]:
+    """One sentence per concurrency measurement in a bench file (path or dict), then the study's estimate (one
+    seed) for each number of runs at once and MPS state measured."""
+    lines, measured = [], set()
+    for r in concurrency_records(bench).values():
+        if r.get("slowdown") is None:
+            continue
+        how = "under MPS" if r["mps"] else "time-sliced (no MPS)"
+        lines.append(f"{r['key']}, {r['runs']} runs at once {how}: an epoch {r['solo_seconds']:.2f} s alone, "
+                     f"{r['mean_seconds']:.2f} s each at once ({r['slowdown']:.2f}x as long; all together "
+                     f"{r['gain']:.2f}x the images per second of one run; {r['device']}, {r['date'][:10]}).")
+        measured.add((r["runs"], r["mps"]))
+    return lines + [f"Estimated full study {format_lanes_estimate(bench, 1, runs, mps)}."
+                    for runs, mps in sorted(measured)]
+
+
+# ------------------------------------------------------------------------------------------- measuring it
+
+def _worker(index: int, models: Sequence[str], source, device: str, num_train, num_val, barrier, results) -> None:
+    """One of the processes of measure_concurrency: per model, set up and warm up, wait for the others, (index 0:
+    time an epoch alone while the others wait,) then time an epoch with all of them. Puts (index, model,
+    dict) on `results`; on an error it breaks the barrier, so that the others stop too."""
+    from lib.bench import _release, fast_epoch
+    from lib.train import compiled_by_env, resolve_device
+
+    def meet(time_epoch):
+        barrier.wait(BARRIER_TIMEOUT_S)  # all warmed up
+        solo = time_epoch() if index == 0 else None  # the others wait, launching nothing
+        barrier.wait(BARRIER_TIMEOUT_S)  # then all at once
+        return solo
+
+    for model in models:
+        try:
+            r = fast_epoch(model, source, device, num_train=num_train, num_val=num_val,
+                           compile=compiled_by_env(model), before_timed=meet)
+        except Exception as err:  # reported by the parent; the barrier releases the others
+            barrier.abort()
+            results.put((index, model, {"error": f"{type(err).__name__}: {err}"}))
+            return
+        results.put((index, model, {k: r[k] for k in ("seconds", "before_timed", "num_train", "cuda_graphs",
+                                                      "compiled", "compile_mode", "canet_merged", "data")}))
+        _release(resolve_device(device))
+
+
+def _collect(procs, results, expected: int):
+    """(index, model, dict) items from the workers until `expected` came or every worker ended."""
+    while expected > 0:
+        try:
+            yield results.get(timeout=1.0)
+            expected -= 1
+        except _queue.Empty:
+            if not any(p.is_alive() for p in procs):
+                while True:  # what the last ones put before they ended
+                    try:
+                        yield results.get(timeout=0.5)
+                    except _queue.Empty:
+                        return
+
+
+def measure_concurrency(models: Sequence[str], runs: int, data_source: str | None = None, device: str = "auto",
+                        out_path: Path | str | None = None, *, num_train: int | None = None,
+                        num_val: int | None = None, missing_only: bool = False, progress: bool = True) -> dict:
+    """Time each model's `full`-recipe epoch alone and with `runs` processes at once (module docstring); merge
+    each measurement into the bench file's 'concurrency' as soon as it is complete. missing_only skips models
+    with a usable measurement at this `runs` and MPS state. Returns the file's content."""
+    from lib.bench import _merge_write, bench_path, key_in_use, recipe_config
+    from lib.data import canonical_source, load_cifar10
+    from lib.models import revision
+    from lib.results import device_name, read_json
+    from lib.train import resolve_device
+
+    if runs < 2:
+        raise ValueError(f"a concurrency measurement needs at least 2 runs at once (--lanes 2 or more), got {runs}")
+    dev = resolve_device(device)
+    path = Path(out_path) if out_path is not None else bench_path(dev)
+    source = canonical_source(data_source)
+    mps = mps_on()
+    known = read_json(path) if path.exists() else None
+    todo = [m for m in dict.fromkeys(models)
+            if not (missing_only and known is not None and measurement(known, m, runs, mps) is not None)]
+    if not todo:
+        return known
+    data = _merge_write(path, dev)  # before the processes start: a file of another device is an error now
+    load_cifar10(source)  # decoded once into the cache here, not by every process at once
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    barrier, results = ctx.Barrier(runs), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(i, todo, source, str(dev), num_train, num_val, barrier, results),
+                         daemon=True) for i in range(runs)]
+    for p in procs:
+        p.start()
+    got: dict[str, dict[int, dict]] = {m: {} for m in todo}
+    errors = []
+    try:
+        for index, model, r in _collect(procs, results, runs * len(todo)):
+            if "error" in r:
+                errors.append(f"process {index}, {model}: {r['error']}")
+                continue
+            got[model][index] = r
+            if len(got[model]) < runs:
+                continue
+            each = [got[model][i]["seconds"] for i in range(runs)]
+            solo, first = got[model][0]["before_timed"], got[model][0]
+            mean = statistics.fmean(each)
+            key = key_in_use(model)
+            cfg = recipe_config(model, source, str(dev), num_train, num_val)
+            record = {"key": key, "model": model, "runs": runs, "mps": mps, "seconds": each, "mean_seconds": mean,
+                      "solo_seconds": solo, "slowdown": mean / solo, "gain": runs * solo / mean,
+                      "batch_size": cfg.batch_size, "num_train": first["num_train"], "data": first["data"],
+                      "cuda_graphs": first["cuda_graphs"], "compiled": first["compiled"],
+                      "model_revision": revision(model), "device": device_name(dev), "torch": torch.__version__,
+                      "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      **({"compile_mode": first["compile_mode"]} if first["compiled"] else {}),
+                      **({"canet_merged": first["canet_merged"]} if first.get("canet_merged") is not None else {})}
+            known = read_json(path).get("concurrency", {})
+            data = _merge_write(path, dev, concurrency=dict(known, **{concurrency_key(key, runs, mps): record}))
+            if progress:
+                print(f"[bench] {concurrency_lines({'concurrency': {key: record}})[0]}", flush=True)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+    missing = [m for m in todo if len(got[m]) < runs]
+    if missing:
+        raise RuntimeError(f"the concurrency measurement of {', '.join(missing)} did not complete: "
+                           f"{'; '.join(errors) or 'a process ended without a word (killed? out of memory?)'}")
+    return data

@@ -1,0 +1,224 @@
+"""Several runs at once on one GPU (lib.lanes): the slowdowns the plan reads, the plan's lanes, the measurement
+(on a CPU: two processes that wait for each other), what a result and the report record."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import lib.bench as B
+import lib.lanes as L
+from lib.cli import main
+from lib.data import resolve_source
+from lib.experiments import part1_config
+from lib.models import PART1_MODELS, revision
+from lib.paths import output_dirs
+from lib.results import atomic_write_json, read_json
+from test_bench import fake_bench, write_finished
+
+
+@pytest.fixture(autouse=True)
+def alone(monkeypatch):
+    """No lanes or MPS from the environment the tests run in."""
+    monkeypatch.delenv(L.LANES_ENV, raising=False)
+    monkeypatch.delenv(L.MPS_ENV, raising=False)
+    monkeypatch.delenv("CIFAR10_COMPILE", raising=False)
+
+
+def record(model: str, runs: int, slowdown: float, mps: bool = True, **extra) -> dict:
+    """A concurrency measurement with a chosen slowdown (fabricated: these tests check the arithmetic)."""
+    return {"key": model, "model": model, "runs": runs, "mps": mps, "seconds": [slowdown] * runs,
+            "mean_seconds": slowdown, "solo_seconds": 1.0, "slowdown": slowdown, "gain": runs / slowdown,
+            "cuda_graphs": True, "compiled": False, "model_revision": revision(model), "device": "NVIDIA H200",
+            "date": "2026-11-27T12:00:00+00:00", **extra}
+
+
+def with_records(bench: dict, *records: dict) -> dict:
+    """`bench` with these measurements in its 'concurrency' section."""
+    return dict(bench, concurrency={L.concurrency_key(r["key"], r["runs"], r["mps"]): r for r in records})
+
+
+def test_shared_gpu_is_what_the_runner_says(monkeypatch):
+    assert L.shared_gpu() is None
+    monkeypatch.setenv(L.LANES_ENV, "1")
+    assert L.shared_gpu() is None
+    monkeypatch.setenv(L.LANES_ENV, "3")
+    assert L.shared_gpu() == {"lanes": 3, "mps": False}
+    monkeypatch.setenv(L.MPS_ENV, "1")
+    assert L.shared_gpu() == {"lanes": 3, "mps": True}
+    monkeypatch.setenv(L.LANES_ENV, "three")
+    with pytest.raises(ValueError, match="CIFAR10_LANES must be a whole number"):
+        L.shared_gpu()
+
+
+def test_slowdown_is_the_measured_one_else_no_gain(monkeypatch):
+    bench = with_records(fake_bench(), record("CANet_tiny", 3, 1.4), record("ResNet18", 3, 2.5, mps=False),
+                         dict(record("VGG11", 3, 1.1), model_revision=revision("VGG11") - 1))
+    bench["device_slug"] = "nvidia-h200"
+    assert L.slowdown(bench, "CANet_tiny", 1) == 1.0  # alone
+    assert L.slowdown(bench, "CANet_tiny", 3) == 3.0  # measured under MPS, but MPS is not on now
+    assert L.slowdown(bench, "ResNet18", 3) == 2.5
+    monkeypatch.setenv(L.MPS_ENV, "1")
+    assert L.slowdown(bench, "CANet_tiny", 3) == 1.4
+    assert L.slowdown(bench, "CANet_tiny", 2) == 2.0  # measured at another number of runs
+    assert L.slowdown(bench, "ResNet18", 3) == 3.0  # measured time-sliced only
+    assert L.slowdown(bench, "VGG11", 3) == 3.0  # measured with an older implementation of the model
+    monkeypatch.setenv("CIFAR10_EAGER_MODELS", "CANet_tiny")  # its step would run uncaptured now: not as measured
+    assert L.slowdown(bench, "CANet_tiny", 3) == 3.0
+
+
+def test_lanes_estimate_spreads_the_training_over_the_lanes():
+    bench = fake_bench()
+    one = B.study_estimate(bench, seeds=3)
+    train_s = sum(one["part1"].values()) + sum(one["bn"].values())
+    probe_s = sum(one["probe"].values())
+    # Unmeasured: every run alone, the same minutes as without lanes.
+    est = L.lanes_estimate(bench, seeds=3, runs=3, mps=True)
+    assert est["total_minutes"] == pytest.approx(one["total_minutes"])
+    assert est["laned"] == [] and set(est["alone"]) == set(PART1_MODELS) | {"VGG_A", "VGG_A_BN"}
+    # Every model but VGG11 measured at 1.5x as long with 3 at once: half its training time; VGG11 measured at
+    # 4x (slower together than one after another): alone.
+    bench = with_records(bench, *(record(m, 3, 4.0 if m == "VGG11" else 1.5)
+                                  for m in PART1_MODELS + ("VGG_A", "VGG_A_BN")))
+    bench["device_slug"] = "nvidia-h200"
+    vgg11 = one["part1"]["VGG11"]
+    est = L.lanes_estimate(bench, seeds=3, runs=3, mps=True)
+    assert est["total_minutes"] * 60 == pytest.approx((train_s - vgg11) * 1.5 / 3 + vgg11 + probe_s)
+    assert est["per_seed_minutes"] == pytest.approx(est["total_minutes"] / 3) and est["alone"] == ["VGG11"]
+    line = L.format_lanes_estimate(bench, seeds=3, runs=3, mps=True)
+    assert line.startswith(f"with 3 runs at once, under MPS: {est['total_minutes']:.1f} min for 3 seed(s)")
+    assert line.endswith("trained alone (no measured gain at 3 at once): VGG11")
+
+
+def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, tmp_path, monkeypatch):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    write_finished(dirs, part1_config("CANet_tiny", "full", source))
+    monkeypatch.setenv(L.MPS_ENV, "1")
+    bench = with_records(fake_bench(), *(record(m, 2, 1.25) for m in PART1_MODELS))
+    bench["device_slug"] = "nvidia-h200"
+    # A Part 1 run: 79.5 s alone, x 1.25 beside another, x 1.2 margin = 119.25 s; +20 s for each lane's process.
+    plan = B.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs, lanes=2)
+    assert plan["lines"] == ["lane p1-CANet_light-s0 p1-CANet_pro-s0", "lane p1-CANet-s0 p1-ShuffleNetV2-s0"]
+    assert plan["seconds"] == pytest.approx(20 + 2 * 119.25)
+    assert plan["slowdowns"]["CANet"] == 1.25
+    text = B.format_plan(plan)
+    assert "# lanes: up to 2 training processes at once, under MPS" in text and "CANet_light x1.25," in text
+    # One run at a time, the same budget takes two runs (20 + 2 x 95.4 s).
+    alone = B.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs)
+    assert alone["lines"] == ["train p1-CANet_light-s0 p1-CANet-s0"]
+    # Not measured, or slower together than one after another: the runs train alone, as without lanes.
+    slower = with_records(fake_bench(), *(record(m, 2, 2.5) for m in PART1_MODELS))
+    for other in (fake_bench(), dict(slower, device_slug="nvidia-h200")):
+        plan = B.plan_study(["part1"], source, budget_s=300, bench=other, dirs=dirs, lanes=2)
+        assert (plan["lines"], plan["seconds"], plan["slowdowns"]) == (alone["lines"], alone["seconds"], {})
+    # Some measured: those in lanes first, the others alone after them.
+    mixed = with_records(fake_bench(), record("CANet", 2, 1.25), record("ShuffleNetV2", 2, 1.25))
+    plan = B.plan_study(["part1"], source, budget_s=400, bench=dict(mixed, device_slug="nvidia-h200"), dirs=dirs,
+                        lanes=2)
+    # lanes: 20 + 119.25 each; then CANet_light and CANet_pro alone: 20 + 2 x 95.4; MobileNetV2's 95.4 more
+    # would pass 400.
+    assert plan["lines"] == ["lane p1-CANet-s0", "lane p1-ShuffleNetV2-s0",
+                             "train p1-CANet_light-s0 p1-CANet_pro-s0"]
+    assert plan["seconds"] == pytest.approx(139.25 + 20 + 2 * 95.4)
+
+
+def test_jobs_beside_the_lanes_run_after_them_one_at_a_time(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    for model in PART1_MODELS:
+        write_finished(dirs, part1_config(model, "full", source))
+    bench = with_records(fake_bench(), record("VGG_A", 3, 2.0, mps=False), record("VGG_A_BN", 3, 2.0, mps=False))
+    plan = B.plan_study(["all"], source, budget_s=2000, bench=bench, dirs=dirs, lanes=3)
+    lanes = [line for line in plan["lines"] if line.startswith("lane ")]
+    assert len(lanes) == 3 and plan["lines"][:3] == lanes  # the lanes first, together
+    assert sorted(n for line in lanes for n in line.split()[1:]) == sorted(
+        n for j in plan["taken"] if j.kind == "train" for n in j.names)  # six BN runs, each in one lane
+    # the lr-1e-3 pair (which the slices need) trains after the lanes, then the slices, probes, costs
+    assert plan["lines"][3:] == ["train bn-VGG_A-lr0.001-s2020 bn-VGG_A_BN-lr0.001-s2020", "slices", "probe",
+                                 "costs"]
+    with pytest.raises(ValueError, match="lanes must be at least 1"):
+        B.plan_study(["all"], source, bench=fake_bench(), dirs=dirs, lanes=0)
+
+
+def test_a_run_longer_than_a_call_still_gets_a_call_of_its_own_with_lanes(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    bench = fake_bench()
+    bench["entries"]["CANet_pro"] = dict(bench["entries"]["CANet_pro"], fast_seconds=10.0)
+    for model in ("CANet_tiny", "CANet_light", "CANet"):
+        write_finished(dirs, part1_config(model, "full", source))
+    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs, lanes=3)
+    assert plan["lines"] == ["train p1-CANet_pro-s0"] and plan["partial"] is not None and plan["lanes"] == 1
+
+
+def test_cli_plans_and_estimates_with_lanes(tiny_source, tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    atomic_write_json(path, with_records(fake_bench(), record("CANet", 2, 1.5, mps=False),
+                                         record("VGG11", 2, 1.5, mps=False)))
+    assert main(["bench", "--out", str(path), "--estimate", "--lanes", "2", "--seeds", "0", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "with 2 runs at once, time-sliced (no MPS)" in out and "for 2 seed(s)" in out
+    assert main(["bench", "--out", str(path), "--plan", "p1-CANet-s0", "p1-VGG11-s0", "--budget", "1000",
+                 "--lanes", "2", "--data", str(tiny_source)]) == 0
+    assert re.findall(r"^lane .*$", capsys.readouterr().out, re.M) == ["lane p1-CANet-s0", "lane p1-VGG11-s0"]
+    with pytest.raises(SystemExit):
+        main(["bench", "--out", str(path), "--plan", "all", "--lanes", "0"])
+    assert "a whole number >= 1, not '0'" in capsys.readouterr().err
+
+
+def test_measure_concurrency_times_each_model_alone_and_at_once(tiny_source, tmp_path):
+    path = tmp_path / "bench.json"
+    data = L.measure_concurrency(["CANet_tiny"], 2, str(tiny_source), "cpu", path, num_train=16, num_val=8,
+                                 progress=False)
+    rec = data["concurrency"]["CANet_tiny/x2/time-sliced"]
+    assert rec["runs"] == 2 and rec["mps"] is False and len(rec["seconds"]) == 2 and rec["num_train"] == 16
+    assert rec["solo_seconds"] > 0 and rec["slowdown"] == pytest.approx(rec["mean_seconds"] / rec["solo_seconds"])
+    assert rec["gain"] == pytest.approx(2 / rec["slowdown"]) and rec["model_revision"] == revision("CANet_tiny")
+    assert read_json(path)["concurrency"] == data["concurrency"]
+    assert L.slowdown(path, "CANet_tiny", 2) == pytest.approx(rec["slowdown"])  # the plan's factor now
+    assert "CANet_tiny, 2 runs at once time-sliced (no MPS): an epoch" in "\n".join(L.concurrency_lines(path))
+    before = path.stat().st_mtime_ns
+    L.measure_concurrency(["CANet_tiny"], 2, str(tiny_source), "cpu", path, num_train=16, num_val=8,
+                          missing_only=True, progress=False)
+    assert path.stat().st_mtime_ns == before  # measured already: nothing started, nothing written
+    with pytest.raises(ValueError, match=r"at least 2 runs at once \(--lanes 2 or more\)"):
+        L.measure_concurrency(["CANet_tiny"], 1, str(tiny_source), "cpu", path)
+
+
+def test_a_failing_process_ends_the_measurement_with_its_error(tiny_source, tmp_path):
+    with pytest.raises(RuntimeError, match=r"did not complete: process \d, CANet_tiny: ValueError: .*empty"):
+        L.measure_concurrency(["CANet_tiny"], 2, str(tiny_source), "cpu", tmp_path / "bench.json", num_train=0,
+                              num_val=8, progress=False)
+
+
+def test_a_run_in_a_lane_records_that_it_shared_the_gpu(tiny_source, tmp_path, monkeypatch):
+    from lib.train import train
+
+    cfg = part1_config("CANet_tiny", "smoke", resolve_source(tiny_source)).replace(num_epochs=1, num_train=16,
+                                                                                   num_val=8, num_test=8)
+    dirs = output_dirs("smoke", root=tmp_path)
+    monkeypatch.setenv(L.LANES_ENV, "3")
+    assert train(cfg, dirs=dirs, progress=False)["shared_gpu"] == {"lanes": 3, "mps": False}
+    monkeypatch.delenv(L.LANES_ENV)
+    assert "shared_gpu" not in train(cfg, dirs=dirs, progress=False, force=True)
+
+
+def test_report_says_when_runs_shared_the_gpu(tmp_path):
+    from lib.report import collect
+    from test_report import p1_result
+
+    dirs = output_dirs("quick", root=tmp_path)
+    for seed in (0, 1):
+        r = p1_result("CANet", seed, 0.9)
+        if seed:
+            r["shared_gpu"] = {"lanes": 3, "mps": True}
+        atomic_write_json(Path(dirs.results) / f"{r['name']}.json", r)
+    times = collect("quick", dirs)["times"]
+    assert (times["shared"], times["lanes"], times["mps"]) == (1, [3], True)
+    from lib.report import render_report
+
+    text = Path(render_report("quick", dirs)).read_text()
+    assert "1 of the training runs shared the GPU with other runs (3 started\n  at once, under NVIDIA MPS" in text
