@@ -389,7 +389,7 @@ def agreement(model_name: str, data_source: str | None = None, device: str = "au
 
 def fast_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
                num_train: int | None = None, num_val: int | None = None, warmup_epochs: int = 1,
-               seed: int = 0, compile: bool = False, before_timed=None) -> dict:
+               seed: int = 0, compile: bool = False, before_timed=None, after_timed=None) -> dict:
     """Time one epoch of lib.train's `full`-profile training + validation for `model_name`, after warm-up.
 
     Returns seconds (what lib.train records as an epoch's `seconds`), images_per_s, overhead_seconds (the
@@ -399,7 +399,8 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
     compile=True times the cfg.compile variant (torch.compile on CUDA) instead of the CUDA-graph step.
     before_timed(time_epoch), if given, is called after the warm-up, just before the timed epoch, with a
     function that trains and times one more epoch (returning its seconds); what it returns is the result's
-    `before_timed` (lib.lanes: runs in several processes wait for each other there, one times a solo epoch).
+    `before_timed`. after_timed(), if given, is called right after the timed epoch, before the bookkeeping is
+    timed (lib.lanes: processes wait for each other at both, and one times a solo epoch before).
     """
     import lib.train as T
 
@@ -441,6 +442,8 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
         epoch = warmup_epochs
         hooked = before_timed(lambda: timed_epoch(epoch + 1)[0]) if before_timed is not None else None
         seconds, stats, losses, val = timed_epoch(epoch)
+        if after_timed is not None:
+            after_timed()
 
         row = T.epoch_row(epoch, T.lr_at(cfg, epoch), T.optimizer_at(cfg, epoch), stats, val, seconds)
         overhead = _bookkeeping_seconds(T, model, optimizer, dev, row, losses, stats["step_acc"], len(train_loader))
@@ -1348,17 +1351,15 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
         # A job that needs a process kind not yet started also pays that process's start-up.
         kinds = {"train": {"train"}, "probe": {"probe"}, "costs": {"costs"},
                  "bn-slices": {"train-force" if job.force else "train", "slices"}}[job.kind]
+        # Alone after the lanes, or (a measured gain: together faster than one after another) in the least
+        # loaded lane, where it fits.
+        cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
+        left = budget_s - rest - max(loads)
         factor = slowdown(bench, job.model, lanes) if lanes > 1 and job.kind == "train" else float(lanes)
-        laned = factor < lanes  # a measured gain: together faster than one after another
-        if laned:
-            lane = min(range(lanes), key=loads.__getitem__)
-            slowdowns[job.model] = factor
-            cost = job.seconds * factor * margin + (0.0 if lane_jobs[lane] else STEP_STARTUP_S)
-            left = budget_s - rest - loads[lane]
-        else:
-            cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
-            left = budget_s - rest - max(loads)
-        if cost > left:
+        lane = min(range(lanes), key=loads.__getitem__)
+        lane_cost = job.seconds * factor * margin + (0.0 if lane_jobs[lane] else STEP_STARTUP_S)
+        laned = factor < lanes and lane_cost <= budget_s - rest - loads[lane]
+        if not laned and cost > left:
             too_long = job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s
             # Before it: done, unmeasured, or the costs (which then wait for another call).
             first_in_line = (all(j.kind == "costs" for j in taken)
@@ -1367,15 +1368,16 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
                 return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
                         "seconds": float(budget_s), "budget_s": budget_s, "partial": job, "lanes": 1,
                         "slowdowns": {}}
-            why = f"estimated {cost:.0f} s > {left:.0f} s left" + (" in the least loaded lane" if laned else "")
+            why = f"estimated {cost:.0f} s > {left:.0f} s left"
             if too_long:
                 why += (" (longer than the whole budget: it runs over two calls once it is the first "
                         "unfinished job, see docs/GPU.md)")
             skipped.append((job, why))
             continue
         if laned:
-            loads[lane] += cost
+            loads[lane] += lane_cost
             lane_jobs[lane].append(job)
+            slowdowns[job.model] = factor
         else:
             rest += cost
             processes |= kinds

@@ -11,8 +11,9 @@ two happens, and what it gains for each model, is measured here, not assumed:
     lanes_estimate(bench, seeds=3, runs=3)  # the full study's minutes with 3 runs at once
 
 Each measurement starts `runs` processes that set up and warm up the model, then wait for each other; one of
-them times an epoch alone while the others wait, then all time an epoch at once (lib.bench.fast_epoch's
-before_timed). So both times come from the same processes, minutes apart.
+them times an epoch alone while the others wait, then all time an epoch at once and wait until the last is done
+(lib.bench.fast_epoch's before_timed). So both times come from the same processes, seconds apart; the slowdown
+is the slowest process's epoch over the solo one.
 
 The GPU runner (scripts/gpu_full_study.sh, LANES=3) starts MPS where the machine allows it (CIFAR10_MPS=1 then),
 measures, lets lib.bench.plan_study spread the training runs of the models with a measured gain over the lanes
@@ -131,9 +132,11 @@ def concurrency_lines(bench) -> list[str]:
         if r.get("slowdown") is None:
             continue
         how = "under MPS" if r["mps"] else "time-sliced (no MPS)"
+        slowest = r.get("max_seconds", r["mean_seconds"])
         lines.append(f"{r['key']}, {r['runs']} runs at once {how}: an epoch {r['solo_seconds']:.2f} s alone, "
-                     f"{r['mean_seconds']:.2f} s each at once ({r['slowdown']:.2f}x as long; all together "
-                     f"{r['gain']:.2f}x the images per second of one run; {r['device']}, {r['date'][:10]}).")
+                     f"{slowest:.2f} s for all at once (each {r['mean_seconds']:.2f} s on average; {r['slowdown']:.2f}x "
+                     f"as long; all together {r['gain']:.2f}x the images per second of one run; {r['device']}, "
+                     f"{r['date'][:10]}).")
         measured.add((r["runs"], r["mps"]))
     return lines + [f"Estimated full study {format_lanes_estimate(bench, 1, runs, mps)}."
                     for runs, mps in sorted(measured)]
@@ -141,39 +144,46 @@ def concurrency_lines(bench) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- measuring it
 
-def _worker(index: int, models: Sequence[str], source, device: str, num_train, num_val, barrier, results) -> None:
+def _worker(index: int, models: Sequence[str], source, device: str, num_train, num_val, barrier, results,
+            timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     """One of the processes of measure_concurrency: per model, set up and warm up, wait for the others, (index 0:
-    time an epoch alone while the others wait,) then time an epoch with all of them. Puts (index, model,
+    time an epoch alone while the others wait,) then time an epoch with all of them and wait until all are done,
+    so that no process sets up or warms up the next model while others are still timed. Puts (index, model,
     dict) on `results`; on an error it breaks the barrier, so that the others stop too."""
     from lib.bench import _release, fast_epoch
     from lib.train import compiled_by_env, resolve_device
 
-    def meet(time_epoch):
-        barrier.wait(BARRIER_TIMEOUT_S)  # all warmed up
+    def meet(time_epoch) -> float | None:
+        barrier.wait(timeout_s)  # all warmed up
         solo = time_epoch() if index == 0 else None  # the others wait, launching nothing
-        barrier.wait(BARRIER_TIMEOUT_S)  # then all at once
+        barrier.wait(timeout_s)  # then fast_epoch's timed epoch, all at once
         return solo
 
     for model in models:
-        try:
+        try:  # after the timed epoch all wait until the last is done: nothing else runs beside the timed epochs
             r = fast_epoch(model, source, device, num_train=num_train, num_val=num_val,
-                           compile=compiled_by_env(model), before_timed=meet)
+                           compile=compiled_by_env(model), before_timed=meet,
+                           after_timed=lambda: barrier.wait(timeout_s))
         except Exception as err:  # reported by the parent; the barrier releases the others
             barrier.abort()
             results.put((index, model, {"error": f"{type(err).__name__}: {err}"}))
             return
-        results.put((index, model, {k: r[k] for k in ("seconds", "before_timed", "num_train", "cuda_graphs",
-                                                      "compiled", "compile_mode", "canet_merged", "data")}))
+        results.put((index, model, {"solo": r["before_timed"], "at_once": r["seconds"], **{k: r[k] for k in (
+            "num_train", "cuda_graphs", "compiled", "compile_mode", "canet_merged", "data")}}))
         _release(resolve_device(device))
 
 
-def _collect(procs, results, expected: int):
-    """(index, model, dict) items from the workers until `expected` came or every worker ended."""
+def _collect(procs, results, barrier, expected: int):
+    """(index, model, dict) items from the workers until `expected` came or every worker ended. A worker that
+    ended without finishing (killed: out of memory, a crash) breaks the barrier, so the others stop waiting
+    for it and report, instead of waiting out their timeout."""
     while expected > 0:
         try:
             yield results.get(timeout=1.0)
             expected -= 1
         except _queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                barrier.abort()
             if not any(p.is_alive() for p in procs):
                 while True:  # what the last ones put before they ended
                     try:
@@ -184,10 +194,14 @@ def _collect(procs, results, expected: int):
 
 def measure_concurrency(models: Sequence[str], runs: int, data_source: str | None = None, device: str = "auto",
                         out_path: Path | str | None = None, *, num_train: int | None = None,
-                        num_val: int | None = None, missing_only: bool = False, progress: bool = True) -> dict:
+                        num_val: int | None = None, missing_only: bool = False, progress: bool = True,
+                        barrier_timeout_s: float = BARRIER_TIMEOUT_S) -> dict:
     """Time each model's `full`-recipe epoch alone and with `runs` processes at once (module docstring); merge
     each measurement into the bench file's 'concurrency' as soon as it is complete. missing_only skips models
-    with a usable measurement at this `runs` and MPS state. Returns the file's content."""
+    with a usable measurement at this `runs` and MPS state. Returns the file's content.
+
+    The slowdown is the slowest process's epoch over the solo one: runs at once are done when the last is (the
+    mean of the processes' epochs is recorded too)."""
     from lib.bench import _merge_write, bench_path, key_in_use, recipe_config
     from lib.data import canonical_source, load_cifar10
     from lib.models import revision
@@ -209,27 +223,27 @@ def measure_concurrency(models: Sequence[str], runs: int, data_source: str | Non
     load_cifar10(source)  # decoded once into the cache here, not by every process at once
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     barrier, results = ctx.Barrier(runs), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(i, todo, source, str(dev), num_train, num_val, barrier, results),
-                         daemon=True) for i in range(runs)]
+    procs = [ctx.Process(target=_worker, args=(i, todo, source, str(dev), num_train, num_val, barrier, results,
+                                                barrier_timeout_s), daemon=True) for i in range(runs)]
     for p in procs:
         p.start()
     got: dict[str, dict[int, dict]] = {m: {} for m in todo}
     errors = []
     try:
-        for index, model, r in _collect(procs, results, runs * len(todo)):
+        for index, model, r in _collect(procs, results, barrier, runs * len(todo)):
             if "error" in r:
                 errors.append(f"process {index}, {model}: {r['error']}")
                 continue
             got[model][index] = r
             if len(got[model]) < runs:
                 continue
-            each = [got[model][i]["seconds"] for i in range(runs)]
-            solo, first = got[model][0]["before_timed"], got[model][0]
-            mean = statistics.fmean(each)
+            each = [got[model][i]["at_once"] for i in range(runs)]
+            solo, first = got[model][0]["solo"], got[model][0]
             key = key_in_use(model)
             cfg = recipe_config(model, source, str(dev), num_train, num_val)
-            record = {"key": key, "model": model, "runs": runs, "mps": mps, "seconds": each, "mean_seconds": mean,
-                      "solo_seconds": solo, "slowdown": mean / solo, "gain": runs * solo / mean,
+            record = {"key": key, "model": model, "runs": runs, "mps": mps, "seconds": each,
+                      "mean_seconds": statistics.fmean(each), "max_seconds": max(each), "solo_seconds": solo,
+                      "slowdown": max(each) / solo, "gain": runs * solo / max(each),
                       "batch_size": cfg.batch_size, "num_train": first["num_train"], "data": first["data"],
                       "cuda_graphs": first["cuda_graphs"], "compiled": first["compiled"],
                       "model_revision": revision(model), "device": device_name(dev), "torch": torch.__version__,

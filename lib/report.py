@@ -702,7 +702,9 @@ def _times(p1: list[dict], bn: list[dict], summary: dict) -> dict:
     cpu = sum(s for d, s, _ in rows if not d or d.startswith("CPU"))
     shared = [r["shared_gpu"] for r in p1 + bn if r.get("shared_gpu")]  # trained beside others (lib.lanes)
     return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows), "shared": len(shared),
-            "lanes": sorted({s["lanes"] for s in shared}), "mps": any(s.get("mps") for s in shared)}
+            "lanes": sorted({s["lanes"] for s in shared}),
+            "mps": "all" if shared and all(s.get("mps") for s in shared) else
+                   "some" if any(s.get("mps") for s in shared) else "none"}
 
 
 def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:

@@ -74,14 +74,19 @@ STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this
 LANES=${LANES:-1}                    # training processes at once on the GPU (lib.lanes; 1: one run at a time)
 MPS=${MPS:-auto}                     # auto: with LANES > 1, try to start an MPS daemon (kernels of the lanes
                                      # overlap); 0: never (the lanes time-slice the GPU)
-CONCURRENCY=${CONCURRENCY-$STUDY_MODELS}  # 'bench' with LANES > 1: time these alone and LANES at once (a
-                                          # model not measured trains alone); empty: none
+# 'bench' with LANES > 1: time these alone and LANES at once (a model not measured trains alone; empty: none), in
+# this order: the small models first (most likely to gain), then those whose measurement costs most (compiles,
+# CANet_pro's long epochs); a call that runs out of time leaves the rest to the next 'bench' call.
+CONCURRENCY=${CONCURRENCY-"CANet_tiny VGG_A VGG_A_BN ResNet18 CANet_light ShuffleNetV2 ResNet34 VGG11 MobileNetV2 \
+CANet CANet_pro"}
 ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
 CPU_OK=""                            # set to --allow-cpu-training for a dry run (below)
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
 TMP_DIR=$(mktemp -d) || exit 1  # files between this script's Python steps (not brought back)
 MPS_PIPE=$TMP_DIR/mps-pipe      # where the MPS daemon of this script listens (only while it runs)
+MPS_FAILED=0                    # 1: it could not start in this call; not tried again
+unset CIFAR10_MPS CIFAR10_LANES  # said by this script only, when it started the daemon or the lanes
 start=$SECONDS
 
 log() { echo "[gpu_full_study +$((SECONDS - start))s] $*"; }
@@ -90,7 +95,7 @@ log() { echo "[gpu_full_study +$((SECONDS - start))s] $*"; }
 # time-slicing the GPU. A user-level daemon with its pipe and log under $TMP_DIR; it changes no GPU setting, and
 # stop_mps ends it. Without the tool, or when a test client cannot reach it, the lanes simply time-slice.
 start_mps() {
-  [[ "$MPS" != 0 && -z "$CPU_OK" ]] || return 1
+  [[ "$MPS" != 0 && -z "$CPU_OK" && "$MPS_FAILED" == 0 ]] || return 1
   [[ -z "${CIFAR10_MPS:-}" ]] || return 0  # already serving
   if ! command -v nvidia-cuda-mps-control > /dev/null; then
     log "MPS: nvidia-cuda-mps-control not found: the lanes time-slice the GPU"; return 1
@@ -106,13 +111,16 @@ start_mps() {
   fi
   log "MPS: could not start or serve a client (its log below); the lanes time-slice the GPU"
   tail -n 20 "$TMP_DIR"/mps-log/*.log 2> /dev/null
+  MPS_FAILED=1
   stop_mps
   return 1
 }
 
 stop_mps() {
   if [[ -d "$MPS_PIPE" ]]; then
-    echo quit | CUDA_MPS_PIPE_DIRECTORY=$MPS_PIPE nvidia-cuda-mps-control > /dev/null 2>&1
+    if ! echo quit | CUDA_MPS_PIPE_DIRECTORY=$MPS_PIPE timeout 15 nvidia-cuda-mps-control > /dev/null 2>&1; then
+      log "MPS: the daemon did not confirm 'quit' within 15 s (pipe $MPS_PIPE)"
+    fi
     sleep 1
     rm -rf "$MPS_PIPE"
   fi
@@ -264,9 +272,9 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
     return 0
   fi
 
-  # 4. Plan the unfinished experiments that fit, then 5. run them. With lanes, MPS first: the plan reads the
-  #    slowdowns measured as the lanes will run (under MPS or time-sliced).
-  ((LANES > 1)) && start_mps
+  # 4. Plan the unfinished experiments that fit, then 5. run them. With lanes measured under MPS, MPS first: the
+  #    plan reads the slowdowns measured as the lanes will run (under MPS, or time-sliced if it does not start).
+  if ((LANES > 1)) && grep -qs "/x${LANES}/mps\"" results/bench/*.json; then start_mps; fi
   $PY -m lib bench --plan "${tokens[@]}" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
     --data "$DATA" --seeds $SEEDS --lanes "$LANES" ${choose[@]+"${choose[@]}"} > "$OUT/plan.txt" \
     || { log "planning failed"; return 1; }
