@@ -344,10 +344,11 @@ def cmd_bench(args) -> int:
         print(bench.bench_table(path))
     if args.estimate:
         print(bench.format_estimate(path, seeds=len(args.seeds or [0])))
-        if args.lanes > 1:
-            from lib.lanes import format_lanes_estimate
+        if args.lanes > 1:  # as lanes would run now (CIFAR10_MPS), and in each other state measured
+            from lib.lanes import format_lanes_estimate, measured_states, mps_on
 
-            print(format_lanes_estimate(path, seeds=len(args.seeds or [0]), runs=args.lanes))
+            for mps in dict.fromkeys([mps_on(), *measured_states(path, args.lanes)]):
+                print(format_lanes_estimate(path, seeds=len(args.seeds or [0]), runs=args.lanes, mps=mps))
     if args.plan:
         plan = bench.plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
                                 seeds=args.seeds or [0], profile=args.profile, margin=args.margin, lanes=args.lanes)

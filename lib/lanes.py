@@ -90,32 +90,40 @@ def slowdown(bench, model: str, runs: int, mps: bool | None = None) -> float:
     if runs <= 1:
         return 1.0
     record = measurement(bench, model, runs, mps)
-    return float(record["slowdown"]) if record is not None else float(runs)
+    return max(1.0, float(record["slowdown"])) if record is not None else float(runs)  # < 1 would be noise
 
 
 def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None) -> dict:
-    """The full study's time with `runs` lanes, as lib.bench.plan_study plans them: the training runs (Part 1 x
-    seeds, the BN protocol) of models with a measured gain at their slowdown, spread evenly over the lanes; the
-    runs of the other models and the probes alone. {'total_minutes', 'per_seed_minutes', 'runs', 'mps',
-    'laned': models that train in lanes, 'alone': models without a measured gain, 'missing': not timed alone}."""
-    from lib.bench import study_estimate
+    """The full study's time with `runs` lanes, split as lib.bench.plan_study splits it: the training runs (Part 1
+    x seeds, the BN protocol but its lr-1e-3 pair) of models with a measured gain at their slowdown, spread
+    evenly over the lanes; the runs of the other models, the pair and the probes alone. Like study_estimate,
+    without the plan's margin and process start-ups, and with perfectly balanced lanes: a lower bound of what
+    the plan fits. {'total_minutes', 'per_seed_minutes', 'runs', 'mps', 'laned': models that train in lanes,
+    'alone': models without a measured gain, 'missing': not timed alone}."""
+    from lib.bench import BN_LRS, study_estimate
 
     est = study_estimate(bench, seeds)
-    train = {**est["part1"], **est["bn"]}
-    factor = {m: slowdown(bench, m, runs, mps) for m in train}
-    laned = [m for m in train if factor[m] < runs]
-    total = (sum(train[m] * factor[m] for m in laned) / max(runs, 1) + sum(train[m] for m in train if m not in laned)
-             + sum(est["probe"].values()))
+    lanes_s = {**est["part1"], **{m: s * (len(BN_LRS) - 1) / len(BN_LRS) for m, s in est["bn"].items()}}
+    alone_s = sum(s / len(BN_LRS) for s in est["bn"].values()) + sum(est["probe"].values())  # the pair, probes
+    factor = {m: slowdown(bench, m, runs, mps) for m in lanes_s}
+    laned = [m for m in lanes_s if factor[m] < runs]
+    total = (sum(lanes_s[m] * factor[m] for m in laned) / max(runs, 1)
+             + sum(lanes_s[m] for m in lanes_s if m not in laned) + alone_s)
     return {"total_minutes": total / 60, "per_seed_minutes": total / 60 / max(seeds, 1), "runs": runs,
             "mps": mps_on() if mps is None else mps, "laned": laned,
-            "alone": [m for m in train if m not in laned], "missing": est["missing"]}
+            "alone": [m for m in lanes_s if m not in laned], "missing": est["missing"]}
+
+
+def measured_states(bench, runs: int) -> list[bool]:
+    """The MPS states (False: time-sliced, True: MPS) of the bench file's measurements at `runs` at once."""
+    return sorted({r["mps"] for r in concurrency_records(bench).values() if r.get("runs") == runs})
 
 
 def format_lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None) -> str:
     """lanes_estimate as one line (for `python -m lib bench --estimate --lanes N`)."""
     e = lanes_estimate(bench, seeds, runs, mps)
     how = "under MPS" if e["mps"] else "time-sliced (no MPS)"
-    line = (f"with {runs} runs at once, {how}: {e['total_minutes']:.1f} min for {seeds} seed(s), "
+    line = (f"with {runs} runs at once, {how}: at least {e['total_minutes']:.1f} min for {seeds} seed(s), "
             f"{e['per_seed_minutes']:.1f} min per seed")
     if e["alone"]:
         line += f"; trained alone (no measured gain at {runs} at once): {', '.join(e['alone'])}"
@@ -173,17 +181,21 @@ def _worker(index: int, models: Sequence[str], source, device: str, num_train, n
         _release(resolve_device(device))
 
 
-def _collect(procs, results, barrier, expected: int):
+def _collect(procs, results, expected: int):
     """(index, model, dict) items from the workers until `expected` came or every worker ended. A worker that
-    ended without finishing (killed: out of memory, a crash) breaks the barrier, so the others stop waiting
-    for it and report, instead of waiting out their timeout."""
+    ended without finishing (killed: out of memory, a crash) ends the others too: they could wait for it at the
+    barrier for good (aborting the barrier is no way out: a multiprocessing barrier's abort waits for every
+    process that sleeps in it to wake, and a killed one never does)."""
     while expected > 0:
         try:
             yield results.get(timeout=1.0)
             expected -= 1
         except _queue.Empty:
             if any(p.exitcode not in (None, 0) for p in procs):
-                barrier.abort()
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                    p.join(timeout=5)
             if not any(p.is_alive() for p in procs):
                 while True:  # what the last ones put before they ended
                     try:
@@ -230,7 +242,7 @@ def measure_concurrency(models: Sequence[str], runs: int, data_source: str | Non
     got: dict[str, dict[int, dict]] = {m: {} for m in todo}
     errors = []
     try:
-        for index, model, r in _collect(procs, results, barrier, runs * len(todo)):
+        for index, model, r in _collect(procs, results, runs * len(todo)):
             if "error" in r:
                 errors.append(f"process {index}, {model}: {r['error']}")
                 continue

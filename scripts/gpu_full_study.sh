@@ -274,7 +274,11 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
 
   # 4. Plan the unfinished experiments that fit, then 5. run them. With lanes measured under MPS, MPS first: the
   #    plan reads the slowdowns measured as the lanes will run (under MPS, or time-sliced if it does not start).
-  if ((LANES > 1)) && grep -qs "/x${LANES}/mps\"" results/bench/*.json; then start_mps; fi
+  if ((LANES > 1)) && [[ -z "$CPU_OK" ]] && grep -ls "\"device\": \"$(nvidia-smi --query-gpu=name \
+    --format=csv,noheader 2> /dev/null | head -n 1)\"" results/bench/*.json | xargs -r grep -qs "/x${LANES}/mps\""
+  then
+    start_mps  # this GPU's bench file holds measurements under MPS at LANES at once
+  fi
   $PY -m lib bench --plan "${tokens[@]}" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
     --data "$DATA" --seeds $SEEDS --lanes "$LANES" ${choose[@]+"${choose[@]}"} > "$OUT/plan.txt" \
     || { log "planning failed"; return 1; }

@@ -83,12 +83,13 @@ def test_lanes_estimate_spreads_the_training_over_the_lanes():
     bench = with_records(bench, *(record(m, 3, 4.0 if m == "VGG11" else 1.5)
                                   for m in PART1_MODELS + ("VGG_A", "VGG_A_BN")))
     bench["device_slug"] = "nvidia-h200"
-    vgg11 = one["part1"]["VGG11"]
+    vgg11, pair = one["part1"]["VGG11"], sum(one["bn"].values()) / len(B.BN_LRS)  # the lr-1e-3 pair: alone
     est = L.lanes_estimate(bench, seeds=3, runs=3, mps=True)
-    assert est["total_minutes"] * 60 == pytest.approx((train_s - vgg11) * 1.5 / 3 + vgg11 + probe_s)
+    assert est["total_minutes"] * 60 == pytest.approx((train_s - vgg11 - pair) * 1.5 / 3 + vgg11 + pair + probe_s)
     assert est["per_seed_minutes"] == pytest.approx(est["total_minutes"] / 3) and est["alone"] == ["VGG11"]
     line = L.format_lanes_estimate(bench, seeds=3, runs=3, mps=True)
-    assert line.startswith(f"with 3 runs at once, under MPS: {est['total_minutes']:.1f} min for 3 seed(s)")
+    assert line.startswith(f"with 3 runs at once, under MPS: at least {est['total_minutes']:.1f} min for 3 seed(s)")
+    assert L.measured_states(bench, 3) == [True] and L.measured_states(bench, 2) == []
     assert line.endswith("trained alone (no measured gain at 3 at once): VGG11")
 
 
@@ -225,6 +226,40 @@ def test_a_killed_process_ends_the_measurement_without_waiting_for_it(tiny_sourc
                               num_val=8, progress=False, barrier_timeout_s=300)
     killer.join()
     assert time.monotonic() - t0 < 120  # the other worker was released, not left to its 300 s timeout
+
+
+def _wait_at(barrier) -> None:
+    """A process that waits at a barrier (for the test below; module level, so that spawn can start it)."""
+    barrier.wait(120)
+
+
+def test_a_process_killed_while_waiting_at_the_barrier_ends_the_others():
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(3), ctx.Queue()  # two processes wait for a third that never comes
+    procs = [ctx.Process(target=_wait_at, args=(barrier,), daemon=True) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        deadline = time.monotonic() + 60
+        while barrier.n_waiting < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert barrier.n_waiting == 2
+        os.kill(procs[0].pid, signal.SIGKILL)
+        got = []
+        collector = threading.Thread(target=lambda: got.extend(L._collect(procs, results, 2)), daemon=True)
+        collector.start()
+        collector.join(30)  # an abort of the barrier would hang here: the killed process never wakes
+        assert not collector.is_alive() and got == [] and not any(p.is_alive() for p in procs)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
 
 
 def test_a_failing_process_ends_the_measurement_with_its_error(tiny_source, tmp_path):
