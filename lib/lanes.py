@@ -100,7 +100,8 @@ def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None
     without the plan's margin and process start-ups, and with perfectly balanced lanes: a lower bound of what
     the plan fits. {'total_minutes', 'per_seed_minutes', 'runs', 'mps', 'laned': models that train in lanes,
     'alone': models without a measured gain, 'missing': not timed alone}."""
-    from lib.bench import BN_LRS, study_estimate
+    from lib.bench import study_estimate
+    from lib.experiments import BN_LRS
 
     est = study_estimate(bench, seeds)
     lanes_s = {**est["part1"], **{m: s * (len(BN_LRS) - 1) / len(BN_LRS) for m, s in est["bn"].items()}}
