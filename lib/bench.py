@@ -533,11 +533,9 @@ def trace_key(model_name: str, variant: str) -> str:
 def save_trace(t: dict, variant: str, path: Path | str, device: torch.device | str) -> dict:
     """Record a trace_steps result (without its operator table, which the log keeps) under the bench file's
     'traces' (merged, atomic)."""
-    path = Path(path)
-    known = read_json(path).get("traces", {}) if path.exists() else {}
     record = {k: v for k, v in t.items() if k != "table"}
     record.update(variant=variant, model_revision=revision(t["model"]), torch=torch.__version__, date=_now())
-    return _merge_write(path, torch.device(device), traces=dict(known, **{trace_key(t["model"], variant): record}))
+    return _merge_write(Path(path), torch.device(device), sections={"traces": {trace_key(t["model"], variant): record}})
 
 
 def trace_lines(bench) -> list[str]:
@@ -778,15 +776,17 @@ def _release(dev: torch.device) -> None:
 
 
 def _merge_write(path: Path, dev: torch.device, entries: dict | None = None, drop: Sequence[str] = (),
-                 **top) -> dict:
-    """Merge `entries` (and top-level keys; `drop` removes top-level keys) into the bench file at `path`;
-    atomic write; returns the content."""
+                 sections: dict | None = None, **top) -> dict:
+    """Merge `entries` (and top-level keys; `drop` removes top-level keys; `sections` = {section: {key: record}}
+    into those top-level dicts) into the bench file at `path`; atomic write; returns the content."""
     name = device_name(dev)
     data = read_json(path) if path.exists() else {"device": name, "device_slug": device_slug(dev), "entries": {}}
     if data.get("device") != name:
         raise ValueError(f"{path} holds measurements of {data.get('device')!r}, not of this device ({name!r}): "
                          f"write to another file (out_path) or delete it")
     data["entries"].update(entries or {})
+    for section, records in (sections or {}).items():
+        data[section] = dict(data.get(section) or {}, **records)
     for key in drop:
         data.pop(key, None)
     data.update(top, updated=_now())
@@ -823,9 +823,7 @@ def save_graph_check(check: dict, path: Path | str, device: torch.device | str) 
 
 def save_agreement(result: dict, path: Path | str, device: torch.device | str) -> dict:
     """Record an agreement() result under the bench file's 'agreement' -> model (merged, atomic)."""
-    path = Path(path)
-    known = read_json(path).get("agreement", {}) if path.exists() else {}
-    return _merge_write(path, torch.device(device), agreement=dict(known, **{result["model"]: result}))
+    return _merge_write(Path(path), torch.device(device), sections={"agreement": {result["model"]: result}})
 
 
 def agreement_lines(bench) -> list[str]:

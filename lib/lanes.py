@@ -64,24 +64,21 @@ def concurrency_records(bench) -> dict:
     return load_bench(bench).get("concurrency", {}) if bench is not None else {}
 
 
-def _usable(record: dict | None, bench) -> bool:
-    """Whether a measurement timed the model's step as lib.run would train it now (lib.bench.timed_as_now)."""
-    from lib.bench import load_bench, timed_as_now
-
-    if not record or record.get("slowdown") is None:
-        return False
-    cpu = str(load_bench(bench).get("device_slug", "cpu")).startswith("cpu")
-    return timed_as_now(record, torch.device("cpu" if cpu else "cuda"))
-
-
 def measurement(bench, model: str, runs: int, mps: bool | None = None) -> dict | None:
-    """The usable measurement of `model` (the variant lib.run trains now: lib.bench.key_in_use) at `runs` at
-    once, under MPS or time-sliced as `mps` says (default: as now, mps_on()); None if there is none."""
-    from lib.bench import key_in_use
+    """The measurement of `model` (the variant lib.run trains now: lib.bench.key_in_use) at `runs` at once, under
+    MPS or time-sliced as `mps` says (default: as now, mps_on()), if it timed the step as lib.run would train it
+    now (lib.bench.timed_as_now); None otherwise."""
+    from lib.bench import key_in_use, load_bench, timed_as_now
 
+    if bench is None:
+        return None
+    data = load_bench(bench)
     mps = mps_on() if mps is None else mps
-    record = concurrency_records(bench).get(concurrency_key(key_in_use(model), runs, mps))
-    return record if _usable(record, bench) else None
+    record = concurrency_records(data).get(concurrency_key(key_in_use(model), runs, mps))
+    if not record or record.get("slowdown") is None:
+        return None
+    cpu = str(data.get("device_slug", "cpu")).startswith("cpu")
+    return record if timed_as_now(record, torch.device("cpu" if cpu else "cuda")) else None
 
 
 def slowdown(bench, model: str, runs: int, mps: bool | None = None) -> float:
@@ -100,9 +97,10 @@ def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None
     without the plan's margin and process start-ups, and with perfectly balanced lanes: a lower bound of what
     the plan fits. {'total_minutes', 'per_seed_minutes', 'runs', 'mps', 'laned': models that train in lanes,
     'alone': models without a measured gain, 'missing': not timed alone}."""
-    from lib.bench import study_estimate
+    from lib.bench import load_bench, study_estimate
     from lib.experiments import BN_LRS
 
+    bench = load_bench(bench)  # read once for all the models' slowdowns
     est = study_estimate(bench, seeds)
     lanes_s = {**est["part1"], **{m: s * (len(BN_LRS) - 1) / len(BN_LRS) for m, s in est["bn"].items()}}
     alone_s = sum(s / len(BN_LRS) for s in est["bn"].values()) + sum(est["probe"].values())  # the pair, probes
@@ -141,11 +139,10 @@ def concurrency_lines(bench) -> list[str]:
         if r.get("slowdown") is None:
             continue
         how = "under MPS" if r["mps"] else "time-sliced (no MPS)"
-        slowest = r.get("max_seconds", r["mean_seconds"])
         lines.append(f"{r['key']}, {r['runs']} runs at once {how}: an epoch {r['solo_seconds']:.2f} s alone, "
-                     f"{slowest:.2f} s for all at once (each {r['mean_seconds']:.2f} s on average; {r['slowdown']:.2f}x "
-                     f"as long; all together {r['gain']:.2f}x the images per second of one run; {r['device']}, "
-                     f"{r['date'][:10]}).")
+                     f"{r['max_seconds']:.2f} s for all at once (each {r['mean_seconds']:.2f} s on average; "
+                     f"{r['slowdown']:.2f}x as long; all together {r['gain']:.2f}x the images per second of one "
+                     f"run; {r['device']}, {r['date'][:10]}).")
         measured.add((r["runs"], r["mps"]))
     return lines + [f"Estimated full study {format_lanes_estimate(bench, 1, runs, mps)}."
                     for runs, mps in sorted(measured)]
@@ -178,7 +175,7 @@ def _worker(index: int, models: Sequence[str], source, device: str, num_train, n
             results.put((index, model, {"error": f"{type(err).__name__}: {err}"}))
             return
         results.put((index, model, {"solo": r["before_timed"], "at_once": r["seconds"], **{k: r[k] for k in (
-            "num_train", "cuda_graphs", "compiled", "compile_mode", "canet_merged", "data")}}))
+            "num_train", "batch_size", "cuda_graphs", "compiled", "compile_mode", "canet_merged", "data")}}))
         _release(resolve_device(device))
 
 
@@ -215,7 +212,7 @@ def measure_concurrency(models: Sequence[str], runs: int, data_source: str | Non
 
     The slowdown is the slowest process's epoch over the solo one: runs at once are done when the last is (the
     mean of the processes' epochs is recorded too)."""
-    from lib.bench import _merge_write, bench_path, key_in_use, recipe_config
+    from lib.bench import _merge_write, bench_path, key_in_use
     from lib.data import canonical_source, load_cifar10
     from lib.models import revision
     from lib.results import device_name, read_json
@@ -253,18 +250,16 @@ def measure_concurrency(models: Sequence[str], runs: int, data_source: str | Non
             each = [got[model][i]["at_once"] for i in range(runs)]
             solo, first = got[model][0]["solo"], got[model][0]
             key = key_in_use(model)
-            cfg = recipe_config(model, source, str(dev), num_train, num_val)
             record = {"key": key, "model": model, "runs": runs, "mps": mps, "seconds": each,
                       "mean_seconds": statistics.fmean(each), "max_seconds": max(each), "solo_seconds": solo,
                       "slowdown": max(each) / solo, "gain": runs * solo / max(each),
-                      "batch_size": cfg.batch_size, "num_train": first["num_train"], "data": first["data"],
+                      "batch_size": first["batch_size"], "num_train": first["num_train"], "data": first["data"],
                       "cuda_graphs": first["cuda_graphs"], "compiled": first["compiled"],
                       "model_revision": revision(model), "device": device_name(dev), "torch": torch.__version__,
                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       **({"compile_mode": first["compile_mode"]} if first["compiled"] else {}),
                       **({"canet_merged": first["canet_merged"]} if first.get("canet_merged") is not None else {})}
-            known = read_json(path).get("concurrency", {})
-            data = _merge_write(path, dev, concurrency=dict(known, **{concurrency_key(key, runs, mps): record}))
+            data = _merge_write(path, dev, sections={"concurrency": {concurrency_key(key, runs, mps): record}})
             if progress:
                 print(f"[bench] {concurrency_lines({'concurrency': {key: record}})[0]}", flush=True)
     finally:

@@ -301,12 +301,10 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"this again to render the notebooks and report from them; or pass --allow-cpu-training to compute "
                 f"them here (hours to days for training).")
     if not reuse_only and not force:  # an override would stop in a notebook: say so before the first one starts
-        from lib.train import overridden_result, resume_epoch
+        from lib.train import override_clash
 
         wanted = part1_configs_of(source, names, seeds, extra_params or {}, profile)
-        clash = {n: changed for n, cfg in wanted.items()
-                 if (changed := overridden_result(Path(dirs.results) / f"{n}.json", cfg))
-                 and not resume_epoch(cfg, dirs)}
+        clash = {n: changed for n, cfg in wanted.items() if (changed := override_clash(cfg, dirs))}
         if clash:
             raise StudyError(
                 f"these notebooks would replace finished results of the same runs in {dirs.results}, which differ "

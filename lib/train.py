@@ -576,6 +576,13 @@ def overridden_result(path: Path, cfg: TrainConfig) -> list[str]:
     return [f"{k} ({recorded[k]} there, {wanted[k]} here)" for k in changed]
 
 
+def override_clash(cfg: TrainConfig, dirs: OutputDirs) -> list[str]:
+    """overridden_result for cfg's result in dirs, unless cfg has a resumable checkpoint there (a forced override
+    stopped part-way goes on): what training cfg without force would refuse to replace."""
+    changed = overridden_result(Path(dirs.results) / f"{cfg.name}.json", cfg)
+    return changed if changed and not resume_epoch(cfg, dirs) else []
+
+
 def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = False, progress: bool = True,
           max_epochs_this_call: int | None = None, stop_by: float | None = None) -> dict:
     """Train `cfg.model` as `cfg` says; return the result dict (also written to <results>/<cfg.name>.json).
@@ -593,7 +600,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
         return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
-    if not force and (changed := overridden_result(result_path, cfg)) and not resume_epoch(cfg, dirs):
+    if not force and (changed := override_clash(cfg, dirs)):
         raise ValueError(f"{result_path} holds a finished run of {cfg.name} that differs from this one only in "
                          f"{', '.join(changed)}: training it would replace that result. Train into another "
                          f"folder (smoke/quick without --publish: build/{cfg.profile}/), or replace it with --force "

@@ -163,7 +163,16 @@ pack() {
   fi
 }
 
-# The plan's 'lane' lines: one `python -m lib run` per lane, all at once (their log lines prefixed), each stopping
+# A plan's training runs, in order, in one process; --time-limit: a run that cannot finish stops resumably before
+# the step's timeout would kill it.
+train_runs() {  # LIMIT_SECONDS NAME...
+  local limit=$1
+  shift
+  guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part1 --part2 --seeds $SEEDS \
+    --only "$@" --time-limit "$limit"
+}
+
+# The plan's 'lane' lines: one train_runs per lane, all at once (their log lines prefixed), each stopping
 # resumably at the call's time limit; CIFAR10_LANES makes their results record that they shared the GPU.
 run_lanes() {
   local i=0 names pids=() limit=$(($(left) - STOP_RESERVE_S))
@@ -171,8 +180,7 @@ run_lanes() {
   for names in "$@"; do
     i=$((i + 1))
     { export CIFAR10_LANES=$#
-      guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part1 --part2 --seeds $SEEDS \
-        --only $names --time-limit $limit 2>&1 | sed -u "s/^/[lane $i] /"; } &
+      train_runs "$limit" $names 2>&1 | sed -u "s/^/[lane $i] /"; } &
     pids+=($!)
   done
   wait "${pids[@]}"
@@ -301,9 +309,7 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
   for line in ${rest[@]+"${rest[@]}"}; do
     read -r kind names <<< "$line"
     case "$kind" in
-      # --time-limit: a run that cannot finish stops resumably before the step's timeout would kill it.
-      train) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part1 --part2 --seeds $SEEDS \
-        --only $names --time-limit $(($(left) - STOP_RESERVE_S)) ;;
+      train) train_runs $(($(left) - STOP_RESERVE_S)) $names ;;
       # No time limit for a forced retraining: --force deletes its checkpoints, so a stopped one could not resume.
       train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part2 --force --only $names ;;
       slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --slices ;;  # source by name

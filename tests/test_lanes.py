@@ -30,7 +30,8 @@ def alone(monkeypatch):
 def record(model: str, runs: int, slowdown: float, mps: bool = True, **extra) -> dict:
     """A concurrency measurement with a chosen slowdown (fabricated: these tests check the arithmetic)."""
     return {"key": model, "model": model, "runs": runs, "mps": mps, "seconds": [slowdown] * runs,
-            "mean_seconds": slowdown, "solo_seconds": 1.0, "slowdown": slowdown, "gain": runs / slowdown,
+            "mean_seconds": slowdown, "max_seconds": slowdown, "solo_seconds": 1.0, "slowdown": slowdown,
+            "gain": runs / slowdown,
             "cuda_graphs": True, "compiled": False, "model_revision": revision(model), "device": "NVIDIA H200",
             "date": "2026-11-27T12:00:00+00:00", **extra}
 
