@@ -1054,15 +1054,24 @@ def estimate_study_minutes(bench, seeds: int = 1) -> float:
     return est["total_minutes"]
 
 
+@contextlib.contextmanager
+def as_runner_compiles(bench):
+    """For the block, the models compiled as the GPU runner compiles them by default: CIFAR10_COMPILE set to
+    compile_choice(bench) unless the environment sets it. Yields the choice, or None where the environment's
+    setting holds. Estimates (format_estimate, lib.lanes.format_lanes_estimate) look models up under it."""
+    from lib.train import COMPILE_ENV
+
+    chosen = compile_choice(bench) if COMPILE_ENV not in os.environ else None
+    with _env(COMPILE_ENV, " ".join(chosen)) if chosen is not None else contextlib.nullcontext():
+        yield chosen
+
+
 def format_estimate(bench, seeds: int = 1) -> str:
     """Human-readable study estimate with its parts. Without CIFAR10_COMPILE in the environment, the models are
     compiled as the GPU runner chooses by default (compile_choice: where the bench file shows a compiled run
     faster), and the line names them."""
-    from lib.train import COMPILE_ENV
-
     data = load_bench(bench)
-    chosen = compile_choice(data) if COMPILE_ENV not in os.environ else None
-    with _env(COMPILE_ENV, " ".join(chosen)) if chosen is not None else contextlib.nullcontext():
+    with as_runner_compiles(data) as chosen:
         est = study_estimate(data, seeds)
         entries = data.get("entries", {})
         eager = [m for m in PART1_MODELS + BN_MODELS if (e := entry_in_use(entries, m)) is not None

@@ -119,8 +119,13 @@ def measured_states(bench, runs: int) -> list[bool]:
 
 
 def format_lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None) -> str:
-    """lanes_estimate as one line (for `python -m lib bench --estimate --lanes N`)."""
-    e = lanes_estimate(bench, seeds, runs, mps)
+    """lanes_estimate as one line (for `python -m lib bench --estimate --lanes N`), the models compiled as the GPU
+    runner compiles them (lib.bench.as_runner_compiles, as format_estimate: the variants measured at once)."""
+    from lib.bench import as_runner_compiles, load_bench
+
+    bench = load_bench(bench)
+    with as_runner_compiles(bench):
+        e = lanes_estimate(bench, seeds, runs, mps)
     how = "under MPS" if e["mps"] else "time-sliced (no MPS)"
     line = (f"with {runs} runs at once, {how}: at least {e['total_minutes']:.1f} min for {seeds} seed(s), "
             f"{e['per_seed_minutes']:.1f} min per seed")

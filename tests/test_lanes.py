@@ -2,6 +2,7 @@
 (on a CPU: two processes that wait for each other), what a result and the report record."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from lib.experiments import part1_config
 from lib.models import PART1_MODELS, revision
 from lib.paths import output_dirs
 from lib.results import atomic_write_json, read_json
-from test_bench import fake_bench, write_finished
+from test_bench import bench_with_compiled_variants, fake_bench, write_finished
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +93,23 @@ def test_lanes_estimate_spreads_the_training_over_the_lanes():
     assert line.startswith(f"with 3 runs at once, under MPS: at least {est['total_minutes']:.1f} min for 3 seed(s)")
     assert L.measured_states(bench, 3) == [True] and L.measured_states(bench, 2) == []
     assert line.endswith("trained alone (no measured gain at 3 at once): VGG11")
+
+
+def test_lanes_estimate_looks_up_the_variant_the_runner_compiles(monkeypatch):
+    # The runner trains CANet torch.compile'd (its compiled run is faster): the estimate line must read the compiled
+    # variant's measurement at once, as the study estimate reads its epoch, also where CIFAR10_COMPILE is unset.
+    monkeypatch.setenv("CIFAR10_COMPILE_MODE", "default")  # the fabricated compiled entries are mode 'default'
+    bench = bench_with_compiled_variants()
+    bench = with_records(bench, dict(record("CANet", 3, 1.5), key="CANet+compile", compiled=True, cuda_graphs=False))
+    assert B.compile_choice(bench) == ["CANet"]
+    line = L.format_lanes_estimate(bench, seeds=3, runs=3, mps=True)
+    assert "CANet," not in line.split("trained alone")[1] and "CIFAR10_COMPILE" not in os.environ
+    with B.as_runner_compiles(bench):
+        est = L.lanes_estimate(bench, seeds=3, runs=3, mps=True)
+    assert est["laned"] == ["CANet"]
+    monkeypatch.setenv("CIFAR10_COMPILE", "")  # set: trained CUDA-graphed, measured alone only
+    assert L.format_lanes_estimate(bench, seeds=3, runs=3, mps=True).endswith(
+        "trained alone (no measured gain at 3 at once): " + ", ".join(PART1_MODELS + ("VGG_A", "VGG_A_BN")))
 
 
 def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, tmp_path, monkeypatch):
