@@ -371,7 +371,7 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     With abort_if_stuck the run stops at the stuck check when the criterion fires and returns
     status 'stuck' (the caller then reruns at FALLBACK_LR).
     """
-    from lib.train import resolve_device
+    from lib.train import bar_switch, resolve_device
 
     device = resolve_device(cfg.device)
     loader, data_info = probe_data(cfg, device)
@@ -390,8 +390,8 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     t0 = time.perf_counter()
     step, epoch = 0, 0
     model.train()
-    bar = tqdm(total=cfg.num_steps, desc=f"{cfg.name} lr {cfg.lr:g}", leave=False, disable=not progress,
-               mininterval=2.0)
+    bar = tqdm(total=cfg.num_steps, desc=f"{cfg.name} lr {cfg.lr:g}", leave=False, mininterval=2.0,
+               **bar_switch(progress))
     with _strict_fp32(device):
         while step < cfg.num_steps:
             loader.set_epoch(epoch)

@@ -459,3 +459,16 @@ def test_the_precision_hint_names_bf16_on_a_cpu_with_amx_only(tmp_path):
     assert T.precision_hint(cfg.replace(precision="fp32"), cpu, amx) is None  # an explicit choice: no hint
     assert T.precision_hint(bn_config("VGG_A", 1e-3, "quick"), cpu, amx) is None  # Part 2 has no such option
     assert T.precision_hint(cfg, torch.device("meta"), amx) is None  # not a CPU
+
+
+def test_tqdm_disable_turns_off_the_bars_but_not_the_epoch_lines(tiny_source, tmp_path, monkeypatch, capsys):
+    # The GPU runner sets TQDM_DISABLE=1: three lanes' bars would fill its log (and the tool's tail of it).
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    T.train(tiny_cfg(tiny_source, num_epochs=1), dirs=output_dirs("smoke", root=tmp_path / "a"))
+    with_bars = capsys.readouterr()
+    assert "tiny epoch 1/1:" in with_bars.err and "[tiny] epoch 1/1" in with_bars.out
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    T.train(tiny_cfg(tiny_source, num_epochs=1), dirs=output_dirs("smoke", root=tmp_path / "b"))
+    without = capsys.readouterr()
+    assert "tiny epoch 1/1:" not in without.err and "[tiny] epoch 1/1" in without.out
+    assert T.bar_switch(False) == {"disable": True}
