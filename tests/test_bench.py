@@ -1125,3 +1125,17 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     assert "1 of 2 done, 1 partial, 0 missing" in out and "partial  p1-Y-s0  (3 of" in out and "p1-X-s0" not in out
     main(["status", "--profile", "smoke", "--data", str(tiny_source), "--all"])
     assert "done     p1-X-s0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bench_file", sorted((REPO / "results" / "bench").glob("nvidia-*.json")), ids=lambda p: p.stem)
+def test_the_readme_shows_each_committed_gpu_table_as_rendered_from_its_file(bench_file, monkeypatch):
+    # The README's speed table is pasted output of `python -m lib bench --table --estimate`: it must be what the
+    # committed bench file renders now (a merge of a new GPU call without updating the README fails here).
+    from lib.lanes import MPS_ENV
+    from lib.models.canet import MERGED_ENV
+
+    for name in (T.COMPILE_ENV, T.COMPILE_MODE_ENV, T.CUDA_GRAPHS_ENV, T.EAGER_MODELS_ENV, MPS_ENV, MERGED_ENV):
+        monkeypatch.delenv(name, raising=False)
+    readme = (REPO / "README.md").read_text()
+    assert B.bench_table(bench_file) in readme
+    assert f"Estimated {B.format_estimate(bench_file)}." in readme
