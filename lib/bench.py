@@ -1317,7 +1317,7 @@ def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
 
 def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: float = 480.0, bench=None,
                dirs: OutputDirs | None = None, seeds: Sequence[int] = (0,), profile: str = "full",
-               margin: float = PLAN_MARGIN, lanes: int = 1) -> dict:
+               margin: float = PLAN_MARGIN, lanes: int = 1, partial: bool = True) -> dict:
     """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
     `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds',
     'partial', 'lanes', 'slowdowns'}.
@@ -1337,7 +1337,8 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     first unfinished job of the subset it is planned alone, as `partial`: the runner's time limit stops it
     resumably (lib.train.train's stop_by), and a next call on the same, still warm machine resumes it (its
     estimate then counts only the epochs left). Elsewhere in the order it is skipped, so that it does not
-    take the leftovers of a call that has other work.
+    take the leftovers of a call that has other work; always with partial=False (a plan for the time a call has
+    left after its first plan ran: the runner's later rounds).
     """
     from lib.lanes import slowdown
 
@@ -1371,12 +1372,12 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
             # Before it: done, unmeasured, or the costs (which then wait for another call).
             first_in_line = (all(j.kind == "costs" for j in taken)
                              and all(j.seconds is None or j.kind == "costs" for j, _ in skipped))
-            if too_long and job.kind == "train" and first_in_line:  # the call is its own
+            if partial and too_long and job.kind == "train" and first_in_line:  # the call is its own
                 return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
                         "seconds": float(budget_s), "budget_s": budget_s, "partial": job, "lanes": 1,
                         "slowdowns": {}}
             why = f"estimated {cost:.0f} s > {left:.0f} s left"
-            if too_long:
+            if too_long and partial:
                 why += (" (longer than the whole budget: it runs over two calls once it is the first "
                         "unfinished job, see docs/GPU.md)")
             skipped.append((job, why))

@@ -351,7 +351,8 @@ def cmd_bench(args) -> int:
                 print(format_lanes_estimate(path, seeds=len(args.seeds or [0]), runs=args.lanes, mps=mps))
     if args.plan:
         plan = bench.plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
-                                seeds=args.seeds or [0], profile=args.profile, margin=args.margin, lanes=args.lanes)
+                                seeds=args.seeds or [0], profile=args.profile, margin=args.margin, lanes=args.lanes,
+                                partial=not args.no_partial)
         print(bench.format_plan(plan))
     return status
 
@@ -485,6 +486,9 @@ def main(argv=None) -> int:
                         "--budget seconds (scripts/gpu_full_study.sh runs the plan)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for --plan (default 480)")
     p.add_argument("--margin", type=float, default=1.2, help="--plan multiplies estimates by this (default 1.2)")
+    p.add_argument("--no-partial", action="store_true",
+                   help="--plan only whole runs: no run longer than --budget that a next call would resume (the "
+                        "runner's later rounds in a call, planned with the time its first round left)")
     p.add_argument("--seeds", nargs="+", type=seed_number, default=None,
                    help="Part 1 seeds for --plan and --estimate (default: 0); seeds of --agreement (default: 0 1)")
     p.add_argument("--profile", default="full", choices=list(PROFILES),

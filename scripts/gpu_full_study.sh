@@ -15,7 +15,8 @@
 #     below needs them); then picks the models to train torch.compile'd (COMPILE_MODELS, default: where the
 #     bench file says a full run is faster that way);
 #  4. plans the unfinished experiments of the subset that fit the time left (python -m lib bench --plan) and
-#     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time;
+#     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time; with
+#     REPLAN_MIN_S or more left after them (runs end earlier than planned), plans and runs again, REPLAN times;
 #  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tar (never
 #     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
 #     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
@@ -69,6 +70,8 @@ PROBE_BENCH=${PROBE_BENCH-"--probe"}  # empty: do not time the probe runs (dry r
 GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2's checks (the second call on a warm, checked machine saves
 #                                      ~25 s); models whose recorded check failed still train eagerly
 PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
+REPLAN=${REPLAN:-2}                  # plan again (whole runs only) at most this often after the first plan ran,
+REPLAN_MIN_S=${REPLAN_MIN_S:-60}     # while this many seconds are left
 STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this long before its timeout (the
                                       # Python start before the limit's clock starts, the last checkpoint)
 LANES=${LANES:-1}                    # training processes at once on the GPU (lib.lanes; 1: one run at a time)
@@ -186,8 +189,60 @@ run_lanes() {
   wait "${pids[@]}"
 }
 
+# 4./5. of main: plan the unfinished experiments of the subset that fit the time left, print the plan (also into
+# $OUT/plan.txt, later rounds appended), run it: the lanes at once, then the other lines one after another. Round 1
+# may give a run longer than the call the call alone (# partial: a next call on this warm machine resumes it); later
+# rounds plan whole runs only (--no-partial). Main's `choose` (the compile choice asked of round 1's plan) is
+# used once. Returns 0 when it ran something, 1 when nothing fitted, 2 when planning failed.
+plan_and_run() {  # ROUND SUBSET...
+  local round=$1 plan=$TMP_DIR/plan-$1.txt line kind names lines=() lanes=() rest=() whole=()
+  shift
+  ((round == 1)) || whole=(--no-partial)
+  # With lanes measured under MPS, MPS first: the plan reads the slowdowns measured as the lanes will run (under
+  # MPS, or time-sliced if it does not start).
+  if ((LANES > 1)) && [[ -z "$CPU_OK" ]] && grep -ls "\"device\": \"$(nvidia-smi --query-gpu=name \
+    --format=csv,noheader 2> /dev/null | head -n 1)\"" results/bench/*.json | xargs -r grep -qs "/x${LANES}/mps\""
+  then
+    start_mps  # this GPU's bench file holds measurements under MPS at LANES at once
+  fi
+  $PY -m lib bench --plan "$@" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
+    --data "$DATA" --seeds $SEEDS --lanes "$LANES" ${choose[@]+"${choose[@]}"} ${whole[@]+"${whole[@]}"} > "$plan" \
+    || { log "planning failed"; stop_mps; return 2; }
+  if ((${#choose[@]})); then CIFAR10_COMPILE=$(<"$TMP_DIR/compile.txt"); export CIFAR10_COMPILE; choose=(); fi
+  ((round == 1)) && log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"
+  { ((round == 1)) || echo "# round $round"; cat "$plan"; } >> "$OUT/plan.txt"
+  cat "$plan"
+  if grep -q '^# partial' "$plan"; then
+    log "a run longer than this call: call again within 30 s (same subset), on this warm machine, to resume it"
+  fi
+  mapfile -t lines < <(grep -v '^#' "$plan")
+  ((${#lines[@]})) || { stop_mps; return 1; }
+  for line in "${lines[@]}"; do
+    if [[ "$line" == "lane "* ]]; then lanes+=("${line#lane }"); else rest+=("$line"); fi
+  done
+  if ((${#lanes[@]})); then
+    run_lanes "${lanes[@]}"
+    pack
+  fi
+  stop_mps  # what follows runs alone
+  for line in ${rest[@]+"${rest[@]}"}; do
+    read -r kind names <<< "$line"
+    case "$kind" in
+      train) train_runs $(($(left) - STOP_RESERVE_S)) $names ;;
+      # No time limit for a forced retraining: --force deletes its checkpoints, so a stopped one could not resume.
+      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part2 --force --only $names ;;
+      slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --slices ;;  # source by name
+      probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --probe ;;
+      costs) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --costs ;;  # per model, on the GPU
+      *) log "unknown plan line: $line" ;;
+    esac
+    pack
+  done
+  return 0
+}
+
 main() {
-  local subset=("$@") tokens=() want_bench=0 t kind names line lines
+  local subset=("$@") tokens=() want_bench=0 t
   ((${#subset[@]})) || subset=(all)
   for t in "${subset[@]}"; do
     if [[ "$t" == bench ]]; then want_bench=1; else tokens+=("$t"); fi
@@ -280,44 +335,19 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
     return 0
   fi
 
-  # 4. Plan the unfinished experiments that fit, then 5. run them. With lanes measured under MPS, MPS first: the
-  #    plan reads the slowdowns measured as the lanes will run (under MPS, or time-sliced if it does not start).
-  if ((LANES > 1)) && [[ -z "$CPU_OK" ]] && grep -ls "\"device\": \"$(nvidia-smi --query-gpu=name \
-    --format=csv,noheader 2> /dev/null | head -n 1)\"" results/bench/*.json | xargs -r grep -qs "/x${LANES}/mps\""
-  then
-    start_mps  # this GPU's bench file holds measurements under MPS at LANES at once
-  fi
-  $PY -m lib bench --plan "${tokens[@]}" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
-    --data "$DATA" --seeds $SEEDS --lanes "$LANES" ${choose[@]+"${choose[@]}"} > "$OUT/plan.txt" \
-    || { log "planning failed"; return 1; }
-  if ((${#choose[@]})); then CIFAR10_COMPILE=$(<"$TMP_DIR/compile.txt"); export CIFAR10_COMPILE; fi
-  log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"
-  cat "$OUT/plan.txt"
-  if grep -q '^# partial' "$OUT/plan.txt"; then
-    log "a run longer than this call: call again within 30 s (same subset), on this warm machine, to resume it"
-  fi
-  mapfile -t lines < <(grep -v '^#' "$OUT/plan.txt")
-  local lanes=() rest=()
-  for line in "${lines[@]}"; do
-    if [[ "$line" == "lane "* ]]; then lanes+=("${line#lane }"); else rest+=("$line"); fi
-  done
-  if ((${#lanes[@]})); then
-    run_lanes "${lanes[@]}"
-    pack
-  fi
-  stop_mps  # what follows runs alone
-  for line in ${rest[@]+"${rest[@]}"}; do
-    read -r kind names <<< "$line"
-    case "$kind" in
-      train) train_runs $(($(left) - STOP_RESERVE_S)) $names ;;
-      # No time limit for a forced retraining: --force deletes its checkpoints, so a stopped one could not resume.
-      train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part2 --force --only $names ;;
-      slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --slices ;;  # source by name
-      probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --probe ;;
-      costs) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --costs ;;  # per model, on the GPU
-      *) log "unknown plan line: $line" ;;
-    esac
-    pack
+  # 4. Plan the unfinished experiments that fit, then 5. run them; then, while time is left and a plan skipped
+  #    runs, plan again (the estimates carry PLAN_MARGIN and a start-up allowance per process: runs end early).
+  rm -f "$OUT/plan.txt"
+  local round=1 rc
+  plan_and_run 1 "${tokens[@]}"
+  rc=$?
+  ((rc == 2)) && return 1
+  while ((rc == 0 && round <= REPLAN)) && (($(left) >= REPLAN_MIN_S)) \
+    && grep -q '^# skipped' "$TMP_DIR/plan-$round.txt" && ! grep -q '^# partial' "$TMP_DIR/plan-$round.txt"; do
+    round=$((round + 1))
+    log "round $round: $(left) s left, planning again (whole runs only)"
+    plan_and_run "$round" "${tokens[@]}"
+    rc=$?
   done
   $PY -m lib bench --table
 }

@@ -552,6 +552,11 @@ def test_a_run_longer_than_a_call_gets_a_call_of_its_own_and_resumes_in_the_next
     plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
     assert plan["lines"] == ["train p1-CANet_pro-s0"] and plan["partial"].names == ("p1-CANet_pro-s0",)
     assert "# partial p1-CANet_pro-s0: about 709 s left to train" in B.format_plan(plan)
+    # A later round of the same call (partial=False): whole runs only; it plans what fits after the long one.
+    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs, partial=False)
+    assert plan["partial"] is None and "p1-CANet_pro-s0" not in " ".join(plan["lines"]) and plan["taken"]
+    why = dict((j.names[0], why) for j, why in plan["skipped"])["p1-CANet_pro-s0"]
+    assert why.startswith("estimated 871 s >") and "two calls" not in why
     # The stopped run's checkpoint on this (warm) machine: only its 20 remaining epochs are estimated.
     cfg = part1_config("CANet_pro", "full", source)
     Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)

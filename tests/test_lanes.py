@@ -325,7 +325,8 @@ def test_report_says_when_runs_shared_the_gpu(tmp_path):
 
 def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_path):
     """The runner's glue (scripts/gpu_full_study.sh) in a copy of the repository: with measured gains in the bench
-    file, the plan's two lanes run at once and their results record it; no MPS on a CPU."""
+    file, the plan's two lanes run at once and their results record it; no MPS on a CPU. The estimates are far
+    longer than the runs, so a third run fits only in the time the lanes left: the runner's second round."""
     import os
     import shutil
     import subprocess
@@ -341,8 +342,8 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
     env = dict(os.environ, OUT=str(tmp_path / "out"), ALLOW_CPU="1", PROFILE="smoke", DATA=str(tiny_source),
-               DATA_SRC=str(tiny_source), BUDGET_S="300", GRAPH_CHECK="0", STUDY_MODELS="CANet_tiny ResNet18",
-               PROBE_BENCH="", LANES="2", PY=sys.executable, BENCH_ARGS="--num-train 16 --num-val 8 --workers 0",
+               DATA_SRC=str(tiny_source), BUDGET_S="420", SEEDS="0 1", GRAPH_CHECK="0",
+               STUDY_MODELS="CANet_tiny ResNet18", PROBE_BENCH="", LANES="2", PY=sys.executable, BENCH_ARGS="--num-train 16 --num-val 8 --workers 0",
                TQDM_DISABLE="1")
     # The bench file as the runner's processes name this CPU (its thread count is part of the name).
     name = subprocess.run([sys.executable, "-c", "import torch; from lib.results import device_name; "
@@ -350,16 +351,24 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
                           capture_output=True, text=True).stdout.strip()
     models = ("CANet_tiny", "ResNet18")
     bench = {"device": name, "device_slug": B.device_slug("cpu"),
-             "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=1.0, warmup=0.5), device=name,
+             "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=180.0, warmup=0.5), device=name,
                                  cuda_graphs=False, compiled=False) for m in models}}
     bench = with_records(bench, *(record(m, 2, 1.2, mps=False, device=name) for m in models))
     atomic_write_json(B.bench_path("cpu", repo), bench)
-    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "p1-CANet_tiny-s0", "p1-ResNet18-s0"], cwd=repo,
-                         env=env, capture_output=True, text=True, timeout=600)
+    # Each run estimated at about 180 s (x 1.2 slowdown x 1.2 margin + 20 s in a lane): the two lanes fill round 1,
+    # whose runs take seconds; round 2 plans the third in what is left.
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "p1-CANet_tiny-s0", "p1-ResNet18-s0",
+                          "p1-CANet_tiny-s1"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     plan = (tmp_path / "out" / "plan.txt").read_text()
-    assert re.findall(r"^lane .*$", plan, re.M) == ["lane p1-CANet_tiny-s0", "lane p1-ResNet18-s0"], plan
+    first, second, *later = re.split(r"^# round \d\n", plan, flags=re.M)
+    assert re.findall(r"^lane .*$", first, re.M) == ["lane p1-CANet_tiny-s0", "lane p1-ResNet18-s0"], plan
+    assert "# skipped p1-CANet_tiny-s1" in first  # in round 2, a lane of its own or alone, as the time left says
+    assert re.findall(r"^(?:lane|train) (.*)$", second, re.M) == ["p1-CANet_tiny-s1"], plan
+    assert "round 2:" in log and not any(re.findall(r"^(lane|train) ", p, re.M) for p in later)  # nothing left
+    third = read_json(repo / "results" / "smoke" / "p1-CANet_tiny-s1.json")
+    assert third["status"] == "ok" and third.get("shared_gpu") is None
     assert "2 lanes at once, time-sliced" in log and "MPS:" not in log
     for i, name in enumerate(("p1-CANet_tiny-s0", "p1-ResNet18-s0"), 1):
         assert f"[lane {i}] {name}: ok" in log
