@@ -763,11 +763,11 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
 
 
 def bar_switch(progress: bool) -> dict:
-    """tqdm's `disable` for a progress bar: off without progress or with TQDM_DISABLE set (not 0/false) in the
-    environment, read here at each bar (tqdm reads it only when imported, and only since 4.66). The GPU runner sets
-    it: its logs keep the per-epoch lines, not a bar per epoch and lane."""
+    """tqdm's `disable` for a progress bar, always explicit: off without progress or with TQDM_DISABLE set (not
+    0/false) in the environment, read here at each bar (tqdm reads it once, when imported, and only since 4.66).
+    The GPU runner sets it: its logs keep the per-epoch lines, not a bar per epoch and lane."""
     off = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
-    return {"disable": True} if off or not progress else {}
+    return {"disable": off or not progress}
 
 
 def _train_epoch(model, head, optimizer, loader, cfg, device, epoch, progress) -> dict:

@@ -71,7 +71,10 @@ GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2's checks (the second call 
 #                                      ~25 s); models whose recorded check failed still train eagerly
 PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
 REPLAN=${REPLAN:-2}                  # plan again (whole runs only) at most this often after the first plan ran,
-REPLAN_MIN_S=${REPLAN_MIN_S:-60}     # while this many seconds are left
+REPLAN_MIN_S=${REPLAN_MIN_S:-120}    # while this many seconds are left (the shortest H200 job is planned at 76 s,
+                                     # after the plan's own reserve below)
+PLAN_S=${PLAN_S:-15}                 # the plan's budget leaves this for the plan itself, plus STOP_RESERVE_S: so
+                                     # that a planned run's --time-limit is not shorter than its planned time
 STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this long before its timeout (the
                                       # Python start before the limit's clock starts, the last checkpoint)
 LANES=${LANES:-1}                    # training processes at once on the GPU (lib.lanes; 1: one run at a time)
@@ -89,6 +92,7 @@ mkdir -p "$OUT"
 TMP_DIR=$(mktemp -d) || exit 1  # files between this script's Python steps (not brought back)
 MPS_PIPE=$TMP_DIR/mps-pipe      # where the MPS daemon of this script listens (only while it runs)
 MPS_FAILED=0                    # 1: it could not start in this call; not tried again
+CHOOSE=()                       # options of the first plan only: the compile choice is made by it (main)
 unset CIFAR10_MPS CIFAR10_LANES  # said by this script only, when it started the daemon or the lanes
 start=$SECONDS
 
@@ -186,16 +190,19 @@ run_lanes() {
       train_runs "$limit" $names 2>&1 | sed -u "s/^/[lane $i] /"; } &
     pids+=($!)
   done
-  wait "${pids[@]}"
+  local rc=0 pid
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  return $rc
 }
 
-# 4./5. of main: plan the unfinished experiments of the subset that fit the time left, print the plan (also into
-# $OUT/plan.txt, later rounds appended), run it: the lanes at once, then the other lines one after another. Round 1
-# may give a run longer than the call the call alone (# partial: a next call on this warm machine resumes it); later
-# rounds plan whole runs only (--no-partial). Main's `choose` (the compile choice asked of round 1's plan) is
-# used once. Returns 0 when it ran something, 1 when nothing fitted, 2 when planning failed.
+# 4./5. of main: plan the unfinished experiments of the subset that fit the time left (less PLAN_S and
+# STOP_RESERVE_S, which the plan and the runs' --time-limit take), print the plan (also into $OUT/plan.txt, later
+# rounds appended), run it: the lanes at once (a single lane alone), then the other lines one after another.
+# Round 1 may give a run longer than the call the call alone (# partial: a next call on this warm machine resumes
+# it); later rounds plan whole runs only (--no-partial). Returns 0 when it ran its plan, 1 when nothing fitted, 2
+# when planning failed, 3 when a step of it failed (a later round would plan the failed run again).
 plan_and_run() {  # ROUND SUBSET...
-  local round=$1 plan=$TMP_DIR/plan-$1.txt line kind names lines=() lanes=() rest=() whole=()
+  local round=$1 plan=$TMP_DIR/plan-$1.txt line kind names lines=() lanes=() rest=() whole=() failed=0
   shift
   ((round == 1)) || whole=(--no-partial)
   # With lanes measured under MPS, MPS first: the plan reads the slowdowns measured as the lanes will run (under
@@ -205,10 +212,10 @@ plan_and_run() {  # ROUND SUBSET...
   then
     start_mps  # this GPU's bench file holds measurements under MPS at LANES at once
   fi
-  $PY -m lib bench --plan "$@" --budget "$(left)" --margin "$PLAN_MARGIN" --profile "$PROFILE" \
-    --data "$DATA" --seeds $SEEDS --lanes "$LANES" ${choose[@]+"${choose[@]}"} ${whole[@]+"${whole[@]}"} > "$plan" \
-    || { log "planning failed"; stop_mps; return 2; }
-  if ((${#choose[@]})); then CIFAR10_COMPILE=$(<"$TMP_DIR/compile.txt"); export CIFAR10_COMPILE; choose=(); fi
+  $PY -m lib bench --plan "$@" --budget "$(($(left) - PLAN_S - STOP_RESERVE_S))" --margin "$PLAN_MARGIN" \
+    --profile "$PROFILE" --data "$DATA" --seeds $SEEDS --lanes "$LANES" ${CHOOSE[@]+"${CHOOSE[@]}"} \
+    ${whole[@]+"${whole[@]}"} > "$plan" || { log "planning failed"; stop_mps; return 2; }
+  if ((${#CHOOSE[@]})); then CIFAR10_COMPILE=$(<"$TMP_DIR/compile.txt"); export CIFAR10_COMPILE; CHOOSE=(); fi
   ((round == 1)) && log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"
   { ((round == 1)) || echo "# round $round"; cat "$plan"; } >> "$OUT/plan.txt"
   cat "$plan"
@@ -220,8 +227,12 @@ plan_and_run() {  # ROUND SUBSET...
   for line in "${lines[@]}"; do
     if [[ "$line" == "lane "* ]]; then lanes+=("${line#lane }"); else rest+=("$line"); fi
   done
+  if ((${#lanes[@]} == 1)); then  # nothing beside it: alone (planned at its slowdown: a margin more)
+    rest=("train ${lanes[0]}" ${rest[@]+"${rest[@]}"})
+    lanes=()
+  fi
   if ((${#lanes[@]})); then
-    run_lanes "${lanes[@]}"
+    run_lanes "${lanes[@]}" || failed=1
     pack
   fi
   stop_mps  # what follows runs alone
@@ -234,10 +245,12 @@ plan_and_run() {  # ROUND SUBSET...
       slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --slices ;;  # source by name
       probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --probe ;;
       costs) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --costs ;;  # per model, on the GPU
-      *) log "unknown plan line: $line" ;;
+      *) log "unknown plan line: $line"; false ;;
     esac
+    (($? == 0)) || failed=1
     pack
   done
+  ((failed)) && return 3
   return 0
 }
 
@@ -312,12 +325,12 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
   fi
   pack
   # Which models train torch.compile'd instead of CUDA-graphed (the plan's estimates follow the choice).
-  local choose=()  # auto: the plan's Python process also picks them (one start less), bench-only calls ask alone
+  # auto: the first plan's Python process also picks them (CHOOSE: one start less), bench-only calls ask alone
   local measure_lanes=0  # 'bench' with lanes: the concurrency measurement, which times the variants chosen here
   ((want_bench && LANES > 1)) && [[ -n "$CONCURRENCY" ]] && measure_lanes=1
   case "$COMPILE_MODELS" in
     auto) if ((${#tokens[@]})) && ((!measure_lanes)); then
-            rm -f "$TMP_DIR/compile.txt"; choose=(--compile-choice-file "$TMP_DIR/compile.txt"); COMPILE_MODELS=""
+            rm -f "$TMP_DIR/compile.txt"; CHOOSE=(--compile-choice-file "$TMP_DIR/compile.txt"); COMPILE_MODELS=""
           else
             COMPILE_MODELS=$($PY -m lib bench --compile-choice $BENCH_ARGS) || COMPILE_MODELS=""
           fi ;;
@@ -349,6 +362,7 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
     plan_and_run "$round" "${tokens[@]}"
     rc=$?
   done
+  ((rc == 3)) && log "a step of round $round failed (above): nothing planned again in this call"
   $PY -m lib bench --table
 }
 

@@ -342,7 +342,7 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
     env = dict(os.environ, OUT=str(tmp_path / "out"), ALLOW_CPU="1", PROFILE="smoke", DATA=str(tiny_source),
-               DATA_SRC=str(tiny_source), BUDGET_S="420", SEEDS="0 1", GRAPH_CHECK="0",
+               DATA_SRC=str(tiny_source), BUDGET_S="540", SEEDS="0 1", GRAPH_CHECK="0",
                STUDY_MODELS="CANet_tiny ResNet18", PROBE_BENCH="", LANES="2", PY=sys.executable, BENCH_ARGS="--num-train 16 --num-val 8 --workers 0",
                TQDM_DISABLE="1")
     # The bench file as the runner's processes name this CPU (its thread count is part of the name).
@@ -356,12 +356,13 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     bench = with_records(bench, *(record(m, 2, 1.2, mps=False, device=name) for m in models))
     atomic_write_json(B.bench_path("cpu", repo), bench)
     # Each run estimated at about 180 s (x 1.2 slowdown x 1.2 margin + 20 s in a lane): the two lanes fill round 1,
-    # whose runs take seconds; round 2 plans the third in what is left.
+    # whose runs take seconds; round 2 plans the third in what is left (one lane: it trains alone).
     run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "p1-CANet_tiny-s0", "p1-ResNet18-s0",
                           "p1-CANet_tiny-s1"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     plan = (tmp_path / "out" / "plan.txt").read_text()
+    assert "# round 2\n" in plan, plan
     first, second, *later = re.split(r"^# round \d\n", plan, flags=re.M)
     assert re.findall(r"^lane .*$", first, re.M) == ["lane p1-CANet_tiny-s0", "lane p1-ResNet18-s0"], plan
     assert "# skipped p1-CANet_tiny-s1" in first  # in round 2, a lane of its own or alone, as the time left says

@@ -472,3 +472,5 @@ def test_tqdm_disable_turns_off_the_bars_but_not_the_epoch_lines(tiny_source, tm
     without = capsys.readouterr()
     assert "tiny epoch 1/1:" not in without.err and "[tiny] epoch 1/1" in without.out
     assert T.bar_switch(False) == {"disable": True}
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert T.bar_switch(True) == {"disable": False}
