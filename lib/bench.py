@@ -1333,6 +1333,11 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
     is the one of lanes=1.
 
+    With lanes, the jobs are also fitted in a second order (a run resumable here first, then the runs of models
+    that gain, each group in study order), and the plan that covers more single-run seconds (covered_seconds) is
+    kept ('order': 'study' or 'gain-first'): in study order, a run that fits only alone can take the time that
+    several runs at once would have used.
+
     A single run longer than the whole budget (CANet_pro's may be) cannot finish in one call. When it is the
     first unfinished job of the subset it is planned alone, as `partial`: the runner's time limit stops it
     resumably (lib.train.train's stop_by), and a next call on the same, still warm machine resumes it (its
@@ -1345,6 +1350,30 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     if lanes < 1:
         raise ValueError(f"lanes must be at least 1, got {lanes}")
     jobs = select_jobs(study_jobs(bench, data_source, dirs, seeds, profile), tokens)
+    factors = {j.model: slowdown(bench, j.model, lanes) if lanes > 1 else 1.0 for j in jobs if j.kind == "train"}
+    plan = dict(_fit_jobs(jobs, factors, budget_s, margin, lanes, partial), order="study")
+    if lanes > 1 and plan["partial"] is None:
+        # First fit in study order can leave lanes empty: a run that only fits alone takes the time that
+        # several runs at once would have used. So also fit the runs that gain first (a run resumable here
+        # before all), and keep the plan that covers more single-run seconds.
+        gains = lambda j: j.kind == "train" and factors[j.model] < lanes
+        reordered = sorted(jobs, key=lambda j: (not j.epochs_done, not gains(j)))  # stable: study order within
+        other = _fit_jobs(reordered, factors, budget_s, margin, lanes, partial=False, gainers_alone=False)
+        if covered_seconds(other) > covered_seconds(plan):
+            plan = dict(other, order="gain-first", study_order_seconds=covered_seconds(plan))
+    return plan
+
+
+def covered_seconds(plan: dict) -> float:
+    """The single-run seconds of the jobs a plan takes (their estimates alone, without margin or slowdown)."""
+    return sum(j.seconds for j in plan["taken"])
+
+
+def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float, lanes: int,
+              partial: bool, gainers_alone: bool = True) -> dict:
+    """plan_study's first fit of `jobs` in the order given; `factors`: each trained model's slowdown at `lanes`
+    at once (lanes: no gain). gainers_alone=False: a run of a model that gains trains in a lane or not at all
+    (not alone, where it would take the time of several)."""
     taken, skipped, done = [], [], []
     loads, lane_jobs = [0.0] * lanes, [[] for _ in range(lanes)]  # lanes > 1: seconds and jobs per lane
     rest = 0.0  # seconds of the jobs that run one after another
@@ -1363,10 +1392,14 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
         # loaded lane, where it fits.
         cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
         left = budget_s - rest - max(loads)
-        factor = slowdown(bench, job.model, lanes) if lanes > 1 and job.kind == "train" else float(lanes)
+        factor = factors[job.model] if lanes > 1 and job.kind == "train" else float(lanes)
         lane = min(range(lanes), key=loads.__getitem__)
         lane_cost = job.seconds * factor * margin + (0.0 if lane_jobs[lane] else STEP_STARTUP_S)
         laned = factor < lanes and lane_cost <= budget_s - rest - loads[lane]
+        if not laned and factor < lanes and not gainers_alone and not job.epochs_done:
+            skipped.append((job, f"estimated {lane_cost:.0f} s in a lane > {budget_s - rest - loads[lane]:.0f} s "
+                                 f"left in the least loaded one"))
+            continue
         if not laned and cost > left:
             too_long = job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s
             # Before it: done, unmeasured, or the costs (which then wait for another call).
@@ -1464,6 +1497,9 @@ def format_plan(plan: dict) -> str:
                    f"{'under MPS' if mps_on() else 'time-sliced (no MPS)'}; each run's estimate times its "
                    f"model's measured slowdown: {factors or 'none planned'}; runs of models without a measured "
                    f"gain at {plan['lanes']} at once train alone, after the lanes")
+    if plan.get("order") == "gain-first":
+        out.append(f"# order: the runs that gain at {plan['lanes']} at once first, {covered_seconds(plan):.0f} s of "
+                   f"single-run estimates against {plan['study_order_seconds']:.0f} s in study order")
     if (job := plan.get("partial")) is not None:
         out.append(f"# partial {job.names[0]}: about {job.seconds:.0f} s left to train, more than this call; it stops "
                    f"resumably at the time limit, and a call within 30 s on this warm machine resumes it (a fresh "

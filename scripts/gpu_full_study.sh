@@ -73,6 +73,8 @@ PLAN_MARGIN=${PLAN_MARGIN:-1.2}      # the plan multiplies estimates by this
 REPLAN=${REPLAN:-2}                  # plan again (whole runs only) at most this often after the first plan ran,
 REPLAN_MIN_S=${REPLAN_MIN_S:-120}    # while this many seconds are left (the shortest H200 job is planned at 76 s,
                                      # after the plan's own reserve below)
+PARTIAL=${PARTIAL:-1}                # 0: no run longer than the call either (the session's last call: nothing could
+                                     # resume it)
 PLAN_S=${PLAN_S:-15}                 # the plan's budget leaves this for the plan itself, plus STOP_RESERVE_S: so
                                      # that a planned run's --time-limit is not shorter than its planned time
 STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this long before its timeout (the
@@ -199,12 +201,12 @@ run_lanes() {
 # STOP_RESERVE_S, which the plan and the runs' --time-limit take), print the plan (also into $OUT/plan.txt, later
 # rounds appended), run it: the lanes at once (a single lane alone), then the other lines one after another.
 # Round 1 may give a run longer than the call the call alone (# partial: a next call on this warm machine resumes
-# it); later rounds plan whole runs only (--no-partial). Returns 0 when it ran its plan, 1 when nothing fitted, 2
-# when planning failed, 3 when a step of it failed (a later round would plan the failed run again).
+# it) unless PARTIAL=0; later rounds plan whole runs only (--no-partial). Returns 0 when it ran its plan, 1 when
+# nothing fitted, 2 when planning failed, 3 when a step of it failed (a later round would plan it again).
 plan_and_run() {  # ROUND SUBSET...
   local round=$1 plan=$TMP_DIR/plan-$1.txt line kind names lines=() lanes=() rest=() whole=() failed=0
   shift
-  ((round == 1)) || whole=(--no-partial)
+  ((round == 1 && PARTIAL == 1)) || whole=(--no-partial)
   # With lanes measured under MPS, MPS first: the plan reads the slowdowns measured as the lanes will run (under
   # MPS, or time-sliced if it does not start).
   if ((LANES > 1)) && [[ -z "$CPU_OK" ]] && grep -ls "\"device\": \"$(nvidia-smi --query-gpu=name \

@@ -145,6 +145,25 @@ def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, t
     assert plan["seconds"] == pytest.approx(139.25 + 20 + 2 * 95.4)
 
 
+def test_the_plan_fits_the_runs_that_gain_first_when_that_covers_more(tiny_source, tmp_path, monkeypatch):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    write_finished(dirs, part1_config("CANet_tiny", "full", source))
+    monkeypatch.setenv(L.MPS_ENV, "1")
+    bench = dict(with_records(fake_bench(), record("ResNet18", 2, 1.25), record("ResNet34", 2, 1.25)),
+                 device_slug="nvidia-h200")
+    # In study order CANet_light (no gain) trains alone first (20 + 95.4 s), and no lane (20 + 119.25 s) fits
+    # beside it in 200 s: 79.5 s of runs. The two that gain, first: a lane each, 159 s of runs.
+    plan = B.plan_study(["part1"], source, budget_s=200, bench=bench, dirs=dirs, lanes=2)
+    assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0"] and plan["order"] == "gain-first"
+    assert B.covered_seconds(plan) == pytest.approx(159.0) and plan["study_order_seconds"] == pytest.approx(79.5)
+    assert "# order: the runs that gain at 2 at once first, 159 s of single-run estimates against 80 s in study " \
+           "order" in B.format_plan(plan)
+    # With room for everything, study order covers as much: kept.
+    plan = B.plan_study(["part1"], source, budget_s=1000, bench=bench, dirs=dirs, lanes=2)
+    assert plan["order"] == "study" and "# order" not in B.format_plan(plan) and len(plan["taken"]) == 9  # + costs
+
+
 def test_a_run_too_long_for_a_lane_but_not_alone_trains_alone(tiny_source, tmp_path):
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)
