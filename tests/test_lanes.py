@@ -342,17 +342,15 @@ def test_report_says_when_runs_shared_the_gpu(tmp_path):
            "some time-sliced;" in text
 
 
-def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_path):
-    """The runner's glue (scripts/gpu_full_study.sh) in a copy of the repository: with measured gains in the bench
-    file, the plan's two lanes run at once and their results record it; no MPS on a CPU. The estimates are far
-    longer than the runs, so a third run fits only in the time the lanes left: the runner's second round."""
+def runner_in_a_copy(tmp_path: Path, tiny_source, **settings) -> tuple[Path, dict, str]:
+    """A copy of the repository's tracked files for scripts/gpu_full_study.sh as a CPU dry run on the tests' tiny
+    data, its environment (`settings` added) and this CPU's device name as the runner's processes write it."""
     import os
     import shutil
     import subprocess
     import sys
 
     from lib.paths import REPO
-    from test_bench import fake_entry
 
     repo = tmp_path / "repo"
     files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True).stdout
@@ -360,14 +358,27 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
         if (REPO / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
-    env = dict(os.environ, OUT=str(tmp_path / "out"), ALLOW_CPU="1", PROFILE="smoke", DATA=str(tiny_source),
-               DATA_SRC=str(tiny_source), BUDGET_S="540", SEEDS="0 1", GRAPH_CHECK="0",
-               STUDY_MODELS="CANet_tiny ResNet18", PROBE_BENCH="", LANES="2", PY=sys.executable, BENCH_ARGS="--num-train 16 --num-val 8 --workers 0",
-               TQDM_DISABLE="1")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "ALLOW_CPU": "1", "PROFILE": "smoke",
+           "DATA": str(tiny_source), "DATA_SRC": str(tiny_source), "GRAPH_CHECK": "0", "PROBE_BENCH": "",
+           "PY": sys.executable, "BENCH_ARGS": "--num-train 16 --num-val 8 --workers 0", "TQDM_DISABLE": "1",
+           **settings}
     # The bench file as the runner's processes name this CPU (its thread count is part of the name).
     name = subprocess.run([sys.executable, "-c", "import torch; from lib.results import device_name; "
                            "print(device_name(torch.device('cpu')))"], cwd=repo, env=env, check=True,
                           capture_output=True, text=True).stdout.strip()
+    return repo, env, name
+
+
+def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_path):
+    """The runner's glue (scripts/gpu_full_study.sh) in a copy of the repository: with measured gains in the bench
+    file, the plan's two lanes run at once and their results record it; no MPS on a CPU. The estimates are far
+    longer than the runs, so a third run fits only in the time the lanes left: the runner's second round."""
+    import subprocess
+
+    from test_bench import fake_entry
+
+    repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="540", SEEDS="0 1",
+                                       STUDY_MODELS="CANet_tiny ResNet18", LANES="2")
     models = ("CANet_tiny", "ResNet18")
     bench = {"device": name, "device_slug": B.device_slug("cpu"),
              "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=180.0, warmup=0.5), device=name,
@@ -394,3 +405,30 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
         assert f"[lane {i}] {name}: ok" in log
         result = read_json(repo / "results" / "smoke" / f"{name}.json")
         assert result["shared_gpu"] == {"lanes": 2, "mps": False} and result["status"] == "ok"
+
+
+def test_gpu_runner_plans_no_second_round_after_a_failed_run(tiny_source, tmp_path):
+    """A run that crashes stays unfinished: a second round would start it again, so the runner stops planning (PY
+    stands in for Python and fails every `lib run`; everything else runs as usual)."""
+    import subprocess
+    import sys
+
+    from test_bench import fake_entry
+
+    fake_py = tmp_path / "py.sh"
+    fake_py.write_text(f'if [[ "$*" == *"-m lib run "* ]]; then echo "lib run crashed"; exit 1; fi\n'
+                       f'exec {sys.executable} "$@"\n')
+    repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="400", STUDY_MODELS="CANet_tiny ResNet18",
+                                       PY=f"bash {fake_py}")
+    # 180 s x 1.2 + 20 s each: the first run fits 400 s, the second only in a later round.
+    bench = {"device": name, "device_slug": B.device_slug("cpu"),
+             "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=180.0, warmup=0.5), device=name,
+                                 cuda_graphs=False, compiled=False) for m in ("CANet_tiny", "ResNet18")}}
+    atomic_write_json(B.bench_path("cpu", repo), bench)
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "p1-CANet_tiny-s0", "p1-ResNet18-s0"], cwd=repo,
+                         env=env, capture_output=True, text=True, timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "lib run crashed" in log and "a step of round 1 failed" in log and "round 2:" not in log, log[-3000:]
+    plan = (tmp_path / "out" / "plan.txt").read_text()
+    assert "train p1-CANet_tiny-s0" in plan and "# skipped p1-ResNet18-s0" in plan and "# round" not in plan
