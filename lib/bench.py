@@ -1320,7 +1320,8 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
                margin: float = PLAN_MARGIN, lanes: int = 1, partial: bool = True) -> dict:
     """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
     `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds',
-    'partial', 'lanes', 'slowdowns'}.
+    'budget_s', 'partial', 'lanes', 'slowdowns', 'order'} (and 'study_order_seconds' where the order is not the
+    study's).
 
     Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
     'train-force NAME...' (the same with --force), 'slices', 'probe', 'costs'.
