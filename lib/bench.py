@@ -1320,8 +1320,8 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
                margin: float = PLAN_MARGIN, lanes: int = 1, partial: bool = True) -> dict:
     """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
     `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds',
-    'budget_s', 'partial', 'lanes', 'slowdowns', 'order'} (and 'study_order_seconds' where the order is not the
-    study's).
+    'budget_s', 'partial', 'lanes', 'slowdowns', 'margin', 'order'} (and 'study_order_seconds' where the order is
+    not the study's).
 
     Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
     'train-force NAME...' (the same with --force), 'slices', 'probe', 'costs'.
@@ -1334,10 +1334,11 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
     is the one of lanes=1.
 
-    With lanes, the jobs are also fitted in a second order (a run resumable here first, then the runs of models
-    that gain, each group in study order), and the plan that covers more single-run seconds (covered_seconds) is
-    kept ('order': 'study' or 'gain-first'): in study order, a run that fits only alone can take the time that
-    several runs at once would have used.
+    With lanes, the jobs are also fitted in a second order (a run resumable here first, then per seed block, the
+    first seed's with the BN protocol, probes and costs before the other seeds', the runs of models that gain
+    before the rest, each group in study order; a run that gains then trains in a lane or waits), and the plan that
+    covers more single-run seconds (covered_seconds) is kept ('order': 'study' or 'gain-first'): in study order, a
+    run that fits only alone can take the time that several runs at once would have used.
 
     A single run longer than the whole budget (CANet_pro's may be) cannot finish in one call. When it is the
     first unfinished job of the subset it is planned alone, as `partial`: the runner's time limit stops it
@@ -1353,12 +1354,16 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     jobs = select_jobs(study_jobs(bench, data_source, dirs, seeds, profile), tokens)
     factors = {j.model: slowdown(bench, j.model, lanes) if lanes > 1 else 1.0 for j in jobs if j.kind == "train"}
     plan = dict(_fit_jobs(jobs, factors, budget_s, margin, lanes, partial), order="study")
-    if lanes > 1 and plan["partial"] is None:
+    if lanes > 1:
         # First fit in study order can leave lanes empty: a run that only fits alone takes the time that
-        # several runs at once would have used. So also fit the runs that gain first (a run resumable here
-        # before all), and keep the plan that covers more single-run seconds.
+        # several runs at once would have used. So also fit a run resumable here first, then per seed block
+        # (the first seed's runs, the BN protocol, the probes and costs; then the other seeds) the runs that gain
+        # first, and keep the plan that covers more single-run seconds. A partial plan (a run longer than the
+        # call, resumed by the next) covers what the call can train of it.
+        first_seed = f"-s{seeds[0]}" if seeds else ""
         gains = lambda j: j.kind == "train" and factors[j.model] < lanes
-        reordered = sorted(jobs, key=lambda j: (not j.epochs_done, not gains(j)))  # stable: study order within
+        extra_seed = lambda j: j.names[0].startswith("p1-") and not j.names[0].endswith(first_seed)
+        reordered = sorted(jobs, key=lambda j: (not j.epochs_done, extra_seed(j), not gains(j)))  # stable
         other = _fit_jobs(reordered, factors, budget_s, margin, lanes, partial=False, gainers_alone=False)
         if covered_seconds(other) > covered_seconds(plan):
             plan = dict(other, order="gain-first", study_order_seconds=covered_seconds(plan))
@@ -1366,7 +1371,10 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
 
 
 def covered_seconds(plan: dict) -> float:
-    """The single-run seconds of the jobs a plan takes (their estimates alone, without margin or slowdown)."""
+    """The single-run seconds of the jobs a plan takes (their estimates alone, without margin or slowdown); of a
+    partial plan's run, what its budget holds (budget / margin)."""
+    if (job := plan.get("partial")) is not None:
+        return min(job.seconds, plan["budget_s"] / plan["margin"])
     return sum(j.seconds for j in plan["taken"])
 
 
@@ -1409,7 +1417,7 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
             if partial and too_long and job.kind == "train" and first_in_line:  # the call is its own
                 return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
                         "seconds": float(budget_s), "budget_s": budget_s, "partial": job, "lanes": 1,
-                        "slowdowns": {}}
+                        "slowdowns": {}, "margin": margin}
             why = f"estimated {cost:.0f} s > {left:.0f} s left"
             if too_long and partial:
                 why += (" (longer than the whole budget: it runs over two calls once it is the first "
@@ -1434,7 +1442,7 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
     lines += ["probe"] if any(j.kind == "probe" for j in taken) else []
     lines += ["costs"] if any(j.kind == "costs" for j in taken) else []
     return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": max(loads) + rest,
-            "budget_s": budget_s, "partial": None, "lanes": lanes, "slowdowns": slowdowns}
+            "budget_s": budget_s, "partial": None, "lanes": lanes, "slowdowns": slowdowns, "margin": margin}
 
 
 def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
@@ -1499,8 +1507,9 @@ def format_plan(plan: dict) -> str:
                    f"model's measured slowdown: {factors or 'none planned'}; runs of models without a measured "
                    f"gain at {plan['lanes']} at once train alone, after the lanes")
     if plan.get("order") == "gain-first":
-        out.append(f"# order: the runs that gain at {plan['lanes']} at once first, {covered_seconds(plan):.0f} s of "
-                   f"single-run estimates against {plan['study_order_seconds']:.0f} s in study order")
+        out.append(f"# order: gain-first (a run resumable here, then per seed block the runs that gain at "
+                   f"{plan['lanes']} at once), {covered_seconds(plan):.0f} s of single-run estimates against "
+                   f"{plan['study_order_seconds']:.0f} s in study order")
     if (job := plan.get("partial")) is not None:
         out.append(f"# partial {job.names[0]}: about {job.seconds:.0f} s left to train, more than this call; it stops "
                    f"resumably at the time limit, and a call within 30 s on this warm machine resumes it (a fresh "

@@ -206,7 +206,7 @@ run_lanes() {
 plan_and_run() {  # ROUND SUBSET...
   local round=$1 plan=$TMP_DIR/plan-$1.txt line kind names lines=() lanes=() rest=() whole=() failed=0
   shift
-  ((round == 1 && PARTIAL == 1)) || whole=(--no-partial)
+  ((round == 1)) && [[ "$PARTIAL" == 1 ]] || whole=(--no-partial)
   # With lanes measured under MPS, MPS first: the plan reads the slowdowns measured as the lanes will run (under
   # MPS, or time-sliced if it does not start).
   if ((LANES > 1)) && [[ -z "$CPU_OK" ]] && grep -ls "\"device\": \"$(nvidia-smi --query-gpu=name \

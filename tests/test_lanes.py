@@ -157,11 +157,69 @@ def test_the_plan_fits_the_runs_that_gain_first_when_that_covers_more(tiny_sourc
     plan = B.plan_study(["part1"], source, budget_s=200, bench=bench, dirs=dirs, lanes=2)
     assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0"] and plan["order"] == "gain-first"
     assert B.covered_seconds(plan) == pytest.approx(159.0) and plan["study_order_seconds"] == pytest.approx(79.5)
-    assert "# order: the runs that gain at 2 at once first, 159 s of single-run estimates against 80 s in study " \
-           "order" in B.format_plan(plan)
+    assert "# order: gain-first (a run resumable here, then per seed block the runs that gain at 2 at once), 159 s " \
+           "of single-run estimates against 80 s in study order" in B.format_plan(plan)
     # With room for everything, study order covers as much: kept.
     plan = B.plan_study(["part1"], source, budget_s=1000, bench=bench, dirs=dirs, lanes=2)
     assert plan["order"] == "study" and "# order" not in B.format_plan(plan) and len(plan["taken"]) == 9  # + costs
+
+
+def test_in_the_gain_first_order_a_run_that_gains_waits_for_a_lane_unless_it_is_resumable():
+    job = B.Job("train", ("p1-ResNet18-s0",), 79.5, False, model="ResNet18")
+    factors = {"ResNet18": 1.9}  # in a lane 20 + 79.5 x 1.9 x 1.2 = 201 s > 170; alone 20 + 95.4 s fits
+    alone = B._fit_jobs([job], factors, 170, 1.2, 2, partial=False)
+    assert alone["lines"] == ["train p1-ResNet18-s0"]
+    waits = B._fit_jobs([job], factors, 170, 1.2, 2, partial=False, gainers_alone=False)
+    assert waits["lines"] == [] and "in a lane > 170 s left" in waits["skipped"][0][1]
+    resumable = job._replace(epochs_done=20)  # its epochs in a checkpoint here: taken alone rather than lost
+    assert B._fit_jobs([resumable], factors, 170, 1.2, 2, partial=False, gainers_alone=False)["lines"] == [
+        "train p1-ResNet18-s0"]
+
+
+def test_the_gain_first_order_keeps_a_resumable_run_and_the_first_seed_first(tiny_source, tmp_path, monkeypatch):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    write_finished(dirs, part1_config("CANet_tiny", "full", source))
+    monkeypatch.setenv(L.MPS_ENV, "1")
+    bench = dict(with_records(fake_bench(), record("ResNet18", 2, 1.25), record("ResNet34", 2, 1.25)),
+                 device_slug="nvidia-h200")
+    # VGG11-s0 stopped after 40 of 70 epochs on this machine: 2 + 30 x 1.1 = 35 s left, 62 s planned alone.
+    cfg = part1_config("VGG11", "full", source)
+    Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg.to_dict(), "epoch": 39}, Path(dirs.checkpoints) / f"{cfg.name}.last.pt")
+    # In 180 s, two lanes (139.25 s) would cover 159 s of runs but leave no room for VGG11's last epochs; with the
+    # resumable run first, the lanes do not fit: the plan keeps VGG11 (in study order, beside CANet_light alone).
+    plan = B.plan_study(["part1"], source, budget_s=180, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
+    assert "p1-VGG11-s0" in " ".join(plan["lines"]) and "# p1-VGG11-s0 resumes after epoch 40" in B.format_plan(plan)
+    # Seed 1's runs that gain come after seed 0's others: with 400 s, CANet_light-s0 and CANet-s0 train alone
+    # beside seed 0's two lanes, not the lanes of seed 1.
+    (Path(dirs.checkpoints) / f"{cfg.name}.last.pt").unlink()
+    plan = B.plan_study(["part1"], source, budget_s=400, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
+    assert plan["order"] == "gain-first", B.format_plan(plan)
+    assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0", "train p1-CANet_light-s0 p1-CANet-s0"]
+
+
+def test_a_run_longer_than_the_call_gives_way_to_lanes_that_cover_more(tiny_source, tmp_path, monkeypatch):
+    from test_bench import fake_entry
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    for model in ("CANet_tiny", "CANet_light"):
+        write_finished(dirs, part1_config(model, "full", source))
+    monkeypatch.setenv(L.MPS_ENV, "1")
+    fast = ("ResNet18", "ResNet34", "VGG11")
+    bench = dict(with_records(fake_bench(), *(record(m, 3, 1.25) for m in fast)), device_slug="nvidia-h200")
+    # CANet-s0 (20 + 95.4 s alone) is first in line and longer than a 110-s call: a partial call covers 79.5 s of
+    # it. The runs that gain do not fit a lane (20 + 79.5 x 1.25 x 1.2 = 139.25 s): the partial plan stays.
+    plan = B.plan_study(["part1"], source, budget_s=110, bench=bench, dirs=dirs, lanes=3)
+    assert plan["partial"].names == ("p1-CANet-s0",) and B.covered_seconds(plan) == pytest.approx(79.5)
+    # Faster, they do (2 + 1 + 70 x 0.6 = 45 s alone, 20 + 67.5 s in a lane): three lanes cover 135 s.
+    for m in fast:
+        bench["entries"][m] = fake_entry(model=m, fast=0.5)
+    plan = B.plan_study(["part1"], source, budget_s=110, bench=bench, dirs=dirs, lanes=3)
+    assert plan["partial"] is None and plan["order"] == "gain-first"
+    assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0", "lane p1-VGG11-s0"]
+    assert B.covered_seconds(plan) == pytest.approx(135.0) and plan["study_order_seconds"] == pytest.approx(79.5)
 
 
 def test_a_run_too_long_for_a_lane_but_not_alone_trains_alone(tiny_source, tmp_path):
