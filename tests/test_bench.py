@@ -1133,7 +1133,7 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
 
 
 @pytest.mark.parametrize("bench_file", sorted((REPO / "results" / "bench").glob("nvidia-*.json")), ids=lambda p: p.stem)
-def test_the_readme_shows_each_committed_gpu_table_as_rendered_from_its_file(bench_file, monkeypatch):
+def test_readme_and_report_show_each_committed_gpu_table_as_rendered_from_its_file(bench_file, monkeypatch):
     # The README's speed table is pasted output of `python -m lib bench --table`: it must be what the
     # committed bench file renders now (a merge of a new GPU call without updating the README fails here).
     from lib.lanes import MPS_ENV
@@ -1141,6 +1141,7 @@ def test_the_readme_shows_each_committed_gpu_table_as_rendered_from_its_file(ben
 
     for name in (T.COMPILE_ENV, T.COMPILE_MODE_ENV, T.CUDA_GRAPHS_ENV, T.EAGER_MODELS_ENV, MPS_ENV, MERGED_ENV):
         monkeypatch.delenv(name, raising=False)
+    table = B.bench_table(bench_file)
     readme = (REPO / "README.md").read_text()
-    assert B.bench_table(bench_file) in readme
-    assert f"Estimated {B.format_estimate(bench_file)}." in readme
+    assert table in readme and f"Estimated {B.format_estimate(bench_file)}." in readme
+    assert table in (REPO / "report.md").read_text()  # its speed section: python -m lib report ... --publish
