@@ -1134,8 +1134,9 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
 
 @pytest.mark.parametrize("bench_file", sorted((REPO / "results" / "bench").glob("nvidia-*.json")), ids=lambda p: p.stem)
 def test_readme_and_report_show_each_committed_gpu_table_as_rendered_from_its_file(bench_file, monkeypatch):
-    # The README's speed table is pasted output of `python -m lib bench --table`: it must be what the
-    # committed bench file renders now (a merge of a new GPU call without updating the README fails here).
+    # The README's speed table is pasted output of `python -m lib bench --table`, report.md's is rendered by
+    # `python -m lib report`: both must be what the committed bench file renders now (a merge of a new GPU call
+    # without updating them fails here).
     from lib.lanes import MPS_ENV
     from lib.models.canet import MERGED_ENV
 
