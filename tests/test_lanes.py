@@ -145,13 +145,20 @@ def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, t
     assert plan["seconds"] == pytest.approx(139.25 + 20 + 2 * 95.4)
 
 
-def test_the_plan_fits_the_runs_that_gain_first_when_that_covers_more(tiny_source, tmp_path, monkeypatch):
+def two_models_gain(tiny_source, tmp_path, monkeypatch):
+    """(source, dirs, bench) for the planning order: CANet_tiny-s0 done, every Part 1 run 79.5 s alone (fake_bench),
+    ResNet18 and ResNet34 measured 1.25x as long two at once under MPS (on now)."""
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)
     write_finished(dirs, part1_config("CANet_tiny", "full", source))
     monkeypatch.setenv(L.MPS_ENV, "1")
     bench = dict(with_records(fake_bench(), record("ResNet18", 2, 1.25), record("ResNet34", 2, 1.25)),
                  device_slug="nvidia-h200")
+    return source, dirs, bench
+
+
+def test_the_plan_fits_the_runs_that_gain_first_when_that_covers_more(tiny_source, tmp_path, monkeypatch):
+    source, dirs, bench = two_models_gain(tiny_source, tmp_path, monkeypatch)
     # In study order CANet_light (no gain) trains alone first (20 + 95.4 s), and no lane (20 + 119.25 s) fits
     # beside it in 200 s: 79.5 s of runs. The two that gain, first: a lane each, 159 s of runs.
     plan = B.plan_study(["part1"], source, budget_s=200, bench=bench, dirs=dirs, lanes=2)
@@ -177,12 +184,7 @@ def test_in_the_gain_first_order_a_run_that_gains_waits_for_a_lane_unless_it_is_
 
 
 def test_the_gain_first_order_keeps_a_resumable_run_and_the_first_seed_first(tiny_source, tmp_path, monkeypatch):
-    source = resolve_source(tiny_source)
-    dirs = output_dirs("full", root=tmp_path)
-    write_finished(dirs, part1_config("CANet_tiny", "full", source))
-    monkeypatch.setenv(L.MPS_ENV, "1")
-    bench = dict(with_records(fake_bench(), record("ResNet18", 2, 1.25), record("ResNet34", 2, 1.25)),
-                 device_slug="nvidia-h200")
+    source, dirs, bench = two_models_gain(tiny_source, tmp_path, monkeypatch)
     # VGG11-s0 stopped after 40 of 70 epochs on this machine: 2 + 30 x 1.1 = 35 s left, 62 s planned alone.
     cfg = part1_config("VGG11", "full", source)
     Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
