@@ -237,7 +237,7 @@ plan_and_run() {  # ROUND SUBSET...
     run_lanes "${lanes[@]}" || failed=1
     pack
   fi
-  stop_mps  # what follows runs alone
+  ((${#rest[@]} == 0)) || stop_mps  # what follows runs alone (no rest: MPS stays up for a next round's lanes)
   for line in ${rest[@]+"${rest[@]}"}; do
     read -r kind names <<< "$line"
     case "$kind" in
