@@ -1352,7 +1352,7 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     if lanes < 1:
         raise ValueError(f"lanes must be at least 1, got {lanes}")
     jobs = select_jobs(study_jobs(bench, data_source, dirs, seeds, profile), tokens)
-    factors = {j.model: slowdown(bench, j.model, lanes) if lanes > 1 else 1.0 for j in jobs if j.kind == "train"}
+    factors = {j.model: slowdown(bench, j.model, lanes) for j in jobs if j.kind == "train"}  # 1 with one lane
     plan = dict(_fit_jobs(jobs, factors, budget_s, margin, lanes, partial), order="study")
     if lanes > 1:
         # First fit in study order can leave lanes empty: a run that only fits alone takes the time that
@@ -1401,7 +1401,7 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
         # loaded lane, where it fits.
         cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
         left = budget_s - rest - max(loads)
-        factor = factors[job.model] if lanes > 1 and job.kind == "train" else float(lanes)
+        factor = factors[job.model] if job.kind == "train" else float(lanes)
         lane = min(range(lanes), key=loads.__getitem__)
         lane_cost = job.seconds * factor * margin + (0.0 if lane_jobs[lane] else STEP_STARTUP_S)
         laned = factor < lanes and lane_cost <= budget_s - rest - loads[lane]

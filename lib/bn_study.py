@@ -371,7 +371,7 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     With abort_if_stuck the run stops at the stuck check when the criterion fires and returns
     status 'stuck' (the caller then reruns at FALLBACK_LR).
     """
-    from lib.train import bar_switch, resolve_device
+    from lib.train import bars_disabled, resolve_device
 
     device = resolve_device(cfg.device)
     loader, data_info = probe_data(cfg, device)
@@ -391,7 +391,7 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     step, epoch = 0, 0
     model.train()
     bar = tqdm(total=cfg.num_steps, desc=f"{cfg.name} lr {cfg.lr:g}", leave=False, mininterval=2.0,
-               **bar_switch(progress))
+               disable=bars_disabled(progress))
     with _strict_fp32(device):
         while step < cfg.num_steps:
             loader.set_epoch(epoch)

@@ -762,12 +762,11 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     return result
 
 
-def bar_switch(progress: bool) -> dict:
-    """tqdm's `disable` for a progress bar, always explicit: off without progress or with TQDM_DISABLE set (not
-    0/false) in the environment, read here at each bar (tqdm reads it once, when imported, and only since 4.66).
-    The GPU runner sets it: its logs keep the per-epoch lines, not a bar per epoch and lane."""
-    off = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
-    return {"disable": off or not progress}
+def bars_disabled(progress: bool) -> bool:
+    """tqdm's `disable` for a progress bar: without progress, or with TQDM_DISABLE set (not 0/false) in the
+    environment, read here at each bar (tqdm reads it once, when imported, and only since 4.66). The GPU runner
+    sets it: its logs keep the per-epoch lines, not a bar per epoch and lane."""
+    return not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
 
 
 def _train_epoch(model, head, optimizer, loader, cfg, device, epoch, progress) -> dict:
@@ -783,7 +782,7 @@ def _train_epoch(model, head, optimizer, loader, cfg, device, epoch, progress) -
     correct = torch.zeros((), device=device)
     n = 0
     bar = tqdm(loader, total=n_steps, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
-               mininterval=2.0, **bar_switch(progress))
+               mininterval=2.0, disable=bars_disabled(progress))
     for i, batch in enumerate(bar):
         with autocast_for(cfg, device):
             out = model(batch.x)

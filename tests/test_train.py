@@ -471,6 +471,6 @@ def test_tqdm_disable_turns_off_the_bars_but_not_the_epoch_lines(tiny_source, tm
     T.train(tiny_cfg(tiny_source, num_epochs=1), dirs=output_dirs("smoke", root=tmp_path / "b"))
     without = capsys.readouterr()
     assert "tiny epoch 1/1:" not in without.err and "[tiny] epoch 1/1" in without.out
-    assert T.bar_switch(False) == {"disable": True}
+    assert T.bars_disabled(False) is True
     monkeypatch.setenv("TQDM_DISABLE", "0")
-    assert T.bar_switch(True) == {"disable": False}
+    assert T.bars_disabled(True) is False
