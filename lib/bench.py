@@ -1329,7 +1329,9 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     lanes > 1: the training runs (not the lr-1e-3 pair, which the slices follow) of models that train faster
     together than one after another (measured slowdown at `lanes` runs at once < lanes: lib.lanes.slowdown) are
     spread over `lanes` processes that train at once on the GPU, each run's estimate times that slowdown, each
-    into the least loaded lane. The plan then starts with one 'lane NAME...' line per lane used (the runner
+    into an empty lane while there is one, then into a lane that holds a run of its model where it fits (one
+    process: the later run reuses the compiled code and cuDNN's autotuning; its estimate still counts the
+    one-off), else into the least loaded lane. The plan then starts with one 'lane NAME...' line per lane used (the runner
     starts them together and waits for all); the other jobs, runs of models without a measured gain among them,
     follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
     is the one of lanes=1.
@@ -1402,7 +1404,7 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
         cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
         left = budget_s - rest - max(loads)
         factor = factors[job.model] if job.kind == "train" else float(lanes)
-        lane = min(range(lanes), key=loads.__getitem__)
+        lane = _lane_for(job, loads, lane_jobs, budget_s - rest, job.seconds * factor * margin)
         lane_cost = job.seconds * factor * margin + (0.0 if lane_jobs[lane] else STEP_STARTUP_S)
         laned = factor < lanes and lane_cost <= budget_s - rest - loads[lane]
         if not laned and factor < lanes and not gainers_alone and not job.epochs_done:
@@ -1443,6 +1445,19 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
     lines += ["costs"] if any(j.kind == "costs" for j in taken) else []
     return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": max(loads) + rest,
             "budget_s": budget_s, "partial": None, "lanes": lanes, "slowdowns": slowdowns, "margin": margin}
+
+
+def _lane_for(job: Job, loads: list[float], lane_jobs: list[list[Job]], room: float, seconds: float) -> int:
+    """The lane for `job` (estimated `seconds` there; `room`: the budget the lanes have): an empty one while there
+    is one (no lane idles while another trains two runs); then one that already holds a run of the same model
+    where it fits (a lane is one process, and a model's later runs in the process reuse its compiled code and
+    cuDNN's autotuning: lib.train.step_model_for's earlier_in_process); else the least loaded one."""
+    if all(lane_jobs):
+        same = [i for i, js in enumerate(lane_jobs) if job.model is not None and any(j.model == job.model for j in js)]
+        fitting = [i for i in same if seconds <= room - loads[i]]
+        if fitting:
+            return min(fitting, key=loads.__getitem__)
+    return min(range(len(loads)), key=loads.__getitem__)
 
 
 def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,

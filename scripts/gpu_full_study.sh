@@ -88,6 +88,21 @@ MPS=${MPS:-auto}                     # auto: with LANES > 1, try to start an MPS
 CONCURRENCY=${CONCURRENCY-"CANet_tiny VGG_A VGG_A_BN ResNet18 CANet_light ShuffleNetV2 ResNet34 VGG11 MobileNetV2 \
 CANet CANet_pro"}
 ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
+# Inductor's caches (compiled graphs, Triton kernels) in an ignored folder of the checkout, which the device tool
+# keeps between the calls of a session: a model compiled in one call compiles from the cache in the next.
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/torchinductor}
+
+# A setting that is not a number would end the script half-way (set -u arithmetic): say so before anything runs.
+bad_setting() { echo "gpu_full_study: $1=${!1} $2" >&2; exit 2; }
+for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S; do
+  [[ "${!name}" =~ ^[0-9]+$ ]] || bad_setting "$name" "must be a whole number of seconds (or rounds), e.g. $name=60"
+done
+[[ "$LANES" =~ ^[1-9][0-9]*$ ]] || bad_setting LANES "must be a whole number of training processes, 1 or more"
+[[ "$PLAN_MARGIN" =~ ^[0-9]+([.][0-9]+)?$ ]] || bad_setting PLAN_MARGIN "must be a number such as 1.2"
+for name in GRAPH_CHECK PARTIAL ALLOW_CPU; do
+  [[ "${!name}" == 0 || "${!name}" == 1 ]] || bad_setting "$name" "must be 0 or 1"
+done
+[[ "$MPS" == auto || "$MPS" == 0 ]] || bad_setting MPS "must be auto or 0"
 CPU_OK=""                            # set to --allow-cpu-training for a dry run (below)
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"

@@ -703,6 +703,20 @@ def test_gpu_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
 
 
+@pytest.mark.parametrize("setting, says", [("BUDGET_S=9m", "BUDGET_S=9m must be a whole number of seconds"),
+                                           ("LANES=0", "LANES=0 must be a whole number of training processes"),
+                                           ("PLAN_MARGIN=1,2", "PLAN_MARGIN=1,2 must be a number such as 1.2"),
+                                           ("PARTIAL=yes", "PARTIAL=yes must be 0 or 1"),
+                                           ("MPS=1", "MPS=1 must be auto or 0")])
+def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, says):
+    name, value = setting.split("=", 1)
+    env = dict(os.environ, OUT=str(tmp_path / "out"), **{name: value})
+    run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and says in run.stderr
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
 # ----------------------------------------------------------------------------------------- GPU fast path, on a CPU
 
 def test_step_model_is_the_model_itself_on_cpu():
@@ -762,9 +776,14 @@ def test_step_model_on_cuda_is_compiled_where_requested(monkeypatch):
     model = build("CANet_tiny")
     monkeypatch.setenv(T.COMPILE_ENV, "CANet_tiny")
     monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")  # compile does not depend on the CUDA-graph switch
+    monkeypatch.setattr(T, "_STEPS_BUILT", set())  # a fresh process
     step, info = T.step_model_for(model, cfg, torch.device("cuda"), loader)
     assert isinstance(step, T.CompiledForward) and step.batch_shape == (4, 3, 32, 32)
     assert info["compile"] is True and info["compile_mode"] == "default" and info["cuda_graphs"] is False
+    assert info["earlier_in_process"] is False  # the first run of the model in this process: it pays the one-off
+    assert T.step_model_for(build("CANet_tiny"), cfg, torch.device("cuda"), loader)[1]["earlier_in_process"] is True
+    assert T.step_model_for(build("VGG11"), cfg.replace(model="VGG11"), torch.device("cuda"),
+                            loader)[1]["earlier_in_process"] is False
     step, info = T.step_model_for(model, cfg.replace(batch_size=16), torch.device("cuda"), loader)
     assert step is model and "fewer images than one batch" in info["note"]
     monkeypatch.setenv(T.COMPILE_ENV, "")

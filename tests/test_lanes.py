@@ -183,6 +183,23 @@ def test_in_the_gain_first_order_a_run_that_gains_waits_for_a_lane_unless_it_is_
         "train p1-ResNet18-s0"]
 
 
+def test_a_run_joins_the_lane_that_holds_its_model_where_it_fits():
+    def job(model, seed):
+        return B.Job("train", (f"p1-{model}-s{seed}",), 50.0, False, model=model)
+
+    jobs = [job("ResNet18", 0), job("ResNet34", 0), job("ResNet34", 1), job("ResNet18", 1)]
+    factors = {"ResNet18": 1.25, "ResNet34": 1.25}
+    # By load alone, ResNet34-s1 would take the first lane (a tie) and ResNet18-s1 the second: each model's runs
+    # in two processes, which compile and autotune it twice.
+    plan = B._fit_jobs(jobs, factors, 400, 1.2, 2, partial=False)
+    assert plan["lines"] == ["lane p1-ResNet18-s0 p1-ResNet18-s1", "lane p1-ResNet34-s0 p1-ResNet34-s1"]
+    # Where its model's lane has no room, the least loaded one: 20 + 3 x 75 s = 245 s would pass 240.
+    plan = B._fit_jobs([job("ResNet18", 0), job("ResNet34", 0), job("ResNet18", 1), job("ResNet18", 2)], factors,
+                       240, 1.2, 2, partial=False)
+    assert plan["lines"] == ["lane p1-ResNet18-s0 p1-ResNet18-s1", "lane p1-ResNet34-s0 p1-ResNet18-s2"]
+    assert plan["seconds"] == pytest.approx(170.0)
+
+
 def test_the_gain_first_order_keeps_a_resumable_run_and_the_first_seed_first(tiny_source, tmp_path, monkeypatch):
     source, dirs, bench = two_models_gain(tiny_source, tmp_path, monkeypatch)
     # VGG11-s0 stopped after 40 of 70 epochs on this machine: 2 + 30 x 1.1 = 35 s left, 62 s planned alone.
