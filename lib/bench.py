@@ -1460,6 +1460,44 @@ def _lane_for(job: Job, loads: list[float], lane_jobs: list[list[Job]], room: fl
     return min(range(len(loads)), key=loads.__getitem__)
 
 
+def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
+                       seeds: Sequence[int] = (0,), profile: str = "full", lanes: int = 3) -> dict:
+    """GPU time the unfinished part of the study still needs on the bench's device, from its measurements, the
+    models compiled as the GPU runner compiles them (as_runner_compiles): {'device', 'jobs' (unfinished),
+    'seconds' (their estimates one after another, as plan_study's jobs: without its margin and process
+    start-ups), 'unknown' (unfinished jobs without a measurement), 'lanes', 'mps', 'lanes_seconds' (with `lanes`
+    runs at once, as lib.lanes.lanes_estimate: the training runs of models measured to gain at their slowdown,
+    evenly over the lanes, the rest alone; a lower bound; None where nothing was measured at once)}."""
+    from lib.lanes import measured_states, slowdown
+
+    data = load_bench(bench)
+    states = measured_states(data, lanes) if lanes > 1 else []
+    mps = bool(states) and states[-1]  # MPS where it was measured so (the runner starts it then)
+    with as_runner_compiles(data):  # the estimates and the slowdowns of the variants the runner trains
+        jobs = [j for j in study_jobs(data, data_source, dirs, seeds, profile) if not j.done]
+        known = [j for j in jobs if j.seconds is not None]
+        # 'train' jobs are the runs a plan may put into lanes (the lr-1e-3 pair is a 'bn-slices' job: alone).
+        factor = {id(j): slowdown(data, j.model, lanes, mps) if j.kind == "train" else float(lanes) for j in known}
+    seconds = sum(j.seconds for j in known)
+    laned = sum(j.seconds * factor[id(j)] / lanes for j in known if factor[id(j)] < lanes)
+    alone = sum(j.seconds for j in known if factor[id(j)] >= lanes)
+    return {"device": data.get("device"), "jobs": jobs, "seconds": seconds,
+            "unknown": [n for j in jobs if j.seconds is None for n in j.names], "lanes": lanes, "mps": mps,
+            "lanes_seconds": laned + alone if states else None}
+
+
+def format_remaining(est: dict, path: Path | str) -> str:
+    """remaining_estimate as a line for `python -m lib status`."""
+    line = (f"left on {est['device']} (estimates from {path}): {len(est['jobs'])} job(s), about "
+            f"{est['seconds'] / 60:.1f} min one run after another")
+    if est["lanes_seconds"] is not None:
+        how = "under MPS" if est["mps"] else "time-sliced"
+        line += f", at least {est['lanes_seconds'] / 60:.1f} min with {est['lanes']} runs at once {how}"
+    if est["unknown"]:
+        line += f"; not estimated (no measurement): {', '.join(est['unknown'])}"
+    return line
+
+
 def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
                  seeds: Sequence[int] = (0,), precision: str | None = None,
                  num_epochs: int | None = None) -> list[tuple[str, str, str]]:

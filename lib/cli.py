@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lib.config import PART1_MODELS, PRECISIONS, PROFILES
 from lib.data import SOURCE_ENV, canonical_source
-from lib.paths import output_dirs
+from lib.paths import REPO, output_dirs
 
 TRACEBACK_ENV = "CIFAR10_TRACEBACK"  # 1: let bad-input errors end in their traceback too
 # What the library raises for bad input (lib.data.DataError is a ValueError; an unknown model, notebook or
@@ -244,7 +244,7 @@ def cmd_report(args) -> int:
 
 def cmd_status(args) -> int:
     """Print what of a profile's study is done, resumable or missing (nothing is computed)."""
-    from lib.bench import study_status
+    from lib.bench import format_remaining, remaining_estimate, study_status
 
     dirs = output_dirs(args.profile, publish=args.publish or None)
     note_published(args, dirs)
@@ -260,7 +260,19 @@ def cmd_status(args) -> int:
     for state, name, detail in rows:
         if args.all or state != "done":
             print(f"  {state:8} {name}{'  (' + detail + ')' if detail else ''}")
+    if args.profile == "full" and counts["done"] < len(rows):  # what is left, in GPU time, per committed GPU bench file
+        for path in gpu_bench_files():
+            est = remaining_estimate(path, canonical_source(args.data), dirs, args.seeds, args.profile)
+            print(format_remaining(est, path.relative_to(REPO) if path.is_relative_to(REPO) else path))
     return 0
+
+
+def gpu_bench_files() -> list[Path]:
+    """The GPU bench files of this checkout (results/bench/<device-slug>.json, CPU ones left out)."""
+    from lib.results import read_json
+
+    return [p for p in sorted((REPO / "results" / "bench").glob("*.json"))
+            if not str(read_json(p).get("device_slug", p.stem)).startswith("cpu")]
 
 
 def cmd_bench(args) -> int:

@@ -509,3 +509,46 @@ def test_gpu_runner_plans_no_second_round_after_a_failed_run(tiny_source, tmp_pa
     assert "lib run crashed" in log and "a step of round 1 failed" in log and "round 2:" not in log, log[-3000:]
     plan = (tmp_path / "out" / "plan.txt").read_text()
     assert "train p1-CANet_tiny-s0" in plan and "# skipped p1-ResNet18-s0" in plan and "# round" not in plan
+
+
+def test_what_is_left_of_the_study_in_gpu_minutes(tiny_source, tmp_path, monkeypatch, capsys):
+    import lib.cli as C
+    from lib.bn_study import PROBE_SIZES
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    write_finished(dirs, part1_config("CANet_tiny", "full", source))
+    bench = fake_bench()
+    # Part 1 runs 79.5 s each, BN runs 28.5 s (the lr-1e-3 pair with the slices' 30 s), probes, the costs' 60 s.
+    probes = 2 * PROBE_SIZES["full"]["num_steps"] * 0.01
+    left = 8 * 79.5 + 6 * 28.5 + (2 * 28.5 + 30) + probes + 60
+    est = B.remaining_estimate(bench, source, dirs)
+    assert est["seconds"] == pytest.approx(left) and len(est["jobs"]) == 8 + 6 + 3 and est["unknown"] == []
+    assert est["lanes_seconds"] is None  # nothing measured at once
+    # ResNet18 and ResNet34 measured 1.5x as long three at once under MPS: each counts 79.5 x 1.5 / 3 s.
+    measured = dict(with_records(bench, record("ResNet18", 3, 1.5), record("ResNet34", 3, 1.5)),
+                    device_slug="nvidia-h200")
+    est = B.remaining_estimate(measured, source, dirs)
+    assert est["mps"] is True and est["lanes_seconds"] == pytest.approx(left - 2 * 79.5 + 2 * 79.5 * 1.5 / 3)
+    # A model without a measurement is named, not counted.
+    unmeasured = dict(bench, entries={k: e for k, e in bench["entries"].items() if k != "VGG11"})
+    est = B.remaining_estimate(unmeasured, source, dirs, seeds=[0, 1])
+    assert est["unknown"] == ["p1-VGG11-s0", "p1-VGG11-s1"] and est["seconds"] == pytest.approx(left - 79.5 + 8 * 79.5)
+    # `python -m lib status --profile full` prints it per GPU bench file of the checkout.
+    path = tmp_path / "nvidia-h200.json"
+    atomic_write_json(path, measured)
+    monkeypatch.setattr(C, "gpu_bench_files", lambda: [path])
+    monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
+    assert main(["status", "--profile", "full", "--data", str(tiny_source)]) == 0
+    assert (f"left on NVIDIA H100 80GB HBM3 (estimates from {path}): 17 job(s), about {left / 60:.1f} min one run "
+            f"after another, at least {(left - 79.5) / 60:.1f} min with 3 runs at once under MPS") in capsys.readouterr().out
+
+
+def test_the_gpu_bench_files_leave_out_the_cpu_ones(tmp_path, monkeypatch):
+    import lib.cli as C
+
+    (tmp_path / "results" / "bench").mkdir(parents=True)
+    atomic_write_json(tmp_path / "results" / "bench" / "nvidia-h200.json", {"device_slug": "nvidia-h200"})
+    atomic_write_json(tmp_path / "results" / "bench" / "cpu-x86-64.json", {"device_slug": "cpu-x86-64"})
+    monkeypatch.setattr(C, "REPO", tmp_path)
+    assert [p.name for p in C.gpu_bench_files()] == ["nvidia-h200.json"]
