@@ -1449,32 +1449,39 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
 
 def _lane_for(job: Job, loads: list[float], lane_jobs: list[list[Job]], room: float, seconds: float) -> int:
     """The lane for `job` (estimated `seconds` there; `room`: the budget the lanes have): an empty one while there
-    is one (no lane idles while another trains two runs); then one that already holds a run of the same model
-    where it fits (a lane is one process, and a model's later runs in the process reuse its compiled code and
-    cuDNN's autotuning: lib.train.step_model_for's earlier_in_process); else the least loaded one."""
-    if all(lane_jobs):
-        same = [i for i, js in enumerate(lane_jobs) if job.model is not None and any(j.model == job.model for j in js)]
-        fitting = [i for i in same if seconds <= room - loads[i]]
-        if fitting:
-            return min(fitting, key=loads.__getitem__)
-    return min(range(len(loads)), key=loads.__getitem__)
+    is one (no lane idles while another trains two runs); then one that already holds a run of the same model,
+    where it fits and does not make the plan longer (the lane is, or ties with, the least loaded one, or stays
+    within the longest): a lane is one process, and a model's later runs in the process reuse its compiled code
+    and cuDNN's autotuning (lib.train.step_model_for's earlier_in_process), which the estimates do not count;
+    else the least loaded one."""
+    least = min(range(len(loads)), key=loads.__getitem__)
+    if all(lane_jobs) and job.model is not None:
+        same = [i for i, js in enumerate(lane_jobs) if any(j.model == job.model for j in js)
+                and seconds <= room - loads[i] and (loads[i] == loads[least] or loads[i] + seconds <= max(loads))]
+        if same:
+            return min(same, key=loads.__getitem__)
+    return least
 
 
 def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
-                       seeds: Sequence[int] = (0,), profile: str = "full", lanes: int = 3) -> dict:
+                       seeds: Sequence[int] = (0,), profile: str = "full", lanes: int = 3,
+                       precision: str | None = None, num_epochs: int | None = None) -> dict:
     """GPU time the unfinished part of the study still needs on the bench's device, from its measurements, the
     models compiled as the GPU runner compiles them (as_runner_compiles): {'device', 'jobs' (unfinished),
-    'seconds' (their estimates one after another, as plan_study's jobs: without its margin and process
-    start-ups), 'unknown' (unfinished jobs without a measurement), 'lanes', 'mps', 'lanes_seconds' (with `lanes`
-    runs at once, as lib.lanes.lanes_estimate: the training runs of models measured to gain at their slowdown,
-    evenly over the lanes, the rest alone; a lower bound; None where nothing was measured at once)}."""
+    'seconds' (their estimates one after another, as plan_study's jobs: with its allowances for the slices and
+    the cost files, without its margin and process start-ups), 'unknown' (unfinished jobs without a
+    measurement), 'lanes', 'mps', 'lanes_seconds' (with `lanes` runs at once, as lib.lanes.lanes_estimate
+    splits the study: the training runs of models measured to gain at their slowdown, evenly over the lanes, the
+    rest alone; a lower bound; None where nothing was measured at once)}. The MPS state is the bench file's:
+    under MPS where it holds measurements so (the runner then starts MPS), else time-sliced. `precision` and
+    `num_epochs` are the Part 1 overrides of study_jobs."""
     from lib.lanes import measured_states, slowdown
 
     data = load_bench(bench)
     states = measured_states(data, lanes) if lanes > 1 else []
     mps = bool(states) and states[-1]  # MPS where it was measured so (the runner starts it then)
     with as_runner_compiles(data):  # the estimates and the slowdowns of the variants the runner trains
-        jobs = [j for j in study_jobs(data, data_source, dirs, seeds, profile) if not j.done]
+        jobs = [j for j in study_jobs(data, data_source, dirs, seeds, profile, precision, num_epochs) if not j.done]
         known = [j for j in jobs if j.seconds is not None]
         # 'train' jobs are the runs a plan may put into lanes (the lr-1e-3 pair is a 'bn-slices' job: alone).
         factor = {id(j): slowdown(data, j.model, lanes, mps) if j.kind == "train" else float(lanes) for j in known}

@@ -262,17 +262,21 @@ def cmd_status(args) -> int:
             print(f"  {state:8} {name}{'  (' + detail + ')' if detail else ''}")
     if args.profile == "full" and counts["done"] < len(rows):  # what is left, in GPU time, per committed GPU bench file
         for path in gpu_bench_files():
-            est = remaining_estimate(path, canonical_source(args.data), dirs, args.seeds, args.profile)
-            print(format_remaining(est, path.relative_to(REPO) if path.is_relative_to(REPO) else path))
+            shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+            try:
+                est = remaining_estimate(path, canonical_source(args.data), dirs, args.seeds, args.profile,
+                                         precision=args.precision, num_epochs=args.num_epochs)
+            except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:  # the list above stands
+                print(f"(no estimate of what is left from {shown}: it cannot be read as a bench file: "
+                      f"{type(err).__name__}: {err})")
+                continue
+            print(format_remaining(est, shown))
     return 0
 
 
 def gpu_bench_files() -> list[Path]:
-    """The GPU bench files of this checkout (results/bench/<device-slug>.json, CPU ones left out)."""
-    from lib.results import read_json
-
-    return [p for p in sorted((REPO / "results" / "bench").glob("*.json"))
-            if not str(read_json(p).get("device_slug", p.stem)).startswith("cpu")]
+    """The bench files of this checkout that are not a CPU's (results/bench/<device-slug>.json, by name)."""
+    return [p for p in sorted((REPO / "results" / "bench").glob("*.json")) if not p.stem.startswith("cpu")]
 
 
 def cmd_bench(args) -> int:

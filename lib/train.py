@@ -394,13 +394,14 @@ def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, tra
     info = {"compile": False, "cuda_graphs": False, "compile_seconds": 0.0, "note": ""}
     if device.type != "cuda":
         return model, info
-    # A run of a model whose steps this process built before (the GPU runner's `lib run --only A B` trains its
-    # runs in one process) reuses Dynamo's compiled code and cuDNN's autotuning: its one-off is smaller.
-    info["earlier_in_process"] = cfg.model in _STEPS_BUILT
-    _STEPS_BUILT.add(cfg.model)
     if train_loader.num_samples < cfg.batch_size:
         info["note"] = "fewer images than one batch: eager steps"
         return model, info
+    # A run of a model whose full-batch steps this process ran before (the GPU runner's `lib run --only A B` trains
+    # its runs in one process) reuses cuDNN's autotuning of their shapes and, compiled, Dynamo's compiled code (a
+    # CUDA graph is captured anew for each model): its one-off is smaller.
+    info["earlier_in_process"] = cfg.model in _STEPS_BUILT
+    _STEPS_BUILT.add(cfg.model)
     batch_shape = (cfg.batch_size, *train_loader.X.shape[1:])
     if compile_requested(cfg):
         info.update(compile=True, compile_mode=compile_mode())

@@ -707,12 +707,17 @@ def test_gpu_script_is_valid_bash():
                                            ("LANES=0", "LANES=0 must be a whole number of training processes"),
                                            ("PLAN_MARGIN=1,2", "PLAN_MARGIN=1,2 must be a number such as 1.2"),
                                            ("PARTIAL=yes", "PARTIAL=yes must be 0 or 1"),
-                                           ("MPS=1", "MPS=1 must be auto or 0")])
+                                           ("MPS=1", "MPS=1 must be auto or 0"),
+                                           ("REPLAN_MIN_S=090", "REPLAN_MIN_S=090 must be a whole number"),
+                                           ("PLAN_MARGIN=1.05", None)])
 def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, says):
     name, value = setting.split("=", 1)
-    env = dict(os.environ, OUT=str(tmp_path / "out"), **{name: value})
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", **{name: value})
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
                          text=True, timeout=60)
+    if says is None:  # a good value passes the checks: here the script stops at the missing torch instead
+        assert run.returncode != 2 and "this script is for the GPU machine" in run.stdout
+        return
     assert run.returncode == 2 and says in run.stderr
     assert not (tmp_path / "out").exists()  # nothing started
 
