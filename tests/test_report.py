@@ -401,3 +401,27 @@ def test_plateau_exit_step():
     assert plateau_exit_step(losses, 2.2, window=10) == 23  # steps 14..23: six at 2.30, four at 2.0 -> mean 2.18
     assert plateau_exit_step([2.30] * 40, 2.2) is None
     assert plateau_exit_step([float("nan")] * 10 + [1.0] * 10, 2.2, window=10) == 19
+
+
+def test_the_full_profile_states_whether_its_sanity_bars_are_met(study_dirs):
+    from lib.report import sanity_bars
+
+    assert "sanity bars" not in render_report("quick", study_dirs).read_text()  # held to the full profile only
+    text = render_report("full", study_dirs).read_text()
+    bars = text.split("The sanity bars the `full` profile's results are held to:", 1)[1]
+    # CANet 90.0 / 91.0 / 92.0% over seeds 0-2; at lr 1e-3 VGG-A 69.12%, with BN 80.23% (the fixture's test_acc)
+    assert "- CANet's test accuracy is 91.00 ± 1.00% (seeds 0, 1, 2; mean ± sample standard deviation); the bar is " \
+           "at least 90%" in bars and "STUDY.md section 8): **met**." in bars
+    assert "- At lr 1e-3 VGG-A with BN reaches 80.23% test accuracy, without 69.12% (+11.11 points); the bar is BN " \
+           "clearly above, taken as at least 2 points (one run each): **met**." in bars
+    # Below the bars: missed; without the runs: said.
+    for seed, acc in enumerate((0.88, 0.89, 0.90)):
+        r = p1_result("CANet", seed, acc)
+        atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    r, _ = bn_result("VGG_A", 1e-3, 0.80)
+    atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    text = render_report("full", study_dirs).read_text()
+    assert "is 89.00 ± 1.00% (seeds" in text and "(+1.23 points)" in text and text.count("**missed**") == 2
+    assert sanity_bars(None, {"protocol": {}}) == [
+        "CANet (bar: at least 90% test accuracy): no successful run yet.",
+        "VGG-A with and without BN at lr 1e-3 (bar: BN at least 2 points higher in test accuracy): not both run yet."]
