@@ -778,12 +778,16 @@ def _release(dev: torch.device) -> None:
 def _merge_write(path: Path, dev: torch.device, entries: dict | None = None, drop: Sequence[str] = (),
                  sections: dict | None = None, **top) -> dict:
     """Merge `entries` (and top-level keys; `drop` removes top-level keys; `sections` = {section: {key: record}}
-    into those top-level dicts) into the bench file at `path`; atomic write; returns the content."""
+    into those top-level dicts) into the bench file at `path`; atomic write; returns the content. With nothing
+    to merge, only checks that the file is this device's and writes nothing (its `updated` stays the time of
+    its last measurement)."""
     name = device_name(dev)
     data = read_json(path) if path.exists() else {"device": name, "device_slug": device_slug(dev), "entries": {}}
     if data.get("device") != name:
         raise ValueError(f"{path} holds measurements of {data.get('device')!r}, not of this device ({name!r}): "
                          f"write to another file (out_path) or delete it")
+    if not (entries or sections or drop or top):
+        return data
     data["entries"].update(entries or {})
     for section, records in (sections or {}).items():
         data[section] = dict(data.get(section) or {}, **records)

@@ -173,9 +173,12 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
     assert [p.name for p in path.parent.iterdir()] == ["cpu.json"]  # atomic writes leave no temp files
 
     calls.clear()
+    before = path.read_bytes()
+    monkeypatch.setattr(B, "_now", lambda: "2099-01-01T00:00:00+00:00")  # a rewrite would show
     B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], missing_only=True,
                     progress=False)
     assert calls == []  # everything asked for is in the file already
+    assert path.read_bytes() == before  # and it is not rewritten (its 'updated' is its last measurement's)
     old = read_json(path)
     del old["entries"]["CANet_tiny"]["naive_val_transforms"]  # timed before the naive validation was augmented
     atomic_write_json(path, old)
