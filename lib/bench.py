@@ -31,7 +31,9 @@ fast_overhead_seconds (bookkeeping per epoch), fast_overhead_warm (True: timed o
 on its first), compile_seconds (one-off capture/compile), setup_seconds
 (one-off per run: data to the device, model, CUDA-graph capture), warmup_seconds (the first, untimed
 epoch; a torch.compile is paid there), cuda_graphs, compiled, canet_merged (CANets only: their blocks ran
-merged), ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile
+merged), earlier_in_process (CUDA, from 2026-11-27 on: whether the same process had run the model's
+full-batch steps before, so that cuDNN's autotuning was not part of the one-off; absent before), ratio
+(naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile
 (`--compile`, or `--also-compiled` beside the naive epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode,
 <model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries
 (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
@@ -457,6 +459,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "compile_mode": fast_info.get("compile_mode"),
             "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
             "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
+            "earlier_in_process": fast_info.get("earlier_in_process"),
             "canet_merged": blocks_merged(model, train_loader.X[:1]), "train_loss": row["train_loss"],
             "val_acc": row["val_acc"], "data": info.get("label"), "before_timed": hooked}
 
@@ -937,6 +940,10 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
                      compile_seconds=fast["compile_seconds"],
                      setup_seconds=fast["setup_seconds"], warmup_seconds=fast["warmup_seconds"],
                      cuda_graphs=fast["cuda_graphs"], compiled=fast["compiled"], date=_now(),
+                     # True: this process had run the model's full-batch steps before (e.g. its CUDA-graphed epoch
+                     # before the compiled one), so cuDNN's autotuning was not part of this entry's one-off.
+                     **({"earlier_in_process": fast["earlier_in_process"]}
+                        if fast.get("earlier_in_process") is not None else {}),
                      **({"canet_merged": fast["canet_merged"]} if fast.get("canet_merged") is not None else {}),
                      **({"compile_mode": fast.get("compile_mode") or mode} if compiled else {}))
         entry["ratio"] = entry["naive_seconds"] / fast["seconds"] if with_naive else None

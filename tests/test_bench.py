@@ -152,7 +152,8 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
         calls.append(("fast", model_name))
         return {"seconds": 0.5, "images_per_s": 90000.0, "overhead_seconds": 0.1, "compile_seconds": 1.0,
                 "setup_seconds": 2.0, "warmup_seconds": 0.8, "cuda_graphs": False, "compiled": kw["compile"],
-                "compile_mode": "default" if kw["compile"] else None, "num_train": 16, "num_val": 8, "data": "tiny"}
+                "compile_mode": "default" if kw["compile"] else None, "num_train": 16, "num_val": 8, "data": "tiny",
+                "earlier_in_process": True if kw["compile"] else None}  # None: as on a CPU
 
     monkeypatch.setattr(B, "naive_epoch", fake_naive)
     monkeypatch.setattr(B, "fast_epoch", fake_fast)
@@ -198,6 +199,7 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
     entries = read_json(path)["entries"]
     assert entries["VGG_A_BN+compile"]["compiled"] is True and entries["VGG_A_BN"]["compiled"] is False
     assert entries["VGG_A_BN+compile"]["compile_mode"] == "default" and "compile_mode" not in entries["VGG_A_BN"]
+    assert entries["VGG_A_BN+compile"]["earlier_in_process"] is True and "earlier_in_process" not in entries["VGG_A_BN"]
 
     # also_compiled: the compiled epoch comes last and shares the process's one naive epoch.
     calls.clear()
