@@ -1340,9 +1340,9 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     lanes > 1: the training runs (not the lr-1e-3 pair, which the slices follow) of models that train faster
     together than one after another (measured slowdown at `lanes` runs at once < lanes: lib.lanes.slowdown) are
     spread over `lanes` processes that train at once on the GPU, each run's estimate times that slowdown, each
-    into an empty lane while there is one, then into a lane that holds a run of its model where it fits (one
-    process: the later run reuses the compiled code and cuDNN's autotuning; its estimate still counts the
-    one-off), else into the least loaded lane. The plan then starts with one 'lane NAME...' line per lane used (the runner
+    into an empty lane while there is one, then into a lane that holds a run of its model where it fits without
+    making the plan longer (one process: the later run reuses the compiled code and cuDNN's autotuning; its
+    estimate still counts the one-off), else into the least loaded lane (_lane_for). The plan then starts with one 'lane NAME...' line per lane used (the runner
     starts them together and waits for all); the other jobs, runs of models without a measured gain among them,
     follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
     is the one of lanes=1.

@@ -383,7 +383,7 @@ def compile_requested(cfg: TrainConfig) -> bool:
     return cfg.compile or compiled_by_env(cfg.model)
 
 
-_STEPS_BUILT: set[str] = set()  # models whose CUDA training step step_model_for built in this process
+_STEPS_BUILT: set[str] = set()  # models whose full-batch CUDA training steps step_model_for set up in this process
 
 
 def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, train_loader: BatchLoader):
