@@ -39,7 +39,8 @@ full-batch steps before, so that cuDNN's autotuning was not part of the one-off;
 (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
 The top-level "agreement" maps a model to its side-by-side accuracy run (agreement(): naive vs lib.train
 over a few epochs of the recipe, per seed); "concurrency" holds each model's epoch alone and with several runs
-at once on the GPU (lib.lanes.measure_concurrency; plan_study's lanes read it).
+at once on the GPU (lib.lanes.measure_concurrency; plan_study's lanes read it); "bookkeeping" a model's per-epoch
+bookkeeping part by part (bookkeeping_parts).
 """
 from __future__ import annotations
 
@@ -603,6 +604,93 @@ def _bookkeeping_seconds(T, model, optimizer, dev, row, losses, step_acc, steps_
     return seconds + (last * min(1.0, epoch_seconds / T.LAST_CKPT_EVERY_S) if fast else last)
 
 
+TRAIN_SPLIT = 45_000  # images of the full training split (lib.train.split_data): the steps an epoch logs
+
+
+def bookkeeping_parts(model_name: str, data_source: str | None = None, device: str = "auto", *, reps: int = 3,
+                      steps_per_epoch: int | None = None) -> dict:
+    """Where lib.train's per-epoch bookkeeping goes for `model_name` on `device`, part by part, in ms (the median of
+    `reps` repetitions, after an untimed one): 'scalars' (the per-step and per-epoch TensorBoard scalars of an
+    epoch of `steps_per_epoch` steps, default the full split's), 'histograms' (every parameter's TensorBoard
+    histogram), 'histogram_counting' (of that, counting them: param_histograms, on the device on CUDA; None off
+    CUDA), 'weight_histograms' (the result's SE/SA/unit_transform histograms), 'best_copy' (the best weights:
+    a copy on the device on CUDA, a checkpoint write elsewhere) and 'last_checkpoint' (the resumable checkpoint's
+    write: every epoch off CUDA, at most every LAST_CKPT_EVERY_S on it). The device is waited for after each part.
+    No data and no training: the model's initial weights, after one optimiser step (so that the optimiser holds
+    its state). Returns them with 'per_epoch_ms' (what runs every epoch on this device), the model's number of
+    parameter tensors, device, torch, model_revision and date."""
+    import math
+    import statistics
+
+    import lib.train as T
+
+    dev = T.resolve_device(device)
+    cfg = recipe_config(model_name, data_source, str(dev))
+    steps = steps_per_epoch or math.ceil(TRAIN_SPLIT / cfg.batch_size)
+    model = T.new_model(cfg, dev)
+    optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    fast = T._gpu_fast_path(dev)
+    losses, accs = torch.rand(steps), torch.rand(steps)  # lib.train logs them from the host
+    row = {"train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "lr": cfg.lr, "seconds": 1.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = T.tensorboard_writer(tmp)
+        edges = np.asarray(writer.default_bins, dtype=np.float64)
+
+        def one(epoch: int) -> dict:
+            out = {}
+
+            def timed(part: str, fn) -> None:
+                _sync(dev)
+                t0 = time.perf_counter()
+                fn()
+                _sync(dev)
+                out[part] = 1e3 * (time.perf_counter() - t0)
+
+            timed("scalars", lambda: T._log_scalars(writer, dict(row, epoch=epoch), losses, accs, epoch, steps))
+            timed("histograms", lambda: T._log_histograms(writer, model, (epoch + 1) * steps - 1))
+            if fast:
+                timed("histogram_counting", lambda: T.param_histograms(list(model.parameters()), edges))
+            timed("weight_histograms", lambda: T.weight_histograms(model))
+            timed("best_copy", lambda: T.copy_state(model) if fast else T._save_checkpoint(
+                Path(tmp) / "best.pt", {"model": model.state_dict(), "epoch": epoch}))
+            timed("last_checkpoint", lambda: T._save_checkpoint(Path(tmp) / "last.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}))
+            return out
+
+        one(0)  # first calls (histogram kernels, the writer's first events) are a one-off
+        runs = [one(epoch) for epoch in range(1, reps + 1)]
+        writer.close()
+    ms = {part: statistics.median(r[part] for r in runs) for part in runs[0]}
+    every_epoch = ("scalars", "histograms", "weight_histograms", "best_copy") + (() if fast else ("last_checkpoint",))
+    return {"model": model_name, "device": device_name(dev), "torch": torch.__version__,
+            "model_revision": revision(model_name), "date": _now(), "reps": reps, "steps_per_epoch": steps,
+            "num_param_tensors": sum(1 for _ in model.parameters()),
+            "ms": dict(ms, histogram_counting=ms.get("histogram_counting")),
+            "per_epoch_ms": sum(ms[part] for part in every_epoch)}
+
+
+def save_bookkeeping(record: dict, path: Path | str, device: torch.device | str) -> dict:
+    """Record a bookkeeping_parts result under the bench file's 'bookkeeping' (merged, atomic)."""
+    return _merge_write(Path(path), torch.device(device), sections={"bookkeeping": {record["model"]: record}})
+
+
+def bookkeeping_lines(bench) -> list[str]:
+    """One sentence per model of a bench file's 'bookkeeping' section."""
+    lines = []
+    for r in load_bench(bench).get("bookkeeping", {}).values():
+        ms = r["ms"]
+        counting = f" (counting {ms['histogram_counting']:.1f})" if ms.get("histogram_counting") is not None else ""
+        lines.append(f"Per-epoch bookkeeping of {r['model']} ({r['num_param_tensors']} parameter tensors, "
+                     f"{r['date'][:10]}), ms: {r['per_epoch_ms']:.1f} every epoch: scalars of {r['steps_per_epoch']} "
+                     f"steps {ms['scalars']:.1f}, parameter histograms {ms['histograms']:.1f}{counting}, weight "
+                     f"histograms {ms['weight_histograms']:.1f}, best weights {ms['best_copy']:.1f}; the resumable "
+                     f"checkpoint {ms['last_checkpoint']:.1f}.")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Probe runs (Part 2, Santurkar et al.) and the CUDA-graph check
 
@@ -1114,8 +1202,8 @@ def stale_revision(entry: dict) -> bool:
 
 
 def recorded_as_now(record: dict | None) -> bool:
-    """Whether a recorded graph check or trace can stand for one made now: made with this torch version and
-    this revision of its model (what --missing-only reuses)."""
+    """Whether a recorded graph check, trace or bookkeeping record can stand for one made now: made with this
+    torch version and this revision of its model (what --missing-only reuses)."""
     return record is not None and record.get("torch") == torch.__version__ and not stale_revision(record)
 
 
@@ -1200,6 +1288,7 @@ def bench_table(bench) -> str:
               "", "Estimated " + format_estimate(data) + "."]
     lines += agreement_lines(data)
     lines += trace_lines(data)
+    lines += bookkeeping_lines(data)
     lines += concurrency_lines(data)
     lines += graph_check_lines(data)
     return "\n".join(lines) + "\n"

@@ -288,7 +288,7 @@ def cmd_bench(args) -> int:
     from lib.train import COMPILE_ENV, resolve_device
 
     for option in ("models", "fast_only", "also_compiled", "check_graphs", "trace", "agreement",
-                   "concurrent"):  # before the data
+                   "concurrent", "bookkeeping"):  # before the data
         names = getattr(args, option)
         names = [names] if isinstance(names, str) else names
         check_models(f"--{option.replace('_', '-')}", names, list_models(), "model")
@@ -346,6 +346,14 @@ def cmd_bench(args) -> int:
             t = bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs, merged=merged)
             print(bench.trace_line(t))
             bench.save_trace(t, variant, path, dev)
+    for model in args.bookkeeping or ():  # where the per-epoch bookkeeping goes, part by part
+        known = (read_json(path).get("bookkeeping", {}) if path.exists() else {}).get(model)
+        if args.missing_only and bench.recorded_as_now(known):
+            print(f"bookkeeping of {model}: in {path} already (--missing-only)")
+            continue
+        record = bench.bookkeeping_parts(model, args.data, args.device)
+        bench.save_bookkeeping(record, path, dev)
+        print("[bench] " + bench.bookkeeping_lines({"bookkeeping": {model: record}})[0])
     choice = " ".join(bench.compile_choice(read_json(path))) if path.exists() and (
         args.compile_choice or args.compile_choice_file) else ""
     if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
@@ -469,6 +477,9 @@ def main(argv=None) -> int:
     p.add_argument("--trace", metavar="MODEL", help="profile a short epoch of MODEL's fast training steps, eager "
                                                     "and CUDA-graphed (a CANet also graphed with its blocks per "
                                                     "path): ms per step, kernel time, top operators")
+    p.add_argument("--bookkeeping", nargs="+", metavar="MODEL",
+                   help="time lib.train's per-epoch bookkeeping of each MODEL part by part (TensorBoard scalars and "
+                        "histograms, weight histograms, best weights, the resumable checkpoint); no training")
     p.add_argument("--check-precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                    help="precisions of --check-graphs (default: fp32, the strict one)")
     p.add_argument("--graph-failures", action="store_true",

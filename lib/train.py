@@ -818,11 +818,18 @@ def _train_epoch(model, head, optimizer, loader, cfg, device, epoch, progress) -
 
 
 def _log_epoch(writer, model, row, step_losses, step_accs, epoch, steps_per_epoch) -> None:
-    """TensorBoard: per-step train loss/acc, per-epoch metrics and lr, parameter histograms.
+    """TensorBoard: per-step train loss/acc, per-epoch metrics and lr (_log_scalars), parameter histograms
+    (_log_histograms).
 
     Everything is logged against the global training step (epoch-level values at the epoch's last step), so
     the writer's purge_step on resume drops every event of the epochs that are replayed, per-step and
     per-epoch alike (epoch-level values logged at step=epoch would survive the purge and show twice)."""
+    _log_scalars(writer, row, step_losses, step_accs, epoch, steps_per_epoch)
+    _log_histograms(writer, model, epoch * steps_per_epoch + steps_per_epoch - 1)
+
+
+def _log_scalars(writer, row, step_losses, step_accs, epoch, steps_per_epoch) -> None:
+    """The per-step and per-epoch scalars of _log_epoch."""
     base = epoch * steps_per_epoch
     for i, (l, a) in enumerate(zip(step_losses.tolist(), step_accs.tolist())):
         writer.add_scalar("step/train_loss", l, base + i)
@@ -831,9 +838,13 @@ def _log_epoch(writer, model, row, step_losses, step_accs, epoch, steps_per_epoc
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"):
         writer.add_scalar(f"epoch/{key}", row[key], end)
     writer.add_scalar("epoch/epoch", epoch, end)
+
+
+def _log_histograms(writer, model, step: int) -> None:
+    """Every finite parameter's histogram at `step` (the epoch's last): counted on the device on CUDA."""
     if _gpu_fast_path(next(model.parameters()).device):
-        _add_param_histograms_on_device(writer, model, end)
+        _add_param_histograms_on_device(writer, model, step)
         return
     for name, p in model.named_parameters():
         if torch.isfinite(p).all():
-            writer.add_histogram(name, p.detach().float().cpu(), end)
+            writer.add_histogram(name, p.detach().float().cpu(), step)

@@ -10,10 +10,10 @@
 #  2. checks the CUDA-graph training step against the eager one: GRAPH_CHECK_MODEL every call (a mismatch
 #     stops the call), every study model once per device (a model that differs trains eagerly);
 #  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too), the naive vs
-#     fast accuracy of AGREEMENT, a profile of TRACE's step and COMPILE_FAST's compiled fast epochs; always: the
-#     fast epoch of every study model and the probe steps that results/bench/<gpu>.json still lacks (the plan
-#     below needs them); then picks the models to train torch.compile'd (COMPILE_MODELS, default: where the
-#     bench file says a full run is faster that way);
+#     fast accuracy of AGREEMENT, a profile of TRACE's step, BOOKKEEPING's per-epoch bookkeeping by part and
+#     COMPILE_FAST's compiled fast epochs; always: the fast epoch of every study model and the probe steps that
+#     results/bench/<gpu>.json still lacks (the plan below needs them); then picks the models to train
+#     torch.compile'd (COMPILE_MODELS, default: where the bench file says a full run is faster that way);
 #  4. plans the unfinished experiments of the subset that fit the time left (python -m lib bench --plan) and
 #     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time; with
 #     REPLAN_MIN_S or more left after them (runs end earlier than planned), plans and runs again, REPLAN times;
@@ -66,6 +66,8 @@ BENCH_ARGS=${BENCH_ARGS:-}           # extra `python -m lib bench` options (dry 
 GRAPH_CHECK_MODEL=${GRAPH_CHECK_MODEL:-CANet_tiny}
 AGREEMENT=${AGREEMENT-CANet_tiny}    # 'bench': naive vs fast validation accuracy, 3 epochs x seeds 0 1 (empty: none)
 TRACE=${TRACE-CANet_tiny}            # 'bench': profile its step eager, graphed, graphed per path (empty: none)
+BOOKKEEPING=${BOOKKEEPING-"CANet_tiny ResNet18"}  # 'bench': their per-epoch bookkeeping part by part, once per
+                                                 # device and torch (seconds; no training; empty: none)
 PROBE_BENCH=${PROBE_BENCH-"--probe"}  # empty: do not time the probe runs (dry runs on a CPU)
 GRAPH_CHECK=${GRAPH_CHECK:-1}        # 0: skip step 2's checks (the second call on a warm, checked machine saves
 #                                      ~25 s); models whose recorded check failed still train eagerly
@@ -337,6 +339,9 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
   fi
   if ((want_bench)) && [[ -n "$TRACE" ]]; then  # where the step's time goes (CANet: merged vs per path); once
     guard $PY -m lib bench --trace "$TRACE" --missing-only --data "$DATA" $BENCH_ARGS
+  fi
+  if ((want_bench)) && [[ -n "$BOOKKEEPING" ]]; then  # where the 0.1-0.3 s per epoch besides training go
+    guard $PY -m lib bench --bookkeeping $BOOKKEEPING --missing-only --data "$DATA" $BENCH_ARGS
   fi
   if ((want_bench)) && [[ -n "$COMPILE_FAST" ]]; then  # so that --compile-choice can pick them
     guard $PY -m lib bench --fast-only $COMPILE_FAST --compile --missing-only --data "$DATA" $BENCH_ARGS

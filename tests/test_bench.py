@@ -371,6 +371,34 @@ def test_bookkeeping_is_timed_warm(monkeypatch):
     assert calls == [3, 4] and 0 < seconds < 0.3
 
 
+def test_bookkeeping_parts_are_timed_one_by_one_and_recorded(tiny_source, tmp_path, monkeypatch, capsys):
+    from lib.cli import main
+
+    slow = {"_log_histograms": 0.05, "weight_histograms": 0.02}  # seconds each call of these takes (fabricated)
+    for name, pause in slow.items():
+        real = getattr(T, name)
+        monkeypatch.setattr(T, name, lambda *a, _real=real, _pause=pause, **k: (time.sleep(_pause), _real(*a, **k))[1])
+    r = B.bookkeeping_parts("CANet_tiny", tiny_source, "cpu", reps=2, steps_per_epoch=7)
+    ms = r["ms"]
+    assert set(ms) == {"scalars", "histograms", "histogram_counting", "weight_histograms", "best_copy",
+                       "last_checkpoint"} and ms["histogram_counting"] is None  # counted on the device: CUDA only
+    assert 50 <= ms["histograms"] < 1000 and 20 <= ms["weight_histograms"] < 1000 and ms["scalars"] < 50
+    # Off CUDA every part runs every epoch, the resumable checkpoint too.
+    assert r["per_epoch_ms"] == pytest.approx(sum(v for v in ms.values() if v is not None))
+    assert (r["num_param_tensors"], r["steps_per_epoch"], r["reps"]) == (126, 7, 2)
+    # Recorded under 'bookkeeping', said under the table, and not measured again with --missing-only.
+    path = tmp_path / "bench.json"
+    B.save_bookkeeping(r, path, "cpu")
+    line = B.bookkeeping_lines(path)[0]
+    assert line.startswith("Per-epoch bookkeeping of CANet_tiny (126 parameter tensors, ") and \
+        f"scalars of 7 steps {ms['scalars']:.1f}, parameter histograms {ms['histograms']:.1f}, " in line
+    monkeypatch.setattr(B, "bookkeeping_parts", lambda *a, **k: pytest.fail("measured again"))
+    assert main(["bench", "--bookkeeping", "CANet_tiny", "--missing-only", "--device", "cpu", "--out", str(path)]) == 0
+    assert "bookkeeping of CANet_tiny: in " in capsys.readouterr().out
+    assert main(["bench", "--bookkeeping", "CANet_huge", "--device", "cpu", "--out", str(path)]) == 2
+    assert "--bookkeeping: 'CANet_huge' (did you mean CANet_light?) is not a model" in capsys.readouterr().err
+
+
 def test_graph_check_handles_dropout_apart():
     # torchvision's VGG11 and MobileNetV2 have dropout; the graph check turns it off for the eager-vs-graphed
     # comparison (the two would draw different masks) and checks instead that a replay draws fresh masks.
