@@ -1575,22 +1575,20 @@ def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs |
     rest alone; a lower bound; None where nothing was measured at once)}. The MPS state is the bench file's:
     under MPS where it holds measurements so (the runner then starts MPS), else time-sliced. `precision` and
     `num_epochs` are the Part 1 overrides of study_jobs."""
-    from lib.lanes import measured_states, slowdown
+    from lib.lanes import measured_states, seconds_at_once, slowdown
 
     data = load_bench(bench)
-    states = measured_states(data, lanes) if lanes > 1 else []
+    states = measured_states(data, lanes)  # none at one lane
     mps = bool(states) and states[-1]  # MPS where it was measured so (the runner starts it then)
     with as_runner_compiles(data):  # the estimates and the slowdowns of the variants the runner trains
         jobs = [j for j in study_jobs(data, data_source, dirs, seeds, profile, precision, num_epochs) if not j.done]
-        known = [j for j in jobs if j.seconds is not None]
-        # 'train' jobs are the runs a plan may put into lanes (the lr-1e-3 pair is a 'bn-slices' job: alone).
-        factor = {id(j): slowdown(data, j.model, lanes, mps) if j.kind == "train" else float(lanes) for j in known}
-    seconds = sum(j.seconds for j in known)
-    laned = sum(j.seconds * factor[id(j)] / lanes for j in known if factor[id(j)] < lanes)
-    alone = sum(j.seconds for j in known if factor[id(j)] >= lanes)
-    return {"device": data.get("device"), "jobs": jobs, "seconds": seconds,
+        # (seconds alone, slowdown): 'train' jobs are the runs a plan may put into lanes (the lr-1e-3 pair is a
+        # 'bn-slices' job: alone).
+        known = [(j.seconds, slowdown(data, j.model, lanes, mps) if j.kind == "train" else float(lanes))
+                 for j in jobs if j.seconds is not None]
+    return {"device": data.get("device"), "jobs": jobs, "seconds": sum(s for s, _ in known),
             "unknown": [n for j in jobs if j.seconds is None for n in j.names], "lanes": lanes, "mps": mps,
-            "lanes_seconds": laned + alone if states else None}
+            "lanes_seconds": seconds_at_once(known, lanes) if states else None}
 
 
 def format_remaining(est: dict, path: Path | str) -> str:

@@ -29,7 +29,7 @@ import os
 import queue as _queue
 import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -90,6 +90,12 @@ def slowdown(bench, model: str, runs: int, mps: bool | None = None) -> float:
     return max(1.0, float(record["slowdown"])) if record is not None else float(runs)  # < 1 would be noise
 
 
+def seconds_at_once(items: Iterable[tuple[float, float]], runs: int) -> float:
+    """The seconds of (seconds alone, slowdown at `runs` at once) items with perfectly balanced lanes: an item
+    that gains at once (slowdown < runs) counts seconds x slowdown / runs, any other its seconds (it trains alone)."""
+    return sum(s * f / runs if f < runs else s for s, f in items)
+
+
 def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None) -> dict:
     """The full study's time with `runs` lanes, split as lib.bench.plan_study splits it: the training runs (Part 1
     x seeds, the BN protocol but its lr-1e-3 pair) of models with a measured gain at their slowdown, spread
@@ -106,8 +112,7 @@ def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None
     alone_s = sum(s / len(BN_LRS) for s in est["bn"].values()) + sum(est["probe"].values())  # the pair, probes
     factor = {m: slowdown(bench, m, runs, mps) for m in lanes_s}
     laned = [m for m in lanes_s if factor[m] < runs]
-    total = (sum(lanes_s[m] * factor[m] for m in laned) / max(runs, 1)
-             + sum(lanes_s[m] for m in lanes_s if m not in laned) + alone_s)
+    total = seconds_at_once(((lanes_s[m], factor[m]) for m in lanes_s), runs) + alone_s
     return {"total_minutes": total / 60, "per_seed_minutes": total / 60 / max(seeds, 1), "runs": runs,
             "mps": mps_on() if mps is None else mps, "laned": laned,
             "alone": [m for m in lanes_s if m not in laned], "missing": est["missing"]}
