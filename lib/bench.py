@@ -3,24 +3,22 @@
     run_benchmark(["CANet", "CANet_tiny"], "shared")   # -> results/bench/<device-slug>.json (merged)
     bench_table("results/bench/nvidia-h100-80gb-hbm3.json")   # markdown for the README
     estimate_study_minutes(read_json(path))            # the whole `full` study on that device, one seed
-    plan_study(["all"], source, budget_s=480)          # the unfinished experiments that fit a time budget
 
-Both pipelines train one epoch of the recipe a model has in the study (Part 1 models: the Part 1 recipe,
-batch 256; VGG_A / VGG_A_BN: the BN protocol, Adam 1e-3, batch 128) on the 45,000-image training split,
-with validation on the 5,000-image split:
+Both pipelines train one epoch of the recipe a model has in the study (lib.experiments.recipe_config: Part 1
+models the Part 1 recipe, batch 256; VGG_A / VGG_A_BN the BN protocol, Adam 1e-3, batch 128) on the
+45,000-image training split, with validation on the 5,000-image split:
 
-- naive_epoch mirrors the ORIGINAL: a torchvision-style Dataset over the uint8 arrays, per-image PIL
-  transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning,
-  PyTorch's default optimiser kernels, a host sync per step (loss.item()), and a validation pass every
-  50 iterations plus the end-of-epoch one, on images through the training transforms, as the original
-  validated on augmented images (NAIVE_VAL_TRANSFORMS). It is the reference; it is meant to be naive. Its data split
-  (lib.train.split_data) and its MixUp/CutMix rule (lib.augment.mix_batch, one decision per batch as the
-  original; the CutMix box is lib.augment's, side int(32 * sqrt(1 - lam)) before clipping) are the
-  repository's own, so both pipelines train on the same images under the same rule; the random draws differ.
+- lib.naive.naive_epoch mirrors the ORIGINAL (per-image PIL transforms in a 4-worker DataLoader, fp32,
+  deterministic cuDNN, a host sync per step, validation every 50 iterations: that module's doc). It is the
+  reference; it is meant to be naive.
 - fast_epoch is what lib.train does per epoch (same functions: prepare_data, step_model_for,
   _train_epoch, evaluate), timed after a warm-up epoch. One-off costs (CUDA-graph capture or compile,
   data to the device) and the per-epoch bookkeeping of lib.train (TensorBoard, checkpoints) are
   measured and reported separately, so the study estimate can add them.
+
+Also recorded in the bench file: the CUDA-graph checks (check_cuda_graphs), the naive-vs-fast accuracy run
+(agreement), profiles of a step (trace_steps), the bookkeeping by part (bookkeeping_parts) and the probe runs'
+steps. lib.plan plans the GPU calls from the file; lib.lanes measures and plans several runs at once.
 
 Bench file (one per device, results/bench/<device-slug>.json): {"device", "device_slug", "updated",
 "graph_check", "entries": {key: entry}}. An entry per model (key = model name) has: model, recipe,
@@ -39,7 +37,7 @@ full-batch steps before, so that cuDNN's autotuning was not part of the one-off;
 (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
 The top-level "agreement" maps a model to its side-by-side accuracy run (agreement(): naive vs lib.train
 over a few epochs of the recipe, per seed); "concurrency" holds each model's epoch alone and with several runs
-at once on the GPU (lib.lanes.measure_concurrency; plan_study's lanes read it); "bookkeeping" a model's per-epoch
+at once on the GPU (lib.lanes.measure_concurrency; lib.plan.plan_study's lanes read it); "bookkeeping" a model's per-epoch
 bookkeeping part by part (bookkeeping_parts).
 """
 from __future__ import annotations
@@ -54,65 +52,32 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.config import NORMS, PROFILES, TrainConfig
-from lib.augment import mix_batch
+from lib.config import PROFILES, TrainConfig
 from lib.data import load_cifar10, canonical_source
 from lib.lanes import concurrency_lines
-from lib.experiments import BN_LRS, BN_MODELS, bn_config, bn_experiments, part1_config
-from lib.models import CANET_VARIANTS, PART1_MODELS, build, last_linear, revision, set_merged
+from lib.experiments import BN_LRS, BN_MODELS, recipe_config, recipe_name
+from lib.models import CANET_VARIANTS, PART1_MODELS, last_linear, revision, set_merged
 from lib.models.canet import blocks_merged, merged_on_cuda
-from lib.part1 import configs as part1_configs
-from lib.paths import REPO, OutputDirs, output_dirs
-from lib.results import atomic_write_json, device_name, read_json, reusable_result
+from lib.naive import NAIVE_VAL_EVERY, NAIVE_VAL_TRANSFORMS, naive_epoch, naive_run
+from lib.paths import REPO, output_dirs
+from lib.results import atomic_write_json, device_name, read_json
+from lib.train import backend_flags, sync
 
 # Speed-up targets of the issue (naive / fast epoch time on one H100).
 RATIO_TARGETS = {"CANet": 15.0, "CANet_tiny": 25.0}
 STUDY_TARGET_MINUTES = 20.0
-NAIVE_VAL_EVERY = 50  # the original validated every 50 iterations (and at the end of the epoch)
-# The original validated on augmented images (STUDY.md section 1, a bug the study does not copy); we read that as
-# its training augmentation (the usual cause: a validation split cut from the augmented training set). The naive
-# epoch mirrors that cost ("train"); the agreement run's naive side validates on plain images ("eval"), as
-# lib.train does.
-NAIVE_VAL_TRANSFORMS = "train"
 PROBE_BENCH_STEPS = 200  # timed probe-run steps: ten probes at the full profile's probe_every=20
-# Planning a time budget: estimates are multiplied by PLAN_MARGIN, and every process started for a plan
-# line (python start, imports, TensorBoard, data from the cache) is allowed STEP_STARTUP_S.
-PLAN_MARGIN = 1.2
-STEP_STARTUP_S = 20.0
-# The two 1-D loss slices (51 evaluations of 2,000 images each): an allowance, not a measurement.
-SLICES_ALLOWANCE_S = 30.0
-# The nine models' cost files on the GPU (FLOP count, inference at batch 1024): an allowance, not a measurement.
-COSTS_ALLOWANCE_S = 60.0
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Shared helpers
-
-def recipe_config(model_name: str, data_source: str | None = None, device: str = "auto",
-                  num_train: int | None = None, num_val: int | None = None, seed: int = 0) -> TrainConfig:
-    """The `full`-profile config of the study run `model_name` appears in (Part 1, or the BN protocol at lr 1e-3)."""
-    source = canonical_source(data_source)
-    if model_name in PART1_MODELS:
-        cfg = part1_config(model_name, "full", source, seed)
-    elif model_name in BN_MODELS:
-        cfg = bn_config(model_name, 1e-3, "full", source)
-    else:
-        raise ValueError(f"{model_name!r} is in neither part of the study: choose one of "
-                         f"{', '.join(PART1_MODELS + BN_MODELS)}")
-    return cfg.replace(device=device, num_train=num_train, num_val=num_val)
-
-
-def recipe_name(cfg: TrainConfig) -> str:
-    """'part1' or 'bn-protocol': which recipe a benchmark config follows."""
-    return "bn-protocol" if "bn-protocol" in cfg.tags else "part1"
-
 
 def device_slug(device: torch.device | str) -> str:
     """File-name form of the device: 'nvidia-h100-80gb-hbm3', 'cpu-x86-64'."""
@@ -124,26 +89,6 @@ def device_slug(device: torch.device | str) -> str:
 def bench_path(device: torch.device | str, root: Path | str | None = None) -> Path:
     """results/bench/<device-slug>.json under `root` (default: the repository)."""
     return Path(root if root is not None else REPO) / "results" / "bench" / f"{device_slug(device)}.json"
-
-
-def _sync(device: torch.device) -> None:
-    """Wait for the device, so that a host clock read after it covers the queued work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def _backend_flags(deterministic: bool, benchmark: bool, cudnn_tf32: bool, matmul_tf32: bool):
-    """Set the cuDNN / TF32 switches for the block and restore them after (both pipelines run in one process)."""
-    old = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-           torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
-    try:
-        yield
-    finally:
-        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = old
 
 
 @contextlib.contextmanager
@@ -158,185 +103,6 @@ def _env(name: str, value: str):
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
-
-
-# ---------------------------------------------------------------------------------------------------------
-# (a) The naive reference: the original's pipeline
-
-class ArrayDataset(torch.utils.data.Dataset):
-    """torchvision-style dataset over uint8 arrays (N, 32, 32, 3): a PIL image per item, then `transform`."""
-
-    def __init__(self, X: np.ndarray, y: np.ndarray, transform):
-        self.X, self.y, self.transform = X, y, transform
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.X[i])), int(self.y[i])
-
-
-def naive_transforms(cfg: TrainConfig):
-    """(train, eval) torchvision transforms of the recipe, applied one image at a time."""
-    from torchvision import transforms as T
-
-    mean, std = NORMS[cfg.norm]
-    plain = [T.ToTensor(), T.Normalize(mean, std)]
-    if not cfg.augment:
-        return T.Compose(plain), T.Compose(plain)
-    train = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *plain,
-                       T.RandomErasing(p=cfg.erase_p, scale=(0.04, 0.2), ratio=(0.5, 2.0), value=0)])
-    return train, T.Compose(plain)
-
-
-def _naive_validate(model: nn.Module, loader, criterion, device: torch.device) -> tuple[float, float]:
-    """One pass over the validation loader, with a host sync per batch as the original; (loss, acc)."""
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = model(x)
-            loss_sum += criterion(out, y).item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
-            n += len(y)
-    model.train()
-    return loss_sum / max(n, 1), correct / max(n, 1)
-
-
-def _naive_optimizer(kind: str, params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """The recipe's optimiser with PyTorch's default kernels (the original's; lib.train uses fused ones)."""
-    if kind in ("adamw", "adam"):
-        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-        return cls(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-class _Naive(NamedTuple):
-    """The original's pipeline for one config: per-image PIL transforms in DataLoaders, an fp32 model."""
-
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-    model: nn.Module
-    criterion: nn.Module
-    mix_generator: torch.Generator
-    info: dict
-
-
-def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed: int,
-                    val_transforms: str = "eval") -> _Naive:
-    """Loaders over cfg's split and the freshly seeded model (call inside _backend_flags). val_transforms:
-    'eval' (plain images) or 'train' (the training transforms, as the original validated)."""
-    from lib.train import split_data
-
-    if val_transforms not in ("train", "eval"):
-        raise ValueError(f"val_transforms must be 'train' or 'eval', not {val_transforms!r}")
-    X_tr, y_tr, X_val, y_val, _, _, info = split_data(cfg)
-    train_tf, eval_tf = naive_transforms(cfg)
-    eval_tf = train_tf if val_transforms == "train" else eval_tf
-    pin = dev.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(ArrayDataset(X_tr, y_tr, train_tf), batch_size=cfg.batch_size,
-                                               shuffle=True, num_workers=num_workers, pin_memory=pin)
-    val_loader = torch.utils.data.DataLoader(ArrayDataset(X_val, y_val, eval_tf), batch_size=cfg.batch_size,
-                                             shuffle=False, num_workers=num_workers, pin_memory=pin)
-    torch.manual_seed(seed)
-    model = set_merged(build(cfg.model), False).to(dev)  # CANet as specified: per path, three SE branches
-    return _Naive(train_loader, val_loader, model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                  torch.Generator().manual_seed(seed), dict(info, num_train=len(y_tr), num_val=len(y_val)))
-
-
-def _naive_train_epoch(p: _Naive, optimizer, cfg: TrainConfig, dev: torch.device, val_every: int | None) -> dict:
-    """One epoch of the original's loop: per-step host syncs, a validation pass every `val_every` steps (None:
-    none) and one at the end. Returns steps, val_passes, train_loss, train_acc, val_loss, val_acc."""
-    p.model.train()
-    running_loss, running_correct, steps, val_passes = 0.0, 0.0, 0, 0
-    for i, (x, y) in enumerate(p.train_loader):
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        if cfg.augment:  # per batch, on the device batch (the same MixUp/CutMix as lib.augment's)
-            x, y_a, y_b, lam = mix_batch(x, y, cfg.mixup_p, cfg.cutmix_p, cfg.mix_alpha, generator=p.mix_generator)
-        else:
-            y_a, y_b, lam = y, y, 1.0
-        out = p.model(x)
-        loss = lam * p.criterion(out, y_a) + (1 - lam) * p.criterion(out, y_b)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        pred = out.argmax(1)
-        running_loss += loss.item()  # the original's per-step host syncs
-        running_correct += (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum()).item()
-        steps += 1
-        if val_every and (i + 1) % val_every == 0:
-            _naive_validate(p.model, p.val_loader, p.criterion, dev)
-            val_passes += 1
-    val_loss, val_acc = _naive_validate(p.model, p.val_loader, p.criterion, dev)
-    n = len(p.train_loader.dataset)
-    return {"steps": steps, "val_passes": val_passes + 1, "train_loss": running_loss / max(steps, 1),
-            "train_acc": running_correct / max(n, 1), "val_loss": val_loss, "val_acc": val_acc}
-
-
-def naive_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
-                num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
-                val_every: int = NAIVE_VAL_EVERY, warmup_steps: int = 2, seed: int = 0,
-                val_transforms: str = NAIVE_VAL_TRANSFORMS) -> dict:
-    """Time one epoch of the original's pipeline for `model_name` (see the module doc); returns seconds, images/s.
-    Its validation passes use `val_transforms` ('train': augmented, as the original's)."""
-    from lib.train import optimizer_at, resolve_device
-
-    dev = resolve_device(device)
-    cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed)
-    # PyTorch's defaults otherwise: fp32, cuDNN's TF32 on, matmul TF32 off; deterministic, no autotuning.
-    with _backend_flags(deterministic=True, benchmark=False, cudnn_tf32=True, matmul_tf32=False):
-        p = _naive_pipeline(cfg, dev, num_workers, seed, val_transforms)
-        optimizer = _naive_optimizer(optimizer_at(cfg, 0), p.model.parameters(), cfg, cfg.lr)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
-        p.model.train()
-        # Warm-up (untimed): CUDA context, cuBLAS/cuDNN handles. No optimiser step, so the weights stay.
-        for _ in range(warmup_steps):
-            x = torch.randn(min(cfg.batch_size, p.info["num_train"]), 3, 32, 32, device=dev)
-            p.criterion(p.model(x), torch.zeros(x.shape[0], dtype=torch.long, device=dev)).backward()
-            optimizer.zero_grad(set_to_none=True)
-        _sync(dev)
-
-        t0 = time.perf_counter()
-        epoch = _naive_train_epoch(p, optimizer, cfg, dev, val_every)
-        scheduler.step()
-        _sync(dev)
-        seconds = time.perf_counter() - t0
-    n = p.info["num_train"]
-    return {"seconds": seconds, "images_per_s": n / seconds, "num_train": n, "num_val": p.info["num_val"],
-            "batch_size": cfg.batch_size, "steps": epoch["steps"], "val_passes": epoch["val_passes"],
-            "num_workers": num_workers, "train_loss": epoch["train_loss"], "val_acc": epoch["val_acc"],
-            "val_transforms": val_transforms, "data": p.info.get("label")}
-
-
-def naive_run(model_name: str, data_source: str | None = None, device: str = "auto", *, epochs: int = 3,
-              seed: int = 0, num_train: int | None = None, num_val: int | None = None,
-              num_workers: int = 4) -> dict:
-    """Train `epochs` epochs of the model's recipe (compressed to that many epochs: the lr schedule and the
-    optimiser switch of lib.train.lr_at / optimizer_at) with the original's pipeline, without the
-    intermediate validation passes (they cost time, not accuracy). Returns per-epoch val_acc and seconds."""
-    from lib.train import lr_at, optimizer_at, resolve_device
-
-    dev = resolve_device(device)
-    cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed)
-    cfg = cfg.replace(num_epochs=epochs, seed=seed)  # as fast_run: the BN protocol's fixed seed is replaced
-    accs = []
-    t0 = time.perf_counter()
-    with _backend_flags(deterministic=True, benchmark=False, cudnn_tf32=True, matmul_tf32=False):
-        p = _naive_pipeline(cfg, dev, num_workers, seed)
-        kind, optimizer = None, None
-        for epoch in range(epochs):
-            if optimizer_at(cfg, epoch) != kind:  # the recipe's switch: a fresh optimiser at the lr reached
-                kind = optimizer_at(cfg, epoch)
-                optimizer = _naive_optimizer(kind, p.model.parameters(), cfg, lr_at(cfg, epoch))
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, epoch)
-            accs.append(_naive_train_epoch(p, optimizer, cfg, dev, None)["val_acc"])
-        _sync(dev)
-    return {"val_acc": accs, "seconds": time.perf_counter() - t0, "num_train": p.info["num_train"],
-            "num_val": p.info["num_val"], "data": p.info.get("label")}
 
 
 def fast_run(model_name: str, data_source: str | None = None, device: str = "auto", *, epochs: int = 3,
@@ -412,16 +178,16 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
     load_cifar10(cfg.data_source)  # decoded once into the cache here, so setup_seconds is a cache read
     cuda = dev.type == "cuda"
     # Only the `compile` argument chooses the variant timed, whatever CIFAR10_COMPILE says.
-    with _backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
+    with backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
             _env(T.COMPILE_ENV, ""):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         (train_loader, val_loader, _), info = T.prepare_data(cfg, dev)
         model = T.new_model(cfg, dev)
         head = last_linear(model)
         optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
         step_model, fast_info = T.step_model_for(model, cfg, dev, train_loader)
-        _sync(dev)
+        sync(dev)
         setup_seconds = time.perf_counter() - t0
 
         warmup_seconds = None  # the first epoch: cuDNN autotuning, first calls, a lazy compile
@@ -429,7 +195,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             t0 = time.perf_counter()
             T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, epoch, False)
             T.evaluate(model, val_loader, cfg, dev)
-            _sync(dev)
+            sync(dev)
             if epoch == 0:
                 warmup_seconds = time.perf_counter() - t0
 
@@ -439,7 +205,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             stats = T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, epoch, False)
             losses = stats["step_loss"].cpu()
             val = T.evaluate(model, val_loader, cfg, dev)
-            _sync(dev)
+            sync(dev)
             return time.perf_counter() - t0, stats, losses, val
 
         epoch = warmup_epochs
@@ -485,7 +251,7 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     cfg = cfg.replace(batch_size=batch_size or cfg.batch_size)
     cfg = cfg.replace(num_train=steps * cfg.batch_size)  # `steps` full batches per epoch
     cuda = dev.type == "cuda"
-    with _backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
+    with backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
             _env(T.COMPILE_ENV, ""), _env(T.CUDA_GRAPHS_ENV, "1" if cuda_graphs else "0"):
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
         model = T.new_model(cfg, dev) if merged is None else set_merged(T.new_model(cfg, dev), merged)
@@ -493,12 +259,12 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
         step_model, info = T.step_model_for(model, cfg, dev, train_loader)
         head = last_linear(model)
         T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, 0, False)
-        _sync(dev)
+        sync(dev)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=activities) as prof:
             t0 = time.perf_counter()
             T._train_epoch(step_model, head, optimizer, train_loader, cfg, dev, 1, False)
-            _sync(dev)
+            sync(dev)
             wall = time.perf_counter() - t0
     n_steps = len(train_loader)
     events = prof.key_averages()
@@ -594,7 +360,7 @@ def _bookkeeping_seconds(T, model, optimizer, dev, row, losses, step_acc, steps_
                 T.copy_state(model)
             else:
                 T._save_checkpoint(Path(tmp) / "best.pt", {"model": model.state_dict(), "epoch": epoch})
-            _sync(dev)
+            sync(dev)
             seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         T._save_checkpoint(Path(tmp) / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -643,10 +409,10 @@ def bookkeeping_parts(model_name: str, data_source: str | None = None, device: s
             out = {}
 
             def timed(part: str, fn) -> None:
-                _sync(dev)
+                sync(dev)
                 t0 = time.perf_counter()
                 fn()
-                _sync(dev)
+                sync(dev)
                 out[part] = 1e3 * (time.perf_counter() - t0)
 
             timed("scalars", lambda: T._log_scalars(writer, dict(row, epoch=epoch), losses, accs, epoch, steps))
@@ -798,7 +564,7 @@ def _compare_graphed_steps(model_name: str, data_source: str | None, device: str
     tolerance = GRAPH_CHECK_TOLERANCE[precision]
     result["precision"] = ("fp32, TF32 off" if precision == "fp32" else "bf16 autocast") + ", deterministic cuDNN"
     per_step = []
-    with _backend_flags(deterministic=True, benchmark=False, cudnn_tf32=False, matmul_tf32=False):
+    with backend_flags(deterministic=True, benchmark=False, cudnn_tf32=False, matmul_tf32=False):
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
         eager = T.new_model(cfg, dev)
         dropouts = _dropouts(eager)
@@ -1316,365 +1082,3 @@ def graph_check_lines(bench) -> list[str]:
                          f"(relative change between two replays {c['dropout']['replay_rel_diff']:.2f})")
         lines.append(line + ".")
     return lines
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Planning a GPU call: the unfinished experiments that fit a time budget (scripts/gpu_full_study.sh)
-
-class Job(NamedTuple):
-    """A unit of the study, planned to finish within one call (checkpoints do not survive between machines;
-    a single run longer than a call is the exception, see plan_study)."""
-
-    kind: str  # 'train' | 'bn-slices' (the lr-1e-3 BN pair and the slices, which need their checkpoints) | 'probe'
-    #          | 'costs' (the Part 1 models' cost files, lib.part1.compute_costs)
-    names: tuple[str, ...]  # experiment names (for 'costs': cost-<model>)
-    seconds: float | None  # estimated seconds of what is left (None: nothing measured to estimate from)
-    done: bool
-    force: bool = False  # retrain although results exist (their checkpoints are needed and gone)
-    epochs_done: int = 0  # a 'train' job's epochs in its resumable checkpoint here (lib.train.resume_epoch)
-    model: str | None = None  # a 'train' job's model (its slowdown in a lane: lib.lanes)
-
-
-def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
-               seeds: Sequence[int] = (0,), profile: str = "full", precision: str | None = None,
-               num_epochs: int | None = None) -> list[Job]:
-    """The study of `profile` as jobs in running order, each with its estimate (from the bench's `full`
-    epoch times) and whether it is done in `dirs` (default: the profile's published folders). `precision` and
-    `num_epochs` override the Part 1 runs' (lib.part1.configs)."""
-    from lib import bn_study
-    from lib.train import resume_epoch
-
-    source = canonical_source(data_source)
-    dirs = dirs or output_dirs(profile, publish=True)
-    entries = load_bench(bench).get("entries", {}) if bench is not None else {}
-    full = PROFILES[profile]
-
-    def est(model: str, num_epochs: int) -> float | None:
-        e = entry_in_use(entries, model)
-        return run_seconds(e, num_epochs) if e is not None else None
-
-    def finished(cfg: TrainConfig) -> bool:
-        return reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig) is not None
-
-    def train_job(cfg: TrainConfig, num_epochs: int) -> Job:
-        if finished(cfg):
-            return Job("train", (cfg.name,), est(cfg.model, num_epochs), True, model=cfg.model)
-        done = resume_epoch(cfg, dirs)  # a run stopped by a call's time limit, on this machine
-        return Job("train", (cfg.name,), est(cfg.model, num_epochs - done), False, epochs_done=done, model=cfg.model)
-
-    # Seed-major: the first seed of every Part 1 model, the BN protocol and the probes come before the extra
-    # seeds, so that a partly run study is complete for one seed before it gains error bars.
-    p1 = [train_job(c, c.num_epochs)
-          for c in part1_configs(profile, source, seeds=seeds, num_epochs=num_epochs, precision=precision)]
-    jobs = p1[:len(PART1_MODELS)]  # the first seed (part1_experiments is seed-major)
-    bn = bn_experiments(profile, source)
-    jobs += [train_job(c, full.bn_epochs) for c in bn if c.lr != 1e-3]
-    pair = [c for c in bn if c.lr == 1e-3]
-    pair_est = [est(c.model, full.bn_epochs) for c in pair]
-    slices_done = bn_study.slices_done(profile, source, dirs, pair[0].lr, pair[0].seed)
-    pair_done = all(finished(c) for c in pair)
-    jobs.append(Job("bn-slices", tuple(c.name for c in pair),
-                    None if None in pair_est else sum(pair_est) + SLICES_ALLOWANCE_S,
-                    pair_done and slices_done, force=pair_done and not slices_done))
-    configs = bn_study.probe_configs(profile, source)
-    probe_done = all(bn_study.probe_done(c, dirs) for c in configs)
-    probe_est = [entries.get(f"probe-{c.model}", {}).get("seconds_per_step") for c in configs]
-    jobs.append(Job("probe", tuple(c.name for c in configs),
-                    None if None in probe_est else sum(s * c.num_steps for s, c in zip(probe_est, configs)),
-                    probe_done))
-    jobs.append(Job("costs", tuple(f"cost-{m}" for m in PART1_MODELS), COSTS_ALLOWANCE_S,
-                    all(gpu_cost_file(dirs, m) for m in PART1_MODELS)))
-    return jobs + p1[len(PART1_MODELS):]
-
-
-def gpu_cost_file(dirs: OutputDirs, model: str) -> bool:
-    """Whether `model`'s cost file in dirs is a GPU measurement (lib.part1.compute_costs at the GPU batch)."""
-    from lib.part1 import cost_path, is_gpu_cost
-
-    path = cost_path(dirs, model)
-    return path.exists() and is_gpu_cost(read_json(path))
-
-
-def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
-    """Jobs named by tokens: 'all', 'part1' (with the cost files), 'part2' (the BN protocol and the slices), 'probe',
-    'costs', or experiment names."""
-    chosen = []
-    for job in jobs:
-        for token in tokens:
-            if (token == "all" or (token == "part1" and job.names[0].startswith("p1-"))
-                    or (token == "part2" and job.kind in ("train", "bn-slices") and job.names[0].startswith("bn-"))
-                    or (token == "probe" and job.kind == "probe") or (token in ("part1", "costs") and job.kind == "costs")
-                    or token in job.names):
-                chosen.append(job)
-                break
-    known = {"all", "part1", "part2", "probe", "costs", "bench"} | {n for j in jobs for n in j.names}
-    unknown = [t for t in tokens if t not in known]
-    if unknown:
-        raise ValueError(f"unknown study subset(s) {unknown}: use all, part1, part2, probe, costs or experiment names "
-                         f"such as {jobs[0].names[0]}")
-    return chosen
-
-
-def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: float = 480.0, bench=None,
-               dirs: OutputDirs | None = None, seeds: Sequence[int] = (0,), profile: str = "full",
-               margin: float = PLAN_MARGIN, lanes: int = 1, partial: bool = True) -> dict:
-    """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
-    `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds',
-    'budget_s', 'partial', 'lanes', 'slowdowns', 'margin', 'order'} (and 'study_order_seconds' where the order is
-    not the study's).
-
-    Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
-    'train-force NAME...' (the same with --force), 'slices', 'probe', 'costs'.
-
-    lanes > 1: the training runs (not the lr-1e-3 pair, which the slices follow) of models that train faster
-    together than one after another (measured slowdown at `lanes` runs at once < lanes: lib.lanes.slowdown) are
-    spread over `lanes` processes that train at once on the GPU, each run's estimate times that slowdown, each
-    into an empty lane while there is one, then into a lane that holds a run of its model where it fits without
-    making the plan longer (one process: the later run reuses the compiled code and cuDNN's autotuning; its
-    estimate still counts the one-off), else into the least loaded lane (_lane_for). The plan then starts with one 'lane NAME...' line per lane used (the runner
-    starts them together and waits for all); the other jobs, runs of models without a measured gain among them,
-    follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
-    is the one of lanes=1.
-
-    With lanes, the jobs are also fitted in a second order (a run resumable here first, then per seed block, the
-    first seed's with the BN protocol, probes and costs before the other seeds', the runs of models that gain
-    before the rest, each group in study order; a run that gains then trains in a lane or waits), and the plan that
-    covers more single-run seconds (covered_seconds) is kept ('order': 'study' or 'gain-first'): in study order, a
-    run that fits only alone can take the time that several runs at once would have used.
-
-    A single run longer than the whole budget (CANet_pro's may be) cannot finish in one call. When it is the
-    first unfinished job of the subset it is planned alone, as `partial`: the runner's time limit stops it
-    resumably (lib.train.train's stop_by), and a next call on the same, still warm machine resumes it (its
-    estimate then counts only the epochs left). Elsewhere in the order it is skipped, so that it does not
-    take the leftovers of a call that has other work; always with partial=False (a plan for the time a call has
-    left after its first plan ran: the runner's later rounds).
-    """
-    from lib.lanes import slowdown
-
-    if lanes < 1:
-        raise ValueError(f"lanes must be at least 1, got {lanes}")
-    jobs = select_jobs(study_jobs(bench, data_source, dirs, seeds, profile), tokens)
-    factors = {j.model: slowdown(bench, j.model, lanes) for j in jobs if j.kind == "train"}  # 1 with one lane
-    plan = dict(_fit_jobs(jobs, factors, budget_s, margin, lanes, partial), order="study")
-    if lanes > 1:
-        # First fit in study order can leave lanes empty: a run that only fits alone takes the time that
-        # several runs at once would have used. So also fit a run resumable here first, then per seed block
-        # (the first seed's runs, the BN protocol, the probes and costs; then the other seeds) the runs that gain
-        # first, and keep the plan that covers more single-run seconds. A partial plan (a run longer than the
-        # call, resumed by the next) covers what the call can train of it.
-        first_seed = f"-s{seeds[0]}" if seeds else ""
-        gains = lambda j: j.kind == "train" and factors[j.model] < lanes
-        extra_seed = lambda j: j.names[0].startswith("p1-") and not j.names[0].endswith(first_seed)
-        reordered = sorted(jobs, key=lambda j: (not j.epochs_done, extra_seed(j), not gains(j)))  # stable
-        other = _fit_jobs(reordered, factors, budget_s, margin, lanes, partial=False, gainers_alone=False)
-        if covered_seconds(other) > covered_seconds(plan):
-            plan = dict(other, order="gain-first", study_order_seconds=covered_seconds(plan))
-    return plan
-
-
-def covered_seconds(plan: dict) -> float:
-    """The single-run seconds of the jobs a plan takes (their estimates alone, without margin or slowdown); of a
-    partial plan's run, what its budget holds (budget / margin)."""
-    if (job := plan.get("partial")) is not None:
-        return min(job.seconds, plan["budget_s"] / plan["margin"])
-    return sum(j.seconds for j in plan["taken"])
-
-
-def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float, lanes: int,
-              partial: bool, gainers_alone: bool = True) -> dict:
-    """plan_study's first fit of `jobs` in the order given; `factors`: each trained model's slowdown at `lanes`
-    at once (lanes: no gain). gainers_alone=False: a run of a model that gains trains in a lane or not at all
-    (not alone, where it would take the time of several)."""
-    taken, skipped, done = [], [], []
-    loads, lane_jobs = [0.0] * lanes, [[] for _ in range(lanes)]  # lanes > 1: seconds and jobs per lane
-    rest = 0.0  # seconds of the jobs that run one after another
-    processes, slowdowns = set(), {}
-    for job in jobs:
-        if job.done:
-            done.append(job)
-            continue
-        if job.seconds is None:
-            skipped.append((job, "no bench measurement to estimate it from"))
-            continue
-        # A job that needs a process kind not yet started also pays that process's start-up.
-        kinds = {"train": {"train"}, "probe": {"probe"}, "costs": {"costs"},
-                 "bn-slices": {"train-force" if job.force else "train", "slices"}}[job.kind]
-        # Alone after the lanes, or (a measured gain: together faster than one after another) in the least
-        # loaded lane, where it fits.
-        cost = job.seconds * margin + STEP_STARTUP_S * len(kinds - processes)
-        left = budget_s - rest - max(loads)
-        factor = factors[job.model] if job.kind == "train" else float(lanes)
-        lane = _lane_for(job, loads, lane_jobs, budget_s - rest, job.seconds * factor * margin)
-        lane_cost = job.seconds * factor * margin + (0.0 if lane_jobs[lane] else STEP_STARTUP_S)
-        laned = factor < lanes and lane_cost <= budget_s - rest - loads[lane]
-        if not laned and factor < lanes and not gainers_alone and not job.epochs_done:
-            skipped.append((job, f"estimated {lane_cost:.0f} s in a lane > {budget_s - rest - loads[lane]:.0f} s "
-                                 f"left in the least loaded one"))
-            continue
-        if not laned and cost > left:
-            too_long = job.seconds * margin + STEP_STARTUP_S * len(kinds) > budget_s
-            # Before it: done, unmeasured, or the costs (which then wait for another call).
-            first_in_line = (all(j.kind == "costs" for j in taken)
-                             and all(j.seconds is None or j.kind == "costs" for j, _ in skipped))
-            if partial and too_long and job.kind == "train" and first_in_line:  # the call is its own
-                return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
-                        "seconds": float(budget_s), "budget_s": budget_s, "partial": job, "lanes": 1,
-                        "slowdowns": {}, "margin": margin}
-            why = f"estimated {cost:.0f} s > {left:.0f} s left"
-            if too_long and partial:
-                why += (" (longer than the whole budget: it runs over two calls once it is the first "
-                        "unfinished job, see docs/GPU.md)")
-            skipped.append((job, why))
-            continue
-        if laned:
-            loads[lane] += lane_cost
-            lane_jobs[lane].append(job)
-            slowdowns[job.model] = factor
-        else:
-            rest += cost
-            processes |= kinds
-        taken.append(job)
-    in_lanes = {id(j) for js in lane_jobs for j in js}
-    train = [n for j in taken if not j.force and j.kind in ("train", "bn-slices") and id(j) not in in_lanes
-             for n in j.names]
-    forced = [n for j in taken if j.force for n in j.names]
-    lines = [f"lane {' '.join(n for j in js for n in j.names)}" for js in lane_jobs if js]
-    lines += ([f"train {' '.join(train)}"] if train else []) + ([f"train-force {' '.join(forced)}"] if forced else [])
-    lines += ["slices"] if any(j.kind == "bn-slices" for j in taken) else []
-    lines += ["probe"] if any(j.kind == "probe" for j in taken) else []
-    lines += ["costs"] if any(j.kind == "costs" for j in taken) else []
-    return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": max(loads) + rest,
-            "budget_s": budget_s, "partial": None, "lanes": lanes, "slowdowns": slowdowns, "margin": margin}
-
-
-def _lane_for(job: Job, loads: list[float], lane_jobs: list[list[Job]], room: float, seconds: float) -> int:
-    """The lane for `job` (estimated `seconds` there; `room`: the budget the lanes have): an empty one while there
-    is one (no lane idles while another trains two runs); then one that already holds a run of the same model,
-    where it fits and does not make the plan longer (the lane is, or ties with, the least loaded one, or stays
-    within the longest): a lane is one process, and a model's later runs in the process reuse its compiled code
-    and cuDNN's autotuning (lib.train.step_model_for's earlier_in_process), which the estimates do not count;
-    else the least loaded one."""
-    least = min(range(len(loads)), key=loads.__getitem__)
-    if all(lane_jobs) and job.model is not None:
-        same = [i for i, js in enumerate(lane_jobs) if any(j.model == job.model for j in js)
-                and seconds <= room - loads[i] and (loads[i] == loads[least] or loads[i] + seconds <= max(loads))]
-        if same:
-            return min(same, key=loads.__getitem__)
-    return least
-
-
-def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
-                       seeds: Sequence[int] = (0,), profile: str = "full", lanes: int = 3,
-                       precision: str | None = None, num_epochs: int | None = None) -> dict:
-    """GPU time the unfinished part of the study still needs on the bench's device, from its measurements, the
-    models compiled as the GPU runner compiles them (as_runner_compiles): {'device', 'jobs' (unfinished),
-    'seconds' (their estimates one after another, as plan_study's jobs: with its allowances for the slices and
-    the cost files, without its margin and process start-ups), 'unknown' (unfinished jobs without a
-    measurement), 'lanes', 'mps', 'lanes_seconds' (with `lanes` runs at once, as lib.lanes.lanes_estimate
-    splits the study: the training runs of models measured to gain at their slowdown, evenly over the lanes, the
-    rest alone; a lower bound; None where nothing was measured at once)}. The MPS state is the bench file's:
-    under MPS where it holds measurements so (the runner then starts MPS), else time-sliced. `precision` and
-    `num_epochs` are the Part 1 overrides of study_jobs."""
-    from lib.lanes import measured_states, seconds_at_once, slowdown
-
-    data = load_bench(bench)
-    states = measured_states(data, lanes)  # none at one lane
-    mps = bool(states) and states[-1]  # MPS where it was measured so (the runner starts it then)
-    with as_runner_compiles(data):  # the estimates and the slowdowns of the variants the runner trains
-        jobs = [j for j in study_jobs(data, data_source, dirs, seeds, profile, precision, num_epochs) if not j.done]
-        # (seconds alone, slowdown): 'train' jobs are the runs a plan may put into lanes (the lr-1e-3 pair is a
-        # 'bn-slices' job: alone).
-        known = [(j.seconds, slowdown(data, j.model, lanes, mps) if j.kind == "train" else float(lanes))
-                 for j in jobs if j.seconds is not None]
-    return {"device": data.get("device"), "jobs": jobs, "seconds": sum(s for s, _ in known),
-            "unknown": [n for j in jobs if j.seconds is None for n in j.names], "lanes": lanes, "mps": mps,
-            "lanes_seconds": seconds_at_once(known, lanes) if states else None}
-
-
-def format_remaining(est: dict, path: Path | str) -> str:
-    """remaining_estimate as a line for `python -m lib status`."""
-    line = (f"left on {est['device']} (estimates from {path}): {len(est['jobs'])} job(s), about "
-            f"{est['seconds'] / 60:.1f} min one run after another")
-    if est["lanes_seconds"] is not None:
-        how = "under MPS" if est["mps"] else "time-sliced"
-        line += f", at least {est['lanes_seconds'] / 60:.1f} min with {est['lanes']} runs at once {how}"
-    if est["unknown"]:
-        line += f"; not estimated (no measurement): {', '.join(est['unknown'])}"
-    return line
-
-
-def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
-                 seeds: Sequence[int] = (0,), precision: str | None = None,
-                 num_epochs: int | None = None) -> list[tuple[str, str, str]]:
-    """What of the study of `profile` is in `dirs`, in running order: (state, name, detail) per experiment, state
-    'done' (a result matching this code's config), 'partial' (a resumable checkpoint here: `lib run` goes on from
-    it) or 'missing'. For `python -m lib status`, to see what a split run still needs. `precision` and
-    `num_epochs` override the Part 1 runs' (lib.part1.configs)."""
-    from lib import bn_study
-    from lib.part1 import cost_path
-    from lib.train import resume_epoch
-
-    source = canonical_source(data_source)
-    dirs = dirs or output_dirs(profile, publish=True)
-
-    configs = {c.name: c for c in part1_configs(profile, source, seeds=seeds, num_epochs=num_epochs,
-                                                 precision=precision) + bn_experiments(profile, source)}
-
-    def run_state(name: str, done: bool, epochs_done: int) -> tuple[str, str, str]:
-        if done:
-            return "done", name, ""
-        if epochs_done:
-            return "partial", name, f"{epochs_done} of {configs[name].num_epochs} epochs in its checkpoint here"
-        return "missing", name, ""
-
-    out = []
-    for job in study_jobs(None, source, dirs, seeds, profile, precision, num_epochs):
-        if job.kind == "train":  # the job already says (results and checkpoints are not read again)
-            out.append(run_state(job.names[0], job.done, job.epochs_done))
-        elif job.kind == "bn-slices":  # the lr-1e-3 pair (one job for both, judged per run), then the slices
-            for name in job.names:
-                cfg = configs[name]
-                done = reusable_result(Path(dirs.results) / f"{name}.json", cfg.to_dict(), TrainConfig) is not None
-                out.append(run_state(name, done, 0 if done else resume_epoch(cfg, dirs)))
-            out.append(("done" if job.done else "missing", "loss slices",
-                        "they need the pair's best checkpoints (retrained when gone)" if job.force else ""))
-        elif job.kind == "probe":  # done at its lr, or at the fallback lr both networks moved to
-            out += [("done" if bn_study.probe_done(c, dirs) else "missing", c.name, "")
-                    for c in bn_study.probe_configs(profile, source)]
-        else:  # costs: the full profile wants a GPU measurement; other profiles measure them in seconds
-            for name in job.names:
-                model = name[len("cost-"):]
-                if (gpu_cost_file(dirs, model) if profile == "full" else cost_path(dirs, model).exists()):
-                    out.append(("done", name, ""))
-                elif cost_path(dirs, model).exists():
-                    out.append(("missing", name, "measured on a CPU; the full profile's is the GPU's"))
-                else:
-                    out.append(("missing", name, ""))
-    return out
-
-
-def format_plan(plan: dict) -> str:
-    """The plan as the lines the GPU script executes, with '#' comments on what was left out and why."""
-    out = [f"# plan: {len(plan['taken'])} job(s), estimated {plan['seconds']:.0f} s of {plan['budget_s']:.0f} s"]
-    if plan.get("lanes", 1) > 1:
-        from lib.lanes import mps_on
-
-        factors = ", ".join(f"{m} x{f:.2f}" for m, f in plan["slowdowns"].items())
-        out.append(f"# lanes: up to {plan['lanes']} training processes at once, "
-                   f"{'under MPS' if mps_on() else 'time-sliced (no MPS)'}; each run's estimate times its "
-                   f"model's measured slowdown: {factors or 'none planned'}; runs of models without a measured "
-                   f"gain at {plan['lanes']} at once train alone, after the lanes")
-    if plan.get("order") == "gain-first":
-        out.append(f"# order: gain-first (a run resumable here, then per seed block the runs that gain at "
-                   f"{plan['lanes']} at once), {covered_seconds(plan):.0f} s of single-run estimates against "
-                   f"{plan['study_order_seconds']:.0f} s in study order")
-    if (job := plan.get("partial")) is not None:
-        out.append(f"# partial {job.names[0]}: about {job.seconds:.0f} s left to train, more than this call; it stops "
-                   f"resumably at the time limit, and a call within 30 s on this warm machine resumes it (a fresh "
-                   f"machine starts it over)")
-    out += [f"# {n} resumes after epoch {j.epochs_done}" for j in plan["taken"] for n in j.names if j.epochs_done]
-    out += plan["lines"]
-    out += [f"# skipped {' '.join(j.names)}: {why}" for j, why in plan["skipped"]]
-    if plan["done"]:
-        out.append(f"# already done: {' '.join(n for j in plan['done'] for n in j.names)}")
-    return "\n".join(out)

@@ -244,7 +244,7 @@ def cmd_report(args) -> int:
 
 def cmd_status(args) -> int:
     """Print what of a profile's study is done, resumable or missing (nothing is computed)."""
-    from lib.bench import format_remaining, remaining_estimate, study_status
+    from lib.plan import format_remaining, remaining_estimate, study_status
 
     dirs = output_dirs(args.profile, publish=args.publish or None)
     note_published(args, dirs)
@@ -374,10 +374,12 @@ def cmd_bench(args) -> int:
             for mps in dict.fromkeys([mps_on(), *measured_states(path, args.lanes)]):
                 print(format_lanes_estimate(path, seeds=len(args.seeds or [0]), runs=args.lanes, mps=mps))
     if args.plan:
-        plan = bench.plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
-                                seeds=args.seeds or [0], profile=args.profile, margin=args.margin, lanes=args.lanes,
-                                partial=not args.no_partial)
-        print(bench.format_plan(plan))
+        from lib.plan import format_plan, plan_study
+
+        plan = plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
+                          seeds=args.seeds or [0], profile=args.profile, margin=args.margin, lanes=args.lanes,
+                          partial=not args.no_partial)
+        print(format_plan(plan))
     return status
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from lib.config import TrainConfig, get_profile
+from lib.data import canonical_source
 from lib.models import PART1_MODELS
 
 BN_MODELS = ("VGG_A", "VGG_A_BN")
@@ -55,3 +56,23 @@ def part1_experiments(profile: str, data_source: str, seeds=(0,), models=None) -
 def bn_experiments(profile: str, data_source: str, models=BN_MODELS, lrs=BN_LRS) -> list[TrainConfig]:
     """Configs of the BN protocol: both networks at every learning rate, same seed for all."""
     return [bn_config(m, lr, profile, data_source) for m in models for lr in lrs]
+
+
+def recipe_config(model_name: str, data_source: str | None = None, device: str = "auto",
+                  num_train: int | None = None, num_val: int | None = None, seed: int = 0) -> TrainConfig:
+    """The `full`-profile config of the study run `model_name` appears in (Part 1, or the BN protocol at lr 1e-3):
+    the recipe the benchmark (lib.bench, lib.naive) times an epoch of."""
+    source = canonical_source(data_source)
+    if model_name in PART1_MODELS:
+        cfg = part1_config(model_name, "full", source, seed)
+    elif model_name in BN_MODELS:
+        cfg = bn_config(model_name, 1e-3, "full", source)
+    else:
+        raise ValueError(f"{model_name!r} is in neither part of the study: choose one of "
+                         f"{', '.join(PART1_MODELS + BN_MODELS)}")
+    return cfg.replace(device=device, num_train=num_train, num_val=num_val)
+
+
+def recipe_name(cfg: TrainConfig) -> str:
+    """'part1' or 'bn-protocol': which recipe a benchmark config follows."""
+    return "bn-protocol" if "bn-protocol" in cfg.tags else "part1"

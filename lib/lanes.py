@@ -16,7 +16,7 @@ them times an epoch alone while the others wait, then all time an epoch at once 
 is the slowest process's epoch over the solo one.
 
 The GPU runner (scripts/gpu_full_study.sh, LANES=3) starts MPS where the machine allows it (CIFAR10_MPS=1 then),
-measures, lets lib.bench.plan_study spread the training runs of the models with a measured gain over the lanes
+measures, lets lib.plan.plan_study spread the training runs of the models with a measured gain over the lanes
 at these slowdowns (the others train alone, after the lanes), and starts one `python -m lib run` per lane
 (CIFAR10_LANES set).
 A result trained so records `shared_gpu` (lib.train), because its epoch times are those of a shared GPU.
@@ -97,7 +97,7 @@ def seconds_at_once(items: Iterable[tuple[float, float]], runs: int) -> float:
 
 
 def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None) -> dict:
-    """The full study's time with `runs` lanes, split as lib.bench.plan_study splits it: the training runs (Part 1
+    """The full study's time with `runs` lanes, split as lib.plan.plan_study splits it: the training runs (Part 1
     x seeds, the BN protocol but its lr-1e-3 pair) of models with a measured gain at their slowdown, spread
     evenly over the lanes; the runs of the other models, the pair and the probes alone. Like study_estimate,
     without the plan's margin and process start-ups, and with perfectly balanced lanes: a lower bound of what

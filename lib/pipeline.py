@@ -84,7 +84,7 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
     loss slices and probe runs. Notebook 03 computes nothing of the kind: it shows a run that exists, or fails
     saying which is missing."""
     from lib import part1
-    from lib.bench import gpu_cost_file, select_jobs, study_jobs
+    from lib.plan import gpu_cost_file, select_jobs, study_jobs
     from lib.config import TrainConfig
     from lib.results import reusable_result
 

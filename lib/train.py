@@ -88,6 +88,26 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device, so that a host clock read after it covers the queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def backend_flags(deterministic: bool, benchmark: bool, cudnn_tf32: bool, matmul_tf32: bool):
+    """Set the cuDNN / TF32 switches for the block and restore them after (lib.bench times the naive and the fast pipeline in one process)."""
+    old = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+           torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = old
+
+
 def autocast_for(cfg: TrainConfig, device: torch.device, cache_enabled: bool = True):
     """bf16 autocast on CUDA (precision auto/bf16), nothing (fp32) otherwise."""
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")

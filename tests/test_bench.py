@@ -14,10 +14,12 @@ import pytest
 import torch
 
 import lib.bench as B
+import lib.naive as N
+import lib.plan as P
 import lib.train as T
 from lib.config import PROFILES, TrainConfig
 from lib.data import resolve_source
-from lib.experiments import BN_MODELS, bn_config, bn_experiments, part1_config
+from lib.experiments import BN_MODELS, bn_config, bn_experiments, part1_config, recipe_config, recipe_name
 from lib.loader import BatchLoader
 from lib.models import PART1_MODELS, build, revision
 from lib.paths import REPO, output_dirs
@@ -67,60 +69,60 @@ def fake_bench(part1=None, bn=None, probe=0.01) -> dict:
 # ----------------------------------------------------------------------------------------- the two pipelines
 
 def test_recipe_config_picks_the_models_study_recipe(tiny_source):
-    p1 = B.recipe_config("CANet", tiny_source)
-    assert (p1.batch_size, p1.augment, p1.norm, p1.optimizer, B.recipe_name(p1)) == (256, True, "imagenet",
+    p1 = recipe_config("CANet", tiny_source)
+    assert (p1.batch_size, p1.augment, p1.norm, p1.optimizer, recipe_name(p1)) == (256, True, "imagenet",
                                                                                       "adamw_sgd", "part1")
-    bn = B.recipe_config("VGG_A_BN", tiny_source, num_train=100)
+    bn = recipe_config("VGG_A_BN", tiny_source, num_train=100)
     assert (bn.batch_size, bn.augment, bn.norm, bn.optimizer, bn.lr, bn.num_train) == (128, False, "half", "adam",
                                                                                         1e-3, 100)
-    assert B.recipe_name(bn) == "bn-protocol"
+    assert recipe_name(bn) == "bn-protocol"
     with pytest.raises(ValueError, match="neither part of the study"):
-        B.recipe_config("VGG11_BN", tiny_source)
+        recipe_config("VGG11_BN", tiny_source)
 
 
 def test_naive_transforms_are_the_originals_per_image_pipeline(tiny_source):
-    train_tf, eval_tf = B.naive_transforms(B.recipe_config("CANet", tiny_source))
+    train_tf, eval_tf = N.naive_transforms(recipe_config("CANet", tiny_source))
     names = [type(t).__name__ for t in train_tf.transforms]
     assert names == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize", "RandomErasing"]
     assert train_tf.transforms[0].padding == 4 and train_tf.transforms[4].scale == (0.04, 0.2)
     assert [type(t).__name__ for t in eval_tf.transforms] == ["ToTensor", "Normalize"]
-    bn_train, _ = B.naive_transforms(B.recipe_config("VGG_A", tiny_source))
+    bn_train, _ = N.naive_transforms(recipe_config("VGG_A", tiny_source))
     assert [type(t).__name__ for t in bn_train.transforms] == ["ToTensor", "Normalize"]  # Part 2: no augmentation
 
 
 def test_naive_validation_goes_through_the_training_transforms_as_the_originals(tiny_source):
-    cfg = B.recipe_config("CANet_tiny", tiny_source, "cpu", num_train=16, num_val=8)
+    cfg = recipe_config("CANet_tiny", tiny_source, "cpu", num_train=16, num_val=8)
     names = lambda loader: [type(t).__name__ for t in loader.dataset.transform.transforms]  # noqa: E731
-    timed = B._naive_pipeline(cfg, torch.device("cpu"), 0, 0, B.NAIVE_VAL_TRANSFORMS)
-    assert B.NAIVE_VAL_TRANSFORMS == "train" and names(timed.val_loader) == names(timed.train_loader)
+    timed = N._naive_pipeline(cfg, torch.device("cpu"), 0, 0, N.NAIVE_VAL_TRANSFORMS)
+    assert N.NAIVE_VAL_TRANSFORMS == "train" and names(timed.val_loader) == names(timed.train_loader)
     assert "RandomErasing" in names(timed.val_loader)
-    plain = B._naive_pipeline(cfg, torch.device("cpu"), 0, 0)  # the agreement run's: plain images
+    plain = N._naive_pipeline(cfg, torch.device("cpu"), 0, 0)  # the agreement run's: plain images
     assert names(plain.val_loader) == ["ToTensor", "Normalize"]
     with pytest.raises(ValueError, match="'train' or 'eval'"):
-        B._naive_pipeline(cfg, torch.device("cpu"), 0, 0, "augmented")
-    naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
+        N._naive_pipeline(cfg, torch.device("cpu"), 0, 0, "augmented")
+    naive = N.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
     assert naive["val_transforms"] == "train"
 
 
 def test_naive_epoch_mixes_every_batch_of_the_part1_recipe_only(tiny_source, monkeypatch):
-    calls, original = [], B.mix_batch
+    calls, original = [], N.mix_batch
 
     def counting(x, y, mixup_p, cutmix_p, alpha, *, generator):
         calls.append((mixup_p, cutmix_p, alpha))
         return original(x, y, mixup_p, cutmix_p, alpha, generator=generator)
 
-    monkeypatch.setattr(B, "mix_batch", counting)
-    naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
-    cfg = B.recipe_config("ShuffleNetV2", tiny_source)
+    monkeypatch.setattr(N, "mix_batch", counting)
+    naive = N.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
+    cfg = recipe_config("ShuffleNetV2", tiny_source)
     assert calls == [(cfg.mixup_p, cfg.cutmix_p, cfg.mix_alpha)] * naive["steps"]
     calls.clear()
-    B.naive_epoch("VGG_A", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
+    N.naive_epoch("VGG_A", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
     assert calls == []  # the BN protocol trains without augmentation
 
 
 def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source, monkeypatch):
     # ShuffleNetV2: a Part 1 model that costs little at 32x32 (its ImageNet stem downsamples 4x at once).
-    naive = B.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, val_every=1,
+    naive = N.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, val_every=1,
                           warmup_steps=1)
     assert (naive["num_train"], naive["num_val"], naive["batch_size"], naive["steps"]) == (16, 8, 256, 1)
     assert naive["val_passes"] == 2  # one after every step (val_every=1) and the end-of-epoch pass
@@ -266,7 +268,7 @@ def test_compile_choice_and_the_estimates_follow_the_measured_variant(tiny_sourc
     assert B.study_estimate(bench)["part1"]["CANet"] == pytest.approx(79.5)
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)
-    canet_job = lambda: next(j for j in B.study_jobs(bench, source, dirs) if j.names == ("p1-CANet-s0",))
+    canet_job = lambda: next(j for j in P.study_jobs(bench, source, dirs) if j.names == ("p1-CANet-s0",))
     assert canet_job().seconds == pytest.approx(79.5)
     monkeypatch.setenv(T.COMPILE_ENV, "CANet")
     assert B.study_estimate(bench)["part1"]["CANet"] == pytest.approx(73.5)
@@ -557,14 +559,14 @@ def test_plan_takes_unfinished_jobs_that_fit_first_fit_in_study_order(tiny_sourc
     dirs = output_dirs("full", root=tmp_path)
     write_finished(dirs, part1_config("CANet_tiny", "full", source))
     # Per Part 1 run 79.5 s x 1.2 = 95.4 s (+20 s for the first `train` process); per BN run 28.5 x 1.2 = 34.2 s.
-    plan = B.plan_study(["all"], source, budget_s=250, bench=fake_bench(), dirs=dirs)
+    plan = P.plan_study(["all"], source, budget_s=250, bench=fake_bench(), dirs=dirs)
     assert plan["lines"] == ["train p1-CANet_light-s0 p1-CANet-s0 bn-VGG_A-lr0.002-s2020"]
     assert plan["seconds"] == pytest.approx(115.4 + 95.4 + 34.2)
     assert [j.names for j in plan["done"]] == [("p1-CANet_tiny-s0",)]
     skipped = dict((j.names[0], why) for j, why in plan["skipped"])
     assert skipped["p1-CANet_pro-s0"] == "estimated 95 s > 39 s left"
     assert "probe-VGG_A-s2020" in skipped
-    text = B.format_plan(plan)
+    text = P.format_plan(plan)
     assert text.splitlines()[1] == plan["lines"][0] and "# already done: p1-CANet_tiny-s0" in text
 
 
@@ -575,18 +577,18 @@ def test_a_run_longer_than_a_call_gets_a_call_of_its_own_and_resumes_in_the_next
     bench["entries"]["CANet_pro"] = fake_entry(model="CANet_pro", fast=10.0)  # 2 + 70 x 10.1 = 709 s > the budget
     write_finished(dirs, part1_config("CANet_tiny", "full", source))
     # Not first in line: skipped, so that it does not take the leftovers of a call with other work.
-    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
     assert plan["partial"] is None and "p1-CANet_pro-s0" not in " ".join(plan["lines"])
     assert "runs over two calls once it is the first unfinished job" in dict(
         (j.names[0], why) for j, why in plan["skipped"])["p1-CANet_pro-s0"]
     # First in line: the whole call is its own, and the runner's time limit stops it resumably.
     for model in ("CANet_light", "CANet"):
         write_finished(dirs, part1_config(model, "full", source))
-    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
     assert plan["lines"] == ["train p1-CANet_pro-s0"] and plan["partial"].names == ("p1-CANet_pro-s0",)
-    assert "# partial p1-CANet_pro-s0: about 709 s left to train" in B.format_plan(plan)
+    assert "# partial p1-CANet_pro-s0: about 709 s left to train" in P.format_plan(plan)
     # A later round of the same call (partial=False): whole runs only; it plans what fits after the long one.
-    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs, partial=False)
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs, partial=False)
     assert plan["partial"] is None and "p1-CANet_pro-s0" not in " ".join(plan["lines"]) and plan["taken"]
     why = dict((j.names[0], why) for j, why in plan["skipped"])["p1-CANet_pro-s0"]
     assert why.startswith("estimated 871 s >") and "two calls" not in why
@@ -594,22 +596,22 @@ def test_a_run_longer_than_a_call_gets_a_call_of_its_own_and_resumes_in_the_next
     cfg = part1_config("CANet_pro", "full", source)
     Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
     torch.save({"config": cfg.to_dict(), "epoch": 49}, Path(dirs.checkpoints) / f"{cfg.name}.last.pt")
-    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
     assert plan["partial"] is None and plan["taken"][0].epochs_done == 50
     assert plan["taken"][0].seconds == pytest.approx(2.0 + 20 * 10.1)
     assert plan["lines"][0].startswith("train p1-CANet_pro-s0 ")  # and whatever fits after it
-    assert "# p1-CANet_pro-s0 resumes after epoch 50" in B.format_plan(plan)
+    assert "# p1-CANet_pro-s0 resumes after epoch 50" in P.format_plan(plan)
 
 
 def test_jobs_run_the_first_seed_of_the_whole_study_before_the_extra_seeds(tiny_source, tmp_path):
     source = resolve_source(tiny_source)
-    jobs = B.study_jobs(fake_bench(), source, output_dirs("full", root=tmp_path), seeds=(0, 1, 2))
+    jobs = P.study_jobs(fake_bench(), source, output_dirs("full", root=tmp_path), seeds=(0, 1, 2))
     names = [j.names[0] for j in jobs]
     assert len(jobs) == 3 * 9 + 6 + 1 + 1 + 1  # Part 1 x 3 seeds, six BN runs, the pair + slices, probes, costs
     assert [n.rsplit("-s", 1)[1] for n in names[:9]] == ["0"] * 9
     assert names[9].startswith("bn-") and jobs[16].kind == "probe" and jobs[17].kind == "costs"
     assert [n.rsplit("-s", 1)[1] for n in names[18:]] == ["1"] * 9 + ["2"] * 9
-    plan = B.plan_study(["p1-CANet-s2"], source, budget_s=1000, bench=fake_bench(), seeds=(0, 1, 2),
+    plan = P.plan_study(["p1-CANet-s2"], source, budget_s=1000, bench=fake_bench(), seeds=(0, 1, 2),
                         dirs=output_dirs("full", root=tmp_path))
     assert plan["lines"] == ["train p1-CANet-s2"]
 
@@ -622,7 +624,7 @@ def test_the_slices_job_is_done_only_with_slices_of_the_selected_epochs(tiny_sou
     pair = [c for c in bn_experiments("full", source) if c.lr == 1e-3]
     for c in pair:
         atomic_write_json(dirs.results / f"{c.name}.json", {"name": c.name, "config": c.to_dict(), "best_epoch": 7})
-    job = lambda: next(j for j in B.study_jobs(fake_bench(), source, dirs) if j.kind == "bn-slices")
+    job = lambda: next(j for j in P.study_jobs(fake_bench(), source, dirs) if j.kind == "bn-slices")
     assert not job().done and job().force  # trained elsewhere, not sliced: retrain the pair (its weights) and slice
     for model in BN_MODELS:
         cfg = bn_study.slice_config("full", source, dirs, model)
@@ -640,18 +642,18 @@ def test_plan_measures_the_costs_on_the_gpu_until_every_model_has_a_gpu_cost_fil
 
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)
-    plan = B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
-    assert plan["lines"] == ["costs"] and plan["seconds"] == pytest.approx(B.COSTS_ALLOWANCE_S * 1.2 + 20)
-    assert B.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs)["lines"][-1] == "costs"
+    plan = P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == ["costs"] and plan["seconds"] == pytest.approx(P.COSTS_ALLOWANCE_S * 1.2 + 20)
+    assert P.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs)["lines"][-1] == "costs"
     gpu = {"infer_batch": GPU_COST_BATCH, "device_name": "NVIDIA H200"}
     for i, model in enumerate(PART1_MODELS):  # the last two measured on a CPU: not the GPU measurement yet
         cost = dict(gpu, infer_batch=CPU_COST_BATCH) if i == len(PART1_MODELS) - 1 else gpu
         cost = dict(cost, device_name="CPU (x86_64, 2 threads)") if i == len(PART1_MODELS) - 2 else cost
         atomic_write_json(cost_path(dirs, model), dict(cost, model=model))
-    assert B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)["lines"] == ["costs"]
+    assert P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)["lines"] == ["costs"]
     for model in PART1_MODELS[-2:]:
         atomic_write_json(cost_path(dirs, model), dict(gpu, model=model))
-    plan = B.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    plan = P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
     assert plan["lines"] == [] and plan["done"][0].kind == "costs"
 
 
@@ -659,7 +661,7 @@ def test_the_costs_job_does_not_keep_a_run_longer_than_a_call_from_its_call(tiny
     source = resolve_source(tiny_source)
     bench = fake_bench()
     bench["entries"]["CANet_pro"] = fake_entry(model="CANet_pro", fast=10.0)  # 709 s: longer than the call
-    plan = B.plan_study(["costs", "p1-CANet_pro-s1"], source, budget_s=570, bench=bench, seeds=(0, 1),
+    plan = P.plan_study(["costs", "p1-CANet_pro-s1"], source, budget_s=570, bench=bench, seeds=(0, 1),
                         dirs=output_dirs("full", root=tmp_path))
     assert plan["lines"] == ["train p1-CANet_pro-s1"] and plan["partial"].names == ("p1-CANet_pro-s1",)
 
@@ -716,19 +718,19 @@ def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, 
     dirs = output_dirs("full", root=tmp_path)
     for model in ("VGG_A", "VGG_A_BN"):
         write_finished(dirs, bn_config(model, 1e-3, "full", source))
-    plan = B.plan_study(["bn-VGG_A-lr0.001-s2020", "probe"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    plan = P.plan_study(["bn-VGG_A-lr0.001-s2020", "probe"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
     assert plan["lines"] == ["train-force bn-VGG_A-lr0.001-s2020 bn-VGG_A_BN-lr0.001-s2020", "slices", "probe"]
     from lib.bn_study import slice_config
 
     for model in ("VGG_A", "VGG_A_BN"):  # slices of the pair's selected weights
         atomic_write_json(Path(dirs.results) / f"slice-{model}-s2020.json",
                           {"config": slice_config("full", source, dirs, model)})
-    plan = B.plan_study(["part2"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    plan = P.plan_study(["part2"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
     assert len(plan["lines"]) == 1 and len(plan["lines"][0].split()) == 1 + 6  # the six other BN runs
     assert plan["done"][0].names == ("bn-VGG_A-lr0.001-s2020", "bn-VGG_A_BN-lr0.001-s2020")
     with pytest.raises(ValueError, match="unknown study subset"):
-        B.plan_study(["p1-Nope-s0"], source, bench=fake_bench(), dirs=dirs)
-    assert B.plan_study(["all"], source, bench=None, dirs=dirs)["lines"] == ["costs"]  # no training to estimate
+        P.plan_study(["p1-Nope-s0"], source, bench=fake_bench(), dirs=dirs)
+    assert P.plan_study(["all"], source, bench=None, dirs=dirs)["lines"] == ["costs"]  # no training to estimate
 
 
 def test_gpu_script_is_valid_bash():
@@ -976,11 +978,11 @@ def test_estimate_names_the_models_timed_without_cuda_graphs_on_a_gpu():
 
 def test_naive_run_follows_the_recipe_schedule_and_switch(tiny_source, monkeypatch):
     made = []
-    naive_optimizer = B._naive_optimizer
-    monkeypatch.setattr(B, "_naive_optimizer", lambda kind, params, cfg, lr: made.append((kind, lr))
+    naive_optimizer = N._naive_optimizer
+    monkeypatch.setattr(N, "_naive_optimizer", lambda kind, params, cfg, lr: made.append((kind, lr))
                         or naive_optimizer(kind, params, cfg, lr))
-    run = B.naive_run("ShuffleNetV2", tiny_source, "cpu", epochs=3, num_train=16, num_val=8, num_workers=0)
-    cfg = B.recipe_config("ShuffleNetV2", tiny_source, "cpu").replace(num_epochs=3)
+    run = N.naive_run("ShuffleNetV2", tiny_source, "cpu", epochs=3, num_train=16, num_val=8, num_workers=0)
+    cfg = recipe_config("ShuffleNetV2", tiny_source, "cpu").replace(num_epochs=3)
     assert made == [("adamw", cfg.lr), ("sgd", cfg.lr * cfg.lr_gamma ** 2)]  # switch at int(0.8 * 3) = 2
     assert len(run["val_acc"]) == 3 and all(0.0 <= a <= 1.0 for a in run["val_acc"])
     assert (run["num_train"], run["num_val"]) == (16, 8) and run["seconds"] > 0
@@ -1161,7 +1163,7 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     plain_probe = bn_study.probe_configs("smoke", source)[0]
     atomic_write_json(plain_probe.result_path(dirs), {"config": plain_probe.to_dict()})  # one of the two probes
     atomic_write_json(cost_path(dirs, "VGG11"), {"model": "VGG11"})
-    rows = {name: (state, detail) for state, name, detail in B.study_status("smoke", source, dirs)}
+    rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
     assert len(rows) == 9 + 8 + 1 + 2 + 9  # Part 1 (one seed), BN protocol, slices, probes, cost files
     assert rows["p1-CANet_tiny-s0"] == ("done", "") and rows["p1-ResNet18-s0"] == ("missing", "")
     assert rows["p1-CANet-s0"] == ("partial", f"1 of {PROFILES['smoke'].num_epochs} epochs in its checkpoint here")
@@ -1170,17 +1172,17 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
                                                              f"checkpoint here")
     assert rows["loss slices"] == ("missing", "")
     write_finished(dirs, bn_pair)  # the pair trained, its slices not taken: the pair is retrained for them
-    rows = {name: (state, detail) for state, name, detail in B.study_status("smoke", source, dirs)}
+    rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
     assert rows["loss slices"] == ("missing", "they need the pair's best checkpoints (retrained when gone)")
     assert [rows[c.name][0] for c in bn_study.probe_configs("smoke", source)] == ["done", "missing"]
     assert rows["cost-VGG11"] == ("done", "") and rows["cost-CANet"] == ("missing", "")
     # A study run with --num-epochs / --precision: its own Part 1 configurations (the finished run is another one).
-    rows = {name: state for state, name, _ in B.study_status("smoke", source, dirs, num_epochs=1)}
+    rows = {name: state for state, name, _ in P.study_status("smoke", source, dirs, num_epochs=1)}
     assert rows["p1-CANet_tiny-s0"] == "missing" and rows["bn-VGG_A-lr0.001-s2020"] == "done"
     write_finished(dirs, part1_config("CANet_tiny", "smoke", source, precision="bf16", num_epochs=1))
-    assert ("done", "p1-CANet_tiny-s0", "") in B.study_status("smoke", source, dirs, precision="bf16", num_epochs=1)
+    assert ("done", "p1-CANet_tiny-s0", "") in P.study_status("smoke", source, dirs, precision="bf16", num_epochs=1)
     # The command line: a count, then what is not done (everything with --all); nothing is computed.
-    monkeypatch.setattr(B, "study_status", lambda *a, **k: [("done", "p1-X-s0", ""),
+    monkeypatch.setattr(P, "study_status", lambda *a, **k: [("done", "p1-X-s0", ""),
                                                             ("partial", "p1-Y-s0", "3 of 8 epochs in its checkpoint")])
     assert main(["status", "--profile", "smoke", "--data", str(tiny_source)]) == 0
     out = capsys.readouterr().out

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lib.bench as B
+import lib.plan as P
 import lib.lanes as L
 from lib.cli import main
 from lib.data import resolve_source
@@ -120,23 +121,23 @@ def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, t
     bench = with_records(fake_bench(), *(record(m, 2, 1.25) for m in PART1_MODELS))
     bench["device_slug"] = "nvidia-h200"
     # A Part 1 run: 79.5 s alone, x 1.25 beside another, x 1.2 margin = 119.25 s; +20 s for each lane's process.
-    plan = B.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs, lanes=2)
+    plan = P.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs, lanes=2)
     assert plan["lines"] == ["lane p1-CANet_light-s0 p1-CANet_pro-s0", "lane p1-CANet-s0 p1-ShuffleNetV2-s0"]
     assert plan["seconds"] == pytest.approx(20 + 2 * 119.25)
     assert plan["slowdowns"]["CANet"] == 1.25
-    text = B.format_plan(plan)
+    text = P.format_plan(plan)
     assert "# lanes: up to 2 training processes at once, under MPS" in text and "CANet_light x1.25," in text
     # One run at a time, the same budget takes two runs (20 + 2 x 95.4 s).
-    alone = B.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs)
+    alone = P.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs)
     assert alone["lines"] == ["train p1-CANet_light-s0 p1-CANet-s0"]
     # Not measured, or slower together than one after another: the runs train alone, as without lanes.
     slower = with_records(fake_bench(), *(record(m, 2, 2.5) for m in PART1_MODELS))
     for other in (fake_bench(), dict(slower, device_slug="nvidia-h200")):
-        plan = B.plan_study(["part1"], source, budget_s=300, bench=other, dirs=dirs, lanes=2)
+        plan = P.plan_study(["part1"], source, budget_s=300, bench=other, dirs=dirs, lanes=2)
         assert (plan["lines"], plan["seconds"], plan["slowdowns"]) == (alone["lines"], alone["seconds"], {})
     # Some measured: those in lanes first, the others alone after them.
     mixed = with_records(fake_bench(), record("CANet", 2, 1.25), record("ShuffleNetV2", 2, 1.25))
-    plan = B.plan_study(["part1"], source, budget_s=400, bench=dict(mixed, device_slug="nvidia-h200"), dirs=dirs,
+    plan = P.plan_study(["part1"], source, budget_s=400, bench=dict(mixed, device_slug="nvidia-h200"), dirs=dirs,
                         lanes=2)
     # lanes: 20 + 119.25 each; then CANet_light and CANet_pro alone: 20 + 2 x 95.4; MobileNetV2's 95.4 more
     # would pass 400.
@@ -161,40 +162,40 @@ def test_the_plan_fits_the_runs_that_gain_first_when_that_covers_more(tiny_sourc
     source, dirs, bench = two_models_gain(tiny_source, tmp_path, monkeypatch)
     # In study order CANet_light (no gain) trains alone first (20 + 95.4 s), and no lane (20 + 119.25 s) fits
     # beside it in 200 s: 79.5 s of runs. The two that gain, first: a lane each, 159 s of runs.
-    plan = B.plan_study(["part1"], source, budget_s=200, bench=bench, dirs=dirs, lanes=2)
+    plan = P.plan_study(["part1"], source, budget_s=200, bench=bench, dirs=dirs, lanes=2)
     assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0"] and plan["order"] == "gain-first"
-    assert B.covered_seconds(plan) == pytest.approx(159.0) and plan["study_order_seconds"] == pytest.approx(79.5)
+    assert P.covered_seconds(plan) == pytest.approx(159.0) and plan["study_order_seconds"] == pytest.approx(79.5)
     assert "# order: gain-first (a run resumable here, then per seed block the runs that gain at 2 at once), 159 s " \
-           "of single-run estimates against 80 s in study order" in B.format_plan(plan)
+           "of single-run estimates against 80 s in study order" in P.format_plan(plan)
     # With room for everything, study order covers as much: kept.
-    plan = B.plan_study(["part1"], source, budget_s=1000, bench=bench, dirs=dirs, lanes=2)
-    assert plan["order"] == "study" and "# order" not in B.format_plan(plan) and len(plan["taken"]) == 9  # + costs
+    plan = P.plan_study(["part1"], source, budget_s=1000, bench=bench, dirs=dirs, lanes=2)
+    assert plan["order"] == "study" and "# order" not in P.format_plan(plan) and len(plan["taken"]) == 9  # + costs
 
 
 def test_in_the_gain_first_order_a_run_that_gains_waits_for_a_lane_unless_it_is_resumable():
-    job = B.Job("train", ("p1-ResNet18-s0",), 79.5, False, model="ResNet18")
+    job = P.Job("train", ("p1-ResNet18-s0",), 79.5, False, model="ResNet18")
     factors = {"ResNet18": 1.9}  # in a lane 20 + 79.5 x 1.9 x 1.2 = 201 s > 170; alone 20 + 95.4 s fits
-    alone = B._fit_jobs([job], factors, 170, 1.2, 2, partial=False)
+    alone = P._fit_jobs([job], factors, 170, 1.2, 2, partial=False)
     assert alone["lines"] == ["train p1-ResNet18-s0"]
-    waits = B._fit_jobs([job], factors, 170, 1.2, 2, partial=False, gainers_alone=False)
+    waits = P._fit_jobs([job], factors, 170, 1.2, 2, partial=False, gainers_alone=False)
     assert waits["lines"] == [] and "in a lane > 170 s left" in waits["skipped"][0][1]
     resumable = job._replace(epochs_done=20)  # its epochs in a checkpoint here: taken alone rather than lost
-    assert B._fit_jobs([resumable], factors, 170, 1.2, 2, partial=False, gainers_alone=False)["lines"] == [
+    assert P._fit_jobs([resumable], factors, 170, 1.2, 2, partial=False, gainers_alone=False)["lines"] == [
         "train p1-ResNet18-s0"]
 
 
 def test_a_run_joins_the_lane_that_holds_its_model_where_it_fits():
     def job(model, seed):
-        return B.Job("train", (f"p1-{model}-s{seed}",), 50.0, False, model=model)
+        return P.Job("train", (f"p1-{model}-s{seed}",), 50.0, False, model=model)
 
     jobs = [job("ResNet18", 0), job("ResNet34", 0), job("ResNet34", 1), job("ResNet18", 1)]
     factors = {"ResNet18": 1.25, "ResNet34": 1.25}
     # By load alone, ResNet34-s1 would take the first lane (a tie) and ResNet18-s1 the second: each model's runs
     # in two processes, which compile and autotune it twice.
-    plan = B._fit_jobs(jobs, factors, 400, 1.2, 2, partial=False)
+    plan = P._fit_jobs(jobs, factors, 400, 1.2, 2, partial=False)
     assert plan["lines"] == ["lane p1-ResNet18-s0 p1-ResNet18-s1", "lane p1-ResNet34-s0 p1-ResNet34-s1"]
     # Where its model's lane has no room, the least loaded one: 20 + 3 x 75 s = 245 s would pass 240.
-    plan = B._fit_jobs([job("ResNet18", 0), job("ResNet34", 0), job("ResNet18", 1), job("ResNet18", 2)], factors,
+    plan = P._fit_jobs([job("ResNet18", 0), job("ResNet34", 0), job("ResNet18", 1), job("ResNet18", 2)], factors,
                        240, 1.2, 2, partial=False)
     assert plan["lines"] == ["lane p1-ResNet18-s0 p1-ResNet18-s1", "lane p1-ResNet34-s0 p1-ResNet18-s2"]
     assert plan["seconds"] == pytest.approx(170.0)
@@ -202,7 +203,7 @@ def test_a_run_joins_the_lane_that_holds_its_model_where_it_fits():
     # run after the lanes (VGG11 alone, 20 + 72 s) 80 s; beside ResNet34-s0 (20 + 30 + 150 s) it leaves 200 s.
     jobs = [job("ResNet18", 0)._replace(seconds=100.0), job("ResNet34", 0)._replace(seconds=25.0),
             job("ResNet18", 1)._replace(seconds=100.0), job("VGG11", 0)._replace(seconds=60.0)]
-    plan = B._fit_jobs(jobs, dict(factors, VGG11=2.0), 400, 1.2, 2, partial=False)
+    plan = P._fit_jobs(jobs, dict(factors, VGG11=2.0), 400, 1.2, 2, partial=False)
     assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0 p1-ResNet18-s1", "train p1-VGG11-s0"]
 
 
@@ -214,13 +215,13 @@ def test_the_gain_first_order_keeps_a_resumable_run_and_the_first_seed_first(tin
     torch.save({"config": cfg.to_dict(), "epoch": 39}, Path(dirs.checkpoints) / f"{cfg.name}.last.pt")
     # In 180 s, two lanes (139.25 s) would cover 159 s of runs but leave no room for VGG11's last epochs; with the
     # resumable run first, the lanes do not fit: the plan keeps VGG11 (in study order, beside CANet_light alone).
-    plan = B.plan_study(["part1"], source, budget_s=180, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
-    assert "p1-VGG11-s0" in " ".join(plan["lines"]) and "# p1-VGG11-s0 resumes after epoch 40" in B.format_plan(plan)
+    plan = P.plan_study(["part1"], source, budget_s=180, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
+    assert "p1-VGG11-s0" in " ".join(plan["lines"]) and "# p1-VGG11-s0 resumes after epoch 40" in P.format_plan(plan)
     # Seed 1's runs that gain come after seed 0's others: with 400 s, CANet_light-s0 and CANet-s0 train alone
     # beside seed 0's two lanes, not the lanes of seed 1.
     (Path(dirs.checkpoints) / f"{cfg.name}.last.pt").unlink()
-    plan = B.plan_study(["part1"], source, budget_s=400, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
-    assert plan["order"] == "gain-first", B.format_plan(plan)
+    plan = P.plan_study(["part1"], source, budget_s=400, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
+    assert plan["order"] == "gain-first", P.format_plan(plan)
     assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0", "train p1-CANet_light-s0 p1-CANet-s0"]
 
 
@@ -236,15 +237,15 @@ def test_a_run_longer_than_the_call_gives_way_to_lanes_that_cover_more(tiny_sour
     bench = dict(with_records(fake_bench(), *(record(m, 3, 1.25) for m in fast)), device_slug="nvidia-h200")
     # CANet-s0 (20 + 95.4 s alone) is first in line and longer than a 110-s call: a partial call covers 79.5 s of
     # it. The runs that gain do not fit a lane (20 + 79.5 x 1.25 x 1.2 = 139.25 s): the partial plan stays.
-    plan = B.plan_study(["part1"], source, budget_s=110, bench=bench, dirs=dirs, lanes=3)
-    assert plan["partial"].names == ("p1-CANet-s0",) and B.covered_seconds(plan) == pytest.approx(79.5)
+    plan = P.plan_study(["part1"], source, budget_s=110, bench=bench, dirs=dirs, lanes=3)
+    assert plan["partial"].names == ("p1-CANet-s0",) and P.covered_seconds(plan) == pytest.approx(79.5)
     # Faster, they do (2 + 1 + 70 x 0.6 = 45 s alone, 20 + 67.5 s in a lane): three lanes cover 135 s.
     for m in fast:
         bench["entries"][m] = fake_entry(model=m, fast=0.5)
-    plan = B.plan_study(["part1"], source, budget_s=110, bench=bench, dirs=dirs, lanes=3)
+    plan = P.plan_study(["part1"], source, budget_s=110, bench=bench, dirs=dirs, lanes=3)
     assert plan["partial"] is None and plan["order"] == "gain-first"
     assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0", "lane p1-VGG11-s0"]
-    assert B.covered_seconds(plan) == pytest.approx(135.0) and plan["study_order_seconds"] == pytest.approx(79.5)
+    assert P.covered_seconds(plan) == pytest.approx(135.0) and plan["study_order_seconds"] == pytest.approx(79.5)
 
 
 def test_a_run_too_long_for_a_lane_but_not_alone_trains_alone(tiny_source, tmp_path):
@@ -253,9 +254,9 @@ def test_a_run_too_long_for_a_lane_but_not_alone_trains_alone(tiny_source, tmp_p
     bench = dict(with_records(fake_bench(), *(record(m, 2, 1.9, mps=False) for m in PART1_MODELS)),
                  device_slug="nvidia-h200")
     # In a lane 20 + 79.5 x 1.9 x 1.2 = 201 s > 170; alone 20 + 95.4 s fits (as with lanes=1).
-    plan = B.plan_study(["part1"], source, budget_s=170, bench=bench, dirs=dirs, lanes=2)
+    plan = P.plan_study(["part1"], source, budget_s=170, bench=bench, dirs=dirs, lanes=2)
     assert plan["lines"] == ["train p1-CANet_tiny-s0"] and plan["slowdowns"] == {}
-    assert plan["lines"] == B.plan_study(["part1"], source, budget_s=170, bench=bench, dirs=dirs)["lines"]
+    assert plan["lines"] == P.plan_study(["part1"], source, budget_s=170, bench=bench, dirs=dirs)["lines"]
 
 
 def test_jobs_beside_the_lanes_run_after_them_one_at_a_time(tiny_source, tmp_path):
@@ -264,7 +265,7 @@ def test_jobs_beside_the_lanes_run_after_them_one_at_a_time(tiny_source, tmp_pat
     for model in PART1_MODELS:
         write_finished(dirs, part1_config(model, "full", source))
     bench = with_records(fake_bench(), record("VGG_A", 3, 2.0, mps=False), record("VGG_A_BN", 3, 2.0, mps=False))
-    plan = B.plan_study(["all"], source, budget_s=2000, bench=bench, dirs=dirs, lanes=3)
+    plan = P.plan_study(["all"], source, budget_s=2000, bench=bench, dirs=dirs, lanes=3)
     lanes = [line for line in plan["lines"] if line.startswith("lane ")]
     assert len(lanes) == 3 and plan["lines"][:3] == lanes  # the lanes first, together
     assert sorted(n for line in lanes for n in line.split()[1:]) == sorted(
@@ -273,7 +274,7 @@ def test_jobs_beside_the_lanes_run_after_them_one_at_a_time(tiny_source, tmp_pat
     assert plan["lines"][3:] == ["train bn-VGG_A-lr0.001-s2020 bn-VGG_A_BN-lr0.001-s2020", "slices", "probe",
                                  "costs"]
     with pytest.raises(ValueError, match="lanes must be at least 1"):
-        B.plan_study(["all"], source, bench=fake_bench(), dirs=dirs, lanes=0)
+        P.plan_study(["all"], source, bench=fake_bench(), dirs=dirs, lanes=0)
 
 
 def test_a_run_longer_than_a_call_still_gets_a_call_of_its_own_with_lanes(tiny_source, tmp_path):
@@ -283,7 +284,7 @@ def test_a_run_longer_than_a_call_still_gets_a_call_of_its_own_with_lanes(tiny_s
     bench["entries"]["CANet_pro"] = dict(bench["entries"]["CANet_pro"], fast_seconds=10.0)
     for model in ("CANet_tiny", "CANet_light", "CANet"):
         write_finished(dirs, part1_config(model, "full", source))
-    plan = B.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs, lanes=3)
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs, lanes=3)
     assert plan["lines"] == ["train p1-CANet_pro-s0"] and plan["partial"] is not None and plan["lanes"] == 1
 
 
@@ -529,17 +530,17 @@ def test_what_is_left_of_the_study_in_gpu_minutes(tiny_source, tmp_path, monkeyp
     # Part 1 runs 79.5 s each, BN runs 28.5 s (the lr-1e-3 pair with the slices' 30 s), probes, the costs' 60 s.
     probes = 2 * PROBE_SIZES["full"]["num_steps"] * 0.01
     left = 8 * 79.5 + 6 * 28.5 + (2 * 28.5 + 30) + probes + 60
-    est = B.remaining_estimate(bench, source, dirs)
+    est = P.remaining_estimate(bench, source, dirs)
     assert est["seconds"] == pytest.approx(left) and len(est["jobs"]) == 8 + 6 + 3 and est["unknown"] == []
     assert est["lanes_seconds"] is None  # nothing measured at once
     # ResNet18 and ResNet34 measured 1.5x as long three at once under MPS: each counts 79.5 x 1.5 / 3 s.
     measured = dict(with_records(bench, record("ResNet18", 3, 1.5), record("ResNet34", 3, 1.5)),
                     device_slug="nvidia-h200")
-    est = B.remaining_estimate(measured, source, dirs)
+    est = P.remaining_estimate(measured, source, dirs)
     assert est["mps"] is True and est["lanes_seconds"] == pytest.approx(left - 2 * 79.5 + 2 * 79.5 * 1.5 / 3)
     # A model without a measurement is named, not counted.
     unmeasured = dict(bench, entries={k: e for k, e in bench["entries"].items() if k != "VGG11"})
-    est = B.remaining_estimate(unmeasured, source, dirs, seeds=[0, 1])
+    est = P.remaining_estimate(unmeasured, source, dirs, seeds=[0, 1])
     assert est["unknown"] == ["p1-VGG11-s0", "p1-VGG11-s1"] and est["seconds"] == pytest.approx(left - 79.5 + 8 * 79.5)
     # `python -m lib status --profile full` prints it per GPU bench file of the checkout.
     path = tmp_path / "nvidia-h200.json"
