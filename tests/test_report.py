@@ -108,7 +108,7 @@ def test_every_table_number_comes_from_the_results(study_dirs):
     lr_rows = [line for line in text.splitlines() if line.startswith("| 0.002 |")]
     assert lr_rows and NOT_RUN in lr_rows[0]
     assert "cat -> dog (9," in text  # the most frequent confusion, from the confusion matrix
-    assert "Until full-profile results exist" in text
+    assert "Until the full profile's results are complete" in text
     # The conclusion quotes the main model over its seeds, not only the run shown in the curves.
     assert "reaches a test accuracy of 91.00 ± 1.00% over 3 seeds (0, 1, 2;" in text
 
@@ -188,7 +188,7 @@ def test_win_and_tie_wording_follows_the_statistics(study_dirs):
 def test_empty_folder_renders_not_run_rows(tmp_path):
     dirs = output_dirs("full", root=tmp_path)
     text = render_report("full", dirs).read_text()
-    assert "Until full-profile results exist" not in text  # the full profile needs no warning
+    assert "Until the full profile's results are complete" not in text  # the full profile needs no warning
     for model in ORIGINAL_REPORT["test_acc"]:
         assert NOT_RUN in _table_row(text, model)
         assert f"| {ORIGINAL_REPORT['params'][model]:,} (spec) |" in _table_row(text, model)  # the spec's count
