@@ -23,8 +23,8 @@ steps. lib.plan plans the GPU calls from the file; lib.lanes measures and plans 
 Bench file (one per device, results/bench/<device-slug>.json): {"device", "device_slug", "updated",
 "graph_check", "entries": {key: entry}}. An entry per model (key = model name) has: model, recipe,
 batch_size, num_train, num_val, data, device, torch, date, naive_seconds, naive_images_per_s,
-naive_val_passes, naive_workers, naive_val_transforms ('train' | 'eval'; absent: 'eval') (absent for
-fast-only entries), fast_seconds, fast_images_per_s,
+naive_val_passes, naive_workers, naive_val_transforms ('train' | 'eval'; absent: 'eval'), naive_dataset
+('files' | 'arrays', lib.naive.NAIVE_DATASETS; absent: 'arrays') (absent for fast-only entries), fast_seconds, fast_images_per_s,
 fast_overhead_seconds (bookkeeping per epoch), fast_overhead_warm (True: timed on its second call; absent:
 on its first), compile_seconds (one-off capture/compile), setup_seconds
 (one-off per run: data to the device, model, CUDA-graph capture), warmup_seconds (the first, untimed
@@ -732,8 +732,15 @@ def same_block_form(record: dict) -> bool:
 
 def naive_as_now(entry: dict) -> bool:
     """Whether an entry's naive epoch validated as naive_epoch does now (NAIVE_VAL_TRANSFORMS; entries from
-    before the field validated on plain images)."""
-    return entry.get("naive_val_transforms", "eval") == NAIVE_VAL_TRANSFORMS
+    before the field validated on plain images) and read the data as it does now (naive_dataset_as_now)."""
+    return entry.get("naive_val_transforms", "eval") == NAIVE_VAL_TRANSFORMS and naive_dataset_as_now(entry)
+
+
+def naive_dataset_as_now(entry: dict) -> bool:
+    """Whether an entry's naive epoch read its data set as lib.naive reads it now (naive_dataset): the image files of
+    an image-folder copy, the arrays of the official data (entries without the field read arrays)."""
+    official = str(entry.get("data", "")).startswith("official")
+    return entry.get("naive_dataset", "arrays") == ("arrays" if official else "files")
 
 
 def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, device: str = "auto",
@@ -746,8 +753,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     process; merge each entry into the bench file as soon as it is measured. Returns the file's content.
 
     missing_only skips what the file already has (a later call on the same device adds the rest), except
-    entries whose step was timed otherwise than it would be now (timed_as_now) and naive epochs that validated
-    otherwise (naive_as_now).
+    entries whose step was timed otherwise than it would be now (timed_as_now) and naive epochs that validated or
+    read the data otherwise (naive_as_now).
     compile=True times the torch.compile variant of the fast epoch instead, under compile_key(model, mode)
     (the study estimate and the plan read it for the models that CIFAR10_COMPILE names, see compile_choice).
     also_compiled: models whose compiled fast epoch is timed too, after all the others, against the naive
@@ -786,7 +793,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
             naive = naive_of[model_name]
             entry.update(naive_seconds=naive["seconds"], naive_images_per_s=naive["images_per_s"],
                          naive_val_passes=naive["val_passes"], naive_workers=num_workers,
-                         naive_val_transforms=naive["val_transforms"])
+                         naive_val_transforms=naive["val_transforms"], naive_dataset=naive["dataset"])
         fast = fast_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val, compile=compiled)
         entry.update(num_train=fast["num_train"], num_val=fast["num_val"], data=fast["data"],
                      fast_seconds=fast["seconds"], fast_images_per_s=fast["images_per_s"],
@@ -1033,12 +1040,20 @@ def bench_table(bench) -> str:
                       "uses."]
     sample = entries[0] if entries else {}
     naive = [e for e in entries if e.get("naive_seconds") is not None]
-    plain = [_row_label(e) for e in naive if not naive_as_now(e)]
+    plain = [_row_label(e) for e in naive if e.get("naive_val_transforms", "eval") != NAIVE_VAL_TRANSFORMS]
     val_txt = ("validation images through the training transforms, as the original validated on augmented images; "
                if NAIVE_VAL_TRANSFORMS == "train" else "")
     if plain:
         val_txt += (f"the naive epochs of the rows {', '.join(plain)} were timed before that, with plain validation "
                     f"images (so they are a lower bound); ")
+    val_txt += ("the images read as the original read them: an image-folder copy's files opened and decoded one by "
+                "one (torchvision's ImageFolder), the official data's arrays from memory; ")
+    arrays = [_row_label(e) for e in naive if not naive_dataset_as_now(e)]
+    if arrays:
+        which = ("every naive epoch here" if len(arrays) == len(naive)
+                 else f"the naive epochs of the rows {', '.join(arrays)}")
+        val_txt += (f"{which} read decoded arrays from memory instead (timed before 2026-11-28, when lib.naive began "
+                    f"to read the files: a lower bound of the original's cost); ")
     dates = sorted(e.get("date", "")[:10] for e in data.get("entries", {}).values() if e.get("date"))
     torches = sorted({e.get("torch") for e in data.get("entries", {}).values() if e.get("torch")})
     lines += ["", f"Device: {data.get('device')}; torch {', '.join(torches) or '?'}; measured "

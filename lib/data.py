@@ -11,6 +11,8 @@ Whatever the source, `load_cifar10` returns NHWC uint8 arrays (N, 32, 32, 3) and
 well under a second. An image-folder copy may be smaller than the real data set (tests use a few
 images per class): every class must have at least one image in each split, and the counts are
 reported in `info` ('num_train', 'num_test', 'train_per_class', 'test_per_class', 'complete').
+`image_files_root` gives an image-folder copy's files on disk (an archive extracted once under `<root>/extracted/`)
+for the benchmark's naive pipeline, which reads them one by one as the original did (lib.naive).
 """
 from __future__ import annotations
 
@@ -524,6 +526,44 @@ def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLik
     _write_cache(entry, identity, data)
     _prune_cache(entry.parent, keep=entry)
     return data
+
+
+def image_files_root(data: Cifar10, root: str | os.PathLike | None = None) -> Path | None:
+    """The folder holding `data`'s image files as {train,test}/<class>/<image>, for a pipeline that reads them one
+    by one as the original did (torchvision's ImageFolder: lib.naive): an image-folder source itself, or its
+    archive extracted once under <root>/extracted/ (root: load_cifar10's; a temporary folder renamed into place,
+    so a killed extraction is not used). None for the official data, which torchvision keeps in memory."""
+    if data.info.get("kind") != "image-folder":
+        return None
+    source = Path(data.info["path"])
+    if source.is_dir():
+        return source
+    sha = data.info.get("archive_sha256") or hashlib.sha256(source.read_bytes()).hexdigest()
+    root = _default_root() if root is None else Path(root).expanduser()
+    name = source.name
+    for suffix in ARCHIVE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    entry = root / "extracted" / f"{name}-{sha[:16]}"
+    if not entry.is_dir():
+        tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir(parents=True)
+            with tarfile.open(source) as tar:
+                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of the folder
+            os.rename(tmp, entry)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            if not entry.is_dir():  # another process may have won the race
+                raise DataError(f"cannot extract {source} into {entry.parent} ({type(exc).__name__}: {exc}): "
+                                f"check the free disk space and that the archive is intact") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if (entry / "train").is_dir():
+        return entry
+    inner = [d for d in entry.iterdir() if (d / "train").is_dir()]  # packed with one top-level folder
+    if len(inner) != 1:
+        raise DataError(f"{source} extracted into {entry} holds no single train/ folder: it is not an image-folder "
+                        f"copy {{train,test}}/<class>/<image>")
+    return inner[0]
 
 
 def split_train_val(X: np.ndarray, y: np.ndarray, num_val: int = 5000, seed: int = SPLIT_SEED):

@@ -3,8 +3,9 @@
     naive_epoch("CANet", "shared")             # seconds and images/s of one epoch, as the original trained it
     naive_run("CANet_tiny", epochs=3, seed=0)  # a short run with it (lib.bench.agreement: naive vs lib.train)
 
-It mirrors the ORIGINAL: a torchvision-style Dataset over the uint8 arrays, per-image PIL transforms in a
-DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning, PyTorch's default optimiser
+It mirrors the ORIGINAL: a torchvision dataset (an image-folder copy such as the JPEG one: torchvision's
+ImageFolder, which opens and decodes every image file each time it is read; the official data: arrays in memory,
+as torchvision's CIFAR10 holds them), per-image PIL transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning, PyTorch's default optimiser
 kernels, a host sync per step (loss.item()), and a validation pass every 50 iterations plus the end-of-epoch one,
 on images through the training transforms, as the original validated on augmented images (NAIVE_VAL_TRANSFORMS).
 It is meant to be naive. Its data split (lib.train.split_data) and its MixUp/CutMix rule (lib.augment.mix_batch,
@@ -14,6 +15,7 @@ draws differ. CANets are built as specified (per path, three ChannelAttention br
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import NamedTuple
 
@@ -23,6 +25,7 @@ from torch import nn
 
 from lib.augment import mix_batch
 from lib.config import NORMS, TrainConfig
+from lib.data import DataError, image_files_root, load_cifar10
 from lib.experiments import recipe_config
 from lib.models import build, set_merged
 from lib.train import backend_flags, lr_at, optimizer_at, resolve_device, split_data, sync
@@ -33,6 +36,10 @@ NAIVE_VAL_EVERY = 50  # the original validated every 50 iterations (and at the e
 # epoch mirrors that cost ("train"); the agreement run's naive side validates on plain images ("eval"), as
 # lib.train does.
 NAIVE_VAL_TRANSFORMS = "train"
+# What the naive datasets read ("files": every image file opened and decoded when read, torchvision's ImageFolder;
+# "arrays": decoded images in memory). Bench entries record it (naive_dataset; absent: "arrays", the only kind
+# before 2026-11-28).
+NAIVE_DATASETS = ("files", "arrays")
 
 
 
@@ -98,24 +105,49 @@ class _Naive(NamedTuple):
     info: dict
 
 
+def naive_datasets(cfg: TrainConfig, train_tf, eval_tf):
+    """(train, val, kind, data info): the datasets of cfg's split as the original read them (see the module doc), with the
+    transforms given. The same images as lib.train.split_data's, in the same order: for an image-folder copy,
+    torchvision's ImageFolder over its train/ folder, subset by the images' indices, after a check that it lists
+    the images in lib.data's order."""
+    from torchvision.datasets import ImageFolder
+
+    data = load_cifar10(cfg.data_source)
+    folder = image_files_root(data)
+    if folder is None:
+        X_tr, y_tr, X_val, y_val, *_ = split_data(cfg, data)
+        return ArrayDataset(X_tr, y_tr, train_tf), ArrayDataset(X_val, y_val, eval_tf), "arrays", data.info
+    # The split of the images' indices: split_data's rule applied to 0..N-1 instead of the images.
+    i_tr, _, i_val, _, *_ = split_data(cfg, dataclasses.replace(data, X_train=np.arange(len(data.y_train))))
+    train_set, val_set = ImageFolder(folder / "train", train_tf), ImageFolder(folder / "train", eval_tf)
+    if train_set.targets != data.y_train.tolist():
+        raise DataError(f"torchvision's ImageFolder lists the images of {folder / 'train'} otherwise than lib.data "
+                        f"({len(train_set.targets)} against {len(data.y_train)} images, or in another order): the "
+                        f"naive pipeline could not read the same split; check the folder for files lib.data skips "
+                        f"(hidden files, images in other formats than .png/.jpg)")
+    return (torch.utils.data.Subset(train_set, i_tr.tolist()), torch.utils.data.Subset(val_set, i_val.tolist()),
+            "files", data.info)
+
+
 def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed: int,
                     val_transforms: str = "eval") -> _Naive:
-    """Loaders over cfg's split and the freshly seeded model (call inside _backend_flags). val_transforms:
+    """Loaders over cfg's split and the freshly seeded model (call inside backend_flags). val_transforms:
     'eval' (plain images) or 'train' (the training transforms, as the original validated)."""
     if val_transforms not in ("train", "eval"):
         raise ValueError(f"val_transforms must be 'train' or 'eval', not {val_transforms!r}")
-    X_tr, y_tr, X_val, y_val, _, _, info = split_data(cfg)
     train_tf, eval_tf = naive_transforms(cfg)
     eval_tf = train_tf if val_transforms == "train" else eval_tf
+    train_set, val_set, kind, info = naive_datasets(cfg, train_tf, eval_tf)
     pin = dev.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(ArrayDataset(X_tr, y_tr, train_tf), batch_size=cfg.batch_size,
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size,
                                                shuffle=True, num_workers=num_workers, pin_memory=pin)
-    val_loader = torch.utils.data.DataLoader(ArrayDataset(X_val, y_val, eval_tf), batch_size=cfg.batch_size,
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=num_workers, pin_memory=pin)
     torch.manual_seed(seed)
     model = set_merged(build(cfg.model), False).to(dev)  # CANet as specified: per path, three SE branches
     return _Naive(train_loader, val_loader, model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                  torch.Generator().manual_seed(seed), dict(info, num_train=len(y_tr), num_val=len(y_val)))
+                  torch.Generator().manual_seed(seed),
+                  dict(info, num_train=len(train_set), num_val=len(val_set), dataset=kind))
 
 
 def _naive_train_epoch(p: _Naive, optimizer, cfg: TrainConfig, dev: torch.device, val_every: int | None) -> dict:
@@ -177,7 +209,7 @@ def naive_epoch(model_name: str, data_source: str | None = None, device: str = "
     return {"seconds": seconds, "images_per_s": n / seconds, "num_train": n, "num_val": p.info["num_val"],
             "batch_size": cfg.batch_size, "steps": epoch["steps"], "val_passes": epoch["val_passes"],
             "num_workers": num_workers, "train_loss": epoch["train_loss"], "val_acc": epoch["val_acc"],
-            "val_transforms": val_transforms, "data": p.info.get("label")}
+            "val_transforms": val_transforms, "dataset": p.info["dataset"], "data": p.info.get("label")}
 
 
 def naive_run(model_name: str, data_source: str | None = None, device: str = "auto", *, epochs: int = 3,
@@ -203,4 +235,4 @@ def naive_run(model_name: str, data_source: str | None = None, device: str = "au
             accs.append(_naive_train_epoch(p, optimizer, cfg, dev, None)["val_acc"])
         sync(dev)
     return {"val_acc": accs, "seconds": time.perf_counter() - t0, "num_train": p.info["num_train"],
-            "num_val": p.info["num_val"], "data": p.info.get("label")}
+            "num_val": p.info["num_val"], "dataset": p.info["dataset"], "data": p.info.get("label")}

@@ -163,9 +163,11 @@ class Split(NamedTuple):
     info: dict
 
 
-def split_data(cfg: TrainConfig) -> Split:
-    """Load, split and subset the data as `cfg` says (arrays on the host); error for an empty part."""
-    data = load_cifar10(cfg.data_source)
+def split_data(cfg: TrainConfig, data=None) -> Split:
+    """Load, split and subset the data as `cfg` says (arrays on the host); error for an empty part. `data`: the
+    loaded set (default load_cifar10(cfg.data_source)); lib.naive passes one whose X_train holds the images'
+    indices, to read the same images from their files."""
+    data = load_cifar10(cfg.data_source) if data is None else data
     X_tr, y_tr, X_val, y_val = study_split(data)
     X_tr, y_tr = subset(X_tr, y_tr, cfg.num_train)
     X_val, y_val = subset(X_val, y_val, cfg.num_val)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from lib.results import atomic_write_json, device_name, read_json
 
 ENTRY_KEYS = {"model", "recipe", "batch_size", "num_train", "num_val", "data", "device", "torch", "date",
               "naive_seconds", "naive_images_per_s", "naive_val_passes", "naive_workers", "naive_val_transforms",
-              "fast_seconds",
+              "naive_dataset", "fast_seconds",
               "fast_images_per_s", "fast_overhead_seconds", "fast_overhead_warm", "compile_seconds", "setup_seconds",
               "warmup_seconds",
               "cuda_graphs", "compiled", "ratio", "model_revision"}
@@ -92,7 +93,7 @@ def test_naive_transforms_are_the_originals_per_image_pipeline(tiny_source):
 
 def test_naive_validation_goes_through_the_training_transforms_as_the_originals(tiny_source):
     cfg = recipe_config("CANet_tiny", tiny_source, "cpu", num_train=16, num_val=8)
-    names = lambda loader: [type(t).__name__ for t in loader.dataset.transform.transforms]  # noqa: E731
+    names = lambda loader: [type(t).__name__ for t in loader.dataset.dataset.transform.transforms]  # noqa: E731
     timed = N._naive_pipeline(cfg, torch.device("cpu"), 0, 0, N.NAIVE_VAL_TRANSFORMS)
     assert N.NAIVE_VAL_TRANSFORMS == "train" and names(timed.val_loader) == names(timed.train_loader)
     assert "RandomErasing" in names(timed.val_loader)
@@ -101,7 +102,51 @@ def test_naive_validation_goes_through_the_training_transforms_as_the_originals(
     with pytest.raises(ValueError, match="'train' or 'eval'"):
         N._naive_pipeline(cfg, torch.device("cpu"), 0, 0, "augmented")
     naive = N.naive_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, num_workers=0, warmup_steps=0)
-    assert naive["val_transforms"] == "train"
+    assert naive["val_transforms"] == "train" and naive["dataset"] == "files"
+
+
+def test_naive_datasets_read_the_image_files_of_the_same_split(tiny_source, tmp_path, monkeypatch):
+    import tarfile
+
+    from torchvision.datasets import ImageFolder
+
+    from lib.data import DataError, image_files_root, load_cifar10
+
+    cfg = recipe_config("CANet_tiny", tiny_source, "cpu", num_train=50, num_val=6)
+    plain, _ = N.naive_transforms(recipe_config("VGG_A", tiny_source))  # ToTensor + Normalize: exact pixels
+    train, val, kind, info = N.naive_datasets(cfg, plain, plain)
+    assert kind == "files" and info["kind"] == "image-folder"
+    assert isinstance(train.dataset, ImageFolder) and isinstance(val.dataset, ImageFolder)
+    X_tr, y_tr, X_val, y_val, *_ = T.split_data(cfg)
+    for files, X, y in ((train, X_tr, y_tr), (val, X_val, y_val)):
+        assert len(files) == len(y) == (50 if files is train else 6)
+        arrays = N.ArrayDataset(X, y, plain)
+        for i in range(len(y)):  # the same images, in the same order, with the same labels
+            (a, la), (b, lb) = files[i], arrays[i]
+            assert la == lb and torch.equal(a, b)
+    # An archive is extracted once, under the data root, and read the same way.
+    archive = tmp_path / "copy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(Path(tiny_source) / "train", arcname="copy/train")
+        tar.add(Path(tiny_source) / "test", arcname="copy/test")
+    packed = cfg.replace(data_source=str(archive))
+    train2, _, kind2, _ = N.naive_datasets(packed, plain, plain)
+    root = image_files_root(load_cifar10(str(archive)))
+    assert kind2 == "files" and root.name == "copy" and (root / "train" / "cat").is_dir()
+    assert [torch.equal(train2[i][0], train[i][0]) for i in range(3)] == [True] * 3
+    marker = root / "train" / "marker"
+    marker.write_text("x")  # a second use reads the extracted folder again, not the archive
+    N.naive_datasets(packed, plain, plain)
+    assert marker.exists()
+    # ImageFolder listing other images than lib.data (here: a .bmp, which lib.data skips) is refused.
+    folder = tmp_path / "odd"
+    shutil.copytree(tiny_source, folder)
+    (folder / "train" / "cat" / "0000.png").rename(folder / "train" / "cat" / "0000.bmp")
+    with pytest.raises(DataError, match="otherwise than lib.data"):
+        N.naive_datasets(cfg.replace(data_source=str(folder)), plain, plain)
+    # The official data (torchvision's CIFAR10 holds arrays in memory): the arrays.
+    monkeypatch.setattr(N, "image_files_root", lambda data: None)
+    assert N.naive_datasets(cfg, plain, plain)[2] == "arrays"
 
 
 def test_naive_epoch_mixes_every_batch_of_the_part1_recipe_only(tiny_source, monkeypatch):
@@ -148,7 +193,8 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
 
     def fake_naive(model_name, source, device, **kw):
         calls.append(("naive", model_name))
-        return {"seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4, "val_transforms": "train"}
+        return {"seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4, "val_transforms": "train",
+                "dataset": "files"}
 
     def fake_fast(model_name, source, device, **kw):
         calls.append(("fast", model_name))
@@ -188,6 +234,13 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
     B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, missing_only=True, num_workers=0, progress=False)
     assert calls == [("naive", "CANet_tiny"), ("fast", "CANet_tiny")]
     assert read_json(path)["entries"]["CANet_tiny"]["naive_val_transforms"] == "train"
+    calls.clear()
+    old = read_json(path)
+    del old["entries"]["CANet_tiny"]["naive_dataset"]  # timed when the naive epoch read decoded arrays
+    atomic_write_json(path, old)
+    B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, missing_only=True, num_workers=0, progress=False)
+    assert calls == [("naive", "CANet_tiny"), ("fast", "CANet_tiny")]  # an image-folder copy's files are read now
+    assert read_json(path)["entries"]["CANet_tiny"]["naive_dataset"] == "files"
     calls.clear()
     monkeypatch.setattr(B, "timed_as_now", lambda entry, dev: entry["model"] != "VGG_A_BN")
     B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, fast_only=["VGG_A_BN"], missing_only=True,
@@ -452,7 +505,7 @@ def test_run_benchmark_records_the_canet_block_form(tiny_source, tmp_path, monke
 def test_fast_only_never_drops_a_naive_measurement(tiny_source, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(B, "naive_epoch", lambda m, *a, **kw: calls.append(("naive", m)) or {
-        "seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4, "val_transforms": "train"})
+        "seconds": 10.0, "images_per_s": 4500.0, "val_passes": 4, "val_transforms": "train", "dataset": "files"})
     monkeypatch.setattr(B, "fast_epoch", lambda m, *a, **kw: calls.append(("fast", m)) or {
         "seconds": 0.5, "images_per_s": 9e4, "overhead_seconds": 0.1, "compile_seconds": 1.0, "setup_seconds": 2.0,
         "warmup_seconds": 0.8, "cuda_graphs": False, "compiled": False, "num_train": 16, "num_val": 8, "data": "t"})
@@ -535,6 +588,14 @@ def test_bench_table_shows_ratios_against_targets():
     bench["entries"]["CANet"]["naive_val_transforms"] = "train"
     table = B.bench_table(bench)
     assert "timed before that" not in table and "validation images through the training transforms" in table
+    # Naive epochs that read decoded arrays where the original read the image files are named too.
+    assert "every naive epoch here read decoded arrays from memory instead" in table
+    bench["entries"]["CANet"]["naive_dataset"] = "files"
+    assert "the naive epochs of the rows CANet_tiny read decoded arrays" in B.bench_table(bench)
+    bench["entries"]["CANet_tiny"]["naive_dataset"] = "files"
+    assert "read decoded arrays from memory instead" not in B.bench_table(bench)
+    official = {k: dict(e, data="official CIFAR-10", naive_dataset="arrays") for k, e in bench["entries"].items()}
+    assert "instead" not in B.bench_table(dict(bench, entries=official))  # torchvision holds the official arrays
 
 
 def test_cli_bench_prints_table_and_estimate(tmp_path, capsys):
