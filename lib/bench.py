@@ -1046,8 +1046,8 @@ def bench_table(bench) -> str:
     if plain:
         val_txt += (f"the naive epochs of the rows {', '.join(plain)} were timed before that, with plain validation "
                     f"images (so they are a lower bound); ")
-    val_txt += ("the images read as the original read them: an image-folder copy's files opened and decoded one by "
-                "one (torchvision's ImageFolder), the official data's arrays from memory; ")
+    val_txt += ("the images read as we read the original's torchvision dataset: an image-folder copy's files opened "
+                "and decoded one by one (ImageFolder), the official data's arrays from memory; ")
     arrays = [_row_label(e) for e in naive if not naive_dataset_as_now(e)]
     if arrays:
         which = ("every naive epoch here" if len(arrays) == len(naive)

@@ -16,6 +16,7 @@ for the benchmark's naive pipeline, which reads them one by one as the original 
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -179,6 +180,11 @@ def _is_hidden(rel: str) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
 
 
+def is_image_file(rel: str) -> bool:
+    """Whether a file at `rel` (a /-separated path inside a copy) is one this module reads as an image."""
+    return not _is_hidden(rel) and rel.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _walk_folder(root: Path, max_depth: int = 4):
     """Yield (relative posix path, full path) of the files at most `max_depth` levels below root, sorted."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -209,7 +215,7 @@ def _index_images(paths: list[str], where: str, official_root: Path | None = Non
         parts = p[len(prefix):].split("/")
         if parts[0] not in _SPLITS or len(parts) < 2:
             continue  # README files and other folders next to train/ and test/ are not data
-        is_image = parts[-1].lower().endswith(IMAGE_SUFFIXES)
+        is_image = is_image_file(parts[-1])
         if len(parts) != 3:
             if is_image:
                 raise DataError(
@@ -530,40 +536,53 @@ def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLik
 
 def image_files_root(data: Cifar10, root: str | os.PathLike | None = None) -> Path | None:
     """The folder holding `data`'s image files as {train,test}/<class>/<image>, for a pipeline that reads them one
-    by one as the original did (torchvision's ImageFolder: lib.naive): an image-folder source itself, or its
-    archive extracted once under <root>/extracted/ (root: load_cifar10's; a temporary folder renamed into place,
-    so a killed extraction is not used). None for the official data, which torchvision keeps in memory."""
+    by one (the benchmark's naive pipeline, lib.naive): an image-folder source itself, or its archive extracted
+    once under <root>/extracted/<name>-<sha>/ (root: load_cifar10's; extracted into a temporary folder that is
+    renamed into place, so a killed extraction is never used; such leftovers older than an hour are deleted by
+    the next extraction). Either may hold the copy in one top-level folder, as load_cifar10 allows. None for the
+    official data, which torchvision keeps in memory."""
     if data.info.get("kind") != "image-folder":
         return None
     source = Path(data.info["path"])
-    if source.is_dir():
-        return source
-    sha = data.info.get("archive_sha256") or hashlib.sha256(source.read_bytes()).hexdigest()
-    root = _default_root() if root is None else Path(root).expanduser()
-    name = source.name
-    for suffix in ARCHIVE_SUFFIXES:
-        name = name.removesuffix(suffix)
-    entry = root / "extracted" / f"{name}-{sha[:16]}"
-    if not entry.is_dir():
-        tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.mkdir(parents=True)
-            with tarfile.open(source) as tar:
-                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of the folder
-            os.rename(tmp, entry)
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            if not entry.is_dir():  # another process may have won the race
-                raise DataError(f"cannot extract {source} into {entry.parent} ({type(exc).__name__}: {exc}): "
-                                f"check the free disk space and that the archive is intact") from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    entry = source if source.is_dir() else _extracted(source, data.info.get("archive_sha256"), root)
     if (entry / "train").is_dir():
         return entry
-    inner = [d for d in entry.iterdir() if (d / "train").is_dir()]  # packed with one top-level folder
+    inner = [d for d in entry.iterdir() if (d / "train").is_dir() and not _is_hidden(d.name)]  # one top folder
     if len(inner) != 1:
-        raise DataError(f"{source} extracted into {entry} holds no single train/ folder: it is not an image-folder "
-                        f"copy {{train,test}}/<class>/<image>")
+        raise DataError(f"{entry} holds no train/ folder, nor one folder with a train/ folder in it: it is not an "
+                        f"image-folder copy {{train,test}}/<class>/<image> (from {source})")
     return inner[0]
+
+
+def _extracted(archive: Path, sha: str | None, root: str | os.PathLike | None) -> Path:
+    """The folder `archive` is extracted into once (image_files_root)."""
+    sha = sha or hashlib.sha256(archive.read_bytes()).hexdigest()
+    parent = (_default_root() if root is None else Path(root).expanduser()) / "extracted"
+    name = archive.name
+    for suffix in ARCHIVE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    entry = parent / f"{name}-{sha[:16]}"
+    if entry.is_dir():
+        return entry
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob(".tmp-*"):  # left by a killed extraction (a running one is younger)
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
+    tmp = parent / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        with tarfile.open(archive) as tar:
+            # The 'data' filter: member paths stay inside the folder, links may not point out of it.
+            tar.extractall(tmp, filter="data")
+        os.rename(tmp, entry)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        if not entry.is_dir():  # else another process extracted it first
+            raise DataError(f"cannot extract {archive} into {parent} ({type(exc).__name__}: {exc}): check the free "
+                            f"disk space and that the archive is intact (it may be corrupt)") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry
 
 
 def split_train_val(X: np.ndarray, y: np.ndarray, num_val: int = 5000, seed: int = SPLIT_SEED):

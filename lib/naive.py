@@ -4,8 +4,8 @@
     naive_run("CANet_tiny", epochs=3, seed=0)  # a short run with it (lib.bench.agreement: naive vs lib.train)
 
 It mirrors the ORIGINAL: a torchvision dataset (an image-folder copy such as the JPEG one: torchvision's
-ImageFolder, which opens and decodes every image file each time it is read; the official data: arrays in memory,
-as torchvision's CIFAR10 holds them), per-image PIL transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning, PyTorch's default optimiser
+ImageFolder, which opens and decodes every image file each time it is read, our reading of how the original read
+such a copy, which STUDY.md does not say; the official data: arrays in memory, as torchvision's CIFAR10 holds them), per-image PIL transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning, PyTorch's default optimiser
 kernels, a host sync per step (loss.item()), and a validation pass every 50 iterations plus the end-of-epoch one,
 on images through the training transforms, as the original validated on augmented images (NAIVE_VAL_TRANSFORMS).
 It is meant to be naive. Its data split (lib.train.split_data) and its MixUp/CutMix rule (lib.augment.mix_batch,
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch import nn
 
 from lib.augment import mix_batch
 from lib.config import NORMS, TrainConfig
-from lib.data import DataError, image_files_root, load_cifar10
+from lib.data import CLASSES, DataError, image_files_root, is_image_file, load_cifar10
 from lib.experiments import recipe_config
 from lib.models import build, set_merged
 from lib.train import backend_flags, lr_at, optimizer_at, resolve_device, split_data, sync
@@ -105,13 +106,25 @@ class _Naive(NamedTuple):
     info: dict
 
 
-def naive_datasets(cfg: TrainConfig, train_tf, eval_tf):
-    """(train, val, kind, data info): the datasets of cfg's split as the original read them (see the module doc), with the
-    transforms given. The same images as lib.train.split_data's, in the same order: for an image-folder copy,
-    torchvision's ImageFolder over its train/ folder, subset by the images' indices, after a check that it lists
-    the images in lib.data's order."""
+def _image_folder(root: Path, transform):
+    """torchvision's ImageFolder over the files lib.data reads (the ten class folders in CLASSES order; .png/.jpg
+    files that are not hidden, so no macOS litter such as ._0001.jpg): each opened and decoded when it is read."""
     from torchvision.datasets import ImageFolder
 
+    class StudyImageFolder(ImageFolder):
+        def find_classes(self, directory):
+            return list(CLASSES), {name: i for i, name in enumerate(CLASSES)}
+
+    # is_valid_file sees the whole path; lib.data reads images directly inside a class folder (class/file).
+    return StudyImageFolder(root, transform, is_valid_file=lambda path: is_image_file("/".join(Path(path).parts[-2:])))
+
+
+def naive_datasets(cfg: TrainConfig, train_tf, eval_tf):
+    """(train, val, kind, data info): the datasets of cfg's split as the original read them (see the module doc),
+    with the transforms given. The same images as lib.train.split_data's, in the same order: for an image-folder
+    copy, torchvision's ImageFolder over its train/ folder (_image_folder), subset by the images' indices, after a
+    check that it finds each class's images in lib.data's class order and number (within a class folder both list
+    the files sorted by name)."""
     data = load_cifar10(cfg.data_source)
     folder = image_files_root(data)
     if folder is None:
@@ -119,12 +132,12 @@ def naive_datasets(cfg: TrainConfig, train_tf, eval_tf):
         return ArrayDataset(X_tr, y_tr, train_tf), ArrayDataset(X_val, y_val, eval_tf), "arrays", data.info
     # The split of the images' indices: split_data's rule applied to 0..N-1 instead of the images.
     i_tr, _, i_val, _, *_ = split_data(cfg, dataclasses.replace(data, X_train=np.arange(len(data.y_train))))
-    train_set, val_set = ImageFolder(folder / "train", train_tf), ImageFolder(folder / "train", eval_tf)
+    train_set, val_set = _image_folder(folder / "train", train_tf), _image_folder(folder / "train", eval_tf)
     if train_set.targets != data.y_train.tolist():
-        raise DataError(f"torchvision's ImageFolder lists the images of {folder / 'train'} otherwise than lib.data "
-                        f"({len(train_set.targets)} against {len(data.y_train)} images, or in another order): the "
-                        f"naive pipeline could not read the same split; check the folder for files lib.data skips "
-                        f"(hidden files, images in other formats than .png/.jpg)")
+        raise DataError(f"torchvision's ImageFolder finds other images in {folder / 'train'} than lib.data "
+                        f"({len(train_set.targets)} against {len(data.y_train)}, or other counts per class): the naive "
+                        f"pipeline could not read the same split; look for images deeper than <class>/<image>, or "
+                        f"files changed while it ran")
     return (torch.utils.data.Subset(train_set, i_tr.tolist()), torch.utils.data.Subset(val_set, i_val.tolist()),
             "files", data.info)
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,12 +139,34 @@ def test_naive_datasets_read_the_image_files_of_the_same_split(tiny_source, tmp_
     marker.write_text("x")  # a second use reads the extracted folder again, not the archive
     N.naive_datasets(packed, plain, plain)
     assert marker.exists()
-    # ImageFolder listing other images than lib.data (here: a .bmp, which lib.data skips) is refused.
-    folder = tmp_path / "odd"
-    shutil.copytree(tiny_source, folder)
-    (folder / "train" / "cat" / "0000.png").rename(folder / "train" / "cat" / "0000.bmp")
-    with pytest.raises(DataError, match="otherwise than lib.data"):
-        N.naive_datasets(cfg.replace(data_source=str(folder)), plain, plain)
+    # A folder packed in one top-level folder, with files lib.data does not read (macOS litter, a .bmp, an empty
+    # hidden folder): the naive datasets read lib.data's images, no more.
+    folder = tmp_path / "outer"
+    shutil.copytree(tiny_source, folder / "copy")
+    cat = folder / "copy" / "train" / "cat"
+    (cat / "._0000.png").write_bytes((cat / "0000.png").read_bytes())
+    (cat / "0000.png").rename(cat / "0000.bmp")
+    (folder / "copy" / "train" / ".ipynb_checkpoints").mkdir()
+    odd = cfg.replace(data_source=str(folder), num_train=None, num_val=None)
+    train3, val3, _, _ = N.naive_datasets(odd, plain, plain)
+    X_tr, y_tr, X_val, *_ = T.split_data(odd)
+    assert len(train3) == len(y_tr) and torch.equal(train3[0][0], N.ArrayDataset(X_tr, y_tr, plain)[0][0])
+    # An ImageFolder that finds other images than lib.data (here: if it took the .bmp) is refused.
+    monkeypatch.setattr(N, "is_image_file", lambda rel: True)
+    with pytest.raises(DataError, match="finds other images"):
+        N.naive_datasets(odd, plain, plain)
+    monkeypatch.undo()
+    # A corrupt archive is bad input; a killed extraction's leftover is deleted once it is old.
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"\x1f\x8b not a tar")
+    with pytest.raises(DataError, match="cannot extract"):
+        image_files_root(SimpleNamespace(info={"kind": "image-folder", "path": str(bad)}), root=tmp_path / "r")
+    stale, fresh = tmp_path / "r" / "extracted" / ".tmp-old", tmp_path / "r" / "extracted" / ".tmp-running"
+    stale.mkdir(parents=True)
+    fresh.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    image_files_root(load_cifar10(str(archive)), root=tmp_path / "r")
+    assert not stale.exists() and fresh.exists()
     # The official data (torchvision's CIFAR10 holds arrays in memory): the arrays.
     monkeypatch.setattr(N, "image_files_root", lambda data: None)
     assert N.naive_datasets(cfg, plain, plain)[2] == "arrays"
@@ -594,6 +617,7 @@ def test_bench_table_shows_ratios_against_targets():
     assert "the naive epochs of the rows CANet_tiny read decoded arrays" in B.bench_table(bench)
     bench["entries"]["CANet_tiny"]["naive_dataset"] = "files"
     assert "read decoded arrays from memory instead" not in B.bench_table(bench)
+    assert B.naive_dataset_as_now({"data": "official CIFAR-10"})  # never re-timed for that: no files to read
     official = {k: dict(e, data="official CIFAR-10", naive_dataset="arrays") for k, e in bench["entries"].items()}
     assert "instead" not in B.bench_table(dict(bench, entries=official))  # torchvision holds the official arrays
 
