@@ -18,7 +18,7 @@ from lib.experiments import part1_config
 from lib.models import PART1_MODELS, revision
 from lib.paths import output_dirs
 from lib.results import atomic_write_json, read_json
-from test_bench import bench_with_compiled_variants, fake_bench, write_finished
+from conftest import bench_with_compiled_variants, fake_bench, write_finished
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,270 @@
+"""Planning the GPU calls (lib.plan): the study as jobs, first fit into a call's budget, runs longer than a call,
+the costs and slices jobs, `lib run --only` as the runner calls it, the runner script's settings, `lib status`."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import lib.plan as P
+import lib.train as T
+from conftest import fake_bench, fake_entry, write_finished
+from lib.config import PROFILES
+from lib.data import resolve_source
+from lib.experiments import BN_MODELS, bn_config, bn_experiments, part1_config
+from lib.models import PART1_MODELS
+from lib.paths import REPO, output_dirs
+from lib.results import atomic_write_json
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_plan_takes_unfinished_jobs_that_fit_first_fit_in_study_order(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    write_finished(dirs, part1_config("CANet_tiny", "full", source))
+    # Per Part 1 run 79.5 s x 1.2 = 95.4 s (+20 s for the first `train` process); per BN run 28.5 x 1.2 = 34.2 s.
+    plan = P.plan_study(["all"], source, budget_s=250, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == ["train p1-CANet_light-s0 p1-CANet-s0 bn-VGG_A-lr0.002-s2020"]
+    assert plan["seconds"] == pytest.approx(115.4 + 95.4 + 34.2)
+    assert [j.names for j in plan["done"]] == [("p1-CANet_tiny-s0",)]
+    skipped = dict((j.names[0], why) for j, why in plan["skipped"])
+    assert skipped["p1-CANet_pro-s0"] == "estimated 95 s > 39 s left"
+    assert "probe-VGG_A-s2020" in skipped
+    text = P.format_plan(plan)
+    assert text.splitlines()[1] == plan["lines"][0] and "# already done: p1-CANet_tiny-s0" in text
+
+
+def test_a_run_longer_than_a_call_gets_a_call_of_its_own_and_resumes_in_the_next(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    bench = fake_bench()
+    bench["entries"]["CANet_pro"] = fake_entry(model="CANet_pro", fast=10.0)  # 2 + 70 x 10.1 = 709 s > the budget
+    write_finished(dirs, part1_config("CANet_tiny", "full", source))
+    # Not first in line: skipped, so that it does not take the leftovers of a call with other work.
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    assert plan["partial"] is None and "p1-CANet_pro-s0" not in " ".join(plan["lines"])
+    assert "runs over two calls once it is the first unfinished job" in dict(
+        (j.names[0], why) for j, why in plan["skipped"])["p1-CANet_pro-s0"]
+    # First in line: the whole call is its own, and the runner's time limit stops it resumably.
+    for model in ("CANet_light", "CANet"):
+        write_finished(dirs, part1_config(model, "full", source))
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    assert plan["lines"] == ["train p1-CANet_pro-s0"] and plan["partial"].names == ("p1-CANet_pro-s0",)
+    assert "# partial p1-CANet_pro-s0: about 709 s left to train" in P.format_plan(plan)
+    # A later round of the same call (partial=False): whole runs only; it plans what fits after the long one.
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs, partial=False)
+    assert plan["partial"] is None and "p1-CANet_pro-s0" not in " ".join(plan["lines"]) and plan["taken"]
+    why = dict((j.names[0], why) for j, why in plan["skipped"])["p1-CANet_pro-s0"]
+    assert why.startswith("estimated 871 s >") and "two calls" not in why
+    # The stopped run's checkpoint on this (warm) machine: only its 20 remaining epochs are estimated.
+    cfg = part1_config("CANet_pro", "full", source)
+    Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg.to_dict(), "epoch": 49}, Path(dirs.checkpoints) / f"{cfg.name}.last.pt")
+    plan = P.plan_study(["all"], source, budget_s=570, bench=bench, dirs=dirs)
+    assert plan["partial"] is None and plan["taken"][0].epochs_done == 50
+    assert plan["taken"][0].seconds == pytest.approx(2.0 + 20 * 10.1)
+    assert plan["lines"][0].startswith("train p1-CANet_pro-s0 ")  # and whatever fits after it
+    assert "# p1-CANet_pro-s0 resumes after epoch 50" in P.format_plan(plan)
+
+
+def test_jobs_run_the_first_seed_of_the_whole_study_before_the_extra_seeds(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    jobs = P.study_jobs(fake_bench(), source, output_dirs("full", root=tmp_path), seeds=(0, 1, 2))
+    names = [j.names[0] for j in jobs]
+    assert len(jobs) == 3 * 9 + 6 + 1 + 1 + 1  # Part 1 x 3 seeds, six BN runs, the pair + slices, probes, costs
+    assert [n.rsplit("-s", 1)[1] for n in names[:9]] == ["0"] * 9
+    assert names[9].startswith("bn-") and jobs[16].kind == "probe" and jobs[17].kind == "costs"
+    assert [n.rsplit("-s", 1)[1] for n in names[18:]] == ["1"] * 9 + ["2"] * 9
+    plan = P.plan_study(["p1-CANet-s2"], source, budget_s=1000, bench=fake_bench(), seeds=(0, 1, 2),
+                        dirs=output_dirs("full", root=tmp_path))
+    assert plan["lines"] == ["train p1-CANet-s2"]
+
+
+def test_the_slices_job_is_done_only_with_slices_of_the_selected_epochs(tiny_source, tmp_path):
+    from lib import bn_study
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    pair = [c for c in bn_experiments("full", source) if c.lr == 1e-3]
+    for c in pair:
+        atomic_write_json(dirs.results / f"{c.name}.json", {"name": c.name, "config": c.to_dict(), "best_epoch": 7})
+    job = lambda: next(j for j in P.study_jobs(fake_bench(), source, dirs) if j.kind == "bn-slices")
+    assert not job().done and job().force  # trained elsewhere, not sliced: retrain the pair (its weights) and slice
+    for model in BN_MODELS:
+        cfg = bn_study.slice_config("full", source, dirs, model)
+        assert cfg["checkpoint_epoch"] == 7 and cfg["num_images"] == bn_study.SLICE_IMAGES["full"]
+        atomic_write_json(bn_study.slice_path(dirs, model, bn_study.BN_SEED), {"config": cfg})
+    assert job().done
+    # The run retrained, another epoch selected: the slice file exists but is of other weights.
+    atomic_write_json(dirs.results / f"{pair[0].name}.json", {"name": pair[0].name, "config": pair[0].to_dict(),
+                                                                "best_epoch": 9})
+    assert not job().done and job().force
+
+
+def test_plan_measures_the_costs_on_the_gpu_until_every_model_has_a_gpu_cost_file(tiny_source, tmp_path):
+    from lib.part1 import CPU_COST_BATCH, GPU_COST_BATCH, cost_path
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    plan = P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == ["costs"] and plan["seconds"] == pytest.approx(P.COSTS_ALLOWANCE_S * 1.2 + 20)
+    assert P.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs)["lines"][-1] == "costs"
+    gpu = {"infer_batch": GPU_COST_BATCH, "device_name": "NVIDIA H200"}
+    for i, model in enumerate(PART1_MODELS):  # the last two measured on a CPU: not the GPU measurement yet
+        cost = dict(gpu, infer_batch=CPU_COST_BATCH) if i == len(PART1_MODELS) - 1 else gpu
+        cost = dict(cost, device_name="CPU (x86_64, 2 threads)") if i == len(PART1_MODELS) - 2 else cost
+        atomic_write_json(cost_path(dirs, model), dict(cost, model=model))
+    assert P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)["lines"] == ["costs"]
+    for model in PART1_MODELS[-2:]:
+        atomic_write_json(cost_path(dirs, model), dict(gpu, model=model))
+    plan = P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == [] and plan["done"][0].kind == "costs"
+
+
+def test_the_costs_job_does_not_keep_a_run_longer_than_a_call_from_its_call(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    bench = fake_bench()
+    bench["entries"]["CANet_pro"] = fake_entry(model="CANet_pro", fast=10.0)  # 709 s: longer than the call
+    plan = P.plan_study(["costs", "p1-CANet_pro-s1"], source, budget_s=570, bench=bench, seeds=(0, 1),
+                        dirs=output_dirs("full", root=tmp_path))
+    assert plan["lines"] == ["train p1-CANet_pro-s1"] and plan["partial"].names == ("p1-CANet_pro-s1",)
+
+
+def test_run_costs_measures_costs_and_trains_nothing(tiny_source, monkeypatch, capsys):
+    import lib.part1 as part1
+    from lib.cli import main
+
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: pytest.fail(f"trained {cfg.name}"))
+    asked = []
+    monkeypatch.setattr(part1, "compute_costs", lambda dirs, models, force=False: asked.append((models, force)) or [
+        {"model": "CANet_tiny", "flops": 136.3e6, "infer_ips": 51234.0, "infer_batch": 1024, "device_name": "GPU X"}])
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--costs", "--models", "CANet_tiny",
+                 "--quiet"]) == 0
+    assert asked == [(["CANet_tiny"], False)]
+    assert "cost CANet_tiny: 136.3 MFLOP/image, 51,234 images/s at batch 1024 on GPU X" in capsys.readouterr().out
+
+
+def test_run_refuses_only_names_that_its_options_do_not_produce(tiny_source, capsys):
+    from lib.cli import main
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet-s1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "p1-CANet-s1" in err and "--seeds" in err and "p1-CANet-s0" in err
+
+
+def test_run_trains_only_names_in_the_order_given(tiny_source, monkeypatch):
+    from lib.cli import main
+    trained = []
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: trained.append(cfg.name) or {"status": "ok", "test_acc": 0.5})
+    order = ["p1-CANet-s1", "bn-VGG_A-lr0.001-s2020", "p1-CANet_tiny-s0", "p1-CANet-s1"]
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--part1", "--part2", "--seeds", "0", "1",
+                 "1", "--only", *order, "--quiet"]) == 0
+    assert trained == order[:3]  # the plan's (seed-major) order, each experiment once
+
+
+def test_run_starts_nothing_more_once_its_time_limit_stopped_a_run(tiny_source, monkeypatch, capsys):
+    from lib.cli import main
+    calls = []
+
+    def fake_train(cfg, **kw):
+        calls.append((cfg.name, kw["stop_by"] is not None))
+        return {"name": cfg.name, "status": "incomplete", "epochs_done": 3}
+
+    monkeypatch.setattr(T, "train", fake_train)
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet-s0",
+                 "p1-CANet_tiny-s0", "--time-limit", "100", "--quiet"]) == 0
+    assert calls == [("p1-CANet-s0", True)]  # the second is not started: it would overrun the call
+    out = capsys.readouterr().out
+    assert "time limit reached after 3 epoch(s) of p1-CANet-s0; not started: p1-CANet_tiny-s0" in out
+
+
+def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, tmp_path):
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    for model in ("VGG_A", "VGG_A_BN"):
+        write_finished(dirs, bn_config(model, 1e-3, "full", source))
+    plan = P.plan_study(["bn-VGG_A-lr0.001-s2020", "probe"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == ["train-force bn-VGG_A-lr0.001-s2020 bn-VGG_A_BN-lr0.001-s2020", "slices", "probe"]
+    from lib.bn_study import slice_config
+
+    for model in ("VGG_A", "VGG_A_BN"):  # slices of the pair's selected weights
+        atomic_write_json(Path(dirs.results) / f"slice-{model}-s2020.json",
+                          {"config": slice_config("full", source, dirs, model)})
+    plan = P.plan_study(["part2"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
+    assert len(plan["lines"]) == 1 and len(plan["lines"][0].split()) == 1 + 6  # the six other BN runs
+    assert plan["done"][0].names == ("bn-VGG_A-lr0.001-s2020", "bn-VGG_A_BN-lr0.001-s2020")
+    with pytest.raises(ValueError, match="unknown study subset"):
+        P.plan_study(["p1-Nope-s0"], source, bench=fake_bench(), dirs=dirs)
+    assert P.plan_study(["all"], source, bench=None, dirs=dirs)["lines"] == ["costs"]  # no training to estimate
+
+
+def test_gpu_script_is_valid_bash():
+    script = REPO / "scripts" / "gpu_full_study.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("setting, says", [("BUDGET_S=9m", "BUDGET_S=9m must be a whole number of seconds"),
+                                           ("LANES=0", "LANES=0 must be a whole number of training processes"),
+                                           ("PLAN_MARGIN=1,2", "PLAN_MARGIN=1,2 must be a number such as 1.2"),
+                                           ("PARTIAL=yes", "PARTIAL=yes must be 0 or 1"),
+                                           ("MPS=1", "MPS=1 must be auto or 0"),
+                                           ("REPLAN_MIN_S=090", "REPLAN_MIN_S=090 must be a whole number"),
+                                           ("PLAN_MARGIN=1.05", None)])
+def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, says):
+    name, value = setting.split("=", 1)
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", **{name: value})
+    run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    if says is None:  # a good value passes the checks: here the script stops at the missing torch instead
+        assert run.returncode != 2 and "this script is for the GPU machine" in run.stdout
+        return
+    assert run.returncode == 2 and says in run.stderr
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_path, monkeypatch, capsys):
+    from lib import bn_study
+    from lib.cli import main
+    from lib.part1 import cost_path
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("smoke", root=tmp_path)
+    write_finished(dirs, part1_config("CANet_tiny", "smoke", source))
+    cfg = part1_config("CANet", "smoke", source)
+    Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg.to_dict(), "epoch": 0}, Path(dirs.checkpoints) / f"{cfg.name}.last.pt")
+    plain_pair, bn_pair = [c for c in bn_experiments("smoke", source) if c.lr == 1e-3]
+    write_finished(dirs, plain_pair)  # of the lr-1e-3 pair one is trained, the other resumable
+    torch.save({"config": bn_pair.to_dict(), "epoch": 0}, Path(dirs.checkpoints) / f"{bn_pair.name}.last.pt")
+    plain_probe = bn_study.probe_configs("smoke", source)[0]
+    atomic_write_json(plain_probe.result_path(dirs), {"config": plain_probe.to_dict()})  # one of the two probes
+    atomic_write_json(cost_path(dirs, "VGG11"), {"model": "VGG11"})
+    rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
+    assert len(rows) == 9 + 8 + 1 + 2 + 9  # Part 1 (one seed), BN protocol, slices, probes, cost files
+    assert rows["p1-CANet_tiny-s0"] == ("done", "") and rows["p1-ResNet18-s0"] == ("missing", "")
+    assert rows["p1-CANet-s0"] == ("partial", f"1 of {PROFILES['smoke'].num_epochs} epochs in its checkpoint here")
+    assert rows["bn-VGG_A-lr0.001-s2020"][0] == "done" and rows["bn-VGG_A-lr0.002-s2020"][0] == "missing"
+    assert rows["bn-VGG_A_BN-lr0.001-s2020"] == ("partial", f"1 of {PROFILES['smoke'].bn_epochs} epochs in its "
+                                                             f"checkpoint here")
+    assert rows["loss slices"] == ("missing", "")
+    write_finished(dirs, bn_pair)  # the pair trained, its slices not taken: the pair is retrained for them
+    rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
+    assert rows["loss slices"] == ("missing", "they need the pair's best checkpoints (retrained when gone)")
+    assert [rows[c.name][0] for c in bn_study.probe_configs("smoke", source)] == ["done", "missing"]
+    assert rows["cost-VGG11"] == ("done", "") and rows["cost-CANet"] == ("missing", "")
+    # A study run with --num-epochs / --precision: its own Part 1 configurations (the finished run is another one).
+    rows = {name: state for state, name, _ in P.study_status("smoke", source, dirs, num_epochs=1)}
+    assert rows["p1-CANet_tiny-s0"] == "missing" and rows["bn-VGG_A-lr0.001-s2020"] == "done"
+    write_finished(dirs, part1_config("CANet_tiny", "smoke", source, precision="bf16", num_epochs=1))
+    assert ("done", "p1-CANet_tiny-s0", "") in P.study_status("smoke", source, dirs, precision="bf16", num_epochs=1)
+    # The command line: a count, then what is not done (everything with --all); nothing is computed.
+    monkeypatch.setattr(P, "study_status", lambda *a, **k: [("done", "p1-X-s0", ""),
+                                                            ("partial", "p1-Y-s0", "3 of 8 epochs in its checkpoint")])
+    assert main(["status", "--profile", "smoke", "--data", str(tiny_source)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 done, 1 partial, 0 missing" in out and "partial  p1-Y-s0  (3 of" in out and "p1-X-s0" not in out
+    main(["status", "--profile", "smoke", "--data", str(tiny_source), "--all"])
+    assert "done     p1-X-s0" in capsys.readouterr().out
