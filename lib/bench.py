@@ -20,25 +20,25 @@ Also recorded in the bench file: the CUDA-graph checks (check_cuda_graphs), the 
 (agreement), profiles of a step (trace_steps), the bookkeeping by part (bookkeeping_parts) and the probe runs'
 steps. lib.plan plans the GPU calls from the file; lib.lanes measures and plans several runs at once.
 
-Bench file (one per device, results/bench/<device-slug>.json): {"device", "device_slug", "updated",
-"graph_check", "entries": {key: entry}}. An entry per model (key = model name) has: model, recipe,
-batch_size, num_train, num_val, data, device, torch, date, naive_seconds, naive_images_per_s,
-naive_val_passes, naive_workers, naive_val_transforms ('train' | 'eval'; absent: 'eval'), naive_dataset
-('files' | 'arrays', lib.naive.NAIVE_DATASETS; absent: 'arrays') (absent for fast-only entries), fast_seconds, fast_images_per_s,
-fast_overhead_seconds (bookkeeping per epoch), fast_overhead_warm (True: timed on its second call; absent:
-on its first), compile_seconds (one-off capture/compile), setup_seconds
-(one-off per run: data to the device, model, CUDA-graph capture), warmup_seconds (the first, untimed
-epoch; a torch.compile is paid there), cuda_graphs, compiled, canet_merged (CANets only: their blocks ran
-merged), earlier_in_process (CUDA, from 2026-11-27 on: whether the same process had run the model's
-full-batch steps before, so that cuDNN's autotuning was not part of the one-off; absent before), ratio
-(naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile
-(`--compile`, or `--also-compiled` beside the naive epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode,
-<model>+compile-<mode> for another (lib.train.compile_mode), and a compile_mode field. Probe entries
-(key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
-The top-level "agreement" maps a model to its side-by-side accuracy run (agreement(): naive vs lib.train
-over a few epochs of the recipe, per seed); "concurrency" holds each model's epoch alone and with several runs
-at once on the GPU (lib.lanes.measure_concurrency; lib.plan.plan_study's lanes read it); "bookkeeping" a model's per-epoch
-bookkeeping part by part (bookkeeping_parts).
+Bench file (one per device, results/bench/<device-slug>.json): {"device", "device_slug", "updated", "graph_check",
+"entries": {key: entry}}. An entry per model (key = model name) has: model, recipe, batch_size, num_train, num_val,
+data, device, torch, date, naive_seconds, naive_images_per_s, naive_val_passes, naive_workers, naive_val_transforms
+('train' | 'eval'; absent: 'eval'), naive_dataset ('files' | 'arrays', lib.naive.naive_datasets; absent: 'arrays',
+the only kind before 2026-11-28) (absent for fast-only entries), fast_seconds, fast_images_per_s,
+fast_overhead_seconds (bookkeeping per epoch), fast_overhead_warm (True: timed on its second call; absent: on its
+first), compile_seconds (one-off capture/compile), setup_seconds (one-off per run: data to the device, model,
+CUDA-graph capture), warmup_seconds (the first, untimed epoch; a torch.compile is paid there), cuda_graphs,
+compiled, canet_merged (CANets only: their blocks ran merged), earlier_in_process (CUDA, from 2026-11-27 on: whether
+the same process had run the model's full-batch steps before, so that cuDNN's autotuning was not part of the
+one-off; absent before), ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with
+torch.compile (`--compile`, or `--also-compiled` beside the naive epoch of the same process) have the key
+compile_key(model, mode): <model>+compile for the default mode, <model>+compile-<mode> for another
+(lib.train.compile_mode), and a compile_mode field. Probe entries (key probe-<model>): model, kind='probe',
+seconds_per_step, num_steps, probe_every, device, torch, date. The top-level "agreement" maps a model to its
+side-by-side accuracy run (agreement(): naive vs lib.train over a few epochs of the recipe, per seed); "concurrency"
+holds each model's epoch alone and with several runs at once on the GPU (lib.lanes.measure_concurrency;
+lib.plan.plan_study's lanes read it); "bookkeeping" a model's per-epoch bookkeeping part by part
+(bookkeeping_parts).
 """
 from __future__ import annotations
 

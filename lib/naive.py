@@ -5,13 +5,15 @@
 
 It mirrors the ORIGINAL: a torchvision dataset (an image-folder copy such as the JPEG one: torchvision's
 ImageFolder, which opens and decodes every image file each time it is read, our reading of how the original read
-such a copy, which STUDY.md does not say; the official data: arrays in memory, as torchvision's CIFAR10 holds them), per-image PIL transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning, PyTorch's default optimiser
-kernels, a host sync per step (loss.item()), and a validation pass every 50 iterations plus the end-of-epoch one,
-on images through the training transforms, as the original validated on augmented images (NAIVE_VAL_TRANSFORMS).
-It is meant to be naive. Its data split (lib.train.split_data) and its MixUp/CutMix rule (lib.augment.mix_batch,
-one decision per batch as the original; the CutMix box is lib.augment's, side int(32 * sqrt(1 - lam)) before
-clipping) are the repository's own, so both pipelines train on the same images under the same rule; the random
-draws differ. CANets are built as specified (per path, three ChannelAttention branches: set_merged(model, False)).
+such a copy, which STUDY.md does not say; the official data: arrays in memory, as torchvision's CIFAR10 holds them),
+per-image PIL transforms in a DataLoader with 4 worker processes, fp32, deterministic cuDNN without autotuning,
+PyTorch's default optimiser kernels, a host sync per step (loss.item()), and a validation pass every 50 iterations
+plus the end-of-epoch one, on images through the training transforms, as the original validated on augmented images
+(NAIVE_VAL_TRANSFORMS). It is meant to be naive. Its data split (lib.train.split_data) and its MixUp/CutMix rule
+(lib.augment.mix_batch, one decision per batch as the original; the CutMix box is lib.augment's, side int(32 *
+sqrt(1 - lam)) before clipping) are the repository's own, so both pipelines train on the same images under the same
+rule; the random draws differ. CANets are built as specified (per path, three ChannelAttention branches:
+set_merged(model, False)).
 """
 from __future__ import annotations
 
@@ -37,11 +39,6 @@ NAIVE_VAL_EVERY = 50  # the original validated every 50 iterations (and at the e
 # epoch mirrors that cost ("train"); the agreement run's naive side validates on plain images ("eval"), as
 # lib.train does.
 NAIVE_VAL_TRANSFORMS = "train"
-# What the naive datasets read ("files": every image file opened and decoded when read, torchvision's ImageFolder;
-# "arrays": decoded images in memory). Bench entries record it (naive_dataset; absent: "arrays", the only kind
-# before 2026-11-28).
-NAIVE_DATASETS = ("files", "arrays")
-
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -116,15 +113,17 @@ def _image_folder(root: Path, transform):
             return list(CLASSES), {name: i for i, name in enumerate(CLASSES)}
 
     # is_valid_file sees the whole path; lib.data reads images directly inside a class folder (class/file).
-    return StudyImageFolder(root, transform, is_valid_file=lambda path: is_image_file("/".join(Path(path).parts[-2:])))
+    return StudyImageFolder(root, transform,
+                            is_valid_file=lambda path: is_image_file("/".join(Path(path).parts[-2:])))
 
 
 def naive_datasets(cfg: TrainConfig, train_tf, eval_tf):
     """(train, val, kind, data info): the datasets of cfg's split as the original read them (see the module doc),
-    with the transforms given. The same images as lib.train.split_data's, in the same order: for an image-folder
-    copy, torchvision's ImageFolder over its train/ folder (_image_folder), subset by the images' indices, after a
-    check that it finds each class's images in lib.data's class order and number (within a class folder both list
-    the files sorted by name)."""
+    with the transforms given; kind is what they read, 'files' (an image-folder copy's, each opened and decoded when
+    read) or 'arrays' (decoded images in memory), which bench entries record as naive_dataset. The same images as
+    lib.train.split_data's, in the same order: for an image-folder copy, torchvision's ImageFolder over its train/
+    folder (_image_folder), subset by the images' indices, after a check that it finds each class's images in
+    lib.data's class order and number (within a class folder both list the files sorted by name)."""
     data = load_cifar10(cfg.data_source)
     folder = image_files_root(data)
     if folder is None:

@@ -96,7 +96,8 @@ def sync(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def backend_flags(deterministic: bool, benchmark: bool, cudnn_tf32: bool, matmul_tf32: bool):
-    """Set the cuDNN / TF32 switches for the block and restore them after (lib.bench times the naive and the fast pipeline in one process)."""
+    """Set the cuDNN / TF32 switches for the block and restore them after (lib.bench times the naive and the fast
+    pipeline in one process)."""
     old = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
