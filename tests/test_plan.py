@@ -212,7 +212,8 @@ def test_gpu_script_is_valid_bash():
                                            ("PARTIAL=yes", "PARTIAL=yes must be 0 or 1"),
                                            ("MPS=1", "MPS=1 must be auto or 0"),
                                            ("REPLAN_MIN_S=090", "REPLAN_MIN_S=090 must be a whole number"),
-                                           ("PLAN_MARGIN=1.05", None)])
+                                           ("PLAN_MARGIN=.", "PLAN_MARGIN=. must be a number such as 1.2"),
+                                           ("PLAN_MARGIN=1.05", None), ("PLAN_MARGIN=1.", None), ("PLAN_MARGIN=.9", None)])
 def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, says):
     name, value = setting.split("=", 1)
     env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", **{name: value})
