@@ -244,7 +244,7 @@ def cmd_report(args) -> int:
 
 def cmd_status(args) -> int:
     """Print what of a profile's study is done, resumable or missing (nothing is computed)."""
-    from lib.plan import format_remaining, remaining_estimate, study_status
+    from lib.plan import estimate_check, format_estimate_check, format_remaining, remaining_estimate, study_status
 
     dirs = output_dirs(args.profile, publish=args.publish or None)
     note_published(args, dirs)
@@ -266,11 +266,14 @@ def cmd_status(args) -> int:
             try:
                 est = remaining_estimate(path, canonical_source(args.data), dirs, args.seeds, args.profile,
                                          precision=args.precision, num_epochs=args.num_epochs)
+                checked = estimate_check(path, dirs, args.profile)  # how good its estimates were so far
             except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:  # the list above stands
                 print(f"(no estimate of what is left from {shown}: it cannot be read as a bench file: "
                       f"{type(err).__name__}: {err})")
                 continue
             print(format_remaining(est, shown))
+            if checked:
+                print(format_estimate_check(checked, shown))
     return 0
 
 

@@ -302,6 +302,55 @@ def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs |
             "lanes_seconds": seconds_at_once(known, lanes) if states else None}
 
 
+def estimate_check(bench, dirs: OutputDirs | None = None, profile: str = "full") -> list[dict]:
+    """The estimates the plan makes against the finished training runs in `dirs` (default: the profile's published
+    folder) that trained on the bench's device: per run {'name', 'estimate' (run_seconds of the variant it trained,
+    fast_path's compile or not, over the epochs of the call that finished it, less the one-off setup that precedes
+    the clock, times the measured slowdown where it shared the GPU: shared_gpu), 'actual' (wall_seconds_this_call:
+    its first epoch to its result written), 'ratio' (actual / estimate)}. Runs whose variant or slowdown was not
+    measured are left out. The plan multiplies the estimates by PLAN_MARGIN and adds STEP_STARTUP_S per process:
+    ratios well below 1 / PLAN_MARGIN say the margin leaves time unused."""
+    from lib.bench import compile_key
+    from lib.lanes import concurrency_key, concurrency_records
+
+    data = load_bench(bench)
+    entries, records = data.get("entries", {}), concurrency_records(data)
+    dirs = dirs or output_dirs(profile, publish=True)
+    out = []
+    for path in sorted(Path(dirs.results).glob("*.json")):
+        r = read_json(path)
+        if (not isinstance(r, dict) or r.get("device") != data.get("device") or "history" not in r
+                or r.get("wall_seconds_this_call") is None):
+            continue  # another device's, not a training run's (steps, weights, costs), or from before the field
+        fast = r.get("fast_path") or {}
+        key = compile_key(r["model"], fast.get("compile_mode") or "default") if fast.get("compile") else r["model"]
+        entry = entries.get(key)
+        if entry is None or entry.get("fast_seconds") is None:
+            continue
+        slowdown, shared = 1.0, r.get("shared_gpu")
+        if shared:
+            record = records.get(concurrency_key(key, shared["lanes"], shared["mps"]))
+            if not record or record.get("slowdown") is None:
+                continue
+            slowdown = max(1.0, float(record["slowdown"]))
+        epochs = r.get("epochs_this_call", len(r["history"]))  # results before the field trained in one call
+        estimate = (run_seconds(entry, epochs) - entry["setup_seconds"]) * slowdown
+        out.append({"name": r["name"], "estimate": estimate, "actual": r["wall_seconds_this_call"],
+                    "ratio": r["wall_seconds_this_call"] / estimate})
+    return out
+
+
+def format_estimate_check(rows: list[dict], path: Path | str) -> str:
+    """estimate_check as a line for `python -m lib status`."""
+    import statistics
+
+    ratios = [r["ratio"] for r in rows]
+    runs = ", ".join(f"{r['name']} {r['actual']:.0f} s of {r['estimate']:.0f} s" for r in rows)
+    return (f"finished runs against the plan's estimates from {path} (before its margin x{PLAN_MARGIN:g} and "
+            f"{STEP_STARTUP_S:.0f} s per process): actual / estimate {min(ratios):.2f}-{max(ratios):.2f}, median "
+            f"{statistics.median(ratios):.2f}, over {len(rows)} run(s): {runs}")
+
+
 def format_remaining(est: dict, path: Path | str) -> str:
     """remaining_estimate as a line for `python -m lib status`."""
     line = (f"left on {est['device']} (estimates from {path}): {len(est['jobs'])} job(s), about "

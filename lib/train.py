@@ -780,6 +780,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         "train_seconds": sum(r["seconds"] for r in history),
         "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "wall_seconds_this_call": time.perf_counter() - run_start,
+        "epochs_this_call": epochs_done_now,  # fewer than num_epochs where the run resumed from a checkpoint
         "checkpoint": str(best_ckpt) if best_ckpt.exists() else None,
         **({"fast_path": fast_info} if device.type == "cuda" else {}),
         **({"shared_gpu": sharing} if sharing else {}),  # its epoch times are those of a shared GPU

@@ -565,3 +565,38 @@ def test_the_gpu_bench_files_leave_out_the_cpu_ones(tmp_path, monkeypatch):
     atomic_write_json(tmp_path / "results" / "bench" / "cpu-x86-64.json", {"device_slug": "cpu-x86-64"})
     monkeypatch.setattr(C, "REPO", tmp_path)
     assert [p.name for p in C.gpu_bench_files()] == ["nvidia-h200.json"]
+
+
+def test_the_estimates_are_checked_against_the_finished_runs(tmp_path, monkeypatch, capsys):
+    import lib.cli as C
+
+    dirs = output_dirs("full", root=tmp_path)
+    bench = with_records(fake_bench(), record("ResNet18", 3, 1.5))  # every model: 2 + 0.5 + epochs x 1.1 s
+    device = bench["device"]
+
+    def result(name, model, wall, **extra):
+        atomic_write_json(Path(dirs.results) / f"{name}.json", {
+            "name": name, "model": model, "device": device, "history": [{}] * 70, "wall_seconds_this_call": wall,
+            **extra})
+
+    result("p1-CANet-s0", "CANet", 69.75)  # alone, all 70 epochs in the call: estimate 0.5 + 70 x 1.1 = 77.5 s
+    result("p1-ResNet18-s0", "ResNet18", 58.125, shared_gpu={"lanes": 3, "mps": True})  # x1.5, 116.25 s
+    result("p1-VGG11-s0", "VGG11", 11.0, epochs_this_call=10)  # resumed: 10 epochs, 0.5 + 11 s
+    result("p1-ResNet34-s0", "ResNet34", 50.0, shared_gpu={"lanes": 2, "mps": False})  # slowdown not measured
+    result("p1-ShuffleNetV2-s0", "ShuffleNetV2", 50.0, device="NVIDIA A100")  # another device's
+    result("p1-MobileNetV2-s0", "MobileNetV2", 50.0, fast_path={"compile": True, "compile_mode": "reduce-overhead"})
+    atomic_write_json(Path(dirs.results) / "bn-VGG_A-lr0.001-s2020.steps.json", [1, 2])  # not a result
+    rows = {r["name"]: r for r in P.estimate_check(bench, dirs)}
+    assert set(rows) == {"p1-CANet-s0", "p1-ResNet18-s0", "p1-VGG11-s0"}  # MobileNetV2+compile is not measured
+    assert rows["p1-CANet-s0"]["estimate"] == pytest.approx(77.5) and rows["p1-CANet-s0"]["ratio"] == pytest.approx(0.9)
+    assert rows["p1-ResNet18-s0"]["estimate"] == pytest.approx(116.25) and rows["p1-ResNet18-s0"]["ratio"] == 0.5
+    assert rows["p1-VGG11-s0"]["estimate"] == pytest.approx(11.5)
+    line = P.format_estimate_check(list(rows.values()), "h200.json")
+    assert "actual / estimate 0.50-0.96, median 0.90, over 3 run(s)" in line and "p1-CANet-s0 70 s of 78 s" in line
+    # `python -m lib status --profile full` prints it under what is left.
+    path = tmp_path / "nvidia-h200.json"
+    atomic_write_json(path, bench)
+    monkeypatch.setattr(C, "gpu_bench_files", lambda: [path])
+    monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
+    assert main(["status", "--profile", "full", "--data", "shared"]) == 0
+    assert f"finished runs against the plan's estimates from {path}" in capsys.readouterr().out

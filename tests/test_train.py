@@ -173,6 +173,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert [r["optimizer"] for r in full["history"]] == ["adamw"] * 3 + ["sgd"]
     assert strip_seconds(resumed["history"]) == strip_seconds(full["history"])
     assert resumed["test_acc"] == full["test_acc"]
+    assert (full["epochs_this_call"], resumed["epochs_this_call"]) == (4, 2)  # what lib.plan.estimate_check reads
 
 
 @pytest.mark.parametrize("gpu_bookkeeping", [False, True])
