@@ -4,6 +4,7 @@
                                                     # scripts/gpu_full_study.sh trains (python -m lib bench --plan)
     study_status("full", "shared")                  # done / partial / missing per experiment (python -m lib status)
     remaining_estimate("results/bench/nvidia-h200.json", "shared")   # GPU minutes the rest still needs
+    estimate_check("results/bench/nvidia-h200.json")   # the finished runs against their estimates
 
 Estimates come from a bench file's measured epochs (lib.bench: run_seconds of the variant the runner trains,
 entry_in_use), with lib.lanes' slowdowns where several runs train at once.
@@ -29,7 +30,6 @@ STEP_STARTUP_S = 20.0
 SLICES_ALLOWANCE_S = 30.0
 # The nine models' cost files on the GPU (FLOP count, inference at batch 1024): an allowance, not a measurement.
 COSTS_ALLOWANCE_S = 60.0
-
 
 
 class Job(NamedTuple):
