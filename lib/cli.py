@@ -379,9 +379,10 @@ def cmd_bench(args) -> int:
     if args.plan:
         from lib.plan import format_plan, plan_study
 
+        margin = {} if args.margin is None else {"margin": args.margin}  # default: lib.plan.PLAN_MARGIN
         plan = plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
-                          seeds=args.seeds or [0], profile=args.profile, margin=args.margin, lanes=args.lanes,
-                          partial=not args.no_partial)
+                          seeds=args.seeds or [0], profile=args.profile, lanes=args.lanes,
+                          partial=not args.no_partial, **margin)
         print(format_plan(plan))
     return status
 
@@ -517,7 +518,8 @@ def main(argv=None) -> int:
                    help="print the unfinished experiments of SUBSET (all, part1, part2, probe or names) that fit "
                         "--budget seconds (scripts/gpu_full_study.sh runs the plan)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for --plan (default 480)")
-    p.add_argument("--margin", type=float, default=1.2, help="--plan multiplies estimates by this (default 1.2)")
+    p.add_argument("--margin", type=float,
+                   help="--plan multiplies estimates by this (default: lib.plan.PLAN_MARGIN, 1.2)")
     p.add_argument("--no-partial", action="store_true",
                    help="--plan only whole runs: no run longer than --budget that a next call would resume (the "
                         "runner's later rounds in a call, planned with the time its first round left)")

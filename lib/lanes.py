@@ -87,7 +87,12 @@ def slowdown(bench, model: str, runs: int, mps: bool | None = None) -> float:
     if runs <= 1:
         return 1.0
     record = measurement(bench, model, runs, mps)
-    return max(1.0, float(record["slowdown"])) if record is not None else float(runs)  # < 1 would be noise
+    return record_slowdown(record) if record is not None else float(runs)
+
+
+def record_slowdown(record: dict) -> float:
+    """A concurrency measurement's slowdown as estimates use it: at least 1 (below would be noise)."""
+    return max(1.0, float(record["slowdown"]))
 
 
 def seconds_at_once(items: Iterable[tuple[float, float]], runs: int) -> float:

@@ -17,6 +17,7 @@ set_merged(model, False)).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -131,7 +132,9 @@ def naive_datasets(cfg: TrainConfig, train_tf, eval_tf):
         return ArrayDataset(X_tr, y_tr, train_tf), ArrayDataset(X_val, y_val, eval_tf), "arrays", data.info
     # The split of the images' indices: split_data's rule applied to 0..N-1 instead of the images.
     i_tr, _, i_val, _, *_ = split_data(cfg, dataclasses.replace(data, X_train=np.arange(len(data.y_train))))
-    train_set, val_set = _image_folder(folder / "train", train_tf), _image_folder(folder / "train", eval_tf)
+    train_set = _image_folder(folder / "train", train_tf)
+    val_set = copy.copy(train_set)  # the same file list (one scan of the folder), its own transforms
+    val_set.transform = eval_tf
     if train_set.targets != data.y_train.tolist():
         raise DataError(f"torchvision's ImageFolder finds other images in {folder / 'train'} than lib.data "
                         f"({len(train_set.targets)} against {len(data.y_train)}, or other counts per class): the naive "

@@ -311,7 +311,7 @@ def estimate_check(bench, dirs: OutputDirs | None = None, profile: str = "full")
     measured are left out. The plan multiplies the estimates by PLAN_MARGIN and adds STEP_STARTUP_S per process:
     ratios well below 1 / PLAN_MARGIN say the margin leaves time unused."""
     from lib.bench import compile_key
-    from lib.lanes import concurrency_key, concurrency_records
+    from lib.lanes import concurrency_key, concurrency_records, record_slowdown
 
     data = load_bench(bench)
     entries, records = data.get("entries", {}), concurrency_records(data)
@@ -332,7 +332,7 @@ def estimate_check(bench, dirs: OutputDirs | None = None, profile: str = "full")
             record = records.get(concurrency_key(key, shared["lanes"], shared["mps"]))
             if not record or record.get("slowdown") is None:
                 continue
-            slowdown = max(1.0, float(record["slowdown"]))
+            slowdown = record_slowdown(record)
         epochs = r.get("epochs_this_call", len(r["history"]))  # results before the field trained in one call
         estimate = (run_seconds(entry, epochs) - entry["setup_seconds"]) * slowdown
         out.append({"name": r["name"], "estimate": estimate, "actual": r["wall_seconds_this_call"],
