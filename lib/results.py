@@ -1,4 +1,7 @@
-"""Results as files: atomic JSON writes, reading back, environment description, config-matched reuse."""
+"""Results as files: atomic JSON writes, reading back, environment description, config-matched reuse.
+
+Imports torch only where a function needs it, so that the JSON helpers also serve tools without torch
+(lib.bench_merge, which merges bench files on a machine that has only the standard library)."""
 from __future__ import annotations
 
 import json
@@ -6,12 +9,15 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lib.paths import REPO
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _clean(obj):
@@ -20,7 +26,8 @@ def _clean(obj):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         return _clean(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -68,6 +75,8 @@ def git_commit() -> str:
 
 def device_name(device: torch.device | str) -> str:
     """Human name of a device: the GPU model, or the CPU with its thread count."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -77,6 +86,7 @@ def device_name(device: torch.device | str) -> str:
 
 def environment_info(device: torch.device | str) -> dict:
     """What produced a result: device, library versions, git commit."""
+    import torch
     import torchvision
 
     return {"device": device_name(device), "torch": torch.__version__, "torchvision": torchvision.__version__,

@@ -20,6 +20,12 @@
 #  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tar (never
 #     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
 #     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
+# The pack is also kept on the machine (STATE_DIR, ignored by git, which the device tool keeps between the calls of
+# a session), and a next call on the same warm machine merges it into its checkout before anything else
+# (GPU_STATE=0: not): the checkout a call gets is this machine's, which lacks the last call's results until they
+# are merged here, so a second call may start at once, without that merge in between. --merge (here) and the
+# restore both unpack result files and figures over the checkout (a call's are supersets of what it started
+# from) and merge bench files record by record, the later measurement of a key winning (lib.bench_merge).
 # LANES=N (N > 1) trains N runs at once, one `python -m lib run` each (lib.lanes): the plan spreads the training
 # runs of the models that gain over N lanes by their measured slowdowns at N at once ('bench' measures them:
 # CONCURRENCY; the other models' runs train alone, after the lanes), under
@@ -32,21 +38,43 @@ set -uo pipefail  # no -e: a failed step is logged and the next one still runs; 
 
 cd "$(dirname "$0")/.."
 
+PY=${PY:-python3}
+STATE_DIR=${STATE_DIR:-build/gpu-state}  # the last pack of a call, kept on the machine for its next call
+GPU_STATE=${GPU_STATE:-1}                # 0: a call does not merge the previous call's pack first
+
+# Unpack a results.tar over this checkout, printing 'merged: FILE' per file: bench files (results/bench/*.json)
+# merged record by record into an existing copy, every other file replacing its copy.
+merge_tar() {  # TAR
+  local tmp f rc=0
+  tmp=$(mktemp -d) || return 1
+  if ! tar -xf "$1" -C "$tmp"; then rm -rf "$tmp"; echo "cannot unpack $1" >&2; return 1; fi
+  while IFS= read -r -d '' f; do
+    f=${f#./}
+    mkdir -p "$(dirname "$f")" || { rc=1; continue; }
+    if [[ "$f" =~ ^results/bench/[^/]+[.]json$ && -f "$f" ]]; then
+      $PY -m lib.bench_merge "$f" "$tmp/$f" > /dev/null || { rc=1; continue; }
+    else
+      cp -f "$tmp/$f" "$f" || { rc=1; continue; }
+    fi
+    echo "merged: $f"
+  done < <(cd "$tmp" && find . -type f -print0 | sort -z)
+  rm -rf "$tmp"
+  return $rc
+}
+
 if [[ "${1:-}" == "--merge" ]]; then
   dir=${2:?"usage: $0 --merge DIR (the folder the device call's files were copied to)"}
   [[ -f "$dir/results.tar" ]] || { echo "no results.tar in $dir" >&2; exit 1; }
-  tar -xf "$dir/results.tar"  # same-named files are replaced: they are supersets (the call started from them)
+  merge_tar "$dir/results.tar" || exit 1
   if compgen -G "$dir/checkpoints.tgz.part*" > /dev/null; then
     cat "$dir"/checkpoints.tgz.part* | tar -xzf -  # into checkpoints/ (ignored by git)
   fi
-  tar -tf "$dir/results.tar" | sed 's/^/merged: /'
   exit 0
 fi
 
 BUDGET_S=${BUDGET_S:-540}            # wall clock for this script; the device call's limit is 600 s
 PACK_RESERVE_S=${PACK_RESERVE_S:-30}  # kept free for the final packing
 KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-p1-CANet-s0}  # best checkpoints to bring back (if trained in this call)
-PY=${PY:-python3}
 PROFILE=${PROFILE:-full}             # only dry runs use another profile
 SEEDS=${SEEDS:-0}                    # Part 1 seeds of the plan, e.g. SEEDS="0 1 2" (issue: 3 seeds per model)
 DATA_SRC=${DATA_SRC:-.carry/cifar10-jpeg75.tar.gz}
@@ -102,7 +130,7 @@ for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S; d
 done
 [[ "$LANES" =~ ^[1-9][0-9]*$ ]] || bad_setting LANES "must be a whole number of training processes, 1 or more"
 [[ "$PLAN_MARGIN" =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)$ ]] || bad_setting PLAN_MARGIN "must be a number such as 1.2"
-for name in GRAPH_CHECK PARTIAL ALLOW_CPU; do
+for name in GRAPH_CHECK PARTIAL ALLOW_CPU GPU_STATE; do
   [[ "${!name}" == 0 || "${!name}" == 1 ]] || bad_setting "$name" "must be 0 or 1"
 done
 [[ "$MPS" == auto || "$MPS" == 0 ]] || bad_setting MPS "must be auto or 0"
@@ -173,7 +201,9 @@ pack() {
   for d in "results/$PROFILE" results/bench figs; do [[ -e "$d" ]] && items+=("$d"); done
   if ((${#items[@]})); then
     tar -cf "$OUT/results.tar.tmp" --exclude='*.pt' --exclude='*.pth' "${items[@]}" \
-      && mv -f "$OUT/results.tar.tmp" "$OUT/results.tar"
+      && mv -f "$OUT/results.tar.tmp" "$OUT/results.tar" \
+      && mkdir -p "$STATE_DIR" && cp -f "$OUT/results.tar" "$STATE_DIR/results.tar.tmp" \
+      && mv -f "$STATE_DIR/results.tar.tmp" "$STATE_DIR/results.tar"
   fi
   for name in $KEEP_CHECKPOINTS; do
     [[ -f "checkpoints/$PROFILE/$name.pt" ]] && ck+=("checkpoints/$PROFILE/$name.pt")
@@ -282,6 +312,16 @@ main() {
   done
   log "subset: ${subset[*]}; seeds $SEEDS; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown};" \
     "CANet blocks: CIFAR10_CANET_MERGED=${CIFAR10_CANET_MERGED:-auto}"
+
+  # The previous call's results on this machine, before anything reads the results or the bench file.
+  if [[ "$GPU_STATE" == 1 && -f "$STATE_DIR/results.tar" ]]; then
+    if merge_tar "$STATE_DIR/results.tar" > "$TMP_DIR/restored.txt"; then
+      log "merged the previous call's results on this machine ($STATE_DIR/results.tar," \
+        "$(wc -l < "$TMP_DIR/restored.txt") files)"
+    else
+      log "could not merge all of the previous call's results ($STATE_DIR/results.tar; above)"
+    fi
+  fi
 
   # One Python start for the versions and the CUDA test (each start imports torch: seconds on the GPU machine).
   if ! $PY -c "import sys, torch, torchvision; print('torch', torch.__version__, 'torchvision', \

@@ -1,0 +1,154 @@
+"""Merging copies of a bench file (lib.bench_merge) and the GPU runner's use of it: `--merge` after a call, and a
+call that merges the previous call's pack kept on the machine before it starts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lib.bench_merge import main as merge_main
+from lib.bench_merge import merge_bench, merge_bench_file
+from lib.paths import REPO
+from lib.results import atomic_write_json, read_json
+
+DEV = "NVIDIA H200"
+
+
+def rec(date: str, **fields) -> dict:
+    return {"date": f"2026-11-{date}+00:00", **fields}
+
+
+def bench(updated: str, **sections) -> dict:
+    return {"device": DEV, "device_slug": "nvidia-h200", "updated": f"2026-11-{updated}+00:00", **sections}
+
+
+def test_records_are_joined_and_the_later_measurement_of_a_key_wins_in_either_order():
+    first = bench("27T10:00:00", entries={"CANet": rec("27T10:00:00", fast=2.8), "VGG_A": rec("27T09:00:00", fast=0.8)},
+                  concurrency={"VGG_A/x3/mps": rec("27T09:30:00", slowdown=1.24)})
+    second = bench("28T01:40:00", entries={"CANet": rec("28T01:36:26", fast=2.74)},
+                   bookkeeping={"CANet_tiny": rec("28T01:39:00", ms=133.1)})
+    for ours, theirs in ((first, second), (second, first)):
+        merged, changes = merge_bench(ours, theirs)
+        assert merged["entries"] == {"CANet": second["entries"]["CANet"], "VGG_A": first["entries"]["VGG_A"]}
+        assert merged["concurrency"] == first["concurrency"] and merged["bookkeeping"] == second["bookkeeping"]
+        assert merged["updated"] == second["updated"]  # top-level values from the later file
+    _, changes = merge_bench(first, second)
+    assert sorted(changes) == ["bookkeeping/CANet_tiny: added", "entries/CANet: replaced by the later measurement"]
+    _, changes = merge_bench(second, first)  # the earlier CANet record does not replace the later one
+    assert sorted(changes) == ["concurrency/VGG_A/x3/mps: added", "entries/VGG_A: added"]
+    assert merge_bench(first, first) == (first, [])
+
+
+def test_records_without_a_date_count_as_oldest_and_other_devices_are_refused():
+    dated = bench("28T00:00:00", entries={"CANet": rec("28T00:00:00", fast=1.7)})
+    undated = bench("27T00:00:00", entries={"CANet": {"fast": 9.9}})
+    assert merge_bench(dated, undated)[0]["entries"]["CANet"]["fast"] == 1.7
+    assert merge_bench(undated, dated)[0]["entries"]["CANet"]["fast"] == 1.7
+    with pytest.raises(ValueError, match="different devices: 'NVIDIA H200' and 'NVIDIA H100"):
+        merge_bench(dated, dict(dated, device="NVIDIA H100 80GB HBM3"))
+
+
+def test_merge_bench_file_writes_only_what_changes_and_the_cli_says_what_is_wrong(tmp_path, capsys):
+    dest, src = tmp_path / "dest" / "nvidia-h200.json", tmp_path / "src.json"
+    atomic_write_json(src, bench("28T00:00:00", entries={"CANet": rec("28T00:00:00", fast=1.7)}))
+    assert merge_bench_file(dest, src) == ["nvidia-h200.json: new file"] and read_json(dest) == read_json(src)
+    before = dest.stat().st_mtime_ns
+    assert merge_bench_file(dest, src) == [] and dest.stat().st_mtime_ns == before  # nothing to write
+    assert merge_main([str(dest)]) == 2 and "usage" in capsys.readouterr().err
+    assert merge_main([str(dest), str(tmp_path / "nope.json")]) == 1
+    assert "no bench file at" in capsys.readouterr().err
+    src.write_text("{not json")
+    assert merge_main([str(dest), str(src)]) == 1 and f"{src} into {dest}" in capsys.readouterr().err
+    assert read_json(dest)["entries"]["CANet"]["fast"] == 1.7  # left as it was
+
+
+def test_bench_merge_needs_no_torch():
+    """The runner's --merge runs with the system Python of a machine that may lack the repository's environment."""
+    code = "import sys, lib.bench_merge; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
+
+
+def script_copy(tmp_path: Path) -> Path:
+    """The runner and the modules its merge uses, in a fresh folder standing for a checkout."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy2(REPO / "scripts" / "gpu_full_study.sh", repo / "scripts")
+    (repo / "lib").mkdir()
+    for name in ("__init__.py", "bench_merge.py", "results.py", "paths.py"):
+        shutil.copy2(REPO / "lib" / name, repo / "lib" / name)
+    return repo
+
+
+def pack(path: Path, files: dict[str, str | dict]) -> Path:
+    """A results.tar as the runner packs it: {relative path: text or JSON}."""
+    src = path.parent / f"{path.stem}-files"
+    for name, content in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    with tarfile.open(path, "w") as tar:
+        for name in files:
+            tar.add(src / name, arcname=name)
+    return path
+
+
+def test_runner_merge_keeps_the_bench_records_of_both_calls(tmp_path):
+    """Call 2 ran on a machine that started bare: its bench file lacks call 1's record. Merging call 1, then call
+    2, keeps both records; result files and figures are replaced by the call's."""
+    repo = script_copy(tmp_path)
+    call1 = bench("28T01:42:00", entries={"CANet": rec("28T01:36:00", fast=1.71)})
+    call2 = bench("28T01:50:00", entries={"VGG_A": rec("28T01:49:00", fast=0.8)})
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c2").mkdir()
+    pack(tmp_path / "c1" / "results.tar", {"results/bench/nvidia-h200.json": call1, "figs/a.png": "one"})
+    pack(tmp_path / "c2" / "results.tar", {"results/bench/nvidia-h200.json": call2, "figs/a.png": "two",
+                                           "results/full/bn-VGG_A-lr0.001-s2020.json": {"status": "ok"}})
+    env = dict(os.environ, PY=sys.executable)
+    for call in ("c1", "c2"):
+        run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / call)], cwd=repo,
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+    assert "merged: results/full/bn-VGG_A-lr0.001-s2020.json" in run.stdout.splitlines()
+    merged = read_json(repo / "results" / "bench" / "nvidia-h200.json")
+    assert merged["entries"] == {**call1["entries"], **call2["entries"]}
+    assert (repo / "figs" / "a.png").read_text() == "two"
+    assert read_json(repo / "results" / "full" / "bn-VGG_A-lr0.001-s2020.json") == {"status": "ok"}
+    (tmp_path / "c3").mkdir()
+    pack(tmp_path / "c3" / "results.tar", {"results/bench/nvidia-h200.json": dict(call1, device="NVIDIA H100")})
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c3")], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "different devices" in run.stderr
+    assert read_json(repo / "results" / "bench" / "nvidia-h200.json") == merged
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_call_first_merges_the_previous_calls_pack_on_this_machine(tmp_path, keep):
+    """The checkout of a second call on a warm machine is this machine's copy, without the first call's results:
+    the runner merges the first call's pack (kept in build/gpu-state/) before anything else, unless GPU_STATE=0.
+    PY fails every step but the merge, so the call stops at its CUDA check, after the merge."""
+    repo = script_copy(tmp_path)
+    here = bench("27T20:00:00", entries={"VGG_A": rec("27T19:00:00", fast=0.8)})
+    atomic_write_json(repo / "results" / "bench" / "nvidia-h200.json", here)
+    last_call = bench("28T01:42:00", entries={"CANet": rec("28T01:36:00", fast=1.71)})
+    pack(repo / "build" / "gpu-state" / "results.tar", {"results/bench/nvidia-h200.json": last_call,
+                                                         "results/full/p1-CANet_tiny-s0.json": {"status": "ok"}})
+    fake_py = tmp_path / "py.sh"
+    fake_py.write_text(f'if [[ "$*" == "-m lib.bench_merge "* ]]; then exec {sys.executable} "$@"; fi\nexit 1\n')
+    env = dict(os.environ, PY=f"bash {fake_py}", OUT=str(tmp_path / "out"), GPU_STATE="1" if keep else "0")
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "all"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=60)
+    log = run.stdout + run.stderr
+    assert "this script is for the GPU machine" in log, log  # stopped there (the log's tee exits 0)
+    entries = read_json(repo / "results" / "bench" / "nvidia-h200.json")["entries"]
+    if keep:
+        assert "merged the previous call's results on this machine (build/gpu-state/results.tar, 2 files)" in log
+        assert entries == {**here["entries"], **last_call["entries"]}
+        assert read_json(repo / "results" / "full" / "p1-CANet_tiny-s0.json") == {"status": "ok"}
+    else:
+        assert "previous call" not in log and entries == here["entries"]
+        assert not (repo / "results" / "full").exists()
