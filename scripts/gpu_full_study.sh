@@ -22,10 +22,11 @@
 #     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
 # The pack is also kept on the machine (STATE_DIR, ignored by git, which the device tool keeps between the calls of
 # a session), and a next call on the same warm machine merges it into its checkout before anything else
-# (GPU_STATE=0: not): the checkout a call gets is this machine's, which lacks the last call's results until they
-# are merged here, so a second call may start at once, without that merge in between. --merge (here) and the
-# restore both unpack result files and figures over the checkout (a call's are supersets of what it started
-# from) and merge bench files record by record, the later measurement of a key winning (lib.bench_merge).
+# (GPU_STATE=0: not; a pack older than 30 minutes: not either). The checkout a call gets is the other machine's
+# working tree, which lacks the last call's results until they are merged there; so a second call may start at
+# once, without that merge in between. --merge (there) and this restore both unpack result files and figures
+# over the checkout (a call's are supersets of what it started from) and merge bench files record by record, the
+# later measurement of a key winning (lib.bench_merge).
 # LANES=N (N > 1) trains N runs at once, one `python -m lib run` each (lib.lanes): the plan spreads the training
 # runs of the models that gain over N lanes by their measured slowdowns at N at once ('bench' measures them:
 # CONCURRENCY; the other models' runs train alone, after the lanes), under
@@ -313,8 +314,11 @@ main() {
   log "subset: ${subset[*]}; seeds $SEEDS; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown};" \
     "CANet blocks: CIFAR10_CANET_MERGED=${CIFAR10_CANET_MERGED:-auto}"
 
-  # The previous call's results on this machine, before anything reads the results or the bench file.
-  if [[ "$GPU_STATE" == 1 && -f "$STATE_DIR/results.tar" ]]; then
+  # The previous call's results on this machine, before anything reads the results or the bench file. Only a pack
+  # of the last 30 minutes (the device tool holds a machine at most that long): an older one is not this
+  # session's, e.g. of a dry run on this machine, and merging it could put back older figures.
+  if [[ "$GPU_STATE" == 1 && -f "$STATE_DIR/results.tar" ]] \
+    && [[ -z $(find "$STATE_DIR/results.tar" -mmin +30) ]]; then
     if merge_tar "$STATE_DIR/results.tar" > "$TMP_DIR/restored.txt"; then
       log "merged the previous call's results on this machine ($STATE_DIR/results.tar," \
         "$(wc -l < "$TMP_DIR/restored.txt") files)"
@@ -323,23 +327,33 @@ main() {
     fi
   fi
 
-  # One Python start for the versions and the CUDA test (each start imports torch: seconds on the GPU machine).
-  if ! $PY -c "import sys, torch, torchvision; print('torch', torch.__version__, 'torchvision', \
-torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    if [[ "$ALLOW_CPU" != 1 ]]; then
-      log "no CUDA device (or torch/torchvision do not import: above): this script is for the GPU machine"
-      return 1
-    fi
-    log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
-    CPU_OK=--allow-cpu-training  # lib run refuses the full profile's work on a CPU without it
-  fi
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-
-  # 1. The data, decoded once into the cache (copied to DATA first when DATA is a path, not 'shared').
+  # 1. The versions, the CUDA test and the data, decoded once into the cache (copied to DATA first when DATA is a
+  #    path, not 'shared'), in one Python start (each imports torch: 5-13 s on the GPU machine). Exit 3: no CUDA
+  #    device (the data is then read only for a dry run).
   if [[ "$DATA" != shared && "$DATA_SRC" != "$DATA" ]]; then cp -fp "$DATA_SRC" "$DATA" || return 1; fi
   # CIFAR10_TRACEBACK: python -m lib reports bad input as one line; the log of a device call keeps every traceback.
   export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1 CIFAR10_TRACEBACK=1
-  guard $PY -c "from lib.data import load_cifar10; print(load_cifar10())" || return 1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  local rc
+  guard $PY -c "import sys, torch, torchvision
+print('torch', torch.__version__, 'torchvision', torchvision.__version__, flush=True)
+cuda = torch.cuda.is_available()
+if cuda or sys.argv[1] == '1':
+    from lib.data import load_cifar10
+    print(load_cifar10())
+sys.exit(0 if cuda else 3)" "$ALLOW_CPU"
+  rc=$?
+  if ((rc == 3)) && [[ "$ALLOW_CPU" == 1 ]]; then
+    log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
+    CPU_OK=--allow-cpu-training  # lib run refuses the full profile's work on a CPU without it
+  elif ((rc == 3)); then
+    log "no CUDA device: this script is for the GPU machine (ALLOW_CPU=1: a dry run on the CPU)"
+    return 1
+  elif ((rc != 0)); then
+    log "the first step failed (above: torch or torchvision do not import, or the data cannot be read):" \
+      "nothing ran; this script is for the GPU machine, with the data in .carry/"
+    return 1
+  fi
 
   # 2. The CUDA-graph step must compute what the eager step computes: GRAPH_CHECK_MODEL every call (fp32 and
   #    bf16); every study model once per device and torch version (recorded in the bench file). If the first
@@ -414,7 +428,7 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
   # 4. Plan the unfinished experiments that fit, then 5. run them; then, while time is left and a plan skipped
   #    runs, plan again (the estimates carry PLAN_MARGIN and a start-up allowance per process: runs end early).
   rm -f "$OUT/plan.txt"
-  local round=1 rc
+  local round=1
   plan_and_run 1 "${tokens[@]}"
   rc=$?
   ((rc == 2)) && return 1
@@ -426,7 +440,8 @@ torchvision.__version__); sys.exit(0 if torch.cuda.is_available() else 1)"; then
     rc=$?
   done
   ((rc == 3)) && log "a step of round $round failed (above): nothing planned again in this call"
-  $PY -m lib bench --table
+  # The table as it stands, where this call measured (a Python start: seconds the training calls leave out).
+  ((!want_bench)) || $PY -m lib bench --table
 }
 
 (main "$@"; stop_mps; pack; log "done; \$OUT holds: $(cd "$OUT" && ls -m)") 2>&1 | tee "$OUT/log.txt"

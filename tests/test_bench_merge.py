@@ -126,26 +126,30 @@ def test_runner_merge_keeps_the_bench_records_of_both_calls(tmp_path):
     assert read_json(repo / "results" / "bench" / "nvidia-h200.json") == merged
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_a_call_first_merges_the_previous_calls_pack_on_this_machine(tmp_path, keep):
-    """The checkout of a second call on a warm machine is this machine's copy, without the first call's results:
-    the runner merges the first call's pack (kept in build/gpu-state/) before anything else, unless GPU_STATE=0.
-    PY fails every step but the merge, so the call stops at its CUDA check, after the merge."""
+@pytest.mark.parametrize("state", ["fresh", "off", "old"])
+def test_a_call_first_merges_the_previous_calls_pack_on_this_machine(tmp_path, state):
+    """The checkout of a second call on a warm machine is the other machine's working tree, without the first
+    call's results: the runner merges the first call's pack (kept in build/gpu-state/) before anything else,
+    unless GPU_STATE=0 or the pack is older than 30 minutes (not this session's). PY fails every step but the
+    merge, so the call stops at its first step, after the merge."""
     repo = script_copy(tmp_path)
     here = bench("27T20:00:00", entries={"VGG_A": rec("27T19:00:00", fast=0.8)})
     atomic_write_json(repo / "results" / "bench" / "nvidia-h200.json", here)
     last_call = bench("28T01:42:00", entries={"CANet": rec("28T01:36:00", fast=1.71)})
-    pack(repo / "build" / "gpu-state" / "results.tar", {"results/bench/nvidia-h200.json": last_call,
-                                                         "results/full/p1-CANet_tiny-s0.json": {"status": "ok"}})
+    kept = pack(repo / "build" / "gpu-state" / "results.tar", {"results/bench/nvidia-h200.json": last_call,
+                                                                "results/full/p1-CANet_tiny-s0.json": {"status": "ok"}})
+    if state == "old":
+        an_hour_ago = kept.stat().st_mtime - 3600
+        os.utime(kept, (an_hour_ago, an_hour_ago))
     fake_py = tmp_path / "py.sh"
     fake_py.write_text(f'if [[ "$*" == "-m lib.bench_merge "* ]]; then exec {sys.executable} "$@"; fi\nexit 1\n')
-    env = dict(os.environ, PY=f"bash {fake_py}", OUT=str(tmp_path / "out"), GPU_STATE="1" if keep else "0")
+    env = dict(os.environ, PY=f"bash {fake_py}", OUT=str(tmp_path / "out"), GPU_STATE="0" if state == "off" else "1")
     run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "all"], cwd=repo, env=env, capture_output=True,
                          text=True, timeout=60)
     log = run.stdout + run.stderr
-    assert "this script is for the GPU machine" in log, log  # stopped there (the log's tee exits 0)
+    assert "the first step failed" in log, log  # where PY stopped it (the log's tee exits 0)
     entries = read_json(repo / "results" / "bench" / "nvidia-h200.json")["entries"]
-    if keep:
+    if state == "fresh":
         assert "merged the previous call's results on this machine (build/gpu-state/results.tar, 2 files)" in log
         assert entries == {**here["entries"], **last_call["entries"]}
         assert read_json(repo / "results" / "full" / "p1-CANet_tiny-s0.json") == {"status": "ok"}

@@ -216,7 +216,7 @@ def test_gpu_script_is_valid_bash():
                                            ("PLAN_MARGIN=1.05", None), ("PLAN_MARGIN=1.", None), ("PLAN_MARGIN=.9", None)])
 def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, says):
     name, value = setting.split("=", 1)
-    env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", **{name: value})
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", STATE_DIR=str(tmp_path / "state"), **{name: value})
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
                          text=True, timeout=60)
     if says is None:  # a good value passes the checks: here the script stops at the missing torch instead
@@ -269,3 +269,21 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     assert "1 of 2 done, 1 partial, 0 missing" in out and "partial  p1-Y-s0  (3 of" in out and "p1-X-s0" not in out
     main(["status", "--profile", "smoke", "--data", str(tiny_source), "--all"])
     assert "done     p1-X-s0" in capsys.readouterr().out
+
+
+def test_gpu_script_stops_without_cuda_before_reading_the_data(tmp_path):
+    """The first step's one Python start tests CUDA before it reads the data: on a CPU without ALLOW_CPU=1 the
+    script stops there, with its reason, even where the data would not load (a path that does not exist)."""
+    import sys
+
+    missing = tmp_path / "no-such-data.tar.gz"
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PY=sys.executable, DATA=str(missing), DATA_SRC=str(missing),
+               STATE_DIR=str(tmp_path / "state"))
+    run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert "no CUDA device: this script is for the GPU machine (ALLOW_CPU=1: a dry run on the CPU)" in run.stdout
+    assert "first step failed" not in run.stdout and "Cifar10(" not in run.stdout
+    # With ALLOW_CPU=1 it reads the data, which fails here: a different reason, and nothing runs either.
+    run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=dict(env, ALLOW_CPU="1"),
+                         capture_output=True, text=True, timeout=120)
+    assert "the first step failed" in run.stdout and "lib bench" not in run.stdout
