@@ -866,19 +866,31 @@ def entry_in_use(entries: dict, model: str) -> dict | None:
     return entry if entry.get("fast_seconds") is not None else None
 
 
-def compile_choice(bench) -> list[str]:
+def compile_choice(bench, lanes: int = 1, mps: bool | None = None) -> list[str]:
     """Models whose torch.compile'd run (in lib.train.compile_mode()) is estimated faster than their
     CUDA-graphed one on the bench's device, one-off compile time included (a whole `full` run: run_seconds
-    over its epochs). Both variants must be measured; the GPU runner exports the answer as CIFAR10_COMPILE."""
+    over its epochs). Both variants must be measured; the GPU runner exports the answer as CIFAR10_COMPILE.
+
+    With `lanes` > 1 (runs trained that many at once, under MPS as `mps` says, default as now), a variant with a
+    measured gain at that many at once counts its run's seconds x its slowdown / lanes, as the plan and
+    lib.lanes.lanes_estimate count it, a variant without one its seconds alone: the variant that takes the GPU
+    for less time wins, e.g. a compiled step measured three at once over a CUDA-graphed one that is a little
+    faster alone but has no measurement at once."""
+    from lib.lanes import seconds_at_once, slowdown
     from lib.train import compile_mode
 
-    entries = load_bench(bench).get("entries", {})
+    data = load_bench(bench)
+    entries = data.get("entries", {})
     chosen = []
     for model in PART1_MODELS + BN_MODELS:
-        plain, compiled = entries.get(model, {}), entries.get(compile_key(model, compile_mode()), {})
+        ckey = compile_key(model, compile_mode())
+        plain, compiled = entries.get(model, {}), entries.get(ckey, {})
         if plain.get("fast_seconds") is None or compiled.get("fast_seconds") is None or not compiled.get("compiled"):
             continue  # not both measured, or a CPU measurement (where nothing is compiled)
-        if run_seconds(compiled, _epochs_of(model)) < run_seconds(plain, _epochs_of(model)):
+        cost = {key: seconds_at_once([(run_seconds(entry, _epochs_of(model)),
+                                       slowdown(data, model, lanes, mps, key=key))], lanes)
+                for key, entry in ((model, plain), (ckey, compiled))}
+        if cost[ckey] < cost[model]:
             chosen.append(model)
     return chosen
 
@@ -927,13 +939,14 @@ def estimate_study_minutes(bench, seeds: int = 1) -> float:
 
 
 @contextlib.contextmanager
-def as_runner_compiles(bench):
+def as_runner_compiles(bench, lanes: int = 1, mps: bool | None = None):
     """For the block, the models compiled as the GPU runner compiles them by default: CIFAR10_COMPILE set to
-    compile_choice(bench) unless the environment sets it. Yields the choice, or None where the environment's
-    setting holds. Estimates (format_estimate, lib.lanes.format_lanes_estimate) look models up under it."""
+    compile_choice(bench, lanes, mps) unless the environment sets it. Yields the choice, or None where the
+    environment's setting holds. Estimates (format_estimate, lib.lanes.format_lanes_estimate) look models up
+    under it."""
     from lib.train import COMPILE_ENV
 
-    chosen = compile_choice(bench) if COMPILE_ENV not in os.environ else None
+    chosen = compile_choice(bench, lanes, mps) if COMPILE_ENV not in os.environ else None
     with _env(COMPILE_ENV, " ".join(chosen)) if chosen is not None else contextlib.nullcontext():
         yield chosen
 

@@ -357,7 +357,8 @@ def cmd_bench(args) -> int:
         record = bench.bookkeeping_parts(model, args.data, args.device)
         bench.save_bookkeeping(record, path, dev)
         print("[bench] " + bench.bookkeeping_lines({"bookkeeping": {model: record}})[0])
-    choice = " ".join(bench.compile_choice(read_json(path))) if path.exists() and (
+    # With --lanes N, as the runs will train: N at once (a variant measured to gain so counts its share).
+    choice = " ".join(bench.compile_choice(read_json(path), lanes=args.lanes)) if path.exists() and (
         args.compile_choice or args.compile_choice_file) else ""
     if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
         print(choice)

@@ -64,29 +64,30 @@ def concurrency_records(bench) -> dict:
     return load_bench(bench).get("concurrency", {}) if bench is not None else {}
 
 
-def measurement(bench, model: str, runs: int, mps: bool | None = None) -> dict | None:
-    """The measurement of `model` (the variant lib.run trains now: lib.bench.key_in_use) at `runs` at once, under
-    MPS or time-sliced as `mps` says (default: as now, mps_on()), if it timed the step as lib.run would train it
-    now (lib.bench.timed_as_now); None otherwise."""
+def measurement(bench, model: str, runs: int, mps: bool | None = None, key: str | None = None) -> dict | None:
+    """The measurement of `model` (the variant lib.run trains now: lib.bench.key_in_use; or the bench key `key`)
+    at `runs` at once, under MPS or time-sliced as `mps` says (default: as now, mps_on()), if it timed the step as
+    lib.run would train it now (lib.bench.timed_as_now); None otherwise."""
     from lib.bench import key_in_use, load_bench, timed_as_now
 
     if bench is None:
         return None
     data = load_bench(bench)
     mps = mps_on() if mps is None else mps
-    record = concurrency_records(data).get(concurrency_key(key_in_use(model), runs, mps))
+    record = concurrency_records(data).get(concurrency_key(key or key_in_use(model), runs, mps))
     if not record or record.get("slowdown") is None:
         return None
     cpu = str(data.get("device_slug", "cpu")).startswith("cpu")
     return record if timed_as_now(record, torch.device("cpu" if cpu else "cuda")) else None
 
 
-def slowdown(bench, model: str, runs: int, mps: bool | None = None) -> float:
-    """An epoch's seconds with `runs` runs at once over its seconds alone, as measured; `runs` (no gain:
-    the runs might as well run one after another) where nothing usable was measured."""
+def slowdown(bench, model: str, runs: int, mps: bool | None = None, key: str | None = None) -> float:
+    """An epoch's seconds with `runs` runs at once over its seconds alone, as measured (of the variant lib.run
+    trains now, or of the bench key `key`); `runs` (no gain: the runs might as well run one after another) where
+    nothing usable was measured."""
     if runs <= 1:
         return 1.0
-    record = measurement(bench, model, runs, mps)
+    record = measurement(bench, model, runs, mps, key)
     return record_slowdown(record) if record is not None else float(runs)
 
 
@@ -130,11 +131,11 @@ def measured_states(bench, runs: int) -> list[bool]:
 
 def format_lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None) -> str:
     """lanes_estimate as one line (for `python -m lib bench --estimate --lanes N`), the models compiled as the GPU
-    runner compiles them (lib.bench.as_runner_compiles, as format_estimate: the variants measured at once)."""
+    runner compiles them with `runs` lanes (lib.bench.as_runner_compiles: the variants measured at once)."""
     from lib.bench import as_runner_compiles, load_bench
 
     bench = load_bench(bench)
-    with as_runner_compiles(bench):
+    with as_runner_compiles(bench, runs, mps):
         e = lanes_estimate(bench, seeds, runs, mps)
     how = "under MPS" if e["mps"] else "time-sliced (no MPS)"
     line = (f"with {runs} runs at once, {how}: at least {e['total_minutes']:.1f} min for {seeds} seed(s), "

@@ -278,7 +278,8 @@ def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs |
                        seeds: Sequence[int] = (0,), profile: str = "full", lanes: int = 3,
                        precision: str | None = None, num_epochs: int | None = None) -> dict:
     """GPU time the unfinished part of the study still needs on the bench's device, from its measurements, the
-    models compiled as the GPU runner compiles them (as_runner_compiles): {'device', 'jobs' (unfinished),
+    models compiled as the GPU runner compiles them (as_runner_compiles: for one run at a time, and for `lanes` at
+    once for 'lanes_seconds'): {'device', 'jobs' (unfinished),
     'seconds' (their estimates one after another, as plan_study's jobs: with its allowances for the slices and
     the cost files, without its margin and process start-ups), 'unknown' (unfinished jobs without a
     measurement), 'lanes', 'mps', 'lanes_seconds' (with `lanes` runs at once, as lib.lanes.lanes_estimate
@@ -291,15 +292,22 @@ def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs |
     data = load_bench(bench)
     states = measured_states(data, lanes)  # none at one lane
     mps = bool(states) and states[-1]  # MPS where it was measured so (the runner starts it then)
-    with as_runner_compiles(data):  # the estimates and the slowdowns of the variants the runner trains
-        jobs = [j for j in study_jobs(data, data_source, dirs, seeds, profile, precision, num_epochs) if not j.done]
-        # (seconds alone, slowdown): 'train' jobs are the runs a plan may put into lanes (the lr-1e-3 pair is a
-        # 'bn-slices' job: alone).
-        known = [(j.seconds, slowdown(data, j.model, lanes, mps) if j.kind == "train" else float(lanes))
-                 for j in jobs if j.seconds is not None]
+
+    def unfinished(runs: int) -> tuple[list[Job], list[tuple[float, float]]]:
+        """The unfinished jobs and their (seconds alone, slowdown at `runs` at once), the models compiled as the
+        runner compiles them with `runs` lanes: 'train' jobs are the runs a plan may put into lanes (the lr-1e-3
+        pair is a 'bn-slices' job: alone)."""
+        with as_runner_compiles(data, runs, mps):  # the estimates and slowdowns of the variants the runner trains
+            jobs = [j for j in study_jobs(data, data_source, dirs, seeds, profile, precision, num_epochs)
+                    if not j.done]
+            return jobs, [(j.seconds, slowdown(data, j.model, runs, mps) if j.kind == "train" else float(runs))
+                          for j in jobs if j.seconds is not None]
+
+    jobs, known = unfinished(1)  # one after another
+    lanes_seconds = seconds_at_once(unfinished(lanes)[1], lanes) if states else None
     return {"device": data.get("device"), "jobs": jobs, "seconds": sum(s for s, _ in known),
             "unknown": [n for j in jobs if j.seconds is None for n in j.names], "lanes": lanes, "mps": mps,
-            "lanes_seconds": seconds_at_once(known, lanes) if states else None}
+            "lanes_seconds": lanes_seconds}
 
 
 def estimate_check(bench, dirs: OutputDirs | None = None, profile: str = "full") -> list[dict]:

@@ -405,8 +405,10 @@ sys.exit(0 if cuda else 3)" "$ALLOW_CPU"
   # auto: the first plan's Python process also picks them (CHOOSE: one start less), bench-only calls ask alone
   local measure_lanes=0  # 'bench' with lanes: the concurrency measurement, which times the variants chosen here
   ((want_bench && LANES > 1)) && [[ -n "$CONCURRENCY" ]] && measure_lanes=1
+  local choose_again=0   # the plan chooses again after the concurrency measurement (lanes-aware: --lanes)
   case "$COMPILE_MODELS" in
-    auto) if ((${#tokens[@]})) && ((!measure_lanes)); then
+    auto) ((measure_lanes)) && choose_again=1
+          if ((${#tokens[@]})) && ((!measure_lanes)); then
             rm -f "$TMP_DIR/compile.txt"; CHOOSE=(--compile-choice-file "$TMP_DIR/compile.txt"); COMPILE_MODELS=""
           else
             COMPILE_MODELS=$($PY -m lib bench --compile-choice $BENCH_ARGS) || COMPILE_MODELS=""
@@ -418,6 +420,9 @@ sys.exit(0 if cuda else 3)" "$ALLOW_CPU"
     start_mps
     guard $PY -m lib bench --concurrent $CONCURRENCY --lanes "$LANES" --missing-only --data "$DATA" $BENCH_ARGS
     pack
+    if ((choose_again && ${#tokens[@]})); then  # with what was just measured at once (the first plan picks)
+      rm -f "$TMP_DIR/compile.txt"; CHOOSE=(--compile-choice-file "$TMP_DIR/compile.txt")
+    fi
   fi
   if ! ((${#tokens[@]})); then
     stop_mps

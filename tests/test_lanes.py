@@ -113,6 +113,29 @@ def test_lanes_estimate_looks_up_the_variant_the_runner_compiles(monkeypatch):
         "trained alone (no measured gain at 3 at once): " + ", ".join(PART1_MODELS + ("VGG_A", "VGG_A_BN")))
 
 
+def test_compile_choice_with_lanes_counts_the_variants_measured_at_once(tiny_source, tmp_path, monkeypatch):
+    """ResNet18's compiled run is slower alone (111.1 s against 79.5 s), but only it was measured three at once
+    (x1.2): in three lanes it takes 111.1 x 1.2 / 3 = 44.4 s of the GPU against 79.5 s alone for the CUDA-graphed
+    one, so the choice for lanes compiles it; once the graphed step is measured at once too, it wins again."""
+    monkeypatch.setenv("CIFAR10_COMPILE_MODE", "default")  # the fabricated compiled entries are mode 'default'
+    compiled_at_once = dict(record("ResNet18", 3, 1.2), key="ResNet18+compile", compiled=True, cuda_graphs=False)
+    bench = with_records(bench_with_compiled_variants(), compiled_at_once)
+    assert B.compile_choice(bench) == ["CANet"]  # alone: as before
+    assert B.compile_choice(bench, lanes=3, mps=True) == ["CANet", "ResNet18"]
+    assert B.compile_choice(bench, lanes=3, mps=False) == ["CANet"]  # measured under MPS only
+    both = with_records(bench_with_compiled_variants(), compiled_at_once, record("ResNet18", 3, 1.2))
+    assert B.compile_choice(both, lanes=3, mps=True) == ["CANet"]
+    # lib status: one after another as the runner compiles alone, at once as it compiles with lanes.
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    est = P.remaining_estimate(dict(bench, device_slug="nvidia-h200"), source, dirs, lanes=3)
+    alone = P.remaining_estimate(dict(bench_with_compiled_variants(), device_slug="nvidia-h200"), source, dirs)
+    assert est["seconds"] == pytest.approx(alone["seconds"]) and est["mps"] is True
+    resnet18 = 111.1  # a compiled run, 3 at once x1.2 / 3, in place of the graphed 79.5 s alone
+    assert est["lanes_seconds"] == pytest.approx(alone["seconds"] - 79.5 + resnet18 * 1.2 / 3)
+    assert "CIFAR10_COMPILE" not in os.environ
+
+
 def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, tmp_path, monkeypatch):
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)
