@@ -875,7 +875,10 @@ def compile_choice(bench, lanes: int = 1, mps: bool | None = None) -> list[str]:
     measured gain at that many at once counts its run's seconds x its slowdown / lanes, as the plan and
     lib.lanes.lanes_estimate count it, a variant without one its seconds alone: the variant that takes the GPU
     for less time wins, e.g. a compiled step measured three at once over a CUDA-graphed one that is a little
-    faster alone but has no measurement at once."""
+    faster alone but has no measurement at once. That compares what the plan will do with each variant (an
+    unmeasured one trains alone), not what the variants could do: a measurement of the other variant at once may
+    reverse it. The whole run, its one-off compile included, counts at the epoch's measured slowdown, as in the
+    plan's estimates (three compiles at once were not timed)."""
     from lib.lanes import seconds_at_once, slowdown
     from lib.train import compile_mode
 
@@ -966,7 +969,7 @@ def format_estimate(bench, seeds: int = 1) -> str:
     line = (f"full study on {data.get('device')}, {seeds} seed(s): {est['total_minutes']:.1f} min "
             f"({parts}; target <= {STUDY_TARGET_MINUTES:g} min)")
     if chosen:
-        line += f"; torch.compile'd as the GPU runner chooses: {', '.join(chosen)}"
+        line += f"; torch.compile'd as the GPU runner chooses for one run at a time: {', '.join(chosen)}"
     if est["missing"]:
         line += f"; INCOMPLETE, not measured: {', '.join(est['missing'])}"
     if str(data.get("device_slug", "")).startswith("cpu"):

@@ -63,6 +63,8 @@ def merge_bench_file(dest: Path | str, src: Path | str) -> list[str]:
     """Merge the bench file `src` into `dest` (atomic write; `dest` need not exist); returns the changes."""
     dest, src = Path(dest), Path(src)
     theirs = read_json(src)
+    if not isinstance(theirs, dict) or not isinstance(theirs.get("entries", {}), dict):
+        raise ValueError("not a bench file (a JSON object with 'device' and 'entries')")
     if not dest.exists():
         atomic_write_json(dest, theirs)
         return [f"{dest.name}: new file"]

@@ -511,8 +511,9 @@ def main(argv=None) -> int:
                         "(under MPS where CIFAR10_MPS=1 says the GPU runner started it; lib.lanes)")
     p.add_argument("--lanes", type=whole_number(1), default=1,
                    help="training processes at once on the GPU: runs at once for --concurrent; --plan spreads "
-                        "the training runs over this many lanes, --estimate adds the study's time so "
-                        "(default 1: one run at a time)")
+                        "the training runs over this many lanes, --estimate adds the study's time so, "
+                        "--compile-choice(-file) counts each variant's share of the GPU in them (under MPS where "
+                        "CIFAR10_MPS=1; default 1: one run at a time)")
     p.add_argument("--table", action="store_true", help="print the bench file as a markdown table")
     p.add_argument("--estimate", action="store_true", help="print the full study's estimated GPU time")
     p.add_argument("--plan", nargs="+", metavar="SUBSET",

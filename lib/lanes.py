@@ -135,11 +135,13 @@ def format_lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None
     from lib.bench import as_runner_compiles, load_bench
 
     bench = load_bench(bench)
-    with as_runner_compiles(bench, runs, mps):
+    with as_runner_compiles(bench, runs, mps) as chosen:
         e = lanes_estimate(bench, seeds, runs, mps)
     how = "under MPS" if e["mps"] else "time-sliced (no MPS)"
     line = (f"with {runs} runs at once, {how}: at least {e['total_minutes']:.1f} min for {seeds} seed(s), "
             f"{e['per_seed_minutes']:.1f} min per seed")
+    if chosen:
+        line += f"; torch.compile'd as the GPU runner chooses for {runs} at once: {', '.join(chosen)}"
     if e["alone"]:
         line += f"; trained alone (no measured gain at {runs} at once): {', '.join(e['alone'])}"
     if e["missing"]:

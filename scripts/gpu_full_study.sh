@@ -5,15 +5,18 @@
 #   bash scripts/gpu_full_study.sh --merge DIR      (on this machine, after the call: unpack what came back)
 #
 # On the GPU machine, from the repository root, after the prepare-carry prefix. Inside BUDGET_S seconds:
-#  1. decodes the data once (DATA=shared: the JPEG copy in .carry/, recorded as 'shared' in result configs, so
-#     results written here match the configs built on the other machine; another DATA is copied there first);
+#  0. merges the previous call's pack kept on this machine, if any (below);
+#  1. prints the versions, tests CUDA and decodes the data once, in one Python start (DATA=shared: the JPEG copy in
+#     .carry/, recorded as 'shared' in result configs, so results written here match the configs built on the
+#     other machine; another DATA is copied there first);
 #  2. checks the CUDA-graph training step against the eager one: GRAPH_CHECK_MODEL every call (a mismatch
 #     stops the call), every study model once per device (a model that differs trains eagerly);
 #  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too), the naive vs
 #     fast accuracy of AGREEMENT, a profile of TRACE's step, BOOKKEEPING's per-epoch bookkeeping by part and
 #     COMPILE_FAST's compiled fast epochs; always: the fast epoch of every study model and the probe steps that
 #     results/bench/<gpu>.json still lacks (the plan below needs them); then picks the models to train
-#     torch.compile'd (COMPILE_MODELS, default: where the bench file says a full run is faster that way);
+#     torch.compile'd (COMPILE_MODELS, default: where the bench file says a full run is faster that way; with
+#     LANES > 1 the plan's process picks, counting what each variant costs in lanes: lib.bench.compile_choice);
 #  4. plans the unfinished experiments of the subset that fit the time left (python -m lib bench --plan) and
 #     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time; with
 #     REPLAN_MIN_S or more left after them (runs end earlier than planned), plans and runs again, REPLAN times;
@@ -66,11 +69,12 @@ merge_tar() {  # TAR
 if [[ "${1:-}" == "--merge" ]]; then
   dir=${2:?"usage: $0 --merge DIR (the folder the device call's files were copied to)"}
   [[ -f "$dir/results.tar" ]] || { echo "no results.tar in $dir" >&2; exit 1; }
-  merge_tar "$dir/results.tar" || exit 1
+  merge_tar "$dir/results.tar"
+  rc=$?  # a file that could not be merged (said above) leaves the others merged; the checkpoints still come
   if compgen -G "$dir/checkpoints.tgz.part*" > /dev/null; then
-    cat "$dir"/checkpoints.tgz.part* | tar -xzf -  # into checkpoints/ (ignored by git)
+    cat "$dir"/checkpoints.tgz.part* | tar -xzf - || rc=1  # into checkpoints/ (ignored by git)
   fi
-  exit 0
+  exit $rc
 fi
 
 BUDGET_S=${BUDGET_S:-540}            # wall clock for this script; the device call's limit is 600 s

@@ -118,12 +118,27 @@ def test_runner_merge_keeps_the_bench_records_of_both_calls(tmp_path):
     assert merged["entries"] == {**call1["entries"], **call2["entries"]}
     assert (repo / "figs" / "a.png").read_text() == "two"
     assert read_json(repo / "results" / "full" / "bn-VGG_A-lr0.001-s2020.json") == {"status": "ok"}
+    # A bench file of another device and one that is not JSON: each refused and left out, the rest merged, the
+    # checkpoints unpacked; the exit status says that something was left out.
     (tmp_path / "c3").mkdir()
-    pack(tmp_path / "c3" / "results.tar", {"results/bench/nvidia-h200.json": dict(call1, device="NVIDIA H100")})
+    pack(tmp_path / "c3" / "results.tar", {"results/bench/nvidia-h200.json": dict(call1, device="NVIDIA H100"),
+                                           "results/full/p1-CANet-s0.json": {"status": "ok"}})
+    ckpt = tmp_path / "c3" / "ckpt"
+    (ckpt / "checkpoints" / "full").mkdir(parents=True)
+    (ckpt / "checkpoints" / "full" / "p1-CANet-s0.pt").write_text("weights")
+    with tarfile.open(tmp_path / "c3" / "checkpoints.tgz.part0", "w:gz") as tar:
+        tar.add(ckpt / "checkpoints", arcname="checkpoints")
     run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c3")], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "different devices" in run.stderr
     assert read_json(repo / "results" / "bench" / "nvidia-h200.json") == merged
+    assert read_json(repo / "results" / "full" / "p1-CANet-s0.json") == {"status": "ok"}
+    assert (repo / "checkpoints" / "full" / "p1-CANet-s0.pt").read_text() == "weights"
+    (tmp_path / "c4").mkdir()
+    pack(tmp_path / "c4" / "results.tar", {"results/bench/nvidia-h200.json": "[]"})
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c4")], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "not a bench file" in run.stderr and "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize("state", ["fresh", "off", "old"])

@@ -210,6 +210,7 @@ def test_gpu_script_is_valid_bash():
                                            ("LANES=0", "LANES=0 must be a whole number of training processes"),
                                            ("PLAN_MARGIN=1,2", "PLAN_MARGIN=1,2 must be a number such as 1.2"),
                                            ("PARTIAL=yes", "PARTIAL=yes must be 0 or 1"),
+                                           ("GPU_STATE=yes", "GPU_STATE=yes must be 0 or 1"),
                                            ("MPS=1", "MPS=1 must be auto or 0"),
                                            ("REPLAN_MIN_S=090", "REPLAN_MIN_S=090 must be a whole number"),
                                            ("PLAN_MARGIN=.", "PLAN_MARGIN=. must be a number such as 1.2"),
@@ -271,6 +272,7 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     assert "done     p1-X-s0" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the script on a machine without CUDA")
 def test_gpu_script_stops_without_cuda_before_reading_the_data(tmp_path):
     """The first step's one Python start tests CUDA before it reads the data: on a CPU without ALLOW_CPU=1 the
     script stops there, with its reason, even where the data would not load (a path that does not exist)."""
@@ -278,7 +280,7 @@ def test_gpu_script_stops_without_cuda_before_reading_the_data(tmp_path):
 
     missing = tmp_path / "no-such-data.tar.gz"
     env = dict(os.environ, OUT=str(tmp_path / "out"), PY=sys.executable, DATA=str(missing), DATA_SRC=str(missing),
-               STATE_DIR=str(tmp_path / "state"))
+               STATE_DIR=str(tmp_path / "state"), ALLOW_CPU="0")
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
                          text=True, timeout=120)
     assert "no CUDA device: this script is for the GPU machine (ALLOW_CPU=1: a dry run on the CPU)" in run.stdout
