@@ -217,7 +217,8 @@ def test_gpu_script_is_valid_bash():
                                            ("PLAN_MARGIN=1.05", None), ("PLAN_MARGIN=1.", None), ("PLAN_MARGIN=.9", None)])
 def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, says):
     name, value = setting.split("=", 1)
-    env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", STATE_DIR=str(tmp_path / "state"), **{name: value})
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", STATE_DIR=str(tmp_path / "state"),
+               **{name: value})
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
                          text=True, timeout=60)
     if says is None:  # a good value passes the checks: here the script stops at the missing torch instead
