@@ -350,24 +350,46 @@ def _bookkeeping_seconds(T, model, optimizer, dev, row, losses, step_acc, steps_
     fast = T._gpu_fast_path(dev)
     with tempfile.TemporaryDirectory() as tmp:
         writer = T.tensorboard_writer(tmp)
-        epoch, epoch_seconds = row["epoch"], row["seconds"]
+        epoch, epoch_seconds, accs = row["epoch"], row["seconds"], step_acc.cpu()
         for rep in range(2):  # the second is timed
+            calls = _bookkeeping_calls(T, model, optimizer, writer, row, losses, accs, epoch + rep, steps_per_epoch,
+                                       Path(tmp), fast)
             t0 = time.perf_counter()
-            T._log_epoch(writer, model, dict(row, epoch=epoch + rep), losses, step_acc.cpu(), epoch + rep,
-                         steps_per_epoch)
-            T.weight_histograms(model)
-            if fast:  # the best weights are copied on the device, written once at the end
-                T.copy_state(model)
-            else:
-                T._save_checkpoint(Path(tmp) / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+            # As lib.train runs them: _log_epoch is the 'scalars' and 'histograms' parts.
+            T._log_epoch(writer, model, dict(row, epoch=epoch + rep), losses, accs, epoch + rep, steps_per_epoch)
+            calls["weight_histograms"]()
+            calls["best_copy"]()
             sync(dev)
             seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        T._save_checkpoint(Path(tmp) / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                   "epoch": epoch})
+        calls["last_checkpoint"]()
         last = time.perf_counter() - t0
         writer.close()
     return seconds + (last * min(1.0, epoch_seconds / T.LAST_CKPT_EVERY_S) if fast else last)
+
+
+# lib.train's bookkeeping after every epoch, in its order; the resumable checkpoint ('last_checkpoint') follows it
+# every epoch off CUDA, at most every LAST_CKPT_EVERY_S on the GPU fast path.
+EVERY_EPOCH_PARTS = ("scalars", "histograms", "weight_histograms", "best_copy")
+
+
+def _bookkeeping_calls(T, model, optimizer, writer, row, losses, accs, epoch: int, steps: int, tmp: Path,
+                       fast: bool) -> dict:
+    """lib.train's bookkeeping of `epoch` as callables by part (EVERY_EPOCH_PARTS, then 'last_checkpoint'), the
+    files into `tmp`: for _bookkeeping_seconds (all together) and bookkeeping_parts (one by one). On the GPU fast
+    path the best weights are copied on the device (written once at the end), elsewhere written every time."""
+    def best():
+        if fast:
+            T.copy_state(model)
+        else:
+            T._save_checkpoint(tmp / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+
+    return {"scalars": lambda: T._log_scalars(writer, dict(row, epoch=epoch), losses, accs, epoch, steps),
+            "histograms": lambda: T._log_histograms(writer, model, (epoch + 1) * steps - 1),
+            "weight_histograms": lambda: T.weight_histograms(model),
+            "best_copy": best,
+            "last_checkpoint": lambda: T._save_checkpoint(tmp / "last.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch})}
 
 
 TRAIN_SPLIT = 45_000  # images of the full training split (lib.train.split_data): the steps an epoch logs
@@ -415,22 +437,18 @@ def bookkeeping_parts(model_name: str, data_source: str | None = None, device: s
                 sync(dev)
                 out[part] = 1e3 * (time.perf_counter() - t0)
 
-            timed("scalars", lambda: T._log_scalars(writer, dict(row, epoch=epoch), losses, accs, epoch, steps))
-            timed("histograms", lambda: T._log_histograms(writer, model, (epoch + 1) * steps - 1))
-            if fast:
-                timed("histogram_counting", lambda: T.param_histograms(list(model.parameters()), edges))
-            timed("weight_histograms", lambda: T.weight_histograms(model))
-            timed("best_copy", lambda: T.copy_state(model) if fast else T._save_checkpoint(
-                Path(tmp) / "best.pt", {"model": model.state_dict(), "epoch": epoch}))
-            timed("last_checkpoint", lambda: T._save_checkpoint(Path(tmp) / "last.pt", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}))
+            calls = _bookkeeping_calls(T, model, optimizer, writer, row, losses, accs, epoch, steps, Path(tmp), fast)
+            for part, fn in calls.items():
+                timed(part, fn)
+                if part == "histograms" and fast:  # of that, the counting on the device
+                    timed("histogram_counting", lambda: T.param_histograms(list(model.parameters()), edges))
             return out
 
         one(0)  # first calls (histogram kernels, the writer's first events) are a one-off
         runs = [one(epoch) for epoch in range(1, reps + 1)]
         writer.close()
     ms = {part: statistics.median(r[part] for r in runs) for part in runs[0]}
-    every_epoch = ("scalars", "histograms", "weight_histograms", "best_copy") + (() if fast else ("last_checkpoint",))
+    every_epoch = EVERY_EPOCH_PARTS + (() if fast else ("last_checkpoint",))
     return {"model": model_name, "device": device_name(dev), "torch": torch.__version__,
             "model_revision": revision(model_name), "date": _now(), "reps": reps, "steps_per_epoch": steps,
             "num_param_tensors": sum(1 for _ in model.parameters()),

@@ -433,6 +433,20 @@ def _arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+_DEAD_TEMP_S = 3600  # a temporary folder this old was left by a killed process (a running write is younger)
+
+
+def _temp_beside(entry: Path) -> Path:
+    """A fresh temporary folder name next to `entry`, which is written there and then renamed into place, so that
+    readers never see half of it."""
+    return entry.parent / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _dead_temp(path: Path) -> bool:
+    """Whether `path` is such a temporary folder, left by a killed process (_DEAD_TEMP_S)."""
+    return path.name.startswith(".tmp-") and time.time() - path.stat().st_mtime > _DEAD_TEMP_S
+
+
 def _cache_dir(cache_root: Path, identity: dict) -> Path:
     """One folder per source identity, so different sources never share an entry."""
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -460,7 +474,7 @@ def _read_cache(entry: Path, identity: dict) -> Cifar10 | None:
 
 def _write_cache(entry: Path, identity: dict, data: Cifar10) -> None:
     """Write the entry into a temporary folder and rename it into place, so readers never see half of it."""
-    tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _temp_beside(entry)
     try:
         tmp.mkdir(parents=True)
         shapes = {}
@@ -488,7 +502,7 @@ def _prune_cache(cache_root: Path, keep: Path) -> None:
             continue
         try:
             if entry.name.startswith(".tmp-"):
-                stale = time.time() - entry.stat().st_mtime > 3600  # left by a killed process
+                stale = _dead_temp(entry)
             else:
                 identity = json.loads((entry / "meta.json").read_text())["identity"]
                 path = identity.get("path")
@@ -565,11 +579,11 @@ def _extracted(archive: Path, sha: str | None, root: str | os.PathLike | None) -
     if entry.is_dir():
         return entry
     parent.mkdir(parents=True, exist_ok=True)
-    for old in parent.glob(".tmp-*"):  # left by a killed extraction (a running one is younger)
+    for old in parent.glob(".tmp-*"):
         with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > 3600:
+            if _dead_temp(old):
                 shutil.rmtree(old, ignore_errors=True)
-    tmp = parent / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _temp_beside(entry)
     try:
         tmp.mkdir()
         with tarfile.open(archive) as tar:
