@@ -885,7 +885,7 @@ def test_readme_and_report_show_each_committed_gpu_table_as_rendered_from_its_fi
     assert table in (REPO / "report.md").read_text()  # its speed section: python -m lib report ... --publish
 
 
-def test_speed_probe_times_both_layouts_and_restores_lib_train(tiny_source, tmp_path, monkeypatch):
+def test_speed_probe_times_each_variant_and_restores_lib_train(tiny_source, tmp_path, monkeypatch):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("speed_probe", REPO / "scripts" / "speed_probe.py")
@@ -897,11 +897,16 @@ def test_speed_probe_times_both_layouts_and_restores_lib_train(tiny_source, tmp_
     patched = (T.prepare_data, T.new_model)
     probe._ORIGINAL = patched  # the probe wraps what lib.train has when it starts: here the spy above
     out = tmp_path / "probe.jsonl"
-    assert probe.main([str(out), "CANet_tiny", "--data", tiny_source, "--num-train", "16", "--num-val", "8"]) == 0
+    args = [str(out), "CANet_tiny", "--data", tiny_source, "--num-train", "16", "--num-val", "8", "--variants"]
+    assert probe.main(args + ["channels_last", "nchw", "streams"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["layout"] for r in rows] == ["channels_last", "nchw"]
+    assert [r["variant"] for r in rows] == ["channels_last", "nchw", "streams"]
     assert all(r["seconds"] > 0 and r["model"] == "CANet_tiny" and r["device"] == "cpu" for r in rows)
+    # On a CPU the blocks ignore the side stream: one stream's pass and the "two streams'" agree exactly.
+    assert rows[2]["max_abs_diff_vs_one_stream"] == 0.0 and "max_abs_diff_vs_one_stream" not in rows[0]
     conv = [next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight for model in built]
     assert conv[0].is_contiguous(memory_format=torch.channels_last) and not conv[0].is_contiguous()
     assert conv[1].is_contiguous()
     assert (T.prepare_data, T.new_model) == patched  # lib.train as it was
+    with pytest.raises(SystemExit):
+        probe.main(args + ["nhwc"])

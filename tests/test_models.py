@@ -7,7 +7,8 @@ from torch import nn
 
 from lib import models
 from lib.models import PART1_MODELS, build, last_linear, list_models
-from lib.models.canet import MERGED_ENV, AttResBlock, ChannelAttention, SpatialAttention, set_merged
+from lib.models.canet import MERGED_ENV, AttResBlock, ChannelAttention, SpatialAttention, set_merged, \
+    set_side_stream
 from lib.models.vgg import init_xavier_
 
 # STUDY.md sections 2, 3 and 6, in list_models() order.
@@ -218,6 +219,35 @@ def test_merged_blocks_compute_the_same_with_fewer_convolutions():
     with torch.no_grad():
         merged.blocks[0](x)
     assert calls == [torch.Size([8, 16, 32, 32])]
+
+
+def test_side_stream_is_set_per_block_and_ignored_for_cpu_inputs():
+    torch.manual_seed(0)
+    one, two = (set_merged(build("CANet_tiny").double().train(), True) for _ in range(2))
+    two.load_state_dict(one.state_dict())
+    never_used = object()  # a CPU input must not touch the stream: this object has no CUDA stream methods
+    assert set_side_stream(two, never_used) is two and all(b.side_stream is never_used for b in two.blocks)
+    assert all(b.side_stream is None for b in one.blocks)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(two(x), one(x), rtol=0, atol=0)
+    resnet = build("ResNet18")
+    assert set_side_stream(resnet, never_used) is resnet and not hasattr(resnet, "side_stream")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA streams")
+def test_side_stream_computes_the_same_on_cuda():
+    torch.manual_seed(0)
+    one, two = (set_merged(build("CANet_tiny").cuda().train(), True) for _ in range(2))
+    two.load_state_dict(one.state_dict())
+    set_side_stream(two, torch.cuda.Stream())
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    outs = [m(x) for m in (one, two)]
+    for m, out in zip((one, two), outs):
+        out.square().sum().backward()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    for p, q in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

@@ -16,7 +16,7 @@ from lib.config import PART1_MODELS  # defined there, where nothing imports torc
 
 from . import baselines
 from .canet import VARIANTS as CANET_VARIANTS
-from .canet import CANet, canet, set_merged
+from .canet import CANet, canet, set_merged, set_side_stream
 from .vgg import VGG_A, init_xavier_
 
 # name -> builder(num_classes) -> nn.Module. Insertion order is the order list_models() reports.
@@ -43,8 +43,8 @@ _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
 # captures), where a bump would have re-timed every CANet in the next call.
 REVISIONS = {name: 2 for name in CANET_VARIANTS}
 
-__all__ = ["build", "list_models", "last_linear", "revision", "set_merged", "PART1_MODELS", "CANET_VARIANTS",
-           "CANet", "VGG_A", "init_xavier_"]
+__all__ = ["build", "list_models", "last_linear", "revision", "set_merged", "set_side_stream", "PART1_MODELS",
+           "CANET_VARIANTS", "CANet", "VGG_A", "init_xavier_"]
 
 
 def list_models() -> list[str]:

@@ -133,6 +133,7 @@ class AttResBlock(nn.Module):
         self.shortcut = nn.Sequential(shortcut_conv, nn.BatchNorm2d(out_ch))
         self.bn = nn.BatchNorm2d(out_ch)
         self.merged: bool | None = None  # see merged_for; set for a whole model with set_merged
+        self.side_stream = None  # a torch.cuda.Stream for path b in the merged form (set_side_stream); None: one stream
 
     def merged_for(self, x: torch.Tensor) -> bool:
         """Whether forward(x) runs the merged form: self.merged if set, else on CUDA inputs only."""
@@ -147,6 +148,13 @@ class AttResBlock(nn.Module):
         u_a = self.unit_transform(self.sa(a))
         u_b = self.unit_transform(self.se(b))
         return F.relu(self.bn(u_a * a + u_b * b + self.shortcut(x)))
+
+    def _path_b_rest(self, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Path b after its first convolution's output `first`, and SE of it: (b, SE(b))."""
+        b = F.relu(first)  # path_b[1]
+        for layer in islice(self.path_b, 2, None):
+            b = layer(b)
+        return b, self.se(b)
 
     def _forward_merged(self, x: torch.Tensor) -> torch.Tensor:
         """forward with fewer, larger convolutions, the same function of the same parameters:
@@ -168,17 +176,35 @@ class AttResBlock(nn.Module):
             and sc_conv.padding == first_a.padding
         weights = [first_a.weight, first_b.weight] + ([sc_conv.weight] if with_shortcut else [])
         parts = F.conv2d(x, torch.cat(weights), padding=first_a.padding).split(first_a.out_channels, dim=1)
-        a, b = F.relu(parts[0]), F.relu(parts[1])  # the paths' ReLUs (path_a[1], path_b[1])
+        side = self.side_stream if x.is_cuda else None
+        if side is None:
+            b, se_b = self._path_b_rest(parts[1])
+        else:  # path b and its SE beside path a's kernels (an experiment: set_side_stream)
+            side.wait_stream(torch.cuda.current_stream(side.device))
+            with torch.cuda.stream(side):
+                b, se_b = self._path_b_rest(parts[1])
+        a = F.relu(parts[0])  # path_a[1]
         for layer in islice(self.path_a, 2, None):
             a = layer(a)
-        for layer in islice(self.path_b, 2, None):
-            b = layer(b)
         # parts[2] is a channel slice: strided in every memory format. BatchNorm on it would fall back to
         # CUDA's generic kernels (measured on the H200: 0.39 ms per backward call for CANet_tiny, three per step,
         # 15% of the graphed step's kernel time), so it gets a dense copy in x's memory format first.
         shortcut = self.shortcut[1](_dense_like(parts[2], x)) if with_shortcut else self.shortcut(x)
-        u_a, u_b = self.unit_transform(torch.cat([self.sa(a), self.se(b)])).chunk(2)
+        sa_a = self.sa(a)
+        _rejoin(side, b, se_b)
+        u_a, u_b = self.unit_transform(torch.cat([sa_a, se_b])).chunk(2)
         return F.relu(self.bn(u_a * a + u_b * b + shortcut))
+
+
+def _rejoin(stream, *made_there: torch.Tensor) -> None:
+    """Make the current stream wait for `stream`'s kernels, and keep the tensors made there from being reused
+    before the current stream is done with them (None: nothing to do)."""
+    if stream is None:
+        return
+    current = torch.cuda.current_stream(stream.device)
+    current.wait_stream(stream)
+    for t in made_there:
+        t.record_stream(current)
 
 
 def _dense_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -235,6 +261,18 @@ def set_merged(model: nn.Module, merged: bool | None) -> nn.Module:
     for module in model.modules():
         if isinstance(module, (AttResBlock, ChannelAttention)):
             module.merged = merged
+    return model
+
+
+def set_side_stream(model: nn.Module, stream) -> nn.Module:
+    """An experiment, off by default (scripts/speed_probe.py --streams times it): the merged blocks of `model`
+    run path b and its channel attention on `stream` (a torch.cuda.Stream), beside path a, the shortcut and the
+    spatial attention on the current stream; autograd runs their backward on the same streams. The function is
+    the same; only the kernels' order between the two streams changes. None: one stream, as always. CPU inputs
+    ignore it. Returns `model`."""
+    for module in model.modules():
+        if isinstance(module, AttResBlock):
+            module.side_stream = stream
     return model
 
 
