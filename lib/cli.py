@@ -145,6 +145,13 @@ def cmd_run(args) -> int:
         check_models("--models", args.models, PART1_MODELS, "Part 1 model")
     else:
         check_models("--models", args.models, list_models(), "model")
+        p1_only = " and ".join(o for o, v in (("--precision", args.precision), ("--num-epochs", args.num_epochs))
+                               if v is not None)
+        if p1_only:  # they would change nothing: say so rather than run the other parts as if they had
+            print(f"error: {p1_only} change only the Part 1 runs, and these options select none (Part 2, the probes, "
+                  f"the slices and the cost files keep their protocol's settings): add --part1 to train Part 1 "
+                  f"that way too, or leave out {p1_only}", file=sys.stderr)
+            return 2
     source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
     check_epochs(args.num_epochs)  # --num-epochs and --precision change the Part 1 runs only, as in `study`

@@ -308,8 +308,8 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
         if clash:
             raise StudyError(
                 f"these notebooks would replace finished results of the same runs in {dirs.results}, which differ "
-                f"only in " + "; ".join(f"{n}: {', '.join(c)}" for n, c in clash.items()) + ". Write into another "
-                f"folder (smoke/quick without --publish), or pass --force to replace them")
+                "only in " + "; ".join(f"{n}: {', '.join(c)}" for n, c in clash.items()) + ". Write into another "
+                "folder (smoke/quick without --publish), or pass --force to replace them")
     if not reuse_only and any(not name.startswith("cost-") for name in missing):  # cost files need no data
         from lib.data import load_cifar10
 

@@ -148,6 +148,12 @@ def test_run_precision_overrides_the_part1_runs_only(capsys, tiny_source, monkey
                      "--precision", "bf16", "--quiet"]) == 0
     assert [c.precision for c in trained if c.name.startswith("p1-")] == ["bf16"]
     assert {c.precision for c in trained if c.name.startswith("bn-")} == {"auto"}  # the BN protocol's own
+    # Without Part 1 they would change nothing: refused before the data is read, the runs untouched.
+    trained.clear()
+    for option in (["--precision", "bf16"], ["--num-epochs", "3"]):
+        err = input_error(capsys, ["run", "--profile", "smoke", "--data", "no-such-folder", "--part2"] + option)
+        assert f"{option[0]} change only the Part 1 runs" in err and "add --part1" in err
+    assert trained == []
     for command in ("run", "study", "status"):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([command, "--profile", "smoke", "--precision", "fp16"])
