@@ -371,6 +371,21 @@ def format_remaining(est: dict, path: Path | str) -> str:
     return line
 
 
+def done_detail(path: Path) -> str:
+    """What a finished training run's result says in one line: its test accuracy, the device and how long it
+    trained (and whether beside other runs), e.g. 'test 88.48%, NVIDIA H200, 214 s training, 3 lanes'."""
+    try:
+        r = read_json(path)
+    except (OSError, ValueError):
+        return ""
+    parts = [f"test {100 * r['test_acc']:.2f}%" if r.get("test_acc") is not None else "",
+             r.get("device") or "", f"{r['train_seconds']:.0f} s training" if r.get("train_seconds") else ""]
+    shared = r.get("shared_gpu") or {}
+    if shared.get("lanes", 1) > 1:
+        parts.append(f"{shared['lanes']} lanes")
+    return ", ".join(p for p in parts if p)
+
+
 def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
                  seeds: Sequence[int] = (0,), precision: str | None = None,
                  num_epochs: int | None = None) -> list[tuple[str, str, str]]:
@@ -390,7 +405,7 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
 
     def run_state(name: str, done: bool, epochs_done: int) -> tuple[str, str, str]:
         if done:
-            return "done", name, ""
+            return "done", name, done_detail(Path(dirs.results) / f"{name}.json")
         if epochs_done:
             return "partial", name, f"{epochs_done} of {configs[name].num_epochs} epochs in its checkpoint here"
         return "missing", name, ""

@@ -17,7 +17,7 @@ from lib.data import resolve_source
 from lib.experiments import BN_MODELS, bn_config, bn_experiments, part1_config
 from lib.models import PART1_MODELS
 from lib.paths import REPO, output_dirs
-from lib.results import atomic_write_json
+from lib.results import atomic_write_json, read_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -263,6 +263,15 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     assert rows["p1-CANet_tiny-s0"] == "missing" and rows["bn-VGG_A-lr0.001-s2020"] == "done"
     write_finished(dirs, part1_config("CANet_tiny", "smoke", source, precision="bf16", num_epochs=1))
     assert ("done", "p1-CANet_tiny-s0", "") in P.study_status("smoke", source, dirs, precision="bf16", num_epochs=1)
+    # A finished run's line says what it reached, where and how long it trained.
+    result = Path(dirs.results) / "p1-CANet_tiny-s0.json"
+    atomic_write_json(result, dict(read_json(result), test_acc=0.8536, device="NVIDIA H200", train_seconds=120.4,
+                                   shared_gpu={"lanes": 3, "mps": True}))
+    assert ("done", "p1-CANet_tiny-s0", "test 85.36%, NVIDIA H200, 120 s training, 3 lanes") in P.study_status(
+        "smoke", source, dirs, precision="bf16", num_epochs=1)
+    atomic_write_json(result, dict(read_json(result), shared_gpu=None))
+    assert P.done_detail(result) == "test 85.36%, NVIDIA H200, 120 s training"
+    assert P.done_detail(result.with_name("no-such-run.json")) == ""
     # The command line: a count, then what is not done (everything with --all); nothing is computed.
     monkeypatch.setattr(P, "study_status", lambda *a, **k: [("done", "p1-X-s0", ""),
                                                             ("partial", "p1-Y-s0", "3 of 8 epochs in its checkpoint")])
