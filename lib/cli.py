@@ -148,7 +148,8 @@ def cmd_run(args) -> int:
         p1_only = " and ".join(o for o, v in (("--precision", args.precision), ("--num-epochs", args.num_epochs))
                                if v is not None)
         if p1_only:  # they would change nothing: say so rather than run the other parts as if they had
-            print(f"error: {p1_only} change only the Part 1 runs, and these options select none (Part 2, the probes, "
+            verb = "change" if " and " in p1_only else "changes"
+            print(f"error: {p1_only} {verb} only the Part 1 runs, and these options select none (Part 2, the probes, "
                   f"the slices and the cost files keep their protocol's settings): add --part1 to train Part 1 "
                   f"that way too, or leave out {p1_only}", file=sys.stderr)
             return 2

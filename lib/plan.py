@@ -378,11 +378,14 @@ def done_detail(path: Path) -> str:
         r = read_json(path)
     except (OSError, ValueError):
         return ""
-    parts = [f"test {100 * r['test_acc']:.2f}%" if r.get("test_acc") is not None else "",
-             r.get("device") or "", f"{r['train_seconds']:.0f} s training" if r.get("train_seconds") else ""]
-    shared = r.get("shared_gpu") or {}
-    if shared.get("lanes", 1) > 1:
-        parts.append(f"{shared['lanes']} lanes")
+    if not isinstance(r, dict):
+        return ""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    shared = r.get("shared_gpu") if isinstance(r.get("shared_gpu"), dict) else {}
+    parts = [f"test {100 * r['test_acc']:.2f}%" if number(r.get("test_acc")) else "",
+             r["device"] if isinstance(r.get("device"), str) else "",
+             f"{r['train_seconds']:.0f} s training" if number(r.get("train_seconds")) else "",
+             f"{shared['lanes']} lanes" if number(shared.get("lanes")) and shared["lanes"] > 1 else ""]
     return ", ".join(p for p in parts if p)
 
 

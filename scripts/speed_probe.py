@@ -7,12 +7,14 @@ another):
 - channels_last: what lib.train does;
 - nchw: the model and the batches in the plain NCHW layout;
 - streams: a CANet's merged blocks run path b and its channel attention on a second CUDA stream
-  (lib.models.canet.set_side_stream); on CUDA the row also gives the largest difference of its outputs and
-  gradients from one stream's, in fp32 on one batch (it should be 0 or rounding).
+  (lib.models.canet.set_side_stream); the row also gives the largest difference of the two-stream model's outputs
+  and gradients from one stream's, on one full batch in fp32 (TF32 off, deterministic cuDNN), where the two-stream
+  model runs as the timed epoch does: through its captured CUDA graphs on CUDA (0 or rounding if it is right).
 --limit0 sets torch.backends.cudnn.benchmark_limit = 0 first, so cuDNN times every algorithm instead of its first
 ten. cuDNN keeps its choice per shape and layout for the process, so compare a limit across processes: run the
 script once without and once with --limit0. These are probes for docs/GPU.md ("If a speed-up target is missed");
-nothing here changes how the study trains.
+nothing here changes how the study trains. (The rows of its first version, in
+results/bench/probes/nvidia-h200-2026-11-28-layout.jsonl, name the variant `layout`.)
 """
 from __future__ import annotations
 
@@ -32,13 +34,13 @@ from lib.experiments import recipe_config  # noqa: E402
 from lib.models import set_side_stream  # noqa: E402
 
 VARIANTS = ("channels_last", "nchw", "streams")
-_ORIGINAL = (T.prepare_data, T.new_model)
 
 
-def use_variant(variant: str) -> None:
-    """Make lib.train build its model and loaders as `variant` says (channels_last: as it does)."""
-    T.prepare_data, T.new_model = _ORIGINAL
-    prepare, new = _ORIGINAL
+def use_variant(variant: str, original: tuple) -> None:
+    """Make lib.train build its model and loaders as `variant` says, wrapping `original`, lib.train's
+    (prepare_data, new_model) as they were before the probe (channels_last: puts them back)."""
+    prepare, new = original
+    T.prepare_data, T.new_model = original
     if variant == "nchw":
         def prepare_nchw(cfg, device):
             loaders, info = prepare(cfg, device)
@@ -57,19 +59,24 @@ def _side_stream(device: torch.device):
     return torch.cuda.Stream(device) if device.type == "cuda" else None
 
 
-def streams_difference(model_name: str, data_source: str, device: torch.device) -> float:
-    """Largest absolute difference between one forward and backward pass (fp32, training mode, one random batch)
-    of `model_name` on one stream and on two (set_side_stream), over the outputs and all gradients."""
-    cfg = recipe_config(model_name, data_source, str(device))
-    x = torch.randn(64, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
-    results = []
-    for stream in (None, _side_stream(device)):
-        model = set_side_stream(_ORIGINAL[1](cfg, device), stream).train()
-        out = model(x)
-        out.square().sum().backward()
-        results.append([out.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def streams_difference(model_name: str, data_source: str, device: torch.device, new_model) -> float:
+    """Largest absolute difference between one training forward and backward pass of `model_name` (built by
+    `new_model`, as lib.train.new_model) on one stream, eagerly, and on two streams (set_side_stream) through
+    lib.train's CUDA-graphed step (eagerly on a CPU), on one random full batch: fp32 with TF32 off and
+    deterministic cuDNN, over the outputs and every gradient."""
+    cfg = recipe_config(model_name, data_source, str(device)).replace(precision="fp32")
+    with T.backend_flags(deterministic=True, benchmark=False, cudnn_tf32=False, matmul_tf32=False):
+        x = torch.randn(cfg.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+        one = new_model(cfg, device).train()
+        two = set_side_stream(new_model(cfg, device), _side_stream(device)).train()
+        runners = [one, T.GraphedForward(two, x, cfg) if device.type == "cuda" else two]
+        results = []
+        for runner, model in zip(runners, (one, two)):
+            out = runner(x)
+            out.float().square().mean().backward()
+            results.append([out.detach().float()] + [p.grad for p in model.parameters() if p.grad is not None])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     return max((a - b).abs().max().item() for a, b in zip(*results))
 
 
@@ -85,9 +92,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.limit0:
         torch.backends.cudnn.benchmark_limit = 0
+    original = (T.prepare_data, T.new_model)
     try:
         for variant in a.variants:
-            use_variant(variant)
+            use_variant(variant, original)
             t0 = time.perf_counter()
             r = fast_epoch(a.model, a.data, num_train=a.num_train, num_val=a.num_val)
             row = {"model": a.model, "variant": variant, "cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit,
@@ -97,12 +105,16 @@ def main(argv=None) -> int:
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             if variant == "streams":
-                row["max_abs_diff_vs_one_stream"] = streams_difference(a.model, a.data, T.resolve_device("auto"))
+                try:  # a capture that fails with two streams is an answer too
+                    row["max_abs_diff_vs_one_stream"] = streams_difference(a.model, a.data,
+                                                                           T.resolve_device("auto"), original[1])
+                except Exception as err:
+                    row.update(max_abs_diff_vs_one_stream=None, difference_error=f"{type(err).__name__}: {err}")
             with open(a.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
     finally:
-        use_variant("channels_last")
+        use_variant("channels_last", original)
     return 0
 
 

@@ -894,8 +894,7 @@ def test_speed_probe_times_each_variant_and_restores_lib_train(tiny_source, tmp_
     built = []
     new_model = T.new_model
     monkeypatch.setattr(T, "new_model", lambda cfg, dev: built.append(new_model(cfg, dev)) or built[-1])
-    patched = (T.prepare_data, T.new_model)
-    probe._ORIGINAL = patched  # the probe wraps what lib.train has when it starts: here the spy above
+    patched = (T.prepare_data, T.new_model)  # what the probe finds (the spy above) and must put back
     out = tmp_path / "probe.jsonl"
     args = [str(out), "CANet_tiny", "--data", tiny_source, "--num-train", "16", "--num-val", "8", "--variants"]
     assert probe.main(args + ["channels_last", "nchw", "streams"]) == 0
@@ -904,6 +903,7 @@ def test_speed_probe_times_each_variant_and_restores_lib_train(tiny_source, tmp_
     assert all(r["seconds"] > 0 and r["model"] == "CANet_tiny" and r["device"] == "cpu" for r in rows)
     # On a CPU the blocks ignore the side stream: one stream's pass and the "two streams'" agree exactly.
     assert rows[2]["max_abs_diff_vs_one_stream"] == 0.0 and "max_abs_diff_vs_one_stream" not in rows[0]
+    assert len(built) == 3 + 2  # one per timed epoch, and the two models the streams row compares
     conv = [next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight for model in built]
     assert conv[0].is_contiguous(memory_format=torch.channels_last) and not conv[0].is_contiguous()
     assert conv[1].is_contiguous()

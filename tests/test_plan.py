@@ -272,6 +272,11 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     atomic_write_json(result, dict(read_json(result), shared_gpu=None))
     assert P.done_detail(result) == "test 85.36%, NVIDIA H200, 120 s training"
     assert P.done_detail(result.with_name("no-such-run.json")) == ""
+    odd = result.with_name("odd.json")  # a hand-edited file: what cannot be read as such is left out
+    atomic_write_json(odd, {"test_acc": "high", "device": 3, "train_seconds": None, "shared_gpu": True})
+    assert P.done_detail(odd) == ""
+    atomic_write_json(odd, [1, 2])
+    assert P.done_detail(odd) == ""
     # The command line: a count, then what is not done (everything with --all); nothing is computed.
     monkeypatch.setattr(P, "study_status", lambda *a, **k: [("done", "p1-X-s0", ""),
                                                             ("partial", "p1-Y-s0", "3 of 8 epochs in its checkpoint")])
