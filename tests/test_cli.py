@@ -153,8 +153,8 @@ def test_run_precision_overrides_the_part1_runs_only(capsys, tiny_source, monkey
     for option in (["--precision", "bf16"], ["--num-epochs", "3"]):
         err = input_error(capsys, ["run", "--profile", "smoke", "--data", "no-such-folder", "--part2"] + option)
         assert f"{option[0]} changes only the Part 1 runs" in err and "add --part1" in err
-    err = input_error(capsys, ["run", "--profile", "smoke", "--data", "no-such-folder", "--probe", "--precision", "bf16",
-                               "--num-epochs", "3"])
+    err = input_error(capsys, ["run", "--profile", "smoke", "--data", "no-such-folder", "--probe",
+                               "--precision", "bf16", "--num-epochs", "3"])
     assert "--precision and --num-epochs change only the Part 1 runs" in err
     assert trained == []
     for command in ("run", "study", "status"):

@@ -265,12 +265,13 @@ def set_merged(model: nn.Module, merged: bool | None) -> nn.Module:
 
 
 def set_side_stream(model: nn.Module, stream) -> nn.Module:
-    """An experiment, off by default (scripts/speed_probe.py --streams times it): the merged blocks of `model`
-    run path b and its channel attention on `stream` (a torch.cuda.Stream), beside path a, the shortcut and the
-    spatial attention on the current stream; autograd runs their backward on the same streams. The function is
-    the same; only the kernels' order between the two streams changes. None: one stream, as always. CPU inputs
-    ignore it. Returns `model`. Meant for the CUDA-graphed step; with torch.compile (untried) the stream switch
-    would likely break the graph. Not yet run on a GPU: tests/test_models.py has a CUDA-only check."""
+    """An experiment, off by default (`scripts/speed_probe.py ... --variants streams` times it): the merged
+    blocks of `model` run path b and its channel attention on `stream` (a torch.cuda.Stream), beside path a, the
+    shortcut and the spatial attention on the current stream; autograd runs their backward on the same streams.
+    The function is the same; only the kernels' order between the two streams changes. None: one stream, as
+    always. CPU inputs ignore it. Returns `model`. Meant for the CUDA-graphed step; with torch.compile (untried)
+    the stream switch would likely break the graph. Not yet run on a GPU: tests/test_models.py has a CUDA-only
+    check."""
     for module in model.modules():
         if isinstance(module, AttResBlock):
             module.side_stream = stream
