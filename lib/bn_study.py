@@ -702,10 +702,14 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             entry.update(profile=run.get("profile"), batch_size=cfg.get("batch_size"),
                          num_train_used=(run.get("data") or {}).get("num_train_used"))
             entry.setdefault("epochs", []).append(len(run.get("history") or []))
+            # Where and on what every run trained (the lr-1e-3 run's own fields follow; a partial study lacks it).
+            entry.setdefault("devices", []).append(run.get("device"))
+            entry["data"] = entry.get("data") or (run.get("data") or {}).get("label")
             if lr == 1e-3:
                 entry.update(best_val_acc_lr1e3=run.get("best_val_acc"), best_epoch_lr1e3=run.get("best_epoch"),
                              num_epochs=len(run.get("history", [])), device=run.get("device"),
-                             data=(run.get("data") or {}).get("label"), train_seconds_lr1e3=run.get("train_seconds"))
+                             data=(run.get("data") or {}).get("label") or entry["data"],
+                             train_seconds_lr1e3=run.get("train_seconds"))
         steps = protocol_steps(dirs, model, lrs, seed)
         if steps:
             band = loss_band([s["loss"] for s in steps.values()])

@@ -461,7 +461,8 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
         size = f"{distinct(e.get('num_images') for e in slices)} training images per point"
         what = f"{len(slices)} slices, " + (f"{runtime} in all" if runtime else "not recorded")
     return (f"data: {join_distinct(e.get('data') for e in proto + probe)} | {size} | profile: {profile} | "
-            f"device: {join_distinct(e.get('device') for e in entries)} | seed: {BN_SEED} (the original protocol's "
+            f"device: {join_distinct(d for e in entries for d in e.get('devices') or [e.get('device')])} | "
+            f"seed: {BN_SEED} (the original protocol's "
             f"seed, every run) | runtime: {what}")
 
 

@@ -306,6 +306,13 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     # 2 networks x 2 learning rates of the fixture, 2 epochs each on 1,000 images, 10 s of training per run
     assert "(fake.tar.gz) | 1,000 training images; per run 2 epochs at batch 128 | profile: quick" in line
     assert "runtime: 4 runs, 40 s of training in all" in line and "seed: 2020" in line
+    assert f"| device: {ENV['device']} |" in line
+    # A partial study (the lr-1e-3 runs not yet trained) still says where and on what its runs trained.
+    for path in Path(study_dirs.results).glob("bn-*-lr0.001-*.json"):
+        path.unlink()
+    line = part2_context(bn_summary(study_dirs), kind="protocol")
+    assert f"| device: {ENV['device']} |" in line and "data: " + DATA["label"] in line
+    assert "runtime: 2 runs, 20 s of training in all" in line
     summary.update(_probe_summary(stuck=False))
     line = part2_context(summary, kind="probe")
     assert "| 10,000 training images; 100 steps at batch 128, a probe every 10 steps at 4 step sizes" in line
