@@ -77,7 +77,7 @@ if [[ "${1:-}" == "--merge" ]]; then
   exit $rc
 fi
 
-BUDGET_S=${BUDGET_S:-540}            # wall clock for this script; the device call's limit is 600 s
+BUDGET_S=${BUDGET_S:-570}            # wall clock for this script; the device call's limit is 600 s
 PACK_RESERVE_S=${PACK_RESERVE_S:-30}  # kept free for the final packing
 KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-p1-CANet-s0}  # best checkpoints to bring back (if trained in this call)
 PROFILE=${PROFILE:-full}             # only dry runs use another profile
