@@ -761,6 +761,51 @@ def naive_dataset_as_now(entry: dict) -> bool:
     return entry.get("naive_dataset", "arrays") == ("arrays" if official else "files")
 
 
+def _missing_only_skip(have: dict, key: str, with_naive: bool, dev: torch.device) -> str | None:
+    """Why run_benchmark with missing_only does not time `key` again (`have`: the bench file's entries): 'as now'
+    (timed_as_now, and its naive epoch as now where one is wanted), 'naive kept' (a fast-only measurement would
+    drop the naive epoch taken beside it: re-timed only with both); None: it is timed."""
+    entry = have.get(key)
+    if entry is None:
+        return None
+    if timed_as_now(entry, dev) and (not with_naive or (entry.get("naive_seconds") is not None
+                                                         and naive_as_now(entry))):
+        return "as now"
+    if not with_naive and entry.get("naive_seconds") is not None:
+        return "naive kept"
+    return None
+
+
+def missing_steps(models: Sequence[str], probes: Sequence[str] = (), device: str = "auto",
+                  path: Path | str | None = None) -> dict:
+    """What the GPU runner's two missing-only steps before its plan would do, read from the bench file alone
+    (no GPU work), so that the runner can leave out a step with nothing to do (a Python start each): 'graph',
+    the models whose fp32 graph check `--check-graphs MODELS --missing-only` would make; 'eager', the models whose
+    recorded check failed (CIFAR10_EAGER_MODELS for the steps after it); 'fast', the keys `--fast-only MODELS
+    [--probe] --missing-only` would time, with 'eager' training eagerly."""
+    from lib.train import EAGER_MODELS_ENV, resolve_device
+
+    dev = resolve_device(device)
+    path = Path(path) if path is not None else bench_path(dev)
+    data = read_json(path) if path.exists() else {}
+    checks = graph_checks(data)
+    eager = graph_failures(data)
+    have = data.get("entries", {})
+    with _env(EAGER_MODELS_ENV, " ".join(eager)):
+        fast = [m for m in models if _missing_only_skip(have, m, False, dev) is None]
+    return {"graph": [m for m in models if not graph_check_as_now(checks.get(graph_check_key(m)))],
+            "eager": eager, "fast": fast + [f"probe-{m}" for m in probes if f"probe-{m}" not in have]}
+
+
+def write_missing_steps(folder: Path | str, models: Sequence[str], probes: Sequence[str] = ()) -> dict:
+    """missing_steps on this machine's bench file, written for the GPU runner as graph-missing.txt,
+    eager-recorded.txt and fast-missing.txt in `folder` (names separated by spaces; an empty file: none)."""
+    steps = missing_steps(models, probes)
+    for name, key in (("graph-missing", "graph"), ("eager-recorded", "eager"), ("fast-missing", "fast")):
+        Path(folder, f"{name}.txt").write_text(" ".join(steps[key]) + ("\n" if steps[key] else ""))
+    return steps
+
+
 def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, device: str = "auto",
                   out_path: Path | str | None = None, *, fast_only: Sequence[str] = (), probes: Sequence[str] = (),
                   num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
@@ -794,12 +839,10 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     naive_of = {}  # model -> the naive measurement of this process
     for model_name, with_naive, compiled in jobs:
         key = compile_key(model_name, mode) if compiled else model_name
-        if (key in have and timed_as_now(have[key], dev)
-                and (not with_naive or (have[key].get("naive_seconds") is not None and naive_as_now(have[key])))):
-            continue
-        if key in have and not with_naive and have[key].get("naive_seconds") is not None:
-            # A fast-only measurement would drop the naive one that was taken beside it: re-time both instead.
+        skip = _missing_only_skip(have, key, with_naive, dev)
+        if skip == "naive kept":
             print(f"[bench] {key}: timed otherwise than now, but with its naive epoch; re-time it with --models")
+        if skip:
             continue
         cfg = recipe_config(model_name, source, str(dev), num_train, num_val)
         entry = dict(base, model=model_name, recipe=recipe_name(cfg), batch_size=cfg.batch_size,

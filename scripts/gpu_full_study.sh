@@ -8,7 +8,8 @@
 #  0. merges the previous call's pack kept on this machine, if any (below);
 #  1. prints the versions, tests CUDA and decodes the data once, in one Python start (DATA=shared: the JPEG copy in
 #     .carry/, recorded as 'shared' in result configs, so results written here match the configs built on the
-#     other machine; another DATA is copied there first);
+#     other machine; another DATA is copied there first), and reads from the bench file what steps 2 and 3 would
+#     measure with --missing-only (lib.bench.write_missing_steps): a step with nothing to do is left out;
 #  2. checks the CUDA-graph training step against the eager one: GRAPH_CHECK_MODEL every call (a mismatch
 #     stops the call), every study model once per device (a model that differs trains eagerly);
 #  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too), the naive vs
@@ -311,7 +312,7 @@ plan_and_run() {  # ROUND SUBSET...
 }
 
 main() {
-  local subset=("$@") tokens=() want_bench=0 t
+  local subset=("$@") tokens=() want_bench=0 checked_graphs=0 t
   ((${#subset[@]})) || subset=(all)
   for t in "${subset[@]}"; do
     if [[ "$t" == bench ]]; then want_bench=1; else tokens+=("$t"); fi
@@ -340,13 +341,21 @@ main() {
   export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1 CIFAR10_TRACEBACK=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   local rc
+  # It also writes what the missing-only steps 2 and 3 would do (lib.bench.write_missing_steps), so that a step
+  # with nothing to do is left out (a Python start each); without those files every step runs.
+  rm -f "$TMP_DIR"/{graph-missing,eager-recorded,fast-missing}.txt
   GUARD_OK_RC=3 guard $PY -c "import sys, torch, torchvision
 print('torch', torch.__version__, 'torchvision', torchvision.__version__, flush=True)
 cuda = torch.cuda.is_available()
 if cuda or sys.argv[1] == '1':
     from lib.data import load_cifar10
     print(load_cifar10())
-sys.exit(0 if cuda else 3)" "$ALLOW_CPU"
+    try:
+        from lib.bench import BN_MODELS, write_missing_steps
+        write_missing_steps(sys.argv[2], sys.argv[3].split(), BN_MODELS if sys.argv[4] else ())
+    except Exception as err:  # the steps then run as they would without it
+        print(f'(what is missing not known: {type(err).__name__}: {err})')
+sys.exit(0 if cuda else 3)" "$ALLOW_CPU" "$TMP_DIR" "$STUDY_MODELS" "$PROBE_BENCH"
   rc=$?
   if ((rc == 3)) && [[ "$ALLOW_CPU" == 1 ]]; then
     log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
@@ -369,7 +378,12 @@ sys.exit(0 if cuda else 3)" "$ALLOW_CPU"
       $BENCH_ARGS; then
       log "the CUDA-graph check of $GRAPH_CHECK_MODEL failed or did not finish: no measurements, no training"
       return 1
+    elif [[ -f "$TMP_DIR/graph-missing.txt" && ! -s "$TMP_DIR/graph-missing.txt" ]] \
+      && ! grep -qw -- "$GRAPH_CHECK_MODEL" "$TMP_DIR/eager-recorded.txt"; then  # (its check just passed)
+      log "CUDA-graph checks of the study models: all recorded as now (step 1 read the bench file)"
+      CIFAR10_EAGER_MODELS=$(<"$TMP_DIR/eager-recorded.txt")
     else
+      checked_graphs=1
       rm -f "$TMP_DIR/eager.txt"
       guard $PY -m lib bench --check-graphs $STUDY_MODELS --missing-only --graph-failures-file "$TMP_DIR/eager.txt" \
         --data "$DATA" $BENCH_ARGS
@@ -379,7 +393,9 @@ sys.exit(0 if cuda else 3)" "$ALLOW_CPU"
         CIFAR10_EAGER_MODELS=$($PY -m lib bench --graph-failures $BENCH_ARGS) || CIFAR10_EAGER_MODELS=""
       fi
     fi
-  else  # no checks in this call (e.g. the second call on a machine checked minutes ago): the recorded ones
+  elif [[ -f "$TMP_DIR/eager-recorded.txt" ]]; then  # no checks in this call: the recorded ones (step 1 read them)
+    CIFAR10_EAGER_MODELS=$(<"$TMP_DIR/eager-recorded.txt")
+  else  # e.g. the second call on a machine checked minutes ago
     CIFAR10_EAGER_MODELS=$($PY -m lib bench --graph-failures $BENCH_ARGS) || CIFAR10_EAGER_MODELS=""
   fi
   export CIFAR10_EAGER_MODELS
@@ -392,7 +408,13 @@ sys.exit(0 if cuda else 3)" "$ALLOW_CPU"
     guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} --missing-only \
       --data "$DATA" $BENCH_ARGS
   fi
-  guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
+  # Left out where step 1 found nothing to time and no graph check ran since (a new failure re-times its model).
+  if ((want_bench || checked_graphs)) || [[ ! -f "$TMP_DIR/fast-missing.txt" || -s "$TMP_DIR/fast-missing.txt" ]]
+  then
+    guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
+  else
+    log "fast epochs of the study models and the probe steps: all recorded as now (step 1 read the bench file)"
+  fi
   if ((want_bench)) && [[ -n "$AGREEMENT" ]]; then  # once per device: --missing-only
     guard $PY -m lib bench --agreement "$AGREEMENT" --epochs 3 --missing-only --data "$DATA" $BENCH_ARGS
   fi

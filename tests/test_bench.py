@@ -910,3 +910,46 @@ def test_speed_probe_times_each_variant_and_restores_lib_train(tiny_source, tmp_
     assert (T.prepare_data, T.new_model) == patched  # lib.train as it was
     with pytest.raises(SystemExit):
         probe.main(args + ["nhwc"])
+
+
+def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, tmp_path, monkeypatch):
+    """The runner leaves out its missing-only graph-check and fast-epoch steps when missing_steps finds nothing for
+    them: what it finds must be exactly what those steps would measure."""
+    current = {"torch": torch.__version__, "check_version": B.GRAPH_CHECK_VERSION}
+    bench = {"device": device_name("cpu"), "entries": {
+        "CANet_tiny": fake_entry(model="CANet_tiny"),                                  # as now
+        "ResNet18": dict(fake_entry(model="ResNet18"), model_revision=0),             # an older model: re-timed
+        "VGG_A": dict(fake_entry(model="VGG_A", naive=9.0), model_revision=0),        # kept for its naive epoch
+        "probe-VGG_A": {"model": "VGG_A", "kind": "probe", "seconds_per_step": 0.01}},
+        "graph_checks": {"CANet_tiny": dict(current, model="CANet_tiny", ok=True,
+                                            model_revision=revision("CANet_tiny")),
+                         "ResNet18": dict(current, model="ResNet18", ok=False, model_revision=revision("ResNet18")),
+                         "VGG_A": dict(current, model="VGG_A", ok=True, model_revision=0)}}
+    path = tmp_path / "cpu.json"
+    atomic_write_json(path, bench)
+    models, probes = ["CANet_tiny", "ResNet18", "VGG_A", "ShuffleNetV2"], ["VGG_A", "VGG_A_BN"]
+    steps = B.missing_steps(models, probes, "cpu", path)
+    assert steps == {"graph": ["VGG_A", "ShuffleNetV2"], "eager": ["ResNet18"],
+                     "fast": ["ResNet18", "ShuffleNetV2", "probe-VGG_A_BN"]}
+    timed = []
+    monkeypatch.setattr(B, "fast_epoch", lambda m, *a, **kw: timed.append(m) or {
+        "seconds": 0.5, "images_per_s": 1.0, "overhead_seconds": 0.1, "compile_seconds": 0.0, "setup_seconds": 1.0,
+        "warmup_seconds": 0.6, "cuda_graphs": False, "compiled": False, "num_train": 16, "num_val": 8, "data": "t"})
+    monkeypatch.setattr(B, "probe_step_seconds", lambda m, *a, **kw: timed.append(f"probe-{m}") or {
+        "seconds_per_step": 0.01})
+    B.run_benchmark([], tiny_source, "cpu", path, fast_only=models, probes=probes, missing_only=True, progress=False)
+    assert timed == steps["fast"]
+    # On a GPU a recorded graph failure makes that model's graphed timing stale: it is timed again, eagerly.
+    monkeypatch.setattr(T, "resolve_device", lambda device: torch.device("cuda"))
+    bench["entries"]["ResNet18"] = dict(fake_entry(model="ResNet18"), cuda_graphs=True)
+    atomic_write_json(path, bench)
+    assert B.missing_steps(["ResNet18", "CANet_tiny"], (), "cuda", path)["fast"] == ["ResNet18", "CANet_tiny"]
+    bench["entries"]["ResNet18"]["cuda_graphs"] = False
+    bench["entries"]["CANet_tiny"].update(cuda_graphs=True, canet_merged=True)
+    atomic_write_json(path, bench)
+    assert B.missing_steps(["ResNet18", "CANet_tiny"], (), "cuda", path)["fast"] == []
+    # Written for the runner: one file per list, empty where there is nothing.
+    monkeypatch.setattr(B, "missing_steps", lambda *a, **kw: {"graph": [], "eager": ["ResNet18"], "fast": ["A", "B"]})
+    B.write_missing_steps(tmp_path, models, probes)
+    assert [(tmp_path / f"{n}.txt").read_text() for n in ("graph-missing", "eager-recorded", "fast-missing")] == [
+        "", "ResNet18\n", "A B\n"]

@@ -510,6 +510,10 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     assert third["status"] == "ok" and third.get("shared_gpu") is None
     assert "2 lanes at once, time-sliced" in log and "MPS:" not in log
     assert "no CUDA device: dry run on the CPU" in log and "exit 3" not in log  # an answer, not a failure
+    # The first step read the bench file: every fast epoch timed as now, the recorded graph failures (none), so
+    # neither the fast-epoch step nor the failures lookup started a Python process.
+    assert "fast epochs of the study models and the probe steps: all recorded as now" in log
+    assert "--fast-only" not in log and "--graph-failures" not in log
     # The last pack is also kept on the machine, for a next call there (tests/test_bench_merge.py).
     kept = repo / "build" / "gpu-state" / "results.tar"
     assert kept.read_bytes() == (tmp_path / "out" / "results.tar").read_bytes()
