@@ -792,16 +792,21 @@ def missing_steps(models: Sequence[str], probes: Sequence[str] = (), device: str
     eager = graph_failures(data)
     have = data.get("entries", {})
     with _env(EAGER_MODELS_ENV, " ".join(eager)):
-        fast = [m for m in models if _missing_only_skip(have, m, False, dev) is None]
+        skips = {m: _missing_only_skip(have, m, False, dev) for m in models}
     return {"graph": [m for m in models if not graph_check_as_now(checks.get(graph_check_key(m)))],
-            "eager": eager, "fast": fast + [f"probe-{m}" for m in probes if f"probe-{m}" not in have]}
+            "eager": eager, "fast": [m for m in models if skips[m] is None]
+            + [f"probe-{m}" for m in probes if f"probe-{m}" not in have],
+            "naive_kept": [m for m in models if skips[m] == "naive kept"]}
 
 
 def write_missing_steps(folder: Path | str, models: Sequence[str], probes: Sequence[str] = ()) -> dict:
-    """missing_steps on this machine's bench file, written for the GPU runner as graph-missing.txt,
-    eager-recorded.txt and fast-missing.txt in `folder` (names separated by spaces; an empty file: none)."""
+    """missing_steps on this machine's bench file, written for the GPU runner as eager-recorded.txt,
+    fast-missing.txt and, last (the runner trusts the others only where it exists), graph-missing.txt in `folder`
+    (names separated by spaces; an empty file: none). Says which entries the fast step would keep though stale."""
     steps = missing_steps(models, probes)
-    for name, key in (("graph-missing", "graph"), ("eager-recorded", "eager"), ("fast-missing", "fast")):
+    for key in steps["naive_kept"]:  # as run_benchmark says it, where the runner now leaves that step out
+        print(f"[bench] {key}: timed otherwise than now, but with its naive epoch; re-time it with --models")
+    for name, key in (("eager-recorded", "eager"), ("fast-missing", "fast"), ("graph-missing", "graph")):
         Path(folder, f"{name}.txt").write_text(" ".join(steps[key]) + ("\n" if steps[key] else ""))
     return steps
 

@@ -343,7 +343,10 @@ main() {
   local rc
   # It also writes what the missing-only steps 2 and 3 would do (lib.bench.write_missing_steps), so that a step
   # with nothing to do is left out (a Python start each); without those files every step runs.
-  rm -f "$TMP_DIR"/{graph-missing,eager-recorded,fast-missing}.txt
+  # Not with BENCH_ARGS that change what those steps read or measure (another bench file or device, more
+  # precisions, compiled keys): then every step runs.
+  local read_missing=1
+  [[ " $BENCH_ARGS " =~ \ --(out|device|check-precisions|compile)[\ =] ]] && read_missing=0
   GUARD_OK_RC=3 guard $PY -c "import sys, torch, torchvision
 print('torch', torch.__version__, 'torchvision', torchvision.__version__, flush=True)
 cuda = torch.cuda.is_available()
@@ -351,11 +354,12 @@ if cuda or sys.argv[1] == '1':
     from lib.data import load_cifar10
     print(load_cifar10())
     try:
-        from lib.bench import BN_MODELS, write_missing_steps
-        write_missing_steps(sys.argv[2], sys.argv[3].split(), BN_MODELS if sys.argv[4] else ())
+        if sys.argv[5] == '1':
+            from lib.bench import BN_MODELS, write_missing_steps
+            write_missing_steps(sys.argv[2], sys.argv[3].split(), BN_MODELS if sys.argv[4] else ())
     except Exception as err:  # the steps then run as they would without it
         print(f'(what is missing not known: {type(err).__name__}: {err})')
-sys.exit(0 if cuda else 3)" "$ALLOW_CPU" "$TMP_DIR" "$STUDY_MODELS" "$PROBE_BENCH"
+sys.exit(0 if cuda else 3)" "$ALLOW_CPU" "$TMP_DIR" "$STUDY_MODELS" "$PROBE_BENCH" "$read_missing"
   rc=$?
   if ((rc == 3)) && [[ "$ALLOW_CPU" == 1 ]]; then
     log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
@@ -379,6 +383,7 @@ sys.exit(0 if cuda else 3)" "$ALLOW_CPU" "$TMP_DIR" "$STUDY_MODELS" "$PROBE_BENC
       log "the CUDA-graph check of $GRAPH_CHECK_MODEL failed or did not finish: no measurements, no training"
       return 1
     elif [[ -f "$TMP_DIR/graph-missing.txt" && ! -s "$TMP_DIR/graph-missing.txt" ]] \
+      && [[ -f "$TMP_DIR/eager-recorded.txt" ]] \
       && ! grep -qw -- "$GRAPH_CHECK_MODEL" "$TMP_DIR/eager-recorded.txt"; then  # (its check just passed)
       log "CUDA-graph checks of the study models: all recorded as now (step 1 read the bench file)"
       CIFAR10_EAGER_MODELS=$(<"$TMP_DIR/eager-recorded.txt")
@@ -408,7 +413,8 @@ sys.exit(0 if cuda else 3)" "$ALLOW_CPU" "$TMP_DIR" "$STUDY_MODELS" "$PROBE_BENC
     guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} --missing-only \
       --data "$DATA" $BENCH_ARGS
   fi
-  # Left out where step 1 found nothing to time and no graph check ran since (a new failure re-times its model).
+  # Left out where step 1 found nothing to time and the study models' graph checks did not run since (a new
+  # failure re-times its model; GRAPH_CHECK_MODEL's every-call check counts only where it had failed: step 2).
   if ((want_bench || checked_graphs)) || [[ ! -f "$TMP_DIR/fast-missing.txt" || -s "$TMP_DIR/fast-missing.txt" ]]
   then
     guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS

@@ -912,7 +912,7 @@ def test_speed_probe_times_each_variant_and_restores_lib_train(tiny_source, tmp_
         probe.main(args + ["nhwc"])
 
 
-def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, tmp_path, monkeypatch):
+def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, tmp_path, monkeypatch, capsys):
     """The runner leaves out its missing-only graph-check and fast-epoch steps when missing_steps finds nothing for
     them: what it finds must be exactly what those steps would measure."""
     current = {"torch": torch.__version__, "check_version": B.GRAPH_CHECK_VERSION}
@@ -930,7 +930,7 @@ def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, t
     models, probes = ["CANet_tiny", "ResNet18", "VGG_A", "ShuffleNetV2"], ["VGG_A", "VGG_A_BN"]
     steps = B.missing_steps(models, probes, "cpu", path)
     assert steps == {"graph": ["VGG_A", "ShuffleNetV2"], "eager": ["ResNet18"],
-                     "fast": ["ResNet18", "ShuffleNetV2", "probe-VGG_A_BN"]}
+                     "fast": ["ResNet18", "ShuffleNetV2", "probe-VGG_A_BN"], "naive_kept": ["VGG_A"]}
     timed = []
     monkeypatch.setattr(B, "fast_epoch", lambda m, *a, **kw: timed.append(m) or {
         "seconds": 0.5, "images_per_s": 1.0, "overhead_seconds": 0.1, "compile_seconds": 0.0, "setup_seconds": 1.0,
@@ -948,8 +948,12 @@ def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, t
     bench["entries"]["CANet_tiny"].update(cuda_graphs=True, canet_merged=True)
     atomic_write_json(path, bench)
     assert B.missing_steps(["ResNet18", "CANet_tiny"], (), "cuda", path)["fast"] == []
-    # Written for the runner: one file per list, empty where there is nothing.
-    monkeypatch.setattr(B, "missing_steps", lambda *a, **kw: {"graph": [], "eager": ["ResNet18"], "fast": ["A", "B"]})
+    # Written for the runner: one file per list, empty where there is nothing; the stale timings the fast step
+    # keeps for their naive epochs are named, as that step would.
+    monkeypatch.setattr(B, "missing_steps", lambda *a, **kw: {"graph": [], "eager": ["ResNet18"], "fast": ["A", "B"],
+                                                              "naive_kept": ["VGG_A"]})
+    capsys.readouterr()
     B.write_missing_steps(tmp_path, models, probes)
+    assert "[bench] VGG_A: timed otherwise than now, but with its naive epoch" in capsys.readouterr().out
     assert [(tmp_path / f"{n}.txt").read_text() for n in ("graph-missing", "eager-recorded", "fast-missing")] == [
         "", "ResNet18\n", "A B\n"]

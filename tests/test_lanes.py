@@ -486,11 +486,14 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     from test_bench import fake_entry
 
     repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="540", SEEDS="0 1",
-                                       STUDY_MODELS="CANet_tiny ResNet18", LANES="2")
+                                       STUDY_MODELS="CANet_tiny ResNet18", LANES="2", GRAPH_CHECK="1")
     models = ("CANet_tiny", "ResNet18")
     bench = {"device": name, "device_slug": B.device_slug("cpu"),
              "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=180.0, warmup=0.5), device=name,
-                                 cuda_graphs=False, compiled=False) for m in models}}
+                                 cuda_graphs=False, compiled=False) for m in models},
+             # as a GPU records them (a CPU has no graph to check and records none)
+             "graph_checks": {m: {"model": m, "ok": True, "torch": torch.__version__, "model_revision": revision(m),
+                                  "check_version": B.GRAPH_CHECK_VERSION} for m in models}}
     bench = with_records(bench, *(record(m, 2, 1.2, mps=False, device=name) for m in models))
     atomic_write_json(B.bench_path("cpu", repo), bench)
     # Each run estimated at about 180 s (x 1.2 slowdown x 1.2 margin + 20 s in a lane): the two lanes fill round 1,
@@ -510,9 +513,11 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     assert third["status"] == "ok" and third.get("shared_gpu") is None
     assert "2 lanes at once, time-sliced" in log and "MPS:" not in log
     assert "no CUDA device: dry run on the CPU" in log and "exit 3" not in log  # an answer, not a failure
-    # The first step read the bench file: every fast epoch timed as now, the recorded graph failures (none), so
-    # neither the fast-epoch step nor the failures lookup started a Python process.
+    # The first step read the bench file: every graph check and fast epoch recorded as now, so after the
+    # every-call check of CANet_tiny neither the study models' checks nor the fast-epoch step started a process.
+    assert "CUDA-graph checks of the study models: all recorded as now" in log
     assert "fast epochs of the study models and the probe steps: all recorded as now" in log
+    assert "--check-graphs CANet_tiny --check-precisions" in log and "--missing-only --graph-failures-file" not in log
     assert "--fast-only" not in log and "--graph-failures" not in log
     # The last pack is also kept on the machine, for a next call there (tests/test_bench_merge.py).
     kept = repo / "build" / "gpu-state" / "results.tar"
@@ -546,6 +551,7 @@ def test_gpu_runner_plans_no_second_round_after_a_failed_run(tiny_source, tmp_pa
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     assert "lib run crashed" in log and "a step of round 1 failed" in log and "round 2:" not in log, log[-3000:]
+    assert "--graph-failures" not in log  # GRAPH_CHECK=0: the failures the first step read (none)
     plan = (tmp_path / "out" / "plan.txt").read_text()
     assert "train p1-CANet_tiny-s0" in plan and "# skipped p1-ResNet18-s0" in plan and "# round" not in plan
 
