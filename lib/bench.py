@@ -811,6 +811,26 @@ def write_missing_steps(folder: Path | str, models: Sequence[str], probes: Seque
     return steps
 
 
+def runner_first_step(allow_cpu: bool, folder: Path | str | None, models: Sequence[str] = (),
+                      probes: bool = False) -> int:
+    """The GPU runner's first step, in one Python start (each imports torch: 5-13 s on the GPU machine): print the
+    versions, test CUDA, decode the data once into the cache (CIFAR10_SOURCE: the runner's DATA) and, with a
+    `folder`, write what its missing-only steps would measure there (write_missing_steps; on an error, nothing,
+    and every step runs). Returns 0, or 3 without CUDA, having read the data only if `allow_cpu` (a dry run)."""
+    import torchvision
+
+    print("torch", torch.__version__, "torchvision", torchvision.__version__, flush=True)
+    cuda = torch.cuda.is_available()
+    if cuda or allow_cpu:
+        print(load_cifar10())
+        if folder is not None:
+            try:
+                write_missing_steps(folder, models, BN_MODELS if probes else ())
+            except Exception as err:  # the steps then run as they would without it
+                print(f"(what is missing not known: {type(err).__name__}: {err})")
+    return 0 if cuda else 3
+
+
 def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, device: str = "auto",
                   out_path: Path | str | None = None, *, fast_only: Sequence[str] = (), probes: Sequence[str] = (),
                   num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,

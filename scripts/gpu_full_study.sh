@@ -9,7 +9,7 @@
 #  1. prints the versions, tests CUDA and decodes the data once, in one Python start (DATA=shared: the JPEG copy in
 #     .carry/, recorded as 'shared' in result configs, so results written here match the configs built on the
 #     other machine; another DATA is copied there first), and reads from the bench file what steps 2 and 3 would
-#     measure with --missing-only (lib.bench.write_missing_steps): a step with nothing to do is left out;
+#     measure with --missing-only (lib.bench.runner_first_step): a step with nothing to do is left out;
 #  2. checks the CUDA-graph training step against the eager one: GRAPH_CHECK_MODEL every call (a mismatch
 #     stops the call), every study model once per device (a model that differs trains eagerly);
 #  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too), the naive vs
@@ -341,25 +341,14 @@ main() {
   export CIFAR10_SOURCE="$DATA" TQDM_DISABLE=1 CIFAR10_TRACEBACK=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   local rc
-  # It also writes what the missing-only steps 2 and 3 would do (lib.bench.write_missing_steps), so that a step
-  # with nothing to do is left out (a Python start each); without those files every step runs.
-  # Not with BENCH_ARGS that change what those steps read or measure (another bench file or device, more
-  # precisions, compiled keys): then every step runs.
-  local read_missing=1
-  [[ " $BENCH_ARGS " =~ \ --(out|device|check-precisions|compile)[\ =] ]] && read_missing=0
-  GUARD_OK_RC=3 guard $PY -c "import sys, torch, torchvision
-print('torch', torch.__version__, 'torchvision', torchvision.__version__, flush=True)
-cuda = torch.cuda.is_available()
-if cuda or sys.argv[1] == '1':
-    from lib.data import load_cifar10
-    print(load_cifar10())
-    try:
-        if sys.argv[5] == '1':
-            from lib.bench import BN_MODELS, write_missing_steps
-            write_missing_steps(sys.argv[2], sys.argv[3].split(), BN_MODELS if sys.argv[4] else ())
-    except Exception as err:  # the steps then run as they would without it
-        print(f'(what is missing not known: {type(err).__name__}: {err})')
-sys.exit(0 if cuda else 3)" "$ALLOW_CPU" "$TMP_DIR" "$STUDY_MODELS" "$PROBE_BENCH" "$read_missing"
+  # It also writes what the missing-only steps 2 and 3 would do, so that a step with nothing to do is left out;
+  # not with BENCH_ARGS that change what those steps read or measure (another bench file or device, more
+  # precisions, compiled keys), nor if it fails: then every step runs.
+  local missing_dir=$TMP_DIR
+  [[ " $BENCH_ARGS " =~ \ --(out|device|check-precisions|compile)[\ =] ]] && missing_dir=""
+  GUARD_OK_RC=3 guard $PY -c "import sys; from lib.bench import runner_first_step
+sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].split(), bool(sys.argv[4])))" \
+    "$ALLOW_CPU" "$missing_dir" "$STUDY_MODELS" "$PROBE_BENCH"
   rc=$?
   if ((rc == 3)) && [[ "$ALLOW_CPU" == 1 ]]; then
     log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"

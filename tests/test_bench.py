@@ -957,3 +957,23 @@ def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, t
     assert "[bench] VGG_A: timed otherwise than now, but with its naive epoch" in capsys.readouterr().out
     assert [(tmp_path / f"{n}.txt").read_text() for n in ("graph-missing", "eager-recorded", "fast-missing")] == [
         "", "ResNet18\n", "A B\n"]
+
+
+def test_runner_first_step_reads_the_data_only_with_cuda_or_for_a_dry_run(tmp_path, monkeypatch, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("tests the step on a machine without CUDA")
+    loaded = []
+    monkeypatch.setattr(B, "load_cifar10", lambda: loaded.append(1) or "data")
+    monkeypatch.setattr(B, "missing_steps", lambda models, probes: {"graph": [], "eager": [], "fast": list(probes),
+                                                                     "naive_kept": []})
+    assert B.runner_first_step(False, tmp_path, ["CANet_tiny"], True) == 3 and loaded == []
+    assert not list(tmp_path.iterdir()) and f"torch {torch.__version__}" in capsys.readouterr().out
+    assert B.runner_first_step(True, tmp_path, ["CANet_tiny"], True) == 3 and loaded == [1]
+    assert (tmp_path / "fast-missing.txt").read_text() == " ".join(B.BN_MODELS) + "\n"  # probes=True: the BN models'
+    assert (tmp_path / "graph-missing.txt").read_text() == ""
+    assert B.runner_first_step(True, None, ["CANet_tiny"], False) == 3 and loaded == [1, 1]  # no folder: no files
+    monkeypatch.setattr(B, "missing_steps", lambda *a: {}[0])  # a failure leaves every step to run
+    (tmp_path / "graph-missing.txt").unlink()
+    assert B.runner_first_step(True, tmp_path, ["CANet_tiny"], False) == 3
+    assert "(what is missing not known: KeyError" in capsys.readouterr().out
+    assert not (tmp_path / "graph-missing.txt").exists()
