@@ -129,6 +129,30 @@ def refuse_cpu_work(args, configs, source: str, dirs) -> None:
                          f"take hours to days on a CPU, and cost files measured here are the CPU's, not the GPU's)")
 
 
+def take_spare(path, deadline: float, by_name: dict):
+    """The config of the next run of the GPU lanes' queue that ends by `deadline` (lib.lanes.claim_spare), saying
+    which; None when none fits. A queue that cannot be read ends the spare runs with a line saying why, not an
+    error: the lane's own runs are done, and its exit status stays theirs."""
+    from lib.lanes import claim_spare
+
+    while True:
+        try:
+            taken = claim_spare(path, deadline)
+        except (OSError, ValueError) as err:
+            print(f"spare runs: stopped, the queue cannot be read ({err})")
+            return None
+        if taken is None:
+            print(f"spare runs: none left that would end by the plan's end of the lanes "
+                  f"({max(0.0, deadline - time.time()):.0f} s from now)")
+            return None
+        name, seconds = taken
+        if name in by_name:
+            print(f"spare run {name}: estimated {seconds:.0f} s, {deadline - time.time():.0f} s before the plan's "
+                  f"end of the lanes")
+            return by_name[name]
+        print(f"spare runs: {name} is no experiment of these options, left out")
+
+
 def cmd_run(args) -> int:
     """Train the selected experiments; finished results with the same config are reused (merge)."""
     stop_by = None if args.time_limit is None else time.perf_counter() + args.time_limit
@@ -160,8 +184,12 @@ def cmd_run(args) -> int:
                if want_p1 else [])
     if args.part2:
         configs += bn_experiments(args.profile, source)
+    if (args.spare is None) != (args.spare_by is None):
+        print("error: --spare and --spare-by go together (the lanes' queue and when the plan's lanes end)",
+              file=sys.stderr)
+        return 2
+    by_name = {c.name: c for c in configs}
     if args.only:  # run in the order given (the GPU runner's plan is seed-major)
-        by_name = {c.name: c for c in configs}
         unknown = [n for n in dict.fromkeys(args.only) if n not in by_name]
         if unknown:
             print(f"error: --only names no experiment of these options: {', '.join(unknown)}. Known here: "
@@ -173,15 +201,28 @@ def cmd_run(args) -> int:
     if not args.allow_cpu_training:
         refuse_cpu_work(args, configs, source, dirs)
     t0 = time.perf_counter()
-    for i, cfg in enumerate(configs):
+
+    def stopped(cfg, left=()) -> bool:
+        """Train cfg and say how it ended; True when the time limit stopped it (then nothing more starts)."""
         r = train(cfg, dirs=dirs, force=args.force, progress=not args.quiet,
                   max_epochs_this_call=args.max_epochs_this_call, stop_by=stop_by)
         acc = r.get("test_acc")
         print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
-        if r["status"] == "incomplete" and stop_by is not None:  # out of time: start nothing more
-            left = [c.name for c in configs[i + 1:]]
+        if r["status"] == "incomplete" and stop_by is not None:
             print(f"time limit reached after {r['epochs_done']} epoch(s) of {cfg.name}"
                   + (f"; not started: {' '.join(left)}" if left else ""))
+            return True
+        return False
+
+    for i, cfg in enumerate(configs):
+        if stopped(cfg, [c.name for c in configs[i + 1:]]):
+            return 0
+    trained = len(configs)
+    while args.spare is not None and (cfg := take_spare(args.spare, args.spare_by, by_name)) is not None:
+        if not args.allow_cpu_training:
+            refuse_cpu_work(args, [cfg], source, dirs)
+        trained += 1
+        if stopped(cfg):
             return 0
     if args.probe:  # both networks, with the documented lr fallback when VGG_A does not train
         for r in bn_study.run_probes(args.profile, source, dirs, force=args.force, progress=not args.quiet):
@@ -195,7 +236,7 @@ def cmd_run(args) -> int:
         for c in compute_costs(dirs, args.models, force=args.force):
             print(f"cost {c['model']}: {c['flops'] / 1e6:,.1f} MFLOP/image, {c['infer_ips']:,.0f} images/s at batch "
                   f"{c['infer_batch']} on {c['device_name']}")
-    print(f"{len(configs)} experiment(s) in {time.perf_counter() - t0:.0f} s; results in {dirs.results}")
+    print(f"{trained} experiment(s) in {time.perf_counter() - t0:.0f} s; results in {dirs.results}")
     return 0
 
 
@@ -430,6 +471,11 @@ def main(argv=None) -> int:
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="stop (resumably) before an epoch that would end later than SECONDS after the start "
                         "(judged by the epoch before it); the next run of the experiment resumes from there")
+    p.add_argument("--spare", metavar="FILE",
+                   help="after the runs, take more from this queue of the GPU runner's lanes (lines NAME:SECONDS, "
+                        "shared by the lanes) while one ends by --spare-by (lib.lanes.claim_spare)")
+    p.add_argument("--spare-by", type=float, metavar="EPOCH_SECONDS",
+                   help="with --spare: when the plan's lanes end (seconds since the epoch, as `date +%%s`)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--allow-cpu-training", action="store_true",
                    help="let the full profile compute on a machine without CUDA (by default it names what it "

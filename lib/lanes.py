@@ -52,6 +52,40 @@ def shared_gpu() -> dict | None:
     return {"lanes": lanes, "mps": mps_on()} if lanes > 1 else None
 
 
+def claim_spare(path: Path | str, deadline: float, now: float | None = None) -> tuple[str, float] | None:
+    """Take the first run of a lane queue (lib.plan's 'spare' runs: one 'NAME:SECONDS' per line, written by the GPU
+    runner) whose estimated seconds end by `deadline` (time.time() seconds) and remove it from the file; None when
+    none fits (or the file is gone). Lanes that end at the same moment each take a different run: the file is
+    read and rewritten under an exclusive lock (PATH.lock), the rewrite atomic. A line that is not NAME:SECONDS
+    raises ValueError naming it."""
+    import fcntl
+    import time
+
+    path = Path(path)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not path.exists():
+            return None
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        entries = []
+        for line in lines:
+            name, _, seconds = line.rpartition(":")
+            try:
+                entries.append((name, float(seconds)))
+            except ValueError:
+                raise ValueError(f"{path}: {line!r} is not NAME:SECONDS (a spare run and its estimate)") from None
+            if not name:
+                raise ValueError(f"{path}: {line!r} is not NAME:SECONDS (a spare run and its estimate)")
+        left = deadline - (time.time() if now is None else now)
+        for i, (name, seconds) in enumerate(entries):
+            if seconds <= left:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(f"{line}\n" for line in lines[:i] + lines[i + 1:]))
+                os.replace(tmp, path)
+                return name, seconds
+        return None
+
+
 def concurrency_key(variant: str, runs: int, mps: bool) -> str:
     """Key of a measurement in the bench file's 'concurrency': <bench key>/x<runs>/<mps|time-sliced>."""
     return f"{variant}/x{runs}/{'mps' if mps else 'time-sliced'}"

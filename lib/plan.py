@@ -131,8 +131,8 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
                margin: float = PLAN_MARGIN, lanes: int = 1, partial: bool = True) -> dict:
     """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
     `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds',
-    'budget_s', 'partial', 'lanes', 'slowdowns', 'margin', 'order'} (and 'study_order_seconds' where the order is
-    not the study's).
+    'budget_s', 'partial', 'lanes', 'slowdowns', 'margin', 'order', 'spare'} (and 'study_order_seconds' where the
+    order is not the study's).
 
     Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
     'train-force NAME...' (the same with --force), 'slices', 'probe', 'costs'.
@@ -143,8 +143,11 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     into an empty lane while there is one, then into a lane that holds a run of its model where it fits without
     making the plan longer (one process: the later run reuses the compiled code and cuDNN's autotuning; its
     estimate still counts the one-off), else into the least loaded lane (_lane_for). The plan then starts with one 'lane NAME...' line per lane used (the runner
-    starts them together and waits for all); the other jobs, runs of models without a measured gain among them,
-    follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
+    starts them together and waits for all), then, with two lanes or more, a line 'spare SECONDS NAME:COST...':
+    the skipped runs of models that gain whose estimate in a lane (x slowdown x margin, COST) is at most the
+    longest lane's (SECONDS, from the lanes' start), which a lane that ends earlier may take while one fits
+    before then (lib.lanes.claim_spare; 'spare' in the plan). The other jobs, runs of models without a measured
+    gain among them, follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
     is the one of lanes=1.
 
     With lanes, the jobs are also fitted in a second order (a run resumable here first, then per seed block, the
@@ -230,7 +233,8 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
             if partial and too_long and job.kind == "train" and first_in_line:  # the call is its own
                 return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
                         "seconds": float(budget_s), "budget_s": budget_s, "partial": job, "lanes": 1,
-                        "slowdowns": {}, "margin": margin}
+                        "slowdowns": {}, "margin": margin, "spare": [],
+                        "lanes_end_s": 0.0}
             why = f"estimated {cost:.0f} s > {left:.0f} s left"
             if too_long and partial:
                 why += (" (longer than the whole budget: it runs over two calls once it is the first "
@@ -246,16 +250,28 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
             processes |= kinds
         taken.append(job)
     in_lanes = {id(j) for js in lane_jobs for j in js}
+    # Spare runs: a lane's runs usually end before the plan's longest lane (estimates with a margin), and until
+    # then nothing else starts. Runs of models that gain, left out for want of time, go into a queue that such a
+    # lane takes from while one fits before the plan's end of the lanes (lib.lanes.claim_spare), so the rest of the
+    # plan keeps its time. Only beside two lanes or more (one lane trains alone).
+    spare = []
+    if sum(1 for js in lane_jobs if js) > 1:
+        spare = [(j, j.seconds * factors[j.model] * margin) for j, _ in skipped
+                 if j.kind == "train" and j.seconds is not None and factors[j.model] < lanes]
+        spare = [(j, s) for j, s in spare if s <= max(loads)]
     train = [n for j in taken if not j.force and j.kind in ("train", "bn-slices") and id(j) not in in_lanes
              for n in j.names]
     forced = [n for j in taken if j.force for n in j.names]
     lines = [f"lane {' '.join(n for j in js for n in j.names)}" for js in lane_jobs if js]
+    if spare:
+        lines.append(f"spare {max(loads):.0f} " + " ".join(f"{j.names[0]}:{s:.0f}" for j, s in spare))
     lines += ([f"train {' '.join(train)}"] if train else []) + ([f"train-force {' '.join(forced)}"] if forced else [])
     lines += ["slices"] if any(j.kind == "bn-slices" for j in taken) else []
     lines += ["probe"] if any(j.kind == "probe" for j in taken) else []
     lines += ["costs"] if any(j.kind == "costs" for j in taken) else []
     return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": max(loads) + rest,
-            "budget_s": budget_s, "partial": None, "lanes": lanes, "slowdowns": slowdowns, "margin": margin}
+            "budget_s": budget_s, "partial": None, "lanes": lanes, "slowdowns": slowdowns, "margin": margin,
+            "spare": spare, "lanes_end_s": max(loads)}
 
 
 def _lane_for(job: Job, loads: list[float], lane_jobs: list[list[Job]], room: float, seconds: float) -> int:
@@ -460,6 +476,10 @@ def format_plan(plan: dict) -> str:
                    f"machine starts it over)")
     out += [f"# {n} resumes after epoch {j.epochs_done}" for j in plan["taken"] for n in j.names if j.epochs_done]
     out += plan["lines"]
+    if plan.get("spare"):
+        out.append(f"# spare: a lane whose runs end early takes the first of these that fits before the longest lane "
+                   f"ends ({plan['lanes_end_s']:.0f} s after they start); their estimates in a lane "
+                   f"(x slowdown x margin): " + ", ".join(f"{j.names[0]} {s:.0f} s" for j, s in plan["spare"]))
     out += [f"# skipped {' '.join(j.names)}: {why}" for j, why in plan["skipped"]]
     if plan["done"]:
         out.append(f"# already done: {' '.join(n for j in plan['done'] for n in j.names)}")

@@ -20,7 +20,8 @@
 #     LANES > 1 the plan's process picks, counting what each variant costs in lanes: lib.bench.compile_choice);
 #  4. plans the unfinished experiments of the subset that fit the time left (python -m lib bench --plan) and
 #     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time; with
-#     REPLAN_MIN_S or more left after them (runs end earlier than planned), plans and runs again, REPLAN times;
+#     REPLAN_MIN_S or more left after them (runs end earlier than planned), plans and runs again, REPLAN times
+#     (with lanes, a lane whose runs end early first takes the plan's spare runs that fit the lanes' planned end);
 #  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tar (never
 #     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
 #     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
@@ -118,6 +119,7 @@ STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this
 LANES=${LANES:-1}                    # training processes at once on the GPU (lib.lanes; 1: one run at a time)
 MPS=${MPS:-auto}                     # auto: with LANES > 1, try to start an MPS daemon (kernels of the lanes
                                      # overlap); 0: never (the lanes time-slice the GPU)
+USE_SPARE=${USE_SPARE:-1}            # 0: a lane whose runs end early takes none of the plan's spare runs
 # 'bench' with LANES > 1: time these alone and LANES at once (a model not measured trains alone; empty: none), in
 # this order: the small models first (most likely to gain), then those whose measurement costs most (compiles,
 # CANet_pro's long epochs); a call that runs out of time leaves the rest to the next 'bench' call.
@@ -136,7 +138,7 @@ for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S; d
 done
 [[ "$LANES" =~ ^[1-9][0-9]*$ ]] || bad_setting LANES "must be a whole number of training processes, 1 or more"
 [[ "$PLAN_MARGIN" =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)$ ]] || bad_setting PLAN_MARGIN "must be a number such as 1.2"
-for name in GRAPH_CHECK PARTIAL ALLOW_CPU GPU_STATE; do
+for name in GRAPH_CHECK PARTIAL ALLOW_CPU GPU_STATE USE_SPARE; do
   [[ "${!name}" == 0 || "${!name}" == 1 ]] || bad_setting "$name" "must be 0 or 1"
 done
 [[ "$MPS" == auto || "$MPS" == 0 ]] || bad_setting MPS "must be auto or 0"
@@ -229,21 +231,34 @@ pack() {
 
 # A plan's training runs, in order, in one process; --time-limit: a run that cannot finish stops resumably before
 # the step's timeout would kill it.
-train_runs() {  # LIMIT_SECONDS NAME...
+train_runs() {  # LIMIT_SECONDS NAME...   (SPARE_ARGS: a lane's --spare FILE --spare-by T, below)
   local limit=$1
   shift
   guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part1 --part2 --seeds $SEEDS \
-    --only "$@" --time-limit "$limit"
+    --only "$@" --time-limit "$limit" ${SPARE_ARGS[@]+"${SPARE_ARGS[@]}"}
 }
 
 # The plan's 'lane' lines: one train_runs per lane, all at once (their log lines prefixed), each stopping
-# resumably at the call's time limit; CIFAR10_LANES makes their results record that they shared the GPU.
-run_lanes() {
-  local i=0 names pids=() limit=$(($(left) - STOP_RESERVE_S))
+# resumably at the call's time limit; CIFAR10_LANES makes their results record that they shared the GPU. SPARE
+# (the plan's 'spare' line, SECONDS NAME:COST...): a queue file the lanes share; a lane whose runs are done takes
+# from it the next run that ends, by its estimate in a lane, before the plan's longest lane would (SECONDS from
+# now), so that a lane does not idle while the others train and the plan's later lines keep their time.
+run_lanes() {  # ROUND LANE...
+  local round=$1 i=0 names pids=() limit queue until entries spare_args=()
+  shift
+  limit=$(($(left) - STOP_RESERVE_S))
   log "$# lanes at once$([[ -n "${CIFAR10_MPS:-}" ]] && echo ' under MPS' || echo ', time-sliced')"
+  if [[ -n "$SPARE" && "$USE_SPARE" == 1 ]]; then
+    read -r until entries <<< "$SPARE"
+    queue=$TMP_DIR/spare-$round.txt
+    printf '%s\n' $entries > "$queue"
+    spare_args=(--spare "$queue" --spare-by "$(($(date +%s) + until))")
+    log "spare runs for a lane that ends early, until ${until} s from now: $entries"
+  fi
   for names in "$@"; do
     i=$((i + 1))
     { export CIFAR10_LANES=$#
+      SPARE_ARGS=(${spare_args[@]+"${spare_args[@]}"})
       train_runs "$limit" $names 2>&1 | sed -u "s/^/[lane $i] /"; } &
     pids+=($!)
   done
@@ -259,7 +274,7 @@ run_lanes() {
 # it) unless PARTIAL=0; later rounds plan whole runs only (--no-partial). Returns 0 when it ran its plan, 1 when
 # nothing fitted, 2 when planning failed, 3 when a step of it failed (a later round would plan it again).
 plan_and_run() {  # ROUND SUBSET...
-  local round=$1 plan=$TMP_DIR/plan-$1.txt line kind names lines=() lanes=() rest=() whole=() failed=0
+  local round=$1 plan=$TMP_DIR/plan-$1.txt line kind names lines=() lanes=() rest=() whole=() failed=0 SPARE=""
   shift
   ((round == 1)) && [[ "$PARTIAL" == 1 ]] || whole=(--no-partial)
   # With lanes measured under MPS, MPS first: the plan reads the slowdowns measured as the lanes will run (under
@@ -282,14 +297,18 @@ plan_and_run() {  # ROUND SUBSET...
   mapfile -t lines < <(grep -v '^#' "$plan")
   ((${#lines[@]})) || { stop_mps; return 1; }
   for line in "${lines[@]}"; do
-    if [[ "$line" == "lane "* ]]; then lanes+=("${line#lane }"); else rest+=("$line"); fi
+    case "$line" in
+      "lane "*) lanes+=("${line#lane }") ;;
+      "spare "*) SPARE=${line#spare } ;;  # for run_lanes
+      *) rest+=("$line") ;;
+    esac
   done
   if ((${#lanes[@]} == 1)); then  # nothing beside it: alone (planned at its slowdown: a margin more)
     rest=("train ${lanes[0]}" ${rest[@]+"${rest[@]}"})
     lanes=()
   fi
   if ((${#lanes[@]})); then
-    run_lanes "${lanes[@]}" || failed=1
+    run_lanes "$round" "${lanes[@]}" || failed=1
     pack
   fi
   ((${#rest[@]} == 0)) || stop_mps  # what follows runs alone (no rest: MPS stays up for a next round's lanes)

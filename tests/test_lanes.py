@@ -145,11 +145,19 @@ def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, t
     bench["device_slug"] = "nvidia-h200"
     # A Part 1 run: 79.5 s alone, x 1.25 beside another, x 1.2 margin = 119.25 s; +20 s for each lane's process.
     plan = P.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs, lanes=2)
-    assert plan["lines"] == ["lane p1-CANet_light-s0 p1-CANet_pro-s0", "lane p1-CANet-s0 p1-ShuffleNetV2-s0"]
-    assert plan["seconds"] == pytest.approx(20 + 2 * 119.25)
+    # The runs that did not fit, each 119.25 s in a lane, are spare runs for a lane that ends before the longest
+    # planned (258.5 s after the lanes start).
+    assert plan["lines"] == ["lane p1-CANet_light-s0 p1-CANet_pro-s0", "lane p1-CANet-s0 p1-ShuffleNetV2-s0",
+                             "spare 258 p1-MobileNetV2-s0:119 p1-ResNet18-s0:119 p1-ResNet34-s0:119 "
+                             "p1-VGG11-s0:119"]
+    assert plan["seconds"] == pytest.approx(20 + 2 * 119.25) == plan["lanes_end_s"]
     assert plan["slowdowns"]["CANet"] == 1.25
     text = P.format_plan(plan)
     assert "# lanes: up to 2 training processes at once, under MPS" in text and "CANet_light x1.25," in text
+    assert ("# spare: a lane whose runs end early takes the first of these that fits before the longest lane ends "
+            "(258 s after they start); their estimates in a lane (x slowdown x margin): p1-MobileNetV2-s0 119 s, ")\
+        in text
+    assert "# skipped p1-MobileNetV2-s0" in text  # still: a spare run may not be taken
     # One run at a time, the same budget takes two runs (20 + 2 x 95.4 s).
     alone = P.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs)
     assert alone["lines"] == ["train p1-CANet_light-s0 p1-CANet-s0"]
@@ -207,6 +215,100 @@ def test_in_the_gain_first_order_a_run_that_gains_waits_for_a_lane_unless_it_is_
         "train p1-ResNet18-s0"]
 
 
+def test_spare_runs_are_the_left_out_runs_that_gain_and_fit_the_longest_lane():
+    def job(model, seed, seconds=50.0, **kw):
+        return P.Job("train", (f"p1-{model}-s{seed}",), seconds, False, model=model, **kw)
+
+    factors = {"ResNet18": 1.25, "ResNet34": 1.25, "VGG11": 2.0}
+    # Lanes of 20 + 75 s each in 100 s; left out: ResNet18-s1 (75 s in a lane: spare), ResNet34-s1 (150 s in a
+    # lane: longer than the lanes), VGG11 (no gain at 2 at once: alone), an unmeasured run, the costs.
+    jobs = [job("ResNet18", 0), job("ResNet34", 0), job("ResNet18", 1), job("ResNet34", 1, 100.0), job("VGG11", 0),
+            job("ResNet18", 2, None), P.Job("costs", ("cost-ResNet18",), 60.0, False)]
+    plan = P._fit_jobs(jobs, factors, 100, 1.2, 2, partial=False)
+    assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0", "spare 95 p1-ResNet18-s1:75"]
+    assert [(j.names[0], s) for j, s in plan["spare"]] == [("p1-ResNet18-s1", pytest.approx(75.0))]
+    # One lane trains alone: no spare runs (ResNet18-s1, 90 s in a lane, would fit the 95 s of the first).
+    plan = P._fit_jobs([job("ResNet18", 0), job("ResNet18", 1, 60.0)], factors, 100, 1.2, 2, partial=False)
+    assert plan["lines"] == ["lane p1-ResNet18-s0"] and plan["spare"] == []
+    # Nor without lanes, or in a partial plan.
+    assert P._fit_jobs(jobs, {m: 1.0 for m in factors}, 100, 1.2, 1, partial=False)["spare"] == []
+    long = P._fit_jobs([job("ResNet18", 0, 500.0)], factors, 100, 1.2, 2, partial=True)
+    assert long["partial"] is not None and long["spare"] == [] and "spare" not in P.format_plan(long)
+
+
+def test_lanes_take_spare_runs_that_fit_each_once(tmp_path):
+    queue = tmp_path / "spare.txt"
+    queue.write_text("p1-ResNet18-s1:75\np1-ResNet34-s1:150\np1-VGG11-s1:30\n")
+    # 100 s before the lanes' planned end: the first that fits, in the plan's order, and gone from the queue.
+    assert L.claim_spare(queue, deadline=1100.0, now=1000.0) == ("p1-ResNet18-s1", 75.0)
+    assert queue.read_text() == "p1-ResNet34-s1:150\np1-VGG11-s1:30\n"
+    assert L.claim_spare(queue, deadline=1100.0, now=1060.0) == ("p1-VGG11-s1", 30.0)
+    assert L.claim_spare(queue, deadline=1100.0, now=1000.0) is None  # 150 s would end too late
+    assert queue.read_text() == "p1-ResNet34-s1:150\n"
+    assert L.claim_spare(tmp_path / "gone.txt", deadline=1e12) is None
+    queue.write_text("p1-ResNet18-s1 75\n")
+    with pytest.raises(ValueError, match="'p1-ResNet18-s1 75' is not NAME:SECONDS"):
+        L.claim_spare(queue, deadline=1e12)
+
+
+def _claim_all(path: str, results) -> None:
+    """A lane: take spare runs until none is left (for the test below)."""
+    import time
+
+    while (taken := L.claim_spare(path, deadline=time.time() + 3600)) is not None:
+        results.put(taken[0])
+
+
+def test_lanes_that_take_spare_runs_at_the_same_time_never_take_the_same_one(tmp_path):
+    import multiprocessing as mp
+
+    queue = tmp_path / "spare.txt"
+    names = [f"p1-CANet_tiny-s{i}" for i in range(40)]
+    queue.write_text("".join(f"{n}:1\n" for n in names))
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(str(queue), results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    taken = [results.get(timeout=60) for _ in names]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(taken) == sorted(names) and queue.read_text() == ""
+
+
+def test_a_lane_trains_the_spare_runs_after_its_own_while_they_fit(tiny_source, tmp_path, monkeypatch, capsys):
+    import time
+
+    import lib.train as T
+
+    trained = []
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: trained.append(cfg.name) or {"status": "ok", "test_acc": 0.5})
+    queue = tmp_path / "spare.txt"
+    queue.write_text("p1-ResNet18-s0:30\np1-CANet-s1:5000\nno-such-run:1\np1-CANet_tiny-s1:20\n")
+    args = ["run", "--profile", "smoke", "--data", str(tiny_source), "--seeds", "0", "1", "--quiet",
+            "--only", "p1-CANet-s0", "--spare", str(queue), "--spare-by", str(time.time() + 600)]
+    assert main(args) == 0
+    assert trained == ["p1-CANet-s0", "p1-ResNet18-s0", "p1-CANet_tiny-s1"]
+    out = capsys.readouterr().out
+    assert "spare run p1-ResNet18-s0: estimated 30 s" in out and "no-such-run is no experiment" in out
+    assert "spare runs: none left that would end by the plan's end of the lanes" in out
+    assert "3 experiment(s) in" in out and queue.read_text() == "p1-CANet-s1:5000\n"
+    # Its own runs stopped by the time limit: no spare run either.
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: trained.append(cfg.name)
+                        or {"status": "incomplete", "epochs_done": 2})
+    trained.clear()
+    queue.write_text("p1-ResNet18-s0:30\n")
+    assert main(args + ["--time-limit", "100"]) == 0
+    assert trained == ["p1-CANet-s0"] and queue.read_text() == "p1-ResNet18-s0:30\n"
+    # A queue it cannot read ends the spare runs, not the lane.
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: trained.append(cfg.name) or {"status": "ok"})
+    queue.write_text("garbage\n")
+    assert main(args) == 0
+    assert "spare runs: stopped, the queue cannot be read" in capsys.readouterr().out
+    assert main(args[:-2]) == 2  # --spare without --spare-by
+    assert "--spare and --spare-by go together" in capsys.readouterr().err
+
+
 def test_a_run_joins_the_lane_that_holds_its_model_where_it_fits():
     def job(model, seed):
         return P.Job("train", (f"p1-{model}-s{seed}",), 50.0, False, model=model)
@@ -245,7 +347,8 @@ def test_the_gain_first_order_keeps_a_resumable_run_and_the_first_seed_first(tin
     (Path(dirs.checkpoints) / f"{cfg.name}.last.pt").unlink()
     plan = P.plan_study(["part1"], source, budget_s=400, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
     assert plan["order"] == "gain-first", P.format_plan(plan)
-    assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0", "train p1-CANet_light-s0 p1-CANet-s0"]
+    assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0",
+                             "spare 139 p1-ResNet18-s1:119 p1-ResNet34-s1:119", "train p1-CANet_light-s0 p1-CANet-s0"]
 
 
 def test_a_run_longer_than_the_call_gives_way_to_lanes_that_cover_more(tiny_source, tmp_path, monkeypatch):
@@ -507,6 +610,10 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     first, second, *later = re.split(r"^# round \d\n", plan, flags=re.M)
     assert re.findall(r"^lane .*$", first, re.M) == ["lane p1-CANet_tiny-s0", "lane p1-ResNet18-s0"], plan
     assert "# skipped p1-CANet_tiny-s1" in first  # in round 2, a lane of its own or alone, as the time left says
+    # It was a spare run of round 1's lanes, but its estimate in a lane (261 s) passed their planned end (281 s
+    # after their start) by the time the first lane was done.
+    assert re.search(r"^spare 28\d p1-CANet_tiny-s1:26\d$", first, re.M), plan
+    assert re.search(r"\[lane \d\] spare runs: none left that would end by the plan's end of the lanes", log)
     assert re.findall(r"^(?:lane|train) (.*)$", second, re.M) == ["p1-CANet_tiny-s1"], plan
     assert "round 2:" in log and not any(re.findall(r"^(lane|train) ", p, re.M) for p in later)  # nothing left
     third = read_json(repo / "results" / "smoke" / "p1-CANet_tiny-s1.json")
@@ -526,6 +633,37 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
         assert f"[lane {i}] {name}: ok" in log
         result = read_json(repo / "results" / "smoke" / f"{name}.json")
         assert result["shared_gpu"] == {"lanes": 2, "mps": False} and result["status"] == "ok"
+
+
+def test_gpu_runner_lanes_take_a_spare_run_that_fits_before_the_planned_end(tiny_source, tmp_path):
+    """A lane that ends early trains a run the plan left out for want of time, if its estimate ends before the
+    plan's longest lane would (the plan's 'spare' line), and its result records the lanes."""
+    import subprocess
+
+    from test_bench import fake_entry
+
+    repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="380", SEEDS="0 1",
+                                       STUDY_MODELS="CANet_tiny ResNet18", LANES="2", REPLAN="0")
+    setup = {"CANet_tiny": 180.0, "ResNet18": 125.0}
+    bench = {"device": name, "device_slug": B.device_slug("cpu"),
+             "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=s, warmup=0.5), device=name,
+                                 cuda_graphs=False, compiled=False) for m, s in setup.items()}}
+    bench = with_records(bench, *(record(m, 2, 1.2, mps=False, device=name) for m in setup))
+    atomic_write_json(B.bench_path("cpu", repo), bench)
+    # In a lane (x 1.2 x 1.2): CANet_tiny about 261 s + 20, ResNet18 about 182 s + 20, in a plan budget of about
+    # 300 s: the second ResNet18 run fits neither lane nor after them, but before the longest lane's end.
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "p1-CANet_tiny-s0", "p1-ResNet18-s0",
+                          "p1-ResNet18-s1"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    plan = (tmp_path / "out" / "plan.txt").read_text()
+    assert re.findall(r"^(?:lane|train|spare) .*$", plan, re.M)[:2] == ["lane p1-CANet_tiny-s0",
+                                                                        "lane p1-ResNet18-s0"], plan
+    assert re.search(r"^spare 28\d p1-ResNet18-s1:18\d$", plan, re.M), plan
+    assert re.search(r"\[lane \d\] spare run p1-ResNet18-s1: estimated 18\d s", log), log[-3000:]
+    assert re.search(r"\[lane \d\] p1-ResNet18-s1: ok", log) and "exit " not in log
+    spare = read_json(repo / "results" / "smoke" / "p1-ResNet18-s1.json")
+    assert spare["status"] == "ok" and spare["shared_gpu"] == {"lanes": 2, "mps": False}
 
 
 def test_gpu_runner_plans_no_second_round_after_a_failed_run(tiny_source, tmp_path):

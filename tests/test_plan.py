@@ -211,6 +211,7 @@ def test_gpu_script_is_valid_bash():
                                            ("PLAN_MARGIN=1,2", "PLAN_MARGIN=1,2 must be a number such as 1.2"),
                                            ("PARTIAL=yes", "PARTIAL=yes must be 0 or 1"),
                                            ("GPU_STATE=yes", "GPU_STATE=yes must be 0 or 1"),
+                                           ("USE_SPARE=no", "USE_SPARE=no must be 0 or 1"),
                                            ("MPS=1", "MPS=1 must be auto or 0"),
                                            ("REPLAN_MIN_S=090", "REPLAN_MIN_S=090 must be a whole number"),
                                            ("PLAN_MARGIN=.", "PLAN_MARGIN=. must be a number such as 1.2"),
