@@ -37,13 +37,13 @@ class Job(NamedTuple):
     a single run longer than a call is the exception, see plan_study)."""
 
     kind: str  # 'train' | 'bn-slices' (the lr-1e-3 BN pair and the slices, which need their checkpoints) | 'probe'
-    #          | 'costs' (the Part 1 models' cost files, lib.part1.compute_costs)
+    #          | 'costs' (a Part 1 model's cost file, lib.part1.compute_costs)
     names: tuple[str, ...]  # experiment names (for 'costs': cost-<model>)
     seconds: float | None  # estimated seconds of what is left (None: nothing measured to estimate from)
     done: bool
     force: bool = False  # retrain although results exist (their checkpoints are needed and gone)
     epochs_done: int = 0  # a 'train' job's epochs in its resumable checkpoint here (lib.train.resume_epoch)
-    model: str | None = None  # a 'train' job's model (its slowdown in a lane: lib.lanes)
+    model: str | None = None  # a 'train' job's model (its slowdown in a lane: lib.lanes); a 'costs' job's
 
 
 def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
@@ -93,8 +93,10 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     jobs.append(Job("probe", tuple(c.name for c in configs),
                     None if None in probe_est else sum(s * c.num_steps for s, c in zip(probe_est, configs)),
                     probe_done))
-    jobs.append(Job("costs", tuple(f"cost-{m}" for m in PART1_MODELS), COSTS_ALLOWANCE_S,
-                    all(gpu_cost_file(dirs, m) for m in PART1_MODELS)))
+    # One job per model (an even share of the allowance), so that the cost files fill what a call has left
+    # a few at a time (one process for all those taken: 'costs MODEL...').
+    jobs += [Job("costs", (f"cost-{m}",), COSTS_ALLOWANCE_S / len(PART1_MODELS), gpu_cost_file(dirs, m), model=m)
+             for m in PART1_MODELS]
     return jobs + p1[len(PART1_MODELS):]
 
 
@@ -135,7 +137,7 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     order is not the study's).
 
     Lines (what scripts/gpu_full_study.sh runs, in order): 'train NAME...' (python -m lib run --only),
-    'train-force NAME...' (the same with --force), 'slices', 'probe', 'costs'.
+    'train-force NAME...' (the same with --force), 'slices', 'probe', 'costs MODEL...' (their cost files).
 
     lanes > 1: the training runs (not the lr-1e-3 pair, which the slices follow) of models that train faster
     together than one after another (measured slowdown at `lanes` runs at once < lanes: lib.lanes.slowdown) are
@@ -268,7 +270,8 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
     lines += ([f"train {' '.join(train)}"] if train else []) + ([f"train-force {' '.join(forced)}"] if forced else [])
     lines += ["slices"] if any(j.kind == "bn-slices" for j in taken) else []
     lines += ["probe"] if any(j.kind == "probe" for j in taken) else []
-    lines += ["costs"] if any(j.kind == "costs" for j in taken) else []
+    costs = [j.model for j in taken if j.kind == "costs"]
+    lines += [f"costs {' '.join(costs)}"] if costs else []
     return {"lines": lines, "taken": taken, "skipped": skipped, "done": done, "seconds": max(loads) + rest,
             "budget_s": budget_s, "partial": None, "lanes": lanes, "slowdowns": slowdowns, "margin": margin,
             "spare": spare, "lanes_end_s": max(loads)}

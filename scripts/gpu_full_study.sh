@@ -320,7 +320,7 @@ plan_and_run() {  # ROUND SUBSET...
       train-force) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --part2 --force --only $names ;;
       slices) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --slices ;;  # source by name
       probe) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --probe ;;
-      costs) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --costs ;;  # per model, on the GPU
+      costs) guard $PY -m lib run --profile "$PROFILE" --publish --data "$DATA" $CPU_OK --costs --models $names ;;
       *) log "unknown plan line: $line"; false ;;
     esac
     (($? == 0)) || failed=1

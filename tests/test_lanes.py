@@ -149,8 +149,9 @@ def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, t
     # planned (258.5 s after the lanes start).
     assert plan["lines"] == ["lane p1-CANet_light-s0 p1-CANet_pro-s0", "lane p1-CANet-s0 p1-ShuffleNetV2-s0",
                              "spare 258 p1-MobileNetV2-s0:119 p1-ResNet18-s0:119 p1-ResNet34-s0:119 "
-                             "p1-VGG11-s0:119"]
-    assert plan["seconds"] == pytest.approx(20 + 2 * 119.25) == plan["lanes_end_s"]
+                             "p1-VGG11-s0:119", "costs CANet_tiny CANet_light"]  # 36 s of the 41.5 s left
+    assert plan["seconds"] == pytest.approx(20 + 2 * 119.25 + 20 + 2 * 8) and plan["lanes_end_s"] == pytest.approx(
+        20 + 2 * 119.25)
     assert plan["slowdowns"]["CANet"] == 1.25
     text = P.format_plan(plan)
     assert "# lanes: up to 2 training processes at once, under MPS" in text and "CANet_light x1.25," in text
@@ -158,9 +159,10 @@ def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, t
             "(258 s after they start); their estimates in a lane (x slowdown x margin): p1-MobileNetV2-s0 119 s, ")\
         in text
     assert "# skipped p1-MobileNetV2-s0" in text  # still: a spare run may not be taken
-    # One run at a time, the same budget takes two runs (20 + 2 x 95.4 s).
+    # One run at a time, the same budget takes two runs (20 + 2 x 95.4 s) and eight cost files (20 + 8 x 8 s).
     alone = P.plan_study(["part1"], source, budget_s=300, bench=bench, dirs=dirs)
-    assert alone["lines"] == ["train p1-CANet_light-s0 p1-CANet-s0"]
+    assert alone["lines"] == ["train p1-CANet_light-s0 p1-CANet-s0",
+                              "costs CANet_tiny CANet_light CANet CANet_pro ShuffleNetV2 MobileNetV2 ResNet18 ResNet34"]
     # Not measured, or slower together than one after another: the runs train alone, as without lanes.
     slower = with_records(fake_bench(), *(record(m, 2, 2.5) for m in PART1_MODELS))
     for other in (fake_bench(), dict(slower, device_slug="nvidia-h200")):
@@ -171,10 +173,10 @@ def test_plan_spreads_training_runs_over_lanes_by_their_slowdowns(tiny_source, t
     plan = P.plan_study(["part1"], source, budget_s=400, bench=dict(mixed, device_slug="nvidia-h200"), dirs=dirs,
                         lanes=2)
     # lanes: 20 + 119.25 each; then CANet_light and CANet_pro alone: 20 + 2 x 95.4; MobileNetV2's 95.4 more
-    # would pass 400.
+    # would pass 400; three cost files (20 + 3 x 8 s) fit.
     assert plan["lines"] == ["lane p1-CANet-s0", "lane p1-ShuffleNetV2-s0",
-                             "train p1-CANet_light-s0 p1-CANet_pro-s0"]
-    assert plan["seconds"] == pytest.approx(139.25 + 20 + 2 * 95.4)
+                             "train p1-CANet_light-s0 p1-CANet_pro-s0", "costs CANet_tiny CANet_light CANet"]
+    assert plan["seconds"] == pytest.approx(139.25 + 20 + 2 * 95.4 + 20 + 3 * 8)
 
 
 def two_models_gain(tiny_source, tmp_path, monkeypatch):
@@ -194,13 +196,18 @@ def test_the_plan_fits_the_runs_that_gain_first_when_that_covers_more(tiny_sourc
     # In study order CANet_light (no gain) trains alone first (20 + 95.4 s), and no lane (20 + 119.25 s) fits
     # beside it in 200 s: 79.5 s of runs. The two that gain, first: a lane each, 159 s of runs.
     plan = P.plan_study(["part1"], source, budget_s=200, bench=bench, dirs=dirs, lanes=2)
-    assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0"] and plan["order"] == "gain-first"
-    assert P.covered_seconds(plan) == pytest.approx(159.0) and plan["study_order_seconds"] == pytest.approx(79.5)
-    assert "# order: gain-first (a run resumable here, then per seed block the runs that gain at 2 at once), 159 s " \
-           "of single-run estimates against 80 s in study order" in P.format_plan(plan)
+    # The cost files fill what is left after the lanes: 20 s for the process, 8 s each (their 60 s allowance / 9 x
+    # 1.2): five of them here, eight in study order (beside CANet_light alone).
+    assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0",
+                             "costs CANet_tiny CANet_light CANet CANet_pro ShuffleNetV2"]
+    assert plan["order"] == "gain-first"
+    assert P.covered_seconds(plan) == pytest.approx(159.0 + 5 * 60 / 9)
+    assert plan["study_order_seconds"] == pytest.approx(79.5 + 8 * 60 / 9)
+    assert "# order: gain-first (a run resumable here, then per seed block the runs that gain at 2 at once), 192 s " \
+           "of single-run estimates against 133 s in study order" in P.format_plan(plan)
     # With room for everything, study order covers as much: kept.
     plan = P.plan_study(["part1"], source, budget_s=1000, bench=bench, dirs=dirs, lanes=2)
-    assert plan["order"] == "study" and "# order" not in P.format_plan(plan) and len(plan["taken"]) == 9  # + costs
+    assert plan["order"] == "study" and "# order" not in P.format_plan(plan) and len(plan["taken"]) == 8 + 9  # + costs
 
 
 def test_in_the_gain_first_order_a_run_that_gains_waits_for_a_lane_unless_it_is_resumable():
@@ -348,7 +355,8 @@ def test_the_gain_first_order_keeps_a_resumable_run_and_the_first_seed_first(tin
     plan = P.plan_study(["part1"], source, budget_s=400, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
     assert plan["order"] == "gain-first", P.format_plan(plan)
     assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0",
-                             "spare 139 p1-ResNet18-s1:119 p1-ResNet34-s1:119", "train p1-CANet_light-s0 p1-CANet-s0"]
+                             "spare 139 p1-ResNet18-s1:119 p1-ResNet34-s1:119", "train p1-CANet_light-s0 p1-CANet-s0",
+                             "costs CANet_tiny CANet_light CANet"]
 
 
 def test_a_run_longer_than_the_call_gives_way_to_lanes_that_cover_more(tiny_source, tmp_path, monkeypatch):
@@ -381,7 +389,8 @@ def test_a_run_too_long_for_a_lane_but_not_alone_trains_alone(tiny_source, tmp_p
                  device_slug="nvidia-h200")
     # In a lane 20 + 79.5 x 1.9 x 1.2 = 201 s > 170; alone 20 + 95.4 s fits (as with lanes=1).
     plan = P.plan_study(["part1"], source, budget_s=170, bench=bench, dirs=dirs, lanes=2)
-    assert plan["lines"] == ["train p1-CANet_tiny-s0"] and plan["slowdowns"] == {}
+    assert plan["lines"] == ["train p1-CANet_tiny-s0", "costs CANet_tiny CANet_light CANet CANet_pro"]
+    assert plan["slowdowns"] == {}
     assert plan["lines"] == P.plan_study(["part1"], source, budget_s=170, bench=bench, dirs=dirs)["lines"]
 
 
@@ -398,7 +407,7 @@ def test_jobs_beside_the_lanes_run_after_them_one_at_a_time(tiny_source, tmp_pat
         n for j in plan["taken"] if j.kind == "train" for n in j.names)  # six BN runs, each in one lane
     # the lr-1e-3 pair (which the slices need) trains after the lanes, then the slices, probes, costs
     assert plan["lines"][3:] == ["train bn-VGG_A-lr0.001-s2020 bn-VGG_A_BN-lr0.001-s2020", "slices", "probe",
-                                 "costs"]
+                                 "costs CANet_tiny CANet_light CANet CANet_pro ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11"]
     with pytest.raises(ValueError, match="lanes must be at least 1"):
         P.plan_study(["all"], source, bench=fake_bench(), dirs=dirs, lanes=0)
 
@@ -589,7 +598,7 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     from test_bench import fake_entry
 
     repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="540", SEEDS="0 1",
-                                       STUDY_MODELS="CANet_tiny ResNet18", LANES="2", GRAPH_CHECK="1")
+                                       STUDY_MODELS="CANet_tiny ResNet18", LANES="2", GRAPH_CHECK="1", USE_SPARE="0")
     models = ("CANet_tiny", "ResNet18")
     bench = {"device": name, "device_slug": B.device_slug("cpu"),
              "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=180.0, warmup=0.5), device=name,
@@ -610,10 +619,10 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     first, second, *later = re.split(r"^# round \d\n", plan, flags=re.M)
     assert re.findall(r"^lane .*$", first, re.M) == ["lane p1-CANet_tiny-s0", "lane p1-ResNet18-s0"], plan
     assert "# skipped p1-CANet_tiny-s1" in first  # in round 2, a lane of its own or alone, as the time left says
-    # It was a spare run of round 1's lanes, but its estimate in a lane (261 s) passed their planned end (281 s
-    # after their start) by the time the first lane was done.
+    # It is a spare run of round 1's lanes (261 s in a lane, before their planned end 281 s after their start),
+    # which USE_SPARE=0 keeps them from taking here, so that round 2 plans it (the next test takes one).
     assert re.search(r"^spare 28\d p1-CANet_tiny-s1:26\d$", first, re.M), plan
-    assert re.search(r"\[lane \d\] spare runs: none left that would end by the plan's end of the lanes", log)
+    assert "spare run" not in log and "--spare" not in log
     assert re.findall(r"^(?:lane|train) (.*)$", second, re.M) == ["p1-CANet_tiny-s1"], plan
     assert "round 2:" in log and not any(re.findall(r"^(lane|train) ", p, re.M) for p in later)  # nothing left
     third = read_json(repo / "results" / "smoke" / "p1-CANet_tiny-s1.json")
@@ -706,7 +715,7 @@ def test_what_is_left_of_the_study_in_gpu_minutes(tiny_source, tmp_path, monkeyp
     probes = 2 * PROBE_SIZES["full"]["num_steps"] * 0.01
     left = 8 * 79.5 + 6 * 28.5 + (2 * 28.5 + 30) + probes + 60
     est = P.remaining_estimate(bench, source, dirs)
-    assert est["seconds"] == pytest.approx(left) and len(est["jobs"]) == 8 + 6 + 3 and est["unknown"] == []
+    assert est["seconds"] == pytest.approx(left) and len(est["jobs"]) == 8 + 6 + 2 + 9 and est["unknown"] == []
     assert est["lanes_seconds"] is None  # nothing measured at once
     # ResNet18 and ResNet34 measured 1.5x as long three at once under MPS: each counts 79.5 x 1.5 / 3 s.
     measured = dict(with_records(bench, record("ResNet18", 3, 1.5), record("ResNet34", 3, 1.5)),
@@ -723,7 +732,7 @@ def test_what_is_left_of_the_study_in_gpu_minutes(tiny_source, tmp_path, monkeyp
     monkeypatch.setattr(C, "gpu_bench_files", lambda: [path])
     monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
     assert main(["status", "--profile", "full", "--data", str(tiny_source)]) == 0
-    assert (f"left on NVIDIA H100 80GB HBM3 (estimates from {path}): 17 job(s), about {left / 60:.1f} min one run "
+    assert (f"left on NVIDIA H100 80GB HBM3 (estimates from {path}): 25 job(s), about {left / 60:.1f} min one run "
             f"after another, at least {(left - 79.5) / 60:.1f} min with 3 runs at once under MPS") in capsys.readouterr().out
     # A bench file that cannot be read: said, and the list still stands.
     path.write_text("{not json")

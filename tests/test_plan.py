@@ -75,10 +75,11 @@ def test_jobs_run_the_first_seed_of_the_whole_study_before_the_extra_seeds(tiny_
     source = resolve_source(tiny_source)
     jobs = P.study_jobs(fake_bench(), source, output_dirs("full", root=tmp_path), seeds=(0, 1, 2))
     names = [j.names[0] for j in jobs]
-    assert len(jobs) == 3 * 9 + 6 + 1 + 1 + 1  # Part 1 x 3 seeds, six BN runs, the pair + slices, probes, costs
+    assert len(jobs) == 3 * 9 + 6 + 1 + 1 + 9  # Part 1 x 3 seeds, six BN runs, the pair + slices, probes, 9 costs
     assert [n.rsplit("-s", 1)[1] for n in names[:9]] == ["0"] * 9
-    assert names[9].startswith("bn-") and jobs[16].kind == "probe" and jobs[17].kind == "costs"
-    assert [n.rsplit("-s", 1)[1] for n in names[18:]] == ["1"] * 9 + ["2"] * 9
+    assert names[9].startswith("bn-") and jobs[16].kind == "probe"
+    assert [j.kind for j in jobs[17:26]] == ["costs"] * 9 and names[26] == "p1-CANet_tiny-s1"
+    assert [n.rsplit("-s", 1)[1] for n in names[26:]] == ["1"] * 9 + ["2"] * 9
     plan = P.plan_study(["p1-CANet-s2"], source, budget_s=1000, bench=fake_bench(), seeds=(0, 1, 2),
                         dirs=output_dirs("full", root=tmp_path))
     assert plan["lines"] == ["train p1-CANet-s2"]
@@ -111,18 +112,27 @@ def test_plan_measures_the_costs_on_the_gpu_until_every_model_has_a_gpu_cost_fil
     source = resolve_source(tiny_source)
     dirs = output_dirs("full", root=tmp_path)
     plan = P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
-    assert plan["lines"] == ["costs"] and plan["seconds"] == pytest.approx(P.COSTS_ALLOWANCE_S * 1.2 + 20)
-    assert P.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs)["lines"][-1] == "costs"
+    assert plan["lines"] == [f"costs {' '.join(PART1_MODELS)}"]  # one process for all
+    assert plan["seconds"] == pytest.approx(P.COSTS_ALLOWANCE_S * 1.2 + 20)
+    assert P.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs)["lines"][-1] == \
+        f"costs {' '.join(PART1_MODELS)}"
+    # A model's share of the allowance each: a call with 40 s left measures three (20 s for the process).
+    share = P.COSTS_ALLOWANCE_S / len(PART1_MODELS) * 1.2
+    plan = P.plan_study(["costs"], source, budget_s=20 + 3 * share + 1, bench=fake_bench(), dirs=dirs)
+    assert plan["lines"] == [f"costs {' '.join(PART1_MODELS[:3])}"] and len(plan["skipped"]) == 6
+    assert P.plan_study(["cost-VGG11"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)["lines"] == [
+        "costs VGG11"]
     gpu = {"infer_batch": GPU_COST_BATCH, "device_name": "NVIDIA H200"}
     for i, model in enumerate(PART1_MODELS):  # the last two measured on a CPU: not the GPU measurement yet
         cost = dict(gpu, infer_batch=CPU_COST_BATCH) if i == len(PART1_MODELS) - 1 else gpu
         cost = dict(cost, device_name="CPU (x86_64, 2 threads)") if i == len(PART1_MODELS) - 2 else cost
         atomic_write_json(cost_path(dirs, model), dict(cost, model=model))
-    assert P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)["lines"] == ["costs"]
+    assert P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)["lines"] == [
+        f"costs {' '.join(PART1_MODELS[-2:])}"]
     for model in PART1_MODELS[-2:]:
         atomic_write_json(cost_path(dirs, model), dict(gpu, model=model))
     plan = P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
-    assert plan["lines"] == [] and plan["done"][0].kind == "costs"
+    assert plan["lines"] == [] and [j.kind for j in plan["done"]] == ["costs"] * len(PART1_MODELS)
 
 
 def test_the_costs_job_does_not_keep_a_run_longer_than_a_call_from_its_call(tiny_source, tmp_path):
@@ -198,7 +208,8 @@ def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, 
     assert plan["done"][0].names == ("bn-VGG_A-lr0.001-s2020", "bn-VGG_A_BN-lr0.001-s2020")
     with pytest.raises(ValueError, match="unknown study subset"):
         P.plan_study(["p1-Nope-s0"], source, bench=fake_bench(), dirs=dirs)
-    assert P.plan_study(["all"], source, bench=None, dirs=dirs)["lines"] == ["costs"]  # no training to estimate
+    assert P.plan_study(["all"], source, bench=None, dirs=dirs)["lines"] == [  # no training to estimate
+        "costs CANet_tiny CANet_light CANet CANet_pro ShuffleNetV2 MobileNetV2 ResNet18 ResNet34 VGG11"]
 
 
 def test_gpu_script_is_valid_bash():
