@@ -270,6 +270,31 @@ def cmd_study(args) -> int:
     return 0
 
 
+def note_other_data(rows, dirs, source: str) -> None:
+    """Say so on stderr when experiments that `status` lists as missing have a result in the folder trained on
+    other data (its `data_source`): a status asked for another `--data` (default: official) than the study's."""
+    from collections import Counter
+
+    from lib.results import read_json
+
+    found = Counter()
+    for state, name, _ in rows:
+        path = Path(dirs.results) / f"{name}.json"
+        if state == "done" or not path.exists():
+            continue
+        try:
+            other = read_json(path)["config"]["data_source"]
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if isinstance(other, str) and other != source:
+            found[other] += 1
+    if found:
+        sources = ", ".join(f"{n} on {s}" for s, n in found.most_common())
+        print(f"note: {sum(found.values())} of these experiments have a result in {dirs.results} trained on other "
+              f"data ({sources}), not counted for --data {source}: give --data {found.most_common(1)[0][0]} to see "
+              f"that study", file=sys.stderr)
+
+
 def note_published(args, dirs) -> None:
     """Say so on stderr when a smoke/quick command without --publish reads a results folder that holds no result
     while the committed one (results/<profile>/) does: the committed study is what a user usually means."""
@@ -309,6 +334,7 @@ def cmd_status(args) -> int:
     for state, name, detail in rows:
         if args.all or state != "done":
             print(f"  {state:8} {name}{'  (' + detail + ')' if detail else ''}")
+    note_other_data(rows, dirs, canonical_source(args.data))
     if args.profile == "full" and counts["done"] < len(rows):  # what is left, in GPU time, per committed GPU bench file
         for path in gpu_bench_files():
             shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path

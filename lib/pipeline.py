@@ -301,15 +301,19 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"this again to render the notebooks and report from them; or pass --allow-cpu-training to compute "
                 f"them here (hours to days for training).")
     if not reuse_only and not force:  # an override would stop in a notebook: say so before the first one starts
-        from lib.train import override_clash
+        from lib.train import keep_advice, override_clash
 
         wanted = part1_configs_of(source, names, seeds, extra_params or {}, profile)
+        if any(name.startswith("04") for name in names):  # the BN protocol's runs, on other data in the folder
+            from lib.experiments import bn_experiments
+
+            wanted.update((c.name, c) for c in bn_experiments(profile, source))
         clash = {n: changed for n, cfg in wanted.items() if (changed := override_clash(cfg, dirs))}
         if clash:
             raise StudyError(
                 f"these notebooks would replace finished results of the same runs in {dirs.results}, which differ "
-                "only in " + "; ".join(f"{n}: {', '.join(c)}" for n, c in clash.items()) + ". Write into another "
-                "folder (smoke/quick without --publish), or pass --force to replace them")
+                "only in " + "; ".join(f"{n}: {', '.join(c)}" for n, c in clash.items()) + ". To keep them, "
+                f"{keep_advice(profile, Path(dirs.results), 'those result files')}; or pass --force to replace them")
     if not reuse_only and any(not name.startswith("cost-") for name in missing):  # cost files need no data
         from lib.data import load_cifar10
 

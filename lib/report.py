@@ -128,7 +128,21 @@ def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) ->
     n_train = join_distinct(fmt_int((r.get("data") or {}).get("num_train_used")) for r in results)
     seeds = sorted(_unique(int(r["seed"]) for r in results if r.get("seed") is not None)) if seeds is None else seeds
     return (f"data: {data} ({n_train} training images) | profile: {join_distinct(r.get('profile') for r in results)} | "
-            f"device: {join_distinct(r.get('device') for r in results)} | seeds: {', '.join(map(str, seeds)) or '-'}")
+            f"device: {join_distinct(r.get('device') for r in results)}{shared_gpu_note(results)} | "
+            f"seeds: {', '.join(map(str, seeds)) or '-'}")
+
+
+def shared_gpu_note(results: Sequence[dict]) -> str:
+    """' (shared: 11 of 11 runs trained 3 at once under MPS, so their times are those of a shared GPU)' for
+    results of which some trained beside others on one GPU (lib.lanes: `shared_gpu`); '' when none did."""
+    shared = [r["shared_gpu"] for r in results if isinstance(r.get("shared_gpu"), dict)]
+    if not shared:
+        return ""
+    lanes = " or ".join(str(n) for n in sorted({s.get("lanes") for s in shared if isinstance(s.get("lanes"), int)}))
+    mps = (" under MPS" if all(s.get("mps") for s in shared) else
+           " (some under MPS)" if any(s.get("mps") for s in shared) else " time-sliced")
+    return (f" (shared: {len(shared)} of {len(results)} runs trained {lanes or 'several'} at once{mps}, so their "
+            f"time columns are those of a shared GPU)")
 
 
 # --------------------------------------------------------------------------------------------- Part 1
@@ -753,6 +767,25 @@ def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
     return [(data.get("device", "?"), bench_table(data)) for data in benches]
 
 
+def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], study: dict) -> dict:
+    """How much of the study of `profile` the folder holds (lib.plan.study_status): {'done', 'total', 'missing'
+    (names), 'seeds', 'data'}, for the data source of its Part 1 results (else the JPEG copy's, 'shared') and the
+    seeds of its study record, else of its Part 1 results (else 0). None where that data source is a path this
+    machine does not have (the study's configurations name it as found): the report still renders."""
+    from lib.data import DataError
+    from lib.plan import study_status
+
+    sources = _unique((r.get("config") or {}).get("data_source") for r in p1)
+    source = sources[0] if sources else "shared"
+    seeds = study.get("seeds") or sorted(_unique(int(r["seed"]) for r in p1 if r.get("seed") is not None)) or [0]
+    try:
+        rows = study_status(profile, source, dirs, seeds)
+    except DataError:
+        return None
+    return {"done": sum(state == "done" for state, _, _ in rows), "total": len(rows), "seeds": seeds,
+            "data": source, "missing": [name for state, name, _ in rows if state != "done"]}
+
+
 def collect(profile: str, dirs: OutputDirs) -> dict:
     """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs)."""
     from lib.bn_study import bn_summary
@@ -804,6 +837,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         if (summary.get("protocol") or summary.get("probe")) else None,
         "part2_findings": part2_findings(summary),
         "sanity": sanity_bars(table, summary) if profile == "full" else [],
+        "progress": study_progress(profile, dirs, p1, study) if profile == "full" else None,
         "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
                       for m in BN_MODELS},
         "study": study,

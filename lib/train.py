@@ -583,16 +583,14 @@ OVERRIDES = ("num_epochs", "precision")  # what `--num-epochs` and `--precision`
 
 
 def overridden_result(path: Path, cfg: TrainConfig) -> list[str]:
-    """For a Part 1 run that departs from its profile's recipe (`--num-epochs`, `--precision`): the fields, with
-    their values there and here, in which the finished result at `path` differs from `cfg` when they are all
-    override fields (OVERRIDES), so that training `cfg` would replace the result of the same run with another
-    number of epochs or precision. [] otherwise: no such result, one that differs in anything else (stale,
-    retrained as before), or a run of the recipe itself (which replaces an override's result, as the GPU runner
-    needs)."""
+    """The fields, with their values there and here, in which the finished result at `path` differs from `cfg`,
+    when training `cfg` would replace the result of the same run trained otherwise, which is never done without
+    force: the same run on other data (`data_source`: `--data`), or a Part 1 run that departs from its profile's
+    recipe (`--num-epochs`, `--precision`: OVERRIDES) over one with another number of epochs or precision. []
+    otherwise: no such result, one that differs in anything else (stale, retrained as before), or a run of the
+    recipe itself over an override's result on the same data (which it replaces, as the GPU runner needs)."""
     from lib.part1 import recipe_options
 
-    if "part1" not in cfg.tags or not recipe_options(cfg.to_dict()):
-        return []
     try:
         old = read_json(path)
         recorded = TrainConfig.from_dict(old["config"]).to_dict()
@@ -602,9 +600,19 @@ def overridden_result(path: Path, cfg: TrainConfig) -> list[str]:
         return []
     wanted = cfg.to_dict()
     changed = [k for k in wanted if recorded.get(k) != wanted[k]]
-    if not changed or not set(changed) <= set(OVERRIDES):
+    if not changed or not set(changed) <= {*OVERRIDES, "data_source"}:
+        return []
+    if "data_source" not in changed and ("part1" not in cfg.tags or not recipe_options(wanted)):
         return []
     return [f"{k} ({recorded[k]} there, {wanted[k]} here)" for k in changed]
+
+
+def keep_advice(profile: str, results: Path, files: str = "the result file") -> str:
+    """How to train a run without replacing a finished result of it in the folder `results`."""
+    published = Path(output_dirs(profile, publish=True).results).resolve() == Path(results).resolve()
+    other = f"train into build/{profile}/ instead (leave out --publish), or " if published and profile != "full" \
+        else ""
+    return f"{other}move {files} out of {results} first"
 
 
 def override_clash(cfg: TrainConfig, dirs: OutputDirs) -> list[str]:
@@ -633,9 +641,9 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
     if not force and (changed := override_clash(cfg, dirs)):
         raise ValueError(f"{result_path} holds a finished run of {cfg.name} that differs from this one only in "
-                         f"{', '.join(changed)}: training it would replace that result. Train into another "
-                         f"folder (smoke/quick without --publish: build/{cfg.profile}/), or replace it with --force "
-                         f"(with `--only {cfg.name}` to force this run alone; notebooks: force = True)")
+                         f"{', '.join(changed)}: training it would replace that result. To keep it, "
+                         f"{keep_advice(cfg.profile, result_path.parent)}; or replace it with --force (with `--only "
+                         f"{cfg.name}` to force this run alone; notebooks: force = True)")
     device = resolve_device(cfg.device)
     sharing = shared_gpu()  # other runs training beside this one (the GPU runner's lanes), read before training
     if progress and not _hinted and (hint := precision_hint(cfg, device)):  # once per process

@@ -554,12 +554,16 @@ def test_report_says_when_runs_shared_the_gpu(tmp_path):
 
     text = Path(render_report("quick", dirs)).read_text()
     assert "1 of the training runs shared the GPU with other runs (3 started\n  at once, under NVIDIA MPS;" in text
+    # and the comparison table's context line says so where its time columns are shown
+    assert ("(shared: 1 of 2 runs trained 3 at once under MPS, so their time columns "
+            "are those of a shared GPU) | seeds: 0, 1") in text
     r = p1_result("CANet", 2, 0.9)
     atomic_write_json(Path(dirs.results) / f"{r['name']}.json", dict(r, shared_gpu={"lanes": 2, "mps": False}))
     assert collect("quick", dirs)["times"]["mps"] == "some"
     text = Path(render_report("quick", dirs)).read_text()
     assert "2 of the training runs shared the GPU with other runs (2 or 3 started\n  at once, some under NVIDIA MPS, " \
            "some time-sliced;" in text
+    assert "(shared: 2 of 3 runs trained 2 or 3 at once (some under MPS), so their" in text
 
 
 def runner_in_a_copy(tmp_path: Path, tiny_source, **settings) -> tuple[Path, dict, str]:

@@ -304,7 +304,9 @@ def test_a_study_of_a_named_model_shows_its_first_seed_in_notebook_03(tmp_path, 
 
 
 def test_a_study_with_an_override_stops_before_replacing_a_finished_run(tmp_path, tiny_source):
-    from lib.experiments import part1_config
+    import shutil
+
+    from lib.experiments import bn_experiments, part1_config
     from lib.results import atomic_write_json
 
     dirs = output_dirs("smoke", root=tmp_path)
@@ -313,6 +315,16 @@ def test_a_study_with_an_override_stops_before_replacing_a_finished_run(tmp_path
     for extra, what in (({"num_epochs": 1}, "num_epochs (2 there, 1 here)"),
                         ({"precision": "bf16"}, "precision (auto there, bf16 here)")):
         with pytest.raises(StudyError, match=rf"would replace finished results .* p1-CANet-s0: {re.escape(what)}\. "
-                                             r"Write into another folder .* --force"):
+                                             r"To keep them, move those result files out of .* first; or pass "
+                                             r"--force"):
             run_study("smoke", data_source=tiny_source, notebooks=["01"], root=tmp_path, extra_params=extra)
+    # The same run on other data, and a BN protocol run on other data (notebook 04).
+    bn = bn_experiments("smoke", tiny_source)[0]
+    atomic_write_json(dirs.results / f"{bn.name}.json", {"name": bn.name, "status": "ok", "config": bn.to_dict()})
+    other = str(tmp_path / "another-copy")
+    shutil.copytree(tiny_source, other)
+    for notebook, name in (("01", cfg.name), ("04", bn.name)):
+        with pytest.raises(StudyError, match=rf"would replace finished results .* {name}: data_source "
+                                             rf"\({re.escape(str(tiny_source))} there, {re.escape(other)} here\)"):
+            run_study("smoke", data_source=other, notebooks=[notebook], root=tmp_path)
     assert not executed_dir("smoke", tmp_path).exists()

@@ -316,3 +316,25 @@ def test_gpu_script_stops_without_cuda_before_reading_the_data(tmp_path):
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=dict(env, ALLOW_CPU="1"),
                          capture_output=True, text=True, timeout=120)
     assert "the first step failed" in run.stdout and "lib bench" not in run.stdout
+
+
+def test_status_says_when_missing_experiments_have_results_on_other_data(tiny_source, tmp_path, monkeypatch,
+                                                                          capsys):
+    import lib.cli as C
+    from lib.cli import main
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("smoke", root=tmp_path)
+    monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
+    for model in ("CANet_tiny", "ResNet18"):
+        write_finished(dirs, part1_config(model, "smoke", "shared"))  # the study of the JPEG copy
+    assert main(["status", "--profile", "smoke", "--data", str(tiny_source)]) == 0
+    out, err = capsys.readouterr()
+    assert "0 of 29 done" in out and "missing  p1-CANet_tiny-s0" in out  # not this data's
+    assert (f"note: 2 of these experiments have a result in {dirs.results} trained on other data (2 on shared), not "
+            f"counted for --data {source}: give --data shared to see that study") in err
+    write_finished(dirs, part1_config("CANet_tiny", "smoke", source))
+    main(["status", "--profile", "smoke", "--data", str(tiny_source)])
+    assert "note: 1 of these experiments" in capsys.readouterr().err  # the finished one replaced its file
+    main(["status", "--profile", "smoke", "--data", "shared"])
+    assert "note: 1 of these" in capsys.readouterr().err  # and now CANet_tiny is the other data's

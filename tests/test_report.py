@@ -189,6 +189,10 @@ def test_empty_folder_renders_not_run_rows(tmp_path):
     dirs = output_dirs("full", root=tmp_path)
     text = render_report("full", dirs).read_text()
     assert "Until the full profile's results are complete" not in text  # the full profile needs no warning
+    # but says that it is incomplete, and how to see what is missing
+    assert ("> **This report is incomplete**: the folder holds 0 of the 29 experiments of the\n> `full` study (data "
+            "`shared`, seeds 0); the other 29 show as") in text
+    assert "`python -m lib status --profile\n> full --data shared --seeds 0` lists them" in text
     for model in ORIGINAL_REPORT["test_acc"]:
         assert NOT_RUN in _table_row(text, model)
         assert f"| {ORIGINAL_REPORT['params'][model]:,} (spec) |" in _table_row(text, model)  # the spec's count
@@ -432,3 +436,13 @@ def test_the_full_profile_states_whether_its_sanity_bars_are_met(study_dirs):
     assert sanity_bars(None, {"protocol": {}}) == [
         "CANet (bar: at least 90% test accuracy): no successful run yet.",
         "VGG-A with and without BN at lr 1e-3 (bar: BN at least 2 points higher in test accuracy): not both run yet."]
+
+
+def test_a_complete_full_study_renders_without_the_incomplete_banner(tmp_path, monkeypatch):
+    import lib.plan as plan
+
+    monkeypatch.setattr(plan, "study_status", lambda *a, **k: [("done", "p1-CANet-s0", ""), ("done", "cost-VGG11", "")])
+    text = render_report("full", output_dirs("full", root=tmp_path)).read_text()
+    assert "This report is incomplete" not in text and "## Part 1" in text
+    monkeypatch.setattr(plan, "study_status", lambda *a, **k: [("done", "p1-CANet-s0", ""), ("missing", "x", "")])
+    assert "holds 1 of the 2 experiments" in render_report("full", output_dirs("full", root=tmp_path)).read_text()

@@ -475,3 +475,31 @@ def test_tqdm_disable_turns_off_the_bars_but_not_the_epoch_lines(tiny_source, tm
     assert T.bars_disabled(False) is True
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert T.bars_disabled(True) is False
+
+
+def test_a_finished_run_on_other_data_is_not_replaced_without_force(tiny_source, tmp_path):
+    import shutil
+
+    other = tmp_path / "other-copy"
+    shutil.copytree(tiny_source, other)
+    dirs = output_dirs("smoke", root=tmp_path / "out")
+    cfg = tiny_cfg(tiny_source, num_epochs=1)  # not a Part 1 run: the guard covers every run
+    first = T.train(cfg, dirs=dirs, progress=False)
+    path = dirs.results / "tiny.json"
+    moved = cfg.replace(data_source=str(other))
+    assert T.overridden_result(path, moved) == [f"data_source ({tiny_source} there, {other} here)"]
+    with pytest.raises(ValueError, match=r"differs from this one only in data_source .*To keep it, move the result "
+                                         r"file out of .* first; or replace it with --force"):
+        T.train(moved, dirs=dirs, progress=False)
+    assert json.loads(path.read_text())["history"] == first["history"]  # untouched
+    # Other data and another recipe option: still the same run, still kept.
+    assert T.overridden_result(path, moved.replace(precision="bf16")) == [
+        f"data_source ({tiny_source} there, {other} here)", "precision (auto there, bf16 here)"]
+    # Anything else that differs (another seed): another run, stale, retrained as before.
+    assert T.overridden_result(path, moved.replace(seed=3)) == []
+    forced = T.train(moved, dirs=dirs, progress=False, force=True)
+    assert json.loads(path.read_text())["config"]["data_source"] == str(other) == forced["config"]["data_source"]
+    # The advice names build/ where the result is a published one of smoke/quick, not for full.
+    assert "train into build/quick/ instead (leave out --publish)" in T.keep_advice(
+        "quick", output_dirs("quick", publish=True).results)
+    assert "build/" not in T.keep_advice("full", output_dirs("full", publish=True).results)
