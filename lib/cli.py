@@ -7,7 +7,8 @@
     python -m lib status --profile quick --data shared --publish --seeds 0 1 2   # done / resumable / missing
     python -m lib bench --models CANet CANet_tiny ResNet18 VGG_A_BN --data shared   # naive vs fast epoch
 
-Exit status: 0 done; 1 a notebook of `study` failed; 2 bad input (an unknown option, model or notebook,
+Exit status: 0 done; 1 `study` stopped (a notebook failed, or before the first one it refused what it would
+train, replace or, with --reuse-only, find missing: `study stopped: ...` on stderr); 2 bad input (an unknown option, model or notebook,
 missing or corrupt data, a missing file), reported as one `error: ...` line on stderr without a traceback
 (set CIFAR10_TRACEBACK=1 to see where it was raised); 3 `bench --check-graphs` found a model whose
 CUDA-graphed steps differ. Any other exception is a bug and ends in its traceback.
@@ -194,7 +195,8 @@ def cmd_run(args) -> int:
         if unknown:
             print(f"error: --only names no experiment of these options: {', '.join(unknown)}. Known here: "
                   f"{', '.join(by_name) or 'none'}. Part 1 names need their model in --models (default: all "
-                  f"nine) and their seed in --seeds (e.g. --seeds 0 1 2); BN protocol names need --part2.",
+                  f"nine) and their seed in --seeds (e.g. --seeds 0 1 2), and --part1 beside --part2 or another "
+                  f"part; BN protocol names need --part2.",
                   file=sys.stderr)
             return 2
         configs = [by_name[n] for n in dict.fromkeys(args.only)]
@@ -204,10 +206,16 @@ def cmd_run(args) -> int:
 
     def stopped(cfg, left=()) -> bool:
         """Train cfg and say how it ended; True when the time limit stopped it (then nothing more starts)."""
+        from lib.config import TrainConfig
+        from lib.results import reusable_result
+
+        reused = not args.force and reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(),
+                                                    TrainConfig) is not None
         r = train(cfg, dirs=dirs, force=args.force, progress=not args.quiet,
                   max_epochs_this_call=args.max_epochs_this_call, stop_by=stop_by)
         acc = r.get("test_acc")
-        print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
+        print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else "")
+              + (" (finished before: reused, not trained again; --force retrains)" if reused else ""))
         if r["status"] == "incomplete" and stop_by is not None:
             print(f"time limit reached after {r['epochs_done']} epoch(s) of {cfg.name}"
                   + (f"; not started: {' '.join(left)}" if left else ""))

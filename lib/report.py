@@ -770,14 +770,16 @@ def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
 def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], study: dict) -> dict:
     """How much of the study of `profile` the folder holds (lib.plan.study_status): {'done', 'total', 'missing'
     (names), 'seeds', 'data'}, for the data source of its Part 1 results (else the JPEG copy's, 'shared') and the
-    seeds of its study record, else of its Part 1 results (else 0). None where that data source is a path this
+    seeds its notebooks were run with (study.json) and its Part 1 results have (else 0). None where that data source is a path this
     machine does not have (the study's configurations name it as found): the report still renders."""
     from lib.data import DataError
     from lib.plan import study_status
 
     sources = _unique((r.get("config") or {}).get("data_source") for r in p1)
     source = sources[0] if sources else "shared"
-    seeds = study.get("seeds") or sorted(_unique(int(r["seed"]) for r in p1 if r.get("seed") is not None)) or [0]
+    recorded = [int(s) for nb in (study.get("notebooks") or {}).values() if isinstance(nb, dict)
+                for s in (nb.get("parameters") or {}).get("seeds") or []]
+    seeds = sorted(set(recorded) | {int(r["seed"]) for r in p1 if r.get("seed") is not None}) or [0]
     try:
         rows = study_status(profile, source, dirs, seeds)
     except DataError:

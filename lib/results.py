@@ -38,12 +38,20 @@ def _clean(obj):
     return obj
 
 
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_json(path: Path | str, obj) -> Path:
     """Write `obj` as JSON to `path` atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); a result file is as any other file
         with os.fdopen(fd, "w") as f:
             json.dump(_clean(obj), f, indent=1)
             f.write("\n")

@@ -683,7 +683,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             commit_at_start = state.get("git_commit_start", "unknown")  # older checkpoints did not record it
             torch.set_rng_state(state["rng_cpu"])
             if progress:
-                print(f"[{cfg.name}] resuming from epoch {start_epoch} ({last_ckpt})")
+                print(f"[{cfg.name}] resuming after epoch {start_epoch} of {cfg.num_epochs} ({last_ckpt})")
 
     steps_per_epoch = len(train_loader)
     writer = tensorboard_writer(Path(dirs.runs) / cfg.name, purge_step=start_epoch * steps_per_epoch)

@@ -163,6 +163,8 @@ def test_run_refuses_only_names_that_its_options_do_not_produce(tiny_source, cap
     assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet-s1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "p1-CANet-s1" in err and "--seeds" in err and "p1-CANet-s0" in err
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--part2", "--only", "p1-CANet-s0"]) == 2
+    assert "and --part1 beside --part2 or another part" in capsys.readouterr().err
 
 
 def test_run_trains_only_names_in_the_order_given(tiny_source, monkeypatch):
@@ -338,3 +340,20 @@ def test_status_says_when_missing_experiments_have_results_on_other_data(tiny_so
     assert "note: 1 of these experiments" in capsys.readouterr().err  # the finished one replaced its file
     main(["status", "--profile", "smoke", "--data", "shared"])
     assert "note: 1 of these" in capsys.readouterr().err  # and now CANet_tiny is the other data's
+
+
+def test_run_says_when_it_reused_a_finished_result(tiny_source, tmp_path, monkeypatch, capsys):
+    import lib.cli as C
+    from lib.cli import main
+
+    dirs = output_dirs("smoke", root=tmp_path)
+    monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: {"status": "ok", "test_acc": 0.5})
+    write_finished(dirs, part1_config("CANet_tiny", "smoke", resolve_source(tiny_source)))
+    args = ["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet_tiny-s0", "p1-CANet-s0",
+            "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "p1-CANet_tiny-s0: ok, test acc 50.00% (finished before: reused, not trained again; --force retrains)" in out
+    assert "p1-CANet-s0: ok, test acc 50.00%\n" in out
+    assert main(args + ["--force"]) == 0 and "(finished before" not in capsys.readouterr().out

@@ -446,3 +446,11 @@ def test_a_complete_full_study_renders_without_the_incomplete_banner(tmp_path, m
     assert "This report is incomplete" not in text and "## Part 1" in text
     monkeypatch.setattr(plan, "study_status", lambda *a, **k: [("done", "p1-CANet-s0", ""), ("missing", "x", "")])
     assert "holds 1 of the 2 experiments" in render_report("full", output_dirs("full", root=tmp_path)).read_text()
+
+
+def test_the_incomplete_banner_counts_the_seeds_the_notebooks_ran_with(tmp_path):
+    dirs = output_dirs("full", root=tmp_path)
+    atomic_write_json(dirs.results / "study.json", {"notebooks": {"02_baselines": {"parameters": {"seeds": [0, 1, 2]}},
+                                                                  "03_visualize": {"parameters": {}}}})
+    text = render_report("full", dirs).read_text()
+    assert "holds 0 of the 47 experiments of the\n> `full` study (data `shared`, seeds 0, 1, 2)" in text

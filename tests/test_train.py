@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -503,3 +504,17 @@ def test_a_finished_run_on_other_data_is_not_replaced_without_force(tiny_source,
     assert "train into build/quick/ instead (leave out --publish)" in T.keep_advice(
         "quick", output_dirs("quick", publish=True).results)
     assert "build/" not in T.keep_advice("full", output_dirs("full", publish=True).results)
+
+
+def test_result_files_are_written_whole_and_readable_as_any_other_file(tmp_path):
+    import stat
+
+    from lib.results import atomic_write_json, read_json
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1, 2]})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0600
+    assert read_json(path) == {"a": None, "b": [1, 2]} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
