@@ -146,8 +146,8 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     making the plan longer (one process: the later run reuses the compiled code and cuDNN's autotuning; its
     estimate still counts the one-off), else into the least loaded lane (_lane_for). The plan then starts with one 'lane NAME...' line per lane used (the runner
     starts them together and waits for all), then, with two lanes or more, a line 'spare SECONDS NAME:COST...':
-    the skipped runs of models that gain whose estimate in a lane (x slowdown x margin, COST) is at most the
-    longest lane's (SECONDS, from the lanes' start), which a lane that ends earlier may take while one fits
+    the skipped runs of models that gain whose estimate in a lane (x slowdown x margin, COST) fits the longest
+    lane's time (SECONDS, from the lanes' start) after a process start, which a lane that ends earlier may take while one fits
     before then (lib.lanes.claim_spare; 'spare' in the plan). The other jobs, runs of models without a measured
     gain among them, follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
     is the one of lanes=1.
@@ -255,12 +255,13 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
     # Spare runs: a lane's runs usually end before the plan's longest lane (estimates with a margin), and until
     # then nothing else starts. Runs of models that gain, left out for want of time, go into a queue that such a
     # lane takes from while one fits before the plan's end of the lanes (lib.lanes.claim_spare), so the rest of the
-    # plan keeps its time. Only beside two lanes or more (one lane trains alone).
+    # plan keeps its time. Only beside two lanes or more (one lane trains alone), and only runs that fit after a
+    # lane's process start.
     spare = []
     if sum(1 for js in lane_jobs if js) > 1:
         spare = [(j, j.seconds * factors[j.model] * margin) for j, _ in skipped
                  if j.kind == "train" and j.seconds is not None and factors[j.model] < lanes]
-        spare = [(j, s) for j, s in spare if s <= max(loads)]
+        spare = [(j, s) for j, s in spare if s <= max(loads) - STEP_STARTUP_S]
     train = [n for j in taken if not j.force and j.kind in ("train", "bn-slices") and id(j) not in in_lanes
              for n in j.names]
     forced = [n for j in taken if j.force for n in j.names]

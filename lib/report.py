@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -141,8 +142,8 @@ def shared_gpu_note(results: Sequence[dict]) -> str:
     lanes = " or ".join(str(n) for n in sorted({s.get("lanes") for s in shared if isinstance(s.get("lanes"), int)}))
     mps = (" under MPS" if all(s.get("mps") for s in shared) else
            " (some under MPS)" if any(s.get("mps") for s in shared) else " time-sliced")
-    return (f" (shared: {len(shared)} of {len(results)} runs trained {lanes or 'several'} at once{mps}, so their "
-            f"time columns are those of a shared GPU)")
+    return (f" (shared: {len(shared)} of {len(results)} run{'s' if len(results) != 1 else ''} trained "
+            f"{lanes or 'several'} at once{mps}, so their times are those of a shared GPU)")
 
 
 # --------------------------------------------------------------------------------------------- Part 1
@@ -767,15 +768,15 @@ def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
     return [(data.get("device", "?"), bench_table(data)) for data in benches]
 
 
-def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], study: dict) -> dict:
+def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], bn: Sequence[dict], study: dict) -> dict | None:
     """How much of the study of `profile` the folder holds (lib.plan.study_status): {'done', 'total', 'missing'
-    (names), 'seeds', 'data'}, for the data source of its Part 1 results (else the JPEG copy's, 'shared') and the
+    (names), 'seeds', 'data'}, for the data source of its results (else the JPEG copy's, 'shared') and the
     seeds its notebooks were run with (study.json) and its Part 1 results have (else 0). None where that data source is a path this
     machine does not have (the study's configurations name it as found): the report still renders."""
     from lib.data import DataError
     from lib.plan import study_status
 
-    sources = _unique((r.get("config") or {}).get("data_source") for r in p1)
+    sources = _unique((r.get("config") or {}).get("data_source") for r in list(p1) + list(bn))
     source = sources[0] if sources else "shared"
     recorded = [int(s) for nb in (study.get("notebooks") or {}).values() if isinstance(nb, dict)
                 for s in (nb.get("parameters") or {}).get("seeds") or []]
@@ -785,7 +786,7 @@ def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], study: di
     except DataError:
         return None
     return {"done": sum(state == "done" for state, _, _ in rows), "total": len(rows), "seeds": seeds,
-            "data": source, "missing": [name for state, name, _ in rows if state != "done"]}
+            "data": shlex.quote(source), "missing": [name for state, name, _ in rows if state != "done"]}
 
 
 def collect(profile: str, dirs: OutputDirs) -> dict:
@@ -839,7 +840,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         if (summary.get("protocol") or summary.get("probe")) else None,
         "part2_findings": part2_findings(summary),
         "sanity": sanity_bars(table, summary) if profile == "full" else [],
-        "progress": study_progress(profile, dirs, p1, study) if profile == "full" else None,
+        "progress": study_progress(profile, dirs, p1, bn, study) if profile == "full" else None,
         "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
                       for m in BN_MODELS},
         "study": study,

@@ -258,10 +258,11 @@ def test_lanes_take_spare_runs_that_fit_each_once(tmp_path):
         L.claim_spare(queue, deadline=1e12)
 
 
-def _claim_all(path: str, results) -> None:
-    """A lane: take spare runs until none is left (for the test below)."""
+def _claim_all(path: str, results, barrier) -> None:
+    """A lane: take spare runs until none is left, starting with the others (for the test below)."""
     import time
 
+    barrier.wait(timeout=120)  # after the imports: all claim at once
     while (taken := L.claim_spare(path, deadline=time.time() + 3600)) is not None:
         results.put(taken[0])
 
@@ -270,11 +271,11 @@ def test_lanes_that_take_spare_runs_at_the_same_time_never_take_the_same_one(tmp
     import multiprocessing as mp
 
     queue = tmp_path / "spare.txt"
-    names = [f"p1-CANet_tiny-s{i}" for i in range(40)]
+    names = [f"p1-CANet_tiny-s{i}" for i in range(400)]
     queue.write_text("".join(f"{n}:1\n" for n in names))
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(queue), results)) for _ in range(4)]
+    results, barrier = ctx.Queue(), ctx.Barrier(4)
+    procs = [ctx.Process(target=_claim_all, args=(str(queue), results, barrier)) for _ in range(4)]
     for p in procs:
         p.start()
     taken = [results.get(timeout=60) for _ in names]
@@ -555,8 +556,13 @@ def test_report_says_when_runs_shared_the_gpu(tmp_path):
     text = Path(render_report("quick", dirs)).read_text()
     assert "1 of the training runs shared the GPU with other runs (3 started\n  at once, under NVIDIA MPS;" in text
     # and the comparison table's context line says so where its time columns are shown
-    assert ("(shared: 1 of 2 runs trained 3 at once under MPS, so their time columns "
+    assert ("(shared: 1 of 2 runs trained 3 at once under MPS, so their times "
             "are those of a shared GPU) | seeds: 0, 1") in text
+    from lib.report import shared_gpu_note
+
+    assert shared_gpu_note([{"shared_gpu": {"lanes": 3, "mps": False}}]) == (
+        " (shared: 1 of 1 run trained 3 at once time-sliced, so their times are those of a shared GPU)")
+    assert shared_gpu_note([{"shared_gpu": None}, {}]) == ""
     r = p1_result("CANet", 2, 0.9)
     atomic_write_json(Path(dirs.results) / f"{r['name']}.json", dict(r, shared_gpu={"lanes": 2, "mps": False}))
     assert collect("quick", dirs)["times"]["mps"] == "some"
@@ -593,6 +599,18 @@ def runner_in_a_copy(tmp_path: Path, tiny_source, **settings) -> tuple[Path, dic
     return repo, env, name
 
 
+def dry_run_bench(repo: Path, name: str, setup: dict, **extra) -> None:
+    """The runner's bench file in the copy `repo`: each model's fake entry with its `setup` seconds (the estimate
+    of a run), measured 1.2x as long two at once (time-sliced), as this CPU (`name`) records them."""
+    from test_bench import fake_entry
+
+    bench = {"device": name, "device_slug": B.device_slug("cpu"),
+             "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=s, warmup=0.5), device=name,
+                                 cuda_graphs=False, compiled=False) for m, s in setup.items()}, **extra}
+    atomic_write_json(B.bench_path("cpu", repo),
+                      with_records(bench, *(record(m, 2, 1.2, mps=False, device=name) for m in setup)))
+
+
 def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_path):
     """The runner's glue (scripts/gpu_full_study.sh) in a copy of the repository: with measured gains in the bench
     file, the plan's two lanes run at once and their results record it; no MPS on a CPU. The estimates are far
@@ -604,14 +622,10 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="540", SEEDS="0 1",
                                        STUDY_MODELS="CANet_tiny ResNet18", LANES="2", GRAPH_CHECK="1", USE_SPARE="0")
     models = ("CANet_tiny", "ResNet18")
-    bench = {"device": name, "device_slug": B.device_slug("cpu"),
-             "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=180.0, warmup=0.5), device=name,
-                                 cuda_graphs=False, compiled=False) for m in models},
-             # as a GPU records them (a CPU has no graph to check and records none)
-             "graph_checks": {m: {"model": m, "ok": True, "torch": torch.__version__, "model_revision": revision(m),
-                                  "check_version": B.GRAPH_CHECK_VERSION} for m in models}}
-    bench = with_records(bench, *(record(m, 2, 1.2, mps=False, device=name) for m in models))
-    atomic_write_json(B.bench_path("cpu", repo), bench)
+    dry_run_bench(repo, name, {m: 180.0 for m in models},
+                  # as a GPU records them (a CPU has no graph to check and records none)
+                  graph_checks={m: {"model": m, "ok": True, "torch": torch.__version__, "model_revision": revision(m),
+                                    "check_version": B.GRAPH_CHECK_VERSION} for m in models})
     # Each run estimated at about 180 s (x 1.2 slowdown x 1.2 margin + 20 s in a lane): the two lanes fill round 1,
     # whose runs take seconds; round 2 plans the third in what is left (one lane: it trains alone).
     run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "p1-CANet_tiny-s0", "p1-ResNet18-s0",
@@ -657,12 +671,7 @@ def test_gpu_runner_lanes_take_a_spare_run_that_fits_before_the_planned_end(tiny
 
     repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="380", SEEDS="0 1",
                                        STUDY_MODELS="CANet_tiny ResNet18", LANES="2", REPLAN="0")
-    setup = {"CANet_tiny": 180.0, "ResNet18": 125.0}
-    bench = {"device": name, "device_slug": B.device_slug("cpu"),
-             "entries": {m: dict(fake_entry(model=m, fast=0.5, setup=s, warmup=0.5), device=name,
-                                 cuda_graphs=False, compiled=False) for m, s in setup.items()}}
-    bench = with_records(bench, *(record(m, 2, 1.2, mps=False, device=name) for m in setup))
-    atomic_write_json(B.bench_path("cpu", repo), bench)
+    dry_run_bench(repo, name, {"CANet_tiny": 180.0, "ResNet18": 125.0})
     # In a lane (x 1.2 x 1.2): CANet_tiny about 261 s + 20, ResNet18 about 182 s + 20, in a plan budget of about
     # 300 s: the second ResNet18 run fits neither lane nor after them, but before the longest lane's end.
     run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "p1-CANet_tiny-s0", "p1-ResNet18-s0",
