@@ -617,8 +617,6 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     longer than the runs, so a third run fits only in the time the lanes left: the runner's second round."""
     import subprocess
 
-    from test_bench import fake_entry
-
     repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="540", SEEDS="0 1",
                                        STUDY_MODELS="CANet_tiny ResNet18", LANES="2", GRAPH_CHECK="1", USE_SPARE="0")
     models = ("CANet_tiny", "ResNet18")
@@ -666,8 +664,6 @@ def test_gpu_runner_lanes_take_a_spare_run_that_fits_before_the_planned_end(tiny
     """A lane that ends early trains a run the plan left out for want of time, if its estimate ends before the
     plan's longest lane would (the plan's 'spare' line), and its result records the lanes."""
     import subprocess
-
-    from test_bench import fake_entry
 
     repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="380", SEEDS="0 1",
                                        STUDY_MODELS="CANet_tiny ResNet18", LANES="2", REPLAN="0")
