@@ -8,10 +8,10 @@
     python -m lib bench --models CANet CANet_tiny ResNet18 VGG_A_BN --data shared   # naive vs fast epoch
 
 Exit status: 0 done; 1 `study` stopped (a notebook failed, or before the first one it refused what it would
-train, replace or, with --reuse-only, find missing: `study stopped: ...` on stderr); 2 bad input (an unknown option, model or notebook,
-missing or corrupt data, a missing file), reported as one `error: ...` line on stderr without a traceback
-(set CIFAR10_TRACEBACK=1 to see where it was raised); 3 `bench --check-graphs` found a model whose
-CUDA-graphed steps differ. Any other exception is a bug and ends in its traceback.
+train, replace or, with --reuse-only, find missing: `study stopped: ...` on stderr); 2 bad input (an unknown
+option, model or notebook, missing or corrupt data, a missing file), reported as one `error: ...` line on stderr
+without a traceback (set CIFAR10_TRACEBACK=1 to see where it was raised); 3 `bench --check-graphs` found a model
+whose CUDA-graphed steps differ. Any other exception is a bug and ends in its traceback.
 """
 from __future__ import annotations
 
@@ -158,9 +158,11 @@ def cmd_run(args) -> int:
     """Train the selected experiments; finished results with the same config are reused (merge)."""
     stop_by = None if args.time_limit is None else time.perf_counter() + args.time_limit
     from lib import bn_study
+    from lib.config import TrainConfig
     from lib.experiments import bn_experiments
     from lib.models import list_models
     from lib.part1 import configs as part1_configs
+    from lib.results import reusable_result
     from lib.train import train
 
     # Part 1 when asked for, or when nothing else is (--models with --costs names the costs' models)
@@ -206,9 +208,6 @@ def cmd_run(args) -> int:
 
     def stopped(cfg, left=()) -> bool:
         """Train cfg and say how it ended; True when the time limit stopped it (then nothing more starts)."""
-        from lib.config import TrainConfig
-        from lib.results import reusable_result
-
         reused = not args.force and reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(),
                                                     TrainConfig) is not None
         r = train(cfg, dirs=dirs, force=args.force, progress=not args.quiet,

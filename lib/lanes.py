@@ -67,15 +67,7 @@ def claim_spare(path: Path | str, deadline: float, now: float | None = None) -> 
         if not path.exists():
             return None
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        entries = []
-        for line in lines:
-            name, _, seconds = line.rpartition(":")
-            try:
-                entries.append((name, float(seconds)))
-            except ValueError:
-                raise ValueError(f"{path}: {line!r} is not NAME:SECONDS (a spare run and its estimate)") from None
-            if not name:
-                raise ValueError(f"{path}: {line!r} is not NAME:SECONDS (a spare run and its estimate)")
+        entries = [_spare_entry(path, line) for line in lines]
         left = deadline - (time.time() if now is None else now)
         for i, (name, seconds) in enumerate(entries):
             if seconds <= left:
@@ -84,6 +76,17 @@ def claim_spare(path: Path | str, deadline: float, now: float | None = None) -> 
                 os.replace(tmp, path)
                 return name, seconds
         return None
+
+
+def _spare_entry(path: Path, line: str) -> tuple[str, float]:
+    """(name, seconds) of a lane queue's line NAME:SECONDS; ValueError naming the file and line otherwise."""
+    name, _, seconds = line.rpartition(":")
+    try:
+        if name:
+            return name, float(seconds)
+    except ValueError:
+        pass
+    raise ValueError(f"{path}: {line!r} is not NAME:SECONDS (a spare run and its estimate)")
 
 
 def concurrency_key(variant: str, runs: int, mps: bool) -> str:

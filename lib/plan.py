@@ -147,10 +147,10 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     estimate still counts the one-off), else into the least loaded lane (_lane_for). The plan then starts with one 'lane NAME...' line per lane used (the runner
     starts them together and waits for all), then, with two lanes or more, a line 'spare SECONDS NAME:COST...':
     the skipped runs of models that gain whose estimate in a lane (x slowdown x margin, COST) fits the longest
-    lane's time (SECONDS, from the lanes' start) after a process start, which a lane that ends earlier may take while one fits
-    before then (lib.lanes.claim_spare; 'spare' in the plan). The other jobs, runs of models without a measured
-    gain among them, follow one after another. The call's time is the longest lane plus the rest. Without measurements the plan
-    is the one of lanes=1.
+    lane's time (SECONDS, from the lanes' start) after a process start, which a lane that ends earlier may take
+    while one fits before then (lib.lanes.claim_spare; 'spare' in the plan). The other jobs, runs of models
+    without a measured gain among them, follow one after another. The call's time is the longest lane plus the
+    rest. Without measurements the plan is the one of lanes=1.
 
     With lanes, the jobs are also fitted in a second order (a run resumable here first, then per seed block, the
     first seed's with the BN protocol, probes and costs before the other seeds', the runs of models that gain
@@ -235,8 +235,7 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
             if partial and too_long and job.kind == "train" and first_in_line:  # the call is its own
                 return {"lines": [f"train {job.names[0]}"], "taken": [job], "skipped": [], "done": done,
                         "seconds": float(budget_s), "budget_s": budget_s, "partial": job, "lanes": 1,
-                        "slowdowns": {}, "margin": margin, "spare": [],
-                        "lanes_end_s": 0.0}
+                        "slowdowns": {}, "margin": margin, "spare": [], "lanes_end_s": 0.0}
             why = f"estimated {cost:.0f} s > {left:.0f} s left"
             if too_long and partial:
                 why += (" (longer than the whole budget: it runs over two calls once it is the first "

@@ -770,9 +770,9 @@ def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
 
 def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], bn: Sequence[dict], study: dict) -> dict | None:
     """How much of the study of `profile` the folder holds (lib.plan.study_status): {'done', 'total', 'missing'
-    (names), 'seeds', 'data'}, for the data source of its results (else the JPEG copy's, 'shared') and the
-    seeds its notebooks were run with (study.json) and its Part 1 results have (else 0). None where that data source is a path this
-    machine does not have (the study's configurations name it as found): the report still renders."""
+    (names), 'seeds', 'data' (shell-quoted)}, for the data source of its results (else the JPEG copy's, 'shared')
+    and the seeds its notebooks were run with (study.json) and its Part 1 results have (else 0). None where that
+    data source is a path this machine does not have: the report still renders."""
     from lib.data import DataError
     from lib.plan import study_status
 

@@ -256,6 +256,9 @@ def test_lanes_take_spare_runs_that_fit_each_once(tmp_path):
     queue.write_text("p1-ResNet18-s1 75\n")
     with pytest.raises(ValueError, match="'p1-ResNet18-s1 75' is not NAME:SECONDS"):
         L.claim_spare(queue, deadline=1e12)
+    queue.write_text(":75\n")
+    with pytest.raises(ValueError, match="':75' is not NAME:SECONDS"):
+        L.claim_spare(queue, deadline=1e12)
 
 
 def _claim_all(path: str, results, barrier) -> None:
