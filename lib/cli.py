@@ -331,13 +331,13 @@ def cmd_status(args) -> int:
     note_published(args, dirs)
     check_epochs(args.num_epochs)
     rows = study_status(args.profile, canonical_source(args.data), dirs, args.seeds, args.precision, args.num_epochs)
-    counts = {state: sum(r[0] == state for r in rows) for state in ("done", "partial", "missing")}
+    counts = {state: sum(r[0] == state for r in rows) for state in ("done", "partial", "damaged", "missing")}
     precision = (f", Part 1 precision {args.precision}" if args.precision else "") + (
         f", Part 1 epochs {args.num_epochs}" if args.num_epochs else "")
     seeds = " ".join(map(str, args.seeds))
     print(f"profile {args.profile}{precision}, data {canonical_source(args.data)}, seeds {seeds}, "
           f"in {dirs.results}: {counts['done']} of {len(rows)} done, {counts['partial']} partial, "
-          f"{counts['missing']} missing")
+          + (f"{counts['damaged']} damaged, " if counts["damaged"] else "") + f"{counts['missing']} missing")
     for state, name, detail in rows:
         if args.all or state != "done":
             print(f"  {state:8} {name}{'  (' + detail + ')' if detail else ''}")

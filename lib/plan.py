@@ -44,6 +44,7 @@ class Job(NamedTuple):
     force: bool = False  # retrain although results exist (their checkpoints are needed and gone)
     epochs_done: int = 0  # a 'train' job's epochs in its resumable checkpoint here (lib.train.resume_epoch)
     model: str | None = None  # a 'train' job's model (its slowdown in a lane: lib.lanes); a 'costs' job's
+    damaged: str | None = None  # a 'train' job's checkpoint here that cannot be read: why (never planned)
 
 
 def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
@@ -53,8 +54,6 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     epoch times) and whether it is done in `dirs` (default: the profile's published folders). `precision` and
     `num_epochs` override the Part 1 runs' (lib.part1.configs)."""
     from lib import bn_study
-    from lib.train import resume_epoch
-
     source = canonical_source(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
     entries = load_bench(bench).get("entries", {}) if bench is not None else {}
@@ -70,8 +69,9 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     def train_job(cfg: TrainConfig, num_epochs: int) -> Job:
         if finished(cfg):
             return Job("train", (cfg.name,), est(cfg.model, num_epochs), True, model=cfg.model)
-        done = resume_epoch(cfg, dirs)  # a run stopped by a call's time limit, on this machine
-        return Job("train", (cfg.name,), est(cfg.model, num_epochs - done), False, epochs_done=done, model=cfg.model)
+        done, damaged = resumable_epochs(cfg, dirs)  # a run stopped by a call's time limit, on this machine
+        return Job("train", (cfg.name,), est(cfg.model, num_epochs - done), False, epochs_done=done, model=cfg.model,
+                   damaged=damaged)
 
     # Seed-major: the first seed of every Part 1 model, the BN protocol and the probes come before the extra
     # seeds, so that a partly run study is complete for one seed before it gains error bars.
@@ -98,6 +98,18 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     jobs += [Job("costs", (f"cost-{m}",), COSTS_ALLOWANCE_S / len(PART1_MODELS), gpu_cost_file(dirs, m), model=m)
              for m in PART1_MODELS]
     return jobs + p1[len(PART1_MODELS):]
+
+
+def resumable_epochs(cfg: TrainConfig, dirs: OutputDirs) -> tuple[int, str | None]:
+    """(epochs in cfg's resumable checkpoint in dirs, None), or (0, why) when that checkpoint cannot be read
+    (lib.train.read_checkpoint's error, which says what to do): status lists it, the plan leaves it out, rather
+    than either stopping at it."""
+    from lib.train import resume_epoch
+
+    try:
+        return resume_epoch(cfg, dirs), None
+    except ValueError as err:
+        return 0, str(err)
 
 
 def gpu_cost_file(dirs: OutputDirs, model: str) -> bool:
@@ -208,6 +220,9 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
     for job in jobs:
         if job.done:
             done.append(job)
+            continue
+        if job.damaged:
+            skipped.append((job, job.damaged))
             continue
         if job.seconds is None:
             skipped.append((job, "no bench measurement to estimate it from"))
@@ -413,11 +428,11 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
                  num_epochs: int | None = None) -> list[tuple[str, str, str]]:
     """What of the study of `profile` is in `dirs`, in running order: (state, name, detail) per experiment, state
     'done' (a result matching this code's config), 'partial' (a resumable checkpoint here: `lib run` goes on from
-    it) or 'missing'. For `python -m lib status`, to see what a split run still needs. `precision` and
-    `num_epochs` override the Part 1 runs' (lib.part1.configs)."""
+    it), 'damaged' (a checkpoint here that cannot be read; the detail says what to do) or 'missing'. For `python -m
+    lib status`, to see what a split run still needs. `precision` and `num_epochs` override the Part 1 runs'
+    (lib.part1.configs)."""
     from lib import bn_study
     from lib.part1 import cost_path
-    from lib.train import resume_epoch
 
     source = canonical_source(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
@@ -425,9 +440,11 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     configs = {c.name: c for c in part1_configs(profile, source, seeds=seeds, num_epochs=num_epochs,
                                                  precision=precision) + bn_experiments(profile, source)}
 
-    def run_state(name: str, done: bool, epochs_done: int) -> tuple[str, str, str]:
+    def run_state(name: str, done: bool, epochs_done: int, damaged: str | None = None) -> tuple[str, str, str]:
         if done:
             return "done", name, done_detail(Path(dirs.results) / f"{name}.json")
+        if damaged:
+            return "damaged", name, damaged
         if epochs_done:
             return "partial", name, f"{epochs_done} of {configs[name].num_epochs} epochs in its checkpoint here"
         return "missing", name, ""
@@ -435,12 +452,12 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     out = []
     for job in study_jobs(None, source, dirs, seeds, profile, precision, num_epochs):
         if job.kind == "train":  # the job already says (results and checkpoints are not read again)
-            out.append(run_state(job.names[0], job.done, job.epochs_done))
+            out.append(run_state(job.names[0], job.done, job.epochs_done, job.damaged))
         elif job.kind == "bn-slices":  # the lr-1e-3 pair (one job for both, judged per run), then the slices
             for name in job.names:
                 cfg = configs[name]
                 done = reusable_result(Path(dirs.results) / f"{name}.json", cfg.to_dict(), TrainConfig) is not None
-                out.append(run_state(name, done, 0 if done else resume_epoch(cfg, dirs)))
+                out.append(run_state(name, done, *((0, None) if done else resumable_epochs(cfg, dirs))))
             out.append(("done" if job.done else "missing", "loss slices",
                         "they need the pair's best checkpoints (retrained when gone)" if job.force else ""))
         elif job.kind == "probe":  # done at its lr, or at the fallback lr both networks moved to

@@ -357,3 +357,26 @@ def test_run_says_when_it_reused_a_finished_result(tiny_source, tmp_path, monkey
     assert "p1-CANet_tiny-s0: ok, test acc 50.00% (finished before: reused, not trained again; --force retrains)" in out
     assert "p1-CANet-s0: ok, test acc 50.00%\n" in out
     assert main(args + ["--force"]) == 0 and "(finished before" not in capsys.readouterr().out
+
+
+def test_a_damaged_checkpoint_is_listed_and_left_out_not_a_stop(tiny_source, tmp_path, monkeypatch, capsys):
+    import lib.cli as C
+    from lib.cli import main
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("smoke", root=tmp_path)
+    Path(dirs.checkpoints).mkdir(parents=True, exist_ok=True)
+    (Path(dirs.checkpoints) / "p1-ResNet18-s0.last.pt").write_bytes(b"not a checkpoint")  # a partial copy
+    pair = [c for c in bn_experiments("smoke", source) if c.lr == 1e-3][0]
+    (Path(dirs.checkpoints) / f"{pair.name}.last.pt").write_bytes(b"\x80\x02 truncated")
+    rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
+    for name in ("p1-ResNet18-s0", pair.name):
+        assert rows[name][0] == "damaged" and "cannot be read" in rows[name][1] and "delete it" in rows[name][1]
+    assert rows["p1-CANet-s0"] == ("missing", "")
+    plan = P.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs, profile="smoke")
+    assert "p1-ResNet18-s0" not in " ".join(plan["lines"]) and "p1-CANet-s0" in " ".join(plan["lines"])
+    assert "# skipped p1-ResNet18-s0: checkpoint " in P.format_plan(plan)
+    monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
+    assert main(["status", "--profile", "smoke", "--data", str(tiny_source)]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 29 done, 0 partial, 2 damaged, 27 missing" in out and "  damaged  p1-ResNet18-s0  (checkpoint" in out
