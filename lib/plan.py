@@ -54,6 +54,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     epoch times) and whether it is done in `dirs` (default: the profile's published folders). `precision` and
     `num_epochs` override the Part 1 runs' (lib.part1.configs)."""
     from lib import bn_study
+
     source = canonical_source(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
     entries = load_bench(bench).get("entries", {}) if bench is not None else {}
