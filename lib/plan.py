@@ -426,12 +426,13 @@ def done_detail(path: Path) -> str:
 
 def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs | None = None,
                  seeds: Sequence[int] = (0,), precision: str | None = None,
-                 num_epochs: int | None = None) -> list[tuple[str, str, str]]:
+                 num_epochs: int | None = None, details: bool = True) -> list[tuple[str, str, str]]:
     """What of the study of `profile` is in `dirs`, in running order: (state, name, detail) per experiment, state
     'done' (a result matching this code's config), 'partial' (a resumable checkpoint here: `lib run` goes on from
     it), 'damaged' (a checkpoint here that cannot be read; the detail says what to do) or 'missing'. For `python -m
     lib status`, to see what a split run still needs. `precision` and `num_epochs` override the Part 1 runs'
-    (lib.part1.configs)."""
+    (lib.part1.configs). details=False: a finished run's detail is left empty (done_detail reads its result file
+    again)."""
     from lib import bn_study
     from lib.part1 import cost_path
 
@@ -443,7 +444,7 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
 
     def run_state(name: str, done: bool, epochs_done: int, damaged: str | None = None) -> tuple[str, str, str]:
         if done:
-            return "done", name, done_detail(Path(dirs.results) / f"{name}.json")
+            return "done", name, done_detail(Path(dirs.results) / f"{name}.json") if details else ""
         if damaged:
             return "damaged", name, damaged
         if epochs_done:

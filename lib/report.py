@@ -133,17 +133,25 @@ def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) ->
             f"seeds: {', '.join(map(str, seeds)) or '-'}")
 
 
+def gpu_sharing(results: Sequence[dict]) -> dict:
+    """How many of `results` trained beside other runs on one GPU (lib.lanes: `shared_gpu`): {'shared' (count),
+    'lanes' (the numbers of runs at once), 'mps' ('all', 'some' or 'none' of them under MPS)}."""
+    shared = [r["shared_gpu"] for r in results if isinstance(r.get("shared_gpu"), dict)]
+    return {"shared": len(shared), "lanes": sorted({s["lanes"] for s in shared if isinstance(s.get("lanes"), int)}),
+            "mps": "all" if shared and all(s.get("mps") for s in shared) else
+                   "some" if any(s.get("mps") for s in shared) else "none"}
+
+
 def shared_gpu_note(results: Sequence[dict]) -> str:
     """' (shared: 11 of 11 runs trained 3 at once under MPS, so their times are those of a shared GPU)' for
-    results of which some trained beside others on one GPU (lib.lanes: `shared_gpu`); '' when none did."""
-    shared = [r["shared_gpu"] for r in results if isinstance(r.get("shared_gpu"), dict)]
-    if not shared:
+    results of which some trained beside others on one GPU (gpu_sharing); '' when none did."""
+    sharing = gpu_sharing(results)
+    if not sharing["shared"]:
         return ""
-    lanes = " or ".join(str(n) for n in sorted({s.get("lanes") for s in shared if isinstance(s.get("lanes"), int)}))
-    mps = (" under MPS" if all(s.get("mps") for s in shared) else
-           " (some under MPS)" if any(s.get("mps") for s in shared) else " time-sliced")
-    return (f" (shared: {len(shared)} of {len(results)} run{'s' if len(results) != 1 else ''} trained "
-            f"{lanes or 'several'} at once{mps}, so their times are those of a shared GPU)")
+    lanes = " or ".join(map(str, sharing["lanes"])) or "several"
+    mps = {"all": " under MPS", "some": " (some under MPS)"}.get(sharing["mps"], " time-sliced")
+    return (f" (shared: {sharing['shared']} of {len(results)} run{'s' if len(results) != 1 else ''} trained "
+            f"{lanes} at once{mps}, so their times are those of a shared GPU)")
 
 
 # --------------------------------------------------------------------------------------------- Part 1
@@ -751,11 +759,7 @@ def _times(p1: list[dict], bn: list[dict], summary: dict) -> dict:
              for p in summary.get(kind, {}).values()]
     gpu = sum(s for d, s, _ in rows if d and not d.startswith("CPU"))
     cpu = sum(s for d, s, _ in rows if not d or d.startswith("CPU"))
-    shared = [r["shared_gpu"] for r in p1 + bn if r.get("shared_gpu")]  # trained beside others (lib.lanes)
-    return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows), "shared": len(shared),
-            "lanes": sorted({s["lanes"] for s in shared}),
-            "mps": "all" if shared and all(s.get("mps") for s in shared) else
-                   "some" if any(s.get("mps") for s in shared) else "none"}
+    return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows), **gpu_sharing(p1 + bn)}
 
 
 def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
@@ -782,7 +786,7 @@ def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], bn: Seque
                 for s in (nb.get("parameters") or {}).get("seeds") or []]
     seeds = sorted(set(recorded) | {int(r["seed"]) for r in p1 if r.get("seed") is not None}) or [0]
     try:
-        rows = study_status(profile, source, dirs, seeds)
+        rows = study_status(profile, source, dirs, seeds, details=False)
     except DataError:
         return None
     return {"done": sum(state == "done" for state, _, _ in rows), "total": len(rows), "seeds": seeds,

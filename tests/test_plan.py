@@ -283,6 +283,8 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
                                    shared_gpu={"lanes": 3, "mps": True}))
     assert ("done", "p1-CANet_tiny-s0", "test 85.36%, NVIDIA H200, 120 s training, 3 lanes") in P.study_status(
         "smoke", source, dirs, precision="bf16", num_epochs=1)
+    assert ("done", "p1-CANet_tiny-s0", "") in P.study_status("smoke", source, dirs, precision="bf16", num_epochs=1,
+                                                              details=False)  # states only (the report's banner)
     atomic_write_json(result, dict(read_json(result), shared_gpu=None))
     assert P.done_detail(result) == "test 85.36%, NVIDIA H200, 120 s training"
     assert P.done_detail(result.with_name("no-such-run.json")) == ""
