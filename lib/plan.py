@@ -168,8 +168,10 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     With lanes, the jobs are also fitted in a second order (a run resumable here first, then per seed block, the
     first seed's with the BN protocol, probes and costs before the other seeds', the runs of models that gain
     before the rest, each group in study order; a run that gains then trains in a lane or waits), and the plan that
-    covers more single-run seconds (covered_seconds) is kept ('order': 'study' or 'gain-first'): in study order, a
-    run that fits only alone can take the time that several runs at once would have used.
+    covers more of the first seed's block in single-run seconds, then more in all (covered_seconds), is kept
+    ('order': 'study' or 'gain-first'): in study order, a run that fits only alone can take the time that several
+    runs at once would have used; in the other, a first-seed run that waits for a lane can give its call to lanes
+    of an extra seed's runs.
 
     A single run longer than the whole budget (CANet_pro's may be) cannot finish in one call. When it is the
     first unfinished job of the subset it is planned alone, as `partial`: the runner's time limit stops it
@@ -189,24 +191,34 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
         # First fit in study order can leave lanes empty: a run that only fits alone takes the time that
         # several runs at once would have used. So also fit a run resumable here first, then per seed block
         # (the first seed's runs, the BN protocol, the probes and costs; then the other seeds) the runs that gain
-        # first, and keep the plan that covers more single-run seconds. A partial plan (a run longer than the
-        # call, resumed by the next) covers what the call can train of it.
-        first_seed = f"-s{seeds[0]}" if seeds else ""
+        # first, and keep the plan that covers more single-run seconds: the first seed's first (a study complete
+        # for one seed is a whole report, its sanity bars among it; an extra seed's lanes bought with a first-seed
+        # run left for a later call are not), then all. Once the first seed is done, only all seconds decide. A
+        # partial plan (a run longer than the call, resumed by the next) covers what the call can train of it.
         gains = lambda j: j.kind == "train" and factors[j.model] < lanes
-        extra_seed = lambda j: j.names[0].startswith("p1-") and not j.names[0].endswith(first_seed)
+        extra_seed = lambda j: extra_seed_job(j, seeds)
         reordered = sorted(jobs, key=lambda j: (not j.epochs_done, extra_seed(j), not gains(j)))  # stable
         other = _fit_jobs(reordered, factors, budget_s, margin, lanes, partial=False, gainers_alone=False)
-        if covered_seconds(other) > covered_seconds(plan):
+        worth = lambda p: (covered_seconds(p, seeds), covered_seconds(p))
+        if worth(other) > worth(plan):
             plan = dict(other, order="gain-first", study_order_seconds=covered_seconds(plan))
     return plan
 
 
-def covered_seconds(plan: dict) -> float:
+def extra_seed_job(job: Job, seeds: Sequence[int]) -> bool:
+    """Whether `job` is a Part 1 run of a seed after the first of `seeds` (the other jobs are the first seed's
+    block: its Part 1 runs, the BN protocol, the probes and the cost files)."""
+    return bool(seeds) and job.names[0].startswith("p1-") and not job.names[0].endswith(f"-s{seeds[0]}")
+
+
+def covered_seconds(plan: dict, first_seed_of: Sequence[int] | None = None) -> float:
     """The single-run seconds of the jobs a plan takes (their estimates alone, without margin or slowdown); of a
-    partial plan's run, what its budget holds (budget / margin)."""
+    partial plan's run, what its budget holds (budget / margin). With `first_seed_of` (the study's seeds), only
+    those of the first seed's block (extra_seed_job)."""
     if (job := plan.get("partial")) is not None:
-        return min(job.seconds, plan["budget_s"] / plan["margin"])
-    return sum(j.seconds for j in plan["taken"])
+        counts = first_seed_of is None or not extra_seed_job(job, first_seed_of)
+        return min(job.seconds, plan["budget_s"] / plan["margin"]) if counts else 0.0
+    return sum(j.seconds for j in plan["taken"] if first_seed_of is None or not extra_seed_job(j, first_seed_of))
 
 
 def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float, lanes: int,

@@ -363,6 +363,21 @@ def test_the_gain_first_order_keeps_a_resumable_run_and_the_first_seed_first(tin
                              "costs CANet_tiny CANet_light CANet"]
 
 
+def test_the_first_seeds_runs_count_before_more_seconds_of_an_extra_seed(tiny_source, tmp_path, monkeypatch):
+    source, dirs, bench = two_models_gain(tiny_source, tmp_path, monkeypatch)
+    bench = with_records(bench, *bench["concurrency"].values(), record("CANet", 2, 1.9))
+    subset = ["p1-CANet-s0", "p1-ResNet18-s1", "p1-ResNet34-s1"]
+    # CANet gains, but not in 200 s in a lane (20 + 79.5 x 1.9 x 1.2 = 201 s): alone (115.4 s) in study order, with
+    # no room for a lane beside it. In the gain-first order it waits, and seed 1's two lanes cover 159 s of runs.
+    plan = P.plan_study(subset, source, budget_s=200, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
+    assert (plan["order"], plan["lines"]) == ("study", ["train p1-CANet-s0"]), P.format_plan(plan)
+    assert P.covered_seconds(plan, [0, 1]) == P.covered_seconds(plan) == pytest.approx(79.5)
+    # Without the first seed's run in the subset, the seconds decide.
+    plan = P.plan_study(subset[1:], source, budget_s=200, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
+    assert plan["lines"] == ["lane p1-ResNet18-s1", "lane p1-ResNet34-s1"]
+    assert P.covered_seconds(plan, [0, 1]) == 0.0 and P.covered_seconds(plan) == pytest.approx(159.0)
+
+
 def test_a_run_longer_than_the_call_gives_way_to_lanes_that_cover_more(tiny_source, tmp_path, monkeypatch):
     from test_bench import fake_entry
 
