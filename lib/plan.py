@@ -44,7 +44,7 @@ class Job(NamedTuple):
     force: bool = False  # retrain although results exist (their checkpoints are needed and gone)
     epochs_done: int = 0  # a 'train' job's epochs in its resumable checkpoint here (lib.train.resume_epoch)
     model: str | None = None  # a 'train' job's model (its slowdown in a lane: lib.lanes); a 'costs' job's
-    damaged: str | None = None  # a 'train' job's checkpoint here that cannot be read: why (never planned)
+    damaged: str | None = None  # a checkpoint here of a 'train' job or the pair that cannot be read: why (not planned)
 
 
 def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
@@ -85,9 +85,11 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     pair_est = [est(c.model, full.bn_epochs) for c in pair]
     slices_done = bn_study.slices_done(profile, source, dirs, pair[0].lr, pair[0].seed)
     pair_done = all(finished(c) for c in pair)
+    damaged = [f"{c.name}: {why}" for c in pair if not finished(c) and (why := resumable_epochs(c, dirs)[1])]
     jobs.append(Job("bn-slices", tuple(c.name for c in pair),
                     None if None in pair_est else sum(pair_est) + SLICES_ALLOWANCE_S,
-                    pair_done and slices_done, force=pair_done and not slices_done))
+                    pair_done and slices_done, force=pair_done and not slices_done,
+                    damaged="; ".join(damaged) or None))
     configs = bn_study.probe_configs(profile, source)
     probe_done = all(bn_study.probe_done(c, dirs) for c in configs)
     probe_est = [entries.get(f"probe-{c.model}", {}).get("seconds_per_step") for c in configs]

@@ -198,7 +198,9 @@ def test_run_refuses_the_full_profiles_work_on_a_cpu_unless_allowed(capsys, tiny
         "model": "CANet_tiny", "flops": 1e8, "params": 396_155, "infer_ips": 99.0, "infer_batch": CPU_COST_BATCH,
         "device_name": environment_info(torch.device("cpu"))["device"]})
     assert cli.main(["run", "--profile", "full", "--data", tiny_source, "--costs", "--models", "CANet_tiny"]) == 0
-    assert "cost CANet_tiny: 100.0 MFLOP/image, 99 images/s at batch 64" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cost CANet_tiny: 100.0 MFLOP/image, 99 images/s at batch 64" in out
+    assert "\n1 cost file(s) in " in out and "training run" not in out  # not "0 experiment(s)"
     assert cli.main(["run", "--profile", "full", "--data", tiny_source, "--models", "CANet_tiny", "--quiet",
                      "--allow-cpu-training"]) == 0
     assert [c.name for c in trained] == ["p1-CANet_tiny-s0"]

@@ -303,7 +303,7 @@ def test_a_lane_trains_the_spare_runs_after_its_own_while_they_fit(tiny_source, 
     out = capsys.readouterr().out
     assert "spare run p1-ResNet18-s0: estimated 30 s" in out and "no-such-run is no experiment" in out
     assert "spare runs: none left that would end by the plan's end of the lanes" in out
-    assert "3 experiment(s) in" in out and queue.read_text() == "p1-CANet-s1:5000\n"
+    assert "3 training run(s) in" in out and queue.read_text() == "p1-CANet-s1:5000\n"
     # Its own runs stopped by the time limit: no spare run either.
     monkeypatch.setattr(T, "train", lambda cfg, **kw: trained.append(cfg.name)
                         or {"status": "incomplete", "epochs_done": 2})

@@ -378,6 +378,9 @@ def test_a_damaged_checkpoint_is_listed_and_left_out_not_a_stop(tiny_source, tmp
     plan = P.plan_study(["part1"], source, budget_s=5000, bench=fake_bench(), dirs=dirs, profile="smoke")
     assert "p1-ResNet18-s0" not in " ".join(plan["lines"]) and "p1-CANet-s0" in " ".join(plan["lines"])
     assert "# skipped p1-ResNet18-s0: checkpoint " in P.format_plan(plan)
+    plan = P.plan_study(["part2"], source, budget_s=5000, bench=fake_bench(), dirs=dirs, profile="smoke")
+    assert "slices" not in plan["lines"] and pair.name not in " ".join(plan["lines"]) and plan["lines"]  # the others
+    assert f"# skipped {pair.name} " in P.format_plan(plan) and "cannot be read" in P.format_plan(plan)
     monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
     assert main(["status", "--profile", "smoke", "--data", str(tiny_source)]) == 0
     out = capsys.readouterr().out
