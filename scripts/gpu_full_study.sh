@@ -22,7 +22,7 @@
 #     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time; with
 #     REPLAN_MIN_S or more left after them (runs end earlier than planned), plans and runs again, REPLAN times
 #     (with lanes, a lane whose runs end early first takes the plan's spare runs that fit the lanes' planned end);
-#  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tar (never
+#  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tgz (never
 #     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
 #     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
 # The pack is also kept on the machine (STATE_DIR, ignored by git, which the device tool keeps between the calls of
@@ -48,7 +48,8 @@ PY=${PY:-python3}
 STATE_DIR=${STATE_DIR:-build/gpu-state}  # the last pack of a call, kept on the machine for its next call
 GPU_STATE=${GPU_STATE:-1}                # 0: a call does not merge the previous call's pack first
 
-# Unpack a results.tar over this checkout, printing 'merged: FILE' per file: bench files (results/bench/*.json)
+# Unpack a results.tgz (or an older call's results.tar) over this checkout, printing 'merged: FILE' per file: bench
+# files (results/bench/*.json)
 # merged record by record into an existing copy, every other file replacing its copy.
 merge_tar() {  # TAR
   local tmp f rc=0
@@ -70,8 +71,10 @@ merge_tar() {  # TAR
 
 if [[ "${1:-}" == "--merge" ]]; then
   dir=${2:?"usage: $0 --merge DIR (the folder the device call's files were copied to)"}
-  [[ -f "$dir/results.tar" ]] || { echo "no results.tar in $dir" >&2; exit 1; }
-  merge_tar "$dir/results.tar"
+  packed=$dir/results.tgz
+  [[ -f "$packed" ]] || packed=$dir/results.tar  # the calls of 2026-11-27 and 2026-11-28 packed it uncompressed
+  [[ -f "$packed" ]] || { echo "no results.tgz (or results.tar) in $dir" >&2; exit 1; }
+  merge_tar "$packed"
   rc=$?  # a file that could not be merged (said above) leaves the others merged; the checkpoints still come
   if compgen -G "$dir/checkpoints.tgz.part*" > /dev/null; then
     cat "$dir"/checkpoints.tgz.part* | tar -xzf - || rc=1  # into checkpoints/ (ignored by git)
@@ -209,10 +212,17 @@ pack() {
   local items=() ck=() name size
   for d in "results/$PROFILE" results/bench figs; do [[ -e "$d" ]] && items+=("$d"); done
   if ((${#items[@]})); then
-    tar -cf "$OUT/results.tar.tmp" --exclude='*.pt' --exclude='*.pth' "${items[@]}" \
-      && mv -f "$OUT/results.tar.tmp" "$OUT/results.tar" \
-      && mkdir -p "$STATE_DIR" && cp -f "$OUT/results.tar" "$STATE_DIR/results.tar.tmp" \
-      && mv -f "$STATE_DIR/results.tar.tmp" "$STATE_DIR/results.tar"
+    # Compressed: the whole study's JSON (per-step series, weight histograms) passes the 16 MB a file of $OUT may
+    # have to come back; gzip makes it a few MB.
+    tar -czf "$OUT/results.tgz.tmp" --exclude='*.pt' --exclude='*.pth' "${items[@]}" \
+      && mv -f "$OUT/results.tgz.tmp" "$OUT/results.tgz" \
+      && mkdir -p "$STATE_DIR" && cp -f "$OUT/results.tgz" "$STATE_DIR/results.tgz.tmp" \
+      && mv -f "$STATE_DIR/results.tgz.tmp" "$STATE_DIR/results.tgz"
+    size=$(stat -c %s "$OUT/results.tgz" 2> /dev/null || echo 0)
+    if ((size > 15 * 1024 * 1024)); then
+      log "WARNING: $OUT/results.tgz is $size bytes, near or over the 16 MB a returned file may have: it may not" \
+        "come back (files_left_out); pack results/$PROFILE apart"
+    fi
   fi
   for name in $KEEP_CHECKPOINTS; do
     [[ -f "checkpoints/$PROFILE/$name.pt" ]] && ck+=("checkpoints/$PROFILE/$name.pt")
@@ -342,13 +352,13 @@ main() {
   # The previous call's results on this machine, before anything reads the results or the bench file. Only a pack
   # of the last 30 minutes (the device tool holds a machine at most that long): an older one is not this
   # session's, e.g. of a dry run on this machine, and merging it could put back older figures.
-  if [[ "$GPU_STATE" == 1 && -f "$STATE_DIR/results.tar" ]] \
-    && [[ -z $(find "$STATE_DIR/results.tar" -mmin +30) ]]; then
-    if merge_tar "$STATE_DIR/results.tar" > "$TMP_DIR/restored.txt"; then
-      log "merged the previous call's results on this machine ($STATE_DIR/results.tar," \
+  if [[ "$GPU_STATE" == 1 && -f "$STATE_DIR/results.tgz" ]] \
+    && [[ -z $(find "$STATE_DIR/results.tgz" -mmin +30) ]]; then
+    if merge_tar "$STATE_DIR/results.tgz" > "$TMP_DIR/restored.txt"; then
+      log "merged the previous call's results on this machine ($STATE_DIR/results.tgz," \
         "$(wc -l < "$TMP_DIR/restored.txt") files)"
     else
-      log "could not merge all of the previous call's results ($STATE_DIR/results.tar; above)"
+      log "could not merge all of the previous call's results ($STATE_DIR/results.tgz; above)"
     fi
   fi
 

@@ -86,12 +86,13 @@ def script_copy(tmp_path: Path) -> Path:
 
 
 def pack(path: Path, files: dict[str, str | dict]) -> Path:
-    """A results.tar as the runner packs it: {relative path: text or JSON}."""
+    """A results.tgz as the runner packs it (a results.tar, uncompressed, as it did before): {relative path: text or
+    JSON}."""
     src = path.parent / f"{path.stem}-files"
     for name, content in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text(content if isinstance(content, str) else json.dumps(content))
-    with tarfile.open(path, "w") as tar:
+    with tarfile.open(path, "w:gz" if path.suffix == ".tgz" else "w") as tar:
         for name in files:
             tar.add(src / name, arcname=name)
     return path
@@ -105,8 +106,9 @@ def test_runner_merge_keeps_the_bench_records_of_both_calls(tmp_path):
     call2 = bench("28T01:50:00", entries={"VGG_A": rec("28T01:49:00", fast=0.8)})
     (tmp_path / "c1").mkdir()
     (tmp_path / "c2").mkdir()
+    # Call 1 packed as the calls of 2026-11-27/28 did (uncompressed results.tar), call 2 as the runner does now.
     pack(tmp_path / "c1" / "results.tar", {"results/bench/nvidia-h200.json": call1, "figs/a.png": "one"})
-    pack(tmp_path / "c2" / "results.tar", {"results/bench/nvidia-h200.json": call2, "figs/a.png": "two",
+    pack(tmp_path / "c2" / "results.tgz", {"results/bench/nvidia-h200.json": call2, "figs/a.png": "two",
                                            "results/full/bn-VGG_A-lr0.001-s2020.json": {"status": "ok"}})
     env = dict(os.environ, PY=sys.executable)
     for call in ("c1", "c2"):
@@ -121,7 +123,7 @@ def test_runner_merge_keeps_the_bench_records_of_both_calls(tmp_path):
     # A bench file of another device and one that is not JSON: each refused and left out, the rest merged, the
     # checkpoints unpacked; the exit status says that something was left out.
     (tmp_path / "c3").mkdir()
-    pack(tmp_path / "c3" / "results.tar", {"results/bench/nvidia-h200.json": dict(call1, device="NVIDIA H100"),
+    pack(tmp_path / "c3" / "results.tgz", {"results/bench/nvidia-h200.json": dict(call1, device="NVIDIA H100"),
                                            "results/full/p1-CANet-s0.json": {"status": "ok"}})
     ckpt = tmp_path / "c3" / "ckpt"
     (ckpt / "checkpoints" / "full").mkdir(parents=True)
@@ -135,7 +137,7 @@ def test_runner_merge_keeps_the_bench_records_of_both_calls(tmp_path):
     assert read_json(repo / "results" / "full" / "p1-CANet-s0.json") == {"status": "ok"}
     assert (repo / "checkpoints" / "full" / "p1-CANet-s0.pt").read_text() == "weights"
     (tmp_path / "c4").mkdir()
-    pack(tmp_path / "c4" / "results.tar", {"results/bench/nvidia-h200.json": "[]"})
+    pack(tmp_path / "c4" / "results.tgz", {"results/bench/nvidia-h200.json": "[]"})
     run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c4")], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "not a bench file" in run.stderr and "Traceback" not in run.stderr
@@ -151,7 +153,7 @@ def test_a_call_first_merges_the_previous_calls_pack_on_this_machine(tmp_path, s
     here = bench("27T20:00:00", entries={"VGG_A": rec("27T19:00:00", fast=0.8)})
     atomic_write_json(repo / "results" / "bench" / "nvidia-h200.json", here)
     last_call = bench("28T01:42:00", entries={"CANet": rec("28T01:36:00", fast=1.71)})
-    kept = pack(repo / "build" / "gpu-state" / "results.tar", {"results/bench/nvidia-h200.json": last_call,
+    kept = pack(repo / "build" / "gpu-state" / "results.tgz", {"results/bench/nvidia-h200.json": last_call,
                                                                 "results/full/p1-CANet_tiny-s0.json": {"status": "ok"}})
     if state == "old":
         an_hour_ago = kept.stat().st_mtime - 3600
@@ -165,7 +167,7 @@ def test_a_call_first_merges_the_previous_calls_pack_on_this_machine(tmp_path, s
     assert "the first step failed" in log, log  # where PY stopped it (the log's tee exits 0)
     entries = read_json(repo / "results" / "bench" / "nvidia-h200.json")["entries"]
     if state == "fresh":
-        assert "merged the previous call's results on this machine (build/gpu-state/results.tar, 2 files)" in log
+        assert "merged the previous call's results on this machine (build/gpu-state/results.tgz, 2 files)" in log
         assert entries == {**here["entries"], **last_call["entries"]}
         assert read_json(repo / "results" / "full" / "p1-CANet_tiny-s0.json") == {"status": "ok"}
     else:

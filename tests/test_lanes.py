@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -670,8 +671,10 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     assert "--check-graphs CANet_tiny --check-precisions" in log and "--missing-only --graph-failures-file" not in log
     assert "--fast-only" not in log and "--graph-failures" not in log
     # The last pack is also kept on the machine, for a next call there (tests/test_bench_merge.py).
-    kept = repo / "build" / "gpu-state" / "results.tar"
-    assert kept.read_bytes() == (tmp_path / "out" / "results.tar").read_bytes()
+    kept = repo / "build" / "gpu-state" / "results.tgz"
+    assert kept.read_bytes() == (tmp_path / "out" / "results.tgz").read_bytes()
+    with tarfile.open(kept, "r:gz") as tar:  # compressed: the whole study's JSON would pass 16 MB as a plain tar
+        assert "results/smoke/p1-CANet_tiny-s1.json" in tar.getnames()
     for i, name in enumerate(("p1-CANet_tiny-s0", "p1-ResNet18-s0"), 1):
         assert f"[lane {i}] {name}: ok" in log
         result = read_json(repo / "results" / "smoke" / f"{name}.json")
