@@ -231,11 +231,12 @@ def cmd_run(args) -> int:
         trained += 1
         if stopped(cfg):
             return 0
-    done = [f"{trained} training run(s)"] if trained or not (args.probe or args.slices or args.costs) else []
+    done = ([f"{trained} training run(s) (reused ones included)"]
+            if trained or not (args.probe or args.slices or args.costs) else [])
     if args.probe:  # both networks, with the documented lr fallback when VGG_A does not train
-        done.append("the probes")
         for r in bn_study.run_probes(args.profile, source, dirs, force=args.force, progress=not args.quiet):
             print(f"probe {r['config']['model']}: done (lr {r['config']['lr']:g})")
+        done.append("the probes")
     if args.slices:
         bn_study.run_slices(args.profile, source, dirs, force=args.force)
         print("loss slices: done")
@@ -248,7 +249,7 @@ def cmd_run(args) -> int:
             print(f"cost {c['model']}: {c['flops'] / 1e6:,.1f} MFLOP/image, {c['infer_ips']:,.0f} images/s at batch "
                   f"{c['infer_batch']} on {c['device_name']}")
         done.append(f"{len(costs)} cost file(s)")
-    print(f"{', '.join(done)} in {time.perf_counter() - t0:.0f} s (reused ones included); results in {dirs.results}")
+    print(f"{', '.join(done)} in {time.perf_counter() - t0:.0f} s; results in {dirs.results}")
     return 0
 
 

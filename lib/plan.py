@@ -11,6 +11,7 @@ entry_in_use), with lib.lanes' slowdowns where several runs train at once.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -84,8 +85,10 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     pair = [c for c in bn if c.lr == 1e-3]
     pair_est = [est(c.model, full.bn_epochs) for c in pair]
     slices_done = bn_study.slices_done(profile, source, dirs, pair[0].lr, pair[0].seed)
-    pair_done = all(finished(c) for c in pair)
-    damaged = [f"{c.name}: {why}" for c in pair if not finished(c) and (why := resumable_epochs(c, dirs)[1])]
+    pair_finished = {c.name: finished(c) for c in pair}
+    pair_done = all(pair_finished.values())
+    damaged = [f"{c.name}: {why}" for c in pair
+               if not pair_finished[c.name] and (why := resumable_epochs(c, dirs)[1])]
     jobs.append(Job("bn-slices", tuple(c.name for c in pair),
                     None if None in pair_est else sum(pair_est) + SLICES_ALLOWANCE_S,
                     pair_done and slices_done, force=pair_done and not slices_done,
@@ -203,7 +206,10 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
         other = _fit_jobs(reordered, factors, budget_s, margin, lanes, partial=False, gainers_alone=False)
         worth = lambda p: (covered_seconds(p, seeds), covered_seconds(p))
         if worth(other) > worth(plan):
-            plan = dict(other, order="gain-first", study_order_seconds=covered_seconds(plan))
+            plan = dict(other, order="gain-first", study_order_seconds=covered_seconds(plan),
+                        alternative=("study order", *worth(plan)), first_seed_seconds=worth(other)[0])
+        elif covered_seconds(other) > covered_seconds(plan):  # kept for the first seed: the plan says so
+            plan = dict(plan, alternative=("gain-first", *worth(other)), first_seed_seconds=worth(plan)[0])
     return plan
 
 
@@ -220,7 +226,9 @@ def covered_seconds(plan: dict, first_seed_of: Sequence[int] | None = None) -> f
     if (job := plan.get("partial")) is not None:
         counts = first_seed_of is None or not extra_seed_job(job, first_seed_of)
         return min(job.seconds, plan["budget_s"] / plan["margin"]) if counts else 0.0
-    return sum(j.seconds for j in plan["taken"] if first_seed_of is None or not extra_seed_job(j, first_seed_of))
+    # fsum: the same jobs taken in another order sum to the same number, so that rounding never decides between
+    # two plans (plan_study compares them)
+    return math.fsum(j.seconds for j in plan["taken"] if first_seed_of is None or not extra_seed_job(j, first_seed_of))
 
 
 def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float, lanes: int,
@@ -289,7 +297,7 @@ def _fit_jobs(jobs: Sequence[Job], factors: dict, budget_s: float, margin: float
     spare = []
     if sum(1 for js in lane_jobs if js) > 1:
         spare = [(j, j.seconds * factors[j.model] * margin) for j, _ in skipped
-                 if j.kind == "train" and j.seconds is not None and factors[j.model] < lanes]
+                 if j.kind == "train" and j.seconds is not None and not j.damaged and factors[j.model] < lanes]
         spare = [(j, s) for j, s in spare if s <= max(loads) - STEP_STARTUP_S]
     train = [n for j in taken if not j.force and j.kind in ("train", "bn-slices") and id(j) not in in_lanes
              for n in j.names]
@@ -502,10 +510,13 @@ def format_plan(plan: dict) -> str:
                    f"{'under MPS' if mps_on() else 'time-sliced (no MPS)'}; each run's estimate times its "
                    f"model's measured slowdown: {factors or 'none planned'}; runs of models without a measured "
                    f"gain at {plan['lanes']} at once train alone, after the lanes")
-    if plan.get("order") == "gain-first":
-        out.append(f"# order: gain-first (a run resumable here, then per seed block the runs that gain at "
-                   f"{plan['lanes']} at once), {covered_seconds(plan):.0f} s of single-run estimates against "
-                   f"{plan['study_order_seconds']:.0f} s in study order")
+    if (alternative := plan.get("alternative")) is not None:
+        other, first, seconds = alternative  # (order, first-seed seconds, all seconds)
+        why = (f"gain-first (a run resumable here, then per seed block the runs that gain at {plan['lanes']} at "
+               f"once)" if plan["order"] == "gain-first" else "study (the first seed's block first)")
+        out.append(f"# order: {why}, {covered_seconds(plan):.0f} s of single-run estimates "
+                   f"({plan['first_seed_seconds']:.0f} s of them the first seed's block) against {seconds:.0f} s "
+                   f"({first:.0f} s) {'in ' if other == 'study order' else ''}{other}")
     if (job := plan.get("partial")) is not None:
         out.append(f"# partial {job.names[0]}: about {job.seconds:.0f} s left to train, more than this call; it stops "
                    f"resumably at the time limit, and a call within 30 s on this warm machine resumes it (a fresh "

@@ -49,8 +49,7 @@ STATE_DIR=${STATE_DIR:-build/gpu-state}  # the last pack of a call, kept on the 
 GPU_STATE=${GPU_STATE:-1}                # 0: a call does not merge the previous call's pack first
 
 # Unpack a results.tgz (or an older call's results.tar) over this checkout, printing 'merged: FILE' per file: bench
-# files (results/bench/*.json)
-# merged record by record into an existing copy, every other file replacing its copy.
+# files (results/bench/*.json) merged record by record into an existing copy, every other file replacing its copy.
 merge_tar() {  # TAR
   local tmp f rc=0
   tmp=$(mktemp -d) || return 1
@@ -72,7 +71,7 @@ merge_tar() {  # TAR
 if [[ "${1:-}" == "--merge" ]]; then
   dir=${2:?"usage: $0 --merge DIR (the folder the device call's files were copied to)"}
   packed=$dir/results.tgz
-  [[ -f "$packed" ]] || packed=$dir/results.tar  # the calls of 2026-11-27 and 2026-11-28 packed it uncompressed
+  [[ -f "$packed" ]] || packed=$dir/results.tar  # the calls of the first sessions packed it uncompressed
   [[ -f "$packed" ]] || { echo "no results.tgz (or results.tar) in $dir" >&2; exit 1; }
   merge_tar "$packed"
   rc=$?  # a file that could not be merged (said above) leaves the others merged; the checkpoints still come
@@ -148,6 +147,7 @@ done
 CPU_OK=""                            # set to --allow-cpu-training for a dry run (below)
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
+PACK_WARNED=0  # pack() has said that the results pack nears the size limit
 TMP_DIR=$(mktemp -d) || exit 1  # files between this script's Python steps (not brought back)
 MPS_PIPE=$TMP_DIR/mps-pipe      # where the MPS daemon of this script listens (only while it runs)
 MPS_FAILED=0                    # 1: it could not start in this call; not tried again
@@ -219,9 +219,11 @@ pack() {
       && mkdir -p "$STATE_DIR" && cp -f "$OUT/results.tgz" "$STATE_DIR/results.tgz.tmp" \
       && mv -f "$STATE_DIR/results.tgz.tmp" "$STATE_DIR/results.tgz"
     size=$(stat -c %s "$OUT/results.tgz" 2> /dev/null || echo 0)
-    if ((size > 15 * 1024 * 1024)); then
-      log "WARNING: $OUT/results.tgz is $size bytes, near or over the 16 MB a returned file may have: it may not" \
-        "come back (files_left_out); pack results/$PROFILE apart"
+    if ((size > 15 * 1024 * 1024 && ! PACK_WARNED)); then  # once a call
+      PACK_WARNED=1
+      log "WARNING: $OUT/results.tgz is $size bytes, near or over the 16 MiB a returned file may have: it may not" \
+        "come back (files_left_out). Before the next call, split it (pack() in this script, e.g. results/$PROFILE" \
+        "in a tar of its own)"
     fi
   fi
   for name in $KEEP_CHECKPOINTS; do

@@ -108,6 +108,7 @@ def test_runner_merge_keeps_the_bench_records_of_both_calls(tmp_path):
     (tmp_path / "c2").mkdir()
     # Call 1 packed as the calls of 2026-11-27/28 did (uncompressed results.tar), call 2 as the runner does now.
     pack(tmp_path / "c1" / "results.tar", {"results/bench/nvidia-h200.json": call1, "figs/a.png": "one"})
+    pack(tmp_path / "c2" / "results.tar", {"figs/a.png": "stale"})  # beside a results.tgz: not read
     pack(tmp_path / "c2" / "results.tgz", {"results/bench/nvidia-h200.json": call2, "figs/a.png": "two",
                                            "results/full/bn-VGG_A-lr0.001-s2020.json": {"status": "ok"}})
     env = dict(os.environ, PY=sys.executable)

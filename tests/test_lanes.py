@@ -205,7 +205,8 @@ def test_the_plan_fits_the_runs_that_gain_first_when_that_covers_more(tiny_sourc
     assert P.covered_seconds(plan) == pytest.approx(159.0 + 5 * 60 / 9)
     assert plan["study_order_seconds"] == pytest.approx(79.5 + 8 * 60 / 9)
     assert "# order: gain-first (a run resumable here, then per seed block the runs that gain at 2 at once), 192 s " \
-           "of single-run estimates against 133 s in study order" in P.format_plan(plan)
+           "of single-run estimates (192 s of them the first seed's block) against 133 s (133 s) in study order" \
+           in P.format_plan(plan)
     # With room for everything, study order covers as much: kept.
     plan = P.plan_study(["part1"], source, budget_s=1000, bench=bench, dirs=dirs, lanes=2)
     assert plan["order"] == "study" and "# order" not in P.format_plan(plan) and len(plan["taken"]) == 8 + 9  # + costs
@@ -304,7 +305,7 @@ def test_a_lane_trains_the_spare_runs_after_its_own_while_they_fit(tiny_source, 
     out = capsys.readouterr().out
     assert "spare run p1-ResNet18-s0: estimated 30 s" in out and "no-such-run is no experiment" in out
     assert "spare runs: none left that would end by the plan's end of the lanes" in out
-    assert "3 training run(s) in" in out and queue.read_text() == "p1-CANet-s1:5000\n"
+    assert "3 training run(s) (reused ones included) in" in out and queue.read_text() == "p1-CANet-s1:5000\n"
     # Its own runs stopped by the time limit: no spare run either.
     monkeypatch.setattr(T, "train", lambda cfg, **kw: trained.append(cfg.name)
                         or {"status": "incomplete", "epochs_done": 2})
@@ -362,6 +363,10 @@ def test_the_gain_first_order_keeps_a_resumable_run_and_the_first_seed_first(tin
     assert plan["lines"] == ["lane p1-ResNet18-s0", "lane p1-ResNet34-s0",
                              "spare 139 p1-ResNet18-s1:119 p1-ResNet34-s1:119", "train p1-CANet_light-s0 p1-CANet-s0",
                              "costs CANet_tiny CANet_light CANet"]
+    # A run whose checkpoint here cannot be read is no spare run either (a lane would stop at it).
+    (Path(dirs.checkpoints) / "p1-ResNet34-s1.last.pt").write_bytes(b"not a checkpoint")
+    plan = P.plan_study(["part1"], source, budget_s=400, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
+    assert "spare 139 p1-ResNet18-s1:119" in plan["lines"], P.format_plan(plan)
 
 
 def test_the_first_seeds_runs_count_before_more_seconds_of_an_extra_seed(tiny_source, tmp_path, monkeypatch):
@@ -373,10 +378,25 @@ def test_the_first_seeds_runs_count_before_more_seconds_of_an_extra_seed(tiny_so
     plan = P.plan_study(subset, source, budget_s=200, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
     assert (plan["order"], plan["lines"]) == ("study", ["train p1-CANet-s0"]), P.format_plan(plan)
     assert P.covered_seconds(plan, [0, 1]) == P.covered_seconds(plan) == pytest.approx(79.5)
+    assert "# order: study (the first seed's block first), 80 s of single-run estimates (80 s of them the first " \
+           "seed's block) against 159 s (0 s) gain-first" in P.format_plan(plan)
     # Without the first seed's run in the subset, the seconds decide.
     plan = P.plan_study(subset[1:], source, budget_s=200, bench=bench, dirs=dirs, seeds=[0, 1], lanes=2)
     assert plan["lines"] == ["lane p1-ResNet18-s1", "lane p1-ResNet34-s1"]
     assert P.covered_seconds(plan, [0, 1]) == 0.0 and P.covered_seconds(plan) == pytest.approx(159.0)
+
+
+def test_the_seconds_a_plan_covers_do_not_depend_on_the_order_of_its_jobs():
+    # The same jobs in another order: a plain sum differs in the last bit (0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1),
+    # which would decide between two plans that train the same first-seed runs.
+    jobs = [P.Job("train", (f"p1-ResNet18-s{i}",), s, False, model="ResNet18") for i, s in enumerate((0.1, 0.2, 0.3))]
+    plans = [{"taken": order, "partial": None} for order in (jobs, jobs[::-1])]
+    assert P.covered_seconds(plans[0]) == P.covered_seconds(plans[1]) == 0.6
+    assert P.covered_seconds(plans[0], [0, 1, 2]) == 0.1 and P.covered_seconds(plans[0], [2, 0]) == 0.3
+    # A partial plan's run counts what the call can train of it, for the first seed's block only if it is in it.
+    partial = {"partial": jobs[1]._replace(seconds=500.0), "budget_s": 360.0, "margin": 1.2}
+    assert P.covered_seconds(partial) == P.covered_seconds(partial, [1, 0]) == 300.0
+    assert P.covered_seconds(partial, [0, 1]) == 0.0
 
 
 def test_a_run_longer_than_the_call_gives_way_to_lanes_that_cover_more(tiny_source, tmp_path, monkeypatch):

@@ -385,3 +385,11 @@ def test_a_damaged_checkpoint_is_listed_and_left_out_not_a_stop(tiny_source, tmp
     assert main(["status", "--profile", "smoke", "--data", str(tiny_source)]) == 0
     out = capsys.readouterr().out
     assert "0 of 29 done, 0 partial, 2 damaged, 27 missing" in out and "  damaged  p1-ResNet18-s0  (checkpoint" in out
+    # The other run of the pair finished: still left out (the slices need both), only the damaged one named.
+    other = [c for c in bn_experiments("smoke", source) if c.lr == 1e-3][1]
+    write_finished(dirs, other)
+    plan = P.plan_study(["part2"], source, budget_s=5000, bench=fake_bench(), dirs=dirs, profile="smoke")
+    assert "slices" not in plan["lines"] and f"{pair.name}: checkpoint" in P.format_plan(plan)
+    assert f"{other.name}: checkpoint" not in P.format_plan(plan)
+    rows = {name: state for state, name, _ in P.study_status("smoke", source, dirs)}
+    assert (rows[pair.name], rows[other.name], rows["loss slices"]) == ("damaged", "done", "missing")
