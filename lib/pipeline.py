@@ -272,7 +272,7 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
 
     from lib.config import get_profile
     from lib.data import canonical_source
-    from lib.report import render_report, stale_figures
+    from lib.report import render_report
     from lib.results import reuse_only as env_reuse_only
 
     get_profile(profile)  # a clear error for an unknown profile before any kernel starts
@@ -338,7 +338,7 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
             if "seed" in declared and params.get("model") and "seed" not in params:
                 nb_params["seed"] = params["seeds"][0]  # notebook 03 shows the run 01 trained first for that model
             out_path = out_dir / f"{name}.ipynb"
-            t0, started = time.perf_counter(), time.time()
+            t0 = time.perf_counter()
             try:
                 papermill.execute_notebook(str(src), str(out_path), parameters=nb_params, kernel_name=KERNEL_NAME,
                                            cwd=str(NOTEBOOK_DIR), progress_bar=progress_bar,
@@ -346,12 +346,6 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
             except PapermillExecutionError as err:
                 raise StudyError(_failure_message(name, out_path, err)) from None
             seconds = time.perf_counter() - t0
-            # A figure of this notebook that it did not draw now comes from other results (e.g. the published
-            # quick figures in figs/ under a partial full study): removed, so that the report says it is not
-            # produced instead of showing it as these results'. Only after the notebook succeeded.
-            for path in stale_figures(dirs.figs, name[:2], started):
-                path.unlink()
-                print(f"[study] {name}: removed {path} (drawn before this run, not from these results)", flush=True)
             if not reuse_only:  # a viewing run computed nothing: the record keeps the call that did
                 _record(dirs, name, nb_params, seconds, command, other)
             if log_output or progress_bar:

@@ -46,19 +46,9 @@ NOT_RUN = "not run"
 # What a run's precision setting (lib.config.PRECISIONS) computes, in the report's words.
 PRECISION_WORDS = {"auto": "bf16 autocast on a GPU, fp32 on a CPU", "bf16": "bf16 autocast on every device",
                    "fp32": "fp32 on every device, TF32 off on a GPU"}
-# Which notebook draws which figure (for the 'not produced yet' lines, and stale_figures).
+# Which notebook draws which figure (for the 'not produced yet' lines).
 FIGURE_SOURCES = {"p1_curves": "01", "p1_acc": "02", "p1_per_class": "02", "p1_filters": "03", "p1_ridge": "03",
                   "p1_attention": "03", "p1_confusion": "03", "p2_": "04"}
-
-
-def stale_figures(figs_dir: Path | str, notebook: str, since: float) -> list[Path]:
-    """The figures in `figs_dir` that `notebook` ('01'..'04') draws (FIGURE_SOURCES) but last wrote before
-    `since` (a time.time(); 2 s of slack for coarse file times): after a run of the notebook, figures of other
-    results (another profile's published figures in figs/, a model no longer the main one, a run whose results
-    are gone) that the report would otherwise show as these results'. Other files are never listed."""
-    return sorted(p for p in Path(figs_dir).glob("*.png")
-                  if any(p.stem.startswith(k) and nb == notebook for k, nb in FIGURE_SOURCES.items())
-                  and p.stat().st_mtime < since - 2.0)
 
 
 # --------------------------------------------------------------------------------------------- formatting

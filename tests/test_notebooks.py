@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import nbformat
@@ -302,39 +301,6 @@ def test_a_study_of_a_named_model_shows_its_first_seed_in_notebook_03(tmp_path, 
     assert "seed" not in calls["03_visualize"]
     record = json.loads((output_dirs("smoke", root=tmp_path).results / "study.json").read_text())
     assert all(c["other"] == {"root": str(tmp_path)} for c in notebook_commands(record))  # seed is the study's own
-
-
-def test_a_notebook_removes_the_figures_it_draws_but_did_not_draw_now(tmp_path, tiny_source, monkeypatch):
-    import os
-
-    import papermill
-
-    import lib.report
-
-    figs = Path(output_dirs("smoke", root=tmp_path).figs)
-    figs.mkdir(parents=True)
-    old = time.time() - 3600
-    for name in ("p1_curves_CANet.png", "p2_loss_band.png", "p2_santurkar.png", "p1_filters.png", "mine.png"):
-        (figs / name).write_bytes(b"an older figure")
-        os.utime(figs / name, (old, old))
-
-    def execute(src, out, parameters, **kw):  # notebook 04 draws one of its two figures; 01 draws none
-        if Path(src).stem.startswith("04"):
-            (figs / "p2_loss_band.png").write_bytes(b"drawn now")
-        if Path(src).stem.startswith("03"):
-            raise papermill.exceptions.PapermillExecutionError(0, 1, "x = 1", "boom", "ValueError", [])
-
-    monkeypatch.setattr(papermill, "execute_notebook", execute)
-    monkeypatch.setattr(lib.report, "render_report", lambda profile, dirs: None)
-    monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "data_root"))
-    run_study("smoke", data_source=tiny_source, notebooks=["01", "04"], root=tmp_path, log_output=False)
-    # 01's and 04's figures not drawn in this run are gone; what they drew, 03's and a file of no notebook stay.
-    assert sorted(p.name for p in figs.iterdir()) == ["mine.png", "p1_filters.png", "p2_loss_band.png"]
-    assert (figs / "p2_loss_band.png").read_bytes() == b"drawn now"
-    # A notebook that fails removes nothing.
-    with pytest.raises(StudyError):
-        run_study("smoke", data_source=tiny_source, notebooks=["03"], root=tmp_path, log_output=False)
-    assert (figs / "p1_filters.png").read_bytes() == b"an older figure"
 
 
 def test_a_study_with_an_override_stops_before_replacing_a_finished_run(tmp_path, tiny_source):
