@@ -70,7 +70,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help=f"'official' (torchvision download), 'shared' (../shared JPEG copy) or a path to an "
                         f"image-folder copy / .tar.gz; default: ${SOURCE_ENV} or 'official'")
     p.add_argument("--publish", action="store_true",
-                   help="write smoke/quick output to the committed places (results/<profile>/, figs/, report.md)")
+                   help="write smoke/quick output to the committed places (results/<profile>/, figs/<profile>/, "
+                        "report.md)")
 
 
 def whole_number(minimum: int, what: str = "must be"):

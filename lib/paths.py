@@ -22,13 +22,16 @@ def output_dirs(profile: str, publish: bool | None = None, root: Path | str | No
     """Folders for `profile`.
 
     `full` (or any profile with publish=True) writes to the committed places: results/<profile>/,
-    figs/, report.md. `smoke` and `quick` default to the ignored build/<profile>/ so that trying
-    the project never overwrites the committed study. `root` relocates everything (tests).
+    report.md, and figs/ (the full study's) or figs/<profile>/ (a published smoke or quick run's, so that the
+    figures of two profiles never mix: a report links only its own profile's, however far each study got).
+    `smoke` and `quick` default to the ignored build/<profile>/ so that trying the project never overwrites the
+    committed study. `root` relocates everything (tests).
     """
     base = Path(root) if root is not None else REPO
     publish = (profile == "full") if publish is None else publish
     if publish:
-        return OutputDirs(base / "results" / profile, base / "figs", base / "report.md",
+        figs = base / "figs" if profile == "full" else base / "figs" / profile
+        return OutputDirs(base / "results" / profile, figs, base / "report.md",
                           base / "checkpoints" / profile, base / "runs" / profile)
     b = base / "build" / profile
     return OutputDirs(b / "results", b / "figs", b / "report.md", b / "checkpoints", b / "runs")

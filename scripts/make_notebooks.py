@@ -10,7 +10,7 @@ REPO = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().pare
 
 COMMON_PARAMS = '''profile = "smoke"  # smoke: CI-sized, seconds | quick: reduced, CPU-friendly | full: the STUDY.md recipe (GPU)
 data_source = None  # None: $CIFAR10_SOURCE or 'official'; 'shared': the JPEG-q75 copy; or a folder / .tar.gz path
-publish = False  # True: write to the committed results/<profile>/, figs/ and report.md
+publish = False  # True: write to the committed results/<profile>/, figs/[<profile>/] and report.md
 root = None  # None: this repository; a folder relocates every output (the tests use this)
 reuse_only = None  # True: compute nothing, stop naming what has no matching result; None: $CIFAR10_REUSE_ONLY'''
 
@@ -74,7 +74,7 @@ and `seeds = [0]` (`[0, 1, 2]` works too), keeping `model = "CANet"`, `force = F
 and `reuse_only = True`. A finished result in `results/quick/` whose configuration matches is read back, not
 retrained; another model, seed, number of epochs or precision is a new configuration, which trains, or with
 `reuse_only = True` stops with its name. `publish = True` also redraws the training-curves figure in the
-committed `figs/` from the same files; with `reuse_only = True` the run marker `results/quick/part1-main.json`
+committed `figs/quick/` from the same files; with `reuse_only = True` the run marker `results/quick/part1-main.json`
 (which run notebook 03 and the report show) is left as it is.'''),
     setup_cell('''from lib import part1
 from lib.data import canonical_source
@@ -126,7 +126,7 @@ cell `profile = "quick"`, `data_source = "shared"`, `publish = True`, `seeds = [
 keeping `force = False`, `num_epochs = None` and `precision = None`, and `reuse_only = True`. A finished result in `results/quick/`
 whose configuration matches is read back, not retrained; with `models = None` the list includes CANet_pro, which
 has no result and would start training (hours on a CPU), or with `reuse_only = True` stops with its name.
-`publish = True` also writes to the committed folders: the figures in `figs/` are redrawn from the same files,
+`publish = True` also writes to the committed folders: the figures in `figs/quick/` are redrawn from the same files,
 and on a machine other than the one recorded in `results/quick/cost-*.json` the cost cell re-measures
 inference speed (no training) into those files, unless `reuse_only = True` (the recorded ones are shown).'''),
     setup_cell('''from lib import part1, report
@@ -188,7 +188,7 @@ trained. Without it (a fresh clone) those two cells say so and draw nothing, and
 result files; `python -m lib run --profile quick --data shared --models CANet --seeds 0` trains the run again
 into `build/quick/` (about an hour on a 2-core CPU; the committed result is left alone): `publish = False` then
 shows that run, and `publish = True` uses its weights only if they reproduce the committed run (the same selected
-epoch and validation accuracy). `publish = True` redraws the figures in the committed `figs/` from the same
+epoch and validation accuracy). `publish = True` redraws the figures in the committed `figs/quick/` from the same
 files.'''),
     setup_cell('''from lib import part1
 from lib.attention import trained_or_none
@@ -251,7 +251,7 @@ To see those Part 2 results here, set in the first cell `profile = "quick"`, `da
 `publish = True`, keeping `force = False` and `probe_overrides = None`, and `reuse_only = True`. The protocol runs,
 probe runs and loss slices in `results/quick/` whose configuration matches are read back, not recomputed (with
 `reuse_only = True`, one that does not match stops with its name instead of training); `publish = True` also
-redraws the figures in the committed `figs/` from those files.'''),
+redraws the figures in the committed `figs/quick/` from those files.'''),
     setup_cell('''from lib import bn_plots, bn_study, report
 from lib.data import canonical_source
 from lib.paths import output_dirs

@@ -171,6 +171,23 @@ def test_only_existing_figures_are_linked(study_dirs):
     assert "Figure `p2_santurkar` has not been produced yet" in text
 
 
+def test_the_published_profiles_never_link_each_others_figures(tmp_path):
+    quick, full = output_dirs("quick", publish=True, root=tmp_path), output_dirs("full", root=tmp_path)
+    assert (quick.figs, full.figs) == (tmp_path / "figs" / "quick", tmp_path / "figs")
+    assert quick.report == full.report == tmp_path / "report.md"  # one committed report: whichever was rendered
+    full.figs.mkdir(parents=True)
+    (full.figs / "p1_filters.png").write_bytes(b"a full-study figure")
+    text = render_report("quick", quick).read_text()  # quick has none of its own yet: it shows none
+    assert "Figure `p1_filters` has not been produced yet" in text and "figs/p1_filters.png" not in text
+    quick.figs.mkdir(parents=True)
+    (quick.figs / "p2_santurkar.png").write_bytes(b"a quick figure")
+    full.report.unlink()  # (no results in either folder: render_report keeps a report of other results otherwise)
+    text = render_report("full", full).read_text()
+    assert "(figs/p1_filters.png)" in text and "Figure `p2_santurkar` has not been produced yet" in text
+    full.report.unlink()
+    assert render_report("quick", quick).read_text().count("(figs/quick/p2_santurkar.png)") == 1
+
+
 def test_win_and_tie_wording_follows_the_statistics(study_dirs):
     pct = {m: [100 * a for a in accs] for m, accs in ACCS.items()}
     # Preconditions: the fabricated numbers give one win, one tie, one undetermined comparison.
