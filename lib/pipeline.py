@@ -300,6 +300,10 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"(docs/GPU.md, scripts/gpu_full_study.sh; cost files: its `costs` job), merge the results, and run "
                 f"this again to render the notebooks and report from them; or pass --allow-cpu-training to compute "
                 f"them here (hours to days for training).")
+    if not reuse_only and any(not name.startswith("cost-") for name in missing):  # cost files need no data
+        from lib.data import load_cifar10
+
+        load_cifar10(source)  # missing or corrupt data: one clear error (DataError) before any kernel starts
     if not reuse_only and not force:  # an override would stop in a notebook: say so before the first one starts
         from lib.train import keep_advice, override_clash
 
@@ -314,10 +318,6 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"these notebooks would replace finished results of the same runs in {dirs.results}, which differ "
                 "only in " + "; ".join(f"{n}: {', '.join(c)}" for n, c in clash.items()) + ". To keep them, "
                 f"{keep_advice(profile, Path(dirs.results), 'those result files')}; or pass --force to replace them")
-    if not reuse_only and any(not name.startswith("cost-") for name in missing):  # cost files need no data
-        from lib.data import load_cifar10
-
-        load_cifar10(source)  # missing or corrupt data: one clear error (DataError) before any kernel starts
     params = {"profile": profile, "data_source": source, "publish": bool(publish), "force": bool(force),
               "seeds": [int(s) for s in seeds], "root": str(root) if root is not None else None,
               "reuse_only": True if reuse_only else None, **(extra_params or {})}

@@ -639,18 +639,22 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
         return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
+    device = resolve_device(cfg.device)
+    # The data first: missing or corrupt data is the error to fix first, and --force deletes nothing before it
+    # loads (the checkpoints of the run it replaces stay until this one can train).
+    (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device)
     if not force and (changed := override_clash(cfg, dirs)):
         raise ValueError(f"{result_path} holds a finished run of {cfg.name} that differs from this one only in "
                          f"{', '.join(changed)}: training it would replace that result. To keep it, "
                          f"{keep_advice(cfg.profile, result_path.parent)}; or replace it with --force (with `--only "
                          f"{cfg.name}` to force this run alone; notebooks: force = True)")
-    device = resolve_device(cfg.device)
     sharing = shared_gpu()  # other runs training beside this one (the GPU runner's lanes), read before training
     if progress and not _hinted and (hint := precision_hint(cfg, device)):  # once per process
         _hinted.add(hint)
         print(hint)
     last_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.last.pt"
     best_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.pt"
+    model = new_model(cfg, device)  # before anything is deleted, too (it raises for an unknown model)
     if force:
         for p in (last_ckpt, best_ckpt):
             p.unlink(missing_ok=True)
@@ -660,8 +664,6 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         # TF32 only where the config does not ask for true fp32 (the result records cfg.precision).
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.precision != "fp32"
 
-    (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device)
-    model = new_model(cfg, device)
     num_params = sum(p.numel() for p in model.parameters())
     head = last_linear(model)
 

@@ -498,6 +498,18 @@ def test_a_finished_run_on_other_data_is_not_replaced_without_force(tiny_source,
         f"data_source ({tiny_source} there, {other} here)", "precision (auto there, bf16 here)"]
     # Anything else that differs (another seed): another run, stale, retrained as before.
     assert T.overridden_result(path, moved.replace(seed=3)) == []
+    # Data that cannot be read: that is the error, before the refusal above, and --force deletes nothing for it.
+    from lib.data import DataError
+
+    broken = tmp_path / "broken-copy"
+    shutil.copytree(tiny_source, broken)
+    next((broken / "train").rglob("*.png")).write_bytes(b"not an image")
+    best = dirs.checkpoints / "tiny.pt"
+    assert best.is_file()
+    for force in (False, True):
+        with pytest.raises(DataError):
+            T.train(cfg.replace(data_source=str(broken)), dirs=dirs, progress=False, force=force)
+        assert best.is_file()
     forced = T.train(moved, dirs=dirs, progress=False, force=True)
     assert json.loads(path.read_text())["config"]["data_source"] == str(other) == forced["config"]["data_source"]
     # The advice names build/ where the result is a published one of smoke/quick, not for full.
