@@ -138,9 +138,12 @@ def mark_main(dirs: OutputDirs, result: dict) -> Path:
     return atomic_write_json(path, {"model": result["model"], "seed": result["seed"], "name": result["name"]})
 
 
-def main_run(dirs: OutputDirs, model: str | None = None, seed: int | None = None) -> dict:
+def main_run(dirs: OutputDirs, model: str | None = None, seed: int | None = None,
+             data_source: str | None = None) -> dict:
     """The result to visualise: `model`/`seed` if given, else the run recorded by notebook 01, else CANet seed 0.
-    Without a seed, the recorded run's seed where `model` is None or the recorded model, else seed 0."""
+    Without a seed, the recorded run's seed where `model` is None or the recorded model, else seed 0. With
+    `data_source` (canonical, as the configs record it), a run trained on other data is refused: its figures would
+    be drawn and recorded as this data's."""
     marker = Path(dirs.results) / MAIN_FILE
     recorded = read_json(marker) if marker.exists() else {}
     if model is None or model == recorded.get("model"):
@@ -151,7 +154,13 @@ def main_run(dirs: OutputDirs, model: str | None = None, seed: int | None = None
     if not path.exists():
         raise FileNotFoundError(f"no result {path.name} in {dirs.results}: run notebook 01 (model={model!r}, "
                                 f"seeds=[{seed}]) with the same profile and output folder first")
-    return read_json(path)
+    result = read_json(path)
+    trained_on = (result.get("config") or {}).get("data_source")
+    if data_source is not None and trained_on != data_source:
+        raise ValueError(f"{path.name} in {dirs.results} was trained on data {trained_on!r}, not {data_source!r}: set "
+                         f"data_source = {trained_on!r} (--data {trained_on}) to show it, or run notebook 01 with "
+                         f"data {data_source!r} (model={model!r}, seeds=[{seed}]) into another output folder first")
+    return result
 
 
 def weight_history(dirs: OutputDirs, result: dict) -> list[dict]:

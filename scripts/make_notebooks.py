@@ -196,7 +196,7 @@ from lib.data import canonical_source
 from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
 from lib.paths import output_dirs
 from lib.train import resolve_device'''),
-    code('''result = part1.main_run(dirs, model, seed)
+    code('''result = part1.main_run(dirs, model, seed, source)  # refused if trained on other data than `source`
 caption = run_caption(result)
 print(part1.headline(result))'''),
     md('''## First-layer convolution filters (block 0: both paths and the shortcut)'''),

@@ -71,6 +71,10 @@ def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):
         assert part1.main_run(dirs)["name"] == "p1-CANet_tiny-s2"
     write(dirs, fake_result("CANet_tiny", 0))
     assert part1.main_run(dirs, "CANet_tiny", 0)["name"] == "p1-CANet_tiny-s0"  # a seed given wins
+    # The run on other data than the notebook's: refused (notebook 03 would draw and record it as this data's).
+    assert part1.main_run(dirs, "CANet_tiny", 0, "shared")["name"] == "p1-CANet_tiny-s0"
+    with pytest.raises(ValueError, match=r"trained on data 'shared', not 'official': set data_source = 'shared'"):
+        part1.main_run(dirs, "CANet_tiny", 0, "official")
 
 
 def test_a_gpu_cost_measurement_is_kept_on_a_cpu(dirs):
