@@ -159,11 +159,9 @@ def cmd_run(args) -> int:
     """Train the selected experiments; finished results with the same config are reused (merge)."""
     stop_by = None if args.time_limit is None else time.perf_counter() + args.time_limit
     from lib import bn_study
-    from lib.config import TrainConfig
     from lib.experiments import bn_experiments
     from lib.models import list_models
     from lib.part1 import configs as part1_configs
-    from lib.results import reusable_result
     from lib.train import train
 
     # Part 1 when asked for, or when nothing else is (--models with --costs names the costs' models)
@@ -208,14 +206,12 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
 
     def stopped(cfg, left=()) -> bool:
-        """Train cfg and say how it ended; True when the time limit stopped it (then nothing more starts)."""
-        reused = not args.force and reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(),
-                                                    TrainConfig) is not None
+        """Train cfg and say how it ended (train() says when it reused a finished result); True when the time
+        limit stopped it (then nothing more starts)."""
         r = train(cfg, dirs=dirs, force=args.force, progress=not args.quiet,
                   max_epochs_this_call=args.max_epochs_this_call, stop_by=stop_by)
         acc = r.get("test_acc")
-        print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else "")
-              + (" (finished before: reused, not trained again; --force retrains)" if reused else ""))
+        print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
         if r["status"] == "incomplete" and stop_by is not None:
             print(f"time limit reached after {r['epochs_done']} epoch(s) of {cfg.name}"
                   + (f"; not started: {' '.join(left)}" if left else ""))

@@ -637,6 +637,9 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     dirs = dirs or output_dirs(cfg.profile)
     result_path = Path(dirs.results) / f"{cfg.name}.json"
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
+        # Said whatever `progress` is: one line, and the only sign that a notebook cell or `lib run` did not train.
+        print(f"{cfg.name}: finished before, reused from {result_path} (not trained again; --force or, in a "
+              f"notebook, force = True retrains it)")
         return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
     device = resolve_device(cfg.device)

@@ -350,15 +350,22 @@ def test_run_says_when_it_reused_a_finished_result(tiny_source, tmp_path, monkey
 
     dirs = output_dirs("smoke", root=tmp_path)
     monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
-    monkeypatch.setattr(T, "train", lambda cfg, **kw: {"status": "ok", "test_acc": 0.5})
-    write_finished(dirs, part1_config("CANet_tiny", "smoke", resolve_source(tiny_source)))
-    args = ["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet_tiny-s0", "p1-CANet-s0",
-            "--quiet"]
-    assert main(args) == 0
+    source = resolve_source(tiny_source)
+    cfg = part1_config("CANet_tiny", "smoke", source)
+    atomic_write_json(dirs.results / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict(), "status": "ok",
+                                                          "test_acc": 0.5})
+    args = ["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet_tiny-s0", "--quiet",
+            "--num-epochs", "1"]
+    assert main(args[:-2]) == 0  # (the same run: its epochs are the profile's)
     out = capsys.readouterr().out
-    assert "p1-CANet_tiny-s0: ok, test acc 50.00% (finished before: reused, not trained again; --force retrains)" in out
-    assert "p1-CANet-s0: ok, test acc 50.00%\n" in out
-    assert main(args + ["--force"]) == 0 and "(finished before" not in capsys.readouterr().out
+    assert f"p1-CANet_tiny-s0: finished before, reused from {dirs.results / 'p1-CANet_tiny-s0.json'} (not trained " \
+           f"again; --force or, in a notebook, force = True retrains it)\np1-CANet_tiny-s0: ok, test acc 50.00%" in out
+    assert main(args + ["--force"]) == 0 and "finished before" not in capsys.readouterr().out  # trained (1 epoch)
+    # Notebooks (lib.part1.run_part1 and the BN protocol call lib.train.train) say it too, quiet or not.
+    from lib.part1 import run_part1
+
+    run_part1("smoke", source, dirs, ["CANet_tiny"], num_epochs=1, progress=False)
+    assert "p1-CANet_tiny-s0: finished before, reused" in capsys.readouterr().out
 
 
 def test_a_damaged_checkpoint_is_listed_and_left_out_not_a_stop(tiny_source, tmp_path, monkeypatch, capsys):
