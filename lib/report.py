@@ -40,7 +40,7 @@ ORIGINAL_REPORT = {
                "ShuffleNetV2": 352_042, "MobileNetV2": 2_236_682, "ResNet18": 11_173_962,
                "ResNet34": 21_282_122, "VGG11": 128_807_306, "VGG_A": 9_750_922, "VGG_A_BN": 9_756_426},
     "bn_best_val_acc_lr1e-3": {"VGG_A": 75.81, "VGG_A_BN": 84.29},
-    "setting": "one run per model, one seed, official CIFAR-10, 70 epochs (Part 2: 50 epochs)",
+    "setting": "one run per model, one seed, official CIFAR-10, 70 epochs; Part 2: 50 epochs",
 }
 NOT_RUN = "not run"
 # What a run's precision setting (lib.config.PRECISIONS) computes, in the report's words.
@@ -551,15 +551,19 @@ def part2_caveats(summary: dict) -> list[str]:
             why = ("this profile does not fall back to a lower learning rate (too few steps to tell a network that "
                    "does not train from one that has not started)" if not p.get("fallback_enabled", True)
                    else "the fallback run did not replace it")
-            check = (f" Its stuck check found it on the plateau (mean training loss "
+            where = ("not training (above the plateau)" if _above_chance(stuck.get("mean_loss"))
+                     else "on the plateau")
+            check = (f" Its stuck check found it {where} (mean training loss "
                      f"{fmt_num(stuck.get('mean_loss'), 4)} at step {stuck.get('step')}, threshold "
                      f"{fmt_num(stuck.get('threshold'))}), and {why}.")
         if m in phase["never"]:
             if p.get("train_nonfinite"):
                 what = f"its training loss became non-finite ({p['train_nonfinite']} steps)"
+            elif _above_chance(final := (p.get("final_train_loss") or {}).get("mean")):
+                what = (f"its training loss stayed above the chance level (ln 10 = 2.303; final training loss "
+                        f"{fmt_num(final)}): it diverged rather than sat on the chance-level plateau")
             else:
-                what = (f"it never left the chance-level plateau (ln 10 = 2.303; final training loss "
-                        f"{fmt_num((p.get('final_train_loss') or {}).get('mean'))})")
+                what = f"it never left the chance-level plateau (ln 10 = 2.303; final training loss {fmt_num(final)})"
             out.append(f"In {label}'s probe run {what}.{check} Its probe numbers describe a network that is not "
                        f"training, so this table's comparison does not test the paper's claim that BN makes the "
                        f"landscape smoother.")
@@ -571,6 +575,12 @@ def part2_caveats(summary: dict) -> list[str]:
                        f"training, so the medians over all probes mix two phases; the findings compare the probes "
                        f"from step {phase['start']} on apart, where both networks train.")
     return out
+
+
+def _above_chance(loss) -> bool:
+    """A mean training loss clearly above chance level (ln 10, 5% margin): a network diverging, not one on the
+    plateau (which sits at about ln 10)."""
+    return loss is not None and math.isfinite(loss) and loss > 1.05 * math.log(10)
 
 
 def _late_probe_medians(summary: dict, start: int, min_probes: int = 2) -> dict | None:
@@ -816,7 +826,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
     report_dir = Path(dirs.report).parent
     return {
         "profile": profile,
-        "is_full": profile == "full",
+        "is_full": profile == "full", "published": bool(publish),
         "results_dir": _rel(results_dir, report_dir),
         "fig": lambda name, alt: figure_markdown(dirs, name, alt),
         "original": ORIGINAL_REPORT,

@@ -211,7 +211,7 @@ def _fmt_p(p: float) -> str:
 
 def _fmt_acc(row) -> str:
     if row["n_seeds"] >= 2:
-        return f"{row['test_acc_mean']:.2f} +- {row['test_acc_std']:.2f}%"
+        return f"{row['test_acc_mean']:.2f} ± {row['test_acc_std']:.2f}%"
     return f"{row['test_acc_mean']:.2f}%"
 
 

@@ -171,7 +171,8 @@ def test_report_links_only_existing_figures(study):
     assert set(P1_FIGURES + P2_FIGURES) <= linked
     assert "has not been produced yet" not in " ".join(line for line in text.splitlines()
                                                        if any(f in line for f in P1_FIGURES + P2_FIGURES))
-    assert "Until the full profile's results are complete" in text
+    assert "This report is rendered from the `smoke` profile** (a run for trying the project" in text  # build/
+    assert "Until the full profile's results are complete" not in text
     comparison = text.split("### Results: the comparison")[1].split("\n#")[0]  # the section, up to the next heading
     rows = [line for line in comparison.splitlines() if line.startswith("| ") and line.count(" | ") == 9]
     assert len(rows) == 1 + len(PART1_MODELS) and not any("not run" in r for r in rows)

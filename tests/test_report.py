@@ -108,7 +108,7 @@ def test_every_table_number_comes_from_the_results(study_dirs):
     lr_rows = [line for line in text.splitlines() if line.startswith("| 0.002 |")]
     assert lr_rows and NOT_RUN in lr_rows[0]
     assert "cat -> dog (9," in text  # the most frequent confusion, from the confusion matrix
-    assert "Until the full profile's results are complete" in text
+    assert "This report is rendered from the `quick` profile** (a run for trying the project" in text  # build/
     # The conclusion quotes the main model over its seeds, not only the run shown in the curves.
     assert "reaches a test accuracy of 91.00 ± 1.00% over 3 seeds (0, 1, 2;" in text
 
@@ -179,6 +179,7 @@ def test_the_published_profiles_never_link_each_others_figures(tmp_path):
     (full.figs / "p1_filters.png").write_bytes(b"a full-study figure")
     text = render_report("quick", quick).read_text()  # quick has none of its own yet: it shows none
     assert "Figure `p1_filters` has not been produced yet" in text and "figs/p1_filters.png" not in text
+    assert "Until the full profile's results are complete, this report is rendered from the `quick`" in text
     quick.figs.mkdir(parents=True)
     (quick.figs / "p2_santurkar.png").write_bytes(b"a quick figure")
     full.report.unlink()  # (no results in either folder: render_report keeps a report of other results otherwise)
@@ -307,6 +308,12 @@ def test_a_probe_run_that_never_left_the_plateau_is_said_beside_its_numbers():
     assert "final training loss 2.23" in caveat and "2.302 at step 33" in caveat and "does not fall back" in caveat
     assert "does not test the paper's claim" in caveat
     assert "**Caveat:** " + caveat in part2_markdown(stuck)
+    # A loss above chance level is a network diverging, not one on the plateau: said so.
+    stuck["probe"]["VGG_A"]["final_train_loss"]["mean"] = 3.41
+    stuck["probe"]["VGG_A"]["stuck_check"]["mean_loss"] = 4.249
+    (caveat,) = part2_caveats(stuck)
+    assert "its training loss stayed above the chance level (ln 10 = 2.303; final training loss 3.41): it diverged" \
+           in caveat and "Its stuck check found it not training (above the plateau) (mean training loss 4.249" in caveat
     probe_lines = [s for s in part2_findings(stuck) if s.startswith("Probe")]
     assert len(probe_lines) == 3 and all("Standard did not train" in s for s in probe_lines)
     diverged = _probe_summary(stuck=True, exit_step=None)

@@ -164,7 +164,7 @@ def test_ranking_sentences_follow_the_test(results):
     mid_wins = ranking_sentences(t, reference="Small")[0]
     assert mid_wins.startswith("Mid is better than Small")
     row = {m: t[t["model"] == m].iloc[0] for m in ("Mid", "Small")}
-    assert f"({row['Mid']['test_acc_mean']:.2f} +- " in mid_wins  # the winner's numbers come first, as its name
+    assert f"({row['Mid']['test_acc_mean']:.2f} ± " in mid_wins  # the winner's numbers come first, as its name
     assert mid_wins.index(f"{row['Mid']['test_acc_mean']:.2f}") < mid_wins.index(f"{row['Small']['test_acc_mean']:.2f}")
     with pytest.raises(ValueError, match="not in the table"):
         ranking_sentences(t, reference="CANet")
