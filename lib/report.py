@@ -126,6 +126,11 @@ def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) ->
     if not results:
         return "no results yet"
     data = join_distinct((r.get("data") or {}).get("label") for r in results)
+    smaller = [d for d in ((r.get("data") or {}) for r in results) if d.get("complete") is False]
+    if smaller:  # a copy with fewer images than CIFAR-10's (README: used as it is, and said)
+        data += (f", a smaller copy than CIFAR-10 ({join_distinct(fmt_int(d.get('num_train')) for d in smaller)} "
+                 f"of 50,000 training and {join_distinct(fmt_int(d.get('num_test')) for d in smaller)} of 10,000 "
+                 f"test images)")
     n_train = join_distinct(fmt_int((r.get("data") or {}).get("num_train_used")) for r in results)
     seeds = sorted(_unique(int(r["seed"]) for r in results if r.get("seed") is not None)) if seeds is None else seeds
     return (f"data: {data} ({n_train} training images) | profile: {join_distinct(r.get('profile') for r in results)} | "

@@ -646,6 +646,11 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     # The data first: missing or corrupt data is the error to fix first, and --force deletes nothing before it
     # loads (the checkpoints of the run it replaces stay until this one can train).
     (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device)
+    if data_info.get("complete") is False and data_info.get("source") not in _hinted:  # once per process and copy
+        _hinted.add(data_info.get("source"))
+        print(f"note: {data_info.get('label') or data_info.get('source')} is a smaller copy than CIFAR-10 "
+              f"({data_info.get('num_train'):,} of 50,000 training and {data_info.get('num_test'):,} of 10,000 test "
+              f"images): used as it is; results and the report say so")
     if not force and (changed := override_clash(cfg, dirs)):
         raise ValueError(f"{result_path} holds a finished run of {cfg.name} that differs from this one only in "
                          f"{', '.join(changed)}: training it would replace that result. To keep it, "

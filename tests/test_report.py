@@ -478,3 +478,14 @@ def test_the_incomplete_banner_counts_the_seeds_the_notebooks_ran_with(tmp_path)
                                                                   "03_visualize": {"parameters": {}}}})
     text = render_report("full", dirs).read_text()
     assert "holds 0 of the 47 experiments of the\n> `full` study (data `shared`, seeds 0, 1, 2)" in text
+
+
+def test_a_smaller_data_copy_is_said_in_the_context_line():
+    from lib.report import context_line
+
+    full = {"label": "JPEG-q75 copy", "num_train_used": 45000, "complete": True, "num_train": 50000, "num_test": 10000}
+    smaller = dict(full, num_train_used=180, complete=False, num_train=200, num_test=200)
+    assert "smaller copy" not in context_line([{"data": full, "seed": 0}])
+    line = context_line([{"data": smaller, "seed": 0, "profile": "quick"}])
+    assert line.startswith("data: JPEG-q75 copy, a smaller copy than CIFAR-10 (200 of 50,000 training and 200 of "
+                           "10,000 test images) (180 training images) | profile: quick")

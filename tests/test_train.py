@@ -478,13 +478,18 @@ def test_tqdm_disable_turns_off_the_bars_but_not_the_epoch_lines(tiny_source, tm
     assert T.bars_disabled(True) is False
 
 
-def test_a_finished_run_on_other_data_is_not_replaced_without_force(tiny_source, tmp_path):
+def test_a_finished_run_on_other_data_is_not_replaced_without_force(tiny_source, tmp_path, capsys):
     import shutil
 
     other = tmp_path / "other-copy"
     shutil.copytree(tiny_source, other)
     dirs = output_dirs("smoke", root=tmp_path / "out")
     cfg = tiny_cfg(tiny_source, num_epochs=1)  # not a Part 1 run: the guard covers every run
+    T._hinted.discard(str(other))
+    first = T.train(cfg.replace(data_source=str(other)), dirs=output_dirs("smoke", root=tmp_path / "o2"),
+                    progress=False)
+    assert "note: image-folder copy other-copy is a smaller copy than CIFAR-10 (80 of 50,000 training and 50 of " \
+           "10,000 test images): used as it is" in capsys.readouterr().out  # the tiny copy: 8 + 5 images a class
     first = T.train(cfg, dirs=dirs, progress=False)
     path = dirs.results / "tiny.json"
     moved = cfg.replace(data_source=str(other))
