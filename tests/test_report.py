@@ -209,7 +209,7 @@ def test_empty_folder_renders_not_run_rows(tmp_path):
     assert "Until the full profile's results are complete" not in text  # the full profile needs no warning
     # but says that it is incomplete, and how to see what is missing
     assert ("> **This report is incomplete**: the folder holds 0 of the 29 experiments of the\n> `full` study (data "
-            "`shared`, seeds 0); the other 29 show as") in text
+            "`shared`, seeds 0: those its results and notebook runs\n> have so far); the other 29 show as") in text
     assert "`python -m lib status --profile\n> full --data shared --seeds 0` lists them" in text
     for model in ORIGINAL_REPORT["test_acc"]:
         assert NOT_RUN in _table_row(text, model)
@@ -477,7 +477,7 @@ def test_the_incomplete_banner_counts_the_seeds_the_notebooks_ran_with(tmp_path)
     atomic_write_json(dirs.results / "study.json", {"notebooks": {"02_baselines": {"parameters": {"seeds": [0, 1, 2]}},
                                                                   "03_visualize": {"parameters": {}}}})
     text = render_report("full", dirs).read_text()
-    assert "holds 0 of the 47 experiments of the\n> `full` study (data `shared`, seeds 0, 1, 2)" in text
+    assert "holds 0 of the 47 experiments of the\n> `full` study (data `shared`, seeds 0, 1, 2: those" in text
 
 
 def test_a_smaller_data_copy_is_said_in_the_context_line():
