@@ -358,8 +358,9 @@ def _read_archive(path: Path) -> tuple[dict[str, bytes], str]:
                     if member.isfile():
                         blobs[member.name.removeprefix("./")] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"cannot read archive {path} ({type(exc).__name__}: {exc}): it is corrupt or not "
-                        f"a tar/tar.gz file; download or copy it again.") from exc
+        why = " ".join(str(exc).split("\n")[0].split())  # tarfile lists every method it tried, a line each
+        raise DataError(f"cannot read archive {path} ({type(exc).__name__}: {why.rstrip(':')}): it is corrupt or "
+                        f"not a tar/tar.gz file; download or copy it again.") from exc
     return blobs, hashlib.sha256(packed).hexdigest()
 
 

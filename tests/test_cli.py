@@ -57,7 +57,7 @@ def test_bad_input_ends_in_one_error_line(capsys, tmp_path, monkeypatch):
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not an archive")
     err = input_error(capsys, ["run", "--data", str(junk), "--models", "CANet_tiny", "--quiet"])
-    assert "cannot read archive" in err
+    assert "cannot read archive" in err and err.count("\n") <= 1  # one line (tarfile's reason lists each method)
     err = input_error(capsys, ["study", "--notebooks", "05"])
     assert "unknown notebook '05'" in err
     err = input_error(capsys, ["bench", "--table", "--out", str(tmp_path / "missing.json"), "--device", "cpu"])
