@@ -17,6 +17,7 @@ for the benchmark's naive pipeline, which reads them one by one as the original 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gzip
 import hashlib
 import http.client
@@ -107,7 +108,8 @@ def resolve_source(source: str | os.PathLike | None = None) -> str:
     path is taken from the current directory or, failing that, from the repository root (so the
     same setting works from notebooks/ and from the repository root).
     """
-    if source is None or source == "":
+    from_env = source is None or source == ""
+    if from_env:
         source = os.environ.get(SOURCE_ENV, "").strip() or "official"
     source = os.fspath(source)
     if source == "official":
@@ -131,8 +133,11 @@ def resolve_source(source: str | os.PathLike | None = None) -> str:
                     f"'official', 'shared', an image folder or an archive of one.")
             return str(candidate)
     tried = " or ".join(dict.fromkeys(str(c) for c in candidates))  # one path when the cwd is the repository
+    close = difflib.get_close_matches(source.lower(), ["official", "shared"], n=1, cutoff=0.6)
     raise DataError(
-        f"data source {source!r} does not exist (looked for {tried}). Give 'official', 'shared', "
+        f"data source {source!r}{f' (from {SOURCE_ENV})' if from_env else ''}"
+        f"{f' (did you mean {close[0]!r}?)' if close and '/' not in source else ''} does not exist (looked for "
+        f"{tried}). Give 'official', 'shared', "
         f"or the path of an image folder {{train,test}}/<class>/*.png|jpg (or a .tar.gz of one), "
         f"e.g. via {SOURCE_ENV}. {_how_to_get_data()}")
 

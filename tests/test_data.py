@@ -293,9 +293,14 @@ def test_official_archive_given_as_copy(tmp_path):
         D.load_cifar10(tmp_path, root=tmp_path / "root")  # the root this call looks in, not the default one
 
 
-def test_nonexistent_path_and_wrong_file_type(tmp_path):
+def test_nonexistent_path_and_wrong_file_type(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"'no/such/copy.tar.gz' does not exist.*CIFAR10_SOURCE"):
         D.resolve_source("no/such/copy.tar.gz")
+    with pytest.raises(DataError, match=r"^data source 'sharde' \(did you mean 'shared'\?\) does not exist"):
+        D.resolve_source("sharde")
+    monkeypatch.setenv(D.SOURCE_ENV, "Official")  # a setting from the environment says so
+    with pytest.raises(DataError, match=r"^data source 'Official' \(from CIFAR10_SOURCE\) \(did you mean 'official'"):
+        D.resolve_source(None)
     (tmp_path / "copy.zip").write_bytes(b"PK")
     with pytest.raises(DataError, match="not a .tar.gz/.tgz/.tar archive"):
         D.resolve_source(tmp_path / "copy.zip")
