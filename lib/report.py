@@ -329,6 +329,18 @@ def reference_model(table) -> str | None:
     return max(variants, key=lambda m: (seeds[m], -REFERENCE_ORDER.index(m)))
 
 
+def reference_why(table) -> str:
+    """Why the ranking's reference is not CANet, in words ('' where it is): a reader expects the main model."""
+    ref = reference_model(table)
+    if ref is None or ref == "CANet":
+        return ""
+    seeds = dict(zip(table["model"], table["n_seeds"]))
+    if "CANet" not in seeds:
+        return f" (CANet has no result here; {ref} is the CANet variant with the most seeds)"
+    return (f" (the CANet variant with the most seeds: {seeds[ref]} against CANet's {seeds['CANet']}; a model with "
+            f"fewer seeds decides fewer comparisons)")
+
+
 def ranking(table) -> list[str]:
     """lib.stats.ranking_sentences against the reference model ([] when fewer than two models ran)."""
     from lib.stats import ranking_sentences
@@ -848,6 +860,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "near_chance": near_chance_models(table), "near_chance_pct": fmt_pct(NEAR_CHANCE, 0),
         "verdicts": verdict_counts(table) if table is not None else None,
         "reference": reference_model(table) if table is not None else None,
+        "reference_why": reference_why(table) if table is not None else "",
         "alpha": alpha,
         "main_context": context_line([main]) if main else None,
         "main_over_seeds": _over_seeds(table, main["model"]) if main and table is not None else None,

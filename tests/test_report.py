@@ -246,7 +246,8 @@ def test_reference_is_the_canet_variant_with_the_most_seeds(study_dirs):
     for seed in (1, 2):  # CANet keeps one seed: comparisons against it would decide nothing
         (Path(study_dirs.results) / f"p1-CANet-s{seed}.json").unlink()
     text = render_report("quick", study_dirs).read_text()
-    assert "Against CANet_tiny:" in text and "CANet_tiny vs CANet cannot be decided from one seed" in text
+    assert ("Against CANet_tiny (the CANet variant with the most seeds: 3 against CANet's 1; a model with fewer seeds "
+            "decides fewer comparisons):") in text and "CANet_tiny vs CANet cannot be decided from one seed" in text
     assert reference_model(None) is None
 
 
