@@ -118,7 +118,10 @@ def kernel_for_this_python(where: Path) -> Iterator[None]:
     """
     spec_dir = Path(where) / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    # The kernel's own log at ERROR: ipykernel warns on every start that its sockets (on localhost, here) are not
+    # encrypted, four alarming lines per main job; the notebooks' own warnings still reach their cells' outputs.
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=ERROR"],
             "display_name": f"Python 3 ({sys.executable})", "language": "python"}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     old = os.environ.get("JUPYTER_PATH")

@@ -178,7 +178,7 @@ def test_report_links_only_existing_figures(study):
     assert len(rows) == 1 + len(PART1_MODELS) and not any("not run" in r for r in rows)
 
 
-def test_a_notebook_with_reuse_only_refuses_to_train_a_configuration_without_result(study, tmp_path):
+def test_a_notebook_with_reuse_only_refuses_to_train_a_configuration_without_result(study, tmp_path, capfd):
     """The notebooks' `reuse_only` parameter reaches the compute: notebook 01 asked for a configuration nobody ran
     (two epochs; the study ran one) stops in its training cell with the run's name, training nothing."""
     import papermill
@@ -196,6 +196,7 @@ def test_a_notebook_with_reuse_only_refuses_to_train_a_configuration_without_res
                                    parameters=params, kernel_name=KERNEL_NAME, cwd=str(NOTEBOOK_DIR),
                                    progress_bar=False)
     assert err.value.ename == "ValueError" and "reuse_only is on" in err.value.evalue
+    assert "without encryption" not in capfd.readouterr().err  # the kernel's start-up warning, silenced
     assert "training p1-CANet-s0 would have to run" in err.value.evalue
     assert sorted(p.name for p in dirs.results.iterdir()) == before
     assert json.loads((dirs.results / "p1-CANet-s0.json").read_text())["config"]["num_epochs"] == 1
