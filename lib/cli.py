@@ -265,6 +265,9 @@ def cmd_study(args) -> int:
     extra = {k: v for k, v in (("models", args.models), ("model", args.model), ("num_epochs", args.num_epochs),
                                ("precision", args.precision)) if v is not None}
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:  # a bar counts cells, and a training cell can hold it for minutes
+        print("[study] one progress bar per notebook, counting its cells; a training cell may hold it for minutes "
+              "(--verbose streams the notebooks' output instead)", flush=True)
     t0 = time.perf_counter()
     try:
         report = run_study(args.profile, data_source=args.data, publish=args.publish or None,

@@ -218,3 +218,14 @@ def test_argparse_errors_are_one_line_naming_the_help(capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
         assert err.startswith("error: ") and what in err and f"`{where}` lists the options" in err
+
+
+def test_study_says_what_its_progress_bars_count_unless_verbose(capsys, monkeypatch, tmp_path):
+    import lib.pipeline
+
+    monkeypatch.setattr(lib.pipeline, "run_study", lambda *a, **kw: tmp_path / "report.md")
+    assert cli.main(["study", "--profile", "smoke", "--notebooks", "04"]) == 0
+    out = capsys.readouterr().out
+    assert "[study] one progress bar per notebook, counting its cells" in out and "--verbose streams" in out
+    assert cli.main(["study", "--profile", "smoke", "--notebooks", "04", "--verbose"]) == 0
+    assert "progress bar" not in capsys.readouterr().out
