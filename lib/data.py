@@ -133,11 +133,13 @@ def resolve_source(source: str | os.PathLike | None = None) -> str:
                     f"'official', 'shared', an image folder or an archive of one.")
             return str(candidate)
     tried = " or ".join(dict.fromkeys(str(c) for c in candidates))  # one path when the cwd is the repository
-    close = difflib.get_close_matches(source.lower(), ["official", "shared"], n=1, cutoff=0.6)
+    # A near miss of a keyword (not of a file name: 'shared.tar.gz' is a path someone meant)
+    word = not any(c in source for c in "./\\" + os.sep)
+    close = difflib.get_close_matches(source.lower(), ["official", "shared"], n=1, cutoff=0.6) if word else []
+    notes = ([f"from {SOURCE_ENV}"] if from_env else []) + ([f"did you mean {close[0]!r}?"] if close else [])
+    notes = f" ({'; '.join(notes)})" if notes else ""
     raise DataError(
-        f"data source {source!r}{f' (from {SOURCE_ENV})' if from_env else ''}"
-        f"{f' (did you mean {close[0]!r}?)' if close and '/' not in source else ''} does not exist (looked for "
-        f"{tried}). Give 'official', 'shared', "
+        f"data source {source!r}{notes} does not exist (looked for {tried}). Give 'official', 'shared', "
         f"or the path of an image folder {{train,test}}/<class>/*.png|jpg (or a .tar.gz of one), "
         f"e.g. via {SOURCE_ENV}. {_how_to_get_data()}")
 

@@ -168,7 +168,7 @@ def plot_accuracy_vs_cost(table: pd.DataFrame, figs_dir, subtitle: str | None = 
         raise ValueError(f"table lacks columns {sorted(missing)}: pass lib.stats.comparison_table(results)")
     if not np.isfinite(table["test_acc_mean"].astype(float)).any():
         raise ValueError("no model in the table has a test accuracy (all runs diverged or none finished)")
-    bars = "error bars: +-1 std over seeds (n = seeds, where more than one)"
+    bars = "error bars: ±1 std over seeds (n = seeds, where more than one)"
     text = f"{bars}\n{subtitle}" if subtitle else bars
     paths = []
     specs = [("params", "p1_acc_vs_params", "parameters (log scale)", "Test accuracy vs number of parameters")]

@@ -413,8 +413,8 @@ def format_estimate_check(rows: list[dict], path: Path | str) -> str:
     runs = ", ".join(f"{r['name']} {r['actual']:.0f} s of {r['estimate']:.0f} s" for r in rows)
     return (f"finished runs against the plan's estimates from {path} (before its margin x{PLAN_MARGIN:g} and "
             f"{STEP_STARTUP_S:.0f} s per process): actual / estimate {min(ratios):.2f}-{max(ratios):.2f}, median "
-            f"{statistics.median(ratios):.2f}, over {len(rows)} run(s) (wall time from the first epoch to the result, "
-            f"of the estimate; `--all` lists the training time alone): {runs}")
+            f"{statistics.median(ratios):.2f}, over {len(rows)} run(s), each its wall time from the first epoch to its "
+            f"result, then the estimate (`--all` lists the training time alone): {runs}")
 
 
 def format_remaining(est: dict, path: Path | str) -> str:

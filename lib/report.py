@@ -127,13 +127,14 @@ def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) ->
         return "no results yet"
     data = join_distinct((r.get("data") or {}).get("label") for r in results)
     smaller = [d for d in ((r.get("data") or {}) for r in results) if d.get("complete") is False]
-    if smaller:  # a copy with fewer images than CIFAR-10's (README: used as it is, and said)
-        data += (f", a smaller copy than CIFAR-10 ({join_distinct(fmt_int(d.get('num_train')) for d in smaller)} "
-                 f"of 50,000 training and {join_distinct(fmt_int(d.get('num_test')) for d in smaller)} of 10,000 "
-                 f"test images)")
     n_train = join_distinct(fmt_int((r.get("data") or {}).get("num_train_used")) for r in results)
+    size = f"{n_train} training images"
+    if smaller:  # a copy with fewer images than CIFAR-10's (README: used as it is, and said)
+        size += (f"; a smaller copy than CIFAR-10: {join_distinct(fmt_int(d.get('num_train')) for d in smaller)} "
+                 f"of 50,000 training and {join_distinct(fmt_int(d.get('num_test')) for d in smaller)} of 10,000 "
+                 f"test images")
     seeds = sorted(_unique(int(r["seed"]) for r in results if r.get("seed") is not None)) if seeds is None else seeds
-    return (f"data: {data} ({n_train} training images) | profile: {join_distinct(r.get('profile') for r in results)} | "
+    return (f"data: {data} ({size}) | profile: {join_distinct(r.get('profile') for r in results)} | "
             f"device: {join_distinct(r.get('device') for r in results)}{shared_gpu_note(results)} | "
             f"seeds: {', '.join(map(str, seeds)) or '-'}")
 
@@ -162,7 +163,7 @@ def shared_gpu_note(results: Sequence[dict]) -> str:
 # --------------------------------------------------------------------------------------------- Part 1
 
 def _acc_cell(row) -> str:
-    """Mean +- std (n) of a comparison_table row, or why there is no number."""
+    """Mean ± std (n) of a comparison_table row, or why there is no number."""
     if row["n_seeds"] == 0:
         return f"diverged ({row['n_diverged']} run{'s' if row['n_diverged'] != 1 else ''})"
     if row["n_seeds"] >= 2:
@@ -335,6 +336,8 @@ def reference_why(table) -> str:
     if ref is None or ref == "CANet":
         return ""
     seeds = dict(zip(table["model"], table["n_seeds"]))
+    if ref not in REFERENCE_ORDER:
+        return " (no CANet variant has a result here: the first model of the table)"
     if "CANet" not in seeds:
         return f" (CANet has no result here; {ref} is the CANet variant with the most seeds)"
     return (f" (the CANet variant with the most seeds: {seeds[ref]} against CANet's {seeds['CANet']}; a model with "
@@ -568,7 +571,7 @@ def part2_caveats(summary: dict) -> list[str]:
             why = ("this profile does not fall back to a lower learning rate (too few steps to tell a network that "
                    "does not train from one that has not started)" if not p.get("fallback_enabled", True)
                    else "the fallback run did not replace it")
-            where = ("not training (above the plateau)" if _above_chance(stuck.get("mean_loss"))
+            where = ("above the plateau, not training" if _above_chance(stuck.get("mean_loss"))
                      else "on the plateau")
             check = (f" Its stuck check found it {where} (mean training loss "
                      f"{fmt_num(stuck.get('mean_loss'), 4)} at step {stuck.get('step')}, threshold "
@@ -743,7 +746,7 @@ def _rel(path: Path, start: Path) -> str:
 
 
 def figure_markdown(dirs: OutputDirs, name: str, alt: str) -> str:
-    """An image link to figs/<name>.png relative to the report, or a line saying it is not produced yet."""
+    """An image link to <dirs.figs>/<name>.png relative to the report, or a line saying it is not produced yet."""
     path = Path(dirs.figs) / f"{name}.png"
     if path.is_file():
         return f"![{alt}]({_rel(path, Path(dirs.report).parent)})"

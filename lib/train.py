@@ -120,6 +120,7 @@ def autocast_for(cfg: TrainConfig, device: torch.device, cache_enabled: bool = T
 
 CPUINFO = Path("/proc/cpuinfo")
 _hinted = set()  # hints already printed by this process
+_noted_copies = set()  # data sources this process has said are smaller copies
 
 
 @functools.lru_cache(maxsize=None)  # a property of the machine: read once per file
@@ -180,9 +181,10 @@ def split_data(cfg: TrainConfig, data=None) -> Split:
     return Split(X_tr, y_tr, X_val, y_val, X_te, y_te, data.info)
 
 
-def prepare_data(cfg: TrainConfig, device: torch.device):
-    """Load, split and subset the data as `cfg` says, move it to `device`; returns (loaders, data info)."""
-    X_tr, y_tr, X_val, y_val, X_te, y_te, info = split_data(cfg)
+def prepare_data(cfg: TrainConfig, device: torch.device, data=None):
+    """Load (unless `data` is the loaded set), split and subset the data as `cfg` says, move it to `device`; returns
+    (loaders, data info)."""
+    X_tr, y_tr, X_val, y_val, X_te, y_te, info = split_data(cfg, data)
     mean, std = NORMS[cfg.norm]
     cl = True  # channels_last: faster on CUDA (tensor cores) and ~2x faster for mkldnn convs on CPU
     train_loader = BatchLoader(*to_device_tensors(X_tr, y_tr, device), cfg.batch_size, shuffle=True,
@@ -638,18 +640,19 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     result_path = Path(dirs.results) / f"{cfg.name}.json"
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
         # Said whatever `progress` is: one line, and the only sign that a notebook cell or `lib run` did not train.
-        print(f"{cfg.name}: finished before, reused from {result_path} (not trained again; --force or, in a "
-              f"notebook, force = True retrains it)")
+        print(f"{cfg.name}: finished before, reused (not trained again; --force, or force = True in a notebook, "
+              f"retrains it)")
         return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
     device = resolve_device(cfg.device)
-    # The data first: missing or corrupt data is the error to fix first, and --force deletes nothing before it
-    # loads (the checkpoints of the run it replaces stay until this one can train).
-    (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device)
-    if data_info.get("complete") is False and data_info.get("source") not in _hinted:  # once per process and copy
-        _hinted.add(data_info.get("source"))
-        print(f"note: {data_info.get('label') or data_info.get('source')} is a smaller copy than CIFAR-10 "
-              f"({data_info.get('num_train'):,} of 50,000 training and {data_info.get('num_test'):,} of 10,000 test "
+    # The data first (on the CPU, cached after its first load): missing or corrupt data is the error to fix first,
+    # and --force deletes nothing before the data loads (the checkpoints of the run it replaces stay until this one
+    # can train).
+    data = load_cifar10(cfg.data_source)
+    if data.info.get("complete") is False and data.info.get("source") not in _noted_copies:  # once per copy
+        _noted_copies.add(data.info.get("source"))
+        print(f"note: {data.info.get('label') or data.info.get('source')} is a smaller copy than CIFAR-10 "
+              f"({data.info.get('num_train'):,} of 50,000 training and {data.info.get('num_test'):,} of 10,000 test "
               f"images): used as it is; results and the report say so")
     if not force and (changed := override_clash(cfg, dirs)):
         raise ValueError(f"{result_path} holds a finished run of {cfg.name} that differs from this one only in "
@@ -662,6 +665,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         print(hint)
     last_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.last.pt"
     best_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.pt"
+    (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device, data)
     model = new_model(cfg, device)  # before anything is deleted, too (it raises for an unknown model)
     if force:
         for p in (last_ckpt, best_ckpt):

@@ -22,7 +22,7 @@
 #     runs them with python -m lib run; every step runs under `timeout`, so the call always ends in time; with
 #     REPLAN_MIN_S or more left after them (runs end earlier than planned), plans and runs again, REPLAN times
 #     (with lanes, a lane whose runs end early first takes the plan's spare runs that fit the lanes' planned end);
-#  5. after every step, packs results/<profile>, results/bench and figs into $OUT/results.tgz (never
+#  5. after every step, packs results/<profile>, results/bench and the profile's figures into $OUT/results.tgz (never
 #     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
 #     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
 # The pack is also kept on the machine (STATE_DIR, ignored by git, which the device tool keeps between the calls of
@@ -210,7 +210,14 @@ guard() {
 
 pack() {
   local items=() ck=() name size
-  for d in "results/$PROFILE" results/bench figs; do [[ -e "$d" ]] && items+=("$d"); done
+  for d in "results/$PROFILE" results/bench; do [[ -e "$d" ]] && items+=("$d"); done
+  # The profile's own figures only (full: figs/*.png; a published smoke/quick run: figs/<profile>/), not another
+  # profile's, which a merge would put back as they were when the call started.
+  if [[ "$PROFILE" == full ]]; then
+    for d in figs/*.png; do [[ -e "$d" ]] && items+=("$d"); done
+  elif [[ -e "figs/$PROFILE" ]]; then
+    items+=("figs/$PROFILE")
+  fi
   if ((${#items[@]})); then
     # Compressed: the whole study's JSON (per-step series, weight histograms) passes the 16 MB a file of $OUT may
     # have to come back; gzip makes it a few MB.

@@ -107,7 +107,7 @@ means the run stopped before it levelled off.'''),
 
 NB02 = [
     params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
-seeds = [0]  # e.g. [0, 1, 2]: the table shows mean +- std over the seeds present
+seeds = [0]  # e.g. [0, 1, 2]: the table shows mean ± std over the seeds present
 models = None  # None: all nine Part 1 models; or a list of names
 num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
 precision = None  # None: the recipe's "auto" (bf16 on a GPU, fp32 on a CPU); "bf16": CANet 3x faster on an AMX CPU
@@ -117,7 +117,7 @@ cost_iters = None  # timed inference batches (None: 20 on a GPU, 3 on a CPU)''')
 
 Trains (or reuses) the four CANets and the five torchvision baselines with the Part 1 recipe, for every
 seed in `seeds`, measures their cost (FLOPs, inference throughput), and builds the comparison table:
-mean +- std of the test accuracy over the seeds present, beside the original report's numbers. A model
+mean ± std of the test accuracy over the seeds present, beside the original report's numbers. A model
 is called better than another only where a Welch t-test over seeds says so (lib.stats).'''),
     md('''**Viewing the committed study without training.** `report.md` shows the `quick` profile on the JPEG-q75 copy,
 eight models with three seeds each (CANet_pro was not run). To see that comparison here, set in the first
@@ -155,7 +155,7 @@ table'''),
     code('''for sentence in report.ranking(table):
     print(sentence)'''),
     md('''## Accuracy against parameters and FLOPs (Pareto front marked)'''),
-    md('''Each point is one model: its mean test accuracy over the seeds present (error bars: +-1 standard deviation,
+    md('''Each point is one model: its mean test accuracy over the seeds present (error bars: ±1 standard deviation,
 where there is more than one seed) against its parameter count (first figure) and its forward FLOPs per image
 (second), both on a log scale. Red points are the Pareto front, joined by the dashed step line: no other model
 is at least as accurate at no more cost and better in one of the two; a grey point is beaten that way by some

@@ -42,8 +42,8 @@ def use_variant(variant: str, original: tuple) -> None:
     prepare, new = original
     T.prepare_data, T.new_model = original
     if variant == "nchw":
-        def prepare_nchw(cfg, device):
-            loaders, info = prepare(cfg, device)
+        def prepare_nchw(cfg, device, data=None):
+            loaders, info = prepare(cfg, device, data)
             for loader in loaders:
                 loader.channels_last = False
             return loaders, info

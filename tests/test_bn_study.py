@@ -226,7 +226,8 @@ def test_run_probe_writes_complete_file_same_data_order_and_reuses(tiny_source, 
         S.run_probe(plain_cfg.replace(num_steps=3), dirs, progress=False)
 
 
-def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_path, monkeypatch, tiny_models):
+def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_path, monkeypatch, tiny_models,
+                                                             capsys):
     dirs = output_dirs("smoke", root=tmp_path)
     # stuck_loss 0: any loss counts as "does not train", so the fallback must fire.
     configs = [tiny_probe_cfg(tiny_source, model=m, num_steps=3, probe_every=3, fallback=True, stuck_loss=0.0)
@@ -239,7 +240,10 @@ def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_pat
         assert r["steps_done"] == 3  # the fallback runs are complete
     assert plain["data_order_sha256"] == bn["data_order_sha256"]
     monkeypatch.setattr(S, "_train_with_probes", lambda *a, **k: pytest.fail("should have reused"))
+    capsys.readouterr()
     assert S.run_probes("smoke", tiny_source, dirs, progress=False, configs=configs) == [plain, bn]
+    assert "probe-VGG_A-s2020, probe-VGG_A_BN-s2020: finished before, reused (not computed again" in \
+        capsys.readouterr().out
     monkeypatch.setenv("CIFAR10_REUSE_ONLY", "1")
     assert S.run_probes("smoke", tiny_source, dirs, progress=False, configs=configs) == [plain, bn]
     with pytest.raises(ValueError, match="reuse_only is on .*the probe run probe-VGG_A-s2020"):

@@ -299,8 +299,10 @@ def test_nonexistent_path_and_wrong_file_type(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^data source 'sharde' \(did you mean 'shared'\?\) does not exist"):
         D.resolve_source("sharde")
     monkeypatch.setenv(D.SOURCE_ENV, "Official")  # a setting from the environment says so
-    with pytest.raises(DataError, match=r"^data source 'Official' \(from CIFAR10_SOURCE\) \(did you mean 'official'"):
+    with pytest.raises(DataError, match=r"^data source 'Official' \(from CIFAR10_SOURCE; did you mean 'official'\?\)"):
         D.resolve_source(None)
+    with pytest.raises(DataError, match=r"^data source 'shared.tar.gz' does not exist"):  # a file name: no keyword
+        D.resolve_source("shared.tar.gz")
     (tmp_path / "copy.zip").write_bytes(b"PK")
     with pytest.raises(DataError, match="not a .tar.gz/.tgz/.tar archive"):
         D.resolve_source(tmp_path / "copy.zip")

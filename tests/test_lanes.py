@@ -695,6 +695,7 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     assert kept.read_bytes() == (tmp_path / "out" / "results.tgz").read_bytes()
     with tarfile.open(kept, "r:gz") as tar:  # compressed: the whole study's JSON would pass 16 MB as a plain tar
         assert "results/smoke/p1-CANet_tiny-s1.json" in tar.getnames()
+        assert not any(n.startswith("figs/") for n in tar.getnames())  # the committed figs/quick/ are not smoke's
     for i, name in enumerate(("p1-CANet_tiny-s0", "p1-ResNet18-s0"), 1):
         assert f"[lane {i}] {name}: ok" in log
         result = read_json(repo / "results" / "smoke" / f"{name}.json")
@@ -826,7 +827,8 @@ def test_the_estimates_are_checked_against_the_finished_runs(tmp_path, monkeypat
     assert rows["p1-ResNet18-s0"]["estimate"] == pytest.approx(116.25) and rows["p1-ResNet18-s0"]["ratio"] == 0.5
     assert rows["p1-VGG11-s0"]["estimate"] == pytest.approx(11.5)
     line = P.format_estimate_check(list(rows.values()), "h200.json")
-    assert "actual / estimate 0.50-0.96, median 0.90, over 3 run(s)" in line and "p1-CANet-s0 70 s of 78 s" in line
+    assert "actual / estimate 0.50-0.96, median 0.90, over 3 run(s), each its wall time from the first epoch to its " \
+           "result, then the estimate" in line and "p1-CANet-s0 70 s of 78 s" in line
     # `python -m lib status --profile full` prints it under what is left.
     path = tmp_path / "nvidia-h200.json"
     atomic_write_json(path, bench)

@@ -229,6 +229,17 @@ def test_bad_data_stops_the_study_before_any_notebook_starts(tmp_path, monkeypat
     with pytest.raises(DataError, match=rf"{image.name} cannot be read"):
         run_study("smoke", data_source=str(source), notebooks=["01"], root=tmp_path / "out")
     assert not executed_dir("smoke", tmp_path / "out").exists()
+    # Also where the folder holds the run trained on other data: the data is the first error, not the override.
+    from lib.data import canonical_source
+    from lib.experiments import part1_config
+    from lib.results import atomic_write_json
+
+    dirs = output_dirs("smoke", root=tmp_path / "out")
+    cfg = part1_config("CANet", "smoke", "official")
+    atomic_write_json(dirs.results / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict(), "status": "ok"})
+    assert canonical_source(str(source)) != "official"
+    with pytest.raises(DataError, match=rf"{image.name} cannot be read"):
+        run_study("smoke", data_source=str(source), notebooks=["01"], root=tmp_path / "out")
 
 
 def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothing(tmp_path, tiny_source,

@@ -75,6 +75,15 @@ def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):
     assert part1.main_run(dirs, "CANet_tiny", 0, "shared")["name"] == "p1-CANet_tiny-s0"
     with pytest.raises(ValueError, match=r"trained on data 'shared', not 'official': set data_source = 'shared'"):
         part1.main_run(dirs, "CANet_tiny", 0, "official")
+    # The same data under another name (the shared copy by its path, as a notebook's canonical_source may give it):
+    # shown. A result that records no source is not refused.
+    from lib.data import SHARED_COPY
+
+    assert part1.main_run(dirs, "CANet_tiny", 0, str(SHARED_COPY))["name"] == "p1-CANet_tiny-s0"
+    bare = fake_result("CANet_tiny", 1)
+    del bare["config"]["data_source"]
+    write(dirs, bare)
+    assert part1.main_run(dirs, "CANet_tiny", 1, "official")["name"] == "p1-CANet_tiny-s1"
 
 
 def test_a_gpu_cost_measurement_is_kept_on_a_cpu(dirs):

@@ -209,7 +209,7 @@ def test_empty_folder_renders_not_run_rows(tmp_path):
     assert "Until the full profile's results are complete" not in text  # the full profile needs no warning
     # but says that it is incomplete, and how to see what is missing
     assert ("> **This report is incomplete**: the folder holds 0 of the 29 experiments of the\n> `full` study (data "
-            "`shared`, seeds 0: those its results and notebook runs\n> have so far); the other 29 show as") in text
+            "`shared`, seeds 0: the seeds found so far in its results\n> and notebook runs); the other 29 show as") in text
     assert "`python -m lib status --profile\n> full --data shared --seeds 0` lists them" in text
     for model in ORIGINAL_REPORT["test_acc"]:
         assert NOT_RUN in _table_row(text, model)
@@ -249,6 +249,10 @@ def test_reference_is_the_canet_variant_with_the_most_seeds(study_dirs):
     assert ("Against CANet_tiny (the CANet variant with the most seeds: 3 against CANet's 1; a model with fewer seeds "
             "decides fewer comparisons):") in text and "CANet_tiny vs CANet cannot be decided from one seed" in text
     assert reference_model(None) is None
+    for name in Path(study_dirs.results).glob("p1-CANet*.json"):  # no CANet variant at all: the table's first
+        name.unlink()
+    text = render_report("quick", study_dirs).read_text()
+    assert "(no CANet variant has a result here: the first model of the table):" in text
 
 
 def test_commit_line_names_where_a_resumed_run_started(study_dirs):
@@ -314,7 +318,7 @@ def test_a_probe_run_that_never_left_the_plateau_is_said_beside_its_numbers():
     stuck["probe"]["VGG_A"]["stuck_check"]["mean_loss"] = 4.249
     (caveat,) = part2_caveats(stuck)
     assert "its training loss stayed above the chance level (ln 10 = 2.303; final training loss 3.41): it diverged" \
-           in caveat and "Its stuck check found it not training (above the plateau) (mean training loss 4.249" in caveat
+           in caveat and "Its stuck check found it above the plateau, not training (mean training loss 4.249" in caveat
     probe_lines = [s for s in part2_findings(stuck) if s.startswith("Probe")]
     assert len(probe_lines) == 3 and all("Standard did not train" in s for s in probe_lines)
     diverged = _probe_summary(stuck=True, exit_step=None)
@@ -478,7 +482,7 @@ def test_the_incomplete_banner_counts_the_seeds_the_notebooks_ran_with(tmp_path)
     atomic_write_json(dirs.results / "study.json", {"notebooks": {"02_baselines": {"parameters": {"seeds": [0, 1, 2]}},
                                                                   "03_visualize": {"parameters": {}}}})
     text = render_report("full", dirs).read_text()
-    assert "holds 0 of the 47 experiments of the\n> `full` study (data `shared`, seeds 0, 1, 2: those" in text
+    assert "holds 0 of the 47 experiments of the\n> `full` study (data `shared`, seeds 0, 1, 2: the seeds found" in text
 
 
 def test_a_smaller_data_copy_is_said_in_the_context_line():
@@ -488,5 +492,18 @@ def test_a_smaller_data_copy_is_said_in_the_context_line():
     smaller = dict(full, num_train_used=180, complete=False, num_train=200, num_test=200)
     assert "smaller copy" not in context_line([{"data": full, "seed": 0}])
     line = context_line([{"data": smaller, "seed": 0, "profile": "quick"}])
-    assert line.startswith("data: JPEG-q75 copy, a smaller copy than CIFAR-10 (200 of 50,000 training and 200 of "
-                           "10,000 test images) (180 training images) | profile: quick")
+    assert line.startswith("data: JPEG-q75 copy (180 training images; a smaller copy than CIFAR-10: 200 of 50,000 "
+                           "training and 200 of 10,000 test images) | profile: quick")
+
+
+def test_the_recipe_lines_follow_the_optimiser_switch(tmp_path):
+    dirs = output_dirs("quick", root=tmp_path)
+    for epochs, said in ((1, "- SGD (momentum 0.9) at lr 0.001 throughout: the recipe's AdamW phase, int(0.8 x\n  1) = 0 "
+                              "epochs, is empty."),
+                         (2, "AdamW at lr 0.001 for epoch 1, then SGD (momentum 0.9) from\n  epoch 2"),
+                         (3, "AdamW at lr 0.001 for epochs 1-2, then SGD")):
+        r = p1_result("CANet", 0, 0.5)
+        r["config"]["num_epochs"] = epochs
+        atomic_write_json(Path(dirs.results) / f"{r['name']}.json", r)
+        text = render_report("quick", dirs).read_text()
+        assert said in text, text.split("### Optimisation strategy")[1][:400]

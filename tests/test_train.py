@@ -485,9 +485,15 @@ def test_a_finished_run_on_other_data_is_not_replaced_without_force(tiny_source,
     shutil.copytree(tiny_source, other)
     dirs = output_dirs("smoke", root=tmp_path / "out")
     cfg = tiny_cfg(tiny_source, num_epochs=1)  # not a Part 1 run: the guard covers every run
-    T._hinted.discard(str(other))
-    first = T.train(cfg.replace(data_source=str(other)), dirs=output_dirs("smoke", root=tmp_path / "o2"),
-                    progress=False)
+    # (with the precision hint as well: one does not stand for the other)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "precision_hint", lambda cfg, device: "hint: a precision hint")
+        mp.setattr(T, "_hinted", set())
+        T.train(cfg.replace(data_source=str(other)), dirs=output_dirs("smoke", root=tmp_path / "o2"), progress=True)
+    assert "hint: a precision hint" in capsys.readouterr().out
+    T._noted_copies.discard(str(other))
+    T.train(cfg.replace(data_source=str(other), seed=5), dirs=output_dirs("smoke", root=tmp_path / "o2"),
+            progress=False)
     assert "note: image-folder copy other-copy is a smaller copy than CIFAR-10 (80 of 50,000 training and 50 of " \
            "10,000 test images): used as it is" in capsys.readouterr().out  # the tiny copy: 8 + 5 images a class
     first = T.train(cfg, dirs=dirs, progress=False)
