@@ -219,7 +219,7 @@ pack() {
     items+=("figs/$PROFILE")
   fi
   if ((${#items[@]})); then
-    # Compressed: the whole study's JSON (per-step series, weight histograms) passes the 16 MB a file of $OUT may
+    # Compressed: the whole study's JSON (per-step series, weight histograms) passes the 16 MiB a file of $OUT may
     # have to come back; gzip makes it a few MB.
     tar -czf "$OUT/results.tgz.tmp" --exclude='*.pt' --exclude='*.pth' "${items[@]}" \
       && mv -f "$OUT/results.tgz.tmp" "$OUT/results.tgz" \
