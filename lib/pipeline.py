@@ -283,6 +283,16 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
     dirs = output_dirs(profile, publish=publish or None, root=root)
     names = select_notebooks(notebooks)
     reuse_only = reuse_only or env_reuse_only()  # CIFAR10_REUSE_ONLY=1 exported: the same as --reuse-only
+    if any(n.startswith("03") for n in names) and not any(n.startswith("01") for n in names):
+        # Notebook 03 shows a finished run that notebook 01 trained: missing, or on other data, it would stop there,
+        # after the notebooks before it ran. Say so first.
+        from lib.part1 import main_run
+
+        model = (extra_params or {}).get("model")
+        try:
+            main_run(dirs, model, seeds[0] if model and seeds else None, source)
+        except (FileNotFoundError, ValueError) as err:
+            raise StudyError(f"notebook 03 would stop: {err}") from None
     if reuse_only:
         missing = work_missing(source, dirs, names, seeds, extra_params, force, profile=profile, reuse_only=True)
         if missing:

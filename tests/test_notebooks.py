@@ -211,11 +211,19 @@ def test_a_notebook_with_reuse_only_refuses_to_train_a_configuration_without_res
 
 
 def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path, tiny_source):
-    # Notebook 03 on an empty output folder: there is no trained CANet to visualise.
+    # Notebook 03 on a folder whose CANet result has no weight histograms (a result cut short by hand): a cell
+    # fails. (Without any result, the study says so before notebook 03 starts: the named-model test.)
+    from lib.data import canonical_source
+    from lib.experiments import part1_config
+    from lib.results import atomic_write_json
+
+    cfg = part1_config("CANet", "smoke", canonical_source(tiny_source))
+    atomic_write_json(output_dirs("smoke", root=tmp_path).results / f"{cfg.name}.json",
+                      {"name": cfg.name, "config": cfg.to_dict(), "model": "CANet", "seed": 0, "status": "ok"})
     with pytest.raises(StudyError) as err:
         run_study("smoke", data_source=tiny_source, notebooks=["03"], root=tmp_path)
     msg = str(err.value)
-    assert "03_visualize.ipynb failed in cell" in msg and "FileNotFoundError" in msg and "main_run" in msg
+    assert "03_visualize.ipynb failed in cell" in msg and "FileNotFoundError" in msg, msg
     assert not (tmp_path / "build" / "smoke" / "report.md").exists()
 
 
@@ -310,6 +318,22 @@ def test_a_study_of_a_named_model_shows_its_first_seed_in_notebook_03(tmp_path, 
     assert calls["03_visualize"]["seed"] == 2 and calls["03_visualize"]["model"] == "CANet_tiny"
     assert "seed" not in calls["01_train_canet"]
     calls.clear()
+    # Notebook 03 alone needs the run it shows (no marker: CANet seed 0), on the study's data: said before it starts.
+    with pytest.raises(StudyError, match="notebook 03 would stop: no result p1-CANet-s0.json"):
+        run_study("smoke", data_source=tiny_source, notebooks=["02", "03"], seeds=[2], root=tmp_path)
+    assert calls == {}
+    from lib.data import canonical_source
+    from lib.experiments import part1_config
+    from lib.results import atomic_write_json
+
+    dirs = output_dirs("smoke", root=tmp_path)
+    for source in ("official", canonical_source(tiny_source)):
+        cfg = part1_config("CANet", "smoke", source)
+        atomic_write_json(dirs.results / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict()})
+        if source == "official":
+            with pytest.raises(StudyError, match="notebook 03 would stop: p1-CANet-s0.json .* was trained on data "
+                                                 "'official'"):
+                run_study("smoke", data_source=tiny_source, notebooks=["03"], seeds=[2], root=tmp_path)
     run_study("smoke", data_source=tiny_source, notebooks=["03"], seeds=[2], root=tmp_path)  # no model: the marker's
     assert "seed" not in calls["03_visualize"]
     record = json.loads((output_dirs("smoke", root=tmp_path).results / "study.json").read_text())
