@@ -288,6 +288,7 @@ def note_other_data(rows, dirs, source: str) -> None:
     other data (its `data_source`): a status asked for another `--data` (default: official) than the study's."""
     from collections import Counter
 
+    from lib.config import same_data_source
     from lib.results import read_json
 
     found = Counter()
@@ -299,7 +300,7 @@ def note_other_data(rows, dirs, source: str) -> None:
             other = read_json(path)["config"]["data_source"]
         except (OSError, ValueError, TypeError, KeyError):
             continue
-        if isinstance(other, str) and other != source:
+        if isinstance(other, str) and not same_data_source(other, source):
             found[other] += 1
     if found:
         sources = ", ".join(f"{n} on {s}" for s, n in found.most_common())

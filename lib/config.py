@@ -74,6 +74,12 @@ def _canonical_source_name(source: str) -> str:
     return source
 
 
+def same_data_source(a: str, b: str) -> bool:
+    """Whether two recorded data sources name the same data, as configs compare them (_canonical_source_name: the
+    workplace's JPEG copy by any of its paths is 'shared')."""
+    return _canonical_source_name(a) == _canonical_source_name(b)
+
+
 def _same_bytes(path: str, candidate: Path) -> bool:
     """Whether `path` holds the same file as `candidate`: the same inode, or a copy with identical bytes (a CI
     machine may hold the workplace copy at another place too). filecmp caches its answer per pair of stats."""

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from lib.config import TrainConfig, _canonical_source_name
+from lib.config import TrainConfig, same_data_source
 from lib.experiments import part1_experiments, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
@@ -157,8 +157,7 @@ def main_run(dirs: OutputDirs, model: str | None = None, seed: int | None = None
                                 f"seeds=[{seed}]) with the same profile and output folder first")
     result = read_json(path)
     trained_on = (result.get("config") or {}).get("data_source")
-    if data_source is not None and trained_on is not None and (
-            _canonical_source_name(trained_on) != _canonical_source_name(data_source)):  # as configs compare
+    if data_source is not None and trained_on is not None and not same_data_source(trained_on, data_source):
         raise ValueError(f"{path.name} in {dirs.results} was trained on data {trained_on!r}, not {data_source!r}: set "
                          f"data_source = {trained_on!r} (--data {shlex.quote(trained_on)}) to show it, or run "
                          f"notebook 01 with data {data_source!r} (model={model!r}, seeds=[{seed}]) into another output "

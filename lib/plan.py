@@ -201,8 +201,7 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
         # run left for a later call are not), then all. Once the first seed is done, only all seconds decide. A
         # partial plan (a run longer than the call, resumed by the next) covers what the call can train of it.
         gains = lambda j: j.kind == "train" and factors[j.model] < lanes
-        extra_seed = lambda j: extra_seed_job(j, seeds)
-        reordered = sorted(jobs, key=lambda j: (not j.epochs_done, extra_seed(j), not gains(j)))  # stable
+        reordered = sorted(jobs, key=lambda j: (not j.epochs_done, extra_seed_job(j, seeds), not gains(j)))  # stable
         other = _fit_jobs(reordered, factors, budget_s, margin, lanes, partial=False, gainers_alone=False)
         worth = lambda p: (covered_seconds(p, seeds), covered_seconds(p))
         if worth(other) > worth(plan):
