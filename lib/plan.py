@@ -453,8 +453,8 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     'done' (a result matching this code's config), 'partial' (a resumable checkpoint here: `lib run` goes on from
     it), 'damaged' (a checkpoint here that cannot be read; the detail says what to do) or 'missing'. For `python -m
     lib status`, to see what a split run still needs. `precision` and `num_epochs` override the Part 1 runs'
-    (lib.part1.configs). details=False: a finished run's detail is left empty (done_detail reads its result file
-    again)."""
+    (lib.part1.configs). details=False: the details of finished and missing runs are left empty (done_detail and
+    unusable_result read their result files again)."""
     from lib import bn_study
     from lib.part1 import cost_path
 
@@ -471,7 +471,7 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
             return "damaged", name, damaged
         if epochs_done:
             return "partial", name, f"{epochs_done} of {configs[name].num_epochs} epochs in its checkpoint here"
-        return "missing", name, ""
+        return "missing", name, unusable_result(Path(dirs.results) / f"{name}.json", configs[name]) if details else ""
 
     out = []
     for job in study_jobs(None, source, dirs, seeds, profile, precision, num_epochs):
@@ -497,6 +497,24 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
                 else:
                     out.append(("missing", name, ""))
     return out
+
+
+def unusable_result(path: Path, cfg: TrainConfig) -> str:
+    """Why a result file at `path` does not count for `cfg` ('' where there is none): it cannot be read (lib run
+    trains the run again and replaces it), it is of another data source, epochs or precision (lib.train's
+    overridden_result: kept unless --force; `status` says which data), or it is of an older config (replaced)."""
+    from lib.train import overridden_result
+
+    if not path.exists():
+        return ""
+    try:
+        config = read_json(path)["config"]
+        TrainConfig.from_dict(config)
+    except (OSError, ValueError, TypeError, KeyError):
+        return "its result file cannot be read as one: lib run trains it again and replaces the file"
+    if changed := overridden_result(path, cfg):
+        return f"its result here was trained otherwise, {', '.join(changed)}: lib run keeps it unless --force"
+    return "its result file is of another config (older code or recipe): lib run trains it again and replaces it"
 
 
 def format_plan(plan: dict) -> str:

@@ -272,6 +272,22 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     assert rows["loss slices"] == ("missing", "they need the pair's best checkpoints (retrained when gone)")
     assert [rows[c.name][0] for c in bn_study.probe_configs("smoke", source)] == ["done", "missing"]
     assert rows["cost-VGG11"] == ("done", "") and rows["cost-CANet"] == ("missing", "")
+    # A result file that does not count says why: unreadable or of an older config (replaced), other data (kept).
+    (Path(dirs.results) / "p1-ShuffleNetV2-s0.json").write_text('{"config": ')  # cut off
+    mobile = part1_config("MobileNetV2", "smoke", source)
+    atomic_write_json(Path(dirs.results) / f"{mobile.name}.json",
+                      {"status": "ok", "config": dict(mobile.to_dict(), lr=0.5)})
+    resnet = part1_config("ResNet34", "smoke", source)
+    atomic_write_json(Path(dirs.results) / f"{resnet.name}.json",
+                      {"status": "ok", "config": dict(resnet.to_dict(), data_source="official")})
+    rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
+    assert rows["p1-ShuffleNetV2-s0"] == ("missing", "its result file cannot be read as one: lib run trains it "
+                                                     "again and replaces the file")
+    assert rows[mobile.name] == ("missing", "its result file is of another config (older code or recipe): lib run "
+                                            "trains it again and replaces it")
+    assert rows[resnet.name] == ("missing", f"its result here was trained otherwise, data_source (official there, "
+                                            f"{resnet.data_source} here): lib run keeps it unless --force")
+    assert rows["p1-ResNet18-s0"] == ("missing", "")  # no file
     # A study run with --num-epochs / --precision: its own Part 1 configurations (the finished run is another one).
     rows = {name: state for state, name, _ in P.study_status("smoke", source, dirs, num_epochs=1)}
     assert rows["p1-CANet_tiny-s0"] == "missing" and rows["bn-VGG_A-lr0.001-s2020"] == "done"
