@@ -77,10 +77,12 @@ def _is_result_file(path: Path) -> bool:
     return path.suffix == ".json" and not path.name.endswith((".steps.json", ".weights.json"))
 
 
-def load_results(dirs: OutputDirs, prefix: str = "p1-", models: Sequence[str] | None = None) -> list[dict]:
+def load_results(dirs: OutputDirs, prefix: str = "p1-", models: Sequence[str] | None = None,
+                 left_out: list[str] | None = None) -> list[dict]:
     """Every finished result (status 'ok' or 'diverged') named <prefix>*.json in dirs.results, sorted by name.
 
-    `models` keeps only the results of those models.
+    `models` keeps only the results of those models. Part 1 results of another recipe or data than most of them
+    are left out (_same_recipe); `left_out` (a list) gets a description of each, for the report.
     """
     results = []
     for path in sorted(Path(dirs.results).glob(f"{prefix}*.json")):
@@ -94,7 +96,7 @@ def load_results(dirs: OutputDirs, prefix: str = "p1-", models: Sequence[str] | 
         if isinstance(r, dict) and r.get("status") in ("ok", "diverged") and (not models or r.get("model") in models):
             results.append(r)
     # Part 1 runs go into one comparison table: only runs of one recipe and data may sit together.
-    return _same_recipe(results) if prefix == "p1-" else results
+    return _same_recipe(results, left_out) if prefix == "p1-" else results
 
 
 def _recipe_key(result: dict) -> str:
@@ -108,13 +110,16 @@ def _recipe_key(result: dict) -> str:
     return json.dumps([cfg, (result.get("data") or {}).get("sha256")], sort_keys=True)
 
 
-def _same_recipe(results: list[dict]) -> list[dict]:
-    """Keep the runs that share the most common recipe and data; warn about the others (never mix them)."""
+def _same_recipe(results: list[dict], left_out: list[str] | None = None) -> list[dict]:
+    """Keep the runs that share the most common recipe and data; warn about the others (never mix them), and add
+    them to `left_out` as 'name (how it differs)'."""
     if not results:
         return results
     keys = [_recipe_key(r) for r in results]
     common = Counter(keys).most_common(1)[0][0]
     dropped = [f"{r['name']} ({_recipe_difference(k, common)})" for r, k in zip(results, keys) if k != common]
+    if left_out is not None:
+        left_out += dropped
     if dropped:
         print(f"lib.part1: leaving out {', '.join(dropped)}: trained with another recipe or data than the "
               f"other results in this folder (rerun them, or move them away)", file=sys.stderr)

@@ -3,13 +3,17 @@
 Decision rule used throughout (issue 6): model A is called *better* than model B only when
 Welch's unequal-variance t-test on their per-seed test accuracies is significant at `alpha`
 (two-sided, default 0.05) and A's mean is higher. A non-significant difference is reported as a
-*tie* (the difference is within seed-to-seed spread). With fewer than two seeds on either side the
-spread cannot be estimated, so the comparison is *undetermined*: one run each, as in the original
-report, cannot rank two models.
+*tie*: not shown to differ with this many seeds, which is not a proof that they are equal (with three seeds
+a side only differences of a few times the seeds' spread are detected). With fewer than two seeds on either
+side the spread cannot be estimated, so the comparison is *undetermined*: one run each, as in the original
+report, cannot rank two models; so is a comparison of two models whose seeds all agree (no spread to judge
+a difference by). The tests are not corrected for their number; `holm` says which verdicts survive Holm's
+correction, and the report says so beside them.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -18,6 +22,7 @@ import pandas as pd
 from scipy import stats as sps
 
 VERDICTS = ("better", "worse", "tied", "undetermined")
+EQUAL_TOLERANCE = 1e-9  # means (or sample variances) closer than this are equal: float round-off, not a difference
 
 
 def _as_finite_array(values: Iterable[float], what: str) -> np.ndarray:
@@ -68,7 +73,10 @@ def welch_test(a: Iterable[float], b: Iterable[float]) -> dict:
         return {"t": math.copysign(math.inf, diff), "p": 0.0, "df": math.nan}
     # Welch-Satterthwaite degrees of freedom (scipy < 1.11 does not return them).
     df = float((va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1)))
-    res = sps.ttest_ind(a, b, equal_var=False)
+    with warnings.catch_warnings():
+        if min(va, vb) == 0.0:  # one side's values all equal: exact, not the cancellation scipy warns of
+            warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        res = sps.ttest_ind(a, b, equal_var=False)
     return {"t": float(res.statistic), "p": float(res.pvalue), "df": df}
 
 
@@ -85,8 +93,10 @@ class Verdict:
 def compare(a: Iterable[float], b: Iterable[float], alpha: float = 0.05) -> Verdict:
     """Decide whether sample `a` is better, worse, tied with, or undecidable against sample `b`.
 
-    'better'/'worse': Welch p < alpha and the mean difference has that sign; 'tied': p >= alpha;
-    'undetermined': fewer than 2 values on a side (no spread estimate). Higher is better.
+    'better'/'worse': Welch p < alpha and the mean difference has that sign; 'tied': p >= alpha, or means equal
+    within EQUAL_TOLERANCE; 'undetermined': fewer than 2 values on a side, or no spread on either side (every
+    value of each side the same, within EQUAL_TOLERANCE), where the test has no variance to judge by. Higher is
+    better.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -98,13 +108,18 @@ def compare(a: Iterable[float], b: Iterable[float], alpha: float = 0.05) -> Verd
     if len(a) < 2 or len(b) < 2:
         return Verdict("undetermined", math.nan, diff,
                        f"{len(a)} vs {len(b)} values: at least 2 per side are needed to estimate the spread")
+    if abs(diff) <= EQUAL_TOLERANCE:
+        return Verdict("tied", 1.0, diff, "the means are equal")
+    if max(a.var(ddof=1), b.var(ddof=1)) <= EQUAL_TOLERANCE:
+        return Verdict("undetermined", math.nan, diff,
+                       "every seed of each side has the same value: no spread to judge the difference by")
     p = welch_test(a, b)["p"]
-    if p < alpha and diff != 0.0:
+    if p < alpha:
         verdict = "better" if diff > 0 else "worse"
         reason = f"Welch p={p:.3g} < {alpha} with {len(a)} vs {len(b)} values"
     else:
         verdict = "tied"
-        reason = f"Welch p={p:.3g} >= {alpha}: the difference is within the spread"
+        reason = f"Welch p={p:.3g} >= {alpha}: not shown to differ with {len(a)} vs {len(b)} values"
     return Verdict(verdict, p, diff, reason)
 
 
@@ -205,8 +220,31 @@ def comparison_table(results: Sequence[dict]) -> pd.DataFrame:
     return table.sort_values(["params", "model"], kind="stable").reset_index(drop=True)
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979) of `pvalues`, in their order: the i-th smallest p times
+    (m - i + 1), made non-decreasing in that order and capped at 1; a verdict significant at alpha survives the
+    correction for the m tests where its adjusted p is below alpha. NaN values (undetermined comparisons) are no
+    tests: they stay NaN and do not count in m."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m, running = len(order), 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[j]))
+        out[j] = running
+    return out.tolist()
+
+
 def _fmt_p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    """'p<0.001', else three significant digits, so that a p on either side of a threshold never prints as it."""
+    return "p<0.001" if p < 0.001 else f"p={p:.3g}"
+
+
+def _seed_count(row) -> str:
+    """'3' seeds of a comparison_table row, with its diverged runs: '2 (+1 diverged)'."""
+    n_div = int(row.get("n_diverged", 0) or 0)
+    return f"{row['n_seeds']}" + (f" (+{n_div} diverged)" if n_div else "")
 
 
 def _fmt_acc(row) -> str:
@@ -242,18 +280,42 @@ def ranking_sentences(table: pd.DataFrame, reference: str = "CANet", alpha: floa
             out.append(f"{reference} and {name} cannot be compared: {empty} has no successful run.")
             continue
         first, second = (row, ref) if v.verdict == "worse" else (ref, row)  # a winner's numbers come first
-        ctx = f"{_fmt_acc(first)} vs {_fmt_acc(second)}, {first['n_seeds']} vs {second['n_seeds']} seeds"
+        ctx = f"{_fmt_acc(first)} vs {_fmt_acc(second)}, {_seed_count(first)} vs {_seed_count(second)} seeds"
         if v.verdict == "better":
             out.append(f"{reference} is better than {name} ({ctx}; Welch {_fmt_p(v.p)}).")
         elif v.verdict == "worse":
             out.append(f"{name} is better than {reference} ({ctx}; Welch {_fmt_p(v.p)}).")
         elif v.verdict == "tied":
-            out.append(f"{reference} and {name} are tied (difference {v.diff:+.2f} points, within seed spread; "
-                       f"{ctx}; Welch {_fmt_p(v.p)}).")
-        else:
+            why = "equal means" if abs(v.diff) <= EQUAL_TOLERANCE else "not significant"
+            out.append(f"{reference} and {name} are tied (difference {v.diff:+.2f} points, {why}; {ctx}; "
+                       f"Welch {_fmt_p(v.p)}).")
+        elif min(ref["n_seeds"], row["n_seeds"]) < 2:
             out.append(f"{reference} vs {name} cannot be decided from one seed (difference {v.diff:+.2f} points; "
                        f"{ctx}; at least 2 seeds per model are needed).")
+        else:
+            out.append(f"{reference} vs {name} cannot be decided: the seeds of each agree exactly, so there is no "
+                       f"spread to judge the difference by (difference {v.diff:+.2f} points; {ctx}).")
     return out
+
+
+def holm_sentence(table: pd.DataFrame, reference: str = "CANet", alpha: float = 0.05) -> str:
+    """One sentence on the ranking's tests taken together: how many were made, and which of its better/worse
+    verdicts stay significant under Holm's correction for their number ('' with fewer than two tests)."""
+    compared = [(row["model"], v) for _, row, v in comparisons(table, reference, alpha)
+                if v is not None and math.isfinite(v.p)]
+    if len(compared) < 2:
+        return ""
+    adjusted = holm([v.p for _, v in compared])
+    decided = [(name, q) for (name, v), q in zip(compared, adjusted) if v.verdict in ("better", "worse")]
+    head = (f"These are {len(compared)} Welch tests, each judged at p < {alpha:g} on its own (not corrected for "
+            f"their number)")
+    if not decided:
+        return f"{head}; none found a difference."
+    lost = [f"{reference} vs {name}, adjusted {_fmt_p(q)}" for name, q in decided if not q < alpha]
+    kept = len(decided) - len(lost)
+    tail = f" (not: {'; '.join(lost)})" if lost else ""
+    return (f"{head}; with Holm's correction for the {len(compared)}, {kept} of the {len(decided)} differences "
+            f"called significant stay so{tail}.")
 
 
 def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:

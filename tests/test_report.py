@@ -12,7 +12,7 @@ from lib.experiments import bn_config, part1_config
 from lib.paths import output_dirs
 from lib.report import NOT_RUN, ORIGINAL_REPORT, render_report
 from lib.results import atomic_write_json, read_json
-from lib.stats import compare
+from lib.stats import compare, comparison_table
 
 DATA = {"kind": "image-folder", "label": "JPEG-q75 copy (fake.tar.gz)", "sha256": "ab" * 32,
         "archive_sha256": "cd" * 32, "num_train_used": 1000, "num_val_used": 200, "num_test_used": 500}
@@ -24,9 +24,10 @@ ACCS = {"CANet": [0.900, 0.910, 0.920], "ResNet18": [0.800, 0.810, 0.790], "CANe
 PARAMS = {"CANet": 6_289_574, "ResNet18": 11_173_962, "CANet_tiny": 396_155, "VGG11": 128_807_306}
 
 
-def p1_result(model: str, seed: int, acc: float) -> dict:
-    """A Part 1 result as lib.train.train writes it (3 epochs)."""
-    cfg = part1_config(model, "quick", "/data/fake.tar.gz", seed, num_epochs=3)
+def p1_result(model: str, seed: int, acc: float, num_epochs: int | None = 3) -> dict:
+    """A Part 1 result as lib.train.train writes it (3 epochs; num_epochs=None: the profile's, the recipe's own)."""
+    cfg = part1_config(model, "quick", "/data/fake.tar.gz", seed,
+                       **({"num_epochs": num_epochs} if num_epochs is not None else {}))
     history = [{"epoch": e, "lr": 1e-3 * 0.96 ** e, "optimizer": "adamw" if e < 2 else "sgd",
                 "train_loss": 2.0 - e / 3, "train_acc": 0.3 + e / 10, "val_loss": 1.9 - e / 4,
                 "val_acc": acc - 0.02 + e / 100, "seconds": 10.0 + e} for e in range(3)]
@@ -201,6 +202,10 @@ def test_win_and_tie_wording_follows_the_statistics(study_dirs):
     assert "CANet vs VGG11 cannot be decided from one seed" in text
     assert "better than CANet_tiny" not in text and "CANet_tiny is better" not in text
     assert "1 model(s) are worse than it, 0 better, 1 tied" in text
+    # The two tests together (VGG11's comparison is none): whether the win survives Holm's correction for them.
+    p = compare(pct["CANet"], pct["ResNet18"]).p
+    assert ("These are 2 Welch tests, each judged at p < 0.05 on its own (not corrected for their number); with "
+            f"Holm's correction for the 2, {int(2 * p < 0.05)} of the 1 differences called significant stay so") in text
 
 
 def test_empty_folder_renders_not_run_rows(tmp_path):
@@ -447,16 +452,23 @@ def test_the_full_profile_states_whether_its_sanity_bars_are_met(study_dirs):
     from lib.report import sanity_bars
 
     assert "sanity bars" not in render_report("quick", study_dirs).read_text()  # held to the full profile only
+    text = render_report("full", study_dirs).read_text()  # the fixture's CANet runs depart from their recipe
+    assert "section 8): **not judged**, since these runs depart from the recipe (--num-epochs 3)." in text
+    for model, accs in ACCS.items():  # the same runs trained as the recipe says
+        for seed, acc in enumerate(accs):
+            r = p1_result(model, seed, acc, num_epochs=None)
+            atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
     text = render_report("full", study_dirs).read_text()
     bars = text.split("The sanity bars the `full` profile's results are held to:", 1)[1]
     # CANet 90.0 / 91.0 / 92.0% over seeds 0-2; at lr 1e-3 VGG-A 69.12%, with BN 80.23% (the fixture's test_acc)
     assert "- CANet's test accuracy is 91.00 ± 1.00% (seeds 0, 1, 2; mean ± sample standard deviation); the bar is " \
            "at least 90%" in bars and "STUDY.md section 8): **met**." in bars
     assert "- At lr 1e-3 VGG-A with BN reaches 80.23% test accuracy, without 69.12% (+11.11 points); the bar is BN " \
-           "clearly above, taken as at least 2 points (one run each): **met**." in bars
+           "clearly above, taken as at least 2 points (our convention: one run each, so there is no spread to judge " \
+           "by): **met**." in bars
     # Below the bars: missed; without the runs: said.
     for seed, acc in enumerate((0.88, 0.89, 0.90)):
-        r = p1_result("CANet", seed, acc)
+        r = p1_result("CANet", seed, acc, num_epochs=None)
         atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
     r, _ = bn_result("VGG_A", 1e-3, 0.80)
     atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
@@ -465,6 +477,39 @@ def test_the_full_profile_states_whether_its_sanity_bars_are_met(study_dirs):
     assert sanity_bars(None, {"protocol": {}}) == [
         "CANet (bar: at least 90% test accuracy): no successful run yet.",
         "VGG-A with and without BN at lr 1e-3 (bar: BN at least 2 points higher in test accuracy): not both run yet."]
+    # A diverged CANet seed is said and misses the bar, though the other seeds pass it; a diverged BN run is named.
+    for seed, acc in enumerate((0.92, 0.93)):
+        r = p1_result("CANet", seed, acc, num_epochs=None)
+        atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    r = dict(p1_result("CANet", 2, 0.93, num_epochs=None), status="diverged", test_acc=None)
+    atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    r, _ = bn_result("VGG_A", 1e-3, 0.70)
+    atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", dict(r, status="diverged"))
+    text = render_report("full", study_dirs).read_text()
+    assert ("- CANet's test accuracy is 92.50 ± 0.71% (seeds 0, 1; mean ± sample standard deviation); the bar is at "
+            "least 90% (a 30-epoch SGD sketch reached 90.0% on the JPEG copy, STUDY.md section 8); 1 other seed "
+            "diverged, so the recipe does not reliably reach it: **missed**.") in text
+    assert "| 0, 1 (n=2; 1 diverged) |" in text  # the table's seeds column
+    assert ("(+11.23 points) (VGG_A diverged: its test accuracy is that of the epoch validation chose before); the "
+            "bar") in text
+    table = comparison_table([dict(p1_result("CANet", 0, 0.9), status="diverged", test_acc=None)])
+    assert sanity_bars(table, {"protocol": {m: {"status": {"0.001": "ok" if m == "VGG_A" else "diverged"},
+                                                "test_acc": {"0.001": 0.7 if m == "VGG_A" else None}}
+                                            for m in ("VGG_A", "VGG_A_BN")}}) == [
+        "CANet (bar: at least 90% test accuracy): every run diverged (1): **missed**.",
+        "VGG-A with and without BN at lr 1e-3 (bar: BN at least 2 points higher in test accuracy): VGG_A_BN ran "
+        "without a test accuracy (diverged in its first epoch)."]
+    r = p1_result("CANet", 0, 0.8999996)  # rounds to the bar: the unrounded value is shown
+    bar = sanity_bars(comparison_table([r]), {})[0]
+    assert "is 90.00% (seed 0; just below 90% before rounding); the bar" in bar and bar.endswith("**missed**.")
+    # A run of another recipe than the rest of the folder's is named in the report.
+    odd = p1_result("ResNet18", 5, 0.5, num_epochs=None)
+    odd["config"]["precision"] = "fp32"
+    atomic_write_json(Path(study_dirs.results) / f"{odd['name']}.json", odd)
+    text = render_report("full", study_dirs).read_text()
+    assert ("Left out of the table (trained with another recipe or data than the other results in `results`, so\n"
+            "they do not compare with them; retrain them, or move them away): p1-ResNet18-s5 (precision fp32, not "
+            "auto).") in text
 
 
 def test_a_complete_full_study_renders_without_the_incomplete_banner(tmp_path, monkeypatch):

@@ -4,8 +4,8 @@ import math
 import pytest
 from scipy import stats as sps
 
-from lib.stats import (compare, comparison_table, comparisons, pareto_front, ranking_sentences, summarize,
-                       welch_test)
+from lib.stats import (_fmt_p, compare, comparison_table, comparisons, holm, holm_sentence, pareto_front,
+                       ranking_sentences, summarize, welch_test)
 
 
 def test_summarize_known_values():
@@ -65,6 +65,31 @@ def test_compare_verdicts():
     assert "2 per side" in und.reason
     with pytest.raises(ValueError, match="alpha"):
         compare([1, 2], [3, 4], alpha=1.5)
+
+
+def test_compare_does_not_rank_round_off_or_seeds_without_spread():
+    # Means equal but for float round-off (0.1 * 3 * 100 is 30.000000000000004): tied, not 'better' with p=0.
+    v = compare([0.1 * 3 * 100] * 3, [30.0] * 3)
+    assert v.verdict == "tied" and v.p == 1.0 and v.reason == "the means are equal"
+    # Every seed of each side the same, the means apart: the test has no spread to judge by.
+    v = compare([50.0, 50.0], [51.0, 51.0])
+    assert v.verdict == "undetermined" and math.isnan(v.p) and "no spread" in v.reason
+    assert compare([50.0, 50.0], [51.0, 52.0]).verdict in ("worse", "tied")  # one side spreads: Welch decides
+
+
+def test_holm_adjusts_as_by_hand():
+    # Sorted 0.01, 0.02, 0.04 (m = 3): 3 x 0.01 = 0.03, 2 x 0.02 = 0.04, 1 x 0.04 = 0.04 (kept non-decreasing).
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    # Monotone: 4 x 0.01 = 0.04, then 3 x 0.011 = 0.033 is raised to 0.04; capped at 1.
+    assert holm([0.01, 0.011, 0.5, 0.6]) == pytest.approx([0.04, 0.04, 1.0, 1.0])
+    out = holm([0.02, float("nan"), 0.03])  # NaN: no test, not counted in m
+    assert out[0] == pytest.approx(0.04) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert holm([]) == []
+
+
+def test_p_values_print_on_their_side_of_the_threshold():
+    assert _fmt_p(0.0496) == "p=0.0496" and _fmt_p(0.0504) == "p=0.0504" and _fmt_p(0.0004) == "p<0.001"
+    assert _fmt_p(0.51293) == "p=0.513"
 
 
 def test_pareto_front_small_set():
@@ -159,7 +184,8 @@ def test_ranking_sentences_follow_the_test(results):
     assert len(lines) == 3
     small, mid, single = lines  # table order: Small, Mid, Single
     assert small.startswith("Big is better than Small") and "Welch p" in small
-    assert mid.startswith("Big and Mid are tied") and "within seed spread" in mid
+    assert mid.startswith("Big and Mid are tied") and "points, not significant; " in mid
+    assert "3 (+1 diverged) vs 2 seeds" in mid  # Big's diverged run is said, not dropped silently
     assert "cannot be decided from one seed" in single and "better" not in single
     mid_wins = ranking_sentences(t, reference="Small")[0]
     assert mid_wins.startswith("Mid is better than Small")
@@ -178,3 +204,18 @@ def test_comparisons_pair_each_model_with_its_verdict(results):
     verdicts = {row["model"]: (v.verdict if v else None) for _, row, v in pairs}
     assert verdicts == {"Broken": None, "Small": "better", "Mid": "tied", "Single": "undetermined"}
     assert "Broken has no successful run" in ranking_sentences(t, reference="Big")[0]
+
+
+def test_holm_sentence_says_which_verdicts_survive_the_correction(results):
+    t = comparison_table(results)
+    p_small = comparisons(t, reference="Big")[0][2].p  # Big vs Small: better; Mid tied; Single: no test
+    sentence = holm_sentence(t, reference="Big")
+    assert sentence.startswith("These are 2 Welch tests, each judged at p < 0.05 on its own")
+    if 2 * p_small < 0.05:
+        assert sentence.endswith("1 of the 1 differences called significant stay so.")
+    else:
+        assert f"(not: Big vs Small, adjusted {_fmt_p(2 * p_small)})" in sentence
+    strict = holm_sentence(t, reference="Big", alpha=p_small * 1.5)  # significant alone, not after x2
+    assert strict.endswith(f"0 of the 1 differences called significant stay so (not: Big vs Small, adjusted "
+                           f"{_fmt_p(2 * p_small)}).")
+    assert holm_sentence(comparison_table(results[:4]), reference="Big") == ""  # fewer than two tests
