@@ -244,8 +244,10 @@ def _strict_fp32(device: torch.device):
 
 
 def _global_norm(tensors) -> torch.Tensor:
-    """sqrt(sum of squares) over a list of tensors, as a 0-d tensor (no host sync)."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+    """sqrt(sum of squares) over a list of tensors, as a float64 0-d tensor (no host sync). Summed in float64: in
+    float32 the norm of a diverging network's gradient (values of 1e20) overflows to inf, which the probe's
+    nan-aware maxima would then leave out exactly where the landscape is least smooth."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]))
 
 
 def probe_step(model: nn.Module, params: list[torch.Tensor], grads: Sequence[torch.Tensor],
@@ -276,7 +278,7 @@ def probe_step(model: nn.Module, params: list[torch.Tensor], grads: Sequence[tor
             loss_eta = loss_fn(model(x), y)
             g_eta = torch.autograd.grad(loss_eta, params)
             losses.append(loss_eta.detach().float())
-            gdiffs.append(_global_norm([g - ge for g, ge in zip(grads, g_eta)]).float())
+            gdiffs.append(_global_norm([g - ge for g, ge in zip(grads, g_eta)]))
     finally:
         with torch.no_grad():  # restore exactly: copy back, never add eta * g back
             for p, w in zip(params, saved_params):
@@ -286,8 +288,8 @@ def probe_step(model: nn.Module, params: list[torch.Tensor], grads: Sequence[tor
         model.train(was_training)
     loss = torch.stack(losses)
     gdiff = torch.stack(gdiffs)
-    step_norms = torch.tensor(list(etas), dtype=gdiff.dtype, device=gdiff.device) * grad_norm.float()
-    return {"loss": loss, "gdiff": gdiff, "beta": gdiff / step_norms, "grad_norm": grad_norm.float()}
+    step_norms = torch.tensor(list(etas), dtype=gdiff.dtype, device=gdiff.device) * grad_norm
+    return {"loss": loss, "gdiff": gdiff, "beta": gdiff / step_norms, "grad_norm": grad_norm}
 
 
 def nan_minmax(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -308,8 +310,9 @@ def summarize_probes(records: list[dict[str, torch.Tensor]]) -> dict[str, list]:
     loss_min, loss_max, bad_loss = nan_minmax(loss)
     gpred_min, gpred_max, bad_gdiff = nan_minmax(gdiff)
     _, beta_max, _ = nan_minmax(beta)
+    bad_beta = (~torch.isfinite(beta) & torch.isfinite(gdiff)).sum(-1)  # e.g. a zero gradient; not counted twice
     out = {"loss_min": loss_min, "loss_max": loss_max, "gpred_min": gpred_min, "gpred_max": gpred_max,
-           "beta": beta_max, "nonfinite": bad_loss + bad_gdiff,
+           "beta": beta_max, "nonfinite": bad_loss + bad_gdiff + bad_beta,
            "grad_norm": torch.stack([r["grad_norm"] for r in records]),
            "loss_eta": loss, "gdiff_eta": gdiff}
     return {k: v.cpu().tolist() for k, v in out.items()}  # the one host transfer of the run
@@ -662,7 +665,8 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         model.load_state_dict(state["model"])
         model = model.to(dev)
         t0 = time.perf_counter()
-        out = loss_slice(model, X, y, seed=seed)
+        with _strict_fp32(dev):  # as the probes: no TF32 left on by a training run in this process
+            out = loss_slice(model, X, y, seed=seed)
         result = {"name": path.stem, "config": config, "label": LABELS[model_name],
                   "environment": environment_info(dev), "seconds": time.perf_counter() - t0, **out}
         atomic_write_json(path, result)
@@ -714,6 +718,10 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             entry.setdefault("epochs", []).append(len(run.get("history") or []))
             # Where and on what every run trained (the lr-1e-3 run's own fields follow; a partial study lacks it).
             entry.setdefault("devices", []).append(run.get("device"))
+            # The arithmetic it trained in (lib.train.autocast_for; CUDA results carry fast_path).
+            precision = cfg.get("precision", "auto")
+            entry.setdefault("arithmetic", []).append(
+                "bf16 autocast" if precision == "bf16" or (precision == "auto" and "fast_path" in run) else "fp32")
             entry["data"] = entry.get("data") or (run.get("data") or {}).get("label")
             if lr == 1e-3:
                 entry.update(best_val_acc_lr1e3=run.get("best_val_acc"), best_epoch_lr1e3=run.get("best_epoch"),

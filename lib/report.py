@@ -500,15 +500,19 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
         size = (f"{distinct(e.get('num_train_used') for e in proto)} training images; per run "
                 f"{distinct(n for e in proto for n in e.get('epochs', []))} epochs at batch "
                 f"{distinct(e.get('batch_size') for e in proto)}")
+        if arithmetic := _unique(a for e in proto for a in e.get("arithmetic", [])):  # results of 2026-11-29 on
+            size += f", {join_distinct(arithmetic)}"
         what = f"{runs} runs, " + (f"{runtime} of training in all" if runtime else "not recorded")
     elif kind == "probe":
-        from lib.bn_study import ETA_MULTIPLIERS, PAPER_PROBE_STEPS
+        from lib.bn_study import ETA_MULTIPLIERS, PAPER_PROBE_STEPS, PROBE_LR
 
         size = (f"{distinct(e.get('num_train_used') for e in probe)} training images; "
                 f"{distinct(e.get('num_steps') for e in probe)} steps at batch {distinct(e.get('batch_size') for e in probe)}, "
                 f"a probe every {distinct(e.get('probe_every') for e in probe)} steps at "
-                f"{distinct(len(e['etas']) for e in probe if e.get('etas'))} step sizes (the paper: "
-                f"{PAPER_PROBE_STEPS:,} steps, {len(ETA_MULTIPLIERS)} step sizes)")
+                f"{distinct(len(e['etas']) for e in probe if e.get('etas'))} step sizes "
+                f"({distinct(', '.join(f'{v:g}' for v in e['etas']) for e in probe if e.get('etas'))}), in fp32 "
+                f"(the paper: {PAPER_PROBE_STEPS:,} steps, {len(ETA_MULTIPLIERS)} step sizes, "
+                f"{min(ETA_MULTIPLIERS) * PROBE_LR:g} to {max(ETA_MULTIPLIERS) * PROBE_LR:g} at lr {PROBE_LR:g})")
         what = f"{len(probe)} runs, " + (f"{runtime} in all" if runtime else "not recorded")
     else:
         size = f"{distinct(e.get('num_images') for e in slices)} training images per point"

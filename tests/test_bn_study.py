@@ -125,6 +125,26 @@ def test_linear_least_squares_gives_exact_predictiveness_and_beta():
     assert summary["nonfinite"] == [0]
 
 
+def test_gradient_norms_of_a_diverging_network_stay_finite():
+    # float32 overflows here (the norm of ten values of 1e20 is 3.2e20, its square 1e41); the probe's maxima
+    # would then drop exactly the least smooth steps.
+    assert torch.linalg.vector_norm(torch.full((10,), 1e20)).isinf()
+    norm = S._global_norm([torch.full((10,), 1e20), torch.zeros(3)])
+    assert norm.dtype == torch.float64 and norm.item() == pytest.approx(math.sqrt(10) * 1e20, rel=1e-6)
+
+
+def test_probe_summary_counts_a_beta_that_is_not_finite_once():
+    finite = {"loss": torch.tensor([1.0, 2.0]), "gdiff": torch.tensor([0.5, 1.0], dtype=torch.float64),
+              "grad_norm": torch.tensor(1.0, dtype=torch.float64)}
+    zero_grad = dict(finite, gdiff=torch.tensor([0.0, float("inf")], dtype=torch.float64),
+                     grad_norm=torch.tensor(0.0, dtype=torch.float64))
+    records = [dict(r, beta=r["gdiff"] / (torch.tensor([0.1, 0.2], dtype=torch.float64) * r["grad_norm"]))
+               for r in (finite, zero_grad)]
+    out = S.summarize_probes(records)
+    # The second probe: beta 0/0 (NaN, its gdiff finite: counted) and inf/0 (its gdiff counted already).
+    assert out["nonfinite"] == [0, 2] and out["beta"][0] == pytest.approx(5.0) and math.isnan(out["beta"][1])
+
+
 def test_nan_minmax_ignores_and_counts_nonfinite():
     v = torch.tensor([[1.0, float("nan"), 3.0, float("inf")], [float("nan")] * 4, [2.0, -1.0, 0.5, 4.0]])
     lo, hi, bad = S.nan_minmax(v)
@@ -265,6 +285,7 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, mo
         proto = summary["protocol"][model]
         assert 0.0 <= proto["best_val_acc_lr1e3"] <= 1.0
         assert proto["loss_band"]["num_runs"] == 2 and proto["loss_band"]["mean_width"] >= 0
+        assert proto["arithmetic"] == ["fp32", "fp32"]  # a CPU run of precision auto (a CUDA one: bf16 autocast)
         assert set(proto["grad_range"]) == {"0.001", "0.0001"}
         probe = summary["probe"][model]
         assert probe["num_probes"] == 2 and probe["beta"]["min"] > 0 and not probe["lr_fallback"]

@@ -342,7 +342,7 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     summary = bn_summary(study_dirs)
     line = part2_context(summary, kind="protocol")
     # 2 networks x 2 learning rates of the fixture, 2 epochs each on 1,000 images, 10 s of training per run
-    assert "(fake.tar.gz) | 1,000 training images; per run 2 epochs at batch 128 | profile: quick" in line
+    assert "(fake.tar.gz) | 1,000 training images; per run 2 epochs at batch 128, fp32 | profile: quick" in line
     assert "runtime: 4 runs, 40 s of training in all" in line and "seed: 2020" in line
     assert f"| device: {ENV['device']} |" in line
     # A partial study (the lr-1e-3 runs not yet trained) still says where and on what its runs trained.
@@ -354,7 +354,7 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     summary.update(_probe_summary(stuck=False))
     line = part2_context(summary, kind="probe")
     assert "| 10,000 training images; 100 steps at batch 128, a probe every 10 steps at 4 step sizes" in line
-    assert "(the paper: 15,000 steps, 8 step sizes) |" in line and "runtime: 2 runs, 3.0 min in all" in line
+    assert "in fp32 (the paper: 15,000 steps, 8 step sizes, 0.05 to 0.4 at lr 0.1) |" in line and "runtime: 2 runs, 3.0 min in all" in line
     # Nothing recorded: said so, not formatted as numbers.
     empty = {"protocol": {"VGG_A": {"best_val_acc": {}}}, "probe": {}, "slice": {}}
     assert "| - training images; per run - epochs at batch - |" in part2_context(empty)
