@@ -500,7 +500,7 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
         size = (f"{distinct(e.get('num_train_used') for e in proto)} training images; per run "
                 f"{distinct(n for e in proto for n in e.get('epochs', []))} epochs at batch "
                 f"{distinct(e.get('batch_size') for e in proto)}")
-        if arithmetic := _unique(a for e in proto for a in e.get("arithmetic", [])):  # results of 2026-11-29 on
+        if arithmetic := _unique(a for e in proto for a in e.get("arithmetic", [])):  # none: no protocol run read
             size += f", {join_distinct(arithmetic)}"
         what = f"{runs} runs, " + (f"{runtime} of training in all" if runtime else "not recorded")
     elif kind == "probe":
