@@ -755,6 +755,9 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             band_width = _as_float_array(p["loss_max"]) - _as_float_array(p["loss_min"])
             summary["probe"][model] = {
                 "label": LABELS[model], "lr": r["lr"], "lr_fallback": r.get("lr_fallback") is not None,
+                # Why, without the losses it was judged on (run_probes' record of the stuck check at the first lr).
+                "fallback_why": {k: v for k, v in (r.get("lr_fallback") or {}).items()
+                                 if k in ("from_lr", "to_lr", "stuck_check")} or None,
                 "num_steps": r["steps_done"], "num_probes": len(p["step"]), "etas": r["etas"],
                 "beta": _finite_stats(p["beta"]), "gpred_max": _finite_stats(p["gpred_max"]),
                 "gpred_min": _finite_stats(p["gpred_min"]), "loss_band_width": _finite_stats(band_width),

@@ -540,8 +540,25 @@ def part2_markdown(summary: dict, profile: str | None = None) -> str:
         if rows:
             ctx = part2_context(summary, profile, PART2_CONTEXT_KIND[key])
             caveat = "".join(f"\n\n**Caveat:** {c}" for c in part2_caveats(summary)) if key == "probe" else ""
+            if key == "probe" and (note := fallback_note(summary)):
+                caveat = f"\n\n{note}{caveat}"
             parts.append(f"**{titles[key]}**\n\n" + markdown_table(headers, rows) + f"\n\n*{ctx}*{caveat}\n\n")
     return "\n".join(parts)
+
+
+def fallback_note(summary: dict) -> str:
+    """One sentence where the probe runs fell back to a lower learning rate (BN_METHODS.md: the network without BN
+    does not train at lr 0.1): from which lr to which, and the stuck check that decided it; '' otherwise."""
+    why = next((p["fallback_why"] for p in summary.get("probe", {}).values() if p.get("fallback_why")), None)
+    if why is None:
+        return ""
+    check = why.get("stuck_check") or {}
+    seen = (f"its training loss became non-finite before step {check.get('step')}" if _missing(check.get("mean_loss"))
+            else f"its mean training loss {fmt_num(check.get('mean_loss'), 4)} over the {check.get('window')} steps "
+                 f"before step {check.get('step')}, above the threshold {fmt_num(check.get('threshold'))}")
+    return (f"Both networks were probed at lr {fmt_num(why.get('to_lr'))}, not {fmt_num(why.get('from_lr'))}: at "
+            f"{fmt_num(why.get('from_lr'))} VGG-A did not train ({seen}), so, as BN_METHODS.md says, both ran again "
+            f"at the lower lr, with the step sizes scaled by the same factor.")
 
 
 EARLY_PROBE_SHARE = 0.1  # probes before the later plateau exit: a caveat from this share of the probes on

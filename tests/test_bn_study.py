@@ -259,6 +259,14 @@ def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_pat
         assert r["lr_fallback"]["from_lr"] == 0.1 and r["lr_fallback"]["stuck_check"]["stuck"]
         assert r["steps_done"] == 3  # the fallback runs are complete
     assert plain["data_order_sha256"] == bn["data_order_sha256"]
+    from lib.report import fallback_note  # the report says why, from the summary
+
+    check = plain["lr_fallback"]["stuck_check"]
+    assert fallback_note(S.bn_summary(dirs)) == (
+        f"Both networks were probed at lr 0.05, not 0.1: at 0.1 VGG-A did not train (its mean training loss "
+        f"{check['mean_loss']:.4g} over the {check['window']} steps before step {check['step']}, above the threshold "
+        f"0), so, as BN_METHODS.md says, both ran again at the lower lr, with the step sizes scaled by the same factor.")
+    assert fallback_note({"probe": {"VGG_A": {"fallback_why": None}}}) == ""
     monkeypatch.setattr(S, "_train_with_probes", lambda *a, **k: pytest.fail("should have reused"))
     capsys.readouterr()
     assert S.run_probes("smoke", tiny_source, dirs, progress=False, configs=configs) == [plain, bn]
