@@ -797,6 +797,8 @@ def part2_findings(summary: dict) -> list[str]:
                                f"network, both training): median {fmt_num(b_late[key])} with BN vs "
                                f"{fmt_num(a_late[key])} without "
                                f"({with_bn(b_late[key], a_late[key], 'larger', 'smaller')}).")
+        out.append("The probe lines compare one probe run per network (one seed): they give directions, not tests "
+                   "of significance.")
         if summary.get("same_data_order") is not None:
             out.append("Both probe runs saw the same mini-batches in the same order: "
                        f"{'yes' if summary['same_data_order'] else 'NO (the comparison is confounded)'}.")
