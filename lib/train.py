@@ -686,7 +686,9 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
     commit_at_start = git_commit()  # a resumed run keeps the commit its first epoch ran with
     if last_ckpt.exists():
-        state = read_checkpoint(last_ckpt, device)
+        # Read on the CPU: load_state_dict moves the weights and optimiser state to the device, and the CPU random
+        # state must stay a CPU tensor (torch.set_rng_state refuses a CUDA one, which map_location=device made).
+        state = read_checkpoint(last_ckpt)
         if checkpoint_written_for(state, cfg):
             model.load_state_dict(state["model"])
             opt_kind = state["optimizer_kind"]
@@ -695,7 +697,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
             weight_hists, steps = state["weight_hists"], state["steps"]
             commit_at_start = state.get("git_commit_start", "unknown")  # older checkpoints did not record it
-            torch.set_rng_state(state["rng_cpu"])
+            torch.set_rng_state(state["rng_cpu"].cpu())
             if progress:
                 print(f"[{cfg.name}] resuming after epoch {start_epoch} of {cfg.num_epochs} ({last_ckpt})")
 

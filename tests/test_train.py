@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,6 +176,36 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert strip_seconds(resumed["history"]) == strip_seconds(full["history"])
     assert resumed["test_acc"] == full["test_acc"]
     assert (full["epochs_this_call"], resumed["epochs_this_call"]) == (4, 2)  # what lib.plan.estimate_check reads
+
+
+def test_resume_after_the_optimiser_switch_restores_sgd_and_reads_the_checkpoint_on_the_cpu(tiny_source, tmp_path,
+                                                                                           monkeypatch):
+    # Switch at int(0.4 x 5) = 2: the call stops after epoch 2, the first SGD one, so SGD's momentum is restored.
+    cfg = tiny_cfg(tiny_source, num_epochs=5, switch_frac=0.4)
+    full = T.train(cfg, dirs=output_dirs("smoke", root=tmp_path / "a"), progress=False)
+    dirs = output_dirs("smoke", root=tmp_path / "b")
+    assert T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=3)["status"] == "incomplete"
+    state = T.read_checkpoint(dirs.checkpoints / "tiny.last.pt")
+    assert state["optimizer_kind"] == "sgd" and any("momentum_buffer" in s for s in state["optimizer"]["state"].values())
+    reads = []
+    real = T.read_checkpoint
+    monkeypatch.setattr(T, "read_checkpoint", lambda path, *a, **k: reads.append((Path(path).name, a, k)) or real(
+        path, *a, **k))
+    resumed = T.train(cfg, dirs=dirs, progress=False)
+    assert [r["optimizer"] for r in full["history"]] == ["adamw"] * 2 + ["sgd"] * 3
+    assert strip_seconds(resumed["history"]) == strip_seconds(full["history"]) and resumed["test_acc"] == full["test_acc"]
+    # Read where it was saved (the CPU), not onto the training device: on CUDA, map_location=device made the CPU
+    # random state a CUDA tensor, which torch.set_rng_state refuses (TypeError), so every resume there failed.
+    assert ("tiny.last.pt", (), {}) in reads
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_run_on_cuda_resumes_from_its_checkpoint(tiny_source, tmp_path):
+    cfg = tiny_cfg(tiny_source, num_epochs=2, device="cuda")
+    dirs = output_dirs("smoke", root=tmp_path)
+    assert T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)["status"] == "incomplete"
+    done = T.train(cfg, dirs=dirs, progress=False)
+    assert done["status"] == "ok" and done["epochs_this_call"] == 1 and len(done["history"]) == 2
 
 
 @pytest.mark.parametrize("gpu_bookkeeping", [False, True])
