@@ -6,6 +6,7 @@ Compute only: these functions return tensors; lib.part1_plots draws them.
     maps = attention_maps(model, x)                   # x: normalised (B, 3, 32, 32)
     maps['sa'][0].shape  -> (B, 32, 32)               # SA map of block 0 (values in (0, 1))
     maps['se'][-1].shape -> (B, 4w)                   # SE channel weights of the last block
+    maps['gate_a'][0].shape -> (B, 32, 32)            # the gate block 0's output puts on path a (mean over channels)
 """
 from __future__ import annotations
 
@@ -135,11 +136,15 @@ def _canet_blocks(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def attention_maps(model: nn.Module, x: torch.Tensor) -> dict:
-    """Run a CANet on normalised x (B,3,32,32): {'sa': [(B,H,W)] per block, 'se': [(B,C)] per block, 'logits': (B,10)}.
+    """Run a CANet on normalised x (B,3,32,32): {'sa': [(B,H,W)], 'se': [(B,C)], 'gate_a': [(B,H,W)], 'gate_b':
+    [(B,C)] per block, 'logits': (B,10)}.
 
-    The maps are the sigmoid gates each block's SA / SE multiplies its path by (values in (0, 1));
-    block i's maps have the block's output size. The model runs in eval mode (BN running statistics)
-    and its train/eval mode is restored; tensors are returned on the CPU as float32.
+    'sa' / 'se': the sigmoid gates SA and SE multiply their path by (values in (0, 1)): SA(a) = s * a and
+    SE(b) = w * b. These are what the two pass on to the shared unit_transform U, not the gates of the block's
+    output, which is u_a * a + u_b * b + shortcut with u_a = U(SA(a)), u_b = U(SE(b)) (U: 1x1 convs that mix
+    channels, no biases, a sigmoid). 'gate_a': u_a averaged over channels (B,H,W); 'gate_b': u_b averaged over
+    positions (B,C). Block i's maps have the block's output size. The model runs in eval mode (BN running
+    statistics) and its train/eval mode is restored; tensors are returned on the CPU as float32.
     """
     blocks = _canet_blocks(model)
     if x.ndim != 4 or x.shape[1] != 3:
@@ -147,19 +152,22 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict:
     param = next(model.parameters())
     x = x.to(device=param.device, dtype=param.dtype)
     sa, se = [None] * len(blocks), [None] * len(blocks)
+    gate_a, gate_b = [None] * len(blocks), [None] * len(blocks)
 
-    def hook(store, i):
-        # The hooked module's input is the path output (B, C, H, W); recompute its gate from it.
+    def hook(store, gates, i, block, reduce_dims):
+        # The hooked module's input is the path output (B, C, H, W); recompute its gate from it. Its output goes
+        # through the block's unit_transform: the gate the block's output uses.
         def fn(module, inputs, output):
             store[i] = module.attention(inputs[0]).float().cpu()
+            gates[i] = block.unit_transform(output).float().mean(reduce_dims).cpu()
         return fn
 
     handles = []
     was_training = model.training
     try:
         for i, block in enumerate(blocks):
-            handles.append(block.sa.register_forward_hook(hook(sa, i)))
-            handles.append(block.se.register_forward_hook(hook(se, i)))
+            handles.append(block.sa.register_forward_hook(hook(sa, gate_a, i, block, 1)))
+            handles.append(block.se.register_forward_hook(hook(se, gate_b, i, block, (2, 3))))
         model.eval()
         logits = model(x).float().cpu()
     finally:
@@ -168,7 +176,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict:
         model.train(was_training)
     return {"sa": [m[:, 0] for m in sa],  # (B, 1, H, W) -> (B, H, W)
             "se": [w[:, :, 0, 0] for w in se],  # (B, C, 1, 1) -> (B, C)
-            "logits": logits}
+            "gate_a": gate_a, "gate_b": gate_b, "logits": logits}
 
 
 def first_layer_filter_groups(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -324,8 +324,8 @@ def _ridge(entries: list[dict], group: str, title: str, figs_dir, subtitle: str 
     ax.set_ylim(-0.3, n - 1 + height + 0.2)
     ax.set(xlabel="weight value", ylabel="epoch")
     ax.axvline(0, color="0.5", lw=0.6, ls=":", zorder=0)
-    ax.set_title(f"{title}\ndistribution per epoch ({curves[-1][3]:,} weights; density, offset per epoch)",
-                 fontsize=10)
+    ax.set_title(f"{title}\ndistribution per epoch ({curves[-1][3]:,} weights; density over bins spanning each "
+                 f"epoch's own range, offset per epoch)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     caption(fig, subtitle)
     return _save(fig, f"p1_ridge_{group}", figs_dir)
@@ -358,9 +358,10 @@ def plot_attention(model: torch.nn.Module, images_uint8, labels, figs_dir, mean,
     """What SA and SE do on real test images -> ['p1_attention_sa', 'p1_attention_se'].
 
     SA: each image with the spatial map of the first, middle and last block overlaid (bilinear upsampling
-    to 32x32, over the image in grey; colours min-max scaled per map, the map's range is printed).
+    to 32x32, over the image in grey; colours min-max scaled per map, the map's range is printed, and the range
+    of the gate the block's output puts on path a, unit_transform's output averaged over channels).
     SE: the channel weights of the last two blocks per image, channels sorted by their mean weight over
-    the shown images.
+    the shown images. Both show what SA and SE pass on to unit_transform (lib.attention.attention_maps).
     `images_uint8`: NHWC (or NCHW) uint8 images; mean/std: the normalisation the model was trained with.
     """
     X, y = _examples(images_uint8, labels, n_images)
@@ -369,12 +370,13 @@ def plot_attention(model: torch.nn.Module, images_uint8, labels, figs_dir, mean,
     pred = maps["logits"].argmax(1).numpy()
     names = [(CLASSES[t], CLASSES[p], t == p) for t, p in zip(y.tolist(), pred.tolist())]
     model_name = model_name or type(model).__name__
-    return [_attention_sa(X, maps["sa"], names, model_name, figs_dir, subtitle),
+    return [_attention_sa(X, maps["sa"], maps["gate_a"], names, model_name, figs_dir, subtitle),
             _attention_se(maps["se"], names, model_name, figs_dir, subtitle)]
 
 
-def _attention_sa(X, sa_maps, names, model_name, figs_dir, subtitle) -> Path:
-    """Image + SA maps of the first / middle / last block, one row per image."""
+def _attention_sa(X, sa_maps, gates, names, model_name, figs_dir, subtitle) -> Path:
+    """Image + SA maps of the first / middle / last block, one row per image; each map's range and that of the
+    block's output gate on path a (`gates`: attention_maps' 'gate_a')."""
     nb = len(sa_maps)
     picked = sorted({0, nb // 2, nb - 1})
     n = len(X)
@@ -393,15 +395,18 @@ def _attention_sa(X, sa_maps, names, model_name, figs_dir, subtitle) -> Path:
             ax.imshow(gray, cmap="gray", vmin=0, vmax=255, interpolation="nearest")  # grey keeps the map legible
             ax.imshow(((up - lo) / max(hi - lo, 1e-8)).numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1,
                       interpolation="nearest")
-            ax.text(1, 31, f"{lo:.3f}-{hi:.3f}", color="white", fontsize=7, va="bottom",
+            g = gates[b][r]
+            ax.text(1, 31, f"SA {lo:.3f}-{hi:.3f}\nU  {float(g.min()):.3f}-{float(g.max()):.3f}", color="white",
+                    fontsize=6.5, va="bottom", family="monospace",
                     bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
             if r == 0:
-                ax.set_title(f"SA, block {b}\n({m.shape[0]}x{m.shape[1]} map)", fontsize=9)
+                ax.set_title(f"SA, block {b}\n({m.shape[0]}x{m.shape[1]} map, bilinear)", fontsize=9)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"Spatial attention of {model_name}: bright = kept, dark = damped\n"
-                 "(colours scaled per map; numbers: the map's min-max gate value)", fontsize=10)
+    fig.suptitle(f"Spatial attention (SA) of {model_name}: what SA passes on to unit_transform U (bright) and damps "
+                 f"(dark)\n(colours scaled per map; numbers: the SA gate's min-max, and that of the gate the block's "
+                 f"output puts on this path, U's output averaged over channels)", fontsize=9)
     caption(fig, subtitle)
     return _save(fig, "p1_attention_sa", figs_dir)
 
@@ -434,6 +439,7 @@ def _attention_se(se_weights, names, model_name, figs_dir, subtitle) -> Path:
         ax2.grid(alpha=0.3)
         if r == 0:
             ax2.legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"Channel attention (SE) of {model_name}: which channels are passed on most", fontsize=11)
+    fig.suptitle(f"Channel attention (SE) of {model_name}: which channels SE passes on to unit_transform most "
+                 f"(whose 1x1 convolutions then mix the channels)", fontsize=11)
     caption(fig, subtitle)
     return _save(fig, "p1_attention_se", figs_dir)

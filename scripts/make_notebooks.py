@@ -217,12 +217,16 @@ hardly change mean the weights stayed close to where the first epoch left them.'
     display(Image(filename=path))'''),
     md('''## Attention on real test images: where SA looks, which channels SE passes on'''),
     md('''The first figure shows each test image (title: true and predicted class, green when right, red when wrong)
-with the SA gate of the first, middle and last block laid over a grey copy of it: bright is kept, dark is
-damped. Colours are scaled per map, so read the printed min-max gate value too: a narrow range means SA weighs
-the whole image almost alike. The second figure shows the SE channel weights of the last two blocks, one row
-per image with the channels sorted by their mean weight (left), and each image's weights sorted (right): a
-steep curve means SE passes a few channels and damps the rest, and rows that look alike mean its choice
-hardly depends on the image.'''),
+with the SA gate of the first, middle and last block laid over a grey copy of it: bright is what SA passes on,
+dark what it damps. SA and SE do not gate the block's output themselves: what they pass on goes through the
+shared `unit_transform` U, and the block adds U's outputs times each path (plus the shortcut). So each panel
+prints two ranges: the SA gate's and that of U's gate on the path (averaged over channels); a U range close
+to 0.5 means the block's output hardly follows the SA map. Colours are scaled per map, so read the printed
+ranges too: a narrow range means SA weighs the whole image almost alike. The second figure shows the SE
+channel weights of the last two blocks, one row per image with the channels sorted by their mean weight
+(left), and each image's weights sorted (right): a steep curve means SE passes a few channels on to U and damps
+the rest (U's 1x1 convolutions then mix the channels), and rows that look alike mean its choice hardly depends
+on the image.'''),
     code('''if net is not None:
     X, y = part1.sample_test_images(result, n=64)  # a pool; the figure picks distinct classes from it
     for path in plot_attention(net, X, y, dirs.figs, *part1.normalization(result), n_images=num_images,

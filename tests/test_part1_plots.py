@@ -79,6 +79,15 @@ def test_attention_maps_shapes_values_and_hooks_removed(tiny):
     assert tiny.training  # mode restored
     tiny.eval()
     assert torch.allclose(maps["logits"], tiny(x), atol=1e-5)  # logits are the eval-mode forward
+    # The gates the first block's output uses, computed by hand: u_a = U(SA(a)), u_b = U(SE(b)).
+    with torch.no_grad():
+        block = tiny.blocks[0]
+        a, b = block.path_a(x), block.path_b(x)
+        u_a, u_b = block.unit_transform(block.sa(a)), block.unit_transform(block.se(b))
+    assert torch.allclose(maps["gate_a"][0], u_a.mean(1), atol=1e-6)
+    assert torch.allclose(maps["gate_b"][0], u_b.mean((2, 3)), atol=1e-6)
+    assert [tuple(m.shape) for m in maps["gate_a"]] == [(3, s, s) for s in SA_SIZES]
+    assert [tuple(w.shape) for w in maps["gate_b"]] == [(3, c) for c in SE_WIDTHS]
 
 
 class Boom(nn.Module):
