@@ -129,7 +129,11 @@ def flip_crop_with(x: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, dx: to
 
 
 def flip_crop(x: torch.Tensor, padding: int = 4, *, generator: torch.Generator) -> torch.Tensor:
-    """Per image: horizontal flip with p=0.5, then RandomCrop(H x W, padding) (offsets uniform in [0, 2*padding])."""
+    """Per image: horizontal flip with p=0.5, then RandomCrop(H x W, padding) (offsets uniform in [0, 2*padding]).
+
+    The padding is zeros in x's own values: give it the uint8 images, before normalising, as torchvision pads the
+    PIL image (a padded pixel then normalises to -mean/std, as there); a normalised batch would be padded with
+    its mean instead."""
     _check_batch(x)
     _check_generator(generator)
     n = x.shape[0]

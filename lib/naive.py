@@ -154,8 +154,9 @@ def _naive_pipeline(cfg: TrainConfig, dev: torch.device, num_workers: int, seed:
     eval_tf = train_tf if val_transforms == "train" else eval_tf
     train_set, val_set, kind, info = naive_datasets(cfg, train_tf, eval_tf)
     pin = dev.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size,
-                                               shuffle=True, num_workers=num_workers, pin_memory=pin)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
+                                               num_workers=num_workers, pin_memory=pin,
+                                               drop_last=len(train_set) % cfg.batch_size == 1)  # as lib.train: BN
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=num_workers, pin_memory=pin)
     torch.manual_seed(seed)
