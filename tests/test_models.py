@@ -213,6 +213,12 @@ def test_merged_blocks_compute_the_same_with_fewer_convolutions():
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-10, msg=name)
     for (name, buf), other in zip(per_path.named_buffers(), merged.buffers()):
         torch.testing.assert_close(other, buf, rtol=1e-10, atol=1e-10, msg=name)
+    # In eval mode (running statistics) and in channels_last, too.
+    merged.eval(), per_path.eval()
+    torch.testing.assert_close(merged(x), per_path(x), rtol=1e-10, atol=1e-10)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(merged.to(memory_format=torch.channels_last)(x_cl), per_path(x), rtol=1e-10,
+                               atol=1e-10)
     # The shared unit_transform runs once per block in the merged form, on SA(a) and SE(b) stacked.
     calls = []
     merged.blocks[0].unit_transform.register_forward_hook(lambda m, i, o: calls.append(o.shape))

@@ -116,6 +116,11 @@ class AttResBlock(nn.Module):
         super().__init__()
         self.path_a = _conv_path(in_ch, out_ch, stride)
         self.path_b = _conv_path(in_ch, out_ch, stride)
+        # The merged form (_forward_merged) runs both paths' first convolutions as one with the default stride and
+        # dilation: they must share their settings, stride 1 among them.
+        first = (self.path_a[0], self.path_b[0])
+        assert all(getattr(first[0], k) == getattr(first[1], k) for k in ("kernel_size", "stride", "padding",
+                                                                           "dilation")) and first[0].stride == (1, 1)
         self.sa = SpatialAttention(sa_kernel, sa_padding)
         self.se = ChannelAttention()
         # ONE module applied to both attended maps, so both paths are gated by the same transform.
