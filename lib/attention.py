@@ -179,6 +179,49 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict:
             "gate_a": gate_a, "gate_b": gate_b, "logits": logits}
 
 
+ATTENTION_IMAGES = 256  # test images of the attention-spread record (a fixed seeded sample across classes)
+
+
+def attention_spread(maps: dict) -> list[dict]:
+    """Per block of attention_maps' output, how much each gate varies within one image, averaged over the images
+    (max - min): 'sa' the SA map, 'gate_a' the gate the block's output puts on path a (U's output averaged over
+    channels), 'se' the SE weights over channels, 'gate_b' the gate on path b (averaged over positions)."""
+    def spread(t: torch.Tensor) -> float:
+        flat = t.flatten(1).double()
+        return float((flat.amax(1) - flat.amin(1)).mean())
+
+    return [{"block": i, "sa": spread(sa), "gate_a": spread(ga), "se": spread(se), "gate_b": spread(gb)}
+            for i, (sa, ga, se, gb) in enumerate(zip(maps["sa"], maps["gate_a"], maps["se"], maps["gate_b"]))]
+
+
+def attention_path(dirs, result: dict) -> Path:
+    """Where save_attention_spread writes the record of `result`'s run."""
+    return Path(dirs.results) / f"attention-{result['name']}.json"
+
+
+def save_attention_spread(model: nn.Module, result: dict, dirs, num_images: int = ATTENTION_IMAGES,
+                          batch_size: int = 64) -> Path:
+    """attention_spread of `model` (the validation-selected weights of `result`'s run, load_trained) on
+    `num_images` test images (lib.part1.sample_test_images), in batches, written to attention_path (atomic) for
+    the report."""
+    from lib import part1
+    from lib.augment import to_float_normalized
+    from lib.results import atomic_write_json, environment_info
+
+    X, _ = part1.sample_test_images(result, n=num_images)
+    x = to_float_normalized(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous(), *part1.normalization(result))
+    parts = [attention_maps(model, chunk) for chunk in x.split(batch_size)]
+    maps = {k: [torch.cat([p[k][i] for p in parts]) for i in range(len(parts[0][k]))]
+            for k in ("sa", "gate_a", "se", "gate_b")}
+    record = {"name": attention_path(dirs, result).stem, "run": result["name"], "model": result["model"],
+              "profile": result.get("profile"), "best_epoch": result.get("best_epoch"), "num_images": len(X),
+              "data": (result.get("data") or {}).get("label"), "blocks": attention_spread(maps),
+              **environment_info(next(model.parameters()).device)}
+    path = attention_path(dirs, result)
+    atomic_write_json(path, record)
+    return path
+
+
 def first_layer_filter_groups(model: nn.Module) -> dict[str, torch.Tensor]:
     """First convolution(s) on the RGB input by name: CANet's three in block 0 (both paths and the shortcut),
     else the first Conv2d."""

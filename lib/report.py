@@ -383,6 +383,31 @@ def _hist_std(h: dict) -> float:
     return float(np.sqrt(((centres - mean) ** 2 * counts).sum() / max(counts.sum(), 1)))
 
 
+def attention_markdown(dirs: OutputDirs, main: dict | None) -> str | None:
+    """The attention-spread record of the main run (lib.attention.save_attention_spread, written by notebook 03
+    where the run's checkpoint is) as a table with its context and one sentence; None without a record of the
+    run's selected weights."""
+    from lib.attention import attention_path
+
+    path = attention_path(dirs, main) if main else None
+    if path is None or not path.exists():
+        return None
+    rec = read_json(path)
+    if rec.get("run") != main["name"] or rec.get("best_epoch") != main.get("best_epoch") or not rec.get("blocks"):
+        return None  # a record of other weights (the run was trained again since)
+    rows = [[b["block"], fmt_num(b["sa"], 3), fmt_num(b["gate_a"], 3), fmt_num(b["se"], 3), fmt_num(b["gate_b"], 3)]
+            for b in rec["blocks"]]
+    ratios = [b["sa"] / b["gate_a"] for b in rec["blocks"] if b["gate_a"] > 0]
+    table = markdown_table(("block", "SA map", "gate on path a (U, mean over channels)", "SE weights",
+                            "gate on path b (U, mean over positions)"), rows)
+    sentence = (f" Within an image, the gate the block's output puts on path a varies {np.median(ratios):.0f}x less "
+                f"than SA's map (the median over the {len(ratios)} blocks; {min(ratios):.0f}x to "
+                f"{max(ratios):.0f}x)." if ratios else "")
+    return (f"How much each gate varies within one image (max - min, the mean over {rec['num_images']} test images "
+            f"of {rec['run']}, the validation-selected epoch {rec['best_epoch']}, eval mode):\n\n{table}\n\n"
+            f"*data: {rec.get('data')} | profile: {rec.get('profile')} | device: {rec.get('device')}*{sentence}")
+
+
 def weight_spread(history: list[dict]) -> list[dict]:
     """Per weight group: the spread (std) of its weights at the first and the last recorded epoch."""
     out = []
@@ -941,6 +966,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
                       if main and main.get("per_class_acc") else None),
         "confusions": confusions(main) if main else [],
         "weight_spread": (weight_spread(read_json(weights_path)) if weights_path and weights_path.exists() else []),
+        "attention_spread": attention_markdown(dirs, main),
         "part2": part2_markdown(summary, join_distinct((r.get("profile") for r in bn), empty="") or None)
         if (summary.get("protocol") or summary.get("probe")) else None,
         "part2_findings": part2_findings(summary),

@@ -40,9 +40,18 @@ def params_cell(extra: str):
 
 
 def setup_cell(imports: str):
-    """Imports (one per line, sorted with the reuse_only switch's) and the output folders of this run."""
-    lines = sorted(imports.strip().splitlines() + ["from lib.results import set_reuse_only"])
-    return new_code_cell(SETUP_HEAD + "\n".join(lines) + "\n" + SETUP_TAIL)
+    """Imports ('from M import a, b' lines, merged per module and sorted with the reuse_only switch's), then any
+    other set-up lines, and the output folders of this run."""
+    names: dict[str, set] = {}
+    rest = []  # the cell's other lines (set-up code after the imports), in their order
+    for line in imports.strip().splitlines() + ["from lib.results import set_reuse_only"]:
+        if not line.startswith("from "):
+            rest += [line] if line.strip() else []
+            continue
+        module, _, imported = line.removeprefix("from ").partition(" import ")
+        names.setdefault(module, set()).update(n.strip() for n in imported.split(","))
+    lines = [f"from {m} import {', '.join(sorted(n))}" for m, n in sorted(names.items())]
+    return new_code_cell(SETUP_HEAD + "\n".join(lines + ([""] + rest if rest else [])) + "\n" + SETUP_TAIL)
 
 
 def md(text):
@@ -191,10 +200,11 @@ shows that run, and `publish = True` uses its weights only if they reproduce the
 epoch and validation accuracy). `publish = True` redraws the figures in the committed `figs/quick/` from the same
 files.'''),
     setup_cell('''from lib import part1
-from lib.attention import trained_or_none
+from lib.attention import save_attention_spread, trained_or_none
 from lib.data import canonical_source
 from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
 from lib.paths import output_dirs
+from lib.results import read_json
 from lib.train import resolve_device'''),
     code('''result = part1.main_run(dirs, model, seed, source)  # refused if trained on other data than `source`
 caption = run_caption(result)
@@ -232,6 +242,12 @@ on the image.'''),
     for path in plot_attention(net, X, y, dirs.figs, *part1.normalization(result), n_images=num_images,
                                subtitle=caption, model_name=result["model"]):
         display(Image(filename=path))'''),
+    md('''How much each gate varies within one image, per block, on 256 test images (max - min, the mean over the
+images): SA's map and the gate the block's output puts on path a (U's output, averaged over channels), SE's
+weights over channels and the gate on path b (averaged over positions). Saved for the report.'''),
+    code('''if net is not None:
+    spread_file = save_attention_spread(net, result, dirs)
+    display(pd.DataFrame(read_json(spread_file)["blocks"]).set_index("block").round(4))'''),
     md('''## Per-class accuracy and the confusion matrix (test set)'''),
     code('''part1.per_class_frame(result)'''),
     md('''The confusion matrix: rows are the true classes, columns the predicted ones, each row normalised to 100% of

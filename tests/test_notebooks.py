@@ -157,6 +157,8 @@ def test_every_figure_is_written(study):
     figs = Path(output_dirs("smoke", root=root).figs)
     missing = [f for f in P1_FIGURES + P2_FIGURES if not (figs / f"{f}.png").is_file()]
     assert not missing, f"figures not written: {missing}"
+    # Notebook 03 also records the main run's attention spread for the report.
+    assert (Path(output_dirs("smoke", root=root).results) / "attention-p1-CANet-s0.json").is_file()
 
 
 def test_report_links_only_existing_figures(study):
@@ -173,6 +175,7 @@ def test_report_links_only_existing_figures(study):
                                                        if any(f in line for f in P1_FIGURES + P2_FIGURES))
     assert "This report is rendered from the `smoke` profile** (a run for trying the project" in text  # build/
     assert "Until the full profile's results are complete" not in text
+    assert "How much each gate varies within one image" in text  # notebook 03's attention-spread record
     comparison = text.split("### Results: the comparison")[1].split("\n#")[0]  # the section, up to the next heading
     rows = [line for line in comparison.splitlines() if line.startswith("| ") and line.count(" | ") == 9]
     assert len(rows) == 1 + len(PART1_MODELS) and not any("not run" in r for r in rows)

@@ -90,6 +90,38 @@ def test_attention_maps_shapes_values_and_hooks_removed(tiny):
     assert [tuple(w.shape) for w in maps["gate_b"]] == [(3, c) for c in SE_WIDTHS]
 
 
+def test_attention_spread_is_recorded_for_the_report(tiny, tiny_source, tmp_path):
+    from lib.attention import attention_spread, save_attention_spread
+    from lib.experiments import part1_config
+    from lib.paths import output_dirs
+    from lib.results import read_json
+
+    maps = {"sa": [torch.tensor([[[0.2, 0.9]], [[0.5, 0.5]]])], "gate_a": [torch.tensor([[[0.5, 0.52]], [[0.4, 0.5]]])],
+            "se": [torch.tensor([[0.1, 0.3, 0.2], [0.0, 1.0, 0.5]])], "gate_b": [torch.tensor([[0.5, 0.5], [0.1, 0.2]])]}
+    spread = attention_spread(maps)[0]  # per image max - min, then the mean over the two images
+    assert spread["block"] == 0 and spread["sa"] == pytest.approx((0.7 + 0.0) / 2)
+    assert spread["gate_a"] == pytest.approx((0.02 + 0.1) / 2) and spread["se"] == pytest.approx((0.2 + 1.0) / 2)
+    assert spread["gate_b"] == pytest.approx((0.0 + 0.1) / 2)
+    cfg = part1_config("CANet_tiny", "smoke", tiny_source, 0)
+    result = {"name": cfg.name, "model": "CANet_tiny", "profile": "smoke", "config": cfg.to_dict(), "best_epoch": 1,
+              "data": {"label": "tiny"}}
+    dirs = output_dirs("smoke", root=tmp_path)
+    path = save_attention_spread(tiny, result, dirs, num_images=20)  # 20 of the tiny copy's 50 test images
+    rec = read_json(path)
+    assert path.name == "attention-p1-CANet_tiny-s0.json" and rec["run"] == cfg.name and rec["num_images"] == 20
+    assert [b["block"] for b in rec["blocks"]] == list(range(6)) and rec["best_epoch"] == 1
+    assert all(0 <= b[k] < 1 for b in rec["blocks"] for k in ("sa", "gate_a", "se", "gate_b"))
+    # In batches (eval mode): the same numbers as all images at once.
+    from lib import part1
+    from lib.augment import to_float_normalized
+
+    X, _ = part1.sample_test_images(result, n=20)
+    x = to_float_normalized(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous(), *NORMS["imagenet"])
+    batched = read_json(save_attention_spread(tiny, result, dirs, num_images=20, batch_size=6))["blocks"]
+    for a, b in zip(batched, attention_spread(attention_maps(tiny, x))):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
 class Boom(nn.Module):
     def forward(self, x):
         raise RuntimeError("boom")

@@ -190,6 +190,23 @@ def test_the_published_profiles_never_link_each_others_figures(tmp_path):
     assert render_report("quick", quick).read_text().count("(figs/quick/p2_santurkar.png)") == 1
 
 
+def test_the_attention_spread_of_the_main_run_is_tabled(study_dirs):
+    assert "How much each gate varies within one image" not in render_report("quick", study_dirs).read_text()
+    blocks = [{"block": i, "sa": 0.5, "gate_a": 0.5 / r, "se": 0.3, "gate_b": 0.01} for i, r in enumerate((10, 20, 40))]
+    record = {"name": "attention-p1-CANet-s0", "run": "p1-CANet-s0", "model": "CANet", "profile": "quick",
+              "best_epoch": 2, "num_images": 256, "data": "JPEG-q75 copy", "device": "CPU (test)", "blocks": blocks}
+    path = Path(study_dirs.results) / "attention-p1-CANet-s0.json"
+    atomic_write_json(path, record)
+    text = render_report("quick", study_dirs).read_text()
+    assert ("How much each gate varies within one image (max - min, the mean over 256 test images of p1-CANet-s0, the "
+            "validation-selected epoch 2, eval mode):") in text
+    assert "| 1 | 0.5 | 0.025 | 0.3 | 0.01 |" in text
+    assert ("Within an image, the gate the block's output puts on path a varies 20x less than SA's map (the median "
+            "over the 3 blocks; 10x to 40x).") in text
+    atomic_write_json(path, dict(record, best_epoch=1))  # of other weights than the result selected: left out
+    assert "How much each gate varies" not in render_report("quick", study_dirs).read_text()
+
+
 def test_win_and_tie_wording_follows_the_statistics(study_dirs):
     pct = {m: [100 * a for a in accs] for m, accs in ACCS.items()}
     # Preconditions: the fabricated numbers give one win, one tie, one undetermined comparison.
