@@ -629,6 +629,11 @@ def _compare_graphed_steps(model_name: str, data_source: str | None, device: str
             result["steps"] += 1
         params = [torch.cat([p.detach().flatten().float() for p in m.parameters()]) for m in (eager, graphed_model)]
         worst["param"] = _rel_diff(params[1], params[0])
+        # BatchNorm's running statistics (what evaluation uses): recorded, not yet held to a tolerance (no GPU has
+        # measured it; a graph that stopped updating them would show here while outputs and gradients agree).
+        buffers = [torch.cat([b.detach().flatten().float() for b in m.buffers() if b.is_floating_point()]
+                             or [torch.zeros(0, device=dev)]) for m in (eager, graphed_model)]
+        worst["buffer"] = _rel_diff(buffers[1], buffers[0])
     ok = (result["steps"] == steps and all(worst[k] <= tolerance[k] for k in tolerance)
           and result.get("dropout", {}).get("fresh_masks_per_replay", True))
     return dict(result, ok=ok, max_rel_diff=worst, per_step=per_step, tolerance=tolerance,

@@ -693,11 +693,19 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             model.load_state_dict(state["model"])
             opt_kind = state["optimizer_kind"]
             optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
+            chosen = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
             optimizer.load_state_dict(state["optimizer"])
+            for group, kernels in zip(optimizer.param_groups, chosen):  # this device's kernels, not the writer's
+                group.update(kernels)
+                for p in group["params"] if kernels["fused"] else ():  # fused kernels keep 'step' on the device
+                    if torch.is_tensor(step := optimizer.state.get(p, {}).get("step")):
+                        optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
             start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
             weight_hists, steps = state["weight_hists"], state["steps"]
             commit_at_start = state.get("git_commit_start", "unknown")  # older checkpoints did not record it
             torch.set_rng_state(state["rng_cpu"].cpu())
+            if device.type == "cuda" and state.get("rng_cuda") is not None:  # dropout's masks go on from there
+                torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
             if progress:
                 print(f"[{cfg.name}] resuming after epoch {start_epoch} of {cfg.num_epochs} ({last_ckpt})")
 
@@ -709,6 +717,21 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     step_model, fast_info = step_model_for(model, cfg, device, train_loader)
     fast = _gpu_fast_path(device)
     pending_best, last_saved = None, time.perf_counter()  # fast path: best weights not yet written
+
+    def save_resumable(epoch: int) -> None:
+        """The pending best checkpoint (if any), then the resumable one after `epoch`: the best one never lags
+        behind the resumable one, and is never ahead of it."""
+        nonlocal pending_best, last_saved
+        if pending_best is not None:
+            _save_checkpoint(best_ckpt, pending_best)
+            pending_best = None
+        _save_checkpoint(last_ckpt, {"config": cfg.to_dict(), "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "optimizer_kind": opt_kind,
+                                     "epoch": epoch, "history": history, "best": best,
+                                     "weight_hists": weight_hists, "steps": steps, "rng_cpu": torch.get_rng_state(),
+                                     "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                                     "git_commit_start": commit_at_start})
+        last_saved = time.perf_counter()
 
     status, message = "ok", ""
     run_start = time.perf_counter()
@@ -759,25 +782,20 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         out_of_time = (stop_by is not None and epoch + 1 < cfg.num_epochs and time.perf_counter()
                        + STOP_MARGIN * (time.perf_counter() - epoch_start) + STOP_RESERVE_S > stop_by)
         stopping = out_of_time or (max_epochs_this_call is not None and epochs_done_now + 1 >= max_epochs_this_call)
+        # The fast path writes the resumable checkpoint at most every LAST_CKPT_EVERY_S, and where it stops; a best
+        # checkpoint newer than it is written with it (below, and after the loop), so that a resume never finds
+        # best.pt ahead of the epochs it replays.
         if not fast or stopping or (epoch + 1 < cfg.num_epochs
                                     and time.perf_counter() - last_saved >= LAST_CKPT_EVERY_S):
-            if pending_best is not None:  # the best checkpoint never lags behind the resumable one
-                _save_checkpoint(best_ckpt, pending_best)
-                pending_best = None
-            _save_checkpoint(last_ckpt, {"config": cfg.to_dict(), "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "optimizer_kind": opt_kind,
-                                         "epoch": epoch, "history": history, "best": best,
-                                         "weight_hists": weight_hists, "steps": steps,
-                                         "rng_cpu": torch.get_rng_state(), "git_commit_start": commit_at_start})
-            last_saved = time.perf_counter()
+            save_resumable(epoch)
         epochs_done_now += 1
         if progress:
             print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.num_epochs} {opt_kind} lr {lr:.2e} "
                   f"train {row['train_loss']:.3f}/{row['train_acc']:.3f} val {row['val_loss']:.3f}/{row['val_acc']:.3f} "
                   f"({seconds:.1f}s)")
 
-    if pending_best is not None:
-        _save_checkpoint(best_ckpt, pending_best)
+    if pending_best is not None:  # the fast path's best epoch since its last resumable checkpoint: both, once
+        save_resumable(history[-1]["epoch"])
     # Test once, for the checkpoint chosen on validation accuracy.
     test = None
     if best_ckpt.exists() and best["epoch"] >= 0:

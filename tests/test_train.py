@@ -199,6 +199,47 @@ def test_resume_after_the_optimiser_switch_restores_sgd_and_reads_the_checkpoint
     assert ("tiny.last.pt", (), {}) in reads
 
 
+def test_the_fast_path_never_leaves_a_best_checkpoint_ahead_of_the_resumable_one(tiny_source, tmp_path, monkeypatch):
+    # The CUDA fast path writes the resumable checkpoint at most every LAST_CKPT_EVERY_S: a process killed after the
+    # last epoch (here: while reading the best checkpoint for the test pass) must resume without training again,
+    # and not find best.pt newer than the epochs it would replay (which ended in a RuntimeError).
+    monkeypatch.setattr(T, "_gpu_fast_path", lambda device: True)
+    monkeypatch.setattr(T, "LAST_CKPT_EVERY_S", 1e9)
+    cfg = tiny_cfg(tiny_source, num_epochs=3)
+    dirs = output_dirs("smoke", root=tmp_path)
+    real = T.read_checkpoint
+
+    def killed(path, *a, **k):
+        if Path(path).name == "tiny.pt":
+            raise KeyboardInterrupt("killed after the last epoch")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(T, "read_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, dirs=dirs, progress=False)
+    best, last = real(dirs.checkpoints / "tiny.pt"), real(dirs.checkpoints / "tiny.last.pt")
+    assert last["epoch"] == 2 and best["epoch"] == last["best"]["epoch"] <= last["epoch"]
+    monkeypatch.setattr(T, "read_checkpoint", real)
+    done = T.train(cfg, dirs=dirs, progress=False)
+    assert done["status"] == "ok" and done["epochs_this_call"] == 0 and len(done["history"]) == 3
+
+
+def test_a_resumed_optimiser_uses_this_devices_kernels(tiny_source, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_source, num_epochs=2)
+    dirs = output_dirs("smoke", root=tmp_path)
+    T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)
+    path = dirs.checkpoints / "tiny.last.pt"
+    state = T.read_checkpoint(path)
+    for group in state["optimizer"]["param_groups"]:  # as a checkpoint written on CUDA records them
+        group["fused"] = True
+    torch.save(state, path)
+    made = []
+    real = T.make_optimizer
+    monkeypatch.setattr(T, "make_optimizer", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    assert T.train(cfg, dirs=dirs, progress=False)["status"] == "ok"
+    assert made and all(g["fused"] is None for opt in made for g in opt.param_groups)  # the CPU's: not fused
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_run_on_cuda_resumes_from_its_checkpoint(tiny_source, tmp_path):
     cfg = tiny_cfg(tiny_source, num_epochs=2, device="cuda")
