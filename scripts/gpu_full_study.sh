@@ -149,6 +149,8 @@ OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
 PACK_WARNED=0  # pack() has said that the results pack nears the size limit
 TMP_DIR=$(mktemp -d) || exit 1  # files between this script's Python steps (not brought back)
+CALL_STAMP=$TMP_DIR/call-start  # older than anything this call writes: KEEP_CHECKPOINTS packs only newer ones
+touch "$CALL_STAMP"
 MPS_PIPE=$TMP_DIR/mps-pipe      # where the MPS daemon of this script listens (only while it runs)
 MPS_FAILED=0                    # 1: it could not start in this call; not tried again
 CHOOSE=()                       # options of the first plan only: the compile choice is made by it (main)
@@ -221,7 +223,8 @@ pack() {
   if ((${#items[@]})); then
     # Compressed: the whole study's JSON (per-step series, weight histograms) passes the 16 MiB a file of $OUT may
     # have to come back; gzip makes it a few MB.
-    tar -czf "$OUT/results.tgz.tmp" --exclude='*.pt' --exclude='*.pth' "${items[@]}" \
+    # Not the temporary files of an atomic write that a killed step left (.NAME.XXXX.tmp).
+    tar -czf "$OUT/results.tgz.tmp" --exclude='*.pt' --exclude='*.pth' --exclude='.*.tmp' "${items[@]}" \
       && mv -f "$OUT/results.tgz.tmp" "$OUT/results.tgz" \
       && mkdir -p "$STATE_DIR" && cp -f "$OUT/results.tgz" "$STATE_DIR/results.tgz.tmp" \
       && mv -f "$STATE_DIR/results.tgz.tmp" "$STATE_DIR/results.tgz"
@@ -233,8 +236,9 @@ pack() {
         "in a tar of its own)"
     fi
   fi
-  for name in $KEEP_CHECKPOINTS; do
-    [[ -f "checkpoints/$PROFILE/$name.pt" ]] && ck+=("checkpoints/$PROFILE/$name.pt")
+  for name in $KEEP_CHECKPOINTS; do  # trained in this call (a warm machine's older ones came back before)
+    [[ -f "checkpoints/$PROFILE/$name.pt" && "checkpoints/$PROFILE/$name.pt" -nt "$CALL_STAMP" ]] \
+      && ck+=("checkpoints/$PROFILE/$name.pt")
   done
   if ((${#ck[@]})); then
     tar -czf /tmp/keep-checkpoints.tgz "${ck[@]}"

@@ -657,7 +657,13 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     import subprocess
 
     repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="540", SEEDS="0 1",
-                                       STUDY_MODELS="CANet_tiny ResNet18", LANES="2", GRAPH_CHECK="1", USE_SPARE="0")
+                                       STUDY_MODELS="CANet_tiny ResNet18", LANES="2", GRAPH_CHECK="1", USE_SPARE="0",
+                                       KEEP_CHECKPOINTS="p1-CANet_tiny-s0 p1-VGG11-s0")
+    # Left on the machine before this call: a checkpoint it does not train, and a killed step's temporary file.
+    (repo / "checkpoints" / "smoke").mkdir(parents=True)
+    (repo / "checkpoints" / "smoke" / "p1-VGG11-s0.pt").write_bytes(b"an earlier call's")
+    (repo / "results" / "smoke").mkdir(parents=True, exist_ok=True)
+    (repo / "results" / "smoke" / ".p1-VGG11-s0.json.x1y2.tmp").write_text("{half")
     models = ("CANet_tiny", "ResNet18")
     dry_run_bench(repo, name, {m: 180.0 for m in models},
                   # as a GPU records them (a CPU has no graph to check and records none)
@@ -696,6 +702,10 @@ def test_gpu_runner_trains_its_lanes_at_once_in_a_cpu_dry_run(tiny_source, tmp_p
     with tarfile.open(kept, "r:gz") as tar:  # compressed: the whole study's JSON would pass 16 MB as a plain tar
         assert "results/smoke/p1-CANet_tiny-s1.json" in tar.getnames()
         assert not any(n.startswith("figs/") for n in tar.getnames())  # the committed figs/quick/ are not smoke's
+        assert not any(n.endswith(".tmp") for n in tar.getnames())
+    # Of KEEP_CHECKPOINTS only what this call trained comes back.
+    with tarfile.open(tmp_path / "out" / "checkpoints.tgz.part0", "r:gz") as tar:
+        assert tar.getnames() == ["checkpoints/smoke/p1-CANet_tiny-s0.pt"]
     for i, name in enumerate(("p1-CANet_tiny-s0", "p1-ResNet18-s0"), 1):
         assert f"[lane {i}] {name}: ok" in log
         result = read_json(repo / "results" / "smoke" / f"{name}.json")
