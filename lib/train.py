@@ -794,8 +794,10 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                   f"train {row['train_loss']:.3f}/{row['train_acc']:.3f} val {row['val_loss']:.3f}/{row['val_acc']:.3f} "
                   f"({seconds:.1f}s)")
 
-    if pending_best is not None:  # the fast path's best epoch since its last resumable checkpoint: both, once
+    if pending_best is not None and status == "ok":  # the fast path's best since its last resumable checkpoint
         save_resumable(history[-1]["epoch"])
+    elif pending_best is not None:  # diverged: the weights are no longer those of the history's last epoch
+        _save_checkpoint(best_ckpt, pending_best)
     # Test once, for the checkpoint chosen on validation accuracy.
     test = None
     if best_ckpt.exists() and best["epoch"] >= 0:
