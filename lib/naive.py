@@ -209,7 +209,8 @@ def naive_epoch(model_name: str, data_source: str | None = None, device: str = "
         optimizer = _naive_optimizer(optimizer_at(cfg, 0), p.model.parameters(), cfg, cfg.lr)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
         p.model.train()
-        # Warm-up (untimed): CUDA context, cuBLAS/cuDNN handles. No optimiser step, so the weights stay.
+        # Warm-up (untimed): CUDA context, cuBLAS/cuDNN handles. No optimiser step, so the weights stay (BatchNorm's
+        # running statistics move with these random batches: the epoch's timing, not its accuracy, is used).
         for _ in range(warmup_steps):
             x = torch.randn(min(cfg.batch_size, p.info["num_train"]), 3, 32, 32, device=dev)
             p.criterion(p.model(x), torch.zeros(x.shape[0], dtype=torch.long, device=dev)).backward()
