@@ -400,8 +400,8 @@ def attention_markdown(dirs: OutputDirs, main: dict | None) -> str | None:
     ratios = [b["sa"] / b["gate_a"] for b in rec["blocks"] if b["gate_a"] > 0]
     table = markdown_table(("block", "SA map", "gate on path a (U, mean over channels)", "SE weights",
                             "gate on path b (U, mean over positions)"), rows)
-    sentence = (f" Within an image, the gate the block's output puts on path a varies {np.median(ratios):.0f}x less "
-                f"than SA's map (the median over the {len(ratios)} blocks; {min(ratios):.0f}x to "
+    sentence = (f"\n\nWithin an image, the gate the block's output puts on path a varies {np.median(ratios):.0f}x "
+                f"less than SA's map (the median over the {len(ratios)} blocks; {min(ratios):.0f}x to "
                 f"{max(ratios):.0f}x)." if ratios else "")
     return (f"How much each gate varies within one image (max - min, the mean over {rec['num_images']} test images "
             f"of {rec['run']}, the validation-selected epoch {rec['best_epoch']}, eval mode):\n\n{table}\n\n"
