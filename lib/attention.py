@@ -200,10 +200,10 @@ def attention_path(dirs, result: dict) -> Path:
 
 
 def save_attention_spread(model: nn.Module, result: dict, dirs, num_images: int = ATTENTION_IMAGES,
-                          batch_size: int = 64) -> Path:
+                          batch_size: int = 64) -> dict:
     """attention_spread of `model` (the validation-selected weights of `result`'s run, load_trained) on
     `num_images` test images (lib.part1.sample_test_images), in batches, written to attention_path (atomic) for
-    the report."""
+    the report; returns the record written."""
     from lib import part1
     from lib.augment import to_float_normalized
     from lib.results import atomic_write_json, environment_info
@@ -213,13 +213,13 @@ def save_attention_spread(model: nn.Module, result: dict, dirs, num_images: int 
     parts = [attention_maps(model, chunk) for chunk in x.split(batch_size)]
     maps = {k: [torch.cat([p[k][i] for p in parts]) for i in range(len(parts[0][k]))]
             for k in ("sa", "gate_a", "se", "gate_b")}
-    record = {"name": attention_path(dirs, result).stem, "run": result["name"], "model": result["model"],
+    path = attention_path(dirs, result)
+    record = {"name": path.stem, "run": result["name"], "model": result["model"],
               "profile": result.get("profile"), "best_epoch": result.get("best_epoch"), "num_images": len(X),
               "data": (result.get("data") or {}).get("label"), "blocks": attention_spread(maps),
               **environment_info(next(model.parameters()).device)}
-    path = attention_path(dirs, result)
     atomic_write_json(path, record)
-    return path
+    return record
 
 
 def first_layer_filter_groups(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -681,8 +681,8 @@ def recipe_departures(results: Sequence[dict], model: str) -> list[str]:
     (lib.part1.recipe_options: --num-epochs, --precision), each once."""
     from lib.part1 import recipe_options
 
-    return _unique(" ".join(recipe_options(r.get("config") or {})) for r in results if r.get("model") == model
-                   and recipe_options(r.get("config") or {}))
+    options = (" ".join(recipe_options(r.get("config") or {})) for r in results if r.get("model") == model)
+    return _unique(o for o in options if o)
 
 
 def sanity_bars(table, summary: dict, departures: Sequence[str] = ()) -> list[str]:

@@ -204,7 +204,6 @@ from lib.attention import save_attention_spread, trained_or_none
 from lib.data import canonical_source
 from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
 from lib.paths import output_dirs
-from lib.results import read_json
 from lib.train import resolve_device'''),
     code('''result = part1.main_run(dirs, model, seed, source)  # refused if trained on other data than `source`
 caption = run_caption(result)
@@ -246,8 +245,7 @@ on the image.'''),
 images): SA's map and the gate the block's output puts on path a (U's output, averaged over channels), SE's
 weights over channels and the gate on path b (averaged over positions). Saved for the report.'''),
     code('''if net is not None:
-    spread_file = save_attention_spread(net, result, dirs)
-    display(pd.DataFrame(read_json(spread_file)["blocks"]).set_index("block").round(4))'''),
+    display(pd.DataFrame(save_attention_spread(net, result, dirs)["blocks"]).set_index("block").round(4))'''),
     md('''## Per-class accuracy and the confusion matrix (test set)'''),
     code('''part1.per_class_frame(result)'''),
     md('''The confusion matrix: rows are the true classes, columns the predicted ones, each row normalised to 100% of

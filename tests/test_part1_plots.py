@@ -91,7 +91,7 @@ def test_attention_maps_shapes_values_and_hooks_removed(tiny):
 
 
 def test_attention_spread_is_recorded_for_the_report(tiny, tiny_source, tmp_path):
-    from lib.attention import attention_spread, save_attention_spread
+    from lib.attention import attention_path, attention_spread, save_attention_spread
     from lib.experiments import part1_config
     from lib.paths import output_dirs
     from lib.results import read_json
@@ -106,8 +106,10 @@ def test_attention_spread_is_recorded_for_the_report(tiny, tiny_source, tmp_path
     result = {"name": cfg.name, "model": "CANet_tiny", "profile": "smoke", "config": cfg.to_dict(), "best_epoch": 1,
               "data": {"label": "tiny"}}
     dirs = output_dirs("smoke", root=tmp_path)
-    path = save_attention_spread(tiny, result, dirs, num_images=20)  # 20 of the tiny copy's 50 test images
+    returned = save_attention_spread(tiny, result, dirs, num_images=20)  # 20 of the tiny copy's 50 test images
+    path = attention_path(dirs, result)
     rec = read_json(path)
+    assert returned == rec  # what it wrote
     assert path.name == "attention-p1-CANet_tiny-s0.json" and rec["run"] == cfg.name and rec["num_images"] == 20
     assert [b["block"] for b in rec["blocks"]] == list(range(6)) and rec["best_epoch"] == 1
     assert all(0 <= b[k] < 1 for b in rec["blocks"] for k in ("sa", "gate_a", "se", "gate_b"))
@@ -117,7 +119,7 @@ def test_attention_spread_is_recorded_for_the_report(tiny, tiny_source, tmp_path
 
     X, _ = part1.sample_test_images(result, n=20)
     x = to_float_normalized(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous(), *NORMS["imagenet"])
-    batched = read_json(save_attention_spread(tiny, result, dirs, num_images=20, batch_size=6))["blocks"]
+    batched = save_attention_spread(tiny, result, dirs, num_images=20, batch_size=6)["blocks"]
     for a, b in zip(batched, attention_spread(attention_maps(tiny, x))):
         assert a == pytest.approx(b, rel=1e-5)
 
