@@ -30,7 +30,8 @@ first), compile_seconds (one-off capture/compile), setup_seconds (one-off per ru
 CUDA-graph capture), warmup_seconds (the first, untimed epoch; a torch.compile is paid there), cuda_graphs,
 compiled, canet_merged (CANets only: their blocks ran merged), earlier_in_process (CUDA, from 2026-11-27 on: whether
 the same process had run the model's full-batch steps before, so that cuDNN's autotuning was not part of the
-one-off; absent before), ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with
+one-off; absent before), compile_cache (compiled entries, from 2026-11-28 on: the compile's lookups in torch.compile's
+on-disk caches, lib.train.compile_cache_counts; hits: its compile was mostly a cache read), ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with
 torch.compile (`--compile`, or `--also-compiled` beside the naive epoch of the same process) have the key
 compile_key(model, mode): <model>+compile for the default mode, <model>+compile-<mode> for another
 (lib.train.compile_mode), and a compile_mode field. Probe entries (key probe-<model>): model, kind='probe',
@@ -227,6 +228,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
             "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
             "earlier_in_process": fast_info.get("earlier_in_process"),
+            "compile_cache": fast_info.get("compile_cache"),
             "canet_merged": blocks_merged(model, train_loader.X[:1]), "train_loss": row["train_loss"],
             "val_acc": row["val_acc"], "data": info.get("label"), "before_timed": hooked}
 
@@ -897,6 +899,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
                      **({"earlier_in_process": fast["earlier_in_process"]}
                         if fast.get("earlier_in_process") is not None else {}),
                      **({"canet_merged": fast["canet_merged"]} if fast.get("canet_merged") is not None else {}),
+                     # A compiled entry: its compile's lookups in torch.compile's on-disk caches (hits: read back).
+                     **({"compile_cache": fast["compile_cache"]} if fast.get("compile_cache") is not None else {}),
                      **({"compile_mode": fast.get("compile_mode") or mode} if compiled else {}))
         entry["ratio"] = entry["naive_seconds"] / fast["seconds"] if with_naive else None
         data = _merge_write(path, dev, {key: entry})
@@ -1104,6 +1108,13 @@ def _step_label(entry: dict) -> str:
             + (f", model rev {entry.get('model_revision', 1)}" if stale_revision(entry) else ""))
 
 
+def from_compile_cache(entry: dict) -> bool:
+    """Whether a compiled entry's compile read any of its graphs from torch.compile's on-disk cache (compile_cache
+    hits): its one-off cost is then not that of a fresh compile."""
+    lookups = entry.get("compile_cache") or {}
+    return bool(entry.get("compiled")) and lookups.get("fxgraph_hit", 0) + lookups.get("aot_hit", 0) > 0
+
+
 def _row_label(entry: dict) -> str:
     """A bench table row's name: the model, and how its fast epoch was compiled if it was."""
     mode = entry.get("compile_mode") or "default"
@@ -1128,6 +1139,7 @@ def bench_table(bench) -> str:
             e["setup_seconds"] + max(0.0, (e.get("warmup_seconds") or 0.0) - (e.get("fast_seconds") or 0.0)))
         # Timed after the same process had trained the model (earlier_in_process): cuDNN's autotuning was paid then.
         later = "*" if e.get("earlier_in_process") and one_off is not None else ""
+        later += "†" if from_compile_cache(e) and one_off is not None else ""
         lines.append(f"| {_row_label(e)} "
                      f"| {e.get('recipe', '?')} ({e.get('batch_size', '?')}) | {_step_label(e)} "
                      f"| {_fmt(e.get('naive_seconds'), '.2f')} | {_fmt(e.get('fast_seconds'), '.2f')} "
@@ -1183,7 +1195,10 @@ def bench_table(bench) -> str:
               f"(the faster whole run, one-off costs included), not the better ratio. Bookkeeping: lib.train's "
               f"per-epoch logging and checkpoints; one-off: data to the device, model, CUDA-graph capture or "
               f"compile and the first epoch's extra time (cuDNN autotuning), per run; *: timed after the same "
-              f"process had trained the model, so without the autotuning (a lower bound).",
+              f"process had trained the model, so without the autotuning (a lower bound)"
+              + ("; †: compiled from torch.compile's on-disk cache of an earlier compile (the GPU runner carries it "
+                 "between sessions), so the one-off is mostly a cache read, not a compile"
+                 if any(from_compile_cache(e) for e in entries) else "") + ".",
               "", "Estimated " + format_estimate(data) + "."]
     lines += agreement_lines(data)
     lines += trace_lines(data)

@@ -332,19 +332,37 @@ class GraphedForward(_FullBatchForward):
             self._fast = [torch.cuda.make_graphed_callables(_Forward(model), (sample_x,), allow_unused_input=True)]
 
 
+def compile_cache_counts() -> dict[str, int]:
+    """Lookups in torch.compile's on-disk caches by this process so far: Inductor's compiled graphs (`fxgraph_*`)
+    and AOTAutograd's forward/backward pairs (`aot_*`), hits and misses (torch._dynamo's counters; zeros where
+    none were made). A hit skips the lowering, code generation and kernel compilation of that graph."""
+    from torch._dynamo.utils import counters
+
+    return {"fxgraph_hit": counters["inductor"]["fxgraph_cache_hit"],
+            "fxgraph_miss": counters["inductor"]["fxgraph_cache_miss"],
+            "aot_hit": counters["aot_autograd"]["autograd_cache_hit"],
+            "aot_miss": counters["aot_autograd"]["autograd_cache_miss"]}
+
+
 class CompiledForward(_FullBatchForward):
     """`model` whose training steps on full batches run torch.compile'd (kernels fused by Inductor; compiled
     lazily, at the first full batch). Only one shape and one mode are ever compiled, so the partial last
     batch and the evaluation passes cause no recompilation. If the first compiled call fails, the steps run
-    eagerly from then on (they compute the same thing, only slower) and `info` says so."""
+    eagerly from then on (they compute the same thing, only slower) and `info` says so.
+
+    At the second full batch (the first step's backward, compiled lazily, is then done) `info['compile_cache']`
+    records the on-disk cache lookups of the compile (compile_cache_counts, this module's share): hits mean
+    that the compile time was mostly a cache read, e.g. of the cache the GPU runner carries between sessions."""
 
     def __init__(self, model: nn.Module, batch_shape: tuple[int, ...], mode: str = "default",
                  info: dict | None = None):
         super().__init__(model, batch_shape)
         self.info = info if info is not None else {}
         self.mode = mode
+        self._cache_before = compile_cache_counts()
         self._fast = [torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)]
         self._proven = False
+        self._cache_recorded = False
 
     def _call_fast(self, x: torch.Tensor) -> torch.Tensor:
         """The compiled model; in the modes that replay CUDA graphs each call starts a new step of Inductor's
@@ -359,6 +377,10 @@ class CompiledForward(_FullBatchForward):
         if not self.takes_fast_route(x):
             return self.model(x)
         if self._proven:
+            if not self._cache_recorded and self._fast[0] is not self.model:
+                now = compile_cache_counts()
+                self.info["compile_cache"] = {k: now[k] - self._cache_before.get(k, 0) for k in now}
+                self._cache_recorded = True
             return self._call_fast(x)
         try:
             out = self._call_fast(x)

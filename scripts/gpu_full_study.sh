@@ -24,7 +24,8 @@
 #     (with lanes, a lane whose runs end early first takes the plan's spare runs that fit the lanes' planned end);
 #  5. after every step, packs results/<profile>, results/bench and the profile's figures into $OUT/results.tgz (never
 #     checkpoints or runs/), the best checkpoints named in KEEP_CHECKPOINTS into $OUT/checkpoints.tgz.partN
-#     (for the figures that need trained weights), and keeps the log in $OUT/log.txt.
+#     (for the figures that need trained weights), and keeps the log in $OUT/log.txt; at the end, torch.compile's
+#     cache where this call compiled, into $OUT/inductor-cache.tgz (COMPILE_CACHE, below).
 # The pack is also kept on the machine (STATE_DIR, ignored by git, which the device tool keeps between the calls of
 # a session), and a next call on the same warm machine merges it into its checkout before anything else
 # (GPU_STATE=0: not; a pack older than 30 minutes: not either). The checkout a call gets is the other machine's
@@ -47,6 +48,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 STATE_DIR=${STATE_DIR:-build/gpu-state}  # the last pack of a call, kept on the machine for its next call
 GPU_STATE=${GPU_STATE:-1}                # 0: a call does not merge the previous call's pack first
+# torch.compile's on-disk cache of earlier calls (a fresh machine has none, and a compiled CANet run pays 40-70 s
+# for its compile there): unpacked into TORCHINDUCTOR_CACHE_DIR before step 1 where the file is there; a call that
+# compiled brings its cache back as inductor-cache.tgz, which --merge puts here, so that the next session's calls
+# carry it with .carry/ (empty: neither).
+COMPILE_CACHE=${COMPILE_CACHE-.carry/inductor-cache.tgz}
 
 # Unpack a results.tgz (or an older call's results.tar) over this checkout, printing 'merged: FILE' per file: bench
 # files (results/bench/*.json) merged record by record into an existing copy, every other file replacing its copy.
@@ -77,6 +83,14 @@ if [[ "${1:-}" == "--merge" ]]; then
   rc=$?  # a file that could not be merged (said above) leaves the others merged; the checkpoints still come
   if compgen -G "$dir/checkpoints.tgz.part*" > /dev/null; then
     cat "$dir"/checkpoints.tgz.part* | tar -xzf - || rc=1  # into checkpoints/ (ignored by git)
+  fi
+  if [[ -n "$COMPILE_CACHE" && -f "$dir/inductor-cache.tgz" ]]; then  # it holds the cache it started from too
+    if mkdir -p "$(dirname "$COMPILE_CACHE")" && cp -f "$dir/inductor-cache.tgz" "$COMPILE_CACHE.tmp" \
+      && mv -f "$COMPILE_CACHE.tmp" "$COMPILE_CACHE"; then
+      echo "merged: $COMPILE_CACHE (torch.compile's cache, for the next call: carry .carry/)"
+    else
+      rc=1
+    fi
   fi
   exit $rc
 fi
@@ -129,12 +143,14 @@ CONCURRENCY=${CONCURRENCY-"CANet_tiny VGG_A VGG_A_BN ResNet18 CANet_light Shuffl
 CANet CANet_pro"}
 ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
 # Inductor's caches (compiled graphs, Triton kernels) in an ignored folder of the checkout, which the device tool
-# keeps between the calls of a session: a model compiled in one call compiles from the cache in the next.
+# keeps between the calls of a session: a model compiled in one call compiles from the cache in the next (and, with
+# COMPILE_CACHE, in the next session's calls).
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/torchinductor}
+COMPILE_CACHE_MAX_MIB=${COMPILE_CACHE_MAX_MIB:-15}  # the cache comes back only up to this size, compressed
 
 # A setting that is not a number would end the script half-way (set -u arithmetic): say so before anything runs.
 bad_setting() { echo "gpu_full_study: $1=${!1} $2" >&2; exit 2; }
-for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S; do
+for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S COMPILE_CACHE_MAX_MIB; do
   [[ "${!name}" =~ ^(0|[1-9][0-9]*)$ ]] \
     || bad_setting "$name" "must be a whole number of seconds (or rounds) without leading zeros, e.g. $name=60"
 done
@@ -250,6 +266,30 @@ pack() {
       log "checkpoints ${ck[*]} are $size bytes compressed: too large to come back, not packed"
     fi
   fi
+}
+
+# At the end of a call, torch.compile's cache where a file of it is newer than the call's start (the call compiled
+# something, or read a graph back, which writes its module again): into $OUT/inductor-cache.tgz (which --merge puts
+# at COMPILE_CACHE), if at most COMPILE_CACHE_MAX_MIB compressed: first whole, then without Triton's own cache folder
+# (Inductor's entries bundle their kernels and write them there again when read back). Else the carried cache stays.
+# Not after every step as pack(): seconds of tar each time, for what only a next session uses.
+pack_compile_cache() {
+  local dir=$TORCHINDUCTOR_CACHE_DIR size=0 skip packed=$TMP_DIR/inductor-cache.tgz
+  [[ -n "$COMPILE_CACHE" && -d "$dir" ]] || return 0
+  [[ -n $(find "$dir" -type f -newer "$CALL_STAMP" -print -quit) ]] || return 0
+  for skip in "" ./triton; do
+    tar -czf "$packed" --exclude=./locks --exclude='*.lock' --exclude='*.tmp*' ${skip:+--exclude="$skip"} \
+      -C "$dir" . 2> /dev/null || continue
+    size=$(stat -c %s "$packed")
+    if ((size <= COMPILE_CACHE_MAX_MIB * 1024 * 1024)); then
+      mv -f "$packed" "$OUT/inductor-cache.tgz" && log "torch.compile's cache packed ($size bytes$([[ -n "$skip" ]] \
+        && echo ", without Triton's folder"))"
+      return
+    fi
+  done
+  rm -f "$packed"
+  log "torch.compile's cache is $size bytes compressed, more than COMPILE_CACHE_MAX_MIB ($COMPILE_CACHE_MAX_MIB MiB):" \
+    "not brought back (the next session's calls compile afresh what the carried cache lacks)"
 }
 
 # A plan's training runs, in order, in one process; --time-limit: a run that cannot finish stops resumably before
@@ -372,6 +412,17 @@ main() {
         "$(wc -l < "$TMP_DIR/restored.txt") files)"
     else
       log "could not merge all of the previous call's results ($STATE_DIR/results.tgz; above)"
+    fi
+  fi
+
+  # torch.compile's cache of earlier sessions' calls (carried with .carry/), beside what this machine holds.
+  if [[ -n "$COMPILE_CACHE" && -f "$COMPILE_CACHE" ]]; then
+    if mkdir -p "$TORCHINDUCTOR_CACHE_DIR" \
+      && tar -xzf "$COMPILE_CACHE" -C "$TORCHINDUCTOR_CACHE_DIR" --skip-old-files 2> "$TMP_DIR/cache-tar.txt"; then
+      log "torch.compile's cache of earlier calls unpacked ($COMPILE_CACHE, $(stat -c %s "$COMPILE_CACHE") bytes)"
+    else
+      log "could not unpack torch.compile's cache $COMPILE_CACHE (models compile afresh): $(head -c 300 \
+        "$TMP_DIR/cache-tar.txt")"
     fi
   fi
 
@@ -513,4 +564,5 @@ sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].
   ((!want_bench)) || $PY -m lib bench --table
 }
 
-(main "$@"; stop_mps; pack; log "done; \$OUT holds: $(cd "$OUT" && ls -m)") 2>&1 | tee "$OUT/log.txt"
+(main "$@"; stop_mps; pack; pack_compile_cache; log "done; \$OUT holds: $(cd "$OUT" && ls -m)") 2>&1 \
+  | tee "$OUT/log.txt"

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -462,6 +465,19 @@ def test_bench_table_shows_ratios_against_targets():
     bench["entries"]["CANet"]["earlier_in_process"] = True  # the autotuning was paid by an earlier run: marked
     marked = next(line for line in B.bench_table(bench).splitlines() if line.startswith("| CANet |"))
     assert marked.endswith(f"| {one_off}* |")
+    # A compiled row whose compile read its graphs back from the on-disk cache is marked and explained; misses only
+    # (a fresh compile) or a row that is not compiled are not.
+    bench["entries"]["CANet+compile-reduce-overhead"] = dict(
+        fake_entry(model="CANet", fast=0.8, warmup=5.0, naive=20.6), compiled=True, compile_mode="reduce-overhead",
+        compile_cache={"fxgraph_hit": 2, "fxgraph_miss": 0, "aot_hit": 1, "aot_miss": 0})
+    table = B.bench_table(bench)
+    row = next(line for line in table.splitlines() if line.startswith("| CANet (torch.compile, reduce-overhead) |"))
+    assert row.endswith("\u2020 |") and "\u2020: compiled from torch.compile's on-disk cache" in table
+    bench["entries"]["CANet+compile-reduce-overhead"]["compile_cache"] = {"fxgraph_hit": 0, "fxgraph_miss": 2}
+    assert "\u2020" not in B.bench_table(bench)
+    bench["entries"]["CANet"]["compile_cache"] = {"fxgraph_hit": 2}  # (never recorded for an uncompiled row)
+    assert "\u2020" not in B.bench_table(bench)
+    del bench["entries"]["CANet+compile-reduce-overhead"], bench["entries"]["CANet"]["compile_cache"]
     del bench["entries"]["CANet"]["model_revision"]  # timed before CANet's blocks were merged
     table = B.bench_table(bench)
     assert "| part1 (256) | eager, model rev 1 | 20.60 |" in table
@@ -547,6 +563,57 @@ def test_compiled_forward_compiles_once_and_runs_only_full_training_batches(monk
     assert len(calls) == 1 and len(compiled) == 1
     T.CompiledForward(model, (4, 3, 32, 32))
     assert compiled[-1] == (None, False)  # mode "default" is torch.compile's default
+
+
+def test_compiled_forward_records_its_compile_cache_lookups_after_the_first_step(monkeypatch):
+    """At the second full batch (the first step's backward compiled by then) info['compile_cache'] holds the
+    cache lookups made since the module was built, not those of the process before it."""
+    from torch._dynamo.utils import counters
+
+    def fake_compile(module, mode=None, dynamic=None):  # a compile that reads one graph back, misses another
+        def run(x):
+            if not seen:
+                counters["inductor"]["fxgraph_cache_hit"] += 1
+                counters["aot_autograd"]["autograd_cache_miss"] += 1
+                seen.append(x)
+            return module(x)
+        return run
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setitem(counters, "inductor", counters["inductor"].copy())  # restored after the test
+    monkeypatch.setitem(counters, "aot_autograd", counters["aot_autograd"].copy())
+    counters["inductor"]["fxgraph_cache_miss"] += 5  # an earlier compile in this process: not this module's
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10)).train()
+    info = {}
+    fwd = T.CompiledForward(model, (2, 3, 4, 4), info=info)
+    fwd(torch.randn(2, 3, 4, 4))
+    assert "compile_cache" not in info
+    fwd(torch.randn(1, 3, 4, 4))  # the partial batch runs eagerly and records nothing
+    assert "compile_cache" not in info
+    fwd(torch.randn(2, 3, 4, 4))
+    assert info["compile_cache"] == {"fxgraph_hit": 1, "fxgraph_miss": 0, "aot_hit": 0, "aot_miss": 1}
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="Inductor's CPU code needs a C++ compiler")
+def test_a_second_process_reads_the_compiled_graphs_back_from_the_cache_folder(tmp_path):
+    """What the GPU runner's carried cache relies on: a process compiling what an earlier one compiled into the same
+    TORCHINDUCTOR_CACHE_DIR reads the graphs back (hits, no misses), and CompiledForward says so (the counter names
+    hold for the installed torch). A tiny model on the CPU: about 10 s, then 2."""
+    code = ("import json, torch, lib.train as T\n"
+            "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).train()\n"
+            "info = {}\n"
+            "fwd = T.CompiledForward(model, (2, 3, 2, 2), info=info)\n"
+            "for _ in range(2):\n"
+            "    fwd(torch.randn(2, 3, 2, 2)).sum().backward()\n"
+            "print(json.dumps(info['compile_cache']))\n")
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
+    first, second = (json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                                               text=True, timeout=300, check=True).stdout.splitlines()[-1])
+                     for _ in range(2))
+    assert first["fxgraph_miss"] >= 2 and first["fxgraph_hit"] == 0  # forward and backward compiled
+    assert second["fxgraph_hit"] == first["fxgraph_miss"] and second["fxgraph_miss"] == 0
+    assert second["aot_hit"] == first["aot_miss"] >= 1
 
 
 def test_step_model_on_cuda_is_compiled_where_requested(monkeypatch):

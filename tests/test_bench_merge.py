@@ -174,3 +174,81 @@ def test_a_call_first_merges_the_previous_calls_pack_on_this_machine(tmp_path, s
     else:
         assert "previous call" not in log and entries == here["entries"]
         assert not (repo / "results" / "full").exists()
+
+
+def cache_tgz(path: Path, files: dict[str, bytes]) -> Path:
+    """An inductor-cache.tgz as the runner packs it: {path inside the cache folder: content}, members './NAME'."""
+    src = path.parent / f"{path.name}-files"
+    for name, content in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(content)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src, arcname=".")
+    return path
+
+
+def cache_members(path: Path) -> set[str]:
+    with tarfile.open(path) as tar:
+        return {m.name.removeprefix("./") for m in tar.getmembers() if m.isfile()}
+
+
+def test_merge_keeps_the_compile_cache_for_the_next_sessions_calls(tmp_path):
+    """A call's inductor-cache.tgz goes to COMPILE_CACHE (default .carry/inductor-cache.tgz, which the next call
+    carries); COMPILE_CACHE='' leaves it."""
+    repo = script_copy(tmp_path)
+    (tmp_path / "c1").mkdir()
+    pack(tmp_path / "c1" / "results.tgz", {"figs/a.png": "one"})
+    cache_tgz(tmp_path / "c1" / "inductor-cache.tgz", {"fxgraph/ab/entry": b"graph"})
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c1")], cwd=repo,
+                         env=dict(os.environ, PY=sys.executable), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "merged: .carry/inductor-cache.tgz" in run.stdout
+    assert cache_members(repo / ".carry" / "inductor-cache.tgz") == {"fxgraph/ab/entry"}
+    (repo / ".carry" / "inductor-cache.tgz").unlink()
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c1")], cwd=repo,
+                         env=dict(os.environ, PY=sys.executable, COMPILE_CACHE=""), capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and "inductor-cache" not in run.stdout
+    assert not (repo / ".carry" / "inductor-cache.tgz").exists()
+
+
+@pytest.mark.parametrize("case", ["read only", "compiled", "too large with triton", "too large"])
+def test_a_call_unpacks_the_carried_compile_cache_and_brings_it_back_where_it_grew(tmp_path, case):
+    """The carried cache is unpacked into TORCHINDUCTOR_CACHE_DIR before step 1; a call whose steps wrote to the
+    cache (a compile) brings the whole cache back, without Triton's folder where only that fits, and nothing where
+    even that is too large (said in the log); a call that wrote nothing brings none back (the carried one stays).
+    PY fails every step but the merge (the call stops at step 1); before failing it writes what a compile would."""
+    repo = script_copy(tmp_path)
+    carried = cache_tgz(repo / ".carry" / "inductor-cache.tgz", {"fxgraph/ab/old": b"old graph"})
+    big = os.urandom(2 * 1024 * 1024).hex()  # 4 MiB of incompressible text, over a 1 MiB limit
+    write = {"read only": "",
+             "compiled": 'echo new > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/new"',
+             "too large with triton": 'mkdir -p "$TORCHINDUCTOR_CACHE_DIR/triton/0"; '
+                                      f'echo {big} > "$TORCHINDUCTOR_CACHE_DIR/triton/0/kernel.cubin"',
+             "too large": f'echo {big} > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/big"'}[case]
+    fake_py = tmp_path / "py.sh"
+    fake_py.write_text(f'if [[ "$*" == "-m lib.bench_merge "* ]]; then exec {sys.executable} "$@"; fi\n'
+                       f'mkdir -p "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd"; {write}\nexit 1\n')
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=f"bash {fake_py}", OUT=str(out), COMPILE_CACHE_MAX_MIB="1")
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "all"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=60)
+    log = run.stdout + run.stderr
+    assert "the first step failed" in log, log
+    assert f"torch.compile's cache of earlier calls unpacked (.carry/inductor-cache.tgz, {carried.stat().st_size} " \
+           "bytes)" in log
+    cache = repo / "build" / "torchinductor"
+    assert (cache / "fxgraph" / "ab" / "old").read_bytes() == b"old graph"
+    back = out / "inductor-cache.tgz"
+    if case == "read only":
+        assert not back.exists()
+    elif case == "too large":
+        assert not back.exists() and "not brought back" in log
+    else:
+        members = cache_members(back)
+        assert {"fxgraph/ab/old"} <= members and "not brought back" not in log
+        assert "torch.compile's cache packed (" in log
+        assert (", without Triton's folder)" in log) == (case == "too large with triton")
+        assert ("fxgraph/cd/new" in members) == (case == "compiled")
+        assert not any(m.startswith("triton/") for m in members)  # (too large with it: left out)
