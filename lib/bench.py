@@ -1109,10 +1109,11 @@ def _step_label(entry: dict) -> str:
 
 
 def from_compile_cache(entry: dict) -> bool:
-    """Whether a compiled entry's compile read any of its graphs from torch.compile's on-disk cache (compile_cache
-    hits): its one-off cost is then not that of a fresh compile."""
+    """Whether a compiled entry's compile read its graphs from torch.compile's on-disk cache (compile_cache: hits,
+    no misses or bypasses): its one-off cost is then not that of a fresh compile."""
     lookups = entry.get("compile_cache") or {}
-    return bool(entry.get("compiled")) and lookups.get("fxgraph_hit", 0) + lookups.get("aot_hit", 0) > 0
+    fresh = sum(v for k, v in lookups.items() if k.endswith(("_miss", "_bypass")))
+    return bool(entry.get("compiled")) and lookups.get("fxgraph_hit", 0) + lookups.get("aot_hit", 0) > 0 and not fresh
 
 
 def _row_label(entry: dict) -> str:

@@ -334,14 +334,14 @@ class GraphedForward(_FullBatchForward):
 
 def compile_cache_counts() -> dict[str, int]:
     """Lookups in torch.compile's on-disk caches by this process so far: Inductor's compiled graphs (`fxgraph_*`)
-    and AOTAutograd's forward/backward pairs (`aot_*`), hits and misses (torch._dynamo's counters; zeros where
-    none were made). A hit skips the lowering, code generation and kernel compilation of that graph."""
+    and AOTAutograd's forward/backward pairs (`aot_*`), hits, misses and bypasses (a graph the cache cannot hold,
+    compiled afresh; torch._dynamo's counters, zeros where none were made). A hit skips the lowering, code
+    generation and kernel compilation of that graph."""
     from torch._dynamo.utils import counters
 
-    return {"fxgraph_hit": counters["inductor"]["fxgraph_cache_hit"],
-            "fxgraph_miss": counters["inductor"]["fxgraph_cache_miss"],
-            "aot_hit": counters["aot_autograd"]["autograd_cache_hit"],
-            "aot_miss": counters["aot_autograd"]["autograd_cache_miss"]}
+    return {f"{short}_{what}": counters[group][f"{name}_{what}"] for short, group, name in
+            (("fxgraph", "inductor", "fxgraph_cache"), ("aot", "aot_autograd", "autograd_cache"))
+            for what in ("hit", "miss", "bypass")}
 
 
 class CompiledForward(_FullBatchForward):

@@ -53,6 +53,9 @@ GPU_STATE=${GPU_STATE:-1}                # 0: a call does not merge the previous
 # compiled brings its cache back as inductor-cache.tgz, which --merge puts here, so that the next session's calls
 # carry it with .carry/ (empty: neither).
 COMPILE_CACHE=${COMPILE_CACHE-.carry/inductor-cache.tgz}
+COMPILE_CACHE_MAX_MIB=${COMPILE_CACHE_MAX_MIB:-15}  # the cache comes back, and is kept, only up to this size
+[[ "$COMPILE_CACHE_MAX_MIB" =~ ^(0|[1-9][0-9]*)$ ]] \
+  || { echo "gpu_full_study: COMPILE_CACHE_MAX_MIB=$COMPILE_CACHE_MAX_MIB must be a whole number of MiB" >&2; exit 2; }
 
 # Unpack a results.tgz (or an older call's results.tar) over this checkout, printing 'merged: FILE' per file: bench
 # files (results/bench/*.json) merged record by record into an existing copy, every other file replacing its copy.
@@ -74,6 +77,34 @@ merge_tar() {  # TAR
   return $rc
 }
 
+# --merge: torch.compile's cache a call brought back, united with the carried one (a call on a fresh machine started
+# from the carried cache, not from the previous call's), the call's files winning, as COMPILE_CACHE; the call's alone
+# where the union is over COMPILE_CACHE_MAX_MIB. A damaged archive of the call's is refused, a damaged carried one
+# dropped.
+merge_compile_cache() {  # TGZ
+  local tmp size
+  if ! tar -tzf "$1" > /dev/null 2>&1; then
+    echo "cannot read $1 (damaged?): torch.compile's cache $COMPILE_CACHE left as it was" >&2
+    return 1
+  fi
+  tmp=$(mktemp -d) || return 1
+  mkdir -p "$(dirname "$COMPILE_CACHE")" && tar -xzf "$1" -C "$tmp" || { rm -rf "$tmp"; return 1; }
+  if [[ -f "$COMPILE_CACHE" ]] && tar -tzf "$COMPILE_CACHE" > /dev/null 2>&1; then
+    tar -xzf "$COMPILE_CACHE" -C "$tmp" --skip-old-files
+  fi
+  tar -czf "$COMPILE_CACHE.tmp" -C "$tmp" . && size=$(stat -c %s "$COMPILE_CACHE.tmp")
+  rm -rf "$tmp"
+  [[ -n "${size:-}" ]] || return 1
+  local how="with the carried one"
+  if ((size > COMPILE_CACHE_MAX_MIB * 1024 * 1024)); then
+    cp -f "$1" "$COMPILE_CACHE.tmp" || return 1
+    how="alone: with the carried one it is over COMPILE_CACHE_MAX_MIB"
+  fi
+  mv -f "$COMPILE_CACHE.tmp" "$COMPILE_CACHE" \
+    && echo "merged: $COMPILE_CACHE (torch.compile's cache of the call, $how; $(stat -c %s "$COMPILE_CACHE") bytes;" \
+      "the next call carries it in .carry/)"
+}
+
 if [[ "${1:-}" == "--merge" ]]; then
   dir=${2:?"usage: $0 --merge DIR (the folder the device call's files were copied to)"}
   packed=$dir/results.tgz
@@ -84,13 +115,8 @@ if [[ "${1:-}" == "--merge" ]]; then
   if compgen -G "$dir/checkpoints.tgz.part*" > /dev/null; then
     cat "$dir"/checkpoints.tgz.part* | tar -xzf - || rc=1  # into checkpoints/ (ignored by git)
   fi
-  if [[ -n "$COMPILE_CACHE" && -f "$dir/inductor-cache.tgz" ]]; then  # it holds the cache it started from too
-    if mkdir -p "$(dirname "$COMPILE_CACHE")" && cp -f "$dir/inductor-cache.tgz" "$COMPILE_CACHE.tmp" \
-      && mv -f "$COMPILE_CACHE.tmp" "$COMPILE_CACHE"; then
-      echo "merged: $COMPILE_CACHE (torch.compile's cache, for the next call: carry .carry/)"
-    else
-      rc=1
-    fi
+  if [[ -n "$COMPILE_CACHE" && -f "$dir/inductor-cache.tgz" ]]; then
+    merge_compile_cache "$dir/inductor-cache.tgz" || rc=1
   fi
   exit $rc
 fi
@@ -146,11 +172,10 @@ ALLOW_CPU=${ALLOW_CPU:-0}            # 1: dry run on a machine without CUDA
 # keeps between the calls of a session: a model compiled in one call compiles from the cache in the next (and, with
 # COMPILE_CACHE, in the next session's calls).
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/torchinductor}
-COMPILE_CACHE_MAX_MIB=${COMPILE_CACHE_MAX_MIB:-15}  # the cache comes back only up to this size, compressed
 
 # A setting that is not a number would end the script half-way (set -u arithmetic): say so before anything runs.
 bad_setting() { echo "gpu_full_study: $1=${!1} $2" >&2; exit 2; }
-for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S COMPILE_CACHE_MAX_MIB; do
+for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S; do
   [[ "${!name}" =~ ^(0|[1-9][0-9]*)$ ]] \
     || bad_setting "$name" "must be a whole number of seconds (or rounds) without leading zeros, e.g. $name=60"
 done
@@ -268,28 +293,44 @@ pack() {
   fi
 }
 
-# At the end of a call, torch.compile's cache where a file of it is newer than the call's start (the call compiled
-# something, or read a graph back, which writes its module again): into $OUT/inductor-cache.tgz (which --merge puts
-# at COMPILE_CACHE), if at most COMPILE_CACHE_MAX_MIB compressed: first whole, then without Triton's own cache folder
-# (Inductor's entries bundle their kernels and write them there again when read back). Else the carried cache stays.
-# Not after every step as pack(): seconds of tar each time, for what only a next session uses.
+# At the end of a call, torch.compile's cache where a file of it outside Triton's own folder is newer than the call's
+# start (the call compiled something): into $OUT/inductor-cache.tgz (which --merge unites with COMPILE_CACHE), without
+# Triton's folder (Inductor's entries hold their kernels and write them there again when read back), if at most
+# COMPILE_CACHE_MAX_MIB compressed and within what $OUT may bring back beside the call's other files (64 MiB in all);
+# else only the files this call wrote, if they fit; else nothing.
+# Not after every step as pack(): seconds of tar each time, for what only a later call uses.
 pack_compile_cache() {
-  local dir=$TORCHINDUCTOR_CACHE_DIR size=0 skip packed=$TMP_DIR/inductor-cache.tgz
+  local dir=$TORCHINDUCTOR_CACHE_DIR size=0 max rc what packed=$TMP_DIR/inductor-cache.tgz new=$TMP_DIR/cache-new.txt
   [[ -n "$COMPILE_CACHE" && -d "$dir" ]] || return 0
-  [[ -n $(find "$dir" -type f -newer "$CALL_STAMP" -print -quit) ]] || return 0
-  for skip in "" ./triton; do
-    tar -czf "$packed" --exclude=./locks --exclude='*.lock' --exclude='*.tmp*' ${skip:+--exclude="$skip"} \
-      -C "$dir" . 2> /dev/null || continue
+  (cd "$dir" && find . -type f -newer "$CALL_STAMP" ! -path './triton/*' ! -path './locks/*' ! -name '*.lock' \
+    ! -name '*.tmp*') > "$new" || return 0
+  [[ -s "$new" ]] || return 0
+  max=$((63 * 1024 * 1024 - $(du -sb "$OUT" | cut -f1)))  # (1 MiB to spare)
+  ((max > COMPILE_CACHE_MAX_MIB * 1024 * 1024)) && max=$((COMPILE_CACHE_MAX_MIB * 1024 * 1024))
+  for what in whole new; do
+    if [[ "$what" == whole ]]; then
+      tar -czf "$packed" --exclude=./triton --exclude=./locks --exclude='*.lock' --exclude='*.tmp*' -C "$dir" . \
+        2> "$TMP_DIR/cache-pack.txt"
+    else
+      tar -czf "$packed" -C "$dir" --files-from="$new" 2> "$TMP_DIR/cache-pack.txt"
+    fi
+    rc=$?
+    if ((rc > 1)); then  # (1: a file changed while read; the archive is still whole)
+      log "could not pack torch.compile's cache (tar exit $rc): $(head -c 300 "$TMP_DIR/cache-pack.txt")"
+      rm -f "$packed"
+      return
+    fi
     size=$(stat -c %s "$packed")
-    if ((size <= COMPILE_CACHE_MAX_MIB * 1024 * 1024)); then
-      mv -f "$packed" "$OUT/inductor-cache.tgz" && log "torch.compile's cache packed ($size bytes$([[ -n "$skip" ]] \
-        && echo ", without Triton's folder"))"
+    if ((size <= max)); then
+      mv -f "$packed" "$OUT/inductor-cache.tgz"
+      log "torch.compile's cache packed ($size bytes$([[ "$what" == new ]] && echo ", only what this call wrote"))"
       return
     fi
   done
   rm -f "$packed"
-  log "torch.compile's cache is $size bytes compressed, more than COMPILE_CACHE_MAX_MIB ($COMPILE_CACHE_MAX_MIB MiB):" \
-    "not brought back (the next session's calls compile afresh what the carried cache lacks)"
+  log "torch.compile's cache is too large to come back (what this call wrote: $size bytes compressed, more than" \
+    "COMPILE_CACHE_MAX_MIB or what \$OUT may still bring back, $max bytes): the next session's calls compile afresh" \
+    "what the carried cache lacks"
 }
 
 # A plan's training runs, in order, in one process; --time-limit: a run that cannot finish stops resumably before
@@ -415,9 +456,10 @@ main() {
     fi
   fi
 
-  # torch.compile's cache of earlier sessions' calls (carried with .carry/), beside what this machine holds.
+  # torch.compile's cache of earlier sessions' calls (carried with .carry/), beside what this machine holds; read
+  # whole first, so that a damaged archive leaves nothing cut short in the cache (a cut module would fail a compile).
   if [[ -n "$COMPILE_CACHE" && -f "$COMPILE_CACHE" ]]; then
-    if mkdir -p "$TORCHINDUCTOR_CACHE_DIR" \
+    if tar -tzf "$COMPILE_CACHE" > /dev/null 2> "$TMP_DIR/cache-tar.txt" && mkdir -p "$TORCHINDUCTOR_CACHE_DIR" \
       && tar -xzf "$COMPILE_CACHE" -C "$TORCHINDUCTOR_CACHE_DIR" --skip-old-files 2> "$TMP_DIR/cache-tar.txt"; then
       log "torch.compile's cache of earlier calls unpacked ($COMPILE_CACHE, $(stat -c %s "$COMPILE_CACHE") bytes)"
     else

@@ -192,39 +192,74 @@ def cache_members(path: Path) -> set[str]:
         return {m.name.removeprefix("./") for m in tar.getmembers() if m.isfile()}
 
 
-def test_merge_keeps_the_compile_cache_for_the_next_sessions_calls(tmp_path):
-    """A call's inductor-cache.tgz goes to COMPILE_CACHE (default .carry/inductor-cache.tgz, which the next call
-    carries); COMPILE_CACHE='' leaves it."""
+def merge_call(repo: Path, call: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(call)], cwd=repo,
+                          env=dict(os.environ, PY=sys.executable, **env), capture_output=True, text=True, timeout=60)
+
+
+def test_merge_unites_the_calls_compile_cache_with_the_carried_one(tmp_path):
+    """--merge keeps a call's inductor-cache.tgz at COMPILE_CACHE (default .carry/inductor-cache.tgz, which the next
+    call carries), united with the cache there (a call on a fresh machine started from that, not from the previous
+    call's), the call's files winning; the call's alone where the union is over COMPILE_CACHE_MAX_MIB; a damaged
+    archive of the call's is refused and the carried one left; COMPILE_CACHE='' leaves everything."""
     repo = script_copy(tmp_path)
+    carried = repo / ".carry" / "inductor-cache.tgz"
     (tmp_path / "c1").mkdir()
     pack(tmp_path / "c1" / "results.tgz", {"figs/a.png": "one"})
-    cache_tgz(tmp_path / "c1" / "inductor-cache.tgz", {"fxgraph/ab/entry": b"graph"})
-    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c1")], cwd=repo,
-                         env=dict(os.environ, PY=sys.executable), capture_output=True, text=True, timeout=60)
+    cache_tgz(tmp_path / "c1" / "inductor-cache.tgz", {"fxgraph/ab/entry": b"graph", "fxgraph/cd/x": b"call 1"})
+    run = merge_call(repo, tmp_path / "c1")
     assert run.returncode == 0, run.stderr
-    assert "merged: .carry/inductor-cache.tgz" in run.stdout
-    assert cache_members(repo / ".carry" / "inductor-cache.tgz") == {"fxgraph/ab/entry"}
-    (repo / ".carry" / "inductor-cache.tgz").unlink()
-    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c1")], cwd=repo,
-                         env=dict(os.environ, PY=sys.executable, COMPILE_CACHE=""), capture_output=True, text=True,
-                         timeout=60)
-    assert run.returncode == 0 and "inductor-cache" not in run.stdout
-    assert not (repo / ".carry" / "inductor-cache.tgz").exists()
+    assert "merged: .carry/inductor-cache.tgz (torch.compile's cache of the call, with the carried one;" in run.stdout
+    assert cache_members(carried) == {"fxgraph/ab/entry", "fxgraph/cd/x"}
+    (tmp_path / "c2").mkdir()  # a call on a fresh machine: call 1's cache unknown to it
+    pack(tmp_path / "c2" / "results.tgz", {"figs/a.png": "c2"})
+    cache_tgz(tmp_path / "c2" / "inductor-cache.tgz", {"fxgraph/ef/entry": b"graph 2", "fxgraph/cd/x": b"call 2"})
+    assert merge_call(repo, tmp_path / "c2").returncode == 0
+    assert cache_members(carried) == {"fxgraph/ab/entry", "fxgraph/cd/x", "fxgraph/ef/entry"}
+    with tarfile.open(carried) as tar:
+        assert tar.extractfile("./fxgraph/cd/x").read() == b"call 2"
+    (tmp_path / "c3").mkdir()  # the union over the limit: the call's alone
+    pack(tmp_path / "c3" / "results.tgz", {"figs/a.png": "c3"})
+    cache_tgz(tmp_path / "c3" / "inductor-cache.tgz", {"fxgraph/gh/big": os.urandom(600 * 1024)})
+    cache_tgz(carried, {"fxgraph/ab/old": os.urandom(600 * 1024)})
+    run = merge_call(repo, tmp_path / "c3", COMPILE_CACHE_MAX_MIB="1")
+    assert run.returncode == 0 and "alone: with the carried one it is over COMPILE_CACHE_MAX_MIB" in run.stdout
+    assert cache_members(carried) == {"fxgraph/gh/big"}
+    (tmp_path / "c4").mkdir()  # damaged in transit: refused, the carried cache kept
+    pack(tmp_path / "c4" / "results.tgz", {"figs/a.png": "c4"})
+    whole = (tmp_path / "c3" / "inductor-cache.tgz").read_bytes()
+    (tmp_path / "c4" / "inductor-cache.tgz").write_bytes(whole[:len(whole) // 2])
+    before = carried.read_bytes()
+    run = merge_call(repo, tmp_path / "c4")
+    assert run.returncode == 1 and "cannot read" in run.stderr and carried.read_bytes() == before
+    carried.unlink()
+    run = merge_call(repo, tmp_path / "c1", COMPILE_CACHE="")
+    assert run.returncode == 0 and "inductor-cache" not in run.stdout and not carried.exists()
 
 
-@pytest.mark.parametrize("case", ["read only", "compiled", "too large with triton", "too large"])
+@pytest.mark.parametrize("case", ["read only", "compiled", "triton", "carried too large", "too large", "damaged"])
 def test_a_call_unpacks_the_carried_compile_cache_and_brings_it_back_where_it_grew(tmp_path, case):
-    """The carried cache is unpacked into TORCHINDUCTOR_CACHE_DIR before step 1; a call whose steps wrote to the
-    cache (a compile) brings the whole cache back, without Triton's folder where only that fits, and nothing where
-    even that is too large (said in the log); a call that wrote nothing brings none back (the carried one stays).
-    PY fails every step but the merge (the call stops at step 1); before failing it writes what a compile would."""
+    """The carried cache is unpacked into TORCHINDUCTOR_CACHE_DIR before step 1 (a damaged one not at all: nothing
+    cut short); at its end, a call whose steps wrote to the cache (a compile) brings the cache back without Triton's
+    folder; only what it wrote where the whole is over COMPILE_CACHE_MAX_MIB; nothing where even that is (said in
+    the log); a call that wrote nothing brings none back (the carried one stays). PY fails every step but the merge
+    (the call stops at step 1); before failing it writes what a compile would."""
     repo = script_copy(tmp_path)
-    carried = cache_tgz(repo / ".carry" / "inductor-cache.tgz", {"fxgraph/ab/old": b"old graph"})
+    old = {"fxgraph/ab/old": b"old graph"}
+    if case == "carried too large":
+        old["fxgraph/ab/oldbig"] = os.urandom(2 * 1024 * 1024)
+    if case == "damaged":  # cut within its second member: the first one would unpack whole, the second cut short
+        old["fxgraph/zz/pad"] = os.urandom(200 * 1024)
+    carried = cache_tgz(repo / ".carry" / "inductor-cache.tgz", old)
+    if case == "damaged":
+        whole = carried.read_bytes()
+        carried.write_bytes(whole[:3 * len(whole) // 4])
     big = os.urandom(2 * 1024 * 1024).hex()  # 4 MiB of incompressible text, over a 1 MiB limit
-    write = {"read only": "",
+    write = {"read only": "", "damaged": "",
              "compiled": 'echo new > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/new"',
-             "too large with triton": 'mkdir -p "$TORCHINDUCTOR_CACHE_DIR/triton/0"; '
-                                      f'echo {big} > "$TORCHINDUCTOR_CACHE_DIR/triton/0/kernel.cubin"',
+             "carried too large": 'echo new > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/new"',
+             "triton": 'mkdir -p "$TORCHINDUCTOR_CACHE_DIR/triton/0"; echo new > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/new"; '
+                       f'echo {big} > "$TORCHINDUCTOR_CACHE_DIR/triton/0/kernel.cubin"',
              "too large": f'echo {big} > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/big"'}[case]
     fake_py = tmp_path / "py.sh"
     fake_py.write_text(f'if [[ "$*" == "-m lib.bench_merge "* ]]; then exec {sys.executable} "$@"; fi\n'
@@ -236,19 +271,22 @@ def test_a_call_unpacks_the_carried_compile_cache_and_brings_it_back_where_it_gr
                          text=True, timeout=60)
     log = run.stdout + run.stderr
     assert "the first step failed" in log, log
+    cache = repo / "build" / "torchinductor"
+    back = out / "inductor-cache.tgz"
+    if case == "damaged":
+        assert "could not unpack torch.compile's cache .carry/inductor-cache.tgz" in log
+        assert not (cache / "fxgraph" / "ab").exists() and not (cache / "fxgraph" / "zz").exists()
+        assert not back.exists()
+        return
     assert f"torch.compile's cache of earlier calls unpacked (.carry/inductor-cache.tgz, {carried.stat().st_size} " \
            "bytes)" in log
-    cache = repo / "build" / "torchinductor"
     assert (cache / "fxgraph" / "ab" / "old").read_bytes() == b"old graph"
-    back = out / "inductor-cache.tgz"
     if case == "read only":
         assert not back.exists()
     elif case == "too large":
-        assert not back.exists() and "not brought back" in log
+        assert not back.exists() and "too large to come back" in log
+    elif case == "carried too large":
+        assert cache_members(back) == {"fxgraph/cd/new"} and "only what this call wrote" in log
     else:
-        members = cache_members(back)
-        assert {"fxgraph/ab/old"} <= members and "not brought back" not in log
-        assert "torch.compile's cache packed (" in log
-        assert (", without Triton's folder)" in log) == (case == "too large with triton")
-        assert ("fxgraph/cd/new" in members) == (case == "compiled")
-        assert not any(m.startswith("triton/") for m in members)  # (too large with it: left out)
+        assert cache_members(back) == {"fxgraph/ab/old", "fxgraph/cd/new"}  # never Triton's folder
+        assert "torch.compile's cache packed (" in log and "only what" not in log
