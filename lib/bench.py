@@ -31,9 +31,9 @@ CUDA-graph capture), warmup_seconds (the first, untimed epoch; a torch.compile i
 compiled, canet_merged (CANets only: their blocks ran merged), earlier_in_process (CUDA, from 2026-11-27 on: whether
 the same process had run the model's full-batch steps before, so that cuDNN's autotuning was not part of the
 one-off; absent before), compile_cache (compiled entries, from 2026-11-28 on: the compile's lookups in torch.compile's
-on-disk caches, lib.train.compile_cache_counts; hits: its compile was mostly a cache read), ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with
-torch.compile (`--compile`, or `--also-compiled` beside the naive epoch of the same process) have the key
-compile_key(model, mode): <model>+compile for the default mode, <model>+compile-<mode> for another
+on-disk caches, lib.train.compile_cache_counts; hits only: its compile was mostly a cache read, from_compile_cache),
+ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile (`--compile`, or
+`--also-compiled` beside the naive epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode, <model>+compile-<mode> for another
 (lib.train.compile_mode), and a compile_mode field. Probe entries (key probe-<model>): model, kind='probe',
 seconds_per_step, num_steps, probe_every, device, torch, date. The top-level "agreement" maps a model to its
 side-by-side accuracy run (agreement(): naive vs lib.train over a few epochs of the recipe, per seed); "concurrency"

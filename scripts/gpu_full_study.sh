@@ -94,7 +94,7 @@ merge_compile_cache() {  # TGZ
   fi
   tar -czf "$COMPILE_CACHE.tmp" -C "$tmp" . && size=$(stat -c %s "$COMPILE_CACHE.tmp")
   rm -rf "$tmp"
-  [[ -n "${size:-}" ]] || return 1
+  [[ -n "${size:-}" ]] || { rm -f "$COMPILE_CACHE.tmp"; return 1; }
   local how="with the carried one"
   if ((size > COMPILE_CACHE_MAX_MIB * 1024 * 1024)); then
     cp -f "$1" "$COMPILE_CACHE.tmp" || return 1

@@ -258,7 +258,8 @@ def test_a_call_unpacks_the_carried_compile_cache_and_brings_it_back_where_it_gr
     write = {"read only": "", "damaged": "",
              "compiled": 'echo new > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/new"',
              "carried too large": 'echo new > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/new"',
-             "triton": 'mkdir -p "$TORCHINDUCTOR_CACHE_DIR/triton/0"; echo new > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/new"; '
+             "triton": 'mkdir -p "$TORCHINDUCTOR_CACHE_DIR/triton/0"; '
+                       'echo new > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/new"; '
                        f'echo {big} > "$TORCHINDUCTOR_CACHE_DIR/triton/0/kernel.cubin"',
              "too large": f'echo {big} > "$TORCHINDUCTOR_CACHE_DIR/fxgraph/cd/big"'}[case]
     fake_py = tmp_path / "py.sh"
