@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from lib.config import NORMS, TrainConfig, get_profile
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
 from lib.paths import OutputDirs
-from lib.results import atomic_write_json, environment_info, read_json, refuse_if_reuse_only, reusable_result
+from lib.results import (atomic_write_json, environment_info, read_json, refuse_if_reuse_only, reusable_result,
+                         say_reused)
 
 # The paper's step-size grid: eta = m * lr for m in 0.5, 1.0, ..., 4.0 (0.05 .. 0.4 at lr 0.1).
 ETA_MULTIPLIERS = tuple(0.5 * i for i in range(1, 9))
@@ -51,12 +52,6 @@ FALLBACK_LR = 0.05
 STUCK_LOSS = 2.2
 SLICE_ALPHAS = 51  # points of the 1-D slice in [-1, 1]
 LABELS = {"VGG_A": "Standard", "VGG_A_BN": "Standard + BatchNorm"}  # the paper's names
-
-
-def said_reused(*names: str) -> None:
-    """Say that these probe runs or slices were reused (lib.train.train says so of training runs)."""
-    print(f"{', '.join(names)}: finished before, reused (not computed again; --force, or force = True in a "
-          f"notebook, computes it again)")
 
 
 # =========================================================================================== A. protocol
@@ -482,7 +477,7 @@ def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress:
     """
     path = cfg.result_path(dirs)
     if not force and (found := reusable_result(path, cfg.to_dict(), ProbeConfig)) is not None:
-        said_reused(path.stem)
+        say_reused(path.stem)
         return found
     refuse_if_reuse_only(f"the probe run {path.stem}", path.parent, forced=force)
     result = _train_with_probes(cfg, progress=progress)
@@ -509,10 +504,10 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         found = [reusable_result(c.result_path(dirs), c.to_dict(), ProbeConfig) for c in configs]
         found_fb = [reusable_result(c.result_path(dirs), c.to_dict(), ProbeConfig) for c in fallback]
         if all(r is not None and r.get("lr_fallback") for r in found_fb):
-            said_reused(*(c.result_path(dirs).stem for c in fallback))
+            say_reused(*(c.result_path(dirs).stem for c in fallback))
             return found_fb  # an earlier call already fell back
         if all(r is not None for r in found):
-            said_reused(*(c.result_path(dirs).stem for c in configs))
+            say_reused(*(c.result_path(dirs).stem for c in configs))
             return found
         if found[configs.index(plain)] is None and found_fb[configs.index(plain)] is not None:
             # VGG_A fell back earlier but the BN run is missing: finish the fallback pair.
@@ -636,7 +631,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         config = slice_config(profile, data_source, dirs, model_name, lr, seed, num_images)
         path = slice_path(dirs, model_name, seed)
         if not force and (found := reusable_result(path, config)) is not None:
-            said_reused(path.stem)
+            say_reused(path.stem)
             results.append(found)
             continue
         refuse_if_reuse_only(f"the loss slice {path.stem}", path.parent, forced=force)

@@ -134,6 +134,14 @@ def refuse_if_reuse_only(what: str, where: Path | str, forced: bool = False) -> 
             f"(elsewhere: unset {REUSE_ONLY_ENV}) to compute it.")
 
 
+def say_reused(*names: str, trained: bool = False) -> None:
+    """Say that these finished results were reused, not computed again (training runs: `trained`), and how to
+    redo them: the only sign that a notebook cell or `lib run` did no work."""
+    verb, redo = ("trained", "retrains it") if trained else ("computed", "computes it again")
+    print(f"{', '.join(names)}: finished before, reused (not {verb} again; --force, or force = True in a notebook, "
+          f"{redo})")
+
+
 def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | None:
     """The result at `path` if its recorded config equals `config`, else None.
 

@@ -27,7 +27,7 @@ from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
 from lib.results import (atomic_write_json, environment_info, git_commit, read_json, refuse_if_reuse_only,
-                         reusable_result)
+                         reusable_result, say_reused)
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules).
 WEIGHT_GROUPS = {"se": ".se.", "sa": ".sa.", "unit_transform": ".unit_transform."}
@@ -661,9 +661,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     dirs = dirs or output_dirs(cfg.profile)
     result_path = Path(dirs.results) / f"{cfg.name}.json"
     if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
-        # Said whatever `progress` is: one line, and the only sign that a notebook cell or `lib run` did not train.
-        print(f"{cfg.name}: finished before, reused (not trained again; --force, or force = True in a notebook, "
-              f"retrains it)")
+        say_reused(cfg.name, trained=True)  # whatever `progress` is
         return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
     device = resolve_device(cfg.device)
