@@ -472,7 +472,7 @@ def cmd_bench(args) -> int:
         margin = {} if args.margin is None else {"margin": args.margin}  # default: lib.plan.PLAN_MARGIN
         plan = plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
                           seeds=args.seeds or [0], profile=args.profile, lanes=args.lanes,
-                          partial=not args.no_partial, **margin)
+                          partial=not args.no_partial, lanes_startup_s=args.lanes_startup, **margin)
         print(format_plan(plan))
     return status
 
@@ -616,6 +616,10 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=480.0, help="seconds for --plan (default 480)")
     p.add_argument("--margin", type=float,
                    help="--plan multiplies estimates by this (default: lib.plan.PLAN_MARGIN, 1.2)")
+    p.add_argument("--lanes-startup", type=float, default=0.0, metavar="SECONDS",
+                   help="--plan with --lanes: seconds the lanes need before they start (the GPU runner starts "
+                        "MPS only for a plan with lanes); such a plan gets the budget less them, and where that "
+                        "leaves fewer than two lanes, the plan is the one without lanes for the whole budget")
     p.add_argument("--no-partial", action="store_true",
                    help="--plan only whole runs: no run longer than --budget that a next call would resume (the "
                         "runner's later rounds in a call, planned with the time its first round left)")

@@ -148,7 +148,8 @@ def select_jobs(jobs: list[Job], tokens: Sequence[str]) -> list[Job]:
 
 def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: float = 480.0, bench=None,
                dirs: OutputDirs | None = None, seeds: Sequence[int] = (0,), profile: str = "full",
-               margin: float = PLAN_MARGIN, lanes: int = 1, partial: bool = True) -> dict:
+               margin: float = PLAN_MARGIN, lanes: int = 1, partial: bool = True,
+               lanes_startup_s: float = 0.0) -> dict:
     """Which unfinished jobs of the chosen subset fit `budget_s` (first fit in running order, estimates x
     `margin`, STEP_STARTUP_S per process). Returns {'lines': [...], 'taken', 'skipped', 'done', 'seconds',
     'budget_s', 'partial', 'lanes', 'slowdowns', 'margin', 'order', 'spare'} (and 'study_order_seconds' where the
@@ -184,11 +185,35 @@ def plan_study(tokens: Sequence[str], data_source: str | None = None, budget_s: 
     estimate then counts only the epochs left). Elsewhere in the order it is skipped, so that it does not
     take the leftovers of a call that has other work; always with partial=False (a plan for the time a call has
     left after its first plan ran: the runner's later rounds).
-    """
-    from lib.lanes import slowdown
 
+    lanes_startup_s: seconds that lanes need before they can start and runs one at a time do not (the runner
+    starts NVIDIA's MPS daemon only for a plan with two lanes or more). Such a plan is fitted to budget_s less
+    them ('lanes_startup_s' in it); where that plan has fewer than two lanes, the plan is the one without lanes
+    (lanes=1) for the whole budget_s, with 'lanes_declined' = `lanes`.
+    """
     if lanes < 1:
         raise ValueError(f"lanes must be at least 1, got {lanes}")
+    if lanes_startup_s < 0:
+        raise ValueError(f"lanes_startup_s must be at least 0, got {lanes_startup_s}")
+    args = (tokens, data_source, bench, dirs, seeds, profile, margin, partial)
+    if lanes == 1 or not lanes_startup_s:
+        return _plan(*args, budget_s, lanes)
+    with_lanes = _plan(*args, budget_s - lanes_startup_s, lanes)
+    if lanes_used(with_lanes) >= 2:
+        return dict(with_lanes, lanes_startup_s=lanes_startup_s)
+    return dict(_plan(*args, budget_s, 1), lanes_declined=lanes, lanes_startup_s=lanes_startup_s)
+
+
+def lanes_used(plan: dict) -> int:
+    """How many lanes (processes at once) a plan's lines start: its 'lane' lines (one alone trains alone)."""
+    return sum(1 for line in plan["lines"] if line.startswith("lane "))
+
+
+def _plan(tokens: Sequence[str], data_source: str | None, bench, dirs: OutputDirs | None, seeds: Sequence[int],
+          profile: str, margin: float, partial: bool, budget_s: float, lanes: int) -> dict:
+    """plan_study for a budget that the lanes, if any, have from the start."""
+    from lib.lanes import slowdown
+
     jobs = select_jobs(study_jobs(bench, data_source, dirs, seeds, profile), tokens)
     factors = {j.model: slowdown(bench, j.model, lanes) for j in jobs if j.kind == "train"}  # 1 with one lane
     plan = dict(_fit_jobs(jobs, factors, budget_s, margin, lanes, partial), order="study")
@@ -527,7 +552,13 @@ def format_plan(plan: dict) -> str:
         out.append(f"# lanes: up to {plan['lanes']} training processes at once, "
                    f"{'under MPS' if mps_on() else 'time-sliced (no MPS)'}; each run's estimate times its "
                    f"model's measured slowdown: {factors or 'none planned'}; runs of models without a measured "
-                   f"gain at {plan['lanes']} at once train alone, after the lanes")
+                   f"gain at {plan['lanes']} at once train alone, after the lanes"
+                   + (f"; the budget less {plan['lanes_startup_s']:.0f} s to start the lanes"
+                      if plan.get("lanes_startup_s") else ""))
+    elif plan.get("lanes_declined"):
+        out.append(f"# lanes: the plan for up to {plan['lanes_declined']} at once (for the budget less "
+                   f"{plan['lanes_startup_s']:.0f} s to start them) has fewer than two: one run at a time, for the "
+                   f"whole budget, and nothing started for lanes")
     if (alternative := plan.get("alternative")) is not None:
         other, first, seconds = alternative  # (order, first-seed seconds, all seconds)
         why = (f"gain-first (a run resumable here, then per seed block the runs that gain at {plan['lanes']} at "

@@ -37,7 +37,7 @@
 # runs of the models that gain over N lanes by their measured slowdowns at N at once ('bench' measures them:
 # CONCURRENCY; the other models' runs train alone, after the lanes), under
 # NVIDIA MPS where the machine lets this script start its daemon (MPS=0: never), time-sliced otherwise; the
-# daemon runs only for the concurrency measurement and the lanes, and is stopped before anything else.
+# daemon runs only for the concurrency measurement and a plan with lanes, and is stopped before anything else.
 # Checkpoints do not survive the machine: only finished results come back, and a later call skips them. A
 # run stopped by its time limit (lib run --time-limit) resumes from its checkpoint in a next call on the same,
 # still warm machine (the device tool keeps ignored files between calls); a fresh machine starts it over.
@@ -161,6 +161,8 @@ STOP_RESERVE_S=${STOP_RESERVE_S:-25}  # a training step's --time-limit ends this
 LANES=${LANES:-1}                    # training processes at once on the GPU (lib.lanes; 1: one run at a time)
 MPS=${MPS:-auto}                     # auto: with LANES > 1, try to start an MPS daemon (kernels of the lanes
                                      # overlap); 0: never (the lanes time-slice the GPU)
+MPS_START_S=${MPS_START_S:-15}       # what starting MPS costs, kept from the plan's budget where it would start it
+                                     # for lanes (the daemon and a test client: a Python start, 5-13 s)
 USE_SPARE=${USE_SPARE:-1}            # 0: a lane whose runs end early takes none of the plan's spare runs
 # 'bench' with LANES > 1: time these alone and LANES at once (a model not measured trains alone; empty: none), in
 # this order: the small models first (most likely to gain), then those whose measurement costs most (compiles,
@@ -175,7 +177,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/torchinduct
 
 # A setting that is not a number would end the script half-way (set -u arithmetic): say so before anything runs.
 bad_setting() { echo "gpu_full_study: $1=${!1} $2" >&2; exit 2; }
-for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S; do
+for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S MPS_START_S; do
   [[ "${!name}" =~ ^(0|[1-9][0-9]*)$ ]] \
     || bad_setting "$name" "must be a whole number of seconds (or rounds) without leading zeros, e.g. $name=60"
 done
@@ -209,13 +211,15 @@ start_mps() {
   if ! command -v nvidia-cuda-mps-control > /dev/null; then
     log "MPS: nvidia-cuda-mps-control not found: the lanes time-slice the GPU"; return 1
   fi
+  local began=$SECONDS
   mkdir -p "$MPS_PIPE" "$TMP_DIR/mps-log"
   export CUDA_MPS_PIPE_DIRECTORY=$MPS_PIPE CUDA_MPS_LOG_DIRECTORY=$TMP_DIR/mps-log
   # Its output away from the log's pipe: a daemon holding it open would keep `tee` (and the call) waiting.
   if nvidia-cuda-mps-control -d > /dev/null 2>&1 < /dev/null \
     && timeout 60 $PY -c "import torch; print('MPS client ok:', torch.ones(8, device='cuda').sum().item())"; then
     export CIFAR10_MPS=1
-    log "MPS: daemon started; server(s): $(echo get_server_list | nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')"
+    log "MPS: daemon started in $((SECONDS - began)) s; server(s): $(echo get_server_list | nvidia-cuda-mps-control \
+      2>&1 | tr '\n' ' ')"
     return 0
   fi
   log "MPS: could not start or serve a client (its log below); the lanes time-slice the GPU"
@@ -371,6 +375,15 @@ run_lanes() {  # ROUND LANE...
   return $rc
 }
 
+# The plan of plan_and_run (its locals: plan arguments, mps_env, startup, whole) into PATH.
+plan_into() {  # PATH SUBSET...
+  local into=$1
+  shift
+  env ${mps_env[@]+"${mps_env[@]}"} $PY -m lib bench --plan "$@" --budget "$(($(left) - PLAN_S - STOP_RESERVE_S))" \
+    --margin "$PLAN_MARGIN" --profile "$PROFILE" --data "$DATA" --seeds $SEEDS --lanes "$LANES" \
+    ${startup[@]+"${startup[@]}"} ${CHOOSE[@]+"${CHOOSE[@]}"} ${whole[@]+"${whole[@]}"} > "$into"
+}
+
 # 4./5. of main: plan the unfinished experiments of the subset that fit the time left (less PLAN_S and
 # STOP_RESERVE_S, which the plan and the runs' --time-limit take), print the plan (also into $OUT/plan.txt, later
 # rounds appended), run it: the lanes at once (a single lane alone), then the other lines one after another.
@@ -381,16 +394,22 @@ plan_and_run() {  # ROUND SUBSET...
   local round=$1 plan=$TMP_DIR/plan-$1.txt line kind names lines=() lanes=() rest=() whole=() failed=0 SPARE=""
   shift
   ((round == 1)) && [[ "$PARTIAL" == 1 ]] || whole=(--no-partial)
-  # With lanes measured under MPS, MPS first: the plan reads the slowdowns measured as the lanes will run (under
-  # MPS, or time-sliced if it does not start).
-  if ((LANES > 1)) && [[ -z "$CPU_OK" ]] && grep -ls "\"device\": \"$(nvidia-smi --query-gpu=name \
-    --format=csv,noheader 2> /dev/null | head -n 1)\"" results/bench/*.json | xargs -r grep -qs "/x${LANES}/mps\""
-  then
-    start_mps  # this GPU's bench file holds measurements under MPS at LANES at once
+  # With lanes measured under MPS (this GPU's bench file holds measurements under MPS at LANES at once) and the
+  # daemon not yet up, the plan reads the slowdowns measured under MPS and keeps MPS_START_S of its budget to start
+  # it; only a plan with two lanes or more starts it (a plan without lanes then has the whole budget). If it does
+  # not start, the plan is made again for lanes that time-slice the GPU.
+  local mps_env=() startup=()
+  if ((LANES > 1)) && [[ -z "$CPU_OK" && -z "${CIFAR10_MPS:-}" && "$MPS" != 0 && "$MPS_FAILED" == 0 ]] \
+    && grep -ls "\"device\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1)\"" \
+      results/bench/*.json | xargs -r grep -qs "/x${LANES}/mps\""; then
+    mps_env=(CIFAR10_MPS=1) startup=(--lanes-startup "$MPS_START_S")
   fi
-  $PY -m lib bench --plan "$@" --budget "$(($(left) - PLAN_S - STOP_RESERVE_S))" --margin "$PLAN_MARGIN" \
-    --profile "$PROFILE" --data "$DATA" --seeds $SEEDS --lanes "$LANES" ${CHOOSE[@]+"${CHOOSE[@]}"} \
-    ${whole[@]+"${whole[@]}"} > "$plan" || { log "planning failed"; stop_mps; return 2; }
+  plan_into "$plan" "$@" || { log "planning failed"; stop_mps; return 2; }
+  if ((${#mps_env[@]})) && (($(grep -c '^lane ' "$plan") >= 2)) && ! start_mps; then
+    mps_env=() startup=()
+    log "planning again, for lanes that time-slice the GPU"
+    plan_into "$plan" "$@" || { log "planning failed"; return 2; }
+  fi
   if ((${#CHOOSE[@]})); then CIFAR10_COMPILE=$(<"$TMP_DIR/compile.txt"); export CIFAR10_COMPILE; CHOOSE=(); fi
   ((round == 1)) && log "torch.compile'd training steps: ${CIFAR10_COMPILE:-none} (the others: CUDA graphs)"
   { ((round == 1)) || echo "# round $round"; cat "$plan"; } >> "$OUT/plan.txt"

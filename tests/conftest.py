@@ -3,6 +3,7 @@ fabricated bench files and finished results for the benchmark, planning and lane
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 
 from lib.data import CLASSES
 from lib.models import PART1_MODELS, revision
+from lib.paths import REPO
 from lib.results import atomic_write_json
 
 # A developer's exported CIFAR10_REUSE_ONLY=1 would make every test that trains refuse: tests set it themselves.
@@ -89,3 +91,13 @@ def write_finished(dirs, cfg) -> None:
     """A result file whose config matches `cfg`: the planner must treat the run as done."""
     atomic_write_json(Path(dirs.results) / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict()})
 
+
+def script_copy(tmp_path: Path) -> Path:
+    """The GPU runner and the modules its merge uses, in a fresh folder standing for a checkout."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy2(REPO / "scripts" / "gpu_full_study.sh", repo / "scripts")
+    (repo / "lib").mkdir()
+    for name in ("__init__.py", "bench_merge.py", "results.py", "paths.py"):
+        shutil.copy2(REPO / "lib" / name, repo / "lib" / name)
+    return repo

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,6 +15,7 @@ from lib.bench_merge import main as merge_main
 from lib.bench_merge import merge_bench, merge_bench_file
 from lib.paths import REPO
 from lib.results import atomic_write_json, read_json
+from conftest import script_copy
 
 DEV = "NVIDIA H200"
 
@@ -72,17 +72,6 @@ def test_bench_merge_needs_no_torch():
     """The runner's --merge runs with the system Python of a machine that may lack the repository's environment."""
     code = "import sys, lib.bench_merge; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
-
-
-def script_copy(tmp_path: Path) -> Path:
-    """The runner and the modules its merge uses, in a fresh folder standing for a checkout."""
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    shutil.copy2(REPO / "scripts" / "gpu_full_study.sh", repo / "scripts")
-    (repo / "lib").mkdir()
-    for name in ("__init__.py", "bench_merge.py", "results.py", "paths.py"):
-        shutil.copy2(REPO / "lib" / name, repo / "lib" / name)
-    return repo
 
 
 def pack(path: Path, files: dict[str, str | dict]) -> Path:

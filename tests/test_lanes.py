@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from lib.experiments import part1_config
 from lib.models import PART1_MODELS, revision
 from lib.paths import output_dirs
 from lib.results import atomic_write_json, read_json
-from conftest import bench_with_compiled_variants, fake_bench, write_finished
+from conftest import bench_with_compiled_variants, fake_bench, script_copy, write_finished
 
 
 @pytest.fixture(autouse=True)
@@ -846,3 +847,81 @@ def test_the_estimates_are_checked_against_the_finished_runs(tmp_path, monkeypat
     monkeypatch.setattr(C, "output_dirs", lambda profile, publish=None: dirs)
     assert main(["status", "--profile", "full", "--data", "shared"]) == 0
     assert f"finished runs against the plan's estimates from {path}" in capsys.readouterr().out
+
+
+def test_a_plan_keeps_the_lanes_start_up_from_its_budget_only_where_it_has_lanes(tiny_source, tmp_path, monkeypatch):
+    source, dirs, bench = two_models_gain(tiny_source, tmp_path, monkeypatch)
+    # Two lanes: 20 + 79.5 x 1.25 x 1.2 = 139.25 s each. With a budget of 150 s they fit, less 15 s they do not.
+    subset = ["p1-ResNet18-s0", "p1-ResNet34-s0"]
+    plan = P.plan_study(subset, source, budget_s=160, bench=bench, dirs=dirs, lanes=2, lanes_startup_s=15)
+    assert P.lanes_used(plan) == 2 and plan["budget_s"] == 145 and plan["lanes_startup_s"] == 15
+    assert "; the budget less 15 s to start the lanes" in P.format_plan(plan)
+    # Less 15 s of 150, the lanes do not fit: the plan without lanes, for the whole 150 s (20 + 95.4 s alone).
+    plan = P.plan_study(subset, source, budget_s=150, bench=bench, dirs=dirs, lanes=2, lanes_startup_s=15)
+    assert plan["lines"] == ["train p1-ResNet18-s0"] and plan["budget_s"] == 150 and P.lanes_used(plan) == 0
+    assert plan["lanes_declined"] == 2
+    assert "one run at a time, for the whole budget, and nothing started for lanes" in P.format_plan(plan)
+    assert plan["lines"] == P.plan_study(subset, source, budget_s=150, bench=bench, dirs=dirs)["lines"]
+    # Without a start-up, as before: the lanes have the whole budget.
+    assert P.lanes_used(P.plan_study(subset, source, budget_s=150, bench=bench, dirs=dirs, lanes=2)) == 2
+    with pytest.raises(ValueError, match="lanes_startup_s must be at least 0"):
+        P.plan_study(subset, source, bench=bench, dirs=dirs, lanes=2, lanes_startup_s=-1)
+
+
+FAKE_PY = r'''# Stands for python on a GPU machine: every step succeeds; the plan is $FAKE_PLAN (under MPS) or
+# $FAKE_PLAN_SLICED (without); the MPS test client succeeds unless FAKE_MPS_FAILS=1.
+echo "${CIFAR10_MPS:-}|$*" >> "$FAKE_CALLS"
+args=("$@")
+for i in "${!args[@]}"; do  # the compile choice the plan writes: none
+  [[ "${args[i]}" != --compile-choice-file ]] || : > "${args[i + 1]}"
+done
+case "$*" in
+  *"--plan "*) if [[ -n "${CIFAR10_MPS:-}" ]]; then printf '%b\n' "$FAKE_PLAN"
+               else printf '%b\n' "$FAKE_PLAN_SLICED"; fi ;;
+  *"MPS client ok"*) [[ "${FAKE_MPS_FAILS:-0}" == 0 ]] ;;
+esac
+'''
+
+
+@pytest.mark.parametrize("case", ["lanes", "no lanes", "mps fails"])
+def test_the_runner_starts_mps_only_for_a_plan_with_lanes(tmp_path, case):
+    """A GPU call with LANES=3 whose bench file holds measurements under MPS plans as under MPS, keeping
+    MPS_START_S from the plan's budget (--lanes-startup); it starts the daemon only when the plan has two lanes or
+    more, and where it fails to start, plans again for time-sliced lanes. Python, nvidia-smi and
+    nvidia-cuda-mps-control are stand-ins that record their calls."""
+    repo = script_copy(tmp_path)
+    atomic_write_json(repo / "results" / "bench" / "nvidia-h200.json", with_records(
+        dict(fake_bench(), device="NVIDIA H200", device_slug="nvidia-h200"), record("VGG_A", 3, 1.2)))
+    bin_dir, calls, mps_calls = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "mps.txt"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/bash\necho 'NVIDIA H200'\n")
+    (bin_dir / "nvidia-cuda-mps-control").write_text(f'#!/bin/bash\necho "$* $(cat)" >> {mps_calls}\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    (tmp_path / "py.sh").write_text(FAKE_PY)
+    lanes = "lane p1-VGG11-s0\\nlane p1-ResNet18-s0\\nlane p1-ResNet34-s0\\ntrain p1-CANet-s0"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PY=f"bash {tmp_path / 'py.sh'}",
+               OUT=str(tmp_path / "out"), FAKE_CALLS=str(calls), LANES="3", GRAPH_CHECK="0", COMPILE_CACHE="",
+               FAKE_PLAN=lanes if case != "no lanes" else "train p1-CANet-s0\\ncosts CANet",
+               FAKE_PLAN_SLICED="train p1-VGG11-s0 p1-CANet-s0", FAKE_MPS_FAILS="1" if case == "mps fails" else "0")
+    for name in (L.MPS_ENV, L.LANES_ENV, "CUDA_MPS_PIPE_DIRECTORY"):
+        env.pop(name, None)
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "part1"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=120)
+    log = run.stdout + run.stderr
+    assert "done; $OUT holds" in log, log
+    made = calls.read_text().splitlines()
+    plans = [c for c in made if " --plan part1 " in c]
+    runs = [c.split("--only ")[1].split(" --time-limit")[0] for c in made if " --only " in c]  # the trainings
+    started = mps_calls.exists() and any(line.startswith("-d") for line in mps_calls.read_text().splitlines())
+    # The first plan: as under MPS, its start-up kept from the budget.
+    assert plans[0].startswith("1|") and "--lanes 3 --lanes-startup 15 " in plans[0], plans
+    if case == "lanes":
+        assert started and len(plans) == 1 and "MPS: daemon started in " in log
+        assert sorted(runs) == ["p1-CANet-s0", "p1-ResNet18-s0", "p1-ResNet34-s0", "p1-VGG11-s0"]
+        assert "3 lanes at once under MPS" in log
+    elif case == "no lanes":
+        assert not started and len(plans) == 1 and "MPS:" not in log and runs == ["p1-CANet-s0"]
+    else:  # started, the test client failed: planned again without MPS and without the start-up
+        assert started and len(plans) == 2 and plans[1].startswith("|") and "--lanes-startup" not in plans[1]
+        assert "planning again, for lanes that time-slice the GPU" in log and runs == ["p1-VGG11-s0 p1-CANet-s0"]
