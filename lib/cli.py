@@ -440,7 +440,7 @@ def cmd_bench(args) -> int:
             bench.save_trace(t, variant, path, dev)
     for model in args.bookkeeping or ():  # where the per-epoch bookkeeping goes, part by part
         known = (read_json(path).get("bookkeeping", {}) if path.exists() else {}).get(model)
-        if args.missing_only and bench.recorded_as_now(known):
+        if args.missing_only and bench.recorded_as_now(known) and known.get("parts_alone"):  # (else timed anew)
             print(f"bookkeeping of {model}: in {path} already (--missing-only)")
             continue
         record = bench.bookkeeping_parts(model, args.data, args.device)

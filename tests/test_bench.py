@@ -335,8 +335,40 @@ def test_bookkeeping_parts_are_timed_one_by_one_and_recorded(tiny_source, tmp_pa
     monkeypatch.setattr(B, "bookkeeping_parts", lambda *a, **k: pytest.fail("measured again"))
     assert main(["bench", "--bookkeeping", "CANet_tiny", "--missing-only", "--device", "cpu", "--out", str(path)]) == 0
     assert "bookkeeping of CANet_tiny: in " in capsys.readouterr().out
+    B.save_bookkeeping(dict(r, parts_alone=None), path, "cpu")  # as recorded before parts were timed alone
+    monkeypatch.setattr(B, "bookkeeping_parts", lambda *a, **k: dict(r, date="anew"))
+    assert main(["bench", "--bookkeeping", "CANet_tiny", "--missing-only", "--device", "cpu", "--out", str(path)]) == 0
+    assert read_json(path)["bookkeeping"]["CANet_tiny"]["date"] == "anew"
     assert main(["bench", "--bookkeeping", "CANet_huge", "--device", "cpu", "--out", str(path)]) == 2
     assert "--bookkeeping: 'CANet_huge' (did you mean CANet_light?) is not a model" in capsys.readouterr().err
+
+
+def test_bookkeeping_parts_each_start_with_the_writers_queue_written(tiny_source, monkeypatch):
+    """The GPU path's counting is timed on its own after 'histograms', which queued an event per parameter: the
+    writer's thread must have written them first (busy, it slows the counting down: bookkeeping_parts)."""
+    order = []
+    real_writer, real_log, real_count = T.tensorboard_writer, T._log_histograms, T.param_histograms
+
+    def writer(logdir, **kw):
+        w = real_writer(logdir, **kw)
+        flush = w.flush
+        w.flush = lambda: (order.append("flush"), flush())[1]
+        return w
+
+    monkeypatch.setattr(T, "_gpu_fast_path", lambda device: True)  # the CUDA bookkeeping, on the CPU
+    monkeypatch.setattr(T, "tensorboard_writer", writer)
+    monkeypatch.setattr(T, "_log_histograms", lambda *a: (order.append("histograms"), real_log(*a))[1])
+    monkeypatch.setattr(T, "param_histograms", lambda *a: (order.append("count"), real_count(*a))[1])
+    r = B.bookkeeping_parts("CANet_tiny", tiny_source, "cpu", reps=2, steps_per_epoch=7)
+    assert r["ms"]["histogram_counting"] > 0 and r["parts_alone"]
+    starts = [i for i, what in enumerate(order) if what == "histograms"]
+    assert len(starts) == 3  # the untimed first round and two timed ones
+    for i in starts:  # the part (which counts inside), then the writer flushed, then the counting alone
+        assert order[i - 1:i + 4] == ["flush", "histograms", "count", "flush", "count"]
+    old = dict(r, parts_alone=None)
+    assert "writer" not in B.bookkeeping_lines({"bookkeeping": {"CANet_tiny": r}})[0]
+    assert "timed right after queuing the histograms for TensorBoard's thread" in B.bookkeeping_lines(
+        {"bookkeeping": {"CANet_tiny": old}})[0]
 
 
 def test_graph_check_handles_dropout_apart():
