@@ -435,9 +435,9 @@ def bookkeeping_parts(model_name: str, data_source: str | None = None, device: s
             out = {}
 
             def timed(part: str, fn) -> None:
-                # TensorBoard's writer thread serialises the events queued by the part before: left busy, it
-                # would hold the interpreter's lock during the next part (on the 2-core CPU the counting right
-                # after queuing CANet_tiny's 126 histograms took 65-108 ms, after a flush 29-38 ms).
+                # TensorBoard's writer thread checksums (in pure Python) and writes the events queued by the part
+                # before: left busy, it would hold the interpreter's lock during the next part (on the 2-core CPU
+                # the counting right after queuing CANet_tiny's 126 histograms took 65-108 ms, after a flush 29-38).
                 writer.flush()
                 sync(dev)
                 t0 = time.perf_counter()

@@ -16,6 +16,7 @@ whose CUDA-graphed steps differ. Any other exception is a bug and ends in its tr
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -83,6 +84,19 @@ def whole_number(minimum: int, what: str = "must be"):
             value = minimum - 1
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{what} a whole number >= {minimum}, not {text!r}")
+        return value
+    return parse
+
+
+def number_above(minimum: float, inclusive: bool = False):
+    """An argparse type: a finite number > minimum (>= with inclusive), else an error that says so."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be a number {'>=' if inclusive else '>'} {minimum:g}, not {text!r}")
         return value
     return parse
 
@@ -379,6 +393,15 @@ def cmd_bench(args) -> int:
     from lib.results import read_json
     from lib.train import COMPILE_ENV, resolve_device
 
+    actions = ("models", "fast_only", "probe", "also_compiled", "check_graphs", "trace", "bookkeeping", "agreement",
+               "concurrent", "graph_failures", "graph_failures_file", "compile_choice", "compile_choice_file",
+               "table", "estimate", "plan")
+    if not any(getattr(args, a) for a in actions):
+        raise ValueError("bench: nothing to do: name what to time or print (e.g. --models, --fast-only, --table, "
+                         "--estimate, --plan; `python -m lib bench --help` lists them all)")
+    if args.lanes_startup and not (args.plan and args.lanes > 1):
+        raise ValueError("--lanes-startup is the lanes' start-up in a plan's budget: it goes with --plan and "
+                         "--lanes 2 or more")
     for option in ("models", "fast_only", "also_compiled", "check_graphs", "trace", "agreement",
                    "concurrent", "bookkeeping"):  # before the data
         names = getattr(args, option)
@@ -447,13 +470,19 @@ def cmd_bench(args) -> int:
         bench.save_bookkeeping(record, path, dev)
         print("[bench] " + bench.bookkeeping_lines({"bookkeeping": {model: record}})[0])
     # With --lanes N, as the runs will train: N at once (a variant measured to gain so counts its share).
-    choice = " ".join(bench.compile_choice(read_json(path), lanes=args.lanes)) if path.exists() and (
-        args.compile_choice or args.compile_choice_file) else ""
+    def choose(lanes: int) -> str:
+        return " ".join(bench.compile_choice(read_json(path), lanes=lanes)) if path.exists() and (
+            args.compile_choice or args.compile_choice_file) else ""
+
+    def use(choice: str) -> None:
+        Path(args.compile_choice_file).write_text(choice + "\n")
+        os.environ[COMPILE_ENV] = choice  # for --plan below: the runs are planned as the runner trains them
+
+    choice = choose(args.lanes)
     if args.compile_choice:  # one line for the GPU runner: the models to train torch.compile'd (maybe none)
         print(choice)
     if args.compile_choice_file:
-        Path(args.compile_choice_file).write_text(choice + "\n")
-        os.environ[COMPILE_ENV] = choice  # for --plan below: the runs are planned as the runner trains them
+        use(choice)
     if (args.table or args.estimate) and not path.exists():
         raise FileNotFoundError(f"bench file {path} does not exist: measure into it first (--models, --fast-only), "
                                 f"or name another with --out")
@@ -470,9 +499,16 @@ def cmd_bench(args) -> int:
         from lib.plan import format_plan, plan_study
 
         margin = {} if args.margin is None else {"margin": args.margin}  # default: lib.plan.PLAN_MARGIN
-        plan = plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
-                          seeds=args.seeds or [0], profile=args.profile, lanes=args.lanes,
-                          partial=not args.no_partial, lanes_startup_s=args.lanes_startup, **margin)
+
+        def plan_for(lanes: int, startup: float) -> dict:
+            return plan_study(args.plan, args.data, args.budget, read_json(path) if path.exists() else None,
+                              seeds=args.seeds or [0], profile=args.profile, lanes=lanes,
+                              partial=not args.no_partial, lanes_startup_s=startup, **margin)
+
+        plan = plan_for(args.lanes, args.lanes_startup)
+        if plan.get("lanes_declined") and args.compile_choice_file and (alone := choose(1)) != choice:
+            use(alone)  # its runs train one at a time: compiled as for one run at a time, and planned so
+            plan = dict(plan_for(1, 0.0), lanes_declined=args.lanes, lanes_startup_s=args.lanes_startup)
         print(format_plan(plan))
     return status
 
@@ -613,10 +649,10 @@ def main(argv=None) -> int:
     p.add_argument("--plan", nargs="+", metavar="SUBSET",
                    help="print the unfinished experiments of SUBSET (all, part1, part2, probe or names) that fit "
                         "--budget seconds (scripts/gpu_full_study.sh runs the plan)")
-    p.add_argument("--budget", type=float, default=480.0, help="seconds for --plan (default 480)")
-    p.add_argument("--margin", type=float,
+    p.add_argument("--budget", type=number_above(0), default=480.0, help="seconds for --plan (default 480)")
+    p.add_argument("--margin", type=number_above(0),
                    help="--plan multiplies estimates by this (default: lib.plan.PLAN_MARGIN, 1.2)")
-    p.add_argument("--lanes-startup", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--lanes-startup", type=number_above(0, inclusive=True), default=0.0, metavar="SECONDS",
                    help="--plan with --lanes: seconds the lanes need before they start (the GPU runner starts "
                         "MPS only for a plan with lanes); such a plan gets the budget less them, and where that "
                         "leaves fewer than two lanes, the plan is the one without lanes for the whole budget")

@@ -209,7 +209,7 @@ start_mps() {
   [[ "$MPS" != 0 && -z "$CPU_OK" && "$MPS_FAILED" == 0 ]] || return 1
   [[ -z "${CIFAR10_MPS:-}" ]] || return 0  # already serving
   if ! command -v nvidia-cuda-mps-control > /dev/null; then
-    log "MPS: nvidia-cuda-mps-control not found: the lanes time-slice the GPU"; return 1
+    log "MPS: nvidia-cuda-mps-control not found: the lanes time-slice the GPU"; MPS_FAILED=1; return 1
   fi
   local began=$SECONDS
   mkdir -p "$MPS_PIPE" "$TMP_DIR/mps-log"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -479,6 +480,43 @@ def test_cli_plans_and_estimates_with_lanes(tiny_source, tmp_path, capsys):
     assert "a whole number >= 1, not '0'" in capsys.readouterr().err
 
 
+def test_a_plan_that_declines_its_lanes_compiles_and_estimates_as_for_one_run_at_a_time(tiny_source, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """The compile choice the runner trains with (--compile-choice-file) is the lanes' (ResNet18 compiled: it gains
+    three at once) where the plan has lanes, and the choice for one run at a time where it declines them."""
+    monkeypatch.setenv("CIFAR10_COMPILE_MODE", "default")  # the fabricated compiled entries are mode 'default'
+    monkeypatch.setenv(L.MPS_ENV, "1")
+    monkeypatch.setenv("CIFAR10_COMPILE", "")  # the CLI sets it for its plan: put back after the test
+    compiled_at_once = dict(record("ResNet18", 3, 1.2), key="ResNet18+compile", compiled=True, cuda_graphs=False)
+    path, choice = tmp_path / "bench.json", tmp_path / "compile.txt"
+    atomic_write_json(path, dict(with_records(bench_with_compiled_variants(), compiled_at_once),
+                                 device_slug="nvidia-h200"))
+    plan = ["bench", "--out", str(path), "--lanes", "3", "--lanes-startup", "15", "--compile-choice-file",
+            str(choice), "--data", str(tiny_source), "--seeds", "0", "1", "--budget", "400", "--plan"]
+    # Two ResNet18 runs: two lanes of 20 + 111.1 x 1.2 x 1.2 = 180 s each, in 400 - 15 s.
+    assert main(plan + ["p1-ResNet18-s0", "p1-ResNet18-s1"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^lane .*$", out, re.M) == ["lane p1-ResNet18-s0", "lane p1-ResNet18-s1"]
+    assert choice.read_text() == "CANet ResNet18\n"
+    # One run: no lanes; it trains CUDA-graphed, as one run at a time would, planned at 20 + 79.5 x 1.2 = 115.4 s.
+    assert main(plan + ["p1-ResNet18-s0"]) == 0
+    out = capsys.readouterr().out
+    assert "train p1-ResNet18-s0" in out and "estimated 115 s of 400 s" in out
+    assert "one run at a time, for the whole budget" in out and choice.read_text() == "CANet\n"
+
+
+def test_bench_refuses_a_call_that_asks_for_nothing_and_numbers_out_of_range(capsys):
+    assert main(["bench"]) == 2
+    assert "bench: nothing to do: name what to time or print (e.g. --models" in capsys.readouterr().err
+    assert main(["bench", "--table", "--lanes", "2", "--lanes-startup", "15"]) == 2
+    assert "--lanes-startup is the lanes' start-up in a plan's budget: it goes with --plan" in capsys.readouterr().err
+    for option, value, says in (("--lanes-startup", "-5", ">= 0"), ("--lanes-startup", "nan", ">= 0"),
+                                ("--budget", "-5", "> 0"), ("--margin", "0", "> 0")):
+        with pytest.raises(SystemExit):
+            main(["bench", "--plan", "all", "--lanes", "2", option, value])
+        assert f"argument {option}: must be a number {says}, not '{value}'" in capsys.readouterr().err
+
+
 def test_measure_concurrency_times_each_model_alone_and_at_once(tiny_source, tmp_path):
     path = tmp_path / "bench.json"
     data = L.measure_concurrency(["CANet_tiny"], 2, str(tiny_source), "cpu", path, num_train=16, num_val=8,
@@ -883,27 +921,33 @@ esac
 '''
 
 
-@pytest.mark.parametrize("case", ["lanes", "no lanes", "mps fails"])
+@pytest.mark.parametrize("case", ["lanes", "no lanes", "mps fails", "no mps tool"])
 def test_the_runner_starts_mps_only_for_a_plan_with_lanes(tmp_path, case):
     """A GPU call with LANES=3 whose bench file holds measurements under MPS plans as under MPS, keeping
     MPS_START_S from the plan's budget (--lanes-startup); it starts the daemon only when the plan has two lanes or
-    more, and where it fails to start, plans again for time-sliced lanes. Python, nvidia-smi and
-    nvidia-cuda-mps-control are stand-ins that record their calls."""
+    more, and where it fails to start, plans again for time-sliced lanes (and does not try again in the call's
+    later rounds). Python, nvidia-smi and nvidia-cuda-mps-control are stand-ins that record their calls; every
+    plan skips a run, so the runner plans a second round (REPLAN=1)."""
     repo = script_copy(tmp_path)
     atomic_write_json(repo / "results" / "bench" / "nvidia-h200.json", with_records(
         dict(fake_bench(), device="NVIDIA H200", device_slug="nvidia-h200"), record("VGG_A", 3, 1.2)))
     bin_dir, calls, mps_calls = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "mps.txt"
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text("#!/bin/bash\necho 'NVIDIA H200'\n")
-    (bin_dir / "nvidia-cuda-mps-control").write_text(f'#!/bin/bash\necho "$* $(cat)" >> {mps_calls}\n')
+    if case != "no mps tool":
+        (bin_dir / "nvidia-cuda-mps-control").write_text(f'#!/bin/bash\necho "$* $(cat)" >> {mps_calls}\n')
+    elif shutil.which("nvidia-cuda-mps-control"):
+        pytest.skip("this machine has the MPS tool on its PATH")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     (tmp_path / "py.sh").write_text(FAKE_PY)
-    lanes = "lane p1-VGG11-s0\\nlane p1-ResNet18-s0\\nlane p1-ResNet34-s0\\ntrain p1-CANet-s0"
+    skipped = "\\n# skipped p1-VGG_A_BN-s0: estimated 500 s > 100 s left"
+    lanes = "lane p1-VGG11-s0\\nlane p1-ResNet18-s0\\nlane p1-ResNet34-s0\\ntrain p1-CANet-s0" + skipped
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PY=f"bash {tmp_path / 'py.sh'}",
                OUT=str(tmp_path / "out"), FAKE_CALLS=str(calls), LANES="3", GRAPH_CHECK="0", COMPILE_CACHE="",
-               FAKE_PLAN=lanes if case != "no lanes" else "train p1-CANet-s0\\ncosts CANet",
-               FAKE_PLAN_SLICED="train p1-VGG11-s0 p1-CANet-s0", FAKE_MPS_FAILS="1" if case == "mps fails" else "0")
+               REPLAN="1", FAKE_PLAN=lanes if case != "no lanes" else "train p1-CANet-s0\\ncosts CANet" + skipped,
+               FAKE_PLAN_SLICED="train p1-VGG11-s0 p1-CANet-s0" + skipped,
+               FAKE_MPS_FAILS="1" if case == "mps fails" else "0")
     for name in (L.MPS_ENV, L.LANES_ENV, "CUDA_MPS_PIPE_DIRECTORY"):
         env.pop(name, None)
     run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "part1"], cwd=repo, env=env, capture_output=True,
@@ -913,15 +957,19 @@ def test_the_runner_starts_mps_only_for_a_plan_with_lanes(tmp_path, case):
     made = calls.read_text().splitlines()
     plans = [c for c in made if " --plan part1 " in c]
     runs = [c.split("--only ")[1].split(" --time-limit")[0] for c in made if " --only " in c]  # the trainings
-    started = mps_calls.exists() and any(line.startswith("-d") for line in mps_calls.read_text().splitlines())
+    starts = sum(line.startswith("-d") for line in mps_calls.read_text().splitlines()) if mps_calls.exists() else 0
+    under_mps = [p.startswith("1|") and "--lanes 3 --lanes-startup 15 " in p for p in plans]
     # The first plan: as under MPS, its start-up kept from the budget.
-    assert plans[0].startswith("1|") and "--lanes 3 --lanes-startup 15 " in plans[0], plans
-    if case == "lanes":
-        assert started and len(plans) == 1 and "MPS: daemon started in " in log
-        assert sorted(runs) == ["p1-CANet-s0", "p1-ResNet18-s0", "p1-ResNet34-s0", "p1-VGG11-s0"]
-        assert "3 lanes at once under MPS" in log
+    assert under_mps[0], plans
+    if case == "lanes":  # each round's lanes under MPS (stopped between them for the run alone)
+        assert under_mps == [True, True] and starts == 2 and log.count("MPS: daemon started in ") == 2
+        assert sorted(runs) == sorted(["p1-CANet-s0", "p1-ResNet18-s0", "p1-ResNet34-s0", "p1-VGG11-s0"] * 2)
+        assert log.count("3 lanes at once under MPS") == 2
     elif case == "no lanes":
-        assert not started and len(plans) == 1 and "MPS:" not in log and runs == ["p1-CANet-s0"]
-    else:  # started, the test client failed: planned again without MPS and without the start-up
-        assert started and len(plans) == 2 and plans[1].startswith("|") and "--lanes-startup" not in plans[1]
-        assert "planning again, for lanes that time-slice the GPU" in log and runs == ["p1-VGG11-s0 p1-CANet-s0"]
+        assert under_mps == [True, True] and starts == 0 and "MPS:" not in log and runs == ["p1-CANet-s0"] * 2
+    else:  # the daemon did not start: planned again without MPS and its start-up, and so in round 2
+        assert under_mps == [True, False, False] and "--lanes-startup" not in plans[1] + plans[2]
+        assert starts == (1 if case == "mps fails" else 0)
+        assert log.count("not found" if case == "no mps tool" else "could not start") == 1
+        assert log.count("planning again, for lanes that time-slice the GPU") == 1
+        assert runs == ["p1-VGG11-s0 p1-CANet-s0"] * 2
