@@ -1072,7 +1072,8 @@ def format_estimate(bench, seeds: int = 1) -> str:
     parts = ", ".join(f"{name} {sum(est[key].values()) / 60:.1f} min" for key, name in
                       (("part1", "Part 1"), ("bn", "BN protocol"), ("probe", "probes")))
     line = (f"full study on {data.get('device')}, {seeds} seed(s): {est['total_minutes']:.1f} min "
-            f"({parts}; target <= {STUDY_TARGET_MINUTES:g} min)")
+            f"({parts}; target <= {STUDY_TARGET_MINUTES:g} min: "
+            f"{'met' if est['total_minutes'] <= STUDY_TARGET_MINUTES else 'missed'})")
     if chosen:
         line += f"; torch.compile'd as the GPU runner chooses for one run at a time: {', '.join(chosen)}"
     if est["missing"]:

@@ -52,6 +52,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 PARALLEL_MIN_IMAGES = 4096  # below this, starting worker processes costs more than it saves
 DOWNLOAD_TIMEOUT_S = 20  # torchvision's download has no timeout of its own
+OFFICIAL_LABEL = "official CIFAR-10"  # the official data's label in results (the report tells it apart by it)
 CACHE_VERSION = 1  # bump when the cache layout or decoding changes
 _SPLITS = ("train", "test")
 _ARRAYS = ("X_train", "y_train", "X_test", "y_test")
@@ -422,7 +423,7 @@ def _load_official(root: Path, download: bool) -> tuple[dict[str, np.ndarray], d
             f"the official CIFAR-10 data {what} ({type(exc).__name__}: {exc}). {_how_to_get_data(root)}") from exc
     finally:
         socket.setdefaulttimeout(old_timeout)
-    info = {"kind": "official", "label": "official CIFAR-10", "path": str(root / "cifar-10-batches-py")}
+    info = {"kind": "official", "label": OFFICIAL_LABEL, "path": str(root / "cifar-10-batches-py")}
     for split in _SPLITS:
         info[f"{split}_per_class"] = np.bincount(arrays[f"y_{split}"], minlength=len(CLASSES)).tolist()
     return arrays, info

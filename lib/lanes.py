@@ -145,7 +145,8 @@ def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None
     evenly over the lanes; the runs of the other models, the pair and the probes alone. Like study_estimate,
     without the plan's margin and process start-ups, and with perfectly balanced lanes: a lower bound of what
     the plan fits. {'total_minutes', 'per_seed_minutes', 'runs', 'mps', 'laned': models that train in lanes,
-    'alone': models without a measured gain, 'missing': not timed alone}."""
+    'alone': models without a measured gain, 'unmeasured': those of them not measured at `runs` at once,
+    'missing': not timed alone}."""
     from lib.bench import load_bench, study_estimate
     from lib.experiments import BN_LRS
 
@@ -158,7 +159,9 @@ def lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None = None
     total = seconds_at_once(((lanes_s[m], factor[m]) for m in lanes_s), runs) + alone_s
     return {"total_minutes": total / 60, "per_seed_minutes": total / 60 / max(seeds, 1), "runs": runs,
             "mps": mps_on() if mps is None else mps, "laned": laned,
-            "alone": [m for m in lanes_s if m not in laned], "missing": est["missing"]}
+            "alone": [m for m in lanes_s if m not in laned],
+            "unmeasured": [m for m in lanes_s if m not in laned and measurement(bench, m, runs, mps) is None],
+            "missing": est["missing"]}
 
 
 def measured_states(bench, runs: int) -> list[bool]:
@@ -179,8 +182,10 @@ def format_lanes_estimate(bench, seeds: int = 1, runs: int = 1, mps: bool | None
             f"{e['per_seed_minutes']:.1f} min per seed")
     if chosen:
         line += f"; torch.compile'd as the GPU runner chooses for {runs} at once: {', '.join(chosen)}"
-    if e["alone"]:
-        line += f"; trained alone (no measured gain at {runs} at once): {', '.join(e['alone'])}"
+    if measured := [m for m in e["alone"] if m not in e["unmeasured"]]:
+        line += f"; trained alone (no measured gain at {runs} at once): {', '.join(measured)}"
+    if e["unmeasured"]:
+        line += f"; trained alone (not measured at {runs} at once): {', '.join(e['unmeasured'])}"
     if e["missing"]:
         line += f"; INCOMPLETE, not measured alone: {', '.join(e['missing'])}"
     return line

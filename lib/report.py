@@ -21,7 +21,7 @@ import numpy as np
 
 from lib.bn_study import LABELS, STUCK_LOSS
 from lib.config import NORMS
-from lib.data import CLASSES
+from lib.data import CLASSES, OFFICIAL_LABEL
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
 from lib.models import CANET_VARIANTS, PART1_MODELS
 from lib.paths import OutputDirs
@@ -419,6 +419,31 @@ def weight_spread(history: list[dict]) -> list[dict]:
     return out
 
 
+def unlike_original(profile: str | None, epochs, num_train, data_label: str | None) -> str:
+    """Why runs of `profile` (`epochs` epochs on `num_train` training images of the data labelled `data_label`)
+    cannot be set beside the original report's numbers as like for like: ' (not comparable: ...)', or '' where
+    recipe and data are the original's (the full profile on official CIFAR-10)."""
+    why = []
+    if profile != "full":
+        images = fmt_int(num_train) if isinstance(num_train, (int, float)) else num_train
+        why.append(f"the {profile} profile, {epochs} epochs on {images} training images")
+    if data_label != OFFICIAL_LABEL:
+        why.append(f"the {data_label or 'data recorded in the result files'}")
+    return f" (not comparable: {' and '.join(why)})" if why else ""
+
+
+def per_class_over_seeds(results: Sequence[dict], model: str) -> dict | None:
+    """`model`'s per-class test accuracy averaged over its finished seeds, as the per-class figure shows it:
+    {'seeds': [...], 'best': (class, acc), 'worst': (class, acc)}; None with fewer than two seeds."""
+    runs = sorted((r for r in results if r.get("model") == model and r.get("status", "ok") == "ok"
+                   and r.get("per_class_acc")), key=lambda r: r["seed"])
+    if len(runs) < 2:
+        return None
+    mean = np.mean([r["per_class_acc"] for r in runs], axis=0)
+    ranked = sorted(zip(CLASSES, mean.tolist()), key=lambda t: -t[1])
+    return {"seeds": [r["seed"] for r in runs], "best": ranked[0], "worst": ranked[-1]}
+
+
 def confusions(result: dict, top: int = 3) -> list[dict]:
     """The `top` most frequent mistakes (true -> predicted) of a run's test confusion matrix."""
     conf = np.asarray(result.get("confusion") or [], dtype=float)
@@ -542,10 +567,12 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
     else:
         size = f"{distinct(e.get('num_images') for e in slices)} training images per point"
         what = f"{len(slices)} slices, " + (f"{runtime} in all" if runtime else "not recorded")
+    commits = join_distinct(c for e in entries for c in e.get("commits") or [e.get("git_commit")])
+    dirty = " (+dirty: with changes not committed)" if "+dirty" in commits else ""
     return (f"data: {join_distinct(e.get('data') for e in proto + probe)} | {size} | profile: {profile} | "
             f"device: {join_distinct(d for e in entries for d in e.get('devices') or [e.get('device')])} | "
             f"seed: {BN_SEED} (the original protocol's "
-            f"seed, every run) | runtime: {what}")
+            f"seed, every run) | code: {commits}{dirty} | runtime: {what}")
 
 
 PART2_CONTEXT_KIND = {"accuracy": "protocol", "band": "protocol", "grad": "protocol", "probe": "probe",
@@ -763,7 +790,11 @@ def part2_findings(summary: dict) -> list[str]:
                    f"({100 * (vb - va):+.2f} points with BN: {direction(vb, va, 'higher', 'lower')}; one run per "
                    f"setting, so this is not a test of significance). The original report: "
                    f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A_BN']:.2f}% with BN, "
-                   f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A']:.2f}% without.")
+                   f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A']:.2f}% without"
+                   + unlike_original(join_distinct((e.get("profile") for e in (a, b)), ""),
+                                     join_distinct((n for e in (a, b) for n in e.get("epochs", [])), "-"),
+                                     join_distinct((fmt_int(e.get("num_train_used")) for e in (a, b)), "-"),
+                                     join_distinct((e.get("data") for e in (a, b)), "")) + ".")
     shared = sorted((k for k in a.get("best_val_acc", {}) if k in b.get("best_val_acc", {})
                      and a["best_val_acc"][k] is not None and b["best_val_acc"][k] is not None), key=float)
     if len(shared) > 1:
@@ -824,10 +855,50 @@ def part2_findings(summary: dict) -> list[str]:
                                f"({with_bn(b_late[key], a_late[key], 'larger', 'smaller')}).")
         out.append("The probe lines compare one probe run per network (one seed): they give directions, not tests "
                    "of significance.")
+    if (line := paper_direction(summary, wa, wb, ga.get("median"), gb.get("median"))) is not None:
+        out.append(line)
         if summary.get("same_data_order") is not None:
             out.append("Both probe runs saw the same mini-batches in the same order: "
                        f"{'yes' if summary['same_data_order'] else 'NO (the comparison is confounded)'}.")
     return out
+
+
+def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None:
+    """How many of the measures compared above point the way Santurkar et al. found, each smaller with BN: the
+    loss band over learning rates (band_a without BN, band_b with), the last layer's gradient range at lr 1e-3
+    (grad_a, grad_b), and the probe's effective beta-smoothness, gradient change and band width (medians where both
+    networks train, else over all probes); the first two are this study's proxies, the last three the paper's own
+    measures. Where the network without BN barely started learning at lr 1e-3, says what that does to the
+    comparison. None with fewer than two measures."""
+    probe = summary.get("probe", {})
+    pa, pb = probe.get("VGG_A") or {}, probe.get("VGG_A_BN") or {}
+    phase = plateau_phase(summary)
+    late = _late_probe_medians(summary, phase["start"]) if phase and phase["start"] is not None else None
+    pairs = [("loss band", band_b, band_a), ("gradient range", grad_b, grad_a)]
+    for key, what in (("beta", "beta-smoothness"), ("gpred_max", "gradient change"),
+                      ("loss_band_width", "probe band width")):
+        if late is not None:
+            pairs.append((what, late["VGG_A_BN"][key], late["VGG_A"][key]))
+        elif pa.get(key) and pb.get(key):
+            pairs.append((what, pb[key]["median"], pa[key]["median"]))
+    said = {}
+    for what, x, y in pairs:
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)) or x <= 0 or y <= 0:
+            continue
+        said[what] = ("about the same" if max(x, y) / min(x, y) <= SIMILAR_RATIO
+                      else "smaller" if x < y else "larger")
+    if len(said) < 2:
+        return None
+    agree = sum(v == "smaller" for v in said.values())
+    line = (f"Santurkar et al. find the landscape smoother with BN; on that reading each of these would be smaller "
+            f"with BN; here {agree} of the {len(said)} {'is' if agree == 1 else 'are'} smaller with BN ("
+            + ", ".join(f"{what}: {v}" for what, v in said.items()) + ").")
+    acc = (summary.get("protocol", {}).get("VGG_A") or {}).get("best_val_acc_lr1e3")
+    if agree < len(said) and acc is not None and below_near_chance(acc):
+        line += (f" The network without BN barely started learning here (best validation accuracy "
+                 f"{fmt_pct(acc)} at lr 1e-3): a network that hardly moves from its initial weights has a narrow "
+                 f"loss band and small gradients, so this profile cannot test the claim; the full profile can.")
+    return line
 
 
 # --------------------------------------------------------------------------------------------- assembling
@@ -964,6 +1035,10 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "main_over_seeds": _over_seeds(table, main["model"]) if main and table is not None else None,
         "per_class": (sorted(zip(CLASSES, main["per_class_acc"]), key=lambda t: -t[1])
                       if main and main.get("per_class_acc") else None),
+        "per_class_seeds": per_class_over_seeds(p1, main["model"]) if main else None,
+        "unlike_original": unlike_original(main.get("profile"), (main.get("config") or {}).get("num_epochs"),
+                                           (main.get("config") or {}).get("num_train"),
+                                           (main.get("data") or {}).get("label")) if main else "",
         "confusions": confusions(main) if main else [],
         "weight_spread": (weight_spread(read_json(weights_path)) if weights_path and weights_path.exists() else []),
         "attention_spread": attention_markdown(dirs, main),

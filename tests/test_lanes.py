@@ -83,7 +83,9 @@ def test_lanes_estimate_spreads_the_training_over_the_lanes():
     # Unmeasured: every run alone, the same minutes as without lanes.
     est = L.lanes_estimate(bench, seeds=3, runs=3, mps=True)
     assert est["total_minutes"] == pytest.approx(one["total_minutes"])
-    assert est["laned"] == [] and set(est["alone"]) == set(PART1_MODELS) | {"VGG_A", "VGG_A_BN"}
+    assert est["laned"] == [] and set(est["alone"]) == set(PART1_MODELS) | {"VGG_A", "VGG_A_BN"} == set(
+        est["unmeasured"])
+    assert "no measured gain" not in L.format_lanes_estimate(bench, seeds=3, runs=3, mps=True)
     # Every model but VGG11 measured at 1.5x as long with 3 at once: half its training time; VGG11 measured at
     # 4x (slower together than one after another): alone.
     bench = with_records(bench, *(record(m, 3, 4.0 if m == "VGG11" else 1.5)
@@ -93,6 +95,7 @@ def test_lanes_estimate_spreads_the_training_over_the_lanes():
     est = L.lanes_estimate(bench, seeds=3, runs=3, mps=True)
     assert est["total_minutes"] * 60 == pytest.approx((train_s - vgg11 - pair) * 1.5 / 3 + vgg11 + pair + probe_s)
     assert est["per_seed_minutes"] == pytest.approx(est["total_minutes"] / 3) and est["alone"] == ["VGG11"]
+    assert est["unmeasured"] == []
     line = L.format_lanes_estimate(bench, seeds=3, runs=3, mps=True)
     assert line.startswith(f"with 3 runs at once, under MPS: at least {est['total_minutes']:.1f} min for 3 seed(s)")
     assert L.measured_states(bench, 3) == [True] and L.measured_states(bench, 2) == []
@@ -113,7 +116,7 @@ def test_lanes_estimate_looks_up_the_variant_the_runner_compiles(monkeypatch):
     assert est["laned"] == ["CANet"]
     monkeypatch.setenv("CIFAR10_COMPILE", "")  # set: trained CUDA-graphed, measured alone only
     assert L.format_lanes_estimate(bench, seeds=3, runs=3, mps=True).endswith(
-        "trained alone (no measured gain at 3 at once): " + ", ".join(PART1_MODELS + ("VGG_A", "VGG_A_BN")))
+        "trained alone (not measured at 3 at once): " + ", ".join(PART1_MODELS + ("VGG_A", "VGG_A_BN")))
 
 
 def test_compile_choice_with_lanes_counts_the_variants_measured_at_once(tiny_source, tmp_path, monkeypatch):

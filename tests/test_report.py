@@ -236,6 +236,7 @@ def test_empty_folder_renders_not_run_rows(tmp_path):
     for model in ORIGINAL_REPORT["test_acc"]:
         assert NOT_RUN in _table_row(text, model)
         assert f"| {ORIGINAL_REPORT['params'][model]:,} (spec) |" in _table_row(text, model)  # the spec's count
+    assert '"(spec)" marks the\nspecification\'s count of a model neither run nor measured' in text  # explained
     assert not re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     # A model not run but measured (its cost file: no training) shows the measured count, FLOPs and throughput.
     atomic_write_json(dirs.results / "cost-CANet_pro.json", {
@@ -361,6 +362,7 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     # 2 networks x 2 learning rates of the fixture, 2 epochs each on 1,000 images, 10 s of training per run
     assert "(fake.tar.gz) | 1,000 training images; per run 2 epochs at batch 128, fp32 | profile: quick" in line
     assert "runtime: 4 runs, 40 s of training in all" in line and "seed: 2020" in line
+    assert "| code: abc123 | runtime" in line  # the commit the runs were written with
     assert f"| device: {ENV['device']} |" in line
     # A partial study (the lr-1e-3 runs not yet trained) still says where and on what its runs trained.
     for path in Path(study_dirs.results).glob("bn-*-lr0.001-*.json"):
@@ -371,6 +373,10 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     summary.update(_probe_summary(stuck=False))
     line = part2_context(summary, kind="probe")
     assert "| 10,000 training images; 100 steps at batch 128, a probe every 10 steps at 4 step sizes" in line
+    assert "| code: pVGG_A; pVGG_A_BN | runtime" in line
+    summary["probe"]["VGG_A"]["git_commit"] += "+dirty"
+    line = part2_context(summary, kind="probe")
+    assert "| code: pVGG_A+dirty; pVGG_A_BN (+dirty: with changes not committed) |" in line
     assert "in fp32 (the paper: 15,000 steps, 8 step sizes, 0.05 to 0.4 at lr 0.1) |" in line and "runtime: 2 runs, 3.0 min in all" in line
     # Nothing recorded: said so, not formatted as numbers.
     empty = {"protocol": {"VGG_A": {"best_val_acc": {}}}, "probe": {}, "slice": {}}
@@ -569,3 +575,36 @@ def test_the_recipe_lines_follow_the_optimiser_switch(tmp_path):
         atomic_write_json(Path(dirs.results) / f"{r['name']}.json", r)
         text = render_report("quick", dirs).read_text()
         assert said in text, text.split("### Optimisation strategy")[1][:400]
+
+
+def test_the_findings_say_how_many_measures_point_the_papers_way_and_why_not():
+    from lib.report import paper_direction
+
+    summary = _probe_summary(stuck=False)  # medians 1.0 for every measure of both probe runs: about the same
+    summary["probe"]["VGG_A"].update(beta={"median": 2.0, "max": 3.0}, gpred_max={"median": 0.5, "max": 1.0})
+    summary["protocol"] = {"VGG_A": {"best_val_acc_lr1e3": 0.17}}
+    # band 0.4 with BN vs 0.1 without: larger; gradient range 0.02 vs 0.03: smaller; probe beta 1 vs 2:
+    # smaller; gradient change 1 vs 0.5: larger; band width 1 vs 1: about the same.
+    line = paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
+    assert ("here 2 of the 5 are smaller with BN (loss band: larger, gradient range: smaller, beta-smoothness: "
+            "smaller, gradient change: larger, probe band width: about the same).") in line
+    assert "barely started learning here (best validation accuracy 17.00% at lr 1e-3)" in line
+    summary["protocol"]["VGG_A"]["best_val_acc_lr1e3"] = 0.7  # trained: nothing to explain away
+    assert "barely" not in paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
+    assert paper_direction({"probe": {}, "protocol": {}}, 0.1, 0.4, None, None) is None  # one measure: no line
+
+
+def test_per_class_over_seeds_and_what_makes_a_comparison_with_the_original_unfair():
+    from lib.report import per_class_over_seeds, unlike_original
+
+    runs = [p1_result("CANet", seed, 0.5) for seed in range(3)]
+    runs[0]["per_class_acc"] = [0.9] + [0.5] * 8 + [0.05]  # seed 0: truck worst
+    runs[1]["per_class_acc"] = runs[2]["per_class_acc"] = [0.5] * 3 + [0.1] + [0.5] * 6  # cat worst
+    got = per_class_over_seeds(runs + [p1_result("VGG11", 0, 0.3)], "CANet")
+    assert got["seeds"] == [0, 1, 2] and got["best"][0] == "airplane" and got["worst"][0] == "cat"
+    assert got["worst"][1] == pytest.approx((0.5 + 0.1 + 0.1) / 3)
+    assert per_class_over_seeds(runs[:1], "CANet") is None  # one seed: the seed's own line says it
+    assert unlike_original("full", 70, 45_000, "official CIFAR-10") == ""
+    assert unlike_original("quick", 8, 5000, "JPEG-q75 copy") == (
+        " (not comparable: the quick profile, 8 epochs on 5,000 training images and the JPEG-q75 copy)")
+    assert unlike_original("full", 70, 45_000, "JPEG-q75 copy") == " (not comparable: the JPEG-q75 copy)"
