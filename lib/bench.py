@@ -1192,31 +1192,32 @@ def bench_table(bench) -> str:
     lines += ["", f"Device: {data.get('device')}; torch {', '.join(torches) or '?'}; measured "
               f"{dates[0] if dates else '?'}{' to ' + dates[-1] if dates and dates[-1] != dates[0] else ''}; "
               f"data: {sample.get('data', '?')}, {sample.get('num_train', '?')} training + "
-              f"{sample.get('num_val', '?')} validation images per epoch. Naive: the original's pipeline "
-              f"(per-image PIL transforms, {sample.get('naive_workers', 4)} DataLoader workers, fp32, deterministic "
-              f"cuDNN, validation every {NAIVE_VAL_EVERY} iterations and at the end of the epoch; {val_txt}"
-              f"PyTorch's default optimiser kernels, a host sync per step; CANet's blocks per path, as specified; "
-              f"timed as the first epoch of a fresh pipeline after two untimed steps, so its DataLoader workers "
-              f"start within it, once for training and at every validation pass, as the original's did; by our "
-              f"reading its end-of-epoch passes are one validation pass). Fast: lib.train's epoch (training + "
-              f"validation), warm (after a whole untimed epoch), CANet's blocks merged. Speed-up: naive s/epoch / "
-              f"fast s/epoch, both without bookkeeping and one-off costs, which are shown apart; one epoch each, "
-              f"in one process (naive epochs of one model varied 1.1-1.2x between calls). Fast images/s: training "
-              f"images / fast s/epoch (validation included). Targets: the issue's, set for one H100. Where a model "
-              f"has a CUDA-graph and a torch.compile row, the study trains the variant `--compile-choice` picks "
-              f"(the faster whole run, one-off costs included), not the better ratio. Bookkeeping: lib.train's "
-              f"per-epoch logging and checkpoints; one-off: data to the device, model, CUDA-graph capture or "
-              f"compile and the first epoch's extra time (cuDNN autotuning), per run; *: timed after the same "
-              f"process had trained the model, so without the autotuning (a lower bound)"
+              f"{sample.get('num_val', '?')} validation images per epoch (the full profile's epoch; speed "
+              f"measurements, not study runs).", "",
+              f"- Naive: the original's pipeline (per-image PIL transforms, {sample.get('naive_workers', 4)} "
+              f"DataLoader workers, fp32, deterministic cuDNN, validation every {NAIVE_VAL_EVERY} iterations and at "
+              f"the end of the epoch; {val_txt}PyTorch's default optimiser kernels, a host sync per step; CANet's "
+              f"blocks per path, as specified; timed as the first epoch of a fresh pipeline after two untimed "
+              f"steps, so its DataLoader workers start within it, once for training and at every validation pass, "
+              f"as the original's did; by our reading its end-of-epoch passes are one validation pass).",
+              "- Fast: lib.train's epoch (training + validation), warm (after a whole untimed epoch), CANet's blocks "
+              "merged.",
+              "- Speed-up: naive s/epoch / fast s/epoch, both without bookkeeping and one-off costs, which are shown "
+              "apart; one epoch each, in one process (naive epochs of one model varied 1.1-1.2x between calls). "
+              "Fast images/s: training images / fast s/epoch (validation included).",
+              "- Targets: the issue's, set for one H100. Where a model has a CUDA-graph and a torch.compile row, the "
+              "study trains the variant `--compile-choice` picks (the faster whole run, one-off costs included), "
+              "not the better ratio.",
+              "- Bookkeeping: lib.train's per-epoch logging and checkpoints. One-off: data to the device, model, "
+              "CUDA-graph capture or compile and the first epoch's extra time (cuDNN autotuning), per run; *: timed "
+              "after the same process had trained the model, so without the autotuning (a lower bound)"
               + ("; †: compiled from torch.compile's on-disk cache of an earlier compile (the GPU runner carries it "
                  "between sessions), so the one-off is mostly a cache read, not a compile"
                  if any(from_compile_cache(e) for e in entries) else "") + ".",
-              "", "Estimated " + format_estimate(data) + "."]
-    lines += agreement_lines(data)
-    lines += trace_lines(data)
-    lines += bookkeeping_lines(data)
-    lines += concurrency_lines(data)
-    lines += graph_check_lines(data)
+              "", "- Estimated " + format_estimate(data) + "."]
+    rest = (agreement_lines(data) + trace_lines(data) + bookkeeping_lines(data) + concurrency_lines(data)
+            + graph_check_lines(data))
+    lines += [f"- {line}" for line in rest]
     return "\n".join(lines) + "\n"
 
 

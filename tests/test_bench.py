@@ -515,6 +515,9 @@ def test_bench_table_shows_ratios_against_targets():
     del bench["entries"]["CANet"]["model_revision"]  # timed before CANet's blocks were merged
     table = B.bench_table(bench)
     assert "| part1 (256) | eager, model rev 1 | 20.60 |" in table
+    # Under the table, one item per definition, then one per measurement line: each its own line in markdown.
+    assert all(f"\n- {what}: " in table for what in ("Naive", "Fast", "Speed-up", "Targets", "Bookkeeping"))
+    assert "\n- Estimated full study on " in table
     assert "(lib.models.REVISIONS: CANet at rev 2 now); the GPU runner's next `bench` call" in table
     assert "| CANet_tiny | part1 (256) | eager |" in table
     bench["entries"]["CANet_tiny"]["canet_merged"] = False  # timed with CIFAR10_CANET_MERGED=0
@@ -836,7 +839,7 @@ def test_agreement_compares_final_accuracies_and_is_saved_in_the_bench_file(tiny
     B.save_agreement(r, path, "cpu")
     B.save_agreement(dict(r, model="VGG_A_BN"), path, "cpu")  # merged per model
     assert set(read_json(path)["agreement"]) == {"CANet_tiny", "VGG_A_BN"}
-    line = next(x for x in B.bench_table(path).splitlines() if x.startswith("Naive vs fast, CANet_tiny"))
+    line = next(x for x in B.bench_table(path).splitlines() if x.startswith("- Naive vs fast, CANet_tiny"))
     assert "naive 32.00 ± 2.83%, fast 33.00 ± 2.83% (fast - naive +1.00 points, Welch p = " in line
     assert B.agreement("CANet_tiny", tiny_source, "cpu", epochs=2, seeds=(0,))["p_value"] is None
 
