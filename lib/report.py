@@ -519,13 +519,13 @@ def part2_tables(summary: dict) -> dict:
     return {
         "accuracy": (["learning rate", "VGG-A: best val acc", "VGG-A: test acc", "VGG-A + BN: best val acc",
                       "VGG-A + BN: test acc", "original report: best val acc (VGG-A / VGG-A + BN)"], acc_rows),
-        "band": (["network", "model", "runs (learning rates)", "steps", "mean band width", "median band width",
-                  "mean width, last tenth of the steps"], band_rows),
+        "band": (["network", "model", "runs (learning rates)", "steps", "mean band width (loss, nats)",
+                  "median band width", "mean width, last tenth of the steps"], band_rows),
         "grad": (["network", "learning rate", "median range (max - min)", "largest range", "largest max",
                   "smallest min"], grad_rows),
         "probe": (["network", "SGD lr", "probes", "loss-landscape band width (median / max)",
                    "gradient predictiveness max ||g - g'|| (median / max)", "effective beta-smoothness (median / max)",
-                   "final training loss", "non-finite probe values"], probe_rows),
+                   "final training loss (mean of the last 5% of steps)", "non-finite probe values"], probe_rows),
         "slice": (["network", "loss at the trained weights", "loss at alpha = -1 / +1", "largest loss on the slice"],
                   slice_rows),
     }
