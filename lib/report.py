@@ -365,13 +365,17 @@ def ranking_note(table) -> str:
 
 
 def verdict_counts(table) -> dict:
-    """How many comparisons with the reference model are better / worse / tied / undetermined (lib.stats.compare)."""
+    """How many comparisons with the reference model are better / worse / tied / undetermined (lib.stats.compare),
+    and of the models the reference is better than, how many barely started learning (near_chance_models)."""
     from lib.stats import comparisons
 
     ref = reference_model(table)
-    counts = {"better": 0, "worse": 0, "tied": 0, "undetermined": 0, "incomparable": 0}
-    for _, _, v in comparisons(table, ref) if ref is not None else []:
+    counts = {"better": 0, "worse": 0, "tied": 0, "undetermined": 0, "incomparable": 0, "better_near_chance": 0}
+    near = set(near_chance_models(table))
+    for _, row, v in comparisons(table, ref) if ref is not None else []:
         counts[v.verdict if v is not None else "incomparable"] += 1
+        # 'better': the reference is better than this model; one that barely started learning is said apart
+        counts["better_near_chance"] += v is not None and v.verdict == "better" and row["model"] in near
     return counts
 
 

@@ -391,6 +391,8 @@ def test_near_chance_models_are_flagged(study_dirs):
     text = render_report("quick", study_dirs).read_text()
     assert "ResNet18 stays below\n25% test accuracy (chance: 10%)" in text
     assert "CANet stays below" not in text and "VGG11 stays below" not in text
+    # CANet is better than it: the conclusion's count says that one of those barely started learning.
+    assert "model(s) are worse than it (1 of them barely started learning in this profile)," in text
 
 
 def test_report_is_not_replaced_by_an_empty_one(tmp_path):
