@@ -182,7 +182,8 @@ for name in BUDGET_S PACK_RESERVE_S REPLAN REPLAN_MIN_S PLAN_S STOP_RESERVE_S MP
     || bad_setting "$name" "must be a whole number of seconds (or rounds) without leading zeros, e.g. $name=60"
 done
 [[ "$LANES" =~ ^[1-9][0-9]*$ ]] || bad_setting LANES "must be a whole number of training processes, 1 or more"
-[[ "$PLAN_MARGIN" =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)$ ]] || bad_setting PLAN_MARGIN "must be a number such as 1.2"
+[[ "$PLAN_MARGIN" =~ ^([0-9]+[.]?[0-9]*|[.][0-9]+)$ && "$PLAN_MARGIN" =~ [1-9] ]] \
+  || bad_setting PLAN_MARGIN "must be a number above 0, such as 1.2"
 for name in GRAPH_CHECK PARTIAL ALLOW_CPU GPU_STATE USE_SPARE; do
   [[ "${!name}" == 0 || "${!name}" == 1 ]] || bad_setting "$name" "must be 0 or 1"
 done

@@ -221,13 +221,15 @@ def test_gpu_script_is_valid_bash():
 
 @pytest.mark.parametrize("setting, says", [("BUDGET_S=9m", "BUDGET_S=9m must be a whole number of seconds"),
                                            ("LANES=0", "LANES=0 must be a whole number of training processes"),
-                                           ("PLAN_MARGIN=1,2", "PLAN_MARGIN=1,2 must be a number such as 1.2"),
+                                           ("PLAN_MARGIN=1,2", "PLAN_MARGIN=1,2 must be a number above 0, such as 1.2"),
                                            ("PARTIAL=yes", "PARTIAL=yes must be 0 or 1"),
                                            ("GPU_STATE=yes", "GPU_STATE=yes must be 0 or 1"),
                                            ("USE_SPARE=no", "USE_SPARE=no must be 0 or 1"),
                                            ("MPS=1", "MPS=1 must be auto or 0"),
                                            ("REPLAN_MIN_S=090", "REPLAN_MIN_S=090 must be a whole number"),
-                                           ("PLAN_MARGIN=.", "PLAN_MARGIN=. must be a number such as 1.2"),
+                                           ("PLAN_MARGIN=.", "PLAN_MARGIN=. must be a number above 0, such as 1.2"),
+                                           ("PLAN_MARGIN=0.0", "PLAN_MARGIN=0.0 must be a number above 0"),
+                                           ("MPS_START_S=-5", "MPS_START_S=-5 must be a whole number of seconds"),
                                            ("PLAN_MARGIN=1.05", None), ("PLAN_MARGIN=1.", None), ("PLAN_MARGIN=.9", None)])
 def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, says):
     name, value = setting.split("=", 1)
