@@ -419,8 +419,14 @@ def weight_spread(history: list[dict]) -> list[dict]:
         entries = [h for h in history if group in h]
         if entries:
             out.append({"group": group, "first_epoch": entries[0]["epoch"] + 1, "last_epoch": entries[-1]["epoch"] + 1,
-                        "std_first": _hist_std(entries[0][group]), "std_last": _hist_std(entries[-1][group])})
+                        "std_first": _hist_std(entries[0][group]), "std_last": _hist_std(entries[-1][group]),
+                        "note": WEIGHT_GROUP_NOTES.get(group, "")})
     return out
+
+
+# What a group's spread mixes (lib.train.WEIGHT_GROUPS pools every parameter of a module).
+WEIGHT_GROUP_NOTES = {"se": "the 1-D kernels and their mixing scales, initialised to 1, pooled: the spread includes "
+                            "the gap between the two"}
 
 
 def unlike_original(profile: str | None, epochs, num_train, data_label: str | None) -> str:

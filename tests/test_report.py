@@ -610,3 +610,15 @@ def test_per_class_over_seeds_and_what_makes_a_comparison_with_the_original_unfa
     assert unlike_original("quick", 8, 5000, "JPEG-q75 copy") == (
         " (not comparable: the quick profile, 8 epochs on 5,000 training images and the JPEG-q75 copy)")
     assert unlike_original("full", 70, 45_000, "JPEG-q75 copy") == " (not comparable: the JPEG-q75 copy)"
+
+
+def test_weight_spread_per_group_says_what_the_se_group_pools():
+    from lib.report import weight_spread
+
+    hist = lambda values: {"edges": [0.0, 1.0, 2.0], "counts": values}  # noqa: E731
+    history = [{"epoch": 0, "se": hist([5, 5]), "sa": hist([10, 0])}, {"epoch": 7, "se": hist([9, 1]),
+                                                                       "sa": hist([10, 0])}]
+    se, sa = weight_spread(history)
+    assert (se["group"], se["first_epoch"], se["last_epoch"]) == ("se", 1, 8)
+    assert se["std_first"] == pytest.approx(0.5) and se["std_last"] == pytest.approx(0.3)  # bin centres 0.5, 1.5
+    assert "mixing scales" in se["note"] and sa["note"] == "" and sa["std_last"] == 0
