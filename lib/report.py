@@ -578,7 +578,7 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
         size = f"{distinct(e.get('num_images') for e in slices)} training images per point"
         what = f"{len(slices)} slices, " + (f"{runtime} in all" if runtime else "not recorded")
     commits = join_distinct(c for e in entries for c in e.get("commits") or [e.get("git_commit")])
-    dirty = " (+dirty: with changes not committed)" if "+dirty" in commits else ""
+    dirty = " (+dirty: with changes not committed; see Reproducibility)" if "+dirty" in commits else ""
     return (f"data: {join_distinct(e.get('data') for e in proto + probe)} | {size} | profile: {profile} | "
             f"device: {join_distinct(d for e in entries for d in e.get('devices') or [e.get('device')])} | "
             f"seed: {BN_SEED} (the original protocol's "

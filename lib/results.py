@@ -69,12 +69,20 @@ def read_json(path: Path | str):
         return json.load(f)
 
 
-def git_commit() -> str:
-    """The repository's commit (with '+dirty' when the work tree has changes), or 'unknown'."""
+# What the study writes into the repository itself (published results, figures, the report): a change there is
+# not a change of the code that computes, so it does not make a commit '+dirty' (every publishing run, and the GPU
+# runner's bench step, rewrite these before the next run records its commit).
+STUDY_OUTPUTS = ("results", "figs", "report.md")
+
+
+def git_commit(root: Path | str = REPO) -> str:
+    """The repository's commit (with '+dirty' when tracked files other than STUDY_OUTPUTS differ from it), or
+    'unknown'."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+                               + [f":(exclude){p}" for p in STUDY_OUTPUTS], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):

@@ -450,3 +450,28 @@ def test_shared_jpeg_copy():
     assert 100 < data.X_test.mean() < 140  # real photographs, not blank decodes
     X_tr, _, X_val, _ = D.split_train_val(data.X_train, data.y_train)
     assert (len(X_tr), len(X_val)) == (45_000, 5_000)
+
+
+def test_git_commit_is_dirty_for_changed_code_not_for_the_studys_own_outputs(tmp_path):
+    import subprocess
+
+    from lib.results import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("lib/x.py", "results/quick/a.json", "figs/quick/a.png", "report.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("1")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    sha = git_commit(tmp_path)
+    assert len(sha) == 12 and "+" not in sha
+    for name in ("results/quick/a.json", "figs/quick/a.png", "report.md"):  # what a publishing run rewrites
+        (tmp_path / name).write_text("2")
+    (tmp_path / "untracked.py").write_text("new")
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "lib/x.py").write_text("2")
+    assert git_commit(tmp_path) == sha + "+dirty"
+    assert git_commit(tmp_path / "nowhere") == "unknown"

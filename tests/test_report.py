@@ -376,7 +376,7 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     assert "| code: pVGG_A; pVGG_A_BN | runtime" in line
     summary["probe"]["VGG_A"]["git_commit"] += "+dirty"
     line = part2_context(summary, kind="probe")
-    assert "| code: pVGG_A+dirty; pVGG_A_BN (+dirty: with changes not committed) |" in line
+    assert "| code: pVGG_A+dirty; pVGG_A_BN (+dirty: with changes not committed; see Reproducibility) |" in line
     assert "in fp32 (the paper: 15,000 steps, 8 step sizes, 0.05 to 0.4 at lr 0.1) |" in line and "runtime: 2 runs, 3.0 min in all" in line
     # Nothing recorded: said so, not formatted as numbers.
     empty = {"protocol": {"VGG_A": {"best_val_acc": {}}}, "probe": {}, "slice": {}}
