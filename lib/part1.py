@@ -235,6 +235,19 @@ def per_class_frame(result: dict):
     return acc.mul(100).round(2).to_frame()
 
 
+def per_class_by_model(results) -> dict[str, tuple[list[dict], list[float]]]:
+    """Per model, its tested runs (status 'ok' with per_class_acc, by seed) and their per-class test accuracy
+    averaged over them (fractions, in CLASSES order): what the per-class figure shows."""
+    import numpy as np
+
+    by_model: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("status", "ok") == "ok" and r.get("per_class_acc") is not None:
+            by_model.setdefault(r["model"], []).append(r)
+    return {m: (sorted(runs, key=lambda r: r.get("seed", 0)),
+                np.mean([r["per_class_acc"] for r in runs], axis=0).tolist()) for m, runs in by_model.items()}
+
+
 def normalization(result: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the run normalised its images with (its config's `norm`)."""
     from lib.config import NORMS

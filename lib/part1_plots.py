@@ -25,6 +25,7 @@ from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 from lib.attention import attention_maps, first_layer_filter_groups
 from lib.augment import to_float_normalized
 from lib.data import CLASSES
+from lib.part1 import per_class_by_model
 from lib.plotting import caption, epoch_axis, new_figure, place_labels, savefig
 from lib.results import read_json
 from lib.stats import pareto_front
@@ -186,15 +187,12 @@ def plot_accuracy_vs_cost(table: pd.DataFrame, figs_dir, subtitle: str | None = 
 
 def plot_per_class_heatmap(results: Sequence[dict], figs_dir, subtitle: str | None = None) -> Path:
     """Models x classes heatmap of per-class test accuracy (%), mean over seeds, models by params -> 'p1_per_class'."""
-    by_model: dict[str, list[dict]] = {}
-    for r in results:
-        if r.get("status", "ok") == "ok" and r.get("per_class_acc") is not None:
-            by_model.setdefault(r["model"], []).append(r)
+    by_model = per_class_by_model(results)
     if not by_model:
         raise ValueError("no result with per_class_acc (status 'ok') was given: train the models first")
     rows, labels = [], []
-    for model, runs in sorted(by_model.items(), key=lambda kv: (kv[1][0].get("num_params", 0), kv[0])):
-        acc = 100 * np.mean([r["per_class_acc"] for r in runs], axis=0)
+    for model, (runs, mean) in sorted(by_model.items(), key=lambda kv: (kv[1][0][0].get("num_params", 0), kv[0])):
+        acc = 100 * np.asarray(mean)
         if len(acc) != len(CLASSES):
             raise ValueError(f"{model}: per_class_acc has {len(acc)} values, expected {len(CLASSES)}")
         rows.append(acc)

@@ -443,14 +443,15 @@ def unlike_original(profile: str | None, epochs, num_train, data_label: str | No
 
 
 def per_class_over_seeds(results: Sequence[dict], model: str) -> dict | None:
-    """`model`'s per-class test accuracy averaged over its finished seeds, as the per-class figure shows it:
-    {'seeds': [...], 'best': (class, acc), 'worst': (class, acc)}; None with fewer than two seeds."""
-    runs = sorted((r for r in results if r.get("model") == model and r.get("status", "ok") == "ok"
-                   and r.get("per_class_acc")), key=lambda r: r["seed"])
+    """`model`'s per-class test accuracy averaged over its finished seeds, as the per-class figure shows it
+    (lib.part1.per_class_by_model): {'seeds': [...], 'best': (class, acc), 'worst': (class, acc)}; None with
+    fewer than two seeds."""
+    from lib.part1 import per_class_by_model
+
+    runs, mean = per_class_by_model(r for r in results if r.get("model") == model).get(model, ([], []))
     if len(runs) < 2:
         return None
-    mean = np.mean([r["per_class_acc"] for r in runs], axis=0)
-    ranked = sorted(zip(CLASSES, mean.tolist()), key=lambda t: -t[1])
+    ranked = sorted(zip(CLASSES, mean), key=lambda t: -t[1])
     return {"seeds": [r["seed"] for r in runs], "best": ranked[0], "worst": ranked[-1]}
 
 
@@ -786,11 +787,11 @@ def part2_findings(summary: dict) -> list[str]:
         return "equal" if x == y else (more if x > y else less)
 
     def with_bn(x, y, more: str, less: str) -> str:
-        """'<more|less> with BN' for positive magnitudes of one run each (x with BN, y without); within
-        SIMILAR_RATIO of each other they are called about the same."""
-        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+        """'<more|less> with BN' for magnitudes of one run each (x with BN, y without; bn_direction)."""
+        said = bn_direction(x, y)
+        if said is None:
             return "not comparable (a value is not finite)"
-        if x > 0 and y > 0 and max(x, y) / min(x, y) <= SIMILAR_RATIO:
+        if said == "about the same":
             return f"about the same with and without BN, within {100 * (SIMILAR_RATIO - 1):.0f}%"
         return f"{direction(x, y, more, less)} with BN"
 
@@ -873,6 +874,17 @@ def part2_findings(summary: dict) -> list[str]:
     return out
 
 
+def bn_direction(x, y) -> str | None:
+    """A magnitude with BN (x) against without (y), one run each: 'about the same' where both are positive and
+    within SIMILAR_RATIO of each other, else 'larger', 'smaller' or 'equal'; None where one is missing or not
+    finite."""
+    if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+        return None
+    if x > 0 and y > 0 and max(x, y) / min(x, y) <= SIMILAR_RATIO:
+        return "about the same"
+    return "equal" if x == y else ("larger" if x > y else "smaller")
+
+
 def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None:
     """How many of the measures compared above point the way Santurkar et al. found, each smaller with BN: the
     loss band over learning rates (band_a without BN, band_b with), the last layer's gradient range at lr 1e-3
@@ -891,12 +903,7 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
             pairs.append((what, late["VGG_A_BN"][key], late["VGG_A"][key]))
         elif pa.get(key) and pb.get(key):
             pairs.append((what, pb[key]["median"], pa[key]["median"]))
-    said = {}
-    for what, x, y in pairs:
-        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)) or x <= 0 or y <= 0:
-            continue
-        said[what] = ("about the same" if max(x, y) / min(x, y) <= SIMILAR_RATIO
-                      else "smaller" if x < y else "larger")
+    said = {what: d for what, x, y in pairs if (d := bn_direction(x, y)) is not None and x > 0 and y > 0}
     if len(said) < 2:
         return None
     agree = sum(v == "smaller" for v in said.values())
