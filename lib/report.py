@@ -24,7 +24,7 @@ from lib.config import NORMS
 from lib.data import CLASSES, OFFICIAL_LABEL
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
 from lib.models import CANET_VARIANTS, PART1_MODELS
-from lib.paths import OutputDirs
+from lib.paths import OutputDirs, output_dirs
 from lib.results import read_json
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
@@ -590,9 +590,9 @@ PART2_CONTEXT_KIND = {"accuracy": "protocol", "band": "protocol", "grad": "proto
                       "slice": "slice"}
 
 
-def part2_markdown(summary: dict, profile: str | None = None) -> str:
-    """Part 2's tables as markdown, each followed by its context line (part2_context) and, under the probe
-    table, the caveat of part2_caveats when there is one."""
+def part2_markdown(summary: dict, profile: str | None = None, keys: Sequence[str] | None = None) -> str:
+    """Part 2's tables as markdown (those of `keys` of part2_tables, default all), each followed by its context
+    line (part2_context) and, under the probe table, the caveat of part2_caveats when there is one."""
     titles = {"accuracy": "Validation and test accuracy per learning rate",
               "band": "Loss band over the learning rates (per step: max - min of the training loss)",
               "grad": "Gradient range of the last linear layer per step",
@@ -600,7 +600,7 @@ def part2_markdown(summary: dict, profile: str | None = None) -> str:
               "slice": "Filter-normalised 1-D loss slice"}
     parts = []
     for key, (headers, rows) in part2_tables(summary).items():
-        if rows:
+        if rows and (keys is None or key in keys):
             ctx = part2_context(summary, profile, PART2_CONTEXT_KIND[key])
             caveat = "".join(f"\n\n**Caveat:** {c}" for c in part2_caveats(summary)) if key == "probe" else ""
             if key == "probe" and (note := fallback_note(summary)):
@@ -982,11 +982,12 @@ def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
     return [(data.get("device", "?"), bench_table(data)) for data in benches]
 
 
-def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], bn: Sequence[dict], study: dict) -> dict | None:
+def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], bn: Sequence[dict], study: dict,
+                   seeds: Sequence[int] = ()) -> dict | None:
     """How much of the study of `profile` the folder holds (lib.plan.study_status): {'done', 'total', 'missing'
     (names), 'seeds', 'data' (shell-quoted)}, for the data source of its results (else the JPEG copy's, 'shared')
-    and the seeds its notebooks were run with (study.json) and its Part 1 results have (else 0). None where that
-    data source is a path this machine does not have: the report still renders."""
+    and the seeds its notebooks were run with (study.json), its Part 1 results have and `seeds` name (else 0).
+    None where that data source is a path this machine does not have: the report still renders."""
     from lib.data import DataError
     from lib.plan import study_status
 
@@ -994,13 +995,52 @@ def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], bn: Seque
     source = sources[0] if sources else "shared"
     recorded = [int(s) for nb in (study.get("notebooks") or {}).values() if isinstance(nb, dict)
                 for s in (nb.get("parameters") or {}).get("seeds") or []]
-    seeds = sorted(set(recorded) | {int(r["seed"]) for r in p1 if r.get("seed") is not None}) or [0]
+    seeds = sorted(set(recorded) | {int(r["seed"]) for r in p1 if r.get("seed") is not None}
+                   | {int(s) for s in seeds}) or [0]
     try:
         rows = study_status(profile, source, dirs, seeds, details=False)
     except DataError:
         return None
     return {"done": sum(state == "done" for state, _, _ in rows), "total": len(rows), "seeds": seeds,
             "data": shlex.quote(source), "missing": [name for state, name, _ in rows if state != "done"]}
+
+
+def provenance(runs: Sequence[dict], summary: dict, costs: dict) -> dict:
+    """{'versions', 'commits', 'devices'} of training runs, the probes and slices of a bn_summary and cost files,
+    each as one string of the distinct values."""
+    others = [e for kind in ("probe", "slice") for e in summary.get(kind, {}).values()]
+    return {"versions": join_distinct(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, "
+                                      f"Python {r.get('python')}" for r in runs),
+            "commits": join_distinct([commit_span(r) for r in runs] + [e.get("git_commit") for e in others]
+                                     + [c.get("git_commit") for c in costs.values()]),
+            "devices": join_distinct([r.get("device") for r in runs] + [e.get("device") for e in others])}
+
+
+def full_so_far(root: Path, seeds: Sequence[int]) -> dict | None:
+    """The full profile's finished results under `root` (its results/full/), for a published smoke or quick report
+    while the full study is unfinished (the GPU trains it a few experiments per lent session): {'results_dir',
+    'progress' (study_progress, counted for `seeds` too), 'comparison' (Part 1's table, or None), 'part2' (the
+    accuracy, loss-band and probe tables), 'findings' (part2_findings), 'sanity' (sanity_bars), and provenance's
+    'versions', 'commits', 'devices'}. None where that folder holds no Part 1, protocol or probe result."""
+    from lib.bn_study import bn_summary
+    from lib.part1 import load_costs, load_results, part1_table
+
+    dirs = output_dirs("full", root=root)
+    if not Path(dirs.results).is_dir():
+        return None
+    p1, bn = load_results(dirs), load_results(dirs, prefix="bn-")
+    summary = bn_summary(dirs)
+    if not p1 and not summary.get("protocol") and not summary.get("probe"):
+        return None
+    costs = load_costs(dirs)
+    table = part1_table(dirs, results=p1, costs=costs) if p1 else None
+    return {"results_dir": _rel(Path(dirs.results), root),
+            "progress": study_progress("full", dirs, p1, bn, {}, seeds),
+            "comparison": comparison_markdown(table, p1, costs) if p1 else None,
+            "part2": part2_markdown(summary, "full", keys=("accuracy", "band", "probe")),
+            "findings": part2_findings(summary),
+            "sanity": sanity_bars(table, summary, recipe_departures(p1, "CANet")),
+            **provenance(p1 + bn, summary, costs)}
 
 
 def collect(profile: str, dirs: OutputDirs) -> dict:
@@ -1064,6 +1104,10 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "part2_findings": part2_findings(summary),
         "sanity": sanity_bars(table, summary, recipe_departures(p1, "CANet")) if profile == "full" else [],
         "progress": study_progress(profile, dirs, p1, bn, study) if profile == "full" else None,
+        # A published smoke/quick report also shows what the unfinished full study has so far (<root>/results/full).
+        "full_so_far": full_so_far(results_dir.parent.parent, sorted({int(r["seed"]) for r in p1
+                                                                     if r.get("seed") is not None}))
+        if publish else None,
         "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
                       for m in BN_MODELS},
         "study": study,
@@ -1073,13 +1117,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "extra_runs": runs_beyond_notebooks(study, p1, bool(publish)) if study else [],
         "report_command": f"python -m lib report --profile {profile}{publish}",
         "notebook_seconds": {k: v.get("seconds") for k, v in (study.get("notebooks") or {}).items()},
-        "versions": join_distinct(f"torch {r.get('torch')}, torchvision {r.get('torchvision')}, Python {r.get('python')}"
-                          for r in everything),
-        "commits": join_distinct([commit_span(r) for r in everything]
-                         + [e.get("git_commit") for kind in ("probe", "slice") for e in summary.get(kind, {}).values()]
-                         + [c.get("git_commit") for c in costs.values()]),
-        "devices": join_distinct([r.get("device") for r in everything]
-                         + [e.get("device") for kind in ("probe", "slice") for e in summary.get(kind, {}).values()]),
+        **provenance(everything, summary, costs),
         "data_sources": _unique(((r.get("data") or {}).get("label"), (r.get("data") or {}).get("sha256"),
                                  (r.get("data") or {}).get("archive_sha256")) for r in everything),
         "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},

@@ -622,3 +622,43 @@ def test_weight_spread_per_group_says_what_the_se_group_pools():
     assert (se["group"], se["first_epoch"], se["last_epoch"]) == ("se", 1, 8)
     assert se["std_first"] == pytest.approx(0.5) and se["std_last"] == pytest.approx(0.3)  # bin centres 0.5, 1.5
     assert "mixing scales" in se["note"] and sa["note"] == "" and sa["std_last"] == 0
+
+
+def test_a_published_quick_report_shows_the_full_results_finished_so_far(study_dirs, monkeypatch):
+    import lib.plan as plan
+
+    quick = output_dirs("quick", publish=True, root=Path(study_dirs.results).parent.parent.parent)
+    for src in Path(study_dirs.results).glob("*.json"):  # the fixture's quick results, published
+        atomic_write_json(Path(quick.results) / src.name, read_json(src))
+    text = render_report("quick", quick).read_text()
+    assert "## The full profile so far" not in text and "shown apart, in" not in text  # no results/full yet
+    full = output_dirs("full", root=Path(quick.results).parent.parent)
+    r = p1_result("CANet", 0, 0.9123, num_epochs=None)
+    r.update(profile="full", config=part1_config("CANet", "full", "/data/fake.tar.gz", 0).to_dict(),
+             device="NVIDIA H200", git_commit="fff999+dirty")
+    atomic_write_json(Path(full.results) / f"{r['name']}.json", r)
+    for model, best in (("VGG_A", 0.7512), ("VGG_A_BN", 0.8456)):
+        b, steps = bn_result(model, 1e-3, best)
+        b.update(profile="full", device="NVIDIA H200")
+        atomic_write_json(Path(full.results) / f"{b['name']}.json", b)
+        atomic_write_json(Path(full.results) / f"{b['name']}.steps.json", steps)
+    seen = {}
+    monkeypatch.setattr(plan, "study_status", lambda profile, source, dirs, seeds, **k: seen.update(
+        profile=profile, seeds=list(seeds)) or [("done", "p1-CANet-s0", ""), ("missing", "p1-CANet-s1", "")])
+    text = render_report("quick", quick).read_text()
+    assert seen == {"profile": "full", "seeds": [0, 1, 2]}  # counted for the quick study's seeds
+    assert 'The full profile\'s results finished so far are shown apart, in "The full profile so far"' in text
+    before, section = text.split("## The full profile so far", 1)
+    section = section.split("## Speed on a GPU")[0]
+    assert "91.23" not in before and "84.56%" not in before  # the quick parts keep their own numbers
+    assert "holds 1 of the 2\nexperiments of the full study with seeds 0, 1, 2" in section
+    row = _table_row(section, "CANet")
+    assert "| 91.23 | 0 (n=1) | 93.50 |" in row and "| ResNet18 |" in section and NOT_RUN in _table_row(section, "VGG11")
+    assert "| 0.001 | 75.12% | 74.12% | 84.56% | 83.56% | 75.81% / 84.29% |" in section
+    assert "| 0.0001 | not run | - | not run | - | - |" in section
+    assert "profile: full | device: NVIDIA H200" in section
+    assert ("- CANet's test accuracy is 91.23% (seed 0); the bar is at least 90% (a 30-epoch SGD sketch reached "
+            "90.0% on the JPEG copy, STUDY.md section 8): **met**.") in section
+    assert "(+9.44 points)" in section and "git commit(s): fff999+dirty; abc123; devices: NVIDIA H200." in section
+    assert "A commit marked\n  `+dirty` ran with uncommitted changes" in text  # explained where a full one is dirty
+    assert "sanity bars" not in before  # the quick profile's own results are not held to them
