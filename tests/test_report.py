@@ -662,3 +662,22 @@ def test_a_published_quick_report_shows_the_full_results_finished_so_far(study_d
     assert "(+9.44 points)" in section and "git commit(s): fff999+dirty; abc123; devices: NVIDIA H200." in section
     assert "A commit marked\n  `+dirty` ran with uncommitted changes" in text  # explained where a full one is dirty
     assert "sanity bars" not in before  # the quick profile's own results are not held to them
+
+
+def test_the_committed_report_is_the_render_of_the_committed_results(tmp_path):
+    """report.md says the numbers of the committed result files as this code renders them (the speed section's
+    bench files included): a result, template or wording change without a re-render fails here."""
+    import shutil
+
+    from lib.data import SHARED_CANDIDATES
+    from lib.paths import REPO
+
+    if not any(c.is_file() for c in SHARED_CANDIDATES):  # its full-study count names the workplace's copy
+        pytest.skip("the workplace's JPEG copy (../shared/data) is not beside this checkout")
+    committed = (REPO / "report.md").read_text()
+    profile = re.search(r"profile \*\*(\w+)\*\*", committed).group(1)
+    for part in ("results", "figs"):
+        shutil.copytree(REPO / part, tmp_path / part)
+    dirs = output_dirs(profile, publish=True, root=tmp_path)
+    assert render_report(profile, dirs).read_text() == committed, \
+        f"report.md is stale: python -m lib report --profile {profile}{' --publish' if profile != 'full' else ''}"
