@@ -171,7 +171,8 @@ def main_run(dirs: OutputDirs, model: str | None = None, seed: int | None = None
 
 
 def weight_history(dirs: OutputDirs, result: dict) -> list[dict]:
-    """The per-epoch SE / SA / unit_transform weight histograms of `result` (<results>/<name>.weights.json)."""
+    """The per-epoch SE / SA / unit_transform weight histograms of `result` (<results>/<name>.weights.json), and
+    SE's mixing scales per block where the run recorded them (lib.train.weight_histograms)."""
     path = Path(dirs.results) / f"{result['name']}.weights.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: weight histograms are written for CANet runs "

@@ -30,12 +30,16 @@ from lib.plotting import caption, epoch_axis, new_figure, place_labels, savefig
 from lib.results import read_json
 from lib.stats import pareto_front
 
-# What each weight group of lib.train.WEIGHT_GROUPS holds (titles of the ridge plots).
+# What each weight group of lib.train.WEIGHT_GROUPS holds (titles of the ridge plots); 'se' is the pooled group of
+# results written before the mixing scales were recorded apart. group -> figure name: RIDGE_FIGURES.
 WEIGHT_GROUP_TITLES = {
-    "se": "SE (channel attention): 1-D conv kernels 3/5/7 and their mixing scales",
+    "se_kernels": "SE (channel attention): the 1-D conv kernels 3/5/7 (without their mixing scales)",
+    "se": "SE (channel attention): 1-D conv kernels 3/5/7 and their mixing scales, pooled",
     "sa": "SA (spatial attention): conv weights on [mean, max] maps",
     "unit_transform": "unit_transform: the shared 1x1 conv gate (both layers)",
 }
+RIDGE_FIGURES = {"se_kernels": "p1_ridge_se", "se": "p1_ridge_se", "sa": "p1_ridge_sa",
+                 "unit_transform": "p1_ridge_unit_transform"}
 MAX_RIDGE_ROWS = 15
 CORRECT, WRONG = "#1a7f37", "#c62828"  # title colours: prediction right / wrong
 
@@ -279,7 +283,8 @@ def plot_weight_ridges(weights_history, figs_dir, subtitle: str | None = None,
 
     `weights_history` is the list stored in <results>/<name>.weights.json (or that file's path). Like
     TensorBoard's histogram view: one density per epoch, later epochs in front (lower); at most
-    `max_rows` epochs, chosen evenly. Groups absent from the history (non-CANet models) are skipped.
+    `max_rows` epochs, chosen evenly. Groups absent from the history (non-CANet models) are skipped. p1_ridge_se
+    shows SE's kernels where the history has them apart ('se_kernels'), else the older pooled 'se' group.
     """
     if isinstance(weights_history, (str, Path)):
         weights_history = read_json(weights_history)
@@ -288,7 +293,7 @@ def plot_weight_ridges(weights_history, figs_dir, subtitle: str | None = None,
     paths = []
     for group, title in WEIGHT_GROUP_TITLES.items():
         entries = [h for h in weights_history if group in h]
-        if not entries:
+        if not entries or (group == "se" and any("se_kernels" in h for h in weights_history)):
             continue
         entries = [entries[i] for i in _pick_rows(len(entries), max_rows)]
         paths.append(_ridge(entries, group, title, figs_dir, subtitle))
@@ -326,7 +331,7 @@ def _ridge(entries: list[dict], group: str, title: str, figs_dir, subtitle: str 
                  f"epoch's own range, offset per epoch)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     caption(fig, subtitle)
-    return _save(fig, f"p1_ridge_{group}", figs_dir)
+    return _save(fig, RIDGE_FIGURES[group], figs_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -413,9 +413,11 @@ def attention_markdown(dirs: OutputDirs, main: dict | None) -> str | None:
 
 
 def weight_spread(history: list[dict]) -> list[dict]:
-    """Per weight group: the spread (std) of its weights at the first and the last recorded epoch."""
+    """Per weight group: the spread (std) of its weights at the first and the last recorded epoch (SE's kernels
+    alone where the history has them apart, else the older pooled 'se' group)."""
     out = []
-    for group in ("se", "sa", "unit_transform"):
+    apart = any("se_kernels" in h for h in history)
+    for group in ("se_kernels" if apart else "se", "sa", "unit_transform"):
         entries = [h for h in history if group in h]
         if entries:
             out.append({"group": group, "first_epoch": entries[0]["epoch"] + 1, "last_epoch": entries[-1]["epoch"] + 1,
@@ -424,9 +426,23 @@ def weight_spread(history: list[dict]) -> list[dict]:
     return out
 
 
-# What a group's spread mixes (lib.train.WEIGHT_GROUPS pools every parameter of a module).
+# What a group's spread mixes (lib.train.WEIGHT_GROUPS pools every parameter of a module but SE's mixing scales;
+# the results written before those were recorded apart pool them too, in one 'se' group).
 WEIGHT_GROUP_NOTES = {"se": "the 1-D kernels and their mixing scales, initialised to 1, pooled: the spread includes "
-                            "the gap between the two"}
+                            "the gap between the two",
+                      "se_kernels": "the 1-D kernels; their mixing scales below"}
+
+
+def se_scales(history: list[dict]) -> dict | None:
+    """SE's mixing scales (lib.train.SE_SCALES) at the first and the last epoch that recorded them: {'first_epoch',
+    'last_epoch', 'mean_first', 'mean_last' (per kernel size, the mean over blocks), 'last' (per block)}, epochs
+    counted from 1; None where the history has none (non-CANet runs, or results from before they were recorded)."""
+    entries = [h for h in history if h.get("se_scales")]
+    if not entries:
+        return None
+    first, last = (np.asarray(entries[i]["se_scales"], float) for i in (0, -1))
+    return {"first_epoch": entries[0]["epoch"] + 1, "last_epoch": entries[-1]["epoch"] + 1,
+            "mean_first": first.mean(0).tolist(), "mean_last": last.mean(0).tolist(), "last": last.tolist()}
 
 
 def unlike_original(profile: str | None, epochs, num_train, data_label: str | None) -> str:
@@ -1060,6 +1076,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
     summary = bn_summary(dirs) if results_dir.exists() else {"protocol": {}, "probe": {}, "slice": {}, "missing": []}
     study = read_json(results_dir / "study.json") if (results_dir / "study.json").exists() else {}
     weights_path = results_dir / f"{main['name']}.weights.json" if main else None
+    weights = read_json(weights_path) if weights_path and weights_path.exists() else None
     alpha = inspect.signature(ranking_sentences).parameters["alpha"].default
     everything = p1 + bn
     # Published output lives in <root>/results/<profile>/ (lib.paths), a build in <root>/build/<profile>/results.
@@ -1097,7 +1114,8 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
                                            (main.get("config") or {}).get("num_train"),
                                            (main.get("data") or {}).get("label")) if main else "",
         "confusions": confusions(main) if main else [],
-        "weight_spread": (weight_spread(read_json(weights_path)) if weights_path and weights_path.exists() else []),
+        "weight_spread": weight_spread(weights) if weights else [],
+        "se_scales": se_scales(weights) if weights else None,
         "attention_spread": attention_markdown(dirs, main),
         "part2": part2_markdown(summary, join_distinct((r.get("profile") for r in bn), empty="") or None)
         if (summary.get("protocol") or summary.get("probe")) else None,

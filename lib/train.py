@@ -29,8 +29,12 @@ from lib.paths import OutputDirs, output_dirs
 from lib.results import (atomic_write_json, environment_info, git_commit, read_json, refuse_if_reuse_only,
                          reusable_result, say_reused)
 
-# Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules).
-WEIGHT_GROUPS = {"se": ".se.", "sa": ".sa.", "unit_transform": ".unit_transform."}
+# Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules). SE's mixing
+# scales (three per block, initialised to 1) are recorded apart, as their values (SE_SCALES): pooled with the
+# kernels they made a second mode at 1 (results written before 2026-11-28's twenty-third session have one 'se'
+# group, kernels and scales pooled; lib.report and lib.part1_plots read both).
+WEIGHT_GROUPS = {"se_kernels": ".se.convs.", "sa": ".sa.", "unit_transform": ".unit_transform."}
+SE_SCALES = ".se.scales"
 HIST_BINS = 40
 # GPU fast path (CUDA only; CPU runs take none of its branches), see docs/GPU.md.
 CUDA_GRAPHS_ENV = "CIFAR10_CUDA_GRAPHS"  # "0" runs CUDA training steps eagerly (no CUDA graphs)
@@ -240,7 +244,9 @@ def evaluate(model: nn.Module, loader: BatchLoader, cfg: TrainConfig, device: to
 
 
 def weight_histograms(model: nn.Module) -> dict:
-    """Per group (SE, SA, unit_transform) a histogram of all its weights: {'edges': [...], 'counts': [...]}."""
+    """Per group of WEIGHT_GROUPS (SE's kernels, SA, unit_transform) a histogram of all its weights: {'edges': [...],
+    'counts': [...]}; and 'se_scales', SE's mixing scales per block as they are ([[s_3, s_5, s_7], ...], for the
+    kernel sizes in order)."""
     hists = {}
     for group, key in WEIGHT_GROUPS.items():
         values = [p.detach().float().flatten() for n, p in model.named_parameters() if key in f".{n}"]
@@ -249,6 +255,9 @@ def weight_histograms(model: nn.Module) -> dict:
         v = torch.cat(values).cpu().numpy()
         counts, edges = np.histogram(v, bins=HIST_BINS)
         hists[group] = {"edges": edges.tolist(), "counts": counts.tolist()}
+    scales = [p.detach().float().cpu().tolist() for n, p in model.named_parameters() if f".{n}".endswith(SE_SCALES)]
+    if scales:
+        hists["se_scales"] = scales
     return hists
 
 

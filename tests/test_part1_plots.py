@@ -43,7 +43,8 @@ def fake_result(model="CANet_tiny", seed=0, num_params=396_155, num_epochs=6, ac
 
 
 def fake_weights_history(num_epochs, rng):
-    """<name>.weights.json format: per epoch {'epoch', 'se'|'sa'|'unit_transform': {'edges', 'counts'}}."""
+    """<name>.weights.json format of the runs before SE's mixing scales were recorded apart: per epoch {'epoch',
+    'se'|'sa'|'unit_transform': {'edges', 'counts'}} (now 'se_kernels' instead of 'se', and 'se_scales')."""
     out = []
     for e in range(num_epochs):
         entry = {"epoch": e}
@@ -304,6 +305,28 @@ def test_plot_weight_ridges(tmp_path):
     assert len(plot_weight_ridges(f, tmp_path / "from_file")) == 3
     with pytest.raises(ValueError, match="CANet"):
         plot_weight_ridges([{"epoch": 0}], tmp_path)
+
+
+def test_the_se_ridge_shows_the_kernels_where_they_are_recorded_apart(tmp_path):
+    history = fake_weights_history(4, np.random.default_rng(3))
+    for h in history[2:]:  # a run resumed across the change: its later epochs have the kernels apart
+        h["se_kernels"] = h.pop("se")
+        h["se_scales"] = [[1.0, 1.1, 0.9]] * 6
+    paths = plot_weight_ridges(history, tmp_path)
+    assert [p.name for p in paths] == ["p1_ridge_se.png", "p1_ridge_sa.png", "p1_ridge_unit_transform.png"]
+    plotted = []
+    import lib.part1_plots as P
+
+    real = P._ridge
+    P_ridge = lambda entries, group, *a: plotted.append((group, [h["epoch"] for h in entries])) or real(  # noqa: E731
+        entries, group, *a)
+    try:
+        P._ridge = P_ridge
+        plot_weight_ridges(history, tmp_path / "again")
+    finally:
+        P._ridge = real
+    assert plotted[0] == ("se_kernels", [2, 3])  # the pooled epochs are not drawn beside them
+    assert [g for g, _ in plotted] == ["se_kernels", "sa", "unit_transform"]
 
 
 def test_pick_rows_spreads_epochs():

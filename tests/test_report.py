@@ -624,6 +624,29 @@ def test_weight_spread_per_group_says_what_the_se_group_pools():
     assert "mixing scales" in se["note"] and sa["note"] == "" and sa["std_last"] == 0
 
 
+def test_the_se_kernels_and_their_mixing_scales_are_reported_apart(study_dirs):
+    from lib.report import se_scales, weight_spread
+
+    hist = lambda values: {"edges": [0.0, 1.0, 2.0], "counts": values}  # noqa: E731
+    scales = [[1.0, 1.0, 1.0]] * 6
+    late = [[0.5, 1.0, 1.5]] * 3 + [[1.5, 1.0, 0.5]] * 2 + [[0.9, 1.2, 1.8]]
+    history = [{"epoch": 0, "se_kernels": hist([5, 5]), "se_scales": scales, "sa": hist([10, 0])},
+               {"epoch": 2, "se_kernels": hist([9, 1]), "se_scales": late, "sa": hist([10, 0])}]
+    se, _ = weight_spread(history)
+    assert se["group"] == "se_kernels" and se["note"] == "the 1-D kernels; their mixing scales below"
+    assert se["std_last"] == pytest.approx(0.3)
+    got = se_scales(history)
+    assert (got["first_epoch"], got["last_epoch"]) == (1, 3) and got["mean_first"] == [1.0, 1.0, 1.0]
+    assert got["mean_last"] == pytest.approx([0.9, 6.2 / 6, 7.3 / 6]) and got["last"] == late
+    assert se_scales([{"epoch": 0, "se": hist([1, 1])}]) is None  # an older, pooled file
+    atomic_write_json(Path(study_dirs.results) / "p1-CANet-s0.weights.json", history)
+    text = render_report("quick", study_dirs).read_text()
+    assert ("se_kernels (the 1-D kernels; their mixing scales below) 0.5 at epoch 1 and 0.3 at epoch 3;" in text)
+    assert ("SE's mixing scales of its kernels 3 / 5 / 7 (each initialised to 1), the mean over the six blocks:\n"
+            "1 / 1 / 1 at epoch 1 and 0.9 / 1.03 / 1.22 at epoch\n3; per block at epoch 3:\nblock 0 0.5 / 1 / 1.5; ") in text
+    assert "block 5 0.9 / 1.2 / 1.8." in text
+
+
 def test_a_published_quick_report_shows_the_full_results_finished_so_far(study_dirs, monkeypatch):
     import lib.plan as plan
 

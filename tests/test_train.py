@@ -613,3 +613,19 @@ def test_result_files_are_written_whole_and_readable_as_any_other_file(tmp_path)
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0600
     assert read_json(path) == {"a": None, "b": [1, 2]} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_weight_histograms_keep_the_se_kernels_apart_from_their_mixing_scales():
+    model = build("CANet_tiny")
+    with torch.no_grad():
+        model.blocks[2].se.scales.copy_(torch.tensor([0.5, 1.25, 2.0]))
+    hists = T.weight_histograms(model)
+    assert set(hists) == {"se_kernels", "se_scales", "sa", "unit_transform"}
+    assert sum(hists["se_kernels"]["counts"]) == 6 * (3 + 5 + 7)  # six blocks' 1-D kernels, no scale among them
+    kernels = torch.cat([c.weight.detach().flatten() for b in model.blocks for c in b.se.convs])
+    assert hists["se_kernels"]["edges"][0] == pytest.approx(float(kernels.min()))
+    assert hists["se_kernels"]["edges"][-1] == pytest.approx(float(kernels.max()))
+    assert hists["se_scales"] == [[1.0, 1.0, 1.0]] * 2 + [[0.5, 1.25, 2.0]] + [[1.0, 1.0, 1.0]] * 3
+    sa = sum(p.numel() for b in model.blocks for p in b.sa.parameters())
+    assert sum(hists["sa"]["counts"]) == sa
+    assert set(T.weight_histograms(build("ResNet18"))) == set()  # no attention modules: nothing recorded
