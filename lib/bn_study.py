@@ -730,7 +730,8 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             both = band.num_valid >= 2  # a band needs two runs
             width = band.hi - band.lo
             entry["loss_band"] = {
-                "num_runs": len(steps), "num_steps": int(len(band.steps)), "num_ignored": band.num_ignored,
+                "num_runs": len(steps), "lrs": [f"{lr:g}" for lr in sorted(steps)],
+                "num_steps": int(len(band.steps)), "num_ignored": band.num_ignored,
                 "mean_width": float(width[both].mean()) if both.any() else None,
                 "median_width": float(np.median(width[both])) if both.any() else None,
                 "mean_width_last_tenth": (float(width[both][-max(1, both.sum() // 10):].mean())

@@ -48,6 +48,13 @@ class Job(NamedTuple):
     damaged: str | None = None  # a checkpoint here of a 'train' job or the pair that cannot be read: why (not planned)
 
 
+def source_name(data_source: str | None) -> str:
+    """The data source as configs record it (lib.data.canonical_source), 'shared' as it is: that name needs no copy
+    on this machine, as the plan and the status only read result files (so a report counts the same here and on a
+    machine without the workplace's copy)."""
+    return "shared" if data_source == "shared" else canonical_source(data_source)
+
+
 def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = None,
                seeds: Sequence[int] = (0,), profile: str = "full", precision: str | None = None,
                num_epochs: int | None = None) -> list[Job]:
@@ -56,7 +63,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
     `num_epochs` override the Part 1 runs' (lib.part1.configs)."""
     from lib import bn_study
 
-    source = canonical_source(data_source)
+    source = source_name(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
     entries = load_bench(bench).get("entries", {}) if bench is not None else {}
     full = PROFILES[profile]
@@ -483,7 +490,7 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     from lib import bn_study
     from lib.part1 import cost_path
 
-    source = canonical_source(data_source)
+    source = source_name(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
 
     configs = {c.name: c for c in part1_configs(profile, source, seeds=seeds, num_epochs=num_epochs,

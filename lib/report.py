@@ -595,7 +595,7 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
         size = f"{distinct(e.get('num_images') for e in slices)} training images per point"
         what = f"{len(slices)} slices, " + (f"{runtime} in all" if runtime else "not recorded")
     commits = join_distinct(c for e in entries for c in e.get("commits") or [e.get("git_commit")])
-    dirty = " (+dirty: with changes not committed; see Reproducibility)" if "+dirty" in commits else ""
+    dirty = " (+dirty: with changes not committed; see the note on `+dirty` further down)" if "+dirty" in commits else ""
     return (f"data: {join_distinct(e.get('data') for e in proto + probe)} | {size} | profile: {profile} | "
             f"device: {join_distinct(d for e in entries for d in e.get('devices') or [e.get('device')])} | "
             f"seed: {BN_SEED} (the original protocol's "
@@ -769,7 +769,7 @@ def sanity_bars(table, summary: dict, departures: Sequence[str] = ()) -> list[st
         out.append(f"CANet (bar: at least {CANET_BAR_PCT:g}% test accuracy): every run diverged "
                    f"({rows[0]['n_diverged']}): **missed**.")
     else:
-        out.append(f"CANet (bar: at least {CANET_BAR_PCT:g}% test accuracy): no successful run yet.")
+        out.append(f"CANet (bar: at least {CANET_BAR_PCT:g}% test accuracy): not run yet.")
     protocol = summary.get("protocol", {})
     tests = [((protocol.get(m) or {}).get("test_acc") or {}).get(_lr_key(1e-3)) for m in BN_MODELS]
     status = {m: ((protocol.get(m) or {}).get("status") or {}).get(_lr_key(1e-3)) for m in BN_MODELS}
@@ -783,7 +783,7 @@ def sanity_bars(table, summary: dict, departures: Sequence[str] = ()) -> list[st
                    f"{BN_BAR_POINTS:g} points (our convention: one run each, so there is no spread to judge by): "
                    f"{verdict(bn - plain >= BN_BAR_POINTS)}.")
     else:
-        state = "not both run yet"
+        state = f"{' and '.join(m for m in BN_MODELS if status[m] is None)} not run yet"
         if all(status[m] is not None for m in BN_MODELS):  # both ran: one diverged before any epoch was kept
             without = [m for m, t in zip(BN_MODELS, tests) if t is None]
             state = (f"{' and '.join(without)} ran without a test accuracy"
@@ -831,8 +831,8 @@ def part2_findings(summary: dict) -> list[str]:
     wa, wb = ((e.get("loss_band") or {}).get("mean_width") for e in (a, b))
     if wa is not None and wb is not None:
         out.append(f"The loss band over learning rates is {with_bn(wb, wa, 'wider', 'narrower')}: mean "
-                   f"width {fmt_num(wb)} vs {fmt_num(wa)} without. It is a proxy (runs at different learning rates "
-                   f"differ in where they are, not only in how the landscape around them looks).")
+                   f"width {fmt_num(wb)} vs {fmt_num(wa)} without{band_rates(a, b)}. It is a proxy (runs at different "
+                   f"learning rates differ in where they are, not only in how the landscape around them looks).")
     ga = ((a.get("grad_range") or {}).get(_lr_key(1e-3)) or {}).get("range") or {}
     gb = ((b.get("grad_range") or {}).get(_lr_key(1e-3)) or {}).get("range") or {}
     if ga.get("median") is not None and gb.get("median") is not None:
@@ -890,6 +890,16 @@ def part2_findings(summary: dict) -> list[str]:
     return out
 
 
+def band_rates(a: dict, b: dict) -> str:
+    """'' where both networks' loss bands span all of BN_LRS, else which learning rates each spans (bn_summary's
+    protocol entries without BN (a) and with (b)), to follow 'without' in a finding."""
+    la, lb = ((e.get("loss_band") or {}).get("lrs") for e in (a, b))
+    if la is None or lb is None or (la == lb and len(la) == len(BN_LRS)):
+        return ""
+    over = f"lr {', '.join(la)}" if la == lb else f"lr {', '.join(la)} without BN, {', '.join(lb)} with"
+    return f" (over {over}: not all {len(BN_LRS)} learning rates have run)"
+
+
 def bn_direction(x, y) -> str | None:
     """A magnitude with BN (x) against without (y), one run each: 'about the same' where both are positive and
     within SIMILAR_RATIO of each other, else 'larger', 'smaller' or 'equal'; None where one is missing or not
@@ -923,9 +933,13 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
     if len(said) < 2:
         return None
     agree = sum(v == "smaller" for v in said.values())
+    missing = [what for what in ("loss band", "gradient range", "beta-smoothness", "gradient change",
+                                 "probe band width") if what not in {p[0] for p in pairs if None not in p[1:]}]
     line = (f"Santurkar et al. find the landscape smoother with BN; on that reading each of these would be smaller "
             f"with BN; here {agree} of the {len(said)} {'is' if agree == 1 else 'are'} smaller with BN ("
-            + ", ".join(f"{what}: {v}" for what, v in said.items()) + ").")
+            + ", ".join(f"{what}: {v}" for what, v in said.items()) + ")"
+            + (f"; not available yet, as their runs have not finished: {', '.join(missing)}" if missing else "")
+            + ".")
     acc = (summary.get("protocol", {}).get("VGG_A") or {}).get("best_val_acc_lr1e3")
     if agree < len(said) and acc is not None and below_near_chance(acc):
         line += (f" The network without BN barely started learning here (best validation accuracy "
@@ -1035,8 +1049,9 @@ def provenance(runs: Sequence[dict], summary: dict, costs: dict) -> dict:
 def full_so_far(root: Path, seeds: Sequence[int]) -> dict | None:
     """The full profile's finished results under `root` (its results/full/), for a published smoke or quick report
     while the full study is unfinished (the GPU trains it a few experiments per lent session): {'results_dir',
-    'progress' (study_progress, counted for `seeds` too), 'comparison' (Part 1's table, or None), 'part2' (the
-    accuracy, loss-band and probe tables), 'findings' (part2_findings), 'sanity' (sanity_bars), and provenance's
+    'progress' (study_progress, counted for `seeds` too), 'comparison' (Part 1's table, or None), 'left_out' (Part 1
+    runs of another recipe, as load_results says them), 'part2' (the accuracy, loss-band, gradient-range and probe
+    tables: those part2_findings speaks of), 'findings' (part2_findings), 'sanity' (sanity_bars), and provenance's
     'versions', 'commits', 'devices'}. None where that folder holds no Part 1, protocol or probe result."""
     from lib.bn_study import bn_summary
     from lib.part1 import load_costs, load_results, part1_table
@@ -1044,16 +1059,18 @@ def full_so_far(root: Path, seeds: Sequence[int]) -> dict | None:
     dirs = output_dirs("full", root=root)
     if not Path(dirs.results).is_dir():
         return None
-    p1, bn = load_results(dirs), load_results(dirs, prefix="bn-")
-    summary = bn_summary(dirs)
-    if not p1 and not summary.get("protocol") and not summary.get("probe"):
+    left_out: list[str] = []
+    p1, bn = load_results(dirs, left_out=left_out), load_results(dirs, prefix="bn-")
+    if not p1 and not bn and not any(Path(dirs.results).glob("probe-*.json")):  # cost files alone: nothing to show
         return None
+    summary = bn_summary(dirs)
     costs = load_costs(dirs)
     table = part1_table(dirs, results=p1, costs=costs) if p1 else None
+    study = read_json(Path(dirs.results) / "study.json") if (Path(dirs.results) / "study.json").exists() else {}
     return {"results_dir": _rel(Path(dirs.results), root),
-            "progress": study_progress("full", dirs, p1, bn, {}, seeds),
-            "comparison": comparison_markdown(table, p1, costs) if p1 else None,
-            "part2": part2_markdown(summary, "full", keys=("accuracy", "band", "probe")),
+            "progress": study_progress("full", dirs, p1, bn, study, seeds),
+            "comparison": comparison_markdown(table, p1, costs) if p1 else None, "left_out": left_out,
+            "part2": part2_markdown(summary, "full", keys=("accuracy", "band", "grad", "probe")),
             "findings": part2_findings(summary),
             "sanity": sanity_bars(table, summary, recipe_departures(p1, "CANet")),
             **provenance(p1 + bn, summary, costs)}

@@ -217,8 +217,8 @@ if net is not None:
     display(Image(filename=plot_filters(net, dirs.figs, subtitle=caption, model_name=result["model"])))'''),
     md('''## How the attention weights moved during training (ridge plots, one density per epoch)'''),
     md('''One figure per weight group: SE (the channel attention's 1-D kernels 3/5/7; runs recorded before their mixing
-scales were kept apart pool the scales in, and the figure's title says so; the scales themselves are in
-`report.md`), SA (the spatial attention's conv on the [mean, max] maps) and the shared `unit_transform` 1x1 gate. Each ridge is the
+scales were kept apart pool the scales in, and the figure's title says so; the report gives the scales of runs
+that recorded them apart), SA (the spatial attention's conv on the [mean, max] maps) and the shared `unit_transform` 1x1 gate. Each ridge is the
 distribution of all of that group's weights at the end of one epoch, the first epoch at the top and the last
 at the bottom (long runs show an even selection of epochs); the dotted line is zero. Look at how the ridges
 change from top to bottom: a shift, widening or narrowing is training moving those weights, while ridges that

@@ -376,7 +376,7 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     assert "| code: pVGG_A; pVGG_A_BN | runtime" in line
     summary["probe"]["VGG_A"]["git_commit"] += "+dirty"
     line = part2_context(summary, kind="probe")
-    assert "| code: pVGG_A+dirty; pVGG_A_BN (+dirty: with changes not committed; see Reproducibility) |" in line
+    assert "| code: pVGG_A+dirty; pVGG_A_BN (+dirty: with changes not committed; see the note on `+dirty` further down) |" in line
     assert "in fp32 (the paper: 15,000 steps, 8 step sizes, 0.05 to 0.4 at lr 0.1) |" in line and "runtime: 2 runs, 3.0 min in all" in line
     # Nothing recorded: said so, not formatted as numbers.
     empty = {"protocol": {"VGG_A": {"best_val_acc": {}}}, "probe": {}, "slice": {}}
@@ -500,8 +500,11 @@ def test_the_full_profile_states_whether_its_sanity_bars_are_met(study_dirs):
     text = render_report("full", study_dirs).read_text()
     assert "is 89.00 ± 1.00% (seeds" in text and "(+1.23 points)" in text and text.count("**missed**") == 2
     assert sanity_bars(None, {"protocol": {}}) == [
-        "CANet (bar: at least 90% test accuracy): no successful run yet.",
-        "VGG-A with and without BN at lr 1e-3 (bar: BN at least 2 points higher in test accuracy): not both run yet."]
+        "CANet (bar: at least 90% test accuracy): not run yet.",
+        "VGG-A with and without BN at lr 1e-3 (bar: BN at least 2 points higher in test accuracy): VGG_A and VGG_A_BN "
+        "not run yet."]
+    assert sanity_bars(None, {"protocol": {"VGG_A_BN": {"status": {"0.001": "ok"}, "test_acc": {"0.001": 0.8}}}})[1] \
+        .endswith("): VGG_A not run yet.")
     # A diverged CANet seed is said and misses the bar, though the other seeds pass it; a diverged BN run is named.
     for seed, acc in enumerate((0.92, 0.93)):
         r = p1_result("CANet", seed, acc, num_epochs=None)
@@ -594,6 +597,27 @@ def test_the_findings_say_how_many_measures_point_the_papers_way_and_why_not():
     summary["protocol"]["VGG_A"]["best_val_acc_lr1e3"] = 0.7  # trained: nothing to explain away
     assert "barely" not in paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
     assert paper_direction({"probe": {}, "protocol": {}}, 0.1, 0.4, None, None) is None  # one measure: no line
+    # Measures whose runs have not finished are named, not silently left out of the count.
+    line = paper_direction(summary, 0.1, 0.4, None, None)
+    assert line.endswith("here 1 of the 4 is smaller with BN (loss band: larger, beta-smoothness: smaller, gradient "
+                         "change: larger, probe band width: about the same); not available yet, as their runs have "
+                         "not finished: gradient range.")
+    assert "not available yet" not in paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
+    line = paper_direction({"probe": {}, "protocol": {}}, 0.1, 0.4, 0.03, 0.02)
+    assert line.endswith("(loss band: larger, gradient range: smaller); not available yet, as their runs have not "
+                         "finished: beta-smoothness, gradient change, probe band width.")
+
+
+def test_a_loss_band_over_fewer_learning_rates_says_which():
+    from lib.report import band_rates
+
+    band = lambda *lrs: {"loss_band": {"lrs": list(lrs)}}  # noqa: E731
+    assert band_rates(band("0.0001", "0.0005", "0.001", "0.002"), band("0.0001", "0.0005", "0.001", "0.002")) == ""
+    assert band_rates(band("0.0001", "0.002"), band("0.0001", "0.002")) == \
+        " (over lr 0.0001, 0.002: not all 4 learning rates have run)"
+    assert band_rates(band("0.0001", "0.002"), band("0.0001", "0.0005", "0.001", "0.002")) == \
+        " (over lr 0.0001, 0.002 without BN, 0.0001, 0.0005, 0.001, 0.002 with: not all 4 learning rates have run)"
+    assert band_rates({}, band("0.0001")) == ""
 
 
 def test_per_class_over_seeds_and_what_makes_a_comparison_with_the_original_unfair():
@@ -639,10 +663,13 @@ def test_the_se_kernels_and_their_mixing_scales_are_reported_apart(study_dirs):
     assert (got["first_epoch"], got["last_epoch"]) == (1, 3) and got["mean_first"] == [1.0, 1.0, 1.0]
     assert got["mean_last"] == pytest.approx([0.9, 6.2 / 6, 7.3 / 6]) and got["last"] == late
     assert se_scales([{"epoch": 0, "se": hist([1, 1])}]) is None  # an older, pooled file
+    resumed = [{"epoch": 0, "se": hist([1, 9])}] + history  # a run resumed across the change: its kernels apart
+    assert [w["group"] for w in weight_spread(resumed)] == ["se_kernels", "sa"]
+    assert weight_spread(resumed)[0]["first_epoch"] == 1 and weight_spread(resumed)[0]["std_first"] == 0.5
     atomic_write_json(Path(study_dirs.results) / "p1-CANet-s0.weights.json", history)
     text = render_report("quick", study_dirs).read_text()
     assert ("se_kernels (the 1-D kernels; their mixing scales below) 0.5 at epoch 1 and 0.3 at epoch 3;" in text)
-    assert ("SE's mixing scales of its kernels 3 / 5 / 7 (each initialised to 1), the mean over the six blocks:\n"
+    assert ("SE's mixing scales of its kernels 3 / 5 / 7 (each initialised to 1), the mean over the 6 blocks:\n"
             "1 / 1 / 1 at epoch 1 and 0.9 / 1.03 / 1.22 at epoch\n3; per block at epoch 3:\nblock 0 0.5 / 1 / 1.5; ") in text
     assert "block 5 0.9 / 1.2 / 1.8." in text
 
@@ -683,20 +710,39 @@ def test_a_published_quick_report_shows_the_full_results_finished_so_far(study_d
     assert ("- CANet's test accuracy is 91.23% (seed 0); the bar is at least 90% (a 30-epoch SGD sketch reached "
             "90.0% on the JPEG copy, STUDY.md section 8): **met**.") in section
     assert "(+9.44 points)" in section and "git commit(s): fff999+dirty; abc123; devices: NVIDIA H200." in section
-    assert "A commit marked\n  `+dirty` ran with uncommitted changes" in text  # explained where a full one is dirty
+    assert "A commit marked `+dirty` ran with uncommitted changes" in section  # explained where a full one is dirty
     assert "sanity bars" not in before  # the quick profile's own results are not held to them
+    # The tables the findings speak of (the gradient range at lr 1e-3), not the slices.
+    assert "**Gradient range of the last linear layer per step**" in section and "1-D loss slice" not in section
+    assert "gradient range has median" in section
+    # A run of another recipe is said, not dropped silently; a complete study says how to render its report.
+    odd = dict(r, name="p1-ResNet18-s0", model="ResNet18", seed=0,
+               config=dict(r["config"], model="ResNet18", precision="fp32", name="p1-ResNet18-s0"))
+    atomic_write_json(Path(full.results) / "p1-ResNet18-s0.json", odd)
+    section = render_report("quick", quick).read_text().split("## The full profile so far", 1)[1]
+    assert "or move them away): p1-ResNet18-s0 (precision fp32, not auto)." in section
+    monkeypatch.setattr(plan, "study_status", lambda *a, **k: [("done", "p1-CANet-s0", "")])
+    section = render_report("quick", quick).read_text().split("## The full profile so far", 1)[1]
+    assert "All 1 experiments of the full study with seeds 0, 1, 2 are in\n`results/full/`: `bash scripts/main.sh " \
+           "--profile full" in section and "still to run" not in section
+    # Cost files alone are nothing to show.
+    for f in Path(full.results).glob("*.json"):
+        f.unlink()
+    atomic_write_json(Path(full.results) / "cost-CANet.json", {"model": "CANet", "flops": 1, "params": 1})
+    text = render_report("quick", quick).read_text()
+    assert "## The full profile so far" not in text and "shown apart, in" not in text
 
 
-def test_the_committed_report_is_the_render_of_the_committed_results(tmp_path):
+def test_the_committed_report_is_the_render_of_the_committed_results(tmp_path, monkeypatch):
     """report.md says the numbers of the committed result files as this code renders them (the speed section's
-    bench files included): a result, template or wording change without a re-render fails here."""
+    bench files included): a result, template or wording change without a re-render fails here. Rendered as on a
+    machine without the workplace's JPEG copy: the full study's count needs no data."""
     import shutil
 
-    from lib.data import SHARED_CANDIDATES
+    import lib.data
     from lib.paths import REPO
 
-    if not any(c.is_file() for c in SHARED_CANDIDATES):  # its full-study count names the workplace's copy
-        pytest.skip("the workplace's JPEG copy (../shared/data) is not beside this checkout")
+    monkeypatch.setattr(lib.data, "SHARED_CANDIDATES", (tmp_path / "no-copy-here.tar.gz",))
     committed = (REPO / "report.md").read_text()
     profile = re.search(r"profile \*\*(\w+)\*\*", committed).group(1)
     for part in ("results", "figs"):
