@@ -698,6 +698,7 @@ def test_a_published_quick_report_shows_the_full_results_finished_so_far(study_d
     text = render_report("quick", quick).read_text()
     assert seen == {"profile": "full", "seeds": [0, 1, 2]}  # counted for the quick study's seeds
     assert 'The full profile\'s results finished so far are shown apart, in "The full profile so far"' in text
+    assert '- The full profile\'s findings so far, on its own runs: "The full profile so far" below.' in text
     before, section = text.split("## The full profile so far", 1)
     section = section.split("## Speed on a GPU")[0]
     assert "91.23" not in before and "84.56%" not in before  # the quick parts keep their own numbers
