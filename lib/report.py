@@ -933,8 +933,9 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
     if len(said) < 2:
         return None
     agree = sum(v == "smaller" for v in said.values())
+    available = {what for what, x, y in pairs if x is not None and y is not None}
     missing = [what for what in ("loss band", "gradient range", "beta-smoothness", "gradient change",
-                                 "probe band width") if what not in {p[0] for p in pairs if None not in p[1:]}]
+                                 "probe band width") if what not in available]
     line = (f"Santurkar et al. find the landscape smoother with BN; on that reading each of these would be smaller "
             f"with BN; here {agree} of the {len(said)} {'is' if agree == 1 else 'are'} smaller with BN ("
             + ", ".join(f"{what}: {v}" for what, v in said.items()) + ")"
@@ -1053,20 +1054,12 @@ def full_so_far(root: Path, seeds: Sequence[int]) -> dict | None:
     runs of another recipe, as load_results says them), 'part2' (the accuracy, loss-band, gradient-range and probe
     tables: those part2_findings speaks of), 'findings' (part2_findings), 'sanity' (sanity_bars), and provenance's
     'versions', 'commits', 'devices'}. None where that folder holds no Part 1, protocol or probe result."""
-    from lib.bn_study import bn_summary
-    from lib.part1 import load_costs, load_results, part1_table
-
     dirs = output_dirs("full", root=root)
     if not Path(dirs.results).is_dir():
         return None
-    left_out: list[str] = []
-    p1, bn = load_results(dirs, left_out=left_out), load_results(dirs, prefix="bn-")
+    p1, left_out, bn, costs, table, summary, study = load_folder(dirs)
     if not p1 and not bn and not any(Path(dirs.results).glob("probe-*.json")):  # cost files alone: nothing to show
         return None
-    summary = bn_summary(dirs)
-    costs = load_costs(dirs)
-    table = part1_table(dirs, results=p1, costs=costs) if p1 else None
-    study = read_json(Path(dirs.results) / "study.json") if (Path(dirs.results) / "study.json").exists() else {}
     return {"results_dir": _rel(Path(dirs.results), root),
             "progress": study_progress("full", dirs, p1, bn, study, seeds),
             "comparison": comparison_markdown(table, p1, costs) if p1 else None, "left_out": left_out,
@@ -1076,12 +1069,11 @@ def full_so_far(root: Path, seeds: Sequence[int]) -> dict | None:
             **provenance(p1 + bn, summary, costs)}
 
 
-def collect(profile: str, dirs: OutputDirs) -> dict:
-    """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs)."""
+def load_folder(dirs: OutputDirs) -> tuple:
+    """What a report reads from a results folder: (Part 1 results, the runs left out of them (load_results), BN
+    protocol results, cost files, the comparison table or None, bn_summary, study.json or {})."""
     from lib.bn_study import bn_summary
     from lib.part1 import load_costs, load_results, part1_table
-    from lib.pipeline import notebook_commands, runs_beyond_notebooks
-    from lib.stats import ranking_sentences
 
     results_dir = Path(dirs.results)
     left_out: list[str] = []
@@ -1089,9 +1081,19 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
     bn = load_results(dirs, prefix="bn-")
     costs = load_costs(dirs)
     table = part1_table(dirs, results=p1, costs=costs) if p1 else None
-    main = _main_result(dirs, p1)
     summary = bn_summary(dirs) if results_dir.exists() else {"protocol": {}, "probe": {}, "slice": {}, "missing": []}
     study = read_json(results_dir / "study.json") if (results_dir / "study.json").exists() else {}
+    return p1, left_out, bn, costs, table, summary, study
+
+
+def collect(profile: str, dirs: OutputDirs) -> dict:
+    """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs)."""
+    from lib.pipeline import notebook_commands, runs_beyond_notebooks
+    from lib.stats import ranking_sentences
+
+    results_dir = Path(dirs.results)
+    p1, left_out, bn, costs, table, summary, study = load_folder(dirs)
+    main = _main_result(dirs, p1)
     weights_path = results_dir / f"{main['name']}.weights.json" if main else None
     weights = read_json(weights_path) if weights_path and weights_path.exists() else None
     alpha = inspect.signature(ranking_sentences).parameters["alpha"].default
