@@ -1221,6 +1221,28 @@ def bench_table(bench) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+# Where README.md shows a bench file's table: between these two lines, written by `python -m lib refresh`.
+README_TABLE_BEGIN = "<!-- speed table of {path}: written by `python -m lib refresh`; do not edit by hand -->"
+README_TABLE_END = "<!-- end of the speed table -->"
+
+
+def readme_with_tables(text: str, bench_files: Sequence[Path], root: Path) -> str:
+    """`text` (README.md's) with the block of each bench file (paths under `root`) replaced by its bench_table as it
+    renders now. A file without its block, or a block without its end line, is a ValueError that says what to add."""
+    for path in bench_files:
+        rel = Path(path).relative_to(root).as_posix()
+        begin = README_TABLE_BEGIN.format(path=rel)
+        start = text.find(begin)
+        end = text.find(README_TABLE_END, start) if start >= 0 else -1
+        if start < 0 or end < 0:
+            raise ValueError(f"README.md has no place for the speed table of {rel}: put the lines "
+                             f"{begin!r} and {README_TABLE_END!r} where it goes (a blank line between them), then "
+                             f"run python -m lib refresh again")
+        text = text[:start + len(begin)] + "\n\n" + bench_table(path) + "\n" + text[end:]
+    return text
+
+
 def graph_check_lines(bench) -> list[str]:
     """The CUDA-graph checks of a bench file in words: which models' graphed steps matched the eager ones."""
     lines = []

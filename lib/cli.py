@@ -23,6 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
+from lib import paths
 from lib.config import PART1_MODELS, PRECISIONS, PROFILES
 from lib.data import SOURCE_ENV, canonical_source
 from lib.paths import REPO, output_dirs
@@ -344,6 +345,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_refresh(args) -> int:
+    """Render README.md's speed tables and report.md again from the committed result files (no training)."""
+    from lib.report import refresh
+
+    for line in refresh():
+        print(f"refresh: {line}")
+    return 0
+
+
 def cmd_status(args) -> int:
     """Print what of a profile's study is done, resumable or missing (nothing is computed)."""
     from lib.plan import estimate_check, format_estimate_check, format_remaining, remaining_estimate, study_status
@@ -381,8 +391,8 @@ def cmd_status(args) -> int:
 
 
 def gpu_bench_files() -> list[Path]:
-    """The bench files of this checkout that are not a CPU's (results/bench/<device-slug>.json, by name)."""
-    return [p for p in sorted((REPO / "results" / "bench").glob("*.json")) if not p.stem.startswith("cpu")]
+    """The bench files of this checkout that are not a CPU's (lib.paths.gpu_bench_files)."""
+    return paths.gpu_bench_files(REPO)
 
 
 def cmd_bench(args) -> int:
@@ -582,6 +592,11 @@ def main(argv=None) -> int:
     p.add_argument("--publish", action="store_true",
                    help="render the published smoke/quick results (results/<profile>/) into the committed report.md")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("refresh", help="render again what is rendered from the committed results: README.md's speed "
+                                       "tables (results/bench/) and report.md, in the profile it was published from "
+                                       "(after merging a GPU call's results; no training)")
+    p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("status", help="list what of a profile's study is done, resumable or missing "
                                       "(Part 1 runs, BN protocol, slices, probes, cost files); computes nothing")

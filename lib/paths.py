@@ -35,3 +35,10 @@ def output_dirs(profile: str, publish: bool | None = None, root: Path | str | No
                           base / "checkpoints" / profile, base / "runs" / profile)
     b = base / "build" / profile
     return OutputDirs(b / "results", b / "figs", b / "report.md", b / "checkpoints", b / "runs")
+
+
+def gpu_bench_files(root: Path | str | None = None) -> list[Path]:
+    """The bench files under <root>/results/bench that are not a CPU's (<device-slug>.json, sorted by name): a CPU's
+    are dry runs of the GPU runner."""
+    folder = (Path(root) if root is not None else REPO) / "results" / "bench"
+    return [p for p in sorted(folder.glob("*.json")) if not p.stem.startswith("cpu")]

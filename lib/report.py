@@ -1,8 +1,9 @@
 """The rendered report: report.md from lib/report_template.md and the result files of one output folder.
 
-`render_report(profile, dirs)` reads only files under dirs.results (Part 1 p1-*.json, cost-*.json,
-part1-main.json, the Part 2 files through lib.bn_study.bn_summary, study.json) and checks dirs.figs for
-which figures exist. Every number in the report comes from those files, except ORIGINAL_REPORT: the
+`render_report(profile, dirs)` reads the files under dirs.results (Part 1 p1-*.json, cost-*.json,
+part1-main.json, the Part 2 files through lib.bn_study.bn_summary, study.json), those of results/full/ for a
+published smoke or quick report (its section on the full profile so far) and the GPU bench files of
+results/bench/ (the speed section), and checks dirs.figs for which figures exist. Every number in the report comes from those files, except ORIGINAL_REPORT: the
 original report's numbers as STUDY.md states them, shown beside ours and labelled as such. Wording that
 ranks models comes from lib.stats (a Welch test over seeds); other comparisons state the numbers and
 their direction only. The helpers below (tables, context lines) are also what notebooks 02 and 04 show.
@@ -24,7 +25,7 @@ from lib.config import NORMS
 from lib.data import CLASSES, OFFICIAL_LABEL
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
 from lib.models import CANET_VARIANTS, PART1_MODELS
-from lib.paths import OutputDirs, output_dirs
+from lib.paths import REPO, OutputDirs, output_dirs
 from lib.results import read_json
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
@@ -1006,10 +1007,9 @@ def _times(p1: list[dict], bn: list[dict], summary: dict) -> dict:
 def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
     """(device, markdown table) of every GPU bench file in <root>/results/bench (CPU ones are dry runs)."""
     from lib.bench import bench_table
-    from lib.paths import REPO
+    from lib.paths import gpu_bench_files
 
-    folder = Path(root if root is not None else REPO) / "results" / "bench"
-    benches = [read_json(p) for p in sorted(folder.glob("*.json")) if not p.stem.startswith("cpu")]
+    benches = [read_json(p) for p in gpu_bench_files(root)]
     return [(data.get("device", "?"), bench_table(data)) for data in benches]
 
 
@@ -1086,8 +1086,9 @@ def load_folder(dirs: OutputDirs) -> tuple:
     return p1, left_out, bn, costs, table, summary, study
 
 
-def collect(profile: str, dirs: OutputDirs) -> dict:
-    """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs)."""
+def collect(profile: str, dirs: OutputDirs, root: Path | None = None) -> dict:
+    """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs); the
+    speed section's from the GPU bench files under `root` (default: this repository)."""
     from lib.pipeline import notebook_commands, runs_beyond_notebooks
     from lib.stats import ranking_sentences
 
@@ -1159,14 +1160,15 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
                                  (r.get("data") or {}).get("archive_sha256")) for r in everything),
         "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},
         "times": _times(p1, bn, summary),
-        "bench": gpu_bench_tables(),
+        "bench": gpu_bench_tables(root),
         "missing_bn": summary.get("missing", []),
         "fmt_pct": fmt_pct, "fmt_num": fmt_num, "fmt_int": fmt_int, "fmt_seconds": fmt_seconds,
     }
 
 
-def render_report(profile: str, dirs: OutputDirs) -> Path:
-    """Render dirs.report (report.md) from the template and the result files of `dirs`; return its path."""
+def render_report(profile: str, dirs: OutputDirs, root: Path | None = None) -> Path:
+    """Render dirs.report (report.md) from the template and the result files of `dirs` (the bench files under
+    `root`: collect); return its path."""
     import jinja2
 
     path = Path(dirs.report)
@@ -1180,7 +1182,7 @@ def render_report(profile: str, dirs: OutputDirs) -> Path:
             f"or delete {path.name} to render the empty skeleton.")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    text = env.get_template(TEMPLATE.name).render(**collect(profile, dirs))
+    text = env.get_template(TEMPLATE.name).render(**collect(profile, dirs, root))
     text = "\n".join(line.rstrip() for line in text.splitlines()).strip() + "\n"
     while "\n\n\n" in text:  # template conditionals leave blank runs; one blank line is enough in markdown
         text = text.replace("\n\n\n", "\n\n")
@@ -1189,3 +1191,43 @@ def render_report(profile: str, dirs: OutputDirs) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def published_profile(report: Path | str) -> str | None:
+    """The profile a report.md was rendered from, as its header names it (report_template.md); None where the
+    file does not exist or has no such header (not a rendered report)."""
+    import re
+
+    path = Path(report)
+    found = re.search(r"profile \*\*(\w+)\*\*", path.read_text()) if path.exists() else None
+    return found.group(1) if found else None
+
+
+def refresh(root: Path | str | None = None) -> list[str]:
+    """Render again what is rendered from the committed result files under `root` (the repository): README.md's
+    speed table of each GPU bench file (between the lib.bench.README_TABLE_* lines) and report.md, in the
+    profile it was published from (the full profile's figures are the notebooks': `scripts/main.sh --profile
+    full` draws them). What a GPU call's merge changes. Returns what it wrote, as lines to print."""
+    from lib.bench import readme_with_tables
+    from lib.paths import gpu_bench_files
+
+    base = Path(root) if root is not None else REPO
+    done = []
+    readme = base / "README.md"
+    text = readme.read_text()
+    new = readme_with_tables(text, gpu_bench_files(base), base)
+    if new != text:
+        tmp = readme.with_name(readme.name + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(readme)
+    done.append(f"README.md: speed tables of {len(gpu_bench_files(base))} GPU bench file(s), "
+                + ("changed" if new != text else "unchanged"))
+    report = base / "report.md"
+    profile = published_profile(report)
+    if profile is None:
+        raise FileNotFoundError(f"{report} is missing or not a rendered report: render it once with python -m lib "
+                                f"report --profile quick --publish (or scripts/main.sh --profile full)")
+    before = report.read_text()
+    render_report(profile, output_dirs(profile, publish=True, root=base), base)
+    done.append(f"report.md: profile {profile}, " + ("changed" if report.read_text() != before else "unchanged"))
+    return done

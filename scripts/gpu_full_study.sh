@@ -2,7 +2,8 @@
 # The full study on a lent GPU, one device call at a time (docs/GPU.md has the exact call).
 #
 #   bash scripts/gpu_full_study.sh [bench] [all | part1 | part2 | probe | EXPERIMENT ...]   (default: all)
-#   bash scripts/gpu_full_study.sh --merge DIR      (on this machine, after the call: unpack what came back)
+#   bash scripts/gpu_full_study.sh --merge DIR      (on this machine, after the call: unpack what came back and
+#                                                    render README.md's speed table and report.md again)
 #
 # On the GPU machine, from the repository root, after the prepare-carry prefix. Inside BUDGET_S seconds:
 #  0. merges the previous call's pack kept on this machine, if any (below);
@@ -117,6 +118,14 @@ if [[ "${1:-}" == "--merge" ]]; then
   fi
   if [[ -n "$COMPILE_CACHE" && -f "$dir/inductor-cache.tgz" ]]; then
     merge_compile_cache "$dir/inductor-cache.tgz" || rc=1
+  fi
+  # README.md's speed table and report.md, rendered again from the merged files (python -m lib refresh), so that
+  # what is committed agrees with them: with REFRESH_PY, else in the project's environment (scripts/setup_env.sh,
+  # VENV; PY, the system Python, may lack torch); REFRESH=0: not.
+  if [[ "${REFRESH:-1}" != 0 ]]; then
+    (if [[ -n "${REFRESH_PY:-}" ]]; then PY=$REFRESH_PY; else source scripts/setup_env.sh; fi && $PY -m lib refresh) \
+      || { echo "README.md and report.md not rendered again: run python -m lib refresh once the error above is" \
+                "mended" >&2; rc=1; }
   fi
   exit $rc
 fi

@@ -996,6 +996,7 @@ def test_readme_and_report_show_each_committed_gpu_table_as_rendered_from_its_fi
     table = B.bench_table(bench_file)
     readme = (REPO / "README.md").read_text()
     assert table in readme and f"Estimated {B.format_estimate(bench_file)}." in readme
+    assert B.readme_with_tables(readme, [bench_file], REPO) == readme, "README.md is stale: python -m lib refresh"
     assert table in (REPO / "report.md").read_text()  # its speed section: python -m lib report ... --publish
 
 
@@ -1091,3 +1092,17 @@ def test_runner_first_step_reads_the_data_only_with_cuda_or_for_a_dry_run(tmp_pa
     assert B.runner_first_step(True, tmp_path, ["CANet_tiny"], False) == 3
     assert "(what is missing not known: KeyError" in capsys.readouterr().out
     assert not (tmp_path / "graph-missing.txt").exists()
+
+
+def test_the_readme_speed_table_is_replaced_between_its_lines_and_a_missing_place_is_named(tmp_path):
+    bench_file = tmp_path / "results" / "bench" / "nvidia-h100.json"
+    atomic_write_json(bench_file, {"device": "NVIDIA H100", "device_slug": "nvidia-h100", "entries": {}})
+    begin = B.README_TABLE_BEGIN.format(path="results/bench/nvidia-h100.json")
+    text = f"# Title\n\nbefore\n\n{begin}\n\n| old | table |\n\n{B.README_TABLE_END}\n\nafter\n"
+    new = B.readme_with_tables(text, [bench_file], tmp_path)
+    assert new == f"# Title\n\nbefore\n\n{begin}\n\n{B.bench_table(bench_file)}\n{B.README_TABLE_END}\n\nafter\n"
+    assert "| old | table |" not in new and B.readme_with_tables(new, [bench_file], tmp_path) == new
+    with pytest.raises(ValueError, match="no place for the speed table of results/bench/nvidia-h100.json: put the lines"):
+        B.readme_with_tables("# Title\n", [bench_file], tmp_path)
+    with pytest.raises(ValueError, match="no place for the speed table"):  # its end line missing
+        B.readme_with_tables(f"{begin}\n| old |\n", [bench_file], tmp_path)

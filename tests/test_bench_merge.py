@@ -100,7 +100,7 @@ def test_runner_merge_keeps_the_bench_records_of_both_calls(tmp_path):
     pack(tmp_path / "c2" / "results.tar", {"figs/a.png": "stale"})  # beside a results.tgz: not read
     pack(tmp_path / "c2" / "results.tgz", {"results/bench/nvidia-h200.json": call2, "figs/a.png": "two",
                                            "results/full/bn-VGG_A-lr0.001-s2020.json": {"status": "ok"}})
-    env = dict(os.environ, PY=sys.executable)
+    env = dict(os.environ, PY=sys.executable, REFRESH="0")  # the copy has no README or report (a test below)
     for call in ("c1", "c2"):
         run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / call)], cwd=repo,
                              env=env, capture_output=True, text=True, timeout=60)
@@ -183,7 +183,8 @@ def cache_members(path: Path) -> set[str]:
 
 def merge_call(repo: Path, call: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(call)], cwd=repo,
-                          env=dict(os.environ, PY=sys.executable, **env), capture_output=True, text=True, timeout=60)
+                          env=dict(os.environ, PY=sys.executable, REFRESH="0", **env), capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_merge_unites_the_calls_compile_cache_with_the_carried_one(tmp_path):
@@ -280,3 +281,37 @@ def test_a_call_unpacks_the_carried_compile_cache_and_brings_it_back_where_it_gr
     else:
         assert cache_members(back) == {"fxgraph/ab/old", "fxgraph/cd/new"}  # never Triton's folder
         assert "torch.compile's cache packed (" in log and "only what" not in log
+
+
+def test_merge_renders_the_readme_speed_table_and_the_report_again(tmp_path):
+    """After merging a call, --merge runs `python -m lib refresh`: README.md's speed table and report.md show the
+    merged bench file (a newer, faster CANet_tiny epoch here); the README outside its table is left as it was."""
+    import shutil
+
+    from lib.bench import README_TABLE_BEGIN, README_TABLE_END, bench_table
+
+    repo = tmp_path / "repo"
+    for part in ("lib", "scripts", "results", "figs"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("README.md", "report.md"):
+        shutil.copy2(REPO / name, repo / name)
+    bench_path = repo / "results" / "bench" / "nvidia-h200.json"
+    call = read_json(bench_path)
+    tiny = dict(call["entries"]["CANet_tiny"], fast_seconds=0.61, date="2026-12-01T00:00:00+00:00")
+    tiny["ratio"] = tiny["naive_seconds"] / tiny["fast_seconds"]
+    call = dict(call, entries={"CANet_tiny": tiny}, updated="2026-12-01T00:00:00+00:00")
+    (tmp_path / "c1").mkdir()
+    pack(tmp_path / "c1" / "results.tgz", {"results/bench/nvidia-h200.json": call})
+    env = dict(os.environ, PY=sys.executable, REFRESH_PY=sys.executable)
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(tmp_path / "c1")], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "refresh: README.md: speed tables of 1 GPU bench file(s), changed" in run.stdout
+    assert "refresh: report.md: profile quick, changed" in run.stdout
+    table = bench_table(bench_path)
+    assert "| CANet_tiny | part1 (256) | CUDA graph | 15.98 | 0.61 | 26.2x (met) | 25x |" in table
+    readme, before = (repo / "README.md").read_text(), (REPO / "README.md").read_text()
+    begin = README_TABLE_BEGIN.format(path="results/bench/nvidia-h200.json")
+    assert table in readme and table in (repo / "report.md").read_text()
+    assert readme.split(begin)[0] == before.split(begin)[0]
+    assert readme.split(README_TABLE_END)[1] == before.split(README_TABLE_END)[1]

@@ -10,7 +10,7 @@ import pytest
 
 from lib.experiments import bn_config, part1_config
 from lib.paths import output_dirs
-from lib.report import NOT_RUN, ORIGINAL_REPORT, render_report
+from lib.report import NOT_RUN, ORIGINAL_REPORT, published_profile, render_report
 from lib.results import atomic_write_json, read_json
 from lib.stats import compare, comparison_table
 
@@ -745,9 +745,36 @@ def test_the_committed_report_is_the_render_of_the_committed_results(tmp_path, m
 
     monkeypatch.setattr(lib.data, "SHARED_CANDIDATES", (tmp_path / "no-copy-here.tar.gz",))
     committed = (REPO / "report.md").read_text()
-    profile = re.search(r"profile \*\*(\w+)\*\*", committed).group(1)
+    profile = published_profile(REPO / "report.md")
     for part in ("results", "figs"):
         shutil.copytree(REPO / part, tmp_path / part)
     dirs = output_dirs(profile, publish=True, root=tmp_path)
     assert render_report(profile, dirs).read_text() == committed, \
         f"report.md is stale: python -m lib report --profile {profile}{' --publish' if profile != 'full' else ''}"
+
+
+def test_refresh_renders_the_report_in_its_published_profile_and_needs_a_rendered_report(tmp_path):
+    from lib.report import refresh
+
+    (tmp_path / "README.md").write_text("# no GPU bench file here\n")
+    with pytest.raises(FileNotFoundError, match="report.md is missing or not a rendered report"):
+        refresh(tmp_path)
+    (tmp_path / "report.md").write_text("# written by hand\n")
+    assert published_profile(tmp_path / "report.md") is None and published_profile(tmp_path / "nope.md") is None
+    with pytest.raises(FileNotFoundError, match="not a rendered report"):
+        refresh(tmp_path)
+    dirs = output_dirs("quick", publish=True, root=tmp_path)
+
+    def write_p1(model: str, acc: float) -> None:
+        result = p1_result(model, 0, acc)
+        atomic_write_json(Path(dirs.results) / f"{result['name']}.json", result)
+
+    write_p1("CANet", 0.5)
+    render_report("quick", dirs, tmp_path)  # the speed section from the bench files under tmp_path: none
+    assert published_profile(tmp_path / "report.md") == "quick"
+    rendered = (tmp_path / "report.md").read_text()
+    assert refresh(tmp_path) == ["README.md: speed tables of 0 GPU bench file(s), unchanged",
+                                 "report.md: profile quick, unchanged"]
+    write_p1("ResNet18", 0.6)
+    assert refresh(tmp_path)[1] == "report.md: profile quick, changed"
+    assert (tmp_path / "report.md").read_text() != rendered and "ResNet18" in (tmp_path / "report.md").read_text()
