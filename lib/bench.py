@@ -1134,15 +1134,59 @@ def _row_label(entry: dict) -> str:
                              else " (torch.compile asked for, ran uncompiled)" if "compile_mode" in entry else "")
 
 
+def speed_verdict(bench, seeds: int = 3, lanes: int = 3) -> str | None:
+    """The targets in one paragraph: each target model's best current speed-up (rows of an older model revision
+    left out), the study's estimate one run at a time for one seed and for `seeds`, and with `lanes` runs at once
+    in each MPS state measured (lib.lanes.lanes_estimate, a lower bound); the models compiled as the GPU runner
+    chooses. None where the file has no naive-vs-fast row of a target model or lacks a measurement the estimate
+    needs (a CPU dry run, a first call)."""
+    from lib.lanes import lanes_estimate, measured_states
+
+    data = load_bench(bench)
+    rows = [e for e in data.get("entries", {}).values() if e.get("model") in RATIO_TARGETS
+            and e.get("ratio") is not None and not stale_revision(e)]
+    if not rows:
+        return None
+    parts = []
+    for model, target in RATIO_TARGETS.items():
+        if best := max((e for e in rows if e["model"] == model), key=lambda e: e["ratio"], default=None):
+            how = "torch.compile'd" if best.get("compiled") else _step_label(best)
+            parts.append(f"{model} {best['ratio']:.1f}x of {target:g}x ({how}): "
+                         f"{'met' if best['ratio'] >= target else 'missed'}")
+    with as_runner_compiles(data):
+        one, more = study_estimate(data, 1), study_estimate(data, seeds)
+    if one["missing"]:
+        return None
+    once = (sum(one["bn"].values()) + sum(one["probe"].values())) / 60
+    verdict = "met" if one["total_minutes"] <= STUDY_TARGET_MINUTES else "missed"
+    text = (f"**Against the targets** ({data.get('device')}): {'; '.join(parts)}. The `full` study one run after "
+            f"another, by the estimate below: {one['total_minutes']:.1f} min for one seed (Part 1 "
+            f"{one['total_minutes'] - once:.1f}, the BN protocol and the probes, which do not repeat per seed, "
+            f"{once:.1f}; target <= {STUDY_TARGET_MINUTES:g} min: {verdict}), {more['total_minutes']:.1f} min for "
+            f"{seeds} seeds")
+    for mps in measured_states(data, lanes):
+        with as_runner_compiles(data, lanes, mps):
+            one_l, more_l = lanes_estimate(data, 1, lanes, mps), lanes_estimate(data, seeds, lanes, mps)
+        if one_l["missing"]:
+            continue
+        text += (f". With {lanes} runs at once{' under MPS' if mps else ', time-sliced'}: at least "
+                 f"{one_l['total_minutes']:.1f} min for one seed "
+                 f"({'met' if one_l['total_minutes'] <= STUDY_TARGET_MINUTES else 'missed'}), at least "
+                 f"{more_l['total_minutes']:.1f} min for {seeds} seeds, {more_l['per_seed_minutes']:.1f} per seed")
+    return text + "."
+
+
 def bench_table(bench) -> str:
     """Markdown table of a bench file (path or dict): per model naive and fast s/epoch, speed-up and target."""
     data = load_bench(bench)
     entries = [e for e in data.get("entries", {}).values() if e.get("kind") != "probe"]
     order = {m: i for i, m in enumerate(PART1_MODELS + BN_MODELS)}
     entries.sort(key=lambda e: (e.get("naive_seconds") is None, order.get(e["model"], 99), bool(e.get("compiled"))))
-    lines = ["| Model | Recipe (batch) | Fast step | Naive s/epoch | Fast s/epoch | Speed-up | Target "
-             "| Fast images/s | Bookkeeping s/epoch | One-off s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    summary = speed_verdict(data)
+    lines = [summary, ""] if summary else []
+    lines += ["| Model | Recipe (batch) | Fast step | Naive s/epoch | Fast s/epoch | Speed-up | Target "
+              "| Fast images/s | Bookkeeping s/epoch | One-off s |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for e in entries:
         target = RATIO_TARGETS.get(e["model"])
         ratio = e.get("ratio")

@@ -488,7 +488,10 @@ def test_bench_table_shows_ratios_against_targets():
     tiny = next(line for line in table.splitlines() if line.startswith("| CANet_tiny |"))
     assert "| part1 (256) | eager | 20.60 | 1.00 | 20.6x (met) | 15x |" in canet
     assert "| 15.00 | 1.00 | 15.0x (missed) | 25x |" in tiny
-    assert table.splitlines()[2].startswith("| CANet_tiny |")  # measured side by side first, in study order
+    lines = table.splitlines()
+    assert lines[0].startswith("**Against the targets** (NVIDIA H100 80GB HBM3): CANet 20.6x of 15x (eager): met; "
+                               "CANet_tiny 15.0x of 25x (eager): missed. The `full` study one run after another")
+    assert lines[4].startswith("| CANet_tiny |")  # measured side by side first, in study order
     assert "NVIDIA H100 80GB HBM3" in table and "17.1 min" in table
     assert "model rev" not in table  # every entry of this checkout's revisions
     assert "Speed-up: naive s/epoch / fast s/epoch, both without bookkeeping and one-off costs" in table
@@ -1106,3 +1109,39 @@ def test_the_readme_speed_table_is_replaced_between_its_lines_and_a_missing_plac
         B.readme_with_tables("# Title\n", [bench_file], tmp_path)
     with pytest.raises(ValueError, match="no place for the speed table"):  # its end line missing
         B.readme_with_tables(f"{begin}\n| old |\n", [bench_file], tmp_path)
+
+
+def test_speed_verdict_names_each_targets_best_current_ratio_and_the_study_estimates(monkeypatch):
+    import copy
+
+    from lib.lanes import MPS_ENV, lanes_estimate
+
+    for name in (T.COMPILE_ENV, T.COMPILE_MODE_ENV, T.CUDA_GRAPHS_ENV, T.EAGER_MODELS_ENV, MPS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    data = copy.deepcopy(json.loads((REPO / "results" / "bench" / "nvidia-h200.json").read_text()))  # a real shape
+    tiny = data["entries"]["CANet_tiny"]
+    tiny["ratio"] = 26.0
+    data["entries"]["CANet_tiny-old"] = dict(tiny, ratio=99.0, model_revision=1)  # an older CANet: left out
+    text = B.speed_verdict(data)
+    assert "CANet_tiny 26.0x of 25x (CUDA graph): met" in text and "99.0x" not in text
+    assert B.bench_table(data).startswith(text + "\n\n| Model |")
+    with B.as_runner_compiles(data):
+        one, three = B.study_estimate(data, 1), B.study_estimate(data, 3)
+    assert f": {one['total_minutes']:.1f} min for one seed (Part 1 {sum(one['part1'].values()) / 60:.1f}," in text
+    assert f"{three['total_minutes']:.1f} min for 3 seeds" in text
+    with B.as_runner_compiles(data, 3, True):
+        laned = lanes_estimate(data, 3, 3, True)
+    assert "With 3 runs at once under MPS: at least" in text and f"{laned['per_seed_minutes']:.1f} per seed." in text
+    fast = copy.deepcopy(data)  # ten times as fast, no one-off costs: within the 20 minutes
+    for entry in fast["entries"].values():
+        if entry.get("fast_seconds") is not None:
+            entry.update(fast_seconds=entry["fast_seconds"] / 10, fast_overhead_seconds=0.0, setup_seconds=0.0,
+                         warmup_seconds=0.0)
+        if entry.get("seconds_per_step") is not None:
+            entry["seconds_per_step"] /= 10
+    assert "target <= 20 min: met" in B.speed_verdict(fast) and "target <= 20 min: met" not in text
+    del data["entries"]["VGG11"]  # the estimate lacks a model: no verdict (a first call, a dry run)
+    assert B.speed_verdict(data) is None and B.bench_table(data).startswith("| Model |")
+    for entry in fast["entries"].values():
+        entry["ratio"] = None
+    assert B.speed_verdict(fast) is None
