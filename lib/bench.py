@@ -1249,7 +1249,10 @@ def bench_table(bench) -> str:
               "- Speed-up: naive s/epoch / fast s/epoch, both without bookkeeping and one-off costs, which are shown "
               "apart; one epoch each, in one process (naive epochs of one model varied 1.1-1.2x between calls). "
               "Fast images/s: training images / fast s/epoch (validation included).",
-              "- Targets: the issue's, set for one H100. Where a model has a CUDA-graph and a torch.compile row, the "
+              "- Targets: the project's goals for its GPU path, set for one H100: an epoch of CANet at least "
+              f"{RATIO_TARGETS['CANet']:g}x as fast as the naive one, of CANet_tiny at least "
+              f"{RATIO_TARGETS['CANet_tiny']:g}x, and the whole `full` study in at most {STUDY_TARGET_MINUTES:g} "
+              "minutes per seed. Where a model has a CUDA-graph and a torch.compile row, the "
               "study trains the variant `--compile-choice` picks (the faster whole run, one-off costs included), "
               "not the better ratio.",
               "- Bookkeeping: lib.train's per-epoch logging and checkpoints. One-off: data to the device, model, "

@@ -714,6 +714,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             # Where and on what every run trained (the lr-1e-3 run's own fields follow; a partial study lacks it).
             entry.setdefault("devices", []).append(run.get("device"))
             entry.setdefault("commits", []).append(run.get("git_commit"))
+            entry.setdefault("shared_gpu", []).append(run.get("shared_gpu"))  # trained beside others (lib.lanes)
             # The arithmetic it trained in (lib.train.autocast_for; CUDA results carry fast_path).
             precision = cfg.get("precision", "auto")
             entry.setdefault("arithmetic", []).append(

@@ -580,8 +580,9 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
     p.add_argument("--verbose", action="store_true", help="stream the notebooks' output while they run")
     p.add_argument("--allow-cpu-training", action="store_true",
-                   help="let the full profile train on a machine without CUDA (by default it only renders the "
-                        "results a GPU trained, and names what is missing)")
+                   help="let the full profile train on a machine without CUDA (by default it stops before the "
+                        "first notebook while an experiment is missing, naming them; once a GPU trained them all, "
+                        "it renders the notebooks and the report)")
     p.add_argument("--reuse-only", action="store_true",
                    help="train nothing: stop before the first notebook, naming every experiment without a matching "
                         "result (to view committed results safely)")

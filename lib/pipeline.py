@@ -28,7 +28,7 @@ NOTEBOOKS = ("01_train_canet", "02_baselines", "03_visualize", "04_batchnorm")
 KERNEL_NAME = "python3"
 STUDY_FILE = "study.json"
 CLI_PARAMETERS = ("models", "model", "num_epochs", "precision")  # notebook parameters `lib study` has options for
-GPU_PROFILE = "full"  # its training is meant for a GPU: without one, the study only renders what exists (below)
+GPU_PROFILE = "full"  # its training is meant for a GPU: without one, the study renders only once all is there (below)
 
 
 class StudyError(RuntimeError):

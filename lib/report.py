@@ -597,8 +597,10 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
         what = f"{len(slices)} slices, " + (f"{runtime} in all" if runtime else "not recorded")
     commits = join_distinct(c for e in entries for c in e.get("commits") or [e.get("git_commit")])
     dirty = " (+dirty: with changes not committed; see the note on `+dirty` further down)" if "+dirty" in commits else ""
+    # Protocol runs trained beside others on one GPU (the GPU runner's lanes) say so: their times are a shared GPU's.
+    shared = shared_gpu_note([{"shared_gpu": s} for e in entries for s in e.get("shared_gpu", [])])
     return (f"data: {join_distinct(e.get('data') for e in proto + probe)} | {size} | profile: {profile} | "
-            f"device: {join_distinct(d for e in entries for d in e.get('devices') or [e.get('device')])} | "
+            f"device: {join_distinct(d for e in entries for d in e.get('devices') or [e.get('device')])}{shared} | "
             f"seed: {BN_SEED} (the original protocol's "
             f"seed, every run) | code: {commits}{dirty} | runtime: {what}")
 
@@ -923,9 +925,13 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
     pa, pb = probe.get("VGG_A") or {}, probe.get("VGG_A_BN") or {}
     phase = plateau_phase(summary)
     late = _late_probe_medians(summary, phase["start"]) if phase and phase["start"] is not None else None
-    pairs = [("loss band", band_b, band_a), ("gradient range", grad_b, grad_a)]
-    for key, what in (("beta", "beta-smoothness"), ("gpred_max", "gradient change"),
-                      ("loss_band_width", "probe band width")):
+    # Each measure named with what it is taken over: the probes' medians from the step both networks train on, if
+    # the one without BN sat on a plateau first (the probe table's caveat), else over all probes.
+    basis = f" (from step {phase['start']} on)" if late is not None else ""
+    names = ["loss band", "gradient range at lr 1e-3"] + [f"{what}{basis}" for what in
+                                                           ("beta-smoothness", "gradient change", "probe band width")]
+    pairs = [(names[0], band_b, band_a), (names[1], grad_b, grad_a)]
+    for key, what in zip(("beta", "gpred_max", "loss_band_width"), names[2:]):
         if late is not None:
             pairs.append((what, late["VGG_A_BN"][key], late["VGG_A"][key]))
         elif pa.get(key) and pb.get(key):
@@ -935,8 +941,7 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
         return None
     agree = sum(v == "smaller" for v in said.values())
     available = {what for what, x, y in pairs if x is not None and y is not None}
-    missing = [what for what in ("loss band", "gradient range", "beta-smoothness", "gradient change",
-                                 "probe band width") if what not in available]
+    missing = [what for what in names if what not in available]
     line = (f"Santurkar et al. find the landscape smoother with BN; on that reading each of these would be smaller "
             f"with BN; here {agree} of the {len(said)} {'is' if agree == 1 else 'are'} smaller with BN ("
             + ", ".join(f"{what}: {v}" for what, v in said.items()) + ")"

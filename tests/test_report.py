@@ -370,6 +370,12 @@ def test_part2_context_lines_give_run_sizes_and_runtime(study_dirs):
     line = part2_context(bn_summary(study_dirs), kind="protocol")
     assert f"| device: {ENV['device']} |" in line and "data: " + DATA["label"] in line
     assert "runtime: 2 runs, 20 s of training in all" in line
+    # A run trained beside others on one GPU (the runner's lanes): its time is a shared GPU's, and the line says so.
+    lane_run = next(Path(study_dirs.results).glob("bn-VGG_A-*.json"))
+    atomic_write_json(lane_run, dict(read_json(lane_run), shared_gpu={"lanes": 3, "mps": True}))
+    line = part2_context(bn_summary(study_dirs), kind="protocol")
+    assert (f"| device: {ENV['device']} (shared: 1 of 2 runs trained 3 at once under MPS, so their times are those "
+            f"of a shared GPU) |") in line
     summary.update(_probe_summary(stuck=False))
     line = part2_context(summary, kind="probe")
     assert "| 10,000 training images; 100 steps at batch 128, a probe every 10 steps at 4 step sizes" in line
@@ -439,12 +445,18 @@ def test_a_probe_run_that_left_the_plateau_late_is_compared_from_then_on():
     assert "The first 8 of the 10 probes describe a network that had not started" in caveat
     assert "stuck check" not in caveat and "does not test" not in caveat
     findings = part2_findings(summary)
-    late = [s for s in findings if "from step 75 on" in s]
+    def from_step_75(lines):  # the probe findings over the late probes (the paper-direction line names them too)
+        return [s for s in lines if "from step 75 on" in s and not s.startswith("Santurkar")]
+
+    late = from_step_75(findings)
     # VGG_A_BN's gradient change has one finite late value: too few to compare.
     assert late == ["Too few probes from step 75 on (fewer than two per network) to compare the networks where "
                     "both train."]
     summary["probe"]["VGG_A_BN"]["series"]["gpred_max"][-1] = 4.0
-    late = [s for s in part2_findings(summary) if "from step 75 on" in s]
+    late = from_step_75(part2_findings(summary))
+    # The count of measures pointing the paper's way says which probes its probe measures are taken over.
+    assert any(s.startswith("Santurkar") and "beta-smoothness (from step 75 on): smaller" in s
+               for s in part2_findings(summary))
     assert late == [
         "Probe (effective beta-smoothness), from step 75 on (2 probes of each network, both training): median 11 with "
         "BN vs 40 without (smaller with BN).",
@@ -459,7 +471,7 @@ def test_a_probe_run_that_left_the_plateau_late_is_compared_from_then_on():
                                          "within 10%)."),
                           ([44.5, 44.5], "median 44.5 with BN vs 40 without (larger with BN).")):
         summary["probe"]["VGG_A_BN"]["series"]["beta"][-2:] = bn_beta
-        assert [s for s in part2_findings(summary) if "from step 75 on" in s][0].endswith(said)
+        assert from_step_75(part2_findings(summary))[0].endswith(said)
     summary["probe"]["VGG_A"]["stuck_check"].update(stuck=True, mean_loss=2.25)
     assert "Its stuck check found it on the plateau (mean training loss 2.25 at step 33" in part2_caveats(summary)[0]
 
@@ -591,8 +603,8 @@ def test_the_findings_say_how_many_measures_point_the_papers_way_and_why_not():
     # band 0.4 with BN vs 0.1 without: larger; gradient range 0.02 vs 0.03: smaller; probe beta 1 vs 2:
     # smaller; gradient change 1 vs 0.5: larger; band width 1 vs 1: about the same.
     line = paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
-    assert ("here 2 of the 5 are smaller with BN (loss band: larger, gradient range: smaller, beta-smoothness: "
-            "smaller, gradient change: larger, probe band width: about the same).") in line
+    assert ("here 2 of the 5 are smaller with BN (loss band: larger, gradient range at lr 1e-3: smaller, "
+            "beta-smoothness: smaller, gradient change: larger, probe band width: about the same).") in line
     assert "barely started learning here (best validation accuracy 17.00% at lr 1e-3)" in line
     summary["protocol"]["VGG_A"]["best_val_acc_lr1e3"] = 0.7  # trained: nothing to explain away
     assert "barely" not in paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
@@ -601,11 +613,11 @@ def test_the_findings_say_how_many_measures_point_the_papers_way_and_why_not():
     line = paper_direction(summary, 0.1, 0.4, None, None)
     assert line.endswith("here 1 of the 4 is smaller with BN (loss band: larger, beta-smoothness: smaller, gradient "
                          "change: larger, probe band width: about the same); not available yet, as their runs have "
-                         "not finished: gradient range.")
+                         "not finished: gradient range at lr 1e-3.")
     assert "not available yet" not in paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
     line = paper_direction({"probe": {}, "protocol": {}}, 0.1, 0.4, 0.03, 0.02)
-    assert line.endswith("(loss band: larger, gradient range: smaller); not available yet, as their runs have not "
-                         "finished: beta-smoothness, gradient change, probe band width.")
+    assert line.endswith("(loss band: larger, gradient range at lr 1e-3: smaller); not available yet, as their runs "
+                         "have not finished: beta-smoothness, gradient change, probe band width.")
 
 
 def test_a_loss_band_over_fewer_learning_rates_says_which():
