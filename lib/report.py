@@ -972,6 +972,18 @@ def figure_markdown(dirs: OutputDirs, name: str, alt: str) -> str:
     return f"*Figure `{name}` has not been produced yet{where}.*"
 
 
+def figure_note(dirs: OutputDirs, key: str, *names: str) -> str:
+    """'**How to read it.** ...': lib.figure_notes.NOTES[key], the text the notebooks show under the same figure,
+    for the figures `names` (default: key); '' where none of them has been drawn (the report says so already)."""
+    from lib.figure_notes import NOTES
+
+    text = NOTES[key]  # a KeyError names a template typo
+    figures = names or (key,)
+    if not any((Path(dirs.figs) / f"{name}.png").is_file() for name in figures):
+        return ""
+    return f"**How to read {'them' if len(figures) > 1 else 'it'}.** {text}"
+
+
 def _main_result(dirs: OutputDirs, results: list[dict]) -> dict | None:
     """The run notebook 01 recorded (part1-main.json), else CANet seed 0, else the first CANet result."""
     from lib.part1 import MAIN_FILE
@@ -1112,6 +1124,7 @@ def collect(profile: str, dirs: OutputDirs, root: Path | None = None) -> dict:
         "is_full": profile == "full", "published": bool(publish),
         "results_dir": _rel(results_dir, report_dir),
         "fig": lambda name, alt: figure_markdown(dirs, name, alt),
+        "note": lambda key, *names: figure_note(dirs, key, *names),
         "original": ORIGINAL_REPORT,
         "canet_variants": CANET_VARIANTS,
         "table": table, "main": main,

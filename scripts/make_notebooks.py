@@ -6,6 +6,9 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this repository's lib, run from anywhere
+from lib.figure_notes import NOTES  # noqa: E402  (the figures' reading notes, shared with report.md)
+
 REPO = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
 
 COMMON_PARAMS = '''profile = "smoke"  # smoke: CI-sized, seconds | quick: reduced, CPU-friendly | full: the STUDY.md recipe (GPU)
@@ -101,12 +104,7 @@ pd.Series(cfg.to_dict(), dtype=object).to_frame("value")'''),
 result = results[0]
 part1.mark_main(dirs, result);  # notebook 03 and the report visualise this run (not under reuse_only); `;` hides the path'''),
     md('''## Training curves: learning rate, train / validation loss, validation accuracy'''),
-    md('''Three panels over the epochs (epoch 1 is the first): the learning rate (log scale), the training and
-validation loss, and the validation accuracy; the dashed line and the grey shading mark the switch from
-AdamW to SGD. The training loss is measured on augmented, MixUp / CutMix-mixed batches, so compare its trend
-rather than its level with the validation loss. The gold star is the epoch whose checkpoint is kept (best
-validation accuracy), the only one that is tested; a validation accuracy still rising at the last epoch
-means the run stopped before it levelled off.'''),
+    md(NOTES["p1_curves"]),
     code('''display(Image(filename=plot_training_curves(result, dirs.figs)))'''),
     code('''part1.history_frame(result)'''),
     md('''## Test accuracy of the model selected on validation accuracy'''),
@@ -164,18 +162,11 @@ table'''),
     code('''for sentence in report.ranking(table):
     print(sentence)'''),
     md('''## Accuracy against parameters and FLOPs (Pareto front marked)'''),
-    md('''Each point is one model: its mean test accuracy over the seeds present (error bars: ±1 standard deviation,
-where there is more than one seed) against its parameter count (first figure) and its forward FLOPs per image
-(second), both on a log scale. Red points are the Pareto front, joined by the dashed step line: no other model
-is at least as accurate at no more cost and better in one of the two; a grey point is beaten that way by some
-model. Models worth their cost lie up and to the left; read gaps between points against the error bars, and
-take from the Welch tests above which differences the seeds support.'''),
+    md(NOTES["p1_acc_vs_cost"]),
     code('''for path in plot_accuracy_vs_cost(table, dirs.figs, subtitle=report.context_line(all_results)):
     display(Image(filename=path))'''),
     md('''## Per-class test accuracy'''),
-    md('''Rows are the models (sorted by parameters, with their number of seeds), columns the ten CIFAR-10 classes;
-each cell is the test accuracy on that class in %, the mean over seeds. Read along a row for a model's weak
-classes and down a column for the classes that are hard for every model.'''),
+    md(NOTES["p1_per_class"]),
     code('''display(Image(filename=plot_per_class_heatmap(all_results, dirs.figs, subtitle=report.context_line(all_results))))'''),
 ]
 
@@ -209,34 +200,16 @@ from lib.train import resolve_device'''),
 caption = run_caption(result)
 print(part1.headline(result))'''),
     md('''## First-layer convolution filters (block 0: both paths and the shortcut)'''),
-    md('''The 3x3 RGB filters of block 0 (both paths and the shortcut) of the validation-selected checkpoint, each scaled to its own
-range. Colour and edge detectors appear where training has gone on long enough; near-random filters mean it
-has not.'''),
+    md(NOTES["p1_filters"]),
     code('''net = trained_or_none(result, resolve_device("auto"))  # the validation-selected checkpoint; None if not here
 if net is not None:
     display(Image(filename=plot_filters(net, dirs.figs, subtitle=caption, model_name=result["model"])))'''),
     md('''## How the attention weights moved during training (ridge plots, one density per epoch)'''),
-    md('''One figure per weight group: SE (the channel attention's 1-D kernels 3/5/7; runs recorded before their mixing
-scales were kept apart pool the scales in, and the figure's title says so; the report gives the scales of runs
-that recorded them apart), SA (the spatial attention's conv on the [mean, max] maps) and the shared `unit_transform` 1x1 gate. Each ridge is the
-distribution of all of that group's weights at the end of one epoch, the first epoch at the top and the last
-at the bottom (long runs show an even selection of epochs); the dotted line is zero. Look at how the ridges
-change from top to bottom: a shift, widening or narrowing is training moving those weights, while ridges that
-hardly change mean the weights stayed close to where the first epoch left them.'''),
+    md(NOTES["p1_ridge"]),
     code('''for path in plot_weight_ridges(part1.weight_history(dirs, result), dirs.figs, subtitle=caption):
     display(Image(filename=path))'''),
     md('''## Attention on real test images: where SA looks, which channels SE passes on'''),
-    md('''The first figure shows each test image (title: true and predicted class, green when right, red when wrong)
-with the SA gate of the first, middle and last block laid over a grey copy of it: bright is what SA passes on,
-dark what it damps. SA and SE do not gate the block's output themselves: what they pass on goes through the
-shared `unit_transform` U, and the block adds U's outputs times each path (plus the shortcut). So each panel
-prints two ranges: the SA gate's and that of U's gate on the path (averaged over channels); a U range close
-to 0.5 means the block's output hardly follows the SA map. Colours are scaled per map, so read the printed
-ranges too: a narrow range means SA weighs the whole image almost alike. The second figure shows the SE
-channel weights of the last two blocks, one row per image with the channels sorted by their mean weight
-(left), and each image's weights sorted (right): a steep curve means SE passes a few channels on to U and damps
-the rest (U's 1x1 convolutions then mix the channels), and rows that look alike mean its choice hardly depends
-on the image.'''),
+    md(NOTES["p1_attention"]),
     code('''if net is not None:
     X, y = part1.sample_test_images(result, n=64)  # a pool; the figure picks distinct classes from it
     for path in plot_attention(net, X, y, dirs.figs, *part1.normalization(result), n_images=num_images,
@@ -249,9 +222,7 @@ weights over channels and the gate on path b (averaged over positions). Saved fo
     display(pd.DataFrame(save_attention_spread(net, result, dirs)["blocks"]).set_index("block").round(4))'''),
     md('''## Per-class accuracy and the confusion matrix (test set)'''),
     code('''part1.per_class_frame(result)'''),
-    md('''The confusion matrix: rows are the true classes, columns the predicted ones, each row normalised to 100% of
-that class's test images. The diagonal is the per-class accuracy of the table above; the largest cells off the
-diagonal are the most frequent mistakes.'''),
+    md(NOTES["p1_confusion"]),
     code('''display(Image(filename=plot_confusion(result, dirs.figs, subtitle=caption)))'''),
 ]
 
@@ -282,50 +253,17 @@ from lib.plotting import show_figure'''),
 Drawn only from the result files above (nothing is trained here). In every figure blue is VGG-A without BN
 ("Standard") and red VGG-A with BN ("Standard + BatchNorm").'''),
     code('''figures = bn_plots.plot_all(dirs)  # the PNGs drawn; a figure whose result files are missing is not'''),
-    md('''### BN vs no BN: accuracy
-
-Validation accuracy (left) and validation loss (right) per epoch of the Adam run at lr 1e-3, the learning rate
-the original report compares; the legend gives each network's best validation accuracy. Look at which curve
-is higher and how early it gets there; there is one run per network, so a gap is not a test of significance.'''),
+    md("### BN vs no BN: accuracy\n\n" + NOTES["p2_accuracy_lr1e-3"]),
     code('''show_figure(figures, "p2_accuracy_lr1e-3")'''),
-    md('''### Loss band over the learning rates
-
-At every training step, the range (min to max) of the training loss over the four Adam learning-rate runs:
-shaded is the raw per-step band, the lines a moving average. A narrow band means the runs' losses were close
-at that step. It is a proxy across learning rates, not a measurement of the landscape around one trajectory;
-the Santurkar et al. measurements below are that measurement.'''),
+    md("### Loss band over the learning rates\n\n" + NOTES["p2_loss_band"]),
     code('''show_figure(figures, "p2_loss_band")'''),
-    md('''### Gradient range of the last layer
-
-At every step of the Adam run at lr 1e-3, the largest (solid) and smallest (dashed) entry of the last linear
-layer's weight gradient; shaded are the raw values, the lines a moving average. Compare the width of the range
-and how much it jumps from step to step between the two networks.'''),
+    md("### Gradient range of the last layer\n\n" + NOTES["p2_grad_range"]),
     code('''show_figure(figures, "p2_grad_range")'''),
-    md('''### The Santurkar et al. measurements
-
-Both networks train with plain SGD on the same mini-batches; every few steps the probe looks along the current
-gradient at several step sizes eta on the same mini-batch, leaving training untouched. Panels: (a) the range
-of the loss along that line, (b) gradient predictiveness, the range of ||g - g_eta||, how much the gradient
-changes along it, (c) the effective beta-smoothness, the largest ||g - g_eta|| / ||eta g||. Lower and
-narrower means a smoother landscape around the trajectory, where the gradient at one point better predicts
-the gradient a step further; the paper asks whether BN makes it so, and the table below gives the medians and
-maxima of this run. Probes taken while a network is still on the chance-level plateau (training loss near
-ln 10 = 2.303) describe a network that has not started training: the caveat under the table says from which
-step both networks train, and the findings compare the probes after it apart.'''),
+    md("### The Santurkar et al. measurements\n\n" + NOTES["p2_santurkar"]),
     code('''show_figure(figures, "p2_santurkar")'''),
-    md('''### Gradient change against the step size
-
-||g - g_eta|| against the step size eta at the first (dashed) and the last (solid) probe of each network (the
-paper's Fig. 11a). A curve that stays low means the gradient still predicts the gradient a step further
-along; a steep rise means it does not.'''),
+    md("### Gradient change against the step size\n\n" + NOTES["p2_grad_diff_eta"]),
     code('''show_figure(figures, "p2_grad_diff_eta")'''),
-    md('''### Filter-normalised 1-D loss slice
-
-The training loss (eval mode, on a fixed subset of training images) along one seeded random filter-normalised
-direction through the validation-selected lr 1e-3 checkpoint of each network (Li et al., NeurIPS 2018);
-alpha = 0 is the trained weights. A flat, wide curve means the loss changes little when the weights move that
-way, a steep one that it is sensitive. It is one direction, so it illustrates the landscape rather than
-measuring it.'''),
+    md("### Filter-normalised 1-D loss slice\n\n" + NOTES["p2_loss_slice"]),
     code('''show_figure(figures, "p2_loss_slice")'''),
     md('''## The numbers (as the report shows them)'''),
     code('''display(Markdown(report.part2_markdown(summary)))'''),

@@ -790,3 +790,25 @@ def test_refresh_renders_the_report_in_its_published_profile_and_needs_a_rendere
     write_p1("ResNet18", 0.6)
     assert refresh(tmp_path)[1] == "report.md: profile quick, changed"
     assert (tmp_path / "report.md").read_text() != rendered and "ResNet18" in (tmp_path / "report.md").read_text()
+
+
+def test_each_figure_note_is_shown_under_its_figures_in_the_report_and_the_notebooks(tmp_path):
+    """One text per figure (lib.figure_notes), shown by both the report and the notebooks, and in the report only
+    under figures that were drawn."""
+    from lib.figure_notes import NOTES
+    from lib.paths import REPO
+    from lib.report import figure_note
+
+    template = (REPO / "lib" / "report_template.md").read_text()
+    generator = (REPO / "scripts" / "make_notebooks.py").read_text()
+    assert all(f'note("{key}"' in template and f'NOTES["{key}"]' in generator for key in NOTES)
+    dirs = output_dirs("quick", publish=True, root=tmp_path)
+    assert figure_note(dirs, "p1_ridge", "p1_ridge_se", "p1_ridge_sa") == ""  # none drawn: nothing to read
+    Path(dirs.figs).mkdir(parents=True)
+    (Path(dirs.figs) / "p1_ridge_sa.png").write_bytes(b"png")
+    assert figure_note(dirs, "p1_ridge", "p1_ridge_se", "p1_ridge_sa") == "**How to read them.** " + NOTES["p1_ridge"]
+    assert figure_note(dirs, "p1_filters") == ""
+    (Path(dirs.figs) / "p1_filters.png").write_bytes(b"png")
+    assert figure_note(dirs, "p1_filters").startswith("**How to read it.** The 3x3 RGB filters of block 0")
+    with pytest.raises(KeyError):
+        figure_note(dirs, "p1_no_such_figure")
