@@ -106,6 +106,27 @@ merge_compile_cache() {  # TGZ
       "the next call carries it in .carry/)"
 }
 
+# --merge: the call's log.txt kept as results/bench/logs/<device-slug>-<UTC date>-callN.log, N the day's next number
+# (the device slug from the GPU bench file in the call's pack, else "gpu"), unless a log there has the same content
+# (the same call merged twice).
+save_log() {  # DIR PACK
+  local log=$1/log.txt slug day n=1 f
+  [[ -f "$log" ]] || return 0
+  mkdir -p results/bench/logs || return 1
+  for f in results/bench/logs/*.log; do
+    [[ -f "$f" ]] && cmp -s "$f" "$log" && { echo "log: $f already holds this call's log"; return 0; }
+  done
+  slug=$(tar -tf "$2" 2>/dev/null | sed -n 's#^\(\./\)\{0,1\}results/bench/\([^/]*\)[.]json$#\2#p' | grep -v '^cpu' \
+         | head -n 1)
+  day=$(date -u +%Y-%m-%d)
+  while compgen -G "results/bench/logs/${slug:-gpu}-$day-call$n.log" > /dev/null \
+        || compgen -G "results/bench/logs/${slug:-gpu}-$day-call$n-*.log" > /dev/null; do
+    n=$((n + 1))
+  done
+  cp "$log" "results/bench/logs/${slug:-gpu}-$day-call$n.log" \
+    && echo "log: results/bench/logs/${slug:-gpu}-$day-call$n.log (commit it with the results)"
+}
+
 if [[ "${1:-}" == "--merge" ]]; then
   dir=${2:?"usage: $0 --merge DIR (the folder the device call's files were copied to)"}
   packed=$dir/results.tgz
@@ -119,6 +140,7 @@ if [[ "${1:-}" == "--merge" ]]; then
   if [[ -n "$COMPILE_CACHE" && -f "$dir/inductor-cache.tgz" ]]; then
     merge_compile_cache "$dir/inductor-cache.tgz" || rc=1
   fi
+  save_log "$dir" "$packed" || rc=1
   # README.md's speed table and report.md, rendered again from the merged files (python -m lib refresh), so that
   # what is committed agrees with them: with REFRESH_PY, else in the project's environment (scripts/setup_env.sh,
   # VENV; PY, the system Python, may lack torch); REFRESH=0: not.

@@ -315,3 +315,33 @@ def test_merge_renders_the_readme_speed_table_and_the_report_again(tmp_path):
     assert table in readme and table in (repo / "report.md").read_text()
     assert readme.split(begin)[0] == before.split(begin)[0]
     assert readme.split(README_TABLE_END)[1] == before.split(README_TABLE_END)[1]
+
+
+def test_merge_keeps_the_calls_log_under_the_next_free_name_of_the_day(tmp_path):
+    """--merge copies the call's log.txt to results/bench/logs/<device>-<UTC date>-callN.log: N the day's next free
+    number (a 'callN-probe.log' takes N too), the same log merged twice kept once."""
+    import datetime
+
+    repo = script_copy(tmp_path)
+    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    logs = repo / "results" / "bench" / "logs"
+    logs.mkdir(parents=True)
+    (logs / f"nvidia-h200-{day}-call1-probe.log").write_text("an earlier call\n")
+    calls = []
+    for i, text in enumerate(("call A\n", "call B\n")):
+        call = tmp_path / f"c{i}"
+        call.mkdir()
+        pack(call / "results.tgz", {"results/bench/nvidia-h200.json": bench("28T01:42:00", entries={}),
+                                    "results/bench/cpu-x86-64.json": {"device_slug": "cpu-x86-64"}})
+        (call / "log.txt").write_text(text)
+        calls.append(call)
+    run = merge_call(repo, calls[0])
+    assert run.returncode == 0, run.stderr
+    assert (logs / f"nvidia-h200-{day}-call2.log").read_text() == "call A\n"
+    assert f"log: results/bench/logs/nvidia-h200-{day}-call2.log" in run.stdout
+    run = merge_call(repo, calls[0])  # merged again: kept once
+    assert run.returncode == 0 and "already holds this call's log" in run.stdout
+    assert merge_call(repo, calls[1]).returncode == 0
+    assert (logs / f"nvidia-h200-{day}-call3.log").read_text() == "call B\n"
+    assert sorted(p.name for p in logs.iterdir()) == [f"nvidia-h200-{day}-call{n}.log" if n != 1 else
+                                                      f"nvidia-h200-{day}-call1-probe.log" for n in (1, 2, 3)]
