@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from lib.config import NORMS, TrainConfig, get_profile
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
 from lib.paths import OutputDirs
-from lib.results import (atomic_write_json, environment_info, read_json, refuse_if_reuse_only, reusable_result,
-                         say_reused)
+from lib.results import (atomic_write_json, environment_info, forced_names, read_json, refuse_if_reuse_only,
+                         reusable_result, say_reused)
 
 # The paper's step-size grid: eta = m * lr for m in 0.5, 1.0, ..., 4.0 (0.05 .. 0.4 at lr 0.1).
 ETA_MULTIPLIERS = tuple(0.5 * i for i in range(1, 9))
@@ -56,14 +56,16 @@ LABELS = {"VGG_A": "Standard", "VGG_A_BN": "Standard + BatchNorm"}  # the paper'
 
 # =========================================================================================== A. protocol
 
-def run_protocol(profile: str, data_source: str, dirs: OutputDirs, force: bool = False,
+def run_protocol(profile: str, data_source: str, dirs: OutputDirs, force: bool | str | Sequence[str] = False,
                  models: Sequence[str] = BN_MODELS, lrs: Sequence[float] = BN_LRS,
                  progress: bool = True) -> list[dict]:
-    """Train both networks at every protocol learning rate (lib.train reseeds each run); return the results."""
+    """Train both networks at every protocol learning rate (lib.train reseeds each run); return the results.
+    `force`: True retrains every run, a run name or a list of them just those (lib.results.forced_names)."""
     from lib.train import train  # imported here: the trainer pulls in tensorboard, which is slow to import
 
-    return [train(cfg, dirs=dirs, force=force, progress=progress)
-            for cfg in bn_experiments(profile, data_source, models=tuple(models), lrs=tuple(lrs))]
+    cfgs = bn_experiments(profile, data_source, models=tuple(models), lrs=tuple(lrs))
+    redo = forced_names(force, [c.name for c in cfgs], "the BN protocol")
+    return [train(cfg, dirs=dirs, force=cfg.name in redo, progress=progress) for cfg in cfgs]
 
 
 class Band(NamedTuple):
@@ -671,15 +673,21 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
 
 # =========================================================================================== study + summary
 
-def run_bn_study(profile: str, data_source: str, dirs: OutputDirs, force: bool = False, progress: bool = True,
-                 lrs: Sequence[float] = BN_LRS, probe_overrides: dict | None = None,
+def run_bn_study(profile: str, data_source: str, dirs: OutputDirs, force: bool | str | Sequence[str] = False,
+                 progress: bool = True, lrs: Sequence[float] = BN_LRS, probe_overrides: dict | None = None,
                  slices: bool = True) -> dict:
-    """All of Part 2's compute: the protocol (A), the probes (B) and the slices (C); returns bn_summary(dirs)."""
-    run_protocol(profile, data_source, dirs, force=force, lrs=lrs, progress=progress)
+    """All of Part 2's compute: the protocol (A), the probes (B) and the slices (C); returns bn_summary(dirs).
+    `force`: True recomputes everything; an experiment name or a list of them just those (a probe run or a slice
+    named recomputes its pair: both networks see the same data, or start from the same protocol pair)."""
+    protocol = [c.name for c in bn_experiments(profile, data_source, lrs=tuple(lrs))]
     configs = probe_configs(profile, data_source, **(probe_overrides or {}))
-    run_probes(profile, data_source, dirs, force=force, progress=progress, configs=configs)
-    if slices and 1e-3 in lrs:
-        run_slices(profile, data_source, dirs, force=force)
+    probes = [c.result_path(dirs).stem for c in configs]
+    cuts = [slice_path(dirs, m, BN_SEED).stem for m in BN_MODELS] if slices and 1e-3 in lrs else []
+    redo = forced_names(force, protocol + probes + cuts, "Part 2")
+    run_protocol(profile, data_source, dirs, force=sorted(redo.intersection(protocol)), lrs=lrs, progress=progress)
+    run_probes(profile, data_source, dirs, force=bool(redo.intersection(probes)), progress=progress, configs=configs)
+    if cuts:
+        run_slices(profile, data_source, dirs, force=bool(redo.intersection(cuts)))
     return bn_summary(dirs, lrs=lrs)
 
 

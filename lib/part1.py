@@ -21,7 +21,8 @@ from lib.config import TrainConfig, same_data_source
 from lib.experiments import part1_experiments, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
-from lib.results import atomic_write_json, environment_info, read_json, refuse_if_reuse_only, reuse_only
+from lib.results import (atomic_write_json, environment_info, forced_names, read_json, refuse_if_reuse_only,
+                         reuse_only)
 
 MAIN_FILE = "part1-main.json"
 DEFAULT_MAIN_MODEL = "CANet"
@@ -32,17 +33,19 @@ GPU_COST_ITERS, CPU_COST_ITERS = 20, 3
 
 
 def run_part1(profile: str, data_source: str, dirs: OutputDirs, models: Sequence[str] | None = None,
-              seeds: Sequence[int] = (0,), force: bool = False, num_epochs: int | None = None,
+              seeds: Sequence[int] = (0,), force: bool | str | Sequence[str] = False, num_epochs: int | None = None,
               progress: bool = True, precision: str | None = None) -> list[dict]:
     """Train (or reuse) every (model, seed) of the Part 1 comparison; return the result dicts in order.
 
-    `num_epochs` overrides the profile's epoch count (used by the notebook test to stay cheap), `precision`
-    the recipe's 'auto' (see `configs`).
+    `force`: True retrains every run, a run name or a list of them (e.g. 'p1-ResNet18-s1') retrains just those
+    (lib.results.forced_names). `num_epochs` overrides the profile's epoch count (used by the notebook test to
+    stay cheap), `precision` the recipe's 'auto' (see `configs`).
     """
     from lib.train import train  # imported here: the trainer pulls in tensorboard, which is slow to import
 
-    return [train(cfg, dirs=dirs, force=force, progress=progress)
-            for cfg in configs(profile, data_source, models, seeds, num_epochs, precision)]
+    cfgs = configs(profile, data_source, models, seeds, num_epochs, precision)
+    redo = forced_names(force, [c.name for c in cfgs], "these models and seeds")
+    return [train(cfg, dirs=dirs, force=cfg.name in redo, progress=progress) for cfg in cfgs]
 
 
 def configs(profile: str, data_source: str, models: Sequence[str] | None = None, seeds: Sequence[int] = (0,),

@@ -142,12 +142,29 @@ def refuse_if_reuse_only(what: str, where: Path | str, forced: bool = False) -> 
             f"(elsewhere: unset {REUSE_ONLY_ENV}) to compute it.")
 
 
+def forced_names(force, names, what: str) -> set[str]:
+    """Which of the experiments `names` a `force` setting recomputes: every one for True, none for False or None,
+    and for an experiment name or a list of them (a notebook's `force = ["p1-ResNet18-s1"]`, to re-run one
+    experiment and reuse the rest) those named. A name that is not among `names` is a ValueError listing them,
+    since a typo would otherwise recompute nothing without a word; `what` says whose experiments they are."""
+    names = list(names)
+    if force is True:
+        return set(names)
+    if not force:
+        return set()
+    wanted = [force] if isinstance(force, str) else list(force)
+    if unknown := [n for n in wanted if n not in names]:
+        raise ValueError(f"force names {', '.join(map(repr, unknown))}, not among the experiments of {what}: "
+                         f"{', '.join(names)} (force = True recomputes all of them)")
+    return set(wanted)
+
+
 def say_reused(*names: str, trained: bool = False) -> None:
     """Say that these finished results were reused, not computed again (training runs: `trained`), and how to
     redo them: the only sign that a notebook cell or `lib run` did no work."""
     verb, redo = ("trained", "retrains it") if trained else ("computed", "computes it again")
-    print(f"{', '.join(names)}: finished before, reused (not {verb} again; --force, or force = True in a notebook, "
-          f"{redo})")
+    print(f"{', '.join(names)}: finished before, reused (not {verb} again; --force, or in a notebook force = True or "
+          f"force = [its name], {redo})")
 
 
 def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | None:

@@ -66,7 +66,8 @@ def code(text):
 
 
 NB01 = [
-    params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
+    params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists; a run name
+# or a list of them (e.g. "p1-CANet-s1"): retrain just those, reuse the others
 seeds = [0]  # one run per seed; the first seed's run is the one shown and visualised
 model = "CANet"  # CANet_tiny | CANet_light | CANet | CANet_pro
 num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
@@ -113,7 +114,8 @@ part1.mark_main(dirs, result);  # notebook 03 and the report visualise this run 
 ]
 
 NB02 = [
-    params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists
+    params_cell('''force = False  # True: retrain even when a finished result with the same configuration exists; a run name
+# or a list of them (e.g. ["p1-ResNet18-s1"]): retrain just those, reuse the others
 seeds = [0]  # e.g. [0, 1, 2]: the table shows mean ± std over the seeds present
 models = None  # None: all nine Part 1 models; or a list of names
 num_epochs = None  # None: the profile's epochs; an int overrides them (the notebook test uses 1)
@@ -227,7 +229,8 @@ weights over channels and the gate on path b (averaged over positions). Saved fo
 ]
 
 NB04 = [
-    params_cell('''force = False  # True: rerun every Part 2 experiment even when its result exists
+    params_cell('''force = False  # True: rerun every Part 2 experiment even when its result exists; a name or a list of them
+# (e.g. ["bn-VGG_A-lr0.001-s2020"]): just those (a probe run or a slice: its pair), reusing the others
 probe_overrides = None  # None: the profile's probe sizes (lib.bn_study.PROBE_SIZES); a dict changes some (tests)'''),
     md('''# 04 - Batch Normalization on VGG-A (Part 2)
 

@@ -376,14 +376,26 @@ def test_run_says_when_it_reused_a_finished_result(tiny_source, tmp_path, monkey
             "--num-epochs", "1"]
     assert main(args[:-2]) == 0  # (the same run: its epochs are the profile's)
     out = capsys.readouterr().out
-    assert "p1-CANet_tiny-s0: finished before, reused (not trained again; --force, or force = True in a notebook, " \
-           "retrains it)\np1-CANet_tiny-s0: ok, test acc 50.00%" in out
+    assert "p1-CANet_tiny-s0: finished before, reused (not trained again; --force, or in a notebook force = True or " \
+           "force = [its name], retrains it)\np1-CANet_tiny-s0: ok, test acc 50.00%" in out
     assert main(args + ["--force"]) == 0 and "finished before" not in capsys.readouterr().out  # trained (1 epoch)
     # Notebooks (lib.part1.run_part1 and the BN protocol call lib.train.train) say it too, quiet or not.
     from lib.part1 import run_part1
 
     run_part1("smoke", source, dirs, ["CANet_tiny"], num_epochs=1, progress=False)
     assert "p1-CANet_tiny-s0: finished before, reused" in capsys.readouterr().out
+    # A notebook re-runs one experiment by its name and reuses the others; a name it does not run is refused.
+    before = (dirs.results / f"{cfg.name}.json").stat().st_mtime_ns
+    run_part1("smoke", source, dirs, ["CANet_tiny"], seeds=[0, 1], num_epochs=1, progress=False)  # trains s1
+    capsys.readouterr()
+    run_part1("smoke", source, dirs, ["CANet_tiny"], seeds=[0, 1], num_epochs=1, progress=False,
+              force=["p1-CANet_tiny-s1"])
+    out = capsys.readouterr().out
+    assert "p1-CANet_tiny-s0: finished before, reused" in out and "p1-CANet_tiny-s1: finished before" not in out
+    assert (dirs.results / f"{cfg.name}.json").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="force names 'p1-CANet_tiny-s2', not among the experiments of these models "
+                                         "and seeds: p1-CANet_tiny-s0, p1-CANet_tiny-s1 "):
+        run_part1("smoke", source, dirs, ["CANet_tiny"], seeds=[0, 1], force="p1-CANet_tiny-s2")
 
 
 def test_a_damaged_checkpoint_is_listed_and_left_out_not_a_stop(tiny_source, tmp_path, monkeypatch, capsys):
@@ -418,3 +430,15 @@ def test_a_damaged_checkpoint_is_listed_and_left_out_not_a_stop(tiny_source, tmp
     assert f"{other.name}: checkpoint" not in P.format_plan(plan)
     rows = {name: state for state, name, _ in P.study_status("smoke", source, dirs)}
     assert (rows[pair.name], rows[other.name], rows["loss slices"]) == ("damaged", "done", "missing")
+
+
+def test_force_is_all_none_or_the_named_experiments():
+    from lib.results import forced_names
+
+    names = ["p1-CANet-s0", "p1-CANet-s1"]
+    assert forced_names(True, names, "x") == set(names)
+    assert forced_names(False, names, "x") == forced_names(None, names, "x") == forced_names([], names, "x") == set()
+    assert forced_names("p1-CANet-s1", names, "x") == forced_names(("p1-CANet-s1",), names, "x") == {"p1-CANet-s1"}
+    with pytest.raises(ValueError, match=r"force names 'p1-CANet-s2', not among the experiments of x: p1-CANet-s0, "
+                                         r"p1-CANet-s1 \(force = True recomputes all of them\)"):
+        forced_names(["p1-CANet-s1", "p1-CANet-s2"], names, "x")
