@@ -3,8 +3,9 @@
 `render_report(profile, dirs)` reads the files under dirs.results (Part 1 p1-*.json, cost-*.json,
 part1-main.json, the Part 2 files through lib.bn_study.bn_summary, study.json), those of results/full/ for a
 published smoke or quick report (its section on the full profile so far) and the GPU bench files of
-results/bench/ (the speed section), and checks dirs.figs for which figures exist. Every number in the report comes from those files, except ORIGINAL_REPORT: the
-original report's numbers as STUDY.md states them, shown beside ours and labelled as such. Wording that
+results/bench/ (the speed section), and checks dirs.figs for which figures exist. Every number in the report
+comes from those files, except ORIGINAL_REPORT: the original report's numbers as STUDY.md states them, shown
+beside ours and labelled as such. Wording that
 ranks models comes from lib.stats (a Welch test over seeds); other comparisons state the numbers and
 their direction only. The helpers below (tables, context lines) are also what notebooks 02 and 04 show.
 """

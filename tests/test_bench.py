@@ -1105,7 +1105,8 @@ def test_the_readme_speed_table_is_replaced_between_its_lines_and_a_missing_plac
     new = B.readme_with_tables(text, [bench_file], tmp_path)
     assert new == f"# Title\n\nbefore\n\n{begin}\n\n{B.bench_table(bench_file)}\n{B.README_TABLE_END}\n\nafter\n"
     assert "| old | table |" not in new and B.readme_with_tables(new, [bench_file], tmp_path) == new
-    with pytest.raises(ValueError, match="no place for the speed table of results/bench/nvidia-h100.json: put the lines"):
+    with pytest.raises(ValueError,
+                       match="no place for the speed table of results/bench/nvidia-h100.json: put the lines"):
         B.readme_with_tables("# Title\n", [bench_file], tmp_path)
     with pytest.raises(ValueError, match="no place for the speed table"):  # its end line missing
         B.readme_with_tables(f"{begin}\n| old |\n", [bench_file], tmp_path)

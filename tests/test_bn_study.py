@@ -333,7 +333,8 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, mo
     again = {p.name for p in dirs.results.glob("*.json") if p.stat().st_mtime_ns != mtimes[p]}
     assert again == {"bn-VGG_A-lr0.0001-s2020.json", "bn-VGG_A-lr0.0001-s2020.steps.json",
                      "probe-VGG_A-s2020.json", "probe-VGG_A_BN-s2020.json"}
-    with pytest.raises(ValueError, match="force names 'bn-VGG_A-lr0.002-s2020', not among the experiments of Part 2: bn-VGG_A-lr0.001"):
+    with pytest.raises(ValueError,
+                       match="force names 'bn-VGG_A-lr0.002-s2020', not among the experiments of Part 2: bn-VGG_A-lr0.001"):
         S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs, force="bn-VGG_A-lr0.002-s2020")
     mtimes = {p: p.stat().st_mtime_ns for p in dirs.results.glob("*.json")}
     # reuse_only (the notebooks' viewing switch): reused as above; a slice of another size refuses to compute.
