@@ -4,6 +4,7 @@
     python -m lib run --profile full --data shared --part2
     python -m lib study --profile smoke --data shared          # the notebooks headless, then report.md
     python -m lib report --profile quick --publish
+    python -m lib refresh                                      # report.md + README speed table from committed files
     python -m lib status --profile quick --data shared --publish --seeds 0 1 2   # done / resumable / missing
     python -m lib bench --models CANet CANet_tiny ResNet18 VGG_A_BN --data shared   # naive vs fast epoch
 
