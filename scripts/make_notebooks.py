@@ -188,7 +188,7 @@ recorded in `results/quick/part1-main.json`: CANet, seed 0). The filters and att
 checkpoint (`checkpoints/quick/p1-CANet-s0.pt`), which git does not track: it exists only where the study was
 trained. Without it (a fresh clone) those two cells say so and draw nothing, and the others draw from the
 result files; `python -m lib run --profile quick --data shared --models CANet --seeds 0` trains the run again
-into `build/quick/` (about an hour on a 2-core CPU; the committed result is left alone): `publish = False` then
+into `build/quick/` (30-65 min on a 2-core CPU; the committed result is left alone): `publish = False` then
 shows that run, and `publish = True` uses its weights only if they reproduce the committed run (the same selected
 epoch and validation accuracy). `publish = True` redraws the figures in the committed `figs/quick/` from the same
 files.'''),
