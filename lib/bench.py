@@ -1268,7 +1268,6 @@ def bench_table(bench) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 # Where README.md shows a bench file's table: between these two lines, written by `python -m lib refresh`.
 README_TABLE_BEGIN = "<!-- speed table of {path}: written by `python -m lib refresh`; do not edit by hand -->"
 README_TABLE_END = "<!-- end of the speed table -->"

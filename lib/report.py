@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import shlex
 from collections import Counter
 from pathlib import Path
@@ -1215,8 +1216,6 @@ def render_report(profile: str, dirs: OutputDirs, root: Path | None = None) -> P
 def published_profile(report: Path | str) -> str | None:
     """The profile a report.md was rendered from, as its header names it (report_template.md); None where the
     file does not exist or has no such header (not a rendered report)."""
-    import re
-
     path = Path(report)
     found = re.search(r"profile \*\*(\w+)\*\*", path.read_text()) if path.exists() else None
     return found.group(1) if found else None
@@ -1226,20 +1225,20 @@ def refresh(root: Path | str | None = None) -> list[str]:
     """Render again what is rendered from the committed result files under `root` (the repository): README.md's
     speed table of each GPU bench file (between the lib.bench.README_TABLE_* lines) and report.md, in the
     profile it was published from (the full profile's figures are the notebooks': `scripts/main.sh --profile
-    full` draws them). What a GPU call's merge changes. Returns what it wrote, as lines to print."""
+    full` draws them). What a GPU call's merge changes. Returns what it did, as lines to print."""
     from lib.bench import readme_with_tables
     from lib.paths import gpu_bench_files
 
     base = Path(root) if root is not None else REPO
     done = []
-    readme = base / "README.md"
+    readme, benches = base / "README.md", gpu_bench_files(base)
     text = readme.read_text()
-    new = readme_with_tables(text, gpu_bench_files(base), base)
+    new = readme_with_tables(text, benches, base)
     if new != text:
         tmp = readme.with_name(readme.name + ".tmp")
         tmp.write_text(new)
         tmp.replace(readme)
-    done.append(f"README.md: speed tables of {len(gpu_bench_files(base))} GPU bench file(s), "
+    done.append(f"README.md: speed tables of {len(benches)} GPU bench file(s), "
                 + ("changed" if new != text else "unchanged"))
     report = base / "report.md"
     profile = published_profile(report)
