@@ -106,6 +106,28 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
+def execution_env_names() -> tuple[str, ...]:
+    """The environment variables that choose how this machine would train (torch.compile, its mode, CUDA graphs,
+    models trained eagerly, MPS, CANet's block form): the estimates and the table's compile choice read them."""
+    from lib.lanes import MPS_ENV
+    from lib.models.canet import MERGED_ENV
+    from lib.train import COMPILE_ENV, COMPILE_MODE_ENV, CUDA_GRAPHS_ENV, EAGER_MODELS_ENV
+
+    return COMPILE_ENV, COMPILE_MODE_ENV, CUDA_GRAPHS_ENV, EAGER_MODELS_ENV, MPS_ENV, MERGED_ENV
+
+
+@contextlib.contextmanager
+def as_committed():
+    """For the block, none of execution_env_names set: a bench file then renders (bench_table, its estimates) as
+    the GPU runner reads it by default, the same in the committed README.md and report.md whatever a shell
+    exported (docs/GPU.md has users export CIFAR10_COMPILE)."""
+    saved = {name: os.environ.pop(name) for name in execution_env_names() if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def fast_run(model_name: str, data_source: str | None = None, device: str = "auto", *, epochs: int = 3,
              seed: int = 0, num_train: int | None = None, num_val: int | None = None) -> dict:
     """The same short run with lib.train.train itself (into a temporary folder; nothing is published).
@@ -1138,15 +1160,15 @@ def speed_verdict(bench, seeds: int = 3, lanes: int = 3) -> str | None:
     """The targets in one paragraph: each target model's best current speed-up (rows of an older model revision
     left out), the study's estimate one run at a time for one seed and for `seeds`, and with `lanes` runs at once
     in each MPS state measured (lib.lanes.lanes_estimate, a lower bound); the models compiled as the GPU runner
-    chooses. None where the file has no naive-vs-fast row of a target model or lacks a measurement the estimate
-    needs (a CPU dry run, a first call)."""
+    chooses. Where a measurement the estimate needs is missing (a device's first calls), it names them instead of
+    the estimate. None for a CPU's bench file (a dry run: the targets are a GPU's) or one with nothing to say."""
     from lib.lanes import lanes_estimate, measured_states
 
     data = load_bench(bench)
+    if str(data.get("device_slug", "")).startswith("cpu"):
+        return None
     rows = [e for e in data.get("entries", {}).values() if e.get("model") in RATIO_TARGETS
             and e.get("ratio") is not None and not stale_revision(e)]
-    if not rows:
-        return None
     parts = []
     for model, target in RATIO_TARGETS.items():
         if best := max((e for e in rows if e["model"] == model), key=lambda e: e["ratio"], default=None):
@@ -1155,15 +1177,19 @@ def speed_verdict(bench, seeds: int = 3, lanes: int = 3) -> str | None:
                          f"{'met' if best['ratio'] >= target else 'missed'}")
     with as_runner_compiles(data):
         one, more = study_estimate(data, 1), study_estimate(data, seeds)
-    if one["missing"]:
+    if not parts and one["missing"]:
         return None
+    text = (f"**Against the targets** ({data.get('device')}): "
+            + ("; ".join(parts) if parts else "no naive-vs-fast epoch of a target model yet") + ".")
+    if one["missing"]:
+        return text + (f" The study's estimate needs {', '.join(one['missing'])} timed first (`python -m lib bench "
+                       f"--fast-only ... --probe --missing-only` on this device).")
     once = (sum(one["bn"].values()) + sum(one["probe"].values())) / 60
     verdict = "met" if one["total_minutes"] <= STUDY_TARGET_MINUTES else "missed"
-    text = (f"**Against the targets** ({data.get('device')}): {'; '.join(parts)}. The `full` study one run after "
-            f"another, by the estimate below: {one['total_minutes']:.1f} min for one seed (Part 1 "
-            f"{one['total_minutes'] - once:.1f}, the BN protocol and the probes, which do not repeat per seed, "
-            f"{once:.1f}; target <= {STUDY_TARGET_MINUTES:g} min: {verdict}), {more['total_minutes']:.1f} min for "
-            f"{seeds} seeds")
+    text += (f" The `full` study one run after another, by the estimate below: {one['total_minutes']:.1f} min for "
+             f"one seed (Part 1 {one['total_minutes'] - once:.1f}, the BN protocol and the probes, which do not "
+             f"repeat per seed, {once:.1f}; target <= {STUDY_TARGET_MINUTES:g} min: {verdict}), "
+             f"{more['total_minutes']:.1f} min for {seeds} seeds")
     for mps in measured_states(data, lanes):
         with as_runner_compiles(data, lanes, mps):
             one_l, more_l = lanes_estimate(data, 1, lanes, mps), lanes_estimate(data, seeds, lanes, mps)
@@ -1275,7 +1301,7 @@ README_TABLE_END = "<!-- end of the speed table -->"
 
 def readme_with_tables(text: str, bench_files: Sequence[Path], root: Path) -> str:
     """`text` (README.md's) with the block of each bench file (paths under `root`) replaced by its bench_table as it
-    renders now. A file without its block, or a block without its end line, is a ValueError that says what to add."""
+    renders now (as_committed). A file without its block, or a block without its end line, is a ValueError that says what to add."""
     for path in bench_files:
         rel = Path(path).relative_to(root).as_posix()
         begin = README_TABLE_BEGIN.format(path=rel)
@@ -1285,7 +1311,9 @@ def readme_with_tables(text: str, bench_files: Sequence[Path], root: Path) -> st
             raise ValueError(f"README.md has no place for the speed table of {rel}: put the lines "
                              f"{begin!r} and {README_TABLE_END!r} where it goes (a blank line between them), then "
                              f"run python -m lib refresh again")
-        text = text[:start + len(begin)] + "\n\n" + bench_table(path) + "\n" + text[end:]
+        with as_committed():  # as the GPU runner reads the file by default, whatever this shell exported
+            table = bench_table(path)
+        text = text[:start + len(begin)] + "\n\n" + table + "\n" + text[end:]
     return text
 
 

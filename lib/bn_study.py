@@ -678,7 +678,8 @@ def run_bn_study(profile: str, data_source: str, dirs: OutputDirs, force: bool |
                  slices: bool = True) -> dict:
     """All of Part 2's compute: the protocol (A), the probes (B) and the slices (C); returns bn_summary(dirs).
     `force`: True recomputes everything; an experiment name or a list of them just those (a probe run or a slice
-    named recomputes its pair: both networks see the same data, or start from the same protocol pair)."""
+    named recomputes its pair: both networks see the same data, or start from the same protocol pair; a protocol
+    run at lr 1e-3 also recomputes the slices, which start from its checkpoint)."""
     protocol = [c.name for c in bn_experiments(profile, data_source, lrs=tuple(lrs))]
     configs = probe_configs(profile, data_source, **(probe_overrides or {}))
     probes = [c.result_path(dirs).stem for c in configs]
@@ -686,8 +687,9 @@ def run_bn_study(profile: str, data_source: str, dirs: OutputDirs, force: bool |
     redo = forced_names(force, protocol + probes + cuts, "Part 2")
     run_protocol(profile, data_source, dirs, force=sorted(redo.intersection(protocol)), lrs=lrs, progress=progress)
     run_probes(profile, data_source, dirs, force=bool(redo.intersection(probes)), progress=progress, configs=configs)
-    if cuts:
-        run_slices(profile, data_source, dirs, force=bool(redo.intersection(cuts)))
+    if cuts:  # a slice named, or a retrained run it starts from (the lr-1e-3 pair): both slices again
+        pair = {bn_name(m, 1e-3, BN_SEED) for m in BN_MODELS}
+        run_slices(profile, data_source, dirs, force=bool(redo.intersection(cuts) or redo & pair))
     return bn_summary(dirs, lrs=lrs)
 
 

@@ -929,7 +929,8 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
     late = _late_probe_medians(summary, phase["start"]) if phase and phase["start"] is not None else None
     # Each measure named with what it is taken over: the probes' medians from the step both networks train on, if
     # the one without BN sat on a plateau first (the probe table's caveat), else over all probes.
-    basis = f" (from step {phase['start']} on)" if late is not None else ""
+    basis = (f" (from step {phase['start']} on)" if late is not None else
+             " (over all probes)" if phase and phase["start"] is not None else "")  # too few late probes
     names = ["loss band", "gradient range at lr 1e-3"] + [f"{what}{basis}" for what in
                                                            ("beta-smoothness", "gradient change", "probe band width")]
     pairs = [(names[0], band_b, band_a), (names[1], grad_b, grad_a)]
@@ -1025,11 +1026,12 @@ def _times(p1: list[dict], bn: list[dict], summary: dict) -> dict:
 
 def gpu_bench_tables(root: Path | None = None) -> list[tuple[str, str]]:
     """(device, markdown table) of every GPU bench file in <root>/results/bench (CPU ones are dry runs)."""
-    from lib.bench import bench_table
+    from lib.bench import as_committed, bench_table
     from lib.paths import gpu_bench_files
 
     benches = [read_json(p) for p in gpu_bench_files(root)]
-    return [(data.get("device", "?"), bench_table(data)) for data in benches]
+    with as_committed():  # the bench file as the GPU runner reads it by default, whatever this shell exported
+        return [(data.get("device", "?"), bench_table(data)) for data in benches]
 
 
 def study_progress(profile: str, dirs: OutputDirs, p1: Sequence[dict], bn: Sequence[dict], study: dict,
@@ -1230,16 +1232,6 @@ def refresh(root: Path | str | None = None) -> list[str]:
     from lib.paths import gpu_bench_files
 
     base = Path(root) if root is not None else REPO
-    done = []
-    readme, benches = base / "README.md", gpu_bench_files(base)
-    text = readme.read_text()
-    new = readme_with_tables(text, benches, base)
-    if new != text:
-        tmp = readme.with_name(readme.name + ".tmp")
-        tmp.write_text(new)
-        tmp.replace(readme)
-    done.append(f"README.md: speed tables of {len(benches)} GPU bench file(s), "
-                + ("changed" if new != text else "unchanged"))
     report = base / "report.md"
     profile = published_profile(report)
     if profile is None:
@@ -1247,5 +1239,14 @@ def refresh(root: Path | str | None = None) -> list[str]:
                                 f"report --profile quick --publish (or scripts/main.sh --profile full)")
     before = report.read_text()
     render_report(profile, output_dirs(profile, publish=True, root=base), base)
-    done.append(f"report.md: profile {profile}, " + ("changed" if report.read_text() != before else "unchanged"))
-    return done
+    done = [f"report.md: profile {profile}, " + ("changed" if report.read_text() != before else "unchanged")]
+    # Then the README: a bench file without its place there (a new device) stops here, with the report done.
+    readme, benches = base / "README.md", gpu_bench_files(base)
+    text = readme.read_text()
+    new = readme_with_tables(text, benches, base)
+    if new != text:
+        tmp = readme.with_name(readme.name + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(readme)
+    return [f"README.md: speed tables of {len(benches)} GPU bench file(s), "
+            + ("changed" if new != text else "unchanged")] + done

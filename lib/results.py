@@ -133,7 +133,7 @@ def refuse_if_reuse_only(what: str, where: Path | str, forced: bool = False) -> 
     """Raise ValueError when reuse_only() is on: `what` (e.g. 'training p1-CANet-s0') would have to run
     because no finished result in `where` matches its configuration, or because `forced` (force = True)."""
     if reuse_only():
-        why = ("force = True asks to compute it again" if forced else
+        why = ("force asks to compute it again" if forced else
                f"no finished result in {where} matches its configuration")
         raise ValueError(
             f"reuse_only is on ({REUSE_ONLY_ENV}={os.environ.get(REUSE_ONLY_ENV)}), and {what} would have to run: "

@@ -106,25 +106,28 @@ merge_compile_cache() {  # TGZ
       "the next call carries it in .carry/)"
 }
 
-# --merge: the call's log.txt kept as results/bench/logs/<device-slug>-<UTC date>-callN.log, N the day's next number
-# (the device slug from the GPU bench file in the call's pack, else "gpu"), unless a log there has the same content
-# (the same call merged twice).
-save_log() {  # DIR PACK
+# --merge: the call's log.txt kept as results/bench/logs/<device-slug>-<date>-callN.log, N the day's next number:
+# the device as the runner's first step prints it (nvidia-smi's 'NVIDIA H200, 143771 MiB, ...', in the form of
+# lib.bench.device_slug), the UTC date the call started (its first line; else today's); unless a log there has the
+# same content (the same call merged twice).
+save_log() {  # DIR
   local log=$1/log.txt slug day n=1 f
-  [[ -f "$log" ]] || return 0
+  [[ -f "$log" ]] || { echo "log: no log.txt in $1, none kept"; return 0; }
   mkdir -p results/bench/logs || return 1
   for f in results/bench/logs/*.log; do
     [[ -f "$f" ]] && cmp -s "$f" "$log" && { echo "log: $f already holds this call's log"; return 0; }
   done
-  slug=$(tar -tf "$2" 2>/dev/null | sed -n 's#^\(\./\)\{0,1\}results/bench/\([^/]*\)[.]json$#\2#p' | grep -v '^cpu' \
-         | head -n 1)
-  day=$(date -u +%Y-%m-%d)
-  while compgen -G "results/bench/logs/${slug:-gpu}-$day-call$n.log" > /dev/null \
-        || compgen -G "results/bench/logs/${slug:-gpu}-$day-call$n-*.log" > /dev/null; do
+  slug=$(grep -m 1 -E '^[^[].*, [0-9]+ MiB, ' "$log" | cut -d, -f1 | tr '[:upper:]' '[:lower:]' \
+         | sed -E 's/[^a-z0-9]+/-/g; s/^-+//; s/-+$//')
+  day=$(head -n 1 "$log" | grep -oE 'started [0-9]{4}-[0-9]{2}-[0-9]{2}' | cut -d' ' -f2)
+  slug=${slug:-unknown-device}
+  day=${day:-$(date -u +%Y-%m-%d)}
+  while compgen -G "results/bench/logs/$slug-$day-call$n.log" > /dev/null \
+        || compgen -G "results/bench/logs/$slug-$day-call$n-*.log" > /dev/null; do
     n=$((n + 1))
   done
-  cp "$log" "results/bench/logs/${slug:-gpu}-$day-call$n.log" \
-    && echo "log: results/bench/logs/${slug:-gpu}-$day-call$n.log (commit it with the results)"
+  cp "$log" "results/bench/logs/$slug-$day-call$n.log" \
+    && echo "log: results/bench/logs/$slug-$day-call$n.log (commit it with the results)"
 }
 
 if [[ "${1:-}" == "--merge" ]]; then
@@ -140,14 +143,20 @@ if [[ "${1:-}" == "--merge" ]]; then
   if [[ -n "$COMPILE_CACHE" && -f "$dir/inductor-cache.tgz" ]]; then
     merge_compile_cache "$dir/inductor-cache.tgz" || rc=1
   fi
-  save_log "$dir" "$packed" || rc=1
+  save_log "$dir" || rc=1
   # README.md's speed table and report.md, rendered again from the merged files (python -m lib refresh), so that
-  # what is committed agrees with them: with REFRESH_PY, else in the project's environment (scripts/setup_env.sh,
-  # VENV; PY, the system Python, may lack torch); REFRESH=0: not.
+  # what is committed agrees with them: with REFRESH_PY, else the project's environment (${VENV:-.venv}, as
+  # scripts/setup_env.sh makes it; not made here: PY, the system Python, may lack torch); REFRESH=0: not.
   if [[ "${REFRESH:-1}" != 0 ]]; then
-    (if [[ -n "${REFRESH_PY:-}" ]]; then PY=$REFRESH_PY; else source scripts/setup_env.sh; fi && $PY -m lib refresh) \
-      || { echo "README.md and report.md not rendered again: run python -m lib refresh once the error above is" \
-                "mended" >&2; rc=1; }
+    refresh_py=${REFRESH_PY:-${VENV:-.venv}/bin/python}
+    if [[ -z "${REFRESH_PY:-}" && ! -x "$refresh_py" ]]; then
+      echo "README.md and report.md not rendered again: no $refresh_py (bash scripts/setup_env.sh makes it, or set" \
+           "REFRESH_PY to a Python with requirements.txt), then run python -m lib refresh" >&2
+      rc=1
+    elif ! $refresh_py -m lib refresh; then
+      echo "README.md and report.md not rendered again: run python -m lib refresh once the error above is mended" >&2
+      rc=1
+    fi
   fi
   exit $rc
 fi
@@ -492,7 +501,7 @@ main() {
     if [[ "$t" == bench ]]; then want_bench=1; else tokens+=("$t"); fi
   done
   log "subset: ${subset[*]}; seeds $SEEDS; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown};" \
-    "CANet blocks: CIFAR10_CANET_MERGED=${CIFAR10_CANET_MERGED:-auto}"
+    "CANet blocks: CIFAR10_CANET_MERGED=${CIFAR10_CANET_MERGED:-auto}; started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
   # The previous call's results on this machine, before anything reads the results or the bench file. Only a pack
   # of the last 30 minutes (the device tool holds a machine at most that long): an older one is not this

@@ -230,7 +230,7 @@ weights over channels and the gate on path b (averaged over positions). Saved fo
 
 NB04 = [
     params_cell('''force = False  # True: rerun every Part 2 experiment even when its result exists; a name or a list of them
-# (e.g. ["bn-VGG_A-lr0.001-s2020"]): just those (a probe run or a slice: its pair), reusing the others
+# (e.g. ["bn-VGG_A-lr0.002-s2020"]): just those (a probe run or a slice: its pair; a run at lr 1e-3: the slices too)
 probe_overrides = None  # None: the profile's probe sizes (lib.bn_study.PROBE_SIZES); a dict changes some (tests)'''),
     md('''# 04 - Batch Normalization on VGG-A (Part 2)
 

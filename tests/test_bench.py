@@ -26,7 +26,8 @@ from lib.data import resolve_source
 from lib.experiments import recipe_config, recipe_name
 from lib.loader import BatchLoader
 from lib.models import build, revision
-from lib.paths import REPO, output_dirs
+from lib.paths import REPO, gpu_bench_files, output_dirs
+from lib.report import published_profile
 from lib.results import atomic_write_json, device_name, read_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -986,19 +987,17 @@ def test_device_name_gives_the_cpu_threads(monkeypatch):
     assert device_name("cpu").endswith(", 4 threads)")
 
 
-@pytest.mark.parametrize("bench_file", sorted((REPO / "results" / "bench").glob("nvidia-*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("bench_file", gpu_bench_files(), ids=lambda p: p.stem)
 def test_readme_and_report_show_each_committed_gpu_table_as_rendered_from_its_file(bench_file, monkeypatch):
-    # The README's speed table is pasted output of `python -m lib bench --table`, report.md's is rendered by
-    # `python -m lib report`: both must be what the committed bench file renders now (a merge of a new GPU call
-    # without updating them fails here).
-    from lib.lanes import MPS_ENV
-    from lib.models.canet import MERGED_ENV
-
-    for name in (T.COMPILE_ENV, T.COMPILE_MODE_ENV, T.CUDA_GRAPHS_ENV, T.EAGER_MODELS_ENV, MPS_ENV, MERGED_ENV):
-        monkeypatch.delenv(name, raising=False)
-    table = B.bench_table(bench_file)
+    # The README's speed table and report.md's are rendered by `python -m lib refresh` (and `report`): both must be
+    # what the committed bench file renders now (a merge of a new GPU call without a refresh fails here), whatever
+    # this shell exported.
+    monkeypatch.setenv(T.COMPILE_ENV, "")  # as after docs/GPU.md's export, with no model compiled
+    with B.as_committed():
+        table = B.bench_table(bench_file)
     readme = (REPO / "README.md").read_text()
-    assert table in readme and f"Estimated {B.format_estimate(bench_file)}." in readme
+    with B.as_committed():
+        assert table in readme and f"Estimated {B.format_estimate(bench_file)}." in readme
     assert B.readme_with_tables(readme, [bench_file], REPO) == readme, "README.md is stale: python -m lib refresh"
     assert table in (REPO / "report.md").read_text()  # its speed section: python -m lib report ... --publish
 
@@ -1141,8 +1140,34 @@ def test_speed_verdict_names_each_targets_best_current_ratio_and_the_study_estim
         if entry.get("seconds_per_step") is not None:
             entry["seconds_per_step"] /= 10
     assert "target <= 20 min: met" in B.speed_verdict(fast) and "target <= 20 min: met" not in text
-    del data["entries"]["VGG11"]  # the estimate lacks a model: no verdict (a first call, a dry run)
-    assert B.speed_verdict(data) is None and B.bench_table(data).startswith("| Model |")
+    del data["entries"]["VGG11"]  # the estimate lacks a model (a device's first calls): the ratios, and what is missing
+    partial = B.speed_verdict(data)
+    assert partial.startswith("**Against the targets** (NVIDIA H200): CANet ") and "26.0x of 25x" in partial
+    assert partial.endswith("The study's estimate needs VGG11 timed first (`python -m lib bench --fast-only ... "
+                            "--probe --missing-only` on this device).") and "min for one seed" not in partial
     for entry in fast["entries"].values():
         entry["ratio"] = None
-    assert B.speed_verdict(fast) is None
+    assert B.speed_verdict(fast).startswith("**Against the targets** (NVIDIA H200): no naive-vs-fast epoch of a "
+                                            "target model yet. The `full` study one run after another")
+    del fast["entries"]["VGG11"]
+    assert B.speed_verdict(fast) is None and B.bench_table(fast).startswith("| Model |")  # nothing to say
+    assert B.speed_verdict(dict(data, device_slug="cpu-x86-64")) is None  # a CPU's file: a dry run
+
+
+def test_the_committed_renders_do_not_depend_on_the_shells_execution_settings(tmp_path, monkeypatch):
+    """docs/GPU.md has users export CIFAR10_COMPILE (and the runner sets more): a refresh in such a shell renders
+    README.md and report.md as the committed files say, not as this shell would train."""
+    import lib.data
+    from lib.report import refresh
+
+    monkeypatch.setattr(lib.data, "SHARED_CANDIDATES", (tmp_path / "no-copy-here.tar.gz",))
+    for part in ("results", "figs"):
+        shutil.copytree(REPO / part, tmp_path / part)
+    for name in ("README.md", "report.md"):
+        shutil.copy2(REPO / name, tmp_path / name)
+    monkeypatch.setenv(T.COMPILE_ENV, "")
+    monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")
+    assert B.bench_table(tmp_path / "results" / "bench" / "nvidia-h200.json") not in (tmp_path / "README.md").read_text()
+    assert refresh(tmp_path) == ["README.md: speed tables of 1 GPU bench file(s), unchanged",
+                                 f"report.md: profile {published_profile(REPO / 'report.md')}, unchanged"]
+    assert os.environ[T.COMPILE_ENV] == "" and os.environ[T.CUDA_GRAPHS_ENV] == "0"  # put back after

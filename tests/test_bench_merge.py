@@ -183,8 +183,8 @@ def cache_members(path: Path) -> set[str]:
 
 def merge_call(repo: Path, call: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "scripts/gpu_full_study.sh", "--merge", str(call)], cwd=repo,
-                          env=dict(os.environ, PY=sys.executable, REFRESH="0", **env), capture_output=True, text=True,
-                          timeout=60)
+                          env=dict(os.environ, **{"PY": sys.executable, "REFRESH": "0", **env}), capture_output=True,
+                          text=True, timeout=60)
 
 
 def test_merge_unites_the_calls_compile_cache_with_the_carried_one(tmp_path):
@@ -307,7 +307,9 @@ def test_merge_renders_the_readme_speed_table_and_the_report_again(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "refresh: README.md: speed tables of 1 GPU bench file(s), changed" in run.stdout
-    assert "refresh: report.md: profile quick, changed" in run.stdout
+    from lib.report import published_profile
+
+    assert f"refresh: report.md: profile {published_profile(REPO / 'report.md')}, changed" in run.stdout
     table = bench_table(bench_path)
     assert "| CANet_tiny | part1 (256) | CUDA graph | 15.98 | 0.61 | 26.2x (met) | 25x |" in table
     readme, before = (repo / "README.md").read_text(), (REPO / "README.md").read_text()
@@ -318,30 +320,49 @@ def test_merge_renders_the_readme_speed_table_and_the_report_again(tmp_path):
 
 
 def test_merge_keeps_the_calls_log_under_the_next_free_name_of_the_day(tmp_path):
-    """--merge copies the call's log.txt to results/bench/logs/<device>-<UTC date>-callN.log: N the day's next free
-    number (a 'callN-probe.log' takes N too), the same log merged twice kept once."""
+    """--merge copies the call's log.txt to results/bench/logs/<device>-<date>-callN.log: the device as nvidia-smi
+    named it in the log (whatever bench files the pack holds: it packs the committed ones too), the date the call
+    started, N the day's next free number (a 'callN-probe.log' takes N too); the same log merged twice is kept once;
+    a log without either gets 'unknown-device' and today's date."""
     import datetime
 
     repo = script_copy(tmp_path)
-    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     logs = repo / "results" / "bench" / "logs"
     logs.mkdir(parents=True)
-    (logs / f"nvidia-h200-{day}-call1-probe.log").write_text("an earlier call\n")
+    (logs / "nvidia-h100-80gb-hbm3-2026-11-27-call1-probe.log").write_text("an earlier call\n")
+    head = "[gpu_full_study +0s] subset: all; seeds 0; CANet blocks: auto; started 2026-11-27T23:58:01Z\n"
+    smi = "NVIDIA H100 80GB HBM3, 81559 MiB, 550.54\n[lane 1] NVIDIA H200, 143771 MiB, 1\n"
     calls = []
-    for i, text in enumerate(("call A\n", "call B\n")):
+    for i, text in enumerate((head + smi, head + smi + "more\n", "a dry run\n")):
         call = tmp_path / f"c{i}"
         call.mkdir()
-        pack(call / "results.tgz", {"results/bench/nvidia-h200.json": bench("28T01:42:00", entries={}),
-                                    "results/bench/cpu-x86-64.json": {"device_slug": "cpu-x86-64"}})
+        pack(call / "results.tgz", {"results/bench/nvidia-h200.json": bench("28T01:42:00", entries={})})
         (call / "log.txt").write_text(text)
         calls.append(call)
     run = merge_call(repo, calls[0])
     assert run.returncode == 0, run.stderr
-    assert (logs / f"nvidia-h200-{day}-call2.log").read_text() == "call A\n"
-    assert f"log: results/bench/logs/nvidia-h200-{day}-call2.log" in run.stdout
+    assert (logs / "nvidia-h100-80gb-hbm3-2026-11-27-call2.log").read_text() == head + smi
+    assert "log: results/bench/logs/nvidia-h100-80gb-hbm3-2026-11-27-call2.log" in run.stdout
     run = merge_call(repo, calls[0])  # merged again: kept once
     assert run.returncode == 0 and "already holds this call's log" in run.stdout
     assert merge_call(repo, calls[1]).returncode == 0
-    assert (logs / f"nvidia-h200-{day}-call3.log").read_text() == "call B\n"
-    assert sorted(p.name for p in logs.iterdir()) == [f"nvidia-h200-{day}-call{n}.log" if n != 1 else
-                                                      f"nvidia-h200-{day}-call1-probe.log" for n in (1, 2, 3)]
+    assert merge_call(repo, calls[2]).returncode == 0
+    assert sorted(p.name for p in logs.iterdir()) == sorted(
+        ["nvidia-h100-80gb-hbm3-2026-11-27-call1-probe.log", "nvidia-h100-80gb-hbm3-2026-11-27-call2.log",
+         "nvidia-h100-80gb-hbm3-2026-11-27-call3.log", f"unknown-device-{today}-call1.log"])
+    (calls[2] / "log.txt").unlink()
+    run = merge_call(repo, calls[2])
+    assert run.returncode == 0 and "log: no log.txt in" in run.stdout
+
+
+def test_merge_does_not_build_an_environment_to_render_the_readme_and_report(tmp_path):
+    """Without REFRESH_PY and without the project's .venv, --merge merges, then says how to render README.md and
+    report.md instead of creating a 6-GB environment in passing."""
+    repo = script_copy(tmp_path)
+    (tmp_path / "c1").mkdir()
+    pack(tmp_path / "c1" / "results.tgz", {"results/full/p1-CANet-s0.json": {"status": "ok"}})
+    run = merge_call(repo, tmp_path / "c1", REFRESH="1", VENV=str(tmp_path / "no-venv"))
+    assert run.returncode == 1 and read_json(repo / "results" / "full" / "p1-CANet-s0.json") == {"status": "ok"}
+    assert f"no {tmp_path / 'no-venv'}/bin/python (bash scripts/setup_env.sh makes it, or set REFRESH_PY" in run.stderr
+    assert not (tmp_path / "no-venv").exists() and not (repo / ".venv").exists()

@@ -333,6 +333,12 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, mo
     again = {p.name for p in dirs.results.glob("*.json") if p.stat().st_mtime_ns != mtimes[p]}
     assert again == {"bn-VGG_A-lr0.0001-s2020.json", "bn-VGG_A-lr0.0001-s2020.steps.json",
                      "probe-VGG_A-s2020.json", "probe-VGG_A_BN-s2020.json"}
+    mtimes = {p: p.stat().st_mtime_ns for p in dirs.results.glob("*.json")}
+    S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs, force="bn-VGG_A_BN-lr0.001-s2020",
+                   probe_overrides=dict(num_train=None, batch_size=16, num_steps=4, probe_every=2))
+    again = {p.name for p in dirs.results.glob("*.json") if p.stat().st_mtime_ns != mtimes[p]}
+    assert again == {"bn-VGG_A_BN-lr0.001-s2020.json", "bn-VGG_A_BN-lr0.001-s2020.steps.json",
+                     "slice-VGG_A-s2020.json", "slice-VGG_A_BN-s2020.json"}  # the slices start from its checkpoint
     with pytest.raises(ValueError,
                        match="force names 'bn-VGG_A-lr0.002-s2020', not among the experiments of Part 2: bn-VGG_A-lr0.001"):
         S.run_bn_study("smoke", tiny_source, dirs, progress=False, lrs=lrs, force="bn-VGG_A-lr0.002-s2020")

@@ -452,6 +452,8 @@ def test_a_probe_run_that_left_the_plateau_late_is_compared_from_then_on():
     # VGG_A_BN's gradient change has one finite late value: too few to compare.
     assert late == ["Too few probes from step 75 on (fewer than two per network) to compare the networks where "
                     "both train."]
+    # The count of measures then takes the probes over all of them, and says so.
+    assert any(s.startswith("Santurkar") and "beta-smoothness (over all probes): " in s for s in findings)
     summary["probe"]["VGG_A_BN"]["series"]["gpred_max"][-1] = 4.0
     late = from_step_75(part2_findings(summary))
     # The count of measures pointing the paper's way says which probes its probe measures are taken over.
