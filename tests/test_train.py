@@ -149,7 +149,7 @@ def test_result_file_contents_and_reuse(tiny_source, tmp_path, monkeypatch):
     set_reuse_only(True)
     assert T.train(cfg, dirs=dirs, progress=False)["history"] == on_disk["history"]
     for other, force, why in ((cfg.replace(seed=1), False, "no finished result in .* matches"),
-                              (cfg, True, "force = True asks to compute it again")):
+                              (cfg, True, "force asks to compute it again")):
         with pytest.raises(ValueError, match=rf"reuse_only is on .*training tiny would have to run: {why}.*"
                                              r"reuse_only = False"):
             T.train(other, dirs=dirs, progress=False, force=force)
