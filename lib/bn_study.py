@@ -689,7 +689,7 @@ def run_bn_study(profile: str, data_source: str, dirs: OutputDirs, force: bool |
     run_probes(profile, data_source, dirs, force=bool(redo.intersection(probes)), progress=progress, configs=configs)
     if cuts:  # a slice named, or a retrained run it starts from (the lr-1e-3 pair): both slices again
         pair = {bn_name(m, 1e-3, BN_SEED) for m in BN_MODELS}
-        run_slices(profile, data_source, dirs, force=bool(redo.intersection(cuts) or redo & pair))
+        run_slices(profile, data_source, dirs, force=bool(redo & (set(cuts) | pair)))
     return bn_summary(dirs, lrs=lrs)
 
 

@@ -1107,9 +1107,9 @@ def load_folder(dirs: OutputDirs) -> tuple:
     return p1, left_out, bn, costs, table, summary, study
 
 
-def collect(profile: str, dirs: OutputDirs, root: Path | None = None) -> dict:
+def collect(profile: str, dirs: OutputDirs) -> dict:
     """Everything the template needs, from the files in dirs.results (and which figures exist in dirs.figs); the
-    speed section's from the GPU bench files under `root` (default: this repository)."""
+    speed section's from the GPU bench files of the repository the folder is published in (a build's: this one)."""
     from lib.pipeline import notebook_commands, runs_beyond_notebooks
     from lib.stats import ranking_sentences
 
@@ -1121,6 +1121,7 @@ def collect(profile: str, dirs: OutputDirs, root: Path | None = None) -> dict:
     alpha = inspect.signature(ranking_sentences).parameters["alpha"].default
     everything = p1 + bn
     # Published output lives in <root>/results/<profile>/ (lib.paths), a build in <root>/build/<profile>/results.
+    root = results_dir.parent.parent if results_dir.parent.name == "results" else REPO
     publish = " --publish" if results_dir.parent.name == "results" and profile != "full" else ""
     report_dir = Path(dirs.report).parent
     return {
@@ -1165,7 +1166,7 @@ def collect(profile: str, dirs: OutputDirs, root: Path | None = None) -> dict:
         "sanity": sanity_bars(table, summary, recipe_departures(p1, "CANet")) if profile == "full" else [],
         "progress": study_progress(profile, dirs, p1, bn, study) if profile == "full" else None,
         # A published smoke/quick report also shows what the unfinished full study has so far (<root>/results/full).
-        "full_so_far": full_so_far(results_dir.parent.parent, sorted({int(r["seed"]) for r in p1
+        "full_so_far": full_so_far(root, sorted({int(r["seed"]) for r in p1
                                                                      if r.get("seed") is not None}))
         if publish else None,
         "bn_params": {m: [fmt_int(n) for n in _unique(r["num_params"] for r in bn if r["model"] == m)]
@@ -1188,9 +1189,8 @@ def collect(profile: str, dirs: OutputDirs, root: Path | None = None) -> dict:
     }
 
 
-def render_report(profile: str, dirs: OutputDirs, root: Path | None = None) -> Path:
-    """Render dirs.report (report.md) from the template and the result files of `dirs` (the bench files under
-    `root`: collect); return its path."""
+def render_report(profile: str, dirs: OutputDirs) -> Path:
+    """Render dirs.report (report.md) from the template and the result files of `dirs` (collect); return its path."""
     import jinja2
 
     path = Path(dirs.report)
@@ -1204,7 +1204,7 @@ def render_report(profile: str, dirs: OutputDirs, root: Path | None = None) -> P
             f"or delete {path.name} to render the empty skeleton.")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    text = env.get_template(TEMPLATE.name).render(**collect(profile, dirs, root))
+    text = env.get_template(TEMPLATE.name).render(**collect(profile, dirs))
     text = "\n".join(line.rstrip() for line in text.splitlines()).strip() + "\n"
     while "\n\n\n" in text:  # template conditionals leave blank runs; one blank line is enough in markdown
         text = text.replace("\n\n\n", "\n\n")
@@ -1238,7 +1238,7 @@ def refresh(root: Path | str | None = None) -> list[str]:
         raise FileNotFoundError(f"{report} is missing or not a rendered report: render it once with python -m lib "
                                 f"report --profile quick --publish (or scripts/main.sh --profile full)")
     before = report.read_text()
-    render_report(profile, output_dirs(profile, publish=True, root=base), base)
+    render_report(profile, output_dirs(profile, publish=True, root=base))
     done = [f"report.md: profile {profile}, " + ("changed" if report.read_text() != before else "unchanged")]
     # Then the README: a bench file without its place there (a new device) stops here, with the report done.
     readme, benches = base / "README.md", gpu_bench_files(base)

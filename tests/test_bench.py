@@ -1114,9 +1114,9 @@ def test_the_readme_speed_table_is_replaced_between_its_lines_and_a_missing_plac
 def test_speed_verdict_names_each_targets_best_current_ratio_and_the_study_estimates(monkeypatch):
     import copy
 
-    from lib.lanes import MPS_ENV, lanes_estimate
+    from lib.lanes import lanes_estimate
 
-    for name in (T.COMPILE_ENV, T.COMPILE_MODE_ENV, T.CUDA_GRAPHS_ENV, T.EAGER_MODELS_ENV, MPS_ENV):
+    for name in B.execution_env_names():
         monkeypatch.delenv(name, raising=False)
     data = copy.deepcopy(json.loads((REPO / "results" / "bench" / "nvidia-h200.json").read_text()))  # a real shape
     tiny = data["entries"]["CANet_tiny"]

@@ -784,7 +784,7 @@ def test_refresh_renders_the_report_in_its_published_profile_and_needs_a_rendere
         atomic_write_json(Path(dirs.results) / f"{result['name']}.json", result)
 
     write_p1("CANet", 0.5)
-    render_report("quick", dirs, tmp_path)  # the speed section from the bench files under tmp_path: none
+    render_report("quick", dirs)  # the speed section from the bench files under tmp_path: none
     assert published_profile(tmp_path / "report.md") == "quick"
     rendered = (tmp_path / "report.md").read_text()
     assert refresh(tmp_path) == ["README.md: speed tables of 0 GPU bench file(s), unchanged",
