@@ -595,14 +595,17 @@ SLICE_IMAGES = {"smoke": 64, "quick": 256, "full": 2000}  # fixed training subse
 def slice_config(profile: str, data_source: str, dirs: OutputDirs, model_name: str, lr: float = 1e-3,
                  seed: int = BN_SEED, num_images: int | None = None) -> dict | None:
     """The config a loss slice of `model_name` records (its file is reused when they are equal): the protocol run
-    at `lr` it starts from, that run's selected epoch, the images and step sizes; None while the run has no result."""
+    at `lr` it starts from, that run's selected epoch and test loss (which weights: a retraining that selects the
+    same epoch has other weights, told apart by their test loss), the images and step sizes; None while the run has
+    no result."""
     name = bn_name(model_name, lr, seed)
     run_path = Path(dirs.results) / f"{name}.json"
     if not run_path.exists():
         return None
-    return {"model": model_name, "run": name, "checkpoint_epoch": read_json(run_path).get("best_epoch"),
-            "num_images": num_images or SLICE_IMAGES[profile], "alphas": SLICE_ALPHAS, "seed": seed,
-            "data_source": data_source}
+    run = read_json(run_path)
+    return {"model": model_name, "run": name, "checkpoint_epoch": run.get("best_epoch"),
+            "run_test_loss": run.get("test_loss"), "num_images": num_images or SLICE_IMAGES[profile],
+            "alphas": SLICE_ALPHAS, "seed": seed, "data_source": data_source}
 
 
 def slices_done(profile: str, data_source: str, dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> bool:
@@ -652,12 +655,18 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         X = (X.float() / 255 - mean_t) / std_t
         state = read_checkpoint(ckpt)
         same_run = checkpoint_written_for(state, TrainConfig.from_dict(run["config"]))
+        acc, best_acc = state.get("val_acc"), run.get("best_val_acc")
         if not same_run or state.get("epoch") != run.get("best_epoch"):
             # e.g. the weights of a retraining that was stopped part-way, next to the older finished result
             raise ValueError(f"the checkpoint {ckpt} holds epoch {state.get('epoch')} of "
                              f"{'this' if same_run else 'another'} run, but {name}'s result selected epoch "
                              f"{run.get('best_epoch')}: retrain the pair (python -m lib run --part2 --force "
                              f"--only {name}) before the slices")
+        if acc is not None and best_acc is not None and abs(float(acc) - float(best_acc)) > 1e-9:
+            # the same epoch of a retraining that did not reproduce the result (e.g. one merged from another machine)
+            raise ValueError(f"the checkpoint {ckpt} has validation accuracy {float(acc):.4f} at epoch "
+                             f"{state.get('epoch')}, not the {float(best_acc):.4f} of {name}'s result: other weights; "
+                             f"retrain the pair (python -m lib run --part2 --force --only {name}) before the slices")
         model = build(model_name)
         model.load_state_dict(state["model"])
         model = model.to(dev)

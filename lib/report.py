@@ -1160,8 +1160,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "weight_spread": weight_spread(weights) if weights else [],
         "se_scales": se_scales(weights) if weights else None,
         "attention_spread": attention_markdown(dirs, main),
-        "part2": part2_markdown(summary, join_distinct((r.get("profile") for r in bn), empty="") or None)
-        if (summary.get("protocol") or summary.get("probe")) else None,
+        "part2": part2_markdown(summary, join_distinct((r.get("profile") for r in bn), empty="") or None) or None,
         "part2_findings": part2_findings(summary),
         "sanity": sanity_bars(table, summary, recipe_departures(p1, "CANet")) if profile == "full" else [],
         "progress": study_progress(profile, dirs, p1, bn, study) if profile == "full" else None,

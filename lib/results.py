@@ -89,15 +89,30 @@ def git_commit(root: Path | str = REPO) -> str:
         return "unknown"
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model as Linux names it ('model name' in /proc/cpuinfo), else the processor or machine type that
+    platform reports (e.g. 'x86_64')."""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def device_name(device: torch.device | str) -> str:
-    """Human name of a device: the GPU model, or the CPU with its thread count."""
+    """Human name of a device: the GPU model, or the CPU's model with its thread count (results recorded until
+    2026-11-28 name the architecture instead, 'CPU (x86_64, 2 threads)'; two CPU models' kernels round differently,
+    so a CPU run is reproduced bit for bit only on the same model)."""
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
-    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
+    return f"CPU ({cpu_model()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def environment_info(device: torch.device | str) -> dict:

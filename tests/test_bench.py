@@ -987,6 +987,22 @@ def test_device_name_gives_the_cpu_threads(monkeypatch):
     assert device_name("cpu").endswith(", 4 threads)")
 
 
+def test_cpu_model_is_read_from_cpuinfo_else_the_platform(tmp_path, monkeypatch):
+    import lib.results as R
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R)  Xeon(R) Platinum 8480+\n"
+                    "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n")
+    assert R.cpu_model(info) == "Intel(R) Xeon(R) Platinum 8480+"  # the first, whitespace collapsed
+    monkeypatch.setattr(R.platform, "processor", lambda: "")
+    monkeypatch.setattr(R.platform, "machine", lambda: "aarch64")
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # many ARM kernels name no model
+    assert R.cpu_model(info) == "aarch64" and R.cpu_model(tmp_path / "absent") == "aarch64"
+    monkeypatch.setattr(R, "cpu_model", lambda: "AMD EPYC 9654")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert device_name("cpu") == "CPU (AMD EPYC 9654, 2 threads)"
+
+
 @pytest.mark.parametrize("bench_file", gpu_bench_files(), ids=lambda p: p.stem)
 def test_readme_and_report_show_each_committed_gpu_table_as_rendered_from_its_file(bench_file, monkeypatch):
     # The README's speed table and report.md's are rendered by `python -m lib refresh` (and `report`): both must be

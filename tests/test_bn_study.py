@@ -356,6 +356,10 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, mo
     torch.save(dict(state, epoch=run["best_epoch"] + 5), run["checkpoint"])
     with pytest.raises(ValueError, match="holds epoch .* of this run, but bn-VGG_A-lr0.001-s2020's result selected"):
         S.run_slices("smoke", tiny_source, dirs, force=True)
+    # The selected epoch of a retraining that did not reproduce the result: other weights, no slice from them.
+    torch.save(dict(state, val_acc=state["val_acc"] + 0.01), run["checkpoint"])
+    with pytest.raises(ValueError, match=r"has validation accuracy .* not the .* of bn-VGG_A-lr0.001-s2020's result"):
+        S.run_slices("smoke", tiny_source, dirs, force=True)
     # A fresh clone has the results but not the weights; before the protocol there is neither: each says what to run.
     Path(run["checkpoint"]).unlink()
     with pytest.raises(FileNotFoundError, match=r"is missing \(git keeps results, not weights\): retrain the pair "

@@ -92,7 +92,8 @@ def test_the_slices_job_is_done_only_with_slices_of_the_selected_epochs(tiny_sou
     dirs = output_dirs("full", root=tmp_path)
     pair = [c for c in bn_experiments("full", source) if c.lr == 1e-3]
     for c in pair:
-        atomic_write_json(dirs.results / f"{c.name}.json", {"name": c.name, "config": c.to_dict(), "best_epoch": 7})
+        atomic_write_json(dirs.results / f"{c.name}.json", {"name": c.name, "config": c.to_dict(), "best_epoch": 7,
+                                                             "test_loss": 1.25})
     job = lambda: next(j for j in P.study_jobs(fake_bench(), source, dirs) if j.kind == "bn-slices")
     assert not job().done and job().force  # trained elsewhere, not sliced: retrain the pair (its weights) and slice
     for model in BN_MODELS:
@@ -100,9 +101,13 @@ def test_the_slices_job_is_done_only_with_slices_of_the_selected_epochs(tiny_sou
         assert cfg["checkpoint_epoch"] == 7 and cfg["num_images"] == bn_study.SLICE_IMAGES["full"]
         atomic_write_json(bn_study.slice_path(dirs, model, bn_study.BN_SEED), {"config": cfg})
     assert job().done
-    # The run retrained, another epoch selected: the slice file exists but is of other weights.
+    # The run retrained, the same epoch selected: other weights (another test loss), so the slices are not theirs.
     atomic_write_json(dirs.results / f"{pair[0].name}.json", {"name": pair[0].name, "config": pair[0].to_dict(),
-                                                                "best_epoch": 9})
+                                                                "best_epoch": 7, "test_loss": 1.5})
+    assert not job().done and job().force
+    # Another epoch selected: the slice file exists but is of other weights.
+    atomic_write_json(dirs.results / f"{pair[0].name}.json", {"name": pair[0].name, "config": pair[0].to_dict(),
+                                                                "best_epoch": 9, "test_loss": 1.25})
     assert not job().done and job().force
 
 
