@@ -655,13 +655,13 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         X = (X.float() / 255 - mean_t) / std_t
         state = read_checkpoint(ckpt)
         same_run = checkpoint_written_for(state, TrainConfig.from_dict(run["config"]))
-        acc, best_acc = state.get("val_acc"), run.get("best_val_acc")
         if not same_run or state.get("epoch") != run.get("best_epoch"):
             # e.g. the weights of a retraining that was stopped part-way, next to the older finished result
             raise ValueError(f"the checkpoint {ckpt} holds epoch {state.get('epoch')} of "
                              f"{'this' if same_run else 'another'} run, but {name}'s result selected epoch "
                              f"{run.get('best_epoch')}: retrain the pair (python -m lib run --part2 --force "
                              f"--only {name}) before the slices")
+        acc, best_acc = state.get("val_acc"), run.get("best_val_acc")
         if acc is not None and best_acc is not None and abs(float(acc) - float(best_acc)) > 1e-9:
             # the same epoch of a retraining that did not reproduce the result (e.g. one merged from another machine)
             raise ValueError(f"the checkpoint {ckpt} has validation accuracy {float(acc):.4f} at epoch "
