@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lib.config import TrainConfig
 from lib.models import build
 from lib.part1 import recipe_options
 from lib.paths import output_dirs
-from lib.train import read_checkpoint
+from lib.train import OTHER_RUN, not_the_selected_weights, read_checkpoint
 
 
 class NotTheSelectedWeights(ValueError):
@@ -59,16 +58,6 @@ def _checkpoint_candidates(result: dict, checkpoint: str | Path | None) -> list[
     return list(dict.fromkeys(paths))
 
 
-def _same_config(a: dict | None, b: dict | None) -> bool:
-    """Whether two recorded configs describe the same run (normalised through TrainConfig when possible)."""
-    if not a or not b:
-        return True  # nothing to compare against
-    try:
-        return TrainConfig.from_dict(a) == TrainConfig.from_dict(b)
-    except (TypeError, ValueError):
-        return a == b
-
-
 def load_trained(result: dict, device: str | torch.device = "cpu", checkpoint: str | Path | None = None) -> nn.Module:
     """Build result['model'] and load its best (validation-selected) checkpoint; returned in eval mode."""
     for key in ("model", "name"):
@@ -82,35 +71,16 @@ def load_trained(result: dict, device: str | torch.device = "cpu", checkpoint: s
     refused, other_run = [], False
     for path in found:  # the first that holds the weights this result selected
         state = read_checkpoint(path, device)
-        why = _not_the_selected_weights(state, result)
+        why = not_the_selected_weights(state, result)
         if why is None:
             model = build(result["model"])
             model.load_state_dict(state["model"])
             return model.to(device).eval()
         refused.append(f"{path} {why}")
-        other_run = other_run or why.startswith(_OTHER_RUN)
+        other_run = other_run or why.startswith(OTHER_RUN)
     error = ValueError if other_run else NotTheSelectedWeights
     raise error(f"no checkpoint holds the weights result {result['name']!r} selected: {'; '.join(refused)}; "
                 f"{retrain_hint(result)}")
-
-
-_OTHER_RUN = "was written by a different run"
-
-
-def _not_the_selected_weights(state: dict, result: dict) -> str | None:
-    """Why a checkpoint's state is not the one `result` selected (None when it is, as far as recorded): another
-    run's config, another epoch (a retraining stopped part-way) or another validation accuracy (a retraining that
-    did not reproduce the run)."""
-    if not _same_config(state.get("config"), result.get("config")):
-        return f"{_OTHER_RUN} (configs differ)"
-    epoch, best = state.get("epoch"), result.get("best_epoch")
-    if epoch is not None and best is not None and epoch != best:
-        return f"holds epoch {epoch}, but the result selected epoch {best} (a retraining stopped part-way?)"
-    acc, best_acc = state.get("val_acc"), result.get("best_val_acc")
-    if acc is not None and best_acc is not None and abs(float(acc) - float(best_acc)) > 1e-9:
-        return (f"has validation accuracy {float(acc):.4f}, not the result's {float(best_acc):.4f} (a retraining "
-                f"that did not reproduce the run)")
-    return None
 
 
 def trained_or_none(result: dict, device: str | torch.device = "cpu") -> nn.Module | None:

@@ -620,7 +620,7 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     """1-D slices around the protocol's best checkpoints at `lr` (both networks); writes slice-<model>-s<seed>.json."""
     from lib.data import load_cifar10, study_split, subset, to_device_tensors
     from lib.models import build
-    from lib.train import checkpoint_written_for, read_checkpoint, resolve_device
+    from lib.train import checkpoint_written_for, not_the_selected_weights, read_checkpoint, resolve_device
 
     dev = resolve_device(device)
     num_images = num_images or SLICE_IMAGES[profile]
@@ -661,12 +661,10 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
                              f"{'this' if same_run else 'another'} run, but {name}'s result selected epoch "
                              f"{run.get('best_epoch')}: retrain the pair (python -m lib run --part2 --force "
                              f"--only {name}) before the slices")
-        acc, best_acc = state.get("val_acc"), run.get("best_val_acc")
-        if acc is not None and best_acc is not None and abs(float(acc) - float(best_acc)) > 1e-9:
+        if (why := not_the_selected_weights(state, run)) is not None:
             # the same epoch of a retraining that did not reproduce the result (e.g. one merged from another machine)
-            raise ValueError(f"the checkpoint {ckpt} has validation accuracy {float(acc):.4f} at epoch "
-                             f"{state.get('epoch')}, not the {float(best_acc):.4f} of {name}'s result: other weights; "
-                             f"retrain the pair (python -m lib run --part2 --force --only {name}) before the slices")
+            raise ValueError(f"the checkpoint {ckpt} {why}, so it is not the weights of {name}'s result: retrain "
+                             f"the pair (python -m lib run --part2 --force --only {name}) before the slices")
         model = build(model_name)
         model.load_state_dict(state["model"])
         model = model.to(dev)

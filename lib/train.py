@@ -602,6 +602,35 @@ def checkpoint_written_for(state: dict, cfg: TrainConfig) -> bool:
         return False
 
 
+def _same_config(a: dict | None, b: dict | None) -> bool:
+    """Whether two recorded configs describe the same run (normalised through TrainConfig when possible)."""
+    if not a or not b:
+        return True  # nothing to compare against
+    try:
+        return TrainConfig.from_dict(a) == TrainConfig.from_dict(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+OTHER_RUN = "was written by a different run"
+
+
+def not_the_selected_weights(state: dict, result: dict) -> str | None:
+    """Why a best checkpoint's state is not the one `result` selected (None when it is, as far as recorded):
+    another run's config, another epoch (a retraining stopped part-way) or another validation accuracy (a
+    retraining that did not reproduce the run). lib.attention's figures and lib.bn_study's slices use it."""
+    if not _same_config(state.get("config"), result.get("config")):
+        return f"{OTHER_RUN} (configs differ)"
+    epoch, best = state.get("epoch"), result.get("best_epoch")
+    if epoch is not None and best is not None and epoch != best:
+        return f"holds epoch {epoch}, but the result selected epoch {best} (a retraining stopped part-way?)"
+    acc, best_acc = state.get("val_acc"), result.get("best_val_acc")
+    if acc is not None and best_acc is not None and abs(float(acc) - float(best_acc)) > 1e-9:
+        return (f"has validation accuracy {float(acc):.4f}, not the result's {float(best_acc):.4f} (a retraining "
+                f"that did not reproduce the run)")
+    return None
+
+
 def resume_epoch(cfg: TrainConfig, dirs: OutputDirs | None = None) -> int:
     """Epochs of cfg's run that train() would not repeat: those its resumable checkpoint in `dirs` holds
     (0 without one, or for one written by another config). The checkpoint is memory-mapped, not read."""
