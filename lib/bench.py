@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.bench_merge import bench_file_problem
 from lib.config import PROFILES, TrainConfig
 from lib.data import load_cifar10, canonical_source
 from lib.lanes import concurrency_lines
@@ -962,8 +963,22 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
 # Reading it: the README table and the study estimate
 
 def load_bench(bench) -> dict:
-    """A bench dict from a dict or a path."""
-    return bench if isinstance(bench, dict) else read_json(bench)
+    """A bench dict from a dict or a path; ValueError, saying why, for a file that is no bench file (a folder,
+    broken JSON, another JSON document: lib.bench_merge.bench_file_problem). A missing file: FileNotFoundError."""
+    if isinstance(bench, dict):
+        return bench
+    try:
+        data = read_json(bench)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:  # a folder, unreadable, or not JSON (json's errors are ValueErrors)
+        problem = f"{type(err).__name__}: {err.strerror if isinstance(err, OSError) and err.strerror else err}"
+    else:
+        problem = bench_file_problem(data)
+        if not problem:
+            return data
+    raise ValueError(f"{bench} cannot be read as a bench file ({problem}): name another with --out, or move it "
+                     f"aside to measure into a new one")
 
 
 def run_seconds(entry: dict, num_epochs: int) -> float:

@@ -35,6 +35,19 @@ def _is_section(value) -> bool:
     return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
 
 
+def bench_file_problem(data) -> str:
+    """What makes `data` (a bench file's parsed JSON) no bench file: '' for one (a JSON object with the device's
+    name and, for every dict in it, a section of records, 'entries' among them)."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if not isinstance(data.get("device"), str):
+        return "no 'device' name"
+    legacy = {"graph_check"}  # one record: the graph check of files written before they were per model
+    bad = [name for name, value in data.items() if isinstance(value, dict) and not _is_section(value)
+           and name not in legacy or name == "entries" and not isinstance(value, dict)]
+    return f"{', '.join(repr(b) for b in bad)} not a section of records" if bad else ""
+
+
 def merge_bench(ours: dict, theirs: dict) -> tuple[dict, list[str]]:
     """`ours` with `theirs` merged in, and what changed ('section/key: added' or 'replaced'). Both must be the
     same device's; top-level values other than record sections come from the later file ('updated')."""
@@ -63,8 +76,8 @@ def merge_bench_file(dest: Path | str, src: Path | str) -> list[str]:
     """Merge the bench file `src` into `dest` (atomic write; `dest` need not exist); returns the changes."""
     dest, src = Path(dest), Path(src)
     theirs = read_json(src)
-    if not isinstance(theirs, dict) or not isinstance(theirs.get("entries", {}), dict):
-        raise ValueError("not a bench file (a JSON object with 'device' and 'entries')")
+    if problem := bench_file_problem(theirs):
+        raise ValueError(f"not a bench file ({problem})")
     if not dest.exists():
         atomic_write_json(dest, theirs)
         return [f"{dest.name}: new file"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import os
 import sys
 import time
@@ -34,6 +35,7 @@ TRACEBACK_ENV = "CIFAR10_TRACEBACK"  # 1: let bad-input errors end in their trac
 # experiment raises ValueError; a missing file FileNotFoundError), from its own code (input_error). Other
 # exceptions, and these raised inside torch, numpy or json, are bugs.
 INPUT_ERRORS = (ValueError, FileNotFoundError)
+STUDY_PROG_ENV = "CIFAR10_STUDY_PROG"  # the name `study`'s usage and errors give it (scripts/main.sh sets its own)
 LIB_DIR = Path(__file__).resolve().parent
 PRECISION_HELP = ("the Part 1 runs' arithmetic (another configuration: a finished result of the same run in "
                   "another precision is replaced only with --force): auto, the recipe's (bf16 autocast on a GPU, "
@@ -66,26 +68,28 @@ def check_models(option: str, names, known, kind: str) -> None:
         raise ValueError(f"{option}: {', '.join(bad)} {what}; choose from {', '.join(known)}")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser,
+                publish: str = "write smoke/quick output to the committed places (results/<profile>/, "
+                               "figs/<profile>/, report.md)") -> None:
     p.add_argument("--profile", default="smoke", choices=list(PROFILES),
                    help="smoke: CI-sized; quick: reduced, CPU-friendly; full: the STUDY.md recipe (GPU)")
     p.add_argument("--data", default=None,
                    help=f"'official' (torchvision download), 'shared' (../shared JPEG copy) or a path to an "
                         f"image-folder copy / .tar.gz; default: ${SOURCE_ENV} or 'official'")
-    p.add_argument("--publish", action="store_true",
-                   help="write smoke/quick output to the committed places (results/<profile>/, figs/<profile>/, "
-                        "report.md)")
+    p.add_argument("--publish", action="store_true", help=publish)
 
 
-def whole_number(minimum: int, what: str = "must be"):
-    """An argparse type: a whole number >= minimum, else an error '<what> a whole number >= <minimum>, not ...'."""
+def whole_number(minimum: int, what: str = "must be", maximum: int | None = None):
+    """An argparse type: a whole number >= minimum (and <= maximum), else an error '<what> a whole number >=
+    <minimum>, not ...' ('from <minimum> to <maximum>' with a maximum)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{what} a whole number >= {minimum}, not {text!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"{what} a whole number {bounds}, not {text!r}")
         return value
     return parse
 
@@ -103,8 +107,17 @@ def number_above(minimum: float, inclusive: bool = False):
     return parse
 
 
-seed_number = whole_number(0, "a seed is")  # a seed names the result files (p1-<model>-s<seed>)
+# A seed names the result files (p1-<model>-s<seed>); at most 2**32 - 1, which every random generator the study
+# seeds takes (torch's, NumPy's, the DataLoader workers').
+seed_number = whole_number(0, "a seed is", maximum=2**32 - 1)
 positive_int = whole_number(1)
+
+
+def device_option(text: str) -> str:
+    """An argparse type: a device name lib.train.resolve_device takes ('auto', 'cpu', 'cuda', 'cuda:N')."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {text!r}")
+    return text
 
 
 def check_epochs(num_epochs: int | None) -> None:
@@ -228,10 +241,13 @@ def cmd_run(args) -> int:
                   max_epochs_this_call=args.max_epochs_this_call, stop_by=stop_by)
         acc = r.get("test_acc")
         print(f"{cfg.name}: {r['status']}" + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
-        if r["status"] == "incomplete" and stop_by is not None:
+        if r["status"] == "incomplete" and r.get("stopped_by") == "time_limit":
             print(f"time limit reached after {r['epochs_done']} epoch(s) of {cfg.name}"
                   + (f"; not started: {' '.join(left)}" if left else ""))
             return True
+        if r["status"] == "incomplete":  # --max-epochs-this-call: this run's share; the next run gets its own
+            print(f"  stopped by --max-epochs-this-call {args.max_epochs_this_call} after epoch {r['epochs_done']} "
+                  f"of {cfg.num_epochs}; a next call resumes it")
         return False
 
     for i, cfg in enumerate(configs):
@@ -420,6 +436,8 @@ def cmd_bench(args) -> int:
         check_models(f"--{option.replace('_', '-')}", names, list_models(), "model")
     dev = resolve_device(args.device)
     path = Path(args.out) if args.out else bench.bench_path(dev)
+    if path.exists():  # a folder or a file that is no bench file: said before anything is measured or read
+        bench.load_bench(path)
     status = 0
     for model in args.check_graphs or ():  # exit status 3 if any model's check (new or recorded) failed
         for precision in args.check_precisions:
@@ -495,8 +513,10 @@ def cmd_bench(args) -> int:
     if args.compile_choice_file:
         use(choice)
     if (args.table or args.estimate) and not path.exists():
+        committed = " ".join(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p) for p in gpu_bench_files())
         raise FileNotFoundError(f"bench file {path} does not exist: measure into it first (--models, --fast-only), "
-                                f"or name another with --out")
+                                f"or name another with --out"
+                                + (f" (this checkout's GPU measurements: --out {committed})" if committed else ""))
     if args.table:
         print(bench.bench_table(path))
     if args.estimate:
@@ -555,7 +575,7 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="retrain even when a matching result exists")
     p.add_argument("--max-epochs-this-call", type=positive_int, default=None,
                    help="stop (resumably) after this many epochs per experiment")
-    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--time-limit", type=number_above(0), default=None, metavar="SECONDS",
                    help="stop (resumably) before an epoch that would end later than SECONDS after the start "
                         "(judged by the epoch before it); the next run of the experiment resumes from there")
     p.add_argument("--spare", metavar="FILE",
@@ -569,7 +589,9 @@ def main(argv=None) -> int:
                         "would compute there and stops)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("study", help="execute the four notebooks headless in order, then render the report")
+    # scripts/main.sh names itself (STUDY_PROG_ENV), so that its --help and errors name the command a user typed
+    p = sub.add_parser("study", help="execute the four notebooks headless in order, then render the report",
+                       prog=os.environ.get(STUDY_PROG_ENV) or None)
     _add_common(p)
     p.add_argument("--notebooks", nargs="+", help="a subset, by number or name (default: 01 02 03 04)")
     p.add_argument("--seeds", nargs="+", type=seed_number, default=[0], help="Part 1 seeds (default: 0)")
@@ -602,7 +624,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("status", help="list what of a profile's study is done, resumable or missing "
                                       "(Part 1 runs, BN protocol, slices, probes, cost files); computes nothing")
-    _add_common(p)
+    _add_common(p, publish="list a smoke/quick study's committed results (results/<profile>/) instead of build/"
+                           "<profile>/ (full: always the committed ones)")
     p.add_argument("--seeds", nargs="+", type=seed_number, default=[0], help="Part 1 seeds (default: 0)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the Part 1 runs' precision, where the study was run with --precision (default: the recipe's)")
@@ -620,10 +643,13 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true",
                    help="time the torch.compile variant of the fast epoch (key <model>+compile) instead")
     p.add_argument("--data", default=None, help=f"data source as for `run` (default: ${SOURCE_ENV} or 'official')")
-    p.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cuda' or 'cpu'")
-    p.add_argument("--num-train", type=int, default=None, help="training images per epoch (default: all 45,000)")
-    p.add_argument("--num-val", type=int, default=None, help="validation images (default: all 5,000)")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the naive pipeline (default 4)")
+    p.add_argument("--device", default="auto", type=device_option,
+                   help="'auto' (cuda when available), 'cuda', 'cuda:N' or 'cpu'")
+    p.add_argument("--num-train", type=positive_int, default=None,
+                   help="training images per epoch (default: all 45,000)")
+    p.add_argument("--num-val", type=positive_int, default=None, help="validation images (default: all 5,000)")
+    p.add_argument("--workers", type=whole_number(0), default=4,
+                   help="DataLoader workers of the naive pipeline (default 4; 0: in the main process)")
     p.add_argument("--out", default=None, help="bench file (default: results/bench/<device-slug>.json)")
     p.add_argument("--check-graphs", nargs="+", metavar="MODEL",
                    help="compare CUDA-graphed and eager training steps of each MODEL (exit status 3 if they differ "
@@ -644,7 +670,7 @@ def main(argv=None) -> int:
     p.add_argument("--agreement", metavar="MODEL",
                    help="train MODEL's recipe for --epochs epochs with the naive pipeline and with lib.train, "
                         "once per --seeds seed, and compare their validation accuracy (saved in the bench file)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of --agreement (default 3)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="epochs of --agreement (default 3)")
     p.add_argument("--also-compiled", nargs="+", metavar="MODEL",
                    help="also time these torch.compile'd, against the naive epoch of the same process")
     p.add_argument("--compile-choice", action="store_true",
@@ -664,7 +690,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", action="store_true", help="print the bench file as a markdown table")
     p.add_argument("--estimate", action="store_true", help="print the full study's estimated GPU time")
     p.add_argument("--plan", nargs="+", metavar="SUBSET",
-                   help="print the unfinished experiments of SUBSET (all, part1, part2, probe or names) that fit "
+                   help="print the unfinished experiments of SUBSET (all, part1, part2, probe, costs or names) that fit "
                         "--budget seconds (scripts/gpu_full_study.sh runs the plan)")
     p.add_argument("--budget", type=number_above(0), default=480.0, help="seconds for --plan (default 480)")
     p.add_argument("--margin", type=number_above(0),

@@ -415,8 +415,12 @@ def _load_official(root: Path, download: bool) -> tuple[dict[str, np.ndarray], d
         network = isinstance(exc, (OSError, http.client.HTTPException)) and not isinstance(exc, FileNotFoundError)
         if not download:
             what = f"is not in {root} (download=False)"
-        elif network:
-            what = "could not be downloaded (no network?)"
+        elif network:  # torchvision downloads only when the copy in root fails its checksums: say so
+            found = [n for n in ("cifar-10-python.tar.gz", "cifar-10-batches-py") if (root / n).exists()]
+            what = "could not be downloaded (no network?)" + (
+                f"; {' and '.join(str(root / n) for n in found)} in {root} failed torchvision's checksums "
+                f"(incomplete or corrupt): delete {'them' if len(found) > 1 else 'it'} before copying a good "
+                f"download there" if found else "")
         else:  # torchvision found files but they are incomplete or corrupt (e.g. an interrupted download)
             what = f"in {root} is incomplete or corrupt (delete {root / 'cifar-10-batches-py'} and retry)"
         raise DataError(

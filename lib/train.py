@@ -83,12 +83,17 @@ def make_optimizer(kind: str, params, cfg: TrainConfig, lr: float, device: torch
 # Helpers
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given (clear error for a missing GPU)."""
+    """'auto' -> cuda when available, else cpu; anything else as given. ValueError (bad input, said clearly) for a
+    name torch does not know and for a CUDA device on a machine without CUDA."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available: use device='auto' or 'cpu'")
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine: use 'auto' "
+                         f"or 'cpu'")
     return dev
 
 
@@ -669,6 +674,22 @@ def overridden_result(path: Path, cfg: TrainConfig) -> list[str]:
     return [f"{k} ({recorded[k]} there, {wanted[k]} here)" for k in changed]
 
 
+def checkpoint_clash(state: dict, cfg: TrainConfig) -> tuple[list[str], bool]:
+    """How a resumable checkpoint's state, written by another configuration of cfg's run, differs from `cfg`: the
+    fields with their values there and here, and whether they are all ones the user chooses per call (the data,
+    `--num-epochs`, `--precision`), so that training cfg would throw away epochs that the same options would
+    resume (train refuses that without force). ([], False) for a checkpoint whose config cannot be read (older
+    code: stale, trained afresh)."""
+    try:
+        recorded = TrainConfig.from_dict(state["config"]).to_dict()
+    except (TypeError, ValueError, KeyError):
+        return [], False
+    wanted = cfg.to_dict()
+    changed = [k for k in wanted if recorded.get(k) != wanted[k]]
+    return ([f"{k} ({recorded.get(k)} there, {wanted[k]} here)" for k in changed],
+            bool(changed) and set(changed) <= {*OVERRIDES, "data_source"})
+
+
 def keep_advice(profile: str, results: Path, files: str = "the result file") -> str:
     """How to train a run without replacing a finished result of it in the folder `results`."""
     published = Path(output_dirs(profile, publish=True).results).resolve() == Path(results).resolve()
@@ -690,7 +711,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
 
     A finished result with the same config is reused unless `force`. An interrupted run resumes from
     its last checkpoint (model, optimiser, epoch, history; the data order is a function of (seed, epoch)).
-    `max_epochs_this_call` stops (resumably) after that many epochs and returns {'status': 'incomplete'}:
+    `max_epochs_this_call` stops (resumably) after that many epochs and returns {'status': 'incomplete',
+    'stopped_by': 'max_epochs_this_call'} ('time_limit' where `stop_by` stopped it):
     long suites can be split across sessions this way. `stop_by` (a time.perf_counter() value) stops the same
     way before an epoch that would not end by then, judged by the last epoch's time with a margin (so from
     the second epoch of a call on; none is started once stop_by has passed): the GPU runner's calls end at a
@@ -766,6 +788,18 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                 torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
             if progress:
                 print(f"[{cfg.name}] resuming after epoch {start_epoch} of {cfg.num_epochs} ({last_ckpt})")
+        else:  # another configuration's epochs: kept where the user's options chose them, else stale (older code)
+            changed, chosen = checkpoint_clash(state, cfg)
+            epochs = f"{state['epoch'] + 1} epoch(s)" if isinstance(state.get("epoch"), int) else "epochs"
+            if chosen:
+                raise ValueError(
+                    f"{last_ckpt} holds {epochs} of {cfg.name} trained with other options: "
+                    f"{', '.join(changed)}. Training this configuration would start afresh and replace them. To "
+                    f"go on with that run, use its options again; to keep it, {keep_advice(cfg.profile, last_ckpt.parent, 'the checkpoint')}; "
+                    f"or replace it with --force (notebooks: force = True)")
+            print(f"note: {last_ckpt} ({epochs}) was written by another configuration of {cfg.name}"
+                  + (f" ({', '.join(changed)})" if changed else " (older code)")
+                  + ": not resumed; this run starts at epoch 1 and replaces it")
 
     steps_per_epoch = len(train_loader)
     writer = tensorboard_writer(Path(dirs.runs) / cfg.name, purge_step=start_epoch * steps_per_epoch)
@@ -801,7 +835,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             if progress and out_of_time:
                 print(f"[{cfg.name}] stopped before epoch {epoch + 1}/{cfg.num_epochs}: it would end after the "
                       f"time limit; the next run resumes here")
-            return {"name": cfg.name, "status": "incomplete", "epochs_done": epoch}
+            return {"name": cfg.name, "status": "incomplete", "epochs_done": epoch,
+                    "stopped_by": "time_limit" if out_of_time else "max_epochs_this_call"}
         epoch_start = time.perf_counter()
         kind = optimizer_at(cfg, epoch)
         if kind != opt_kind:  # the recipe's switch: a fresh SGD starting at the lr reached so far

@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
-exec "$PY" -m lib study "$@"
+CIFAR10_STUDY_PROG="bash scripts/main.sh" exec "$PY" -m lib study "$@"  # its --help and errors name this script

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 
 import pytest
+import torch
 
 from lib import cli
 from lib.data import DataError
@@ -62,6 +63,19 @@ def test_bad_input_ends_in_one_error_line(capsys, tmp_path, monkeypatch):
     assert "unknown notebook '05'" in err
     err = input_error(capsys, ["bench", "--table", "--out", str(tmp_path / "missing.json"), "--device", "cpu"])
     assert f"bench file {tmp_path / 'missing.json'} does not exist" in err
+    # A bench file that is none: said before anything is read or measured, whatever reads it.
+    for content, why in (("{bad", "JSONDecodeError: Expecting property name"), ("[]", "a JSON list, not an object"),
+                         ('{"device": "x", "entries": 5}', "'entries' not a section of records"),
+                         ("{}", "no 'device' name")):
+        (bad := tmp_path / "bad.json").write_text(content)
+        for action in (["--table"], ["--estimate"], ["--plan", "all"], ["--models", "CANet_tiny"]):
+            err = input_error(capsys, ["bench", *action, "--out", str(bad), "--device", "cpu"])
+            assert f"{bad} cannot be read as a bench file ({why}" in err and "--out" in err, (content, action)
+    err = input_error(capsys, ["bench", "--table", "--out", str(tmp_path), "--device", "cpu"])
+    assert f"{tmp_path} cannot be read as a bench file (IsADirectoryError: Is a directory)" in err
+    if not torch.cuda.is_available():
+        err = input_error(capsys, ["bench", "--table", "--device", "cuda"])
+        assert "device 'cuda' was asked for but CUDA is not available on this machine: use 'auto' or 'cpu'" in err
 
 
 def test_offline_official_names_the_data_root(capsys, tmp_path, monkeypatch):
@@ -75,7 +89,12 @@ def test_offline_official_names_the_data_root(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR10_ROOT", str(root))
     err = input_error(capsys, ["run", "--data", "official", "--models", "CANet_tiny", "--quiet"])
     assert "could not be downloaded" in err and f"downloads the official archive into {root})" in err
-    assert "data/ folder" not in err
+    assert "data/ folder" not in err and "checksums" not in err
+    # torchvision downloads only when the copy there fails its checksums: a broken copy is named, not just the network
+    (root / "cifar-10-python.tar.gz").write_bytes(b"half a download")
+    err = input_error(capsys, ["run", "--data", "official", "--models", "CANet_tiny", "--quiet"])
+    assert (f"could not be downloaded (no network?); {root / 'cifar-10-python.tar.gz'} in {root} failed torchvision's "
+            f"checksums (incomplete or corrupt): delete it before copying a good download there") in err
 
 
 def test_missing_relative_source_names_each_path_once(capsys, tmp_path, monkeypatch):
@@ -166,9 +185,16 @@ def test_run_precision_overrides_the_part1_runs_only(capsys, tiny_source, monkey
 
 
 def test_bad_seeds_and_counts_are_refused_before_anything_runs(capsys):
-    for argv, message in ((["run", "--seeds", "-1"], "a seed is a whole number >= 0, not '-1'"),
-                          (["status", "--seeds", "x"], "a seed is a whole number >= 0, not 'x'"),
-                          (["run", "--max-epochs-this-call", "0"], "must be a whole number >= 1, not '0'")):
+    seeds = "a seed is a whole number from 0 to 4294967295"  # what every generator the study seeds takes
+    for argv, message in ((["run", "--seeds", "-1"], f"{seeds}, not '-1'"),
+                          (["status", "--seeds", "x"], f"{seeds}, not 'x'"),
+                          (["study", "--seeds", str(2**32)], f"{seeds}, not '4294967296'"),
+                          (["run", "--max-epochs-this-call", "0"], "must be a whole number >= 1, not '0'"),
+                          (["bench", "--models", "CANet", "--workers", "-1"], "--workers: must be a whole number >= 0"),
+                          (["bench", "--models", "CANet", "--num-train", "0"], "--num-train: must be a whole number >= 1"),
+                          (["bench", "--agreement", "CANet", "--epochs", "0"], "--epochs: must be a whole number >= 1"),
+                          (["bench", "--table", "--device", "gpu"], "--device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                                                                    "not 'gpu'")):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -218,6 +244,21 @@ def test_argparse_errors_are_one_line_naming_the_help(capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
         assert err.startswith("error: ") and what in err and f"`{where}` lists the options" in err
+
+
+def test_main_sh_names_itself_in_the_study_commands_errors_and_help(capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        cli.main(["study", "--bogus"])
+    assert "`python -m lib study --help` lists the options" in capsys.readouterr().err
+    monkeypatch.setenv(cli.STUDY_PROG_ENV, "bash scripts/main.sh")  # as scripts/main.sh runs it
+    with pytest.raises(SystemExit):
+        cli.main(["study", "--bogus"])
+    assert "error: unrecognized arguments: --bogus (`bash scripts/main.sh --help` lists the options)" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["study", "--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: bash scripts/main.sh [-h]")
+    assert 'CIFAR10_STUDY_PROG="bash scripts/main.sh" exec' in (REPO / "scripts" / "main.sh").read_text()
 
 
 def test_study_says_what_its_progress_bars_count_unless_verbose(capsys, monkeypatch, tmp_path):

@@ -313,7 +313,7 @@ def test_a_lane_trains_the_spare_runs_after_its_own_while_they_fit(tiny_source, 
     assert "3 training run(s) (reused ones included) in" in out and queue.read_text() == "p1-CANet-s1:5000\n"
     # Its own runs stopped by the time limit: no spare run either.
     monkeypatch.setattr(T, "train", lambda cfg, **kw: trained.append(cfg.name)
-                        or {"status": "incomplete", "epochs_done": 2})
+                        or {"status": "incomplete", "epochs_done": 2, "stopped_by": "time_limit"})
     trained.clear()
     queue.write_text("p1-ResNet18-s0:30\n")
     assert main(args + ["--time-limit", "100"]) == 0

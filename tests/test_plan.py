@@ -188,14 +188,27 @@ def test_run_starts_nothing_more_once_its_time_limit_stopped_a_run(tiny_source, 
 
     def fake_train(cfg, **kw):
         calls.append((cfg.name, kw["stop_by"] is not None))
-        return {"name": cfg.name, "status": "incomplete", "epochs_done": 3}
+        return {"name": cfg.name, "status": "incomplete", "epochs_done": 3, "stopped_by": stopped_by}
 
     monkeypatch.setattr(T, "train", fake_train)
+    stopped_by = "time_limit"
     assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet-s0",
                  "p1-CANet_tiny-s0", "--time-limit", "100", "--quiet"]) == 0
     assert calls == [("p1-CANet-s0", True)]  # the second is not started: it would overrun the call
     out = capsys.readouterr().out
     assert "time limit reached after 3 epoch(s) of p1-CANet-s0; not started: p1-CANet_tiny-s0" in out
+    # --max-epochs-this-call stopped the first, not the time limit: the second gets its epochs too.
+    calls.clear()
+    stopped_by = "max_epochs_this_call"
+    assert main(["run", "--profile", "smoke", "--data", str(tiny_source), "--only", "p1-CANet-s0",
+                 "p1-CANet_tiny-s0", "--time-limit", "100", "--max-epochs-this-call", "3", "--quiet"]) == 0
+    assert calls == [("p1-CANet-s0", True), ("p1-CANet_tiny-s0", True)]
+    out = capsys.readouterr().out
+    assert "time limit" not in out and out.count("stopped by --max-epochs-this-call 3 after epoch 3") == 2
+    for bad in ("0", "-5", "nan", "inf"):  # a limit that is no number of seconds ahead: refused before anything
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "--profile", "smoke", "--data", str(tiny_source), "--time-limit", bad])
+        assert exit_info.value.code == 2 and "--time-limit: must be a number > 0" in capsys.readouterr().err
 
 
 def test_plan_retrains_the_lr_1e3_pair_when_its_slices_are_missing(tiny_source, tmp_path):

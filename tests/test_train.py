@@ -171,6 +171,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     dirs_b = output_dirs("smoke", root=tmp_path / "b")
     part = T.train(cfg, dirs=dirs_b, progress=False, max_epochs_this_call=2)
     assert part["status"] == "incomplete" and (dirs_b.checkpoints / "tiny.last.pt").exists()
+    assert part["stopped_by"] == "max_epochs_this_call"  # not the time limit (lib run starts the next run)
     resumed = T.train(cfg, dirs=dirs_b, progress=False)
     assert [r["optimizer"] for r in full["history"]] == ["adamw"] * 3 + ["sgd"]
     assert strip_seconds(resumed["history"]) == strip_seconds(full["history"])
@@ -257,11 +258,12 @@ def test_a_time_limit_stops_resumably_and_the_next_call_goes_on(tiny_source, tmp
     dirs = output_dirs("smoke", root=tmp_path)
     assert T.resume_epoch(cfg, dirs) == 0
     assert T.train(cfg, dirs=dirs, progress=False, stop_by=time.perf_counter() - 1) == {
-        "name": "tiny", "status": "incomplete", "epochs_done": 0}  # out of time before it began: nothing run
+        "name": "tiny", "status": "incomplete", "epochs_done": 0,
+        "stopped_by": "time_limit"}  # out of time before it began: nothing run
     # An hour left, but an epoch is judged to need more (its time x STOP_MARGIN + the reserve): stop after one.
     monkeypatch.setattr(T, "STOP_RESERVE_S", 3600.0)
     part = T.train(cfg, dirs=dirs, progress=False, stop_by=time.perf_counter() + 3600)
-    assert part == {"name": "tiny", "status": "incomplete", "epochs_done": 1}
+    assert part == {"name": "tiny", "status": "incomplete", "epochs_done": 1, "stopped_by": "time_limit"}
     assert T.resume_epoch(cfg, dirs) == 1 and T.resume_epoch(cfg.replace(seed=1), dirs) == 0
     assert not (dirs.results / "tiny.json").exists()
     done = T.train(cfg, dirs=dirs, progress=False, stop_by=time.perf_counter() + 3600)  # the last epoch: no stop
@@ -270,6 +272,28 @@ def test_a_time_limit_stops_resumably_and_the_next_call_goes_on(tiny_source, tmp
     monkeypatch.setattr(T, "STOP_RESERVE_S", 10.0)
     later = T.train(cfg.replace(seed=1), dirs=dirs, progress=False, stop_by=time.perf_counter() + 3600)
     assert later["status"] == "ok" and len(later["history"]) == 2  # a limit far away changes nothing
+
+
+def test_a_checkpoint_of_other_options_is_kept_and_a_stale_one_replaced_with_a_note(tiny_source, tmp_path, capsys):
+    cfg = tiny_cfg(tiny_source, num_epochs=2)
+    dirs = output_dirs("smoke", root=tmp_path)
+    T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)
+    ckpt = dirs.checkpoints / "tiny.last.pt"
+    before = ckpt.read_bytes()
+    # Other epochs (--num-epochs) or precision: the user's options, whose epochs the same options would resume.
+    with pytest.raises(ValueError, match=r"holds 1 epoch\(s\) of tiny trained with other options: num_epochs \(2 "
+                                         r"there, 3 here\).*use its options again.*--force"):
+        T.train(cfg.replace(num_epochs=3), dirs=dirs, progress=False)
+    assert ckpt.read_bytes() == before and T.resume_epoch(cfg, dirs) == 1 and not (dirs.results / "tiny.json").exists()
+    # Anything else (here the learning rate: older code or another recipe): stale, replaced, and said so.
+    capsys.readouterr()
+    fresh = T.train(cfg.replace(lr=cfg.lr / 2), dirs=dirs, progress=False)
+    assert fresh["status"] == "ok" and len(fresh["history"]) == 2
+    assert f"note: {ckpt} (1 epoch(s)) was written by another configuration of tiny (lr (" in capsys.readouterr().out
+    # With force, the user's other options replace the checkpoint too.
+    T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)
+    forced = T.train(cfg.replace(num_epochs=3), dirs=dirs, progress=False, force=True, max_epochs_this_call=1)
+    assert forced["status"] == "incomplete" and T.resume_epoch(cfg.replace(num_epochs=3), dirs) == 1
 
 
 def test_resumed_result_records_the_commit_it_started_with(tiny_source, tmp_path, monkeypatch):
