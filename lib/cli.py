@@ -356,9 +356,15 @@ def cmd_report(args) -> int:
     """Render report.md from the result files of a profile (no training)."""
     from lib.report import render_report
 
+    from lib.report import published_profile
+
     dirs = output_dirs(args.profile, publish=args.publish or None)
     note_published(args, dirs)
+    before = published_profile(dirs.report)
     print(f"report: {render_report(args.profile, dirs)}")
+    if before not in (None, args.profile):  # the committed report.md of another profile: say how to get it back
+        print(f"note: {dirs.report} was the {before} profile's report; `python -m lib report --profile {before}"
+              f"{'' if before == 'full' else ' --publish'}` renders it again")
     return 0
 
 

@@ -794,6 +794,23 @@ def test_refresh_renders_the_report_in_its_published_profile_and_needs_a_rendere
     assert (tmp_path / "report.md").read_text() != rendered and "ResNet18" in (tmp_path / "report.md").read_text()
 
 
+def test_report_of_another_profile_over_the_committed_one_says_how_to_get_it_back(tmp_path, monkeypatch, capsys):
+    from lib import cli
+
+    monkeypatch.setattr(cli, "output_dirs", lambda profile, publish=None: output_dirs(profile, publish, root=tmp_path))
+    for profile in ("quick", "smoke"):
+        result = p1_result("CANet", 0, 0.5)
+        atomic_write_json(Path(output_dirs(profile, True, tmp_path).results) / f"{result['name']}.json", result)
+    assert cli.main(["report", "--profile", "quick", "--publish"]) == 0
+    assert "note:" not in capsys.readouterr().out  # no report there before
+    assert cli.main(["report", "--profile", "smoke", "--publish"]) == 0
+    assert published_profile(tmp_path / "report.md") == "smoke"
+    assert (f"note: {tmp_path / 'report.md'} was the quick profile's report; `python -m lib report --profile quick "
+            f"--publish` renders it again") in capsys.readouterr().out
+    assert cli.main(["report", "--profile", "smoke", "--publish"]) == 0
+    assert "note:" not in capsys.readouterr().out  # the same profile again
+
+
 def test_each_figure_note_is_shown_under_its_figures_in_the_report_and_the_notebooks(tmp_path):
     """One text per figure (lib.figure_notes), shown by both the report and the notebooks, and in the report only
     under figures that were drawn."""
