@@ -1288,7 +1288,8 @@ def bench_table(bench) -> str:
               "- Fast: lib.train's epoch (training + validation), warm (after a whole untimed epoch), CANet's blocks "
               "merged.",
               "- Speed-up: naive s/epoch / fast s/epoch, both without bookkeeping and one-off costs, which are shown "
-              "apart; one epoch each, in one process (naive epochs of one model varied 1.1-1.2x between calls). "
+              "apart; one epoch each, in one process (a naive epoch of one model varies between calls: the call "
+              "logs in results/bench/logs/ hold each call's). "
               "Fast images/s: training images / fast s/epoch (validation included).",
               "- Targets: the project's goals for its GPU path, set for one H100: an epoch of CANet at least "
               f"{RATIO_TARGETS['CANet']:g}x as fast as the naive one, of CANet_tiny at least "

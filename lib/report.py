@@ -411,7 +411,7 @@ def attention_markdown(dirs: OutputDirs, main: dict | None) -> str | None:
                 f"less than SA's map (the median over the {len(ratios)} blocks; {min(ratios):.0f}x to "
                 f"{max(ratios):.0f}x)." if ratios else "")
     return (f"How much each gate varies within one image (max - min, the mean over {rec['num_images']} test images "
-            f"of {rec['run']}, the validation-selected epoch {rec['best_epoch']}, eval mode):\n\n{table}\n\n"
+            f"of {rec['run']}, the validation-selected epoch {rec['best_epoch'] + 1} (counting from 1), eval mode):\n\n{table}\n\n"
             f"*data: {rec.get('data')} | profile: {rec.get('profile')} | device: {rec.get('device')}*{sentence}")
 
 

@@ -199,7 +199,7 @@ def test_the_attention_spread_of_the_main_run_is_tabled(study_dirs):
     atomic_write_json(path, record)
     text = render_report("quick", study_dirs).read_text()
     assert ("How much each gate varies within one image (max - min, the mean over 256 test images of p1-CANet-s0, the "
-            "validation-selected epoch 2, eval mode):") in text
+            "validation-selected epoch 3 (counting from 1), eval mode):") in text  # best_epoch counts from 0
     assert "| 1 | 0.5 | 0.025 | 0.3 | 0.01 |" in text
     assert ("Within an image, the gate the block's output puts on path a varies 20x less than SA's map (the median "
             "over the 3 blocks; 10x to 40x).") in text
