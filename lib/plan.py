@@ -22,6 +22,7 @@ from lib.experiments import bn_experiments
 from lib.part1 import configs as part1_configs
 from lib.paths import OutputDirs, output_dirs
 from lib.results import read_json, reusable_result
+from lib.train import kept_checkpoint
 
 # Planning a time budget: estimates are multiplied by PLAN_MARGIN, and every process started for a plan
 # line (python start, imports, TensorBoard, data from the cache) is allowed STEP_STARTUP_S.
@@ -503,6 +504,8 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
             return "damaged", name, damaged
         if epochs_done:
             return "partial", name, f"{epochs_done} of {configs[name].num_epochs} epochs in its checkpoint here"
+        if kept := kept_checkpoint(configs[name], dirs):  # `lib run` with these options stops at it
+            return "missing", name, f"{kept}: give those options to go on with it, or --force to start over"
         return "missing", name, unusable_result(Path(dirs.results) / f"{name}.json", configs[name]) if details else ""
 
     out = []

@@ -690,6 +690,29 @@ def checkpoint_clash(state: dict, cfg: TrainConfig) -> tuple[list[str], bool]:
             bool(changed) and set(changed) <= {*OVERRIDES, "data_source"})
 
 
+def clash_summary(path: Path, state: dict, cfg: TrainConfig) -> str:
+    """'' unless `state`, the resumable checkpoint of cfg's run at `path`, was written with other options the user
+    chooses per call (checkpoint_clash): then '<path> holds N epoch(s) of <run> trained with other options: ...'."""
+    changed, chosen = checkpoint_clash(state, cfg)
+    return (f"{path} holds {_epochs_in(state)} of {cfg.name} trained with other options: {', '.join(changed)}"
+            if chosen else "")
+
+
+def _epochs_in(state: dict) -> str:
+    """'N epoch(s)' of a resumable checkpoint's state."""
+    return f"{state['epoch'] + 1} epoch(s)" if isinstance(state.get("epoch"), int) else "epochs"
+
+
+def kept_checkpoint(cfg: TrainConfig, dirs: OutputDirs) -> str:
+    """clash_summary of cfg's resumable checkpoint in `dirs` ('' without one, or for one that cannot be read): the
+    epochs that train(cfg) without force keeps rather than starting over (`lib status` says so)."""
+    path = Path(dirs.checkpoints) / f"{cfg.name}.last.pt"
+    try:
+        return clash_summary(path, read_checkpoint(path, mmap=True), cfg) if path.exists() else ""
+    except ValueError:  # damaged: resume_epoch's callers say so
+        return ""
+
+
 def keep_advice(profile: str, results: Path, files: str = "the result file") -> str:
     """How to train a run without replacing a finished result of it in the folder `results`."""
     published = Path(output_dirs(profile, publish=True).results).resolve() == Path(results).resolve()
@@ -788,16 +811,14 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                 torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
             if progress:
                 print(f"[{cfg.name}] resuming after epoch {start_epoch} of {cfg.num_epochs} ({last_ckpt})")
-        else:  # another configuration's epochs: kept where the user's options chose them, else stale (older code)
-            changed, chosen = checkpoint_clash(state, cfg)
-            epochs = f"{state['epoch'] + 1} epoch(s)" if isinstance(state.get("epoch"), int) else "epochs"
-            if chosen:
-                raise ValueError(
-                    f"{last_ckpt} holds {epochs} of {cfg.name} trained with other options: "
-                    f"{', '.join(changed)}. Training this configuration would start afresh and replace them. To "
-                    f"go on with that run, use its options again; to keep it, {keep_advice(cfg.profile, last_ckpt.parent, 'the checkpoint')}; "
-                    f"or replace it with --force (notebooks: force = True)")
-            print(f"note: {last_ckpt} ({epochs}) was written by another configuration of {cfg.name}"
+        elif clash := clash_summary(last_ckpt, state, cfg):  # the user's other options: their epochs are kept
+            raise ValueError(f"{clash}. Training this configuration would start afresh and replace them. To go on "
+                             f"with that run, use its options again; to keep it, "
+                             f"{keep_advice(cfg.profile, last_ckpt.parent, 'the checkpoint')}; or replace it with "
+                             f"--force (notebooks: force = True)")
+        else:  # another configuration otherwise: stale (older code or recipe), replaced
+            changed, _ = checkpoint_clash(state, cfg)
+            print(f"note: {last_ckpt} ({_epochs_in(state)}) was written by another configuration of {cfg.name}"
                   + (f" ({', '.join(changed)})" if changed else " (older code)")
                   + ": not resumed; this run starts at epoch 1 and replaces it")
 

@@ -311,6 +311,12 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     # A study run with --num-epochs / --precision: its own Part 1 configurations (the finished run is another one).
     rows = {name: state for state, name, _ in P.study_status("smoke", source, dirs, num_epochs=1)}
     assert rows["p1-CANet_tiny-s0"] == "missing" and rows["bn-VGG_A-lr0.001-s2020"] == "done"
+    # ... whose run stops at a checkpoint of the profile's epochs (lib.train keeps it): said, with what to do.
+    canet = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs, num_epochs=1)}
+    assert canet[cfg.name] == ("missing", f"{Path(dirs.checkpoints) / 'p1-CANet-s0.last.pt'} holds 1 epoch(s) of "
+                                          f"p1-CANet-s0 trained with other options: num_epochs "
+                                          f"({PROFILES['smoke'].num_epochs} there, 1 here): give those options to go "
+                                          f"on with it, or --force to start over")
     write_finished(dirs, part1_config("CANet_tiny", "smoke", source, precision="bf16", num_epochs=1))
     assert ("done", "p1-CANet_tiny-s0", "") in P.study_status("smoke", source, dirs, precision="bf16", num_epochs=1)
     # A finished run's line says what it reached, where and how long it trained.
