@@ -170,20 +170,29 @@ def attention_path(dirs, result: dict) -> Path:
 
 
 def save_attention_spread(model: nn.Module, result: dict, dirs, num_images: int = ATTENTION_IMAGES,
-                          batch_size: int = 64) -> dict:
+                          batch_size: int = 64, force: bool = False) -> dict:
     """attention_spread of `model` (the validation-selected weights of `result`'s run, load_trained) on
     `num_images` test images (lib.part1.sample_test_images), in batches, written to attention_path (atomic) for
-    the report; returns the record written."""
+    the report; returns the record written. A record there of the same run, selected epoch and number of images
+    is returned as it is, unless `force`: the weights are that epoch's (load_trained checks it), so a notebook
+    re-rendered from the committed study does not rewrite the committed record (nor its commit)."""
     from lib import part1
     from lib.augment import to_float_normalized
-    from lib.results import atomic_write_json, environment_info
+    from lib.results import atomic_write_json, environment_info, read_json
 
+    path = attention_path(dirs, result)
+    try:
+        known = read_json(path) if not force and path.exists() else None
+    except (OSError, ValueError):  # unreadable: measured again
+        known = None
+    if isinstance(known, dict) and known.get("blocks") and (known.get("run"), known.get("best_epoch"), known.get(
+            "num_images")) == (result["name"], result.get("best_epoch"), num_images):
+        return known
     X, _ = part1.sample_test_images(result, n=num_images)
     x = to_float_normalized(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous(), *part1.normalization(result))
     parts = [attention_maps(model, chunk) for chunk in x.split(batch_size)]
     maps = {k: [torch.cat([p[k][i] for p in parts]) for i in range(len(parts[0][k]))]
             for k in ("sa", "gate_a", "se", "gate_b")}
-    path = attention_path(dirs, result)
     record = {"name": path.stem, "run": result["name"], "model": result["model"],
               "profile": result.get("profile"), "best_epoch": result.get("best_epoch"), "num_images": len(X),
               "data": (result.get("data") or {}).get("label"), "blocks": attention_spread(maps),

@@ -67,8 +67,8 @@ def _how_to_get_data(root: Path | None = None) -> str:
     """The end of every missing-data message, naming the folder the official download goes to (`root`)."""
     return (f"To get the data: run once with internet access (torchvision downloads the official archive into "
             f"{root or _default_root()}), or copy such a download there (or set {ROOT_ENV} to the folder that "
-            f"holds one), or point {SOURCE_ENV} (or the --data option) at an image-folder copy, for example "
-            f"../shared/data/cifar10-jpeg75.tar.gz (`{SOURCE_ENV}=shared`).")
+            f"holds one), or point {SOURCE_ENV} (or the --data option; in a notebook, the first cell's data_source) at an "
+            f"image-folder copy, for example ../shared/data/cifar10-jpeg75.tar.gz (`{SOURCE_ENV}=shared`).")
 
 
 class DataError(ValueError):

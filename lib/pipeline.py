@@ -84,8 +84,9 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
     loss slices and probe runs. Notebook 03 computes nothing of the kind: it shows a run that exists, or fails
     saying which is missing."""
     from lib import part1
-    from lib.plan import gpu_cost_file, select_jobs, study_jobs
+    from lib.plan import gpu_cost_file, select_jobs, source_name, study_jobs
     from lib.config import TrainConfig
+    from lib.experiments import bn_experiments
     from lib.results import reusable_result
 
     extra = extra_params or {}
@@ -99,8 +100,17 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
         elif profile == GPU_PROFILE:
             missing += [f"cost-{m}" for m in models["02"] if force or not gpu_cost_file(dirs, m)]
     if any(name.startswith("04") for name in names):
-        jobs = select_jobs(study_jobs(None, source, dirs, seeds, profile), ["part2", "probe"])
-        missing += [n for j in jobs if force or not j.done for n in j.names]
+        from lib import bn_study
+
+        for job in select_jobs(study_jobs(None, source, dirs, seeds, profile), ["part2", "probe"]):
+            if job.kind == "bn-slices" and not force and not job.done:  # per run, then the slices themselves
+                pair = [c for c in bn_experiments(profile, source_name(source)) if c.name in job.names]
+                missing += [c.name for c in pair
+                            if reusable_result(Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None]
+                slices = bn_study.slices_done(profile, source_name(source), dirs, pair[0].lr, pair[0].seed)
+                missing += [] if slices else ["loss slices"]
+            elif force or not job.done:
+                missing += list(job.names)
     return missing
 
 

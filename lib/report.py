@@ -43,7 +43,8 @@ ORIGINAL_REPORT = {
                "ShuffleNetV2": 352_042, "MobileNetV2": 2_236_682, "ResNet18": 11_173_962,
                "ResNet34": 21_282_122, "VGG11": 128_807_306, "VGG_A": 9_750_922, "VGG_A_BN": 9_756_426},
     "bn_best_val_acc_lr1e-3": {"VGG_A": 75.81, "VGG_A_BN": 84.29},
-    "setting": "one run per model, one seed, official CIFAR-10, 70 epochs; Part 2: 50 epochs",
+    "setting": "one run per model, one seed, official CIFAR-10, 70 epochs",  # Part 1's
+    "bn_setting": "one run per network and learning rate, official CIFAR-10, 50 epochs",  # Part 2's
 }
 NOT_RUN = "not run"
 # What a run's precision setting (lib.config.PRECISIONS) computes, in the report's words.
@@ -820,7 +821,8 @@ def part2_findings(summary: dict) -> list[str]:
     if va is not None and vb is not None:
         out.append(f"At lr 1e-3 the best validation accuracy is {fmt_pct(vb)} with BN and {fmt_pct(va)} without "
                    f"({100 * (vb - va):+.2f} points with BN: {direction(vb, va, 'higher', 'lower')}; one run per "
-                   f"setting, so this is not a test of significance). The original report: "
+                   f"setting, so this is not a test of significance). The original report "
+                   f"({ORIGINAL_REPORT['bn_setting']}): "
                    f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A_BN']:.2f}% with BN, "
                    f"{ORIGINAL_REPORT['bn_best_val_acc_lr1e-3']['VGG_A']:.2f}% without"
                    + unlike_original(join_distinct((e.get("profile") for e in (a, b)), ""),

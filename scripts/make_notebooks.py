@@ -11,11 +11,12 @@ from lib.figure_notes import NOTES  # noqa: E402  (the figures' reading notes, s
 
 REPO = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
 
-COMMON_PARAMS = '''profile = "smoke"  # smoke: CI-sized, seconds | quick: reduced, CPU-friendly | full: the STUDY.md recipe (GPU)
-data_source = None  # None: $CIFAR10_SOURCE or 'official'; 'shared': the JPEG-q75 copy; or a folder / .tar.gz path
+COMMON_PARAMS = '''profile = "smoke"  # smoke: CI-sized (minutes on a CPU) | quick: reduced, CPU-friendly | full: the STUDY.md recipe (GPU)
+data_source = None  # None: $CIFAR10_SOURCE or 'official' (a download); 'shared': the JPEG-q75 copy; or a folder / .tar.gz
 publish = False  # True: write to the committed results/<profile>/, figs/[<profile>/] and report.md
 root = None  # None: this repository; a folder relocates every output (the tests use this)
-reuse_only = None  # True: compute nothing, stop naming what has no matching result; None: $CIFAR10_REUSE_ONLY'''
+reuse_only = None  # True: compute nothing, stop naming what has no matching result; False: off; None: unchanged
+#   in this kernel ($CIFAR10_REUSE_ONLY at first): after True, set False (not None) to turn it off'''
 
 SETUP_HEAD = '''import sys
 from pathlib import Path
@@ -186,7 +187,8 @@ unit_transform weights, attention maps on real test images, per-class accuracy a
 `data_source = "shared"` and `publish = True`, keeping `model = None` and `seed = None` (the run notebook 01
 recorded in `results/quick/part1-main.json`: CANet, seed 0). The filters and attention maps need that run's
 checkpoint (`checkpoints/quick/p1-CANet-s0.pt`), which git does not track: it exists only where the study was
-trained. Without it (a fresh clone) those two cells say so and draw nothing, and the others draw from the
+trained. Without it (a fresh clone) the three cells that need it (filters, attention maps, their spread) say so
+and draw nothing, and the others draw from the
 result files; `python -m lib run --profile quick --data shared --models CANet --seeds 0` trains the run again
 into `build/quick/` (30-65 min on a 2-core CPU; the committed result is left alone): `publish = False` then
 shows that run, and `publish = True` uses its weights only if they reproduce the committed run (the same selected
@@ -216,12 +218,17 @@ if net is not None:
     X, y = part1.sample_test_images(result, n=64)  # a pool; the figure picks distinct classes from it
     for path in plot_attention(net, X, y, dirs.figs, *part1.normalization(result), n_images=num_images,
                                subtitle=caption, model_name=result["model"]):
-        display(Image(filename=path))'''),
+        display(Image(filename=path))
+else:
+    print("Skipped: the attention maps need the trained weights (see the filters cell above).")'''),
     md('''How much each gate varies within one image, per block, on 256 test images (max - min, the mean over the
 images): SA's map and the gate the block's output puts on path a (U's output, averaged over channels), SE's
 weights over channels and the gate on path b (averaged over positions). Saved for the report.'''),
     code('''if net is not None:
-    display(pd.DataFrame(save_attention_spread(net, result, dirs)["blocks"]).set_index("block").round(4))'''),
+    display(pd.DataFrame(save_attention_spread(net, result, dirs)["blocks"]).set_index("block").round(4))
+else:
+    print("Skipped: the spread needs the trained weights (see the filters cell above); the report shows the "
+          "committed record, if any.")'''),
     md('''## Per-class accuracy and the confusion matrix (test set)'''),
     code('''part1.per_class_frame(result)'''),
     md(NOTES["p1_confusion"]),

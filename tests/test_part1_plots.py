@@ -95,7 +95,7 @@ def test_attention_spread_is_recorded_for_the_report(tiny, tiny_source, tmp_path
     from lib.attention import attention_path, attention_spread, save_attention_spread
     from lib.experiments import part1_config
     from lib.paths import output_dirs
-    from lib.results import read_json
+    from lib.results import atomic_write_json, read_json
 
     maps = {"sa": [torch.tensor([[[0.2, 0.9]], [[0.5, 0.5]]])], "gate_a": [torch.tensor([[[0.5, 0.52]], [[0.4, 0.5]]])],
             "se": [torch.tensor([[0.1, 0.3, 0.2], [0.0, 1.0, 0.5]])], "gate_b": [torch.tensor([[0.5, 0.5], [0.1, 0.2]])]}
@@ -120,7 +120,12 @@ def test_attention_spread_is_recorded_for_the_report(tiny, tiny_source, tmp_path
 
     X, _ = part1.sample_test_images(result, n=20)
     x = to_float_normalized(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous(), *NORMS["imagenet"])
-    batched = save_attention_spread(tiny, result, dirs, num_images=20, batch_size=6)["blocks"]
+    # A record of the same run, epoch and images is reused (a re-render rewrites nothing); force measures again.
+    atomic_write_json(path, dict(rec, device="elsewhere"))
+    assert save_attention_spread(tiny, result, dirs, num_images=20) == dict(rec, device="elsewhere")
+    assert save_attention_spread(tiny, result, dirs, num_images=10)["num_images"] == 10  # other images: measured
+    assert save_attention_spread(tiny, dict(result, best_epoch=2), dirs, num_images=10)["best_epoch"] == 2
+    batched = save_attention_spread(tiny, result, dirs, num_images=20, batch_size=6, force=True)["blocks"]
     for a, b in zip(batched, attention_spread(attention_maps(tiny, x))):
         assert a == pytest.approx(b, rel=1e-5)
 
