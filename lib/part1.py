@@ -206,24 +206,43 @@ def headline(result: dict) -> str:
 
 # --------------------------------------------------------------------------------------------- tables for the notebooks
 
-RUN_COLUMNS = ("name", "status", "best_val_acc", "test_acc", "train_seconds")
+RUN_COLUMNS = {"name": "run", "status": "status", "best_val_acc": "best val acc (%)", "test_acc": "test acc (%)",
+               "train_seconds": "training (s)"}  # result field: the notebook table's column
+PERCENT_FIELDS = ("best_val_acc", "test_acc", "train_acc", "val_acc")  # fractions in the result files
+
+
+def _readable(df, rename: dict[str, str]):
+    """`df` as the notebooks show it: accuracies in percent (2 decimals), losses to 4 decimals, seconds to 1,
+    columns renamed by `rename` (fields not in it keep their names)."""
+    df = df.copy()
+    for col in df.columns:
+        if col in PERCENT_FIELDS:
+            df[col] = (df[col].astype(float) * 100).round(2)
+        elif col.endswith("loss"):
+            df[col] = df[col].astype(float).round(4)
+        elif col.endswith("seconds"):
+            df[col] = df[col].astype(float).round(1)
+    return df.rename(columns=rename)
 
 
 def runs_frame(results: Sequence[dict]):
-    """One row per run: name, status, best validation and test accuracy, training seconds."""
+    """One row per run: name, status, best validation and test accuracy (%), training seconds."""
     import pandas as pd
 
-    return pd.DataFrame([{k: r.get(k) for k in RUN_COLUMNS} for r in results], columns=list(RUN_COLUMNS))
+    df = pd.DataFrame([{k: r.get(k) for k in RUN_COLUMNS} for r in results], columns=list(RUN_COLUMNS))
+    return _readable(df, RUN_COLUMNS)
 
 
 def history_frame(result: dict):
-    """The run's per-epoch history (lr, optimiser, train / validation loss and accuracy, seconds), by epoch
+    """The run's per-epoch history (lr, optimiser, train / validation loss and accuracy in %, seconds), by epoch
     counted from 1 as the report and the figures count them (result files store them from 0)."""
     import pandas as pd
 
     df = pd.DataFrame(result["history"])
     df["epoch"] += 1
-    return df.set_index("epoch")
+    names = {"train_loss": "train loss", "train_acc": "train acc (%)", "val_loss": "val loss",
+             "val_acc": "val acc (%)", "seconds": "seconds"}
+    return _readable(df.set_index("epoch"), names)
 
 
 def per_class_frame(result: dict):

@@ -95,7 +95,9 @@ from lib.data import canonical_source
 from lib.part1_plots import plot_training_curves
 from lib.paths import output_dirs
 from lib.train import model_summary'''),
-    md('''## The configuration (the recipe, sized by the profile)'''),
+    md('''## The configuration (the recipe, sized by the profile)
+
+The first seed's run; the runs of the other seeds in `seeds` differ only in `seed`.'''),
     code('''cfg = part1.configs(profile, source, [model], seeds, num_epochs, precision)[0]
 pd.Series(cfg.to_dict(), dtype=object).to_frame("value")'''),
     md('''## Architecture: the torchinfo summary'''),
@@ -108,7 +110,8 @@ part1.mark_main(dirs, result);  # notebook 03 and the report visualise this run 
     md('''## Training curves: learning rate, train / validation loss, validation accuracy'''),
     md(NOTES["p1_curves"]),
     code('''display(Image(filename=plot_training_curves(result, dirs.figs)))'''),
-    code('''part1.history_frame(result)'''),
+    code('''print(f"{result['name']}, epoch by epoch (accuracies in %; epochs counted from 1):")
+part1.history_frame(result)'''),
     md('''## Test accuracy of the model selected on validation accuracy'''),
     code('''for r in results:
     print(part1.headline(r))'''),
@@ -152,14 +155,13 @@ models = list(models or PART1_MODELS)'''),
 part1.runs_frame(results)'''),
     md('''## Cost: FLOPs per image, parameters, inference images/s'''),
     code('''costs = part1.compute_costs(dirs, models, batch_size=cost_batch, iters=cost_iters)
-pd.DataFrame(costs).set_index("model")'''),
+pd.DataFrame(costs).set_index("model").round(1)'''),
     md('''## The comparison table
 
 All Part 1 results of these models in the results folder (every seed present), sorted by parameters.'''),
     code('''all_results = part1.load_results(dirs, models=models)
 cost_files = part1.load_costs(dirs)
-table = part1.part1_table(dirs, results=all_results, costs=cost_files)
-table'''),
+table = part1.part1_table(dirs, results=all_results, costs=cost_files)  # a DataFrame, shown below as Markdown'''),
     code('''display(Markdown(report.comparison_markdown(table, all_results, cost_files)))'''),
     md('''## Who wins? Only what the seeds support'''),
     code('''for sentence in report.ranking(table):

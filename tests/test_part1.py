@@ -122,11 +122,13 @@ def test_with_costs_joins_the_cost_file_and_the_median_epoch_throughput(dirs):
 def test_notebook_tables_hold_the_result_values():
     r = fake_result("CANet_tiny", test_acc=0.625)
     runs = part1.runs_frame([r, dict(fake_result("ResNet18"), test_acc=None)])
-    assert list(runs.columns) == list(part1.RUN_COLUMNS) and runs["test_acc"].tolist()[0] == 0.625
-    assert runs["test_acc"].isna().tolist() == [False, True]
+    assert list(runs.columns) == list(part1.RUN_COLUMNS.values()) and runs["test acc (%)"].tolist()[0] == 62.5
+    assert runs["test acc (%)"].isna().tolist() == [False, True] and runs["run"].tolist()[0] == r["name"]
     history = part1.history_frame(r)
     assert history.index.tolist() == [1, 2, 3]  # counted from 1, as in the report and the figures
-    assert history.loc[3, "val_acc"] == pytest.approx(r["history"][2]["val_acc"])
+    assert history.loc[3, "val acc (%)"] == pytest.approx(round(100 * r["history"][2]["val_acc"], 2))
+    assert history.loc[3, "val loss"] == pytest.approx(round(r["history"][2]["val_loss"], 4))
+    assert history.loc[3, "lr"] == r["history"][2]["lr"] and "optimizer" in history.columns
     per_class = part1.per_class_frame(r)
     assert per_class.index.tolist() == list(CLASSES)
     assert per_class["test accuracy (%)"].tolist() == pytest.approx([10.0 * i for i in range(10)])
@@ -134,4 +136,4 @@ def test_notebook_tables_hold_the_result_values():
         part1.per_class_frame(dict(r, per_class_acc=None, status="diverged"))
     assert part1.normalization(r) == NORMS["imagenet"]
     assert part1.normalization(fake_result("CANet_tiny", norm="half")) == NORMS["half"]
-    assert list(history.columns) == ["lr", "optimizer", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+    assert list(history.columns) == ["lr", "optimizer", "train loss", "train acc (%)", "val loss", "val acc (%)", "seconds"]
