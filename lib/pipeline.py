@@ -100,15 +100,14 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
         elif profile == GPU_PROFILE:
             missing += [f"cost-{m}" for m in models["02"] if force or not gpu_cost_file(dirs, m)]
     if any(name.startswith("04") for name in names):
-        from lib import bn_study
-
         for job in select_jobs(study_jobs(None, source, dirs, seeds, profile), ["part2", "probe"]):
-            if job.kind == "bn-slices" and not force and not job.done:  # per run, then the slices themselves
-                pair = [c for c in bn_experiments(profile, source_name(source)) if c.name in job.names]
-                missing += [c.name for c in pair
-                            if reusable_result(Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None]
-                slices = bn_study.slices_done(profile, source_name(source), dirs, pair[0].lr, pair[0].seed)
-                missing += [] if slices else ["loss slices"]
+            # The lr-1e-3 pair: its runs without a result (none where the job only lacks the slices: job.force),
+            # then the slices, which are never done while a run of the pair is not (they start from its result).
+            if job.kind == "bn-slices" and not force and not job.done:
+                pair = [] if job.force else [c for c in bn_experiments(profile, source_name(source))
+                                             if c.name in job.names]
+                missing += [c.name for c in pair if reusable_result(
+                    Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None] + ["loss slices"]
             elif force or not job.done:
                 missing += list(job.names)
     return missing
