@@ -69,7 +69,7 @@ from lib.models import CANET_VARIANTS, PART1_MODELS, last_linear, revision, set_
 from lib.models.canet import blocks_merged, merged_on_cuda
 from lib.naive import NAIVE_VAL_EVERY, NAIVE_VAL_TRANSFORMS, naive_epoch, naive_run
 from lib.paths import REPO, output_dirs
-from lib.results import atomic_write_json, device_name, read_json
+from lib.results import atomic_write_json, device_name, read_json, unreadable_why
 from lib.train import backend_flags, sync
 
 # Speed-up targets of the issue (naive / fast epoch time on one H100).
@@ -972,7 +972,7 @@ def load_bench(bench) -> dict:
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:  # a folder, unreadable, or not JSON (json's errors are ValueErrors)
-        problem = f"{type(err).__name__}: {err.strerror if isinstance(err, OSError) and err.strerror else err}"
+        problem = unreadable_why(err)
     else:
         problem = bench_file_problem(data)
         if not problem:

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from lib.config import NORMS, TrainConfig, get_profile
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
 from lib.paths import OutputDirs
-from lib.results import (atomic_write_json, environment_info, forced_names, read_json, refuse_if_reuse_only,
-                         reusable_result, say_reused)
+from lib.results import (atomic_write_json, environment_info, forced_names, read_json, read_json_or_note,
+                         refuse_if_reuse_only, reusable_result, say_reused)
 
 # The paper's step-size grid: eta = m * lr for m in 0.5, 1.0, ..., 4.0 (0.05 .. 0.4 at lr 0.1).
 ETA_MULTIPLIERS = tuple(0.5 * i for i in range(1, 9))
@@ -118,14 +118,17 @@ def _protocol_files(dirs: OutputDirs, model: str, lr: float, seed: int = BN_SEED
     return Path(dirs.results) / f"{name}.json", Path(dirs.results) / f"{name}.steps.json"
 
 
-def protocol_steps(dirs: OutputDirs, model: str, lrs: Sequence[float] = BN_LRS,
-                   seed: int = BN_SEED) -> dict[float, dict]:
-    """{lr: steps dict} of the protocol runs of `model` whose steps file exists (missing ones left out)."""
+def protocol_steps(dirs: OutputDirs, model: str, lrs: Sequence[float] = BN_LRS, seed: int = BN_SEED,
+                   unreadable: list[str] | None = None) -> dict[float, dict]:
+    """{lr: steps dict} of the protocol runs of `model` whose steps file exists (missing ones left out). A file that
+    cannot be read raises lib.results' clear error, or with `unreadable` (a list) is left out and named there."""
     out = {}
     for lr in lrs:
         path = _protocol_files(dirs, model, lr, seed)[1]
         if path.exists():
-            out[lr] = read_json(path)
+            steps = read_json(path) if unreadable is None else read_json_or_note(path, unreadable)
+            if steps is not None:
+                out[lr] = steps
     return out
 
 
@@ -710,8 +713,10 @@ def _finite_stats(values) -> dict | None:
 
 
 def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_SEED) -> dict:
-    """The numbers the report needs, read from the result files (a missing file leaves its entry None)."""
-    summary: dict = {"protocol": {}, "probe": {}, "slice": {}, "missing": []}
+    """The numbers the report needs, read from the result files (a missing file leaves its entry None; one that
+    cannot be read too, and 'unreadable' names it and why)."""
+    summary: dict = {"protocol": {}, "probe": {}, "slice": {}, "missing": [], "unreadable": []}
+    unreadable = summary["unreadable"]
     for model in BN_MODELS:
         entry: dict = {"label": LABELS[model], "best_val_acc": {}, "test_acc": {}, "status": {}}
         for lr in lrs:
@@ -719,7 +724,8 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
             if not path.exists():
                 summary["missing"].append(path.name)
                 continue
-            run = read_json(path)
+            if (run := read_json_or_note(path, unreadable)) is None:
+                continue
             entry["best_val_acc"][f"{lr:g}"] = run.get("best_val_acc")
             entry["test_acc"][f"{lr:g}"] = run.get("test_acc")
             entry["status"][f"{lr:g}"] = run.get("status")
@@ -742,7 +748,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                              num_epochs=len(run.get("history", [])), device=run.get("device"),
                              data=(run.get("data") or {}).get("label") or entry["data"],
                              train_seconds_lr1e3=run.get("train_seconds"))
-        steps = protocol_steps(dirs, model, lrs, seed)
+        steps = protocol_steps(dirs, model, lrs, seed, unreadable)
         if steps:
             band = loss_band([s["loss"] for s in steps.values()])
             both = band.num_valid >= 2  # a band needs two runs
@@ -764,8 +770,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
         summary["protocol"][model] = entry
 
         probe_file = probe_path(dirs, model, seed)
-        if probe_file.exists():
-            r = read_json(probe_file)
+        if probe_file.exists() and (r := read_json_or_note(probe_file, unreadable)) is not None:
             p = r["probes"]
             band_width = _as_float_array(p["loss_max"]) - _as_float_array(p["loss_min"])
             summary["probe"][model] = {
@@ -788,12 +793,11 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                 "train_nonfinite": r.get("train_nonfinite", 0),
                 "series": {"step": list(p["step"]), "beta": list(p["beta"]), "gpred_max": list(p["gpred_max"]),
                            "loss_band_width": band_width.tolist()}}
-        else:
+        elif not probe_file.exists():
             summary["missing"].append(probe_file.name)
 
         slice_file = slice_path(dirs, model, seed)
-        if slice_file.exists():
-            s = read_json(slice_file)
+        if slice_file.exists() and (s := read_json_or_note(slice_file, unreadable)) is not None:
             loss = _as_float_array(s["loss"])
             mid = len(loss) // 2  # alpha = 0
             summary["slice"][model] = {"loss_at_0": float(loss[mid]), "loss_max": float(np.nanmax(loss)),

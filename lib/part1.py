@@ -22,7 +22,7 @@ from lib.experiments import part1_experiments, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
 from lib.results import (atomic_write_json, environment_info, forced_names, read_json, refuse_if_reuse_only,
-                         reuse_only)
+                         reuse_only, unreadable_why)
 
 MAIN_FILE = "part1-main.json"
 DEFAULT_MAIN_MODEL = "CANet"
@@ -85,7 +85,8 @@ def load_results(dirs: OutputDirs, prefix: str = "p1-", models: Sequence[str] | 
     """Every finished result (status 'ok' or 'diverged') named <prefix>*.json in dirs.results, sorted by name.
 
     `models` keeps only the results of those models. Part 1 results of another recipe or data than most of them
-    are left out (_same_recipe); `left_out` (a list) gets a description of each, for the report.
+    are left out (_same_recipe), and so is a file that cannot be read (with a message; `lib run` trains its
+    experiment again); `left_out` (a list) gets a description of each, for the report.
     """
     results = []
     for path in sorted(Path(dirs.results).glob(f"{prefix}*.json")):
@@ -94,7 +95,9 @@ def load_results(dirs: OutputDirs, prefix: str = "p1-", models: Sequence[str] | 
         try:
             r = read_json(path)
         except (OSError, ValueError) as err:
-            print(f"lib.part1: skipping unreadable result {path}: {err}", file=sys.stderr)
+            print(f"lib.part1: skipping unreadable result {path}: {unreadable_why(err)}", file=sys.stderr)
+            if left_out is not None:
+                left_out.append(f"{path.stem} (its file cannot be read, {unreadable_why(err)})")
             continue
         if isinstance(r, dict) and r.get("status") in ("ok", "diverged") and (not models or r.get("model") in models):
             results.append(r)
@@ -120,7 +123,8 @@ def _same_recipe(results: list[dict], left_out: list[str] | None = None) -> list
         return results
     keys = [_recipe_key(r) for r in results]
     common = Counter(keys).most_common(1)[0][0]
-    dropped = [f"{r['name']} ({_recipe_difference(k, common)})" for r, k in zip(results, keys) if k != common]
+    dropped = [f"{r['name']} (another recipe or data: {_recipe_difference(k, common)})"
+               for r, k in zip(results, keys) if k != common]
     if left_out is not None:
         left_out += dropped
     if dropped:

@@ -1087,7 +1087,7 @@ def full_so_far(root: Path, seeds: Sequence[int]) -> dict | None:
             "progress": study_progress("full", dirs, p1, bn, study, seeds),
             "comparison": comparison_markdown(table, p1, costs) if p1 else None, "left_out": left_out,
             "part2": part2_markdown(summary, "full", keys=("accuracy", "band", "grad", "probe")),
-            "findings": part2_findings(summary),
+            "findings": part2_findings(summary), "unreadable_bn": summary.get("unreadable", []),
             "sanity": sanity_bars(table, summary, recipe_departures(p1, "CANet")),
             **provenance(p1 + bn, summary, costs)}
 
@@ -1104,7 +1104,8 @@ def load_folder(dirs: OutputDirs) -> tuple:
     bn = load_results(dirs, prefix="bn-")
     costs = load_costs(dirs)
     table = part1_table(dirs, results=p1, costs=costs) if p1 else None
-    summary = bn_summary(dirs) if results_dir.exists() else {"protocol": {}, "probe": {}, "slice": {}, "missing": []}
+    summary = (bn_summary(dirs) if results_dir.exists()
+               else {"protocol": {}, "probe": {}, "slice": {}, "missing": [], "unreadable": []})
     study = read_json(results_dir / "study.json") if (results_dir / "study.json").exists() else {}
     return p1, left_out, bn, costs, table, summary, study
 
@@ -1185,7 +1186,7 @@ def collect(profile: str, dirs: OutputDirs) -> dict:
         "p1_seeds": {m: sorted(int(r["seed"]) for r in p1 if r["model"] == m) for m in _unique(r["model"] for r in p1)},
         "times": _times(p1, bn, summary),
         "bench": gpu_bench_tables(root),
-        "missing_bn": summary.get("missing", []),
+        "missing_bn": summary.get("missing", []), "unreadable_bn": summary.get("unreadable", []),
         "fmt_pct": fmt_pct, "fmt_num": fmt_num, "fmt_int": fmt_int, "fmt_seconds": fmt_seconds,
     }
 

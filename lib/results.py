@@ -63,10 +63,59 @@ def atomic_write_json(path: Path | str, obj) -> Path:
     return path
 
 
+class JSONFileError(json.JSONDecodeError):
+    """read_json's error for a file that is no JSON (a json.JSONDecodeError): its message names the file, a git
+    merge conflict left in it, and what to do."""
+
+    def __init__(self, msg: str, doc: str, pos: int, path: Path | str = ""):
+        super().__init__(msg, doc, pos)
+        self.path = path
+
+    def __reduce__(self):
+        return self.__class__, (self.msg, self.doc, self.pos, self.path)
+
+    @property
+    def reason(self) -> str:
+        """'Expecting value at line 3 column 1', with '(a git merge conflict left in it)' where it holds one, or 'the
+        file is empty'."""
+        if not self.doc.strip() and self.msg == "Expecting value":
+            return "the file is empty"
+        conflict = " (a git merge conflict left in it)" if "\n<<<<<<< " in "\n" + self.doc else ""
+        return f"{self.msg} at line {self.lineno} column {self.colno}{conflict}"
+
+    def __str__(self) -> str:
+        return (f"{self.path} cannot be read as JSON: {self.reason}; restore it (`git checkout -- {self.path}` where "
+                f"it is committed), or move it aside and run what wrote it again")
+
+
 def read_json(path: Path | str):
-    """Read a JSON file written by atomic_write_json."""
-    with open(path) as f:
-        return json.load(f)
+    """Read a JSON file written by atomic_write_json; JSONFileError (a ValueError) where it is no JSON."""
+    raw = Path(path).read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:  # binary junk: said as where the text stops being text
+        raise JSONFileError(f"not UTF-8 text ({err.reason})", raw[:err.start].decode("utf-8"), err.start,
+                            path) from None
+    except json.JSONDecodeError as err:
+        raise JSONFileError(err.msg, err.doc, err.pos, path) from None
+
+
+def read_json_or_note(path: Path | str, unreadable: list[str]):
+    """read_json(path), or None with 'file name (why)' added to `unreadable` where it cannot be read (a report
+    leaves such a result out and says so; `lib run` trains its experiment again and replaces the file)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as err:
+        unreadable.append(f"{Path(path).name} ({unreadable_why(err)})")
+        return None
+
+
+def unreadable_why(err: OSError | ValueError) -> str:
+    """Why read_json could not read a file, in a few words: 'not JSON: Expecting value at line 1 column 1',
+    'IsADirectoryError: Is a directory'."""
+    if isinstance(err, JSONFileError):
+        return f"not JSON: {err.reason}"
+    return f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
 
 
 # What the study writes into the repository itself (published results, figures, the report): a change there is

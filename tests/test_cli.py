@@ -64,7 +64,7 @@ def test_bad_input_ends_in_one_error_line(capsys, tmp_path, monkeypatch):
     err = input_error(capsys, ["bench", "--table", "--out", str(tmp_path / "missing.json"), "--device", "cpu"])
     assert f"bench file {tmp_path / 'missing.json'} does not exist" in err
     # A bench file that is none: said before anything is read or measured, whatever reads it.
-    for content, why in (("{bad", "JSONDecodeError: Expecting property name"), ("[]", "a JSON list, not an object"),
+    for content, why in (("{bad", "not JSON: Expecting property name"), ("[]", "a JSON list, not an object"),
                          ('{"device": "x", "entries": 5}', "'entries' not a section of records"),
                          ("{}", "no 'device' name")):
         (bad := tmp_path / "bad.json").write_text(content)

@@ -40,17 +40,19 @@ def test_load_results_keeps_finished_runs_of_one_recipe(dirs, capsys):
     write(dirs, dict(fake_result("ResNet18", 1), status="incomplete"))  # not finished: left out
     write(dirs, fake_result("MobileNetV2", 0), suffix=".weights.json")  # a companion file, not a result
     (dirs.results / "p1-VGG11-s0.json").write_text("{ truncated")  # unreadable: skipped with a message
-    names = [r["name"] for r in part1.load_results(dirs)]
+    left_out = []
+    names = [r["name"] for r in part1.load_results(dirs, left_out=left_out)]
     assert names == ["p1-CANet_tiny-s0", "p1-CANet_tiny-s1", "p1-ResNet18-s0"]
     assert "skipping unreadable result" in capsys.readouterr().err
+    assert left_out == ["p1-VGG11-s0 (its file cannot be read, not JSON: Expecting property name enclosed in double quotes at line 1 column 3)"]
     assert [r["name"] for r in part1.load_results(dirs, models=["ResNet18"])] == ["p1-ResNet18-s0"]
     # A run of another recipe (here: another learning rate) never enters the same table.
     write(dirs, fake_result("ShuffleNetV2", 0, lr=0.5))
     assert "p1-ShuffleNetV2-s0" not in [r["name"] for r in part1.load_results(dirs)]
-    assert "leaving out p1-ShuffleNetV2-s0 (lr 0.5, not 0.001)" in capsys.readouterr().err
+    assert "leaving out p1-ShuffleNetV2-s0 (another recipe or data: lr 0.5, not 0.001)" in capsys.readouterr().err
     write(dirs, fake_result("ShuffleNetV2", 0, precision="bf16"))
     part1.load_results(dirs)
-    assert "leaving out p1-ShuffleNetV2-s0 (precision bf16, not auto)" in capsys.readouterr().err
+    assert "leaving out p1-ShuffleNetV2-s0 (another recipe or data: precision bf16, not auto)" in capsys.readouterr().err
 
 
 def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):

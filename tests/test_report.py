@@ -549,9 +549,34 @@ def test_the_full_profile_states_whether_its_sanity_bars_are_met(study_dirs):
     odd["config"]["precision"] = "fp32"
     atomic_write_json(Path(study_dirs.results) / f"{odd['name']}.json", odd)
     text = render_report("full", study_dirs).read_text()
-    assert ("Left out of the table (trained with another recipe or data than the other results in `results`, so\n"
-            "they do not compare with them; retrain them, or move them away): p1-ResNet18-s5 (precision fp32, not "
-            "auto).") in text
+    assert ("Left out of the table (results in `results` trained with another recipe or data than the others, "
+            "which do\nnot compare with them, or files that cannot be read; retrain them, or move them away): "
+            "p1-ResNet18-s5 (another recipe or data: precision fp32, not auto).") in text
+
+
+def test_a_result_file_that_cannot_be_read_is_left_out_and_named_or_stops_with_the_file(study_dirs):
+    """A damaged result (a truncated file, a git merge conflict in a committed one) does not stop the report: it is
+    left out and named with why. A file the report cannot do without (a cost file) stops it with a clear error."""
+    from lib.results import JSONFileError
+
+    results = Path(study_dirs.results)
+    (results / "p1-VGG11-s0.json").write_text('{"name": "p1-VGG11-s0", ')  # VGG11's only seed
+    (results / "bn-VGG_A-lr0.001-s2020.steps.json").write_text('<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> other\n')
+    (results / "bn-VGG_A_BN-lr0.0001-s2020.json").write_bytes(b"\x89PNG\r\n")
+    text = render_report("quick", study_dirs).read_text()
+    assert NOT_RUN in _table_row(text, "VGG11")  # not counted as run
+    assert "p1-VGG11-s0 (its file cannot be read, not JSON: Expecting property name enclosed in double quotes at " \
+           "line 1 column 25)." in text
+    assert ("Left out, as their files cannot be read (`python -m lib run` trains them again and replaces the files; "
+            "or restore\ncommitted ones with `git checkout`): bn-VGG_A-lr0.001-s2020.steps.json (not JSON: Expecting "
+            "value at line 1 column 1 (a git merge conflict left in it)), bn-VGG_A_BN-lr0.0001-s2020.json (not JSON: "
+            "not UTF-8 text (invalid start byte) at line 1 column 1).") in text
+    lr_rows = [line for line in text.splitlines() if line.startswith("| 0.0001 |")]
+    assert lr_rows and lr_rows[0].count(NOT_RUN) == 1  # VGG-A + BN at lr 1e-4: left out; VGG-A's still shown
+    (results / "cost-CANet.json").write_text("")
+    with pytest.raises(JSONFileError, match=re.escape(f"{results / 'cost-CANet.json'} cannot be read as JSON: the "
+                                                      f"file is empty; restore it (`git checkout --")):
+        render_report("quick", study_dirs)
 
 
 def test_a_complete_full_study_renders_without_the_incomplete_banner(tmp_path, monkeypatch):
@@ -735,7 +760,7 @@ def test_a_published_quick_report_shows_the_full_results_finished_so_far(study_d
                config=dict(r["config"], model="ResNet18", precision="fp32", name="p1-ResNet18-s0"))
     atomic_write_json(Path(full.results) / "p1-ResNet18-s0.json", odd)
     section = render_report("quick", quick).read_text().split("## The full profile so far", 1)[1]
-    assert "or move them away): p1-ResNet18-s0 (precision fp32, not auto)." in section
+    assert "or move them away):\np1-ResNet18-s0 (another recipe or data: precision fp32, not auto)." in section
     monkeypatch.setattr(plan, "study_status", lambda *a, **k: [("done", "p1-CANet-s0", "")])
     section = render_report("quick", quick).read_text().split("## The full profile so far", 1)[1]
     assert "All 1 experiments of the full study with seeds 0, 1, 2 are in\n`results/full/`: `bash scripts/main.sh " \
