@@ -22,7 +22,7 @@ from lib.experiments import part1_experiments, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
 from lib.results import (atomic_write_json, environment_info, forced_names, read_json, refuse_if_reuse_only,
-                         reuse_only, unreadable_why)
+                         reuse_only, say_reused, unreadable_why)
 
 MAIN_FILE = "part1-main.json"
 DEFAULT_MAIN_MODEL = "CANet"
@@ -39,13 +39,16 @@ def run_part1(profile: str, data_source: str, dirs: OutputDirs, models: Sequence
 
     `force`: True retrains every run, a run name or a list of them (e.g. 'p1-ResNet18-s1') retrains just those
     (lib.results.forced_names). `num_epochs` overrides the profile's epoch count (used by the notebook test to
-    stay cheap), `precision` the recipe's 'auto' (see `configs`).
+    stay cheap), `precision` the recipe's 'auto' (see `configs`). The runs reused are said in one line.
     """
-    from lib.train import train  # imported here: the trainer pulls in tensorboard, which is slow to import
+    from lib.train import reusable_run, train  # imported here: the trainer pulls in tensorboard (slow to import)
 
     cfgs = configs(profile, data_source, models, seeds, num_epochs, precision)
     redo = forced_names(force, [c.name for c in cfgs], "these models and seeds")
-    return [train(cfg, dirs=dirs, force=cfg.name in redo, progress=progress) for cfg in cfgs]
+    reused = {c.name: found for c in cfgs if c.name not in redo and (found := reusable_run(c, dirs)) is not None}
+    if reused:
+        say_reused(*reused, trained=True)
+    return [reused.get(cfg.name) or train(cfg, dirs=dirs, force=cfg.name in redo, progress=progress) for cfg in cfgs]
 
 
 def configs(profile: str, data_source: str, models: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
@@ -341,9 +344,11 @@ def is_gpu_cost(cost: dict) -> bool:
     return cost.get("infer_batch") == GPU_COST_BATCH and not str(cost.get("device_name", "CPU")).startswith("CPU")
 
 
-def load_costs(dirs: OutputDirs) -> dict[str, dict]:
-    """model -> its cost file's contents, for every cost-*.json in dirs.results."""
-    return {p.stem[len("cost-"):]: read_json(p) for p in sorted(Path(dirs.results).glob("cost-*.json"))}
+def load_costs(dirs: OutputDirs, models: Sequence[str] | None = None) -> dict[str, dict]:
+    """model -> its cost file's contents, for every cost-*.json in dirs.results (of `models` only, where given: a
+    comparison table lists the models that have a cost file, run or not)."""
+    paths = sorted(Path(dirs.results).glob("cost-*.json"))
+    return {p.stem[len("cost-"):]: read_json(p) for p in paths if not models or p.stem[len("cost-"):] in models}
 
 
 def with_costs(results: Sequence[dict], costs: dict[str, dict]) -> list[dict]:

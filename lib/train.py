@@ -728,6 +728,11 @@ def override_clash(cfg: TrainConfig, dirs: OutputDirs) -> list[str]:
     return changed if changed and not resume_epoch(cfg, dirs) else []
 
 
+def reusable_run(cfg: TrainConfig, dirs: OutputDirs) -> dict | None:
+    """The finished result of cfg in dirs that train() reuses (one of the same config), else None."""
+    return reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig)
+
+
 def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = False, progress: bool = True,
           max_epochs_this_call: int | None = None, stop_by: float | None = None) -> dict:
     """Train `cfg.model` as `cfg` says; return the result dict (also written to <results>/<cfg.name>.json).
@@ -743,7 +748,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     """
     dirs = dirs or output_dirs(cfg.profile)
     result_path = Path(dirs.results) / f"{cfg.name}.json"
-    if not force and (found := reusable_result(result_path, cfg.to_dict(), TrainConfig)) is not None:
+    if not force and (found := reusable_run(cfg, dirs)) is not None:
         say_reused(cfg.name, trained=True)  # whatever `progress` is
         return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)

@@ -160,7 +160,7 @@ pd.DataFrame(costs).set_index("model").round(1)'''),
 
 All Part 1 results of these models in the results folder (every seed present), sorted by parameters.'''),
     code('''all_results = part1.load_results(dirs, models=models)
-cost_files = part1.load_costs(dirs)
+cost_files = part1.load_costs(dirs, models=models)
 table = part1.part1_table(dirs, results=all_results, costs=cost_files)  # a DataFrame, shown below as Markdown'''),
     code('''display(Markdown(report.comparison_markdown(table, all_results, cost_files)))'''),
     md('''## Who wins? Only what the seeds support'''),

@@ -55,6 +55,23 @@ def test_load_results_keeps_finished_runs_of_one_recipe(dirs, capsys):
     assert "leaving out p1-ShuffleNetV2-s0 (another recipe or data: precision bf16, not auto)" in capsys.readouterr().err
 
 
+def test_run_part1_says_the_reused_runs_in_one_line_and_trains_only_the_others(dirs, capsys, monkeypatch):
+    import lib.train
+
+    trained = []
+    monkeypatch.setattr(lib.train, "train", lambda cfg, **kw: trained.append((cfg.name, kw["force"])) or {"new": 1})
+    for model, seed in (("CANet_tiny", 0), ("CANet_tiny", 1), ("ResNet18", 0)):
+        write(dirs, fake_result(model, seed))
+    write(dirs, fake_result("ResNet18", 1, lr=0.5))  # another config: trained again, not reused
+    out = part1.run_part1("smoke", "shared", dirs, models=["CANet_tiny", "ResNet18"], seeds=[0, 1],
+                          force="p1-ResNet18-s0")
+    assert [r.get("name", "new") for r in out] == ["p1-CANet_tiny-s0", "new", "p1-CANet_tiny-s1", "new"]  # by seed
+    assert trained == [("p1-ResNet18-s0", True), ("p1-ResNet18-s1", False)]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "finished before" in line]
+    assert lines == ["p1-CANet_tiny-s0, p1-CANet_tiny-s1: finished before, reused (not trained again; --force, or in "
+                     "a notebook force = True or force = [its name], retrains it)"]
+
+
 def test_main_run_follows_the_marker_and_explains_a_missing_run(dirs):
     write(dirs, fake_result("CANet_tiny", 2))
     with pytest.raises(FileNotFoundError, match="run notebook 01"):
@@ -113,7 +130,9 @@ def test_reuse_only_shows_any_recorded_cost_and_measures_none(dirs, monkeypatch)
 
 def test_with_costs_joins_the_cost_file_and_the_median_epoch_throughput(dirs):
     atomic_write_json(part1.cost_path(dirs, "CANet_tiny"), {"model": "CANet_tiny", "flops": 123, "infer_ips": 45.0})
-    costs = part1.load_costs(dirs)
+    atomic_write_json(part1.cost_path(dirs, "VGG11"), {"model": "VGG11", "flops": 9, "infer_ips": 1.0})
+    assert set(part1.load_costs(dirs)) == {"CANet_tiny", "VGG11"}
+    costs = part1.load_costs(dirs, models=["CANet_tiny", "ResNet18"])  # notebook 02's models: its table's rows
     assert set(costs) == {"CANet_tiny"}
     tiny, resnet = part1.with_costs([fake_result("CANet_tiny"), fake_result("ResNet18")], costs)
     assert tiny["cost"]["flops"] == 123 and tiny["cost"]["infer_ips"] == 45.0
