@@ -1217,10 +1217,23 @@ def speed_verdict(bench, seeds: int = 3, lanes: int = 3) -> str | None:
     return text + "."
 
 
+def superseded(entry: dict) -> bool:
+    """Whether a bench entry is one the GPU runner will never time again: torch.compile'd in a mode other than
+    lib.train.compile_mode()'s and with an older implementation of its model (stale_revision). The bench file keeps
+    it; the table names it under itself instead of showing it (its notes about how it was timed would otherwise
+    describe only it)."""
+    from lib.train import compile_mode
+
+    return (bool(entry.get("compiled")) and stale_revision(entry)
+            and (entry.get("compile_mode") or "default") != compile_mode())
+
+
 def bench_table(bench) -> str:
     """Markdown table of a bench file (path or dict): per model naive and fast s/epoch, speed-up and target."""
     data = load_bench(bench)
     entries = [e for e in data.get("entries", {}).values() if e.get("kind") != "probe"]
+    old = [e for e in entries if superseded(e)]
+    entries = [e for e in entries if not superseded(e)]
     order = {m: i for i, m in enumerate(PART1_MODELS + BN_MODELS)}
     entries.sort(key=lambda e: (e.get("naive_seconds") is None, order.get(e["model"], 99), bool(e.get("compiled"))))
     summary = speed_verdict(data)
@@ -1254,8 +1267,12 @@ def bench_table(bench) -> str:
                         for r in sorted({revision(m) for m in stale}))
         lines += ["", f"Rows marked 'model rev N' were timed with an older implementation of their model than this "
                       f"checkout's (lib.models.REVISIONS: {now} now); the GPU runner's next `bench` call on this "
-                      "device re-times them (`--missing-only`), except torch.compile rows of a mode it no longer "
-                      "uses."]
+                      "device re-times them (`--missing-only`)."]
+    if old:
+        lines += ["", "Left out of the table, as the GPU runner no longer measures them (an older implementation of "
+                      "the model, in a torch.compile mode it no longer uses; kept in the bench file): "
+                  + ", ".join(f"{_row_label(e)}, model rev {e.get('model_revision', 1)}, {e.get('date', '?')[:10]}"
+                              for e in old) + "."]
     sample = entries[0] if entries else {}
     naive = [e for e in entries if e.get("naive_seconds") is not None]
     plain = [_row_label(e) for e in naive if e.get("naive_val_transforms", "eval") != NAIVE_VAL_TRANSFORMS]
