@@ -137,12 +137,10 @@ def refuse_cpu_work(args, configs, source: str, dirs) -> None:
     if args.profile != GPU_PROFILE or torch.cuda.is_available():
         return
     from lib import bn_study
-    from lib.config import TrainConfig
     from lib.part1 import CPU_COST_BATCH, cost_is_reused, cost_path
-    from lib.results import device_name, read_json, reusable_result
+    from lib.results import device_name, read_json, reusable_run
 
-    pending = [c.name for c in configs if args.force or reusable_result(
-        Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None]
+    pending = [c.name for c in configs if args.force or reusable_run(c, dirs) is None]
     if args.probe:
         pending += [c.name for c in bn_study.probe_configs(args.profile, source)
                     if args.force or not bn_study.probe_done(c, dirs)]

@@ -22,7 +22,7 @@ from lib.experiments import part1_experiments, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
 from lib.results import (atomic_write_json, environment_info, forced_names, read_json, refuse_if_reuse_only,
-                         reuse_only, say_reused, unreadable_why)
+                         reusable_run, reuse_only, say_reused, unreadable_why)
 
 MAIN_FILE = "part1-main.json"
 DEFAULT_MAIN_MODEL = "CANet"
@@ -41,7 +41,7 @@ def run_part1(profile: str, data_source: str, dirs: OutputDirs, models: Sequence
     (lib.results.forced_names). `num_epochs` overrides the profile's epoch count (used by the notebook test to
     stay cheap), `precision` the recipe's 'auto' (see `configs`). The runs reused are said in one line.
     """
-    from lib.train import reusable_run, train  # imported here: the trainer pulls in tensorboard (slow to import)
+    from lib.train import train  # imported here: the trainer pulls in tensorboard, which is slow to import
 
     cfgs = configs(profile, data_source, models, seeds, num_epochs, precision)
     redo = forced_names(force, [c.name for c in cfgs], "these models and seeds")

@@ -85,15 +85,13 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
     saying which is missing."""
     from lib import part1
     from lib.plan import gpu_cost_file, select_jobs, source_name, study_jobs
-    from lib.config import TrainConfig
     from lib.experiments import bn_experiments
-    from lib.results import reusable_result
+    from lib.results import reusable_run
 
     extra = extra_params or {}
     models = notebook_models(extra)
     wanted = part1_configs_of(source, names, seeds, extra, profile)
-    missing = [n for n, cfg in wanted.items()
-               if force or reusable_result(Path(dirs.results) / f"{n}.json", cfg.to_dict(), TrainConfig) is None]
+    missing = [n for n, cfg in wanted.items() if force or reusable_run(cfg, dirs) is None]
     if any(name.startswith("02") for name in names):
         if reuse_only:
             missing += [f"cost-{m}" for m in models["02"] if force or not part1.cost_path(dirs, m).exists()]
@@ -106,8 +104,7 @@ def work_missing(source: str, dirs: OutputDirs, names: Sequence[str], seeds: Seq
             if job.kind == "bn-slices" and not force and not job.done:
                 pair = [] if job.force else [c for c in bn_experiments(profile, source_name(source))
                                              if c.name in job.names]
-                missing += [c.name for c in pair if reusable_result(
-                    Path(dirs.results) / f"{c.name}.json", c.to_dict(), TrainConfig) is None] + ["loss slices"]
+                missing += [c.name for c in pair if reusable_run(c, dirs) is None] + ["loss slices"]
             elif force or not job.done:
                 missing += list(job.names)
     return missing

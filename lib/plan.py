@@ -21,7 +21,7 @@ from lib.data import canonical_source
 from lib.experiments import bn_experiments
 from lib.part1 import configs as part1_configs
 from lib.paths import OutputDirs, output_dirs
-from lib.results import read_json, reusable_result
+from lib.results import read_json, reusable_result, reusable_run
 from lib.train import kept_checkpoint
 
 # Planning a time budget: estimates are multiplied by PLAN_MARGIN, and every process started for a plan
@@ -74,7 +74,7 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
         return run_seconds(e, num_epochs) if e is not None else None
 
     def finished(cfg: TrainConfig) -> bool:
-        return reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig) is not None
+        return reusable_run(cfg, dirs) is not None
 
     def train_job(cfg: TrainConfig, num_epochs: int) -> Job:
         if finished(cfg):
@@ -515,7 +515,7 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
         elif job.kind == "bn-slices":  # the lr-1e-3 pair (one job for both, judged per run), then the slices
             for name in job.names:
                 cfg = configs[name]
-                done = reusable_result(Path(dirs.results) / f"{name}.json", cfg.to_dict(), TrainConfig) is not None
+                done = reusable_run(cfg, dirs) is not None
                 out.append(run_state(name, done, *((0, None) if done else resumable_epochs(cfg, dirs))))
             out.append(("done" if job.done else "missing", "loss slices",
                         "they need the pair's best checkpoints (retrained when gone)" if job.force else ""))
@@ -537,7 +537,8 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
 def unusable_result(path: Path, cfg: TrainConfig) -> str:
     """Why a result file at `path` does not count for `cfg` ('' where there is none): it cannot be read (lib run
     trains the run again and replaces it), it is of another data source, epochs or precision (lib.train's
-    overridden_result: kept unless --force; `status` says which data), or it is of an older config (replaced)."""
+    overridden_result: kept unless --force; `status` says which data), its per-step series beside it is missing or
+    damaged (lib.results.reusable_run; retrained), or it is of an older config (replaced)."""
     from lib.train import overridden_result
 
     if not path.exists():
@@ -549,6 +550,9 @@ def unusable_result(path: Path, cfg: TrainConfig) -> str:
         return "its result file cannot be read as one: lib run trains it again and replaces the file"
     if changed := overridden_result(path, cfg):
         return f"its result here was trained otherwise, {', '.join(changed)}: lib run keeps it unless --force"
+    if reusable_result(path, cfg.to_dict(), TrainConfig) is not None:  # so reusable_run wants its per-step series
+        return (f"its per-step series ({cfg.name}.steps.json) is missing or cannot be read: lib run trains it again "
+                f"and replaces both files")
     return "its result file is of another config (older code or recipe): lib run trains it again and replaces it"
 
 

@@ -253,6 +253,20 @@ def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | N
     return result if _same_source(_clean(stored)) == _same_source(_clean(config)) else None
 
 
+
+def reusable_run(cfg, dirs) -> dict | None:
+    """The finished result of the training run `cfg` (a lib.config.TrainConfig) in `dirs` that lib.train.train
+    reuses: its result file, of the same config, and for a run that records per-step series (record_steps: the BN
+    protocol) a readable <name>.steps.json beside it (the report's loss band and gradient range need it: without
+    one the run is trained again). None otherwise."""
+    found = reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), type(cfg))
+    if found is not None and getattr(cfg, "record_steps", False):
+        try:
+            read_json(Path(dirs.results) / f"{cfg.name}.steps.json")
+        except (OSError, ValueError):
+            return None
+    return found
+
 def _same_source(config):
     """A plain config dict with its data_source recorded as TrainConfig records it ('shared' for the workplace's
     JPEG copy wherever a checkout kept it), so plain configs compare as the dataclass ones do."""

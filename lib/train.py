@@ -27,7 +27,7 @@ from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
 from lib.results import (atomic_write_json, environment_info, git_commit, read_json, refuse_if_reuse_only,
-                         reusable_result, say_reused)
+                         reusable_run, say_reused)
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules). SE's mixing
 # scales (three per block, initialised to 1) are recorded apart, as their values (SE_SCALES): pooled with the
@@ -726,11 +726,6 @@ def override_clash(cfg: TrainConfig, dirs: OutputDirs) -> list[str]:
     stopped part-way goes on): what training cfg without force would refuse to replace."""
     changed = overridden_result(Path(dirs.results) / f"{cfg.name}.json", cfg)
     return changed if changed and not resume_epoch(cfg, dirs) else []
-
-
-def reusable_run(cfg: TrainConfig, dirs: OutputDirs) -> dict | None:
-    """The finished result of cfg in dirs that train() reuses (one of the same config), else None."""
-    return reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), TrainConfig)
 
 
 def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = False, progress: bool = True,

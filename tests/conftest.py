@@ -88,8 +88,11 @@ def bench_with_compiled_variants() -> dict:
 
 
 def write_finished(dirs, cfg) -> None:
-    """A result file whose config matches `cfg`: the planner must treat the run as done."""
+    """A result file whose config matches `cfg` (and the per-step series file of a run that records them): the
+    planner must treat the run as done."""
     atomic_write_json(Path(dirs.results) / f"{cfg.name}.json", {"name": cfg.name, "config": cfg.to_dict()})
+    if getattr(cfg, "record_steps", False):
+        atomic_write_json(Path(dirs.results) / f"{cfg.name}.steps.json", {"loss": [], "grad_max": [], "grad_min": []})
 
 
 def script_copy(tmp_path: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import make_image_folder
+from conftest import make_image_folder, write_finished
 
 from lib.experiments import BN_LRS, BN_MODELS, bn_name
 from lib.models import PART1_MODELS
@@ -307,8 +307,7 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
     from lib.experiments import bn_experiments
     for cfg in bn_experiments("full", tiny_source):
         if cfg.lr == 1e-3:
-            atomic_write_json(dirs.results / f"{cfg.name}.json", {"name": cfg.name, "status": "ok",
-                                                                  "config": cfg.to_dict()})
+            write_finished(dirs, cfg)  # its result and per-step series
     assert work_missing(tiny_source, dirs, ["04_batchnorm"]) == [n for n in part2 if "lr0.001" not in n]
 
 

@@ -92,6 +92,7 @@ def test_the_slices_job_is_done_only_with_slices_of_the_selected_epochs(tiny_sou
     dirs = output_dirs("full", root=tmp_path)
     pair = [c for c in bn_experiments("full", source) if c.lr == 1e-3]
     for c in pair:
+        write_finished(dirs, c)  # with its per-step series
         atomic_write_json(dirs.results / f"{c.name}.json", {"name": c.name, "config": c.to_dict(), "best_epoch": 7,
                                                              "test_loss": 1.25})
     job = lambda: next(j for j in P.study_jobs(fake_bench(), source, dirs) if j.kind == "bn-slices")
@@ -308,6 +309,12 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     assert rows[resnet.name] == ("missing", f"its result here was trained otherwise, data_source (official there, "
                                             f"{resnet.data_source} here): lib run keeps it unless --force")
     assert rows["p1-ResNet18-s0"] == ("missing", "")  # no file
+    # A BN protocol run whose per-step series is damaged is not done (lib.train would train it again).
+    (Path(dirs.results) / f"{plain_pair.name}.steps.json").write_text("<<<<<<< HEAD\n")
+    rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
+    assert rows[plain_pair.name] == ("missing", f"its per-step series ({plain_pair.name}.steps.json) is missing or "
+                                                f"cannot be read: lib run trains it again and replaces both files")
+    write_finished(dirs, plain_pair)
     # A study run with --num-epochs / --precision: its own Part 1 configurations (the finished run is another one).
     rows = {name: state for state, name, _ in P.study_status("smoke", source, dirs, num_epochs=1)}
     assert rows["p1-CANet_tiny-s0"] == "missing" and rows["bn-VGG_A-lr0.001-s2020"] == "done"
