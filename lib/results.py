@@ -253,7 +253,6 @@ def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | N
     return result if _same_source(_clean(stored)) == _same_source(_clean(config)) else None
 
 
-
 def reusable_run(cfg, dirs) -> dict | None:
     """The finished result of the training run `cfg` (a lib.config.TrainConfig) in `dirs` that lib.train.train
     reuses: its result file, of the same config, and for a run that records per-step series (record_steps: the BN
@@ -266,6 +265,7 @@ def reusable_run(cfg, dirs) -> dict | None:
         except (OSError, ValueError):
             return None
     return found
+
 
 def _same_source(config):
     """A plain config dict with its data_source recorded as TrainConfig records it ('shared' for the workplace's
