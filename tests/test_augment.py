@@ -1,5 +1,7 @@
 """Tests for lib/augment.py (batched augmentation) and lib/loader.py (BatchLoader); tiny tensors, CPU."""
 
+import math
+
 import pytest
 import torch
 import torchvision.transforms.functional as TF
@@ -225,6 +227,26 @@ def test_apply_mix_y_b_is_permuted_labels():
     assert torch.equal(yb, y[plan.perm])
 
 
+def test_cutmix_box_has_the_drawn_side_and_reaches_every_edge():
+    # The draws do not depend on the branch: the same seed's MixUp plan carries the Beta draw lam0, from which
+    # CutMix cuts a box of side int(size * sqrt(1 - lam0)) around a uniform centre, clipped only at the edges.
+    h, w = 20, 16
+    boxes = []
+    for seed in range(300):
+        lam0 = draw_mix(4, h, w, mixup_p=1.0, cutmix_p=0.0, generator=gen(seed)).lam
+        y0, y1, x0, x1 = draw_mix(4, h, w, mixup_p=0.0, cutmix_p=1.0, generator=gen(seed)).box
+        cut_h, cut_w = int(h * math.sqrt(1.0 - lam0)), int(w * math.sqrt(1.0 - lam0))
+        assert 0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w, seed
+        assert y1 - y0 <= cut_h and x1 - x0 <= cut_w, seed
+        if 0 < y0 and y1 < h:  # not clipped: the whole drawn side
+            assert y1 - y0 == cut_h, seed
+        if 0 < x0 and x1 < w:
+            assert x1 - x0 == cut_w, seed
+        boxes.append((y0, y1, x0, x1))
+    y0s, y1s, x0s, x1s = zip(*boxes)
+    assert min(y0s) == 0 and min(x0s) == 0 and max(y1s) == h and max(x1s) == w  # boxes reach every edge
+
+
 # --------------------------------------------------------------------------------- BatchLoader
 
 def make_loader(X, y, **kw):
@@ -286,6 +308,20 @@ def test_loader_augments_and_mixes_when_training():
     assert any(b.lam < 1.0 for b in batches)
     assert all(0.0 < b.lam <= 1.0 and torch.equal(b.y, torch.arange(i % 4 * 16, i % 4 * 16 + 16))
                for i, b in enumerate(batches))
+
+
+def test_loader_pads_before_normalising_and_erases_to_zero():
+    # White images: every augmented pixel is white, crop padding (black, normalised to -mean/std, as torchvision
+    # pads the image before Normalize) or erased (0 on the normalised image, torchvision's RandomErasing value).
+    X, y = torch.full((32, 3, 8, 8), 255, dtype=torch.uint8), torch.arange(32)
+    loader = make_loader(X, y, shuffle=False, augment=True, erase_p=1.0, mixup_p=0.0, cutmix_p=0.0)
+    x = torch.cat([b.x for b in collect(loader, 0)])
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    is_white = torch.isclose(x, ((1 - mean) / std).expand_as(x))
+    is_black = torch.isclose(x, (-mean / std).expand_as(x))
+    is_erased = x == 0
+    assert bool((is_white | is_black | is_erased).all())
+    assert bool(is_white.any()) and bool(is_black.any()) and bool(is_erased.any())
 
 
 def test_loader_channels_last_and_errors():

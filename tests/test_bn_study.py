@@ -153,6 +153,68 @@ def test_nan_minmax_ignores_and_counts_nonfinite():
     assert lo[2] == -1.0 and hi[2] == 4.0
 
 
+def test_probe_summary_beta_is_the_largest_ratio_over_the_step_sizes():
+    rec = {"loss": torch.tensor([1.0, 1.5, 3.0]), "gdiff": torch.tensor([0.1, 0.4, 0.6], dtype=torch.float64),
+           "grad_norm": torch.tensor(2.0, dtype=torch.float64)}
+    rec["beta"] = rec["gdiff"] / (torch.tensor([0.1, 0.2, 0.4], dtype=torch.float64) * rec["grad_norm"])  # .5, 1, .75
+    out = S.summarize_probes([rec])
+    assert out["beta"] == [pytest.approx(1.0)]  # max over eta, not the first or the smallest
+    assert out["loss_min"] == [1.0] and out["loss_max"] == [3.0]
+    assert out["gpred_min"] == [pytest.approx(0.1)] and out["gpred_max"] == [pytest.approx(0.6)]
+
+
+def test_filter_normalized_direction_gives_each_filter_its_weights_norm():
+    torch.manual_seed(0)
+    model = small_cnn(batch_norm=True)
+    direction = S.filter_normalized_direction(model, torch.Generator().manual_seed(3))
+    for p, d in zip(model.parameters(), direction):
+        assert d.shape == p.shape
+        if p.dim() <= 1:  # biases, BN weight and bias: no move
+            assert not d.any()
+        else:  # each conv filter / each Linear neuron's weights: the norm of the matching weights
+            torch.testing.assert_close(d.flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1))
+            assert not torch.allclose(d, p.detach())
+
+
+def test_loss_slice_at_zero_is_the_models_mean_loss_and_restores_the_model():
+    torch.manual_seed(0)
+    model = small_cnn(batch_norm=True)
+    X, y = torch.randn(10, 3, 8, 8), torch.randint(0, 10, (10,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = S.loss_slice(model, X, y, alphas=[-1.0, 0.0, 0.5], seed=1, batch_size=4)  # batches of 4, 4 and 2
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        logits = model.eval()(X)
+    assert out["alpha"] == [-1.0, 0.0, 0.5]
+    assert out["loss"][1] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)  # mean over all images
+    assert out["acc"][1] == pytest.approx(float((logits.argmax(1) == y).double().mean()))
+    assert out["loss"][0] != pytest.approx(out["loss"][1])  # the direction moves the loss
+
+
+def test_bn_summary_band_width_and_gradient_range_from_the_steps_files(tmp_path):
+    dirs = output_dirs("smoke", root=tmp_path)
+    Path(dirs.results).mkdir(parents=True, exist_ok=True)
+    steps = {1e-3: {"loss": [1.0, 2.0, 3.0], "grad_max": [0.5, 0.7, 0.9], "grad_min": [-0.5, -0.1, -0.3]},
+             1e-4: {"loss": [2.0, 2.5], "grad_max": [0.2, 0.2], "grad_min": [0.1, 0.0]}}
+    for lr, s in steps.items():
+        S._protocol_files(dirs, "VGG_A", lr)[1].write_text(json.dumps(s))
+    proto = S.bn_summary(dirs, lrs=(1e-3, 1e-4))["protocol"]["VGG_A"]
+    band = proto["loss_band"]
+    assert band["num_runs"] == 2 and band["num_steps"] == 3
+    # Widths 1.0 and 0.5 where both runs have a value; step 2 has one run only, which is no band.
+    assert band["mean_width"] == pytest.approx(0.75) and band["median_width"] == pytest.approx(0.75)
+    rng = proto["grad_range"]["0.001"]["range"]  # grad_max - grad_min per step: 1.0, 0.8, 1.2
+    assert rng["min"] == pytest.approx(0.8) and rng["max"] == pytest.approx(1.2) and rng["mean"] == pytest.approx(1.0)
+    assert proto["grad_range"]["0.0001"]["range"]["min"] == pytest.approx(0.1)
+    # The slice's numbers: the loss at alpha = 0 is the middle of the 51 points, not a neighbour.
+    alphas = np.linspace(-1.0, 1.0, S.SLICE_ALPHAS)
+    S.slice_path(dirs, "VGG_A", S.BN_SEED).write_text(json.dumps(
+        {"alpha": alphas.tolist(), "loss": (1.0 + np.abs(alphas)).tolist(), "config": {"num_images": 8}}))
+    sliced = S.bn_summary(dirs, lrs=(1e-3, 1e-4))["slice"]["VGG_A"]
+    assert sliced["loss_at_0"] == pytest.approx(1.0) and sliced["loss_at_pm1"] == pytest.approx([2.0, 2.0])
+    assert sliced["loss_max"] == pytest.approx(2.0)
+
+
 # ------------------------------------------------------------------------------------------ loss_band
 
 def test_loss_band_handles_different_lengths_and_nonfinite():

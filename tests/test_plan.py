@@ -112,6 +112,22 @@ def test_the_slices_job_is_done_only_with_slices_of_the_selected_epochs(tiny_sou
     assert not job().done and job().force
 
 
+def test_the_probe_job_is_estimated_from_its_steps_and_done_only_with_both_networks(tiny_source, tmp_path):
+    from lib import bn_study
+
+    source = resolve_source(tiny_source)
+    dirs = output_dirs("full", root=tmp_path)
+    job = lambda: next(j for j in P.study_jobs(fake_bench(probe=0.01), source, dirs) if j.kind == "probe")
+    configs = bn_study.probe_configs("full", source)
+    assert [c.num_steps for c in configs] == [4000, 4000]
+    assert job().seconds == pytest.approx(2 * 0.01 * 4000)  # seconds per step x steps, for both networks
+    assert not job().done
+    atomic_write_json(configs[0].result_path(dirs), {"config": configs[0].to_dict()})
+    assert not job().done  # VGG_A probed, VGG_A_BN not yet
+    atomic_write_json(configs[1].result_path(dirs), {"config": configs[1].to_dict()})
+    assert job().done
+
+
 def test_plan_measures_the_costs_on_the_gpu_until_every_model_has_a_gpu_cost_file(tiny_source, tmp_path):
     from lib.part1 import CPU_COST_BATCH, GPU_COST_BATCH, cost_path
 

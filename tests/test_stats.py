@@ -219,3 +219,35 @@ def test_holm_sentence_says_which_verdicts_survive_the_correction(results):
     assert strict.endswith(f"0 of the 1 differences called significant stay so (not: Big vs Small, adjusted "
                            f"{_fmt_p(2 * p_small)}).")
     assert holm_sentence(comparison_table(results[:4]), reference="Big") == ""  # fewer than two tests
+
+
+def test_pareto_front_a_tie_in_one_coordinate_is_dominated_by_the_better_other():
+    # Same cost, higher accuracy (and same accuracy, lower cost) dominates; exact duplicates do not.
+    assert pareto_front([1.0, 1.0, 2.0, 2.0], [80.0, 85.0, 90.0, 90.0]) == [False, True, True, True]
+    assert pareto_front([1.0, 2.0], [90.0, 90.0]) == [True, False]
+
+
+def test_welch_without_spread_signs_the_infinite_t_by_the_difference():
+    r = welch_test([1.0, 1.0], [2.0, 2.0])
+    assert r["t"] == -math.inf and r["p"] == 0.0
+
+
+def test_ranking_a_reference_without_runs_and_a_single_seed_without_a_spread(results):
+    t = comparison_table([_result("Ref", 0, None, 10, status="diverged"), _result("A", 0, 0.90, 20),
+                          _result("A", 1, 0.91, 20)])
+    assert [v for _, _, v in comparisons(t, reference="Ref")] == [None]
+    assert ranking_sentences(t, reference="Ref") == ["Ref and A cannot be compared: Ref has no successful run."]
+    single = ranking_sentences(comparison_table(results), reference="Big")[2]
+    assert "; 93.00 ± 0.10% vs 95.00%, 3 (+1 diverged) vs 1 seeds;" in single  # one seed: no '± nan'
+
+
+def test_training_images_per_second_when_the_runs_disagree_on_the_image_count():
+    runs = [_result("M", 0, 0.5, 1000, seconds=(200.0,), cost={"train_images": 10_000, "train_ips": 50.0}),
+            _result("M", 1, 0.5, 1000, seconds=(20.0,), cost={"train_images": 20_000, "train_ips": 500.0})]
+    assert comparison_table(runs).iloc[0]["train_ips"] == pytest.approx(275.0)  # the runs' own numbers: median
+
+
+def test_comparison_table_lists_seeds_in_order_whatever_the_input_order(results):
+    big = comparison_table(list(reversed(results))).set_index("model").loc["Big"]
+    assert big["seeds"] == [0, 1, 2] and big["test_accs"] == pytest.approx([93.0, 93.1, 92.9])
+    assert big["run_epoch_seconds"] == [(0, 3.0), (1, 3.0), (2, 2.0)]

@@ -296,6 +296,51 @@ def test_a_checkpoint_of_other_options_is_kept_and_a_stale_one_replaced_with_a_n
     assert forced["status"] == "incomplete" and T.resume_epoch(cfg.replace(num_epochs=3), dirs) == 1
 
 
+def test_a_checkpoint_on_other_data_is_one_of_the_users_options(tiny_source):
+    cfg = tiny_cfg(tiny_source, num_epochs=2)
+    state = {"config": cfg.replace(data_source="official").to_dict(), "epoch": 0}
+    changed, chosen = T.checkpoint_clash(state, cfg)
+    assert chosen and changed == [f"data_source (official there, {cfg.to_dict()['data_source']} here)"]
+    assert T.clash_summary(Path("tiny.last.pt"), state, cfg).startswith(
+        "tiny.last.pt holds 1 epoch(s) of tiny trained with other options: data_source (official there")
+    assert T.checkpoint_clash({"config": cfg.replace(seed=9).to_dict()}, cfg) == (["seed (9 there, 0 here)"], False)
+
+
+def test_each_epoch_trains_at_its_lr_the_first_best_epoch_is_kept_and_per_class_acc_is_per_true_class(
+        tiny_source, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_source, num_epochs=3, num_train=20, num_val=4, num_test=6)  # 1 step an epoch; SGD from 2
+    lrs, real_epoch = [], T._train_epoch
+
+    def spy(model, head, optimizer, *a, **k):
+        lrs.append({g["lr"] for g in optimizer.param_groups})
+        return real_epoch(model, head, optimizer, *a, **k)
+
+    val_accs = iter([0.25, 0.5, 0.5])  # a tie: the first epoch that reached the best is the one kept
+    conf = torch.zeros(10, 10, dtype=torch.long)  # rows: true class; the test pass
+    conf[0, 0], conf[0, 1], conf[1, 1], conf[2, 1] = 3, 1, 1, 1
+
+    def fake_evaluate(model, loader, cfg, device, num_classes=10):
+        acc = next(val_accs, None)
+        if acc is None:
+            return {"loss": 1.0, "acc": 4 / 6, "confusion": conf}
+        return {"loss": 1.0, "acc": acc, "confusion": torch.zeros(10, 10, dtype=torch.long)}
+
+    monkeypatch.setattr(T, "_train_epoch", spy)
+    monkeypatch.setattr(T, "evaluate", fake_evaluate)
+    # A stand-in for CANet_tiny (seconds per step on a busy CPU): this is about the bookkeeping, not the network.
+    small = lambda name: torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Flatten(),  # noqa: E731
+                                             torch.nn.Linear(48, 10))
+    monkeypatch.setattr(T, "build", small)
+    monkeypatch.setattr(T, "model_summary", lambda name, batch_size=1: name)
+    result = T.train(cfg, dirs=output_dirs("smoke", root=tmp_path), progress=False)
+    assert [len(s) for s in lrs] == [1, 1, 1]
+    assert [s.pop() for s in lrs] == pytest.approx([T.lr_at(cfg, e) for e in range(3)], rel=1e-12)
+    assert [r["optimizer"] for r in result["history"]] == ["adamw", "adamw", "sgd"]
+    assert result["best_epoch"] == 1 and result["best_val_acc"] == 0.5
+    assert result["per_class_acc"] == pytest.approx([0.75, 1.0, 0.0] + [0.0] * 7)
+    assert result["confusion"] == conf.tolist()
+
+
 def test_resumed_result_records_the_commit_it_started_with(tiny_source, tmp_path, monkeypatch):
     cfg = tiny_cfg(tiny_source, num_epochs=2)
     dirs = output_dirs("smoke", root=tmp_path)
