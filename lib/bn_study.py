@@ -725,6 +725,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                 summary["missing"].append(path.name)
                 continue
             if (run := read_json_or_note(path, unreadable)) is None:
+                entry.setdefault("unreadable", []).append(f"{lr:g}")  # its table cell says so
                 continue
             entry["best_val_acc"][f"{lr:g}"] = run.get("best_val_acc")
             entry["test_acc"][f"{lr:g}"] = run.get("test_acc")
@@ -795,6 +796,8 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                            "loss_band_width": band_width.tolist()}}
         elif not probe_file.exists():
             summary["missing"].append(probe_file.name)
+        else:
+            summary.setdefault("probe_unreadable", []).append(model)
 
         slice_file = slice_path(dirs, model, seed)
         if slice_file.exists() and (s := read_json_or_note(slice_file, unreadable)) is not None:

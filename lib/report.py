@@ -47,6 +47,7 @@ ORIGINAL_REPORT = {
     "bn_setting": "one run per network and learning rate, official CIFAR-10, 50 epochs",  # Part 2's
 }
 NOT_RUN = "not run"
+UNREADABLE = "left out (file unreadable)"  # a result file that cannot be read: named, with why, under the table
 # What a run's precision setting (lib.config.PRECISIONS) computes, in the report's words.
 PRECISION_WORDS = {"auto": "bf16 autocast on a GPU, fp32 on a CPU", "bf16": "bf16 autocast on every device",
                    "fp32": "fp32 on every device, TF32 off on a GPU"}
@@ -504,7 +505,8 @@ def _median_max(stats: dict | None) -> str:
 
 
 def part2_tables(summary: dict) -> dict:
-    """Part 2's tables (headers + rows) from lib.bn_study.bn_summary's dict; missing runs show as 'not run'."""
+    """Part 2's tables (headers + rows) from lib.bn_study.bn_summary's dict; missing runs show as 'not run', runs
+    whose result file cannot be read as UNREADABLE."""
     proto = summary.get("protocol", {})
     a, b = (proto.get(m, {}) for m in BN_MODELS)
     acc_rows = []
@@ -514,7 +516,7 @@ def part2_tables(summary: dict) -> dict:
         cells = [k]
         for e in (a, b):
             if k not in e.get("best_val_acc", {}):
-                cells += [NOT_RUN, "-"]
+                cells += [UNREADABLE if k in e.get("unreadable", ()) else NOT_RUN, "-"]
                 continue
             status = e.get("status", {}).get(k)
             note = "" if status in (None, "ok") else f" ({status})"
@@ -537,7 +539,8 @@ def part2_tables(summary: dict) -> dict:
     for m in BN_MODELS:
         p = summary.get("probe", {}).get(m)
         if not p:
-            probe_rows.append([LABELS.get(m, m), NOT_RUN] + ["-"] * 6)
+            probe_rows.append([LABELS.get(m, m), UNREADABLE if m in summary.get("probe_unreadable", ()) else NOT_RUN]
+                              + ["-"] * 6)
             continue
         lr = f"{p['lr']:g}" + (" (fallback)" if p.get("lr_fallback") else "")
         probe_rows.append([p["label"], lr, f"{p['num_probes']} probes over {p['num_steps']} steps",

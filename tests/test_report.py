@@ -10,7 +10,7 @@ import pytest
 
 from lib.experiments import bn_config, part1_config
 from lib.paths import output_dirs
-from lib.report import NOT_RUN, ORIGINAL_REPORT, published_profile, render_report
+from lib.report import NOT_RUN, ORIGINAL_REPORT, UNREADABLE, published_profile, render_report
 from lib.results import atomic_write_json, read_json
 from lib.stats import compare, comparison_table
 
@@ -563,16 +563,20 @@ def test_a_result_file_that_cannot_be_read_is_left_out_and_named_or_stops_with_t
     (results / "p1-VGG11-s0.json").write_text('{"name": "p1-VGG11-s0", ')  # VGG11's only seed
     (results / "bn-VGG_A-lr0.001-s2020.steps.json").write_text('<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> other\n')
     (results / "bn-VGG_A_BN-lr0.0001-s2020.json").write_bytes(b"\x89PNG\r\n")
+    (results / "probe-VGG_A-s2020.json").write_text("{}\n}")
     text = render_report("quick", study_dirs).read_text()
     assert NOT_RUN in _table_row(text, "VGG11")  # not counted as run
     assert "p1-VGG11-s0 (its file cannot be read, not JSON: Expecting property name enclosed in double quotes at " \
            "line 1 column 25)." in text
     assert ("Left out, as their files cannot be read (`python -m lib run` trains them again and replaces the files; "
             "or restore\ncommitted ones with `git checkout`): bn-VGG_A-lr0.001-s2020.steps.json (not JSON: Expecting "
-            "value at line 1 column 1 (a git merge conflict left in it)), bn-VGG_A_BN-lr0.0001-s2020.json (not JSON: "
-            "not UTF-8 text (invalid start byte) at line 1 column 1).") in text
+            "value at line 1 column 1 (a git merge conflict left in it)), probe-VGG_A-s2020.json (not JSON: Extra data "
+            "at line 2 column 1), bn-VGG_A_BN-lr0.0001-s2020.json (not JSON: not UTF-8 text (invalid start byte) at "
+            "line 1 column 1).") in text
+    assert f"| Standard | {UNREADABLE} |" in text and f"| Standard + BatchNorm | {NOT_RUN} |" in text  # the probes
     lr_rows = [line for line in text.splitlines() if line.startswith("| 0.0001 |")]
-    assert lr_rows and lr_rows[0].count(NOT_RUN) == 1  # VGG-A + BN at lr 1e-4: left out; VGG-A's still shown
+    assert lr_rows and lr_rows[0].startswith("| 0.0001 | 65.12% |")  # VGG-A's run is still shown
+    assert lr_rows[0].count(UNREADABLE) == 1 and NOT_RUN not in lr_rows[0]  # VGG-A + BN's: left out, not "not run"
     (results / "cost-CANet.json").write_text("")
     with pytest.raises(JSONFileError, match=re.escape(f"{results / 'cost-CANet.json'} cannot be read as JSON: the "
                                                       f"file is empty; restore it (`git checkout --")):
