@@ -1204,3 +1204,13 @@ def test_the_committed_renders_do_not_depend_on_the_shells_execution_settings(tm
     assert refresh(tmp_path) == ["README.md: speed tables of 1 GPU bench file(s), unchanged",
                                  f"report.md: profile {published_profile(REPO / 'report.md')}, unchanged"]
     assert os.environ[T.COMPILE_ENV] == "" and os.environ[T.CUDA_GRAPHS_ENV] == "0"  # put back after
+
+
+def test_a_speed_up_exactly_at_its_target_meets_it(monkeypatch):
+    import copy
+
+    for name in B.execution_env_names():
+        monkeypatch.delenv(name, raising=False)
+    data = copy.deepcopy(json.loads((REPO / "results" / "bench" / "nvidia-h200.json").read_text()))  # a real shape
+    data["entries"]["CANet_tiny"]["ratio"] = 25.0  # the target is 'at least 25x'
+    assert "CANet_tiny 25.0x of 25x (CUDA graph): met" in B.speed_verdict(data)

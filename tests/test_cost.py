@@ -74,3 +74,22 @@ def test_cost_summary_cpu():
     assert s["params"] == 396_155 and s["infer_batch"] == 4
     assert s["device"] == "cpu" and s["precision"] == "fp32"
     assert s["flops"] > 0 and s["infer_ips"] > 0
+
+
+def test_inference_throughput_counts_images_per_second(monkeypatch):
+    import types
+
+    import lib.cost as C
+
+    clock = iter([10.0, 12.0])  # the timed iterations take 2 s
+    monkeypatch.setattr(C, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    assert inference_throughput(model, "cpu", batch_size=8, iters=3, warmup=1) == pytest.approx(8 * 3 / 2)
+
+
+def test_cost_summary_counts_canets_flops_as_specified_not_merged(monkeypatch):
+    import lib.cost as C
+
+    monkeypatch.setattr(C, "inference_throughput", lambda *a, **k: 1.0)  # only the FLOPs matter here
+    # CANet_tiny per path, three ChannelAttention branches per SE; merged into one form it counts 136,296,348.
+    assert cost_summary("CANet_tiny", "cpu")["flops"] == 136_299_932

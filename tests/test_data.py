@@ -475,3 +475,28 @@ def test_git_commit_is_dirty_for_changed_code_not_for_the_studys_own_outputs(tmp
     (tmp_path / "lib/x.py").write_text("2")
     assert git_commit(tmp_path) == sha + "+dirty"
     assert git_commit(tmp_path / "nowhere") == "unknown"
+
+
+def test_folder_with_one_top_folder_reads_as_the_bare_one(tmp_path):
+    expected = make_folder(tmp_path / "copy" / "cifar")  # copy/cifar/{train,test}/<class>/NNNN.png
+    assert_matches(D.load_cifar10(tmp_path / "copy", root=tmp_path / "root"), expected)
+
+
+def test_split_train_val_keeps_the_original_order():
+    X = np.arange(1000)
+    X_tr, y_tr, X_val, y_val = D.split_train_val(X, X % 10, num_val=100)
+    assert (np.diff(X_tr) > 0).all() and (np.diff(X_val) > 0).all()  # each part in the order of the set
+
+
+def test_an_image_of_the_right_width_but_the_wrong_height(folder, tmp_path):
+    path, _ = folder
+    Image.fromarray(np.zeros((28, 32, 3), np.uint8)).save(path / "train" / "dog" / "0001.png")
+    with pytest.raises(DataError, match=r"train/dog/0001.png is 32x28, not 32x32"):
+        D.load_cifar10(path, root=tmp_path / "root")
+
+
+def test_a_subset_of_every_image_is_the_set_in_order():
+    X, y = np.arange(100) * 3, np.arange(100) % 10
+    X_all, y_all = D.subset(X, y, 100)
+    np.testing.assert_array_equal(X_all, X)
+    np.testing.assert_array_equal(y_all, y)

@@ -158,3 +158,37 @@ def test_notebook_tables_hold_the_result_values():
     assert part1.normalization(r) == NORMS["imagenet"]
     assert part1.normalization(fake_result("CANet_tiny", norm="half")) == NORMS["half"]
     assert list(history.columns) == ["lr", "optimizer", "train loss", "train acc (%)", "val loss", "val acc (%)", "seconds"]
+
+
+def test_a_run_on_other_data_is_left_out_of_the_table(dirs, capsys):
+    write(dirs, fake_result("CANet_tiny", 0))
+    write(dirs, fake_result("ResNet18", 0))
+    other = fake_result("VGG11", 0)
+    other["data"] = dict(other["data"], sha256="def")  # the same recipe, other images
+    write(dirs, other)
+    left_out = []
+    assert [r["name"] for r in part1.load_results(dirs, left_out=left_out)] == ["p1-CANet_tiny-s0", "p1-ResNet18-s0"]
+    assert left_out == ["p1-VGG11-s0 (another recipe or data: other data)"]
+    assert "leaving out p1-VGG11-s0 (another recipe or data: other data)" in capsys.readouterr().err
+
+
+def test_training_throughput_is_over_the_median_epoch_not_the_mean():
+    r = fake_result("CANet_tiny")
+    r["history"] = [dict(h, seconds=s) for h, s in zip(r["history"], (4.0, 2.0, 9.0))]  # median 4, mean 5
+    (joined,) = part1.with_costs([r], {})
+    assert joined["cost"]["train_ips"] == pytest.approx(600 / 4.0)
+
+
+def test_notebook_tables_round_losses_to_four_decimals():
+    r = fake_result("CANet_tiny")
+    r["history"][2] = dict(r["history"][2], val_loss=0.123456, train_loss=1.98766)
+    history = part1.history_frame(r)
+    assert history.loc[3, "val loss"] == 0.1235 and history.loc[3, "train loss"] == 1.9877
+
+
+def test_per_class_accuracy_is_averaged_over_the_successful_runs_only():
+    ok = [fake_result("CANet_tiny", seed) for seed in (1, 0)]
+    diverged = dict(fake_result("CANet_tiny", 2, status="diverged"), per_class_acc=[0.0] * 10)
+    runs, mean = part1.per_class_by_model(ok + [diverged])["CANet_tiny"]
+    assert [r["seed"] for r in runs] == [0, 1]  # by seed; the diverged run left out
+    assert mean == pytest.approx([i / 10 for i in range(10)])

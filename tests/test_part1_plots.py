@@ -378,3 +378,13 @@ def test_epoch_axes_tick_whole_epochs_only():
     lo, hi = ax.get_xlim()
     ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
     assert ax.get_xlabel() == "epoch" and ticks == [1.0, 2.0, 3.0]
+
+
+def test_a_checkpoint_is_looked_for_in_the_published_and_the_build_folders():
+    from lib.paths import output_dirs
+
+    result = dict(fake_result(), name="no_such_run_for_tests")
+    with pytest.raises(FileNotFoundError) as err:
+        load_trained(result)
+    for publish in (True, False):  # a smoke run published (results/smoke/...) or not (build/smoke/...)
+        assert str(output_dirs("smoke", publish=publish).checkpoints / "no_such_run_for_tests.pt") in str(err.value)

@@ -860,3 +860,174 @@ def test_each_figure_note_is_shown_under_its_figures_in_the_report_and_the_noteb
     assert figure_note(dirs, "p1_filters").startswith("**How to read it.** The 3x3 RGB filters of block 0")
     with pytest.raises(KeyError):
         figure_note(dirs, "p1_no_such_figure")
+
+
+def test_two_seeds_whose_epoch_times_differ_more_than_twofold_are_marked():
+    import pandas as pd
+
+    from lib.report import uneven_times
+
+    table = pd.DataFrame([{"model": "CANet", "run_epoch_seconds": [(0, 10.0), (1, 25.0)]},  # 2.5-fold: marked
+                          {"model": "ResNet18", "run_epoch_seconds": [(0, 10.0), (1, 19.0)]},  # 1.9-fold: not
+                          {"model": "VGG11", "run_epoch_seconds": [(0, 10.0)]}])  # one run: nothing to compare
+    assert uneven_times(table) == {"CANet": [(0, 10.0), (1, 25.0)]}
+
+
+def test_bn_wins_only_the_learning_rates_where_its_accuracy_is_higher():
+    from lib.report import part2_findings
+
+    summary = {"protocol": {"VGG_A": {"best_val_acc": {"0.0001": 0.5, "0.001": 0.6, "0.002": 0.4}},
+                            "VGG_A_BN": {"best_val_acc": {"0.0001": 0.5, "0.001": 0.7, "0.002": 0.3}}},
+               "probe": {}, "slice": {}}
+    assert "BN has the higher best validation accuracy at 1 of the 3 learning rates run (0.001)." \
+        in part2_findings(summary)  # a tie at 0.0001 is no win
+
+
+def test_the_probes_from_the_plateau_exit_on_include_the_one_at_that_step():
+    from lib.report import part2_findings
+
+    summary = _probe_summary(stuck=False, exit_step=70)  # probes at 0, 10, ..., 90: 70, 80 and 90 from then on
+    summary["probe"]["VGG_A"]["series"]["beta"] = [1.0] * 7 + [30.0, 40.0, 50.0]
+    late = [s for s in part2_findings(summary) if s.startswith("Probe (effective beta-smoothness), from step 70")]
+    assert late == ["Probe (effective beta-smoothness), from step 70 on (3 probes of each network, both training): "
+                    "median 1 with BN vs 40 without (smaller with BN)."]
+
+
+def test_runs_that_recorded_no_device_count_as_cpu_time(study_dirs):
+    from lib.report import collect
+
+    before = collect("quick", study_dirs)["times"]
+    r = p1_result("ResNet18", 2, ACCS["ResNet18"][2])
+    del r["device"]
+    atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    after = collect("quick", study_dirs)["times"]
+    assert after["n"] == before["n"] and after["gpu"] == 0.0
+    assert after["cpu"] == pytest.approx(before["cpu"]) and after["total"] == pytest.approx(before["total"])
+
+
+def test_without_a_marker_the_main_run_is_canets_lowest_seed(study_dirs):
+    from lib.report import collect
+
+    (Path(study_dirs.results) / "part1-main.json").unlink()
+    assert collect("quick", study_dirs)["main"]["name"] == "p1-CANet-s0"
+    atomic_write_json(Path(study_dirs.results) / "part1-main.json", {"model": "CANet", "seed": 7, "name": "p1-CANet-s7"})
+    assert collect("quick", study_dirs)["main"]["name"] == "p1-CANet-s0"  # a marker of a run not here: the same
+
+
+def test_runs_of_which_only_some_trained_under_mps_say_so():
+    from lib.report import shared_gpu_note
+
+    runs = [{"shared_gpu": {"lanes": 3, "mps": True}}, {"shared_gpu": {"lanes": 3, "mps": False}}, {}]
+    assert shared_gpu_note(runs) == (" (shared: 2 of 3 runs trained 3 at once (some under MPS), so their times are "
+                                     "those of a shared GPU)")
+    assert " under MPS," in shared_gpu_note(runs[:1]) and " time-sliced," in shared_gpu_note(runs[1:])
+
+
+def test_the_incomplete_banner_counts_partial_and_damaged_experiments_as_not_done(tmp_path, monkeypatch):
+    import lib.plan as plan
+
+    monkeypatch.setattr(plan, "study_status", lambda *a, **k: [("done", "p1-CANet-s0", ""),
+                                                               ("partial", "p1-CANet-s1", ""),
+                                                               ("damaged", "p1-CANet-s2", "")])
+    assert "holds 1 of the 3 experiments" in render_report("full", output_dirs("full", root=tmp_path)).read_text()
+
+
+def test_models_tied_with_a_near_chance_reference_are_not_counted_as_beaten(study_dirs):
+    from lib.report import collect
+
+    for seed, acc in enumerate((0.20, 0.21, 0.22)):  # CANet (the reference) and ResNet18 both barely learned: a tie
+        for model, shift in (("CANet", 0.0), ("ResNet18", 0.001)):
+            r = p1_result(model, seed, acc + shift)
+            atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    info = collect("quick", study_dirs)
+    assert info["near_chance"] == ["CANet", "ResNet18"]
+    assert info["verdicts"]["tied"] == 1 and info["verdicts"]["better"] == 0
+    assert info["verdicts"]["better_near_chance"] == 0
+
+
+def test_a_folder_with_only_part2_results_replaces_a_report_of_another_folder(tmp_path):
+    dirs = output_dirs("full", root=tmp_path)
+    Path(dirs.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(dirs.report).write_text("# rendered from the quick profile\n")
+    atomic_write_json(Path(dirs.results) / "slice-VGG_A-s2020.json",
+                      {"alpha": [-1.0, 0.0, 1.0], "loss": [3.0, 1.0, 2.5], "seconds": 7.5,
+                       "environment": {"device": "NVIDIA H100 80GB HBM3"}})
+    assert "rendered from the quick profile" not in render_report("full", dirs).read_text()
+
+
+def test_a_missing_data_label_is_not_taken_for_the_official_data():
+    from lib.report import unlike_original
+
+    assert unlike_original("full", 70, 45_000, None) == " (not comparable: the data recorded in the result files)"
+
+
+def test_the_fallback_note_says_from_which_lr_to_which_and_why():
+    from lib.report import fallback_note
+
+    why = {"from_lr": 0.1, "to_lr": 0.01,
+           "stuck_check": {"step": 400, "window": 100, "mean_loss": 2.3031, "threshold": 2.2}}
+    summary = {"probe": {"VGG_A": {"lr": 0.01, "fallback_why": why}, "VGG_A_BN": {"lr": 0.01}}}
+    assert fallback_note(summary) == (
+        "Both networks were probed at lr 0.01, not 0.1: at 0.1 VGG-A did not train (its mean training loss 2.303 over "
+        "the 100 steps before step 400, above the threshold 2.2), so, as BN_METHODS.md says, both ran again at the "
+        "lower lr, with the step sizes scaled by the same factor.")
+    why["stuck_check"]["mean_loss"] = None  # the loss went non-finite
+    assert "(its training loss became non-finite before step 400)" in fallback_note(summary)
+    assert fallback_note({"probe": {"VGG_A": {"lr": 0.1}}}) == ""
+
+
+def test_the_comparison_table_lists_the_models_by_parameter_count(study_dirs):
+    text = render_report("quick", study_dirs).read_text()
+    table = text.split("| model | parameters |", 1)[1].split("\n\n", 1)[0]  # the first comparison table
+    models = [line.split(" | ")[0][2:] for line in table.splitlines()[2:]]
+    params = {**ORIGINAL_REPORT["params"], **PARAMS}
+    assert sorted(models) == sorted(ORIGINAL_REPORT["test_acc"])  # the nine Part 1 models, run or not
+    assert [params[m] for m in models] == sorted(params[m] for m in models)
+
+
+def test_the_gradient_table_takes_the_largest_max_and_the_smallest_min():
+    from lib.report import part2_tables
+
+    grad = {"0.001": {"range": {"median": 0.2, "max": 0.3}, "grad_max": {"min": 0.01, "max": 0.25},
+                      "grad_min": {"min": -0.05, "max": -0.01}}}
+    headers, rows = part2_tables({"protocol": {"VGG_A": {"grad_range": grad}}})["grad"]
+    assert headers[-2:] == ["largest max", "smallest min"]
+    assert rows == [["Standard", "0.001", "0.2", "0.3", "0.25", "-0.05"]]
+
+
+def test_a_confusions_share_is_of_the_true_class_images():
+    from lib.report import confusions
+
+    conf = np.full((10, 10), 2)
+    np.fill_diagonal(conf, 30)
+    conf[3, 5], conf[3, 0] = 9, 8  # 61 cat images (row 3), 55 predicted dog (column 5)
+    top = confusions({"confusion": conf.tolist()}, top=2)
+    assert [(c["true"], c["pred"], c["count"]) for c in top] == [("cat", "dog", 9), ("cat", "airplane", 8)]
+    assert top[0]["pct_of_true"] == pytest.approx(100 * 9 / 61)
+
+
+def test_data_that_records_no_completeness_is_not_called_a_smaller_copy():
+    from lib.report import context_line
+
+    older = {"label": "JPEG-q75 copy", "num_train_used": 45000, "num_train": 50000, "num_test": 10000}
+    assert "smaller copy" not in context_line([{"data": older, "seed": 0}])
+
+
+def test_the_accuracy_table_notes_a_status_other_than_ok():
+    from lib.report import part2_tables
+
+    entry = {"best_val_acc": {"0.001": 0.7012, "0.0001": 0.6}, "test_acc": {"0.001": 0.69, "0.0001": 0.59},
+             "status": {"0.001": "ok", "0.0001": "diverged"}}
+    _, rows = part2_tables({"protocol": {"VGG_A": entry}})["accuracy"]
+    by_lr = {row[0]: row[1:3] for row in rows}
+    assert by_lr["0.001"] == ["70.12%", "69.00%"] and by_lr["0.0001"] == ["60.00% (diverged)", "59.00%"]
+
+
+def test_bn_below_the_network_without_bn_misses_the_bar():
+    from lib.report import sanity_bars
+
+    protocol = {m: {"status": {"0.001": "ok"}, "test_acc": {"0.001": acc}}
+                for m, acc in (("VGG_A", 0.80), ("VGG_A_BN", 0.75))}
+    line = sanity_bars(None, {"protocol": protocol})[1]
+    assert "VGG-A with BN reaches 75.00% test accuracy, without 80.00% (-5.00 points)" in line
+    assert line.endswith("**missed**.")
