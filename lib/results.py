@@ -100,14 +100,19 @@ def read_json(path: Path | str):
         raise JSONFileError(err.msg, err.doc, err.pos, path) from None
 
 
-def read_json_or_note(path: Path | str, unreadable: list[str]):
-    """read_json(path), or None with 'file name (why)' added to `unreadable` where it cannot be read (a report
-    leaves such a result out and says so; `lib run` trains its experiment again and replaces the file)."""
+def read_json_or_note(path: Path | str, unreadable: list[str]) -> dict | None:
+    """The JSON object (a result) in `path`, or None with 'file name (why)' added to `unreadable` where it cannot be
+    read as one (a report leaves such a result out and says so; `lib run` trains its experiment again and replaces
+    the file)."""
     try:
-        return read_json(path)
+        obj = read_json(path)
     except (OSError, ValueError) as err:
         unreadable.append(f"{Path(path).name} ({unreadable_why(err)})")
         return None
+    if not isinstance(obj, dict):
+        unreadable.append(f"{Path(path).name} (a JSON {type(obj).__name__}, not an object)")
+        return None
+    return obj
 
 
 def unreadable_why(err: OSError | ValueError) -> str:

@@ -564,6 +564,7 @@ def test_a_result_file_that_cannot_be_read_is_left_out_and_named_or_stops_with_t
     (results / "bn-VGG_A-lr0.001-s2020.steps.json").write_text('<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> other\n')
     (results / "bn-VGG_A_BN-lr0.0001-s2020.json").write_bytes(b"\x89PNG\r\n")
     (results / "probe-VGG_A-s2020.json").write_text("{}\n}")
+    (results / "bn-VGG_A_BN-lr0.001-s2020.steps.json").write_text("[1, 2]")  # JSON, but no result
     text = render_report("quick", study_dirs).read_text()
     assert NOT_RUN in _table_row(text, "VGG11")  # not counted as run
     assert "p1-VGG11-s0 (its file cannot be read, not JSON: Expecting property name enclosed in double quotes at " \
@@ -572,7 +573,7 @@ def test_a_result_file_that_cannot_be_read_is_left_out_and_named_or_stops_with_t
             "or restore\ncommitted ones with `git checkout`): bn-VGG_A-lr0.001-s2020.steps.json (not JSON: Expecting "
             "value at line 1 column 1 (a git merge conflict left in it)), probe-VGG_A-s2020.json (not JSON: Extra data "
             "at line 2 column 1), bn-VGG_A_BN-lr0.0001-s2020.json (not JSON: not UTF-8 text (invalid start byte) at "
-            "line 1 column 1).") in text
+            "line 1 column 1), bn-VGG_A_BN-lr0.001-s2020.steps.json (a JSON list, not an object).") in text
     assert f"| Standard | {UNREADABLE} |" in text and f"| Standard + BatchNorm | {NOT_RUN} |" in text  # the probes
     lr_rows = [line for line in text.splitlines() if line.startswith("| 0.0001 |")]
     assert lr_rows and lr_rows[0].startswith("| 0.0001 | 65.12% |")  # VGG-A's run is still shown
