@@ -1231,9 +1231,10 @@ def superseded(entry: dict) -> bool:
 def bench_table(bench) -> str:
     """Markdown table of a bench file (path or dict): per model naive and fast s/epoch, speed-up and target."""
     data = load_bench(bench)
-    entries = [e for e in data.get("entries", {}).values() if e.get("kind") != "probe"]
-    old = [e for e in entries if superseded(e)]
-    entries = [e for e in entries if not superseded(e)]
+    old, entries = [], []
+    for e in data.get("entries", {}).values():
+        if e.get("kind") != "probe":
+            (old if superseded(e) else entries).append(e)
     order = {m: i for i, m in enumerate(PART1_MODELS + BN_MODELS)}
     entries.sort(key=lambda e: (e.get("naive_seconds") is None, order.get(e["model"], 99), bool(e.get("compiled"))))
     summary = speed_verdict(data)

@@ -98,9 +98,10 @@ def load_results(dirs: OutputDirs, prefix: str = "p1-", models: Sequence[str] | 
         try:
             r = read_json(path)
         except (OSError, ValueError) as err:
-            print(f"lib.part1: skipping unreadable result {path}: {unreadable_why(err)}", file=sys.stderr)
+            why = unreadable_why(err)
+            print(f"lib.part1: skipping unreadable result {path}: {why}", file=sys.stderr)
             if left_out is not None:
-                left_out.append(f"{path.stem} (its file cannot be read, {unreadable_why(err)})")
+                left_out.append(f"{path.stem} (its file cannot be read, {why})")
             continue
         if isinstance(r, dict) and r.get("status") in ("ok", "diverged") and (not models or r.get("model") in models):
             results.append(r)
