@@ -28,6 +28,7 @@ from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
 from lib.results import (atomic_write_json, environment_info, git_commit, read_json, refuse_if_reuse_only,
                          reusable_run, say_reused)
+from lib.step_graph import STEP_GRAPH_ENV, StepGraph
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules). SE's mixing
 # scales (three per block, initialised to 1) are recorded apart, as their values (SE_SCALES): pooled with the
@@ -439,6 +440,14 @@ def compile_mode() -> str:
     return mode
 
 
+def step_graph_requested(model: str) -> bool:
+    """Whether CIFAR10_STEP_GRAPH (names separated by spaces or commas, or 'all') names `model`: its CUDA training
+    steps then run as one captured graph each (lib.step_graph.StepGraph, an experiment), torch.compile'd inside
+    where compile_requested."""
+    names = _names_in_env(STEP_GRAPH_ENV)
+    return "all" in names or model in names
+
+
 def compile_requested(cfg: TrainConfig) -> bool:
     """Whether cfg's CUDA training steps are to be torch.compile'd: cfg.compile, or CIFAR10_COMPILE names the model."""
     return cfg.compile or compiled_by_env(cfg.model)
@@ -464,6 +473,13 @@ def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, tra
     info["earlier_in_process"] = cfg.model in _STEPS_BUILT
     _STEPS_BUILT.add(cfg.model)
     batch_shape = (cfg.batch_size, *train_loader.X.shape[1:])
+    if step_graph_requested(cfg.model):  # an experiment (lib/step_graph.py): captured lazily, at the first batch
+        compiled = compile_requested(cfg)
+        info.update(compile=compiled, cuda_graphs=True, step_graph=True, **({"compile_mode": "default"} if compiled
+                                                                            else {}))
+        return StepGraph(model, last_linear(model), batch_shape, label_smoothing=cfg.label_smoothing,
+                         record_steps=cfg.record_steps, autocast=lambda: autocast_for(cfg, device, cache_enabled=False),
+                         compiled=compiled, info=info), info
     if compile_requested(cfg):
         info.update(compile=True, compile_mode=compile_mode())
         return CompiledForward(model, batch_shape, info["compile_mode"], info), info
@@ -973,23 +989,17 @@ def _train_epoch(model, head, optimizer, loader, cfg, device, epoch, progress) -
     n = 0
     bar = tqdm(loader, total=n_steps, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
                mininterval=2.0, disable=bars_disabled(progress))
+    whole = model if isinstance(model, StepGraph) else None  # the whole step as one CUDA graph (an experiment)
     for i, batch in enumerate(bar):
-        with autocast_for(cfg, device):
-            out = model(batch.x)
-        out = out.float()
-        loss = F.cross_entropy(out, batch.y, label_smoothing=cfg.label_smoothing)
-        if batch.lam < 1.0:  # MixUp/CutMix: lam*CE(y_a) + (1-lam)*CE(y_b)
-            loss = batch.lam * loss + (1 - batch.lam) * F.cross_entropy(out, batch.y_b,
-                                                                        label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.record_steps:
-            g = head.weight.grad
-            grad_max[i], grad_min[i] = g.max(), g.min()
-        optimizer.step()
+        stepped = (whole.step(batch.x, batch.y, batch.y_b, batch.lam, optimizer)
+                   if whole is not None and whole.takes(batch.x) else None)
+        if stepped is not None:
+            loss, acc, g_max, g_min = stepped
+            if cfg.record_steps:
+                grad_max[i], grad_min[i] = g_max, g_min
+        else:
+            loss, acc = _eager_step(model, head, optimizer, batch, cfg, device, i, grad_max, grad_min)
         with torch.no_grad():
-            pred = out.argmax(1)
-            acc = batch.lam * (pred == batch.y).float().mean() + (1 - batch.lam) * (pred == batch.y_b).float().mean()
             bs = batch.y.numel()
             step_loss[i], step_acc[i] = loss.detach(), acc
             loss_sum += loss.detach() * bs
@@ -997,6 +1007,28 @@ def _train_epoch(model, head, optimizer, loader, cfg, device, epoch, progress) -
             n += bs
     return {"step_loss": step_loss, "step_acc": step_acc, "grad_max": grad_max, "grad_min": grad_min,
             "loss_sum": loss_sum, "correct": correct, "n": n}
+
+
+def _eager_step(model, head, optimizer, batch, cfg, device, i, grad_max, grad_min):
+    """One training step, launched op by op (or through the model's own fast route): (loss, accuracy); with
+    cfg.record_steps the head's weight gradient's max and min go into grad_max[i], grad_min[i]."""
+    with autocast_for(cfg, device):
+        out = model(batch.x)
+    out = out.float()
+    loss = F.cross_entropy(out, batch.y, label_smoothing=cfg.label_smoothing)
+    if batch.lam < 1.0:  # MixUp/CutMix: lam*CE(y_a) + (1-lam)*CE(y_b)
+        loss = batch.lam * loss + (1 - batch.lam) * F.cross_entropy(out, batch.y_b,
+                                                                    label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.record_steps:
+        g = head.weight.grad
+        grad_max[i], grad_min[i] = g.max(), g.min()
+    optimizer.step()
+    with torch.no_grad():
+        pred = out.argmax(1)
+        acc = batch.lam * (pred == batch.y).float().mean() + (1 - batch.lam) * (pred == batch.y_b).float().mean()
+    return loss, acc
 
 
 def _log_epoch(writer, model, row, step_losses, step_accs, epoch, steps_per_epoch) -> None:

@@ -1062,6 +1062,31 @@ def test_speed_probe_times_each_variant_and_restores_lib_train(tiny_source, tmp_
         probe.main(args + ["nhwc"])
 
 
+def test_speed_probe_compares_the_step_graph_with_eager_steps(tiny_source, tmp_path):
+    """The step_graph row: timed with CIFAR10_STEP_GRAPH set for the epoch only, and compared with eager steps from
+    the same weights (on a CPU the step runs uncaptured, the same to the bit, MixUp/CutMix batches included)."""
+    import importlib.util
+
+    from lib.step_graph import STEP_GRAPH_ENV
+
+    spec = importlib.util.spec_from_file_location("speed_probe", REPO / "scripts" / "speed_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    seen = []
+    real_fast_epoch = probe.fast_epoch
+    probe.fast_epoch = lambda *a, **kw: seen.append((os.environ.get(STEP_GRAPH_ENV), kw["compile"])) or \
+        real_fast_epoch(*a, **kw)
+    d = probe.step_graph_difference("CANet_tiny", tiny_source, torch.device("cpu"), False, batch_size=8)
+    assert d == {"max_abs_diff_weights": 0.0, "max_abs_diff_step_loss": 0.0, "step_graph": True, "step_graph_note": ""}
+    out = tmp_path / "probe.jsonl"
+    args = [str(out), "CANet_tiny", "--data", tiny_source, "--num-train", "16", "--num-val", "8", "--variants"]
+    probe.step_graph_difference = lambda *a: {"max_abs_diff_weights": 0.5, "step_graph": False}
+    assert probe.main(args + ["step_graph"]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["variant"] == "step_graph" and row["max_abs_diff_weights"] == 0.5 and row["step_graph"] is False
+    assert seen == [("CANet_tiny", False)] and STEP_GRAPH_ENV not in os.environ
+
+
 def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, tmp_path, monkeypatch, capsys):
     """The runner leaves out its missing-only graph-check and fast-epoch steps when missing_steps finds nothing for
     them: what it finds must be exactly what those steps would measure."""
