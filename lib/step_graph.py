@@ -101,7 +101,7 @@ class StepGraph(nn.Module):
         self.failed = False
         self.captures = 0  # graphs captured so far (one per learning rate and optimiser)
         self.warmups = 0  # warm-ups run so far (one per optimiser)
-        self._inputs = None  # x, y, y_b, lam: the graph's inputs, made like the first full batch
+        self._inputs = None  # x, y, y_b, lam, 1 - lam: the graph's inputs, made like the first full batch
         self._graph, self._outputs, self._pool = None, None, None
         self._key = None  # (optimizer, its groups' learning rates) the current graph was captured with
 
@@ -139,17 +139,17 @@ class StepGraph(nn.Module):
         cuda = self._inputs[0].is_cuda if self.capture is None else self.capture
         if self._key is None or self._key[0] is not optimizer:
             saved = snapshot(self.model, optimizer)
+            side = torch.cuda.Stream(self._inputs[0].device) if cuda else None  # warm-ups on a side stream
             try:
-                side = torch.cuda.Stream(self._inputs[0].device) if cuda else None
                 if side is not None:
                     side.wait_stream(torch.cuda.current_stream(side.device))
                 with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                     for _ in range(WARMUP_STEPS):
                         optimizer.zero_grad(set_to_none=True)
                         self._body(optimizer)
+            finally:  # undone after the warm-up's kernels, also where one failed
                 if side is not None:
                     torch.cuda.current_stream(side.device).wait_stream(side)
-            finally:
                 restore(self.model, optimizer, saved)
             self.warmups += 1
         optimizer.zero_grad(set_to_none=True)  # the capture's backward makes the gradients, in the graph's memory
