@@ -102,7 +102,7 @@ class StepGraph(nn.Module):
         self.captures = 0  # graphs captured so far (one per learning rate and optimiser)
         self.warmups = 0  # warm-ups run so far (one per optimiser)
         self._inputs = None  # x, y, y_b, lam, 1 - lam: the graph's inputs, made like the first full batch
-        self._graph, self._outputs, self._pool = None, None, None
+        self._graph, self._outputs = None, None
         self._key = None  # (optimizer, its groups' learning rates) the current graph was captured with
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,9 +134,12 @@ class StepGraph(nn.Module):
         return (loss.detach(), acc) + extremes
 
     def _prepare(self, optimizer: torch.optim.Optimizer, key) -> None:
-        """Warm up (a new optimiser: steps undone after) and capture the step for `key`'s learning rates."""
-        self._graph = self._outputs = None  # the previous graph's memory goes back to the pool first
+        """Warm up (a new optimiser: steps undone after) and capture the step for `key`'s learning rates. A new
+        graph shares the previous one's memory pool (captured while the previous one still holds it: a pool whose
+        graphs are all gone cannot be captured into again until the allocator empties its cache)."""
         cuda = self._inputs[0].is_cuda if self.capture is None else self.capture
+        if cuda:  # nothing queued still reads what is freed below (an old optimiser's state, made on a side stream)
+            torch.cuda.synchronize(self._inputs[0].device)
         if self._key is None or self._key[0] is not optimizer:
             saved = snapshot(self.model, optimizer)
             side = torch.cuda.Stream(self._inputs[0].device) if cuda else None  # warm-ups on a side stream
@@ -155,19 +158,21 @@ class StepGraph(nn.Module):
         optimizer.zero_grad(set_to_none=True)  # the capture's backward makes the gradients, in the graph's memory
         if cuda:
             device = self._inputs[0].device
-            self._pool = self._pool if self._pool is not None else torch.cuda.graph_pool_handle()
             graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             # capture_begin/end rather than torch.cuda.graph, which also collects garbage and empties the cache
             # allocator at every capture (here once per epoch)
             with torch.cuda.stream(stream), capturable(optimizer):
-                graph.capture_begin(pool=self._pool)
+                graph.capture_begin(pool=self._graph.pool() if self._graph is not None else None)
                 try:
                     outputs = self._body(optimizer)
-                finally:
-                    graph.capture_end()
+                except BaseException:
+                    with contextlib.suppress(Exception):  # the error to report is the step's, not this one's
+                        graph.capture_end()
+                    raise
+                graph.capture_end()
             torch.cuda.current_stream(device).wait_stream(stream)
-            self._graph, self._outputs = graph, outputs
+            self._graph, self._outputs = graph, outputs  # the previous graph goes; its pool stays with this one
         self._key = key
         self.captures += 1
 

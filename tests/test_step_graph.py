@@ -42,18 +42,17 @@ def step_graph(model, cfg, batch_shape=(8, 3, 8, 8), **kw) -> S.StepGraph:
                        **kw)
 
 
-def train_epochs(step_model, model, cfg, data, epochs=4):
+def train_epochs(step_model, model, cfg, data, epochs=4, device=torch.device("cpu")):
     """lib.train's loop over `epochs` (its lr per epoch and optimiser switch): the per-epoch step statistics."""
     opt_kind, optimizer, stats = None, None, []
     for epoch in range(epochs):
         kind = T.optimizer_at(cfg, epoch)
         if kind != opt_kind:
             opt_kind = kind
-            optimizer = T.make_optimizer(kind, model.parameters(), cfg, T.lr_at(cfg, epoch), torch.device("cpu"))
+            optimizer = T.make_optimizer(kind, model.parameters(), cfg, T.lr_at(cfg, epoch), device)
         for group in optimizer.param_groups:
             group["lr"] = T.lr_at(cfg, epoch)
-        stats.append(T._train_epoch(step_model, last_linear(model), optimizer, data, cfg, torch.device("cpu"),
-                                    epoch, False))
+        stats.append(T._train_epoch(step_model, last_linear(model), optimizer, data, cfg, device, epoch, False))
     return stats
 
 
@@ -221,22 +220,25 @@ def test_cuda_steps_take_the_step_graph_where_the_environment_names_the_model(mo
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the capture itself")
 def test_the_captured_step_trains_as_the_eager_steps_on_cuda():
-    """fp32, deterministic cuDNN, TF32 off: graph replays and eager steps end at the same weights."""
+    """fp32, deterministic cuDNN, TF32 off; four epochs with a new learning rate each and the switch to SGD (four
+    captures, two warm-ups), MixUp/CutMix and a partial batch: graph replays and eager steps end at the same
+    weights and per-step losses (the eager run first, then the graphed one, each from the same random state)."""
     cfg = cfg_for(mixup_p=0.3, cutmix_p=0.3, precision="fp32", device="cuda")
     dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(1)
+    X = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8, generator=g).to(dev)
+    y = torch.randint(0, 10, (20,), generator=g).to(dev)
+    make = lambda: BatchLoader(X, y, 8, shuffle=True, augment=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3,
+                               mixup_p=0.3, cutmix_p=0.3)
     with T.backend_flags(deterministic=True, benchmark=False, cudnn_tf32=False, matmul_tf32=False):
         eager, graphed = small_net().to(dev), small_net().to(dev)
-        g = torch.Generator().manual_seed(1)
-        X = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8, generator=g).to(dev)
-        y = torch.randint(0, 10, (20,), generator=g).to(dev)
-        make = lambda: BatchLoader(X, y, 8, shuffle=True, augment=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3,
-                                   mixup_p=0.3, cutmix_p=0.3)
-        opt_e = T.make_optimizer("adamw", eager.parameters(), cfg, 1e-3, dev)
-        opt_g = T.make_optimizer("adamw", graphed.parameters(), cfg, 1e-3, dev)
-        sg = S.StepGraph(graphed, last_linear(graphed), (8, 3, 8, 8), label_smoothing=0.1, record_steps=False,
-                         autocast=lambda: T.autocast_for(cfg, dev, cache_enabled=False))
-        for epoch in range(3):
-            T._train_epoch(eager, last_linear(eager), opt_e, make(), cfg, dev, epoch, False)
-            T._train_epoch(sg, last_linear(graphed), opt_g, make(), cfg, dev, epoch, False)
-        assert sg._graph is not None and not sg.failed
-        assert_same_state(graphed.cpu(), eager.cpu(), rtol=1e-4, atol=1e-5)
+        sg = S.StepGraph(graphed, last_linear(graphed), (8, 3, 8, 8), label_smoothing=cfg.label_smoothing,
+                         record_steps=False, autocast=lambda: T.autocast_for(cfg, dev, cache_enabled=False))
+        torch.manual_seed(5)
+        expected = train_epochs(eager, eager, cfg, make(), device=dev)
+        torch.manual_seed(5)
+        got = train_epochs(sg, graphed, cfg, make(), device=dev)
+    assert sg._graph is not None and not sg.failed and (sg.captures, sg.warmups) == (4, 2), sg.info
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g["step_loss"], e["step_loss"], rtol=1e-5, atol=1e-6)
+    assert_same_state(graphed.cpu(), eager.cpu(), rtol=1e-5, atol=1e-6)
