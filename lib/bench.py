@@ -250,6 +250,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
             "compile_mode": fast_info.get("compile_mode"),
             "warmup_seconds": warmup_seconds if warmup_seconds is not None else seconds,
             "cuda_graphs": fast_info["cuda_graphs"], "fast_path_note": fast_info["note"],
+            "step_graph": bool(fast_info.get("step_graph")),  # the whole step as one CUDA graph (lib.step_graph)
             "earlier_in_process": fast_info.get("earlier_in_process"),
             "compile_cache": fast_info.get("compile_cache"),
             "canet_merged": blocks_merged(model, train_loader.X[:1]), "train_loss": row["train_loss"],

@@ -3,8 +3,8 @@
 lib.train's CUDA-graphed step (GraphedForward) captures the model's forward and backward; the loss, the hand-over
 of every parameter's gradient, the optimiser step and the step's metrics stay eager. On the H200 that left about
 730 host operator calls per CANet_tiny step beside about 7 ms of kernels (the bench file's `traces`): while the
-kernels take longer than the host, that costs nothing, but once torch.compile fuses the kernels the host calls
-bound the step, which may be why the compiled CANet_tiny epoch was not faster than the graphed one (1.47 s
+kernels take longer than the host, that costs little, but once torch.compile fuses the kernels the host calls
+likely bound the step, which may be why the compiled CANet_tiny epoch was not faster than the graphed one (1.47 s
 against 1.29 s). StepGraph captures forward, loss, backward, the optimiser step and the metrics as one graph,
 around the eager or the torch.compile'd model (mode 'default': the graph is ours), so that a full batch costs the
 batch's augmentation, five copies into the graph's inputs and one replay. `scripts/speed_probe.py --variants
@@ -13,7 +13,8 @@ step_graph step_graph_compiled` times it on a GPU and compares it with eager ste
 What stays as in lib.train's eager step (tests/test_step_graph.py, on a CPU, where the same code runs without the
 capture):
 - the recipe: the loss lam * CE(y) + (1 - lam) * CE(y_b) for every batch (an unmixed batch has lam = 1 and
-  y_b = y, which gives CE(y) exactly; lam and 1 - lam are made on the host as the eager step makes them), the optimiser's own step, BatchNorm's batch statistics and running averages;
+  y_b = y, which gives CE(y) exactly; lam and 1 - lam are made on the host as the eager step makes them), the
+  optimiser's own step, BatchNorm's batch statistics and running averages;
 - the state: a capture needs warm-up steps first (lazy initialisation of the optimiser's state, cuDNN's autotuning,
   a compile); they are undone in place (parameters, buffers, optimiser state, random states), so the run goes on
   from where it was;

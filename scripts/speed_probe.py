@@ -13,7 +13,8 @@ another):
   model runs as the timed epoch does: through its captured CUDA graphs on CUDA (0 or rounding if it is right).
 - step_graph: the whole training step (forward, loss, backward, optimiser step, metrics) as one CUDA graph
   (lib.step_graph.StepGraph, CIFAR10_STEP_GRAPH); step_graph_compiled: the same around the torch.compile'd model
-  (mode 'default'). Each row also gives the largest differences of weights and per-step losses after two epochs of
+  (mode 'default'); the row's `step_graph` says whether the timed epoch ran so (False: see `fast_path_note`). Each
+  row also gives the largest differences of weights and per-step losses after two epochs of
   three full batches and a partial one (the learning rate changing between them) from eager steps, in fp32 (TF32
   off, deterministic cuDNN): 0 where the captured step is right (compiled: the rounding of fused kernels, which
   Adam's normalised steps can make as large as the learning rate for weights whose gradients are near 0).
@@ -95,8 +96,9 @@ def step_graph_difference(model_name: str, data_source: str, device: torch.devic
     graph (CIFAR10_STEP_GRAPH, torch.compile'd inside where `compiled`) from the same weights on the same batches:
     two epochs of three full batches and a partial one, the learning rate of the recipe's first two epochs, fp32
     with TF32 off and deterministic cuDNN. Over the floating-point weights and buffers, and the per-step losses;
-    `step_graph` says whether the second run did go through the whole-step graph (False: it fell back, see its
-    note). On a CPU the same step runs uncaptured (StepGraph(capture=False)). batch_size: the recipe's unless given."""
+    `compared_step_graph` says whether the second run did go through the whole-step graph (False: it fell back,
+    see `compared_note`). On a CPU the same step runs uncaptured (StepGraph(capture=False)). batch_size: the
+    recipe's unless given."""
     base = recipe_config(model_name, data_source, str(device)).replace(precision="fp32", compile=compiled)
     base = base.replace(batch_size=batch_size or base.batch_size)
     cfg = base.replace(num_train=3 * base.batch_size + 8, num_val=base.batch_size)
@@ -124,11 +126,12 @@ def step_graph_difference(model_name: str, data_source: str, device: torch.devic
                                        False)
                 per_epoch.append(stats["step_loss"].cpu())
             losses.append(torch.cat(per_epoch))
-    pairs = [(a, b) for a, b in zip(eager.state_dict().values(), graphed.state_dict().values()) if a.is_floating_point()]
+    pairs = [(a, b) for a, b in zip(eager.state_dict().values(), graphed.state_dict().values())
+             if a.is_floating_point()]
     return {"max_abs_diff_weights": max((a - b).abs().max().item() for a, b in pairs),
             "max_abs_diff_step_loss": (losses[0] - losses[1]).abs().max().item(),
-            "step_graph": isinstance(step_model, StepGraph) and not step_model.failed,
-            "step_graph_note": info.get("note", "")}
+            "compared_step_graph": isinstance(step_model, StepGraph) and not step_model.failed,
+            "compared_note": info.get("note", "")}
 
 
 def main(argv=None) -> int:
@@ -153,7 +156,8 @@ def main(argv=None) -> int:
                                compile=STEP_GRAPH_VARIANTS.get(variant, False))
             row = {"model": a.model, "variant": variant, "cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit,
                    "seconds": r["seconds"], "images_per_s": r["images_per_s"], "cuda_graphs": r["cuda_graphs"],
-                   "compiled": r["compiled"], "fast_path_note": r["fast_path_note"], "val_acc": r["val_acc"],
+                   "compiled": r["compiled"], "step_graph": r["step_graph"], "fast_path_note": r["fast_path_note"],
+                   "val_acc": r["val_acc"],
                    "wall_seconds": time.perf_counter() - t0,
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -116,8 +116,9 @@ def test_restore_undoes_steps_and_a_fresh_optimisers_state_starts_as_new(kind):
         nn.functional.cross_entropy(m(x), y).backward()
         opt.step()
 
+    extra = {"momentum": 0.9} if kind == "sgd" else {}
     make = lambda m: {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(kind, torch.optim.SGD)(
-        m.parameters(), lr=0.1, weight_decay=cfg.weight_decay, fused=True, **({"momentum": 0.9} if kind == "sgd" else {}))
+        m.parameters(), lr=0.1, weight_decay=cfg.weight_decay, fused=True, **extra)
     opt, fresh = make(model), make(twin)
     torch.manual_seed(7)
     saved = S.snapshot(model, opt)
@@ -172,7 +173,8 @@ def test_a_failed_warm_up_leaves_the_run_as_it_was_and_goes_on_eagerly(capsys):
     sg._body = failing_body
     torch.manual_seed(5)
     got = train_epochs(sg, graphed, cfg, loader(), epochs=2)
-    assert sg.failed and "whole-step CUDA graph failed, eager steps: RuntimeError: operation not permitted" in info["note"]
+    assert sg.failed
+    assert "whole-step CUDA graph failed, eager steps: RuntimeError: operation not permitted" in info["note"]
     assert "[StepGraph] whole-step CUDA graph failed" in capsys.readouterr().out
     assert len(calls) == 2  # never tried again
     assert_same_state(graphed, eager)
