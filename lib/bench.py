@@ -34,7 +34,10 @@ one-off; absent before), compile_cache (compiled entries, from 2026-11-28 on: th
 on-disk caches, lib.train.compile_cache_counts; hits only: its compile was mostly a cache read, from_compile_cache),
 ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed with torch.compile (`--compile`, or
 `--also-compiled` beside the naive epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode, <model>+compile-<mode> for another
-(lib.train.compile_mode), and a compile_mode field. Probe entries (key probe-<model>): model, kind='probe',
+(lib.train.compile_mode), and a compile_mode field. Entries timed with the whole step as one CUDA graph (an
+experiment, lib.step_graph: `--also-step-graph`, `--also-step-graph-compiled`) have the key step_graph_key(model,
+compiled) (<model>+step-graph, <model>+step-graph-compiled) and a step_graph field (False: the capture failed and
+the epoch ran eager steps); the study estimate and the compile choice do not read them. Probe entries (key probe-<model>): model, kind='probe',
 seconds_per_step, num_steps, probe_every, device, torch, date. The top-level "agreement" maps a model to its
 side-by-side accuracy run (agreement(): naive vs lib.train over a few epochs of the recipe, per seed); "concurrency"
 holds each model's epoch alone and with several runs at once on the GPU (lib.lanes.measure_concurrency;
@@ -182,14 +185,16 @@ def agreement(model_name: str, data_source: str | None = None, device: str = "au
 
 def fast_epoch(model_name: str, data_source: str | None = None, device: str = "auto", *,
                num_train: int | None = None, num_val: int | None = None, warmup_epochs: int = 1,
-               seed: int = 0, compile: bool = False, before_timed=None, after_timed=None) -> dict:
+               seed: int = 0, compile: bool = False, step_graph: bool = False, before_timed=None,
+               after_timed=None) -> dict:
     """Time one epoch of lib.train's `full`-profile training + validation for `model_name`, after warm-up.
 
     Returns seconds (what lib.train records as an epoch's `seconds`), images_per_s, overhead_seconds (the
     rest of lib.train's per-epoch work: TensorBoard logging, weight histograms, checkpoints), compile_seconds
     (CUDA-graph capture; torch.compile is paid in the warm-up epoch and counted there), setup_seconds (data
     to the device, model, capture) and warmup_seconds (the first epoch, with cuDNN's autotuning).
-    compile=True times the cfg.compile variant (torch.compile on CUDA) instead of the CUDA-graph step.
+    compile=True times the cfg.compile variant (torch.compile on CUDA) instead of the CUDA-graph step;
+    step_graph=True the whole step as one CUDA graph (lib.step_graph; around the compiled model with compile=True).
     before_timed(time_epoch), if given, is called after the warm-up, just before the timed epoch, with a
     function that trains and times one more epoch (returning its seconds); what it returns is the result's
     `before_timed`. after_timed(), if given, is called right after the timed epoch, before the bookkeeping is
@@ -201,9 +206,10 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
     cfg = recipe_config(model_name, data_source, str(dev), num_train, num_val, seed).replace(compile=compile)
     load_cifar10(cfg.data_source)  # decoded once into the cache here, so setup_seconds is a cache read
     cuda = dev.type == "cuda"
-    # Only the `compile` argument chooses the variant timed, whatever CIFAR10_COMPILE says.
+    # Only the `compile` and `step_graph` arguments choose the variant timed, whatever CIFAR10_COMPILE and
+    # CIFAR10_STEP_GRAPH say.
     with backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
-            _env(T.COMPILE_ENV, ""):
+            _env(T.COMPILE_ENV, ""), _env(T.STEP_GRAPH_ENV, model_name if step_graph else ""):
         sync(dev)
         t0 = time.perf_counter()
         (train_loader, val_loader, _), info = T.prepare_data(cfg, dev)
@@ -765,6 +771,12 @@ def compile_key(model: str, mode: str = "default") -> str:
     return f"{model}+compile" if mode == "default" else f"{model}+compile-{mode}"
 
 
+def step_graph_key(model: str, compiled: bool = False) -> str:
+    """Bench key of `model`'s entry timed with the whole step as one CUDA graph (lib.step_graph), around the
+    torch.compile'd model where `compiled`."""
+    return f"{model}+step-graph" + ("-compiled" if compiled else "")
+
+
 def timed_as_now(entry: dict, dev: torch.device) -> bool:
     """Whether a bench entry timed the training step the way this process would: not if the model's
     implementation changed since (lib.models.revision), and an uncompiled CUDA entry timed without CUDA graphs
@@ -778,7 +790,7 @@ def timed_as_now(entry: dict, dev: torch.device) -> bool:
         return False  # timed with an older implementation of the model (lib.models.REVISIONS)
     if dev.type == "cuda" and not same_block_form(entry):
         return False  # its blocks ran merged and CIFAR10_CANET_MERGED now says per path, or the other way round
-    if entry.get("compiled") or "compile_mode" in entry or dev.type != "cuda":
+    if entry.get("compiled") or "compile_mode" in entry or entry.get("step_graph") or dev.type != "cuda":
         return True
     return bool(entry.get("cuda_graphs")) == graphs_enabled_for(entry["model"])
 
@@ -877,6 +889,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
                   num_train: int | None = None, num_val: int | None = None, num_workers: int = 4,
                   missing_only: bool = False, probe_steps: int = PROBE_BENCH_STEPS,
                   probe_overrides: dict | None = None, compile: bool = False, also_compiled: Sequence[str] = (),
+                  also_step_graph: Sequence[str] = (), also_step_graph_compiled: Sequence[str] = (),
                   progress: bool = True) -> dict:
     """Time naive and fast epochs of `models` (only fast for `fast_only`, probe steps for `probes`) in this
     process; merge each entry into the bench file as soon as it is measured. Returns the file's content.
@@ -888,7 +901,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     (the study estimate and the plan read it for the models that CIFAR10_COMPILE names, see compile_choice).
     also_compiled: models whose compiled fast epoch is timed too, after all the others, against the naive
     epoch this process measured (one naive epoch serves both rows of the table; models not in `models`
-    join them).
+    join them). also_step_graph, also_step_graph_compiled: likewise, with the whole step as one CUDA graph (an
+    experiment, lib.step_graph), around the eager or the compiled model, under step_graph_key(model, compiled).
     """
     from lib.train import compile_mode, resolve_device
 
@@ -899,12 +913,17 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     base = {"device": device_name(dev), "torch": torch.__version__}
     data = _merge_write(path, dev)
     mode = compile_mode()
-    models = list(models) + [m for m in also_compiled if m not in models]  # each compiled one needs its naive
-    jobs = ([(m, True, compile) for m in models] + [(m, False, compile) for m in fast_only if m not in models]
-            + [(m, True, True) for m in also_compiled if not compile])
+    extra = list(also_compiled) + list(also_step_graph) + list(also_step_graph_compiled)
+    models = list(models) + [m for m in dict.fromkeys(extra) if m not in models]  # each needs its naive epoch
+    jobs = ([(m, True, compile, False) for m in models]
+            + [(m, False, compile, False) for m in fast_only if m not in models]
+            + [(m, True, True, False) for m in also_compiled if not compile]
+            + [(m, True, False, True) for m in also_step_graph]
+            + [(m, True, True, True) for m in also_step_graph_compiled])
     naive_of = {}  # model -> the naive measurement of this process
-    for model_name, with_naive, compiled in jobs:
-        key = compile_key(model_name, mode) if compiled else model_name
+    for model_name, with_naive, compiled, step_graph in jobs:
+        key = (step_graph_key(model_name, compiled) if step_graph else compile_key(model_name, mode) if compiled
+               else model_name)
         skip = _missing_only_skip(have, key, with_naive, dev)
         if skip == "naive kept":
             print(f"[bench] {key}: timed otherwise than now, but with its naive epoch; re-time it with --models")
@@ -921,7 +940,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
             entry.update(naive_seconds=naive["seconds"], naive_images_per_s=naive["images_per_s"],
                          naive_val_passes=naive["val_passes"], naive_workers=num_workers,
                          naive_val_transforms=naive["val_transforms"], naive_dataset=naive["dataset"])
-        fast = fast_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val, compile=compiled)
+        fast = fast_epoch(model_name, source, str(dev), num_train=num_train, num_val=num_val, compile=compiled,
+                          step_graph=step_graph)
         entry.update(num_train=fast["num_train"], num_val=fast["num_val"], data=fast["data"],
                      fast_seconds=fast["seconds"], fast_images_per_s=fast["images_per_s"],
                      fast_overhead_seconds=fast["overhead_seconds"], fast_overhead_warm=True,
@@ -935,7 +955,8 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
                      **({"canet_merged": fast["canet_merged"]} if fast.get("canet_merged") is not None else {}),
                      # A compiled entry: its compile's lookups in torch.compile's on-disk caches (hits: read back).
                      **({"compile_cache": fast["compile_cache"]} if fast.get("compile_cache") is not None else {}),
-                     **({"compile_mode": fast.get("compile_mode") or mode} if compiled else {}))
+                     **({"compile_mode": fast.get("compile_mode") or mode} if compiled else {}),
+                     **({"step_graph": bool(fast.get("step_graph"))} if step_graph else {}))
         entry["ratio"] = entry["naive_seconds"] / fast["seconds"] if with_naive else None
         data = _merge_write(path, dev, {key: entry})
         _release(dev)
@@ -1153,6 +1174,8 @@ def _step_label(entry: dict) -> str:
     where a CANet's blocks ran as specified instead of merged (canet_merged); ', model rev N' where the model's
     implementation changed since (stale_revision)."""
     kind = "compiled" if entry.get("compiled") else "CUDA graph" if entry.get("cuda_graphs") else "eager"
+    if entry.get("step_graph"):
+        kind = "whole-step graph" + (", compiled" if entry.get("compiled") else "")
     return (kind + (", CANet blocks per path" if entry.get("canet_merged") is False else "")
             + (f", model rev {entry.get('model_revision', 1)}" if stale_revision(entry) else ""))
 
@@ -1168,6 +1191,9 @@ def from_compile_cache(entry: dict) -> bool:
 def _row_label(entry: dict) -> str:
     """A bench table row's name: the model, and how its fast epoch was compiled if it was."""
     mode = entry.get("compile_mode") or "default"
+    if "step_graph" in entry:  # asked for (a step_graph_key entry); False: eager steps (a CPU, a failed capture)
+        return entry["model"] + (" (whole-step CUDA graph" + (", torch.compile" if "compile_mode" in entry else "")
+                                 + ("" if entry["step_graph"] else " asked for, ran eager steps") + ")")
     return entry["model"] + (f" (torch.compile{'' if mode == 'default' else ', ' + mode})" if entry.get("compiled")
                              else " (torch.compile asked for, ran uncompiled)" if "compile_mode" in entry else "")
 
@@ -1188,7 +1214,7 @@ def speed_verdict(bench, seeds: int = 3, lanes: int = 3) -> str | None:
     parts = []
     for model, target in RATIO_TARGETS.items():
         if best := max((e for e in rows if e["model"] == model), key=lambda e: e["ratio"], default=None):
-            how = "torch.compile'd" if best.get("compiled") else _step_label(best)
+            how = "torch.compile'd" if best.get("compiled") and not best.get("step_graph") else _step_label(best)
             parts.append(f"{model} {best['ratio']:.1f}x of {target:g}x ({how}): "
                          f"{'met' if best['ratio'] >= target else 'missed'}")
     with as_runner_compiles(data):
@@ -1237,7 +1263,8 @@ def bench_table(bench) -> str:
         if e.get("kind") != "probe":
             (old if superseded(e) else entries).append(e)
     order = {m: i for i, m in enumerate(PART1_MODELS + BN_MODELS)}
-    entries.sort(key=lambda e: (e.get("naive_seconds") is None, order.get(e["model"], 99), bool(e.get("compiled"))))
+    entries.sort(key=lambda e: (e.get("naive_seconds") is None, order.get(e["model"], 99), "step_graph" in e,
+                                bool(e.get("compiled"))))
     summary = speed_verdict(data)
     lines = [summary, ""] if summary else []
     lines += ["| Model | Recipe (batch) | Fast step | Naive s/epoch | Fast s/epoch | Speed-up | Target "
@@ -1305,7 +1332,10 @@ def bench_table(bench) -> str:
               f"steps, so its DataLoader workers start within it, once for training and at every validation pass, "
               f"as the original's did; by our reading its end-of-epoch passes are one validation pass).",
               "- Fast: lib.train's epoch (training + validation), warm (after a whole untimed epoch), CANet's blocks "
-              "merged.",
+              "merged." + (" Whole-step CUDA graph rows: the training step (forward, loss, backward, optimiser step "
+                           "and metrics) captured as one CUDA graph (lib/step_graph.py, an experiment; the study "
+                           "trains so only where CIFAR10_STEP_GRAPH names the model), around the torch.compile'd "
+                           "model where so labelled." if any("step_graph" in e for e in entries) else ""),
               "- Speed-up: naive s/epoch / fast s/epoch, both without bookkeeping and one-off costs, which are shown "
               "apart; one epoch each, in one process (a naive epoch of one model varies between calls: the call "
               "logs in results/bench/logs/ hold each call's). "

@@ -424,7 +424,8 @@ def cmd_bench(args) -> int:
     from lib.results import read_json
     from lib.train import COMPILE_ENV, resolve_device
 
-    actions = ("models", "fast_only", "probe", "also_compiled", "check_graphs", "trace", "bookkeeping", "agreement",
+    actions = ("models", "fast_only", "probe", "also_compiled", "also_step_graph", "also_step_graph_compiled",
+               "check_graphs", "trace", "bookkeeping", "agreement",
                "concurrent", "graph_failures", "graph_failures_file", "compile_choice", "compile_choice_file",
                "table", "estimate", "plan")
     if not any(getattr(args, a) for a in actions):
@@ -433,7 +434,8 @@ def cmd_bench(args) -> int:
     if args.lanes_startup and not (args.plan and args.lanes > 1):
         raise ValueError("--lanes-startup is the lanes' start-up in a plan's budget: it goes with --plan and "
                          "--lanes 2 or more")
-    for option in ("models", "fast_only", "also_compiled", "check_graphs", "trace", "agreement",
+    for option in ("models", "fast_only", "also_compiled", "also_step_graph", "also_step_graph_compiled",
+                   "check_graphs", "trace", "agreement",
                    "concurrent", "bookkeeping"):  # before the data
         names = getattr(args, option)
         names = [names] if isinstance(names, str) else names
@@ -463,11 +465,14 @@ def cmd_bench(args) -> int:
         print(failures)
     if args.graph_failures_file:
         Path(args.graph_failures_file).write_text(failures + "\n")
-    if args.models or args.fast_only or args.probe or args.also_compiled:
+    if (args.models or args.fast_only or args.probe or args.also_compiled or args.also_step_graph
+            or args.also_step_graph_compiled):
         bench.run_benchmark(args.models or (), args.data, args.device, path, fast_only=args.fast_only or (),
                             probes=bench.BN_MODELS if args.probe else (), num_train=args.num_train,
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
-                            compile=args.compile, also_compiled=args.also_compiled or ())
+                            compile=args.compile, also_compiled=args.also_compiled or (),
+                            also_step_graph=args.also_step_graph or (),
+                            also_step_graph_compiled=args.also_step_graph_compiled or ())
     if args.concurrent:  # each model alone and --lanes at once, in --lanes processes (lib.lanes)
         from lib.lanes import measure_concurrency
 
@@ -677,6 +682,11 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=positive_int, default=3, help="epochs of --agreement (default 3)")
     p.add_argument("--also-compiled", nargs="+", metavar="MODEL",
                    help="also time these torch.compile'd, against the naive epoch of the same process")
+    p.add_argument("--also-step-graph", nargs="+", metavar="MODEL",
+                   help="also time these with the whole training step as one CUDA graph (an experiment: "
+                        "lib/step_graph.py), against the naive epoch of the same process")
+    p.add_argument("--also-step-graph-compiled", nargs="+", metavar="MODEL",
+                   help="the same around the torch.compile'd model (mode 'default')")
     p.add_argument("--compile-choice", action="store_true",
                    help="print the models whose measured torch.compile variant makes a full run faster "
                         "(the GPU runner exports them as CIFAR10_COMPILE)")

@@ -13,7 +13,8 @@
 #     measure with --missing-only (lib.bench.runner_first_step): a step with nothing to do is left out;
 #  2. checks the CUDA-graph training step against the eager one: GRAPH_CHECK_MODEL every call (a mismatch
 #     stops the call), every study model once per device (a model that differs trains eagerly);
-#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too), the naive vs
+#  3. 'bench': times naive vs fast epochs of BENCH_NAIVE (and BENCH_COMPILE's torch.compile'd too, BENCH_STEP_GRAPH's
+#     with the whole step as one CUDA graph), the naive vs
 #     fast accuracy of AGREEMENT, a profile of TRACE's step, BOOKKEEPING's per-epoch bookkeeping by part and
 #     COMPILE_FAST's compiled fast epochs; always: the fast epoch of every study model and the probe steps that
 #     results/bench/<gpu>.json still lacks (the plan below needs them); then picks the models to train
@@ -173,6 +174,8 @@ DATA=${DATA:-shared}
 BENCH_NAIVE=${BENCH_NAIVE:-"CANet CANet_tiny ResNet18 VGG_A_BN"}
 BENCH_COMPILE=${BENCH_COMPILE-"CANet CANet_tiny"}  # 'bench': also time these torch.compile'd (mode: lib.train.
                                                    # compile_mode), against the same naive epoch (empty: none)
+BENCH_STEP_GRAPH=${BENCH_STEP_GRAPH-}  # 'bench': also time these with the whole step as one CUDA graph, around the
+                                      # eager and the compiled model (lib/step_graph.py, an experiment; empty: none)
 COMPILE_FAST=${COMPILE_FAST-"CANet_pro CANet_light"}  # 'bench', last: also time these torch.compile'd, fast
                                                     # epoch only (the biggest runs; empty: none)
 COMPILE_MODELS=${COMPILE_MODELS:-auto}  # trained torch.compile'd: auto (where the bench file says it is faster),
@@ -594,8 +597,9 @@ sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].
   #    lacks, or timed otherwise than now (eager while CUDA graphs are on: lib.bench.timed_as_now).
   if ((want_bench)); then
     # The compiled epochs come last in this process and are compared with its own naive epochs.
-    guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} --missing-only \
-      --data "$DATA" $BENCH_ARGS
+    guard $PY -m lib bench --models $BENCH_NAIVE ${BENCH_COMPILE:+--also-compiled $BENCH_COMPILE} \
+      ${BENCH_STEP_GRAPH:+--also-step-graph $BENCH_STEP_GRAPH --also-step-graph-compiled $BENCH_STEP_GRAPH} \
+      --missing-only --data "$DATA" $BENCH_ARGS
   fi
   # Left out where step 1 found nothing to time and the study models' graph checks did not run since (a new
   # failure re-times its model; GRAPH_CHECK_MODEL's every-call check counts only where it had failed: step 2).

@@ -151,9 +151,8 @@ def main(argv=None) -> int:
         for variant in a.variants:
             use_variant(variant, original)
             t0 = time.perf_counter()
-            with _env(STEP_GRAPH_ENV, a.model if variant in STEP_GRAPH_VARIANTS else ""):
-                r = fast_epoch(a.model, a.data, num_train=a.num_train, num_val=a.num_val,
-                               compile=STEP_GRAPH_VARIANTS.get(variant, False))
+            r = fast_epoch(a.model, a.data, num_train=a.num_train, num_val=a.num_val,
+                           compile=STEP_GRAPH_VARIANTS.get(variant, False), step_graph=variant in STEP_GRAPH_VARIANTS)
             row = {"model": a.model, "variant": variant, "cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit,
                    "seconds": r["seconds"], "images_per_s": r["images_per_s"], "cuda_graphs": r["cuda_graphs"],
                    "compiled": r["compiled"], "step_graph": r["step_graph"], "fast_path_note": r["fast_path_note"],

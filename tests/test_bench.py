@@ -69,11 +69,16 @@ def test_naive_and_fast_epoch_time_a_tiny_epoch_on_cpu(tiny_source, monkeypatch)
     assert naive["seconds"] > 0 and naive["images_per_s"] == pytest.approx(16 / naive["seconds"])
     seen = []
     step_model_for = T.step_model_for
-    monkeypatch.setattr(T, "step_model_for", lambda m, cfg, *a: seen.append(T.compile_requested(cfg))
-                        or step_model_for(m, cfg, *a))
+    monkeypatch.setattr(T, "step_model_for", lambda m, cfg, *a: seen.append(
+        (T.compile_requested(cfg), T.step_graph_requested(cfg.model))) or step_model_for(m, cfg, *a))
     monkeypatch.setenv(T.COMPILE_ENV, "all")  # the plain variant is timed plain whatever the environment says
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "all")
     fast = B.fast_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8)
-    assert seen == [False] and os.environ[T.COMPILE_ENV] == "all"
+    assert seen == [(False, False)] and os.environ[T.COMPILE_ENV] == os.environ[T.STEP_GRAPH_ENV] == "all"
+    assert fast["step_graph"] is False  # a CPU steps eagerly whatever is asked
+    seen.clear()
+    B.fast_epoch("ShuffleNetV2", tiny_source, "cpu", num_train=16, num_val=8, step_graph=True)
+    assert seen == [(False, True)]
     assert fast["seconds"] > 0 and fast["images_per_s"] == pytest.approx(16 / fast["seconds"])
     assert fast["overhead_seconds"] > 0 and fast["setup_seconds"] > 0 and fast["warmup_seconds"] > 0
     assert fast["cuda_graphs"] is False and fast["compiled"] is False and fast["compile_seconds"] == 0.0
@@ -174,6 +179,61 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
     path.write_text(json.dumps(other))
     with pytest.raises(ValueError, match="not of this device"):
         B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, progress=False)
+
+
+def test_step_graph_rows_are_timed_beside_the_naive_epoch_and_shown_apart(tiny_source, tmp_path, monkeypatch):
+    """--also-step-graph / --also-step-graph-compiled: one naive epoch serves the plain row and both whole-step
+    graph rows, each under its own key and label; the speed verdict may pick such a row, the study estimate never
+    reads them, and a row whose capture failed says so."""
+    calls = []
+    monkeypatch.setattr(B, "naive_epoch", lambda m, *a, **kw: calls.append(("naive", m)) or {
+        "seconds": 12.0, "images_per_s": 3750.0, "val_passes": 4, "val_transforms": "train", "dataset": "files"})
+
+    def fake_fast(model_name, source, device, **kw):
+        calls.append(("fast", model_name, kw["compile"], kw["step_graph"]))
+        seconds = 0.4 if kw["step_graph"] else 1.0
+        return {"seconds": seconds, "images_per_s": 16 / seconds, "overhead_seconds": 0.1, "compile_seconds": 0.0,
+                "setup_seconds": 2.0, "warmup_seconds": 1.5, "cuda_graphs": True, "compiled": kw["compile"],
+                "compile_mode": "default" if kw["compile"] else None, "step_graph": kw["step_graph"],
+                "num_train": 16, "num_val": 8, "data": "tiny"}
+
+    monkeypatch.setattr(B, "fast_epoch", fake_fast)
+    path = tmp_path / "cpu.json"
+    B.run_benchmark(["CANet_tiny"], tiny_source, "cpu", path, also_step_graph=["CANet_tiny"],
+                    also_step_graph_compiled=["CANet_tiny"], progress=False)
+    assert calls == [("naive", "CANet_tiny"), ("fast", "CANet_tiny", False, False), ("fast", "CANet_tiny", False, True),
+                     ("fast", "CANet_tiny", True, True)]
+    entries = read_json(path)["entries"]
+    assert set(entries) == {"CANet_tiny", "CANet_tiny+step-graph", "CANet_tiny+step-graph-compiled"}
+    sg, sgc = entries["CANet_tiny+step-graph"], entries["CANet_tiny+step-graph-compiled"]
+    assert sg["step_graph"] is True and sg["compiled"] is False and "compile_mode" not in sg and "step_graph" not in \
+        entries["CANet_tiny"]
+    assert sgc["compiled"] is True and sgc["compile_mode"] == "default" and sg["ratio"] == pytest.approx(30.0)
+    assert B.step_graph_key("CANet", True) == "CANet+step-graph-compiled"
+    compiled = dict(entries["CANet_tiny"], compiled=True, compile_mode="default")  # a --also-compiled row
+    table = B.bench_table(dict(read_json(path), entries=dict(entries, **{"CANet_tiny+compile": compiled})))
+    rows = [line for line in table.splitlines() if line.startswith("| CANet_tiny")]
+    assert [r.split(" | ")[0] for r in rows] == ["| CANet_tiny", "| CANet_tiny (torch.compile)",
+                                                 "| CANet_tiny (whole-step CUDA graph)",
+                                                 "| CANet_tiny (whole-step CUDA graph, torch.compile)"]
+    rows = rows[:1] + rows[2:]
+    assert "| whole-step graph | 12.00 | 0.40 | 30.0x" in rows[1] and "| whole-step graph, compiled |" in rows[2]
+    assert "Whole-step CUDA graph rows: the training step" in table
+    assert "Whole-step CUDA graph rows" not in B.bench_table({"device": "cpu", "entries": {
+        "CANet_tiny": entries["CANet_tiny"]}})
+    failed = dict(sg, step_graph=False)
+    assert "| CANet_tiny (whole-step CUDA graph asked for, ran eager steps) |" in B.bench_table(
+        {"device": "cpu", "entries": {"CANet_tiny+step-graph": failed}})
+    assert B.timed_as_now(sg, torch.device("cuda")) and not B.superseded(sgc)
+    monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")  # an execution choice of its own: not re-timed for this switch
+    assert B.timed_as_now(sg, torch.device("cuda"))
+    monkeypatch.delenv(T.CUDA_GRAPHS_ENV)
+    gpu = fake_bench()
+    gpu["entries"]["CANet_tiny"] = dict(gpu["entries"]["CANet_tiny"], naive_seconds=12.0, ratio=12.0)
+    before = (B.format_estimate(gpu), B.study_estimate(gpu, 1)["total_minutes"])
+    gpu["entries"]["CANet_tiny+step-graph-compiled"] = dict(sgc, fast_seconds=0.4, ratio=30.0)
+    assert (B.format_estimate(gpu), B.study_estimate(gpu, 1)["total_minutes"]) == before
+    assert "CANet_tiny 30.0x of 25x (whole-step graph, compiled): met" in B.speed_verdict(gpu)
 
 
 def test_bench_path_is_per_device():
@@ -1074,8 +1134,7 @@ def test_speed_probe_compares_the_step_graph_with_eager_steps(tiny_source, tmp_p
     spec.loader.exec_module(probe)
     seen = []
     real_fast_epoch = probe.fast_epoch
-    probe.fast_epoch = lambda *a, **kw: seen.append((os.environ.get(STEP_GRAPH_ENV), kw["compile"])) or \
-        real_fast_epoch(*a, **kw)
+    probe.fast_epoch = lambda *a, **kw: seen.append((kw["step_graph"], kw["compile"])) or real_fast_epoch(*a, **kw)
     d = probe.step_graph_difference("CANet_tiny", tiny_source, torch.device("cpu"), False, batch_size=8)
     assert d == {"max_abs_diff_weights": 0.0, "max_abs_diff_step_loss": 0.0, "compared_step_graph": True,
                  "compared_note": ""}
@@ -1086,7 +1145,7 @@ def test_speed_probe_compares_the_step_graph_with_eager_steps(tiny_source, tmp_p
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["variant"] == "step_graph" and row["max_abs_diff_weights"] == 0.5 and not row["compared_step_graph"]
     assert row["step_graph"] is False  # the timed epoch: a CPU steps eagerly (lib.train routes CUDA steps only)
-    assert seen == [("CANet_tiny", False)] and STEP_GRAPH_ENV not in os.environ
+    assert seen == [(True, False)] and STEP_GRAPH_ENV not in os.environ
 
 
 def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, tmp_path, monkeypatch, capsys):
