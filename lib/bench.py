@@ -36,13 +36,13 @@ ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed w
 `--also-compiled` beside the naive epoch of the same process) have the key compile_key(model, mode): <model>+compile for the default mode, <model>+compile-<mode> for another
 (lib.train.compile_mode), and a compile_mode field. Entries timed with the whole step as one CUDA graph (an
 experiment, lib.step_graph: `--also-step-graph`, `--also-step-graph-compiled`) have the key step_graph_key(model,
-compiled) (<model>+step-graph, <model>+step-graph-compiled) and a step_graph field (False: the capture failed and
-the epoch ran eager steps); the study estimate and the compile choice do not read them. Probe entries (key probe-<model>): model, kind='probe',
-seconds_per_step, num_steps, probe_every, device, torch, date. The top-level "agreement" maps a model to its
-side-by-side accuracy run (agreement(): naive vs lib.train over a few epochs of the recipe, per seed); "concurrency"
-holds each model's epoch alone and with several runs at once on the GPU (lib.lanes.measure_concurrency;
-lib.plan.plan_study's lanes read it); "bookkeeping" a model's per-epoch bookkeeping part by part
-(bookkeeping_parts).
+compiled) (<model>+step-graph, <model>+step-graph-compiled) and a step_graph field (False: the epoch ran eager
+steps, on a CPU or after a failed capture); the study estimate and the compile choice do not read them. Probe
+entries (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
+The top-level "agreement" maps a model to its side-by-side accuracy run (agreement(): naive vs lib.train over a
+few epochs of the recipe, per seed); "concurrency" holds each model's epoch alone and with several runs at once on
+the GPU (lib.lanes.measure_concurrency; lib.plan.plan_study's lanes read it); "bookkeeping" a model's per-epoch
+bookkeeping part by part (bookkeeping_parts).
 """
 from __future__ import annotations
 
