@@ -402,12 +402,12 @@ def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs |
 def estimate_check(bench, dirs: OutputDirs | None = None, profile: str = "full") -> list[dict]:
     """The estimates the plan makes against the finished training runs in `dirs` (default: the profile's published
     folder) that trained on the bench's device: per run {'name', 'estimate' (run_seconds of the variant it trained,
-    fast_path's compile or not, over the epochs of the call that finished it, less the one-off setup that precedes
+    fast_path's compile or step graph or neither, over the epochs of the call that finished it, less the one-off setup that precedes
     the clock, times the measured slowdown where it shared the GPU: shared_gpu), 'actual' (wall_seconds_this_call:
     its first epoch to its result written), 'ratio' (actual / estimate)}. Runs whose variant or slowdown was not
     measured are left out. The plan multiplies the estimates by PLAN_MARGIN and adds STEP_STARTUP_S per process:
     ratios well below 1 / PLAN_MARGIN say the margin leaves time unused."""
-    from lib.bench import compile_key
+    from lib.bench import compile_key, step_graph_key
     from lib.lanes import concurrency_key, concurrency_records, record_slowdown
 
     data = load_bench(bench)
@@ -420,7 +420,9 @@ def estimate_check(bench, dirs: OutputDirs | None = None, profile: str = "full")
                 or r.get("wall_seconds_this_call") is None):
             continue  # another device's, not a training run's (steps, weights, costs), or from before the field
         fast = r.get("fast_path") or {}
-        key = compile_key(r["model"], fast.get("compile_mode") or "default") if fast.get("compile") else r["model"]
+        key = (step_graph_key(r["model"], bool(fast.get("compile"))) if fast.get("step_graph")
+               else compile_key(r["model"], fast.get("compile_mode") or "default") if fast.get("compile")
+               else r["model"])  # the bench entry of the variant it trained
         entry = entries.get(key)
         if entry is None or entry.get("fast_seconds") is None:
             continue

@@ -21,7 +21,7 @@ from lib.experiments import part1_config
 from lib.models import PART1_MODELS, revision
 from lib.paths import output_dirs
 from lib.results import atomic_write_json, read_json
-from conftest import bench_with_compiled_variants, fake_bench, script_copy, write_finished
+from conftest import bench_with_compiled_variants, fake_bench, fake_entry, script_copy, write_finished
 
 
 @pytest.fixture(autouse=True)
@@ -872,9 +872,15 @@ def test_the_estimates_are_checked_against_the_finished_runs(tmp_path, monkeypat
     result("p1-ResNet34-s0", "ResNet34", 50.0, shared_gpu={"lanes": 2, "mps": False})  # slowdown not measured
     result("p1-ShuffleNetV2-s0", "ShuffleNetV2", 50.0, device="NVIDIA A100")  # another device's
     result("p1-MobileNetV2-s0", "MobileNetV2", 50.0, fast_path={"compile": True, "compile_mode": "reduce-overhead"})
+    # Trained with the whole step as one CUDA graph, compiled inside: its own bench row, 1.1 + 70 x (0.4 + 0.1) s.
+    bench["entries"]["CANet_tiny+step-graph-compiled"] = dict(fake_entry(model="CANet_tiny", fast=0.4),
+                                                              compiled=True, compile_mode="default", step_graph=True)
+    result("p1-CANet_tiny-s0", "CANet_tiny", 35.5,
+           fast_path={"compile": True, "compile_mode": "default", "step_graph": True})
     atomic_write_json(Path(dirs.results) / "bn-VGG_A-lr0.001-s2020.steps.json", [1, 2])  # not a result
     rows = {r["name"]: r for r in P.estimate_check(bench, dirs)}
-    assert set(rows) == {"p1-CANet-s0", "p1-ResNet18-s0", "p1-VGG11-s0"}  # MobileNetV2+compile is not measured
+    assert set(rows) == {"p1-CANet-s0", "p1-ResNet18-s0", "p1-VGG11-s0", "p1-CANet_tiny-s0"}  # not MobileNetV2+compile
+    assert rows.pop("p1-CANet_tiny-s0")["estimate"] == pytest.approx(36.1)
     assert rows["p1-CANet-s0"]["estimate"] == pytest.approx(77.5) and rows["p1-CANet-s0"]["ratio"] == pytest.approx(0.9)
     assert rows["p1-ResNet18-s0"]["estimate"] == pytest.approx(116.25) and rows["p1-ResNet18-s0"]["ratio"] == 0.5
     assert rows["p1-VGG11-s0"]["estimate"] == pytest.approx(11.5)
