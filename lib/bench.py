@@ -37,7 +37,8 @@ ratio (naive_seconds / fast_seconds, None without a naive time). Entries timed w
 (lib.train.compile_mode), and a compile_mode field. Entries timed with the whole step as one CUDA graph (an
 experiment, lib.step_graph: `--also-step-graph`, `--also-step-graph-compiled`) have the key step_graph_key(model,
 compiled) (<model>+step-graph, <model>+step-graph-compiled) and a step_graph field (False: the epoch ran eager
-steps, on a CPU or after a failed capture); the study estimate and the compile choice do not read them. Probe
+steps, on a CPU or after a failed capture); the study estimate reads them only for the models CIFAR10_STEP_GRAPH
+names (key_in_use), the compile choice never. Probe
 entries (key probe-<model>): model, kind='probe', seconds_per_step, num_steps, probe_every, device, torch, date.
 The top-level "agreement" maps a model to its side-by-side accuracy run (agreement(): naive vs lib.train over a
 few epochs of the recipe, per seed); "concurrency" holds each model's epoch alone and with several runs at once on
@@ -1016,10 +1017,13 @@ def _epochs_of(model: str) -> int:
 
 
 def key_in_use(model: str) -> str:
-    """The bench key that times `model` as `python -m lib run` trains it in this environment: its compiled
-    key (in lib.train.compile_mode()) where CIFAR10_COMPILE names the model, else the model's name."""
-    from lib.train import compile_mode, compiled_by_env
+    """The bench key that times `model` as `python -m lib run` trains it in this environment: its whole-step graph
+    key where CIFAR10_STEP_GRAPH names the model (compiled inside where CIFAR10_COMPILE names it too), else its
+    compiled key (in lib.train.compile_mode()) where CIFAR10_COMPILE names it, else the model's name."""
+    from lib.train import compile_mode, compiled_by_env, step_graph_requested
 
+    if step_graph_requested(model):
+        return step_graph_key(model, compiled_by_env(model))
     return compile_key(model, compile_mode()) if compiled_by_env(model) else model
 
 

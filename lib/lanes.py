@@ -217,7 +217,7 @@ def _worker(index: int, models: Sequence[str], source, device: str, num_train, n
     so that no process sets up or warms up the next model while others are still timed. Puts (index, model,
     dict) on `results`; on an error it breaks the barrier, so that the others stop too."""
     from lib.bench import _release, fast_epoch
-    from lib.train import compiled_by_env, resolve_device
+    from lib.train import compiled_by_env, resolve_device, step_graph_requested
 
     def meet(time_epoch) -> float | None:
         barrier.wait(timeout_s)  # all warmed up
@@ -228,8 +228,8 @@ def _worker(index: int, models: Sequence[str], source, device: str, num_train, n
     for model in models:
         try:  # after the timed epoch all wait until the last is done: nothing else runs beside the timed epochs
             r = fast_epoch(model, source, device, num_train=num_train, num_val=num_val,
-                           compile=compiled_by_env(model), before_timed=meet,
-                           after_timed=lambda: barrier.wait(timeout_s))
+                           compile=compiled_by_env(model), step_graph=step_graph_requested(model),
+                           before_timed=meet, after_timed=lambda: barrier.wait(timeout_s))
         except Exception as err:  # reported by the parent; the barrier releases the others
             barrier.abort()
             results.put((index, model, {"error": f"{type(err).__name__}: {err}"}))

@@ -234,6 +234,17 @@ def test_step_graph_rows_are_timed_beside_the_naive_epoch_and_shown_apart(tiny_s
     gpu["entries"]["CANet_tiny+step-graph-compiled"] = dict(sgc, fast_seconds=0.4, ratio=30.0)
     assert (B.format_estimate(gpu), B.study_estimate(gpu, 1)["total_minutes"]) == before
     assert "CANet_tiny 30.0x of 25x (whole-step graph, compiled): met" in B.speed_verdict(gpu)
+    # Where CIFAR10_STEP_GRAPH names a model (compiled inside where CIFAR10_COMPILE does), `lib run` trains it so:
+    # the estimate reads that row, and names it missing where it is not measured.
+    monkeypatch.delenv(T.COMPILE_ENV, raising=False)
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "CANet_tiny")
+    assert B.key_in_use("CANet_tiny") == "CANet_tiny+step-graph" and B.key_in_use("CANet") == "CANet"
+    assert B.study_estimate(gpu, 1)["missing"] == ["CANet_tiny+step-graph"]
+    monkeypatch.setenv(T.COMPILE_ENV, "CANet_tiny")
+    assert B.key_in_use("CANet_tiny") == "CANet_tiny+step-graph-compiled"
+    plain, chosen = gpu["entries"]["CANet_tiny"], gpu["entries"]["CANet_tiny+step-graph-compiled"]
+    assert B.run_seconds(chosen, 70) != pytest.approx(B.run_seconds(plain, 70))
+    assert B.study_estimate(gpu, 1)["part1"]["CANet_tiny"] == pytest.approx(B.run_seconds(chosen, 70))
 
 
 def test_bench_path_is_per_device():
