@@ -113,12 +113,13 @@ def _env(name: str, value: str):
 
 def execution_env_names() -> tuple[str, ...]:
     """The environment variables that choose how this machine would train (torch.compile, its mode, CUDA graphs,
-    models trained eagerly, MPS, CANet's block form): the estimates and the table's compile choice read them."""
+    models trained eagerly, the whole-step graph, MPS, CANet's block form): the estimates and the table's compile
+    choice read them."""
     from lib.lanes import MPS_ENV
     from lib.models.canet import MERGED_ENV
-    from lib.train import COMPILE_ENV, COMPILE_MODE_ENV, CUDA_GRAPHS_ENV, EAGER_MODELS_ENV
+    from lib.train import COMPILE_ENV, COMPILE_MODE_ENV, CUDA_GRAPHS_ENV, EAGER_MODELS_ENV, STEP_GRAPH_ENV
 
-    return COMPILE_ENV, COMPILE_MODE_ENV, CUDA_GRAPHS_ENV, EAGER_MODELS_ENV, MPS_ENV, MERGED_ENV
+    return COMPILE_ENV, COMPILE_MODE_ENV, CUDA_GRAPHS_ENV, EAGER_MODELS_ENV, STEP_GRAPH_ENV, MPS_ENV, MERGED_ENV
 
 
 @contextlib.contextmanager

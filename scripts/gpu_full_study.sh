@@ -504,7 +504,9 @@ main() {
     if [[ "$t" == bench ]]; then want_bench=1; else tokens+=("$t"); fi
   done
   log "subset: ${subset[*]}; seeds $SEEDS; budget ${BUDGET_S}s; profile $PROFILE; commit ${STUDY_COMMIT:-unknown};" \
-    "CANet blocks: CIFAR10_CANET_MERGED=${CIFAR10_CANET_MERGED:-auto}; started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    "CANet blocks: CIFAR10_CANET_MERGED=${CIFAR10_CANET_MERGED:-auto};" \
+    "${CIFAR10_STEP_GRAPH:+whole-step CUDA graph: CIFAR10_STEP_GRAPH=$CIFAR10_STEP_GRAPH; }started" \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
   # The previous call's results on this machine, before anything reads the results or the bench file. Only a pack
   # of the last 30 minutes (the device tool holds a machine at most that long): an older one is not this

@@ -234,6 +234,9 @@ def test_step_graph_rows_are_timed_beside_the_naive_epoch_and_shown_apart(tiny_s
     gpu["entries"]["CANet_tiny+step-graph-compiled"] = dict(sgc, fast_seconds=0.4, ratio=30.0)
     assert (B.format_estimate(gpu), B.study_estimate(gpu, 1)["total_minutes"]) == before
     assert "CANet_tiny 30.0x of 25x (whole-step graph, compiled): met" in B.speed_verdict(gpu)
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "all")  # the committed renders read no shell's choice
+    with B.as_committed():
+        assert B.format_estimate(gpu) == before[0]
     # Where CIFAR10_STEP_GRAPH names a model (compiled inside where CIFAR10_COMPILE does), `lib run` trains it so:
     # the estimate reads that row, and names it missing where it is not measured.
     monkeypatch.delenv(T.COMPILE_ENV, raising=False)
