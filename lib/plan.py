@@ -402,8 +402,9 @@ def remaining_estimate(bench, data_source: str | None = None, dirs: OutputDirs |
 def estimate_check(bench, dirs: OutputDirs | None = None, profile: str = "full") -> list[dict]:
     """The estimates the plan makes against the finished training runs in `dirs` (default: the profile's published
     folder) that trained on the bench's device: per run {'name', 'estimate' (run_seconds of the variant it trained,
-    fast_path's compile or step graph or neither, over the epochs of the call that finished it, less the one-off setup that precedes
-    the clock, times the measured slowdown where it shared the GPU: shared_gpu), 'actual' (wall_seconds_this_call:
+    fast_path's compile or step graph or neither, over the epochs of the call that finished it, less the one-off
+    setup that precedes the clock, times the measured slowdown where it shared the GPU: shared_gpu), 'actual'
+    (wall_seconds_this_call:
     its first epoch to its result written), 'ratio' (actual / estimate)}. Runs whose variant or slowdown was not
     measured are left out. The plan multiplies the estimates by PLAN_MARGIN and adds STEP_STARTUP_S per process:
     ratios well below 1 / PLAN_MARGIN say the margin leaves time unused."""

@@ -475,8 +475,9 @@ def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, tra
     batch_shape = (cfg.batch_size, *train_loader.X.shape[1:])
     if step_graph_requested(cfg.model):  # an experiment (lib/step_graph.py): captured lazily, at the first batch
         compiled = compile_requested(cfg)
-        info.update(compile=compiled, cuda_graphs=True, step_graph=True, **({"compile_mode": "default"} if compiled
-                                                                            else {}))
+        info.update(compile=compiled, cuda_graphs=True, step_graph=True)
+        if compiled:
+            info["compile_mode"] = "default"  # torch.compile's own CUDA graphs off: the graph is StepGraph's
         return StepGraph(model, last_linear(model), batch_shape, label_smoothing=cfg.label_smoothing,
                          record_steps=cfg.record_steps, autocast=lambda: autocast_for(cfg, device, cache_enabled=False),
                          compiled=compiled, info=info), info

@@ -14,10 +14,10 @@ another):
 - step_graph: the whole training step (forward, loss, backward, optimiser step, metrics) as one CUDA graph
   (lib.step_graph.StepGraph, CIFAR10_STEP_GRAPH); step_graph_compiled: the same around the torch.compile'd model
   (mode 'default'); the row's `step_graph` says whether the timed epoch ran so (False: see `fast_path_note`). Each
-  row also gives the largest differences of weights and per-step losses after two epochs of
-  three full batches and a partial one (the learning rate changing between them) from eager steps, in fp32 (TF32
-  off, deterministic cuDNN): 0 where the captured step is right (compiled: the rounding of fused kernels, which
-  Adam's normalised steps can make as large as the learning rate for weights whose gradients are near 0).
+  row also gives the largest differences of weights and per-step losses after two epochs of three full batches
+  and a partial one (the learning rate changing between them) from eager steps, in fp32 (TF32 off, deterministic
+  cuDNN): 0 where the captured step is right (compiled: the rounding of fused kernels, which Adam's normalised
+  steps can make as large as the learning rate for weights whose gradients are near 0).
 --limit0 sets torch.backends.cudnn.benchmark_limit = 0 first, so cuDNN times every algorithm instead of its first
 ten. cuDNN keeps its choice per shape and layout for the process, so compare a limit across processes: run the
 script once without and once with --limit0. These are probes for docs/GPU.md ("If a speed-up target is missed");
@@ -103,7 +103,7 @@ def step_graph_difference(model_name: str, data_source: str, device: torch.devic
     base = base.replace(batch_size=batch_size or base.batch_size)
     cfg = base.replace(num_train=3 * base.batch_size + 8, num_val=base.batch_size)
     with T.backend_flags(deterministic=True, benchmark=False, cudnn_tf32=False, matmul_tf32=False), \
-            _env(STEP_GRAPH_ENV, model_name):
+            _env(STEP_GRAPH_ENV, model_name), _env(T.COMPILE_ENV, ""):  # compiled as `compiled` says (cfg.compile)
         (train_loader, _, _), _ = T.prepare_data(cfg, device)
         eager, graphed = T.new_model(cfg, device), T.new_model(cfg, device)
         graphed.load_state_dict(eager.state_dict())
