@@ -57,8 +57,10 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> 
     for p, state in optimizer.state.items():
         before = saved["optimizer"].get(p, {})
         for k, v in state.items():
-            if torch.is_tensor(v):
-                v.copy_(before[k]) if k in before else v.zero_()
+            if torch.is_tensor(v) and k in before:
+                v.copy_(before[k])
+            elif torch.is_tensor(v):
+                v.zero_()
     torch.set_rng_state(saved["rng_cpu"])
     if saved["rng_cuda"] is not None:
         torch.cuda.set_rng_state(saved["rng_cuda"], next(model.parameters()).device)
