@@ -286,7 +286,7 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     cfg = cfg.replace(num_train=steps * cfg.batch_size)  # `steps` full batches per epoch
     cuda = dev.type == "cuda"
     with backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
-            _env(T.COMPILE_ENV, ""), _env(T.CUDA_GRAPHS_ENV, "1" if cuda_graphs else "0"):
+            _env(T.COMPILE_ENV, ""), _env(T.STEP_GRAPH_ENV, ""), _env(T.CUDA_GRAPHS_ENV, "1" if cuda_graphs else "0"):
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
         model = T.new_model(cfg, dev) if merged is None else set_merged(T.new_model(cfg, dev), merged)
         optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
@@ -575,11 +575,11 @@ def _dropout_check(step_model, x: torch.Tensor, cfg: TrainConfig, dev: torch.dev
 
 
 def _graphed_step(model: nn.Module, cfg: TrainConfig, dev: torch.device, loader):
-    """lib.train's CUDA-graphed training step for `model` (graphs on, nothing compiled, whatever the environment
-    says), and step_model_for's info."""
+    """lib.train's CUDA-graphed training step for `model` (graphs on, nothing compiled, not the whole-step graph,
+    whatever the environment says), and step_model_for's info."""
     import lib.train as T
 
-    with _env(T.CUDA_GRAPHS_ENV, "1"), _env(T.COMPILE_ENV, ""):
+    with _env(T.CUDA_GRAPHS_ENV, "1"), _env(T.COMPILE_ENV, ""), _env(T.STEP_GRAPH_ENV, ""):
         return T.step_model_for(model, cfg, dev, loader)
 
 
@@ -1101,12 +1101,16 @@ def estimate_study_minutes(bench, seeds: int = 1) -> float:
     """Minutes of the whole `full` study (one seed by default) from measured epoch times; error if any is missing."""
     est = study_estimate(bench, seeds)
     if est["missing"]:
-        models = [k for k in est["missing"] if not k.startswith("probe-") and "+compile" not in k]
+        models = [k for k in est["missing"] if not k.startswith("probe-") and "+" not in k]
         compiled = [k.split("+compile")[0] for k in est["missing"] if "+compile" in k]
+        graphed = {k.split("+step-graph")[0]: k.endswith("-compiled") for k in est["missing"] if "+step-graph" in k}
+        steps = " ".join(f"--also-step-graph{'-compiled' if c else ''} {m}" for m, c in graphed.items())
         raise ValueError(f"the bench file lacks measurements for {', '.join(est['missing'])}: run "
                          f"`python -m lib bench --fast-only {' '.join(models) or '...'} --probe --missing-only`"
                          + (f" and `python -m lib bench --fast-only {' '.join(compiled)} --compile --missing-only`"
-                            if compiled else "") + " on the same device first")
+                            if compiled else "")
+                         + (f" and `python -m lib bench --models {' '.join(graphed)} {steps} --missing-only`"
+                            if graphed else "") + " on the same device first")
     return est["total_minutes"]
 
 
@@ -1256,7 +1260,7 @@ def superseded(entry: dict) -> bool:
     describe only it)."""
     from lib.train import compile_mode
 
-    return (bool(entry.get("compiled")) and stale_revision(entry)
+    return (bool(entry.get("compiled")) and stale_revision(entry) and not entry.get("step_graph")
             and (entry.get("compile_mode") or "default") != compile_mode())
 
 

@@ -235,7 +235,8 @@ def _worker(index: int, models: Sequence[str], source, device: str, num_train, n
             results.put((index, model, {"error": f"{type(err).__name__}: {err}"}))
             return
         results.put((index, model, {"solo": r["before_timed"], "at_once": r["seconds"], **{k: r[k] for k in (
-            "num_train", "batch_size", "cuda_graphs", "compiled", "compile_mode", "canet_merged", "data")}}))
+            "num_train", "batch_size", "cuda_graphs", "compiled", "compile_mode", "canet_merged", "step_graph",
+            "data")}}))
         _release(resolve_device(device))
 
 
@@ -318,6 +319,7 @@ def measure_concurrency(models: Sequence[str], runs: int, data_source: str | Non
                       "model_revision": revision(model), "device": device_name(dev), "torch": torch.__version__,
                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       **({"compile_mode": first["compile_mode"]} if first["compiled"] else {}),
+                      **({"step_graph": first["step_graph"]} if "+step-graph" in key else {}),
                       **({"canet_merged": first["canet_merged"]} if first.get("canet_merged") is not None else {})}
             data = _merge_write(path, dev, sections={"concurrency": {concurrency_key(key, runs, mps): record}})
             if progress:

@@ -197,6 +197,7 @@ class StepGraph(nn.Module):
             except Exception as err:  # best effort: the eager step computes the same thing, only slower
                 self.failed, self._graph, self._outputs = True, None, None
                 optimizer.zero_grad(set_to_none=True)
+                self.info.update(step_graph=False, cuda_graphs=False)  # the result's fast_path: eager steps
                 self.info["note"] = f"whole-step CUDA graph failed, eager steps: {type(err).__name__}: {err}"
                 print(f"[StepGraph] {self.info['note']}")
                 return None

@@ -441,11 +441,12 @@ def compile_mode() -> str:
 
 
 def step_graph_requested(model: str) -> bool:
-    """Whether CIFAR10_STEP_GRAPH (names separated by spaces or commas, or 'all') names `model`: its CUDA training
-    steps then run as one captured graph each (lib.step_graph.StepGraph, an experiment), torch.compile'd inside
-    where compile_requested."""
+    """Whether CIFAR10_STEP_GRAPH (names separated by spaces or commas, or 'all') names `model` and CUDA graphs are
+    on for it (graphs_enabled_for: CIFAR10_CUDA_GRAPHS=0 and CIFAR10_EAGER_MODELS win): its CUDA training steps then
+    run as one captured graph each (lib.step_graph.StepGraph, an experiment), torch.compile'd inside where
+    compile_requested."""
     names = _names_in_env(STEP_GRAPH_ENV)
-    return "all" in names or model in names
+    return ("all" in names or model in names) and graphs_enabled_for(model)
 
 
 def compile_requested(cfg: TrainConfig) -> bool:

@@ -224,7 +224,12 @@ def test_step_graph_rows_are_timed_beside_the_naive_epoch_and_shown_apart(tiny_s
     failed = dict(sg, step_graph=False)
     assert "| CANet_tiny (whole-step CUDA graph asked for, ran eager steps) |" in B.bench_table(
         {"device": "cpu", "entries": {"CANet_tiny+step-graph": failed}})
-    assert B.timed_as_now(sg, torch.device("cuda")) and not B.superseded(sgc)
+    assert B.timed_as_now(sg, torch.device("cuda"))
+    # An older model's compiled row in another compile mode is superseded; a step-graph row is not (BENCH_STEP_GRAPH
+    # times it again).
+    monkeypatch.setenv(T.COMPILE_MODE_ENV, "reduce-overhead")
+    assert B.superseded(dict(sgc, step_graph=None, model_revision=0)) and not B.superseded(dict(sgc, model_revision=0))
+    monkeypatch.delenv(T.COMPILE_MODE_ENV)
     monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")  # an execution choice of its own: not re-timed for this switch
     assert B.timed_as_now(sg, torch.device("cuda"))
     monkeypatch.delenv(T.CUDA_GRAPHS_ENV)
@@ -243,11 +248,32 @@ def test_step_graph_rows_are_timed_beside_the_naive_epoch_and_shown_apart(tiny_s
     monkeypatch.setenv(T.STEP_GRAPH_ENV, "CANet_tiny")
     assert B.key_in_use("CANet_tiny") == "CANet_tiny+step-graph" and B.key_in_use("CANet") == "CANet"
     assert B.study_estimate(gpu, 1)["missing"] == ["CANet_tiny+step-graph"]
+    with pytest.raises(ValueError, match=r"python -m lib bench --models CANet_tiny --also-step-graph CANet_tiny "
+                                         r"--missing-only"):
+        B.estimate_study_minutes(gpu)
     monkeypatch.setenv(T.COMPILE_ENV, "CANet_tiny")
     assert B.key_in_use("CANet_tiny") == "CANet_tiny+step-graph-compiled"
     plain, chosen = gpu["entries"]["CANet_tiny"], gpu["entries"]["CANet_tiny+step-graph-compiled"]
     assert B.run_seconds(chosen, 70) != pytest.approx(B.run_seconds(plain, 70))
     assert B.study_estimate(gpu, 1)["part1"]["CANet_tiny"] == pytest.approx(B.run_seconds(chosen, 70))
+
+
+def test_graph_checks_and_traces_time_the_cuda_graphed_step_whatever_the_environment(tiny_source, monkeypatch):
+    """CIFAR10_STEP_GRAPH (like CIFAR10_COMPILE) must not turn the graph check or the trace into another variant:
+    step_model_for is asked for the CUDA-graphed step."""
+    seen = []
+    step_model_for = T.step_model_for
+    monkeypatch.setattr(T, "step_model_for", lambda m, cfg, *a: seen.append(
+        (T.step_graph_requested(cfg.model), T.compile_requested(cfg))) or step_model_for(m, cfg, *a))
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "all")
+    monkeypatch.setenv(T.COMPILE_ENV, "all")
+    cfg = recipe_config("CANet_tiny", tiny_source, "cpu")
+    loader = BatchLoader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2,
+                         mean=(0.5,) * 3, std=(0.5,) * 3)
+    B._graphed_step(build("CANet_tiny"), cfg, torch.device("cpu"), loader)
+    B.trace_steps("CANet_tiny", tiny_source, "cpu", steps=1, batch_size=4, row_limit=1)
+    assert seen == [(False, False), (False, False)]
+    assert os.environ[T.STEP_GRAPH_ENV] == "all"
 
 
 def test_bench_path_is_per_device():

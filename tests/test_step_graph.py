@@ -173,7 +173,7 @@ def test_a_failed_warm_up_leaves_the_run_as_it_was_and_goes_on_eagerly(capsys):
     sg._body = failing_body
     torch.manual_seed(5)
     got = train_epochs(sg, graphed, cfg, loader(), epochs=2)
-    assert sg.failed
+    assert sg.failed and info["step_graph"] is False and info["cuda_graphs"] is False  # the result says: eager
     assert "whole-step CUDA graph failed, eager steps: RuntimeError: operation not permitted" in info["note"]
     assert "[StepGraph] whole-step CUDA graph failed" in capsys.readouterr().out
     assert len(calls) == 2  # never tried again
@@ -213,6 +213,12 @@ def test_cuda_steps_take_the_step_graph_where_the_environment_names_the_model(mo
     assert step.info is info  # a failed capture's note lands in the result's fast_path
     monkeypatch.setenv(S.STEP_GRAPH_ENV, "all")
     assert T.step_graph_requested("VGG_A")
+    monkeypatch.setenv(T.EAGER_MODELS_ENV, "VGG_A")  # its graph check failed: no CUDA graph of any kind
+    assert not T.step_graph_requested("VGG_A") and T.step_graph_requested("VGG_A_BN")
+    monkeypatch.setenv(T.CUDA_GRAPHS_ENV, "0")
+    assert not T.step_graph_requested("VGG_A_BN")
+    monkeypatch.delenv(T.CUDA_GRAPHS_ENV)
+    monkeypatch.delenv(T.EAGER_MODELS_ENV)
     monkeypatch.setenv(S.STEP_GRAPH_ENV, "ResNet18")
     monkeypatch.setenv(T.COMPILE_ENV, "")
     assert not isinstance(T.step_model_for(model, cfg, torch.device("cuda"), data)[0], S.StepGraph)
