@@ -183,8 +183,8 @@ def test_run_benchmark_writes_and_merges_the_bench_file(tiny_source, tmp_path, m
 
 def test_step_graph_rows_are_timed_beside_the_naive_epoch_and_shown_apart(tiny_source, tmp_path, monkeypatch):
     """--also-step-graph / --also-step-graph-compiled: one naive epoch serves the plain row and both whole-step
-    graph rows, each under its own key and label; the speed verdict may pick such a row, the study estimate never
-    reads them, and a row whose capture failed says so."""
+    graph rows, each under its own key and label; the speed verdict may pick such a row, the study estimate reads
+    them only for the models CIFAR10_STEP_GRAPH names, and a row whose capture failed says so."""
     calls = []
     monkeypatch.setattr(B, "naive_epoch", lambda m, *a, **kw: calls.append(("naive", m)) or {
         "seconds": 12.0, "images_per_s": 3750.0, "val_passes": 4, "val_transforms": "train", "dataset": "files"})
