@@ -281,6 +281,26 @@ def apply_mix(x: torch.Tensor, y: torch.Tensor, plan: MixPlan) -> tuple[torch.Te
     raise ValueError(f"unknown mix kind {plan.kind!r}: expected 'none', 'mixup' or 'cutmix'")
 
 
+def mixed_loss(out: torch.Tensor, y: torch.Tensor, y_b: torch.Tensor, lam, rest=None,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """The loss of a (possibly mixed) batch: lam * CE(out, y) + rest * CE(out, y_b), rest = 1 - lam. With a float
+    lam and no rest, an unmixed batch (lam = 1) is CE(out, y) alone; with rest given (0-d tensors a CUDA graph
+    reads, lib.step_graph) both terms always, which for lam = 1, rest = 0 is CE(out, y) to the bit."""
+    loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    if rest is None:
+        if lam >= 1.0:
+            return loss
+        rest = 1 - lam
+    return lam * loss + rest * F.cross_entropy(out, y_b, label_smoothing=label_smoothing)
+
+
+def mixed_accuracy(out: torch.Tensor, y: torch.Tensor, y_b: torch.Tensor, lam, rest=None) -> torch.Tensor:
+    """Accuracy of a (possibly mixed) batch, each target weighted as in mixed_loss: a 0-d tensor."""
+    pred = out.argmax(1)
+    rest = 1 - lam if rest is None else rest
+    return lam * (pred == y).float().mean() + rest * (pred == y_b).float().mean()
+
+
 def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup_p: float = 0.3, cutmix_p: float = 0.3, alpha: float = 0.5,
               *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Per batch: MixUp (prob mixup_p) or CutMix (prob cutmix_p, exclusive) or nothing -> (x, y, y_b, lam).

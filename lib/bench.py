@@ -61,9 +61,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lib.augment import mixed_loss
 from lib.bench_merge import bench_file_problem
 from lib.config import PROFILES, TrainConfig
 from lib.data import load_cifar10, canonical_source
@@ -90,6 +90,21 @@ def device_slug(device: torch.device | str) -> str:
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@contextlib.contextmanager
+def _timed_variant(model: str = "", *, step_graph: bool = False, cuda_graphs: bool | None = None):
+    """For the block, lib.train steps the variant the arguments choose, whatever the shell exported: nothing
+    torch.compile'd by CIFAR10_COMPILE (cfg.compile decides), the whole-step graph for `model` only where
+    `step_graph`, CUDA graphs on or off as `cuda_graphs` says (None: as the environment says)."""
+    import lib.train as T
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_env(T.COMPILE_ENV, ""))
+        stack.enter_context(_env(T.STEP_GRAPH_ENV, model if step_graph else ""))
+        if cuda_graphs is not None:
+            stack.enter_context(_env(T.CUDA_GRAPHS_ENV, "1" if cuda_graphs else "0"))
+        yield
 
 
 def bench_path(device: torch.device | str, root: Path | str | None = None) -> Path:
@@ -211,7 +226,7 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
     # Only the `compile` and `step_graph` arguments choose the variant timed, whatever CIFAR10_COMPILE and
     # CIFAR10_STEP_GRAPH say.
     with backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
-            _env(T.COMPILE_ENV, ""), _env(T.STEP_GRAPH_ENV, model_name if step_graph else ""):
+            _timed_variant(model_name, step_graph=step_graph):
         sync(dev)
         t0 = time.perf_counter()
         (train_loader, val_loader, _), info = T.prepare_data(cfg, dev)
@@ -286,7 +301,7 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     cfg = cfg.replace(num_train=steps * cfg.batch_size)  # `steps` full batches per epoch
     cuda = dev.type == "cuda"
     with backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
-            _env(T.COMPILE_ENV, ""), _env(T.STEP_GRAPH_ENV, ""), _env(T.CUDA_GRAPHS_ENV, "1" if cuda_graphs else "0"):
+            _timed_variant(cuda_graphs=cuda_graphs):
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
         model = T.new_model(cfg, dev) if merged is None else set_merged(T.new_model(cfg, dev), merged)
         optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
@@ -579,7 +594,7 @@ def _graphed_step(model: nn.Module, cfg: TrainConfig, dev: torch.device, loader)
     whatever the environment says), and step_model_for's info."""
     import lib.train as T
 
-    with _env(T.CUDA_GRAPHS_ENV, "1"), _env(T.COMPILE_ENV, ""), _env(T.STEP_GRAPH_ENV, ""):
+    with _timed_variant(cuda_graphs=True):
         return T.step_model_for(model, cfg, dev, loader)
 
 
@@ -658,10 +673,7 @@ def _compare_graphed_steps(model_name: str, data_source: str | None, device: str
                 with T.autocast_for(cfg, dev):
                     out = runner(batch.x)
                 out = out.float()
-                loss = F.cross_entropy(out, batch.y, label_smoothing=cfg.label_smoothing)
-                if batch.lam < 1.0:
-                    loss = batch.lam * loss + (1 - batch.lam) * F.cross_entropy(out, batch.y_b,
-                                                                                label_smoothing=cfg.label_smoothing)
+                loss = mixed_loss(out, batch.y, batch.y_b, batch.lam, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 outs.append(out.detach().clone())

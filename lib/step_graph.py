@@ -30,7 +30,8 @@ import contextlib
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from lib.augment import mixed_accuracy, mixed_loss
 
 STEP_GRAPH_ENV = "CIFAR10_STEP_GRAPH"  # models (names separated by spaces or commas, or "all") stepped by StepGraph
 WARMUP_STEPS = 3  # steps run (and undone) before a capture with a new optimiser, as make_graphed_callables does
@@ -123,8 +124,7 @@ class StepGraph(nn.Module):
         with self.autocast():
             out = self._fwd[0](x)
         out = out.float()
-        loss = (lam * F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
-                + rest * F.cross_entropy(out, y_b, label_smoothing=self.label_smoothing))
+        loss = mixed_loss(out, y, y_b, lam, rest, label_smoothing=self.label_smoothing)
         loss.backward()
         extremes = (None, None)
         if self.record_steps:
@@ -132,8 +132,7 @@ class StepGraph(nn.Module):
             extremes = (g.max(), g.min())
         optimizer.step()
         with torch.no_grad():
-            pred = out.argmax(1)
-            acc = lam * (pred == y).float().mean() + rest * (pred == y_b).float().mean()
+            acc = mixed_accuracy(out, y, y_b, lam, rest)
         return (loss.detach(), acc) + extremes
 
     def _prepare(self, optimizer: torch.optim.Optimizer, key) -> None:
@@ -190,10 +189,10 @@ class StepGraph(nn.Module):
             static.copy_(value)
         self._inputs[3].fill_(lam)
         self._inputs[4].fill_(1 - lam)  # rounded to float32 from double, as the eager step's Python float is
-        key = (optimizer, tuple(g["lr"] for g in optimizer.param_groups))
-        if self._key is None or self._key[0] is not key[0] or self._key[1] != key[1]:
+        lrs = tuple(g["lr"] for g in optimizer.param_groups)
+        if self._key is None or self._key[0] is not optimizer or self._key[1] != lrs:
             try:
-                self._prepare(optimizer, key)
+                self._prepare(optimizer, (optimizer, lrs))
             except Exception as err:  # best effort: the eager step computes the same thing, only slower
                 self.failed, self._graph, self._outputs = True, None, None
                 optimizer.zero_grad(set_to_none=True)

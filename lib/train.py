@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from lib.config import NORMS, TrainConfig
 from lib.data import load_cifar10, study_split, subset, to_device_tensors
 from lib.lanes import shared_gpu
+from lib.augment import mixed_accuracy, mixed_loss
 from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
@@ -413,6 +414,12 @@ def _names_in_env(name: str) -> set[str]:
     return set(os.environ.get(name, "").replace(",", " ").split())
 
 
+def _named_in_env(name: str, model: str) -> bool:
+    """Whether the environment variable `name` names `model` or says 'all'."""
+    names = _names_in_env(name)
+    return "all" in names or model in names
+
+
 def graphs_enabled_for(model: str) -> bool:
     """Whether an uncompiled CUDA training step of `model` is CUDA-graphed: CIFAR10_CUDA_GRAPHS is not '0' and
     CIFAR10_EAGER_MODELS does not name it (the GPU runner names the models whose graph check failed)."""
@@ -422,8 +429,7 @@ def graphs_enabled_for(model: str) -> bool:
 def compiled_by_env(model: str) -> bool:
     """Whether the CIFAR10_COMPILE environment variable (names separated by spaces or commas, or 'all')
     names `model`."""
-    names = _names_in_env(COMPILE_ENV)
-    return "all" in names or model in names
+    return _named_in_env(COMPILE_ENV, model)
 
 
 def compile_mode() -> str:
@@ -445,8 +451,7 @@ def step_graph_requested(model: str) -> bool:
     on for it (graphs_enabled_for: CIFAR10_CUDA_GRAPHS=0 and CIFAR10_EAGER_MODELS win): its CUDA training steps then
     run as one captured graph each (lib.step_graph.StepGraph, an experiment), torch.compile'd inside where
     compile_requested."""
-    names = _names_in_env(STEP_GRAPH_ENV)
-    return ("all" in names or model in names) and graphs_enabled_for(model)
+    return _named_in_env(STEP_GRAPH_ENV, model) and graphs_enabled_for(model)
 
 
 def compile_requested(cfg: TrainConfig) -> bool:
@@ -1017,10 +1022,7 @@ def _eager_step(model, head, optimizer, batch, cfg, device, i, grad_max, grad_mi
     with autocast_for(cfg, device):
         out = model(batch.x)
     out = out.float()
-    loss = F.cross_entropy(out, batch.y, label_smoothing=cfg.label_smoothing)
-    if batch.lam < 1.0:  # MixUp/CutMix: lam*CE(y_a) + (1-lam)*CE(y_b)
-        loss = batch.lam * loss + (1 - batch.lam) * F.cross_entropy(out, batch.y_b,
-                                                                    label_smoothing=cfg.label_smoothing)
+    loss = mixed_loss(out, batch.y, batch.y_b, batch.lam, label_smoothing=cfg.label_smoothing)  # MixUp/CutMix
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.record_steps:
@@ -1028,8 +1030,7 @@ def _eager_step(model, head, optimizer, batch, cfg, device, i, grad_max, grad_mi
         grad_max[i], grad_min[i] = g.max(), g.min()
     optimizer.step()
     with torch.no_grad():
-        pred = out.argmax(1)
-        acc = batch.lam * (pred == batch.y).float().mean() + (1 - batch.lam) * (pred == batch.y_b).float().mean()
+        acc = mixed_accuracy(out, batch.y, batch.y_b, batch.lam)
     return loss, acc
 
 

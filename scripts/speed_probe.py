@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import lib.train as T  # noqa: E402
-from lib.bench import _env, fast_epoch  # noqa: E402
+from lib.bench import _timed_variant, fast_epoch  # noqa: E402
 from lib.experiments import recipe_config  # noqa: E402
 from lib.models import last_linear, set_side_stream  # noqa: E402
-from lib.step_graph import STEP_GRAPH_ENV, StepGraph  # noqa: E402
+from lib.step_graph import StepGraph  # noqa: E402
 
 VARIANTS = ("channels_last", "nchw", "streams", "step_graph", "step_graph_compiled")
 STEP_GRAPH_VARIANTS = {"step_graph": False, "step_graph_compiled": True}  # variant -> torch.compile'd inside
@@ -103,7 +103,7 @@ def step_graph_difference(model_name: str, data_source: str, device: torch.devic
     base = base.replace(batch_size=batch_size or base.batch_size)
     cfg = base.replace(num_train=3 * base.batch_size + 8, num_val=base.batch_size)
     with T.backend_flags(deterministic=True, benchmark=False, cudnn_tf32=False, matmul_tf32=False), \
-            _env(STEP_GRAPH_ENV, model_name), _env(T.COMPILE_ENV, ""):  # compiled as `compiled` says (cfg.compile)
+            _timed_variant(model_name, step_graph=True):  # compiled as `compiled` says (cfg.compile)
         (train_loader, _, _), _ = T.prepare_data(cfg, device)
         eager, graphed = T.new_model(cfg, device), T.new_model(cfg, device)
         graphed.load_state_dict(eager.state_dict())

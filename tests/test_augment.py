@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 from lib.augment import (apply_mix, to_device_async, draw_mix, erase_with, flip_crop, flip_crop_with, mix_batch, random_erasing,
@@ -363,3 +364,19 @@ def test_to_device_async_copies_to_the_cpu_without_pinning():
     t = torch.arange(6).reshape(2, 3)
     out = to_device_async(t, torch.device("cpu"))  # pinning needs CUDA: only copies to CUDA are pinned
     assert torch.equal(out, t) and out.device.type == "cpu" and not out.is_pinned()
+
+
+def test_mixed_loss_and_accuracy_weigh_both_targets_and_leave_an_unmixed_batch_alone():
+    from lib.augment import mixed_accuracy, mixed_loss
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(6, 10, generator=g)
+    y, y_b = torch.randint(0, 10, (6,), generator=g), torch.randint(0, 10, (6,), generator=g)
+    ce = lambda t: F.cross_entropy(out, t, label_smoothing=0.1)
+    assert torch.equal(mixed_loss(out, y, y_b, 1.0, label_smoothing=0.1), ce(y))
+    # As a CUDA graph reads them: lam = 1, rest = 0 as tensors give CE(y) to the bit.
+    assert torch.equal(mixed_loss(out, y, y_b, torch.tensor(1.0), torch.tensor(0.0), label_smoothing=0.1), ce(y))
+    torch.testing.assert_close(mixed_loss(out, y, y_b, 0.3, label_smoothing=0.1), 0.3 * ce(y) + 0.7 * ce(y_b))
+    hit, hit_b = (out.argmax(1) == y).float().mean(), (out.argmax(1) == y_b).float().mean()
+    torch.testing.assert_close(mixed_accuracy(out, y, y_b, 0.3), 0.3 * hit + 0.7 * hit_b)
+    assert torch.equal(mixed_accuracy(out, y, y_b, 1.0), hit)
