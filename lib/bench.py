@@ -282,13 +282,15 @@ def fast_epoch(model_name: str, data_source: str | None = None, device: str = "a
 
 def trace_steps(model_name: str, data_source: str | None = None, device: str = "auto", *, steps: int = 30,
                 cuda_graphs: bool = True, row_limit: int = 15, batch_size: int | None = None,
-                merged: bool | None = None) -> dict:
+                merged: bool | None = None, step_graph: bool = False) -> dict:
     """Where a fast training step's time goes: one epoch of `steps` full batches of lib.train's own loop
     (loader, augmentation, step, metrics) under torch.profiler, after a warm-up epoch of the same length.
 
     Returns wall_ms_per_step, device_ms_per_step (the kernels' own time; far below the wall time means the
     host launching the work is the bottleneck), ops_per_step (operator calls on the host) and `table`, the
     profiler's top operators by device time (by host time on a CPU). cuda_graphs=False times eager steps;
+    step_graph=True the whole step as one CUDA graph (lib.step_graph, around the eager model: its host calls are
+    those outside the graph; `step_graph` in the result says whether the capture held, on a CPU False);
     merged: CANet's blocks merged (True), as specified (False), or as built (None: by device, CIFAR10_CANET_MERGED).
     batch_size: the recipe's unless given (tests on a tiny image folder).
     """
@@ -301,7 +303,7 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     cfg = cfg.replace(num_train=steps * cfg.batch_size)  # `steps` full batches per epoch
     cuda = dev.type == "cuda"
     with backend_flags(deterministic=False, benchmark=cuda, cudnn_tf32=True, matmul_tf32=cuda), \
-            _timed_variant(cuda_graphs=cuda_graphs):
+            _timed_variant(model_name, step_graph=step_graph, cuda_graphs=cuda_graphs):
         (train_loader, _, _), _ = T.prepare_data(cfg, dev)
         model = T.new_model(cfg, dev) if merged is None else set_merged(T.new_model(cfg, dev), merged)
         optimizer = T.make_optimizer(T.optimizer_at(cfg, 0), model.parameters(), cfg, T.lr_at(cfg, 0), dev)
@@ -325,23 +327,38 @@ def trace_steps(model_name: str, data_source: str | None = None, device: str = "
     host_ops = sum(e.count for e in events if e.key.startswith("aten::"))
     merged_used = bool(blocks_merged(model, train_loader.X[:1]))
     return {"model": model_name, "device": device_name(dev), "steps": n_steps, "batch_size": cfg.batch_size,
-            "cuda_graphs": info["cuda_graphs"], "merged": merged_used, "wall_ms_per_step": 1e3 * wall / n_steps,
+            "cuda_graphs": info["cuda_graphs"], "step_graph": bool(info.get("step_graph")), "merged": merged_used,
+            "wall_ms_per_step": 1e3 * wall / n_steps,
             "device_ms_per_step": device_us / 1e3 / n_steps if cuda else None,
             "ops_per_step": host_ops / n_steps, "table": events.table(sort_by=sort, row_limit=row_limit)}
 
 
-TRACE_VARIANTS = {"eager": (False, None), "graphed": (True, None), "graphed-per-path": (True, False)}
+# name -> trace_steps' (cuda_graphs, merged, step_graph)
+TRACE_VARIANTS = {"eager": (False, None, False), "graphed": (True, None, False),
+                  "graphed-per-path": (True, False, False), "step-graph": (True, None, True)}
 
 
 def trace_variants(model_name: str, dev: torch.device) -> list[str]:
     """The trace variants (TRACE_VARIANTS keys) that tell something on `dev`: eager on a CPU; eager and
-    CUDA-graphed on CUDA, and for a CANet also graphed with its blocks as specified (per path), the A/B of
-    AttResBlock._forward_merged."""
+    CUDA-graphed on CUDA, for a CANet also graphed with its blocks as specified (per path), the A/B of
+    AttResBlock._forward_merged, and last the whole step as one CUDA graph (lib.step_graph: how many host calls
+    remain outside it, and whether the step then still waits for them)."""
     from lib.models import CANET_VARIANTS
 
     if dev.type != "cuda":
         return ["eager"]
-    return ["eager", "graphed"] + (["graphed-per-path"] if model_name in CANET_VARIANTS else [])
+    return ["eager", "graphed"] + (["graphed-per-path"] if model_name in CANET_VARIANTS else []) + ["step-graph"]
+
+
+# Traces of an older version are made again (--missing-only): 2, the step-graph variant, timed in the same call as
+# the others, after the shortcut BatchNorm's dense copy (lib.models.canet._dense_like), which the traces of version 1
+# (2026-11-27) predate: the variants' kernel times are then comparable.
+TRACE_VERSION = 2
+
+
+def trace_as_now(record: dict | None) -> bool:
+    """recorded_as_now, and of the current TRACE_VERSION (what `--trace --missing-only` reuses)."""
+    return recorded_as_now(record) and record.get("trace_version", 1) >= TRACE_VERSION
 
 
 def trace_key(model_name: str, variant: str) -> str:
@@ -353,8 +370,15 @@ def save_trace(t: dict, variant: str, path: Path | str, device: torch.device | s
     """Record a trace_steps result (without its operator table, which the log keeps) under the bench file's
     'traces' (merged, atomic)."""
     record = {k: v for k, v in t.items() if k != "table"}
-    record.update(variant=variant, model_revision=revision(t["model"]), torch=torch.__version__, date=_now())
+    record.update(variant=variant, model_revision=revision(t["model"]), torch=torch.__version__, date=_now(),
+                  trace_version=TRACE_VERSION)
     return _merge_write(Path(path), torch.device(device), sections={"traces": {trace_key(t["model"], variant): record}})
+
+
+def _trace_failed(t: dict) -> str:
+    """' (capture failed: eager steps)' for a whole-step-graph trace whose steps ran eager, else ''."""
+    asked = TRACE_VARIANTS.get(t["variant"], (None, None, False))[2]
+    return " (capture failed: eager steps)" if asked and not t.get("step_graph") else ""
 
 
 def trace_lines(bench) -> list[str]:
@@ -366,8 +390,9 @@ def trace_lines(bench) -> list[str]:
     for model, traces in by_model.items():
         order = list(TRACE_VARIANTS)
         traces.sort(key=lambda t: order.index(t["variant"]) if t["variant"] in order else 99)
-        parts = [f"{t['variant']} {t['wall_ms_per_step']:.2f} ms wall, {_fmt(t.get('device_ms_per_step'), '.2f')} ms "
-                 f"of kernels, {t['ops_per_step']:.0f} host ops" for t in traces]
+        parts = [f"{t['variant']}{_trace_failed(t)} {t['wall_ms_per_step']:.2f} ms wall, "
+                 f"{_fmt(t.get('device_ms_per_step'), '.2f')} ms of kernels, {t['ops_per_step']:.0f} host ops"
+                 for t in traces]
         stale = " (model rev " + str(traces[0].get("model_revision", 1)) + ")" if stale_revision(traces[0]) else ""
         lines.append(f"Profiled training step of {model}{stale} ({traces[0]['steps']} steps of batch "
                      f"{traces[0]['batch_size']}, {traces[0]['date'][:10]}, per step): {'; '.join(parts)}.")
@@ -377,7 +402,8 @@ def trace_lines(bench) -> list[str]:
 def trace_line(t: dict) -> str:
     """A trace_steps result in words, followed by its operator table."""
     return (f"[trace] {t['model']} on {t['device']}, batch {t['batch_size']}, {t['steps']} steps, CUDA graphs "
-            f"{'on' if t['cuda_graphs'] else 'off'}{', CANet blocks merged' if t.get('merged') else ''}: "
+            f"{'on' if t['cuda_graphs'] else 'off'}{', the whole step as one graph' if t.get('step_graph') else ''}"
+            f"{', CANet blocks merged' if t.get('merged') else ''}: "
             f"{t['wall_ms_per_step']:.2f} ms/step wall, "
             f"{_fmt(t['device_ms_per_step'], '.2f')} ms/step of kernels, {t['ops_per_step']:.0f} host ops/step\n"
             f"{t['table']}")

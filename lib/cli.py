@@ -487,16 +487,18 @@ def cmd_bench(args) -> int:
                                  num_workers=args.workers)
         bench.save_agreement(result, path, dev)
         print("\n".join(bench.agreement_lines({"agreement": {result["model"]: result}})))
-    if args.trace:  # where a step's time goes: eager, CUDA-graphed, a CANet also graphed per path (on a CPU:
-        # eager only); recorded in the bench file, --missing-only skips variants recorded with this torch and model
+    if args.trace:  # where a step's time goes: eager, CUDA-graphed, a CANet also graphed per path, the whole step
+        # as one graph (on a CPU: eager only); recorded in the bench file, --missing-only skips variants recorded
+        # with this torch, model revision and TRACE_VERSION
         traces = read_json(path).get("traces", {}) if path.exists() else {}
         for variant in bench.trace_variants(args.trace, dev):
             known = traces.get(bench.trace_key(args.trace, variant))
-            if args.missing_only and bench.recorded_as_now(known):
+            if args.missing_only and bench.trace_as_now(known):
                 print(f"trace of {args.trace} ({variant}): in {path} already (--missing-only)")
                 continue
-            graphs, merged = bench.TRACE_VARIANTS[variant]
-            t = bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs, merged=merged)
+            graphs, merged, step_graph = bench.TRACE_VARIANTS[variant]
+            t = bench.trace_steps(args.trace, args.data, args.device, cuda_graphs=graphs, merged=merged,
+                                  step_graph=step_graph)
             print(bench.trace_line(t))
             bench.save_trace(t, variant, path, dev)
     for model in args.bookkeeping or ():  # where the per-epoch bookkeeping goes, part by part
@@ -665,7 +667,8 @@ def main(argv=None) -> int:
                         "for any; --missing-only reuses the checks recorded with this torch version)")
     p.add_argument("--trace", metavar="MODEL", help="profile a short epoch of MODEL's fast training steps, eager "
                                                     "and CUDA-graphed (a CANet also graphed with its blocks per "
-                                                    "path): ms per step, kernel time, top operators")
+                                                    "path), then with the whole step as one CUDA graph: ms per "
+                                                    "step, kernel time, top operators")
     p.add_argument("--bookkeeping", nargs="+", metavar="MODEL",
                    help="time lib.train's per-epoch bookkeeping of each MODEL part by part (TensorBoard scalars and "
                         "histograms, weight histograms, best weights, the resumable checkpoint); no training")

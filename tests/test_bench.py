@@ -545,6 +545,16 @@ def test_trace_steps_profiles_a_short_epoch_on_cpu(tiny_source):
     assert t["merged"] is False  # no CANet blocks
 
 
+def test_trace_steps_of_the_whole_step_graph_say_whether_it_ran(tiny_source, monkeypatch):
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "all")  # the shell's choice does not decide the variant traced
+    t = B.trace_steps("CANet_tiny", tiny_source, "cpu", steps=1, batch_size=4, step_graph=True)
+    assert t["step_graph"] is False and t["cuda_graphs"] is False  # a CPU has no CUDA graph: eager steps
+    assert "whole step" not in B.trace_line(t)
+    assert B.trace_line(dict(t, device="GPU", cuda_graphs=True, step_graph=True)).startswith(
+        "[trace] CANet_tiny on GPU, batch 4, 1 steps, CUDA graphs on, the whole step as one graph: ")
+    assert os.environ[T.STEP_GRAPH_ENV] == "all"  # restored
+
+
 def test_trace_steps_compares_merged_and_per_path_canet_blocks(tiny_source):
     per_path, merged = (B.trace_steps("CANet_tiny", tiny_source, "cpu", steps=1, batch_size=4, merged=m)
                         for m in (None, True))  # None: by device, per path on a CPU
@@ -1058,13 +1068,13 @@ def test_traces_are_recorded_per_variant_and_shown_under_the_table(tmp_path, mon
     from lib.cli import main
 
     cuda = torch.device("cuda")
-    assert B.trace_variants("CANet_tiny", cuda) == ["eager", "graphed", "graphed-per-path"]
-    assert B.trace_variants("ResNet18", cuda) == ["eager", "graphed"]
+    assert B.trace_variants("CANet_tiny", cuda) == ["eager", "graphed", "graphed-per-path", "step-graph"]
+    assert B.trace_variants("ResNet18", cuda) == ["eager", "graphed", "step-graph"]
     assert B.trace_variants("CANet_tiny", torch.device("cpu")) == ["eager"]
     calls = []
 
-    def fake_trace(model, *a, cuda_graphs, merged, **kw):
-        calls.append((model, cuda_graphs, merged))
+    def fake_trace(model, *a, cuda_graphs, merged, step_graph, **kw):
+        calls.append((model, cuda_graphs, merged, step_graph))
         return {"model": model, "device": "CPU", "steps": 30, "batch_size": 256, "cuda_graphs": cuda_graphs,
                 "merged": False, "wall_ms_per_step": 72.25, "device_ms_per_step": None, "ops_per_step": 3696.4,
                 "table": "TABLE"}
@@ -1072,11 +1082,15 @@ def test_traces_are_recorded_per_variant_and_shown_under_the_table(tmp_path, mon
     monkeypatch.setattr(B, "trace_steps", fake_trace)
     out = tmp_path / "cpu.json"
     args = ["bench", "--device", "cpu", "--out", str(out), "--trace", "CANet_tiny", "--missing-only"]
-    assert main(args) == 0 and calls == [("CANet_tiny", False, None)]
+    assert main(args) == 0 and calls == [("CANet_tiny", False, None, False)]
     record = read_json(out)["traces"]["CANet_tiny:eager"]
     assert "table" not in record and record["model_revision"] == revision("CANet_tiny")
     assert main(args) == 0 and len(calls) == 1  # recorded with this torch and model revision: skipped
     assert "already (--missing-only)" in capsys.readouterr().out
+    older = read_json(out)
+    del older["traces"]["CANet_tiny:eager"]["trace_version"]  # as recorded before TRACE_VERSION 2
+    B.atomic_write_json(out, older)
+    assert main(args) == 0 and len(calls) == 2  # made again, beside the variants of this version
     (line,) = B.trace_lines(out)
     assert line.startswith("Profiled training step of CANet_tiny (30 steps of batch 256, ")
     assert line.endswith(": eager 72.25 ms wall, - ms of kernels, 3696 host ops.")
@@ -1084,6 +1098,11 @@ def test_traces_are_recorded_per_variant_and_shown_under_the_table(tmp_path, mon
     data["traces"]["CANet_tiny:graphed-per-path"] = dict(record, variant="graphed-per-path", wall_ms_per_step=9.5,
                                                          device_ms_per_step=7.25)
     assert "; graphed-per-path 9.50 ms wall, 7.25 ms of kernels, 3696 host ops." in B.trace_lines(data)[0]
+    data["traces"]["CANet_tiny:step-graph"] = dict(record, variant="step-graph", wall_ms_per_step=7.5,
+                                                   device_ms_per_step=7.0, ops_per_step=180, step_graph=True)
+    assert B.trace_lines(data)[0].endswith("; step-graph 7.50 ms wall, 7.00 ms of kernels, 180 host ops.")
+    data["traces"]["CANet_tiny:step-graph"]["step_graph"] = False  # its capture failed: eager steps, said so
+    assert "; step-graph (capture failed: eager steps) 7.50 ms wall" in B.trace_lines(data)[0]
     data["entries"] = {"CANet": fake_entry()}
     assert B.trace_lines(data)[0] in B.bench_table(data)
 
