@@ -15,6 +15,7 @@ import torch
 import lib.bench as B
 import lib.plan as P
 import lib.lanes as L
+import lib.train as T
 from lib.cli import main
 from lib.data import resolve_source
 from lib.experiments import part1_config
@@ -539,6 +540,46 @@ def test_measure_concurrency_times_each_model_alone_and_at_once(tiny_source, tmp
     assert path.stat().st_mtime_ns == before  # measured already: nothing started, nothing written
     with pytest.raises(ValueError, match=r"at least 2 runs at once \(--lanes 2 or more\)"):
         L.measure_concurrency(["CANet_tiny"], 1, str(tiny_source), "cpu", path)
+
+
+def test_a_lane_process_times_the_variant_the_environment_names(monkeypatch):
+    import queue
+
+    class Barrier:
+        def wait(self, timeout=None):
+            pass
+
+    asked = []
+
+    def fake_fast_epoch(model, *a, compile, step_graph, before_timed, after_timed, **kw):
+        asked.append((model, compile, step_graph))
+        before_timed(lambda: 1.0)
+        after_timed()
+        return {"before_timed": 1.0, "seconds": 1.5, "num_train": 16, "batch_size": 8, "cuda_graphs": step_graph,
+                "compiled": compile, "compile_mode": None, "canet_merged": None, "step_graph": step_graph,
+                "data": "tiny"}
+
+    monkeypatch.setattr(B, "fast_epoch", fake_fast_epoch)
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "CANet_tiny")
+    monkeypatch.setenv(T.COMPILE_ENV, "CANet_tiny ResNet18")
+    results = queue.Queue()
+    L._worker(0, ["CANet_tiny", "ResNet18", "VGG11"], None, "cpu", 16, 8, Barrier(), results)
+    assert asked == [("CANet_tiny", True, True), ("ResNet18", True, False), ("VGG11", False, False)]
+    got = [results.get_nowait() for _ in asked]
+    assert [(i, m, r["solo"], r["at_once"], r["step_graph"]) for i, m, r in got] == [
+        (0, "CANet_tiny", 1.0, 1.5, True), (0, "ResNet18", 1.0, 1.5, False), (0, "VGG11", 1.0, 1.5, False)]
+
+
+def test_concurrency_records_the_whole_step_graph_under_its_key(tiny_source, tmp_path, monkeypatch):
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "CANet_tiny")  # the processes inherit it, as the runner's do
+    path = tmp_path / "bench.json"
+    data = L.measure_concurrency(["CANet_tiny"], 2, str(tiny_source), "cpu", path, num_train=16, num_val=8,
+                                 progress=False)
+    (key,) = data["concurrency"]
+    assert key == "CANet_tiny+step-graph/x2/time-sliced"  # the variant the plan reads for these runs
+    rec = data["concurrency"][key]
+    assert rec["key"] == "CANet_tiny+step-graph" and rec["step_graph"] is False  # asked for; a CPU ran eager steps
+    assert L.measurement(path, "CANet_tiny", 2, mps=False) == rec  # looked up as lib.bench.key_in_use says
 
 
 def test_a_killed_process_ends_the_measurement_without_waiting_for_it(tiny_source, tmp_path):
