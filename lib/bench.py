@@ -930,7 +930,7 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
                   missing_only: bool = False, probe_steps: int = PROBE_BENCH_STEPS,
                   probe_overrides: dict | None = None, compile: bool = False, also_compiled: Sequence[str] = (),
                   also_step_graph: Sequence[str] = (), also_step_graph_compiled: Sequence[str] = (),
-                  progress: bool = True) -> dict:
+                  step_graph_rows: bool = False, progress: bool = True) -> dict:
     """Time naive and fast epochs of `models` (only fast for `fast_only`, probe steps for `probes`) in this
     process; merge each entry into the bench file as soon as it is measured. Returns the file's content.
 
@@ -943,6 +943,9 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     epoch this process measured (one naive epoch serves both rows of the table; models not in `models`
     join them). also_step_graph, also_step_graph_compiled: likewise, with the whole step as one CUDA graph (an
     experiment, lib.step_graph), around the eager or the compiled model, under step_graph_key(model, compiled).
+    step_graph_rows: the `fast_only` models' two whole-step-graph rows instead of their plain ones (fast epochs
+    only: what the plan and the estimate read for the runs CIFAR10_STEP_GRAPH names, compiled inside or not as
+    CIFAR10_COMPILE will say; the GPU runner times them before its compile choice, so both).
     """
     from lib.train import compile_mode, resolve_device
 
@@ -955,8 +958,9 @@ def run_benchmark(models: Sequence[str] = (), data_source: str | None = None, de
     mode = compile_mode()
     extra = list(also_compiled) + list(also_step_graph) + list(also_step_graph_compiled)
     models = list(models) + [m for m in dict.fromkeys(extra) if m not in models]  # each needs its naive epoch
+    fast_variants = [(False, True), (True, True)] if step_graph_rows else [(compile, False)]
     jobs = ([(m, True, compile, False) for m in models]
-            + [(m, False, compile, False) for m in fast_only if m not in models]
+            + [(m, False, c, g) for m in fast_only if m not in models for c, g in fast_variants]
             + [(m, True, True, False) for m in also_compiled if not compile]
             + [(m, True, False, True) for m in also_step_graph]
             + [(m, True, True, True) for m in also_step_graph_compiled])
@@ -1141,14 +1145,13 @@ def estimate_study_minutes(bench, seeds: int = 1) -> float:
     if est["missing"]:
         models = [k for k in est["missing"] if not k.startswith("probe-") and "+" not in k]
         compiled = [k.split("+compile")[0] for k in est["missing"] if "+compile" in k]
-        graphed = {k.split("+step-graph")[0]: k.endswith("-compiled") for k in est["missing"] if "+step-graph" in k}
-        steps = " ".join(f"--also-step-graph{'-compiled' if c else ''} {m}" for m, c in graphed.items())
+        graphed = list(dict.fromkeys(k.split("+step-graph")[0] for k in est["missing"] if "+step-graph" in k))
         raise ValueError(f"the bench file lacks measurements for {', '.join(est['missing'])}: run "
                          f"`python -m lib bench --fast-only {' '.join(models) or '...'} --probe --missing-only`"
                          + (f" and `python -m lib bench --fast-only {' '.join(compiled)} --compile --missing-only`"
                             if compiled else "")
-                         + (f" and `python -m lib bench --models {' '.join(graphed)} {steps} --missing-only`"
-                            if graphed else "") + " on the same device first")
+                         + (f" and `python -m lib bench --fast-only {' '.join(graphed)} --step-graph-rows "
+                            "--missing-only`" if graphed else "") + " on the same device first")
     return est["total_minutes"]
 
 

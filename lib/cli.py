@@ -431,6 +431,12 @@ def cmd_bench(args) -> int:
     if not any(getattr(args, a) for a in actions):
         raise ValueError("bench: nothing to do: name what to time or print (e.g. --models, --fast-only, --table, "
                          "--estimate, --plan; `python -m lib bench --help` lists them all)")
+    if args.step_graph_rows and not args.fast_only:
+        raise ValueError("--step-graph-rows times the whole-step-graph rows of the --fast-only models: name them "
+                         "with --fast-only")
+    if args.step_graph_rows and args.compile:
+        raise ValueError("--step-graph-rows times both rows of each model (around the eager and the compiled "
+                         "model): leave out --compile")
     if args.lanes_startup and not (args.plan and args.lanes > 1):
         raise ValueError("--lanes-startup is the lanes' start-up in a plan's budget: it goes with --plan and "
                          "--lanes 2 or more")
@@ -472,7 +478,8 @@ def cmd_bench(args) -> int:
                             num_val=args.num_val, num_workers=args.workers, missing_only=args.missing_only,
                             compile=args.compile, also_compiled=args.also_compiled or (),
                             also_step_graph=args.also_step_graph or (),
-                            also_step_graph_compiled=args.also_step_graph_compiled or ())
+                            also_step_graph_compiled=args.also_step_graph_compiled or (),
+                            step_graph_rows=args.step_graph_rows)
     if args.concurrent:  # each model alone and --lanes at once, in --lanes processes (lib.lanes)
         from lib.lanes import measure_concurrency
 
@@ -690,6 +697,10 @@ def main(argv=None) -> int:
                         "lib/step_graph.py), against the naive epoch of the same process")
     p.add_argument("--also-step-graph-compiled", nargs="+", metavar="MODEL",
                    help="the same around the torch.compile'd model (mode 'default')")
+    p.add_argument("--step-graph-rows", action="store_true",
+                   help="with --fast-only: time each model's two whole-step-graph rows (around the eager and the "
+                        "compiled model) instead of its plain one, fast epoch only: the rows the plan reads where "
+                        "CIFAR10_STEP_GRAPH names the model (the GPU runner times them when it is set)")
     p.add_argument("--compile-choice", action="store_true",
                    help="print the models whose measured torch.compile variant makes a full run faster "
                         "(the GPU runner exports them as CIFAR10_COMPILE)")

@@ -17,7 +17,9 @@
 #     with the whole step as one CUDA graph), the naive vs
 #     fast accuracy of AGREEMENT, a profile of TRACE's step, BOOKKEEPING's per-epoch bookkeeping by part and
 #     COMPILE_FAST's compiled fast epochs; always: the fast epoch of every study model and the probe steps that
-#     results/bench/<gpu>.json still lacks (the plan below needs them); then picks the models to train
+#     results/bench/<gpu>.json still lacks (the plan below needs them; where CIFAR10_STEP_GRAPH is exported, also
+#     the whole-step graph rows of the models it names, around the eager and the compiled model: lib/step_graph.py,
+#     an experiment, off unless exported); then picks the models to train
 #     torch.compile'd (COMPILE_MODELS, default: where the bench file says a full run is faster that way; with
 #     LANES > 1 the plan's process picks, counting what each variant costs in lanes: lib.bench.compile_choice);
 #  4. plans the unfinished experiments of the subset that fit the time left (python -m lib bench --plan) and
@@ -610,6 +612,11 @@ sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].
     guard $PY -m lib bench --fast-only $STUDY_MODELS $PROBE_BENCH --missing-only --data "$DATA" $BENCH_ARGS
   else
     log "fast epochs of the study models and the probe steps: all recorded as now (step 1 read the bench file)"
+  fi
+  if [[ -n "${CIFAR10_STEP_GRAPH:-}" ]]; then  # the whole-step graph rows the plan reads for the runs it names: both
+    local sg=${CIFAR10_STEP_GRAPH//,/ }         # variants, compiled inside or not (the compile choice comes below)
+    [[ " $sg " == *" all "* ]] && sg=$STUDY_MODELS
+    guard $PY -m lib bench --fast-only $sg --step-graph-rows --missing-only --data "$DATA" $BENCH_ARGS
   fi
   if ((want_bench)) && [[ -n "$AGREEMENT" ]]; then  # once per device: --missing-only
     guard $PY -m lib bench --agreement "$AGREEMENT" --epochs 3 --missing-only --data "$DATA" $BENCH_ARGS

@@ -248,7 +248,7 @@ def test_step_graph_rows_are_timed_beside_the_naive_epoch_and_shown_apart(tiny_s
     monkeypatch.setenv(T.STEP_GRAPH_ENV, "CANet_tiny")
     assert B.key_in_use("CANet_tiny") == "CANet_tiny+step-graph" and B.key_in_use("CANet") == "CANet"
     assert B.study_estimate(gpu, 1)["missing"] == ["CANet_tiny+step-graph"]
-    with pytest.raises(ValueError, match=r"python -m lib bench --models CANet_tiny --also-step-graph CANet_tiny "
+    with pytest.raises(ValueError, match=r"python -m lib bench --fast-only CANet_tiny --step-graph-rows "
                                          r"--missing-only"):
         B.estimate_study_minutes(gpu)
     monkeypatch.setenv(T.COMPILE_ENV, "CANet_tiny")
@@ -256,6 +256,43 @@ def test_step_graph_rows_are_timed_beside_the_naive_epoch_and_shown_apart(tiny_s
     plain, chosen = gpu["entries"]["CANet_tiny"], gpu["entries"]["CANet_tiny+step-graph-compiled"]
     assert B.run_seconds(chosen, 70) != pytest.approx(B.run_seconds(plain, 70))
     assert B.study_estimate(gpu, 1)["part1"]["CANet_tiny"] == pytest.approx(B.run_seconds(chosen, 70))
+
+
+def test_step_graph_rows_of_fast_only_models_are_both_variants_without_naive_epochs(tiny_source, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """--fast-only M --step-graph-rows: the two rows the plan may read where CIFAR10_STEP_GRAPH names M (compiled
+    inside or not, as the later compile choice says), fast epochs only, each skipped by --missing-only once there."""
+    from lib.cli import main
+
+    calls = []
+    monkeypatch.setattr(B, "naive_epoch", lambda *a, **kw: calls.append("naive"))
+
+    def fake_fast(model_name, source, device, **kw):
+        calls.append((model_name, kw["compile"], kw["step_graph"]))
+        return {"seconds": 0.5, "images_per_s": 32.0, "overhead_seconds": 0.1, "compile_seconds": 0.0,
+                "setup_seconds": 2.0, "warmup_seconds": 1.5, "cuda_graphs": True, "compiled": kw["compile"],
+                "compile_mode": "default" if kw["compile"] else None, "step_graph": kw["step_graph"],
+                "num_train": 16, "num_val": 8, "data": "tiny"}
+
+    monkeypatch.setattr(B, "fast_epoch", fake_fast)
+    out = str(tmp_path / "cpu.json")
+    args = ["bench", "--device", "cpu", "--out", out, "--data", str(tiny_source), "--fast-only", "CANet_tiny",
+            "ResNet18", "--step-graph-rows", "--missing-only"]
+    assert main(args) == 0
+    assert calls == [("CANet_tiny", False, True), ("CANet_tiny", True, True), ("ResNet18", False, True),
+                     ("ResNet18", True, True)]
+    entries = read_json(out)["entries"]
+    assert set(entries) == {"CANet_tiny+step-graph", "CANet_tiny+step-graph-compiled", "ResNet18+step-graph",
+                            "ResNet18+step-graph-compiled"}
+    assert all("naive_seconds" not in e and e["ratio"] is None for e in entries.values())
+    assert main(args) == 0 and len(calls) == 4  # there already: nothing timed again
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "CANet_tiny")
+    monkeypatch.setenv(T.COMPILE_ENV, "CANet_tiny")
+    assert B.entry_in_use(entries, "CANet_tiny") is entries["CANet_tiny+step-graph-compiled"]
+    for bad, why in ((["--step-graph-rows", "--models", "CANet"], "name them with --fast-only"),
+                     (["--fast-only", "CANet", "--step-graph-rows", "--compile"], "leave out --compile")):
+        assert main(["bench", "--device", "cpu", "--out", out, *bad]) == 2
+        assert why in capsys.readouterr().err
 
 
 def test_graph_checks_and_traces_time_the_cuda_graphed_step_whatever_the_environment(tiny_source, monkeypatch):

@@ -1023,3 +1023,28 @@ def test_the_runner_starts_mps_only_for_a_plan_with_lanes(tmp_path, case):
         assert log.count("not found" if case == "no mps tool" else "could not start") == 1
         assert log.count("planning again, for lanes that time-slice the GPU") == 1
         assert runs == ["p1-VGG11-s0 p1-CANet-s0"] * 2
+
+
+@pytest.mark.parametrize("setting, timed", [("CANet_tiny,ResNet18", "CANet_tiny ResNet18"),
+                                            ("all", "CANet_tiny CANet_light CANet ShuffleNetV2"), ("", None)])
+def test_the_runner_times_the_whole_step_graph_rows_where_the_variable_asks(tmp_path, setting, timed):
+    """With CIFAR10_STEP_GRAPH exported the runner's measurements take the whole-step graph rows of the models it
+    names (`all`: the study's), both variants, before the compile choice and the plan, which read them; without it,
+    no such step. Python is a stand-in that records its calls."""
+    repo = script_copy(tmp_path)
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "py.sh").write_text(FAKE_PY)
+    env = dict(os.environ, PY=f"bash {tmp_path / 'py.sh'}", OUT=str(tmp_path / "out"), FAKE_CALLS=str(calls),
+               LANES="1", GRAPH_CHECK="0", COMPILE_CACHE="", REPLAN="0", FAKE_PLAN_SLICED="train p1-VGG11-s0",
+               CIFAR10_STEP_GRAPH=setting)
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "part1"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert "done; $OUT holds" in run.stdout + run.stderr, run.stdout + run.stderr
+    made = calls.read_text().splitlines()
+    rows = [i for i, c in enumerate(made) if "--step-graph-rows" in c]
+    if timed is None:
+        assert rows == []
+        return
+    (i,) = rows
+    assert f"-m lib bench --fast-only {timed}" in made[i] and "--missing-only" in made[i]
+    assert i < min(j for j, c in enumerate(made) if " --plan part1 " in c)
