@@ -1080,7 +1080,9 @@ def entry_in_use(entries: dict, model: str) -> dict | None:
 def compile_choice(bench, lanes: int = 1, mps: bool | None = None) -> list[str]:
     """Models whose torch.compile'd run (in lib.train.compile_mode()) is estimated faster than their
     CUDA-graphed one on the bench's device, one-off compile time included (a whole `full` run: run_seconds
-    over its epochs). Both variants must be measured; the GPU runner exports the answer as CIFAR10_COMPILE.
+    over its epochs). Both variants must be measured; the GPU runner exports the answer as CIFAR10_COMPILE. For
+    a model whose runs train as one whole-step graph (CIFAR10_STEP_GRAPH names it), its two step-graph rows are
+    weighed instead: the graph around the compiled model against the graph around the eager one.
 
     With `lanes` > 1 (runs trained that many at once, under MPS as `mps` says, default as now), a variant with a
     measured gain at that many at once counts its run's seconds x its slowdown / lanes, as the plan and
@@ -1091,20 +1093,23 @@ def compile_choice(bench, lanes: int = 1, mps: bool | None = None) -> list[str]:
     reverse it. The whole run, its one-off compile included, counts at the epoch's measured slowdown, as in the
     plan's estimates (three compiles at once were not timed)."""
     from lib.lanes import seconds_at_once, slowdown
-    from lib.train import compile_mode
+    from lib.train import compile_mode, step_graph_requested
 
     data = load_bench(bench)
     entries = data.get("entries", {})
     chosen = []
     for model in PART1_MODELS + BN_MODELS:
-        ckey = compile_key(model, compile_mode())
-        plain, compiled = entries.get(model, {}), entries.get(ckey, {})
+        if step_graph_requested(model):  # its runs train as one whole-step graph: compiled inside it or not
+            key, ckey = step_graph_key(model, False), step_graph_key(model, True)
+        else:
+            key, ckey = model, compile_key(model, compile_mode())
+        plain, compiled = entries.get(key, {}), entries.get(ckey, {})
         if plain.get("fast_seconds") is None or compiled.get("fast_seconds") is None or not compiled.get("compiled"):
             continue  # not both measured, or a CPU measurement (where nothing is compiled)
         cost = {key: seconds_at_once([(run_seconds(entry, _epochs_of(model)),
                                        slowdown(data, model, lanes, mps, key=key))], lanes)
-                for key, entry in ((model, plain), (ckey, compiled))}
-        if cost[ckey] < cost[model]:
+                for key, entry in ((key, plain), (ckey, compiled))}
+        if cost[ckey] < cost[key]:
             chosen.append(model)
     return chosen
 

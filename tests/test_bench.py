@@ -289,6 +289,16 @@ def test_step_graph_rows_of_fast_only_models_are_both_variants_without_naive_epo
     monkeypatch.setenv(T.STEP_GRAPH_ENV, "CANet_tiny")
     monkeypatch.setenv(T.COMPILE_ENV, "CANet_tiny")
     assert B.entry_in_use(entries, "CANet_tiny") is entries["CANet_tiny+step-graph-compiled"]
+    # The compile choice weighs the two step-graph rows of a model the variable names (not its plain rows).
+    data = read_json(out)
+    data["entries"]["CANet_tiny+step-graph-compiled"].update(fast_seconds=0.2, compile_seconds=5.0)
+    assert B.compile_choice(data) == ["CANet_tiny"]
+    data["entries"]["CANet_tiny+step-graph-compiled"]["fast_seconds"] = 0.9
+    assert B.compile_choice(data) == []
+    data["entries"]["ResNet18+step-graph-compiled"]["fast_seconds"] = 0.2
+    assert B.compile_choice(data) == []  # ResNet18's runs are not step-graphed: its plain rows are not measured
+    monkeypatch.setenv(T.STEP_GRAPH_ENV, "all")
+    assert B.compile_choice(data) == ["ResNet18"]
     for bad, why in ((["--step-graph-rows", "--models", "CANet"], "name them with --fast-only"),
                      (["--fast-only", "CANet", "--step-graph-rows", "--compile"], "leave out --compile")):
         assert main(["bench", "--device", "cpu", "--out", out, *bad]) == 2
