@@ -905,13 +905,26 @@ def write_missing_steps(folder: Path | str, models: Sequence[str], probes: Seque
 
 
 def runner_first_step(allow_cpu: bool, folder: Path | str | None, models: Sequence[str] = (),
-                      probes: bool = False) -> int:
-    """The GPU runner's first step, in one Python start (each imports torch: 5-13 s on the GPU machine): print the
-    versions, test CUDA, decode the data once into the cache (CIFAR10_SOURCE: the runner's DATA) and, with a
+                      probes: bool = False, subset: Sequence[str] = (), seeds: Sequence[int] = (0,),
+                      profile: str = "full") -> int:
+    """The GPU runner's first step, in one Python start (each imports torch: 5-13 s on the GPU machine): check the
+    call's study `subset` (its words besides 'bench': lib.plan.select_jobs' names, for `seeds` and `profile`), print
+    the versions, test CUDA, decode the data once into the cache (CIFAR10_SOURCE: the runner's DATA) and, with a
     `folder`, write what its missing-only steps would measure there (write_missing_steps; on an error, nothing,
-    and every step runs). Returns 0, or 3 without CUDA, having read the data only if `allow_cpu` (a dry run)."""
+    and every step runs). Returns 0, 2 for a subset with an unknown word (said; nothing else done: a typo is
+    caught before the GPU minutes of the steps before the plan), or 3 without CUDA, having read the data only if
+    `allow_cpu` (a dry run)."""
     import torchvision
 
+    from lib.plan import select_jobs, study_jobs
+
+    if subset:
+        try:
+            # The experiments' names do not depend on the data source: 'official', whatever the call reads.
+            select_jobs(study_jobs(None, "official", seeds=seeds, profile=profile), subset)
+        except ValueError as err:
+            print(f"error: {err}", flush=True)
+            return 2
     print("torch", torch.__version__, "torchvision", torchvision.__version__, flush=True)
     cuda = torch.cuda.is_available()
     if cuda or allow_cpu:

@@ -133,8 +133,27 @@ save_log() {  # DIR
     && echo "log: results/bench/logs/$slug-$day-call$n.log (commit it with the results)"
 }
 
+usage() {  # the comment block at the top of this file, which says what the script does and how to call it
+  sed -n '2,/^set -uo/{/^#/s/^# \{0,1\}//p}' "$0"
+}
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  --merge) [[ -n "${2:-}" ]] || { echo "usage: $0 --merge DIR (the folder the device call's files were copied to)" >&2
+             exit 2; } ;;
+esac
+for arg in "$@"; do  # before anything runs (step 0 merges the previous call's pack over the checkout)
+  if [[ "$arg" == --merge && "${1:-}" != --merge ]]; then
+    echo "gpu_full_study: --merge DIR comes first and alone, not after other arguments" >&2
+    exit 2
+  elif [[ "$arg" == -* && "$arg" != --merge ]]; then
+    echo "gpu_full_study: unknown option $arg: the arguments are [bench] and a study subset (all, part1, part2," \
+         "probe, costs or experiment names), or --merge DIR; settings are environment variables (--help)" >&2
+    exit 2
+  fi
+done
+
 if [[ "${1:-}" == "--merge" ]]; then
-  dir=${2:?"usage: $0 --merge DIR (the folder the device call's files were copied to)"}
+  dir=$2
   packed=$dir/results.tgz
   [[ -f "$packed" ]] || packed=$dir/results.tar  # the calls of the first sessions packed it uncompressed
   [[ -f "$packed" ]] || { echo "no results.tgz (or results.tar) in $dir" >&2; exit 1; }
@@ -233,6 +252,13 @@ for name in GRAPH_CHECK PARTIAL ALLOW_CPU GPU_STATE USE_SPARE; do
   [[ "${!name}" == 0 || "${!name}" == 1 ]] || bad_setting "$name" "must be 0 or 1"
 done
 [[ "$MPS" == auto || "$MPS" == 0 ]] || bad_setting MPS "must be auto or 0"
+[[ "$PROFILE" =~ ^(smoke|quick|full)$ ]] || bad_setting PROFILE "must be smoke, quick or full (only dry runs use another than full)"
+[[ "$SEEDS" =~ ^[[:space:]]*(0|[1-9][0-9]*)([[:space:]]+(0|[1-9][0-9]*))*[[:space:]]*$ ]] \
+  || bad_setting SEEDS "must be Part 1 seeds, whole numbers separated by spaces, e.g. SEEDS=\"0 1 2\""
+((BUDGET_S > PACK_RESERVE_S + 15)) \
+  || bad_setting BUDGET_S "leaves nothing to run: it must be more than PACK_RESERVE_S ($PACK_RESERVE_S s) + 15 s"
+[[ "$COMPILE_MODELS" =~ ^[A-Za-z0-9_,[:space:]]+$ ]] \
+  || bad_setting COMPILE_MODELS "must be auto, none or model names separated by spaces"
 CPU_OK=""                            # set to --allow-cpu-training for a dry run (below)
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
@@ -549,10 +575,14 @@ main() {
   local missing_dir=$TMP_DIR
   [[ " $BENCH_ARGS " =~ \ --(out|device|check-precisions|compile)[\ =] ]] && missing_dir=""
   GUARD_OK_RC=3 guard $PY -c "import sys; from lib.bench import runner_first_step
-sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].split(), bool(sys.argv[4])))" \
-    "$ALLOW_CPU" "$missing_dir" "$STUDY_MODELS" "$PROBE_BENCH"
+sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].split(), bool(sys.argv[4]),
+                           sys.argv[5].split(), [int(s) for s in sys.argv[6].split()], sys.argv[7]))" \
+    "$ALLOW_CPU" "$missing_dir" "$STUDY_MODELS" "$PROBE_BENCH" "${tokens[*]}" "$SEEDS" "$PROFILE"
   rc=$?
-  if ((rc == 3)) && [[ "$ALLOW_CPU" == 1 ]]; then
+  if ((rc == 2)); then
+    log "the study subset has a word the study does not know (above): nothing ran"
+    return 2
+  elif ((rc == 3)) && [[ "$ALLOW_CPU" == 1 ]]; then
     log "no CUDA device: dry run on the CPU (ALLOW_CPU=1)"
     CPU_OK=--allow-cpu-training  # lib run refuses the full profile's work on a CPU without it
   elif ((rc == 3)); then
@@ -677,7 +707,11 @@ sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].
   ((rc == 3)) && log "a step of round $round failed (above): nothing planned again in this call"
   # The table as it stands, where this call measured (a Python start: seconds the training calls leave out).
   ((!want_bench)) || $PY -m lib bench --table
+  ((rc != 3))  # the call's exit status: 1 where a step failed
 }
 
-(main "$@"; stop_mps; pack; pack_compile_cache; log "done; \$OUT holds: $(cd "$OUT" && ls -m)") 2>&1 \
-  | tee "$OUT/log.txt"
+# The exit status: main's (0; 1 where nothing could run or a step failed, 2 for an unknown subset word: the log says
+# which), after the packing, which always happens.
+(main "$@"; status=$?; stop_mps; pack; pack_compile_cache
+ log "done; \$OUT holds: $(cd "$OUT" && ls -m) (exit status $status)"; exit $status) 2>&1 | tee "$OUT/log.txt"
+exit "${PIPESTATUS[0]}"

@@ -265,6 +265,12 @@ def test_gpu_script_is_valid_bash():
                                            ("PLAN_MARGIN=.", "PLAN_MARGIN=. must be a number above 0, such as 1.2"),
                                            ("PLAN_MARGIN=0.0", "PLAN_MARGIN=0.0 must be a number above 0"),
                                            ("MPS_START_S=-5", "MPS_START_S=-5 must be a whole number of seconds"),
+                                           ("PROFILE=ful", "PROFILE=ful must be smoke, quick or full"),
+                                           ("SEEDS=0,1", "SEEDS=0,1 must be Part 1 seeds, whole numbers separated"),
+                                           ("SEEDS=0 b", "SEEDS=0 b must be Part 1 seeds"),
+                                           ("BUDGET_S=40", "BUDGET_S=40 leaves nothing to run"),
+                                           ("COMPILE_MODELS=CANet;rm", "COMPILE_MODELS=CANet;rm must be auto, none"),
+                                           ("SEEDS= 0  1 2 ", None),
                                            ("PLAN_MARGIN=1.05", None), ("PLAN_MARGIN=1.", None), ("PLAN_MARGIN=.9", None)])
 def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, says):
     name, value = setting.split("=", 1)
@@ -277,6 +283,44 @@ def test_gpu_script_refuses_a_bad_setting_before_it_starts(tmp_path, setting, sa
         return
     assert run.returncode == 2 and says in run.stderr
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+@pytest.mark.parametrize("args, rc, says", [
+    (["--help"], 0, "bash scripts/gpu_full_study.sh --merge DIR"),
+    (["-h"], 0, "Inside BUDGET_S seconds:"),
+    (["--mrege", "/tmp/x"], 2, "unknown option --mrege"),
+    (["part1", "--budget", "60"], 2, "unknown option --budget"),
+    (["--merge"], 2, "usage: "),
+    (["all", "--merge", "x"], 2, "--merge DIR comes first and alone")])
+def test_gpu_script_answers_help_and_refuses_options_before_anything(tmp_path, args, rc, says):
+    """Nothing runs for --help or a mistyped option, not even step 0's merge of a previous call's pack."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "results.tgz").write_bytes(b"not read")
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", STATE_DIR=str(state))
+    run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), *args], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == rc and says in (run.stdout if rc == 0 else run.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_script_exit_status_says_whether_the_call_ran(tmp_path):
+    """The log is piped through tee; the call's exit status is still its own: 1 where nothing could run."""
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", STATE_DIR=str(tmp_path / "state"))
+    run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 1 and "the first step failed" in run.stdout and "(exit status 1)" in run.stdout
+    assert (tmp_path / "out" / "log.txt").read_text() == run.stdout
+
+
+def test_the_runner_first_step_refuses_an_unknown_subset_before_anything(capsys):
+    from lib.bench import runner_first_step
+
+    assert runner_first_step(False, None, subset=["p1-CANet-s00"], seeds=[0, 1, 2]) == 2
+    out = capsys.readouterr().out
+    assert "unknown study subset(s) ['p1-CANet-s00']" in out and "torch" not in out  # nothing else done
+    assert runner_first_step(False, None, subset=["p1-CANet-s2"], seeds=[0, 1, 2]) in (0, 3)  # a seed asked for
+    assert runner_first_step(False, None, subset=["p1-CANet-s2"], seeds=[0]) == 2  # not one of the call's seeds
 
 
 def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_path, monkeypatch, capsys):
