@@ -738,7 +738,13 @@ def main(argv=None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's own parser, so the message names its --help
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    for name, value in vars(args).items():  # a model or seed named twice is one run, not two
+        if isinstance(value, list):
+            setattr(args, name, list(dict.fromkeys(value)))
     try:
+        from lib.train import check_execution_env
+
+        check_execution_env()  # a nonsense CIFAR10_* setting is refused before anything runs
         return args.func(args)
     except INPUT_ERRORS as err:
         if not input_error(err) or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):

@@ -536,6 +536,10 @@ def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLik
     """
     source = resolve_source(source)
     root = _default_root() if root is None else Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the data root {root} (where the official download and the decoded cache live; "
+                        f"{ROOT_ENV} or <repo>/data) is a file, not a folder: set {ROOT_ENV} to a writable folder "
+                        f"(it is created where missing), or unset it")
     identity = _identity(source)
     entry = _cache_dir(root / "cache", identity)
     cached = _read_cache(entry, identity)

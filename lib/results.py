@@ -180,6 +180,7 @@ def environment_info(device: torch.device | str) -> dict:
 
 REUSE_ONLY_ENV = "CIFAR10_REUSE_ONLY"  # 1/true/yes/on: compute nothing, only read finished results
 _ON = ("1", "true", "yes", "on")
+_OFF = ("", "0", "false", "no", "off")
 
 
 def set_reuse_only(on: bool | None) -> None:
@@ -194,8 +195,13 @@ def set_reuse_only(on: bool | None) -> None:
 
 
 def reuse_only() -> bool:
-    """Whether this process may only read finished results (set_reuse_only, or CIFAR10_REUSE_ONLY=1)."""
-    return os.environ.get(REUSE_ONLY_ENV, "").strip().lower() in _ON
+    """Whether this process may only read finished results (set_reuse_only, or CIFAR10_REUSE_ONLY=1); a value that
+    is neither on nor off is an error (the switch that stops computing must not be read as off by a typo)."""
+    value = os.environ.get(REUSE_ONLY_ENV, "").strip().lower()
+    if value not in _ON + _OFF:
+        raise ValueError(f"{REUSE_ONLY_ENV}={os.environ[REUSE_ONLY_ENV]!r}: use 1 (only read finished results; also "
+                         f"true, yes, on) or 0 (compute what is missing; also false, no, off, or unset)")
+    return value in _ON
 
 
 def refuse_if_reuse_only(what: str, where: Path | str, forced: bool = False) -> None:

@@ -409,9 +409,46 @@ class CompiledForward(_FullBatchForward):
         return out
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
 def _names_in_env(name: str) -> set[str]:
-    """Model names in an environment variable (separated by spaces or commas)."""
-    return set(os.environ.get(name, "").replace(",", " ").split())
+    """Model names in an environment variable (separated by spaces or commas; 'all' where the variable takes it),
+    or a clear error for a word that is no model: a typo would otherwise silently choose nothing."""
+    from lib.models import list_models
+
+    names = set(os.environ.get(name, "").replace(",", " ").split())
+    known = set(list_models()) | ({"all"} if name != EAGER_MODELS_ENV else set())
+    if unknown := sorted(names - known):
+        raise ValueError(f"{name}={os.environ[name]!r}: {', '.join(map(repr, unknown))} is no model: name models "
+                         f"separated by spaces or commas{' (or all)' if 'all' in known else ''}, e.g. "
+                         f"{name}=\"CANet CANet_tiny\", or unset it")
+    return names
+
+
+def _cuda_graphs_setting() -> str:
+    """CIFAR10_CUDA_GRAPHS: '1' (the default, also when unset or empty) or '0'; anything else is an error."""
+    value = os.environ.get(CUDA_GRAPHS_ENV, "").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"{CUDA_GRAPHS_ENV}={os.environ[CUDA_GRAPHS_ENV]!r}: use 0 (CUDA training steps without "
+                         f"CUDA graphs) or 1 (with them, the default), or unset it")
+    return value
+
+
+def check_execution_env() -> None:
+    """Raise a clear ValueError for a value of the variables that choose how the training steps run (lib.bench.
+    execution_env_names) or whether anything may run (CIFAR10_REUSE_ONLY) that means nothing: the CLI checks them
+    before it starts, so that a typo does not quietly change the runs, e.g. CIFAR10_CUDA_GRAPHS=off leaving the
+    graphs on, or CIFAR10_REUSE_ONLY=maybe training."""
+    from lib.models.canet import merged_from_env
+    from lib.results import reuse_only
+
+    for name in (COMPILE_ENV, STEP_GRAPH_ENV, EAGER_MODELS_ENV):
+        _names_in_env(name)
+    _cuda_graphs_setting()
+    compile_mode()
+    merged_from_env()
+    reuse_only()
 
 
 def _named_in_env(name: str, model: str) -> bool:
@@ -423,7 +460,7 @@ def _named_in_env(name: str, model: str) -> bool:
 def graphs_enabled_for(model: str) -> bool:
     """Whether an uncompiled CUDA training step of `model` is CUDA-graphed: CIFAR10_CUDA_GRAPHS is not '0' and
     CIFAR10_EAGER_MODELS does not name it (the GPU runner names the models whose graph check failed)."""
-    return os.environ.get(CUDA_GRAPHS_ENV, "1") != "0" and model not in _names_in_env(EAGER_MODELS_ENV)
+    return _cuda_graphs_setting() != "0" and model not in _names_in_env(EAGER_MODELS_ENV)
 
 
 def compiled_by_env(model: str) -> bool:
@@ -440,8 +477,11 @@ def compile_mode() -> str:
 
     Why not 'default': on an H200 (2026-11-27) CANet's compiled epoch without CUDA graphs took 7.1 s, its
     CUDA-graphed eager epoch 2.8 s: the launches, not the kernels, were the cost (results/bench/logs/)."""
-    mode = os.environ.get(COMPILE_MODE_ENV, "reduce-overhead") or "reduce-overhead"
-    if mode in GRAPHED_COMPILE_MODES and os.environ.get(CUDA_GRAPHS_ENV, "1") == "0":
+    mode = os.environ.get(COMPILE_MODE_ENV, "").strip() or "reduce-overhead"
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"{COMPILE_MODE_ENV}={mode!r}: torch.compile's modes are {', '.join(COMPILE_MODES)} "
+                         "(default reduce-overhead)")
+    if mode in GRAPHED_COMPILE_MODES and _cuda_graphs_setting() == "0":
         return {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}[mode]
     return mode
 
@@ -491,7 +531,7 @@ def step_model_for(model: nn.Module, cfg: TrainConfig, device: torch.device, tra
         info.update(compile=True, compile_mode=compile_mode())
         return CompiledForward(model, batch_shape, info["compile_mode"], info), info
     if not graphs_enabled_for(cfg.model):
-        why = (f"{CUDA_GRAPHS_ENV}=0" if os.environ.get(CUDA_GRAPHS_ENV, "1") == "0"
+        why = (f"{CUDA_GRAPHS_ENV}=0" if _cuda_graphs_setting() == "0"
                else f"{EAGER_MODELS_ENV} names {cfg.model}")
         info["note"] = f"{why}: eager steps"
         return model, info

@@ -95,6 +95,12 @@ def test_offline_official_names_the_data_root(capsys, tmp_path, monkeypatch):
     err = input_error(capsys, ["run", "--data", "official", "--models", "CANet_tiny", "--quiet"])
     assert (f"could not be downloaded (no network?); {root / 'cifar-10-python.tar.gz'} in {root} failed torchvision's "
             f"checksums (incomplete or corrupt): delete it before copying a good download there") in err
+    a_file = tmp_path / "root-file"
+    a_file.write_text("")
+    monkeypatch.setenv("CIFAR10_ROOT", str(a_file))
+    err = input_error(capsys, ["run", "--data", "official", "--models", "CANet_tiny", "--quiet"])
+    assert f"the data root {a_file} (where the official download and the decoded cache live" in err
+    assert "is a file, not a folder: set CIFAR10_ROOT to a writable folder" in err
 
 
 def test_missing_relative_source_names_each_path_once(capsys, tmp_path, monkeypatch):
@@ -270,3 +276,54 @@ def test_study_says_what_its_progress_bars_count_unless_verbose(capsys, monkeypa
     assert "[study] one progress bar per notebook, counting its cells" in out and "--verbose streams" in out
     assert cli.main(["study", "--profile", "smoke", "--notebooks", "04", "--verbose"]) == 0
     assert "progress bar" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("CIFAR10_CUDA_GRAPHS", "off", "use 0 (CUDA training steps without CUDA graphs) or 1"),
+    ("CIFAR10_COMPILE", "yes", "'yes' is no model: name models separated by spaces or commas (or all)"),
+    ("CIFAR10_STEP_GRAPH", "CANet_tiny,CANet_tiyn", "'CANet_tiyn' is no model"),
+    ("CIFAR10_EAGER_MODELS", "all", "'all' is no model: name models separated by spaces or commas, e.g."),
+    ("CIFAR10_COMPILE_MODE", "turbo", "torch.compile's modes are default, reduce-overhead, max-autotune"),
+    ("CIFAR10_REUSE_ONLY", "maybe", "use 1 (only read finished results; also true, yes, on) or 0"),
+    ("CIFAR10_CANET_MERGED", "maybe", "use 1 (merged blocks), 0 (as specified, per path) or auto")])
+def test_a_nonsense_execution_setting_is_refused_before_anything_runs(capsys, monkeypatch, tmp_path, name, value,
+                                                                     says):
+    """A typo in the variables that choose how runs execute (or whether they may run at all) must not quietly
+    change what runs, e.g. CIFAR10_CUDA_GRAPHS=off leaving the graphs on or CIFAR10_REUSE_ONLY=maybe training."""
+    from lib.results import reuse_only
+    from lib.train import check_execution_env, compiled_by_env, graphs_enabled_for
+
+    monkeypatch.setenv(name, value)
+    assert cli.main(["status", "--profile", "smoke", "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {name}={value!r}: ") and says in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match=name):
+        check_execution_env()
+    if name in ("CIFAR10_CUDA_GRAPHS", "CIFAR10_EAGER_MODELS"):  # also where the library reads it
+        with pytest.raises(ValueError, match=name):
+            graphs_enabled_for("CANet")
+    elif name == "CIFAR10_COMPILE":
+        with pytest.raises(ValueError, match=name):
+            compiled_by_env("CANet")
+    elif name == "CIFAR10_REUSE_ONLY":
+        with pytest.raises(ValueError, match=name):
+            reuse_only()
+
+
+@pytest.mark.parametrize("name, value", [("CIFAR10_CUDA_GRAPHS", "0"), ("CIFAR10_CUDA_GRAPHS", ""),
+                                         ("CIFAR10_COMPILE", "CANet, CANet_tiny"), ("CIFAR10_STEP_GRAPH", "all"),
+                                         ("CIFAR10_COMPILE_MODE", "max-autotune"), ("CIFAR10_REUSE_ONLY", "Off"),
+                                         ("CIFAR10_REUSE_ONLY", "yes"), ("CIFAR10_EAGER_MODELS", "VGG11 ResNet18")])
+def test_meaningful_execution_settings_pass_the_check(monkeypatch, name, value):
+    from lib.train import check_execution_env
+
+    monkeypatch.setenv(name, value)
+    check_execution_env()
+
+
+def test_a_model_or_seed_named_twice_is_one_run(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_run", lambda args: seen.update(vars(args)) or 0)
+    assert cli.main(["run", "--profile", "smoke", "--models", "CANet_tiny", "ResNet18", "CANet_tiny",
+                     "--seeds", "1", "0", "1"]) == 0
+    assert seen["models"] == ["CANet_tiny", "ResNet18"] and seen["seeds"] == [1, 0]
