@@ -713,5 +713,5 @@ sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].
 # The exit status: main's (0; 1 where nothing could run or a step failed, 2 for an unknown subset word: the log says
 # which), after the packing, which always happens.
 (main "$@"; status=$?; stop_mps; pack; pack_compile_cache
- log "done; \$OUT holds: $(cd "$OUT" && ls -m) (exit status $status)"; exit $status) 2>&1 | tee "$OUT/log.txt"
+ log "done; \$OUT holds: $(cd "$OUT" && ls -m) (call status $status)"; exit $status) 2>&1 | tee "$OUT/log.txt"
 exit "${PIPESTATUS[0]}"

@@ -309,7 +309,7 @@ def test_gpu_script_exit_status_says_whether_the_call_ran(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PY="false", STATE_DIR=str(tmp_path / "state"))
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_full_study.sh"), "all"], env=env, capture_output=True,
                          text=True, timeout=60)
-    assert run.returncode == 1 and "the first step failed" in run.stdout and "(exit status 1)" in run.stdout
+    assert run.returncode == 1 and "the first step failed" in run.stdout and "(call status 1)" in run.stdout
     assert (tmp_path / "out" / "log.txt").read_text() == run.stdout
 
 
