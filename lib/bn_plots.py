@@ -28,8 +28,10 @@ COLORS = {"VGG_A": "tab:blue", "VGG_A_BN": "tab:red"}  # Standard / Standard + B
 
 def window_for(n: int, window: int) -> int:
     """The smoothing window actually used for a series of n values: at most a tenth of the series, so that
-    short (smoke/quick) series are not flattened and their edges not pulled towards the middle."""
-    return max(1, min(int(window), n // 10))
+    short (smoke/quick) series are not flattened and their edges not pulled towards the middle, and odd, so that
+    the average is centred (an even one would lag by half a value)."""
+    width = max(1, min(int(window), n // 10))
+    return width if width % 2 else width - 1
 
 
 def smooth(values, window: int) -> np.ndarray:
@@ -212,14 +214,13 @@ def plot_santurkar(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
         return None
     fig, axes = new_figure(ncols=3, width=14, height=4)
     ax_loss, ax_pred, ax_beta = axes
-    lr_note, loss_edges = set(), []
+    lr_note = set()
     for model, r in probes.items():
         p, c, label = r["probes"], COLORS[model], LABELS[model]
         steps = np.asarray(p["step"])
         lr_note.add(f"lr {r['lr']:g}" + (" (fallback)" if r.get("lr_fallback") else ""))
         lo, hi = _as_float_array(p["loss_min"]), _as_float_array(p["loss_max"])
         ax_loss.fill_between(steps, _positive(lo), _positive(hi), color=c, alpha=0.3, lw=0, label=label)
-        loss_edges += [lo, hi]
         glo, ghi = _as_float_array(p["gpred_min"]), _as_float_array(p["gpred_max"])
         ax_pred.fill_between(steps, glo, ghi, color=c, alpha=0.3, lw=0, label=label)
         for ax, edges in ((ax_loss, (_positive(lo), _positive(hi))), (ax_pred, (glo, ghi))):
@@ -231,7 +232,7 @@ def plot_santurkar(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
         bad = int(r.get("probe_nonfinite", 0))
         if bad:
             ax_loss.plot([], [], " ", label=f"{label}: {bad} non-finite probe values ignored")
-    log_y_if_wide(ax_loss, *loss_edges)  # the paper's log axis, where the losses span a wide range
+    ax_loss.set_yscale("log")  # as the paper plots the band (BN_METHODS.md B.1); the edges are made positive above
     ax_loss.set(xlabel="training step", ylabel="loss along the gradient", title="(a) loss landscape")
     ax_pred.set(xlabel="training step", ylabel=r"$\|g - g_\eta\|_2$", title="(b) gradient predictiveness")
     ax_beta.set(xlabel="training step", ylabel=r"max$_\eta$ $\|g - g_\eta\| / \|\eta g\|$",

@@ -203,9 +203,11 @@ class ProbeConfig:
 
 # Probe sizes per profile (BN_METHODS.md B).
 # smoke: CI-sized (256 images, batch 64, 6 steps, 3 probes, K=3); numbers mean nothing.
-# quick: 300 steps at batch 128, K=4 probes every 15 steps = 380 VGG-A forward+backward passes per
-#   network. One pass costs about 1.8 s on an idle 2-core CPU (4-6 s on a busy one), so about 12 min per
-#   network idle. VGG_A without BN at lr 0.1 leaves the ln(10) plateau only after ~80-100 steps (the first
+# quick: 300 steps at batch 128, the full profile's K=8 step sizes (0.5-4 x lr) every 15 steps = 460 VGG-A
+#   forward+backward passes per network. Until 2026-11-29 quick probed K=4 (1-4 x lr, 380 passes): that left out
+#   0.5 x lr, where the largest gradient change per step size sits in most probes, and the full run's probes
+#   reduced to those four step sizes turn "about the same" beta-smoothness into "about 25% smaller with BN": a
+#   bias of the grid, not of BN. One pass costs about 1.8 s on an idle 2-core CPU (4-6 s on a busy one). VGG_A without BN at lr 0.1 leaves the ln(10) plateau only after ~80-100 steps (the first
 #   quick runs, 100 steps, ended at loss 2.22 with every probe on the plateau, which measured a network that
 #   had not started, not the paper's claim; the report now says where a network leaves the plateau and
 #   compares the probes after it). The stuck check at step 100 cannot tell "does not train" from "has not
@@ -217,7 +219,7 @@ PROBE_SIZES = {
     "smoke": dict(num_train=256, batch_size=64, num_steps=6, probe_every=2, eta_multipliers=(1.0, 2.0, 4.0),
                   fallback=False),
     "quick": dict(num_train=10_000, batch_size=128, num_steps=300, probe_every=15,
-                  eta_multipliers=(1.0, 2.0, 3.0, 4.0), fallback=False),
+                  eta_multipliers=ETA_MULTIPLIERS, fallback=False),
     "full": dict(num_train=None, batch_size=128, num_steps=4000, probe_every=20, eta_multipliers=ETA_MULTIPLIERS),
 }
 

@@ -10,7 +10,9 @@ validation loss, and the validation accuracy; the dashed line and the grey shadi
 SGD. The training loss is measured on augmented, MixUp / CutMix-mixed batches, so compare its trend rather than
 its level with the validation loss. The gold star is the epoch whose checkpoint is kept (best validation
 accuracy), the only one that is tested; a validation accuracy still rising at the last epoch means the run
-stopped before it levelled off.""",
+stopped before it levelled off. Every model of one seed sees the same batches with the same augmentation and
+mixing draws, so a bump in the training loss that all models share at one epoch (e.g. more, or more evenly mixed,
+batches) comes from those draws, not from the models.""",
     "p1_acc_vs_cost":
         """Each point is one model: its mean test accuracy over the seeds present (error bars: ±1 standard
 deviation, where there is more than one seed) against its parameter count (first figure) and its forward FLOPs
@@ -67,11 +69,11 @@ range and how much it jumps from step to step between the two networks.""",
     "p2_santurkar":
         """Both networks train with plain SGD on the same mini-batches; every few steps the probe looks along
 the current gradient at several step sizes eta on the same mini-batch, leaving training untouched. Panels: (a)
-the range of the loss along that line, (b) gradient predictiveness, the range of ||g - g_eta||, how much the
-gradient changes along it, (c) the effective beta-smoothness, the largest ||g - g_eta|| / ||eta g||. Lower and
-narrower means a smoother landscape around the trajectory, where the gradient at one point better predicts the
-gradient a step further; the paper asks whether BN makes it so, and the probe table gives the medians and maxima
-of this run. Probes taken while a network is still on the chance-level plateau (training loss near ln 10 =
+the range of the loss along that line (log scale, as the paper plots it), (b) gradient predictiveness, the range
+of ||g - g_eta||, how much the gradient changes along it, (c) the effective beta-smoothness, the largest
+||g - g_eta|| / ||eta g||. Lower and narrower means a smoother landscape around the trajectory, where the
+gradient at one point better predicts the gradient a step further; the paper asks whether BN makes it so, and the
+probe table gives the medians and maxima of this run. Probes taken while a network is still on the chance-level plateau (training loss near ln 10 =
 2.303) describe a network that has not started training: the caveat under that table says from which step both
 networks train, and the findings compare the probes after it apart.""",
     "p2_grad_diff_eta":

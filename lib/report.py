@@ -870,8 +870,7 @@ def part2_findings(summary: dict) -> list[str]:
         stuck = (f" (over all probes; see the caveat under the probe table: before step {phase['start']} "
                  f"{LABELS.get(phase['late_model'], phase['late_model'])} had not started training)")
     if pa and pb:
-        for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
-                          ("loss_band_width", "loss-landscape band width")):
+        for key, what in PROBE_FINDINGS:
             if pa.get(key) and pb.get(key):
                 out.append(f"Probe ({what}): median {fmt_num(pb[key]['median'])} with BN vs "
                            f"{fmt_num(pa[key]['median'])} without "
@@ -884,8 +883,7 @@ def part2_findings(summary: dict) -> list[str]:
                            f"the networks where both train.")
             else:
                 a_late, b_late = late["VGG_A"], late["VGG_A_BN"]
-                for key, what in (("beta", "effective beta-smoothness"), ("gpred_max", "gradient change ||g - g'||"),
-                                  ("loss_band_width", "loss-landscape band width")):
+                for key, what in PROBE_FINDINGS:
                     out.append(f"Probe ({what}), from step {phase['start']} on ({b_late['num_probes']} probes of each "
                                f"network, both training): median {fmt_num(b_late[key])} with BN vs "
                                f"{fmt_num(a_late[key])} without "
@@ -898,6 +896,13 @@ def part2_findings(summary: dict) -> list[str]:
             out.append("Both probe runs saw the same mini-batches in the same order: "
                        f"{'yes' if summary['same_data_order'] else 'NO (the comparison is confounded)'}.")
     return out
+
+
+# The probe's measures in the findings, by summary key: each a per-probe number (over its step sizes), of which the
+# findings give the median and the max over the probes.
+PROBE_FINDINGS = (("beta", "effective beta-smoothness"),
+                  ("gpred_max", "largest gradient change ||g - g'|| over the step sizes"),
+                  ("loss_band_width", "loss-landscape band width"))
 
 
 def band_rates(a: dict, b: dict) -> str:
@@ -922,12 +927,12 @@ def bn_direction(x, y) -> str | None:
 
 
 def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None:
-    """How many of the measures compared above point the way Santurkar et al. found, each smaller with BN: the
-    loss band over learning rates (band_a without BN, band_b with), the last layer's gradient range at lr 1e-3
-    (grad_a, grad_b), and the probe's effective beta-smoothness, gradient change and band width (medians where both
-    networks train, else over all probes); the first two are this study's proxies, the last three the paper's own
-    measures. Where the network without BN barely started learning at lr 1e-3, says what that does to the
-    comparison. None with fewer than two measures."""
+    """How many of the paper's own measures point the way Santurkar et al. found, each smaller with BN: the probe's
+    effective beta-smoothness, gradient change and band width (medians where both networks train, else over all
+    probes). The loss band over learning rates (band_a without BN, band_b with) and the last layer's gradient range
+    at lr 1e-3 (grad_a, grad_b) are this study's proxies, about which the paper predicts nothing: said beside the
+    count, not in it. Where the network without BN barely started learning at lr 1e-3, says what that does to the
+    comparison. None with fewer than two measures in all."""
     probe = summary.get("probe", {})
     pa, pb = probe.get("VGG_A") or {}, probe.get("VGG_A_BN") or {}
     phase = plateau_phase(summary)
@@ -936,25 +941,37 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
     # the one without BN sat on a plateau first (the probe table's caveat), else over all probes.
     basis = (f" (from step {phase['start']} on)" if late is not None else
              " (over all probes)" if phase and phase["start"] is not None else "")  # too few late probes
-    names = ["loss band", "gradient range at lr 1e-3"] + [f"{what}{basis}" for what in
-                                                           ("beta-smoothness", "gradient change", "probe band width")]
-    pairs = [(names[0], band_b, band_a), (names[1], grad_b, grad_a)]
-    for key, what in zip(("beta", "gpred_max", "loss_band_width"), names[2:]):
+    measures = [f"{what}{basis}" for what in ("beta-smoothness", "gradient change", "probe band width")]
+    proxies = ["loss band across learning rates", "gradient range at lr 1e-3"]
+    pairs = []
+    for key, what in zip(("beta", "gpred_max", "loss_band_width"), measures):
         if late is not None:
             pairs.append((what, late["VGG_A_BN"][key], late["VGG_A"][key]))
         elif pa.get(key) and pb.get(key):
             pairs.append((what, pb[key]["median"], pa[key]["median"]))
-    said = {what: d for what, x, y in pairs if (d := bn_direction(x, y)) is not None and x > 0 and y > 0}
-    if len(said) < 2:
+    proxy_pairs = [(proxies[0], band_b, band_a), (proxies[1], grad_b, grad_a)]
+
+    def directions(items) -> dict:
+        return {what: d for what, x, y in items if (d := bn_direction(x, y)) is not None and x > 0 and y > 0}
+
+    said, proxy_said = directions(pairs), directions(proxy_pairs)
+    if len(said) + len(proxy_said) < 2:
         return None
+    available = {what for what, x, y in pairs + proxy_pairs if x is not None and y is not None}
+    missing = [what for what in measures + proxies if what not in available]
     agree = sum(v == "smaller" for v in said.values())
-    available = {what for what, x, y in pairs if x is not None and y is not None}
-    missing = [what for what in names if what not in available]
-    line = (f"Santurkar et al. find the landscape smoother with BN; on that reading each of these would be smaller "
-            f"with BN; here {agree} of the {len(said)} {'is' if agree == 1 else 'are'} smaller with BN ("
-            + ", ".join(f"{what}: {v}" for what, v in said.items()) + ")"
-            + (f"; not available yet, as their runs have not finished: {', '.join(missing)}" if missing else "")
-            + ".")
+    if said:
+        line = (f"Santurkar et al. find the landscape smoother with BN; on that reading each of their measures would "
+                f"be smaller with BN; here {agree} of the {len(said)} {'is' if agree == 1 else 'are'} smaller with "
+                f"BN (" + ", ".join(f"{what}: {v}" for what, v in said.items()) + ").")
+    else:
+        line = "Santurkar et al.'s own measures (the probe runs) are not available yet."
+    if proxy_said:
+        line += (" This study's proxies, about which the paper predicts nothing (a band across learning rates "
+                 "mostly reflects how fast each run trains), are not counted: "
+                 + ", ".join(f"{what}: {v}" for what, v in proxy_said.items()) + ".")
+    if missing:
+        line += f" Not available yet, as their runs have not finished: {', '.join(missing)}."
     acc = (summary.get("protocol", {}).get("VGG_A") or {}).get("best_val_acc_lr1e3")
     if agree < len(said) and acc is not None and below_near_chance(acc):
         line += (f" The network without BN barely started learning here (best validation accuracy "

@@ -442,5 +442,7 @@ def test_smooth_is_nan_aware():
     out = smooth(values, 3)
     assert out[:6].tolist() == pytest.approx([1.0, 2.0, 4.0, 4.0, 6.0, 7.0])
     assert smooth([2.0], 25).tolist() == [2.0]
-    # At most a tenth of the series: 48 quick-profile steps get a 4-step window, 17,600 full ones 25.
-    assert window_for(48, 25) == 4 and window_for(17_600, 25) == 25 and window_for(5, 25) == 1
+    # At most a tenth of the series, and odd (centred): 48 quick-profile steps get a 3-step window, 17,600 full
+    # ones 25, 20 probes none.
+    assert window_for(48, 25) == 3 and window_for(17_600, 25) == 25 and window_for(5, 25) == 1
+    assert window_for(20, 5) == 1 and window_for(200, 10) == 9

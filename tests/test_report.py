@@ -462,8 +462,8 @@ def test_a_probe_run_that_left_the_plateau_late_is_compared_from_then_on():
     assert late == [
         "Probe (effective beta-smoothness), from step 75 on (2 probes of each network, both training): median 11 with "
         "BN vs 40 without (smaller with BN).",
-        "Probe (gradient change ||g - g'||), from step 75 on (2 probes of each network, both training): median 3.5 "
-        "with BN vs 6 without (smaller with BN).",
+        "Probe (largest gradient change ||g - g'|| over the step sizes), from step 75 on (2 probes of each network, "
+        "both training): median 3.5 with BN vs 6 without (smaller with BN).",
         "Probe (loss-landscape band width), from step 75 on (2 probes of each network, both training): median 1 with "
         "BN vs 2 without (smaller with BN)."]
     assert all("before step 75 Standard had not started training" in s for s in findings
@@ -635,21 +635,25 @@ def test_the_findings_say_how_many_measures_point_the_papers_way_and_why_not():
     # band 0.4 with BN vs 0.1 without: larger; gradient range 0.02 vs 0.03: smaller; probe beta 1 vs 2:
     # smaller; gradient change 1 vs 0.5: larger; band width 1 vs 1: about the same.
     line = paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
-    assert ("here 2 of the 5 are smaller with BN (loss band: larger, gradient range at lr 1e-3: smaller, "
-            "beta-smoothness: smaller, gradient change: larger, probe band width: about the same).") in line
+    # Only the paper's own three measures are counted; the two proxies are said beside the count.
+    assert ("each of their measures would be smaller with BN; here 1 of the 3 is smaller with BN (beta-smoothness: "
+            "smaller, gradient change: larger, probe band width: about the same). This study's proxies, about which "
+            "the paper predicts nothing (a band across learning rates mostly reflects how fast each run trains), are "
+            "not counted: loss band across learning rates: larger, gradient range at lr 1e-3: smaller.") in line
     assert "barely started learning here (best validation accuracy 17.00% at lr 1e-3)" in line
     summary["protocol"]["VGG_A"]["best_val_acc_lr1e3"] = 0.7  # trained: nothing to explain away
     assert "barely" not in paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
     assert paper_direction({"probe": {}, "protocol": {}}, 0.1, 0.4, None, None) is None  # one measure: no line
-    # Measures whose runs have not finished are named, not silently left out of the count.
+    # Measures whose runs have not finished are named, not silently left out.
     line = paper_direction(summary, 0.1, 0.4, None, None)
-    assert line.endswith("here 1 of the 4 is smaller with BN (loss band: larger, beta-smoothness: smaller, gradient "
-                         "change: larger, probe band width: about the same); not available yet, as their runs have "
-                         "not finished: gradient range at lr 1e-3.")
-    assert "not available yet" not in paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
+    assert line.endswith("not counted: loss band across learning rates: larger. Not available yet, as their runs "
+                         "have not finished: gradient range at lr 1e-3.")
+    assert "Not available yet" not in paper_direction(summary, 0.1, 0.4, 0.03, 0.02)
     line = paper_direction({"probe": {}, "protocol": {}}, 0.1, 0.4, 0.03, 0.02)
-    assert line.endswith("(loss band: larger, gradient range at lr 1e-3: smaller); not available yet, as their runs "
-                         "have not finished: beta-smoothness, gradient change, probe band width.")
+    assert line.startswith("Santurkar et al.'s own measures (the probe runs) are not available yet.")
+    assert line.endswith("not counted: loss band across learning rates: larger, gradient range at lr 1e-3: smaller. "
+                         "Not available yet, as their runs have not finished: beta-smoothness, gradient change, probe "
+                         "band width.")
 
 
 def test_a_loss_band_over_fewer_learning_rates_says_which():
