@@ -292,6 +292,10 @@ def comparison_markdown(table, results: Sequence[dict], costs: dict | None = Non
         note += (f" {DEVICE_MARK}: trained on another device than most of the table "
                  f"({'; '.join(f'{m}: {d}' for m, d in devices.items())}), so the marked time columns do not compare "
                  f"with the others'.")
+        kinds = {str(r["device"]).startswith("CPU") for r in results if r.get("device")}
+        if len(kinds) == 2 and any((r.get("config") or {}).get("precision", "auto") == "auto" for r in results):
+            note += (" With the recipe's precision `auto`, the GPU runs trained with bf16 autocast and the CPU runs "
+                     "in fp32: their accuracies come from different arithmetic too.")
     return (markdown_table(COMPARISON_HEADERS, comparison_rows(table, costs, devices)) +
             f"\n\n*{context_line(results)}. Inference throughput: {cost_devices(costs)}. Original report: "
             f"{ORIGINAL_REPORT['setting']}.{note}*")

@@ -139,8 +139,16 @@ def test_time_columns_of_a_model_trained_on_another_device_are_marked(study_dirs
         assert cells[6].endswith(" §") and cells[7].endswith(" §")
     assert "§" not in _table_row(text, "CANet_tiny") and "§" not in _table_row(text, "ResNet18")
     assert ("§: trained on another device than most of the table (CANet: NVIDIA H200 (seed 2); VGG11: NVIDIA H200 "
-            "(seed 0)), so the marked time columns do not compare with the others'.") in text
+            "(seed 0)), so the marked time columns do not compare with the others'. With the recipe's precision "
+            "`auto`, the GPU runs trained with bf16 autocast and the CPU runs in fp32: their accuracies come from "
+            "different arithmetic too.") in text
     assert "device: CPU (x86_64, 2 threads); NVIDIA H200 |" in text  # the context line names both
+    for model, seed in (("VGG11", 0), ("CANet", 2)):  # another CPU: only the time columns differ
+        r = dict(p1_result(model, seed, ACCS[model][seed]), device="CPU (AMD EPYC, 2 threads)")
+        atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
+    text = render_report("quick", study_dirs).read_text()
+    assert "(seed 0)), so the marked time columns do not compare with the others'.*" in text
+    assert "different arithmetic" not in text
 
 
 def test_conclusion_of_a_one_seed_main_model(study_dirs):
