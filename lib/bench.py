@@ -1119,9 +1119,9 @@ def compile_choice(bench, lanes: int = 1, mps: bool | None = None) -> list[str]:
         plain, compiled = entries.get(key, {}), entries.get(ckey, {})
         if plain.get("fast_seconds") is None or compiled.get("fast_seconds") is None or not compiled.get("compiled"):
             continue  # not both measured, or a CPU measurement (where nothing is compiled)
-        cost = {key: seconds_at_once([(run_seconds(entry, _epochs_of(model)),
-                                       slowdown(data, model, lanes, mps, key=key))], lanes)
-                for key, entry in ((key, plain), (ckey, compiled))}
+        cost = {k: seconds_at_once([(run_seconds(entry, _epochs_of(model)),
+                                     slowdown(data, model, lanes, mps, key=k))], lanes)
+                for k, entry in ((key, plain), (ckey, compiled))}
         if cost[ckey] < cost[key]:
             chosen.append(model)
     return chosen

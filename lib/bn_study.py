@@ -207,7 +207,8 @@ class ProbeConfig:
 #   forward+backward passes per network. Until 2026-11-29 quick probed K=4 (1-4 x lr, 380 passes): that left out
 #   0.5 x lr, where the largest gradient change per step size sits in most probes, and the full run's probes
 #   reduced to those four step sizes turn "about the same" beta-smoothness into "about 25% smaller with BN": a
-#   bias of the grid, not of BN. One pass costs about 1.8 s on an idle 2-core CPU (4-6 s on a busy one). VGG_A without BN at lr 0.1 leaves the ln(10) plateau only after ~80-100 steps (the first
+#   bias of the grid, not of BN. One pass costs about 1.8 s on an idle 2-core CPU (4-6 s on a busy one). VGG_A
+#   without BN at lr 0.1 leaves the ln(10) plateau only after ~80-100 steps (the first
 #   quick runs, 100 steps, ended at loss 2.22 with every probe on the plateau, which measured a network that
 #   had not started, not the paper's claim; the report now says where a network leaves the plateau and
 #   compares the probes after it). The stuck check at step 100 cannot tell "does not train" from "has not
