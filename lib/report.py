@@ -935,8 +935,8 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
     effective beta-smoothness, gradient change and band width (medians where both networks train, else over all
     probes). The loss band over learning rates (band_a without BN, band_b with) and the last layer's gradient range
     at lr 1e-3 (grad_a, grad_b) are this study's proxies, about which the paper predicts nothing: said beside the
-    count, not in it. Where the network without BN barely started learning at lr 1e-3, says what that does to the
-    comparison. None with fewer than two measures in all."""
+    count, not in it; where the network without BN barely started learning in the protocol run at lr 1e-3, says
+    what that does to them. None with fewer than two measures in all."""
     probe = summary.get("probe", {})
     pa, pb = probe.get("VGG_A") or {}, probe.get("VGG_A_BN") or {}
     phase = plateau_phase(summary)
@@ -974,13 +974,14 @@ def paper_direction(summary: dict, band_a, band_b, grad_a, grad_b) -> str | None
         line += (" This study's proxies, about which the paper predicts nothing (a band across learning rates "
                  "mostly reflects how fast each run trains), are not counted: "
                  + ", ".join(f"{what}: {v}" for what, v in proxy_said.items()) + ".")
+        acc = (summary.get("protocol", {}).get("VGG_A") or {}).get("best_val_acc_lr1e3")
+        if any(v != "smaller" for v in proxy_said.values()) and acc is not None and below_near_chance(acc):
+            line += (f" In the protocol runs the network without BN barely started learning (best validation "
+                     f"accuracy {fmt_pct(acc)} at lr 1e-3): a network that hardly moves from its initial weights has "
+                     f"a narrow loss band and small gradients, so the proxies cannot speak to the claim in this "
+                     f"profile; the full profile's can.")
     if missing:
         line += f" Not available yet, as their runs have not finished: {', '.join(missing)}."
-    acc = (summary.get("protocol", {}).get("VGG_A") or {}).get("best_val_acc_lr1e3")
-    if agree < len(said) and acc is not None and below_near_chance(acc):
-        line += (f" The network without BN barely started learning here (best validation accuracy "
-                 f"{fmt_pct(acc)} at lr 1e-3): a network that hardly moves from its initial weights has a narrow "
-                 f"loss band and small gradients, so this profile cannot test the claim; the full profile can.")
     return line
 
 
