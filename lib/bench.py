@@ -792,15 +792,29 @@ def save_agreement(result: dict, path: Path | str, device: torch.device | str) -
     return _merge_write(Path(path), torch.device(device), sections={"agreement": {result["model"]: result}})
 
 
+def fast_path_label(fast_path: dict | None) -> str:
+    """How lib.train stepped a run, from its result's fast_path: ' (torch.compile'd step)', ' (CUDA-graphed
+    step)', ' (whole-step CUDA graph)', ' (eager steps)'; '' where not recorded (a CPU run has none)."""
+    if not fast_path:
+        return ""
+    if fast_path.get("step_graph"):
+        return " (whole-step CUDA graph" + (", torch.compile'd)" if fast_path.get("compile") else ")")
+    if fast_path.get("compile"):
+        return " (torch.compile'd step)"
+    return " (CUDA-graphed step)" if fast_path.get("cuda_graphs") else " (eager steps)"
+
+
 def agreement_lines(bench) -> list[str]:
-    """One sentence per side-by-side accuracy run in a bench file (path or dict)."""
+    """One sentence per side-by-side accuracy run in a bench file (path or dict), naming how the fast runs
+    stepped (a compiled step is not the CUDA-graphed one this compares)."""
     lines = []
     for r in load_bench(bench).get("agreement", {}).values():
         spread = lambda std: "" if std is None else f" ± {100 * std:.2f}"
         p = "" if r.get("p_value") is None else f", Welch p = {r['p_value']:.2f}"
         lines.append(f"Naive vs fast, {r['model']}, {r['epochs']} epochs of the recipe, seeds "
                      f"{', '.join(map(str, r['seeds']))}: final validation accuracy naive "
-                     f"{100 * r['naive_mean']:.2f}{spread(r.get('naive_std'))}%, fast {100 * r['fast_mean']:.2f}"
+                     f"{100 * r['naive_mean']:.2f}{spread(r.get('naive_std'))}%, fast"
+                     f"{fast_path_label(r.get('fast_path'))} {100 * r['fast_mean']:.2f}"
                      f"{spread(r.get('fast_std'))}% (fast - naive {100 * r['difference']:+.2f} points{p}; "
                      f"{r['num_train']} training images, {r['device']}, {r['date'][:10]}).")
     return lines

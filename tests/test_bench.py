@@ -1019,6 +1019,13 @@ def test_agreement_compares_final_accuracies_and_is_saved_in_the_bench_file(tiny
     assert set(read_json(path)["agreement"]) == {"CANet_tiny", "VGG_A_BN"}
     line = next(x for x in B.bench_table(path).splitlines() if x.startswith("- Naive vs fast, CANet_tiny"))
     assert "naive 32.00 ± 2.83%, fast 33.00 ± 2.83% (fast - naive +1.00 points, Welch p = " in line
+    # On a GPU the line names how the fast runs stepped (the compiled step is another path than the graphed one).
+    data = read_json(path)
+    data["agreement"]["CANet_tiny"]["fast_path"] = {"compile": False, "cuda_graphs": True}
+    assert "fast (CUDA-graphed step) 33.00 ± 2.83%" in B.agreement_lines(data)[0]
+    assert B.fast_path_label({"compile": True, "cuda_graphs": False}) == " (torch.compile'd step)"
+    assert B.fast_path_label({"compile": True, "step_graph": True}) == " (whole-step CUDA graph, torch.compile'd)"
+    assert B.fast_path_label({"compile": False, "cuda_graphs": False}) == " (eager steps)"
     assert B.agreement("CANet_tiny", tiny_source, "cpu", epochs=2, seeds=(0,))["p_value"] is None
 
 
