@@ -21,8 +21,8 @@ from lib.config import TrainConfig, same_data_source
 from lib.experiments import part1_experiments, part1_name
 from lib.models import PART1_MODELS
 from lib.paths import OutputDirs
-from lib.results import (atomic_write_json, environment_info, forced_names, read_json, refuse_if_reuse_only,
-                         reusable_run, reuse_only, say_reused, unreadable_why)
+from lib.results import (atomic_write_json, environment_info, forced_names, is_cpu_device, read_json,
+                         refuse_if_reuse_only, reusable_run, reuse_only, say_reused, unreadable_why)
 
 MAIN_FILE = "part1-main.json"
 DEFAULT_MAIN_MODEL = "CANet"
@@ -342,7 +342,7 @@ def compute_costs(dirs: OutputDirs, models: Sequence[str] | None = None, device:
 
 def is_gpu_cost(cost: dict) -> bool:
     """Whether a cost file's content was measured on a GPU at the GPU batch (not on a CPU at that batch)."""
-    return cost.get("infer_batch") == GPU_COST_BATCH and not str(cost.get("device_name", "CPU")).startswith("CPU")
+    return cost.get("infer_batch") == GPU_COST_BATCH and not is_cpu_device(cost.get("device_name"))
 
 
 def load_costs(dirs: OutputDirs, models: Sequence[str] | None = None) -> dict[str, dict]:

@@ -28,7 +28,7 @@ from lib.data import CLASSES, OFFICIAL_LABEL
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
 from lib.models import CANET_VARIANTS, PART1_MODELS
 from lib.paths import REPO, OutputDirs, output_dirs
-from lib.results import read_json
+from lib.results import is_cpu_device, read_json
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
 
@@ -292,7 +292,7 @@ def comparison_markdown(table, results: Sequence[dict], costs: dict | None = Non
         note += (f" {DEVICE_MARK}: trained on another device than most of the table "
                  f"({'; '.join(f'{m}: {d}' for m, d in devices.items())}), so the marked time columns do not compare "
                  f"with the others'.")
-        kinds = {str(r["device"]).startswith("CPU") for r in results if r.get("device")}
+        kinds = {is_cpu_device(r["device"]) for r in results if r.get("device")}
         if len(kinds) == 2 and any((r.get("config") or {}).get("precision", "auto") == "auto" for r in results):
             note += (" With the recipe's precision `auto`, the GPU runs trained with bf16 autocast and the CPU runs "
                      "in fp32: their accuracies come from different arithmetic too.")
@@ -1046,8 +1046,8 @@ def _times(p1: list[dict], bn: list[dict], summary: dict) -> dict:
     rows = [(r.get("device") or "", r.get("train_seconds") or 0.0, "training") for r in p1 + bn]
     rows += [(p.get("device") or "", p.get("seconds") or 0.0, kind) for kind in ("probe", "slice")
              for p in summary.get(kind, {}).values()]
-    gpu = sum(s for d, s, _ in rows if d and not d.startswith("CPU"))
-    cpu = sum(s for d, s, _ in rows if not d or d.startswith("CPU"))
+    gpu = sum(s for d, s, _ in rows if not is_cpu_device(d))
+    cpu = sum(s for d, s, _ in rows if is_cpu_device(d))
     return {"gpu": gpu, "cpu": cpu, "total": gpu + cpu, "n": len(rows), **gpu_sharing(p1 + bn)}
 
 

@@ -169,6 +169,12 @@ def device_name(device: torch.device | str) -> str:
     return f"CPU ({cpu_model()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
+def is_cpu_device(name: str | None) -> bool:
+    """Whether a recorded device name (device_name's, e.g. 'CPU (AMD EPYC, 2 threads)' or 'NVIDIA H200') is a
+    CPU's; a record without one counts as a CPU's (runs before devices were recorded ran on the CPU)."""
+    return not name or str(name).startswith("CPU")
+
+
 def environment_info(device: torch.device | str) -> dict:
     """What produced a result: device, library versions, git commit."""
     import torch
