@@ -21,12 +21,18 @@ capture):
 - the learning rate: a captured optimiser step has its learning rate built in, so the step is captured again
   when the learning rate or the optimiser changes (once per epoch in the recipes: a capture launches no kernels,
   it costs about one eager step's host calls), with warm-up steps only for a new optimiser.
-The epoch's last, partial batch and the evaluation run eagerly, as on lib.train's other fast routes. If the
-warm-up or the capture fails, the run goes on with eager steps and `info['note']` says why.
+The epoch's last, partial batch and the evaluation run eagerly, as on lib.train's other fast routes. If a
+warm-up step fails, it is undone and the run goes on with eager steps (`info['note']` says why). If the capture
+itself fails, the run stops with an error instead: a capture that failed part-way can leave CUDA's random-number
+generator and the memory allocator in their capture state (PyTorch's CUDAGraph::reset says as much), where an eager
+step of a model with dropout fails or draws from the wrong offsets; the run resumes from its last checkpoint when
+started again without the variable. `info['step_graph_capture_seconds']` adds up the host time of the captures
+(one per learning rate, so once an epoch in Part 1), which the benchmark's fast epochs (one learning rate) leave out.
 """
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 import torch.nn as nn
@@ -35,6 +41,11 @@ from lib.augment import mixed_accuracy, mixed_loss
 
 STEP_GRAPH_ENV = "CIFAR10_STEP_GRAPH"  # models (names separated by spaces or commas, or "all") stepped by StepGraph
 WARMUP_STEPS = 3  # steps run (and undone) before a capture with a new optimiser, as make_graphed_callables does
+
+
+class CaptureFailed(RuntimeError):
+    """A capture failed between capture_begin and capture_end: CUDA's state may be left mid-capture, so no eager
+    fallback in this process."""
 
 
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -168,11 +179,11 @@ class StepGraph(nn.Module):
                 graph.capture_begin(pool=self._graph.pool() if self._graph is not None else None)
                 try:
                     outputs = self._body(optimizer)
-                except BaseException:
+                    graph.capture_end()
+                except Exception as err:
                     with contextlib.suppress(Exception):  # the error to report is the step's, not this one's
                         graph.capture_end()
-                    raise
-                graph.capture_end()
+                    raise CaptureFailed(f"{type(err).__name__}: {err}") from err
             torch.cuda.current_stream(device).wait_stream(stream)
             self._graph, self._outputs = graph, outputs  # the previous graph goes; its pool stays with this one
         self._key = key
@@ -191,17 +202,35 @@ class StepGraph(nn.Module):
         self._inputs[4].fill_(1 - lam)  # rounded to float32 from double, as the eager step's Python float is
         lrs = tuple(g["lr"] for g in optimizer.param_groups)
         if self._key is None or self._key[0] is not optimizer or self._key[1] != lrs:
+            start = time.perf_counter()
             try:
                 self._prepare(optimizer, (optimizer, lrs))
-            except Exception as err:  # best effort: the eager step computes the same thing, only slower
+            except CaptureFailed as err:
+                self.failed, self._graph, self._outputs = True, None, None
+                raise RuntimeError(
+                    f"the whole-step CUDA graph's capture failed ({err}); an eager fallback is not safe in this "
+                    f"process (CUDA's random-number and memory state may be left mid-capture): run again without "
+                    f"{STEP_GRAPH_ENV} (the run resumes from its last checkpoint)") from err
+            except Exception as err:  # a warm-up step (undone): the eager step computes the same thing, only slower
                 self.failed, self._graph, self._outputs = True, None, None
                 optimizer.zero_grad(set_to_none=True)
                 self.info.update(step_graph=False, cuda_graphs=False)  # the result's fast_path: eager steps
                 self.info["note"] = f"whole-step CUDA graph failed, eager steps: {type(err).__name__}: {err}"
                 print(f"[StepGraph] {self.info['note']}")
                 return None
-        if self._graph is None:  # no capture (a CPU): the same step, run directly
+            self.info["step_graph_capture_seconds"] = (self.info.get("step_graph_capture_seconds", 0.0)
+                                                       + time.perf_counter() - start)
+        if self._graph is None:
+            # No capture (a CPU): the same step, run directly. Its outputs are handed over in the same tensors each
+            # step, as a replay's are, so that the CPU tests catch a caller that keeps them past the next step.
             optimizer.zero_grad(set_to_none=True)
-            return self._body(optimizer)
+            outputs = self._body(optimizer)
+            if self._outputs is None or any((o is None) != (k is None) for o, k in zip(outputs, self._outputs)):
+                self._outputs = tuple(None if o is None else o.clone() for o in outputs)
+            else:
+                for kept, o in zip(self._outputs, outputs):
+                    if kept is not None:
+                        kept.copy_(o)
+            return self._outputs
         self._graph.replay()
         return self._outputs

@@ -151,8 +151,24 @@ def main(argv=None) -> int:
         for variant in a.variants:
             use_variant(variant, original)
             t0 = time.perf_counter()
-            r = fast_epoch(a.model, a.data, num_train=a.num_train, num_val=a.num_val,
-                           compile=STEP_GRAPH_VARIANTS.get(variant, False), step_graph=variant in STEP_GRAPH_VARIANTS)
+            try:
+                r = fast_epoch(a.model, a.data, num_train=a.num_train, num_val=a.num_val,
+                               compile=STEP_GRAPH_VARIANTS.get(variant, False),
+                               step_graph=variant in STEP_GRAPH_VARIANTS)
+            except RuntimeError as err:
+                if variant not in STEP_GRAPH_VARIANTS:
+                    raise
+                # a failed whole-step capture (lib.step_graph.CaptureFailed) leaves CUDA mid-capture: an answer,
+                # recorded, and the last variant this process can time
+                row = {"model": a.model, "variant": variant, "seconds": None, "step_graph": False,
+                       "capture_error": str(err), "wall_seconds": time.perf_counter() - t0,
+                       "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                       "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                with open(a.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+                print(f"speed_probe: {variant} stopped the probe (variants after it not timed): {err}", flush=True)
+                return 1
             row = {"model": a.model, "variant": variant, "cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit,
                    "seconds": r["seconds"], "images_per_s": r["images_per_s"], "cuda_graphs": r["cuda_graphs"],
                    "compiled": r["compiled"], "step_graph": r["step_graph"], "fast_path_note": r["fast_path_note"],

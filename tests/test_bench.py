@@ -1261,6 +1261,31 @@ def test_speed_probe_compares_the_step_graph_with_eager_steps(tiny_source, tmp_p
     assert seen == [(True, False)] and STEP_GRAPH_ENV not in os.environ
 
 
+def test_speed_probe_records_a_failed_capture_and_stops(tmp_path, capsys):
+    """A step-graph variant whose capture fails: a row with the error, no later variant timed in this process
+    (CUDA may be left mid-capture), exit status 1; another variant's error is not swallowed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed_probe", REPO / "scripts" / "speed_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    timed = []
+
+    def failing(model, data, **kw):
+        timed.append(kw["step_graph"])
+        raise RuntimeError("the whole-step CUDA graph's capture failed (RuntimeError: boom)")
+
+    probe.fast_epoch = failing
+    out = tmp_path / "probe.jsonl"
+    assert probe.main([str(out), "CANet_tiny", "--variants", "step_graph", "step_graph_compiled"]) == 1
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["variant"] == "step_graph" and row["seconds"] is None and row["step_graph"] is False
+    assert "capture failed (RuntimeError: boom)" in row["capture_error"] and timed == [True]
+    assert "step_graph stopped the probe" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="boom"):
+        probe.main([str(out), "CANet_tiny", "--variants", "nchw"])
+
+
 def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, tmp_path, monkeypatch, capsys):
     """The runner leaves out its missing-only graph-check and fast-epoch steps when missing_steps finds nothing for
     them: what it finds must be exactly what those steps would measure."""

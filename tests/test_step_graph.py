@@ -1,7 +1,10 @@
 """The whole-step CUDA graph (lib.step_graph), on a CPU where its code runs without the capture: the same training
 as lib.train's eager steps (lr changes, the optimiser switch, MixUp/CutMix, the partial batch, the per-step
-gradient range), its warm-up undone, a failed capture falling back to eager steps, and the CUDA routing."""
+gradient range), its warm-up undone, a failed warm-up falling back to eager steps, a failed capture stopping the
+run, and the CUDA routing."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -179,6 +182,74 @@ def test_a_failed_warm_up_leaves_the_run_as_it_was_and_goes_on_eagerly(capsys):
     assert len(calls) == 2  # never tried again
     assert_same_state(graphed, eager)
     assert all(torch.equal(e["step_loss"], g["step_loss"]) for e, g in zip(expected, got))
+
+
+class _FakeStream:
+    device = torch.device("cpu")
+
+    def __init__(self, *args):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+class _FakeGraph:
+    """torch.cuda.CUDAGraph's calls as StepGraph makes them, on a CPU: the body runs once, as in a capture."""
+    ended = 0
+
+    def capture_begin(self, pool=None):
+        pass
+
+    def capture_end(self):
+        _FakeGraph.ended += 1
+
+    def pool(self):
+        return None
+
+    def replay(self):
+        raise AssertionError("no replay after a failed capture")
+
+
+def test_a_failed_capture_stops_the_run_with_an_error_that_says_what_to_do(monkeypatch):
+    """A step that fails inside the capture itself (after the warm-up): no eager fallback, since a capture that failed
+    part-way can leave CUDA's generator and allocator mid-capture; the error names the variable to unset and the
+    capture is ended. The warm-up's steps are still undone. CUDA's calls are stand-ins on a CPU."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    _FakeGraph.ended = 0
+    cfg = cfg_for(mixup_p=0.0, cutmix_p=0.0)
+    model, twin = small_net(), small_net()
+    info = {"note": ""}
+    sg = step_graph(model, cfg, capture=True, info=info)
+    calls = []
+    real_body = sg._body
+
+    def failing_body(optimizer):
+        calls.append(1)
+        if len(calls) == S.WARMUP_STEPS + 1:  # the capture's step
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_body(optimizer)
+
+    sg._body = failing_body
+    optimizer = T.make_optimizer("adamw", model.parameters(), cfg, 0.01, torch.device("cpu"))
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    with pytest.raises(RuntimeError, match=f"capture failed .*operation not permitted.*without {S.STEP_GRAPH_ENV}"):
+        sg.step(x, y, y, 1.0, optimizer)
+    assert sg.failed and _FakeGraph.ended == 1 and len(calls) == S.WARMUP_STEPS + 1
+    assert "step_graph" not in info and info["note"] == ""  # the run stops: nothing says it went on eagerly
+    assert_same_state(model, twin)  # the warm-up undone
+
+
+def test_the_captures_host_time_is_added_up_in_the_fast_path_record():
+    cfg = cfg_for(mixup_p=0.0, cutmix_p=0.0)
+    info = {}
+    sg = step_graph(small_net(), cfg, capture=False, info=info)
+    stats = train_epochs(sg, sg.model, cfg, loader(), epochs=2)
+    assert sg.captures == 2 and info["step_graph_capture_seconds"] > 0 and len(stats) == 2
 
 
 def test_the_step_graph_takes_only_full_training_batches():
