@@ -319,7 +319,10 @@ def test_each_epoch_trains_at_its_lr_the_first_best_epoch_is_kept_and_per_class_
     conf = torch.zeros(10, 10, dtype=torch.long)  # rows: true class; the test pass
     conf[0, 0], conf[0, 1], conf[1, 1], conf[2, 1] = 3, 1, 1, 1
 
+    seen = []  # (images evaluated, the model's weights then) per call: validation each epoch, then the test
+
     def fake_evaluate(model, loader, cfg, device, num_classes=10):
+        seen.append((len(loader.y), [p.detach().clone() for p in model.parameters()]))
         acc = next(val_accs, None)
         if acc is None:
             return {"loss": 1.0, "acc": 4 / 6, "confusion": conf}
@@ -339,6 +342,10 @@ def test_each_epoch_trains_at_its_lr_the_first_best_epoch_is_kept_and_per_class_
     assert result["best_epoch"] == 1 and result["best_val_acc"] == 0.5
     assert result["per_class_acc"] == pytest.approx([0.75, 1.0, 0.0] + [0.0] * 7)
     assert result["confusion"] == conf.tolist()
+    assert [n for n, _ in seen] == [4, 4, 4, 6]  # the validation images each epoch, the test images once
+    best, last, tested = seen[1][1], seen[2][1], seen[3][1]
+    assert all(torch.equal(a, b) for a, b in zip(tested, best))  # the test pass: the best epoch's weights
+    assert not all(torch.equal(a, b) for a, b in zip(tested, last))
 
 
 def test_resumed_result_records_the_commit_it_started_with(tiny_source, tmp_path, monkeypatch):
@@ -520,6 +527,62 @@ def test_evaluate_counts_the_confusion_matrix_as_bincount_does():
         pred = torch.cat([model(b.x).argmax(1) for b in loader])
     expected = torch.bincount(y * 10 + pred, minlength=100).view(10, 10)
     assert torch.equal(res["confusion"], expected) and res["acc"] == pytest.approx(float((pred == y).float().mean()))
+
+
+def test_evaluate_uses_the_running_statistics_and_restores_the_training_mode():
+    from lib.loader import BatchLoader
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (10,), generator=g)
+    loader = BatchLoader(X, y, 4, mean=(0.5,) * 3, std=(0.25,) * 3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10))
+    model[1].running_mean.fill_(0.7)
+    model[1].running_var.fill_(3.0)  # far from any batch's statistics: batch statistics would give other outputs
+    cfg = TrainConfig(name="x", model="CANet_tiny", device="cpu", label_smoothing=0.0)
+    res = T.evaluate(model.train(), loader, cfg, torch.device("cpu"))
+    assert model.training and float(model[1].running_mean[0]) == pytest.approx(0.7)  # mode back, stats untouched
+    with torch.no_grad():
+        out = torch.cat([model.eval()(b.x) for b in loader])
+    assert res["loss"] == pytest.approx(float(F.cross_entropy(out, y)), rel=1e-5)
+    assert res["acc"] == pytest.approx(float((out.argmax(1) == y).float().mean()))
+
+
+def test_the_training_metrics_weigh_each_batch_by_its_images():
+    """Loss and accuracy of an epoch over 8 + 8 + 4 images (a partial last batch), with weights that do not move:
+    the means over all 20 images, not over the batches' means."""
+    from lib.loader import BatchLoader
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (20,), generator=g)
+    loader = BatchLoader(X, y, 8, mean=(0.5,) * 3, std=(0.25,) * 3)  # no shuffle, no augmentation, no mixing
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10))
+    cfg = TrainConfig(name="x", model="CANet_tiny", device="cpu", label_smoothing=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = T._train_epoch(model, model[1], opt, loader, cfg, torch.device("cpu"), 0, False)
+    with torch.no_grad():
+        out = torch.cat([model(b.x) for b in loader])
+    assert stats["n"] == 20
+    assert float(stats["loss_sum"]) / 20 == pytest.approx(float(F.cross_entropy(out, y, label_smoothing=0.1)),
+                                                          rel=1e-5)
+    assert float(stats["correct"]) / 20 == pytest.approx(float((out.argmax(1) == y).float().mean()))
+
+
+def test_the_optimisers_take_the_recipes_hyperparameters():
+    cfg = part1_config("CANet_tiny", "smoke")
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    for kind, cls in (("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)):
+        opt = T.make_optimizer(kind, params, cfg, 0.05, torch.device("cpu"))
+        group = opt.param_groups[0]
+        assert type(opt) is cls and group["lr"] == 0.05 and group["weight_decay"] == cfg.weight_decay == 1e-3
+        if kind == "sgd":
+            assert group["momentum"] == cfg.momentum == 0.9 and not group["nesterov"]
+    with pytest.raises(ValueError, match="unknown optimizer kind 'rmsprop'"):
+        T.make_optimizer("rmsprop", params, cfg, 0.05, torch.device("cpu"))
 
 
 def test_tensorboard_writer_queues_an_epochs_events_and_writes_them_all(tmp_path):
