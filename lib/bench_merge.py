@@ -15,7 +15,7 @@ import datetime as _dt
 import sys
 from pathlib import Path
 
-from lib.results import atomic_write_json, read_json
+from lib.results import atomic_write_json, json_kind, read_json
 
 _OLDEST = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
 
@@ -39,7 +39,7 @@ def bench_file_problem(data) -> str:
     """What makes `data` (a bench file's parsed JSON) no bench file: '' for one (a JSON object with the device's
     name and, for every dict in it, a section of records, 'entries' among them)."""
     if not isinstance(data, dict):
-        return f"a JSON {type(data).__name__}, not an object"
+        return f"a JSON {json_kind(data)}, not an object"
     if not isinstance(data.get("device"), str):
         return "no 'device' name"
     legacy = {"graph_check"}  # one record: the graph check of files written before they were per model

@@ -753,6 +753,13 @@ def main(argv=None) -> int:
         message = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else err
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+            raise
+        # Results and checkpoints are written whole (temp file + rename), so nothing finished is lost here.
+        print("\ninterrupted: finished experiments are kept; the same command goes on from there (a training run "
+              "from the last epoch it saved, a probe run from its start)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lib.results import atomic_write
+
 DPI = 130
 FIGSIZE = (6.4, 4.0)  # default size of a one-panel figure, inches
 
@@ -36,11 +38,8 @@ def savefig(fig, name: str, figs_dir: Path | str) -> Path:
         raise ValueError(f"figure name {name!r} must be a bare name such as 'p1_training_curves'")
     figs_dir = Path(figs_dir)
     figs_dir.mkdir(parents=True, exist_ok=True)
-    path = figs_dir / f"{name}.png"
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    tmp.replace(path)  # atomic: a reader never sees half a PNG
-    return path
+    # atomic: a reader never sees half a PNG
+    return atomic_write(figs_dir / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight"))
 
 
 def show_figure(paths: Sequence[Path | str], name: str) -> None:

@@ -28,7 +28,7 @@ from lib.data import CLASSES, OFFICIAL_LABEL
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
 from lib.models import CANET_VARIANTS, PART1_MODELS
 from lib.paths import REPO, OutputDirs, output_dirs
-from lib.results import is_cpu_device, read_json
+from lib.results import atomic_write_text, is_cpu_device, read_json
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
 
@@ -1235,11 +1235,7 @@ def render_report(profile: str, dirs: OutputDirs) -> Path:
     text = "\n".join(line.rstrip() for line in text.splitlines()).strip() + "\n"
     while "\n\n\n" in text:  # template conditionals leave blank runs; one blank line is enough in markdown
         text = text.replace("\n\n\n", "\n\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def published_profile(report: Path | str) -> str | None:
@@ -1272,8 +1268,6 @@ def refresh(root: Path | str | None = None) -> list[str]:
     text = readme.read_text()
     new = readme_with_tables(text, benches, base)
     if new != text:
-        tmp = readme.with_name(readme.name + ".tmp")
-        tmp.write_text(new)
-        tmp.replace(readme)
+        atomic_write_text(readme, new)
     return [f"README.md: speed tables of {len(benches)} GPU bench file(s), "
             + ("changed" if new != text else "unchanged")] + done

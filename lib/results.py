@@ -45,22 +45,37 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_json(path: Path | str, obj) -> Path:
-    """Write `obj` as JSON to `path` atomically (temp file + rename), so a crash never leaves half a file."""
+def atomic_write(path: Path | str, write) -> Path:
+    """Write `path` whole: `write(tmp)` writes a temp file of a unique name beside it (its suffix `path`'s, for
+    writers that read the format from it), which then replaces `path` in one rename; a crash or a failed write never
+    leaves half a file, and two processes never write into one temp file. A failed write removes its temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); a result file is as any other file
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=1)
-            f.write("\n")
+        os.close(fd)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """`text` into `path`, whole (atomic_write)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_json(path: Path | str, obj) -> Path:
+    """Write `obj` as JSON to `path` atomically (temp file + rename), so a crash never leaves half a file."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            json.dump(_clean(obj), f, indent=1)
+            f.write("\n")
+    return atomic_write(path, write)
 
 
 class JSONFileError(json.JSONDecodeError):
@@ -104,15 +119,26 @@ def read_json_or_note(path: Path | str, unreadable: list[str]) -> dict | None:
     """The JSON object (a result) in `path`, or None with 'file name (why)' added to `unreadable` where it cannot be
     read as one (a report leaves such a result out and says so; `lib run` trains its experiment again and replaces
     the file)."""
+    obj, why = read_json_object(path)
+    if why is not None:
+        unreadable.append(f"{Path(path).name} ({why})")
+    return obj
+
+
+def read_json_object(path: Path | str) -> tuple[dict | None, str | None]:
+    """(the JSON object in `path`, None), or (None, why it cannot be read as one, in a few words)."""
     try:
         obj = read_json(path)
     except (OSError, ValueError) as err:
-        unreadable.append(f"{Path(path).name} ({unreadable_why(err)})")
-        return None
+        return None, unreadable_why(err)
     if not isinstance(obj, dict):
-        unreadable.append(f"{Path(path).name} (a JSON {type(obj).__name__}, not an object)")
-        return None
-    return obj
+        return None, f"a JSON {json_kind(obj)}, not an object"
+    return obj, None
+
+
+def json_kind(obj) -> str:
+    """JSON's name for the kind of a parsed value that is not an object: 'list', 'string', 'null', ..."""
+    return {list: "list", str: "string", bool: "boolean", type(None): "null", dict: "object"}.get(type(obj), "number")
 
 
 def unreadable_why(err: OSError | ValueError) -> str:
@@ -248,6 +274,9 @@ def say_reused(*names: str, trained: bool = False) -> None:
           f"force = [its name], {redo})")
 
 
+_noted_unreadable: set[str] = set()  # result files reusable_result found unreadable (noted once per process)
+
+
 def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | None:
     """The result at `path` if its recorded config equals `config`, else None.
 
@@ -257,10 +286,14 @@ def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | N
     path = Path(path)
     if not path.exists():
         return None
-    try:
-        result = read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return None  # unreadable: recompute rather than trust it
+    result, why = read_json_object(path)
+    if result is None:  # unreadable: recomputed rather than trusted, and said once per file and process
+        if str(path) not in _noted_unreadable:
+            _noted_unreadable.add(str(path))
+            print(f"note: {path} cannot be read as a result ({why}): its "
+                  f"experiment counts as not done, and running it replaces the file (a committed one: `git "
+                  f"checkout -- {path}` brings it back first)")
+        return None
     stored = result.get("config")
     if config_cls is not None:
         try:

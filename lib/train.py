@@ -27,8 +27,8 @@ from lib.augment import mixed_accuracy, mixed_loss
 from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
-from lib.results import (atomic_write_json, environment_info, git_commit, read_json, refuse_if_reuse_only,
-                         reusable_run, say_reused)
+from lib.results import (atomic_write, atomic_write_json, environment_info, git_commit, read_json,
+                         refuse_if_reuse_only, reusable_run, say_reused)
 from lib.step_graph import STEP_GRAPH_ENV, StepGraph
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules). SE's mixing
@@ -276,16 +276,24 @@ def read_checkpoint(path: Path | str, device: torch.device | str = "cpu", mmap: 
     except torch.cuda.OutOfMemoryError:
         raise  # a full GPU, not a damaged file
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
+        what = ("delete it (the run then starts over) or retrain the run with --force"
+                if Path(path).name.endswith(".last.pt") else
+                "retrain its run with --force (deleting it alone does not help: the weights of the run's best epoch "
+                "can only be made again by training the run again)")
         raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}): it is damaged or "
-                         f"incomplete; delete it (the run then starts over, or with --force retrains)") from err
+                         f"incomplete; {what}") from err
+
+
+def missing_best_error(best_ckpt: Path, last_ckpt: Path, epoch: int) -> ValueError:
+    """A run whose best epoch so far has no weights on disk cannot be tested when it ends: what to do."""
+    return ValueError(f"{best_ckpt} is missing: it held the weights of epoch {epoch + 1}, the best on validation "
+                      f"so far, which the test pass needs. Retrain the run with --force, or delete {last_ckpt} "
+                      f"too (the run then starts over)")
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     """torch.save atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -872,6 +880,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             torch.set_rng_state(state["rng_cpu"].cpu())
             if device.type == "cuda" and state.get("rng_cuda") is not None:  # dropout's masks go on from there
                 torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
+            if best["epoch"] >= 0 and not best_ckpt.exists():  # before training on: the run could not be tested
+                raise missing_best_error(best_ckpt, last_ckpt, best["epoch"])
             if progress:
                 print(f"[{cfg.name}] resuming after epoch {start_epoch} of {cfg.num_epochs} ({last_ckpt})")
         elif clash := clash_summary(last_ckpt, state, cfg):  # the user's other options: their epochs are kept
@@ -977,7 +987,9 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         _save_checkpoint(best_ckpt, pending_best)
     # Test once, for the checkpoint chosen on validation accuracy.
     test = None
-    if best_ckpt.exists() and best["epoch"] >= 0:
+    if best["epoch"] >= 0:
+        if not best_ckpt.exists():  # deleted while this call trained: no result without its test pass
+            raise missing_best_error(best_ckpt, last_ckpt, best["epoch"])
         state = read_checkpoint(best_ckpt, device)
         if state["epoch"] != best["epoch"] or not checkpoint_written_for(state, cfg):
             raise RuntimeError(f"{best_ckpt} holds epoch {state['epoch']} but validation selected epoch "

@@ -327,3 +327,18 @@ def test_a_model_or_seed_named_twice_is_one_run(monkeypatch):
     assert cli.main(["run", "--profile", "smoke", "--models", "CANet_tiny", "ResNet18", "CANet_tiny",
                      "--seeds", "1", "0", "1"]) == 0
     assert seen["models"] == ["CANet_tiny", "ResNet18"] and seen["seeds"] == [1, 0]
+
+
+def test_an_interrupt_ends_in_one_message_that_says_the_command_goes_on(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_run", interrupted)
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    assert cli.main(["run", "--models", "CANet_tiny"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: finished experiments are kept; the same command goes on from there" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")  # the GPU runner's logs keep the traceback
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["run", "--models", "CANet_tiny"])

@@ -606,6 +606,36 @@ def test_a_damaged_checkpoint_is_a_clear_error(tiny_source, tmp_path):
     for call in (lambda: T.resume_epoch(cfg, dirs), lambda: T.train(cfg, dirs=dirs, progress=False)):
         with pytest.raises(ValueError, match=r"checkpoint .*tiny.last.pt cannot be read \(RuntimeError: .*delete it"):
             call()
+    best = dirs.checkpoints / f"{cfg.name}.pt"  # the best epoch's weights: deleting them alone does not help
+    best.write_bytes(b"PK\x03\x04 half a zip file")
+    with pytest.raises(ValueError, match=r"tiny.pt cannot be read .*retrain its run with --force \(deleting it alone"):
+        T.read_checkpoint(best)
+
+
+def test_a_lost_best_checkpoint_stops_the_resume_instead_of_an_untested_result(tiny_source, tmp_path):
+    """The resumable checkpoint names a best epoch whose weights are gone (deleted, as a damaged file): the run
+    cannot be tested when it ends, so it stops before training on and says what to do; no result is written."""
+    dirs = output_dirs("smoke", root=tmp_path)
+    cfg = tiny_cfg(tiny_source, num_epochs=2)
+    T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=1)
+    (dirs.checkpoints / f"{cfg.name}.pt").unlink()
+    with pytest.raises(ValueError, match=r"tiny.pt is missing: it held the weights of epoch 1, the best on validation "
+                                         r"so far.*--force, or delete .*tiny.last.pt too"):
+        T.train(cfg, dirs=dirs, progress=False)
+    assert not (dirs.results / f"{cfg.name}.json").exists() and (dirs.checkpoints / f"{cfg.name}.last.pt").exists()
+
+
+def test_a_result_file_that_is_no_json_object_is_recomputed_with_a_note(tmp_path, capsys):
+    from lib.results import reusable_result
+
+    for i, text in enumerate(("[]", "null", "{ truncated")):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(text)
+        assert reusable_result(path, {"name": "x"}) is None
+        assert reusable_result(path, {"name": "x"}) is None  # noted once
+    out = capsys.readouterr().out
+    assert out.count("cannot be read as a result") == 3 and "(a JSON list, not an object)" in out
+    assert "(a JSON null, not an object)" in out and "not JSON:" in out and "git checkout -- " in out
 
 
 def test_bf16_precision_trains_under_bf16_autocast_on_a_cpu(tiny_source, tmp_path, monkeypatch):
@@ -745,6 +775,37 @@ def test_result_files_are_written_whole_and_readable_as_any_other_file(tmp_path)
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0600
     assert read_json(path) == {"a": None, "b": [1, 2]} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_checkpoints_figures_and_text_are_written_whole_through_one_temp_file_each(tmp_path):
+    """lib.results.atomic_write under checkpoints, figures and the report: the temp file has the target's suffix
+    (writers that read the format from it) and a unique name; a failed write leaves the old file and no temp."""
+    import matplotlib.pyplot as plt
+
+    from lib.plotting import savefig
+    from lib.results import atomic_write, atomic_write_text
+
+    seen = []
+    atomic_write(tmp_path / "a.txt", lambda tmp: seen.append(tmp.name) or tmp.write_text("old"))
+    atomic_write(tmp_path / "a.txt", lambda tmp: seen.append(tmp.name) or tmp.write_text("new"))
+    assert seen[0] != seen[1] and all(n.startswith(".a.txt.") and n.endswith(".tmp.txt") for n in seen)
+
+    def half_written(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "a.txt", half_written)
+    assert (tmp_path / "a.txt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    atomic_write_text(tmp_path / "report.md", "# r\n")
+    T._save_checkpoint(tmp_path / "ck" / "x.last.pt", {"epoch": 3})
+    assert T.read_checkpoint(tmp_path / "ck" / "x.last.pt") == {"epoch": 3}
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    png = savefig(fig, "f", tmp_path / "figs")
+    plt.close(fig)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # matplotlib wrote a PNG (from the temp name's suffix)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.txt", "f.png", "report.md", "x.last.pt"]
 
 
 def test_weight_histograms_keep_the_se_kernels_apart_from_their_mixing_scales():
