@@ -323,6 +323,16 @@ def test_loader_pads_before_normalising_and_erases_to_zero():
     is_erased = x == 0
     assert bool((is_white | is_black | is_erased).all())
     assert bool(is_white.any()) and bool(is_black.any()) and bool(is_erased.any())
+    assert bool(is_erased.flatten(1).any(1).all())  # erase_p=1: every image has its box
+
+
+@pytest.mark.parametrize("erase_p, low, high", [(0.0, 0.0, 0.0), (0.15, 0.05, 0.3)])
+def test_the_loader_erases_the_share_of_images_its_erase_p_says(erase_p, low, high):
+    X, y = torch.full((128, 3, 8, 8), 255, dtype=torch.uint8), torch.arange(128)
+    loader = make_loader(X, y, shuffle=False, augment=True, erase_p=erase_p, mixup_p=0.0, cutmix_p=0.0)
+    x = torch.cat([b.x for b in collect(loader, 0)])
+    share = float((x == 0).flatten(1).any(1).float().mean())  # images with erased pixels
+    assert low <= share <= high
 
 
 def test_loader_channels_last_and_errors():

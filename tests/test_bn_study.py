@@ -48,6 +48,47 @@ def tiny_probe_cfg(source, model="VGG_A", **kw) -> S.ProbeConfig:
 
 # ------------------------------------------------------------------------------------------ probe_step
 
+def test_probe_losses_and_gradients_are_those_of_the_moved_weights_with_batch_statistics():
+    """L(w - eta g) and its gradient as training computes them: train mode, so BatchNorm uses the batch's statistics
+    (an eval-mode probe would use the running averages and give other values), on a copy moved by hand."""
+    import copy
+
+    torch.manual_seed(0)
+    model = small_cnn(batch_norm=True).eval()  # the probe puts it in train mode itself, and back
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if "running_var" in name:
+                b.fill_(5.0)  # running statistics far from the batch's
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    params = list(model.parameters())
+    grads = torch.autograd.grad(F.cross_entropy(model.train()(x), y), params)
+    model.eval()
+    rec = S.probe_step(model, params, grads, x, y, etas=[0.1])
+    assert not model.training
+    moved = copy.deepcopy(model).train()
+    with torch.no_grad():
+        for p, g in zip(moved.parameters(), grads):
+            p.sub_(0.1 * g)
+    loss = F.cross_entropy(moved(x), y)
+    g_eta = torch.autograd.grad(loss, list(moved.parameters()))
+    gdiff = torch.sqrt(sum(((g - ge) ** 2).sum() for g, ge in zip(grads, g_eta)))
+    torch.testing.assert_close(rec["loss"][0], loss.detach(), rtol=1e-5, atol=1e-6)
+    assert float(rec["gdiff"][0]) == pytest.approx(float(gdiff), rel=1e-5)  # (the probe sums in double)
+    with torch.no_grad():
+        assert abs(float(F.cross_entropy(moved.eval()(x), y)) - float(loss)) > 1e-3  # the two modes differ here
+
+
+def test_the_probe_runs_train_on_training_images_only(tiny_source):
+    from lib.data import load_cifar10, study_split
+
+    loader, info = S.probe_data(tiny_probe_cfg(tiny_source), torch.device("cpu"))
+    X_tr, _, X_val, _ = study_split(load_cifar10(tiny_source))
+    seen = {bytes(x) for x in loader.X.numpy()}
+    assert loader.num_samples == info["num_train_used"] == len(X_tr) == 72
+    assert seen == {bytes(torch.from_numpy(x).permute(2, 0, 1).contiguous().numpy()) for x in X_tr}
+    assert not seen & {bytes(torch.from_numpy(x).permute(2, 0, 1).contiguous().numpy()) for x in X_val}
+
+
 def test_probe_restores_params_grads_optimizer_state_and_bn_buffers_bitwise():
     torch.manual_seed(0)
     model = small_cnn(batch_norm=True)

@@ -406,6 +406,17 @@ def test_split_train_val_sizes_determinism_disjointness():
         D.split_train_val(X[:100], y[:100], num_val=100)
 
 
+def test_the_split_and_the_subsets_are_the_ones_every_committed_result_was_trained_on():
+    """Pinned: the validation images and the quick profile's training subset of every committed result (seed 2020,
+    NumPy's PCG64 permutation). A change here silently moves images between training and validation."""
+    X = np.arange(50_000)
+    X_tr, y_tr, X_val, _ = D.split_train_val(X, X % 10)
+    assert D.SPLIT_SEED == 2020 and X_val[:6].tolist() == [30, 46, 65, 68, 80, 97] and int(X_val.sum()) == 123832649
+    X_s, _ = D.subset(X_tr, y_tr, 5000)
+    assert X_s[:6].tolist() == [15123, 40256, 5505, 38097, 40669, 23930] and int(X_s.sum()) == 123611387
+    assert D.CLASSES == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def test_subset():
     X = np.arange(1000) * 3
     y = np.arange(1000) % 10

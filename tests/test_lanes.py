@@ -74,6 +74,9 @@ def test_slowdown_is_the_measured_one_else_no_gain(monkeypatch):
     assert L.slowdown(bench, "VGG11", 3) == 3.0  # measured with an older implementation of the model
     monkeypatch.setenv("CIFAR10_EAGER_MODELS", "CANet_tiny")  # its step would run uncaptured now: not as measured
     assert L.slowdown(bench, "CANet_tiny", 3) == 3.0
+    faster = with_records(fake_bench(), record("ResNet18", 3, 0.8))  # below 1 at once: noise
+    monkeypatch.delenv("CIFAR10_EAGER_MODELS")
+    assert L.slowdown(faster, "ResNet18", 3) == 1.0
 
 
 def test_lanes_estimate_spreads_the_training_over_the_lanes():

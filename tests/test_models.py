@@ -155,6 +155,33 @@ def test_attention_maps_shapes_and_use():
         torch.testing.assert_close(se(x), x * se_map)
 
 
+def test_the_attention_maps_pool_what_the_specification_says():
+    """SA: sigmoid(conv of [channel mean, channel max]); SE: sigmoid(1-D conv over the channel means). With kernels
+    that pick one input each, the maps are the pooled values themselves through the sigmoid."""
+    x = torch.randn(2, 8, 5, 5)
+    sa, se = SpatialAttention(3, 1), ChannelAttention()
+    with torch.no_grad():
+        for pick, pooled in ((0, x.mean(1, keepdim=True)), (1, x.amax(1, keepdim=True))):
+            sa.conv.weight.zero_()
+            sa.conv.weight[0, pick, 1, 1] = 1.0  # a centred delta on the mean (0) or the max (1) channel
+            torch.testing.assert_close(sa.attention(x), torch.sigmoid(pooled))
+        for conv in se.convs:
+            conv.weight.zero_()
+        se.convs[0].weight[0, 0, 1] = 2.0  # the 3-kernel's centre only, mixed with scale 1
+        torch.testing.assert_close(se.attention(x), torch.sigmoid(2.0 * x.mean((2, 3), keepdim=True)))
+
+
+def test_the_canet_head_and_vgg_a_bn_are_built_as_specified():
+    head = [type(m) for m in build("CANet_tiny").head]
+    assert head == [nn.AdaptiveAvgPool2d, nn.BatchNorm2d, nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]
+    assert build("CANet_tiny").head[0].output_size == 2
+    for name, unit in (("VGG_A_BN", [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]), ("VGG_A", [nn.Conv2d, nn.ReLU])):
+        kinds = [type(m) for m in build(name).features]
+        assert kinds[:len(unit) + 1] == unit + [nn.MaxPool2d]  # BN between the conv and its ReLU
+        assert kinds.count(nn.Conv2d) == 8 and kinds.count(nn.MaxPool2d) == 5
+        assert kinds.count(nn.BatchNorm2d) == (8 if name == "VGG_A_BN" else 0)
+
+
 def test_channel_attention_scales_change_output():
     se = ChannelAttention()
     x = torch.randn(2, 8, 4, 4)

@@ -58,6 +58,8 @@ def test_compare_verdicts():
     assert better.verdict == "better" and better.p < 0.05 and better.diff == pytest.approx(3.0)
     worse = compare([90.0, 90.1, 89.9], [93.0, 93.1, 92.9])
     assert worse.verdict == "worse" and worse.diff == pytest.approx(-3.0)
+    assert compare([93.0, 93.1, 92.9], [90.0, 90.1, 89.9], alpha=better.p).verdict == "tied"  # p < alpha, strictly
+    assert compare([93.0, 93.1, 92.9], [90.0, 90.1, 89.9], alpha=better.p * 1.001).verdict == "better"
     tied = compare([93.0, 92.0, 94.0], [93.1, 92.1, 93.5])
     assert tied.verdict == "tied" and tied.p >= 0.05
     und = compare([93.5], [90.0, 91.0])
@@ -105,7 +107,7 @@ def test_pareto_front_small_set():
 def _result(model, seed, acc, params, status="ok", seconds=(5.0, 3.0, 3.0), cost=None):
     """A fabricated Part 1 result dict (test-only) with the keys comparison_table reads."""
     r = {"name": f"{model}_s{seed}", "model": model, "seed": seed, "test_acc": acc, "num_params": params,
-         "best_val_acc": acc, "train_seconds": sum(seconds), "status": status,
+         "best_val_acc": None if acc is None else acc + 0.02, "train_seconds": sum(seconds), "status": status,
          "history": [{"epoch": i, "seconds": s} for i, s in enumerate(seconds)], "per_class_acc": [acc] * 10}
     if cost is not None:
         r["cost"] = cost

@@ -64,6 +64,17 @@ def test_split_data_holds_out_a_tenth_and_subsets_each_part(tiny_source):
         T.split_data(tiny_cfg(tiny_source, num_val=0))
 
 
+def test_the_loaders_normalise_with_the_recipes_constants(tiny_source):
+    """Part 1: ImageNet's mean and std (STUDY.md); Part 2: 0.5 / 0.5; the same for training, validation and test."""
+    assert part1_config("CANet", "full").norm == "imagenet" and bn_config("VGG_A", 1e-3, "full").norm == "half"
+    for norm, mean, std in (("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                            ("half", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))):
+        loaders, _ = T.prepare_data(tiny_cfg(tiny_source, norm=norm), torch.device("cpu"))
+        for loader in loaders:
+            assert loader._mean.flatten().tolist() == pytest.approx(mean)
+            assert loader._std.flatten().tolist() == pytest.approx(std)
+
+
 def test_new_model_weights_depend_on_the_seed_only_and_copy_state_is_a_snapshot(tiny_source):
     cpu = torch.device("cpu")
     a, b = T.new_model(tiny_cfg(tiny_source, seed=3), cpu), T.new_model(tiny_cfg(tiny_source, seed=3), cpu)
