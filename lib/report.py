@@ -126,8 +126,14 @@ def commit_span(result: dict) -> str | None:
     return f"{start} -> {end}" if start and end and start != end else end
 
 
+def runtime_text(count: int, noun: str, seconds: Sequence, what: str = "of training in all") -> str:
+    """'9 runs, 12.3 min of training in all' (the seconds recorded; 'not recorded' where none was)."""
+    recorded = [s for s in seconds if s]
+    return f"{count} {noun}, " + (f"{fmt_seconds(sum(recorded))} {what}" if recorded else "not recorded")
+
+
 def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) -> str:
-    """Data source, profile, device(s) and seeds of a set of results, as one line."""
+    """Data source, profile, device(s), seeds and training time of a set of results, as one line."""
     if not results:
         return "no results yet"
     data = join_distinct((r.get("data") or {}).get("label") for r in results)
@@ -139,9 +145,10 @@ def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) ->
                  f"of 50,000 training and {join_distinct(fmt_int(d.get('num_test')) for d in smaller)} of 10,000 "
                  f"test images")
     seeds = sorted(_unique(int(r["seed"]) for r in results if r.get("seed") is not None)) if seeds is None else seeds
+    runtime = runtime_text(len(results), "runs" if len(results) != 1 else "run", [r.get("train_seconds") for r in results])
     return (f"data: {data} ({size}) | profile: {join_distinct(r.get('profile') for r in results)} | "
             f"device: {join_distinct(r.get('device') for r in results)}{shared_gpu_note(results)} | "
-            f"seeds: {', '.join(map(str, seeds)) or '-'}")
+            f"seeds: {', '.join(map(str, seeds)) or '-'} | runtime: {runtime}")
 
 
 def gpu_sharing(results: Sequence[dict]) -> dict:
@@ -418,7 +425,8 @@ def attention_markdown(dirs: OutputDirs, main: dict | None) -> str | None:
                 f"{max(ratios):.0f}x)." if ratios else "")
     return (f"How much each gate varies within one image (max - min, the mean over {rec['num_images']} test images "
             f"of {rec['run']}, the validation-selected epoch {rec['best_epoch'] + 1} (counting from 1), eval mode):\n\n{table}\n\n"
-            f"*data: {rec.get('data')} | profile: {rec.get('profile')} | device: {rec.get('device')}*{sentence}")
+            f"*data: {rec.get('data')} | profile: {rec.get('profile')} | device: {rec.get('device')} | seed: "
+            f"{main.get('seed', '-')} | runtime: {runtime_text(1, 'run', [main.get('train_seconds')])}*{sentence}")
 
 
 def weight_spread(history: list[dict]) -> list[dict]:
@@ -582,7 +590,6 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
 
     profile = profile or join_distinct((e.get("profile") for e in proto + probe), "see the result files")
     seconds = [e.get("train_seconds" if kind == "protocol" else "seconds") for e in entries]
-    runtime = fmt_seconds(sum(s for s in seconds if s)) if any(seconds) else None
     if kind == "protocol":
         runs = sum(len(e.get("best_val_acc", {})) for e in proto)
         size = (f"{distinct(e.get('num_train_used') for e in proto)} training images; per run "
@@ -590,7 +597,7 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
                 f"{distinct(e.get('batch_size') for e in proto)}")
         if arithmetic := _unique(a for e in proto for a in e.get("arithmetic", [])):  # none: no protocol run read
             size += f", {join_distinct(arithmetic)}"
-        what = f"{runs} runs, " + (f"{runtime} of training in all" if runtime else "not recorded")
+        what = runtime_text(runs, "runs", seconds)
     elif kind == "probe":
         from lib.bn_study import ETA_MULTIPLIERS, PAPER_PROBE_STEPS, PROBE_LR
 
@@ -601,10 +608,10 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
                 f"({distinct(', '.join(f'{v:g}' for v in e['etas']) for e in probe if e.get('etas'))}), in fp32 "
                 f"(the paper: {PAPER_PROBE_STEPS:,} steps, {len(ETA_MULTIPLIERS)} step sizes, "
                 f"{min(ETA_MULTIPLIERS) * PROBE_LR:g} to {max(ETA_MULTIPLIERS) * PROBE_LR:g} at lr {PROBE_LR:g})")
-        what = f"{len(probe)} runs, " + (f"{runtime} in all" if runtime else "not recorded")
+        what = runtime_text(len(probe), "runs", seconds, "in all")
     else:
         size = f"{distinct(e.get('num_images') for e in slices)} training images per point"
-        what = f"{len(slices)} slices, " + (f"{runtime} in all" if runtime else "not recorded")
+        what = runtime_text(len(slices), "slices", seconds, "in all")
     commits = join_distinct(c for e in entries for c in e.get("commits") or [e.get("git_commit")])
     dirty = " (+dirty: with changes not committed; see the note on `+dirty` further down)" if "+dirty" in commits else ""
     # Protocol runs trained beside others on one GPU (the GPU runner's lanes) say so: their times are a shared GPU's.

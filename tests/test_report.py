@@ -104,6 +104,8 @@ def test_every_table_number_comes_from_the_results(study_dirs):
         assert NOT_RUN in _table_row(text, model)
     # Every table states its context; the recipe is read from the results' config.
     assert text.count("profile: quick") >= 2 and "JPEG-q75 copy (fake.tar.gz)" in text and "seeds: 0, 1, 2" in text
+    n_p1 = sum(len(v) for v in ACCS.values())  # each p1_result trained 33 s
+    assert f"seeds: 0, 1, 2 | runtime: {n_p1} runs, {33 * n_p1 / 60:.1f} min of training in all" in text
     assert "3 epochs, batch 256" in text and "ab" * 32 in text
     # Part 2: ours, the original's, and the runs that are missing.
     assert "81.23%" in text and "70.12%" in text and "84.29%" in text and "75.81%" in text
@@ -617,6 +619,7 @@ def test_a_smaller_data_copy_is_said_in_the_context_line():
     full = {"label": "JPEG-q75 copy", "num_train_used": 45000, "complete": True, "num_train": 50000, "num_test": 10000}
     smaller = dict(full, num_train_used=180, complete=False, num_train=200, num_test=200)
     assert "smaller copy" not in context_line([{"data": full, "seed": 0}])
+    assert context_line([{"data": full, "seed": 0}]).endswith("| seeds: 0 | runtime: 1 run, not recorded")
     line = context_line([{"data": smaller, "seed": 0, "profile": "quick"}])
     assert line.startswith("data: JPEG-q75 copy (180 training images; a smaller copy than CIFAR-10: 200 of 50,000 "
                            "training and 200 of 10,000 test images) | profile: quick")
