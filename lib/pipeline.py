@@ -309,6 +309,10 @@ def run_study(profile: str, data_source: str | None = None, publish: bool | None
                 f"them.")
     else:  # what the notebooks would compute, for the checks below
         missing = work_missing(source, dirs, names, seeds, extra_params, force, profile=profile)
+        if progress_bar or log_output:  # a progress bar counts cells: say what the long ones will be
+            print(f"[study] to compute: {len(missing)} experiment(s) or cost file(s): "
+                  f"{', '.join(missing)}; the rest is reused" if missing else
+                  "[study] nothing to compute: every experiment of these notebooks has a result (reused)", flush=True)
     if not reuse_only and profile == GPU_PROFILE and not allow_cpu_training and missing:
         import torch
 

@@ -311,7 +311,7 @@ def test_the_full_profile_without_a_gpu_names_what_it_would_train_and_runs_nothi
     assert work_missing(tiny_source, dirs, ["04_batchnorm"]) == [n for n in part2 if "lr0.001" not in n]
 
 
-def test_a_study_of_a_named_model_shows_its_first_seed_in_notebook_03(tmp_path, tiny_source, monkeypatch):
+def test_a_study_of_a_named_model_shows_its_first_seed_in_notebook_03(tmp_path, tiny_source, monkeypatch, capsys):
     import papermill
 
     import lib.report
@@ -322,8 +322,11 @@ def test_a_study_of_a_named_model_shows_its_first_seed_in_notebook_03(tmp_path, 
     monkeypatch.setattr(lib.report, "render_report", lambda profile, dirs: None)
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path / "data_root"))
     run_study("smoke", data_source=tiny_source, notebooks=["01", "03"], seeds=[2, 1], root=tmp_path,
-              extra_params={"model": "CANet_tiny"})
+              extra_params={"model": "CANet_tiny"}, progress_bar=True)
     assert calls["01_train_canet"]["seeds"] == [2, 1] and calls["01_train_canet"]["model"] == "CANet_tiny"
+    # Progress bars count cells: what the long cells will train is said first.
+    assert ("[study] to compute: 2 experiment(s) or cost file(s): p1-CANet_tiny-s2, p1-CANet_tiny-s1; the rest is "
+            "reused") in capsys.readouterr().out
     assert calls["03_visualize"]["seed"] == 2 and calls["03_visualize"]["model"] == "CANet_tiny"
     assert "seed" not in calls["01_train_canet"]
     calls.clear()
