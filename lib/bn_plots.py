@@ -34,6 +34,12 @@ def window_for(n: int, window: int) -> int:
     return width if width % 2 else width - 1
 
 
+def smoothing_label(n: int, window: int, unit: str) -> str:
+    """How a line of n values was smoothed, in words: '9-step moving average', or 'not smoothed' (window 1)."""
+    width = window_for(n, window)
+    return f"{width}-{unit} moving average" if width > 1 else "not smoothed"
+
+
 def smooth(values, window: int) -> np.ndarray:
     """Centred moving average (window_for(len, window) wide) that ignores NaN/inf (NaN where a window has
     no finite value)."""
@@ -164,10 +170,11 @@ def plot_loss_band(dirs: OutputDirs, lrs=BN_LRS, seed: int = BN_SEED) -> Path | 
         ax.plot(band.steps, _positive(smooth(band.lo, STEP_WINDOW)), color=c, lw=1)
         ax.plot(band.steps, _positive(smooth(band.hi, STEP_WINDOW)), color=c, lw=1)
     log_y_if_wide(ax, *edges)
-    ax.set(xlabel="training step", ylabel="training loss",
+    epoch_axis(ax, label="training step")
+    ax.set(ylabel="training loss",
            title="Loss band over Adam learning rates " + ", ".join(f"{lr:g}" for lr in sorted(found_lrs)))
     ax.legend(fontsize=8)
-    ax.text(0.01, 0.01, f"shaded: raw per-step min/max; lines: {window_for(len(band.steps), STEP_WINDOW)}-step moving average",
+    ax.text(0.01, 0.01, f"shaded: raw per-step min/max; lines: {smoothing_label(len(band.steps), STEP_WINDOW, 'step')}",
             transform=ax.transAxes, fontsize=7, color="0.4")
     caption(fig, protocol_caption(_protocol_runs(dirs, [(m, lr) for m, steps in bands.items() for lr in steps], seed)))
     fig.tight_layout()
@@ -189,7 +196,8 @@ def plot_grad_range(dirs: OutputDirs, lr: float = 1e-3, seed: int = BN_SEED) -> 
         ax.plot(steps, smooth(gmax, STEP_WINDOW), color=c, lw=1, label=f"{LABELS[model]}: max")
         ax.plot(steps, smooth(gmin, STEP_WINDOW), color=c, lw=1, ls="--", label=f"{LABELS[model]}: min")
     ax.axhline(0, color="0.5", lw=0.5)
-    ax.set(xlabel="training step", ylabel="last-layer weight gradient",
+    epoch_axis(ax, label="training step")
+    ax.set(ylabel="last-layer weight gradient",
            title=f"Gradient range of the last Linear layer (Adam lr {lr:g})")
     ax.legend(fontsize=8)
     caption(fig, protocol_caption(_protocol_runs(dirs, [(m, lr) for m in series], seed)))
@@ -233,9 +241,10 @@ def plot_santurkar(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
         if bad:
             ax_loss.plot([], [], " ", label=f"{label}: {bad} non-finite probe values ignored")
     ax_loss.set_yscale("log")  # as the paper plots the band (BN_METHODS.md B.1); the edges are made positive above
-    ax_loss.set(xlabel="training step", ylabel="loss along the gradient", title="(a) loss landscape")
-    ax_pred.set(xlabel="training step", ylabel=r"$\|g - g_\eta\|_2$", title="(b) gradient predictiveness")
-    ax_beta.set(xlabel="training step", ylabel=r"max$_\eta$ $\|g - g_\eta\| / \|\eta g\|$",
+    epoch_axis(ax_loss, ax_pred, ax_beta, label="training step")
+    ax_loss.set(ylabel="loss along the gradient", title="(a) loss landscape")
+    ax_pred.set(ylabel=r"$\|g - g_\eta\|_2$", title="(b) gradient predictiveness")
+    ax_beta.set(ylabel=r"max$_\eta$ $\|g - g_\eta\| / \|\eta g\|$",
                 title=r"(c) effective $\beta$-smoothness")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -243,8 +252,8 @@ def plot_santurkar(dirs: OutputDirs, seed: int = BN_SEED) -> Path | None:
     etas = r0["etas"]
     fig.suptitle(f"VGG-A, SGD {', '.join(sorted(lr_note))}, batch {r0['config']['batch_size']}; "
                  f"eta in {etas[0]:g}..{etas[-1]:g} ({len(etas)} values), probe every "
-                 f"{r0['config']['probe_every']} steps; beta line: {window_for(len(r0['probes']['step']), PROBE_WINDOW)}-probe "
-                 f"moving average",
+                 f"{r0['config']['probe_every']} steps; beta line: "
+                 f"{smoothing_label(len(r0['probes']['step']), PROBE_WINDOW, 'probe')}",
                  fontsize=9)
     caption(fig, probe_caption(probes.values()))
     fig.tight_layout()

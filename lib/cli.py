@@ -72,7 +72,7 @@ def _add_common(p: argparse.ArgumentParser,
                 publish: str = "write smoke/quick output to the committed places (results/<profile>/, "
                                "figs/<profile>/, report.md)") -> None:
     p.add_argument("--profile", default="smoke", choices=list(PROFILES),
-                   help="smoke: CI-sized; quick: reduced, CPU-friendly; full: the STUDY.md recipe (GPU)")
+                   help="smoke (the default): CI-sized; quick: reduced, CPU-friendly; full: the STUDY.md recipe (GPU)")
     p.add_argument("--data", default=None,
                    help=f"'official' (torchvision download), 'shared' (../shared JPEG copy) or a path to an "
                         f"image-folder copy / .tar.gz; default: ${SOURCE_ENV} or 'official'")
@@ -630,7 +630,8 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="render report.md from the existing result files of a profile")
-    p.add_argument("--profile", default="smoke", choices=list(PROFILES), help="whose results to render")
+    p.add_argument("--profile", default="smoke", choices=list(PROFILES),
+                   help="whose results to render (default: smoke)")
     p.add_argument("--publish", action="store_true",
                    help="render the published smoke/quick results (results/<profile>/) into the committed report.md")
     p.set_defaults(func=cmd_report)

@@ -83,6 +83,17 @@ def _history(result: dict) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------
 # Training curves
 
+def lr_axis(ax, lrs) -> None:
+    """The learning-rate panel's y axis: log where the rates span 10x or more (the recipe's 70 epochs: 16x), linear
+    otherwise (a short run's few percent would crowd a log axis with minor-tick labels such as 9.95e-4)."""
+    wide = min(lrs) > 0 and max(lrs) / min(lrs) >= 10
+    if wide:
+        ax.set_yscale("log")
+    else:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.set(title="learning rate", ylabel="lr (log scale)" if wide else "lr")
+
+
 def plot_training_curves(result: dict, figs_dir, name: str | None = None, subtitle: str | None = None) -> Path:
     """lr, train/val loss and val accuracy per epoch of one run -> 'p1_curves_<model>'."""
     history = _history(result)
@@ -94,9 +105,9 @@ def plot_training_curves(result: dict, figs_dir, name: str | None = None, subtit
 
     fig, axes = new_figure(ncols=3, width=14, height=4.0, layout="constrained")
     ax_lr, ax_loss, ax_acc = axes
-    ax_lr.plot(epochs, [h["lr"] for h in history], marker=marker, ms=3, color="tab:purple")
-    ax_lr.set_yscale("log")
-    ax_lr.set(title="learning rate", ylabel="lr (log scale)")
+    lrs = [h["lr"] for h in history]
+    ax_lr.plot(epochs, lrs, marker=marker, ms=3, color="tab:purple")
+    lr_axis(ax_lr, lrs)
 
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker=marker, ms=3, label="train (augmented, mixed)")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], marker=marker, ms=3, label="validation")

@@ -22,13 +22,13 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float | None = None, heigh
     return plt.subplots(nrows, ncols, figsize=(w, h), **kw)
 
 
-def epoch_axis(*axes) -> None:
-    """Label the x axis of each of `axes` 'epoch' and tick it at whole epochs only (a 3-epoch run would
-    otherwise get ticks at 1.25, 1.5, ...)."""
+def epoch_axis(*axes, label: str = "epoch") -> None:
+    """Label the x axis of each of `axes` 'epoch' (or `label`, e.g. 'training step') and tick it at whole values
+    only (a 3-epoch run, or a smoke run's few steps, would otherwise get ticks at 1.25, 1.5, ...)."""
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 

@@ -487,3 +487,11 @@ def test_smooth_is_nan_aware():
     # ones 25, 20 probes none.
     assert window_for(48, 25) == 3 and window_for(17_600, 25) == 25 and window_for(5, 25) == 1
     assert window_for(20, 5) == 1 and window_for(200, 10) == 9
+
+
+def test_a_line_of_few_values_is_said_to_be_unsmoothed():
+    from lib.bn_plots import smoothing_label
+
+    assert smoothing_label(352 * 50, 25, "step") == "25-step moving average"
+    assert smoothing_label(40, 25, "step") == "3-step moving average"  # at most a tenth of the series, odd
+    assert smoothing_label(20, 5, "probe") == "not smoothed"  # a window of 1

@@ -388,3 +388,13 @@ def test_a_checkpoint_is_looked_for_in_the_published_and_the_build_folders():
         load_trained(result)
     for publish in (True, False):  # a smoke run published (results/smoke/...) or not (build/smoke/...)
         assert str(output_dirs("smoke", publish=publish).checkpoints / "no_such_run_for_tests.pt") in str(err.value)
+
+
+def test_the_lr_panel_is_logarithmic_only_where_the_rates_span_tenfold():
+    from lib.part1_plots import lr_axis
+
+    for lrs, scale in (([1e-3 * 0.96 ** e for e in range(70)], "log"), ([1e-3 * 0.96 ** e for e in range(8)], "linear")):
+        fig, ax = plt.subplots()
+        lr_axis(ax, lrs)
+        assert ax.get_yscale() == scale and ax.get_ylabel() == ("lr (log scale)" if scale == "log" else "lr")
+        plt.close(fig)
