@@ -74,7 +74,7 @@ of ||g - g_eta||, how much the gradient changes along it, (c) the effective beta
 ||g - g_eta|| / ||eta g||. Lower and narrower means a smoother landscape around the trajectory, where the
 gradient at one point better predicts the gradient a step further; the paper asks whether BN makes it so, and the
 probe table gives the medians and maxima of this run. Probes taken while a network is still on the chance-level plateau (training loss near ln 10 =
-2.303) describe a network that has not started training: the caveat under that table says from which step both
+2.303) describe a network that has not started training: the caveat under the probe table says from which step both
 networks train, and the findings compare the probes after it apart.""",
     "p2_grad_diff_eta":
         """||g - g_eta|| against the step size eta at the first (dashed) and the last (solid) probe of each

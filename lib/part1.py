@@ -352,6 +352,19 @@ def load_costs(dirs: OutputDirs, models: Sequence[str] | None = None) -> dict[st
     return {p.stem[len("cost-"):]: read_json(p) for p in paths if not models or p.stem[len("cost-"):] in models}
 
 
+def costs_frame(costs: Sequence[dict]):
+    """The cost measurements as a readable table (a pandas DataFrame indexed by model): parameters in millions,
+    forward GFLOPs per image, inference images/s with its batch and arithmetic, and the device."""
+    import pandas as pd
+
+    rows = [{"model": c["model"], "parameters (M)": round(c["params"] / 1e6, 2),
+             "forward GFLOPs / image": round(c["flops"] / 1e9, 3),
+             "inference images/s": round(c["infer_ips"], 1),
+             "at batch": c.get("infer_batch"), "precision": c.get("precision"),
+             "device": c.get("device_name") or c.get("device")} for c in costs]
+    return pd.DataFrame(rows).set_index("model")
+
+
 def with_costs(results: Sequence[dict], costs: dict[str, dict]) -> list[dict]:
     """Copies of `results` with the 'cost' dict lib.stats.comparison_table reads.
 

@@ -155,7 +155,7 @@ models = list(models or PART1_MODELS)'''),
 part1.runs_frame(results)'''),
     md('''## Cost: FLOPs per image, parameters, inference images/s'''),
     code('''costs = part1.compute_costs(dirs, models, batch_size=cost_batch, iters=cost_iters)
-pd.DataFrame(costs).set_index("model").round(1)'''),
+part1.costs_frame(costs)'''),
     md('''## The comparison table
 
 All Part 1 results of these models in the results folder (every seed present), sorted by parameters.'''),
@@ -196,7 +196,7 @@ into `build/quick/` (30-65 min on a 2-core CPU; the committed result is left alo
 shows that run, and `publish = True` uses its weights only if they reproduce the committed run (the same selected
 epoch and validation accuracy). `publish = True` redraws the figures in the committed `figs/quick/` from the same
 files.'''),
-    setup_cell('''from lib import part1
+    setup_cell('''from lib import part1, report
 from lib.attention import save_attention_spread, trained_or_none
 from lib.data import canonical_source
 from lib.part1_plots import plot_attention, plot_confusion, plot_filters, plot_weight_ridges, run_caption
@@ -227,7 +227,8 @@ else:
 images): SA's map and the gate the block's output puts on path a (U's output, averaged over channels), SE's
 weights over channels and the gate on path b (averaged over positions). Saved for the report.'''),
     code('''if net is not None:
-    display(pd.DataFrame(save_attention_spread(net, result, dirs)["blocks"]).set_index("block").round(4))
+    save_attention_spread(net, result, dirs)
+    display(Markdown(report.attention_markdown(dirs, result)))  # as the report shows it
 else:
     print("Skipped: the spread needs the trained weights (see the filters cell above); the report shows the "
           "committed record, if any.")'''),

@@ -113,6 +113,10 @@ def test_a_gpu_cost_measurement_is_kept_on_a_cpu(dirs):
     assert read_json(part1.cost_path(dirs, "CANet_tiny")) == gpu
     redone = part1.compute_costs(dirs, ["CANet_tiny"], device="cpu", batch_size=2, iters=1)  # asked for: measured
     assert redone[0]["infer_batch"] == 2 and redone[0]["device_name"] != "NVIDIA H200"
+    shown = part1.costs_frame(redone)  # notebook 02's view of them
+    assert list(shown.index) == ["CANet_tiny"] and shown.loc["CANet_tiny", "parameters (M)"] == 0.4
+    assert shown.loc["CANet_tiny", "forward GFLOPs / image"] == pytest.approx(0.136, abs=1e-3)
+    assert shown.loc["CANet_tiny", "at batch"] == 2 and shown.loc["CANet_tiny", "device"] == redone[0]["device_name"]
     assert read_json(part1.cost_path(dirs, "CANet_tiny"))["infer_batch"] == 2
 
 

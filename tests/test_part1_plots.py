@@ -128,6 +128,11 @@ def test_attention_spread_is_recorded_for_the_report(tiny, tiny_source, tmp_path
     batched = save_attention_spread(tiny, result, dirs, num_images=20, batch_size=6, force=True)["blocks"]
     for a, b in zip(batched, attention_spread(attention_maps(tiny, x))):
         assert a == pytest.approx(b, rel=1e-5)
+    from lib.report import attention_markdown  # as notebook 03 and the report show it
+
+    text = attention_markdown(dirs, dict(result, seed=0, train_seconds=90.0))
+    assert "| block | SA map | gate on path a (U, mean over channels) |" in text and "of p1-CANet_tiny-s0" in text
+    assert "| seed: 0 | runtime: 1 run, 90 s of training in all*" in text
 
 
 class Boom(nn.Module):
