@@ -739,7 +739,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                          num_train_used=(run.get("data") or {}).get("num_train_used"))
             entry.setdefault("epochs", []).append(len(run.get("history") or []))
             # Where and on what every run trained (the lr-1e-3 run's own fields follow; a partial study lacks it).
-            entry.setdefault("devices", []).append(run.get("device"))
+            entry.setdefault("devices", []).extend(run.get("devices") or [run.get("device")])
             entry.setdefault("commits", []).append(run.get("git_commit"))
             entry.setdefault("shared_gpu", []).append(run.get("shared_gpu"))  # trained beside others (lib.lanes)
             # The arithmetic it trained in (lib.train.autocast_for; CUDA results carry fast_path).

@@ -147,7 +147,8 @@ def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) ->
     seeds = sorted(_unique(int(r["seed"]) for r in results if r.get("seed") is not None)) if seeds is None else seeds
     runtime = runtime_text(len(results), "runs" if len(results) != 1 else "run", [r.get("train_seconds") for r in results])
     return (f"data: {data} ({size}) | profile: {join_distinct(r.get('profile') for r in results)} | "
-            f"device: {join_distinct(r.get('device') for r in results)}{shared_gpu_note(results)} | "
+            f"device: {join_distinct(d for r in results for d in r.get('devices') or [r.get('device')])}"
+            f"{shared_gpu_note(results)} | "
             f"seeds: {', '.join(map(str, seeds)) or '-'} | runtime: {runtime}")
 
 
@@ -1099,7 +1100,8 @@ def provenance(runs: Sequence[dict], summary: dict, costs: dict) -> dict:
                                       f"Python {r.get('python')}" for r in runs),
             "commits": join_distinct([commit_span(r) for r in runs] + [e.get("git_commit") for e in others]
                                      + [c.get("git_commit") for c in costs.values()]),
-            "devices": join_distinct([r.get("device") for r in runs] + [e.get("device") for e in others])}
+            "devices": join_distinct([d for r in runs for d in r.get("devices") or [r.get("device")]]
+                                     + [e.get("device") for e in others])}
 
 
 def full_so_far(root: Path, seeds: Sequence[int]) -> dict | None:

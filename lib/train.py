@@ -27,7 +27,7 @@ from lib.augment import mixed_accuracy, mixed_loss
 from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
-from lib.results import (atomic_write, atomic_write_json, environment_info, git_commit, read_json,
+from lib.results import (atomic_write, atomic_write_json, device_name, environment_info, git_commit, read_json,
                          refuse_if_reuse_only, reusable_run, say_reused)
 from lib.step_graph import STEP_GRAPH_ENV, StepGraph
 
@@ -859,6 +859,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     opt_kind = optimizer_at(cfg, 0)
     optimizer = make_optimizer(opt_kind, model.parameters(), cfg, lr_at(cfg, 0), device)
     commit_at_start = git_commit()  # a resumed run keeps the commit its first epoch ran with
+    here = device_name(device)
+    devices = []  # the devices whose calls trained this run's epochs, in order (a resume may be on another machine)
     if last_ckpt.exists():
         # Read on the CPU: load_state_dict moves the weights and optimiser state to the device, and the CPU random
         # state must stay a CPU tensor (torch.set_rng_state refuses a CUDA one, which map_location=device made).
@@ -877,6 +879,11 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
             weight_hists, steps = state["weight_hists"], state["steps"]
             commit_at_start = state.get("git_commit_start", "unknown")  # older checkpoints did not record it
+            devices = list(state.get("devices") or [])  # older checkpoints did not record them
+            if devices and here not in devices and progress:
+                print(f"[{cfg.name}] note: its first {start_epoch} epoch(s) trained on {', '.join(devices)}, the "
+                      f"rest trains on {here}: the result names both (their epoch times, and between a CPU and a "
+                      f"GPU their arithmetic, differ)")
             torch.set_rng_state(state["rng_cpu"].cpu())
             if device.type == "cuda" and state.get("rng_cuda") is not None:  # dropout's masks go on from there
                 torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
@@ -916,7 +923,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
                                      "epoch": epoch, "history": history, "best": best,
                                      "weight_hists": weight_hists, "steps": steps, "rng_cpu": torch.get_rng_state(),
                                      "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                                     "git_commit_start": commit_at_start})
+                                     "git_commit_start": commit_at_start, "devices": devices})
         last_saved = time.perf_counter()
 
     status, message = "ok", ""
@@ -961,6 +968,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             print(f"[{cfg.name}] DIVERGED: {message}")
             break
         history.append(row)
+        if here not in devices:
+            devices.append(here)
         weight_hists.append({"epoch": epoch, **weight_histograms(model)})
         if row["val_acc"] > best["val_acc"]:
             best = {"val_acc": row["val_acc"], "epoch": epoch}
@@ -1005,6 +1014,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         "profile": cfg.profile, "seed": cfg.seed, "num_params": num_params, "data": data_info,
         **environment_info(device),  # its git_commit is the commit when the result is written
         "git_commit_start": commit_at_start,
+        # More than one where calls on different machines trained it (resumed): `device` is the last one's.
+        **({"devices": devices} if len(devices) > 1 else {}),
         "history": history, "best_val_acc": best["val_acc"] if best["epoch"] >= 0 else None,
         "best_epoch": best["epoch"] if best["epoch"] >= 0 else None,
         "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,

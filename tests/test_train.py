@@ -188,6 +188,23 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert strip_seconds(resumed["history"]) == strip_seconds(full["history"])
     assert resumed["test_acc"] == full["test_acc"]
     assert (full["epochs_this_call"], resumed["epochs_this_call"]) == (4, 2)  # what lib.plan.estimate_check reads
+    assert "devices" not in resumed  # one machine trained it all
+
+
+def test_a_run_resumed_on_another_machine_names_both(tiny_source, tmp_path, monkeypatch, capsys):
+    """The first call's epochs on one device, the rest on another: the result's `devices` lists both (its report
+    context line too), with a note when the run resumes; `device` is the last call's."""
+    from lib.report import context_line
+
+    cfg = tiny_cfg(tiny_source, num_epochs=3)
+    dirs = output_dirs("smoke", root=tmp_path)
+    monkeypatch.setattr(T, "device_name", lambda device: "CPU (machine A)")
+    T.train(cfg, dirs=dirs, progress=False, max_epochs_this_call=2)
+    monkeypatch.setattr(T, "device_name", lambda device: "CPU (machine B)")
+    done = T.train(cfg, dirs=dirs, progress=True)
+    assert done["devices"] == ["CPU (machine A)", "CPU (machine B)"]
+    assert "its first 2 epoch(s) trained on CPU (machine A), the rest trains on CPU (machine B)" in capsys.readouterr().out
+    assert "device: CPU (machine A); CPU (machine B)" in context_line([done])
 
 
 def test_resume_after_the_optimiser_switch_restores_sgd_and_reads_the_checkpoint_on_the_cpu(tiny_source, tmp_path,
