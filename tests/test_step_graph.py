@@ -59,6 +59,20 @@ def train_epochs(step_model, model, cfg, data, epochs=4, device=torch.device("cp
     return stats
 
 
+def fail_at_call(sg: S.StepGraph, n: int) -> list:
+    """Make the n-th call of the step graph's body raise as an op that a capture refuses; returns the calls."""
+    calls, real_body = [], sg._body
+
+    def failing_body(optimizer):
+        calls.append(1)
+        if len(calls) == n:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_body(optimizer)
+
+    sg._body = failing_body
+    return calls
+
+
 def assert_same_state(a: nn.Module, b: nn.Module, **tol) -> None:
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, msg=name, **tol) if tol else torch.testing.assert_close(x, y, rtol=0, atol=0)
@@ -164,16 +178,7 @@ def test_a_failed_warm_up_leaves_the_run_as_it_was_and_goes_on_eagerly(capsys):
     expected = train_epochs(eager, eager, cfg, loader(), epochs=2)
     info = {"note": ""}
     sg = step_graph(graphed, cfg, capture=False, info=info)
-    calls = []
-    real_body = sg._body
-
-    def failing_body(optimizer):
-        calls.append(1)
-        if len(calls) == 2:  # the second warm-up step: one step already taken, to be undone
-            raise RuntimeError("operation not permitted when stream is capturing")
-        return real_body(optimizer)
-
-    sg._body = failing_body
+    calls = fail_at_call(sg, 2)  # the second warm-up step: one step already taken, to be undone
     torch.manual_seed(5)
     got = train_epochs(sg, graphed, cfg, loader(), epochs=2)
     assert sg.failed and info["step_graph"] is False and info["cuda_graphs"] is False  # the result says: eager
@@ -225,16 +230,7 @@ def test_a_failed_capture_stops_the_run_with_an_error_that_says_what_to_do(monke
     model, twin = small_net(), small_net()
     info = {"note": ""}
     sg = step_graph(model, cfg, capture=True, info=info)
-    calls = []
-    real_body = sg._body
-
-    def failing_body(optimizer):
-        calls.append(1)
-        if len(calls) == S.WARMUP_STEPS + 1:  # the capture's step
-            raise RuntimeError("operation not permitted when stream is capturing")
-        return real_body(optimizer)
-
-    sg._body = failing_body
+    calls = fail_at_call(sg, S.WARMUP_STEPS + 1)  # the capture's step
     optimizer = T.make_optimizer("adamw", model.parameters(), cfg, 0.01, torch.device("cpu"))
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
     with pytest.raises(RuntimeError, match=f"capture failed .*operation not permitted.*without {S.STEP_GRAPH_ENV}"):
