@@ -27,7 +27,8 @@ itself fails, the run stops with an error instead: a capture that failed part-wa
 generator and the memory allocator in their capture state (PyTorch's CUDAGraph::reset says as much), where an eager
 step of a model with dropout fails or draws from the wrong offsets; the run resumes from its last checkpoint when
 started again without the variable. `info['step_graph_capture_seconds']` adds up the host time of the captures
-(one per learning rate, so once an epoch in Part 1), which the benchmark's fast epochs (one learning rate) leave out.
+(one per learning rate, so once an epoch in Part 1) and of the warm-ups before them (one per optimiser), which the
+benchmark's fast epochs (one learning rate) leave out.
 """
 from __future__ import annotations
 
