@@ -78,10 +78,22 @@ def assert_same_state(a: nn.Module, b: nn.Module, **tol) -> None:
         torch.testing.assert_close(x, y, msg=name, **tol) if tol else torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
-def test_steps_through_the_step_graph_train_as_the_eager_steps():
+@pytest.mark.parametrize("fused", [False, True])
+def test_steps_through_the_step_graph_train_as_the_eager_steps(fused, monkeypatch):
     """Four epochs (lr changing every epoch, AdamW then SGD from epoch 2), unmixed batches, dropout, a partial last
     batch: the same weights, BatchNorm statistics and per-step losses as lib.train's eager steps, to the bit; one
-    warm-up per optimiser, one capture per learning rate."""
+    warm-up per optimiser, one capture per learning rate. fused: the fused optimiser kernels the GPU uses (step
+    counters as tensors, whose warm-up steps restore must undo), here on the CPU."""
+    if fused:
+        make = T.make_optimizer
+
+        def make_fused(*args):
+            optimizer = make(*args)
+            for group in optimizer.param_groups:
+                group.update(fused=True, foreach=False)  # step() reads the group's flags
+            return optimizer
+
+        monkeypatch.setattr(T, "make_optimizer", make_fused)
     cfg = cfg_for(mixup_p=0.0, cutmix_p=0.0)
     eager, graphed = small_net(), small_net()
     torch.manual_seed(5)
