@@ -304,7 +304,11 @@ def comparison_markdown(table, results: Sequence[dict], costs: dict | None = Non
         if len(kinds) == 2 and any((r.get("config") or {}).get("precision", "auto") == "auto" for r in results):
             note += (" With the recipe's precision `auto`, the GPU runs trained with bf16 autocast and the CPU runs "
                      "in fp32: their accuracies come from different arithmetic too.")
-    return (markdown_table(COMPARISON_HEADERS, comparison_rows(table, costs, devices)) +
+    headers, rows = COMPARISON_HEADERS, comparison_rows(table, costs, devices)
+    if all(row[-1] == "-" for row in rows):  # no run trained on a GPU: a column of dashes says nothing
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+        note += " No run of this table trained on a GPU, so it has no peak GPU memory column."
+    return (markdown_table(headers, rows) +
             f"\n\n*{context_line(results)}. Inference throughput: {cost_devices(costs)}. Original report: "
             f"{ORIGINAL_REPORT['setting']}.{note}*")
 

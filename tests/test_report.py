@@ -83,8 +83,16 @@ def study_dirs(tmp_path):
 
 
 def _table_row(text: str, model: str) -> str:
-    """The model's row of the comparison table (10 columns; the CANet variants table has 5)."""
-    rows = [line for line in text.splitlines() if line.startswith(f"| {model} |") and line.count(" | ") == 9]
+    """The model's row of the (first) comparison table: the table under the header that starts with 'model |
+    parameters | test accuracy'."""
+    rows, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("| model | parameters | test accuracy"):
+            inside = True
+        elif not line.startswith("|"):
+            inside = False
+        elif inside and line.startswith(f"| {model} |"):
+            rows.append(line)
     assert rows, f"no table row for {model}"
     return rows[0]
 
@@ -134,12 +142,14 @@ def test_time_columns_of_runs_whose_epoch_times_differ_by_the_machines_load_are_
 
 def test_time_columns_of_a_model_trained_on_another_device_are_marked(study_dirs):
     for model, seed in (("VGG11", 0), ("CANet", 2)):  # all of VGG11's runs; one of CANet's three
-        r = dict(p1_result(model, seed, ACCS[model][seed]), device="NVIDIA H200")
+        r = dict(p1_result(model, seed, ACCS[model][seed]), device="NVIDIA H200", peak_mem_mb=1234.0)
         atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
     text = render_report("quick", study_dirs).read_text()
     for model in ("VGG11", "CANet"):
         cells = _table_row(text, model).split(" | ")
         assert cells[6].endswith(" §") and cells[7].endswith(" §")
+        assert cells[9] == "1,234 |"  # a GPU run: the peak GPU memory column is there
+    assert _table_row(text, "ResNet18").endswith("| - |") and "| peak GPU memory (MiB) |" in text
     assert "§" not in _table_row(text, "CANet_tiny") and "§" not in _table_row(text, "ResNet18")
     assert ("§: trained on another device than most of the table (CANet: NVIDIA H200 (seed 2); VGG11: NVIDIA H200 "
             "(seed 0)), so the marked time columns do not compare with the others'. With the recipe's precision "
@@ -150,7 +160,8 @@ def test_time_columns_of_a_model_trained_on_another_device_are_marked(study_dirs
         r = dict(p1_result(model, seed, ACCS[model][seed]), device="CPU (AMD EPYC, 2 threads)")
         atomic_write_json(Path(study_dirs.results) / f"{r['name']}.json", r)
     text = render_report("quick", study_dirs).read_text()
-    assert "(seed 0)), so the marked time columns do not compare with the others'.*" in text
+    assert ("(seed 0)), so the marked time columns do not compare with the others'. No run of this table trained "
+            "on a GPU, so it has no peak GPU memory column.*") in text
     assert "different arithmetic" not in text
 
 
@@ -255,7 +266,7 @@ def test_empty_folder_renders_not_run_rows(tmp_path):
         "precision": "fp32", "device": "cpu", "device_name": "CPU (x86_64, 2 threads)"})
     text = render_report("full", dirs).read_text()
     assert _table_row(text, "CANet_pro") == ("| CANet_pro | 25,128,842 | not run | - | 93.56 | 8.55G | - | - | "
-                                             "23 (batch 64) | - |")
+                                             "23 (batch 64) |")  # no GPU run: no peak GPU memory column
     assert "| CANet_pro | 128 | 216 | 25,128,842 | 25,128,842 |" in text  # the architecture table too
 
 
