@@ -38,7 +38,7 @@ from lib.config import NORMS, TrainConfig, get_profile
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
 from lib.paths import OutputDirs
 from lib.results import (atomic_write_json, environment_info, forced_names, read_json, read_json_or_note,
-                         refuse_if_reuse_only, reusable_result, say_reused)
+                         refuse_if_reuse_only, reusable_result, say_reused, trained_on)
 
 # The paper's step-size grid: eta = m * lr for m in 0.5, 1.0, ..., 4.0 (0.05 .. 0.4 at lr 0.1).
 ETA_MULTIPLIERS = tuple(0.5 * i for i in range(1, 9))
@@ -739,7 +739,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                          num_train_used=(run.get("data") or {}).get("num_train_used"))
             entry.setdefault("epochs", []).append(len(run.get("history") or []))
             # Where and on what every run trained (the lr-1e-3 run's own fields follow; a partial study lacks it).
-            entry.setdefault("devices", []).extend(run.get("devices") or [run.get("device")])
+            entry.setdefault("devices", []).extend(trained_on(run))
             entry.setdefault("commits", []).append(run.get("git_commit"))
             entry.setdefault("shared_gpu", []).append(run.get("shared_gpu"))  # trained beside others (lib.lanes)
             # The arithmetic it trained in (lib.train.autocast_for; CUDA results carry fast_path).

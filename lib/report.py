@@ -28,7 +28,7 @@ from lib.data import CLASSES, OFFICIAL_LABEL
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED
 from lib.models import CANET_VARIANTS, PART1_MODELS
 from lib.paths import REPO, OutputDirs, output_dirs
-from lib.results import atomic_write_text, is_cpu_device, read_json
+from lib.results import atomic_write_text, is_cpu_device, read_json, trained_on
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
 
@@ -127,9 +127,11 @@ def commit_span(result: dict) -> str | None:
 
 
 def runtime_text(count: int, noun: str, seconds: Sequence, what: str = "of training in all") -> str:
-    """'9 runs, 12.3 min of training in all' (the seconds recorded; 'not recorded' where none was)."""
+    """'9 runs, 12.3 min of training in all', '1 run, ...' (`noun` singular; the seconds recorded, 'not recorded'
+    where none was)."""
     recorded = [s for s in seconds if s]
-    return f"{count} {noun}, " + (f"{fmt_seconds(sum(recorded))} {what}" if recorded else "not recorded")
+    return (f"{count} {noun}{'' if count == 1 else 's'}, "
+            + (f"{fmt_seconds(sum(recorded))} {what}" if recorded else "not recorded"))
 
 
 def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) -> str:
@@ -145,9 +147,9 @@ def context_line(results: Sequence[dict], seeds: Sequence[int] | None = None) ->
                  f"of 50,000 training and {join_distinct(fmt_int(d.get('num_test')) for d in smaller)} of 10,000 "
                  f"test images")
     seeds = sorted(_unique(int(r["seed"]) for r in results if r.get("seed") is not None)) if seeds is None else seeds
-    runtime = runtime_text(len(results), "runs" if len(results) != 1 else "run", [r.get("train_seconds") for r in results])
+    runtime = runtime_text(len(results), "run", [r.get("train_seconds") for r in results])
     return (f"data: {data} ({size}) | profile: {join_distinct(r.get('profile') for r in results)} | "
-            f"device: {join_distinct(d for r in results for d in r.get('devices') or [r.get('device')])}"
+            f"device: {join_distinct(d for r in results for d in trained_on(r))}"
             f"{shared_gpu_note(results)} | "
             f"seeds: {', '.join(map(str, seeds)) or '-'} | runtime: {runtime}")
 
@@ -602,7 +604,7 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
                 f"{distinct(e.get('batch_size') for e in proto)}")
         if arithmetic := _unique(a for e in proto for a in e.get("arithmetic", [])):  # none: no protocol run read
             size += f", {join_distinct(arithmetic)}"
-        what = runtime_text(runs, "runs", seconds)
+        what = runtime_text(runs, "run", seconds)
     elif kind == "probe":
         from lib.bn_study import ETA_MULTIPLIERS, PAPER_PROBE_STEPS, PROBE_LR
 
@@ -613,10 +615,10 @@ def part2_context(summary: dict, profile: str | None = None, kind: str = "protoc
                 f"({distinct(', '.join(f'{v:g}' for v in e['etas']) for e in probe if e.get('etas'))}), in fp32 "
                 f"(the paper: {PAPER_PROBE_STEPS:,} steps, {len(ETA_MULTIPLIERS)} step sizes, "
                 f"{min(ETA_MULTIPLIERS) * PROBE_LR:g} to {max(ETA_MULTIPLIERS) * PROBE_LR:g} at lr {PROBE_LR:g})")
-        what = runtime_text(len(probe), "runs", seconds, "in all")
+        what = runtime_text(len(probe), "run", seconds, "in all")
     else:
         size = f"{distinct(e.get('num_images') for e in slices)} training images per point"
-        what = runtime_text(len(slices), "slices", seconds, "in all")
+        what = runtime_text(len(slices), "slice", seconds, "in all")
     commits = join_distinct(c for e in entries for c in e.get("commits") or [e.get("git_commit")])
     dirty = " (+dirty: with changes not committed; see the note on `+dirty` further down)" if "+dirty" in commits else ""
     # Protocol runs trained beside others on one GPU (the GPU runner's lanes) say so: their times are a shared GPU's.
@@ -1104,7 +1106,7 @@ def provenance(runs: Sequence[dict], summary: dict, costs: dict) -> dict:
                                       f"Python {r.get('python')}" for r in runs),
             "commits": join_distinct([commit_span(r) for r in runs] + [e.get("git_commit") for e in others]
                                      + [c.get("git_commit") for c in costs.values()]),
-            "devices": join_distinct([d for r in runs for d in r.get("devices") or [r.get("device")]]
+            "devices": join_distinct([d for r in runs for d in trained_on(r)]
                                      + [e.get("device") for e in others])}
 
 

@@ -201,6 +201,11 @@ def is_cpu_device(name: str | None) -> bool:
     return not name or str(name).startswith("CPU")
 
 
+def trained_on(result: dict) -> list:
+    """The devices that trained a result: its `devices` (a run resumed on other machines), else its `device`."""
+    return result.get("devices") or [result.get("device")]
+
+
 def environment_info(device: torch.device | str) -> dict:
     """What produced a result: device, library versions, git commit."""
     import torch

@@ -226,7 +226,7 @@ class StepGraph(nn.Module):
             # step, as a replay's are, so that the CPU tests catch a caller that keeps them past the next step.
             optimizer.zero_grad(set_to_none=True)
             outputs = self._body(optimizer)
-            if self._outputs is None or any((o is None) != (k is None) for o, k in zip(outputs, self._outputs)):
+            if self._outputs is None:  # (which outputs are None is fixed: record_steps)
                 self._outputs = tuple(None if o is None else o.clone() for o in outputs)
             else:
                 for kept, o in zip(self._outputs, outputs):

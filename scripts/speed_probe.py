@@ -134,6 +134,13 @@ def step_graph_difference(model_name: str, data_source: str, device: torch.devic
             "compared_note": info.get("note", "")}
 
 
+def emit(row: dict, out: str) -> None:
+    """Append a row to the JSON-lines file and print it."""
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="JSON-lines file to append one row per variant to")
@@ -164,9 +171,7 @@ def main(argv=None) -> int:
                        "capture_error": str(err), "wall_seconds": time.perf_counter() - t0,
                        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                        "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-                with open(a.out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+                emit(row, a.out)
                 print(f"speed_probe: {variant} stopped the probe (variants after it not timed): {err}", flush=True)
                 return 1
             row = {"model": a.model, "variant": variant, "cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit,
@@ -188,9 +193,7 @@ def main(argv=None) -> int:
                                                      STEP_GRAPH_VARIANTS[variant]))
                 except Exception as err:
                     row.update(max_abs_diff_weights=None, difference_error=f"{type(err).__name__}: {err}")
-            with open(a.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            emit(row, a.out)
     finally:
         use_variant("channels_last", original)
     return 0
