@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from lib.config import NORMS, TrainConfig, get_profile
 from lib.experiments import BN_LRS, BN_MODELS, BN_SEED, bn_experiments, bn_name
 from lib.paths import OutputDirs
-from lib.results import (atomic_write_json, environment_info, forced_names, read_json, read_json_or_note,
-                         refuse_if_reuse_only, reusable_result, say_reused, trained_on)
+from lib.results import (atomic_write_json, device_name, environment_info, forced_names, read_json,
+                         read_json_or_note, refuse_if_reuse_only, reusable_result, say_reused, trained_on)
 
 # The paper's step-size grid: eta = m * lr for m in 0.5, 1.0, ..., 4.0 (0.05 .. 0.4 at lr 0.1).
 ETA_MULTIPLIERS = tuple(0.5 * i for i in range(1, 9))
@@ -50,6 +50,8 @@ FALLBACK_LR = 0.05
 # above STUCK_LOSS, or a loss so far was NaN/inf. ln(10) = 2.303 is the loss of a uniform guess over
 # 10 classes; 2.2 is clearly below the plateau's noise and clearly above a network that has started.
 STUCK_LOSS = 2.2
+# A probe run writes its resumable state at most this often (lose at most this much of an interrupted run).
+PROBE_CKPT_EVERY_S = 60.0
 SLICE_ALPHAS = 51  # points of the 1-D slice in [-1, 1]
 LABELS = {"VGG_A": "Standard", "VGG_A_BN": "Standard + BatchNorm"}  # the paper's names
 
@@ -377,19 +379,63 @@ def build_probe_model(cfg: ProbeConfig, device: torch.device) -> nn.Module:
     return model
 
 
-def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress: bool = True) -> dict:
+def probe_checkpoint_path(dirs: OutputDirs, model: str, seed: int) -> Path:
+    """Where an unfinished probe run of `model` with `seed` keeps its resumable state:
+    <checkpoints>/probe-<model>-s<seed>.last.pt (deleted once its result is written)."""
+    return Path(dirs.checkpoints) / f"{probe_name(model, seed)}.last.pt"
+
+
+def probe_resume_state(cfg: ProbeConfig, checkpoint: Path | None, progress: bool = True) -> dict | None:
+    """The resumable state of `cfg`'s probe run in `checkpoint`, or None (none there, or one of another config:
+    that one is replaced, with a note). A file that cannot be read is lib.train.read_checkpoint's clear error."""
+    from lib.train import read_checkpoint
+
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    state = read_checkpoint(checkpoint)
+    if state.get("kind") == "probe" and state.get("config") == cfg.to_dict():
+        return state
+    if progress:
+        print(f"note: {checkpoint} was written by another configuration of {cfg.name} (or older code): not resumed; "
+              f"this run starts at step 0 and replaces it")
+    return None
+
+
+def probe_resumable_steps(cfg: ProbeConfig, dirs: OutputDirs) -> tuple[int, str | None]:
+    """(steps of cfg's probe run, at its lr or at the fallback lr, that a resume from its checkpoint in `dirs` would
+    not repeat, None); (0, None) without one of this config; (0, why) for one that cannot be read (read_checkpoint's error, which says what to
+    do). The checkpoint is memory-mapped, not read."""
+    from lib.train import read_checkpoint
+
+    path = probe_checkpoint_path(dirs, cfg.model, cfg.seed)
+    if not path.exists():
+        return 0, None
+    try:
+        state = read_checkpoint(path, mmap=True)
+    except ValueError as err:
+        return 0, str(err)
+    ours = state.get("kind") == "probe" and state.get("config") in (cfg.to_dict(), cfg.replace(lr=FALLBACK_LR).to_dict())
+    return (state["step"] if ours else 0), None
+
+
+def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress: bool = True,
+                       checkpoint: Path | None = None) -> dict:
     """Train `cfg.model` with plain SGD, probing every cfg.probe_every steps; return the result (not written).
 
     With abort_if_stuck the run stops at the stuck check when the criterion fires and returns
-    status 'stuck' (the caller then reruns at FALLBACK_LR).
+    status 'stuck' (the caller then reruns at FALLBACK_LR). With `checkpoint` the run's state is written there
+    at most every PROBE_CKPT_EVERY_S (after a whole step), and a run of the same config found there goes on from
+    its step: the weights, losses, probes and the position in the data order are restored, so a resumed run ends
+    with the same numbers as an uninterrupted one (VGG-A draws no random numbers after its initialisation). The
+    caller deletes the checkpoint once the result is written.
     """
-    from lib.train import bars_disabled, resolve_device
+    from lib.train import _save_checkpoint, bars_disabled, resolve_device
 
     device = resolve_device(cfg.device)
     loader, data_info = probe_data(cfg, device)
     model = build_probe_model(cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.0, weight_decay=0.0)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.0, weight_decay=0.0)  # no state to keep
     etas = cfg.etas
     check_step = max(1, cfg.num_steps // 3)
     train_loss = torch.full((cfg.num_steps,), math.nan, device=device)
@@ -399,15 +445,40 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     label_weights = torch.arange(1, cfg.batch_size + 1, device=device, dtype=torch.float64)
     records, probe_steps, check = [], [], None
     status = "ok"
-    t0 = time.perf_counter()
-    step, epoch = 0, 0
+    step, seconds_before, resumed_at = 0, 0.0, []
+    here = device_name(device)
+    devices = [here]
+    if (state := probe_resume_state(cfg, checkpoint, progress)) is not None:
+        model.load_state_dict(state["model"])
+        step, seconds_before, check = state["step"], state["seconds"], state["stuck_check"]
+        train_loss[:step] = state["train_loss"].to(device)
+        fingerprint[:step] = state["fingerprint"].to(device)
+        records = [{k: v.to(device) for k, v in r.items()} for r in state["records"]]
+        probe_steps, resumed_at = list(state["probe_steps"]), list(state["resumed_at"]) + [step]
+        devices = list(state["devices"]) + ([here] if here not in state["devices"] else [])
+        if progress:
+            print(f"[{cfg.name}] resuming at step {step} of {cfg.num_steps} ({checkpoint})")
+
+    def save_state() -> None:
+        _save_checkpoint(checkpoint, {
+            "kind": "probe", "config": cfg.to_dict(), "model": model.state_dict(), "step": step,
+            "seconds": seconds_before + time.perf_counter() - t0, "stuck_check": check,
+            "train_loss": train_loss[:step].cpu(), "fingerprint": fingerprint[:step].cpu(),
+            "records": [{k: v.cpu() for k, v in r.items()} for r in records], "probe_steps": probe_steps,
+            "resumed_at": resumed_at, "devices": devices})
+
+    t0 = last_saved = time.perf_counter()
+    # Full batches only (drop_last), so step s is batch s % len(loader) of epoch s // len(loader).
+    epoch, skip = divmod(step, len(loader))
     model.train()
-    bar = tqdm(total=cfg.num_steps, desc=f"{cfg.name} lr {cfg.lr:g}", leave=False, mininterval=2.0,
+    bar = tqdm(total=cfg.num_steps, initial=step, desc=f"{cfg.name} lr {cfg.lr:g}", leave=False, mininterval=2.0,
                disable=bars_disabled(progress))
     with _strict_fp32(device):
         while step < cfg.num_steps:
             loader.set_epoch(epoch)
-            for batch in loader:
+            for b, batch in enumerate(loader):
+                if b < skip:  # a resumed epoch: these batches were trained on before the interruption
+                    continue
                 x, y = batch.x, batch.y
                 loss = F.cross_entropy(model(x), y)
                 grads = torch.autograd.grad(loss, params)
@@ -422,7 +493,7 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
                 optimizer.step()
                 step += 1
                 bar.update(1)
-                if step == check_step:  # the one mid-run host sync
+                if step == check_step:  # the one mid-run host sync besides checkpoint writes
                     check = stuck_check(train_loss[:check_step].cpu().tolist(), cfg.num_steps, cfg.stuck_loss)
                     if progress:
                         print(f"[{cfg.name}] lr {cfg.lr:g}: mean loss {check['mean_loss']:.3f} at step "
@@ -432,20 +503,24 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
                         break
                 if step >= cfg.num_steps:
                     break
+                if checkpoint is not None and time.perf_counter() - last_saved >= PROBE_CKPT_EVERY_S:
+                    save_state()
+                    last_saved = time.perf_counter()
             if status == "stuck":
                 break
-            epoch += 1
+            epoch, skip = epoch + 1, 0
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds = seconds_before + time.perf_counter() - t0
     losses = train_loss[:step].cpu()
     fp = fingerprint[:step].cpu().numpy()
     result = {
         "name": cfg.name, "status": status, "config": cfg.to_dict(), "model": cfg.model,
         "label": LABELS.get(cfg.model, cfg.model), "lr": cfg.lr, "etas": etas, "lr_fallback": None,
         "num_params": sum(p.numel() for p in model.parameters()), "data": data_info,
-        "environment": environment_info(device), "seconds": seconds, "steps_done": step, "epochs": epoch,
+        "environment": environment_info(device), **({"devices": devices} if len(devices) > 1 else {}),
+        "resumed_at_steps": resumed_at, "seconds": seconds, "steps_done": step, "epochs": epoch,
         "seconds_per_step": seconds / max(step, 1), "stuck_check": check,
         "train_loss": losses.tolist(), "train_nonfinite": int((~torch.isfinite(losses)).sum()),
         "data_order_sha256": hashlib.sha256(fp.tobytes()).hexdigest(),
@@ -474,11 +549,15 @@ def slice_path(dirs: OutputDirs, model: str, seed: int) -> Path:
 
 
 def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress: bool = True,
-              lr_fallback: dict | None = None) -> dict:
+              lr_fallback: dict | None = None, resume: bool | None = None) -> dict:
     """Train with probes as `cfg` says and write <results>/probe-<model>-s<seed>.json; reuse a matching file.
 
+    An interrupted run of the same config goes on from its checkpoint (probe_checkpoint_path) unless `resume` is
+    False (default: not `force`, which starts afresh).
+
     Keys of the result: name, status, config, model, label, lr, etas, lr_fallback (None, or why the
-    lr was lowered), num_params, data, environment, seconds, steps_done, stuck_check, train_loss
+    lr was lowered), num_params, data, environment, devices (only for a run resumed on another machine: every device
+    that trained it), resumed_at_steps, seconds, steps_done, epochs, stuck_check, train_loss
     (per step), train_nonfinite, data_order_sha256, probe_nonfinite and probes = {step, loss_min,
     loss_max, gpred_min, gpred_max, beta, nonfinite, grad_norm (per probe), loss_eta, gdiff_eta
     (per probe and eta, for the paper's Fig. 11a)}. NaN/inf are stored as null.
@@ -488,10 +567,27 @@ def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress:
         say_reused(path.stem)
         return found
     refuse_if_reuse_only(f"the probe run {path.stem}", path.parent, forced=force)
-    result = _train_with_probes(cfg, progress=progress)
+    result = _train_with_probes(cfg, progress=progress, checkpoint=_probe_checkpoint(cfg, dirs, resume=(
+        not force if resume is None else resume)))
     result["lr_fallback"] = lr_fallback
+    return _write_probe(cfg, dirs, result)
+
+
+def _probe_checkpoint(cfg: ProbeConfig, dirs: OutputDirs, resume: bool) -> Path:
+    """cfg's probe checkpoint path in `dirs`, deleted first unless `resume` (a forced run starts afresh)."""
+    path = probe_checkpoint_path(dirs, cfg.model, cfg.seed)
+    if not resume:
+        path.unlink(missing_ok=True)
+    return path
+
+
+def _write_probe(cfg: ProbeConfig, dirs: OutputDirs, result: dict) -> dict:
+    """Write a finished probe run's result, then delete its checkpoint; return what a later reuse reads (NaN as
+    None), so that both paths look the same."""
+    path = cfg.result_path(dirs)
     atomic_write_json(path, result)
-    return read_json(path)  # what a later reuse returns (NaN as None), so both paths look the same
+    probe_checkpoint_path(dirs, cfg.model, cfg.seed).unlink(missing_ok=True)
+    return read_json(path)
 
 
 def probe_done(cfg: ProbeConfig, dirs: OutputDirs) -> bool:
@@ -525,8 +621,9 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     if first is None:
         refuse_if_reuse_only(f"the probe run {plain.result_path(dirs).stem}", dirs.results, forced=force)
         first = _train_with_probes(plain, abort_if_stuck=plain.fallback and plain.lr != FALLBACK_LR,
-                                   progress=progress)
+                                   progress=progress, checkpoint=_probe_checkpoint(plain, dirs, resume=not force))
         if first["status"] == "stuck":
+            _probe_checkpoint(plain, dirs, resume=False)  # its steps at this lr are of no further use
             why = {"from_lr": plain.lr, "to_lr": FALLBACK_LR, "stuck_check": first["stuck_check"],
                    "train_loss_until_check": first["train_loss"],
                    "rule": f"VGG_A's mean training loss over the last tenth of the first third of the steps "
@@ -534,9 +631,8 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
                            f"{FALLBACK_LR}, step sizes eta = m * lr scaled with it"}
             if progress:
                 print(f"[probe] VGG_A does not train at lr {plain.lr:g}: both networks rerun at {FALLBACK_LR:g}")
-            return [run_probe(c, dirs, True, progress, why) for c in fallback]
-        atomic_write_json(plain.result_path(dirs), first)
-        first = read_json(plain.result_path(dirs))
+            return [run_probe(c, dirs, True, progress, why, resume=not force) for c in fallback]
+        first = _write_probe(plain, dirs, first)
     return [first if c is plain else run_probe(c, dirs, force, progress) for c in configs]
 
 
@@ -788,6 +884,7 @@ def bn_summary(dirs: OutputDirs, lrs: Sequence[float] = BN_LRS, seed: int = BN_S
                 "loss_max": _finite_stats(p["loss_max"]), "probe_nonfinite": r["probe_nonfinite"],
                 "final_train_loss": _finite_stats(r["train_loss"][-max(1, len(r["train_loss"]) // 20):]),
                 "seconds": r["seconds"], "device": r["environment"]["device"],
+                **({"devices": r["devices"]} if r.get("devices") else {}),  # resumed on other machines
                 "data_order_sha256": r["data_order_sha256"], "data": (r.get("data") or {}).get("label"),
                 "profile": r["config"].get("profile"), "batch_size": r["config"].get("batch_size"),
                 "probe_every": r["config"].get("probe_every"), "fallback_enabled": r["config"].get("fallback", True),

@@ -759,7 +759,7 @@ def main(argv=None) -> int:
             raise
         # Results and checkpoints are written whole (temp file + rename), so nothing finished is lost here.
         print("\ninterrupted: finished experiments are kept; the same command goes on from there (a training run "
-              "from the last epoch it saved, a probe run from its start)", file=sys.stderr)
+              "from the last epoch it saved, a probe run from the last step it saved)", file=sys.stderr)
         return 130
 
 

@@ -523,8 +523,12 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
             out.append(("done" if job.done else "missing", "loss slices",
                         "they need the pair's best checkpoints (retrained when gone)" if job.force else ""))
         elif job.kind == "probe":  # done at its lr, or at the fallback lr both networks moved to
-            out += [("done" if bn_study.probe_done(c, dirs) else "missing", c.name, "")
-                    for c in bn_study.probe_configs(profile, source)]
+            for c in bn_study.probe_configs(profile, source):
+                done = bn_study.probe_done(c, dirs)
+                steps, damaged = (0, None) if done else bn_study.probe_resumable_steps(c, dirs)
+                out.append(("done", c.name, "") if done else ("damaged", c.name, damaged) if damaged else
+                           ("partial", c.name, f"{steps} of {c.num_steps} steps in its checkpoint here") if steps else
+                           ("missing", c.name, ""))
         else:  # costs: the full profile wants a GPU measurement; other profiles measure them in seconds
             for name in job.names:
                 model = name[len("cost-"):]

@@ -1107,7 +1107,7 @@ def provenance(runs: Sequence[dict], summary: dict, costs: dict) -> dict:
             "commits": join_distinct([commit_span(r) for r in runs] + [e.get("git_commit") for e in others]
                                      + [c.get("git_commit") for c in costs.values()]),
             "devices": join_distinct([d for r in runs for d in trained_on(r)]
-                                     + [e.get("device") for e in others])}
+                                     + [d for e in others for d in trained_on(e)])}
 
 
 def full_so_far(root: Path, seeds: Sequence[int]) -> dict | None:

@@ -349,6 +349,56 @@ def test_run_probe_writes_complete_file_same_data_order_and_reuses(tiny_source, 
         S.run_probe(plain_cfg.replace(num_steps=3), dirs, progress=False)
 
 
+def interrupt_probe_at(monkeypatch, n: int) -> None:
+    """Make the n-th probe of a run raise KeyboardInterrupt (Ctrl-C), with a checkpoint written after every step."""
+    calls, real = [], S.probe_step
+    monkeypatch.setattr(S, "PROBE_CKPT_EVERY_S", 0.0)
+
+    def probe_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(S, "probe_step", probe_step)
+
+
+def test_interrupted_probe_run_resumes_to_the_same_result(tiny_source, tmp_path, monkeypatch, tiny_models, capsys):
+    """72 images at batch 16 = 4 steps an epoch: stopped at step 2 (mid-epoch), the run goes on from there, across
+    the epoch boundary, and ends with the numbers of an uninterrupted run."""
+    cfg = tiny_probe_cfg(tiny_source, num_steps=6)
+    whole = S.run_probe(cfg, output_dirs("smoke", root=tmp_path / "whole"), progress=False)
+    dirs = output_dirs("smoke", root=tmp_path / "cut")
+    ckpt = S.probe_checkpoint_path(dirs, "VGG_A", S.BN_SEED)
+    with monkeypatch.context() as m:
+        interrupt_probe_at(m, 2)  # probes at steps 0, 2, 4: the second is at step 2
+        with pytest.raises(KeyboardInterrupt):
+            S.run_probe(cfg, dirs, progress=False)
+    assert ckpt.exists() and not S.probe_path(dirs, "VGG_A", S.BN_SEED).exists()
+    assert S.probe_resumable_steps(cfg, dirs) == (2, None)
+    assert S.probe_resumable_steps(cfg.replace(num_steps=8), dirs) == (0, None)  # another config's checkpoint
+    resumed = S.run_probe(cfg, dirs)
+    assert f"[probe-VGG_A-s2020] resuming at step 2 of 6 ({ckpt})" in capsys.readouterr().out
+    assert not ckpt.exists()  # finished: the result is what remains
+    assert resumed["resumed_at_steps"] == [2] and whole["resumed_at_steps"] == []
+    assert resumed["seconds"] > 0 and "devices" not in resumed  # one machine trained it
+    for key in ("train_loss", "probes", "data_order_sha256", "steps_done", "epochs", "stuck_check", "num_params"):
+        assert resumed[key] == whole[key], key
+    # --force starts afresh, leaving the checkpoint of an interrupted run aside.
+    with monkeypatch.context() as m:
+        interrupt_probe_at(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            S.run_probe(cfg, dirs, force=True, progress=False)
+    assert S.probe_resumable_steps(cfg, dirs) == (4, None)
+    again = S.run_probe(cfg, dirs, force=True, progress=False)
+    assert again["resumed_at_steps"] == [] and again["train_loss"] == whole["train_loss"]
+    # A damaged checkpoint is one clear error, for the run and for `lib status`.
+    ckpt.write_bytes(b"not a checkpoint")
+    assert "cannot be read" in S.probe_resumable_steps(cfg, dirs)[1]
+    with pytest.raises(ValueError, match=r"probe-VGG_A-s2020.last.pt cannot be read .*delete it \(the run then starts"):
+        S.run_probe(cfg.replace(num_steps=5), dirs, progress=False)
+
+
 def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_path, monkeypatch, tiny_models,
                                                              capsys):
     dirs = output_dirs("smoke", root=tmp_path)

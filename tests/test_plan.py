@@ -352,6 +352,17 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
     assert rows["loss slices"] == ("missing", "they need the pair's best checkpoints (retrained when gone)")
     assert [rows[c.name][0] for c in bn_study.probe_configs("smoke", source)] == ["done", "missing"]
+    bn_probe = bn_study.probe_configs("smoke", source)[1]  # an interrupted probe run (at the fallback lr)
+    ckpt = bn_study.probe_checkpoint_path(dirs, bn_probe.model, bn_probe.seed)
+    torch.save({"kind": "probe", "config": bn_probe.replace(lr=bn_study.FALLBACK_LR).to_dict(), "step": 3}, ckpt)
+    rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
+    assert rows[bn_probe.name] == ("partial", f"3 of {bn_probe.num_steps} steps in its checkpoint here")
+    torch.save({"kind": "probe", "config": bn_probe.replace(num_steps=99).to_dict(), "step": 3}, ckpt)
+    assert ("missing", bn_probe.name, "") in P.study_status("smoke", source, dirs)  # another config's: replaced
+    ckpt.write_bytes(b"\0" * 10)
+    state, detail = {name: (st, d) for st, name, d in P.study_status("smoke", source, dirs)}[bn_probe.name]
+    assert state == "damaged" and "cannot be read" in detail and "delete it (the run then starts over)" in detail
+    ckpt.unlink()
     assert rows["cost-VGG11"] == ("done", "") and rows["cost-CANet"] == ("missing", "")
     # A result file that does not count says why: unreadable or of an older config (replaced), other data (kept).
     (Path(dirs.results) / "p1-ShuffleNetV2-s0.json").write_text('{"config": ')  # cut off
