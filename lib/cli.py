@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 from lib import paths
-from lib.config import PART1_MODELS, PRECISIONS, PROFILES
+from lib.config import CANET_MODELS, MODEL_NAMES, PART1_MODELS, PRECISIONS, PROFILES
 from lib.data import SOURCE_ENV, canonical_source
 from lib.paths import REPO, output_dirs
 
@@ -55,13 +55,11 @@ def check_models(option: str, names, known, kind: str) -> None:
     """Raise ValueError naming each of `names` not in `known`, with its closest known name (any case) and the list."""
     from difflib import get_close_matches
 
-    from lib.models import list_models
-
     by_lower = {k.lower(): k for k in known}
     bad = []
     for name in dict.fromkeys(names or ()):
         if name not in known:  # a model of the study, but not of these, is no typo
-            close = [] if name in list_models() else get_close_matches(name.lower(), list(by_lower), n=1)
+            close = [] if name in MODEL_NAMES else get_close_matches(name.lower(), list(by_lower), n=1)
             bad.append(repr(name) + (f" (did you mean {by_lower[close[0]]}?)" if close else ""))
     if bad:
         what = f"is not a {kind}" if len(bad) == 1 else f"are not {kind}s"
@@ -185,19 +183,13 @@ def take_spare(path, deadline: float, by_name: dict):
 def cmd_run(args) -> int:
     """Train the selected experiments; finished results with the same config are reused (merge)."""
     stop_by = None if args.time_limit is None else time.perf_counter() + args.time_limit
-    from lib import bn_study
-    from lib.experiments import bn_experiments
-    from lib.models import list_models
-    from lib.part1 import configs as part1_configs
-    from lib.train import train
-
     # Part 1 when asked for, or when nothing else is (--models with --costs names the costs' models)
     want_p1 = args.part1 or (args.models and not args.costs) or not (args.part2 or args.probe or args.slices
                                                                       or args.costs)
     if want_p1:  # before the data: a mistyped name should not be reported as missing data
         check_models("--models", args.models, PART1_MODELS, "Part 1 model")
     else:
-        check_models("--models", args.models, list_models(), "model")
+        check_models("--models", args.models, MODEL_NAMES, "model")
         p1_only = " and ".join(o for o, v in (("--precision", args.precision), ("--num-epochs", args.num_epochs))
                                if v is not None)
         if p1_only:  # they would change nothing: say so rather than run the other parts as if they had
@@ -209,6 +201,12 @@ def cmd_run(args) -> int:
     source = canonical_source(args.data)
     dirs = output_dirs(args.profile, publish=args.publish or None)
     check_epochs(args.num_epochs)  # --num-epochs and --precision change the Part 1 runs only, as in `study`
+    # Imported after the checks above (torch takes seconds to import; a typo is reported at once).
+    from lib import bn_study
+    from lib.experiments import bn_experiments
+    from lib.part1 import configs as part1_configs
+    from lib.train import train
+
     configs = (part1_configs(args.profile, source, args.models, args.seeds, args.num_epochs, args.precision)
                if want_p1 else [])
     if args.part2:
@@ -287,11 +285,8 @@ def cmd_study(args) -> int:
     from lib.pipeline import StudyError, run_study, study_command
 
     check_epochs(args.num_epochs)
-    if args.models or args.model:  # lib.models imports torch
-        from lib.models import CANET_VARIANTS
-
-        check_models("--models", args.models, PART1_MODELS, "Part 1 model")
-        check_models("--model", [args.model] if args.model else [], list(CANET_VARIANTS), "CANet variant")
+    check_models("--models", args.models, PART1_MODELS, "Part 1 model")
+    check_models("--model", [args.model] if args.model else [], CANET_MODELS, "CANet variant")
     extra = {k: v for k, v in (("models", args.models), ("model", args.model), ("num_epochs", args.num_epochs),
                                ("precision", args.precision)) if v is not None}
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -420,7 +415,6 @@ def cmd_bench(args) -> int:
     """Time naive vs fast epochs; print the table, the study estimate, a graph check or a plan for a time budget."""
 
     from lib import bench
-    from lib.models import list_models
     from lib.results import read_json
     from lib.train import COMPILE_ENV, resolve_device
 
@@ -445,7 +439,7 @@ def cmd_bench(args) -> int:
                    "concurrent", "bookkeeping"):  # before the data
         names = getattr(args, option)
         names = [names] if isinstance(names, str) else names
-        check_models(f"--{option.replace('_', '-')}", names, list_models(), "model")
+        check_models(f"--{option.replace('_', '-')}", names, MODEL_NAMES, "model")
     dev = resolve_device(args.device)
     path = Path(args.out) if args.out else bench.bench_path(dev)
     if path.exists():  # a folder or a file that is no bench file: said before anything is measured or read
@@ -743,9 +737,10 @@ def main(argv=None) -> int:
         if isinstance(value, list):
             setattr(args, name, list(dict.fromkeys(value)))
     try:
-        from lib.train import check_execution_env
+        if any(name.startswith("CIFAR10_") for name in os.environ):  # (the check imports torch: seconds)
+            from lib.train import check_execution_env
 
-        check_execution_env()  # a nonsense CIFAR10_* setting is refused before anything runs
+            check_execution_env()  # a nonsense CIFAR10_* setting is refused before anything runs
         return args.func(args)
     except INPUT_ERRORS as err:
         if not input_error(err) or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):

@@ -10,6 +10,8 @@ from pathlib import Path, PurePath
 # nothing imports torch, so that the command line's help can name them without importing it).
 PART1_MODELS = ("CANet_tiny", "CANet_light", "CANet", "CANet_pro",
                 "ShuffleNetV2", "MobileNetV2", "ResNet18", "ResNet34", "VGG11")
+CANET_MODELS = PART1_MODELS[:4]  # the CANet variants (lib.models.CANET_VARIANTS: their widths)
+MODEL_NAMES = PART1_MODELS + ("VGG_A", "VGG_A_BN")  # every model lib.models builds (list_models), in its order
 
 # Normalisation constants (per channel, applied to images scaled to [0, 1]).
 NORMS = {

@@ -329,6 +329,23 @@ def test_a_model_or_seed_named_twice_is_one_run(monkeypatch):
     assert seen["models"] == ["CANet_tiny", "ResNet18"] and seen["seeds"] == [1, 0]
 
 
+def test_a_mistyped_model_is_reported_before_torch_is_imported():
+    """Importing torch takes seconds: `run`/`study` check the names first (without CIFAR10_* variables, whose
+    check needs torch)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from lib import cli; rcs = [cli.main(['run', '--models', 'CANet_tnyi']), "
+            "cli.main(['study', '--model', 'ResNet18'])]; print(rcs, 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIFAR10_")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[2, 2] False", done.stderr
+    assert "--models: 'CANet_tnyi' (did you mean CANet_tiny?) is not a Part 1 model" in done.stderr
+    assert "--model: 'ResNet18' is not a CANet variant; choose from CANet_tiny, CANet_light, CANet, CANet_pro" in \
+        done.stderr
+
+
 def test_an_interrupt_ends_in_one_message_that_says_the_command_goes_on(capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt

@@ -50,6 +50,10 @@ def canet_tiny() -> nn.Module:
 def test_list_models_order_and_part1():
     assert list_models() == list(EXPECTED_PARAMS)
     assert len(PART1_MODELS) == 9 and set(PART1_MODELS) <= set(list_models())
+    from lib.config import CANET_MODELS, MODEL_NAMES  # the CLI's torch-free names
+    from lib.models import CANET_VARIANTS
+
+    assert list(MODEL_NAMES) == list_models() and list(CANET_MODELS) == list(CANET_VARIANTS)
     assert "VGG_A" not in PART1_MODELS and "VGG_A_BN" not in PART1_MODELS
 
 
