@@ -48,7 +48,9 @@ def _umask() -> int:
 def atomic_write(path: Path | str, write) -> Path:
     """Write `path` whole: `write(tmp)` writes a temp file of a unique name beside it (its suffix `path`'s, for
     writers that read the format from it), which then replaces `path` in one rename; a crash or a failed write never
-    leaves half a file, and two processes never write into one temp file. A failed write removes its temp file."""
+    leaves half a file, and two processes never write into one temp file. A failed write removes its temp file.
+    The data reach the disk before the rename, and the rename before the return (fsync of the file, then of its
+    folder): a power cut after the call leaves the new file, and never an empty one in its place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
@@ -56,12 +58,27 @@ def atomic_write(path: Path | str, write) -> Path:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); a result file is as any other file
         os.close(fd)
         write(Path(tmp))
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync(path.parent)
     return path
+
+
+def _fsync(path: Path | str) -> None:
+    """Flush a file's (or a folder's entries') data to the disk; a file system that cannot sync a folder is left
+    as it is."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):  # some file systems refuse it for a folder; a file's data must reach the disk
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:

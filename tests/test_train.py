@@ -805,6 +805,28 @@ def test_result_files_are_written_whole_and_readable_as_any_other_file(tmp_path)
     assert read_json(path) == {"a": None, "b": [1, 2]} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
+def test_a_written_file_reaches_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    from lib import results
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    results.atomic_write_text(tmp_path / "r.md", "x")
+    (kind0, tmp), *rest = events
+    assert kind0 == "fsync" and Path(tmp).name.startswith(".r.md.") and Path(tmp).parent == tmp_path
+    assert rest == [("replace", str(tmp_path / "r.md")), ("fsync", str(tmp_path))]  # the file, the rename, the folder
+
+    def no_sync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", no_sync)
+    with pytest.raises(OSError, match="Input/output"):  # a file that cannot be synced is not put in place
+        results.atomic_write_text(tmp_path / "r.md", "y")
+    assert (tmp_path / "r.md").read_text() == "x" and [p.name for p in tmp_path.iterdir()] == ["r.md"]
+
+
 def test_checkpoints_figures_and_text_are_written_whole_through_one_temp_file_each(tmp_path):
     """lib.results.atomic_write under checkpoints, figures and the report: the temp file has the target's suffix
     (writers that read the format from it) and a unique name; a failed write leaves the old file and no temp."""
