@@ -347,9 +347,7 @@ def note_published(args, dirs) -> None:
 
 def cmd_report(args) -> int:
     """Render report.md from the result files of a profile (no training)."""
-    from lib.report import render_report
-
-    from lib.report import published_profile
+    from lib.report import published_profile, render_report
 
     dirs = output_dirs(args.profile, publish=args.publish or None)
     note_published(args, dirs)
