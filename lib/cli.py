@@ -751,8 +751,11 @@ def main(argv=None) -> int:
         if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
             raise
         # Results and checkpoints are written whole (temp file + rename), so nothing finished is lost here.
-        print("\ninterrupted: finished experiments are kept; the same command goes on from there (a training run "
-              "from the last epoch it saved, a probe run from the last step it saved)", file=sys.stderr)
+        saved = "a training run from the last epoch it saved, a probe run from the last step it saved"
+        again = (f"the same command starts the interrupted run over; without --force it goes on with it ({saved}) "
+                 f"and reuses every finished result, those not yet retrained too" if getattr(args, "force", False)
+                 else f"the same command goes on from there ({saved})")
+        print(f"\ninterrupted: finished experiments are kept; {again}", file=sys.stderr)
         return 130
 
 

@@ -28,7 +28,7 @@ from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
 from lib.results import (atomic_write, atomic_write_json, device_name, environment_info, git_commit, read_json,
-                         refuse_if_reuse_only, reusable_run, say_reused)
+                         refuse_if_reuse_only, reusable_run, reuse_only, say_reused)
 from lib.step_graph import STEP_GRAPH_ENV, StepGraph
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules). SE's mixing
@@ -449,7 +449,6 @@ def check_execution_env() -> None:
     before it starts, so that a typo does not quietly change the runs, e.g. CIFAR10_CUDA_GRAPHS=off leaving the
     graphs on, or CIFAR10_REUSE_ONLY=maybe training."""
     from lib.models.canet import merged_from_env
-    from lib.results import reuse_only
 
     for name in (COMPILE_ENV, STEP_GRAPH_ENV, EAGER_MODELS_ENV):
         _names_in_env(name)
@@ -717,6 +716,17 @@ def resume_epoch(cfg: TrainConfig, dirs: OutputDirs | None = None) -> int:
     return state["epoch"] + 1 if checkpoint_written_for(state, cfg) else 0
 
 
+def forced_rerun_epochs(cfg: TrainConfig, dirs: OutputDirs) -> int:
+    """Epochs in a resumable checkpoint of cfg's run beside its finished result: a re-run with force stopped
+    part-way (a finished run deletes its resumable checkpoint), which train() without force goes on with rather
+    than reusing the result it will replace. 0 where there is none, or one that cannot be read (the finished
+    result stands)."""
+    try:
+        return resume_epoch(cfg, dirs)
+    except ValueError:
+        return 0
+
+
 OVERRIDES = ("num_epochs", "precision")  # what `--num-epochs` and `--precision` change in a Part 1 run's recipe
 
 
@@ -815,8 +825,12 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     dirs = dirs or output_dirs(cfg.profile)
     result_path = Path(dirs.results) / f"{cfg.name}.json"
     if not force and (found := reusable_run(cfg, dirs)) is not None:
-        say_reused(cfg.name, trained=True)  # whatever `progress` is
-        return found
+        if reuse_only() or not (rerun := forced_rerun_epochs(cfg, dirs)):
+            say_reused(cfg.name, trained=True)  # whatever `progress` is
+            return found
+        print(f"[{cfg.name}] a re-run with force stopped after {rerun} of {cfg.num_epochs} epochs: it goes on from its "
+              f"checkpoint and replaces the finished result when it ends (to keep that result instead, delete "
+              f"{Path(dirs.checkpoints) / f'{cfg.name}.last.pt'})")
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
     device = resolve_device(cfg.device)
     # The data first (on the CPU, cached after its first load): missing or corrupt data is the error to fix first,

@@ -348,6 +348,13 @@ def test_status_lists_done_resumable_and_missing_experiments(tiny_source, tmp_pa
     assert rows["bn-VGG_A_BN-lr0.001-s2020"] == ("partial", f"1 of {PROFILES['smoke'].bn_epochs} epochs in its "
                                                              f"checkpoint here")
     assert rows["loss slices"] == ("missing", "")
+    tiny = part1_config("CANet_tiny", "smoke", source)  # finished, and a re-run with --force stopped part-way
+    torch.save({"config": tiny.to_dict(), "epoch": 0}, Path(dirs.checkpoints) / f"{tiny.name}.last.pt")
+    assert ("partial", tiny.name, f"a re-run with --force stopped after 1 of {tiny.num_epochs} epochs in its "
+                                  f"checkpoint here: lib run goes on with it and replaces the finished result") in \
+        P.study_status("smoke", source, dirs)
+    assert ("done", tiny.name, "") in P.study_status("smoke", source, dirs, details=False)  # the report's banner
+    (Path(dirs.checkpoints) / f"{tiny.name}.last.pt").unlink()
     write_finished(dirs, bn_pair)  # the pair trained, its slices not taken: the pair is retrained for them
     rows = {name: (state, detail) for state, name, detail in P.study_status("smoke", source, dirs)}
     assert rows["loss slices"] == ("missing", "they need the pair's best checkpoints (retrained when gone)")

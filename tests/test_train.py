@@ -191,6 +191,31 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert "devices" not in resumed  # one machine trained it all
 
 
+def test_a_forced_rerun_stopped_part_way_goes_on_without_force(tiny_source, tmp_path, monkeypatch, capsys):
+    """A re-run with force deletes the finished run's checkpoints and trains it again; stopped part-way, the same run
+    without force goes on with it (not reusing the result it is replacing) and ends as an uninterrupted run would;
+    viewing only (reuse_only) still reads the finished result."""
+    cfg = tiny_cfg(tiny_source, num_epochs=3)
+    dirs = output_dirs("smoke", root=tmp_path)
+    first = T.train(cfg, dirs=dirs, progress=False)
+    assert T.forced_rerun_epochs(cfg, dirs) == 0  # a finished run leaves no resumable checkpoint
+    part = T.train(cfg, dirs=dirs, progress=False, force=True, max_epochs_this_call=1)
+    assert part["status"] == "incomplete" and T.forced_rerun_epochs(cfg, dirs) == 1
+    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "1")
+    assert T.train(cfg, dirs=dirs, progress=False) == first  # the finished result, unchanged on disk
+    monkeypatch.delenv("CIFAR10_REUSE_ONLY")
+    capsys.readouterr()
+    done = T.train(cfg, dirs=dirs, progress=False)
+    assert (f"[tiny] a re-run with force stopped after 1 of 3 epochs: it goes on from its checkpoint and replaces "
+            f"the finished result when it ends (to keep that result instead, delete {dirs.checkpoints / 'tiny.last.pt'})"
+            in capsys.readouterr().out)
+    assert done["epochs_this_call"] == 2 and strip_seconds(done["history"]) == strip_seconds(first["history"])
+    assert json.loads((dirs.results / "tiny.json").read_text())["epochs_this_call"] == 2  # the re-run's result
+    assert T.forced_rerun_epochs(cfg, dirs) == 0 and T.train(cfg, dirs=dirs, progress=False) == done  # reused
+    (dirs.checkpoints / "tiny.last.pt").write_bytes(b"junk")  # a damaged leftover: the finished result stands
+    assert T.forced_rerun_epochs(cfg, dirs) == 0 and T.train(cfg, dirs=dirs, progress=False) == done
+
+
 def test_a_run_resumed_on_another_machine_names_both(tiny_source, tmp_path, monkeypatch, capsys):
     """The first call's epochs on one device, the rest on another: the result's `devices` lists both (its report
     context line too), with a note when the run resumes; `device` is the last call's."""
