@@ -419,7 +419,7 @@ def probe_resumable_steps(cfg: ProbeConfig, dirs: OutputDirs) -> tuple[int, str 
 
 
 def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress: bool = True,
-                       checkpoint: Path | None = None) -> dict:
+                       checkpoint: Path | None = None, lr_fallback: dict | None = None) -> dict:
     """Train `cfg.model` with plain SGD, probing every cfg.probe_every steps; return the result (not written).
 
     With abort_if_stuck the run stops at the stuck check when the criterion fires and returns
@@ -427,7 +427,8 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     at most every PROBE_CKPT_EVERY_S (after a whole step), and a run of the same config found there goes on from
     its step: the weights, losses, probes and the position in the data order are restored, so a resumed run ends
     with the same numbers as an uninterrupted one (VGG-A draws no random numbers after its initialisation). The
-    caller deletes the checkpoint once the result is written.
+    caller deletes the checkpoint once the result is written. `lr_fallback` (why a fallback run's lr was lowered)
+    goes into the result and the checkpoint, so that run_probes can go on with an interrupted fallback run.
     """
     from lib.train import _save_checkpoint, bars_disabled, resolve_device
 
@@ -465,7 +466,7 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
             "seconds": seconds_before + time.perf_counter() - t0, "stuck_check": check,
             "train_loss": train_loss[:step].cpu(), "fingerprint": fingerprint[:step].cpu(),
             "records": [{k: v.cpu() for k, v in r.items()} for r in records], "probe_steps": probe_steps,
-            "resumed_at": resumed_at, "devices": devices})
+            "resumed_at": resumed_at, "devices": devices, "lr_fallback": lr_fallback})
 
     t0 = last_saved = time.perf_counter()
     # Full batches only (drop_last), so step s is batch s % len(loader) of epoch s // len(loader).
@@ -517,7 +518,7 @@ def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress:
     fp = fingerprint[:step].cpu().numpy()
     result = {
         "name": cfg.name, "status": status, "config": cfg.to_dict(), "model": cfg.model,
-        "label": LABELS.get(cfg.model, cfg.model), "lr": cfg.lr, "etas": etas, "lr_fallback": None,
+        "label": LABELS.get(cfg.model, cfg.model), "lr": cfg.lr, "etas": etas, "lr_fallback": lr_fallback,
         "num_params": sum(p.numel() for p in model.parameters()), "data": data_info,
         "environment": environment_info(device), **({"devices": devices} if len(devices) > 1 else {}),
         "resumed_at_steps": resumed_at, "seconds": seconds, "steps_done": step, "epochs": epoch,
@@ -567,9 +568,8 @@ def run_probe(cfg: ProbeConfig, dirs: OutputDirs, force: bool = False, progress:
         say_reused(path.stem)
         return found
     refuse_if_reuse_only(f"the probe run {path.stem}", path.parent, forced=force)
-    result = _train_with_probes(cfg, progress=progress, checkpoint=_probe_checkpoint(cfg, dirs, resume=(
-        not force if resume is None else resume)))
-    result["lr_fallback"] = lr_fallback
+    result = _train_with_probes(cfg, progress=progress, lr_fallback=lr_fallback,
+                                checkpoint=_probe_checkpoint(cfg, dirs, resume=not force if resume is None else resume))
     return _write_probe(cfg, dirs, result)
 
 
@@ -618,6 +618,13 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
             return [run_probe(c, dirs, force, progress, found_fb[configs.index(plain)]["lr_fallback"])
                     for c in fallback]
     first = reusable_result(plain.result_path(dirs), plain.to_dict(), ProbeConfig) if not force else None
+    plain_fb = fallback[configs.index(plain)]
+    if first is None and not force and plain.lr != FALLBACK_LR and (state := probe_resume_state(
+            plain_fb, probe_checkpoint_path(dirs, plain.model, plain.seed), progress=False)) is not None \
+            and state.get("lr_fallback"):
+        # VGG_A's fallback run was interrupted: go on with the fallback pair (the checkpoint keeps why).
+        refuse_if_reuse_only(f"the probe run {plain.result_path(dirs).stem}", dirs.results)
+        return [run_probe(c, dirs, True, progress, state["lr_fallback"], resume=True) for c in fallback]
     if first is None:
         refuse_if_reuse_only(f"the probe run {plain.result_path(dirs).stem}", dirs.results, forced=force)
         first = _train_with_probes(plain, abort_if_stuck=plain.fallback and plain.lr != FALLBACK_LR,

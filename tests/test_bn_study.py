@@ -431,6 +431,33 @@ def test_run_probes_falls_back_for_both_networks_and_reuses(tiny_source, tmp_pat
         S.run_probes("smoke", tiny_source, dirs, progress=False, configs=[c.replace(num_steps=4) for c in configs])
 
 
+def test_an_interrupted_fallback_run_goes_on_as_a_fallback_run(tiny_source, tmp_path, monkeypatch, tiny_models,
+                                                                capsys):
+    """VGG_A's run at the fallback lr stopped part-way: the next call goes on with the fallback pair from its
+    checkpoint (which keeps why the lr was lowered) instead of probing at the first lr again."""
+    configs = [tiny_probe_cfg(tiny_source, model=m, num_steps=6, probe_every=3, fallback=True, stuck_loss=0.0)
+               for m in ("VGG_A", "VGG_A_BN")]
+    whole = S.run_probes("smoke", tiny_source, output_dirs("smoke", root=tmp_path / "whole"), progress=False,
+                         configs=configs)
+    dirs = output_dirs("smoke", root=tmp_path / "cut")
+    with monkeypatch.context() as m:
+        interrupt_probe_at(m, 3)  # the run at 0.1 probes at step 0 and stops at step 2; the fallback's 2nd probe
+        with pytest.raises(KeyboardInterrupt):
+            S.run_probes("smoke", tiny_source, dirs, progress=False, configs=configs)
+    assert S.probe_resumable_steps(configs[0], dirs) == (3, None)  # at the fallback lr
+    lrs, real = [], S._train_with_probes
+    monkeypatch.setattr(S, "_train_with_probes", lambda cfg, *a, **k: lrs.append(cfg.lr) or real(cfg, *a, **k))
+    capsys.readouterr()
+    plain, bn = S.run_probes("smoke", tiny_source, dirs, configs=configs)
+    assert lrs == [S.FALLBACK_LR, S.FALLBACK_LR]  # not probed at the first lr again
+    assert "[probe-VGG_A-s2020] resuming at step 3 of 6" in capsys.readouterr().out
+    assert plain["resumed_at_steps"] == [3] and bn["resumed_at_steps"] == []
+    for got, want in ((plain, whole[0]), (bn, whole[1])):
+        assert got["lr"] == S.FALLBACK_LR and got["lr_fallback"] == want["lr_fallback"]
+        assert got["probes"] == want["probes"] and got["train_loss"] == want["train_loss"]
+    assert not S.probe_checkpoint_path(dirs, "VGG_A", S.BN_SEED).exists()
+
+
 def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, monkeypatch):
     """Protocol (2 lrs), probes, slices, summary and every figure on the tiny data, end to end."""
     from lib.bn_plots import plot_all
