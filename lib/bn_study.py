@@ -749,9 +749,12 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
             results.append(found)
             continue
         refuse_if_reuse_only(f"the loss slice {path.stem}", path.parent, forced=force)
-        ckpt = run.get("checkpoint")
-        if not ckpt or not Path(ckpt).exists():
+        # The recorded path, else this folder's: a checkout moved, or results copied with their checkpoints.
+        here = Path(dirs.checkpoints) / f"{name}.pt"
+        ckpt = next((c for c in (run.get("checkpoint"), here) if c and Path(c).is_file()), None)
+        if ckpt is None:
             pair = " ".join(bn_name(m, lr, seed) for m in BN_MODELS)
+            ckpt = " or ".join(dict.fromkeys(str(c) for c in (run.get("checkpoint"), here) if c))
             raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing (git keeps results, not "
                                     f"weights): retrain the pair (python -m lib run --profile {profile} --part2 "
                                     f"--force --only {pair}, with the same --data and --publish) before the slices")

@@ -13,6 +13,7 @@ from torch import nn
 
 import lib.bn_study as S
 from lib.paths import output_dirs
+from lib.results import atomic_write_json
 
 
 def small_cnn(batch_norm: bool) -> nn.Module:
@@ -540,6 +541,11 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, mo
     torch.save(dict(state, val_acc=state["val_acc"] + 0.01), run["checkpoint"])
     with pytest.raises(ValueError, match=r"has validation accuracy .* not the .* of bn-VGG_A-lr0.001-s2020's result"):
         S.run_slices("smoke", tiny_source, dirs, force=True)
+    # A checkout moved after training: the result records the old path; the weights are found in its folder.
+    torch.save(state, run["checkpoint"])
+    before = json.loads(S.slice_path(dirs, "VGG_A", S.BN_SEED).read_text())  # sliced from the recorded path
+    atomic_write_json(dirs.results / "bn-VGG_A-lr0.001-s2020.json", dict(run, checkpoint="/gone/bn-VGG_A.pt"))
+    assert S.run_slices("smoke", tiny_source, dirs, force=True)[0]["loss"] == before["loss"]
     # A fresh clone has the results but not the weights; before the protocol there is neither: each says what to run.
     Path(run["checkpoint"]).unlink()
     with pytest.raises(FileNotFoundError, match=r"is missing \(git keeps results, not weights\): retrain the pair "
