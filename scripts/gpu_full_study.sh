@@ -49,7 +49,11 @@ set -uo pipefail  # no -e: a failed step is logged and the next one still runs; 
 
 cd "$(dirname "$0")/.."
 
-PY=${PY:-python3}
+# The GPU machine's python3 has torch; a checkout with the project's environment (a CPU dry run here) uses that.
+if [[ -z "${PY:-}" ]]; then
+  PY=python3
+  [[ -x "${VENV:-.venv}/bin/python" ]] && PY=${VENV:-.venv}/bin/python
+fi
 STATE_DIR=${STATE_DIR:-build/gpu-state}  # the last pack of a call, kept on the machine for its next call
 GPU_STATE=${GPU_STATE:-1}                # 0: a call does not merge the previous call's pack first
 # torch.compile's on-disk cache of earlier calls (a fresh machine has none, and a compiled CANet run pays 40-70 s
@@ -693,6 +697,10 @@ sys.exit(runner_first_step(sys.argv[1] == '1', sys.argv[2] or None, sys.argv[3].
   # 4. Plan the unfinished experiments that fit, then 5. run them; then, while time is left and a plan skipped
   #    runs, plan again (the estimates carry PLAN_MARGIN and a start-up allowance per process: runs end early).
   rm -f "$OUT/plan.txt"
+  if (($(left) - PLAN_S - STOP_RESERVE_S < 15)); then  # the steps above took the call's time
+    log "budget spent before the plan: nothing trained in this call (the next call plans with what this one measured)"
+    return 1
+  fi
   local round=1
   plan_and_run 1 "${tokens[@]}"
   rc=$?

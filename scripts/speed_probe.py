@@ -151,6 +151,10 @@ def main(argv=None) -> int:
     p.add_argument("--num-train", type=int)
     p.add_argument("--num-val", type=int)
     a = p.parse_args(argv)
+    if not torch.cuda.is_available() and (a.num_train is None or a.num_val is None):
+        p.error("this probe times GPU epochs (45,000 training images): on a machine without CUDA give --num-train and "
+                "--num-val (e.g. --num-train 16 --num-val 8, with a small --data copy) for a dry run, whose times "
+                "mean nothing")
     if a.limit0:
         torch.backends.cudnn.benchmark_limit = 0
     original = (T.prepare_data, T.new_model)

@@ -1277,13 +1277,17 @@ def test_speed_probe_records_a_failed_capture_and_stops(tmp_path, capsys):
 
     probe.fast_epoch = failing
     out = tmp_path / "probe.jsonl"
-    assert probe.main([str(out), "CANet_tiny", "--variants", "step_graph", "step_graph_compiled"]) == 1
+    with pytest.raises(SystemExit):  # on a CPU only with a dry run's sizes (whole epochs there take many minutes)
+        probe.main([str(out), "CANet_tiny", "--variants", "step_graph"])
+    assert "on a machine without CUDA give --num-train and --num-val" in capsys.readouterr().err and timed == []
+    small = ["--num-train", "16", "--num-val", "8"]
+    assert probe.main([str(out), "CANet_tiny", *small, "--variants", "step_graph", "step_graph_compiled"]) == 1
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["variant"] == "step_graph" and row["seconds"] is None and row["step_graph"] is False
     assert "capture failed (RuntimeError: boom)" in row["capture_error"] and timed == [True]
     assert "step_graph stopped the probe" in capsys.readouterr().out
     with pytest.raises(RuntimeError, match="boom"):
-        probe.main([str(out), "CANet_tiny", "--variants", "nchw"])
+        probe.main([str(out), "CANet_tiny", *small, "--variants", "nchw"])
 
 
 def test_missing_steps_names_what_the_missing_only_steps_would_do(tiny_source, tmp_path, monkeypatch, capsys):
