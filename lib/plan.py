@@ -21,8 +21,8 @@ from lib.data import canonical_source
 from lib.experiments import bn_experiments
 from lib.part1 import configs as part1_configs
 from lib.paths import OutputDirs, output_dirs
-from lib.results import read_json, reusable_result, reusable_run
-from lib.train import forced_rerun_epochs, kept_checkpoint
+from lib.results import read_json, rerun_pending, reusable_result, reusable_run
+from lib.train import kept_checkpoint
 
 # Planning a time budget: estimates are multiplied by PLAN_MARGIN, and every process started for a plan
 # line (python start, imports, TensorBoard, data from the cache) is allowed STEP_STARTUP_S.
@@ -490,9 +490,8 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     it), 'damaged' (a checkpoint here that cannot be read; the detail says what to do) or 'missing'. For `python -m
     lib status`, to see what a split run still needs. `precision` and `num_epochs` override the Part 1 runs'
     (lib.part1.configs). details=False: the details of finished and missing runs are left empty (done_detail and
-    unusable_result read their result files again), and a finished run whose re-run with force stopped part-way
-    counts as done (the report's banner: the report shows the finished result), where with details it is
-    'partial' (lib.train.forced_rerun_epochs: `lib run` goes on with the re-run)."""
+    unusable_result read their result files again). A finished run whose re-run with force stopped part-way is
+    'partial' (lib.results.rerun_pending: `lib run` goes on with the re-run)."""
     from lib import bn_study
     from lib.part1 import cost_path
 
@@ -503,16 +502,14 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
                                                  precision=precision) + bn_experiments(profile, source)}
 
     def run_state(name: str, done: bool, epochs_done: int, damaged: str | None = None) -> tuple[str, str, str]:
-        if done and details and (rerun := forced_rerun_epochs(configs[name], dirs)):
-            return "partial", name, (f"a re-run with --force stopped after {rerun} of {configs[name].num_epochs} "
-                                     f"epochs in its checkpoint here: lib run goes on with it and replaces the "
-                                     f"finished result")
         if done:
             return "done", name, done_detail(Path(dirs.results) / f"{name}.json") if details else ""
         if damaged:
             return "damaged", name, damaged
         if epochs_done:
-            return "partial", name, f"{epochs_done} of {configs[name].num_epochs} epochs in its checkpoint here"
+            return "partial", name, (f"{epochs_done} of {configs[name].num_epochs} epochs in its checkpoint here"
+                                     + (", a re-run with --force: lib run goes on with it and replaces the finished "
+                                        "result" if rerun_pending(configs[name], dirs) else ""))
         if kept := kept_checkpoint(configs[name], dirs):  # `lib run` with these options stops at it
             return "missing", name, f"{kept}: give those options to go on with it, or --force to start over"
         return "missing", name, unusable_result(Path(dirs.results) / f"{name}.json", configs[name]) if details else ""

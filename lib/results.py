@@ -71,7 +71,12 @@ def atomic_write(path: Path | str, write) -> Path:
 def _fsync(path: Path | str) -> None:
     """Flush a file's (or a folder's entries') data to the disk; a file system that cannot sync a folder is left
     as it is."""
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+        return  # a folder that cannot be opened so (some systems): its entries are flushed as the system does
     try:
         os.fsync(fd)
     except OSError:
@@ -325,18 +330,40 @@ def reusable_result(path: Path | str, config: dict, config_cls=None) -> dict | N
     return result if _same_source(_clean(stored)) == _same_source(_clean(config)) else None
 
 
+def rerun_marker(dirs, name: str) -> Path:
+    """<checkpoints>/<name>.rerun.json: written by lib.train.train when a run with force starts training over a
+    finished result of the same run (its config inside), deleted when it finishes."""
+    return Path(dirs.checkpoints) / f"{name}.rerun.json"
+
+
+def rerun_pending(cfg, dirs) -> bool:
+    """Whether a re-run with force of cfg's finished run stopped part-way in `dirs`: its marker, of cfg's config,
+    beside its resumable checkpoint. Then the finished result is not reused (reusable_run): training the run,
+    with or without force, goes on with the re-run or starts it over, and its result replaces the finished one.
+    (A resumable checkpoint beside a finished result without the marker, e.g. of a run interrupted here whose result
+    came from another machine, leaves the result standing.)"""
+    marker = rerun_marker(dirs, cfg.name)
+    if not marker.exists() or not (Path(dirs.checkpoints) / f"{cfg.name}.last.pt").exists():
+        return False
+    try:
+        return read_json(marker).get("config") == cfg.to_dict()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def reusable_run(cfg, dirs) -> dict | None:
     """The finished result of the training run `cfg` (a lib.config.TrainConfig) in `dirs` that lib.train.train
     reuses: its result file, of the same config, and for a run that records per-step series (record_steps: the BN
     protocol) a readable <name>.steps.json beside it (the report's loss band and gradient range need it: without
-    one the run is trained again). None otherwise."""
+    one the run is trained again), unless a re-run of it with force stopped part-way (rerun_pending). None
+    otherwise."""
     found = reusable_result(Path(dirs.results) / f"{cfg.name}.json", cfg.to_dict(), type(cfg))
     if found is not None and getattr(cfg, "record_steps", False):
         try:
             read_json(Path(dirs.results) / f"{cfg.name}.steps.json")
         except (OSError, ValueError):
             return None
-    return found
+    return None if found is not None and rerun_pending(cfg, dirs) else found
 
 
 def _same_source(config):

@@ -28,7 +28,8 @@ from lib.loader import BatchLoader
 from lib.models import build, last_linear
 from lib.paths import OutputDirs, output_dirs
 from lib.results import (atomic_write, atomic_write_json, device_name, environment_info, git_commit, read_json,
-                         refuse_if_reuse_only, reusable_run, reuse_only, say_reused)
+                         refuse_if_reuse_only, rerun_marker, rerun_pending, reusable_result, reusable_run,
+                         reuse_only, say_reused)
 from lib.step_graph import STEP_GRAPH_ENV, StepGraph
 
 # Parameters whose per-epoch distributions the visualisation notebook draws (CANet attention modules). SE's mixing
@@ -716,17 +717,6 @@ def resume_epoch(cfg: TrainConfig, dirs: OutputDirs | None = None) -> int:
     return state["epoch"] + 1 if checkpoint_written_for(state, cfg) else 0
 
 
-def forced_rerun_epochs(cfg: TrainConfig, dirs: OutputDirs) -> int:
-    """Epochs in a resumable checkpoint of cfg's run beside its finished result: a re-run with force stopped
-    part-way (a finished run deletes its resumable checkpoint), which train() without force goes on with rather
-    than reusing the result it will replace. 0 where there is none, or one that cannot be read (the finished
-    result stands)."""
-    try:
-        return resume_epoch(cfg, dirs)
-    except ValueError:
-        return 0
-
-
 OVERRIDES = ("num_epochs", "precision")  # what `--num-epochs` and `--precision` change in a Part 1 run's recipe
 
 
@@ -825,12 +815,8 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     dirs = dirs or output_dirs(cfg.profile)
     result_path = Path(dirs.results) / f"{cfg.name}.json"
     if not force and (found := reusable_run(cfg, dirs)) is not None:
-        if reuse_only() or not (rerun := forced_rerun_epochs(cfg, dirs)):
-            say_reused(cfg.name, trained=True)  # whatever `progress` is
-            return found
-        print(f"[{cfg.name}] a re-run with force stopped after {rerun} of {cfg.num_epochs} epochs: it goes on from its "
-              f"checkpoint and replaces the finished result when it ends (to keep that result instead, delete "
-              f"{Path(dirs.checkpoints) / f'{cfg.name}.last.pt'})")
+        say_reused(cfg.name, trained=True)  # whatever `progress` is
+        return found
     refuse_if_reuse_only(f"training {cfg.name}", result_path.parent, forced=force)
     device = resolve_device(cfg.device)
     # The data first (on the CPU, cached after its first load): missing or corrupt data is the error to fix first,
@@ -855,9 +841,14 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
     best_ckpt = Path(dirs.checkpoints) / f"{cfg.name}.pt"
     (train_loader, val_loader, test_loader), data_info = prepare_data(cfg, device, data)
     model = new_model(cfg, device)  # before anything is deleted, too (it raises for an unknown model)
+    marker = rerun_marker(dirs, cfg.name)
     if force:
         for p in (last_ckpt, best_ckpt):
             p.unlink(missing_ok=True)
+        if reusable_result(result_path, cfg.to_dict(), TrainConfig) is not None:  # a re-run over a finished result
+            atomic_write_json(marker, {"config": cfg.to_dict()})  # its epochs are not thrown away by a reuse
+    elif not last_ckpt.exists():
+        marker.unlink(missing_ok=True)  # stale (its re-run's checkpoint was deleted)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True
@@ -904,7 +895,9 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
             if best["epoch"] >= 0 and not best_ckpt.exists():  # before training on: the run could not be tested
                 raise missing_best_error(best_ckpt, last_ckpt, best["epoch"])
             if progress:
-                print(f"[{cfg.name}] resuming after epoch {start_epoch} of {cfg.num_epochs} ({last_ckpt})")
+                print(f"[{cfg.name}] resuming after epoch {start_epoch} of {cfg.num_epochs} ({last_ckpt})"
+                      + (": a re-run with force, whose result replaces the finished one" if rerun_pending(cfg, dirs)
+                         else ""))
         elif clash := clash_summary(last_ckpt, state, cfg):  # the user's other options: their epochs are kept
             raise ValueError(f"{clash}. Training this configuration would start afresh and replace them. To go on "
                              f"with that run, use its options again; to keep it, "
@@ -1049,6 +1042,7 @@ def train(cfg: TrainConfig, *, dirs: OutputDirs | None = None, force: bool = Fal
         atomic_write_json(Path(dirs.results) / f"{cfg.name}.weights.json", weight_hists)
     atomic_write_json(result_path, result)
     last_ckpt.unlink(missing_ok=True)  # finished: the result and the best checkpoint are what remain
+    marker.unlink(missing_ok=True)
     return result
 
 

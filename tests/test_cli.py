@@ -357,7 +357,7 @@ def test_an_interrupt_ends_in_one_message_that_says_the_command_goes_on(capsys, 
     assert "interrupted: finished experiments are kept; the same command goes on from there" in err
     assert "Traceback" not in err
     assert cli.main(["run", "--models", "CANet_tiny", "--force"]) == 130  # --force would start the run over
-    assert ("the same command starts the interrupted run over; without --force it goes on with it (a training run "
+    assert ("the same command starts the interrupted run over; without --force an interrupted training run goes on "
             "from the last epoch it saved" in capsys.readouterr().err)
     monkeypatch.setenv(cli.TRACEBACK_ENV, "1")  # the GPU runner's logs keep the traceback
     with pytest.raises(KeyboardInterrupt):

@@ -191,29 +191,38 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_source, tmp_pat
     assert "devices" not in resumed  # one machine trained it all
 
 
-def test_a_forced_rerun_stopped_part_way_goes_on_without_force(tiny_source, tmp_path, monkeypatch, capsys):
-    """A re-run with force deletes the finished run's checkpoints and trains it again; stopped part-way, the same run
-    without force goes on with it (not reusing the result it is replacing) and ends as an uninterrupted run would;
-    viewing only (reuse_only) still reads the finished result."""
+def test_a_forced_rerun_stopped_part_way_goes_on_without_force(tiny_source, tmp_path, capsys):
+    """A re-run with force deletes the finished run's checkpoints, marks the re-run and trains it again; stopped
+    part-way, the finished result is no longer reused (by train, run_part1, the plan and the guards alike): the same
+    run without force goes on with the re-run and ends as an uninterrupted run would. A resumable checkpoint beside
+    a finished result without the marker (say, a run interrupted here whose result came from another machine) leaves
+    the result standing."""
+    from lib.results import atomic_write_json, rerun_marker, rerun_pending, reusable_run
+
     cfg = tiny_cfg(tiny_source, num_epochs=3)
     dirs = output_dirs("smoke", root=tmp_path)
     first = T.train(cfg, dirs=dirs, progress=False)
-    assert T.forced_rerun_epochs(cfg, dirs) == 0  # a finished run leaves no resumable checkpoint
+    assert not rerun_marker(dirs, "tiny").exists() and reusable_run(cfg, dirs) == first
     part = T.train(cfg, dirs=dirs, progress=False, force=True, max_epochs_this_call=1)
-    assert part["status"] == "incomplete" and T.forced_rerun_epochs(cfg, dirs) == 1
-    monkeypatch.setenv("CIFAR10_REUSE_ONLY", "1")
-    assert T.train(cfg, dirs=dirs, progress=False) == first  # the finished result, unchanged on disk
-    monkeypatch.delenv("CIFAR10_REUSE_ONLY")
+    assert part["status"] == "incomplete" and rerun_pending(cfg, dirs) and reusable_run(cfg, dirs) is None
+    assert json.loads((dirs.results / "tiny.json").read_text())["epochs_this_call"] == 3  # still the finished one
     capsys.readouterr()
-    done = T.train(cfg, dirs=dirs, progress=False)
-    assert (f"[tiny] a re-run with force stopped after 1 of 3 epochs: it goes on from its checkpoint and replaces "
-            f"the finished result when it ends (to keep that result instead, delete {dirs.checkpoints / 'tiny.last.pt'})"
-            in capsys.readouterr().out)
+    done = T.train(cfg, dirs=dirs)
+    assert (f"[tiny] resuming after epoch 1 of 3 ({dirs.checkpoints / 'tiny.last.pt'}): a re-run with force, whose "
+            f"result replaces the finished one" in capsys.readouterr().out)
     assert done["epochs_this_call"] == 2 and strip_seconds(done["history"]) == strip_seconds(first["history"])
     assert json.loads((dirs.results / "tiny.json").read_text())["epochs_this_call"] == 2  # the re-run's result
-    assert T.forced_rerun_epochs(cfg, dirs) == 0 and T.train(cfg, dirs=dirs, progress=False) == done  # reused
-    (dirs.checkpoints / "tiny.last.pt").write_bytes(b"junk")  # a damaged leftover: the finished result stands
-    assert T.forced_rerun_epochs(cfg, dirs) == 0 and T.train(cfg, dirs=dirs, progress=False) == done
+    assert not rerun_marker(dirs, "tiny").exists() and T.train(cfg, dirs=dirs, progress=False) == done  # reused
+    # Without the marker a same-config checkpoint beside the result does not replace it.
+    T._save_checkpoint(dirs.checkpoints / "tiny.last.pt", {"config": cfg.to_dict(), "epoch": 0})
+    assert not rerun_pending(cfg, dirs) and T.train(cfg, dirs=dirs, progress=False) == done
+    # A marker of another config, or one without its checkpoint, changes nothing either.
+    atomic_write_json(rerun_marker(dirs, "tiny"), {"config": cfg.replace(seed=5).to_dict()})
+    assert not rerun_pending(cfg, dirs)
+    atomic_write_json(rerun_marker(dirs, "tiny"), {"config": cfg.to_dict()})
+    assert rerun_pending(cfg, dirs)
+    (dirs.checkpoints / "tiny.last.pt").unlink()  # "to keep that result instead, delete the checkpoint"
+    assert not rerun_pending(cfg, dirs) and reusable_run(cfg, dirs) == done
 
 
 def test_a_run_resumed_on_another_machine_names_both(tiny_source, tmp_path, monkeypatch, capsys):
@@ -835,13 +844,11 @@ def test_a_written_file_reaches_the_disk_before_it_replaces_the_old_one(tmp_path
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-                        or real_fsync(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)) or real_fsync(fd))
     monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
-    results.atomic_write_text(tmp_path / "r.md", "x")
-    (kind0, tmp), *rest = events
-    assert kind0 == "fsync" and Path(tmp).name.startswith(".r.md.") and Path(tmp).parent == tmp_path
-    assert rest == [("replace", str(tmp_path / "r.md")), ("fsync", str(tmp_path))]  # the file, the rename, the folder
+    path = results.atomic_write_text(tmp_path / "r.md", "x")
+    # The file's data (the temp file keeps its inode through the rename), the rename, then the folder's entry.
+    assert events == [("fsync", path.stat().st_ino), ("replace", str(path)), ("fsync", tmp_path.stat().st_ino)]
 
     def no_sync(fd):
         raise OSError(5, "Input/output error")
