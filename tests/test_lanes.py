@@ -851,6 +851,26 @@ def test_gpu_runner_plans_no_second_round_after_a_failed_run(tiny_source, tmp_pa
     assert "train p1-CANet_tiny-s0" in plan and "# skipped p1-ResNet18-s0" in plan and "# round" not in plan
 
 
+def test_gpu_runner_says_when_its_steps_spent_the_budget_before_the_plan(tiny_source, tmp_path):
+    """A call whose first steps leave less than the plan needs (here a 60 s budget of which the plan and the runs'
+    stop reserve alone ask 45 s) says so and trains nothing, rather than handing the planner a negative budget."""
+    import subprocess
+
+    from test_bench import fake_entry
+
+    repo, env, name = runner_in_a_copy(tmp_path, tiny_source, BUDGET_S="60", PACK_RESERVE_S="5", PLAN_S="20",
+                                       STUDY_MODELS="CANet_tiny")
+    bench = {"device": name, "device_slug": B.device_slug("cpu"),
+             "entries": {"CANet_tiny": dict(fake_entry(model="CANet_tiny"), device=name, cuda_graphs=False,
+                                            compiled=False)}}
+    atomic_write_json(B.bench_path("cpu", repo), bench)
+    run = subprocess.run(["bash", "scripts/gpu_full_study.sh", "p1-CANet_tiny-s0"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 1 and "budget spent before the plan: nothing trained in this call" in log, log[-3000:]
+    assert "planning failed" not in log and "--budget" not in log and "(call status 1)" in log, log[-3000:]
+
+
 def test_what_is_left_of_the_study_in_gpu_minutes(tiny_source, tmp_path, monkeypatch, capsys):
     import lib.cli as C
     from lib.bn_study import PROBE_SIZES
