@@ -749,15 +749,33 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
             results.append(found)
             continue
         refuse_if_reuse_only(f"the loss slice {path.stem}", path.parent, forced=force)
-        # The recorded path, else this folder's: a checkout moved, or results copied with their checkpoints.
-        here = Path(dirs.checkpoints) / f"{name}.pt"
-        ckpt = next((c for c in (run.get("checkpoint"), here) if c and Path(c).is_file()), None)
-        if ckpt is None:
+        # The recorded path, then this folder's (a checkout moved, or results copied with their checkpoints): the
+        # first that holds the weights of the result's selected epoch.
+        paths = list(dict.fromkeys(str(c) for c in (run.get("checkpoint"), Path(dirs.checkpoints) / f"{name}.pt")
+                                   if c))
+        found = [c for c in paths if Path(c).is_file()]
+        if not found:
             pair = " ".join(bn_name(m, lr, seed) for m in BN_MODELS)
-            ckpt = " or ".join(dict.fromkeys(str(c) for c in (run.get("checkpoint"), here) if c))
-            raise FileNotFoundError(f"the checkpoint of {name} ({ckpt}) is missing (git keeps results, not "
-                                    f"weights): retrain the pair (python -m lib run --profile {profile} --part2 "
+            raise FileNotFoundError(f"the checkpoint of {name} ({' or '.join(paths)}) is missing (git keeps results, "
+                                    f"not weights): retrain the pair (python -m lib run --profile {profile} --part2 "
                                     f"--force --only {pair}, with the same --data and --publish) before the slices")
+        problems = []
+        for ckpt in found:
+            state = read_checkpoint(ckpt)
+            same_run = checkpoint_written_for(state, TrainConfig.from_dict(run["config"]))
+            if not same_run or state.get("epoch") != run.get("best_epoch"):
+                # e.g. the weights of a retraining that was stopped part-way, next to the older finished result
+                problems.append(f"the checkpoint {ckpt} holds epoch {state.get('epoch')} of "
+                                f"{'this' if same_run else 'another'} run, but {name}'s result selected epoch "
+                                f"{run.get('best_epoch')}")
+            elif (why := not_the_selected_weights(state, run)) is not None:
+                # the same epoch of a retraining that did not reproduce the result (e.g. one merged from elsewhere)
+                problems.append(f"the checkpoint {ckpt} {why}, so it is not the weights of {name}'s result")
+            else:
+                break
+        else:
+            raise ValueError(f"{'; '.join(problems)}: retrain the pair (python -m lib run --part2 --force --only "
+                             f"{name}) before the slices")
         X_tr, y_tr, _, _ = study_split(load_cifar10(data_source))
         X_tr, y_tr = subset(X_tr, y_tr, num_images)
         X, y = to_device_tensors(X_tr, y_tr, dev)
@@ -765,18 +783,6 @@ def run_slices(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
         mean_t = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
         std_t = torch.tensor(std, device=dev).view(1, 3, 1, 1)
         X = (X.float() / 255 - mean_t) / std_t
-        state = read_checkpoint(ckpt)
-        same_run = checkpoint_written_for(state, TrainConfig.from_dict(run["config"]))
-        if not same_run or state.get("epoch") != run.get("best_epoch"):
-            # e.g. the weights of a retraining that was stopped part-way, next to the older finished result
-            raise ValueError(f"the checkpoint {ckpt} holds epoch {state.get('epoch')} of "
-                             f"{'this' if same_run else 'another'} run, but {name}'s result selected epoch "
-                             f"{run.get('best_epoch')}: retrain the pair (python -m lib run --part2 --force "
-                             f"--only {name}) before the slices")
-        if (why := not_the_selected_weights(state, run)) is not None:
-            # the same epoch of a retraining that did not reproduce the result (e.g. one merged from another machine)
-            raise ValueError(f"the checkpoint {ckpt} {why}, so it is not the weights of {name}'s result: retrain "
-                             f"the pair (python -m lib run --part2 --force --only {name}) before the slices")
         model = build(model_name)
         model.load_state_dict(state["model"])
         model = model.to(dev)

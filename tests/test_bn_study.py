@@ -546,6 +546,12 @@ def test_run_bn_study_summary_and_figures(tiny_source, tmp_path, tiny_models, mo
     before = json.loads(S.slice_path(dirs, "VGG_A", S.BN_SEED).read_text())  # sliced from the recorded path
     atomic_write_json(dirs.results / "bn-VGG_A-lr0.001-s2020.json", dict(run, checkpoint="/gone/bn-VGG_A.pt"))
     assert S.run_slices("smoke", tiny_source, dirs, force=True)[0]["loss"] == before["loss"]
+    # ... also where another run's weights are still at the recorded path (they are passed over).
+    other = tmp_path / "elsewhere.pt"
+    torch.save(dict(state, epoch=run["best_epoch"] + 5), other)
+    atomic_write_json(dirs.results / "bn-VGG_A-lr0.001-s2020.json", dict(run, checkpoint=str(other)))
+    assert S.run_slices("smoke", tiny_source, dirs, force=True)[0]["loss"] == before["loss"]
+    atomic_write_json(dirs.results / "bn-VGG_A-lr0.001-s2020.json", run)
     # A fresh clone has the results but not the weights; before the protocol there is neither: each says what to run.
     Path(run["checkpoint"]).unlink()
     with pytest.raises(FileNotFoundError, match=r"is missing \(git keeps results, not weights\): retrain the pair "
