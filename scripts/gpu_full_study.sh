@@ -133,8 +133,9 @@ save_log() {  # DIR
         || compgen -G "results/bench/logs/$slug-$day-call$n-*.log" > /dev/null; do
     n=$((n + 1))
   done
-  cp "$log" "results/bench/logs/$slug-$day-call$n.log" \
-    && echo "log: results/bench/logs/$slug-$day-call$n.log (commit it with the results)"
+  local what="commit it with the results"
+  [[ "$slug" == unknown-device ]] && what="no GPU named in it: a dry run's, not to be committed"
+  cp "$log" "results/bench/logs/$slug-$day-call$n.log" && echo "log: results/bench/logs/$slug-$day-call$n.log ($what)"
 }
 
 usage() {  # the comment block at the top of this file, which says what the script does and how to call it

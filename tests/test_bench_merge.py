@@ -343,11 +343,14 @@ def test_merge_keeps_the_calls_log_under_the_next_free_name_of_the_day(tmp_path)
     run = merge_call(repo, calls[0])
     assert run.returncode == 0, run.stderr
     assert (logs / "nvidia-h100-80gb-hbm3-2026-11-27-call2.log").read_text() == head + smi
-    assert "log: results/bench/logs/nvidia-h100-80gb-hbm3-2026-11-27-call2.log" in run.stdout
+    assert ("log: results/bench/logs/nvidia-h100-80gb-hbm3-2026-11-27-call2.log (commit it with the results)"
+            in run.stdout)
     run = merge_call(repo, calls[0])  # merged again: kept once
     assert run.returncode == 0 and "already holds this call's log" in run.stdout
     assert merge_call(repo, calls[1]).returncode == 0
-    assert merge_call(repo, calls[2]).returncode == 0
+    run = merge_call(repo, calls[2])
+    assert run.returncode == 0 and f"unknown-device-{today}-call1.log (no GPU named in it: a dry run's, not to be " \
+                                   f"committed)" in run.stdout
     assert sorted(p.name for p in logs.iterdir()) == sorted(
         ["nvidia-h100-80gb-hbm3-2026-11-27-call1-probe.log", "nvidia-h100-80gb-hbm3-2026-11-27-call2.log",
          "nvidia-h100-80gb-hbm3-2026-11-27-call3.log", f"unknown-device-{today}-call1.log"])
