@@ -108,10 +108,19 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
                     None if None in probe_est else sum(s * c.num_steps for s, c in zip(probe_est, configs)),
                     probe_done))
     # One job per model (an even share of the allowance), so that the cost files fill what a call has left
-    # a few at a time (one process for all those taken: 'costs MODEL...').
-    jobs += [Job("costs", (f"cost-{m}",), COSTS_ALLOWANCE_S / len(PART1_MODELS), gpu_cost_file(dirs, m), model=m)
+    # a few at a time (one process for all those taken: 'costs MODEL...'). Done: the full profile's with a GPU
+    # measurement, another profile's (a CPU dry run's) with any (as study_status says).
+    jobs += [Job("costs", (f"cost-{m}",), COSTS_ALLOWANCE_S / len(PART1_MODELS), cost_done(profile, dirs, m), model=m)
              for m in PART1_MODELS]
     return jobs + p1[len(PART1_MODELS):]
+
+
+def cost_done(profile: str, dirs: OutputDirs, model: str) -> bool:
+    """Whether `model`'s cost file in dirs counts for `profile`: the full profile's must be a GPU measurement
+    (gpu_cost_file); the other profiles measure theirs in seconds on any device."""
+    from lib.part1 import cost_path
+
+    return gpu_cost_file(dirs, model) if profile == "full" else cost_path(dirs, model).exists()
 
 
 def resumable_epochs(cfg: TrainConfig, dirs: OutputDirs) -> tuple[int, str | None]:
@@ -535,7 +544,7 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
         else:  # costs: the full profile wants a GPU measurement; other profiles measure them in seconds
             for name in job.names:
                 model = name[len("cost-"):]
-                if (gpu_cost_file(dirs, model) if profile == "full" else cost_path(dirs, model).exists()):
+                if cost_done(profile, dirs, model):
                     out.append(("done", name, ""))
                 elif cost_path(dirs, model).exists():
                     out.append(("missing", name, "measured on a CPU; the full profile's is the GPU's"))

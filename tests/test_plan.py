@@ -155,6 +155,11 @@ def test_plan_measures_the_costs_on_the_gpu_until_every_model_has_a_gpu_cost_fil
         atomic_write_json(cost_path(dirs, model), dict(gpu, model=model))
     plan = P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=dirs)
     assert plan["lines"] == [] and [j.kind for j in plan["done"]] == ["costs"] * len(PART1_MODELS)
+    # Another profile (a CPU dry run of the runner): any cost file counts, as `lib status` says.
+    smoke = output_dirs("smoke", root=tmp_path)
+    atomic_write_json(cost_path(smoke, "VGG11"), {"model": "VGG11", "infer_batch": CPU_COST_BATCH})
+    plan = P.plan_study(["costs"], source, budget_s=1000, bench=fake_bench(), dirs=smoke, profile="smoke")
+    assert plan["lines"] == [f"costs {' '.join(PART1_MODELS[:-1])}"]
 
 
 def test_the_costs_job_does_not_keep_a_run_longer_than_a_call_from_its_call(tiny_source, tmp_path):
