@@ -385,15 +385,22 @@ def probe_checkpoint_path(dirs: OutputDirs, model: str, seed: int) -> Path:
     return Path(dirs.checkpoints) / f"{probe_name(model, seed)}.last.pt"
 
 
-def probe_resume_state(cfg: ProbeConfig, checkpoint: Path | None, progress: bool = True) -> dict | None:
+def _probe_state_of(state: dict, *cfgs: ProbeConfig) -> bool:
+    """Whether a checkpoint's `state` is the resumable state of a probe run of one of `cfgs`."""
+    return state.get("kind") == "probe" and state.get("config") in [c.to_dict() for c in cfgs]
+
+
+def probe_resume_state(cfg: ProbeConfig, checkpoint: Path | None, progress: bool = True,
+                       mmap: bool = False) -> dict | None:
     """The resumable state of `cfg`'s probe run in `checkpoint`, or None (none there, or one of another config:
-    that one is replaced, with a note). A file that cannot be read is lib.train.read_checkpoint's clear error."""
+    that one is replaced, with a note). A file that cannot be read is lib.train.read_checkpoint's clear error.
+    mmap: the tensors are memory-mapped, not read (for a look at the state before a run reads it whole)."""
     from lib.train import read_checkpoint
 
     if checkpoint is None or not Path(checkpoint).exists():
         return None
-    state = read_checkpoint(checkpoint)
-    if state.get("kind") == "probe" and state.get("config") == cfg.to_dict():
+    state = read_checkpoint(checkpoint, mmap=mmap)
+    if _probe_state_of(state, cfg):
         return state
     if progress:
         print(f"note: {checkpoint} was written by another configuration of {cfg.name} (or older code): not resumed; "
@@ -414,8 +421,7 @@ def probe_resumable_steps(cfg: ProbeConfig, dirs: OutputDirs) -> tuple[int, str 
         state = read_checkpoint(path, mmap=True)
     except ValueError as err:
         return 0, str(err)
-    ours = state.get("kind") == "probe" and state.get("config") in (cfg.to_dict(), cfg.replace(lr=FALLBACK_LR).to_dict())
-    return (state["step"] if ours else 0), None
+    return (state["step"] if _probe_state_of(state, cfg, cfg.replace(lr=FALLBACK_LR)) else 0), None
 
 
 def _train_with_probes(cfg: ProbeConfig, abort_if_stuck: bool = False, progress: bool = True,
@@ -620,7 +626,7 @@ def run_probes(profile: str, data_source: str, dirs: OutputDirs, force: bool = F
     first = reusable_result(plain.result_path(dirs), plain.to_dict(), ProbeConfig) if not force else None
     plain_fb = fallback[configs.index(plain)]
     if first is None and not force and plain.lr != FALLBACK_LR and (state := probe_resume_state(
-            plain_fb, probe_checkpoint_path(dirs, plain.model, plain.seed), progress=False)) is not None \
+            plain_fb, probe_checkpoint_path(dirs, plain.model, plain.seed), progress=False, mmap=True)) is not None \
             and state.get("lr_fallback"):
         # VGG_A's fallback run was interrupted: go on with the fallback pair (the checkpoint keeps why).
         refuse_if_reuse_only(f"the probe run {plain.result_path(dirs).stem}", dirs.results)

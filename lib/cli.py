@@ -751,11 +751,11 @@ def main(argv=None) -> int:
         if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
             raise
         # Results and checkpoints are written whole (temp file + rename), so nothing finished is lost here.
-        saved = "a training run from the last epoch it saved, a probe run from the last step it saved"
         again = ("the same command starts the interrupted run over; without --force an interrupted training run "
                  "goes on from the last epoch it saved (an interrupted probe run's finished result is reused), and "
                  "every finished result is reused, those not yet retrained too" if getattr(args, "force", False)
-                 else f"the same command goes on from there ({saved})")
+                 else "the same command goes on from there (a training run from the last epoch it saved, a probe run "
+                      "from the last step it saved)")
         print(f"\ninterrupted: finished experiments are kept; {again}", file=sys.stderr)
         return 130
 

@@ -19,7 +19,7 @@ from lib.bench import as_runner_compiles, entry_in_use, load_bench, run_seconds
 from lib.config import PART1_MODELS, PROFILES, TrainConfig
 from lib.data import canonical_source
 from lib.experiments import bn_experiments
-from lib.part1 import configs as part1_configs
+from lib.part1 import configs as part1_configs, cost_path, is_gpu_cost
 from lib.paths import OutputDirs, output_dirs
 from lib.results import read_json, rerun_pending, reusable_result, reusable_run
 from lib.train import kept_checkpoint
@@ -118,8 +118,6 @@ def study_jobs(bench, data_source: str | None = None, dirs: OutputDirs | None = 
 def cost_done(profile: str, dirs: OutputDirs, model: str) -> bool:
     """Whether `model`'s cost file in dirs counts for `profile`: the full profile's must be a GPU measurement
     (gpu_cost_file); the other profiles measure theirs in seconds on any device."""
-    from lib.part1 import cost_path
-
     return gpu_cost_file(dirs, model) if profile == "full" else cost_path(dirs, model).exists()
 
 
@@ -137,8 +135,6 @@ def resumable_epochs(cfg: TrainConfig, dirs: OutputDirs) -> tuple[int, str | Non
 
 def gpu_cost_file(dirs: OutputDirs, model: str) -> bool:
     """Whether `model`'s cost file in dirs is a GPU measurement (lib.part1.compute_costs at the GPU batch)."""
-    from lib.part1 import cost_path, is_gpu_cost
-
     path = cost_path(dirs, model)
     return path.exists() and is_gpu_cost(read_json(path))
 
@@ -502,7 +498,6 @@ def study_status(profile: str, data_source: str | None = None, dirs: OutputDirs 
     unusable_result read their result files again). A finished run whose re-run with force stopped part-way is
     'partial' (lib.results.rerun_pending: `lib run` goes on with the re-run)."""
     from lib import bn_study
-    from lib.part1 import cost_path
 
     source = source_name(data_source)
     dirs = dirs or output_dirs(profile, publish=True)
